@@ -1,0 +1,252 @@
+"""Optical flow utilities: bins and readout, errors, colour coding, warping and flow files.
+
+Flow is NHWC / HWC with channels (u, v) = (dx, dy) in pixels at the resolution it is stored at.
+"""
+import os
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+# The reference clamps targets just inside [-fmax, fmax] so fmax lands in the last bin.
+_CLIP_MARGIN = 1e-3
+# Middlebury .flo header: a float32 tag, then int32 width and height (12 bytes in all).
+_FLO_TAG = 202021.25
+_FLO_HEADER_BYTES = 12
+# The reference's 8-bit flow images hold f = pixel / 255 * range - fmax with this range (px).
+_FLOW_8BIT_FMAX = 50.0
+# Middlebury colour wheel: hue segments red-yellow, yellow-green, green-cyan, cyan-blue,
+# blue-magenta, magenta-red, with the number of colours in each (Baker et al., IJCV 2011).
+_WHEEL_SEGMENTS = (15, 6, 4, 11, 13, 6)
+
+
+def check_bins(nbins, fmax):
+    """Validates the quantization; an even `nbins` would put zero motion on a bin edge."""
+    if isinstance(nbins, bool) or not isinstance(nbins, (int, np.integer)) or nbins < 3:
+        raise ValueError(f"config.flow.nbins must be an odd integer >= 3; got {nbins!r}.")
+    if nbins % 2 == 0:
+        raise ValueError(
+            f"config.flow.nbins must be odd so zero motion is a bin centre; got {nbins}.")
+    if not np.isfinite(fmax) or fmax <= 0:
+        raise ValueError(f"config.flow.fmax must be a positive number of pixels; got {fmax!r}.")
+
+
+def bin_step(nbins, fmax):
+    """Width of one flow bin in pixels (2 * fmax / nbins)."""
+    check_bins(nbins, fmax)
+    return 2.0 * fmax / nbins
+
+
+def bin_centers(nbins, fmax):
+    """Centres of the flow bins in pixels: -fmax + step * (k + 1/2), k = 0 .. nbins - 1."""
+    step = bin_step(nbins, fmax)
+    return (-fmax + step * (np.arange(nbins) + 0.5)).astype(np.float32)
+
+
+def quantize(flow, nbins, fmax):
+    """Bin index per flow component (int32, same shape), as the reference's DiscreteLoss."""
+    step = bin_step(nbins, fmax)
+    flow = tf.cast(flow, tf.float32)
+    clipped = tf.clip_by_value(flow, -fmax + _CLIP_MARGIN, fmax - _CLIP_MARGIN)
+    return tf.cast(tf.floor((clipped + fmax) / step), tf.int32)
+
+
+def expected_flow(logits, nbins, fmax):
+    """Softmax expectation over bin centres: [..., 2 * nbins] logits -> [..., 2] flow (u, v).
+
+    Not argmax: the expectation is continuous, so it is sub-bin accurate and differentiable.
+    """
+    if logits.shape[-1] is not None and logits.shape[-1] != 2 * nbins:
+        raise ValueError(
+            f"logits must end in 2 * nbins = {2 * nbins} channels (x bins, then y bins); "
+            f"got shape {tuple(logits.shape)}.")
+    centers = tf.constant(bin_centers(nbins, fmax))
+    logits = tf.cast(logits, tf.float32)
+    u = tf.reduce_sum(tf.nn.softmax(logits[..., :nbins]) * centers, axis=-1)
+    v = tf.reduce_sum(tf.nn.softmax(logits[..., nbins:]) * centers, axis=-1)
+    return tf.stack([u, v], axis=-1)
+
+
+def check_flow(flow, name="flow"):
+    """Validates a flow array: float, [..., 2], finite. Returns it as a float32 numpy array."""
+    flow = np.asarray(flow)
+    if flow.ndim < 3 or flow.shape[-1] != 2:
+        raise ValueError(f"{name} must have shape [..., H, W, 2] (u, v); got shape {flow.shape}.")
+    if not np.issubdtype(flow.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array of pixels; got dtype {flow.dtype}.")
+    bad = int(np.size(flow) - np.count_nonzero(np.isfinite(flow)))
+    if bad:
+        raise ValueError(f"{name} has {bad} NaN or infinite values.")
+    return flow.astype(np.float32, copy=False)
+
+
+def endpoint_error(pred, target, valid=None):
+    """Mean end-point error (Euclidean distance of flow vectors, px) over valid pixels.
+
+    Args:
+        pred, target: [..., H, W, 2] flows at the same resolution.
+        valid: optional [..., H, W] weights (1 = counted); None counts every pixel.
+    Returns:
+        A float. 0 when no pixel is valid.
+    """
+    pred, target = check_flow(pred, "pred"), check_flow(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred shape {pred.shape} differs from target shape {target.shape}.")
+    epe = np.linalg.norm(pred - target, axis=-1)
+    if valid is None:
+        return float(epe.mean())
+    valid = np.asarray(valid, np.float32)
+    if valid.shape != epe.shape:
+        raise ValueError(f"valid must have shape {epe.shape}; got {valid.shape}.")
+    return float((epe * valid).sum() / max(valid.sum(), 1.0))
+
+
+def _color_wheel():
+    """[55, 3] float RGB colours in [0, 1] around the hue circle (Middlebury convention)."""
+    # Each segment holds one channel at 1, ramps one up or down and keeps one at 0.
+    # (channel held at 1, channel ramped, rising?) for red-yellow ... magenta-red.
+    segments = ((0, 1, True), (1, 0, False), (1, 2, True), (2, 1, False), (2, 0, True),
+                (0, 2, False))
+    parts = []
+    for n, (full, ramp, rising) in zip(_WHEEL_SEGMENTS, segments):
+        t = np.arange(n) / n
+        part = np.zeros((n, 3))
+        part[:, full] = 1.0
+        part[:, ramp] = t if rising else 1.0 - t
+        parts.append(part)
+    return np.concatenate(parts, 0)
+
+
+def flow_to_color(flow, max_flow=None):
+    """Middlebury colour coding: hue = direction, saturation = magnitude / max_flow.
+
+    Args:
+        flow: [H, W, 2] flow in pixels.
+        max_flow: magnitude shown fully saturated; None uses the largest magnitude in `flow`
+            (at least 1 px, so noise on a static scene stays near white).
+    Returns:
+        [H, W, 3] uint8 RGB.
+    """
+    flow = check_flow(flow)
+    if flow.ndim != 3:
+        raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
+    u, v = flow[..., 0], flow[..., 1]
+    rad = np.hypot(u, v)
+    if max_flow is None:
+        max_flow = max(float(rad.max()), 1.0)
+    elif not max_flow > 0:
+        raise ValueError(f"max_flow must be positive; got {max_flow!r}.")
+    rad = rad / max_flow
+    wheel = _color_wheel()
+    n = len(wheel)
+    pos = (np.arctan2(-v, -u) / np.pi + 1.0) / 2.0 * (n - 1)  # [0, n - 1] around the circle
+    k0 = np.floor(pos).astype(np.int64)
+    k1 = (k0 + 1) % n
+    frac = (pos - k0)[..., None]
+    color = (1 - frac) * wheel[k0] + frac * wheel[k1]
+    inside = (rad <= 1)[..., None]
+    color = np.where(inside, 1 - rad[..., None] * (1 - color), color * 0.75)  # dim out of range
+    return np.round(color * 255).astype(np.uint8)
+
+
+def read_flo(path):
+    """Reads a Middlebury .flo file into [H, W, 2] float32, checking the header and the size."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Flow file {path} does not exist.")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(_FLO_HEADER_BYTES)
+    if len(header) < _FLO_HEADER_BYTES:
+        raise ValueError(f"Flow file {path} is truncated: {size} bytes, shorter than the "
+                         f"{_FLO_HEADER_BYTES}-byte .flo header.")
+    tag = np.frombuffer(header[:4], "<f4")[0]
+    width, height = (int(x) for x in np.frombuffer(header[4:], "<i4"))
+    if tag != np.float32(_FLO_TAG):
+        raise ValueError(f"Flow file {path} is not a .flo file: tag {tag!r} (bytes "
+                         f"{header[:4].hex()}), expected {_FLO_TAG}.")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"Flow file {path} has an invalid size {width}x{height} in its header.")
+    expected = _FLO_HEADER_BYTES + 8 * width * height
+    if size != expected:
+        raise ValueError(f"Flow file {path} is {'truncated' if size < expected else 'too long'}: "
+                         f"{size} bytes, expected {expected} for {width}x{height}.")
+    flow = cv2.readOpticalFlow(path)
+    if flow is None or flow.shape != (height, width, 2):
+        raise ValueError(f"Flow file {path} could not be decoded by OpenCV.")
+    return check_flow(flow, name=f"flow in {path}")
+
+
+def write_flo(path, flow):
+    """Writes [H, W, 2] flow as a Middlebury .flo file."""
+    flow = check_flow(flow)
+    if flow.ndim != 3:
+        raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
+    path = os.fspath(path)
+    if not cv2.writeOpticalFlow(path, np.ascontiguousarray(flow)):
+        raise ValueError(f"OpenCV could not write the flow file {path}.")
+
+
+def decode_flow_8bit(x, y):
+    """Reference 8-bit flow images (one per axis) -> [H, W, 2] flow: f = p / 255 * 100 - 50.
+
+    Quantum 100 / 255 = 0.39 px; values beyond +-50 px were clipped when the files were written.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"flow_x and flow_y must be single-channel images of one size; got "
+                         f"{x.shape} and {y.shape}.")
+    if x.dtype != np.uint8 or y.dtype != np.uint8:
+        raise ValueError(f"8-bit flow images must be uint8; got {x.dtype} and {y.dtype}.")
+    scale = 2 * _FLOW_8BIT_FMAX / 255.0
+    return np.stack([x, y], -1).astype(np.float32) * scale - _FLOW_8BIT_FMAX
+
+
+def encode_flow_8bit(flow):
+    """[H, W, 2] flow -> (flow_x, flow_y) uint8 images in the reference's encoding (clipped)."""
+    flow = check_flow(flow)
+    pixels = np.round((flow + _FLOW_8BIT_FMAX) / (2 * _FLOW_8BIT_FMAX) * 255.0)
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    return pixels[..., 0], pixels[..., 1]
+
+
+def warp_backward(image, flow):
+    """Samples `image` at x + flow(x): frame t+1 warped back onto frame t by the t -> t+1 flow.
+
+    Args:
+        image: [H, W, C] or [B, H, W, C].
+        flow: [H, W, 2] or [B, H, W, 2] (u, v) pixels, same H and W.
+    Returns:
+        (warped, inside): warped float32 like `image` (bilinear, 0 outside the frame) and a
+        [..., H, W] float mask of the pixels whose source lies inside the frame.
+    """
+    image = keras.ops.convert_to_tensor(image, "float32")
+    flow = keras.ops.convert_to_tensor(flow, "float32")
+    single = len(image.shape) == 3
+    if single:
+        image, flow = image[None], flow[None]
+    if len(image.shape) != 4 or len(flow.shape) != 4 or flow.shape[-1] != 2:
+        raise ValueError(f"image must be [B, H, W, C] and flow [B, H, W, 2]; got "
+                         f"{tuple(image.shape)} and {tuple(flow.shape)}.")
+    if tuple(image.shape[:3]) != tuple(flow.shape[:3]):
+        raise ValueError(f"image {tuple(image.shape)} and flow {tuple(flow.shape)} differ in "
+                         "batch or size.")
+    b, h, w, c = image.shape
+    grid_y, grid_x = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
+                                 indexing="ij")
+    src_x = grid_x + flow[..., 0]  # [B, H, W]
+    src_y = grid_y + flow[..., 1]
+    coords = [
+        keras.ops.broadcast_to(keras.ops.reshape(keras.ops.arange(b, dtype="float32"),
+                                                 (b, 1, 1, 1)), (b, h, w, c)),
+        keras.ops.broadcast_to(src_y[..., None], (b, h, w, c)),
+        keras.ops.broadcast_to(src_x[..., None], (b, h, w, c)),
+        keras.ops.broadcast_to(keras.ops.arange(c, dtype="float32"), (b, h, w, c)),
+    ]
+    warped = keras.ops.image.map_coordinates(image, coords, order=1, fill_mode="constant")
+    inside = ((src_x >= 0) & (src_x <= w - 1) & (src_y >= 0) & (src_y <= h - 1))
+    inside = keras.ops.cast(inside, "float32")
+    if single:
+        warped, inside = warped[0], inside[0]
+    return keras.ops.convert_to_numpy(warped), keras.ops.convert_to_numpy(inside)

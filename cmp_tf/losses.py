@@ -1,0 +1,92 @@
+"""Flow losses. The discrete loss is the paper's: motion is multi-modal, and classifying it into
+bins keeps the modes apart where regression would average them into a blur.
+
+Every loss returns one value per example (mean over that example's valid pixels), so a
+distributed loop can average over the global batch (`tf.nn.compute_average_loss`).
+"""
+import tensorflow as tf
+
+from cmp_tf import flow as flow_lib
+from cmp_tf import ops
+
+LOSSES = ("discrete", "l1", "l2")
+
+
+def _check_target(pred, target, weight):
+    if len(pred.shape) != 4 or len(target.shape) != 4 or target.shape[-1] != 2:
+        raise ValueError(f"Expected prediction [B, h, w, C] and target flow [B, H, W, 2]; got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}.")
+    if weight is not None:
+        if len(weight.shape) == 4:
+            weight = weight[..., 0]
+        if len(weight.shape) != 3:
+            raise ValueError(f"weight must be [B, H, W] or [B, H, W, 1]; got {tuple(weight.shape)}.")
+        weight = tf.cast(weight, tf.float32)
+    return tf.cast(target, tf.float32), weight
+
+
+def _upsample_to(pred, target):
+    """Upsamples a prediction to the target's size (align corners), as the reference loss does."""
+    if pred.shape[1:3] == target.shape[1:3] and pred.shape[1] is not None:
+        return pred
+    return ops.resize_align_corners(pred, tf.shape(target)[1:3])
+
+
+def _mean_per_example(per_pixel, weight):
+    """[B, H, W] -> [B]: mean over pixels, weighted by `weight` where given."""
+    if weight is None:
+        return tf.reduce_mean(per_pixel, axis=[1, 2])
+    total = tf.reduce_sum(per_pixel * weight, axis=[1, 2])
+    return total / tf.maximum(tf.reduce_sum(weight, axis=[1, 2]), 1.0)
+
+
+def discrete_flow_loss(logits, target, nbins, fmax, weight=None):
+    """Cross-entropy of x and y flow bins (summed), per example.
+
+    Args:
+        logits: [B, h, w, 2 * nbins], x bins first, at the decoder's stride; upsampled
+            (bilinear, align corners) to the target size before the softmax, as in the paper.
+        target: [B, H, W, 2] flow in pixels at the input resolution.
+        weight: optional [B, H, W] per-pixel validity (0 leaves a pixel out, e.g. where the
+            teacher flow failed its forward-backward check).
+    Returns:
+        [B] float32.
+    """
+    target, weight = _check_target(logits, target, weight)
+    if logits.shape[-1] != 2 * nbins:
+        raise ValueError(f"logits must have 2 * nbins = {2 * nbins} channels; got "
+                         f"{logits.shape[-1]}.")
+    logits = tf.cast(_upsample_to(logits, target), tf.float32)
+    bins = flow_lib.quantize(target, nbins, fmax)  # [B, H, W, 2]
+    ce = (tf.nn.sparse_softmax_cross_entropy_with_logits(bins[..., 0], logits[..., :nbins])
+          + tf.nn.sparse_softmax_cross_entropy_with_logits(bins[..., 1], logits[..., nbins:]))
+    return _mean_per_example(ce, weight)
+
+
+def regression_flow_loss(pred, target, norm, weight=None):
+    """L1 (|du| + |dv|) or L2 ((du^2 + dv^2) / 2) flow regression loss, per example.
+
+    `pred` is [B, h, w, 2] flow at the decoder's stride, upsampled to the target's size.
+    """
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"norm must be 'l1' or 'l2'; got {norm!r}.")
+    target, weight = _check_target(pred, target, weight)
+    diff = tf.cast(_upsample_to(pred, target), tf.float32) - target
+    if norm == "l1":
+        per_pixel = tf.reduce_sum(tf.abs(diff), -1)
+    else:
+        per_pixel = 0.5 * tf.reduce_sum(tf.square(diff), -1)
+    return _mean_per_example(per_pixel, weight)
+
+
+def make_loss(flow_config):
+    """The loss named by `config.flow.loss`, as fn(logits, target, weight=None) -> [B]."""
+    kind = flow_config.loss
+    if kind == "discrete":
+        nbins, fmax = flow_config.nbins, flow_config.fmax
+        flow_lib.check_bins(nbins, fmax)
+        return lambda logits, target, weight=None: discrete_flow_loss(
+            logits, target, nbins, fmax, weight)
+    if kind in ("l1", "l2"):
+        return lambda pred, target, weight=None: regression_flow_loss(pred, target, kind, weight)
+    raise ValueError(f"config.flow.loss={kind!r} is unknown; known: {', '.join(LOSSES)}.")

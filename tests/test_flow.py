@@ -1,0 +1,138 @@
+"""Flow bins and readout, error, colour coding, files and warping."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmp_tf import flow as F
+
+NBINS, FMAX = 99, 50.0
+
+
+def test_zero_motion_is_the_middle_bin_and_extremes_stay_inside():
+    bins = F.quantize(np.array([0.0, FMAX, -FMAX, 1e4, -1e4, 0.5, -0.5]), NBINS, FMAX).numpy()
+    assert bins[0] == NBINS // 2
+    assert bins[1] == NBINS - 1 and bins[3] == NBINS - 1  # fmax and beyond: last bin, not past
+    assert bins[2] == 0 and bins[4] == 0
+    assert bins[5] == bins[6] == NBINS // 2  # bin 49 spans [-0.505, 0.505)
+
+
+def test_quantize_then_centres_is_within_half_a_bin(rng):
+    flow = rng.uniform(-FMAX + 0.01, FMAX - 0.01, size=(1000,)).astype(np.float32)
+    centres = F.bin_centers(NBINS, FMAX)[F.quantize(flow, NBINS, FMAX).numpy()]
+    assert np.abs(centres - flow).max() <= F.bin_step(NBINS, FMAX) / 2 + 1e-5
+
+
+def test_expectation_readout_of_peaked_logits_recovers_the_centre():
+    centres = F.bin_centers(NBINS, FMAX)
+    logits = np.full((2, 2 * NBINS), -1e4, np.float32)
+    logits[0, 10], logits[0, NBINS + 70] = 0, 0
+    logits[1, NBINS // 2], logits[1, NBINS + NBINS // 2] = 0, 0
+    flow = F.expected_flow(logits, NBINS, FMAX).numpy()
+    np.testing.assert_allclose(flow[0], [centres[10], centres[70]], atol=1e-4)
+    np.testing.assert_allclose(flow[1], [0, 0], atol=1e-4)
+    # Two equal peaks read out as their mean: the expectation, not argmax.
+    logits = np.full((1, 2 * NBINS), -1e4, np.float32)
+    logits[0, [40, 60]] = 0
+    logits[0, NBINS + NBINS // 2] = 0
+    assert F.expected_flow(logits, NBINS, FMAX).numpy()[0, 0] == pytest.approx(
+        (centres[40] + centres[60]) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("nbins", [98, 0, 2.5, True])
+def test_bad_nbins_is_refused(nbins):
+    with pytest.raises(ValueError, match="nbins"):
+        F.bin_centers(nbins, FMAX)
+
+
+def test_endpoint_error_by_hand():
+    pred = np.zeros((2, 2, 2), np.float32)
+    target = np.array([[[3, 4], [0, 0]], [[0, 1], [0, 0]]], np.float32)
+    assert F.endpoint_error(pred, target) == pytest.approx((5 + 1) / 4)
+    valid = np.array([[1, 0], [0, 0]], np.float32)
+    assert F.endpoint_error(pred, target, valid) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="NaN"):
+        F.endpoint_error(pred, np.full_like(target, np.nan))
+
+
+def test_flow_colours_follow_middlebury():
+    flow = np.zeros((1, 5, 2), np.float32)
+    flow[0, 1] = (10, 0)  # right
+    flow[0, 2] = (-10, 0)  # left
+    flow[0, 3] = (0, -10)  # up
+    flow[0, 4] = (0, 10)  # down
+    rgb = F.flow_to_color(flow, max_flow=10)
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 5, 3)
+    rgb = rgb.astype(int)
+    np.testing.assert_array_equal(rgb[0, 0], [255, 255, 255])  # no motion: white
+    r, g, b = rgb[0, 1]
+    assert r > 200 and g < 60 and b < 60  # right: red
+    r, g, b = rgb[0, 2]
+    assert r < 60 and g > 150 and b > 150  # left: cyan
+    r, g, b = rgb[0, 3]
+    assert b > 200 and g < 60  # up: blue / violet
+    r, g, b = rgb[0, 4]
+    assert r > 150 and g > 150 and b < 60  # down: yellow
+    half = F.flow_to_color(flow / 2, max_flow=10).astype(int)
+    assert (half[0, 1] > rgb[0, 1]).any()  # smaller motion: paler
+
+
+def test_flo_round_trip(tmp_path, rng):
+    flow = rng.normal(size=(7, 5, 2)).astype(np.float32)
+    F.write_flo(tmp_path / "a.flo", flow)
+    np.testing.assert_array_equal(F.read_flo(tmp_path / "a.flo"), flow)
+
+
+def test_truncated_and_foreign_flo_files_name_the_file(tmp_path, rng):
+    path = tmp_path / "cut.flo"
+    F.write_flo(path, rng.normal(size=(6, 4, 2)).astype(np.float32))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"cut\.flo is truncated"):
+        F.read_flo(path)
+    other = tmp_path / "image.flo"
+    other.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(ValueError, match=r"image\.flo is not a \.flo file"):
+        F.read_flo(other)
+    (tmp_path / "tiny.flo").write_bytes(b"PIEH")
+    with pytest.raises(ValueError, match="tiny.flo is truncated"):
+        F.read_flo(tmp_path / "tiny.flo")
+    with pytest.raises(ValueError, match="missing.flo does not exist"):
+        F.read_flo(tmp_path / "missing.flo")
+
+
+def test_nan_flow_is_refused_on_write_and_read(tmp_path):
+    flow = np.zeros((3, 3, 2), np.float32)
+    flow[1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        F.write_flo(tmp_path / "n.flo", flow)
+    header = np.array([202021.25], "<f4").tobytes() + np.array([3, 3], "<i4").tobytes()
+    (tmp_path / "n.flo").write_bytes(header + flow.astype("<f4").tobytes())
+    with pytest.raises(ValueError, match=r"n\.flo has 1 NaN"):
+        F.read_flo(tmp_path / "n.flo")
+
+
+def test_8bit_flow_encoding_matches_the_reference_formula(rng):
+    x = np.array([[0, 255, 128]], np.uint8)
+    flow = F.decode_flow_8bit(x, x[:, ::-1])
+    np.testing.assert_allclose(flow[0, :, 0], [-50, 50, 128 / 255 * 100 - 50], atol=1e-5)
+    smooth = rng.uniform(-49, 49, size=(8, 8, 2)).astype(np.float32)
+    back = F.decode_flow_8bit(*F.encode_flow_8bit(smooth))
+    assert np.abs(back - smooth).max() <= 100 / 255 / 2 + 1e-4  # half a quantum
+
+
+def test_backward_warp_by_a_whole_pixel_shift(rng):
+    image = rng.uniform(0, 255, (6, 8, 3)).astype(np.float32)
+    flow = np.zeros((6, 8, 2), np.float32)
+    flow[..., 0] = 2  # sample 2 px to the right
+    warped, inside = F.warp_backward(image, flow)
+    np.testing.assert_allclose(warped[:, :6], image[:, 2:], atol=1e-4)
+    np.testing.assert_array_equal(inside[:, :6], 1)
+    np.testing.assert_array_equal(inside[:, 6:], 0)
+    # Half a pixel: the mean of neighbours (bilinear); batched input gives the same.
+    flow[..., 0] = 0.5
+    warped, _ = F.warp_backward(image[None], flow[None])
+    np.testing.assert_allclose(warped[0, :, 0], (image[:, 0] + image[:, 1]) / 2, atol=1e-4)
+
+
+def test_quantize_runs_inside_tf_function():
+    fn = tf.function(lambda f: F.quantize(f, NBINS, FMAX))
+    assert fn(tf.zeros((2, 4, 4, 2))).numpy().max() == NBINS // 2

@@ -1,0 +1,129 @@
+"""The CMP model (paper Fig. 2): image encoder + sparse motion encoder -> propagation decoder.
+
+Wiring only: the parts are built elsewhere (by name, from the config) and passed in, so a test
+can pass a two-layer encoder.
+"""
+import keras
+
+from cmp_tf import flow as flow_lib
+from cmp_tf import losses
+from cmp_tf import registry
+from cmp_tf.models import layers as L
+
+# Side of the square image whose symbolic shapes reveal each part's stride (a multiple of all).
+_PROBE = 1024
+
+
+def _stride(shape):
+    return _PROBE // shape[1]
+
+
+def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discrete",
+             dense_prior=False, prior_sigma=2.0, decoder_scale=1, name="cmp"):
+    """Wires built parts into the CMP model.
+
+    Args:
+        image_encoder: image [B, H, W, 3] -> dict with `features` (and `skip2`, `skip4` if the
+            decoder takes them).
+        sparse_encoder: sparse [B, H, W, 3] -> features at the image features' stride.
+        decoder: dict of `features` (image, sparse and prior features concatenated) and skips
+            -> [B, h, w, C] with C = 2 * nbins (discrete loss) or 2 (regression).
+        dense_prior: feed the decoder a nearest-guidance fill and add it to the output, so the
+            network learns a correction to it (beyond the paper).
+        decoder_scale: the largest factor by which the decoder pools its input features; the
+            image must give it at least one feature cell there.
+    Returns:
+        keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
+        {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
+    """
+    regression = loss != "discrete"
+    enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
+    strides = {key: _stride(shape) for key, shape in enc_shapes.items()}
+    sparse_stride = _stride(sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3)))
+    if sparse_stride != strides["features"]:
+        raise ValueError(
+            f"The sparse encoder {sparse_encoder.name!r} has stride {sparse_stride} but the image "
+            f"encoder {image_encoder.name!r} has stride {strides['features']}; pick the "
+            f"shallownet{strides['features']}x sparse encoder.")
+    missing = sorted(set(decoder.input) - {"features"} - set(enc_shapes))
+    if missing:
+        raise ValueError(f"The decoder {decoder.name!r} needs {missing} from the image encoder, "
+                         f"which returns only {sorted(enc_shapes)}; use the 'plain' decoder.")
+    multiple = max(max(strides.values()), sparse_stride)
+    out_stride = min(strides[key] for key in decoder.input)  # decoders end at their finest input
+
+    image = keras.Input((None, None, 3), name="image")
+    sparse = keras.Input((None, None, 3), name="sparse")
+    image_in, sparse_in = L.InputGuard(multiple, strides["features"] * decoder_scale,
+                                       name="input_guard")([image, sparse])
+    encoded = image_encoder(image_in)
+    parts = [encoded["features"], sparse_encoder(sparse_in)]
+    if dense_prior:
+        coarse = L.DensePrior(strides["features"], name="dense_prior")(sparse_in)
+        parts.append(keras.layers.Rescaling(1.0 / fmax, name="dense_prior_scale")(coarse))
+    features = keras.layers.Concatenate(name="fuse_inputs")(parts)
+    skips = {key: encoded[key] for key in decoder.input if key != "features"}
+    out = decoder({"features": features, **skips})
+    if dense_prior:
+        prior = coarse if out_stride == strides["features"] else L.DensePrior(
+            out_stride, name="dense_prior_out")(sparse_in)
+        if regression:
+            out = keras.layers.Add(name="add_prior")([out, prior[..., :2]])
+        else:
+            prior_logits = L.PriorLogits(nbins, fmax, prior_sigma, name="prior_logits")(prior)
+            out = keras.layers.Add(name="add_prior")([out, prior_logits])
+    flow = out if regression else L.FlowReadout(nbins, fmax, name="readout")(out)
+    flow = L.ResizeLike(name="upsample_flow")([flow, image])
+    outputs = {"logits": keras.layers.Identity(name="logits")(out),
+               "flow": keras.layers.Identity(name="flow")(flow)}
+    return keras.Model({"image": image, "sparse": sparse}, outputs, name=name)
+
+
+def _options(config):
+    """`config.model.options` as plain dicts: builder kwargs keyed by part name."""
+    options = config.model.get("options") or {}
+    options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
+    registry.check_options(options)
+    return options
+
+
+def build_encoder(config):
+    """The image encoder named by `config.model.image_encoder` (what transfer learning reuses)."""
+    return registry.build("image_encoder", config.model.image_encoder, _options(config),
+                          init_gain=config.model.init_gain)
+
+
+def build_cmp(config):
+    """Builds the CMP model of a recipe (see `assemble` for inputs and outputs)."""
+    m, f = config.model, config.flow
+    if f.loss not in losses.LOSSES:
+        raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "
+                         f"{', '.join(losses.LOSSES)}.")
+    flow_lib.check_bins(f.nbins, f.fmax)
+    if not isinstance(m.dense_prior, bool):
+        raise ValueError(f"config.model.dense_prior must be True or False; got {m.dense_prior!r}.")
+    image_encoder = build_encoder(config)
+    options = _options(config)
+    sparse_encoder = registry.build("sparse_encoder", m.sparse_encoder, options,
+                                    init_gain=m.init_gain)
+    enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
+    sparse_channels = sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))[-1]
+    context = dict(in_channels=enc_shapes["features"][-1] + sparse_channels + 3 * m.dense_prior,
+                   out_channels=2 if f.loss != "discrete" else 2 * f.nbins,
+                   combo=tuple(m.decoder_combo), init_gain=m.init_gain)
+    if "skip_channels" in registry.parameters("decoder", m.decoder):
+        if not {"skip4", "skip2"} <= set(enc_shapes):
+            raise ValueError(
+                f"config.model.decoder={m.decoder!r} needs skip features that the image encoder "
+                f"{m.image_encoder!r} does not return; use the 'plain' decoder.")
+        context["skip_channels"] = (enc_shapes["skip4"][-1], enc_shapes["skip2"][-1])
+    decoder = registry.build("decoder", m.decoder, options, **context)
+    model = assemble(image_encoder, sparse_encoder, decoder, nbins=f.nbins, fmax=f.fmax,
+                     loss=f.loss, dense_prior=m.dense_prior, prior_sigma=m.prior_sigma,
+                     decoder_scale=max(context["combo"]))
+    crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
+    guard = model.get_layer("input_guard")
+    if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):
+        raise ValueError(f"config.data.crop={crop} must be a multiple of {guard.multiple} (the "
+                         f"stride of this config's encoders) and at least {guard.minimum}.")
+    return model

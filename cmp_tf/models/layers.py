@@ -1,0 +1,248 @@
+"""Building blocks shared by the model parts, and the few layers Keras does not have.
+
+Conventions of the reference (PyTorch) that decide checkpoint parity: symmetric padding
+(explicit ZeroPadding2D + 'valid' where a stride > 1 makes Keras' 'same' pad bottom/right
+only), BatchNorm epsilon 1e-5 / momentum 0.1 (Keras 0.9), align-corners bilinear resizes,
+conv weights Xavier-normal with gain 0.02 and BN gamma ~ N(1, 0.02).
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cmp_tf import flow as flow_lib
+from cmp_tf import ops
+
+BN_EPSILON = 1e-5  # PyTorch's default, used by the reference.
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 in Keras' convention.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255: the model takes raw pixels.
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def conv_init(gain):
+    """Xavier-normal with `gain`, as the reference's init_weights('xavier', 0.02)."""
+    return keras.initializers.VarianceScaling(gain**2, "fan_avg", "untruncated_normal")
+
+
+def batch_norm(gain, name):
+    return keras.layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+        gamma_initializer=keras.initializers.RandomNormal(1.0, gain), name=name)
+
+
+def conv(x, filters, kernel, *, name, gain, strides=1, padding=None, dilation=1, use_bias=True):
+    """Conv2D with PyTorch-style symmetric `padding` (default: 'same' for odd kernels)."""
+    if padding is None:
+        padding = dilation * (kernel - 1) // 2
+    same = strides == 1 and 2 * padding == dilation * (kernel - 1)
+    if padding and not same:
+        x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(
+        filters, kernel, strides=strides, padding="same" if same else "valid",
+        dilation_rate=dilation, use_bias=use_bias, kernel_initializer=conv_init(gain),
+        name=name)(x)
+
+
+def conv_bn_relu(x, filters, kernel, *, name, gain, relu=True, bn_name=None, **conv_kwargs):
+    """conv -> BatchNorm -> ReLU, the unit of every CMP part."""
+    x = conv(x, filters, kernel, name=name, gain=gain, **conv_kwargs)
+    x = batch_norm(gain, bn_name or f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def max_pool(x, size, strides, padding, name):
+    """Max pooling with PyTorch-style padding; inputs follow a ReLU, so zero padding is exact."""
+    if padding:
+        x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    return keras.layers.MaxPooling2D(size, strides, padding="valid", name=name)(x)
+
+
+def normalize(image):
+    """Raw RGB 0..255 -> ImageNet-normalized, inside the model so exported models take pixels."""
+    return keras.layers.Normalization(
+        mean=IMAGENET_MEAN, variance=np.square(IMAGENET_STD).tolist(), name="normalize")(image)
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class ResizeLike(keras.layers.Layer):
+    """Bilinear resize (align corners) of inputs[0] to the spatial size of inputs[1].
+
+    Resizing to a reference tensor's dynamic shape works for any input size and exports.
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        return ops.resize_align_corners(x, tf.shape(reference)[1:3])
+
+    def compute_output_shape(self, input_shape):
+        x, reference = input_shape
+        return (x[0], reference[1], reference[2], x[3])
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class InputGuard(keras.layers.Layer):
+    """Passes (image, sparse) through, refusing sizes the network cannot take.
+
+    The check runs in Python when the size is known (eager calls, traced training steps), so a
+    wrong size fails with a message instead of a shape error deep inside a concat.
+
+    Args:
+        multiple: height and width must be multiples of this (the encoders' stride).
+        minimum: and at least this (the decoder pools the features by its largest scale).
+    """
+
+    def __init__(self, multiple, minimum=0, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple, self.minimum = int(multiple), int(minimum)
+
+    def call(self, inputs):
+        image, sparse = inputs
+        h, w = image.shape[1:3]
+        if h is not None and w is not None and min(h, w) < self.minimum:
+            raise ValueError(
+                f"image height and width must be at least {self.minimum} for this model (its "
+                f"decoder pools the encoder's features further); got {h}x{w}.")
+        if h is not None and w is not None and (h % self.multiple or w % self.multiple):
+            up = (-(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple)
+            raise ValueError(
+                f"image height and width must be multiples of {self.multiple} for this model "
+                f"(its encoders' stride); got {h}x{w}. Resize or pad, e.g. to {up[0]}x{up[1]}.")
+        if None not in (h, w, *sparse.shape[1:3]) and tuple(sparse.shape[1:3]) != (h, w):
+            raise ValueError(f"sparse must have the image's size {h}x{w}; got "
+                             f"{sparse.shape[1]}x{sparse.shape[2]}.")
+        return [tf.identity(image), tf.identity(sparse)]
+
+    def compute_output_shape(self, input_shape):
+        return list(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple, "minimum": self.minimum}
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class FlowReadout(keras.layers.Layer):
+    """Bin logits -> flow by the softmax expectation over bin centres (the reference's Fuser)."""
+
+    def __init__(self, nbins, fmax, **kwargs):
+        super().__init__(**kwargs)
+        flow_lib.check_bins(nbins, fmax)
+        self.nbins, self.fmax = int(nbins), float(fmax)
+
+    def call(self, logits):
+        return tf.cast(flow_lib.expected_flow(logits, self.nbins, self.fmax), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2)
+
+    def get_config(self):
+        return {**super().get_config(), "nbins": self.nbins, "fmax": self.fmax}
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class DensePrior(keras.layers.Layer):
+    """Nearest-guidance fill of `sparse` on a grid of `stride` x `stride` cells (beyond the paper).
+
+    Returns [B, H/stride, W/stride, 3]: (u, v) of the nearest guided cell and the distance in
+    pixels from the cell centre to that cell's guides (their mean position). A cell holding
+    several guides takes their mean vector. With no guidance at all the fill is zero flow at
+    distance `max_size`. Computed by jump flooding (Rong & Tan, 2006): log2(size) passes of
+    shifted comparisons, i.e. pads, slices and selects only, so it exports to TFLite and ONNX.
+
+    Args:
+        stride: cell size in input pixels (the resolution the fill is used at).
+        max_size: the largest image side the fill must span, in pixels; used for the number
+            of passes when the size is unknown when traced (exported models).
+    """
+
+    _FAR = 1e6  # position of "no guide yet": farther than any image pixel.
+
+    def __init__(self, stride, max_size=2048, **kwargs):
+        super().__init__(**kwargs)
+        self.stride, self.max_size = int(stride), int(max_size)
+
+    def _pass_steps(self, size):
+        cells = max(1, math.ceil((size or self.max_size) / self.stride))
+        passes = max(1, math.ceil(math.log2(cells))) if cells > 1 else 1
+        return [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
+
+    def call(self, sparse):
+        s = self.stride
+        sparse = tf.cast(sparse, tf.float32)
+        mask = sparse[..., 2:3]
+        height, width = tf.shape(sparse)[1], tf.shape(sparse)[2]
+        ys = tf.cast(tf.range(height), tf.float32)[None, :, None, None]
+        xs = tf.cast(tf.range(width), tf.float32)[None, None, :, None]
+        # Per cell: fraction of guided pixels, and the mean (y, x, u, v) of its guides.
+        pooled = tf.nn.avg_pool2d(
+            tf.concat([mask, mask * ys, mask * xs, sparse[..., :2] * mask], -1), s, s, "VALID")
+        count = pooled[..., :1]
+        seeded = count > 0
+        seed = pooled[..., 1:] / tf.maximum(count, 1e-12)
+        far = tf.constant([self._FAR, self._FAR, 0.0, 0.0])
+        state = tf.where(seeded, seed, far)  # [B, h, w, 4] = (y, x, u, v) of the nearest guide
+        h, w = tf.shape(state)[1], tf.shape(state)[2]
+        cy = (tf.cast(tf.range(h), tf.float32) * s + (s - 1) / 2)[None, :, None, None]
+        cx = (tf.cast(tf.range(w), tf.float32) * s + (s - 1) / 2)[None, None, :, None]
+
+        def dist2(st):
+            return tf.square(st[..., :1] - cy) + tf.square(st[..., 1:2] - cx)
+
+        best = dist2(state)
+        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
+        for k in self._pass_steps(size):
+            padded = tf.concat([
+                tf.pad(state[..., :2], [[0, 0], [k, k], [k, k], [0, 0]], constant_values=self._FAR),
+                tf.pad(state[..., 2:], [[0, 0], [k, k], [k, k], [0, 0]])], -1)
+            for dy in (-k, 0, k):
+                for dx in (-k, 0, k):
+                    if dy == dx == 0:
+                        continue
+                    other = tf.slice(padded, [0, k + dy, k + dx, 0], [-1, h, w, -1])
+                    other_d2 = dist2(other)
+                    closer = other_d2 < best
+                    state = tf.where(closer, other, state)
+                    best = tf.minimum(best, other_d2)
+        found = best < (self._FAR / 2) ** 2
+        uv = tf.where(found, state[..., 2:], 0.0)
+        dist = tf.where(found, tf.sqrt(best), float(self.max_size))
+        return tf.cast(tf.concat([uv, dist], -1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        return (b, None if h is None else h // self.stride,
+                None if w is None else w // self.stride, 3)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class PriorLogits(keras.layers.Layer):
+    """Bin logits of a Gaussian around a prior flow: added to the decoder's logits, the network
+    starts from the prior's readout and learns a correction to it.
+
+    Input [..., >=2] prior (u, v) in pixels; output [..., 2 * nbins], -(centre - prior)^2 / 2s^2.
+    """
+
+    def __init__(self, nbins, fmax, sigma, **kwargs):
+        super().__init__(**kwargs)
+        flow_lib.check_bins(nbins, fmax)
+        if not sigma > 0:
+            raise ValueError(f"config.model.prior_sigma must be positive pixels; got {sigma!r}.")
+        self.nbins, self.fmax, self.sigma = int(nbins), float(fmax), float(sigma)
+
+    def call(self, prior):
+        centers = tf.constant(flow_lib.bin_centers(self.nbins, self.fmax))
+        prior = tf.cast(prior, tf.float32)
+        scale = -0.5 / self.sigma**2
+        x = scale * tf.square(centers - prior[..., :1])
+        y = scale * tf.square(centers - prior[..., 1:2])
+        return tf.cast(tf.concat([x, y], -1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2 * self.nbins)
+
+    def get_config(self):
+        return {**super().get_config(), "nbins": self.nbins, "fmax": self.fmax,
+                "sigma": self.sigma}

@@ -1,0 +1,28 @@
+r"""The paper's AlexNet recipe (rep_learning/alexnet_yfcc_voc_16gpu_70k): AlexNet-FCN-32x,
+plain decoder [1, 2, 4], 384^2 crops, global batch 192 (12 per GPU on 16 GPUs), 70k steps.
+
+  python train.py --config=configs/alexnet_yfcc.py --config.data.train=...
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+    """Reference recipe; `:runlocal` shrinks it to a one-minute smoke run."""
+    arg = common.parse_arg(arg, runlocal=False)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = common.model_defaults(image_encoder="alexnet_fcn_32x", sparse_encoder="shallownet32x",
+                                    decoder="plain", decoder_combo=(1, 2, 4))
+    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")  # logits = 2 * nbins: derived
+    c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
+                  batch_size=192)  # global batch: 12 per GPU on 16 GPUs
+    c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=0.00015625, nms_ks=41,
+                      max_num_guide=150)  # grid stride 80
+    c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
+    c.schedule = dict(lr=0.1, boundaries=(40_000, 60_000), factor=0.1, warmup_steps=0)
+    c.train = dict(steps=70_000, checkpoint_every=10_000)
+    if arg.runlocal:
+        c.train.steps, c.data.batch_size, c.data.crop = 20, 2, (128, 128)
+    return c

@@ -1,0 +1,33 @@
+"""Helpers shared by the recipes."""
+import ml_collections
+
+
+def parse_arg(arg, **defaults):
+    """Parses a recipe argument such as "runlocal" or "runlocal,crop=64" over `defaults`.
+
+    A bare word sets a boolean option; key=value keeps the default's type. Unknown keys fail.
+    """
+    parsed = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in parsed:
+            raise ValueError(f"Unknown recipe argument {key!r}; known: {sorted(defaults)}.")
+        if not _:
+            parsed[key] = True
+        else:
+            kind = type(defaults[key])
+            parsed[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return parsed
+
+
+def model_defaults(**parts):
+    """Fields of `config.model` every recipe has, with the reference's init.
+
+    Parts are chosen by name (`image_encoder`, `sparse_encoder`, `decoder`); `options` maps a
+    part name to its builder's keyword arguments and applies only while that part is chosen,
+    so `--config.model.image_encoder=resnet50` works whatever options the recipe set.
+    """
+    fields = dict(decoder_combo=(1, 2, 4), dense_prior=False, prior_sigma=2.0, init_gain=0.02,
+                  options={})
+    fields.update(parts)
+    return fields

@@ -1,0 +1,34 @@
+r"""The CPU default: a small CMP that trains in minutes on 2 cores (`python train.py`).
+
+Same structure as the paper's recipes, scaled down: MobileNetV3-Small encoder, a narrow
+skip-layer decoder, 128^2 crops, and the nearest-guidance prior so the network starts from
+the fill and learns corrections (the paper's recipe needs GPU-scale training; DESIGN.md §2).
+
+  python train.py
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+    """`:runlocal` shrinks it to a few-step smoke run."""
+    arg = common.parse_arg(arg, runlocal=False)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = common.model_defaults(
+        image_encoder="mobilenet_v3", sparse_encoder="shallownet32x", decoder="skip_layer",
+        decoder_combo=(1, 2, 4), dense_prior=True,
+        options=dict(mobilenet_v3=dict(variant="small", alpha=1.0, width=128),
+                     skip_layer=dict(width=64, fusion_widths=(128, 64, 32), skip_widths=(64, 16))))
+    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
+    c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=160, crop=(128, 128),
+                  batch_size=8)
+    c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=1 / 32**2, nms_ks=15,
+                      max_num_guide=-1)
+    c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
+    c.schedule = dict(lr=0.01, boundaries=(2_000, 3_000), factor=0.1, warmup_steps=100)
+    c.train = dict(steps=3_000, checkpoint_every=500)
+    if arg.runlocal:
+        c.train.steps, c.data.batch_size, c.data.crop = 20, 2, (128, 128)
+    return c

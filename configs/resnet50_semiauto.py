@@ -1,0 +1,29 @@
+r"""The semi-automatic annotation model of the paper (semiauto_annot/resnet50_vip+mpii_liteflow),
+the one video-generation projects reuse: dilated ResNet-50, skip-layer decoder (output stride
+2), 384^2 crops, global batch 64 (8 per GPU on 8 GPUs), 42k steps.
+
+  python train.py --config=configs/resnet50_semiauto.py --config.data.train=...
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+    """Reference recipe; `:runlocal` shrinks it to a one-minute smoke run."""
+    arg = common.parse_arg(arg, runlocal=False)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = common.model_defaults(image_encoder="resnet50", sparse_encoder="shallownet8x",
+                                    decoder="skip_layer", decoder_combo=(1, 2, 4, 8))
+    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
+    c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
+                  batch_size=64)  # global batch: 8 per GPU on 8 GPUs
+    c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
+                      max_num_guide=-1)  # grid stride 131; -1: no cap
+    c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
+    c.schedule = dict(lr=0.1, boundaries=(24_000, 36_000), factor=0.1, warmup_steps=0)
+    c.train = dict(steps=42_000, checkpoint_every=5_000)
+    if arg.runlocal:
+        c.train.steps, c.data.batch_size, c.data.crop = 20, 2, (128, 128)
+    return c

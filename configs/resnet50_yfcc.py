@@ -1,0 +1,28 @@
+r"""The paper's ResNet-50 recipe (rep_learning/resnet50_yfcc_voc_16gpu_42k): dilated ResNet-50,
+plain decoder [1, 2, 4], 320^2 crops, global batch 160 (10 per GPU on 16 GPUs), 42k steps.
+
+  python train.py --config=configs/resnet50_yfcc.py --config.data.train=...
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+    """Reference recipe; `:runlocal` shrinks it to a one-minute smoke run."""
+    arg = common.parse_arg(arg, runlocal=False)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = common.model_defaults(image_encoder="resnet50", sparse_encoder="shallownet8x",
+                                    decoder="plain", decoder_combo=(1, 2, 4))
+    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
+    c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(320, 320),
+                  batch_size=160)  # global batch: 10 per GPU on 16 GPUs
+    c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=0.00003629, nms_ks=67,
+                      max_num_guide=-1)  # grid stride 165; -1: no cap
+    c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
+    c.schedule = dict(lr=0.1, boundaries=(24_000, 36_000), factor=0.1, warmup_steps=0)
+    c.train = dict(steps=42_000, checkpoint_every=10_000)
+    if arg.runlocal:
+        c.train.steps, c.data.batch_size, c.data.crop = 20, 2, (128, 128)
+    return c

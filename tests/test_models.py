@@ -1,0 +1,252 @@
+"""The CMP network: exact sizes of the paper's configs, strides, gradients, saving, errors."""
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmp_tf import models
+from cmp_tf.models import layers as L
+from tests.conftest import load_config
+
+# recipe: (trainable, BatchNorm statistics, logits stride). Paper counts are the reference's
+# minus the 400 weights of its duplicated mask channel (REFERENCE.md §2).
+EXPECTED = {
+    "alexnet_yfcc": (32_502_294, 20_736, 32),
+    "resnet50_semiauto": (28_516_022, 57_472, 2),
+    "resnet50_yfcc": (25_497_110, 54_720, 8),
+    "mobile": (6_526_374, 27_984, 2),
+    "default": (1_855_174, 13_936, 2),
+}
+PAPER_ENCODERS = {"alexnet_yfcc": 31_037_760, "resnet50_semiauto": 24_032_576}
+SLOW = {"alexnet_yfcc", "resnet50_semiauto", "resnet50_yfcc", "mobile"}
+
+
+def _count(weights):
+    return sum(int(np.prod(w.shape)) for w in weights)
+
+
+def _inputs(rng, batch, size, points=5):
+    image = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+    sparse = np.zeros((batch, size, size, 3), np.float32)
+    for b in range(batch):
+        ys, xs = rng.integers(0, size, points), rng.integers(0, size, points)
+        sparse[b, ys, xs, :2] = rng.uniform(-10, 10, (points, 2))
+        sparse[b, ys, xs, 2] = 1
+    return {"image": image, "sparse": sparse}
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return models.build_cmp(load_config("default"))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in EXPECTED])
+def test_counts_strides_and_shapes_are_pinned(name, rng):
+    config = load_config(name)
+    model = models.build_cmp(config)
+    trainable, statistics, stride = EXPECTED[name]
+    assert _count(model.trainable_weights) == trainable
+    assert _count(model.non_trainable_weights) == statistics
+    if name in PAPER_ENCODERS:
+        assert _count(models.build_encoder(config).trainable_weights) == PAPER_ENCODERS[name]
+    size = 128
+    out = model(_inputs(rng, 2, size))
+    nbins = config.flow.nbins
+    assert tuple(out["logits"].shape) == (2, size // stride, size // stride, 2 * nbins)
+    assert tuple(out["flow"].shape) == (2, size, size, 2)
+    assert np.isfinite(out["flow"].numpy()).all()
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in EXPECTED])
+def test_every_trainable_variable_gets_a_gradient(name, rng):
+    config = load_config(name)
+    model = models.build_cmp(config)
+    inputs = _inputs(rng, 2, 128)
+    target = tf.constant(rng.uniform(-5, 5, (2, 128, 128, 2)).astype(np.float32))
+    from cmp_tf import losses
+
+    loss_fn = losses.make_loss(config.flow)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(loss_fn(model(inputs, training=True)["logits"], target))
+    grads = tape.gradient(loss, model.trainable_variables)
+    paths = {v.path for v in model.trainable_variables}
+    # A conv bias right before BatchNorm (kept for parity with the reference) is shifted away by
+    # the batch mean: its gradient is zero in exact arithmetic, so only its presence is checked.
+    before_bn = {p for p in paths if p.endswith("/bias") and
+                 p.replace("/bias", "_bn/gamma") in paths}
+    assert before_bn, "expected conv biases before BatchNorm"
+    dead = [v.path for v, g in zip(model.trainable_variables, grads)
+            if g is None or not np.isfinite(g.numpy()).all()
+            or (v.path not in before_bn and not np.any(g.numpy()))]
+    assert not dead, f"no gradient for {dead}"
+
+
+def test_encoders_return_skips_at_strides_2_and_4():
+    for name, options in (("resnet50", {}), ("mobilenet_v3", {"variant": "small"}),
+                          ("mobilenet_v3", {"variant": "large"})):
+        config = ml_collections.ConfigDict({"model": {
+            "image_encoder": name, "init_gain": 0.02, "options": {name: options}}})
+        shapes = models.build_encoder(config).compute_output_shape((1, 256, 256, 3))
+        assert shapes["skip2"][1:3] == (128, 128)
+        assert shapes["skip4"][1:3] == (64, 64)
+        assert shapes["features"][-1] == 256
+
+
+def test_keras_file_round_trip_gives_identical_outputs(default_model, tmp_path, rng):
+    path = tmp_path / "cmp.keras"
+    default_model.save(path)
+    loaded = keras.models.load_model(path)
+    inputs = _inputs(rng, 1, 128)
+    want, got = default_model(inputs), loaded(inputs)
+    for key in ("logits", "flow"):
+        np.testing.assert_array_equal(want[key].numpy(), got[key].numpy())
+
+
+def test_dense_prior_model_starts_from_the_nearest_fill(default_model, rng):
+    # Xavier gain 0.02 makes the decoder's logits tiny at init: the readout is the prior's.
+    size = 128
+    inputs = _inputs(rng, 1, size, points=1)
+    vector = inputs["sparse"][0][inputs["sparse"][0, ..., 2] > 0][0, :2]
+    flow = default_model(inputs)["flow"].numpy()[0]
+    np.testing.assert_allclose(flow.reshape(-1, 2).mean(0), vector, atol=0.5)
+
+
+def test_assemble_takes_built_parts():
+    image = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same")(image)
+    tiny_encoder = keras.Model(image, {"features": keras.layers.Conv2D(8, 1)(x)})
+    sparse = keras.Input((None, None, 3))
+    tiny_sparse = keras.Model(sparse, keras.layers.AveragePooling2D(4)(sparse))
+    features = keras.Input((None, None, 11), name="features")
+    tiny_decoder = keras.Model({"features": features}, keras.layers.Conv2D(6, 1)(features))
+    model = models.assemble(tiny_encoder, tiny_sparse, tiny_decoder, nbins=3, fmax=3.0)
+    out = model({"image": np.zeros((1, 8, 8, 3)), "sparse": np.zeros((1, 8, 8, 3))})
+    assert tuple(out["logits"].shape) == (1, 2, 2, 6) and tuple(out["flow"].shape) == (1, 8, 8, 2)
+
+
+def test_sizes_the_encoders_cannot_take_are_refused(default_model):
+    with pytest.raises(ValueError, match="multiples of 32.*got 150x128.*160x128"):
+        default_model({"image": np.zeros((1, 150, 128, 3)), "sparse": np.zeros((1, 150, 128, 3))})
+    with pytest.raises(ValueError, match="at least 128 for this model.*got 64x64"):
+        default_model({"image": np.zeros((1, 64, 64, 3)), "sparse": np.zeros((1, 64, 64, 3))})
+    with pytest.raises(ValueError, match="sparse must have the image's size 128x128; got 96x128"):
+        default_model({"image": np.zeros((1, 128, 128, 3)), "sparse": np.zeros((1, 96, 128, 3))})
+    with pytest.raises(ValueError, match="sparse"):
+        default_model({"image": np.zeros((1, 128, 128, 3)), "sparse": np.zeros((1, 128, 128, 2))})
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.image_encoder", "vgg16", r"image_encoder='vgg16' is unknown; known: alexnet_fcn_32x, "
+                                     r"mobilenet_v3, resnet50"),
+    ("model.decoder", "unet", r"decoder='unet' is unknown; known: plain, skip_layer"),
+    ("flow.nbins", 98, r"nbins must be odd"),
+    ("flow.loss", "huber", r"config.flow.loss='huber' is unknown"),
+    ("model.sparse_encoder", "shallownet8x", r"stride 8 but the image encoder.*stride 32"),
+    ("data.crop", (100, 128), r"config.data.crop=\(100, 128\) must be a multiple of 32"),
+    ("data.crop", (64, 64), r"must be a multiple of 32 .* and at least 128"),
+    ("model.options.mobilenet_v3", {"varaint": "small"},
+     r"options.mobilenet_v3 has unknown options \['varaint'\]; it takes .*'variant'"),
+    ("model.options.plain", {"in_channels": 3}, r"sets \['in_channels'\], which the model"),
+    ("model.options.mobilenet", {}, r"unknown parts \['mobilenet'\]"),
+])
+def test_bad_configs_name_the_field(field, value, message):
+    config = load_config("default")
+    *parents, key = field.split(".")
+    section = config
+    for parent in parents:
+        section = section[parent]
+    with config.unlocked():
+        section[key] = value
+    if field == "model.options.plain":
+        config.model.decoder = "plain"
+    with pytest.raises(ValueError, match=message):
+        models.build_cmp(config)
+
+
+def test_switching_parts_from_the_command_line_keeps_other_parts_options():
+    config = load_config("default")  # sets options for mobilenet_v3 and skip_layer
+    config.model.image_encoder, config.model.sparse_encoder = "resnet50", "shallownet8x"
+    config.model.decoder = "plain"
+    model = models.build_cmp(config)
+    assert model.get_layer("input_guard").multiple == 8
+
+
+def test_skip_decoder_needs_an_encoder_with_skips():
+    config = load_config("alexnet_yfcc")
+    config.model.decoder = "skip_layer"
+    with pytest.raises(ValueError, match="needs skip features.*alexnet_fcn_32x"):
+        models.build_cmp(config)
+
+
+def test_strided_convs_pad_symmetrically_like_pytorch(rng):
+    # Keras 'same' with stride 2 pads bottom/right only; the reference pads 2 on every side.
+    x = rng.normal(size=(1, 8, 8, 1)).astype(np.float32)
+    inp = keras.Input((8, 8, 1))
+    out = L.conv(inp, 1, 5, strides=2, padding=2, name="c", gain=1.0, use_bias=False)
+    model = keras.Model(inp, out)
+    kernel = model.get_layer("c").kernel.numpy()[..., 0, 0]
+    padded = np.pad(x[0, ..., 0], 2)
+    want = np.array([[np.sum(padded[i:i + 5, j:j + 5] * kernel) for j in range(0, 8, 2)]
+                     for i in range(0, 8, 2)])
+    np.testing.assert_allclose(model(x).numpy()[0, ..., 0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_resize_aligns_corners():
+    x = np.array([[0.0, 2.0], [4.0, 6.0]], np.float32).reshape(1, 2, 2, 1)
+    y = L.ResizeLike()([x, np.zeros((1, 3, 3, 1))]).numpy()[0, ..., 0]
+    np.testing.assert_allclose(y, [[0, 1, 2], [2, 3, 4], [4, 5, 6]])
+
+
+def _nearest_fill_bruteforce(sparse, stride):
+    """Per cell: mean vector of the nearest cell holding guides, and the distance to them."""
+    h, w = sparse.shape[0] // stride, sparse.shape[1] // stride
+    ys, xs = np.nonzero(sparse[..., 2])
+    cells = {}
+    for y, x in zip(ys, xs):
+        cells.setdefault((y // stride, x // stride), []).append((y, x, *sparse[y, x, :2]))
+    seeds = np.array([np.mean(v, 0) for v in cells.values()])
+    out = np.zeros((h, w, 3), np.float32)
+    for i in range(h):
+        for j in range(w):
+            c = np.array([i * stride + (stride - 1) / 2, j * stride + (stride - 1) / 2])
+            d = np.hypot(seeds[:, 0] - c[0], seeds[:, 1] - c[1])
+            out[i, j] = (*seeds[d.argmin(), 2:], d.min())
+    return out
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_dense_prior_matches_a_brute_force_nearest_fill(stride, rng):
+    size, points = 48, 7
+    sparse = np.zeros((size, size, 3), np.float32)
+    ys, xs = rng.choice(size, points, replace=False), rng.choice(size, points, replace=False)
+    sparse[ys, xs, :2] = rng.uniform(-20, 20, (points, 2))
+    sparse[ys, xs, 2] = 1
+    got = L.DensePrior(stride)(sparse[None]).numpy()[0]
+    want = _nearest_fill_bruteforce(sparse, stride)
+    # Jump flooding can pick a near-tie neighbour: compare distances everywhere, vectors where
+    # the nearest guide is unambiguous.
+    np.testing.assert_allclose(got[..., 2], want[..., 2], atol=1e-3)
+    assert (np.abs(got[..., :2] - want[..., :2]).max(-1) < 1e-3).mean() > 0.97
+
+
+def test_dense_prior_without_guidance_is_zero_flow_far_away():
+    prior = L.DensePrior(8, max_size=512)(np.zeros((1, 32, 32, 3), np.float32)).numpy()
+    np.testing.assert_array_equal(prior[..., :2], 0)
+    np.testing.assert_array_equal(prior[..., 2], 512)
+
+
+def test_prior_logits_read_out_as_the_prior():
+    prior = np.array([[[[-7.3, 12.6]]]], np.float32)
+    logits = L.PriorLogits(99, 50.0, sigma=2.0)(prior)
+    flow = L.FlowReadout(99, 50.0)(logits).numpy()
+    np.testing.assert_allclose(flow[0, 0, 0], prior[0, 0, 0], atol=1e-3)
+
+
+def test_custom_layers_round_trip_their_config():
+    for layer in (L.InputGuard(32, 128), L.FlowReadout(99, 50.0), L.DensePrior(8, max_size=1024),
+                  L.PriorLogits(99, 50.0, 2.0), L.ResizeLike()):
+        clone = layer.__class__.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()

@@ -20,7 +20,8 @@ def _check_target(pred, target, weight):
         if len(weight.shape) == 4:
             weight = weight[..., 0]
         if len(weight.shape) != 3:
-            raise ValueError(f"weight must be [B, H, W] or [B, H, W, 1]; got {tuple(weight.shape)}.")
+            raise ValueError(
+                f"weight must be [B, H, W] or [B, H, W, 1]; got {tuple(weight.shape)}.")
         weight = tf.cast(weight, tf.float32)
     return tf.cast(target, tf.float32), weight
 

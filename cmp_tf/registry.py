@@ -25,7 +25,8 @@ def names(kind):
 def _builder(kind, name):
     table = _BUILDERS.get(kind, {})
     if name not in table:
-        raise ValueError(f"config.model.{kind}={name!r} is unknown; known: {', '.join(names(kind))}.")
+        raise ValueError(
+            f"config.model.{kind}={name!r} is unknown; known: {', '.join(names(kind))}.")
     return table[name]
 
 

@@ -1,0 +1,1 @@
+"""Input side of CMP: files and generated scenes -> (frame, next frame, flow) -> batches."""

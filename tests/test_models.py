@@ -250,3 +250,32 @@ def test_custom_layers_round_trip_their_config():
                   L.PriorLogits(99, 50.0, 2.0), L.ResizeLike()):
         clone = layer.__class__.from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
+
+
+def test_regression_head_outputs_flow_and_starts_from_the_prior(rng):
+    config = load_config("default")
+    config.flow.loss = "l1"
+    model = models.build_cmp(config)
+    inputs = _inputs(rng, 1, 128, points=1)
+    out = model(inputs)
+    assert tuple(out["logits"].shape) == (1, 64, 64, 2)  # flow itself at the decoder's stride
+    vector = inputs["sparse"][0][inputs["sparse"][0, ..., 2] > 0][0, :2]
+    np.testing.assert_allclose(out["flow"].numpy()[0].reshape(-1, 2).mean(0), vector, atol=0.5)
+
+
+def test_mixed_precision_keeps_float32_outputs_and_gradients(rng):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        config = load_config("default")
+        model = models.build_cmp(config)
+        from cmp_tf import losses
+
+        with tf.GradientTape() as tape:
+            out = model(_inputs(rng, 1, 128), training=True)
+            loss = tf.reduce_mean(losses.make_loss(config.flow)(out["logits"],
+                                                                tf.zeros((1, 128, 128, 2))))
+        grads = tape.gradient(loss, model.trainable_variables)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out["logits"].dtype == tf.float32 and out["flow"].dtype == tf.float32
+    assert np.isfinite(float(loss)) and all(g is not None for g in grads)

@@ -74,8 +74,9 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             out = keras.layers.Add(name="add_prior")([out, prior_logits])
     flow = out if regression else L.FlowReadout(nbins, fmax, name="readout")(out)
     flow = L.ResizeLike(name="upsample_flow")([flow, image])
-    outputs = {"logits": keras.layers.Identity(name="logits")(out),
-               "flow": keras.layers.Identity(name="flow")(flow)}
+    # float32 outputs under mixed precision too: the loss and the flow want full precision.
+    outputs = {"logits": keras.layers.Identity(name="logits", dtype="float32")(out),
+               "flow": keras.layers.Identity(name="flow", dtype="float32")(flow)}
     return keras.Model({"image": image, "sparse": sparse}, outputs, name=name)
 
 

@@ -1,6 +1,9 @@
 """Helpers shared by the recipes."""
 import ml_collections
 
+from cmp_tf import data
+from cmp_tf.data import ingest as ingest_lib
+
 
 def parse_arg(arg, **defaults):
     """Parses a recipe argument such as "runlocal" or "runlocal,crop=64" over `defaults`.
@@ -31,3 +34,19 @@ def model_defaults(**parts):
                   options={})
     fields.update(parts)
     return fields
+
+
+def ingest(**overrides):
+    """`config.ingest`: how videos become shards (cmp_tf.data.ingest), with `overrides`."""
+    fields = ingest_lib.default_ingest_config()
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown ingest fields {unknown}; known: {sorted(fields)}.")
+    fields.update(overrides)
+    return fields
+
+
+def sample_splits():
+    """(train, val) paths: the embedded clips, split by clip so validation is unseen video."""
+    return ((data.sample_clip("bikes"), data.sample_clip("bigbuckbunny")),
+            (data.sample_clip("carphone"),))

@@ -22,8 +22,10 @@ def get_config(arg=None):
         options=dict(mobilenet_v3=dict(variant="small", alpha=1.0, width=128),
                      skip_layer=dict(width=64, fusion_widths=(128, 64, 32), skip_widths=(64, 16))))
     c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
-    c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=160, crop=(128, 128),
-                  batch_size=8)
+    train, val = common.sample_splits()
+    c.data = dict(train=train, val=val, cache_dir="data/cache", short_size=160, crop=(128, 128),
+                  batch_size=8, flip=True, shuffle_buffer=256, on_error="skip")
+    c.ingest = common.ingest(max_side=384)  # short sides >= 160 for every sample clip
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=1 / 32**2, nms_ks=15,
                       max_num_guide=-1)
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)

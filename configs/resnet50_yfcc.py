@@ -17,7 +17,9 @@ def get_config(arg=None):
                                     decoder="plain", decoder_combo=(1, 2, 4))
     c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
     c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(320, 320),
-                  batch_size=160)  # global batch: 10 per GPU on 16 GPUs
+                  batch_size=160, flip=False,  # no augmentation, as the reference
+                  shuffle_buffer=1024, on_error="skip")  # global batch: 10 per GPU on 16 GPUs
+    c.ingest = common.ingest(max_side=1024)  # keep short sides above data.short_size
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=0.00003629, nms_ks=67,
                       max_num_guide=-1)  # grid stride 165; -1: no cap
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)

@@ -1,0 +1,86 @@
+"""The file boundary: list files, flow files, videos; every error names the file (and line)."""
+import cv2
+import numpy as np
+import pytest
+
+from cmp_tf import flow as flow_lib
+from cmp_tf.data import formats
+from tests.conftest import panning_frames, write_video
+
+
+def _pair_files(folder, rng, flow_kind="flo", size=(6, 8)):
+    folder.mkdir(exist_ok=True)
+    image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "a.png"), image)
+    cv2.imwrite(str(folder / "b.png"), image)
+    flow = rng.uniform(-20, 20, (*size, 2)).astype(np.float32)
+    if flow_kind == "flo":
+        flow_lib.write_flo(folder / "f.flo", flow)
+        return flow, ["a.png", "b.png", "f.flo"]
+    fx, fy = flow_lib.encode_flow_8bit(flow)
+    cv2.imwrite(str(folder / "fx.jpg"), fx, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    cv2.imwrite(str(folder / "fy.jpg"), fy, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    return flow, ["a.png", "b.png", "fx.jpg", "fy.jpg"]
+
+
+def test_reference_list_files_with_flo_and_8bit_flow(tmp_path, rng):
+    flo, flo_files = _pair_files(tmp_path / "flo", rng, "flo")
+    jpg, jpg_files = _pair_files(tmp_path / "jpg", rng, "jpg")
+    listing = tmp_path / "train.txt"
+    absolute = [str(tmp_path / "jpg" / f) for f in jpg_files]
+    listing.write_text("# reference list\n" + " ".join(f"flo/{f}" for f in flo_files) + "\n\n"
+                       + " ".join(absolute) + "\n")
+    entries, skipped = formats.read_list(listing)
+    assert len(entries) == 2 and not skipped
+    _, _, flow, valid = formats.read_pair(entries[0])
+    np.testing.assert_array_equal(flow, flo)
+    assert valid.min() == 1
+    _, _, flow, _ = formats.read_pair(entries[1])
+    assert np.abs(flow - jpg).max() < 100 / 255 + 0.5  # 8-bit quantum plus JPEG at q=100
+
+
+def test_list_file_errors_name_the_file_and_line(tmp_path, rng):
+    _, files = _pair_files(tmp_path, rng)
+    listing = tmp_path / "list.txt"
+    listing.write_text(" ".join(files) + "\n" + "a.png b.png gone.flo\n")
+    with pytest.raises(ValueError, match=r"list\.txt:2: missing file .*gone\.flo"):
+        formats.read_list(listing)
+    entries, skipped = formats.read_list(listing, on_missing="skip")
+    assert len(entries) == 1 and skipped == [f"{listing}:2: missing file {tmp_path}/gone.flo"]
+    listing.write_text("a.png b.png\n")
+    with pytest.raises(ValueError, match=r"list\.txt:1: expected 'img1 img2 flow.flo'"):
+        formats.read_list(listing)
+
+
+def test_flow_whose_size_differs_from_its_image_is_refused(tmp_path, rng):
+    _, files = _pair_files(tmp_path, rng)
+    flow_lib.write_flo(tmp_path / "f.flo", np.zeros((5, 8, 2), np.float32))
+    (tmp_path / "l.txt").write_text(" ".join(files))
+    entry = formats.read_list(tmp_path / "l.txt")[0][0]
+    with pytest.raises(ValueError, match=r"l\.txt:1: sizes differ"):
+        formats.read_pair(entry)
+
+
+def test_kitti_png_keeps_flow_to_a_128th_of_a_pixel(tmp_path, rng):
+    flow = rng.uniform(-60, 60, (9, 7, 2)).astype(np.float32)
+    valid = rng.integers(0, 2, (9, 7))
+    (tmp_path / "f.png").write_bytes(formats.encode_kitti_png(flow, valid))
+    back, back_valid = formats.read_flow(tmp_path / "f.png")
+    assert np.abs(back - flow).max() <= 1 / 128 + 1e-6
+    np.testing.assert_array_equal(back_valid, valid)
+    cv2.imwrite(str(tmp_path / "eight.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"eight\.png is not a 16-bit 3-channel KITTI"):
+        formats.read_flow(tmp_path / "eight.png")
+
+
+def test_videos_decode_and_bad_videos_name_the_file(tmp_path):
+    path = write_video(tmp_path / "pan.avi", panning_frames(6))
+    frames, expected = formats.read_video(path)
+    assert len(frames) == 6 and frames[0].shape == (64, 96, 3) and frames[0].dtype == np.uint8
+    assert formats.read_video(path, max_side=48)[0][0].shape == (32, 48, 3)
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError, match=r"junk\.mp4"):
+        formats.read_video(tmp_path / "junk.mp4")
+    with pytest.raises(ValueError, match=r"nothing\.mp4 does not exist"):
+        formats.read_video(tmp_path / "nothing.mp4")
+    assert formats.list_videos([tmp_path]) == sorted([path, str(tmp_path / "junk.mp4")])

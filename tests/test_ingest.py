@@ -1,0 +1,117 @@
+"""Videos -> teacher flow -> shards: drops, manifest, idempotence, resume, errors, Beam."""
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmp_tf.data import ingest
+from cmp_tf.data import pipeline
+from tests.conftest import panning_frames, write_video
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = dict(gaps=(1,), max_side=-1, dis_preset="fast")
+
+
+def _records(folder):
+    out = []
+    for shard in sorted(f for f in os.listdir(folder) if f.endswith(".tfrecord")):
+        out += [pipeline._parse_record(r) for r in tf.data.TFRecordDataset(str(folder / shard))]
+    return out
+
+
+def test_a_panning_video_becomes_pairs_with_its_motion(tmp_path):
+    video = write_video(tmp_path / "pan.avi", panning_frames(6, step=(3, 2)))
+    manifest = ingest.ingest([video], tmp_path / "out", CFG, progress=False)
+    assert manifest["totals"]["pairs"] == 5 and manifest["totals"]["errors"] == 0
+    source = manifest["sources"][0]
+    assert source["frames"] == 6 and len(source["shards"]) == 1
+    records = _records(tmp_path / "out")
+    assert len(records) == 5
+    image, flow, valid = (t.numpy() for t in records[0])
+    assert image.shape == (64, 96, 3) and flow.shape == (64, 96, 2)
+    # The scene pans by (3, 2) px a frame, so content moves by (-3, -2); DIS finds it inside.
+    inner = flow[8:-8, 8:-8].reshape(-1, 2)
+    np.testing.assert_allclose(np.median(inner, 0), [-3, -2], atol=0.25)
+    assert valid[8:-8, 8:-8].mean() > 0.9
+
+
+def test_static_pairs_and_scene_cuts_are_dropped_and_counted(tmp_path):
+    still = panning_frames(1)[0]
+    write_video(tmp_path / "still.avi", [still] * 4)
+    cut = panning_frames(3, seed=1) + panning_frames(3, seed=2)
+    write_video(tmp_path / "cut.avi", cut)
+    manifest = ingest.ingest([tmp_path], tmp_path / "out", CFG, progress=False)
+    by_name = {os.path.basename(s["video"]): s for s in manifest["sources"]}
+    assert by_name["still.avi"]["pairs"] == 0 and by_name["still.avi"]["dropped"]["static"] == 3
+    cut_drops = by_name["cut.avi"]["dropped"]
+    assert by_name["cut.avi"]["pairs"] == 4
+    assert cut_drops["scene_cut"] + cut_drops["inconsistent"] == 1
+
+
+def test_a_bad_video_is_recorded_and_the_others_still_ingested(tmp_path):
+    write_video(tmp_path / "good.avi", panning_frames(3))
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    manifest = ingest.ingest([tmp_path], tmp_path / "out", CFG, progress=False)
+    assert manifest["totals"]["pairs"] == 2 and manifest["totals"]["errors"] == 1
+    bad = [s for s in manifest["sources"] if s["error"]]
+    assert "junk.mp4" in bad[0]["error"] and not bad[0]["shards"]
+    with pytest.raises(ValueError, match="junk.mp4"):
+        ingest.ingest([tmp_path / "junk.mp4"], tmp_path / "out2", {**CFG, "on_error": "raise"},
+                      progress=False)
+    with pytest.raises(ValueError, match="config.ingest has unknown fields \\['gap'\\]"):
+        ingest.ingest([tmp_path], tmp_path / "out3", {"gap": 1}, progress=False)
+
+
+def test_a_second_run_skips_finished_videos(tmp_path):
+    video = write_video(tmp_path / "pan.avi", panning_frames(4))
+    ingest.ingest([video], tmp_path / "out", CFG, progress=False)
+    before = {f: os.path.getmtime(tmp_path / "out" / f) for f in os.listdir(tmp_path / "out")
+              if f.endswith(".tfrecord")}
+    record = ingest.ingest_video(video, tmp_path / "out", CFG)
+    assert record["skipped"]
+    after = {f: os.path.getmtime(tmp_path / "out" / f) for f in before}
+    assert after == before
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_duplicate_shards(tmp_path):
+    video = write_video(tmp_path / "pan.avi", panning_frames(40, size=(96, 128)))
+    cfg = {**CFG, "pairs_per_shard": 1, "gaps": (1, 2)}
+    ingest.ingest([video], tmp_path / "clean", cfg, progress=False)
+    code = ("import sys; from cmp_tf.data import ingest; "
+            f"ingest.ingest([{video!r}], {str(tmp_path / 'killed')!r}, {cfg!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        out = tmp_path / "killed"
+        if out.exists() and sum(f.endswith(".tmp") for f in os.listdir(out)) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingestion finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not any(f.endswith(".json") for f in os.listdir(tmp_path / "killed"))
+    ingest.ingest([video], tmp_path / "killed", cfg, progress=False)
+    shards = sorted(f for f in os.listdir(tmp_path / "clean") if f.endswith(".tfrecord"))
+    assert sorted(f for f in os.listdir(tmp_path / "killed") if "tfrecord" in f) == shards
+    for shard in shards:
+        assert filecmp.cmp(tmp_path / "clean" / shard, tmp_path / "killed" / shard, shallow=False)
+
+
+@pytest.mark.slow
+def test_beam_direct_runner_writes_the_same_shards(tmp_path):
+    videos = [write_video(tmp_path / f"v{i}.avi", panning_frames(4, seed=i)) for i in range(2)]
+    local = ingest.ingest(videos, tmp_path / "local", CFG, workers=2, progress=False)
+    beam = ingest.ingest_beam(videos, tmp_path / "beam", CFG, ["--runner=DirectRunner"])
+    assert beam["totals"] == local["totals"]
+    shards = sorted(f for f in os.listdir(tmp_path / "local") if f.endswith(".tfrecord"))
+    assert shards == sorted(f for f in os.listdir(tmp_path / "beam") if f.endswith(".tfrecord"))
+    for shard in shards:
+        assert filecmp.cmp(tmp_path / "local" / shard, tmp_path / "beam" / shard, shallow=False)

@@ -115,3 +115,17 @@ def test_beam_direct_runner_writes_the_same_shards(tmp_path):
     assert shards == sorted(f for f in os.listdir(tmp_path / "beam") if f.endswith(".tfrecord"))
     for shard in shards:
         assert filecmp.cmp(tmp_path / "local" / shard, tmp_path / "beam" / shard, shallow=False)
+
+
+def test_the_command_line_ingests_and_reports(tmp_path):
+    write_video(tmp_path / "pan.avi", panning_frames(4))
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 100)
+    result = subprocess.run(
+        [sys.executable, "-m", "cmp_tf.data.ingest", f"--videos={tmp_path}",
+         f"--out={tmp_path / 'out'}", "--workers=1", "--config.ingest.max_side=-1",
+         "--config.ingest.gaps=(1,)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr
+    assert "3 pairs from 2 videos" in result.stdout and "1 videos failed" in result.stdout
+    assert (tmp_path / "out" / ingest.MANIFEST).exists()

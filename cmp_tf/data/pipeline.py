@@ -1,0 +1,282 @@
+"""tf.data: shards, list files or videos -> decode -> resize, crop, flip -> guidance -> batches.
+
+Elements are ({"image": [H, W, 3] float32 0..255, "sparse": [H, W, 3] (u, v, mask)},
+{"flow": [H, W, 2] px, "valid": [H, W]}), batched to fixed shapes.
+
+Resumable: every random choice of element i (crop, flip, guidance) is seeded by (config.seed,
+i), and the shuffled order depends on config.seed only, so `start_step` skips the records
+already consumed (before they are decoded) and a resumed run sees the same samples as an
+uninterrupted one. tf.data cannot checkpoint pipelines holding `tf.numpy_function` state;
+this needs no state.
+"""
+import glob
+import json
+import os
+
+import tensorflow as tf
+
+from cmp_tf.data import formats
+from cmp_tf.data import ingest as ingest_lib
+from cmp_tf.data import sampling
+
+# A list-file element carries its entry index instead of a serialized record.
+_NO_RECORD = b""
+_SEED_STRIDE = 1_000_003  # guidance seed = config.seed * stride + element index
+
+
+def _shards_in(folder):
+    return sorted(glob.glob(os.path.join(folder, "*.tfrecord")))
+
+
+def _check_shard_sizes(folder, on_error):
+    """Shards listed by ingestion sidecars must exist with some bytes; returns the good ones."""
+    good = []
+    for sidecar in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        if os.path.basename(sidecar) == ingest_lib.MANIFEST:
+            continue
+        with open(sidecar) as f:
+            record = json.load(f)
+        for shard in record.get("shards", []):
+            path = os.path.join(folder, shard)
+            if not os.path.isfile(path) or os.path.getsize(path) == 0:
+                if on_error == "raise":
+                    raise ValueError(f"Shard {path} listed in {sidecar} is missing or empty.")
+                tf.get_logger().warning(f"Skipping missing or empty shard {path}.")
+                continue
+            good.append(path)
+    return good
+
+
+def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", on_error="skip"):
+    """Sorts `paths` into TFRecord shards and list-file entries, ingesting videos on first use.
+
+    Folders hold shards or videos; `.tfrecord` files are shards; `.txt` files are reference
+    list files; video files are ingested into `cache_dir` (once: ingestion skips finished
+    videos).
+
+    Returns:
+        (shard paths, list entries).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise ValueError(f"{field} is empty: name shard folders, list files or videos.")
+    shards, entries, videos = [], [], []
+    for path in map(os.fspath, paths):
+        if not os.path.exists(path):
+            raise ValueError(f"{field}: {path} does not exist.")
+        if os.path.isdir(path):
+            found = _shards_in(path)
+            if found:
+                with_sidecars = _check_shard_sizes(path, on_error)
+                shards += with_sidecars or found
+                continue
+            videos += formats.list_videos(path)
+            if not videos:
+                raise ValueError(f"{field}: folder {path} holds no .tfrecord shards or videos.")
+        elif path.endswith(".tfrecord"):
+            shards.append(path)
+        elif path.endswith(".txt"):
+            found, skipped = formats.read_list(path, on_missing=on_error)
+            for line in skipped:
+                tf.get_logger().warning(f"Skipping {line}.")
+            entries += found
+        elif formats.is_video(path):
+            videos.append(path)
+        else:
+            raise ValueError(f"{field}: {path} is not a shard, list file (.txt), video or folder.")
+    if videos:
+        manifest = ingest_lib.ingest(videos, cache_dir, ingest_config)
+        for source in manifest["sources"]:
+            if os.path.abspath(source["video"]) in {os.path.abspath(v) for v in videos}:
+                shards += [os.path.join(cache_dir, s) for s in source["shards"]]
+    if not shards and not entries:
+        raise ValueError(f"{field}: no training pairs in {list(paths)} (videos too static or "
+                         f"unreadable? see {os.path.join(cache_dir, ingest_lib.MANIFEST)}).")
+    return shards, entries
+
+
+def _parse_record(record):
+    features = tf.io.parse_single_example(record, {
+        "image1": tf.io.FixedLenFeature([], tf.string),
+        "flow": tf.io.FixedLenFeature([], tf.string),
+    })
+    image = tf.io.decode_jpeg(features["image1"], channels=3)
+    raw = tf.cast(tf.io.decode_png(features["flow"], channels=3, dtype=tf.uint16), tf.float32)
+    flow = (raw[..., :2] - 2.0**15) / 64.0  # KITTI encoding (formats.encode_kitti_png)
+    return image, flow, tf.cast(raw[..., 2] > 0, tf.float32)
+
+
+def _load_entry(entries):
+    def load(index):
+        image, _, flow, valid = formats.read_pair(entries[int(index)])
+        return image, flow, valid
+
+    def fn(index):
+        image, flow, valid = tf.numpy_function(load, [index], [tf.uint8, tf.float32, tf.float32])
+        return (tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(flow, [None, None, 2]),
+                tf.ensure_shape(valid, [None, None]))
+
+    return fn
+
+
+def resize_short_side(image, flow, valid, short_size):
+    """Resizes so the short side is `short_size` (image bicubic, flow bilinear and scaled)."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    ratio = short_size / tf.reduce_min(shape)
+    size = tf.cast(tf.round(shape * ratio), tf.int32)
+    image = tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), size, "bicubic"), 0, 255)
+    scale = tf.cast(size, tf.float32)[::-1] / shape[::-1]  # (x, y) scale of the flow vectors
+    flow = tf.image.resize(flow, size, "bilinear") * scale
+    valid = tf.image.resize(valid[..., None], size, "nearest")[..., 0]
+    return image, flow, valid
+
+
+def crop(image, flow, valid, crop_size, seed=None):
+    """Random crop (with a stateless `seed`) or centre crop (seed None); pads small inputs."""
+    height, width = crop_size
+    stack = tf.concat([image, flow, valid[..., None]], -1)  # crop all six channels together
+    shape = tf.shape(stack)
+    pad_h, pad_w = tf.maximum(height - shape[0], 0), tf.maximum(width - shape[1], 0)
+    stack = tf.pad(stack, [[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2],
+                           [0, 0]])
+    shape = tf.shape(stack)
+    if seed is None:
+        top, left = (shape[0] - height) // 2, (shape[1] - width) // 2
+    else:
+        top = tf.random.stateless_uniform([], seed, 0, shape[0] - height + 1, tf.int32)
+        left = tf.random.stateless_uniform([], seed + [0, 1], 0, shape[1] - width + 1, tf.int32)
+    stack = tf.ensure_shape(stack[top:top + height, left:left + width], [height, width, 6])
+    return stack[..., :3], stack[..., 3:5], stack[..., 5]
+
+
+def rotate(image, flow, valid, degrees):
+    """Rotates the frame about its centre by `degrees` (counter-clockwise as seen on screen).
+
+    The field is resampled and each vector turned by the same angle: a point moving by f moves
+    by R f once both frames are rotated. (The reference's rotate used arctan instead of
+    arctan2, which flips vectors pointing left.) Pixels rotated in from outside are invalid.
+    """
+    theta = -degrees * (3.141592653589793 / 180.0)  # y points down: screen-ccw is negative
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    # Output pixel (x, y) samples the input at R^-1 ((x, y) - c) + c.
+    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy,
+                          -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0])[None]
+    stack = tf.concat([image, flow, valid[..., None]], -1)[None]
+    size = tf.shape(image)[:2]
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=stack, transforms=transform, output_shape=size, fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+    u, v = warped[..., 3], warped[..., 4]
+    turned = tf.stack([cos * u - sin * v, sin * u + cos * v], -1)
+    return warped[..., :3], turned, tf.cast(warped[..., 5] > 0.999, tf.float32)
+
+
+def flip(image, flow, valid):
+    """Horizontal mirror: x runs backwards, so the horizontal motion u changes sign."""
+    return image[:, ::-1], flow[:, ::-1] * tf.constant([-1.0, 1.0]), valid[:, ::-1]
+
+
+def make_dataset(config, split="train", input_context=None, start_step=0, guidance=True):
+    """The input pipeline of a recipe.
+
+    Training augmentations, each a config switch: `data.flip` (mirror, u negated),
+    `data.scale` (low, high) random zoom of the short side, `data.rotate` max degrees.
+
+    Args:
+        config: the recipe (uses data.*, guidance.*, ingest.*, seed).
+        split: "train" (shuffled, repeated, random crop / flip) or "val" (one pass, centre
+            crop, the same guidance every time).
+        input_context: tf.distribute.InputContext: each input pipeline reads a disjoint part
+            and batches per replica.
+        start_step: training steps already done; their samples are skipped (resume).
+        guidance: False leaves `sparse` all zero (no sampling): to measure what sampling costs.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val'; got {split!r}.")
+    data, train = config.data, split == "train"
+    on_error = data.get("on_error", "skip")
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"config.data.on_error must be 'skip' or 'raise'; got {on_error!r}.")
+    ingest_config = config.get("ingest") or {}
+    if hasattr(ingest_config, "to_dict"):
+        ingest_config = ingest_config.to_dict()
+    shards, entries = resolve_sources(data.train if train else data.val, data.cache_dir,
+                                      ingest_config, f"config.data.{split}", on_error)
+    batch = data.batch_size
+    if input_context is not None:
+        batch = input_context.get_per_replica_batch_size(data.batch_size)
+
+    # Handles: serialized records, or list-entry indices; decoded only after skipping.
+    handles = []
+    if shards:
+        files = tf.data.Dataset.from_tensor_slices(shards)
+        if input_context is not None and len(shards) >= input_context.num_input_pipelines:
+            files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            input_context_done = True
+        else:
+            input_context_done = False
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=4,
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if input_context is not None and not input_context_done:
+            records = records.shard(input_context.num_input_pipelines,
+                                    input_context.input_pipeline_id)
+        handles.append(records.map(lambda r: (r, tf.constant(-1, tf.int64))))
+    if entries:
+        indices = tf.data.Dataset.range(len(entries))
+        if input_context is not None:
+            indices = indices.shard(input_context.num_input_pipelines,
+                                    input_context.input_pipeline_id)
+        handles.append(indices.map(lambda i: (tf.constant(_NO_RECORD), i)))
+    ds = handles[0] if len(handles) == 1 else handles[0].concatenate(handles[1])
+    if train:
+        ds = ds.repeat().shuffle(data.shuffle_buffer, seed=config.seed,
+                                 reshuffle_each_iteration=True)
+    ds = ds.enumerate()
+    if train and start_step:
+        ds = ds.skip(start_step * batch)
+
+    load_entry = _load_entry(entries) if entries else None
+    strategies = config.guidance if guidance else None
+    crop_size = tuple(data.crop)
+
+    def decode(index, handle):
+        record, entry = handle
+        if load_entry is None:
+            image, flow, valid = _parse_record(record)
+        elif not shards:
+            image, flow, valid = load_entry(entry)
+        else:
+            image, flow, valid = tf.cond(entry < 0, lambda: _parse_record(record),
+                                         lambda: load_entry(entry))
+        seed = tf.stack([tf.cast(config.seed, tf.int64), index])
+        short_size = float(data.short_size)
+        low, high = data.get("scale", (1.0, 1.0))
+        if train and (low, high) != (1.0, 1.0):  # random zoom: flow scales with the image
+            short_size *= tf.random.stateless_uniform([], seed + [0, 3], low, high)
+        image, flow, valid = resize_short_side(image, flow, valid, short_size)
+        max_degrees = data.get("rotate", 0.0)
+        if train and max_degrees:
+            angle = tf.random.stateless_uniform([], seed + [0, 4], -max_degrees, max_degrees)
+            image, flow, valid = rotate(image, flow, valid, angle)
+        image, flow, valid = crop(image, flow, valid, crop_size, seed if train else None)
+        if train and data.get("flip", False):
+            image, flow, valid = tf.cond(
+                tf.random.stateless_uniform([], seed + [0, 2]) < 0.5,
+                lambda: flip(image, flow, valid), lambda: (image, flow, valid))
+        if strategies is None:
+            sparse = tf.zeros(crop_size + (3,))
+        else:
+            sparse = sampling.sample_guidance_tf(
+                flow, config.seed * _SEED_STRIDE + index,
+                strategies=tuple(strategies.strategies), bg_ratio=strategies.bg_ratio,
+                nms_ks=strategies.nms_ks, max_num_guide=strategies.max_num_guide)
+            sparse = sparse * valid[..., None]  # none where the teacher flow failed its check
+        return {"image": image, "sparse": sparse}, {"flow": flow, "valid": valid}
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if on_error == "skip":
+        ds = ds.ignore_errors(log_warning=True)  # a corrupt record is logged and left out
+    return ds.batch(batch, drop_remainder=train).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,156 @@
+"""tf.data pipeline: geometry keeps image and flow aligned, sources, resume, sharding, errors."""
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmp_tf import flow as flow_lib
+from cmp_tf.data import ingest
+from cmp_tf.data import pipeline
+from cmp_tf.data import synthetic
+from tests.conftest import panning_frames, write_video
+
+
+def _config(train, val=(), cache_dir="cache", batch=2, crop=(32, 32), **data):
+    return ml_collections.ConfigDict(dict(
+        seed=3,
+        data=dict(train=train, val=val, cache_dir=str(cache_dir), short_size=48, crop=crop,
+                  batch_size=batch, flip=True, shuffle_buffer=16, on_error="raise", **data),
+        guidance=dict(strategies=("grid", "watershed"), bg_ratio=1 / 16**2, nms_ks=9,
+                      max_num_guide=-1),
+        ingest=dict(gaps=(1,), max_side=-1, dis_preset="fast")))
+
+
+def test_flip_negates_u_and_keeps_frames_and_flow_aligned():
+    frame1, frame2, flow = synthetic.moving_square(64, 24, (-2, 1), (5, -3))
+    f1, fl, _ = pipeline.flip(tf.constant(frame1, tf.float32), tf.constant(flow),
+                              tf.ones((64, 64)))
+    f2 = frame2[:, ::-1].astype(np.float32)
+    np.testing.assert_array_equal(fl.numpy()[0, 0], [2, 1])  # background moved left -> right
+    warped, inside = flow_lib.warp_backward(f2, fl.numpy())
+    exact = np.abs(warped - f1.numpy()).max(-1) < 1e-3
+    assert exact[inside > 0].mean() > 0.8  # the flipped flow still maps frame 1 to frame 2
+
+
+def test_crop_cuts_image_flow_and_valid_at_the_same_place():
+    image = tf.reshape(tf.range(10 * 12 * 3, dtype=tf.float32), (10, 12, 3))
+    flow = image[..., :2] + 0.5
+    valid = image[..., 0] + 0.25
+    seed = tf.constant([1, 2], tf.int64)
+    ci, cf, cv = pipeline.crop(image, flow, valid, (4, 6), seed)
+    np.testing.assert_array_equal(cf.numpy(), ci.numpy()[..., :2] + 0.5)
+    np.testing.assert_array_equal(cv.numpy(), ci.numpy()[..., 0] + 0.25)
+    same = pipeline.crop(image, flow, valid, (4, 6), seed)[0]
+    np.testing.assert_array_equal(same.numpy(), ci.numpy())  # stateless: same seed, same crop
+    centre = pipeline.crop(image, flow, valid, (4, 6))[0].numpy()
+    np.testing.assert_array_equal(centre, image.numpy()[3:7, 3:9])
+    padded = pipeline.crop(image, flow, valid, (14, 12))[0].numpy()
+    assert padded.shape == (14, 12, 3) and padded[:2].max() == 0  # centre-padded with zeros
+
+
+def test_resize_short_side_scales_the_flow_vectors():
+    image = tf.zeros((100, 200, 3), tf.uint8)
+    flow = tf.ones((100, 200, 2)) * tf.constant([4.0, 2.0])
+    image, flow, valid = pipeline.resize_short_side(image, flow, tf.ones((100, 200)), 50)
+    assert tuple(image.shape) == (50, 100, 3) and tuple(valid.shape) == (50, 100)
+    np.testing.assert_allclose(flow.numpy()[10, 10], [2.0, 1.0], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    return [write_video(folder / f"pan{i}.avi", panning_frames(7, seed=i)) for i in range(2)]
+
+
+def test_videos_are_ingested_on_first_use_and_batched(videos, tmp_path):
+    config = _config(videos, cache_dir=tmp_path / "cache")
+    x, y = next(iter(pipeline.make_dataset(config, "train")))
+    assert x["image"].shape == (2, 32, 32, 3) and x["sparse"].shape == (2, 32, 32, 3)
+    assert y["flow"].shape == (2, 32, 32, 2) and y["valid"].shape == (2, 32, 32)
+    mask = x["sparse"][..., 2].numpy()
+    assert mask.sum() >= 2  # grid points at least
+    # Guidance vectors are the flow at the guided pixels.
+    np.testing.assert_allclose(x["sparse"].numpy()[..., :2][mask > 0],
+                               y["flow"].numpy()[mask > 0], atol=1e-5)
+
+
+def test_resume_sees_the_same_samples(videos, tmp_path):
+    config = _config(videos, cache_dir=tmp_path / "cache")
+    full = list(pipeline.make_dataset(config, "train").take(5))
+    resumed = list(pipeline.make_dataset(config, "train", start_step=3).take(2))
+    for (xa, ya), (xb, yb) in zip(full[3:], resumed):
+        np.testing.assert_array_equal(xa["image"].numpy(), xb["image"].numpy())
+        np.testing.assert_array_equal(xa["sparse"].numpy(), xb["sparse"].numpy())
+        np.testing.assert_array_equal(ya["flow"].numpy(), yb["flow"].numpy())
+
+
+def test_input_pipelines_read_disjoint_parts(videos, tmp_path):
+    config = _config(videos, val=videos, cache_dir=tmp_path / "cache", batch=4)
+
+    def images(context):
+        return {x["image"].numpy()[i].tobytes() for x, _ in
+                pipeline.make_dataset(config, "val", input_context=context)
+                for i in range(x["image"].shape[0])}
+
+    everything = images(None)
+    parts = [images(tf.distribute.InputContext(2, i, 2)) for i in range(2)]
+    assert not parts[0] & parts[1] and parts[0] | parts[1] == everything
+    assert len(everything) == 12  # 2 videos x 6 pairs, each once
+
+
+def test_list_files_feed_the_same_pipeline(tmp_path, rng):
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (40, 56, 3), np.uint8))
+        flow_lib.write_flo(tmp_path / f"{i}.flo", np.full((40, 56, 2), 1.5, np.float32))
+    (tmp_path / "train.txt").write_text("".join(f"{i}.png {i}.png {i}.flo\n" for i in range(3)))
+    config = _config([str(tmp_path / "train.txt")], val=[str(tmp_path / "train.txt")])
+    x, y = next(iter(pipeline.make_dataset(config, "val")))
+    assert x["image"].shape[1:] == (32, 32, 3)
+    # 40x56 -> 48x67: each component scales with its own axis (56 * 1.2 rounds to 67).
+    np.testing.assert_allclose(y["flow"].numpy()[..., 0], 1.5 * 67 / 56, atol=1e-4)
+    np.testing.assert_allclose(y["flow"].numpy()[..., 1], 1.5 * 48 / 40, atol=1e-4)
+
+
+def test_bad_sources_fail_naming_the_field(tmp_path, videos):
+    with pytest.raises(ValueError, match="config.data.train: .*missing.mp4 does not exist"):
+        pipeline.make_dataset(_config([str(tmp_path / "missing.mp4")]), "train")
+    with pytest.raises(ValueError, match="config.data.val is empty"):
+        pipeline.make_dataset(_config(videos), "val")
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(ValueError, match="notes.md is not a shard, list file"):
+        pipeline.make_dataset(_config([str(tmp_path / "notes.md")]), "train")
+
+
+def test_a_corrupt_shard_is_skipped_or_raised_by_config(videos, tmp_path):
+    cache = tmp_path / "cache"
+    ingest.ingest(videos[:1], cache, _config([]).ingest.to_dict(), progress=False)
+    shard = next(p for p in cache.iterdir() if p.suffix == ".tfrecord")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # damage records in the middle
+    shard.write_bytes(bytes(data))
+    config = _config([str(cache)], val=[str(cache)], cache_dir=cache)
+    config.data.on_error = "skip"
+    kept = sum(int(x["image"].shape[0]) for x, _ in pipeline.make_dataset(config, "val"))
+    assert 0 < kept < 6
+    config.data.on_error = "raise"
+    with pytest.raises(tf.errors.DataLossError):
+        for _ in pipeline.make_dataset(config, "val"):
+            pass
+
+
+@pytest.mark.parametrize("degrees", [90.0, -30.0])
+def test_rotation_turns_the_vectors_with_the_frame(degrees):
+    frame1, frame2, flow = synthetic.moving_square(96, 32, (-2, 1), (5, -3))
+    valid = tf.ones((96, 96))
+    r1, rflow, rvalid = pipeline.rotate(tf.constant(frame1, tf.float32), tf.constant(flow),
+                                        valid, degrees)
+    r2 = pipeline.rotate(tf.constant(frame2, tf.float32), tf.constant(flow), valid, degrees)[0]
+    if degrees == 90.0:  # screen-ccw: the background's (-2, 1) (left, down) turns to (1, 2)
+        np.testing.assert_allclose(rflow.numpy()[5, 48], [1, 2], atol=1e-4)
+    warped, inside = flow_lib.warp_backward(r2.numpy(), rflow.numpy())
+    ok = (inside > 0) & (rvalid.numpy() > 0)
+    close = np.abs(warped - r1.numpy()).max(-1) < 12  # bilinear resampling blurs the textures
+    assert close[ok].mean() > 0.8
+    assert rvalid.numpy().mean() < 1 or degrees == 90.0  # corners come in from outside

@@ -127,5 +127,45 @@ def test_the_command_line_ingests_and_reports(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr
-    assert "3 pairs from 2 videos" in result.stdout and "1 videos failed" in result.stdout
+    assert "3 pairs from 2 files" in result.stdout and "1 files failed" in result.stdout
     assert (tmp_path / "out" / ingest.MANIFEST).exists()
+
+
+def test_a_truncated_video_keeps_what_decodes_and_says_so(tmp_path):
+    video = tmp_path / "pan.avi"
+    write_video(video, panning_frames(8))
+    video.write_bytes(video.read_bytes()[: int(video.stat().st_size * 0.6)])
+    record = ingest.ingest_video(str(video), str(tmp_path / "out"), CFG)
+    assert record["error"] is None and 0 < record["pairs"] < 7
+    assert record["warnings"] and "truncated" in record["warnings"][0]
+
+
+def test_list_files_convert_to_shards_and_bad_pairs_are_counted(tmp_path, rng):
+    import cv2
+
+    from cmp_tf import flow as flow_lib
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (12, 16, 3), np.uint8))
+        flow = np.full((12, 16, 2), 0.75 * i, np.float32)
+        flow_lib.write_flo(tmp_path / f"{i}.flo", flow)
+    bad = np.zeros((12, 16, 2), np.float32)
+    bad[3, 3] = np.nan
+    header = np.array([202021.25], "<f4").tobytes() + np.array([16, 12], "<i4").tobytes()
+    (tmp_path / "nan.flo").write_bytes(header + bad.astype("<f4").tobytes())
+    lines = [f"{i}.png {i}.png {i}.flo" for i in range(3)] + ["0.png 0.png nan.flo",
+                                                              "0.png 0.png gone.flo"]
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    manifest = ingest.ingest([str(tmp_path / "train.txt")], tmp_path / "out", CFG, progress=False)
+    assert manifest["totals"]["pairs"] == 3 and manifest["totals"]["dropped"]["bad_file"] == 2
+    warnings = manifest["sources"][0]["warnings"]
+    assert any("train.txt:5: missing file" in w for w in warnings)
+    assert any("nan.flo has 2 NaN" in w for w in warnings)
+    flows = [r[1].numpy() for r in _records(tmp_path / "out")]
+    assert sorted(float(f.mean()) for f in flows) == [0.0, 0.75, 1.5]
+    strict = {**CFG, "on_error": "raise"}
+    with pytest.raises(ValueError, match="train.txt:5: missing file"):
+        ingest.ingest([str(tmp_path / "train.txt")], tmp_path / "out2", strict, progress=False)
+    (tmp_path / "train.txt").write_text("\n".join(lines[:4]))
+    with pytest.raises(ValueError, match="nan.flo has 2 NaN"):
+        ingest.ingest([str(tmp_path / "train.txt")], tmp_path / "out3", strict, progress=False)

@@ -1,6 +1,7 @@
 r"""Videos -> teacher flow -> sharded TFRecords of (frame t, frame t+gap, flow, valid mask).
 
   python -m cmp_tf.data.ingest --videos=clips/ --out=data/shards [--workers=2]
+  python -m cmp_tf.data.ingest --lists=train.txt --out=data/shards  # the reference's lists
   python -m cmp_tf.data.ingest --videos=clips/ --out=gs://... --runner=DataflowRunner \
       --beam_options="--project=... --region=..."
 
@@ -30,7 +31,7 @@ import numpy as np
 from cmp_tf.data import formats
 
 MANIFEST = "manifest.json"
-DROP_REASONS = ("static", "scene_cut", "inconsistent", "bad_flow")
+DROP_REASONS = ("static", "scene_cut", "inconsistent", "bad_flow", "bad_file")
 
 
 def default_ingest_config():
@@ -154,6 +155,72 @@ def _write_json(path, data):
     os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
 
 
+class _ShardWriter:
+    """Writes examples to `<key>-NNNN.tfrecord.tmp`; only `commit` gives them their real names,
+    so a killed run never leaves a shard that looks finished."""
+
+    def __init__(self, out_dir, key, per_shard):
+        self.out_dir, self.key, self.per_shard = out_dir, key, per_shard
+        self.paths, self.count, self._writer = [], 0, None
+        for leftover in glob.glob(os.path.join(out_dir, f"{key}-*.tfrecord*")):
+            os.remove(leftover)  # from a run killed before its sidecar was written
+
+    def write(self, example):
+        import tensorflow as tf  # here: the pool's worker processes import it on first use
+
+        if self._writer is None:
+            self.paths.append(os.path.join(self.out_dir, f"{self.key}-{len(self.paths):04d}"
+                                                         ".tfrecord"))
+            self._writer = tf.io.TFRecordWriter(f"{self.paths[-1]}.tmp")
+        self._writer.write(example)
+        self.count += 1
+        if self.count % self.per_shard == 0:
+            self._close()
+
+    def _close(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def commit(self):
+        self._close()
+        for path in self.paths:
+            os.replace(f"{path}.tmp", path)
+        return [os.path.basename(p) for p in self.paths]
+
+    def abort(self):
+        self._close()
+        for path in self.paths:
+            os.remove(f"{path}.tmp")
+
+
+def _ingest_source(source, out_dir, cfg, produce, **fields):
+    """Runs `produce(record, writer, cfg)` for one source file, once: the shared bookkeeping
+    of videos and list files (sidecar, leftovers, errors, atomic shards)."""
+    os.makedirs(out_dir, exist_ok=True)
+    sidecar = _sidecar(out_dir, source, cfg)
+    if os.path.exists(sidecar):
+        with open(sidecar) as f:
+            return {**json.load(f), "skipped": True}
+    cfg = {**default_ingest_config(), **cfg}
+    key = _key(source, cfg)
+    record = dict(video=os.path.abspath(source), key=key, shards=[], pairs=0,
+                  dropped={r: 0 for r in DROP_REASONS}, error=None, warnings=[], **fields)
+    writer = _ShardWriter(out_dir, key, cfg["pairs_per_shard"])
+    try:
+        produce(record, writer, cfg)
+    except (ValueError, cv2.error) as e:
+        writer.abort()
+        if cfg["on_error"] == "raise":
+            raise
+        record["error"] = str(e)
+    else:
+        record["shards"] = writer.commit()
+        record["pairs"] = writer.count
+    _write_json(sidecar, record)
+    return {**record, "skipped": False}
+
+
 def ingest_video(video, out_dir, cfg):
     """Ingests one video into `out_dir`; returns its sidecar record (also written as JSON).
 
@@ -161,21 +228,8 @@ def ingest_video(video, out_dir, cfg):
     leftovers removed and starts over. With cfg["on_error"] == "skip" a bad video yields a
     record with `error` set instead of raising.
     """
-    import tensorflow as tf
 
-    sidecar = _sidecar(out_dir, video, cfg)
-    cfg = {**default_ingest_config(), **cfg}
-    key = _key(video, cfg)
-    if os.path.exists(sidecar):
-        with open(sidecar) as f:
-            return {**json.load(f), "skipped": True}
-    for leftover in glob.glob(os.path.join(out_dir, f"{key}-*.tfrecord*")):
-        os.remove(leftover)
-    record = dict(video=os.path.abspath(video), key=key, shards=[], pairs=0,
-                  dropped={r: 0 for r in DROP_REASONS}, frames=0, expected_frames=-1,
-                  error=None, warnings=[])
-    writer, shard_pairs, temporary = None, 0, []
-    try:
+    def produce(record, writer, cfg):
         frames, expected = formats.read_video(video, cfg["max_side"])
         record.update(frames=len(frames), expected_frames=expected)
         if 0 < len(frames) < expected:
@@ -202,32 +256,35 @@ def ingest_video(video, out_dir, cfg):
                 if photometric_error(f1, f2, forward, valid) > cfg["max_photometric"]:
                     record["dropped"]["scene_cut"] += 1
                     continue
-                if writer is None:
-                    path = os.path.join(out_dir, f"{key}-{len(temporary):04d}.tfrecord")
-                    temporary.append(path)
-                    writer = tf.io.TFRecordWriter(f"{path}.tmp")
-                writer.write(_example(f1, f2, forward, valid, video, t, gap, cfg["jpeg_quality"]))
-                record["pairs"] += 1
-                shard_pairs += 1
-                if shard_pairs == cfg["pairs_per_shard"]:
-                    writer.close()
-                    writer, shard_pairs = None, 0
-    except (ValueError, cv2.error) as e:
-        if cfg["on_error"] == "raise":
-            raise
-        record["error"] = str(e)
-    finally:
-        if writer is not None:
-            writer.close()
-    if record["error"]:
-        for path in temporary:
-            os.remove(f"{path}.tmp")
-    else:
-        for path in temporary:
-            os.replace(f"{path}.tmp", path)
-        record["shards"] = [os.path.basename(p) for p in temporary]
-    _write_json(sidecar, record)
-    return {**record, "skipped": False}
+                writer.write(_example(f1, f2, forward, valid, video, t, gap,
+                                      cfg["jpeg_quality"]))
+
+    return _ingest_source(video, out_dir, cfg, produce, frames=0, expected_frames=-1)
+
+
+def convert_list(list_file, out_dir, cfg):
+    """Converts a reference list file (`img1 img2 flow.flo` or `... flow_x.jpg flow_y.jpg`) to
+    shards, with the same bookkeeping as videos. A pair that fails to load (missing file, sizes
+    that differ, NaN flow) is counted as `bad_file` and left out, or raises with on_error=raise.
+    """
+
+    def produce(record, writer, cfg):
+        entries, skipped = formats.read_list(list_file, on_missing=cfg["on_error"])
+        record["dropped"]["bad_file"] += len(skipped)
+        record["warnings"] += skipped
+        for index, entry in enumerate(entries):
+            try:
+                image1, image2, flow, valid = formats.read_pair(entry)
+            except ValueError as e:
+                if cfg["on_error"] == "raise":
+                    raise
+                record["dropped"]["bad_file"] += 1
+                record["warnings"].append(str(e))
+                continue
+            writer.write(_example(image1, image2, flow, valid.astype(np.uint8), entry.source,
+                                  index, 0, cfg["jpeg_quality"]))
+
+    return _ingest_source(list_file, out_dir, cfg, produce)
 
 
 def write_manifest(out_dir, cfg):
@@ -246,14 +303,16 @@ def write_manifest(out_dir, cfg):
     return manifest
 
 
-def ingest(videos, out_dir, cfg=None, workers=1, progress=True):
-    """Ingests videos (files or folders) into `out_dir` with a local process pool.
+def _jobs(paths):
+    """(function, path) per source: list files (.txt) are converted, videos ingested."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    lists = [os.fspath(p) for p in paths if os.fspath(p).endswith(".txt")]
+    videos = formats.list_videos([p for p in paths if not os.fspath(p).endswith(".txt")])
+    return [(convert_list, p) for p in lists] + [(ingest_video, p) for p in videos]
 
-    Returns:
-        The manifest of `out_dir` (dict); `sources[i]["shards"]` name each video's shards.
-    """
-    from tqdm import tqdm
 
+def _check_config(cfg):
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(default_ingest_config()))
     if unknown:
@@ -262,47 +321,62 @@ def ingest(videos, out_dir, cfg=None, workers=1, progress=True):
     if cfg.get("on_error", "skip") not in ("skip", "raise"):
         raise ValueError(f"config.ingest.on_error must be 'skip' or 'raise'; got "
                          f"{cfg['on_error']!r}.")
-    paths = formats.list_videos(videos)
-    if not paths:
-        raise ValueError(f"No video files found in {videos}.")
+    return cfg
+
+
+def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
+    """Ingests videos (files or folders) and reference list files (.txt) into `out_dir` with a
+    local process pool.
+
+    Returns:
+        The manifest of `out_dir` (dict); `sources[i]["shards"]` name each source's shards.
+    """
+    from tqdm import tqdm
+
+    cfg = _check_config(cfg)
+    jobs = _jobs(paths)
+    if not jobs:
+        raise ValueError(f"No video or list files found in {paths}.")
     os.makedirs(out_dir, exist_ok=True)
-    records = []
-    bar = tqdm(total=len(paths), desc="ingest", unit="video", disable=not progress)
+    pairs = 0
+    bar = tqdm(total=len(jobs), desc="ingest", unit="file", disable=not progress)
     if workers <= 1:
-        for path in paths:
-            records.append(ingest_video(path, out_dir, cfg))
+        done = (fn(path, out_dir, cfg) for fn, path in jobs)
+        for record in done:
+            pairs += record["pairs"]
             bar.update()
-            bar.set_postfix(pairs=sum(r["pairs"] for r in records))
+            bar.set_postfix(pairs=pairs)
     else:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(ingest_video, p, out_dir, cfg) for p in paths]
+            futures = [pool.submit(fn, path, out_dir, cfg) for fn, path in jobs]
             for future in concurrent.futures.as_completed(futures):
-                records.append(future.result())
+                pairs += future.result()["pairs"]
                 bar.update()
-                bar.set_postfix(pairs=sum(r["pairs"] for r in records))
+                bar.set_postfix(pairs=pairs)
     bar.close()
     return write_manifest(out_dir, cfg)
 
 
-def ingest_beam(videos, out_dir, cfg=None, pipeline_args=()):
+def ingest_beam(paths, out_dir, cfg=None, pipeline_args=()):
     """The same work as `ingest`, as an Apache Beam pipeline (DirectRunner, Dataflow, Flink...).
 
-    Each element is one video; workers write shards directly to `out_dir` (a path every
+    Each element is one source file; workers write shards directly to `out_dir` (a path every
     worker reaches) and the manifest is gathered from the sidecars afterwards.
     """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    cfg = dict(cfg or {})
-    paths = formats.list_videos(videos)
+    cfg = _check_config(cfg)
+    jobs = _jobs(paths)
     os.makedirs(out_dir, exist_ok=True)
     with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
-        _ = (pipeline | "videos" >> beam.Create(paths)
-             | "ingest" >> beam.Map(ingest_video, out_dir=out_dir, cfg=cfg))
+        _ = (pipeline | "sources" >> beam.Create(jobs)
+             | "ingest" >> beam.MapTuple(lambda fn, path: fn(path, out_dir, cfg)))
     return write_manifest(out_dir, cfg)
 
 
 def main(argv):
+    from absl import app
     from absl import flags
     from ml_collections import config_flags  # noqa: F401  (registers --config)
 
@@ -310,14 +384,17 @@ def main(argv):
     flag = flags.FLAGS
     cfg = flag.config.get("ingest", {}) if flag.config is not None else {}
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    sources = (flag.videos or []) + (flag.lists or [])
+    if not sources:
+        raise app.UsageError("Name --videos and/or --lists.")
     if flag.runner == "local":
-        manifest = ingest(flag.videos, flag.out, cfg, workers=flag.workers)
+        manifest = ingest(sources, flag.out, cfg, workers=flag.workers)
     else:
-        manifest = ingest_beam(flag.videos, flag.out, cfg,
+        manifest = ingest_beam(sources, flag.out, cfg,
                                [f"--runner={flag.runner}", *flag.beam_options.split()])
     totals = manifest["totals"]
-    print(f"{totals['pairs']} pairs from {totals['videos']} videos in {flag.out}; dropped "
-          f"{totals['dropped']}; {totals['errors']} videos failed (see {MANIFEST}).")
+    print(f"{totals['pairs']} pairs from {totals['videos']} files in {flag.out}; dropped "
+          f"{totals['dropped']}; {totals['errors']} files failed (see {MANIFEST}).")
     return 1 if totals["errors"] and not totals["pairs"] else 0
 
 
@@ -325,7 +402,8 @@ def _define_flags():
     from absl import flags
     from ml_collections import config_flags
 
-    flags.DEFINE_list("videos", None, "Video files or folders of videos.", required=True)
+    flags.DEFINE_list("videos", None, "Video files or folders of videos.")
+    flags.DEFINE_list("lists", None, "Reference list files (img1 img2 flow...) to convert.")
     flags.DEFINE_string("out", None, "Output folder for shards and manifest.", required=True)
     config_flags.DEFINE_config_file("config", "configs/default.py",
                                     "Recipe whose `ingest` section is used.", lock_config=True)

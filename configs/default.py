@@ -24,7 +24,9 @@ def get_config(arg=None):
     c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
     train, val = common.sample_splits()
     c.data = dict(train=train, val=val, cache_dir="data/cache", short_size=160, crop=(128, 128),
-                  batch_size=8, flip=True, shuffle_buffer=256, on_error="skip")
+                  batch_size=8, flip=True, zoom=(1.0, 1.0), rotate_degrees=0.0,
+                  flow_reverse=False, flow_scale=(1.0, 1.0), flow_rotate=False,
+                  shuffle_buffer=256, on_error="skip")
     c.ingest = common.ingest(max_side=384)  # short sides >= 160 for every sample clip
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=1 / 32**2, nms_ks=15,
                       max_num_guide=-1)

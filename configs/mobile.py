@@ -19,7 +19,9 @@ def get_config(arg=None):
         options=dict(mobilenet_v3=dict(variant=arg.variant, alpha=1.0)))
     c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
     c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
-                  batch_size=64, flip=False,  # no augmentation, as the reference
+                  batch_size=64, flip=False, zoom=(1.0, 1.0),
+                  rotate_degrees=0.0, flow_reverse=False, flow_scale=(1.0, 1.0),
+                  flow_rotate=False,  # no augmentation, as the reference's configs
                   shuffle_buffer=1024, on_error="skip")
     c.ingest = common.ingest(max_side=1024)  # keep short sides above data.short_size
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,

@@ -18,7 +18,9 @@ def get_config(arg=None):
                                     decoder="skip_layer", decoder_combo=(1, 2, 4, 8))
     c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
     c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
-                  batch_size=64, flip=False,  # no augmentation, as the reference
+                  batch_size=64, flip=False, zoom=(1.0, 1.0),
+                  rotate_degrees=0.0, flow_reverse=False, flow_scale=(1.0, 1.0),
+                  flow_rotate=False,  # no augmentation, as the reference's configs
                   shuffle_buffer=1024, on_error="skip")  # global batch: 8 per GPU on 8 GPUs
     c.ingest = common.ingest(max_side=1024)  # keep short sides above data.short_size
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,

@@ -154,3 +154,36 @@ def test_rotation_turns_the_vectors_with_the_frame(degrees):
     close = np.abs(warped - r1.numpy()).max(-1) < 12  # bilinear resampling blurs the textures
     assert close[ok].mean() > 0.8
     assert rvalid.numpy().mean() < 1 or degrees == 90.0  # corners come in from outside
+
+
+def test_motion_augmentations_change_the_flow_only_and_rotate_every_direction_alike():
+    flow = tf.constant([[[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]]])  # right, left, down
+    angles, scales, signs = set(), set(), set()
+    for i in range(40):
+        seed = tf.constant([7, i], tf.int64)
+        out = pipeline.augment_motion(flow, seed, rotate=True).numpy()[0]
+        np.testing.assert_allclose(np.linalg.norm(out, axis=-1), [1, 1, 2], atol=1e-5)
+        turn = [np.arctan2(o[1], o[0]) - np.arctan2(f[1], f[0]) for o, f in
+                zip(out, flow.numpy()[0])]
+        turn = np.mod(np.array(turn) + np.pi, 2 * np.pi) - np.pi
+        assert np.ptp(np.unwrap(turn)) < 1e-4  # left-pointing vectors turn like the others
+        angles.add(round(float(turn[0]), 3))
+        scaled = pipeline.augment_motion(flow, seed, scale=(0.5, 2.0)).numpy()[0]
+        factor = scaled[0, 0]
+        assert 0.5 <= factor <= 2.0
+        np.testing.assert_allclose(scaled, factor * flow.numpy()[0], rtol=1e-6)
+        scales.add(round(float(factor), 3))
+        signs.add(float(pipeline.augment_motion(flow, seed, reverse=True).numpy()[0, 0, 0]))
+    assert 0.0 in angles and len(angles) > 10  # half unrotated, the rest spread out
+    assert len(scales) > 10 and signs == {1.0, -1.0}
+
+
+def test_guidance_is_drawn_from_the_augmented_motion(videos, tmp_path):
+    config = _config(videos, cache_dir=tmp_path / "cache", flow_scale=(2.0, 2.0))
+    plain = next(iter(pipeline.make_dataset(_config(videos, cache_dir=tmp_path / "cache"))))
+    x, y = next(iter(pipeline.make_dataset(config, "train")))
+    np.testing.assert_allclose(y["flow"].numpy(), 2 * plain[1]["flow"].numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(x["image"].numpy(), plain[0]["image"].numpy())
+    mask = x["sparse"][..., 2].numpy() > 0
+    np.testing.assert_allclose(x["sparse"].numpy()[..., :2][mask], y["flow"].numpy()[mask],
+                               atol=1e-5)

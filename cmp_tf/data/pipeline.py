@@ -24,6 +24,12 @@ _NO_RECORD = b""
 _SEED_STRIDE = 1_000_003  # guidance seed = config.seed * stride + element index
 
 
+def _stream(seed, purpose):
+    """An independent stateless seed per purpose (crop, flip...) of one element's seed pair.
+    (Adding offsets to the pair would reuse the neighbouring elements' streams.)"""
+    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), purpose)
+
+
 def _shards_in(folder):
     return sorted(glob.glob(os.path.join(folder, "*.tfrecord")))
 
@@ -144,8 +150,9 @@ def crop(image, flow, valid, crop_size, seed=None):
     if seed is None:
         top, left = (shape[0] - height) // 2, (shape[1] - width) // 2
     else:
-        top = tf.random.stateless_uniform([], seed, 0, shape[0] - height + 1, tf.int32)
-        left = tf.random.stateless_uniform([], seed + [0, 1], 0, shape[1] - width + 1, tf.int32)
+        top = tf.random.stateless_uniform([], _stream(seed, 0), 0, shape[0] - height + 1,
+                                          tf.int32)
+        left = tf.random.stateless_uniform([], _stream(seed, 1), 0, shape[1] - width + 1, tf.int32)
     stack = tf.ensure_shape(stack[top:top + height, left:left + width], [height, width, 6])
     return stack[..., :3], stack[..., 3:5], stack[..., 5]
 
@@ -174,6 +181,29 @@ def rotate(image, flow, valid, degrees):
     return warped[..., :3], turned, tf.cast(warped[..., 5] > 0.999, tf.float32)
 
 
+def augment_motion(flow, seed, reverse=False, scale=(1.0, 1.0), rotate=False):
+    """The reference's flow-only augmentations: the image stays, the motion changes.
+
+    They make targets no appearance explains, so the network must follow the guidance (drawn
+    afterwards from the augmented flow) rather than guess motion from the picture.
+    `reverse`: negate with probability 1/2; `scale`: multiply by U(low, high) (the reference
+    uses (0.5, 2)); `rotate`: with probability 1/2 turn every vector by U(0, 2 pi) (the
+    reference's arctan(v / u) lost the sign of u; a rotation matrix has no such flaw).
+    """
+    if reverse:
+        sign = tf.where(tf.random.stateless_uniform([], _stream(seed, 5)) < 0.5, -1.0, 1.0)
+        flow = flow * sign
+    if tuple(scale) != (1.0, 1.0):
+        flow = flow * tf.random.stateless_uniform([], _stream(seed, 6), scale[0], scale[1])
+    if rotate:
+        theta = tf.random.stateless_uniform([], _stream(seed, 7), 0.0, 2 * 3.141592653589793)
+        theta = tf.where(tf.random.stateless_uniform([], _stream(seed, 8)) < 0.5, theta, 0.0)
+        cos, sin = tf.cos(theta), tf.sin(theta)
+        flow = tf.stack([cos * flow[..., 0] - sin * flow[..., 1],
+                         sin * flow[..., 0] + cos * flow[..., 1]], -1)
+    return flow
+
+
 def flip(image, flow, valid):
     """Horizontal mirror: x runs backwards, so the horizontal motion u changes sign."""
     return image[:, ::-1], flow[:, ::-1] * tf.constant([-1.0, 1.0]), valid[:, ::-1]
@@ -182,8 +212,10 @@ def flip(image, flow, valid):
 def make_dataset(config, split="train", input_context=None, start_step=0, guidance=True):
     """The input pipeline of a recipe.
 
-    Training augmentations, each a config switch: `data.flip` (mirror, u negated),
-    `data.scale` (low, high) random zoom of the short side, `data.rotate` max degrees.
+    Training augmentations, each a config switch. Of the frame (image and flow together):
+    `data.flip` (mirror, u negated), `data.zoom` (low, high) factor on the short side,
+    `data.rotate_degrees` (max angle). Of the motion only, as the reference: `data.flow_reverse`,
+    `data.flow_scale` (low, high), `data.flow_rotate` (see `augment_motion`).
 
     Args:
         config: the recipe (uses data.*, guidance.*, ingest.*, seed).
@@ -253,19 +285,23 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
                                          lambda: load_entry(entry))
         seed = tf.stack([tf.cast(config.seed, tf.int64), index])
         short_size = float(data.short_size)
-        low, high = data.get("scale", (1.0, 1.0))
+        low, high = data.get("zoom", (1.0, 1.0))
         if train and (low, high) != (1.0, 1.0):  # random zoom: flow scales with the image
-            short_size *= tf.random.stateless_uniform([], seed + [0, 3], low, high)
+            short_size *= tf.random.stateless_uniform([], _stream(seed, 3), low, high)
         image, flow, valid = resize_short_side(image, flow, valid, short_size)
-        max_degrees = data.get("rotate", 0.0)
+        max_degrees = data.get("rotate_degrees", 0.0)
         if train and max_degrees:
-            angle = tf.random.stateless_uniform([], seed + [0, 4], -max_degrees, max_degrees)
+            angle = tf.random.stateless_uniform([], _stream(seed, 4), -max_degrees, max_degrees)
             image, flow, valid = rotate(image, flow, valid, angle)
         image, flow, valid = crop(image, flow, valid, crop_size, seed if train else None)
         if train and data.get("flip", False):
             image, flow, valid = tf.cond(
-                tf.random.stateless_uniform([], seed + [0, 2]) < 0.5,
+                tf.random.stateless_uniform([], _stream(seed, 2)) < 0.5,
                 lambda: flip(image, flow, valid), lambda: (image, flow, valid))
+        if train:
+            flow = augment_motion(flow, seed, data.get("flow_reverse", False),
+                                  tuple(data.get("flow_scale", (1.0, 1.0))),
+                                  data.get("flow_rotate", False))
         if strategies is None:
             sparse = tf.zeros(crop_size + (3,))
         else:

@@ -1,37 +1,59 @@
-r"""Trains CMP from a recipe.
+r"""Trains CMP from a recipe; resumes from the run directory's last checkpoint.
 
-  python train.py [--config=configs/default.py] [--config.data.batch_size=8] [--workdir=DIR]
+  python train.py                                        # CPU default on the sample clips
+  python train.py --config=configs/resnet50_yfcc.py --config.data.train="('shards/',)"
+  python train.py --strategy=mirrored --cpu_devices=2    # MirroredStrategy on 2 logical CPUs
 
-The training loop (tf.distribute, checkpoints, resume) is issue #5; until it lands this
-builds the recipe's model, checks the config against it and prints its summary.
+Everything after flag parsing lives in cmp_tf.training.
 """
-import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from cmp_tf import models
-
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Recipe file under configs/.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<config name>.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<recipe name>.")
+_STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multiworker", "tpu"],
+                              "tf.distribute strategy.")
+_DEVICES = flags.DEFINE_list("devices", [], "Devices for --strategy=mirrored (default: all GPUs).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a finished run in --workdir.")
+_DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
+                                   "Deterministic TF ops: bit-identical reruns, slower.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    config = _CONFIG.value
-    model = models.build_cmp(config)  # validates the config against the model it describes
-    model.summary(expand_nested=False)
-    recipe = os.path.splitext(os.path.basename(flags.FLAGS["config"].value.split(":")[0]))[0]
+    from cmp_tf import training  # imports TensorFlow: after the CPU split is decided
+
+    if _CPU_DEVICES.value:
+        training.configure_cpu_devices(_CPU_DEVICES.value)
+    if _DETERMINISTIC.value:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    recipe = os.path.splitext(os.path.basename(path))[0]
     workdir = _WORKDIR.value or os.path.join("runs", recipe)
-    print(json.dumps(config.to_dict(), indent=1, default=str))
-    print(f"Model {recipe}: {model.count_params():,} parameters; run directory would be "
-          f"{workdir}.\nThe training loop is not in this version yet (issue #5).")
-    sys.exit(2)
+    summary = training.train(_CONFIG.value, workdir, _STRATEGY.value, _DEVICES.value,
+                             _OVERWRITE.value)
+    if not summary:
+        return  # a non-chief worker
+    print(f"\nRun directory {workdir}: checkpoints/, tb/ (tensorboard --logdir {workdir}/tb), "
+          f"log.txt, model.keras, encoder.keras, eval/validation.json")
+    report = summary["validation"]
+    if report:
+        epe = report["epe"]
+        print(f"Validation ({report['samples']} pairs of clips not trained on, "
+              f"{report['guidance_points_per_sample']:.1f} guidance points each): EPE "
+              f"CMP {epe['cmp']:.3f} px, zero flow {epe['zero']:.3f} px, nearest guidance "
+              f"{epe['nearest']:.3f} px.")
+        verdict = "better than" if epe["cmp"] < epe["nearest"] else "not yet better than"
+        print(f"CMP is {100 * (1 - report['relative']['to_zero']):.1f}% below zero flow and "
+              f"{verdict} the nearest fill ({report['relative']['to_nearest']:.3f}x its EPE).")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def model_defaults(**parts):
     so `--config.model.image_encoder=resnet50` works whatever options the recipe set.
     """
     fields = dict(decoder_combo=(1, 2, 4), dense_prior=False, prior_sigma=2.0, init_gain=0.02,
-                  options={})
+                  sync_bn=True, options={})
     fields.update(parts)
     return fields
 
@@ -50,3 +50,14 @@ def sample_splits():
     """(train, val) paths: the embedded clips, split by clip so validation is unseen video."""
     return ((data.sample_clip("bikes"), data.sample_clip("bigbuckbunny")),
             (data.sample_clip("carphone"),))
+
+
+def train(**overrides):
+    """`config.train`: loop length, checkpoints, logging, numerics."""
+    fields = dict(steps=1000, checkpoint_every=500, keep_checkpoints=3, log_every=50,
+                  image_every=500, precision="float32", jit_compile=False)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown train fields {unknown}; known: {sorted(fields)}.")
+    fields.update(overrides)
+    return fields

@@ -32,7 +32,7 @@ def get_config(arg=None):
                       max_num_guide=-1)
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=0.01, boundaries=(2_000, 3_000), factor=0.1, warmup_steps=100)
-    c.train = dict(steps=3_000, checkpoint_every=500)
+    c.train = common.train(steps=3_000, checkpoint_every=500)
     if arg.runlocal:
         c.train.steps, c.data.batch_size, c.data.crop = 20, 2, (128, 128)
     return c

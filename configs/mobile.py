@@ -28,7 +28,7 @@ def get_config(arg=None):
                       max_num_guide=-1)
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=0.1, boundaries=(24_000, 36_000), factor=0.1, warmup_steps=0)
-    c.train = dict(steps=42_000, checkpoint_every=5_000)
+    c.train = common.train(steps=42_000, checkpoint_every=5_000)
     if arg.runlocal:
         c.train.steps, c.data.batch_size, c.data.crop = 20, 2, (128, 128)
     return c

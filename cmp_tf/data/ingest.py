@@ -295,7 +295,8 @@ def write_manifest(out_dir, cfg):
             with open(path) as f:
                 records.append(json.load(f))
     totals = dict(videos=len(records), pairs=sum(r["pairs"] for r in records),
-                  dropped={k: sum(r["dropped"][k] for r in records) for k in DROP_REASONS},
+                  dropped={k: sum(r["dropped"].get(k, 0) for r in records)  # older sidecars
+                           for k in DROP_REASONS},
                   errors=sum(bool(r["error"]) for r in records))
     manifest = dict(config={**default_ingest_config(), **cfg}, totals=totals,
                     sources=sorted(records, key=lambda r: r["video"]))

@@ -96,12 +96,9 @@ def mobilenet_v3(variant="large", alpha=1.0, minimalistic=False, width=256, init
                  "large": keras.applications.MobileNetV3Large}
     if variant not in factories:
         raise ValueError(f"config.model.image_encoder.variant={variant!r}; known: small, large.")
-    backbone = factories[variant](input_shape=(None, None, 3), alpha=alpha,
-                                  minimalistic=minimalistic, include_top=False, weights=None,
-                                  include_preprocessing=False)
-    for layer in backbone.layers:  # Keras uses 0.999: statistics would lag training for ages
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = L.BN_MOMENTUM
+    backbone = L.with_stable_batch_norm(factories[variant](
+        input_shape=(None, None, 3), alpha=alpha, minimalistic=minimalistic, include_top=False,
+        weights=None, include_preprocessing=False))
     pads = [layer for layer in backbone.layers if layer.name.endswith("depthwise_pad")]
     trunk = keras.Model(backbone.input,
                         {"features": backbone.output, "skip2": _block_input(backbone, pads[0]),

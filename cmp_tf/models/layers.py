@@ -25,10 +25,51 @@ def conv_init(gain):
     return keras.initializers.VarianceScaling(gain**2, "fan_avg", "untruncated_normal")
 
 
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class BatchNorm(keras.layers.BatchNormalization):
+    """BatchNormalization whose synchronized (cross-replica) statistics are computed in two
+    passes: the global mean first, then the all-reduced squared deviations from it.
+
+    Keras computes the synchronized variance as E[x^2] - E[x]^2, which cancels badly when a
+    channel's mean dwarfs its spread (the sparse encoder's mostly-zero input does that): N
+    replicas then drift from one device within a few steps. Two passes cost one more
+    all-reduce and agree with one device to rounding.
+    """
+
+    def _moments(self, inputs, mask):
+        if not self.synchronized or mask is not None:
+            return super()._moments(inputs, mask)
+        replica = tf.distribute.get_replica_context()
+
+        def total(value):
+            return replica.all_reduce(tf.distribute.ReduceOp.SUM, value) if replica else value
+
+        x = tf.cast(inputs, tf.float32)
+        axes = self._reduction_axes
+        shape = tf.shape(x)
+        count = total(tf.cast(tf.reduce_prod(tf.gather(shape, axes)), tf.float32))
+        mean = total(tf.reduce_sum(x, axes)) / count
+        variance = total(tf.reduce_sum(tf.square(x - mean), axes)) / count
+        return tf.cast(mean, inputs.dtype), tf.cast(variance, inputs.dtype)
+
+
 def batch_norm(gain, name):
-    return keras.layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
-        gamma_initializer=keras.initializers.RandomNormal(1.0, gain), name=name)
+    return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+                     gamma_initializer=keras.initializers.RandomNormal(1.0, gain), name=name)
+
+
+def with_stable_batch_norm(model):
+    """A copy of a functional `model` (e.g. from keras.applications) whose BatchNormalization
+    layers are `BatchNorm`s with the project's momentum; weights are freshly initialized."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["momentum"] = BN_MOMENTUM  # Keras apps use 0.999: statistics would lag
+            return BatchNorm.from_config(config)
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def conv(x, filters, kernel, *, name, gain, strides=1, padding=None, dilation=1, use_bias=True):

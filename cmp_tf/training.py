@@ -1,0 +1,323 @@
+"""CMP pretraining: strategy, optimizer, schedule, the distributed loop, checkpoints and logs.
+
+A custom loop (`strategy.run` inside a `tf.function`) rather than `model.fit`: fit is broken
+under MultiWorkerMirroredStrategy in Keras 3 (keras#20585), and the loop owns resume exactly:
+the checkpoint holds the model, the optimizer (its iteration count drives the LR schedule) and
+the step, and the input pipeline skips the samples already seen (`make_dataset(start_step)`).
+
+Run directory (DESIGN.md §8): config.json, log.txt, checkpoints/, tb/, model.keras,
+encoder.keras, eval/, and summary.json once the run has finished.
+"""
+import json
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cmp_tf import flow as flow_lib
+from cmp_tf import losses
+from cmp_tf import models
+from cmp_tf.data import pipeline
+from cmp_tf.evaluation import propagation
+
+STRATEGIES = ("auto", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SUMMARY = "summary.json"
+
+
+def configure_cpu_devices(count):
+    """Splits the CPU into `count` logical devices (tests of MirroredStrategy without GPUs).
+
+    Must run before TensorFlow initializes its devices, i.e. before any op.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+
+
+def make_strategy(name="auto", devices=()):
+    """auto: MirroredStrategy over all GPUs if there are several, else the default strategy;
+    mirrored: MirroredStrategy over `devices` (all GPUs if empty); multiworker: from TF_CONFIG;
+    tpu: TPUStrategy on the TPU the environment names."""
+    if name == "auto":
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(list(devices) or None)
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy=multiworker needs TF_CONFIG (the cluster and this "
+                             "worker's task) in the environment.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"--strategy={name!r} is unknown; known: {', '.join(STRATEGIES)}.")
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class WarmupPiecewise(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `lr`, then lr * factor**k after the k-th boundary (the paper's steps)."""
+
+    def __init__(self, lr, boundaries, factor, warmup_steps=0):
+        self.lr, self.factor = float(lr), float(factor)
+        self.boundaries, self.warmup_steps = [int(b) for b in boundaries], int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        decays = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries + [np.inf],
+                                                           tf.float32), tf.float32))
+        lr = self.lr * tf.pow(self.factor, decays)
+        if self.warmup_steps:
+            lr *= tf.minimum(1.0, (step + 1) / self.warmup_steps)
+        return lr
+
+    def get_config(self):
+        return dict(lr=self.lr, boundaries=self.boundaries, factor=self.factor,
+                    warmup_steps=self.warmup_steps)
+
+
+def make_optimizer(config):
+    """SGD with momentum (the paper) or Adam, on the warm-up + piecewise schedule.
+
+    Weight decay is not the optimizer's: the step adds wd * w to every gradient (coupled L2 on
+    every parameter, BatchNorm and biases included, as the reference's SGD).
+    """
+    s, o = config.schedule, config.optim
+    if list(s.boundaries) != sorted(s.boundaries):
+        raise ValueError(f"config.schedule.boundaries must increase; got {tuple(s.boundaries)}.")
+    schedule = WarmupPiecewise(s.lr, s.boundaries, s.factor, s.get("warmup_steps", 0))
+    if o.name == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=o.momentum)
+    elif o.name == "adam":
+        optimizer = keras.optimizers.Adam(schedule)
+    else:
+        raise ValueError(f"config.optim.name={o.name!r} is unknown; known: sgd, adam.")
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _prepare_workdir(workdir, config, overwrite):
+    """Refuses to touch a finished run (unless `overwrite`) or to resume with another config."""
+    finished = os.path.exists(os.path.join(workdir, SUMMARY))
+    saved = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort())
+    if finished and not overwrite:
+        raise ValueError(f"{workdir} holds a finished run ({SUMMARY}); pass --overwrite or "
+                         "choose another --workdir.")
+    if finished or (overwrite and os.path.isdir(workdir)):
+        import shutil
+
+        shutil.rmtree(workdir)
+    elif os.path.exists(saved):
+        with open(saved) as f:
+            before = json.load(f)
+        changed = _diff(before, current)
+        if changed:
+            raise ValueError(f"{workdir} holds an unfinished run with another config ({changed}); "
+                             "resume with the same flags, or pass --overwrite.")
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(saved, "w") as f:
+        json.dump(current, f, indent=1)
+
+
+def _diff(a, b, prefix="config"):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+def _logger(workdir, chief):
+    log = logging.getLogger("cmp_tf.train")
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    if chief:
+        handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    return log
+
+
+def _set_sync_bn(model, synchronized):
+    """BatchNorm statistics over the global batch (all replicas), or per replica."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = synchronized
+
+
+def _preview_panels(model, batch, count=2):
+    """[N, H, 3W, 3] uint8: image with guidance marks | predicted flow | target flow; None if
+    the predictions are not finite (the weights have diverged)."""
+    x, y = batch
+    pred = model(x, training=False)["flow"].numpy()
+    if not np.isfinite(pred).all():
+        return None
+    panels = []
+    for i in range(min(count, len(pred))):
+        image = x["image"][i].numpy().astype(np.uint8).copy()
+        image[x["sparse"][i, ..., 2].numpy() > 0] = (255, 0, 0)  # guidance in red
+        target = y["flow"][i].numpy()
+        scale = max(float(np.abs(target).max()), 1.0)
+        panels.append(np.concatenate([image, flow_lib.flow_to_color(pred[i], scale),
+                                      flow_lib.flow_to_color(target, scale)], 1))
+    return np.stack(panels)
+
+
+def train(config, workdir, strategy="auto", devices=(), overwrite=False, progress=True):
+    """Trains `config` into `workdir`, resuming from its last checkpoint if there is one.
+
+    Returns:
+        The summary dict also written to workdir/summary.json: steps, final loss, validation
+        end-point errors of the model and of the zero and nearest-guidance fills.
+    """
+    from tqdm import tqdm
+
+    t = config.train
+    if t.get("precision", "float32") not in PRECISIONS:
+        raise ValueError(f"config.train.precision={t.precision!r}; known: {', '.join(PRECISIONS)}.")
+    keras.mixed_precision.set_global_policy(t.get("precision", "float32"))
+    keras.utils.set_random_seed(config.seed)  # same init on every worker and every rerun
+    strategy = make_strategy(strategy, devices)
+    chief = _is_chief(strategy)
+    if chief:
+        _prepare_workdir(workdir, config, overwrite)
+    log = _logger(workdir, chief)
+    # Non-chief workers must take part in saving (collective ops) but write elsewhere.
+    ckpt_dir = os.path.join(workdir, "checkpoints") if chief else os.path.join(
+        workdir, f"checkpoints_worker{strategy.cluster_resolver.task_id}")
+
+    with strategy.scope():
+        model = models.build_cmp(config)
+        _set_sync_bn(model, config.model.get("sync_bn", True))
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # host-side counter
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+                                         max_to_keep=t.get("keep_checkpoints", 3))
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info(f"resumed from {manager.latest_checkpoint} at step {int(step)}")
+    start = int(step)
+
+    if strategy.extended._in_multi_worker_mode():
+        # Each worker reads its own part of the data (InputContext sharding).
+        dataset = strategy.distribute_datasets_from_function(
+            lambda context: pipeline.make_dataset(config, "train", context, start_step=start))
+    else:
+        # One worker: each global batch is split across the replicas, so N devices see
+        # exactly the samples one device would.
+        dataset = strategy.experimental_distribute_dataset(
+            pipeline.make_dataset(config, "train", start_step=start))
+    iterator = iter(dataset)
+    loss_fn = losses.make_loss(config.flow)
+    global_batch = config.data.batch_size
+    # Gradients are summed over replicas: each adds its share of the decay term.
+    decay = config.optim.get("weight_decay", 0.0) / strategy.num_replicas_in_sync
+
+    def step_fn(x, y):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            per_example = loss_fn(out["logits"], y["flow"], y["valid"])
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        if decay:
+            grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        optimizer.apply(grads, variables)
+        points = tf.reduce_sum(x["sparse"][..., 2]) / global_batch
+        return loss, points
+
+    if t.get("jit_compile", False):  # XLA on the per-replica step; the loop stays outside
+        step_fn = tf.function(step_fn, jit_compile=True)
+
+    @tf.function
+    def train_step(iterator):
+        loss, points = strategy.run(step_fn, args=next(iterator))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, points, axis=None))
+
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tb") if chief else os.path.join(
+        workdir, "tb_tmp"))
+    has_val = bool(config.data.val)
+    preview = next(iter(pipeline.make_dataset(config, "val"))) if chief and has_val else None
+    log_every, image_every = t.get("log_every", 50), t.get("image_every", 500)
+    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (
+        progress and chief), dynamic_ncols=True)
+    last_time, last_step, loss = time.perf_counter(), start, float("nan")
+    while int(step) < t.steps:
+        loss_t, points_t = train_step(iterator)
+        step.assign_add(1)
+        current = int(step)
+        loss = float(loss_t)
+
+        def stop(what):
+            message = (f"{what} at step {current}; stopping. The last good checkpoint is "
+                       f"{manager.latest_checkpoint or 'none (none saved yet)'}.")
+            log.error(message)
+            raise FloatingPointError(message)
+
+        if not np.isfinite(loss):
+            stop(f"Loss became {loss}")
+        bar.update()
+        if current % log_every == 0 or current == t.steps:
+            now = time.perf_counter()
+            steps_per_s = (current - last_step) / max(now - last_time, 1e-9)
+            last_time, last_step = now, current
+            lr = float(optimizer.learning_rate)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
+            log.info(f"step {current} loss {loss:.4f} lr {lr:.3g} steps/s {steps_per_s:.2f} "
+                     f"points/sample {float(points_t):.1f}")
+            with writer.as_default(step=current):
+                tf.summary.scalar("train/loss", loss)
+                tf.summary.scalar("train/lr", lr)
+                tf.summary.scalar("train/steps_per_s", steps_per_s)
+                tf.summary.scalar("train/images_per_s", steps_per_s * global_batch)
+                tf.summary.scalar("train/guidance_points_per_sample", float(points_t))
+        if preview is not None and (current % image_every == 0 or current == t.steps):
+            panels = _preview_panels(model, preview)
+            if panels is None:
+                stop("Predicted flow became non-finite")
+            with writer.as_default(step=current):
+                tf.summary.image("val/image_prediction_target", panels, max_outputs=2)
+        if current % t.checkpoint_every == 0 or current == t.steps:
+            manager.save(checkpoint_number=current)
+    bar.close()
+    writer.flush()
+
+    if not chief:
+        return {}
+    model.save(os.path.join(workdir, "model.keras"))
+    model.get_layer("image_encoder").save(os.path.join(workdir, "encoder.keras"))
+    report = None
+    if has_val:
+        report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"))
+        with writer.as_default(step=int(step)):
+            for method, value in report["epe"].items():
+                tf.summary.scalar(f"val/epe_{method}", value)
+        with open(os.path.join(workdir, "eval", "validation.json"), "w") as f:
+            json.dump(report, f, indent=1)
+    summary = dict(steps=int(step), final_loss=loss, validation=report, workdir=workdir)
+    with open(os.path.join(workdir, SUMMARY), "w") as f:
+        json.dump(summary, f, indent=1)
+    log.info(f"finished: {json.dumps(summary)}")
+    return summary

@@ -1,0 +1,112 @@
+"""train.py as users run it: run directory, resume after SIGKILL, MirroredStrategy, failures."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from tests.conftest import panning_frames, write_video
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_flags(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    train = [write_video(folder / f"t{i}.avi", panning_frames(6, size=(128, 160), seed=i))
+             for i in range(2)]
+    val = write_video(folder / "v.avi", panning_frames(4, size=(128, 160), seed=9))
+    return [f"--config.data.train=({train[0]!r}, {train[1]!r})",
+            f"--config.data.val=({val!r},)", f"--config.data.cache_dir={folder / 'cache'}",
+            "--config.data.short_size=128", "--config.data.batch_size=2",
+            "--config.data.shuffle_buffer=8", "--config.ingest.max_side=-1",
+            "--config.ingest.gaps=(1,)", "--config.train.log_every=1",
+            "--config.train.image_every=2", "--config.schedule.warmup_steps=0"]
+
+
+def _train(workdir, data_flags, *extra, wait=True):
+    command = [sys.executable, "train.py", f"--workdir={workdir}", *data_flags, *extra]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if not wait:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _weights(workdir):
+    from cmp_tf import models  # noqa: F401  (registers the custom layers)
+
+    return [w.numpy() for w in keras.models.load_model(
+        os.path.join(workdir, "model.keras")).weights]
+
+
+def test_a_run_fills_its_directory_and_refuses_to_be_overwritten(tmp_path, data_flags):
+    result = _train(tmp_path / "run", data_flags, "--config.train.steps=3",
+                    "--config.train.checkpoint_every=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("config.json", "log.txt", "model.keras", "encoder.keras", "summary.json",
+                 "eval/validation.json", "checkpoints/checkpoint", "tb"):
+        assert os.path.exists(tmp_path / "run" / name), name
+    assert "EPE CMP" in result.stdout and "zero flow" in result.stdout
+    encoder = keras.models.load_model(tmp_path / "run" / "encoder.keras")
+    assert "features" in encoder.output
+    again = _train(tmp_path / "run", data_flags, "--config.train.steps=3")
+    assert again.returncode != 0 and "holds a finished run" in again.stderr
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, data_flags):
+    flags = ["--deterministic", "--config.train.steps=8", "--config.train.checkpoint_every=2"]
+    whole = _train(tmp_path / "whole", data_flags, *flags)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    proc = _train(tmp_path / "killed", data_flags, *flags, wait=False)
+    state = tmp_path / "killed" / "checkpoints" / "checkpoint"
+    deadline = time.time() + 300
+    while proc.poll() is None and not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model.keras").exists()
+    resumed = _train(tmp_path / "killed", data_flags, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (tmp_path / "killed" / "log.txt").read_text()
+    assert "resumed from" in log
+    for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "killed")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mirrored_on_two_cpus_matches_one_device(tmp_path, data_flags):
+    # A small LR: at 0.01 a max-pool tie or ReLU sign flipped by rounding can re-route a
+    # gradient and make a few weights differ by ~1e-4 after 3 steps, on one device as on two.
+    flags = ["--config.train.steps=3", "--config.train.checkpoint_every=3",
+             "--config.schedule.lr=0.001"]
+    one = _train(tmp_path / "one", data_flags, *flags)
+    two = _train(tmp_path / "two", data_flags, *flags, "--strategy=mirrored", "--cpu_devices=2",
+                 "--devices=/cpu:0,/cpu:1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    for a, b in zip(_weights(tmp_path / "one"), _weights(tmp_path / "two")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_missing_data_path_fails_in_seconds_naming_it(tmp_path, data_flags):
+    start = time.time()
+    result = _train(tmp_path / "run", data_flags, "--config.data.train=('/no/such/clip.mp4',)")
+    assert result.returncode != 0
+    assert "config.data.train: /no/such/clip.mp4 does not exist" in result.stderr
+    assert time.time() - start < 60
+
+
+def test_a_diverging_loss_stops_the_run_naming_the_step(tmp_path, data_flags):
+    result = _train(tmp_path / "run", data_flags, "--config.train.steps=20",
+                    "--config.schedule.lr=1e12", "--config.train.checkpoint_every=100")
+    assert result.returncode != 0
+    assert "at step" in result.stderr and "stopping. The last good checkpoint" in result.stderr
+    assert "became" in result.stderr
+    assert not (tmp_path / "run" / "model.keras").exists()

@@ -22,6 +22,7 @@ from cmp_tf import losses
 from cmp_tf import models
 from cmp_tf.data import pipeline
 from cmp_tf.evaluation import propagation
+from cmp_tf.models import layers
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -102,6 +103,30 @@ def make_optimizer(config):
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def make_step_fn(model, optimizer, loss_fn, global_batch, decay):
+    """One replica's training step on (x, y) -> (loss share, guidance points share).
+
+    The loss is averaged over the global batch (each replica contributes its share, the
+    all-reduce of gradients sums them), and `decay` * w is added to every gradient: pass
+    weight_decay / num_replicas, since those gradients are summed over replicas too.
+    """
+
+    def step_fn(x, y):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            per_example = loss_fn(out["logits"], y["flow"], y["valid"])
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        if decay:
+            grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        optimizer.apply(grads, variables)
+        return loss, tf.reduce_sum(x["sparse"][..., 2]) / global_batch
+
+    return step_fn
 
 
 def _is_chief(strategy):
@@ -228,25 +253,9 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         dataset = strategy.experimental_distribute_dataset(
             pipeline.make_dataset(config, "train", start_step=start))
     iterator = iter(dataset)
-    loss_fn = losses.make_loss(config.flow)
     global_batch = config.data.batch_size
-    # Gradients are summed over replicas: each adds its share of the decay term.
-    decay = config.optim.get("weight_decay", 0.0) / strategy.num_replicas_in_sync
-
-    def step_fn(x, y):
-        with tf.GradientTape() as tape:
-            out = model(x, training=True)
-            per_example = loss_fn(out["logits"], y["flow"], y["valid"])
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        variables = model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        if decay:
-            grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
-        optimizer.apply(grads, variables)
-        points = tf.reduce_sum(x["sparse"][..., 2]) / global_batch
-        return loss, points
-
+    step_fn = make_step_fn(model, optimizer, losses.make_loss(config.flow), global_batch,
+                           config.optim.get("weight_decay", 0.0) / strategy.num_replicas_in_sync)
     if t.get("jit_compile", False):  # XLA on the per-replica step; the loop stays outside
         step_fn = tf.function(step_fn, jit_compile=True)
 
@@ -307,7 +316,8 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     if not chief:
         return {}
     model.save(os.path.join(workdir, "model.keras"))
-    model.get_layer("image_encoder").save(os.path.join(workdir, "encoder.keras"))
+    encoder = layers.plain_keras_copy(model.get_layer("image_encoder"))
+    encoder.save(os.path.join(workdir, "encoder.keras"))  # loads without cmp_tf
     report = None
     if has_val:
         report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"))

@@ -279,3 +279,23 @@ def test_mixed_precision_keeps_float32_outputs_and_gradients(rng):
         keras.mixed_precision.set_global_policy("float32")
     assert out["logits"].dtype == tf.float32 and out["flow"].dtype == tf.float32
     assert np.isfinite(float(loss)) and all(g is not None for g in grads)
+
+
+def test_the_encoder_has_a_plain_keras_copy_with_the_same_outputs(rng):
+    encoder = models.build_encoder(load_config("default"))
+    copy = L.plain_keras_copy(encoder)
+    kinds = {type(layer).__name__ for layer in copy._flatten_layers(recursive=True)}
+    assert "BatchNorm" not in kinds and "BatchNormalization" in kinds
+    image = rng.uniform(0, 255, (1, 128, 128, 3)).astype(np.float32)
+    for key in ("features", "skip2", "skip4"):
+        np.testing.assert_allclose(copy(image)[key].numpy(), encoder(image)[key].numpy(),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_synchronized_batch_norm_matches_plain_moments(rng):
+    x = (1000.0 + rng.normal(size=(4, 6, 6, 3))).astype(np.float32)  # mean >> spread
+    layer = L.BatchNorm(synchronized=True)
+    layer.build(x.shape)
+    mean, variance = layer._moments(tf.constant(x), None)
+    np.testing.assert_allclose(mean.numpy(), x.mean((0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(variance.numpy(), x.var((0, 1, 2)), rtol=1e-4)

@@ -72,6 +72,24 @@ def with_stable_batch_norm(model):
     return keras.models.clone_model(model, clone_function=clone)
 
 
+def plain_keras_copy(model):
+    """A copy of `model` with the same weights in stock Keras layers only, where it has no
+    other custom layer (an image encoder): `keras.models.load_model` then reads the saved
+    file without importing cmp_tf, for fine-tuning anywhere."""
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone)
+        config = layer.get_config()
+        if isinstance(layer, BatchNorm):
+            return keras.layers.BatchNormalization.from_config(config)
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def conv(x, filters, kernel, *, name, gain, strides=1, padding=None, dilation=1, use_bias=True):
     """Conv2D with PyTorch-style symmetric `padding` (default: 'same' for odd kernels)."""
     if padding is None:

@@ -1,0 +1,114 @@
+r"""Training-step throughput (images/s) of the paper recipes and the CPU default.
+
+  python benchmarks/train_throughput.py [--size=384] [--batch=4] [--steps=5]
+      [--precisions=float32,mixed_bfloat16] [--jit=false,true] [--out=runs/benchmarks]
+
+Times `cmp_tf.training.make_step_fn` (forward, full-resolution loss, backward, coupled weight
+decay, SGD update) on a fixed synthetic batch, so only the step is measured. Prints a table
+and writes train_throughput.json. The reference column is the PyTorch code on this machine
+kind (2 threads, batch 4, 384^2; ../shared/REFERENCE.md §7). Runs on a GPU host as well.
+"""
+import importlib
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import losses  # noqa: E402
+from cmp_tf import models  # noqa: E402
+from cmp_tf import training  # noqa: E402
+
+_SIZE = flags.DEFINE_integer("size", 384, "Square crop side in pixels.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch size.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up.")
+_PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras policies.")
+_JIT = flags.DEFINE_list("jit", ["false"], "XLA settings to try: false, true.")
+_RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "default"],
+                             "Recipes under configs/.")
+_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for train_throughput.json.")
+
+REFERENCE_IMAGES_PER_S = {"alexnet_yfcc": 1.9, "resnet50_semiauto": 0.39}
+
+
+def synthetic_batch(size, batch, points=30, seed=0):
+    rng = np.random.default_rng(seed)
+    sparse = np.zeros((batch, size, size, 3), np.float32)
+    for b in range(batch):
+        ys, xs = rng.integers(0, size, points), rng.integers(0, size, points)
+        sparse[b, ys, xs, :2] = rng.uniform(-20, 20, (points, 2))
+        sparse[b, ys, xs, 2] = 1
+    x = {"image": tf.constant(rng.uniform(0, 255, (batch, size, size, 3)), tf.float32),
+         "sparse": tf.constant(sparse)}
+    y = {"flow": tf.constant(rng.uniform(-20, 20, (batch, size, size, 2)), tf.float32),
+         "valid": tf.ones((batch, size, size))}
+    return x, y
+
+
+def images_per_second(recipe, precision, jit, size, batch, steps):
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        config = importlib.import_module(f"configs.{recipe}").get_config()
+        config.data.crop = (size, size)
+        model = models.build_cmp(config)
+        optimizer = training.make_optimizer(config)
+        step_fn = training.make_step_fn(model, optimizer, losses.make_loss(config.flow), batch,
+                                        config.optim.weight_decay)
+        step = tf.function(step_fn, jit_compile=jit)
+        x, y = synthetic_batch(size, batch)
+        for _ in range(2):
+            float(step(x, y)[0])
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            loss = float(step(x, y)[0])
+            times.append(time.perf_counter() - start)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"{recipe} {precision}: loss {loss}")
+        return batch / float(np.median(times))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def main(argv):
+    del argv
+    threads = (tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count())
+    device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({threads} threads)"
+    rows = []
+    for recipe in _RECIPES.value:
+        for precision in _PRECISIONS.value:
+            for jit in (j.lower() == "true" for j in _JIT.value):
+                rate = images_per_second(recipe, precision, jit, _SIZE.value, _BATCH.value,
+                                         _STEPS.value)
+                reference = REFERENCE_IMAGES_PER_S.get(recipe) if (
+                    _SIZE.value, _BATCH.value) == (384, 4) else None
+                rows.append(dict(recipe=recipe, precision=precision, jit=jit,
+                                 images_per_s=rate, reference_images_per_s=reference,
+                                 speedup=rate / reference if reference else None))
+                r = rows[-1]
+                print(f"{recipe:<20}{precision:<16}{'xla' if jit else '-':<5}"
+                      f"{rate:>8.2f} img/s" + (f"  ({r['speedup']:.2f}x the reference)"
+                                               if reference else ""), flush=True)
+    print(f"\nDevice: {device}; crop {_SIZE.value}^2, batch {_BATCH.value}.")
+    print(f"{'recipe':<20}{'precision':<16}{'xla':<5}{'img/s':>8}{'reference':>11}{'speedup':>9}")
+    for r in rows:
+        ref = f"{r['reference_images_per_s']:.2f}" if r["reference_images_per_s"] else "-"
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        print(f"{r['recipe']:<20}{r['precision']:<16}{'yes' if r['jit'] else 'no':<5}"
+              f"{r['images_per_s']:>8.2f}{ref:>11}{speed:>9}")
+    os.makedirs(_OUT.value, exist_ok=True)
+    path = os.path.join(_OUT.value, "train_throughput.json")
+    with open(path, "w") as f:
+        json.dump(dict(device=device, size=_SIZE.value, batch=_BATCH.value, rows=rows), f,
+                  indent=1)
+    print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -222,18 +222,20 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     keras.utils.set_random_seed(config.seed)  # same init on every worker and every rerun
     strategy = make_strategy(strategy, devices)
     chief = _is_chief(strategy)
+    with strategy.scope():  # building the model validates the config before any file is written
+        model = models.build_cmp(config)
+        _set_sync_bn(model, config.model.get("sync_bn", True))
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+    pipeline.check_sources(config.data.train, "config.data.train")
+    if config.data.val:
+        pipeline.check_sources(config.data.val, "config.data.val")
     if chief:
         _prepare_workdir(workdir, config, overwrite)
     log = _logger(workdir, chief)
     # Non-chief workers must take part in saving (collective ops) but write elsewhere.
     ckpt_dir = os.path.join(workdir, "checkpoints") if chief else os.path.join(
         workdir, f"checkpoints_worker{strategy.cluster_resolver.task_id}")
-
-    with strategy.scope():
-        model = models.build_cmp(config)
-        _set_sync_bn(model, config.model.get("sync_bn", True))
-        optimizer = make_optimizer(config)
-        optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # host-side counter
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,

@@ -116,3 +116,50 @@ def test_a_diverging_loss_stops_the_run_naming_the_step(tmp_path, data_flags):
     assert "at step" in result.stderr and "stopping. The last good checkpoint" in result.stderr
     assert "became" in result.stderr
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_local_workers_train_together_and_agree(tmp_path, data_flags):
+    import json
+
+    import tensorflow as tf
+
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        command = [sys.executable, "train.py", f"--workdir={tmp_path / 'run'}", *data_flags,
+                   "--strategy=multiworker", "--config.train.steps=3",
+                   "--config.train.checkpoint_every=3"]
+        # Output to files: with pipes, a worker blocked on a full pipe stalls the collectives.
+        log = open(tmp_path / f"worker{index}.log", "w")
+        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+    for index, p in enumerate(procs):
+        try:
+            p.wait(timeout=400)
+        finally:
+            for q in procs:
+                if q.poll() is None and p.returncode != 0:
+                    q.kill()
+        output = (tmp_path / f"worker{index}.log").read_text()
+        assert p.returncode == 0, output[-3000:]
+    assert (tmp_path / "run" / "model.keras").exists()  # written by the chief only
+    chief = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints" / "ckpt-3"))
+    other = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints_worker1" / "ckpt-3"))
+    names = [n for n in chief.get_variable_to_shape_map() if "model/" in n]
+    assert names
+    for name in names:
+        np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name))

@@ -149,7 +149,7 @@ def _example(frame1, frame2, flow, valid, source, index, gap, quality):
 
 
 def _write_json(path, data):
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: concurrent writers never share it
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
@@ -196,9 +196,22 @@ class _ShardWriter:
 
 def _ingest_source(source, out_dir, cfg, produce, **fields):
     """Runs `produce(record, writer, cfg)` for one source file, once: the shared bookkeeping
-    of videos and list files (sidecar, leftovers, errors, atomic shards)."""
+    of videos and list files (sidecar, leftovers, errors, atomic shards).
+
+    An exclusive lock per source makes concurrent runs safe (the workers of a multi-worker
+    job ingesting into one cache, two ingest commands): the second waits, then finds the
+    sidecar; without it, one would delete the other's unfinished shards as leftovers.
+    """
+    import fcntl
+
     os.makedirs(out_dir, exist_ok=True)
     sidecar = _sidecar(out_dir, source, cfg)
+    with open(f"{sidecar[:-len('.json')]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        return _ingest_locked(source, out_dir, cfg, produce, sidecar, fields)
+
+
+def _ingest_locked(source, out_dir, cfg, produce, sidecar, fields):
     if os.path.exists(sidecar):
         with open(sidecar) as f:
             return {**json.load(f), "skipped": True}

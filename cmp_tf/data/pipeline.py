@@ -53,6 +53,22 @@ def _check_shard_sizes(folder, on_error):
     return good
 
 
+def check_sources(paths, field="config.data.train"):
+    """Fails fast (before any ingestion or training) on empty, missing or unknown sources."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise ValueError(f"{field} is empty: name shard folders, list files or videos.")
+    for path in map(os.fspath, paths):
+        if not os.path.exists(path):
+            raise ValueError(f"{field}: {path} does not exist.")
+        if not (os.path.isdir(path) or path.endswith((".tfrecord", ".txt"))
+                or formats.is_video(path)):
+            raise ValueError(f"{field}: {path} is not a shard, list file (.txt), video or "
+                             "folder.")
+    return list(map(os.fspath, paths))
+
+
 def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", on_error="skip"):
     """Sorts `paths` into TFRecord shards and list-file entries, ingesting videos on first use.
 
@@ -63,14 +79,9 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
     Returns:
         (shard paths, list entries).
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    if not paths:
-        raise ValueError(f"{field} is empty: name shard folders, list files or videos.")
+    paths = check_sources(paths, field)
     shards, entries, videos = [], [], []
-    for path in map(os.fspath, paths):
-        if not os.path.exists(path):
-            raise ValueError(f"{field}: {path} does not exist.")
+    for path in paths:
         if os.path.isdir(path):
             found = _shards_in(path)
             if found:
@@ -87,10 +98,8 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
             for line in skipped:
                 tf.get_logger().warning(f"Skipping {line}.")
             entries += found
-        elif formats.is_video(path):
-            videos.append(path)
         else:
-            raise ValueError(f"{field}: {path} is not a shard, list file (.txt), video or folder.")
+            videos.append(path)
     if videos:
         manifest = ingest_lib.ingest(videos, cache_dir, ingest_config)
         for source in manifest["sources"]:

@@ -45,18 +45,18 @@ def main(argv):
     if not os.path.isfile(model_path):
         raise app.UsageError(f"--checkpoint={path}: no model at {model_path}.")
     print(f"Evaluating {model_path}")
+    model = keras.models.load_model(model_path)
     rows = []
     if run_dir and os.path.isfile(os.path.join(run_dir, "config.json")):
         with open(os.path.join(run_dir, "config.json")) as f:
             config = ml_collections.ConfigDict(json.load(f))
         if config.data.val:
-            model = keras.models.load_model(model_path)
             report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"))
             rows.append((f"validation clips ({report['samples']} pairs)", report["epe"]))
             os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
             with open(os.path.join(run_dir, "eval", "validation.json"), "w") as f:
                 json.dump(report, f, indent=1)
-    scenes = propagation.synthetic_propagation(model_path, _SCENES.value, _POINTS.value)
+    scenes = propagation.synthetic_propagation(model, _SCENES.value, _POINTS.value)
     rows.append((f"generated scenes ({_SCENES.value}, {_POINTS.value} points)", scenes))
     print(f"{'data':<34}{'CMP':>9}{'zero':>9}{'nearest':>9}   (mean end-point error, px)")
     for name, epe in rows:

@@ -11,6 +11,7 @@ encoder.keras, eval/, and summary.json once the run has finished.
 import json
 import logging
 import os
+import shutil
 import time
 
 import keras
@@ -147,8 +148,6 @@ def _prepare_workdir(workdir, config, overwrite):
         raise ValueError(f"{workdir} holds a finished run ({SUMMARY}); pass --overwrite or "
                          "choose another --workdir.")
     if finished or (overwrite and os.path.isdir(workdir)):
-        import shutil
-
         shutil.rmtree(workdir)
     elif os.path.exists(saved):
         with open(saved) as f:

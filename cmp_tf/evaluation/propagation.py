@@ -16,13 +16,16 @@ def nearest_fill(sparse):
     return layers.DensePrior(1)(sparse[None]).numpy()[0, ..., :2]
 
 
-def synthetic_propagation(model_path, scenes=8, points=10, size=128, seed=0):
+def synthetic_propagation(model, scenes=8, points=10, size=128, seed=0):
     """Mean EPE on generated moving-square scenes with `points` uniform guides each.
+
+    `model` is a CMP keras.Model or the path of a saved one.
 
     Returns:
         {"cmp": EPE of the model, "zero": of zero flow, "nearest": of the nearest fill}.
     """
-    model = keras.models.load_model(model_path)
+    if not isinstance(model, keras.Model):
+        model = keras.models.load_model(model)
     rng = np.random.default_rng(seed)
     errors = {"cmp": [], "zero": [], "nearest": []}
     for scene in range(scenes):

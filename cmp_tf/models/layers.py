@@ -222,7 +222,7 @@ class DensePrior(keras.layers.Layer):
 
     def _pass_steps(self, size):
         cells = max(1, math.ceil((size or self.max_size) / self.stride))
-        passes = max(1, math.ceil(math.log2(cells))) if cells > 1 else 1
+        passes = max(1, math.ceil(math.log2(cells)))
         return [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
 
     def call(self, sparse):

@@ -1,7 +1,8 @@
 r"""Training-step throughput (images/s) of the paper recipes and the CPU default.
 
   python benchmarks/train_throughput.py [--size=384] [--batch=4] [--steps=5]
-      [--precisions=float32,mixed_bfloat16] [--jit=false,true] [--out=runs/benchmarks]
+      [--precisions=float32,mixed_bfloat16] [--jit=false,true] [--fused_loss=true,false]
+      [--out=runs/benchmarks]
 
 Times `cmp_tf.training.make_step_fn` (forward, full-resolution loss, backward, coupled weight
 decay, SGD update) on a fixed synthetic batch, so only the step is measured. Prints a table
@@ -29,7 +30,9 @@ _SIZE = flags.DEFINE_integer("size", 384, "Square crop side in pixels.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Batch size.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up.")
 _PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras policies.")
-_JIT = flags.DEFINE_list("jit", ["false"], "XLA settings to try: false, true.")
+_JIT = flags.DEFINE_list("jit", ["false"], "XLA on the whole step, settings to try: false, true.")
+_FUSED_LOSS = flags.DEFINE_list("fused_loss", ["true"],
+                                "XLA on the loss alone (the library default), settings to try.")
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "default"],
                              "Recipes under configs/.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for train_throughput.json.")
@@ -51,14 +54,14 @@ def synthetic_batch(size, batch, points=30, seed=0):
     return x, y
 
 
-def images_per_second(recipe, precision, jit, size, batch, steps):
+def images_per_second(recipe, precision, jit, fused_loss, size, batch, steps):
     keras.mixed_precision.set_global_policy(precision)
     try:
         config = importlib.import_module(f"configs.{recipe}").get_config()
         config.data.crop = (size, size)
         model = models.build_cmp(config)
         optimizer = training.make_optimizer(config)
-        step_fn = training.make_step_fn(model, optimizer, losses.make_loss(config.flow), batch,
+        step_fn = training.make_step_fn(model, optimizer, losses.make_loss(config.flow, fused_loss), batch,
                                         config.optim.weight_decay)
         step = tf.function(step_fn, jit_compile=jit)
         x, y = synthetic_batch(size, batch)
@@ -83,24 +86,27 @@ def main(argv):
     rows = []
     for recipe in _RECIPES.value:
         for precision in _PRECISIONS.value:
-            for jit in (j.lower() == "true" for j in _JIT.value):
-                rate = images_per_second(recipe, precision, jit, _SIZE.value, _BATCH.value,
-                                         _STEPS.value)
+            for jit, fused in ((j.lower() == "true", f.lower() == "true")
+                               for j in _JIT.value for f in _FUSED_LOSS.value):
+                rate = images_per_second(recipe, precision, jit, fused, _SIZE.value,
+                                         _BATCH.value, _STEPS.value)
                 reference = REFERENCE_IMAGES_PER_S.get(recipe) if (
                     _SIZE.value, _BATCH.value) == (384, 4) else None
-                rows.append(dict(recipe=recipe, precision=precision, jit=jit,
+                rows.append(dict(recipe=recipe, precision=precision, jit=jit, fused_loss=fused,
                                  images_per_s=rate, reference_images_per_s=reference,
                                  speedup=rate / reference if reference else None))
                 r = rows[-1]
                 print(f"{recipe:<20}{precision:<16}{'xla' if jit else '-':<5}"
+                      f"{'fused' if fused else '-':<7}"
                       f"{rate:>8.2f} img/s" + (f"  ({r['speedup']:.2f}x the reference)"
                                                if reference else ""), flush=True)
     print(f"\nDevice: {device}; crop {_SIZE.value}^2, batch {_BATCH.value}.")
-    print(f"{'recipe':<20}{'precision':<16}{'xla':<5}{'img/s':>8}{'reference':>11}{'speedup':>9}")
+    print(f"{'recipe':<20}{'precision':<16}{'xla':<5}{'loss':<7}{'img/s':>8}{'reference':>11}{'speedup':>9}")
     for r in rows:
         ref = f"{r['reference_images_per_s']:.2f}" if r["reference_images_per_s"] else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         print(f"{r['recipe']:<20}{r['precision']:<16}{'yes' if r['jit'] else 'no':<5}"
+              f"{'fused' if r['fused_loss'] else 'plain':<7}"
               f"{r['images_per_s']:>8.2f}{ref:>11}{speed:>9}")
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "train_throughput.json")

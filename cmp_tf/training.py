@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import sys
 import time
 
 import keras
@@ -187,6 +189,24 @@ def _set_sync_bn(model, synchronized):
             layer.synchronized = synchronized
 
 
+PREEMPTED_EXIT_CODE = 42  # what cluster schedulers are told means "restart me"
+
+
+def _preemption_handler(strategy, manager, step, log):
+    """What `BackupAndRestore` gives `fit`, for our loop: after a SIGTERM to any worker (a
+    preemption notice), every worker saves a checkpoint at the same step and the process exits
+    with PREEMPTED_EXIT_CODE; the same command then resumes from it."""
+
+    def exit_fn():
+        log.warning(f"Preempted (SIGTERM) at step {int(step)}: checkpoint saved to "
+                    f"{manager.latest_checkpoint}; run the same command to resume.")
+        sys.exit(PREEMPTED_EXIT_CODE)
+
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        getattr(strategy, "cluster_resolver", None), manager,
+        termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn))
+
+
 def _preview_panels(model, batch, count=2):
     """[N, H, 3W, 3] uint8: image with guidance marks | predicted flow | target flow; None if
     the predictions are not finite (the weights have diverged)."""
@@ -274,43 +294,54 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (
         progress and chief), dynamic_ncols=True)
     last_time, last_step, loss = time.perf_counter(), start, float("nan")
-    while int(step) < t.steps:
-        loss_t, points_t = train_step(iterator)
-        step.assign_add(1)
-        current = int(step)
-        loss = float(loss_t)
+    preemption = _preemption_handler(strategy, manager, step, log)
+    try:
+        while int(step) < t.steps:
+            loss_t, points_t = train_step(iterator)
+            step.assign_add(1)
+            current = int(step)
+            loss = float(loss_t)
 
-        def stop(what):
-            message = (f"{what} at step {current}; stopping. The last good checkpoint is "
-                       f"{manager.latest_checkpoint or 'none (none saved yet)'}.")
-            log.error(message)
-            raise FloatingPointError(message)
+            def stop(what):
+                message = (f"{what} at step {current}; stopping. The last good checkpoint is "
+                           f"{manager.latest_checkpoint or 'none (none saved yet)'}.")
+                log.error(message)
+                raise FloatingPointError(message)
 
-        if not np.isfinite(loss):
-            stop(f"Loss became {loss}")
-        bar.update()
-        if current % log_every == 0 or current == t.steps:
-            now = time.perf_counter()
-            steps_per_s = (current - last_step) / max(now - last_time, 1e-9)
-            last_time, last_step = now, current
-            lr = float(optimizer.learning_rate)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
-            log.info(f"step {current} loss {loss:.4f} lr {lr:.3g} steps/s {steps_per_s:.2f} "
-                     f"points/sample {float(points_t):.1f}")
-            with writer.as_default(step=current):
-                tf.summary.scalar("train/loss", loss)
-                tf.summary.scalar("train/lr", lr)
-                tf.summary.scalar("train/steps_per_s", steps_per_s)
-                tf.summary.scalar("train/images_per_s", steps_per_s * global_batch)
-                tf.summary.scalar("train/guidance_points_per_sample", float(points_t))
-        if preview is not None and (current % image_every == 0 or current == t.steps):
-            panels = _preview_panels(model, preview)
-            if panels is None:
-                stop("Predicted flow became non-finite")
-            with writer.as_default(step=current):
-                tf.summary.image("val/image_prediction_target", panels, max_outputs=2)
-        if current % t.checkpoint_every == 0 or current == t.steps:
-            manager.save(checkpoint_number=current)
+            if not np.isfinite(loss):
+                stop(f"Loss became {loss}")
+            bar.update()
+            if current % log_every == 0 or current == t.steps:
+                now = time.perf_counter()
+                steps_per_s = (current - last_step) / max(now - last_time, 1e-9)
+                last_time, last_step = now, current
+                lr = float(optimizer.learning_rate)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
+                log.info(f"step {current} loss {loss:.4f} lr {lr:.3g} steps/s {steps_per_s:.2f} "
+                         f"points/sample {float(points_t):.1f}")
+                with writer.as_default(step=current):
+                    tf.summary.scalar("train/loss", loss)
+                    tf.summary.scalar("train/lr", lr)
+                    tf.summary.scalar("train/steps_per_s", steps_per_s)
+                    tf.summary.scalar("train/images_per_s", steps_per_s * global_batch)
+                    tf.summary.scalar("train/guidance_points_per_sample", float(points_t))
+            if preview is not None and (current % image_every == 0 or current == t.steps):
+                panels = _preview_panels(model, preview)
+                if panels is None:
+                    stop("Predicted flow became non-finite")
+                with writer.as_default(step=current):
+                    tf.summary.image("val/image_prediction_target", panels, max_outputs=2)
+            if current % t.checkpoint_every == 0 or current == t.steps:
+                manager.save(checkpoint_number=current)
+            else:  # on SIGTERM to any worker, all save at the same step, then exit to be restarted
+                preemption.save_checkpoint_if_preempted(checkpoint_number=current)
+    except KeyboardInterrupt:
+        if not strategy.extended._in_multi_worker_mode():  # saving needs every worker
+            manager.save(checkpoint_number=int(step))
+            log.warning(f"Interrupted at step {int(step)}: saved {manager.latest_checkpoint}.")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a finished loop stops on SIGTERM again
     bar.close()
     writer.flush()
 

@@ -66,3 +66,33 @@ def test_make_loss_picks_by_name_and_refuses_unknown():
         losses.make_loss(cfg)
     with pytest.raises(ValueError, match="2 \\* nbins = 6"):
         losses.discrete_flow_loss(np.zeros((1, 1, 1, 4)), np.zeros((1, 1, 1, 2)), 3, 3.0)
+
+
+@pytest.mark.parametrize("size_in,size_out", [((3, 5), (9, 17)), ((12, 12), (384, 384)),
+                                              ((70, 66), (139, 131)), ((1, 4), (5, 7))])
+def test_separable_upsampling_equals_the_resize_op_in_values_and_gradients(size_in, size_out):
+    import tensorflow as tf
+
+    from cmp_tf import ops
+
+    x = tf.Variable(np.random.default_rng(0).normal(size=(2, *size_in, 3)).astype(np.float32))
+    weights = tf.constant(np.random.default_rng(1).normal(size=(2, *size_out, 3)), tf.float32)
+    results = []
+    for upsample in (ops.resize_align_corners, ops.upsample_align_corners):
+        with tf.GradientTape() as tape:
+            y = upsample(x, size_out)
+            total = tf.reduce_sum(y * weights)
+        results.append((y.numpy(), tape.gradient(total, x).numpy()))
+    np.testing.assert_allclose(results[1][0], results[0][0], atol=1e-5)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-4, atol=1e-4)
+
+
+def test_jit_compiled_loss_equals_the_plain_one():
+    config = ml_collections.ConfigDict(dict(loss="discrete", nbins=9, fmax=4.0))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 4, 18)).astype(np.float32)
+    target = rng.uniform(-4, 4, (2, 16, 16, 2)).astype(np.float32)
+    weight = (rng.uniform(size=(2, 16, 16)) > 0.3).astype(np.float32)
+    fused = losses.make_loss(config)(logits, target, weight)
+    plain = losses.make_loss(config, jit_compile=False)(logits, target, weight)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), rtol=1e-5)

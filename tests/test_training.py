@@ -87,6 +87,29 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, data_flags):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_sigterm_saves_where_it_is_exits_for_restart_and_resumes(tmp_path, data_flags):
+    flags = ["--config.train.steps=60", "--config.train.checkpoint_every=1000"]
+    proc = _train(tmp_path / "run", data_flags, *flags, wait=False)
+    log = tmp_path / "run" / "log.txt"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (
+            log.exists() and "step 3 " in log.read_text()):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be preempted"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 42  # training.PREEMPTED_EXIT_CODE: "restart me"
+    text = log.read_text()
+    assert "Preempted (SIGTERM) at step" in text
+    saved = int(text.split("Preempted (SIGTERM) at step ")[1].split(":")[0])
+    assert 3 <= saved < 60  # between the regular checkpoints: saved because of the signal
+    assert (tmp_path / "run" / "checkpoints" / f"ckpt-{saved}.index").exists()
+    resumed = _train(tmp_path / "run", data_flags, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / f'ckpt-{saved}'} at step {saved}" \
+        in log.read_text()
+    assert (tmp_path / "run" / "model.keras").exists()
+
+
 def test_mirrored_on_two_cpus_matches_one_device(tmp_path, data_flags):
     # A small LR: at 0.01 a max-pool tie or ReLU sign flipped by rounding can re-route a
     # gradient and make a few weights differ by ~1e-4 after 3 steps, on one device as on two.
@@ -130,32 +153,45 @@ def _free_ports(count):
     return ports
 
 
-def test_two_local_workers_train_together_and_agree(tmp_path, data_flags):
+def _start_workers(tmp_path, data_flags, *extra, count=2, tag=""):
+    """`count` train.py processes forming one MultiWorkerMirroredStrategy cluster on localhost."""
     import json
 
-    import tensorflow as tf
-
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    workers = [f"localhost:{port}" for port in _free_ports(count)]
     procs = []
-    for index in range(2):
+    for index in range(count):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
             {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
         command = [sys.executable, "train.py", f"--workdir={tmp_path / 'run'}", *data_flags,
-                   "--strategy=multiworker", "--config.train.steps=3",
-                   "--config.train.checkpoint_every=3"]
+                   "--strategy=multiworker", *extra]
         # Output to files: with pipes, a worker blocked on a full pipe stalls the collectives.
-        log = open(tmp_path / f"worker{index}.log", "w")
+        log = open(tmp_path / f"worker{index}{tag}.log", "w")
         procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
                                       stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait_all(procs, tmp_path, tag="", timeout=400):
+    """Return codes of every worker; kills the others as soon as one fails."""
+    codes = []
     for index, p in enumerate(procs):
         try:
-            p.wait(timeout=400)
+            p.wait(timeout=timeout)
         finally:
             for q in procs:
-                if q.poll() is None and p.returncode != 0:
+                if q.poll() is None and p.returncode not in (0, 42):
                     q.kill()
-        output = (tmp_path / f"worker{index}.log").read_text()
-        assert p.returncode == 0, output[-3000:]
+        codes.append((p.returncode, (tmp_path / f"worker{index}{tag}.log").read_text()))
+    return codes
+
+
+def test_two_local_workers_train_together_and_agree(tmp_path, data_flags):
+    import tensorflow as tf
+
+    procs = _start_workers(tmp_path, data_flags, "--config.train.steps=3",
+                           "--config.train.checkpoint_every=3")
+    for code, output in _wait_all(procs, tmp_path):
+        assert code == 0, output[-3000:]
     assert (tmp_path / "run" / "model.keras").exists()  # written by the chief only
     chief = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints" / "ckpt-3"))
     other = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints_worker1" / "ckpt-3"))
@@ -163,3 +199,25 @@ def test_two_local_workers_train_together_and_agree(tmp_path, data_flags):
     assert names
     for name in names:
         np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name))
+
+
+def test_a_preempted_worker_makes_the_cluster_save_and_the_restart_resumes(tmp_path, data_flags):
+    flags = ["--config.train.steps=40", "--config.train.checkpoint_every=1000"]
+    procs = _start_workers(tmp_path, data_flags, *flags)
+    log = tmp_path / "run" / "log.txt"
+    deadline = time.time() + 300
+    while all(p.poll() is None for p in procs) and time.time() < deadline and not (
+            log.exists() and "step 2 " in log.read_text()):
+        time.sleep(0.05)
+    os.kill(procs[1].pid, signal.SIGTERM)  # the non-chief worker gets the preemption notice
+    for code, output in _wait_all(procs, tmp_path):
+        assert code == 42, output[-3000:]  # both saved at the same step and asked for a restart
+    text = log.read_text()
+    saved = int(text.split("Preempted (SIGTERM) at step ")[1].split(":")[0])
+    assert 2 <= saved < 40
+    assert (tmp_path / "run" / "checkpoints" / f"ckpt-{saved}.index").exists()
+    procs = _start_workers(tmp_path, data_flags, *flags, tag="_restart")
+    for code, output in _wait_all(procs, tmp_path, tag="_restart"):
+        assert code == 0, output[-3000:]
+    assert f"at step {saved}" in log.read_text().split("resumed from")[1]
+    assert (tmp_path / "run" / "model.keras").exists()

@@ -6,8 +6,9 @@ r"""Training-step throughput (images/s) of the paper recipes and the CPU default
 
 Times `cmp_tf.training.make_step_fn` (forward, full-resolution loss, backward, coupled weight
 decay, SGD update) on a fixed synthetic batch, so only the step is measured. Prints a table
-and writes train_throughput.json. The reference column is the PyTorch code on this machine
-kind (2 threads, batch 4, 384^2; ../shared/REFERENCE.md §7). Runs on a GPU host as well.
+and writes train_throughput.json. The reference column is the PyTorch networks measured on this
+machine by benchmarks/torch_reference.py when its JSON is there, else the Xeon figures of
+../shared/REFERENCE.md §7 (benchmarks/reference.py says which). Runs on a GPU host as well.
 """
 import importlib
 import json
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cmp_tf import losses  # noqa: E402
 from cmp_tf import models  # noqa: E402
 from cmp_tf import training  # noqa: E402
+from benchmarks import reference as reference_lib  # noqa: E402
 
 _SIZE = flags.DEFINE_integer("size", 384, "Square crop side in pixels.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Batch size.")
@@ -36,9 +38,6 @@ _FUSED_LOSS = flags.DEFINE_list("fused_loss", ["true"],
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "default"],
                              "Recipes under configs/.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for train_throughput.json.")
-
-REFERENCE_IMAGES_PER_S = {"alexnet_yfcc": 1.9, "resnet50_semiauto": 0.39}
-
 
 def synthetic_batch(size, batch, points=30, seed=0):
     rng = np.random.default_rng(seed)
@@ -90,28 +89,29 @@ def main(argv):
                                for j in _JIT.value for f in _FUSED_LOSS.value):
                 rate = images_per_second(recipe, precision, jit, fused, _SIZE.value,
                                          _BATCH.value, _STEPS.value)
-                reference = REFERENCE_IMAGES_PER_S.get(recipe) if (
-                    _SIZE.value, _BATCH.value) == (384, 4) else None
+                reference, source = reference_lib.lookup(
+                    recipe, _SIZE.value, "train_images_per_s", threads, _BATCH.value)
                 rows.append(dict(recipe=recipe, precision=precision, jit=jit, fused_loss=fused,
                                  images_per_s=rate, reference_images_per_s=reference,
+                                 reference_source=source,
                                  speedup=rate / reference if reference else None))
                 r = rows[-1]
                 print(f"{recipe:<20}{precision:<16}{'xla' if jit else '-':<5}"
                       f"{'fused' if fused else '-':<7}"
-                      f"{rate:>8.2f} img/s" + (f"  ({r['speedup']:.2f}x the reference)"
+                      f"{rate:>8.2f} img/s" + (f"  ({r['speedup']:.2f}x the reference, {source})"
                                                if reference else ""), flush=True)
     print(f"\nDevice: {device}; crop {_SIZE.value}^2, batch {_BATCH.value}.")
-    print(f"{'recipe':<20}{'precision':<16}{'xla':<5}{'loss':<7}{'img/s':>8}{'reference':>11}{'speedup':>9}")
+    print(f"{'recipe':<20}{'precision':<16}{'xla':<5}{'loss':<7}{'img/s':>8}{'reference':>11}{'speedup':>9}  source")
     for r in rows:
         ref = f"{r['reference_images_per_s']:.2f}" if r["reference_images_per_s"] else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         print(f"{r['recipe']:<20}{r['precision']:<16}{'yes' if r['jit'] else 'no':<5}"
               f"{'fused' if r['fused_loss'] else 'plain':<7}"
-              f"{r['images_per_s']:>8.2f}{ref:>11}{speed:>9}")
+              f"{r['images_per_s']:>8.2f}{ref:>11}{speed:>9}  {r['reference_source'] or '-'}")
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "train_throughput.json")
     with open(path, "w") as f:
-        json.dump(dict(device=device, size=_SIZE.value, batch=_BATCH.value, rows=rows), f,
+        json.dump(dict(device=device, cpu=reference_lib.cpu_model(), size=_SIZE.value, batch=_BATCH.value, rows=rows), f,
                   indent=1)
     print(f"Wrote {path}")
 

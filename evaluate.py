@@ -1,13 +1,15 @@
-r"""Evaluates a trained CMP: how well it propagates sparse motion, against the fills a user
-would otherwise use on the same guidance.
+r"""Evaluates a trained CMP: how well it propagates sparse motion against the methods a user
+would otherwise use, and what its encoder transfers to segmentation.
 
-  python evaluate.py                          # the newest run under runs/
-  python evaluate.py --checkpoint=runs/default
-  python evaluate.py --checkpoint=model.keras --scenes=16
+  python evaluate.py                                  # newest run under runs/, its val clips
+  python evaluate.py --checkpoint=runs/default --data=clips/ --pairs=64
+  python evaluate.py --checkpoint=model.keras --data=generated
+  python evaluate.py --method=my_method.py            # score an outside propagate() too
+  python evaluate.py --task=segmentation              # random init vs CMP encoder, side by side
 
-A run directory is scored on its recipe's validation clips (pairs of videos it never trained
-on) and on generated scenes with exact flow; a bare .keras file on generated scenes. The full
-benchmark protocol (K guidance points, methods, plots) is issue #6.
+Propagation: K guidance points in --ks, drawn by watershed and uniformly with a fixed seed;
+every method gets the same points (cmp_tf.evaluation.benchmark). Writes results.md,
+results.json, relative_epe.png and panels.png to --out (default <run>/eval/propagation).
 """
 import glob
 import json
@@ -16,10 +18,27 @@ import os
 from absl import app
 from absl import flags
 
+_TASK = flags.DEFINE_enum("task", "propagation", ["propagation", "segmentation"],
+                          "What to evaluate.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "Run directory or .keras file; default: newest under runs/.")
-_SCENES = flags.DEFINE_integer("scenes", 8, "Generated scenes to score.")
-_POINTS = flags.DEFINE_integer("points", 10, "Guidance points per generated scene (uniform).")
+_DATA = flags.DEFINE_list(
+    "data", [], "Pairs to score: TFRecord shard folders, list files, videos or folders of "
+    "videos; 'generated' for scenes with exact flow. Default: the run's validation data, else "
+    "the embedded validation clip.")
+_PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs scored, drawn evenly at random (fixed seed) "
+                              "from the data; -1 for all.")
+_KS = flags.DEFINE_list("ks", ["1", "5", "10", "25", "100", "400"], "Guidance counts K.")
+_STRATEGIES = flags.DEFINE_list("strategies", ["watershed", "uniform"], "Guidance sampling.")
+_BASELINES = flags.DEFINE_list("baselines", ["zero", "nearest", "linear", "gaussian", "epicflow"],
+                               "Methods from cmp_tf.evaluation.baselines to compare with.")
+_METHOD = flags.DEFINE_multi_string("method", [], "Outside method: a Python file defining "
+                                    "propagate(image, points, vectors) -> flow.")
+_SEED = flags.DEFINE_integer("seed", 0, "Guidance and pair sampling seed.")
+_PANELS = flags.DEFINE_integer("panels", 4, "Example pairs drawn in panels.png (K=10).")
+_OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/eval/<task>.")
+_SEG_CONFIG = flags.DEFINE_string("segmentation_config", "configs/segmentation.py",
+                                  "Transfer recipe for --task=segmentation.")
 
 
 def _newest_run():
@@ -30,37 +49,89 @@ def _newest_run():
     return os.path.dirname(runs[-1])
 
 
+def _run_config(path):
+    """The recipe a run directory was trained with, else the CPU default recipe."""
+    import ml_collections
+
+    saved = os.path.join(path, "config.json") if os.path.isdir(path) else None
+    if saved and os.path.isfile(saved):
+        with open(saved) as f:
+            return ml_collections.ConfigDict(json.load(f)), True
+    from configs import default
+
+    return default.get_config(), False
+
+
+def _pairs(config, from_run):
+    from cmp_tf.data import pipeline
+    from cmp_tf.evaluation import benchmark
+    from configs import common
+
+    if _DATA.value == ["generated"]:
+        return benchmark.generated_pairs(_PAIRS.value if _PAIRS.value > 0 else 32,
+                                         seed=_SEED.value), "generated scenes"
+    sources = tuple(_DATA.value) or (tuple(config.data.val) if from_run and config.data.val
+                                     else common.sample_splits()[1])
+    pipeline.check_sources(sources, "--data")
+    config.data.val = sources
+    dataset = pipeline.make_dataset(config, "val", guidance=False)
+    pairs = benchmark.pairs_from_dataset(dataset)
+    if _PAIRS.value > 0:
+        pairs = benchmark.sample_pairs(pairs, _PAIRS.value, _SEED.value)
+    return pairs, ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
+
+
+def _propagation(path, out):
+    from cmp_tf import runtime
+    from cmp_tf.evaluation import baselines
+    from cmp_tf.evaluation import benchmark
+
+    config, from_run = _run_config(path)
+    methods = {"cmp": runtime.Propagator(path)}
+    for name in dict.fromkeys(["zero", *_BASELINES.value]):
+        methods[name] = baselines.get(name)
+    for file in _METHOD.value:
+        methods[os.path.splitext(os.path.basename(file))[0]] = benchmark.load_method(file)
+    pairs, described = _pairs(config, from_run)
+    result = benchmark.evaluate(methods, pairs, ks=[int(k) for k in _KS.value],
+                                strategies=_STRATEGIES.value, seed=_SEED.value,
+                                keep_examples=_PANELS.value)
+    result["checkpoint"], result["data"] = methods["cmp"].path, described
+    text = benchmark.write_report(result, out, title=f"Propagation: {methods['cmp'].path} on "
+                                                    f"{described}")
+    print(text)
+    print(f"\nWrote {out}/: results.md, results.json, relative_epe.png, panels.png")
+
+
+def _segmentation(path, out):
+    from ml_collections import config_flags  # noqa: F401  (recipe loading below)
+
+    from cmp_tf import transfer
+
+    config = transfer.load_config(_SEG_CONFIG.value)
+    result = transfer.compare_initializations(config, path, out_dir=out)
+    print(transfer.format_comparison(result))
+    print(f"\nWrote {out}/")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    import keras
-    import ml_collections
-
-    from cmp_tf.data import pipeline
-    from cmp_tf.evaluation import propagation
-
     path = _CHECKPOINT.value or _newest_run()
+    if not os.path.exists(path):
+        raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
+                             "or a .keras file.")
     run_dir = path if os.path.isdir(path) else None
-    model_path = os.path.join(path, "model.keras") if run_dir else path
-    if not os.path.isfile(model_path):
-        raise app.UsageError(f"--checkpoint={path}: no model at {model_path}.")
-    print(f"Evaluating {model_path}")
-    model = keras.models.load_model(model_path)
-    rows = []
-    if run_dir and os.path.isfile(os.path.join(run_dir, "config.json")):
-        with open(os.path.join(run_dir, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-        if config.data.val:
-            report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"))
-            rows.append((f"validation clips ({report['samples']} pairs)", report["epe"]))
-            os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
-            with open(os.path.join(run_dir, "eval", "validation.json"), "w") as f:
-                json.dump(report, f, indent=1)
-    scenes = propagation.synthetic_propagation(model, _SCENES.value, _POINTS.value)
-    rows.append((f"generated scenes ({_SCENES.value}, {_POINTS.value} points)", scenes))
-    print(f"{'data':<34}{'CMP':>9}{'zero':>9}{'nearest':>9}   (mean end-point error, px)")
-    for name, epe in rows:
-        print(f"{name:<34}{epe['cmp']:>9.3f}{epe['zero']:>9.3f}{epe['nearest']:>9.3f}")
+    out = _OUT.value or (os.path.join(run_dir, "eval", _TASK.value) if run_dir else os.path.join(
+        "runs", "eval", os.path.splitext(os.path.basename(path))[0], _TASK.value))
+    print(f"Evaluating {path} ({_TASK.value})")
+    try:
+        if _TASK.value == "propagation":
+            _propagation(path, out)
+        else:
+            _segmentation(path, out)
+    except ValueError as error:  # bad checkpoint, data or flags: one clear line, no traceback
+        raise app.UsageError(str(error)) from error
 
 
 if __name__ == "__main__":

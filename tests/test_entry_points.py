@@ -28,18 +28,44 @@ def test_an_unknown_part_is_refused_with_the_known_names(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_scores_a_saved_model_against_the_fills(tmp_path):
+def test_evaluate_scores_a_saved_model_against_every_baseline(tmp_path):
+    import json
+
     sys.path.insert(0, ROOT)
     from cmp_tf import models
     from tests.conftest import load_config
 
     path = tmp_path / "default.keras"
     models.build_cmp(load_config("default")).save(path)
-    result = _run("evaluate.py", f"--checkpoint={path}", "--scenes=3")
-    assert result.returncode == 0, result.stderr
-    row = next(line for line in result.stdout.splitlines() if line.startswith("generated"))
-    cmp, zero, nearest = (float(v) for v in row.split()[-3:])
-    epe = {"cmp": cmp, "zero": zero, "nearest": nearest}
+    method = tmp_path / "mine.py"
+    method.write_text("import numpy as np\n\ndef propagate(image, points, vectors):\n"
+                      "    return np.zeros(image.shape[:2] + (2,), np.float32) + 1\n")
+    out = tmp_path / "eval"
+    result = _run("evaluate.py", f"--checkpoint={path}", "--data=generated", "--pairs=3",
+                  "--ks=1,10,100", f"--method={method}", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| watershed | 10" in result.stdout
+    for name in ("results.md", "results.json", "relative_epe.png", "panels.png"):
+        assert (out / name).stat().st_size > 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    epe = {(r["strategy"], r["k"], r["method"]): r["epe"] for r in rows}
+    assert {m for _, _, m in epe} == {"cmp", "zero", "nearest", "linear", "gaussian",
+                                      "epicflow", "mine"}
     # An untrained dense-prior model reads out the nearest fill (DESIGN.md: start from the fill).
-    assert epe["nearest"] < epe["zero"]
-    assert abs(epe["cmp"] - epe["nearest"]) < 0.25 * epe["nearest"]
+    for k in (10, 100):
+        assert epe[("uniform", k, "nearest")] < epe[("uniform", k, "zero")]
+        assert abs(epe[("uniform", k, "cmp")] - epe[("uniform", k, "nearest")]) < 0.25 * epe[
+            ("uniform", k, "nearest")]
+    (tmp_path / "empty").mkdir()
+    result = _run("evaluate.py", f"--checkpoint={path}", f"--data={tmp_path / 'empty'}")
+    assert result.returncode != 0 and f"{tmp_path / 'empty'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_names_a_missing_or_corrupt_checkpoint(tmp_path):
+    result = _run("evaluate.py", f"--checkpoint={tmp_path / 'nope.keras'}")
+    assert result.returncode != 0 and "nope.keras does not exist" in result.stderr
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"junk")
+    result = _run("evaluate.py", f"--checkpoint={bad}")
+    assert result.returncode != 0 and "could not be loaded" in result.stderr

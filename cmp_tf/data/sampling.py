@@ -36,6 +36,59 @@ def sparse_from_points(points, vectors, height, width):
     return sparse
 
 
+def _check_pairs(value, name):
+    """One [K, 2] float32 guidance array (`points` or `vectors`), K >= 1, finite."""
+    array = np.asarray(value)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                   or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{name} must be a real-valued [K, 2] array; got dtype {array.dtype}.")
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"{name} must have shape [K, 2]; got shape {array.shape}.")
+    if not len(array):
+        raise ValueError(f"{name} is empty (K = 0): at least one guidance point is needed.")
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, reported just below
+        array = array.astype(np.float32)
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ValueError(f"{name} must be finite; got {bad} NaN or infinite values "
+                         "(as float32).")
+    return array
+
+
+def check_guidance(image, points, vectors):
+    """Validates user guidance once, where it enters, so every propagator can trust it.
+
+    Args:
+        image: [H, W, 3] uint8 RGB.
+        points: [K, 2] (x, y) pixel coordinates, K >= 1; rounded to the nearest pixel, which
+            must lie on the image.
+        vectors: [K, 2] (u, v) motion in pixels at those points.
+    Returns:
+        (image, points, vectors): contiguous uint8 [H, W, 3], float32 [K, 2], float32 [K, 2].
+    Raises:
+        ValueError: naming the argument, what was expected and what came.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape [H, W, 3] (RGB); got shape {image.shape}.")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (0..255); got dtype {image.dtype}.")
+    height, width = image.shape[:2]
+    if not height or not width:
+        raise ValueError(f"image must have at least one pixel; got shape {image.shape}.")
+    points, vectors = _check_pairs(points, "points"), _check_pairs(vectors, "vectors")
+    if len(points) != len(vectors):
+        raise ValueError(f"points and vectors must hold the same number K of guides; got "
+                         f"{len(points)} points and {len(vectors)} vectors.")
+    xy = np.round(points)
+    off = (xy[:, 0] < 0) | (xy[:, 0] > width - 1) | (xy[:, 1] < 0) | (xy[:, 1] > height - 1)
+    if off.any():
+        raise ValueError(f"points must round to pixels of the {width}x{height} image (x in "
+                         f"[0, {width - 1}], y in [0, {height - 1}]); {int(off.sum())} do not, "
+                         f"e.g. {points[off][:3].tolist()}.")
+    return np.ascontiguousarray(image), points, vectors
+
+
 def uniform_points(height, width, count, rng):
     """`count` distinct pixels drawn uniformly, as [K, 2] (x, y)."""
     flat = rng.choice(height * width, size=min(count, height * width), replace=False)
@@ -90,27 +143,44 @@ def grid_points(height, width, bg_ratio):
     return rows.ravel(), cols.ravel()
 
 
-def watershed_candidates(flow, nms_ks):
-    """Pixels farthest from every motion edge within their nms_ks window: region middles.
+def motion_edges(flow):
+    """[H, W] bool: where the flow changes sharply (object borders in motion).
 
     Sobel magnitude per channel (reflected border), summed over u and v, over its maximum
-    (at least 0.01); edges are > 0.1 of it. The distance to the nearest edge is kept where it
-    equals its window's maximum (plateaus keep every tie), off the 1-pixel border.
-
-    Args:
-        flow: [H, W, 2] float32 flow, at the resolution the points are wanted at.
-    Returns:
-        (rows, cols) int64 arrays in raster order; empty when the flow has no edge.
+    (at least 0.01); edges are > 0.1 of it — the reference's watershed edge map.
     """
     flow = np.ascontiguousarray(flow, np.float32)
-    height, width = flow.shape[:2]
+    height = flow.shape[0]
     # OpenCV correlates where scipy's convolve2d flips the kernel: the same magnitude.
     gx = cv2.Sobel(flow, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
     gy = cv2.Sobel(flow, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
     magnitude = cv2.magnitude(gx.reshape(height, -1), gy.reshape(height, -1))
     edge = magnitude[:, 0::2] + magnitude[:, 1::2]  # [H, W]: summed over u and v
     edge /= max(float(edge.max()), _EDGE_FLOOR)
-    inside = edge <= _EDGE_FRACTION
+    return edge > _EDGE_FRACTION
+
+
+def distance_to_motion_edges(flow):
+    """[H, W] float32 distance in px from each pixel to the nearest motion edge; max(H, W)
+    everywhere when the flow has no edge (all of it is far from any boundary)."""
+    inside = ~motion_edges(flow)
+    if inside.all():
+        return np.full(inside.shape, float(max(inside.shape)), np.float32)
+    return cv2.distanceTransform(inside.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def watershed_candidates(flow, nms_ks):
+    """Pixels farthest from every motion edge within their nms_ks window: region middles.
+
+    The distance to the nearest `motion_edges` pixel is kept where it equals its window's
+    maximum (plateaus keep every tie), off the 1-pixel border.
+
+    Args:
+        flow: [H, W, 2] float32 flow, at the resolution the points are wanted at.
+    Returns:
+        (rows, cols) int64 arrays in raster order; empty when the flow has no edge.
+    """
+    inside = ~motion_edges(flow)
     if inside.all():
         # No edge: the reference's distance map is a ramp peaking on the border, so no point.
         return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -1,4 +1,2 @@
-"""Evaluators: how well a model propagates motion, and what its encoder transfers."""
-from cmp_tf.evaluation.propagation import synthetic_propagation
-
-__all__ = ["synthetic_propagation"]
+"""Evaluators: how well a model propagates motion (`benchmark`, and the quick `propagation`
+check training ends with), against the `baselines` a user would otherwise use."""

@@ -1,0 +1,344 @@
+"""The sparse-to-dense motion benchmark: how well a propagator spreads K guidance vectors.
+
+For every image pair with a reference flow, guidance is drawn twice with a fixed seed —
+watershed (one point per moving region, as CMP trains) and uniform over valid pixels — as one
+ordering per strategy, so the points of a smaller K are a prefix of a larger K's. Every method
+then propagates the same points, and is scored by end-point error over valid pixels: overall,
+relative to the zero-flow error of the same pair, and split into pixels near and far from
+motion boundaries.
+
+A method is anything with `propagate(image, points, vectors) -> flow` (DESIGN.md §8): a
+`cmp_tf.runtime.Propagator`, a baseline from `baselines`, or an outside Python file.
+"""
+import importlib.util
+import os
+
+import numpy as np
+
+from cmp_tf.data import sampling
+
+KS = (1, 5, 10, 25, 100, 400)
+STRATEGIES = ("watershed", "uniform")
+NMS_KS = 41  # watershed window, the reference's for its demo model
+NEAR_BOUNDARY_PX = 5  # pixels this close to a motion edge count as "near"
+MIN_ZERO_EPE = 0.1  # pairs whose zero-flow error is below this (px) are left out of ratios
+
+
+def load_method(path):
+    """An outside method: a Python file defining `propagate(image, points, vectors)`."""
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        raise ValueError(f"--method={path}: expected a Python file defining propagate(image, "
+                         "points, vectors) -> flow.")
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "propagate", None)):
+        raise ValueError(f"{path} defines no function propagate(image, points, vectors).")
+    return module.propagate
+
+
+def check_ks(ks):
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1 or list(ks) != sorted(set(ks)):
+        raise ValueError(f"ks must be distinct increasing positive counts; got {ks}.")
+    return ks
+
+
+def guidance_order(flow, valid, strategy, count, rng, nms_ks=NMS_KS):
+    """`count` guidance pixels in the order they are given: [count, 2] (x, y) and how many of
+    them came from the strategy itself (watershed may find fewer than asked).
+
+    watershed: its points in random order first; the rest drawn among valid pixels with
+    probability growing with the distance to motion edges (region middles before borders).
+    uniform: distinct valid pixels, uniformly.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
+    valid = np.asarray(valid) > 0
+    available = int(valid.sum())
+    if count > available:
+        raise ValueError(f"K={count} guidance points asked, but the pair has only {available} "
+                         "valid pixels: lower the largest K (--ks).")
+    height, width = valid.shape
+    taken = np.zeros(height * width, bool)
+    chosen = []
+    if strategy == "watershed":
+        rows, cols = sampling.watershed_points(flow, nms_ks, rng)
+        keep = valid[rows, cols]
+        flat = (rows[keep] * width + cols[keep])[rng.permutation(int(keep.sum()))][:count]
+        chosen.append(flat)
+        taken[flat] = True
+        weight = sampling.distance_to_motion_edges(flow).ravel() + 1.0
+    else:
+        weight = np.ones(height * width)
+    found = sum(len(c) for c in chosen)
+    rest = count - found
+    if rest:
+        candidates = np.flatnonzero(valid.ravel() & ~taken)
+        p = weight[candidates] / weight[candidates].sum()
+        chosen.append(rng.choice(candidates, rest, replace=False, p=p))
+    flat = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    xy = np.stack([flat % width, flat // width], 1).astype(np.float32)
+    return xy, found
+
+
+def _errors(pred, flow, valid, near):
+    error = np.linalg.norm(pred - flow, axis=-1)
+    sums = {}
+    for part, mask in (("all", valid), ("near", valid & near), ("far", valid & ~near)):
+        sums[part] = (float(error[mask].sum()), int(mask.sum()))
+    return error, sums
+
+
+def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True,
+             keep_examples=0, example_k=10):
+    """Scores every method on every pair, strategy and K.
+
+    Args:
+        methods: {name: propagate function or object with propagate (and optionally
+            propagate_batch, used to run all guidance sets of an image in one call)}.
+        pairs: iterable of (image uint8 HxWx3, flow HxWx2, valid HxW).
+        keep_examples: how many pairs to keep predictions of, at K=`example_k`, watershed
+            (for the panels).
+    Returns:
+        {"rows": [{strategy, k, method, epe, epe_near, epe_far, relative, pairs}],
+         "watershed_filled": {k: pairs where watershed found fewer than k points},
+         "pairs", "examples": [...]} — EPEs in px pooled over valid pixels; `relative` is the
+        mean over pairs of EPE / zero-flow EPE (pairs with almost no motion left out).
+    """
+    from tqdm import tqdm
+
+    ks, names = check_ks(ks), list(methods)
+    if not names:
+        raise ValueError("methods is empty: nothing to evaluate.")
+    if "zero" not in methods:
+        raise ValueError("methods must include 'zero' (the relative errors divide by it).")
+    rng = np.random.default_rng(seed)
+    totals = {}  # (strategy, k, method) -> {"all": [sum, n], "near", "far", "ratios": []}
+    filled = {k: 0 for k in ks}
+    examples, count = [], 0
+    for image, flow, valid in tqdm(pairs, desc="propagation", unit="pair", disable=not progress):
+        image = np.asarray(image, np.uint8)
+        flow, valid = np.asarray(flow, np.float32), np.asarray(valid) > 0
+        near = sampling.distance_to_motion_edges(flow) <= NEAR_BOUNDARY_PX
+        sets, orders = [], {}
+        for strategy in strategies:
+            xy, found = guidance_order(flow, valid, strategy, ks[-1], rng)
+            orders[strategy] = xy
+            for k in ks:
+                if strategy == "watershed" and found < k:
+                    filled[k] += 1
+                points = xy[:k]
+                vectors = flow[points[:, 1].astype(int), points[:, 0].astype(int)]
+                sets.append((strategy, k, points, vectors))
+        predictions = {name: _run(method, image, [(p, v) for _, _, p, v in sets])
+                       for name, method in methods.items()}
+        for index, (strategy, k, points, vectors) in enumerate(sets):
+            zero_error = _errors(predictions["zero"][index], flow, valid, near)[1]["all"]
+            zero_epe = zero_error[0] / max(zero_error[1], 1)
+            example = {}
+            for name in names:
+                error, sums = _errors(predictions[name][index], flow, valid, near)
+                slot = totals.setdefault((strategy, k, name), {
+                    "all": [0.0, 0], "near": [0.0, 0], "far": [0.0, 0], "ratios": []})
+                for part, (total, n) in sums.items():
+                    slot[part][0] += total
+                    slot[part][1] += n
+                if zero_epe >= MIN_ZERO_EPE:
+                    slot["ratios"].append(sums["all"][0] / max(sums["all"][1], 1) / zero_epe)
+                example[name] = (predictions[name][index], error)
+            if count < keep_examples and strategy == "watershed" and k == example_k:
+                examples.append(dict(image=image, flow=flow, valid=valid, points=points,
+                                     vectors=vectors, predictions=example))
+        count += 1
+    if not count:
+        raise ValueError("No pairs to evaluate: the data is empty.")
+    rows = []
+    for (strategy, k, name), slot in totals.items():
+        epe = {part: slot[part][0] / slot[part][1] if slot[part][1] else float("nan")
+               for part in ("all", "near", "far")}
+        rows.append(dict(strategy=strategy, k=k, method=name, epe=epe["all"],
+                         epe_near=epe["near"], epe_far=epe["far"],
+                         relative=float(np.mean(slot["ratios"])) if slot["ratios"] else
+                         float("nan"), pairs=len(slot["ratios"])))
+    return dict(rows=rows, watershed_filled=filled, pairs=count, ks=list(ks),
+                strategies=list(strategies), methods=names, seed=seed, examples=examples)
+
+
+def _run(method, image, guidance):
+    batch = getattr(method, "propagate_batch", None)
+    if batch is not None:
+        return np.asarray(batch(image, guidance), np.float32)
+    propagate = getattr(method, "propagate", method)
+    out = []
+    for points, vectors in guidance:
+        flow = np.asarray(propagate(image, points, vectors), np.float32)
+        if flow.shape != image.shape[:2] + (2,):
+            raise ValueError(f"A method returned flow of shape {flow.shape}; expected "
+                             f"{image.shape[:2] + (2,)}.")
+        out.append(flow)
+    return np.stack(out)
+
+
+def pairs_from_dataset(dataset):
+    """(image uint8, flow, valid) per example of a `pipeline.make_dataset` split."""
+    for x, y in dataset:
+        images = np.clip(np.rint(x["image"].numpy()), 0, 255).astype(np.uint8)
+        for image, flow, valid in zip(images, y["flow"].numpy(), y["valid"].numpy()):
+            yield image, flow, valid[..., 0] if valid.ndim == 3 else valid
+
+
+def sample_pairs(pairs, count, seed=0):
+    """`count` pairs drawn uniformly from a stream of unknown length (reservoir sampling, fixed
+    seed), in stream order: spread over every clip, not the first `count`."""
+    rng = np.random.default_rng(seed)
+    kept = []
+    for index, pair in enumerate(pairs):
+        if index < count:
+            kept.append((index, pair))
+        else:
+            slot = int(rng.integers(0, index + 1))
+            if slot < count:
+                kept[slot] = (index, pair)
+    return [pair for _, pair in sorted(kept, key=lambda item: item[0])]
+
+
+def generated_pairs(count, size=128, seed=0):
+    """Scenes with exact flow (a textured square moving over a moving background): a check
+    that needs no data, and whose motion boundaries are known."""
+    from cmp_tf.data import synthetic
+
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for scene in range(count):
+        background, square = rng.integers(-4, 5, 2), rng.integers(-8, 9, 2)
+        image, _, flow = synthetic.moving_square(size, size // 2, tuple(background),
+                                                 tuple(square), seed=seed + scene)
+        pairs.append((image, flow, np.ones(flow.shape[:2], bool)))
+    return pairs
+
+
+def markdown_table(result):
+    """One row per (strategy, K), one column per method: EPE (relative to zero flow)."""
+    names = result["methods"]
+    lines = ["| guidance | K | " + " | ".join(names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    by_key = {(r["strategy"], r["k"], r["method"]): r for r in result["rows"]}
+    for strategy in result["strategies"]:
+        for k in result["ks"]:
+            best = min(by_key[(strategy, k, n)]["epe"] for n in names)
+            cells = []
+            for name in names:
+                row = by_key[(strategy, k, name)]
+                cell = f"{row['epe']:.3f} ({row['relative']:.2f})"
+                cells.append(f"**{cell}**" if row["epe"] == best else cell)
+            mark = "*" if strategy == "watershed" and result["watershed_filled"][k] else ""
+            lines.append(f"| {strategy} | {k}{mark} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean end-point error in px over valid pixels of {result['pairs']} pairs; in "
+                 "brackets the mean over pairs of EPE / zero-flow EPE. Bold: best per row.")
+    filled = {k: n for k, n in result["watershed_filled"].items() if n}
+    if filled:
+        lines.append("*: watershed found fewer than K points on some pairs (" + ", ".join(
+            f"K={k}: {n}" for k, n in filled.items()) + "); the rest were drawn among valid "
+            "pixels, favouring those far from motion edges.")
+    return "\n".join(lines)
+
+
+def boundary_table(result, strategy="watershed"):
+    """EPE near / far from motion boundaries per K and method."""
+    names = result["methods"]
+    by_key = {(r["strategy"], r["k"], r["method"]): r for r in result["rows"]}
+    lines = [f"| K ({strategy}) | " + " | ".join(names) + " |",
+             "|---:|" + "---:|" * len(names)]
+    for k in result["ks"]:
+        cells = [f"{by_key[(strategy, k, n)]['epe_near']:.2f} / "
+                 f"{by_key[(strategy, k, n)]['epe_far']:.2f}" for n in names]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"EPE (px) within {NEAR_BOUNDARY_PX} px of a motion edge / farther away.")
+    return "\n".join(lines)
+
+
+def plot_relative(result, path):
+    """Relative EPE against K, one line per method, one panel per guidance strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strategies = result["strategies"]
+    figure, axes = plt.subplots(1, len(strategies), figsize=(5.5 * len(strategies), 4),
+                                squeeze=False, sharey=True)
+    for axis, strategy in zip(axes[0], strategies):
+        for name in result["methods"]:
+            rows = sorted((r for r in result["rows"]
+                           if r["strategy"] == strategy and r["method"] == name),
+                          key=lambda r: r["k"])
+            axis.plot([r["k"] for r in rows], [r["relative"] for r in rows], marker="o",
+                      label=name)
+        axis.set_xscale("log")
+        axis.set_xlabel("guidance points K")
+        axis.set_title(f"{strategy} guidance")
+        axis.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("EPE / zero-flow EPE")
+    axes[0][-1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def example_panels(result, path):
+    """Per kept pair, a row: image with guidance | reference | each method's flow | its error."""
+    import cv2
+
+    from cmp_tf import flow as flow_lib
+
+    rows = []
+    for example in result["examples"]:
+        flow, valid = example["flow"], example["valid"]
+        scale = max(float(np.abs(flow[valid]).max()) if valid.any() else 0.0, 1.0)
+        image = example["image"].copy()
+        for (x, y), (u, v) in zip(example["points"].astype(int), example["vectors"]):
+            cv2.arrowedLine(image, (int(x), int(y)), (int(round(x + u)), int(round(y + v))),
+                            (255, 0, 0), 1, tipLength=0.3)
+            cv2.circle(image, (int(x), int(y)), 2, (255, 0, 0), -1)
+        tiles = [("image + guidance", image), ("reference", flow_lib.flow_to_color(flow, scale))]
+        for name, (pred, error) in example["predictions"].items():
+            tiles.append((name, flow_lib.flow_to_color(pred, scale)))
+            heat = np.clip(error / scale * 255, 0, 255).astype(np.uint8)
+            heat = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+            heat[~valid] = 0
+            tiles.append((f"{name} error", heat))
+        labelled = []
+        for label, tile in tiles:
+            tile = np.ascontiguousarray(tile)
+            (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)
+            cv2.rectangle(tile, (0, 0), (text_w + 5, text_h + 6), (0, 0, 0), -1)  # legible
+            cv2.putText(tile, label, (3, text_h + 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+            labelled.append(tile)
+        rows.append(np.concatenate(labelled, 1))
+    if not rows:
+        return None
+    panel = np.concatenate(rows, 0)
+    cv2.imwrite(path, cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_report(result, folder, title="Sparse-to-dense motion propagation"):
+    """results.md, results.json, relative_epe.png and panels.png in `folder`; returns the
+    markdown text."""
+    import json
+
+    os.makedirs(folder, exist_ok=True)
+    text = "\n\n".join([f"# {title}", markdown_table(result), boundary_table(result)])
+    with open(os.path.join(folder, "results.md"), "w") as f:
+        f.write(text + "\n")
+    serializable = {k: v for k, v in result.items() if k != "examples"}
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(serializable, f, indent=1)
+    plot_relative(result, os.path.join(folder, "relative_epe.png"))
+    example_panels(result, os.path.join(folder, "panels.png"))
+    return text

@@ -1,0 +1,190 @@
+"""The propagation benchmark: guidance orders, metrics, reports, the runtime Propagator."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cmp_tf.evaluation import benchmark
+
+
+def _scene(seed=0, size=64):
+    return benchmark.generated_pairs(1, size=size, seed=seed)[0]
+
+
+def _oracle(shift=(0.0, 0.0)):
+    """A method that knows the reference flow (set per pair) and adds `shift` to it."""
+
+    class Oracle:
+        flow = None
+
+        def propagate(self, image, points, vectors):
+            return self.flow + np.float32(shift)
+
+    return Oracle()
+
+
+def _evaluate_with(method_flow_pairs, **kwargs):
+    oracle = _oracle(kwargs.pop("shift", (0.0, 0.0)))
+
+    def pairs():
+        for image, flow, valid in method_flow_pairs:
+            oracle.flow = flow
+            yield image, flow, valid
+
+    methods = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32),
+               "oracle": oracle}
+    return benchmark.evaluate(methods, pairs(), progress=False, **kwargs)
+
+
+def test_epe_is_zero_for_the_reference_and_the_shift_for_a_shifted_copy():
+    pairs = benchmark.generated_pairs(2, size=48)
+    exact = _evaluate_with(pairs, ks=(1, 5))
+    shifted = _evaluate_with(pairs, ks=(1, 5), shift=(3.0, 4.0))
+    for row in exact["rows"]:
+        if row["method"] == "oracle":
+            assert row["epe"] == pytest.approx(0.0, abs=1e-6)
+            assert row["relative"] == pytest.approx(0.0, abs=1e-6)
+    for row in shifted["rows"]:
+        if row["method"] == "oracle":
+            for key in ("epe", "epe_near", "epe_far"):
+                assert row[key] == pytest.approx(5.0, rel=1e-5)
+    assert {(r["strategy"], r["k"]) for r in exact["rows"]} == {
+        (s, k) for s in ("watershed", "uniform") for k in (1, 5)}
+
+
+def test_relative_error_is_per_pair_over_the_zero_flow_error():
+    image, flow, valid = _scene()
+    result = _evaluate_with([(image, flow, valid)], ks=(1,), shift=(1.0, 0.0))
+    zero_epe = np.linalg.norm(flow, axis=-1).mean()
+    oracle = [r for r in result["rows"] if r["method"] == "oracle"]
+    assert oracle[0]["relative"] == pytest.approx(1.0 / zero_epe, rel=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["watershed", "uniform"])
+def test_smaller_k_guidance_is_a_prefix_of_larger_k(strategy):
+    image, flow, valid = _scene()
+    xy, found = benchmark.guidance_order(flow, valid, strategy, 40, np.random.default_rng(3))
+    again, _ = benchmark.guidance_order(flow, valid, strategy, 40, np.random.default_rng(3))
+    np.testing.assert_array_equal(xy, again)  # fixed seed: the same points
+    assert len(xy) == 40 and len({tuple(p) for p in xy}) == 40  # distinct pixels
+    if strategy == "watershed":
+        assert 1 <= found < 40  # a square on a background: a couple of regions, then fill
+
+
+def test_watershed_fill_prefers_region_middles_to_motion_edges():
+    image, flow, valid = _scene(size=96)
+    from cmp_tf.data import sampling
+
+    distance = sampling.distance_to_motion_edges(flow)
+    xy, found = benchmark.guidance_order(flow, valid, "watershed", 400,
+                                         np.random.default_rng(0))
+    filled = xy[found:].astype(int)
+    uniform, _ = benchmark.guidance_order(flow, valid, "uniform", 400, np.random.default_rng(0))
+    assert distance[filled[:, 1], filled[:, 0]].mean() > distance[
+        uniform[:, 1].astype(int), uniform[:, 0].astype(int)].mean()
+
+
+def test_k_beyond_the_valid_pixels_and_bad_ks_are_refused():
+    image, flow, valid = _scene(size=32)
+    valid = np.zeros_like(valid)
+    valid[:2, :2] = True
+    with pytest.raises(ValueError, match="K=5 .* only 4 valid pixels"):
+        benchmark.guidance_order(flow, valid, "uniform", 5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="ks must be"):
+        benchmark.check_ks((5, 1))
+    with pytest.raises(ValueError, match="strategy"):
+        benchmark.guidance_order(flow, valid, "grid", 1, np.random.default_rng(0))
+
+
+def test_empty_data_and_missing_zero_are_refused():
+    zero = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32)}
+    with pytest.raises(ValueError, match="empty"):
+        benchmark.evaluate(zero, [], progress=False)
+    with pytest.raises(ValueError, match="'zero'"):
+        benchmark.evaluate({"x": zero["zero"]}, [_scene()], progress=False)
+
+
+def test_a_method_returning_the_wrong_shape_is_named():
+    methods = {"zero": lambda image, p, v: np.zeros((3, 3, 2), np.float32)}
+    with pytest.raises(ValueError, match="shape"):
+        benchmark.evaluate(methods, [_scene()], ks=(1,), progress=False)
+
+
+def test_sample_pairs_spreads_over_the_stream_deterministically():
+    picked = benchmark.sample_pairs(iter(range(1000)), 10, seed=1)
+    assert picked == benchmark.sample_pairs(iter(range(1000)), 10, seed=1)
+    assert len(picked) == 10 and picked == sorted(picked) and picked[-1] > 500
+    assert benchmark.sample_pairs(iter(range(3)), 10) == [0, 1, 2]
+
+
+def test_report_files_and_outside_methods(tmp_path):
+    method_file = tmp_path / "shift.py"
+    method_file.write_text("import numpy as np\n\ndef propagate(image, points, vectors):\n"
+                           "    return np.ones(image.shape[:2] + (2,), np.float32)\n")
+    methods = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32),
+               "shift": benchmark.load_method(str(method_file))}
+    result = benchmark.evaluate(methods, benchmark.generated_pairs(2, size=48), ks=(1, 10),
+                                progress=False, keep_examples=1)
+    text = benchmark.write_report(result, str(tmp_path / "out"))
+    assert "| watershed | 10" in text and "shift" in text
+    for name in ("results.md", "results.json", "relative_epe.png", "panels.png"):
+        assert os.path.getsize(tmp_path / "out" / name) > 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(saved["rows"]) == 2 * 2 * 2
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="defines no function propagate"):
+        benchmark.load_method(str(bad))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from cmp_tf import models
+    from tests.conftest import load_config
+
+    config = load_config("default")
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    models.build_cmp(config).save(path)
+    return str(path)
+
+
+def test_propagator_answers_at_the_callers_size(saved_model):
+    from cmp_tf import runtime
+
+    propagator = runtime.Propagator(saved_model)
+    image = np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)
+    points = np.array([[10, 5], [60, 40]], np.float32)
+    vectors = np.array([[3, -2], [-1, 4]], np.float32)
+    flow = propagator.propagate(image, points, vectors)
+    assert flow.shape == (45, 70, 2) and flow.dtype == np.float32
+    for side in propagator.working_size(45, 70) + propagator.working_size(1000, 333):
+        assert side % propagator.multiple == 0 and side >= propagator.minimum
+    assert propagator.working_size(1000, 333) == (992, 320)  # nearest multiples of 32
+    # An untrained dense-prior model reads out the nearest guidance: exact at the points.
+    np.testing.assert_allclose(flow[5, 10], [3, -2], atol=0.3)
+    batch = propagator.propagate_batch(image, [(points, vectors), (points[:1], vectors[:1])])
+    assert batch.shape == (2, 45, 70, 2)
+    np.testing.assert_allclose(batch[0], flow, atol=1e-4)
+    small = runtime.Propagator(saved_model, max_side=32).propagate(image, points, vectors)
+    assert small.shape == (45, 70, 2)
+    np.testing.assert_allclose(small[5, 10], [3, -2], atol=0.6)
+
+
+def test_propagator_refuses_bad_paths_and_guidance(tmp_path, saved_model):
+    from cmp_tf import runtime
+
+    with pytest.raises(ValueError, match="does not exist"):
+        runtime.Propagator(tmp_path / "missing.keras")
+    with pytest.raises(ValueError, match="without model.keras"):
+        runtime.Propagator(tmp_path)
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        runtime.Propagator(corrupt)
+    propagator = runtime.Propagator(saved_model)
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError):
+        propagator.propagate(image, np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+    with pytest.raises(ValueError):
+        propagator.propagate(image, np.array([[40, 3]], np.float32), np.zeros((1, 2)))

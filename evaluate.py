@@ -6,10 +6,15 @@ would otherwise use, and what its encoder transfers to segmentation.
   python evaluate.py --checkpoint=model.keras --data=generated
   python evaluate.py --method=my_method.py            # score an outside propagate() too
   python evaluate.py --task=segmentation              # random init vs CMP encoder, side by side
+  python evaluate.py --task=segmentation --data=VOC2012/ \
+      --segmentation=configs/segmentation.py:recipe=resnet50_yfcc,voc=VOC2012/
 
 Propagation: K guidance points in --ks, drawn by watershed and uniformly with a fixed seed;
 every method gets the same points (cmp_tf.evaluation.benchmark). Writes results.md,
 results.json, relative_epe.png and panels.png to --out (default <run>/eval/propagation).
+Segmentation: the same head trained from a random and from the CMP encoder at an equal budget
+(cmp_tf.transfer), on a VOC-format folder (--data; default a generated set, see
+configs/segmentation.py); per-class IoU and mIoU side by side, comparison.json and .png.
 """
 import glob
 import json
@@ -17,15 +22,16 @@ import os
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 _TASK = flags.DEFINE_enum("task", "propagation", ["propagation", "segmentation"],
                           "What to evaluate.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "Run directory or .keras file; default: newest under runs/.")
 _DATA = flags.DEFINE_list(
-    "data", [], "Pairs to score: TFRecord shard folders, list files, videos or folders of "
-    "videos; 'generated' for scenes with exact flow. Default: the run's validation data, else "
-    "the embedded validation clip.")
+    "data", [], "Propagation: TFRecord shard folders, list files, videos or folders of videos; "
+    "'generated' for scenes with exact flow. Default: the run's validation data, else the "
+    "embedded validation clip. Segmentation: one VOC-format folder.")
 _PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs scored, drawn evenly at random (fixed seed) "
                               "from the data; -1 for all.")
 _KS = flags.DEFINE_list("ks", ["1", "5", "10", "25", "100", "400"], "Guidance counts K.")
@@ -37,8 +43,9 @@ _METHOD = flags.DEFINE_multi_string("method", [], "Outside method: a Python file
 _SEED = flags.DEFINE_integer("seed", 0, "Guidance and pair sampling seed.")
 _PANELS = flags.DEFINE_integer("panels", 4, "Example pairs drawn in panels.png (K=10).")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/eval/<task>.")
-_SEG_CONFIG = flags.DEFINE_string("segmentation_config", "configs/segmentation.py",
-                                  "Transfer recipe for --task=segmentation.")
+_SEGMENTATION = config_flags.DEFINE_config_file(
+    "segmentation", "configs/segmentation.py", "Transfer recipe for --task=segmentation "
+    "(override fields as --segmentation.train.steps=100).", lock_config=True)
 
 
 def _newest_run():
@@ -104,14 +111,15 @@ def _propagation(path, out):
 
 
 def _segmentation(path, out):
-    from ml_collections import config_flags  # noqa: F401  (recipe loading below)
-
     from cmp_tf import transfer
 
-    config = transfer.load_config(_SEG_CONFIG.value)
-    result = transfer.compare_initializations(config, path, out_dir=out)
-    print(transfer.format_comparison(result))
-    print(f"\nWrote {out}/")
+    if len(_DATA.value) > 1:
+        raise ValueError(f"--data takes one VOC-format folder for segmentation; got {_DATA.value}.")
+    result = transfer.compare_initializations(_SEGMENTATION.value, path,
+                                              data_dir=_DATA.value[0] if _DATA.value else None,
+                                              workdir=out)
+    print(transfer.comparison_table(result))
+    print(f"\nWrote {out}/: comparison.json, comparison.png")
 
 
 def main(argv):

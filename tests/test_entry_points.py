@@ -69,3 +69,24 @@ def test_evaluate_names_a_missing_or_corrupt_checkpoint(tmp_path):
     bad.write_bytes(b"junk")
     result = _run("evaluate.py", f"--checkpoint={bad}")
     assert result.returncode != 0 and "could not be loaded" in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_segmentation_prints_random_and_cmp_side_by_side(tmp_path):
+    import json
+
+    sys.path.insert(0, ROOT)
+    from cmp_tf import models
+    from tests.conftest import load_config
+
+    path = tmp_path / "default.keras"
+    models.build_cmp(load_config("default")).save(path)
+    out = tmp_path / "seg"
+    result = _run("evaluate.py", "--task=segmentation", f"--checkpoint={path}",
+                  "--segmentation=configs/segmentation.py:runlocal",
+                  f"--segmentation.data.dir={tmp_path / 'voc'}", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mIoU" in result.stdout and "random   CMP" in result.stdout
+    saved = json.loads((out / "comparison.json").read_text())
+    assert set(saved["random"]) >= {"miou", "per_class_iou"} and "miou" in saved["cmp"]
+    assert (out / "comparison.png").stat().st_size > 0

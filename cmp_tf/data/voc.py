@@ -1,0 +1,228 @@
+"""PASCAL VOC 2012-format segmentation folders -> checked file lists -> tf.data batches.
+
+A folder holds `ImageSets/Segmentation/<split>.txt` (one image id a line), `JPEGImages/<id>.jpg`
+and `SegmentationClass/<id>.png`: palette PNGs whose *indices* are the classes (VOC: 0
+background, 1..20 objects) and 255 marks pixels to ignore (VOC's object boundaries and
+ambiguous regions). Decoding such a PNG as RGB would return the palette colours, so labels
+are read with Pillow, which returns the indices.
+
+Elements are (image [H, W, 3] float32 0..255, label [H, W] int32 with 255 = ignore), batched.
+"""
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+IGNORE_LABEL = 255
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
+               "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
+               "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+IMAGE_DIR, LABEL_DIR, LIST_DIR = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
+_LABEL_MODES = ("P", "L")  # palette or 8-bit grey: both store class indices
+_COLORMAP_BITS = 8  # the VOC colour map spreads an index's bits over the three channels
+
+
+def voc_colormap(count=256):
+    """[count, 3] uint8: the VOC development kit's colour map (index 255 -> (224, 224, 192))."""
+    colormap = np.zeros((count, 3), np.uint8)
+    for index in range(count):
+        r = g = b = 0
+        c = index
+        for bit in range(_COLORMAP_BITS):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colormap[index] = (r, g, b)
+    return colormap
+
+
+def colorize(label):
+    """[H, W] class indices -> [H, W, 3] uint8 RGB in the VOC colours (for previews)."""
+    return voc_colormap()[np.asarray(label, np.uint8)]
+
+
+def write_label(path, label):
+    """Writes [H, W] class indices (255 = ignore) as a VOC palette PNG."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label for {path} must be [H, W] class indices; got shape {label.shape}.")
+    if label.size and (label.min() < 0 or label.max() > IGNORE_LABEL):
+        raise ValueError(f"label for {path} must hold indices 0..{IGNORE_LABEL}; got "
+                         f"{label.min()}..{label.max()}.")
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    image.putpalette(voc_colormap().tobytes())
+    image.save(os.fspath(path))
+
+
+def read_label(path, num_classes=-1):
+    """Reads a palette (or grey) PNG as [H, W] uint8 class indices.
+
+    Args:
+        num_classes: if positive, values other than 0..num_classes-1 and 255 are an error.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Label file {path} does not exist.")
+    with Image.open(path) as image:
+        if image.mode not in _LABEL_MODES:
+            raise ValueError(f"Label file {path} has mode {image.mode}; need a palette ('P') "
+                             "or 8-bit grey ('L') PNG whose values are class indices.")
+        label = np.array(image)
+    if num_classes > 0:
+        bad = (label >= num_classes) & (label != IGNORE_LABEL)
+        if bad.any():
+            found = np.unique(label[bad])[:8].tolist()
+            raise ValueError(f"Label file {path} holds values {found} that are neither classes "
+                             f"0..{num_classes - 1} nor the ignore label {IGNORE_LABEL}.")
+    return label
+
+
+def _size(path, what):
+    """(height, width) from the file header only."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path} does not exist.")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except OSError as error:
+        raise ValueError(f"{what} {path} could not be read: {error}.") from error
+    return height, width
+
+
+def read_split(folder, split):
+    """Lists and checks a split of a VOC-format folder before anything is decoded.
+
+    Returns:
+        (ids, image paths, label paths, sizes as (height, width)), in list-file order.
+    Raises:
+        ValueError naming the folder or file: missing folder or list, empty list, missing
+        image or label, image and label of different sizes.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"VOC data folder {folder} does not exist.")
+    list_file = os.path.join(folder, LIST_DIR, f"{split}.txt")
+    if not os.path.isfile(list_file):
+        raise ValueError(f"{list_file} does not exist: {folder} is not a VOC-format folder for "
+                         f"split {split!r} (expected {LIST_DIR}/{split}.txt, {IMAGE_DIR}/ and "
+                         f"{LABEL_DIR}/).")
+    with open(list_file) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    if not ids:
+        raise ValueError(f"{list_file} lists no images.")
+    images = [os.path.join(folder, IMAGE_DIR, f"{i}.jpg") for i in ids]
+    labels = [os.path.join(folder, LABEL_DIR, f"{i}.png") for i in ids]
+    sizes = []
+    for image, label in zip(images, labels):
+        image_size, label_size = _size(image, "Image"), _size(label, "Label file")
+        if image_size != label_size:
+            raise ValueError(f"Label file {label} is {label_size[0]}x{label_size[1]} but its "
+                             f"image {image} is {image_size[0]}x{image_size[1]}.")
+        sizes.append(image_size)
+    return ids, images, labels, sizes
+
+
+def _stream(seed, purpose):
+    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), purpose)
+
+
+def _pad_to(image, label, height, width, image_pad, centered):
+    """Pads to at least height x width: the image with `image_pad` (per channel), the label
+    with the ignore label, so padding never counts in the loss or the scores."""
+    shape = tf.shape(label)
+    pad_h, pad_w = tf.maximum(height - shape[0], 0), tf.maximum(width - shape[1], 0)
+    top, left = (pad_h // 2, pad_w // 2) if centered else (0, 0)
+    paddings = [[top, pad_h - top], [left, pad_w - left]]
+    fill = tf.constant(image_pad, tf.float32)
+    image = tf.pad(image - fill, paddings + [[0, 0]]) + fill
+    label = tf.pad(label - IGNORE_LABEL, paddings) + IGNORE_LABEL
+    return image, label
+
+
+def _check_pair(name, value, positive=True):
+    if len(value) != 2 or (positive and min(value) <= 0):
+        raise ValueError(f"{name} must be two positive numbers; got {tuple(value)}.")
+
+
+def make_dataset(folder, split, num_classes, *, training, batch_size, crop=(-1, -1),
+                 scale=(1.0, 1.0), flip=False, seed=0, shuffle_buffer=256, pad_to=(-1, -1),
+                 image_pad=(0.0, 0.0, 0.0), max_images=-1):
+    """The segmentation input pipeline of a VOC-format folder.
+
+    Training: shuffled, repeated; per image a random scale in `scale` (image bilinear, label
+    nearest, so no invented classes at borders), padding to `crop` if smaller, a random
+    `crop`, a random horizontal flip; batches of fixed shape. Every random choice of element
+    i is seeded by (seed, i). Evaluation: one pass in list order, each image padded at the
+    bottom and right to `pad_to` (default: the largest image), labels with 255.
+
+    Args:
+        num_classes: labels outside 0..num_classes-1 other than 255 raise (naming the file).
+        image_pad: RGB value of padded image pixels (the mean pixel makes them zero after
+            normalization).
+        max_images: use only the first N images of the list (-1: all).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2 (background and one class); got "
+                         f"{num_classes}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive; got {batch_size}.")
+    _, images, labels, sizes = read_split(folder, split)
+    if max_images > 0:
+        images, labels, sizes = images[:max_images], labels[:max_images], sizes[:max_images]
+
+    def load(image_path, label_path):
+        image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(image_path), channels=3), tf.float32)
+        label = tf.numpy_function(lambda p: read_label(p.decode(), num_classes), [label_path],
+                                  tf.uint8)
+        return image, tf.cast(tf.ensure_shape(label, [None, None]), tf.int32)
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if training:
+        _check_pair("crop", crop)
+        _check_pair("scale", scale)
+        if scale[0] > scale[1]:
+            raise ValueError(f"scale must be (low, high) with low <= high; got {tuple(scale)}.")
+        height, width = (int(v) for v in crop)
+        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+        def augment(index, paths):
+            image, label = load(*paths)
+            element_seed = tf.stack([tf.cast(seed, tf.int64), index])
+            factor = tf.random.stateless_uniform([], _stream(element_seed, 0), scale[0], scale[1])
+            size = tf.cast(tf.round(tf.cast(tf.shape(label), tf.float32) * factor), tf.int32)
+            size = tf.maximum(size, 1)
+            image = tf.image.resize(image, size, "bilinear")
+            label = tf.image.resize(label[..., None], size, "nearest")[..., 0]
+            image, label = _pad_to(image, label, height, width, image_pad, centered=True)
+            shape = tf.shape(label)
+            top = tf.random.stateless_uniform([], _stream(element_seed, 1), 0,
+                                              shape[0] - height + 1, tf.int32)
+            left = tf.random.stateless_uniform([], _stream(element_seed, 2), 0,
+                                               shape[1] - width + 1, tf.int32)
+            image = image[top:top + height, left:left + width]
+            label = label[top:top + height, left:left + width]
+            if flip:
+                mirrored = tf.random.stateless_uniform([], _stream(element_seed, 3)) < 0.5
+                image = tf.where(mirrored, image[:, ::-1], image)
+                label = tf.where(mirrored, label[:, ::-1], label)
+            return (tf.ensure_shape(image, [height, width, 3]),
+                    tf.ensure_shape(label, [height, width]))
+
+        ds = ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    largest = tuple(int(v) for v in np.max(sizes, axis=0))
+    height, width = (largest if tuple(pad_to) == (-1, -1) else tuple(int(v) for v in pad_to))
+    if height < largest[0] or width < largest[1]:
+        raise ValueError(f"pad_to={tuple(pad_to)} is smaller than the largest {split} image "
+                         f"({largest[0]}x{largest[1]}); use -1 to pad to the largest.")
+
+    def pad(image_path, label_path):
+        image, label = load(image_path, label_path)
+        image, label = _pad_to(image, label, height, width, image_pad, centered=False)
+        return tf.ensure_shape(image, [height, width, 3]), tf.ensure_shape(label, [height, width])
+
+    ds = ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

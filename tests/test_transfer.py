@@ -1,0 +1,299 @@
+"""Transfer learning: the VOC reader, IoU scoring, encoder loading and the side-by-side run."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmp_tf import models
+from cmp_tf import transfer
+from cmp_tf.data import formats
+from cmp_tf.data import synthetic
+from cmp_tf.data import voc
+from cmp_tf.models import layers
+from tests.conftest import load_config
+
+IGNORE = voc.IGNORE_LABEL
+
+
+def _write_voc(folder, labels, split="train"):
+    """A VOC-format folder with one random image per label map; returns the folder."""
+    rng = np.random.default_rng(0)
+    for sub in (voc.IMAGE_DIR, voc.LABEL_DIR, voc.LIST_DIR):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    ids = []
+    for i, label in enumerate(labels):
+        name = f"im{i}"
+        image = rng.integers(0, 255, (*label.shape, 3), dtype=np.uint8)
+        tf.io.write_file(os.path.join(folder, voc.IMAGE_DIR, f"{name}.jpg"),
+                         tf.io.encode_jpeg(image))
+        voc.write_label(os.path.join(folder, voc.LABEL_DIR, f"{name}.png"), label)
+        ids.append(name)
+    with open(os.path.join(folder, voc.LIST_DIR, f"{split}.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    return str(folder)
+
+
+def _config(arg="runlocal"):
+    return load_config("segmentation", arg)
+
+
+def test_palette_labels_round_trip_as_indices_not_colours(tmp_path):
+    label = np.array([[0, 1, 2], [20, IGNORE, 3]], np.uint8)
+    path = tmp_path / "l.png"
+    voc.write_label(path, label)
+    np.testing.assert_array_equal(voc.read_label(path), label)
+    # The palette holds VOC's colours: class 1 is dark red, 255 the void colour.
+    np.testing.assert_array_equal(voc.colorize(label)[0, 1], (128, 0, 0))
+    np.testing.assert_array_equal(voc.colorize(label)[1, 1], (224, 224, 192))
+    with pytest.raises(ValueError, match=r"l\.png holds values \[20\]"):
+        voc.read_label(path, num_classes=4)
+    rgb = tmp_path / "rgb.png"
+    tf.io.write_file(str(rgb), tf.io.encode_png(np.zeros((2, 2, 3), np.uint8)))
+    with pytest.raises(ValueError, match=r"rgb\.png has mode RGB"):
+        voc.read_label(rgb)
+
+
+def test_voc_reader_respects_the_ignore_label_in_data_loss_and_scores(tmp_path):
+    label = np.zeros((24, 40), np.uint8)
+    label[4:12, 8:20] = 2
+    label[:, 30:] = IGNORE  # void band
+    folder = _write_voc(tmp_path / "voc", [label, label])
+    images, labels = next(iter(voc.make_dataset(folder, "train", 3, training=False,
+                                                batch_size=2, pad_to=(32, 64))))
+    assert images.shape == (2, 32, 64, 3) and labels.dtype == tf.int32
+    np.testing.assert_array_equal(labels[0, :24, :40], label)
+    assert (labels[:, 24:] == IGNORE).numpy().all() and (labels[:, :, 40:] == IGNORE).numpy().all()
+
+    # Training crops larger than the image are padded with the ignore label and image_pad.
+    images, labels = next(iter(voc.make_dataset(folder, "train", 3, training=True, batch_size=2,
+                                                crop=(32, 48), image_pad=(10.0, 20.0, 30.0))))
+    assert labels.shape == (2, 32, 48)
+    counts = np.bincount(labels.numpy().ravel(), minlength=256)
+    assert counts[2] == 2 * 8 * 12  # scale 1: the object is cropped whole, never resampled
+    assert counts[IGNORE] == 2 * (32 * 48 - 24 * 30)
+    # Centred padding: 4 rows on top, 4 columns on the left are padding.
+    np.testing.assert_array_equal(images[:, :4].numpy().reshape(-1, 3),
+                                  np.tile([10.0, 20.0, 30.0], (2 * 4 * 48, 1)))
+
+    # Loss: logits at ignored pixels, however wrong, change nothing.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 24, 40, 3)).astype(np.float32)
+    target = label[None].astype(np.int32)
+    wild = logits.copy()
+    wild[0][label == IGNORE] = (1e4, -1e4, 0.0)
+    keep = label != IGNORE
+    expected = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        target[0][keep], logits[0][keep]).numpy().mean()
+    np.testing.assert_allclose(transfer.segmentation_loss(logits, target), expected, rtol=1e-6)
+    np.testing.assert_allclose(transfer.segmentation_loss(wild, target), expected, rtol=1e-6)
+    # Scores: ignored pixels are not counted whatever is predicted there.
+    prediction = np.where(label == IGNORE, 1, label)
+    confusion = transfer.confusion_matrix(label, prediction, 3)
+    assert confusion.sum() == keep.sum() and confusion[:, 1].sum() == 0
+
+
+def test_miou_equals_a_hand_computed_confusion_matrix():
+    labels = np.array([[0, 0, 1, 1],
+                       [0, 2, 2, IGNORE],
+                       [3, 3, 3, IGNORE]])
+    predictions = np.array([[0, 1, 1, 1],
+                            [0, 2, 0, 3],
+                            [3, 3, 2, 0]])
+    # rows: truth, columns: prediction; the two ignored pixels are left out.
+    hand = np.array([[2, 1, 0, 0],
+                     [0, 2, 0, 0],
+                     [1, 0, 1, 0],
+                     [0, 0, 1, 2]])
+    confusion = transfer.confusion_matrix(labels, predictions, 5)
+    np.testing.assert_array_equal(confusion[:4, :4], hand)
+    assert confusion[4].sum() == confusion[:, 4].sum() == 0  # class 4: nowhere
+    iou, miou = transfer.iou_from_confusion(confusion)
+    # IoU = TP / (row + column - TP): 2/(3+3-2), 2/(2+3-2), 1/(2+2-1), 2/(3+2-2).
+    expected = [2 / 4, 2 / 3, 1 / 3, 2 / 3]
+    np.testing.assert_allclose(iou[:4], expected)
+    assert np.isnan(iou[4])  # absent everywhere: left out of the mean
+    np.testing.assert_allclose(miou, np.mean(expected))
+    with pytest.raises(ValueError, match="labels must be classes 0..2"):
+        transfer.confusion_matrix(labels, predictions, 3)
+    with pytest.raises(ValueError, match="predictions must be classes 0..4"):
+        transfer.confusion_matrix(labels, np.where(predictions == 3, 7, predictions), 5)
+    with pytest.raises(ValueError, match="same shape"):
+        transfer.confusion_matrix(labels, predictions[:2], 5)
+
+
+def test_evaluate_segmentation_scores_a_known_model(rng):
+    # The "model" predicts the channel with the largest value: the predictions are known.
+    image = keras.Input((None, None, 3), name="image")
+    model = keras.Model(image, keras.layers.Identity()(image))
+    images = rng.normal(size=(3, 8, 8, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (3, 8, 8)).astype(np.int32)
+    labels[:, :2] = IGNORE
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    scores = transfer.evaluate_segmentation(model, ds, 3)
+    expected = transfer.confusion_matrix(labels, images.argmax(-1), 3)
+    np.testing.assert_array_equal(scores["confusion"], expected)
+    assert scores["pixels"] == 3 * 6 * 8
+    np.testing.assert_allclose(scores["miou"], transfer.iou_from_confusion(expected)[1])
+
+
+def test_read_split_names_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path / 'nowhere'} does not exist"):
+        voc.read_split(tmp_path / "nowhere", "train")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"{empty}.*is not a VOC-format folder"):
+        voc.read_split(empty, "train")
+    folder = _write_voc(tmp_path / "voc", [np.zeros((8, 8), np.uint8)])
+    with open(os.path.join(folder, voc.LIST_DIR, "val.txt"), "w") as f:
+        f.write("\n\n")
+    with pytest.raises(ValueError, match=r"val\.txt lists no images"):
+        voc.read_split(folder, "val")
+    with open(os.path.join(folder, voc.LIST_DIR, "val.txt"), "w") as f:
+        f.write("im0\nim9\n")
+    with pytest.raises(ValueError, match=r"Image .*im9\.jpg does not exist"):
+        voc.read_split(folder, "val")
+    voc.write_label(os.path.join(folder, voc.LABEL_DIR, "im0.png"), np.zeros((8, 9), np.uint8))
+    with pytest.raises(ValueError, match=r"im0\.png is 8x9 but its image .*im0\.jpg is 8x8"):
+        voc.read_split(folder, "train")
+
+
+def test_synthetic_generator_writes_a_readable_voc_set_and_moving_videos(tmp_path):
+    kwargs = dict(num_train=4, num_val=2, num_videos=2, frames=4, size=(64, 64), seed=3)
+    manifest = synthetic.write_synthetic_voc(tmp_path / "a", **kwargs)
+    assert manifest["classes"] == list(synthetic.SYNTHETIC_CLASSES)
+    ids, _, labels, sizes = voc.read_split(tmp_path / "a", "train")
+    assert len(ids) == 4 and all(54 <= min(s) and max(s) <= 64 for s in sizes)
+    values = np.concatenate([voc.read_label(p, 4).ravel() for p in labels])
+    assert set(np.unique(values)) <= {0, 1, 2, 3, IGNORE}
+    assert (values == IGNORE).any() and (values > 0).mean() > 0.05  # objects with void bands
+    assert len(voc.read_split(tmp_path / "a", "val")[0]) == 2
+    videos = formats.list_videos(tmp_path / "a" / "videos")
+    assert len(videos) == 2
+    frames, _ = formats.read_video(videos[0])
+    assert len(frames) == 4 and frames[0].shape == (64, 64, 3)
+    assert np.abs(frames[0].astype(float) - frames[-1]).mean() > 5  # the scene moves
+    # Deterministic: the same seed writes the same labels.
+    synthetic.write_synthetic_voc(tmp_path / "b", **kwargs)
+    for name in ("train_00000.png", "val_00001.png"):
+        np.testing.assert_array_equal(voc.read_label(tmp_path / "a" / voc.LABEL_DIR / name),
+                                      voc.read_label(tmp_path / "b" / voc.LABEL_DIR / name))
+    assert synthetic.ensure_synthetic_voc(tmp_path / "a", **kwargs) == manifest  # reused
+    with pytest.raises(ValueError, match="other arguments"):
+        synthetic.ensure_synthetic_voc(tmp_path / "a", **{**kwargs, "seed": 4})
+    with pytest.raises(ValueError, match="not a generated synthetic set"):
+        synthetic.ensure_synthetic_voc(tmp_path / "a" / "videos")
+
+
+@pytest.fixture(scope="module")
+def saved_encoder(tmp_path_factory):
+    """encoder.keras of the default recipe's encoder with weights no fresh build has."""
+    keras.utils.set_random_seed(1)
+    encoder = models.build_encoder(_config())
+    rng = np.random.default_rng(1)
+    encoder.set_weights([w * rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+                         for w in encoder.get_weights()])  # signs kept: variances stay > 0
+    path = str(tmp_path_factory.mktemp("run") / "encoder.keras")
+    layers.plain_keras_copy(encoder).save(path)
+    return path, encoder
+
+
+def test_build_and_load_copies_the_encoder_weights_exactly(saved_encoder):
+    path, encoder = saved_encoder
+    config = _config()
+    model = transfer.build_segmentation_model(config, 4)
+    assert model.output_shape == (None, None, None, 4)
+    assert model(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 64, 96, 4)
+    assert any(layer.name == "head_skip" for layer in model.layers)  # DeepLabv3+ on MobileNet
+    head_before = [w.numpy().copy() for w in model.get_layer("head_classifier").weights]
+    info = transfer.load_encoder_weights(model, os.path.dirname(path))  # the run directory
+    assert info["path"] == path and info["weights"] == len(encoder.weights)
+    loaded = model.get_layer(transfer.ENCODER).weights
+    assert len(loaded) == len(encoder.weights)
+    for want, got in zip(encoder.weights, loaded):
+        assert want.path == got.path
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    for before, after in zip(head_before, model.get_layer("head_classifier").weights):
+        np.testing.assert_array_equal(before, after.numpy())  # the head is left alone
+    transfer.set_encoder_frozen(model, True)
+    frozen = {id(v) for v in model.get_layer(transfer.ENCODER).weights}
+    assert model.trainable_variables and not frozen & {id(v) for v in model.trainable_variables}
+
+
+def test_a_run_directory_with_only_model_keras_loads_its_encoder(tmp_path):
+    keras.utils.set_random_seed(5)
+    cmp = models.build_cmp(load_config("default", "runlocal"))
+    cmp.save(tmp_path / "model.keras")
+    keras.utils.set_random_seed(0)
+    model = transfer.build_segmentation_model(_config(), 4)
+    info = transfer.load_encoder_weights(model, tmp_path)
+    assert info["path"] == str(tmp_path / "model.keras")
+    for want, got in zip(cmp.get_layer(transfer.ENCODER).weights,
+                         model.get_layer(transfer.ENCODER).weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_a_mismatching_or_missing_checkpoint_is_a_clear_error(saved_encoder, tmp_path):
+    path, _ = saved_encoder
+    config = _config()
+    config.model.options.mobilenet_v3.width = 64  # another encoder than the checkpoint's
+    model = transfer.build_segmentation_model(config, 4)
+    with pytest.raises(ValueError, match=r"(?s)encoder\.keras does not match.*conv_out: shapes"):
+        transfer.load_encoder_weights(model, path)
+    config.model.image_encoder = "alexnet_fcn_32x"
+    with pytest.raises(ValueError, match="missing from the checkpoint"):
+        transfer.load_encoder_weights(transfer.build_segmentation_model(config, 4), path)
+    with pytest.raises(ValueError, match=f"Checkpoint {tmp_path / 'nope.keras'} does not exist"):
+        transfer.load_encoder_weights(model, tmp_path / "nope.keras")
+    with pytest.raises(ValueError, match=f"{tmp_path} is a directory without encoder.keras"):
+        transfer.load_encoder_weights(model, tmp_path)
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.keras could not be loaded"):
+        transfer.load_encoder_weights(model, bad)
+
+
+def test_heads_follow_the_encoder(rng):
+    config = _config()
+    config.model.image_encoder = "alexnet_fcn_32x"
+    assert transfer.head_name(config) == "fcn"
+    config.model.image_encoder = "resnet50"
+    assert transfer.head_name(config) == "aspp"
+    config.head.name = "fcnn"
+    with pytest.raises(ValueError, match="config.head.name='fcnn' is unknown"):
+        transfer.head_name(config)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        transfer.build_segmentation_model(_config(), 1)
+
+
+def test_compare_refuses_an_empty_data_folder_and_a_bad_checkpoint(saved_encoder, tmp_path):
+    config = _config()
+    config.data.synthetic = False
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"{empty}.*is not a VOC-format folder"):
+        transfer.compare_initializations(config, saved_encoder[0], empty, progress=False)
+    with pytest.raises(ValueError, match=f"Checkpoint {tmp_path / 'run'} does not exist"):
+        transfer.compare_initializations(config, tmp_path / "run", empty, progress=False)
+
+
+@pytest.mark.slow
+def test_compare_initializations_end_to_end(saved_encoder, tmp_path):
+    config = _config()  # runlocal: 5 steps, 64^2 crops
+    config.data.dir = str(tmp_path / "synthetic")
+    synthetic.write_synthetic_voc(config.data.dir, num_train=8, num_val=4, num_videos=0,
+                                  size=(64, 64))
+    results = transfer.compare_initializations(config, saved_encoder[0], workdir=tmp_path / "out",
+                                               progress=False)
+    for init in transfer.INITS:
+        assert 0 <= results[init]["miou"] <= 1 and len(results[init]["per_class_iou"]) == 4
+        assert results[init]["steps"] == 5 and np.isfinite(results[init]["final_loss"])
+    assert results["val_images"] == 4 and results["classes"][1] == "ellipse"
+    # Only the encoder's start differs: the runs cannot come out identical.
+    assert results["random"]["confusion"] != results["cmp"]["confusion"]
+    table = transfer.comparison_table(results)
+    assert "mIoU" in table and "ellipse" in table
+    assert f"{100 * results['cmp']['miou']:6.1f}" in table
+    assert os.path.isfile(tmp_path / "out" / "comparison.json")
+    assert os.path.isfile(tmp_path / "out" / "comparison.png")

@@ -7,6 +7,7 @@ CPU, so only indicative.
 """
 import json
 import os
+import platform
 
 TORCH_JSON = "runs/benchmarks/torch_reference.json"
 # REFERENCE.md §7 (torch, 2 threads, 2-core Intel Xeon): eval forward b1 and train step b4.
@@ -17,6 +18,7 @@ XEON = {("alexnet_yfcc", 384): dict(eval_fwd_s=0.0849, train_images_per_s=1.9),
 
 
 def cpu_model():
+    """The CPU's model name: figures from two machines are never compared as one."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -24,7 +26,7 @@ def cpu_model():
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return platform.processor() or platform.machine()
 
 
 def lookup(recipe, size, field, threads, batch=None, path=TORCH_JSON):

@@ -22,14 +22,17 @@ Needs only torch and numpy, in its own venv, e.g.
 import argparse
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.reference import cpu_model  # noqa: E402  (plain Python: no TensorFlow needed)
 
 NBINS, FMAX = 99, 50.0  # every CMP config: logits = 2 * NBINS channels, flow binned in [-FMAX, FMAX]
 IMG_ENC_DIM, SPARSE_ENC_DIM = 256, 16
@@ -302,17 +305,6 @@ def median_time(fn, repeats, warmup=2):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def benchmark(recipe, args):

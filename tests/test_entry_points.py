@@ -27,16 +27,22 @@ def test_an_unknown_part_is_refused_with_the_known_names(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written before the config is valid
 
 
-@pytest.mark.slow
-def test_evaluate_scores_a_saved_model_against_every_baseline(tmp_path):
-    import json
-
-    sys.path.insert(0, ROOT)
+@pytest.fixture(scope="module")
+def saved_default(tmp_path_factory):
+    """An untrained default-recipe model saved as .keras."""
     from cmp_tf import models
     from tests.conftest import load_config
 
-    path = tmp_path / "default.keras"
+    path = tmp_path_factory.mktemp("model") / "default.keras"
     models.build_cmp(load_config("default")).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_saved_model_against_every_baseline(tmp_path, saved_default):
+    import json
+
+    path = saved_default
     method = tmp_path / "mine.py"
     method.write_text("import numpy as np\n\ndef propagate(image, points, vectors):\n"
                       "    return np.zeros(image.shape[:2] + (2,), np.float32) + 1\n")
@@ -72,15 +78,10 @@ def test_evaluate_names_a_missing_or_corrupt_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_segmentation_prints_random_and_cmp_side_by_side(tmp_path):
+def test_evaluate_segmentation_prints_random_and_cmp_side_by_side(tmp_path, saved_default):
     import json
 
-    sys.path.insert(0, ROOT)
-    from cmp_tf import models
-    from tests.conftest import load_config
-
-    path = tmp_path / "default.keras"
-    models.build_cmp(load_config("default")).save(path)
+    path = saved_default
     out = tmp_path / "seg"
     result = _run("evaluate.py", "--task=segmentation", f"--checkpoint={path}",
                   "--segmentation=configs/segmentation.py:runlocal",

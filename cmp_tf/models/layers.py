@@ -198,6 +198,11 @@ class FlowReadout(keras.layers.Layer):
         return {**super().get_config(), "nbins": self.nbins, "fmax": self.fmax}
 
 
+def _end(margin):
+    """Slice end that drops `margin` trailing elements (None keeps them all)."""
+    return -margin if margin else None
+
+
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class DensePrior(keras.layers.Layer):
     """Nearest-guidance fill of `sparse` on a grid of `stride` x `stride` cells (beyond the paper).
@@ -257,7 +262,9 @@ class DensePrior(keras.layers.Layer):
                 for dx in (-k, 0, k):
                     if dy == dx == 0:
                         continue
-                    other = tf.slice(padded, [0, k + dy, k + dx, 0], [-1, h, w, -1])
+                    # Constant bounds (no tensor sizes) keep the channel count static for the
+                    # exporters' shape inference: the decoder's convs need it.
+                    other = padded[:, k + dy:_end(k - dy), k + dx:_end(k - dx)]
                     other_d2 = dist2(other)
                     closer = other_d2 < best
                     state = tf.where(closer, other, state)

@@ -1,0 +1,50 @@
+r"""Exports a trained CMP to SavedModel, TFLite (float32, float16, int8) and ONNX, and checks
+every file against the Keras model on real samples.
+
+  python -m export --checkpoint=runs/default --out=exported
+  python -m export --formats=tflite,tflite_int8 --size=384,384 --calibration=128
+
+Writes the files, export.json (sizes, latencies, parity) and parity.md to --out; fails if a
+float32 file's flow differs from Keras by more than 0.01 px on average.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+
+from export import export_lib
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "Run directory or .keras file; default: newest under runs/.")
+_OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/export.")
+_FORMATS = flags.DEFINE_list("formats", list(export_lib.FORMATS),
+                             f"Any of {', '.join(export_lib.FORMATS)}.")
+_SIZE = flags.DEFINE_list("size", [], "H,W (or one side for a square) of the fixed-size files "
+                          "(TFLite) and of the parity samples; default the recipe's crop.")
+_CALIBRATION = flags.DEFINE_integer("calibration", 64,
+                                    "Training-pipeline samples that calibrate int8 files.")
+_PARITY = flags.DEFINE_integer("parity_samples", 16, "Validation samples for the parity check.")
+_THREADS = flags.DEFINE_integer("threads", None, "CPU threads for timing; default all cores.")
+_ENCODER = flags.DEFINE_bool("encoder", True, "Also export the image encoder alone.")
+_LOGITS = flags.DEFINE_bool("logits", True, "Serve the bin logits next to the flow.")
+_DYNAMIC_TFLITE = flags.DEFINE_bool("dynamic_tflite", False,
+                                    "TFLite files with free height and width instead of --size.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's saving chatter
+    model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
+    try:
+        size = [int(s) for s in _SIZE.value] * (2 if len(_SIZE.value) == 1 else 1) or None
+    except ValueError as error:
+        raise app.UsageError(f"--size={_SIZE.value} must be H,W or one side in pixels.") from error
+    out = _OUT.value or export_lib.default_out(path)
+    export_lib.export(model, config, out, _FORMATS.value, size, _CALIBRATION.value,
+                      _PARITY.value, _THREADS.value, encoder=_ENCODER.value,
+                      logits=_LOGITS.value, dynamic_tflite=_DYNAMIC_TFLITE.value, source=path)
+    print(f"\nWrote {out}/: the files, export.json and parity.md")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,238 @@
+"""`python -m export` behind its flags: a trained CMP (and its image encoder) -> SavedModel,
+TFLite float32 / float16 / int8 and ONNX files, each checked against the Keras model.
+
+    from export import export_lib
+    model, config, path = export_lib.load_checkpoint("runs/default")
+    report = export_lib.export(model, config, "exported/", source=path)
+
+Writes into `out`: model_saved_model/, model.tflite, model_fp16.tflite, model_int8.tflite,
+model.onnx, the same for the encoder (encoder_*), export.json (the parity report, sizes,
+latencies) and parity.md. Every CMP file loads with `cmp_tf.runtime.Propagator`.
+"""
+import glob
+import json
+import os
+import tempfile
+import time
+
+import ml_collections
+import numpy as np
+
+from cmp_tf import runtime
+from export import onnx as onnx_export
+from export import parity
+from export import savedmodel
+from export import tflite
+
+FORMATS = ("savedmodel", "tflite", "tflite_fp16", "tflite_int8", "onnx")
+PRECISION = {"savedmodel": "float32", "tflite": "float32", "tflite_fp16": "float16",
+             "tflite_int8": "int8", "onnx": "float32"}
+_FILE = {"savedmodel": "{}_saved_model", "tflite": "{}.tflite", "tflite_fp16": "{}_fp16.tflite",
+         "tflite_int8": "{}_int8.tflite", "onnx": "{}.onnx"}
+PARTS = ("model", "encoder")  # the CMP, and its image encoder alone (what transfer reuses)
+CMP_OUTPUTS = ("flow", "logits")
+
+
+def artifact_name(fmt, part):
+    """File or folder name of `part` ('model' or 'encoder') in format `fmt`."""
+    return _FILE[fmt].format(part)
+
+
+def newest_run(root="runs"):
+    """The most recently finished run directory under `root`."""
+    runs = sorted(glob.glob(os.path.join(root, "*", runtime.MODEL_FILE)), key=os.path.getmtime)
+    if not runs:
+        raise ValueError(f"No run under {root}/ has a {runtime.MODEL_FILE} yet: run "
+                         "`python train.py` or pass --checkpoint.")
+    return os.path.dirname(runs[-1])
+
+
+def load_checkpoint(path=None):
+    """(Keras model, recipe, .keras path) of a run directory or .keras file (default: the
+    newest run). The recipe is the run's config.json, else the CPU default recipe (its data
+    calibrates and checks the export)."""
+    import keras
+
+    from cmp_tf import models  # noqa: F401  (registers the custom layers)
+
+    path = runtime.resolve_model_path(path or newest_run())
+    if runtime.model_format(path) != "keras":
+        raise ValueError(f"--checkpoint={path} must be a run directory or a .keras file: export "
+                         "starts from the Keras model.")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as error:
+        raise ValueError(f"{path} could not be loaded as a CMP model: {error}") from error
+    saved = os.path.join(os.path.dirname(path), "config.json")
+    if os.path.isfile(saved):
+        with open(saved) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    else:
+        from configs import default
+
+        config = default.get_config()
+    return model, config, path
+
+
+def default_out(checkpoint):
+    """<run directory>/export for a checkpoint path."""
+    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "export")
+
+
+def _sources(config, split):
+    from configs import common
+
+    sources = tuple(config.data.get(split) or ())
+    return sources or common.sample_splits()[0 if split == "train" else 1]
+
+
+def real_samples(config, split, count, size):
+    """`count` batch-1 samples {image, sparse, flow, valid} of a recipe's data pipeline at
+    `size` (H, W): "train" (random crops, augmentations; calibration) or "val" (centre crops,
+    fixed guidance; parity). Falls back to the embedded clips where the recipe names none."""
+    from cmp_tf.data import pipeline
+
+    config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+    config.data[split] = _sources(config, split)
+    config.data.crop = tuple(size)
+    config.data.short_size = max(int(config.data.short_size), *size)
+    config.data.batch_size = 1
+    samples = []
+    for x, y in pipeline.make_dataset(config, split, guidance=True).take(count):
+        samples.append({"image": x["image"].numpy(), "sparse": x["sparse"].numpy(),
+                        "flow": y["flow"].numpy(), "valid": y["valid"].numpy()})
+    if not samples:
+        raise ValueError(f"config.data.{split}={config.data[split]} gave no samples.")
+    return samples
+
+
+def check_size(size, model):
+    """(H, W) the fixed-size files take; ValueError naming --size if the model cannot."""
+    guard = model.get_layer("input_guard")
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < max(guard.minimum, 1) or any(s % guard.multiple for s in size):
+        raise ValueError(f"--size={list(size)} must be (H, W), each a multiple of "
+                         f"{guard.multiple} and at least {guard.minimum} for this model.")
+    return size
+
+
+def _metadata(model, part, fmt, size, dynamic, source):
+    guard = model.get_layer("input_guard")
+    fixed = fmt.startswith("tflite") and not dynamic
+    return {"model": part, "format": fmt, "multiple": guard.multiple,
+            "minimum": guard.minimum if part == "model" else guard.multiple,
+            "size": list(size) if fixed else None, "opset": onnx_export.OPSET if fmt == "onnx"
+            else None, "source": source}
+
+
+def export(model, config, out, formats=FORMATS, size=None, calibration=64, parity_samples=16,
+           threads=None, repeats=5, encoder=True, logits=True, dynamic_tflite=False, source=None,
+           log=print):
+    """Writes the CMP `model` (and its encoder) in `formats` to `out`, checks parity.
+
+    Args:
+        size: (H, W) of the fixed-size files (TFLite) and of the parity samples; default the
+            recipe's crop.
+        calibration: training-pipeline samples that calibrate the int8 files.
+        parity_samples: validation samples every file is compared on.
+        threads: CPU threads for LiteRT and ONNX Runtime (default: all cores).
+        logits: serve the bin logits next to the flow.
+        dynamic_tflite: TFLite files with free height and width (batch 1) instead of `size`.
+        source: where `model` came from, recorded in the files' metadata and the report.
+    Returns:
+        The report (also written as export.json and parity.md).
+    Raises:
+        parity.ParityError: a float32 CMP file differs from Keras by more than
+            parity.FLOAT32_MEAN_TOLERANCE_PX on average.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"--formats={list(formats)}: unknown {unknown}; known: "
+                         f"{', '.join(FORMATS)}.")
+    size = check_size(size or tuple(config.data.crop), model)
+    if calibration < 1 or parity_samples < 1:
+        raise ValueError(f"--calibration={calibration} and --parity_samples={parity_samples} "
+                         "must be positive.")
+    threads = threads or os.cpu_count()
+    os.makedirs(out, exist_ok=True)
+    parts = {"model": model}
+    if encoder:
+        parts["encoder"] = model.get_layer("image_encoder")
+    calib = real_samples(config, "train", calibration, size) if "tflite_int8" in formats else []
+    rows = []
+    for part, net in parts.items():
+        feeds = [{k: s[k] for k in savedmodel.input_specs(net)} for s in calib]
+        outputs = (CMP_OUTPUTS if logits else ("flow",)) if part == "model" else None
+        for fmt in formats:
+            start = time.perf_counter()
+            path = os.path.join(out, artifact_name(fmt, part))
+            meta = _metadata(model, part, fmt, size, dynamic_tflite, source)
+            if fmt == "savedmodel":
+                savedmodel.write(net, path, outputs=outputs, metadata=meta)
+            elif fmt == "onnx":
+                _write_onnx(net, path, outputs, meta, out, formats, part)
+            else:
+                flat = tflite.convert(net, size, PRECISION[fmt], feeds, meta, dynamic_tflite,
+                                      outputs)
+                with open(path, "wb") as f:
+                    f.write(flat)
+            rows.append(dict(part=part, format=fmt, artifact=os.path.basename(path),
+                             precision=PRECISION[fmt], bytes=parity.file_bytes(path),
+                             dynamic=meta["size"] is None,
+                             seconds_to_export=time.perf_counter() - start))
+            log(f"wrote {path} ({rows[-1]['bytes'] / 2**20:.2f} MB, "
+                f"{rows[-1]['seconds_to_export']:.0f} s)")
+    report = check_parity(parts, out, rows, config, size, parity_samples, threads, repeats)
+    report.update(checkpoint=source, formats=list(formats),
+                  calibration_samples=len(calib), opset=onnx_export.OPSET)
+    with open(os.path.join(out, "export.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    text = parity.markdown(report)
+    with open(os.path.join(out, "parity.md"), "w") as f:
+        f.write(text + "\n")
+    log(text)
+    parity.check(report["rows"])
+    return report
+
+
+def _write_onnx(net, path, outputs, meta, out, formats, part):
+    """ONNX converts from the SavedModel: the one written, else one in a temporary folder."""
+    if "savedmodel" in formats:
+        onnx_export.write(os.path.join(out, artifact_name("savedmodel", part)), path, meta)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        savedmodel.write(net, tmp, outputs=outputs)
+        onnx_export.write(tmp, path, meta)
+
+
+def check_parity(parts, out, rows, config, size, count, threads, repeats):
+    """Fills `rows` with each file's parity, latency and size; returns the report."""
+    import tensorflow as tf
+
+    samples = real_samples(config, "val", count, size)
+    model = parts["model"]
+    forward = tf.function(lambda image, sparse: model({"image": image, "sparse": sparse},
+                                                      training=False)["flow"])
+    reference = np.concatenate([forward(s["image"], s["sparse"]).numpy() for s in samples])
+    first = samples[0]
+    report = dict(size=list(size), threads=threads, repeats=repeats, samples=len(samples),
+                  data=", ".join(os.path.basename(str(s)) for s in _sources(config, "val")),
+                  keras_epe=parity.epe(reference, samples),
+                  keras_latency_s=parity.median_seconds(
+                      lambda: forward(first["image"], first["sparse"]).numpy(), repeats))
+    images = [s["image"] for s in samples]
+    encoder_reference = None
+    if "encoder" in parts:
+        encoder = tf.function(lambda image: parts["encoder"](image, training=False))
+        encoder_reference = [{k: v.numpy() for k, v in encoder(image).items()}
+                             for image in images]
+        report["keras_encoder_latency_s"] = parity.median_seconds(
+            lambda: encoder(images[0])["features"].numpy(), repeats)
+    for row in rows:
+        path = os.path.join(out, row["artifact"])
+        if row["part"] == "model":
+            row.update(parity.cmp_parity(path, reference, samples, threads, repeats))
+        else:
+            row.update(parity.encoder_parity(path, encoder_reference, images, threads, repeats))
+    report["rows"] = rows
+    return report

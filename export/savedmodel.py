@@ -1,0 +1,61 @@
+"""SavedModel: the serving signature TensorFlow Serving reads, and the source of the TFLite and
+ONNX conversions (both read a SavedModel more reliably than a live Keras model: its captured
+constants are frozen and its variables are plain values)."""
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from cmp_tf import runtime
+
+
+def input_specs(model, size=None, batch=None, strides=None):
+    """{name: TensorSpec} of a functional model's inputs at `size` (H, W); None keeps H and W
+    free. Inputs on a coarser grid (the dense prior's) get the size divided by their stride in
+    `strides` ({name: stride})."""
+    strides = strides or {}
+    specs = {}
+    for name, tensor in _inputs(model).items():
+        stride = strides.get(name, 1)
+        h, w = (None, None) if size is None else (size[0] // stride, size[1] // stride)
+        specs[name] = tf.TensorSpec([batch, h, w, tensor.shape[-1]], tf.float32, name=name)
+    return specs
+
+
+def _inputs(model):
+    return model.input if isinstance(model.input, dict) else {model.input.name: model.input}
+
+
+def serving_function(model, outputs=None):
+    """(**inputs) -> {name: output}: what a signature calls; `outputs` picks a subset."""
+    names = list(_inputs(model))
+
+    def serve(*args):
+        feeds = dict(zip(names, args))
+        out = model(feeds if len(names) > 1 else args[0], training=False)
+        out = dict(out) if isinstance(out, dict) else {"output": out}
+        return {k: v for k, v in out.items() if outputs is None or k in outputs}
+
+    return serve
+
+
+def write(model, path, specs=None, outputs=None, metadata=None):
+    """Writes `model` as a SavedModel with one signature, runtime.SIGNATURE, named inputs and
+    outputs, and `metadata` (the runtime's size rules) in assets.extra/.
+
+    Args:
+        specs: from input_specs; default any batch and size.
+        outputs: output names to serve (default all).
+    """
+    specs = specs or input_specs(model)
+    archive = keras.export.ExportArchive()  # tracks the variables its endpoint uses, once
+    archive.add_endpoint(runtime.SIGNATURE, serving_function(model, outputs),
+                         input_signature=list(specs.values()))
+    archive.write_out(path, verbose=False)
+    if metadata is not None:
+        meta = os.path.join(path, runtime.SAVED_MODEL_METADATA)
+        os.makedirs(os.path.dirname(meta), exist_ok=True)
+        with open(meta, "w") as f:
+            json.dump(metadata, f, indent=1)
+    return path

@@ -1,0 +1,251 @@
+"""Export (SavedModel, TFLite float32 / float16 / int8, ONNX) -> load -> compare, and the
+runtime Propagator on every format."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import load_config
+
+SIZE = (64, 64)  # the export size: the small default model with decoder scales (1, 2)
+GUIDE_XY, GUIDE_UV = np.array([[10, 5], [60, 40]], np.float32), np.array([[3, -2], [-1, 4]],
+                                                                           np.float32)
+
+
+def _small_config():
+    config = load_config("default")
+    config.model.decoder_combo = (1, 2)  # minimum side 64 instead of 128: a faster export
+    return config
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The untrained small default model exported in every format once: (folder, report,
+    keras path)."""
+    from cmp_tf import models
+    from export import export_lib
+
+    config = _small_config()
+    model = models.build_cmp(config)
+    out = tmp_path_factory.mktemp("export")
+    keras_path = str(out / "model.keras")
+    model.save(keras_path)
+    report = export_lib.export(model, config, str(out), size=SIZE, calibration=4,
+                               parity_samples=2, repeats=1, source=keras_path, log=lambda _: None)
+    return out, report, keras_path
+
+
+def _image(height=45, width=70, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def test_every_format_exports_and_matches_keras(exported):
+    from export import export_lib
+    from export import parity
+
+    out, report, _ = exported
+    rows = {(r["part"], r["format"]): r for r in report["rows"]}
+    assert set(rows) == {(p, f) for p in export_lib.PARTS for f in export_lib.FORMATS}
+    for (part, fmt), row in rows.items():
+        assert os.path.exists(out / row["artifact"]) and row["bytes"] > 0
+        assert row["latency_s"] > 0
+        if part == "model" and row["precision"] == "float32":
+            assert row["mean_abs_px"] < parity.FLOAT32_MEAN_TOLERANCE_PX
+            assert row["max_abs_px"] < 1e-3 and abs(row["epe_change"]) < 1e-3
+        if part == "encoder" and row["precision"] == "float32":
+            assert row["relative"] < 1e-4
+    quantized = rows[("model", "tflite_int8")]
+    assert quantized["bytes"] < rows[("model", "tflite")]["bytes"] / 2  # int8 weights
+    assert rows[("model", "tflite_fp16")]["bytes"] < rows[("model", "tflite")]["bytes"] * 0.6
+    assert np.isfinite([quantized["max_abs_px"], quantized["epe_change"]]).all()
+    saved = json.loads((out / "export.json").read_text())
+    assert saved["size"] == list(SIZE) and len(saved["rows"]) == len(rows)
+    assert "| model_int8.tflite | int8 |" in (out / "parity.md").read_text()
+
+
+def test_tflite_names_shapes_and_metadata(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cmp_tf import runtime
+
+    out, _, _ = exported
+    runner = Interpreter(model_path=str(out / "model.tflite")).get_signature_runner()
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    assert sorted(inputs) == ["image", "sparse"] and sorted(outputs) == ["flow", "logits"]
+    assert list(inputs["image"]["shape"]) == [1, *SIZE, 3]
+    assert list(inputs["sparse"]["shape"]) == [1, *SIZE, 3]
+    assert list(outputs["flow"]["shape"]) == [1, *SIZE, 2]
+    assert list(outputs["logits"]["shape"]) == [1, SIZE[0] // 2, SIZE[1] // 2, 198]
+    meta = json.loads(runtime.tflite_metadata(str(out / "model.tflite")))
+    assert meta["size"] == list(SIZE) and meta["multiple"] == 32 and meta["minimum"] == 64
+    # The int8 model leaves the dense prior (jump flooding) to the runtime, as named inputs.
+    quantized = Interpreter(model_path=str(out / "model_int8.tflite")).get_signature_runner()
+    shapes = {k: list(v["shape"]) for k, v in quantized.get_input_details().items()}
+    assert shapes == {"image": [1, 64, 64, 3], "sparse": [1, 64, 64, 3],
+                      "dense_prior": [1, 2, 2, 3], "dense_prior_out": [1, 32, 32, 3]}
+    meta = json.loads(runtime.tflite_metadata(str(out / "model_int8.tflite")))
+    assert meta["priors"]["dense_prior_out"]["stride"] == 2
+    encoder = Interpreter(model_path=str(out / "encoder.tflite")).get_signature_runner()
+    assert list(encoder.get_input_details()) == ["image"]
+    assert sorted(encoder.get_output_details()) == ["features", "skip2", "skip4"]
+
+
+@pytest.mark.parametrize("artifact", ["model_saved_model", "model.tflite", "model_fp16.tflite",
+                                      "model_int8.tflite", "model.onnx"])
+def test_propagator_serves_other_sizes_from_every_format(exported, artifact):
+    from cmp_tf import runtime
+
+    out, _, keras_path = exported
+    propagator = runtime.Propagator(out / artifact, threads=1)
+    reference = runtime.Propagator(keras_path)
+    for height, width in [(45, 70), (100, 150)]:
+        image = _image(height, width)
+        flow = propagator.propagate(image, GUIDE_XY, GUIDE_UV)
+        assert flow.shape == (height, width, 2) and flow.dtype == np.float32
+        # The untrained dense-prior model reads out the nearest guide: exact at the points.
+        np.testing.assert_allclose(flow[5, 10], [3, -2], atol=0.6)
+        if propagator.working_size(height, width) == reference.working_size(height, width):
+            expected = reference.propagate(image, GUIDE_XY, GUIDE_UV)
+            atol = 1e-3 if "fp16" not in artifact and "int8" not in artifact else 0.2
+            np.testing.assert_allclose(flow, expected, atol=atol)
+    fixed = artifact.endswith(".tflite")
+    assert (propagator.working_size(100, 150) == SIZE) == fixed
+
+
+def test_propagate_batch_runs_four_guidance_sets_on_a_batch_one_model(exported):
+    from cmp_tf import runtime
+
+    out, _, _ = exported
+    propagator = runtime.Propagator(out / "model.tflite")
+    image = _image()
+    sets = [(GUIDE_XY, GUIDE_UV), (GUIDE_XY[:1], GUIDE_UV[:1]), (GUIDE_XY, -GUIDE_UV),
+            (GUIDE_XY[1:], GUIDE_UV[1:])]
+    batch = propagator.propagate_batch(image, sets)
+    assert batch.shape == (4, 45, 70, 2)
+    for flow, (points, vectors) in zip(batch, sets):
+        np.testing.assert_allclose(flow, propagator.propagate(image, points, vectors), atol=1e-5)
+
+
+def test_propagator_rejects_bad_input(exported):
+    from cmp_tf import runtime
+
+    out, _, _ = exported
+    propagator = runtime.Propagator(out / "model.onnx")
+    image = _image()
+    bad = [((image.astype(np.float32), GUIDE_XY, GUIDE_UV), "uint8"),
+           ((image[..., :2], GUIDE_XY, GUIDE_UV), r"\[H, W, 3\]"),
+           ((image, GUIDE_XY[:, :1], GUIDE_UV), "points must have shape"),
+           ((image, np.array([[70, 3]], np.float32), GUIDE_UV[:1]), "must round to pixels"),
+           ((image, np.array([[np.nan, 3]], np.float32), GUIDE_UV[:1]), "finite"),
+           ((image, np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)), "K = 0"),
+           ((image, GUIDE_XY, GUIDE_UV[:1]), "same number K")]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            propagator.propagate(*args)
+    with pytest.raises(ValueError, match="at least one"):
+        propagator.propagate_batch(image, [])
+    with pytest.raises(ValueError, match="threads"):
+        runtime.Propagator(out / "model.onnx", threads=0)
+
+
+def test_bad_model_files_are_named(exported, tmp_path):
+    import shutil
+
+    from cmp_tf import runtime
+
+    out, _, _ = exported
+    with pytest.raises(ValueError, match=r"expected a \.keras, \.tflite or \.onnx"):
+        (tmp_path / "model.pt").write_bytes(b"x")
+        runtime.Propagator(tmp_path / "model.pt")
+    for name in ("broken.tflite", "broken.onnx"):
+        (tmp_path / name).write_bytes(b"not a model")
+        with pytest.raises(ValueError, match=f"{name}.*could not be loaded"):
+            runtime.Propagator(tmp_path / name)
+    copy = tmp_path / "no_metadata"
+    shutil.copytree(out / "model_saved_model", copy)
+    os.remove(copy / runtime.SAVED_MODEL_METADATA)
+    with pytest.raises(ValueError, match="no 'cmp_tf' metadata"):
+        runtime.Propagator(copy)
+    with pytest.raises(ValueError, match="takes .*image.*sparse"):
+        runtime.Propagator(out / "encoder.onnx")
+
+
+def test_parity_failure_names_the_artifact():
+    from export import parity
+
+    rows = [dict(part="model", artifact="model.onnx", precision="float32", mean_abs_px=0.5,
+                 max_abs_px=3.0),
+            dict(part="model", artifact="model_int8.tflite", precision="int8", mean_abs_px=0.5,
+                 max_abs_px=3.0)]
+    with pytest.raises(parity.ParityError, match=r"model\.onnx: mean \|diff\| 0\.5") as error:
+        parity.check(rows)
+    assert "int8" not in str(error.value)
+    parity.check(rows[1:])  # quantized files report their cost, they do not fail
+
+
+def test_bad_export_arguments_are_refused(tmp_path):
+    from cmp_tf import models
+    from export import export_lib
+
+    config = _small_config()
+    model = models.build_cmp(config)
+    with pytest.raises(ValueError, match="unknown.*'tflite_int4'"):
+        export_lib.export(model, config, str(tmp_path), formats=("tflite_int4",))
+    with pytest.raises(ValueError, match="--size=.*multiple of 32"):
+        export_lib.export(model, config, str(tmp_path), formats=("tflite",), size=(70, 64))
+    foreign = tmp_path / "x.onnx"
+    foreign.write_bytes(b"x")
+    with pytest.raises(ValueError, match="must be a run directory or a .keras"):
+        export_lib.load_checkpoint(str(foreign))
+
+
+def test_integer_tensors_take_the_models_scale_and_zero_point():
+    from cmp_tf import runtime
+
+    detail = {"dtype": np.int8, "quantization": (0.5, -3)}
+    q = runtime.quantize(np.array([0.0, 1.0, 100.0, -100.0], np.float32), detail)
+    np.testing.assert_array_equal(q, [-3, -1, 127, -128])
+    np.testing.assert_allclose(runtime.dequantize(q, detail), [0.0, 1.0, 65.0, -62.5])
+
+
+@pytest.mark.slow
+def test_dynamic_tflite_resizes_its_inputs(tmp_path):
+    from cmp_tf import models
+    from cmp_tf import runtime
+    from export import export_lib
+
+    config = _small_config()
+    model = models.build_cmp(config)
+    export_lib.export(model, config, str(tmp_path), formats=("tflite",), size=SIZE,
+                      parity_samples=1, repeats=1, encoder=False, dynamic_tflite=True,
+                      log=lambda _: None)
+    propagator = runtime.Propagator(tmp_path / "model.tflite")
+    assert propagator.working_size(100, 150) == (96, 160)  # not fixed: the stride's multiples
+    for height, width in [(100, 150), (64, 64), (100, 150)]:
+        flow = propagator.propagate(_image(height, width), GUIDE_XY, GUIDE_UV)
+        assert flow.shape == (height, width, 2)
+        np.testing.assert_allclose(flow[5, 10], [3, -2], atol=0.6)
+
+
+@pytest.mark.slow
+def test_command_line_exports_a_run_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from cmp_tf import models
+
+    config = _small_config()
+    run = tmp_path / "run"
+    run.mkdir()
+    models.build_cmp(config).save(run / "model.keras")
+    (run / "config.json").write_text(config.to_json_best_effort())
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "export", f"--checkpoint={run}", f"--out={out}",
+         "--formats=tflite,onnx", "--noencoder", "--size=64", "--parity_samples=1"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+        timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| model.onnx | float32 |" in result.stdout
+    assert sorted(os.listdir(out)) == ["export.json", "model.onnx", "model.tflite", "parity.md"]

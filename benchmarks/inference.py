@@ -1,15 +1,24 @@
-r"""Forward latency of each recipe's model on this machine, batch 1, next to the reference.
+r"""Forward latency of each recipe's model on this machine, batch 1, next to the reference, and
+of every deployment format.
 
   python benchmarks/inference.py [--size=384] [--repeats=5] [--jit] [--out=runs/benchmarks]
+  python benchmarks/inference.py --formats=all --bfloat16       # + every exported format
 
 Prints a table and writes inference.json. The reference column is the PyTorch networks' median
 forward time measured on this machine by benchmarks/torch_reference.py when its JSON is there,
 else the Xeon figure of ../shared/REFERENCE.md §7 (see benchmarks/reference.py).
+
+With --formats, each recipe's model is exported (export/, into a temporary folder) and every
+file is timed through cmp_tf.runtime at --size, batch 1, --threads threads, with its size and
+its flow difference from the Keras model on real validation samples. --bfloat16 adds the Keras
+model under the mixed_bfloat16 policy (oneDNN's bfloat16 kernels on CPUs that have them). A
+recipe with a finished run under --runs uses its trained weights, the others random ones.
 """
 import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -20,6 +29,8 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import models  # noqa: E402
+from cmp_tf import runtime  # noqa: E402
+from export import export_lib  # noqa: E402
 
 _SIZE = flags.DEFINE_integer("size", 384, "Square input side in pixels.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed forward passes (median reported).")
@@ -27,6 +38,16 @@ _JIT = flags.DEFINE_bool("jit", False, "Compile the forward pass with XLA.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for inference.json.")
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "mobile", "default"],
                              "Recipes under configs/.")
+_FORMATS = flags.DEFINE_list("formats", [], "Export formats to time too (any of "
+                             f"{', '.join(export_lib.FORMATS)}), or 'all'.")
+_BFLOAT16 = flags.DEFINE_bool("bfloat16", False, "Also time the Keras model in mixed_bfloat16.")
+_THREADS = flags.DEFINE_integer("threads", None, "CPU threads for LiteRT and ONNX Runtime; "
+                                "default all cores (TensorFlow uses all cores).")
+_RUNS = flags.DEFINE_string("runs", "runs", "Run directories: <runs>/<recipe>/model.keras, if "
+                            "there, gives a recipe trained weights.")
+_CALIBRATION = flags.DEFINE_integer("calibration", 16, "Samples calibrating the int8 formats.")
+_PARITY = flags.DEFINE_integer("parity_samples", 4, "Validation samples for the flow difference.")
+
 
 def time_forward(model, size, repeats, jit):
     rng = np.random.default_rng(0)
@@ -42,29 +63,118 @@ def time_forward(model, size, repeats, jit):
     return float(np.median(times))
 
 
+def load_recipe(recipe, runs):
+    """(model, config, weights): a finished run's trained model if <runs>/<recipe> has one,
+    else the recipe's model with random weights."""
+    run = os.path.join(runs, recipe)
+    if os.path.isfile(os.path.join(run, runtime.MODEL_FILE)):
+        model, config, _ = export_lib.load_checkpoint(run)
+        return model, config, "trained"
+    config = importlib.import_module(f"configs.{recipe}").get_config()
+    return models.build_cmp(config), config, "random"
+
+
+def bfloat16_copy(model, config):
+    """`model` rebuilt under the mixed_bfloat16 policy with the same weights."""
+    import keras
+
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        copy = models.build_cmp(config)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def flow_difference(model, other, samples):
+    """Mean |flow difference| in pixels of two Keras models on real samples."""
+    diffs = [np.abs(np.asarray(model({"image": s["image"], "sparse": s["sparse"]})["flow"])
+                    - np.asarray(other({"image": s["image"], "sparse": s["sparse"]})["flow"]))
+             for s in samples]
+    return float(np.mean(diffs))
+
+
+def format_rows(model, config, size, formats, threads):
+    """Exports `model` into a temporary folder and returns export's parity rows (latency,
+    bytes, flow differences) and the report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = export_lib.export(model, config, tmp, formats, size=(size, size),
+                                   calibration=_CALIBRATION.value,
+                                   parity_samples=_PARITY.value, threads=threads,
+                                   repeats=_REPEATS.value, encoder=False, logits=False,
+                                   log=lambda _: None)
+    return report["rows"], report
+
+
 def main(argv):
     del argv
-    rows = []
+    formats = list(export_lib.FORMATS) if _FORMATS.value == ["all"] else _FORMATS.value
+    unknown = sorted(set(formats) - set(export_lib.FORMATS))
+    if unknown:
+        raise app.UsageError(f"--formats: unknown {unknown}; known: "
+                             f"{', '.join(export_lib.FORMATS)} or all.")
+    threads = _THREADS.value or os.cpu_count()
+    rows, deploy = [], []
     for recipe in _RECIPES.value:
-        model = models.build_cmp(importlib.import_module(f"configs.{recipe}").get_config())
+        model, config, weights = load_recipe(recipe, _RUNS.value)
         seconds = time_forward(model, _SIZE.value, _REPEATS.value, _JIT.value)
-        threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-        reference, source = reference_lib.lookup(recipe, _SIZE.value, "eval_fwd_s", threads)
+        tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+        reference, source = reference_lib.lookup(recipe, _SIZE.value, "eval_fwd_s", tf_threads)
         rows.append(dict(recipe=recipe, size=_SIZE.value, params=model.count_params(),
                          seconds=seconds, reference_seconds=reference, reference_source=source,
                          speedup=reference / seconds if reference else None))
+        if not (formats or _BFLOAT16.value):
+            continue
+        base = dict(recipe=recipe, weights=weights, keras_seconds=seconds)
+        deploy.append(dict(base, format="keras", precision="float32", seconds=seconds,
+                           mean_abs_px=0.0, epe_change=0.0, bytes=None))
+        if _BFLOAT16.value:
+            half = bfloat16_copy(model, config)
+            samples = export_lib.real_samples(config, "val", _PARITY.value,
+                                              (_SIZE.value, _SIZE.value))
+            deploy.append(dict(base, format="keras", precision="bfloat16", bytes=None,
+                               seconds=time_forward(half, _SIZE.value, _REPEATS.value,
+                                                    _JIT.value),
+                               mean_abs_px=flow_difference(model, half, samples),
+                               epe_change=None))
+        if formats:
+            for r in format_rows(model, config, _SIZE.value, formats, threads)[0]:
+                deploy.append(dict(base, format=r["artifact"], precision=r["precision"],
+                                   bytes=r["bytes"], seconds=r["latency_s"],
+                                   mean_abs_px=r["mean_abs_px"], epe_change=r["epe_change"]))
     print(f"{'recipe':<20}{'params':>12}{'forward s':>12}{'reference s':>13}{'speedup':>9}  source")
     for r in rows:
         ref = f"{r['reference_seconds']:.4f}" if r["reference_seconds"] else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         print(f"{r['recipe']:<20}{r['params']:>12,}{r['seconds']:>12.4f}{ref:>13}{speed:>9}"
               f"  {r['reference_source'] or '-'}")
+    if deploy:
+        print(f"\nDeployment formats at {_SIZE.value}^2, batch 1, median of {_REPEATS.value}; "
+              f"LiteRT and ONNX Runtime on {threads} threads; flow difference from Keras "
+              "float32 on real validation samples.")
+        print(deployment_table(deploy))
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "inference.json")
     with open(path, "w") as f:
         json.dump({"jit": _JIT.value, "threads": os.cpu_count(), "cpu": reference_lib.cpu_model(),
-                   "rows": rows}, f, indent=1)
+                   "rows": rows, "deployment": deploy, "deployment_threads": threads}, f,
+                  indent=1)
     print(f"Wrote {path}")
+
+
+def deployment_table(deploy):
+    """Markdown: one row per recipe and format; speed-up is over Keras float32."""
+    lines = ["| recipe | weights | format | precision | size MB | latency s | vs Keras fp32 | "
+             "mean abs px | EPE change |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in deploy:
+        size = f"{r['bytes'] / 2**20:.1f}" if r["bytes"] else "-"
+        change = "-" if r["epe_change"] is None else f"{r['epe_change']:+.4f}"
+        lines.append(f"| {r['recipe']} | {r['weights']} | {r['format']} | {r['precision']} | "
+                     f"{size} | {r['seconds']:.4f} | {r['keras_seconds'] / r['seconds']:.2f}x | "
+                     f"{r['mean_abs_px']:.4f} | {change} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ TFLite float32 / float16 / int8 and ONNX files, each checked against the Keras m
     report = export_lib.export(model, config, "exported/", source=path)
 
 Writes into `out`: model_saved_model/, model.tflite, model_fp16.tflite, model_int8.tflite,
-model.onnx, the same for the encoder (encoder_*), export.json (the parity report, sizes,
-latencies) and parity.md. Every CMP file loads with `cmp_tf.runtime.Propagator`.
+model.onnx, model_int8.onnx, the same for the encoder (encoder_*), export.json (the parity
+report, sizes, latencies) and parity.md. Every CMP file loads with `cmp_tf.runtime.Propagator`.
 """
 import glob
 import json
@@ -24,11 +24,11 @@ from export import parity
 from export import savedmodel
 from export import tflite
 
-FORMATS = ("savedmodel", "tflite", "tflite_fp16", "tflite_int8", "onnx")
+FORMATS = ("savedmodel", "tflite", "tflite_fp16", "tflite_int8", "onnx", "onnx_int8")
 PRECISION = {"savedmodel": "float32", "tflite": "float32", "tflite_fp16": "float16",
-             "tflite_int8": "int8", "onnx": "float32"}
+             "tflite_int8": "int8", "onnx": "float32", "onnx_int8": "int8"}
 _FILE = {"savedmodel": "{}_saved_model", "tflite": "{}.tflite", "tflite_fp16": "{}_fp16.tflite",
-         "tflite_int8": "{}_int8.tflite", "onnx": "{}.onnx"}
+         "tflite_int8": "{}_int8.tflite", "onnx": "{}.onnx", "onnx_int8": "{}_int8.onnx"}
 PARTS = ("model", "encoder")  # the CMP, and its image encoder alone (what transfer reuses)
 CMP_OUTPUTS = ("flow", "logits")
 
@@ -121,7 +121,7 @@ def _metadata(model, part, fmt, size, dynamic, source):
     fixed = fmt.startswith("tflite") and not dynamic
     return {"model": part, "format": fmt, "multiple": guard.multiple,
             "minimum": guard.minimum if part == "model" else guard.multiple,
-            "size": list(size) if fixed else None, "opset": onnx_export.OPSET if fmt == "onnx"
+            "size": list(size) if fixed else None, "opset": onnx_export.OPSET if fmt.startswith("onnx")
             else None, "source": source}
 
 
@@ -158,7 +158,8 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     parts = {"model": model}
     if encoder:
         parts["encoder"] = model.get_layer("image_encoder")
-    calib = real_samples(config, "train", calibration, size) if "tflite_int8" in formats else []
+    quantized = [f for f in formats if PRECISION[f] == "int8"]
+    calib = real_samples(config, "train", calibration, size) if quantized else []
     rows = []
     for part, net in parts.items():
         feeds = [{k: s[k] for k in savedmodel.input_specs(net)} for s in calib]
@@ -171,6 +172,8 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
                 savedmodel.write(net, path, outputs=outputs, metadata=meta)
             elif fmt == "onnx":
                 _write_onnx(net, path, outputs, meta, out, formats, part)
+            elif fmt == "onnx_int8":
+                _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds)
             else:
                 flat = tflite.convert(net, size, PRECISION[fmt], feeds, meta, dynamic_tflite,
                                       outputs)
@@ -203,6 +206,17 @@ def _write_onnx(net, path, outputs, meta, out, formats, part):
     with tempfile.TemporaryDirectory() as tmp:
         savedmodel.write(net, tmp, outputs=outputs)
         onnx_export.write(tmp, path, meta)
+
+
+def _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds):
+    """Quantizes the float ONNX file: the one written, else one in a temporary folder."""
+    if "onnx" in formats:
+        onnx_export.quantize(os.path.join(out, artifact_name("onnx", part)), path, feeds, meta)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "float.onnx")
+        _write_onnx(net, source, outputs, None, tmp, (), part)
+        onnx_export.quantize(source, path, feeds, meta)
 
 
 def check_parity(parts, out, rows, config, size, count, threads, repeats):

@@ -58,6 +58,7 @@ def test_every_format_exports_and_matches_keras(exported):
     quantized = rows[("model", "tflite_int8")]
     assert quantized["bytes"] < rows[("model", "tflite")]["bytes"] / 2  # int8 weights
     assert rows[("model", "tflite_fp16")]["bytes"] < rows[("model", "tflite")]["bytes"] * 0.6
+    assert rows[("model", "onnx_int8")]["bytes"] < rows[("model", "onnx")]["bytes"] / 2
     assert np.isfinite([quantized["max_abs_px"], quantized["epe_change"]]).all()
     saved = json.loads((out / "export.json").read_text())
     assert saved["size"] == list(SIZE) and len(saved["rows"]) == len(rows)
@@ -92,7 +93,7 @@ def test_tflite_names_shapes_and_metadata(exported):
 
 
 @pytest.mark.parametrize("artifact", ["model_saved_model", "model.tflite", "model_fp16.tflite",
-                                      "model_int8.tflite", "model.onnx"])
+                                      "model_int8.tflite", "model.onnx", "model_int8.onnx"])
 def test_propagator_serves_other_sizes_from_every_format(exported, artifact):
     from cmp_tf import runtime
 

@@ -166,8 +166,8 @@ def main(argv):
 
 def deployment_table(deploy):
     """Markdown: one row per recipe and format; speed-up is over Keras float32."""
-    lines = ["| recipe | weights | format | precision | size MB | latency s | vs Keras fp32 | "
-             "mean abs px | EPE change |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| recipe | weights | format | precision | size MB | latency s | vs Keras fp32 | "
+              "mean abs px | EPE change |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in deploy:
         size = f"{r['bytes'] / 2**20:.1f}" if r["bytes"] else "-"
         change = "-" if r["epe_change"] is None else f"{r['epe_change']:+.4f}"

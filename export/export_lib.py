@@ -117,12 +117,13 @@ def check_size(size, model):
 
 
 def _metadata(model, part, fmt, size, dynamic, source):
+    """What the runtime needs to feed a file (DESIGN §8), and where it came from."""
     guard = model.get_layer("input_guard")
     fixed = fmt.startswith("tflite") and not dynamic
+    opset = onnx_export.OPSET if fmt.startswith("onnx") else None
     return {"model": part, "format": fmt, "multiple": guard.multiple,
             "minimum": guard.minimum if part == "model" else guard.multiple,
-            "size": list(size) if fixed else None, "opset": onnx_export.OPSET if fmt.startswith("onnx")
-            else None, "source": source}
+            "size": list(size) if fixed else None, "opset": opset, "source": source}
 
 
 def export(model, config, out, formats=FORMATS, size=None, calibration=64, parity_samples=16,

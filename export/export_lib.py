@@ -165,7 +165,7 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     for part, net in parts.items():
         feeds = [{k: s[k] for k in savedmodel.input_specs(net)} for s in calib]
         outputs = (CMP_OUTPUTS if logits else ("flow",)) if part == "model" else None
-        for fmt in formats:
+        for fmt in [f for f in FORMATS if f in formats]:  # ONNX converts the SavedModel
             start = time.perf_counter()
             path = os.path.join(out, artifact_name(fmt, part))
             meta = _metadata(model, part, fmt, size, dynamic_tflite, source)

@@ -16,8 +16,6 @@ Segmentation: the same head trained from a random and from the CMP encoder at an
 (cmp_tf.transfer), on a VOC-format folder (--data; default a generated set, see
 configs/segmentation.py); per-class IoU and mIoU side by side, comparison.json and .png.
 """
-import glob
-import json
 import os
 
 from absl import app
@@ -48,27 +46,6 @@ _SEGMENTATION = config_flags.DEFINE_config_file(
     "(override fields as --segmentation.train.steps=100).", lock_config=True)
 
 
-def _newest_run():
-    runs = sorted(glob.glob(os.path.join("runs", "*", "model.keras")), key=os.path.getmtime)
-    if not runs:
-        raise app.UsageError("No run under runs/ has a model.keras yet: run `python train.py` "
-                             "or pass --checkpoint.")
-    return os.path.dirname(runs[-1])
-
-
-def _run_config(path):
-    """The recipe a run directory was trained with, else the CPU default recipe."""
-    import ml_collections
-
-    saved = os.path.join(path, "config.json") if os.path.isdir(path) else None
-    if saved and os.path.isfile(saved):
-        with open(saved) as f:
-            return ml_collections.ConfigDict(json.load(f)), True
-    from configs import default
-
-    return default.get_config(), False
-
-
 def _pairs(config, from_run):
     from cmp_tf.data import pipeline
     from cmp_tf.evaluation import benchmark
@@ -93,7 +70,7 @@ def _propagation(path, out):
     from cmp_tf.evaluation import baselines
     from cmp_tf.evaluation import benchmark
 
-    config, from_run = _run_config(path)
+    config, from_run = runtime.run_config(path)
     methods = {"cmp": runtime.Propagator(path)}
     for name in dict.fromkeys(["zero", *_BASELINES.value]):
         methods[name] = baselines.get(name)
@@ -125,7 +102,12 @@ def _segmentation(path, out):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    path = _CHECKPOINT.value or _newest_run()
+    from cmp_tf import runtime
+
+    try:
+        path = _CHECKPOINT.value or runtime.newest_run()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
     if not os.path.exists(path):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")

@@ -34,7 +34,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.reference import cpu_model  # noqa: E402  (plain Python: no TensorFlow needed)
 
-NBINS, FMAX = 99, 50.0  # every CMP config: logits = 2 * NBINS channels, flow binned in [-FMAX, FMAX]
+NBINS, FMAX = 99, 50.0  # every CMP config: 2 * NBINS logits, flow binned in [-FMAX, FMAX]
 IMG_ENC_DIM, SPARSE_ENC_DIM = 256, 16
 MEAN, DIV = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # 0-255 RGB normalisation
 

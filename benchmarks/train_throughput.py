@@ -60,7 +60,8 @@ def images_per_second(recipe, precision, jit, fused_loss, size, batch, steps):
         config.data.crop = (size, size)
         model = models.build_cmp(config)
         optimizer = training.make_optimizer(config)
-        step_fn = training.make_step_fn(model, optimizer, losses.make_loss(config.flow, fused_loss), batch,
+        loss_fn = losses.make_loss(config.flow, fused_loss)
+        step_fn = training.make_step_fn(model, optimizer, loss_fn, batch,
                                         config.optim.weight_decay)
         step = tf.function(step_fn, jit_compile=jit)
         x, y = synthetic_batch(size, batch)
@@ -101,7 +102,8 @@ def main(argv):
                       f"{rate:>8.2f} img/s" + (f"  ({r['speedup']:.2f}x the reference, {source})"
                                                if reference else ""), flush=True)
     print(f"\nDevice: {device}; crop {_SIZE.value}^2, batch {_BATCH.value}.")
-    print(f"{'recipe':<20}{'precision':<16}{'xla':<5}{'loss':<7}{'img/s':>8}{'reference':>11}{'speedup':>9}  source")
+    print(f"{'recipe':<20}{'precision':<16}{'xla':<5}{'loss':<7}{'img/s':>8}{'reference':>11}"
+          f"{'speedup':>9}  source")
     for r in rows:
         ref = f"{r['reference_images_per_s']:.2f}" if r["reference_images_per_s"] else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
@@ -111,8 +113,8 @@ def main(argv):
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "train_throughput.json")
     with open(path, "w") as f:
-        json.dump(dict(device=device, cpu=reference_lib.cpu_model(), size=_SIZE.value, batch=_BATCH.value, rows=rows), f,
-                  indent=1)
+        json.dump(dict(device=device, cpu=reference_lib.cpu_model(), size=_SIZE.value,
+                       batch=_BATCH.value, rows=rows), f, indent=1)
     print(f"Wrote {path}")
 
 

@@ -11,6 +11,7 @@ writes: a `.keras` file or run directory, a SavedModel folder, a `.tflite` (Lite
 `.onnx` (ONNX Runtime). Each format's runner below does one thing, run the network on float32
 NHWC batches, so the resizing and scaling above exist once for all of them.
 """
+import glob
 import json
 import os
 
@@ -30,6 +31,32 @@ METADATA_KEY = "cmp_tf"
 SAVED_MODEL_METADATA = os.path.join("assets.extra", "cmp_tf.json")
 SAVED_MODEL_FILE = "saved_model.pb"
 _SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+
+
+def newest_run(root="runs"):
+    """The most recently finished run directory under `root` (the default of every command
+    that takes --checkpoint)."""
+    runs = sorted(glob.glob(os.path.join(root, "*", MODEL_FILE)), key=os.path.getmtime)
+    if not runs:
+        raise ValueError(f"No run under {root}/ has a {MODEL_FILE} yet: run "
+                         "`python train.py` or pass --checkpoint.")
+    return os.path.dirname(runs[-1])
+
+
+def run_config(path):
+    """(recipe, True) that the run holding `path` (a run directory or a file in one) was
+    trained with, else (the CPU default recipe, False): its data settings are what evaluation
+    and export calibration use."""
+    import ml_collections
+
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    saved = os.path.join(folder, "config.json")
+    if os.path.isfile(saved):
+        with open(saved) as f:
+            return ml_collections.ConfigDict(json.load(f)), True
+    from configs import default
+
+    return default.get_config(), False
 
 
 def resolve_model_path(path):

@@ -9,7 +9,6 @@ Writes into `out`: model_saved_model/, model.tflite, model_fp16.tflite, model_in
 model.onnx, model_int8.onnx, the same for the encoder (encoder_*), export.json (the parity
 report, sizes, latencies) and parity.md. Every CMP file loads with `cmp_tf.runtime.Propagator`.
 """
-import glob
 import json
 import os
 import tempfile
@@ -38,39 +37,16 @@ def artifact_name(fmt, part):
     return _FILE[fmt].format(part)
 
 
-def newest_run(root="runs"):
-    """The most recently finished run directory under `root`."""
-    runs = sorted(glob.glob(os.path.join(root, "*", runtime.MODEL_FILE)), key=os.path.getmtime)
-    if not runs:
-        raise ValueError(f"No run under {root}/ has a {runtime.MODEL_FILE} yet: run "
-                         "`python train.py` or pass --checkpoint.")
-    return os.path.dirname(runs[-1])
-
-
 def load_checkpoint(path=None):
     """(Keras model, recipe, .keras path) of a run directory or .keras file (default: the
     newest run). The recipe is the run's config.json, else the CPU default recipe (its data
     calibrates and checks the export)."""
-    import keras
-
-    from cmp_tf import models  # noqa: F401  (registers the custom layers)
-
-    path = runtime.resolve_model_path(path or newest_run())
+    path = runtime.resolve_model_path(path or runtime.newest_run())
     if runtime.model_format(path) != "keras":
         raise ValueError(f"--checkpoint={path} must be a run directory or a .keras file: export "
                          "starts from the Keras model.")
-    try:
-        model = keras.models.load_model(path)
-    except Exception as error:
-        raise ValueError(f"{path} could not be loaded as a CMP model: {error}") from error
-    saved = os.path.join(os.path.dirname(path), "config.json")
-    if os.path.isfile(saved):
-        with open(saved) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    else:
-        from configs import default
-
-        config = default.get_config()
+    model = runtime.KerasRunner(path).model
+    config, _ = runtime.run_config(path)
     return model, config, path
 
 

@@ -45,13 +45,14 @@ def check_ks(ks):
     return ks
 
 
-def guidance_order(flow, valid, strategy, count, rng, nms_ks=NMS_KS):
+def guidance_order(flow, valid, strategy, count, rng, nms_ks=NMS_KS, edge_distance=None):
     """`count` guidance pixels in the order they are given: [count, 2] (x, y) and how many of
     them came from the strategy itself (watershed may find fewer than asked).
 
     watershed: its points in random order first; the rest drawn among valid pixels with
     probability growing with the distance to motion edges (region middles before borders).
     uniform: distinct valid pixels, uniformly.
+    `edge_distance`: `sampling.distance_to_motion_edges(flow)` if the caller has it already.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
@@ -69,7 +70,9 @@ def guidance_order(flow, valid, strategy, count, rng, nms_ks=NMS_KS):
         flat = (rows[keep] * width + cols[keep])[rng.permutation(int(keep.sum()))][:count]
         chosen.append(flat)
         taken[flat] = True
-        weight = sampling.distance_to_motion_edges(flow).ravel() + 1.0
+        if edge_distance is None:
+            edge_distance = sampling.distance_to_motion_edges(flow)
+        weight = edge_distance.ravel() + 1.0
     else:
         weight = np.ones(height * width)
     found = sum(len(c) for c in chosen)
@@ -121,11 +124,12 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
     for image, flow, valid in tqdm(pairs, desc="propagation", unit="pair", disable=not progress):
         image = np.asarray(image, np.uint8)
         flow, valid = np.asarray(flow, np.float32), np.asarray(valid) > 0
-        near = sampling.distance_to_motion_edges(flow) <= NEAR_BOUNDARY_PX
-        sets, orders = [], {}
+        edge_distance = sampling.distance_to_motion_edges(flow)
+        near = edge_distance <= NEAR_BOUNDARY_PX
+        sets = []
         for strategy in strategies:
-            xy, found = guidance_order(flow, valid, strategy, ks[-1], rng)
-            orders[strategy] = xy
+            xy, found = guidance_order(flow, valid, strategy, ks[-1], rng,
+                                       edge_distance=edge_distance)
             for k in ks:
                 if strategy == "watershed" and found < k:
                     filled[k] += 1
@@ -135,11 +139,12 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
         predictions = {name: _run(method, image, [(p, v) for _, _, p, v in sets])
                        for name, method in methods.items()}
         for index, (strategy, k, points, vectors) in enumerate(sets):
-            zero_error = _errors(predictions["zero"][index], flow, valid, near)[1]["all"]
-            zero_epe = zero_error[0] / max(zero_error[1], 1)
+            scored = {name: _errors(predictions[name][index], flow, valid, near)
+                      for name in names}
+            zero_total, zero_pixels = scored["zero"][1]["all"]
+            zero_epe = zero_total / max(zero_pixels, 1)
             example = {}
-            for name in names:
-                error, sums = _errors(predictions[name][index], flow, valid, near)
+            for name, (error, sums) in scored.items():
                 slot = totals.setdefault((strategy, k, name), {
                     "all": [0.0, 0], "near": [0.0, 0], "far": [0.0, 0], "ratios": []})
                 for part, (total, n) in sums.items():

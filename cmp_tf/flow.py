@@ -52,6 +52,17 @@ def quantize(flow, nbins, fmax):
     return tf.cast(tf.floor((clipped + fmax) / step), tf.int32)
 
 
+def bin_interpolation(flow, nbins, fmax):
+    """(low, high, frac): the bin centres around each flow component and the weight of `high`,
+    so (1 - frac) * centre[low] + frac * centre[high] == flow inside the centres' span (clipped
+    to the outermost centres beyond it). Two-hot loss targets."""
+    step = bin_step(nbins, fmax)
+    position = (tf.cast(flow, tf.float32) + fmax) / step - 0.5  # in units of centre indices
+    position = tf.clip_by_value(position, 0.0, nbins - 1.0)
+    low = tf.minimum(tf.cast(tf.floor(position), tf.int32), nbins - 2)
+    return low, low + 1, position - tf.cast(low, tf.float32)
+
+
 def expected_flow(logits, nbins, fmax):
     """Softmax expectation over bin centres: [..., 2 * nbins] logits -> [..., 2] flow (u, v).
 

@@ -41,7 +41,11 @@ def _mean_per_example(per_pixel, weight):
     return total / tf.maximum(tf.reduce_sum(weight, axis=[1, 2]), 1.0)
 
 
-def discrete_flow_loss(logits, target, nbins, fmax, weight=None):
+TARGETS = ("one_hot", "two_hot")
+
+
+def discrete_flow_loss(logits, target, nbins, fmax, weight=None, targets="one_hot",
+                       readout_weight=0.0):
     """Cross-entropy of x and y flow bins (summed), per example.
 
     Args:
@@ -50,6 +54,9 @@ def discrete_flow_loss(logits, target, nbins, fmax, weight=None):
         target: [B, H, W, 2] flow in pixels at the input resolution.
         weight: optional [B, H, W] per-pixel validity (0 leaves a pixel out, e.g. where the
             teacher flow failed its forward-backward check).
+        targets: "one_hot", the paper's: the bin holding the flow; "two_hot": the two bin
+            centres around it, weighted so their mean is the flow (sub-bin targets).
+        readout_weight: weight of the L1 error of the softmax-expectation flow, added.
     Returns:
         [B] float32.
     """
@@ -57,11 +64,24 @@ def discrete_flow_loss(logits, target, nbins, fmax, weight=None):
     if logits.shape[-1] != 2 * nbins:
         raise ValueError(f"logits must have 2 * nbins = {2 * nbins} channels; got "
                          f"{logits.shape[-1]}.")
+    if targets not in TARGETS:
+        raise ValueError(f"config.flow.targets={targets!r} is unknown; known: "
+                         f"{', '.join(TARGETS)}.")
     logits = tf.cast(_upsample_to(logits, target), tf.float32)
-    bins = flow_lib.quantize(target, nbins, fmax)  # [B, H, W, 2]
-    ce = (tf.nn.sparse_softmax_cross_entropy_with_logits(bins[..., 0], logits[..., :nbins])
-          + tf.nn.sparse_softmax_cross_entropy_with_logits(bins[..., 1], logits[..., nbins:]))
-    return _mean_per_example(ce, weight)
+    per_pixel = 0.0
+    for axis, part in enumerate((logits[..., :nbins], logits[..., nbins:])):
+        if targets == "one_hot":
+            bins = flow_lib.quantize(target[..., axis], nbins, fmax)
+            per_pixel += tf.nn.sparse_softmax_cross_entropy_with_logits(bins, part)
+        else:
+            low, high, frac = flow_lib.bin_interpolation(target[..., axis], nbins, fmax)
+            picked = ((1.0 - frac) * tf.gather(part, low, batch_dims=3)
+                      + frac * tf.gather(part, high, batch_dims=3))
+            per_pixel += tf.reduce_logsumexp(part, -1) - picked
+    if readout_weight:
+        readout = flow_lib.expected_flow(logits, nbins, fmax)
+        per_pixel += readout_weight * tf.reduce_sum(tf.abs(readout - target), -1)
+    return _mean_per_example(per_pixel, weight)
 
 
 def regression_flow_loss(pred, target, norm, weight=None):
@@ -90,9 +110,18 @@ def make_loss(flow_config, jit_compile=True):
     if kind == "discrete":
         nbins, fmax = flow_config.nbins, flow_config.fmax
         flow_lib.check_bins(nbins, fmax)
+        # Runs saved before these fields existed trained with the paper's loss.
+        targets = flow_config.get("targets", "one_hot")
+        readout_weight = float(flow_config.get("readout_weight", 0.0))
+        if targets not in TARGETS:
+            raise ValueError(f"config.flow.targets={targets!r} is unknown; known: "
+                             f"{', '.join(TARGETS)}.")
+        if not readout_weight >= 0:
+            raise ValueError(f"config.flow.readout_weight must be >= 0; got {readout_weight!r}.")
 
         def loss(logits, target, weight=None):
-            return discrete_flow_loss(logits, target, nbins, fmax, weight)
+            return discrete_flow_loss(logits, target, nbins, fmax, weight, targets,
+                                      readout_weight)
     elif kind in ("l1", "l2"):
 
         def loss(pred, target, weight=None):

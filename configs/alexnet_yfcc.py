@@ -15,15 +15,16 @@ def get_config(arg=None):
     c.seed = 0
     c.model = common.model_defaults(image_encoder="alexnet_fcn_32x", sparse_encoder="shallownet32x",
                                     decoder="plain", decoder_combo=(1, 2, 4))
-    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")  # logits = 2 * nbins: derived
+    c.flow = common.flow()  # logits = 2 * nbins: derived
     c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
                   batch_size=192, flip=False, zoom=(1.0, 1.0),
                   rotate_degrees=0.0, flow_reverse=False, flow_scale=(1.0, 1.0),
                   flow_rotate=False,  # no augmentation, as the reference's configs
-                  shuffle_buffer=1024, on_error="skip")  # global batch: 12 per GPU on 16 GPUs
+                  shuffle_buffer=1024, on_error="skip",  # global batch: 12 per GPU on 16 GPUs
+                  layered=common.layered())
     c.ingest = common.ingest(max_side=1024)  # keep short sides above data.short_size
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=0.00015625, nms_ks=41,
-                      max_num_guide=150)  # grid stride 80
+                      max_num_guide=150, num_points=(0, 0))  # grid stride 80
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=0.1, boundaries=(40_000, 60_000), factor=0.1, warmup_steps=0)
     c.train = common.train(steps=70_000, checkpoint_every=10_000)

@@ -3,6 +3,7 @@ import ml_collections
 
 from cmp_tf import data
 from cmp_tf.data import ingest as ingest_lib
+from cmp_tf.data import layered as layered_lib
 
 
 def parse_arg(arg, **defaults):
@@ -31,8 +32,36 @@ def model_defaults(**parts):
     so `--config.model.image_encoder=resnet50` works whatever options the recipe set.
     """
     fields = dict(decoder_combo=(1, 2, 4), dense_prior=False, prior_sigma=2.0, init_gain=0.02,
-                  sync_bn=True, options={})
+                  honour_guidance=False, sync_bn=True, options={})
     fields.update(parts)
+    return fields
+
+
+def flow(**overrides):
+    """`config.flow`: the flow quantization and loss. Defaults are the paper's: 99 bins over
+    +-50 px, cross-entropy against the bin holding the flow (`targets="one_hot"`).
+
+    `targets="two_hot"` splits each target between the two nearest bin centres in proportion,
+    so the softmax expectation the model reads out is unbiased below one bin (the paper's
+    one-hot targets teach every flow under half a bin to read as zero); `readout_weight` adds
+    that weight times the L1 error of the read-out flow (a regression refinement of the bins).
+    """
+    fields = dict(nbins=99, fmax=50.0, loss="discrete", targets="one_hot", readout_weight=0.0)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown flow fields {unknown}; known: {sorted(fields)}.")
+    fields.update(overrides)
+    return fields
+
+
+def layered(**overrides):
+    """`config.data.layered`: layered scenes with exact flow mixed into training
+    (cmp_tf.data.layered; ratio 0 = video samples only, the paper's data)."""
+    fields = dict(layered_lib.DEFAULTS)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown layered fields {unknown}; known: {sorted(fields)}.")
+    fields.update(overrides)
     return fields
 
 

@@ -21,15 +21,16 @@ def get_config(arg=None):
         decoder_combo=(1, 2, 4), dense_prior=True,
         options=dict(mobilenet_v3=dict(variant="small", alpha=1.0, width=128),
                      skip_layer=dict(width=64, fusion_widths=(128, 64, 32), skip_widths=(64, 16))))
-    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
+    c.flow = common.flow()
     train, val = common.sample_splits()
     c.data = dict(train=train, val=val, cache_dir="data/cache", short_size=160, crop=(128, 128),
                   batch_size=8, flip=True, zoom=(1.0, 1.0), rotate_degrees=0.0,
                   flow_reverse=False, flow_scale=(1.0, 1.0), flow_rotate=False,
-                  shuffle_buffer=256, on_error="skip")
+                  shuffle_buffer=256, on_error="skip",
+                  layered=common.layered())
     c.ingest = common.ingest(max_side=384)  # short sides >= 160 for every sample clip
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=1 / 32**2, nms_ks=15,
-                      max_num_guide=-1)
+                      max_num_guide=-1, num_points=(0, 0))
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=0.01, boundaries=(600, 850), factor=0.1, warmup_steps=100)
     # ~2 steps/s on 2 cores: about 8 minutes, plus first-use ingestion and validation.

@@ -17,15 +17,16 @@ def get_config(arg=None):
         image_encoder="mobilenet_v3", sparse_encoder="shallownet32x", decoder="skip_layer",
         decoder_combo=(1, 2, 4), dense_prior=True,
         options=dict(mobilenet_v3=dict(variant=arg.variant, alpha=1.0)))
-    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
+    c.flow = common.flow()
     c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
                   batch_size=64, flip=False, zoom=(1.0, 1.0),
                   rotate_degrees=0.0, flow_reverse=False, flow_scale=(1.0, 1.0),
                   flow_rotate=False,  # no augmentation, as the reference's configs
-                  shuffle_buffer=1024, on_error="skip")
+                  shuffle_buffer=1024, on_error="skip",
+                  layered=common.layered())
     c.ingest = common.ingest(max_side=1024)  # keep short sides above data.short_size
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
-                      max_num_guide=-1)
+                      max_num_guide=-1, num_points=(0, 0))
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=0.1, boundaries=(24_000, 36_000), factor=0.1, warmup_steps=0)
     c.train = common.train(steps=42_000, checkpoint_every=5_000)

@@ -16,15 +16,16 @@ def get_config(arg=None):
     c.seed = 0
     c.model = common.model_defaults(image_encoder="resnet50", sparse_encoder="shallownet8x",
                                     decoder="skip_layer", decoder_combo=(1, 2, 4, 8))
-    c.flow = dict(nbins=99, fmax=50.0, loss="discrete")
+    c.flow = common.flow()
     c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
                   batch_size=64, flip=False, zoom=(1.0, 1.0),
                   rotate_degrees=0.0, flow_reverse=False, flow_scale=(1.0, 1.0),
                   flow_rotate=False,  # no augmentation, as the reference's configs
-                  shuffle_buffer=1024, on_error="skip")  # global batch: 8 per GPU on 8 GPUs
+                  shuffle_buffer=1024, on_error="skip",  # global batch: 8 per GPU on 8 GPUs
+                  layered=common.layered())
     c.ingest = common.ingest(max_side=1024)  # keep short sides above data.short_size
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
-                      max_num_guide=-1)  # grid stride 131; -1: no cap
+                      max_num_guide=-1, num_points=(0, 0))  # grid stride 131; -1: no cap
     c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=0.1, boundaries=(24_000, 36_000), factor=0.1, warmup_steps=0)
     c.train = common.train(steps=42_000, checkpoint_every=5_000)

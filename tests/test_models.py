@@ -114,6 +114,16 @@ def test_dense_prior_model_starts_from_the_nearest_fill(default_model, rng):
     np.testing.assert_allclose(flow.reshape(-1, 2).mean(0), vector, atol=0.5)
 
 
+def test_honour_guidance_returns_the_given_vectors_at_guided_pixels(rng):
+    config = load_config("default")
+    config.model.honour_guidance = True
+    model = models.build_cmp(config)
+    inputs = _inputs(rng, 1, 128, points=5)
+    mask = inputs["sparse"][..., 2] > 0
+    flow = model(inputs)["flow"].numpy()
+    np.testing.assert_allclose(flow[mask], inputs["sparse"][..., :2][mask], atol=1e-5)
+
+
 def test_assemble_takes_built_parts():
     image = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(4, 3, strides=4, padding="same")(image)

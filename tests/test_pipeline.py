@@ -84,6 +84,28 @@ def test_resume_sees_the_same_samples(videos, tmp_path):
         np.testing.assert_array_equal(ya["flow"].numpy(), yb["flow"].numpy())
 
 
+def test_layered_scenes_replace_the_configured_share_of_samples_and_resume(videos, tmp_path):
+    video = list(pipeline.make_dataset(_config(videos, cache_dir=tmp_path / "cache"),
+                                       "train").take(6))
+    config = _config(videos, cache_dir=tmp_path / "cache", layered=dict(ratio=0.5))
+    mixed = list(pipeline.make_dataset(config, "train").take(6))
+    replaced = [not np.array_equal(a[1]["flow"].numpy()[i], b[1]["flow"].numpy()[i])
+                for a, b in zip(video, mixed) for i in range(2)]
+    assert 2 <= sum(replaced) <= 10  # ~half of 12 samples
+    valid = np.concatenate([y["valid"].numpy() for _, y in mixed])
+    assert valid[np.array(replaced)].min() == 1.0  # exact flow: valid everywhere
+    x, y = mixed[0]
+    mask = x["sparse"][..., 2].numpy() > 0  # guidance is drawn from the samples' own flow
+    np.testing.assert_allclose(x["sparse"].numpy()[..., :2][mask], y["flow"].numpy()[mask])
+    resumed = list(pipeline.make_dataset(config, "train", start_step=4).take(2))
+    for (xa, ya), (xb, yb) in zip(mixed[4:], resumed):
+        np.testing.assert_array_equal(xa["image"].numpy(), xb["image"].numpy())
+        np.testing.assert_array_equal(ya["flow"].numpy(), yb["flow"].numpy())
+    config.data.layered = dict(ratio=0.5, layer=(1, 2))
+    with pytest.raises(ValueError, match=r"Unknown config.data.layered fields \['layer'\]"):
+        pipeline.make_dataset(config, "train")
+
+
 def test_input_pipelines_read_disjoint_parts(videos, tmp_path):
     config = _config(videos, val=videos, cache_dir=tmp_path / "cache", batch=4)
 

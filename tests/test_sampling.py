@@ -75,6 +75,25 @@ def test_max_num_guide_caps_the_pooled_points(rng):
         assert len(points) == expected and points <= everything
 
 
+def test_num_points_draws_every_count_in_its_range_topping_up_uniformly(rng):
+    flow = rng.normal(size=(32, 32, 2)).astype(np.float32)
+    pooled = _points(sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 64))  # 16 points
+    counts = []
+    for seed in range(300):
+        sparse = sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 64, num_points=(1, 100),
+                                          seed=seed)
+        points = _points(sparse)
+        counts.append(sparse[..., 2].sum())
+        if len(points) <= 10:  # a prefix of the shuffled pooled points
+            assert points <= pooled
+        np.testing.assert_array_equal(sparse[..., :2][sparse[..., 2] > 0],
+                                      flow[sparse[..., 2] > 0])
+    counts = np.array(counts)  # duplicates of drawn pixels may merge: at most the count drawn
+    assert counts.min() == 1 and 60 < counts.max() <= 100
+    # Log-uniform: about as many draws in [1, 10) as in [10, 100].
+    assert 0.35 < np.mean(counts < 10) < 0.65
+
+
 def test_same_seed_same_guidance_other_seed_other_guidance(rng):
     flow = rng.normal(size=(24, 24, 2)).astype(np.float32)
     kwargs = dict(strategies=("grid", "uniform"), bg_ratio=1 / 25, max_num_guide=7)
@@ -158,6 +177,9 @@ def test_eager_and_dataset_map_agree():
     (dict(nms_ks=1), "nms_ks"),
     (dict(nms_ks=15.0), "nms_ks"),
     (dict(max_num_guide=-2), "max_num_guide"),
+    (dict(num_points=(0, 5)), "num_points"),
+    (dict(num_points=(9, 5)), "num_points"),
+    (dict(num_points=5), "num_points"),
     (dict(seed=-1), "seed"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):

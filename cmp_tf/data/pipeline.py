@@ -13,15 +13,18 @@ import glob
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from cmp_tf.data import formats
 from cmp_tf.data import ingest as ingest_lib
+from cmp_tf.data import layered as layered_lib
 from cmp_tf.data import sampling
 
 # A list-file element carries its entry index instead of a serialized record.
 _NO_RECORD = b""
 _SEED_STRIDE = 1_000_003  # guidance seed = config.seed * stride + element index
+_LAYERED_STREAM = 7  # numpy seed-sequence prefix of the layered scenes (guidance uses none)
 
 
 def _stream(seed, purpose):
@@ -224,7 +227,9 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
     Training augmentations, each a config switch. Of the frame (image and flow together):
     `data.flip` (mirror, u negated), `data.zoom` (low, high) factor on the short side,
     `data.rotate_degrees` (max angle). Of the motion only, as the reference: `data.flow_reverse`,
-    `data.flow_scale` (low, high), `data.flow_rotate` (see `augment_motion`).
+    `data.flow_scale` (low, high), `data.flow_rotate` (see `augment_motion`). And
+    `data.layered.ratio` of the training samples become layered scenes with exact flow
+    (`cmp_tf.data.layered`), textured from the frame they replace.
 
     Args:
         config: the recipe (uses data.*, guidance.*, ingest.*, seed).
@@ -282,6 +287,23 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
     load_entry = _load_entry(entries) if entries else None
     strategies = config.guidance if guidance else None
     crop_size = tuple(data.crop)
+    layered = layered_lib.check_layered_config(data.get("layered") or {})
+    layered_ratio = float(layered.pop("ratio")) if train else 0.0
+
+    def render_layered(image, element_seed):
+        rng = np.random.default_rng([_LAYERED_STREAM, int(element_seed) % 2**63])
+        return layered_lib.render_scene(rng, *crop_size, source=image, **layered)
+
+    def maybe_layered(image, flow, valid, seed, element_seed):
+        def scene():
+            out = tf.numpy_function(render_layered, [image, element_seed],
+                                    [tf.float32] * 3, stateful=False, name="layered_scene")
+            for tensor, channels in zip(out, ([3], [2], [])):
+                tensor.set_shape(list(crop_size) + channels)
+            return tuple(out)
+
+        use = tf.random.stateless_uniform([], _stream(seed, 5)) < layered_ratio
+        return tf.cond(use, scene, lambda: (image, flow, valid))
 
     def decode(index, handle):
         record, entry = handle
@@ -311,13 +333,17 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
             flow = augment_motion(flow, seed, data.get("flow_reverse", False),
                                   tuple(data.get("flow_scale", (1.0, 1.0))),
                                   data.get("flow_rotate", False))
+        if layered_ratio > 0:
+            image, flow, valid = maybe_layered(image, flow, valid, seed,
+                                               config.seed * _SEED_STRIDE + index)
         if strategies is None:
             sparse = tf.zeros(crop_size + (3,))
         else:
             sparse = sampling.sample_guidance_tf(
                 flow, config.seed * _SEED_STRIDE + index,
                 strategies=tuple(strategies.strategies), bg_ratio=strategies.bg_ratio,
-                nms_ks=strategies.nms_ks, max_num_guide=strategies.max_num_guide)
+                nms_ks=strategies.nms_ks, max_num_guide=strategies.max_num_guide,
+                num_points=tuple(strategies.get("num_points", (0, 0))))
             sparse = sparse * valid[..., None]  # none where the teacher flow failed its check
         return {"image": image, "sparse": sparse}, {"flow": flow, "valid": valid}
 

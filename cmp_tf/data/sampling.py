@@ -112,7 +112,7 @@ def _is_int(value):
 
 
 def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
-                        max_num_guide=-1):
+                        max_num_guide=-1, num_points=(0, 0)):
     """Validates the `config.guidance` fields once; returns the strategies as a tuple."""
     if (not isinstance(strategies, (list, tuple)) or not strategies
             or any(s not in STRATEGIES for s in strategies)):
@@ -127,6 +127,11 @@ def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_
     if not _is_int(max_num_guide) or max_num_guide < -1:
         raise ValueError(f"max_num_guide must be -1 (no cap) or a count >= 0; "
                          f"got {max_num_guide!r}.")
+    if (not isinstance(num_points, (list, tuple)) or len(num_points) != 2
+            or not all(_is_int(n) for n in num_points)
+            or tuple(num_points) != (0, 0) and not 1 <= num_points[0] <= num_points[1]):
+        raise ValueError(f"num_points must be (0, 0) (the points as pooled) or (min, max) with "
+                         f"1 <= min <= max; got {num_points!r}.")
     return tuple(strategies)
 
 
@@ -264,7 +269,7 @@ def watershed_points(flow, nms_ks, rng):
 
 
 def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
-                    max_num_guide=-1, seed=0):
+                    max_num_guide=-1, num_points=(0, 0), seed=0):
     """Draws the training guidance from a target flow, as the reference's flow_sampler.
 
     Strategies (pooled in the order of STRATEGIES, whatever order they are listed in):
@@ -273,7 +278,10 @@ def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nm
     moving regions (`watershed_points`); `single` one pixel drawn among those with non-zero
     flow (none if nothing moves; the reference crashes there); `full` every pixel, returned
     at once whatever else is listed. The pooled points are shuffled and the first
-    max_num_guide kept (-1: all). The random stream is numpy.random.default_rng(seed), spent
+    max_num_guide kept (-1: all). `num_points` = (min, max) then draws a count K
+    log-uniformly in [min, max] (beyond the reference: one model for every K from a click to
+    hundreds of points) and keeps the first K, topping up with uniformly drawn pixels. The
+    random stream is numpy.random.default_rng(seed), spent
     in that order: uniform rows then columns, watershed pair draws, the single pick, the shuffle.
 
     Args:
@@ -287,7 +295,7 @@ def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nm
     Raises:
         ValueError: on a flow not [H, W, 2] float and finite, or on bad arguments.
     """
-    strategies = check_guidance_args(strategies, bg_ratio, nms_ks, max_num_guide)
+    strategies = check_guidance_args(strategies, bg_ratio, nms_ks, max_num_guide, num_points)
     flow = check_flow(flow)
     if flow.ndim != 3:
         raise ValueError(f"flow must have shape [H, W, 2] (u, v); got shape {flow.shape}.")
@@ -316,6 +324,12 @@ def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nm
     if max_num_guide != -1:
         order = order[:max_num_guide]
     rows, cols = rows[order], cols[order]
+    if tuple(num_points) != (0, 0):
+        low, high = num_points
+        count = min(high, int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
+        extra = max(0, count - len(rows))
+        rows = np.concatenate([rows[:count], rng.integers(0, height, extra)])
+        cols = np.concatenate([cols[:count], rng.integers(0, width, extra)])
     sparse = np.zeros((height, width, 3), np.float32)
     sparse[rows, cols, :2] = flow[rows, cols]  # duplicates just overwrite
     sparse[rows, cols, 2] = 1.0
@@ -328,7 +342,8 @@ def sample_guidance_tf(flow, seed, **kwargs):
     Args:
         flow: [H, W, 2] float32 tensor.
         seed: int64 scalar tensor, taken modulo 2**64 (seeds >= 0 match `sample_guidance`).
-        **kwargs: strategies, bg_ratio, nms_ks, max_num_guide, checked now, at trace time.
+        **kwargs: strategies, bg_ratio, nms_ks, max_num_guide, num_points, checked now, at
+            trace time.
     Returns:
         [H, W, 3] float32 tensor (u, v, mask) with the static shape of `flow` where known.
     """

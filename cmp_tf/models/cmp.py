@@ -19,7 +19,8 @@ def _stride(shape):
 
 
 def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discrete",
-             dense_prior=False, prior_sigma=2.0, decoder_scale=1, name="cmp"):
+             dense_prior=False, prior_sigma=2.0, decoder_scale=1, honour_guidance=False,
+             name="cmp"):
     """Wires built parts into the CMP model.
 
     Args:
@@ -32,6 +33,8 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             network learns a correction to it (beyond the paper).
         decoder_scale: the largest factor by which the decoder pools its input features; the
             image must give it at least one feature cell there.
+        honour_guidance: the returned flow equals the given vectors at the guided pixels
+            (the logits, hence the loss, are unchanged).
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
         {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
@@ -74,6 +77,8 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             out = keras.layers.Add(name="add_prior")([out, prior_logits])
     flow = out if regression else L.FlowReadout(nbins, fmax, name="readout")(out)
     flow = L.ResizeLike(name="upsample_flow")([flow, image])
+    if honour_guidance:
+        flow = L.HonourGuidance(name="honour_guidance")([flow, sparse_in])
     # float32 outputs under mixed precision too: the loss and the flow want full precision.
     outputs = {"logits": keras.layers.Identity(name="logits", dtype="float32")(out),
                "flow": keras.layers.Identity(name="flow", dtype="float32")(flow)}
@@ -101,8 +106,9 @@ def build_cmp(config):
         raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "
                          f"{', '.join(losses.LOSSES)}.")
     flow_lib.check_bins(f.nbins, f.fmax)
-    if not isinstance(m.dense_prior, bool):
-        raise ValueError(f"config.model.dense_prior must be True or False; got {m.dense_prior!r}.")
+    for field in ("dense_prior", "honour_guidance"):
+        if not isinstance(m.get(field, False), bool):
+            raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
     image_encoder = build_encoder(config)
     options = _options(config)
     sparse_encoder = registry.build("sparse_encoder", m.sparse_encoder, options,
@@ -121,7 +127,8 @@ def build_cmp(config):
     decoder = registry.build("decoder", m.decoder, options, **context)
     model = assemble(image_encoder, sparse_encoder, decoder, nbins=f.nbins, fmax=f.fmax,
                      loss=f.loss, dense_prior=m.dense_prior, prior_sigma=m.prior_sigma,
-                     decoder_scale=max(context["combo"]))
+                     decoder_scale=max(context["combo"]),
+                     honour_guidance=m.get("honour_guidance", False))
     crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
     guard = model.get_layer("input_guard")
     if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):

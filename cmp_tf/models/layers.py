@@ -284,6 +284,21 @@ class DensePrior(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
+class HonourGuidance(keras.layers.Layer):
+    """[flow, sparse] -> flow with the given vectors at the guided pixels (beyond the paper):
+    a user's arrow is then exactly what the output says at its tail."""
+
+    def call(self, inputs):
+        flow, sparse = inputs
+        sparse = tf.cast(sparse, flow.dtype)
+        mask = sparse[..., 2:3]
+        return flow * (1 - mask) + sparse[..., :2] * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
 class PriorLogits(keras.layers.Layer):
     """Bin logits of a Gaussian around a prior flow: added to the decoder's logits, the network
     starts from the prior's readout and learns a correction to it.

@@ -1,0 +1,64 @@
+"""Layered scenes: the flow is exactly the top-most layer's affine motion at every pixel."""
+import numpy as np
+import pytest
+
+from cmp_tf.data import layered
+
+
+def _affine_fit_residual(flow, mask):
+    """Largest error of the least-squares affine fit of `flow` over the pixels in `mask`."""
+    ys, xs = np.nonzero(mask)
+    design = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float64)
+    target = flow[ys, xs].astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return np.abs(design @ coef - target).max()
+
+
+def test_a_background_alone_moves_by_one_affine_motion():
+    image, flow, valid = layered.render_scene(np.random.default_rng(0), 48, 64, layers=(0, 0),
+                                              background=1.0)
+    assert image.shape == (48, 64, 3) and flow.shape == (48, 64, 2) and valid.min() == 1
+    assert image.dtype == flow.dtype == np.float32 and 0 <= image.min() <= image.max() <= 255
+    assert np.abs(flow).max() > 0.1
+    assert _affine_fit_residual(flow, np.ones((48, 64), bool)) < 1e-4
+
+
+def test_each_layer_region_moves_by_its_own_affine_motion():
+    """With a still background, the moving pixels split into regions of single affine
+    motions: the distinct motions, found by fitting, explain every pixel exactly."""
+    rng = np.random.default_rng(3)
+    image, flow, _ = layered.render_scene(rng, 64, 64, layers=(3, 3), background=0.0,
+                                          translation=10.0)
+    moving = np.abs(flow).sum(-1) > 0
+    assert 0.05 < moving.mean() < 0.95  # layers and still background both visible
+    # Pixels with the same motion as their right neighbour lie inside one layer: the flow
+    # changes only at layer edges, so the flow's second differences vanish inside layers.
+    second = np.abs(flow[:, 2:] - 2 * flow[:, 1:-1] + flow[:, :-2]).max(-1)
+    assert np.mean(second < 1e-4) > 0.9
+
+
+def test_same_generator_state_same_scene_and_textures_from_a_frame():
+    source = np.random.default_rng(1).uniform(0, 255, (40, 50, 3)).astype(np.float32)
+    a = layered.render_scene(np.random.default_rng(5), 32, 32, source=source)
+    b = layered.render_scene(np.random.default_rng(5), 32, 32, source=source)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    other = layered.render_scene(np.random.default_rng(6), 32, 32, source=source)
+    assert not np.array_equal(a[1], other[1])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("ratio", 1.5, "ratio must be in"),
+    ("layers", (3, 1), "layers must be"),
+    ("zoom", -0.1, "zoom must be >= 0"),
+    ("noise_textures", 2.0, "noise_textures must be in"),
+    ("texture", 1, r"Unknown config.data.layered fields \['texture'\]"),
+])
+def test_bad_fields_are_named(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        layered.check_layered_config({field: value})
+
+
+def test_a_source_that_is_not_an_rgb_frame_is_refused():
+    with pytest.raises(ValueError, match="source must be an RGB frame"):
+        layered.render_scene(np.random.default_rng(0), 16, 16, source=np.zeros((16, 16)))

@@ -24,8 +24,9 @@ from ml_collections import config_flags
 
 _TASK = flags.DEFINE_enum("task", "propagation", ["propagation", "segmentation"],
                           "What to evaluate.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "Run directory or .keras file; default: newest under runs/.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Run directory or .keras file; default: newest under runs/, else the "
+    "pretrained model that ships with cmp_tf.")
 _DATA = flags.DEFINE_list(
     "data", [], "Propagation: TFRecord shard folders, list files, videos or folders of videos; "
     "'generated' for scenes with exact flow. Default: the run's validation data, else the "
@@ -105,15 +106,17 @@ def main(argv):
     from cmp_tf import runtime
 
     try:
-        path = _CHECKPOINT.value or runtime.newest_run()
+        path = _CHECKPOINT.value or runtime.default_checkpoint()
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     if not os.path.exists(path):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
-    run_dir = path if os.path.isdir(path) else None
+    # Results of the shipped model go under runs/, never into the installed package.
+    run_dir = path if os.path.isdir(path) and path != runtime.PRETRAINED else None
     out = _OUT.value or (os.path.join(run_dir, "eval", _TASK.value) if run_dir else os.path.join(
-        "runs", "eval", os.path.splitext(os.path.basename(path))[0], _TASK.value))
+        "runs", "eval", "pretrained" if path == runtime.PRETRAINED else
+        os.path.splitext(os.path.basename(path))[0], _TASK.value))
     print(f"Evaluating {path} ({_TASK.value})")
     try:
         if _TASK.value == "propagation":

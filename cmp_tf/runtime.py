@@ -1,7 +1,8 @@
 """A trained CMP behind one call: a few arrows on a photo in, the dense motion out.
 
     from cmp_tf.runtime import Propagator
-    flow = Propagator("runs/default").propagate(image, points, vectors)       # or .tflite, ...
+    flow = Propagator().propagate(image, points, vectors)  # the shipped model; or a path:
+    Propagator("runs/default"), Propagator("exported/model_int8.tflite"), ...
 
 Applications, `evaluate.py` and outside code use this, never the network directly: it checks
 the guidance, resizes the image to a size the network takes (scaling the guidance with it),
@@ -31,6 +32,9 @@ METADATA_KEY = "cmp_tf"
 SAVED_MODEL_METADATA = os.path.join("assets.extra", "cmp_tf.json")
 SAVED_MODEL_FILE = "saved_model.pb"
 _SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+# The CPU-trained propagation model that ships with the package, as a run directory (model,
+# recipe, figures); `Propagator()` with no path loads it. pretrained/README.md: how it was made.
+PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default")
 
 
 def newest_run(root="runs"):
@@ -41,6 +45,17 @@ def newest_run(root="runs"):
         raise ValueError(f"No run under {root}/ has a {MODEL_FILE} yet: run "
                          "`python train.py` or pass --checkpoint.")
     return os.path.dirname(runs[-1])
+
+
+def default_checkpoint(root="runs"):
+    """The newest run under `root`, else the shipped pretrained model: what commands taking
+    --checkpoint use when none is given."""
+    try:
+        return newest_run(root)
+    except ValueError:
+        if os.path.isfile(os.path.join(PRETRAINED, MODEL_FILE)):
+            return PRETRAINED
+        raise
 
 
 def run_config(path):
@@ -63,9 +78,11 @@ def resolve_model_path(path):
     """A run directory, .keras, .tflite or .onnx file or SavedModel folder -> what to load;
     ValueError naming `path` otherwise."""
     if path is None:
-        raise ValueError("path=None asks for the pretrained model that ships with cmp_tf; none "
-                         "ships yet: pass a run directory (runs/<recipe>), a .keras, .tflite or "
-                         ".onnx file, or a SavedModel folder.")
+        if not os.path.isfile(os.path.join(PRETRAINED, MODEL_FILE)):
+            raise ValueError(f"path=None asks for the pretrained model that ships with cmp_tf, "
+                             f"but {PRETRAINED} has no {MODEL_FILE} (a partial install?): pass "
+                             "a run directory, a .keras, .tflite or .onnx file, or a SavedModel.")
+        path = PRETRAINED
     path = os.fspath(path)
     if os.path.isdir(path):
         candidate = os.path.join(path, MODEL_FILE)
@@ -336,7 +353,8 @@ class Propagator:
     """Sparse-to-dense motion with a trained CMP.
 
     Args:
-        path: a run directory, a .keras, .tflite or .onnx file, or a SavedModel folder.
+        path: a run directory, a .keras, .tflite or .onnx file, or a SavedModel folder; None:
+            the pretrained model that ships with cmp_tf (`PRETRAINED`).
         max_side: if > 0, images whose longer side exceeds it are shrunk for the network (and
             the flow scaled back): bounds time and memory on large photos. -1 keeps the size
             (up to rounding each side to the encoders' stride). A fixed-size file (TFLite)
@@ -344,7 +362,7 @@ class Propagator:
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
     """
 
-    def __init__(self, path, max_side=-1, threads=None):
+    def __init__(self, path=None, max_side=-1, threads=None):
         if int(max_side) == 0 or int(max_side) < -1:
             raise ValueError(f"max_side must be -1 (full size) or positive; got {max_side}.")
         self.max_side = int(max_side)

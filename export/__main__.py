@@ -13,8 +13,9 @@ from absl import logging
 
 from export import export_lib
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "Run directory or .keras file; default: newest under runs/.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Run directory or .keras file; default: newest under runs/, else the "
+    "pretrained model that ships with cmp_tf.")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/export.")
 _FORMATS = flags.DEFINE_list("formats", list(export_lib.FORMATS),
                              f"Any of {', '.join(export_lib.FORMATS)}.")

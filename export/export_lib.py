@@ -39,9 +39,9 @@ def artifact_name(fmt, part):
 
 def load_checkpoint(path=None):
     """(Keras model, recipe, .keras path) of a run directory or .keras file (default: the
-    newest run). The recipe is the run's config.json, else the CPU default recipe (its data
-    calibrates and checks the export)."""
-    path = runtime.resolve_model_path(path or runtime.newest_run())
+    newest run, else the shipped pretrained model). The recipe is the run's config.json, else
+    the CPU default recipe (its data calibrates and checks the export)."""
+    path = runtime.resolve_model_path(path or runtime.default_checkpoint())
     if runtime.model_format(path) != "keras":
         raise ValueError(f"--checkpoint={path} must be a run directory or a .keras file: export "
                          "starts from the Keras model.")
@@ -51,7 +51,10 @@ def load_checkpoint(path=None):
 
 
 def default_out(checkpoint):
-    """<run directory>/export for a checkpoint path."""
+    """<run directory>/export for a checkpoint path (runs/pretrained/export for the shipped
+    model: nothing is written into the installed package)."""
+    if os.path.dirname(os.path.abspath(checkpoint)) == runtime.PRETRAINED:
+        return os.path.join("runs", "pretrained", "export")
     return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "export")
 
 

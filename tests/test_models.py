@@ -124,6 +124,22 @@ def test_honour_guidance_returns_the_given_vectors_at_guided_pixels(rng):
     np.testing.assert_allclose(flow[mask], inputs["sparse"][..., :2][mask], atol=1e-5)
 
 
+def test_prior_skips_feed_the_fill_to_each_skip_and_start_from_it(rng):
+    config = load_config("default")
+    config.model.prior_skips, config.flow.loss = True, "l1"
+    model = models.build_cmp(config)
+    names = [layer.name for layer in model.layers]
+    assert "dense_prior_skip2" in names and "dense_prior_skip4" in names
+    assert "dense_prior_out" not in names  # the stride-2 fill is computed once
+    inputs = _inputs(rng, 1, 128, points=1)
+    vector = inputs["sparse"][0][inputs["sparse"][0, ..., 2] > 0][0, :2]
+    flow = model(inputs)["flow"].numpy()[0]
+    np.testing.assert_allclose(flow.reshape(-1, 2).mean(0), vector, atol=0.5)
+    config.model.decoder = "plain"
+    with pytest.raises(ValueError, match="prior_skips=True needs .* a decoder with skips"):
+        models.build_cmp(config)
+
+
 def test_assemble_takes_built_parts():
     image = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(4, 3, strides=4, padding="same")(image)

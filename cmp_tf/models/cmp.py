@@ -20,7 +20,7 @@ def _stride(shape):
 
 def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discrete",
              dense_prior=False, prior_sigma=2.0, decoder_scale=1, honour_guidance=False,
-             name="cmp"):
+             prior_skips=False, name="cmp"):
     """Wires built parts into the CMP model.
 
     Args:
@@ -35,6 +35,9 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             image must give it at least one feature cell there.
         honour_guidance: the returned flow equals the given vectors at the guided pixels
             (the logits, hence the loss, are unchanged).
+        prior_skips: also append the nearest-guidance fill at each skip's stride to that skip
+            (the decoder's skip channels count it: 3 more each), so the fine layers see where
+            the guides are, not only the coarse features.
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
         {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
@@ -66,10 +69,19 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
         parts.append(keras.layers.Rescaling(1.0 / fmax, name="dense_prior_scale")(coarse))
     features = keras.layers.Concatenate(name="fuse_inputs")(parts)
     skips = {key: encoded[key] for key in decoder.input if key != "features"}
+    fills = {}  # nearest-guidance fills by stride, each computed once
+    if prior_skips:
+        for key in sorted(skips):
+            fills[strides[key]] = L.DensePrior(strides[key], name=f"dense_prior_{key}")(sparse_in)
+            fill = keras.layers.Rescaling(1.0 / fmax, name=f"dense_prior_{key}_scale")(
+                fills[strides[key]])
+            skips[key] = keras.layers.Concatenate(name=f"{key}_with_prior")([skips[key], fill])
     out = decoder({"features": features, **skips})
     if dense_prior:
-        prior = coarse if out_stride == strides["features"] else L.DensePrior(
-            out_stride, name="dense_prior_out")(sparse_in)
+        fills.setdefault(strides["features"], coarse)
+        prior = fills.get(out_stride)
+        if prior is None:
+            prior = L.DensePrior(out_stride, name="dense_prior_out")(sparse_in)
         if regression:
             out = keras.layers.Add(name="add_prior")([out, prior[..., :2]])
         else:
@@ -106,7 +118,7 @@ def build_cmp(config):
         raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "
                          f"{', '.join(losses.LOSSES)}.")
     flow_lib.check_bins(f.nbins, f.fmax)
-    for field in ("dense_prior", "honour_guidance"):
+    for field in ("dense_prior", "honour_guidance", "prior_skips"):
         if not isinstance(m.get(field, False), bool):
             raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
     image_encoder = build_encoder(config)
@@ -118,17 +130,25 @@ def build_cmp(config):
     context = dict(in_channels=enc_shapes["features"][-1] + sparse_channels + 3 * m.dense_prior,
                    out_channels=2 if f.loss != "discrete" else 2 * f.nbins,
                    combo=tuple(m.decoder_combo), init_gain=m.init_gain)
+    if m.get("prior_skips", False) and not (
+            m.dense_prior and "skip_channels" in registry.parameters("decoder", m.decoder)):
+        raise ValueError("config.model.prior_skips=True needs config.model.dense_prior=True and "
+                         f"a decoder with skips (skip_layer); got dense_prior={m.dense_prior}, "
+                         f"decoder={m.decoder!r}.")
     if "skip_channels" in registry.parameters("decoder", m.decoder):
         if not {"skip4", "skip2"} <= set(enc_shapes):
             raise ValueError(
                 f"config.model.decoder={m.decoder!r} needs skip features that the image encoder "
                 f"{m.image_encoder!r} does not return; use the 'plain' decoder.")
-        context["skip_channels"] = (enc_shapes["skip4"][-1], enc_shapes["skip2"][-1])
+        extra = 3 * m.get("prior_skips", False)
+        context["skip_channels"] = (enc_shapes["skip4"][-1] + extra,
+                                    enc_shapes["skip2"][-1] + extra)
     decoder = registry.build("decoder", m.decoder, options, **context)
     model = assemble(image_encoder, sparse_encoder, decoder, nbins=f.nbins, fmax=f.fmax,
                      loss=f.loss, dense_prior=m.dense_prior, prior_sigma=m.prior_sigma,
                      decoder_scale=max(context["combo"]),
-                     honour_guidance=m.get("honour_guidance", False))
+                     honour_guidance=m.get("honour_guidance", False),
+                     prior_skips=m.get("prior_skips", False))
     crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
     guard = model.get_layer("input_guard")
     if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):

@@ -1,0 +1,135 @@
+r"""Ablation of the beyond-the-paper options at an equal CPU budget (issue #8).
+
+Each variant is the default recipe (`configs/default.py`) with a few overrides, trained for the
+same number of steps with the same seed, then scored by `evaluate.py`'s propagation protocol
+on unseen real frames (the carphone clip, never trained on) and on held-out generated scenes
+with exact flow. Prints a table of relative EPE (EPE / zero-flow EPE, lower is better) per K,
+next to the nearest and linear fills, and writes it as markdown and JSON.
+
+  python benchmarks/ablation.py                          # every variant, 1000 steps each
+  python benchmarks/ablation.py --variants=paper,best --steps=2000
+  python benchmarks/ablation.py --report_only            # table from the runs already there
+
+Resumable: a variant whose run and evaluations exist is not redone; an interrupted training
+resumes from its checkpoint (train.py does).
+"""
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+# name -> (what it changes, train.py overrides). The base is the paper's setup at CPU scale.
+PAPER = ["--config.model.dense_prior=False", "--config.flow.targets=one_hot"]
+TWO_HOT = ["--config.flow.targets=two_hot"]
+POINTS = ["--config.guidance.num_points=(1, 400)"]
+LAYERED = ["--config.data.layered.ratio=0.5"]
+VARIANTS = {
+    "paper": ("the paper: one-hot bins, no prior", PAPER),
+    "prior": ("+ dense nearest-guidance prior (correction to the fill)",
+              ["--config.model.dense_prior=True", "--config.flow.targets=one_hot"]),
+    "two_hot": ("+ prior, two-hot bin targets", TWO_HOT),
+    "readout": ("+ prior, two-hot, L1 on the read-out flow",
+                TWO_HOT + ["--config.flow.readout_weight=1.0"]),
+    "sharp_prior": ("+ prior as a 0.5 px Gaussian (2 px in the others), two-hot",
+                    TWO_HOT + ["--config.model.prior_sigma=0.5"]),
+    "regression": ("+ prior, direct L1 regression instead of bins", ["--config.flow.loss=l1"]),
+    "points": ("+ prior, two-hot, K log-uniform in [1, 400]", TWO_HOT + POINTS),
+    "layered": ("+ prior, two-hot, half layered scenes", TWO_HOT + LAYERED),
+    "best": ("+ prior, two-hot, K in [1, 400], half layered scenes", TWO_HOT + POINTS + LAYERED),
+    "regression_skips": ("+ prior, L1 regression, the fill fed to the stride-4 and -2 skips too",
+                         ["--config.flow.loss=l1", "--config.model.prior_skips=True"]),
+    "regression_best": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
+                        ["--config.flow.loss=l1"] + POINTS + LAYERED),
+}
+DATASETS = {"carphone": [], "generated": ["--data=generated"]}  # [] = the run's validation clip
+REFERENCE_FILLS = ("nearest", "linear")
+
+_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Any of {', '.join(VARIANTS)}.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per variant (equal budget).")
+_PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs per evaluation.")
+_ROOT = flags.DEFINE_string("root", "runs/ablation", "Where the variants' runs go.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate the runs already there.")
+_OUT = flags.DEFINE_string("out", "runs/benchmarks/ablation", "Report path stem (.md, .json).")
+
+
+def _run(command):
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def _results(run, dataset):
+    path = os.path.join(run, "eval", dataset, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _train_and_evaluate(name):
+    run = os.path.join(_ROOT.value, name)
+    if not os.path.isfile(os.path.join(run, "model.keras")):
+        _run([sys.executable, "train.py", f"--workdir={run}",
+              f"--config.train.steps={_STEPS.value}", *VARIANTS[name][1]])
+    for dataset, args in DATASETS.items():
+        if _results(run, dataset) is None:
+            _run([sys.executable, "evaluate.py", f"--checkpoint={run}", f"--pairs={_PAIRS.value}",
+                  f"--baselines={','.join(REFERENCE_FILLS)}", "--panels=2",
+                  f"--out={os.path.join(run, 'eval', dataset)}", *args])
+
+
+def _relative(result, method):
+    return {(r["strategy"], r["k"]): r["relative"] for r in result["rows"]
+            if r["method"] == method}
+
+
+def report(names):
+    """Markdown table (one per dataset): rows = variants and fills, columns = strategy x K."""
+    text, table = [], {}
+    for dataset in DATASETS:
+        results = {n: _results(os.path.join(_ROOT.value, n), dataset) for n in names}
+        results = {n: r for n, r in results.items() if r is not None}
+        if not results:
+            continue
+        first = next(iter(results.values()))
+        keys = [(s, k) for s in first["strategies"] for k in first["ks"]]
+        rows = {n: _relative(r, "cmp") for n, r in results.items()}
+        rows.update({f"({fill} fill)": _relative(first, fill) for fill in REFERENCE_FILLS})
+        table[dataset] = {n: {f"{s}/{k}": v for (s, k), v in row.items()}
+                          for n, row in rows.items()}
+        text.append(f"\n{dataset} ({first['data']}, {first['pairs']} pairs): relative EPE\n")
+        text.append("| variant | " + " | ".join(f"{s[0]}{k}" for s, k in keys) + " |")
+        text.append("|---|" + "---:|" * len(keys))
+        for name, row in rows.items():
+            best = [min(rows[n][key] for n in rows) for key in keys]
+            cells = [f"**{row[key]:.2f}**" if row[key] == b else f"{row[key]:.2f}"
+                     for key, b in zip(keys, best)]
+            text.append(f"| {name} | " + " | ".join(cells) + " |")
+    text.append("\nColumns: w = watershed, u = uniform guidance, then K. Variants:")
+    text += [f"- {n}: {VARIANTS[n][0]}" for n in names]
+    return "\n".join(text), table
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    unknown = sorted(set(_VARIANTS.value) - set(VARIANTS))
+    if unknown:
+        raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}.")
+    if not _REPORT_ONLY.value:
+        for name in _VARIANTS.value:
+            _train_and_evaluate(name)
+    text, table = report(_VARIANTS.value)
+    print(text)
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value + ".md", "w") as f:
+        f.write(text + "\n")
+    with open(_OUT.value + ".json", "w") as f:
+        json.dump(dict(steps=_STEPS.value, pairs=_PAIRS.value, table=table), f, indent=1)
+    print(f"\nWrote {_OUT.value}.md and .json")
+
+
+if __name__ == "__main__":
+    app.run(main)

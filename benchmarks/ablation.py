@@ -7,7 +7,7 @@ with exact flow. Prints a table of relative EPE (EPE / zero-flow EPE, lower is b
 next to the nearest and linear fills, and writes it as markdown and JSON.
 
   python benchmarks/ablation.py                          # every variant, 1000 steps each
-  python benchmarks/ablation.py --variants=paper,best --steps=2000
+  python benchmarks/ablation.py --variants=paper,regression --steps=2000
   python benchmarks/ablation.py --report_only            # table from the runs already there
 
 Resumable: a variant whose run and evaluations exist is not redone; an interrupted training
@@ -36,13 +36,20 @@ VARIANTS = {
     "sharp_prior": ("+ prior as a 0.5 px Gaussian (2 px in the others), two-hot",
                     TWO_HOT + ["--config.model.prior_sigma=0.5"]),
     "regression": ("+ prior, direct L1 regression instead of bins", ["--config.flow.loss=l1"]),
-    "points": ("+ prior, two-hot, K log-uniform in [1, 400]", TWO_HOT + POINTS),
-    "layered": ("+ prior, two-hot, half layered scenes", TWO_HOT + LAYERED),
-    "best": ("+ prior, two-hot, K in [1, 400], half layered scenes", TWO_HOT + POINTS + LAYERED),
+    "mixed": ("+ prior, two-hot, K in [1, 400], half layered scenes", TWO_HOT + POINTS + LAYERED),
     "regression_skips": ("+ prior, L1 regression, the fill fed to the stride-4 and -2 skips too",
                          ["--config.flow.loss=l1", "--config.model.prior_skips=True"]),
-    "regression_best": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
-                        ["--config.flow.loss=l1"] + POINTS + LAYERED),
+    "regression_l2_skips": ("+ prior, L2 regression, the fill fed to the skips too",
+                            ["--config.flow.loss=l2", "--config.model.prior_skips=True"]),
+    "l2_mixed": ("+ prior, L2 regression, fill at the skips, K in [1, 400], half layered scenes",
+                ["--config.flow.loss=l2", "--config.model.prior_skips=True"] + POINTS + LAYERED),
+    "pull_push": ("+ prior, L1 regression, output = pull-push fill + correction",
+                  ["--config.flow.loss=l1", "--config.model.prior_fill=pull_push"]),
+    "pull_push_l2_skips": ("+ prior, L2 regression, pull-push output, fill at the skips",
+                           ["--config.flow.loss=l2", "--config.model.prior_fill=pull_push",
+                            "--config.model.prior_skips=True"]),
+    "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
+                         ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }
 DATASETS = {"carphone": [], "generated": ["--data=generated"]}  # [] = the run's validation clip
 REFERENCE_FILLS = ("nearest", "linear")

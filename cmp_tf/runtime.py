@@ -339,8 +339,14 @@ class Network:
 
         from cmp_tf.models import layers
 
-        priors = {name: layers.DensePrior(**spec, name=name) for name, spec in self._priors.items()}
-        return tf.function(lambda sparse: {name: layer(sparse) for name, layer in priors.items()})
+        priors = {name: layers.fill_from_spec(spec, name=name)
+                  for name, spec in self._priors.items()}
+
+        @tf.function(autograph=False)  # plain tensor code: nothing for autograph to convert
+        def compute(sparse):
+            return {name: layer(sparse) for name, layer in priors.items()}
+
+        return compute
 
     def __call__(self, image, sparse):
         feeds = {"image": image, "sparse": sparse}

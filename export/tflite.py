@@ -29,23 +29,23 @@ _FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS)})(_\d+)?/")
 
 
 def split_priors(model):
-    """`model` with each DensePrior's output turned into an input of that layer's name, and
-    {name: DensePrior config} for the runtime to compute them; unchanged without a prior."""
-    priors = [layer for layer in model.layers if isinstance(layer, layers.DensePrior)]
+    """`model` with each guidance-fill layer's output (layers.FILL_LAYERS) turned into an input
+    of that layer's name, and {name: its config} for the runtime to compute them; unchanged
+    without one."""
+    priors = [layer for layer in model.layers if isinstance(layer, layers.FILL_LAYERS)]
     if not priors:
         return model, {}
     inputs = {**model.input, **{layer.name: layer.output for layer in priors}}
     with warnings.catch_warnings():  # Keras asks inner tensors to be named like their keys
         warnings.simplefilter("ignore")
         core = keras.Model(inputs, model.output, name=f"{model.name}_prior_as_input")
-    return core, {layer.name: {"stride": layer.stride, "max_size": layer.max_size}
-                  for layer in priors}
+    return core, {layer.name: layers.fill_spec(layer) for layer in priors}
 
 
 def with_priors(samples, priors):
     """Representative samples {image, sparse} with the prior inputs computed, as the runtime
     computes them."""
-    fns = {name: layers.DensePrior(**spec) for name, spec in priors.items()}
+    fns = {name: layers.fill_from_spec(spec) for name, spec in priors.items()}
     for sample in samples:
         yield {**sample, **{name: np.asarray(fn(sample["sparse"])) for name, fn in fns.items()}}
 

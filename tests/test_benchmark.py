@@ -195,3 +195,24 @@ def test_propagator_refuses_bad_paths_and_guidance(tmp_path, saved_model):
         propagator.propagate(image, np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
     with pytest.raises(ValueError):
         propagator.propagate(image, np.array([[40, 3]], np.float32), np.zeros((1, 2)))
+
+
+def test_the_shipped_model_serves_with_no_path_and_beats_zero_flow(tmp_path):
+    """Propagator() loads the pretrained model inside the package (at most 20 MB) and its
+    flow on a generated scene is closer to the truth than no motion at all."""
+    from cmp_tf import runtime
+
+    model_file = os.path.join(runtime.PRETRAINED, runtime.MODEL_FILE)
+    assert os.path.getsize(model_file) <= 20 * 2**20
+    assert runtime.default_checkpoint(root=str(tmp_path)) == runtime.PRETRAINED  # no runs here
+    config, from_run = runtime.run_config(runtime.PRETRAINED)
+    assert from_run and config.model.dense_prior
+    propagator = runtime.Propagator()
+    image, flow, valid = benchmark.generated_pairs(1, size=96, seed=1)[0]
+    xy, _ = benchmark.guidance_order(flow, valid, "uniform", 25, np.random.default_rng(0))
+    points = xy.astype(np.float32)
+    vectors = flow[points[:, 1].astype(int), points[:, 0].astype(int)]
+    predicted = propagator.propagate(image, points, vectors)
+    assert predicted.shape == flow.shape
+    epe = np.linalg.norm(predicted - flow, axis=-1).mean()
+    assert epe < 0.5 * np.linalg.norm(flow, axis=-1).mean()

@@ -258,6 +258,43 @@ def test_dense_prior_matches_a_brute_force_nearest_fill(stride, rng):
     assert (np.abs(got[..., :2] - want[..., :2]).max(-1) < 1e-3).mean() > 0.97
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pull_push_fill_keeps_the_guides_and_interpolates_between_them(stride, rng):
+    size = 64
+    sparse = np.zeros((1, size, size, 3), np.float32)
+    sparse[0, 8, 8], sparse[0, 8, 56] = (6.0, 0.0, 1.0), (0.0, 6.0, 1.0)
+    fill = L.PullPushFill(stride)(sparse).numpy()[0]
+    assert fill.shape == (size // stride, size // stride, 2)
+    np.testing.assert_allclose(fill[8 // stride, 8 // stride], [6, 0], atol=1e-5)
+    np.testing.assert_allclose(fill[8 // stride, 56 // stride], [0, 6], atol=1e-5)
+    row = fill[8 // stride, 8 // stride:56 // stride + 1, 0]  # u between the two guides
+    assert np.all(np.diff(row) <= 1e-5) and 0.5 < row[len(row) // 2] < 5.5  # no plateau jump
+    np.testing.assert_allclose(fill.sum(-1), 6.0, atol=1e-4)  # a blend of the two vectors
+    empty = L.PullPushFill(stride)(np.zeros((1, 16, 16, 3), np.float32)).numpy()
+    np.testing.assert_array_equal(empty, 0)
+
+
+def test_fill_layers_round_trip_their_export_spec():
+    for layer in (L.DensePrior(4, max_size=256), L.PullPushFill(2, max_size=128)):
+        again = L.fill_from_spec(L.fill_spec(layer))
+        assert type(again) is type(layer) and L.fill_spec(again) == L.fill_spec(layer)
+    assert isinstance(L.fill_from_spec({"stride": 8, "max_size": 64}), L.DensePrior)
+    with pytest.raises(ValueError, match="Unknown guidance fill layer 'Voronoi'"):
+        L.fill_from_spec({"layer": "Voronoi", "stride": 8, "max_size": 64})
+
+
+def test_pull_push_prior_model_starts_from_that_fill(rng):
+    config = load_config("default")
+    config.model.prior_fill, config.flow.loss = "pull_push", "l1"
+    model = models.build_cmp(config)
+    inputs = _inputs(rng, 1, 128, points=4)
+    want = L.ResizeLike()([L.PullPushFill(2)(inputs["sparse"]), inputs["image"]]).numpy()
+    np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
+    config.model.dense_prior = False
+    with pytest.raises(ValueError, match="prior_fill='pull_push' needs"):
+        models.build_cmp(config)
+
+
 def test_dense_prior_without_guidance_is_zero_flow_far_away():
     prior = L.DensePrior(8, max_size=512)(np.zeros((1, 32, 32, 3), np.float32)).numpy()
     np.testing.assert_array_equal(prior[..., :2], 0)

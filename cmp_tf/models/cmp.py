@@ -10,6 +10,7 @@ from cmp_tf import losses
 from cmp_tf import registry
 from cmp_tf.models import layers as L
 
+PRIOR_FILLS = ("nearest", "pull_push")  # config.model.prior_fill
 # Side of the square image whose symbolic shapes reveal each part's stride (a multiple of all).
 _PROBE = 1024
 
@@ -20,7 +21,7 @@ def _stride(shape):
 
 def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discrete",
              dense_prior=False, prior_sigma=2.0, decoder_scale=1, honour_guidance=False,
-             prior_skips=False, name="cmp"):
+             prior_skips=False, prior_fill="nearest", name="cmp"):
     """Wires built parts into the CMP model.
 
     Args:
@@ -38,6 +39,8 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
         prior_skips: also append the nearest-guidance fill at each skip's stride to that skip
             (the decoder's skip channels count it: 3 more each), so the fine layers see where
             the guides are, not only the coarse features.
+        prior_fill: what the output adds to the decoder's: "nearest" (the nearest guide's
+            vector) or "pull_push" (a smooth fill interpolating between guides).
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
         {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
@@ -80,7 +83,9 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
     if dense_prior:
         fills.setdefault(strides["features"], coarse)
         prior = fills.get(out_stride)
-        if prior is None:
+        if prior_fill == "pull_push":
+            prior = L.PullPushFill(out_stride, name="pull_push_out")(sparse_in)
+        elif prior is None:
             prior = L.DensePrior(out_stride, name="dense_prior_out")(sparse_in)
         if regression:
             out = keras.layers.Add(name="add_prior")([out, prior[..., :2]])
@@ -118,6 +123,12 @@ def build_cmp(config):
         raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "
                          f"{', '.join(losses.LOSSES)}.")
     flow_lib.check_bins(f.nbins, f.fmax)
+    if m.get("prior_fill", "nearest") not in PRIOR_FILLS:
+        raise ValueError(f"config.model.prior_fill={m.prior_fill!r} is unknown; known: "
+                         f"{', '.join(PRIOR_FILLS)}.")
+    if m.get("prior_fill", "nearest") != "nearest" and not m.dense_prior:
+        raise ValueError(f"config.model.prior_fill={m.prior_fill!r} needs "
+                         "config.model.dense_prior=True (it is the prior's fill).")
     for field in ("dense_prior", "honour_guidance", "prior_skips"):
         if not isinstance(m.get(field, False), bool):
             raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
@@ -148,7 +159,8 @@ def build_cmp(config):
                      loss=f.loss, dense_prior=m.dense_prior, prior_sigma=m.prior_sigma,
                      decoder_scale=max(context["combo"]),
                      honour_guidance=m.get("honour_guidance", False),
-                     prior_skips=m.get("prior_skips", False))
+                     prior_skips=m.get("prior_skips", False),
+                     prior_fill=m.get("prior_fill", "nearest"))
     crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
     guard = model.get_layer("input_guard")
     if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):

@@ -284,6 +284,72 @@ class DensePrior(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
+class PullPushFill(keras.layers.Layer):
+    """Smooth fill of `sparse` on a grid of `stride` x `stride` cells, by pull-push (Gortler
+    et al., 1996; beyond the paper): [B, H, W, 3] -> [B, H/stride, W/stride, 2] (u, v).
+
+    Pull: a pyramid of 2x2 means of (vector x mask, mask). Push, coarse to fine: a cell holding
+    guides takes their mean vector, any other cell the bilinear upsampling of the coarser level.
+    Far from the guides the fill is therefore interpolated between them at the scale of their
+    spacing, where the nearest fill is piecewise constant. Pools, resizes and selects only: it
+    exports like DensePrior. No guidance gives zero flow.
+    """
+
+    def __init__(self, stride, max_size=2048, **kwargs):
+        super().__init__(**kwargs)
+        self.stride, self.max_size = int(stride), int(max_size)
+
+    def call(self, sparse):
+        s = self.stride
+        sparse = tf.cast(sparse, tf.float32)
+        mask = sparse[..., 2:3]
+        level = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask], -1), s, s, "VALID")
+        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
+        pyramid = [level]
+        for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
+            pyramid.append(tf.nn.avg_pool2d(pyramid[-1], 2, 2, "SAME"))
+
+        def mean(cells):
+            return cells[..., :2] / tf.maximum(cells[..., 2:], 1e-12)
+
+        fill = mean(pyramid[-1])
+        for cells in reversed(pyramid[:-1]):
+            up = tf.raw_ops.ResizeBilinear(images=fill, size=tf.shape(cells)[1:3],
+                                           half_pixel_centers=True)
+            fill = tf.where(cells[..., 2:] > 0, mean(cells), up)
+        return tf.cast(fill, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        return (b, None if h is None else h // self.stride,
+                None if w is None else w // self.stride, 2)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
+
+
+# Layers computing a fill of the guidance from `sparse` alone: full-integer exports cut them out
+# and the runtime computes them in float32 (their squared distances and divisions do not
+# quantize).
+FILL_LAYERS = (DensePrior, PullPushFill)
+
+
+def fill_spec(layer):
+    """A fill layer as JSON (stored in exported files' metadata)."""
+    return {"layer": type(layer).__name__, "stride": layer.stride, "max_size": layer.max_size}
+
+
+def fill_from_spec(spec, name=None):
+    """The fill layer of `fill_spec`; specs without "layer" (older exports) are DensePriors."""
+    spec = dict(spec)
+    kinds = {cls.__name__: cls for cls in FILL_LAYERS}
+    kind = spec.pop("layer", "DensePrior")
+    if kind not in kinds:
+        raise ValueError(f"Unknown guidance fill layer {kind!r}; known: {sorted(kinds)}.")
+    return kinds[kind](**spec, name=name)
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
 class HonourGuidance(keras.layers.Layer):
     """[flow, sparse] -> flow with the given vectors at the guided pixels (beyond the paper):
     a user's arrow is then exactly what the output says at its tail."""

@@ -6,6 +6,14 @@ from cmp_tf.data import ingest as ingest_lib
 from cmp_tf.data import layered as layered_lib
 
 
+def _override(section, fields, overrides):
+    """`fields` with `overrides` applied; a key `fields` lacks is a typo: fail naming it."""
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown {section} fields {unknown}; known: {sorted(fields)}.")
+    return {**fields, **overrides}
+
+
 def parse_arg(arg, **defaults):
     """Parses a recipe argument such as "runlocal" or "runlocal,crop=64" over `defaults`.
 
@@ -48,32 +56,20 @@ def flow(**overrides):
     that weight times the L1 error of the read-out flow (a regression refinement of the bins).
     """
     fields = dict(nbins=99, fmax=50.0, loss="discrete", targets="one_hot", readout_weight=0.0)
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"Unknown flow fields {unknown}; known: {sorted(fields)}.")
-    fields.update(overrides)
-    return fields
+    return _override("flow", fields, overrides)
 
 
 def layered(**overrides):
     """`config.data.layered`: layered scenes with exact flow mixed into training
     (cmp_tf.data.layered; ratio 0 = video samples only, the paper's data)."""
     fields = dict(layered_lib.DEFAULTS)
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"Unknown layered fields {unknown}; known: {sorted(fields)}.")
-    fields.update(overrides)
-    return fields
+    return _override("layered", fields, overrides)
 
 
 def ingest(**overrides):
     """`config.ingest`: how videos become shards (cmp_tf.data.ingest), with `overrides`."""
     fields = ingest_lib.default_ingest_config()
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"Unknown ingest fields {unknown}; known: {sorted(fields)}.")
-    fields.update(overrides)
-    return fields
+    return _override("ingest", fields, overrides)
 
 
 def sample_splits():
@@ -86,8 +82,4 @@ def train(**overrides):
     """`config.train`: loop length, checkpoints, logging, numerics."""
     fields = dict(steps=1000, checkpoint_every=500, keep_checkpoints=3, log_every=50,
                   image_every=500, precision="float32", jit_compile=False)
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"Unknown train fields {unknown}; known: {sorted(fields)}.")
-    fields.update(overrides)
-    return fields
+    return _override("train", fields, overrides)

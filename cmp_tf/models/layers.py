@@ -203,8 +203,27 @@ def _end(margin):
     return -margin if margin else None
 
 
+class _GuidanceFill(keras.layers.Layer):
+    """A fill of `sparse` on a grid of `stride` x `stride` cells with `channels` channels;
+    `max_size` (px) bounds the passes when the image size is unknown at trace time."""
+
+    channels = None
+
+    def __init__(self, stride, max_size=2048, **kwargs):
+        super().__init__(**kwargs)
+        self.stride, self.max_size = int(stride), int(max_size)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        return (b, None if h is None else h // self.stride,
+                None if w is None else w // self.stride, self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
+
+
 @keras.saving.register_keras_serializable(package="cmp_tf")
-class DensePrior(keras.layers.Layer):
+class DensePrior(_GuidanceFill):
     """Nearest-guidance fill of `sparse` on a grid of `stride` x `stride` cells (beyond the paper).
 
     Returns [B, H/stride, W/stride, 3]: (u, v) of the nearest guided cell and the distance in
@@ -220,10 +239,7 @@ class DensePrior(keras.layers.Layer):
     """
 
     _FAR = 1e6  # position of "no guide yet": farther than any image pixel.
-
-    def __init__(self, stride, max_size=2048, **kwargs):
-        super().__init__(**kwargs)
-        self.stride, self.max_size = int(stride), int(max_size)
+    channels = 3
 
     def _pass_steps(self, size):
         cells = max(1, math.ceil((size or self.max_size) / self.stride))
@@ -274,17 +290,9 @@ class DensePrior(keras.layers.Layer):
         dist = tf.where(found, tf.sqrt(best), float(self.max_size))
         return tf.cast(tf.concat([uv, dist], -1), self.compute_dtype)
 
-    def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        return (b, None if h is None else h // self.stride,
-                None if w is None else w // self.stride, 3)
-
-    def get_config(self):
-        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
-
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
-class PullPushFill(keras.layers.Layer):
+class PullPushFill(_GuidanceFill):
     """Smooth fill of `sparse` on a grid of `stride` x `stride` cells, by pull-push (Gortler
     et al., 1996; beyond the paper): [B, H, W, 3] -> [B, H/stride, W/stride, 2] (u, v).
 
@@ -295,9 +303,7 @@ class PullPushFill(keras.layers.Layer):
     exports like DensePrior. No guidance gives zero flow.
     """
 
-    def __init__(self, stride, max_size=2048, **kwargs):
-        super().__init__(**kwargs)
-        self.stride, self.max_size = int(stride), int(max_size)
+    channels = 2
 
     def call(self, sparse):
         s = self.stride
@@ -318,14 +324,6 @@ class PullPushFill(keras.layers.Layer):
                                            half_pixel_centers=True)
             fill = tf.where(cells[..., 2:] > 0, mean(cells), up)
         return tf.cast(fill, self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        return (b, None if h is None else h // self.stride,
-                None if w is None else w // self.stride, 2)
-
-    def get_config(self):
-        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
 
 
 # Layers computing a fill of the guidance from `sparse` alone: full-integer exports cut them out

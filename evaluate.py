@@ -113,9 +113,9 @@ def main(argv):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
     # Results of the shipped model go under runs/, never into the installed package.
-    run_dir = path if os.path.isdir(path) and path != runtime.PRETRAINED else None
+    run_dir = path if os.path.isdir(path) and not runtime.is_pretrained(path) else None
     out = _OUT.value or (os.path.join(run_dir, "eval", _TASK.value) if run_dir else os.path.join(
-        "runs", "eval", "pretrained" if path == runtime.PRETRAINED else
+        "runs", "eval", "pretrained" if runtime.is_pretrained(path) else
         os.path.splitext(os.path.basename(path))[0], _TASK.value))
     print(f"Evaluating {path} ({_TASK.value})")
     try:

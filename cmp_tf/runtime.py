@@ -47,6 +47,14 @@ def newest_run(root="runs"):
     return os.path.dirname(runs[-1])
 
 
+def is_pretrained(path):
+    """Whether `path` (any spelling) is the shipped model's run directory or a file in it:
+    commands then write their results under runs/, never into the installed package."""
+    path = os.path.realpath(path)
+    return path == os.path.realpath(PRETRAINED) or os.path.dirname(path) == os.path.realpath(
+        PRETRAINED)
+
+
 def default_checkpoint(root="runs"):
     """The newest run under `root`, else the shipped pretrained model: what commands taking
     --checkpoint use when none is given."""

@@ -53,7 +53,7 @@ def load_checkpoint(path=None):
 def default_out(checkpoint):
     """<run directory>/export for a checkpoint path (runs/pretrained/export for the shipped
     model: nothing is written into the installed package)."""
-    if os.path.dirname(os.path.abspath(checkpoint)) == runtime.PRETRAINED:
+    if runtime.is_pretrained(checkpoint):
         return os.path.join("runs", "pretrained", "export")
     return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "export")
 

@@ -205,6 +205,14 @@ def test_the_shipped_model_serves_with_no_path_and_beats_zero_flow(tmp_path):
     model_file = os.path.join(runtime.PRETRAINED, runtime.MODEL_FILE)
     assert os.path.getsize(model_file) <= 20 * 2**20
     assert runtime.default_checkpoint(root=str(tmp_path)) == runtime.PRETRAINED  # no runs here
+    # Results of the shipped model never go into the package, however its path is spelled.
+    relative = os.path.relpath(runtime.PRETRAINED)
+    assert runtime.is_pretrained(relative) and runtime.is_pretrained(model_file)
+    assert not runtime.is_pretrained(str(tmp_path))
+    from export import export_lib
+
+    assert export_lib.default_out(os.path.join(relative, "model.keras")) == os.path.join(
+        "runs", "pretrained", "export")
     config, from_run = runtime.run_config(runtime.PRETRAINED)
     assert from_run and config.model.dense_prior
     propagator = runtime.Propagator()

@@ -62,3 +62,20 @@ def test_bad_fields_are_named(field, value, match):
 def test_a_source_that_is_not_an_rgb_frame_is_refused():
     with pytest.raises(ValueError, match="source must be an RGB frame"):
         layered.render_scene(np.random.default_rng(0), 16, 16, source=np.zeros((16, 16)))
+
+
+def test_layer_masks_are_disjoint_visible_parts_each_with_one_affine_motion():
+    """return_masks draws the same scene and gives where each layer shows: each mask's flow
+    is one affine motion, masks do not overlap, and outside them the background shows."""
+    plain = layered.render_scene(np.random.default_rng(5), 64, 64, layers=(3, 3))
+    image, flow, valid, masks = layered.render_scene(np.random.default_rng(5), 64, 64,
+                                                     layers=(3, 3), return_masks=True)
+    np.testing.assert_array_equal(image, plain[0])
+    np.testing.assert_array_equal(flow, plain[1])
+    assert masks.shape == (3, 64, 64) and masks.dtype == bool
+    assert masks.sum(0).max() <= 1  # an upper layer hides what it covers below
+    for mask in masks:
+        if mask.sum() >= 3:
+            assert _affine_fit_residual(flow, mask) < 1e-3
+    background = ~masks.any(0)
+    assert _affine_fit_residual(flow, background) < 1e-3

@@ -120,16 +120,20 @@ def _shape_mask(rng, height, width):
     return mask.astype(bool), centre
 
 
-def render_scene(rng, height, width, source=None, **params):
+def render_scene(rng, height, width, source=None, return_masks=False, **params):
     """One layered scene: its first frame and that frame's exact forward flow.
 
     Args:
         rng: numpy Generator; the same state gives the same scene.
         source: optional real frame (any size, RGB 0..255) to cut textures from; without one
             every texture is procedural.
+        return_masks: also return where each layer is visible (object masks for annotation
+            benchmarks); the scene drawn is the same either way.
         **params: fields of `DEFAULTS` (ratio is ignored here).
     Returns:
-        (image [H, W, 3] float32 0..255, flow [H, W, 2] float32 px, valid [H, W] float32 ones).
+        (image [H, W, 3] float32 0..255, flow [H, W, 2] float32 px, valid [H, W] float32 ones),
+        and with `return_masks` a fourth item: [L, H, W] bool, the visible part of each moving
+        layer, bottom to top (an upper layer hides what it covers of the ones below).
     """
     p = check_layered_config(params)
     if source is not None:
@@ -150,10 +154,18 @@ def render_scene(rng, height, width, source=None, **params):
     flow = _flow_of(_motion(rng, (width / 2, height / 2), fraction * translation,
                             fraction * float(p["rotation_degrees"]), fraction * float(p["zoom"])),
                     xs, ys)
+    visible = []
     for _ in range(int(rng.integers(int(p["layers"][0]), int(p["layers"][1]) + 1))):
         mask, centre = _shape_mask(rng, height, width)
         layer_flow = _flow_of(_motion(rng, centre, translation, float(p["rotation_degrees"]),
                                       float(p["zoom"])), xs, ys)
         image[mask] = texture()[mask]
         flow[mask] = layer_flow[mask]
-    return image, flow, np.ones((height, width), np.float32)
+        for below in visible:
+            below &= ~mask
+        visible.append(mask.copy())
+    valid = np.ones((height, width), np.float32)
+    if return_masks:
+        masks = np.stack(visible) if visible else np.zeros((0, height, width), bool)
+        return image, flow, valid, masks
+    return image, flow, valid

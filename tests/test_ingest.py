@@ -79,6 +79,17 @@ def test_a_second_run_skips_finished_videos(tmp_path):
     assert after == before
 
 
+
+def test_readers_take_only_the_current_configs_shards_of_a_video(tmp_path):
+    """A cache holding the same video under two ingest configs must not feed it twice."""
+    video = write_video(tmp_path / "pan.avi", panning_frames(4))
+    old = {**CFG, "jpeg_quality": 80}
+    old_shards, _ = pipeline.resolve_sources([video], tmp_path / "out", old)
+    new_shards, _ = pipeline.resolve_sources([video], tmp_path / "out", CFG)
+    assert len(old_shards) == len(new_shards) == 1 and old_shards != new_shards
+    assert len(ingest.write_manifest(tmp_path / "out", CFG)["sources"]) == 2
+    assert pipeline.resolve_sources([video], tmp_path / "out", old)[0] == old_shards
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_duplicate_shards(tmp_path):
     video = write_video(tmp_path / "pan.avi", panning_frames(40, size=(96, 128)))

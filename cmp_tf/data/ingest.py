@@ -112,11 +112,14 @@ def photometric_error(frame1, frame2, forward, valid):
 
 
 def _sidecar(out_dir, video, cfg):
-    return os.path.join(out_dir, f"{_key(video, {**default_ingest_config(), **cfg})}.json")
+    return os.path.join(out_dir, f"{source_key(video, cfg)}.json")
 
 
-def _key(video, cfg):
-    """Shard-name key: the video's stem plus a hash of its path, size, mtime and the config."""
+def source_key(video, cfg):
+    """Shard-name key: the video's stem plus a hash of its path, size, mtime and the ingest
+    config (missing fields take their defaults). A cache may hold several keys of one video
+    (an edited file, another config): readers take only the current key's shards."""
+    cfg = {**default_ingest_config(), **cfg}
     stat = os.stat(video)
     blob = json.dumps([os.path.abspath(video), stat.st_size, stat.st_mtime_ns, cfg],
                       sort_keys=True, default=list)
@@ -216,7 +219,7 @@ def _ingest_locked(source, out_dir, cfg, produce, sidecar, fields):
         with open(sidecar) as f:
             return {**json.load(f), "skipped": True}
     cfg = {**default_ingest_config(), **cfg}
-    key = _key(source, cfg)
+    key = source_key(source, cfg)
     record = dict(video=os.path.abspath(source), key=key, shards=[], pairs=0,
                   dropped={r: 0 for r in DROP_REASONS}, error=None, warnings=[], **fields)
     writer = _ShardWriter(out_dir, key, cfg["pairs_per_shard"])

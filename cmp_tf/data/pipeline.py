@@ -105,8 +105,11 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
             videos.append(path)
     if videos:
         manifest = ingest_lib.ingest(videos, cache_dir, ingest_config)
+        # Only this config's and this file version's shards: stale keys of the same video
+        # stay in the cache and would otherwise be read twice over.
+        current = {ingest_lib.source_key(v, ingest_config) for v in videos}
         for source in manifest["sources"]:
-            if os.path.abspath(source["video"]) in {os.path.abspath(v) for v in videos}:
+            if source["key"] in current:
                 shards += [os.path.join(cache_dir, s) for s in source["shards"]]
     if not shards and not entries:
         raise ValueError(f"{field}: no training pairs in {list(paths)} (videos too static or "

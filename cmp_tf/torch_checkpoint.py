@@ -146,7 +146,7 @@ def _array(tensor, path):
                          f"of its storage ({len(base)} elements): a corrupt file.")
     view = np.lib.stride_tricks.as_strided(
         base[offset:], size, [s * base.itemsize for s in stride], writeable=False)
-    array = np.array(view)  # a copy: contiguous, owning its memory
+    array = np.array(view, order="C")  # a copy: C-contiguous, owning its memory
     if storage.type.name == "BFloat16Storage":
         array = (array.astype(np.uint32) << 16).view(np.float32)
     return array

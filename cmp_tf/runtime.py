@@ -131,10 +131,12 @@ class KerasRunner:
             self.model = keras.models.load_model(path)
         except Exception as error:  # a corrupt or foreign file: say which
             raise ValueError(f"{path} could not be loaded as a CMP model: {error}") from error
-        inputs = self.model.input if isinstance(self.model.input, dict) else {
-            self.model.input.name: self.model.input}
+        try:  # a Sequential model loaded from disk has no `input` until it is called
+            inputs, outputs = self.model.input, self.model.output
+        except AttributeError as error:
+            raise ValueError(f"{path} is a Keras model but not a CMP ({error}).") from error
+        inputs = inputs if isinstance(inputs, dict) else {inputs.name: inputs}
         self.inputs = {name: list(t.shape) for name, t in inputs.items()}
-        outputs = self.model.output
         self.outputs = sorted(outputs) if isinstance(outputs, dict) else ["output"]
         self.metadata = None
         if "input_guard" in [layer.name for layer in self.model.layers]:

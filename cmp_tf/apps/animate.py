@@ -1,0 +1,192 @@
+r"""Guided animation: drawn arrows on a still image -> CMP's dense flow -> frames along it.
+
+  python -m cmp_tf.apps.animate --image=photo.jpg --arrows="120,80,15,0;40,200,0,0" \
+      --frames=16 --out=out.gif [--model=exported/model.tflite]
+
+An arrow "x,y,u,v" says the pixel (x, y) moves by (u, v) pixels over the animation; "x,y,0,0"
+pins a point. The paper's video generation was never released; its author suggested CMP's flow
+plus a warp (REFERENCE.md §6): that is what this does, on the CPU, with Keras ops. Writes the
+animation (.gif or .mp4) and `<out stem>_flow.png`, the flow's colour coding.
+"""
+import os
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from cmp_tf import flow as flow_lib
+from cmp_tf.apps import inputs
+
+FORMATS = (".gif", ".mp4")
+
+
+def guidance_from_arrows(arrows):
+    """[K, 4] (x, y, u, v) -> (points [K, 2], vectors [K, 2]): the Propagator's guidance."""
+    arrows = np.asarray(arrows, np.float32)
+    return arrows[:, :2], arrows[:, 2:]
+
+
+def predict_flow(propagator, image, arrows):
+    """The dense flow (H x W x 2, px) that CMP propagates from the arrows over `image`."""
+    inputs.check_inside(arrows, *image.shape[:2], name="arrows")
+    return propagator.propagate(image, *guidance_from_arrows(arrows))
+
+
+def inverse_flow(flow, t):
+    """Where each pixel of frame t comes from in the image: the backward flow B with
+    frame_t(y) = image(y + B(y)), for the forward motion t * flow.
+
+    Forward splatting: every pixel x lands on round(x + t * flow(x)) and carries -t * flow(x)
+    there (the sub-pixel part kept, so a translation moves smoothly). Where several land on
+    one pixel the largest motion wins: the moving foreground occludes what it covers, as the
+    reference's forward warper orders pixels by |flow|. Holes, pixels nothing lands on, are
+    disocclusions behind a moving object or cracks where the flow stretches; they take their own
+    -t * flow(y). Behind an object moving by d, y - t*d lies behind the object's trailing edge,
+    so the revealed strip is filled with the background next to it, not a second copy of the
+    object (a nearest-valid or inpainted flow fills half the strip with zero motion, which
+    samples the object again); inside a stretched region it is the smooth backward warp.
+    Sources are clamped to the frame (the border repeats rather than turning black).
+    """
+    height, width = flow.shape[:2]
+    ys, xs = np.mgrid[:height, :width]
+    motion = t * flow
+    target_x = np.rint(xs + motion[..., 0]).astype(np.int64)
+    target_y = np.rint(ys + motion[..., 1]).astype(np.int64)
+    lands = (target_x >= 0) & (target_x < width) & (target_y >= 0) & (target_y < height)
+    source = np.flatnonzero(lands)
+    target = (target_y * width + target_x).ravel()[source]
+    order = np.argsort(-np.hypot(motion[..., 0], motion[..., 1]).ravel()[source], kind="stable")
+    # np.unique keeps the first index of each target: after the sort, the largest motion.
+    target, first = np.unique(target[order], return_index=True)
+    backward = -motion.reshape(-1, 2).copy()  # holes: their own backward motion
+    backward[target] = -motion.reshape(-1, 2)[source[order][first]]
+    backward = backward.reshape(height, width, 2)
+    backward[..., 0] = np.clip(xs + backward[..., 0], 0, width - 1) - xs
+    backward[..., 1] = np.clip(ys + backward[..., 1], 0, height - 1) - ys
+    return backward.astype(np.float32)
+
+
+def animate_frames(image, flow, frames=16):
+    """Frames of `image` moved along `flow` scaled from 0 (the image) to 1 (the full motion).
+
+    Args:
+        image: uint8 H x W x 3 RGB.
+        flow: float32 H x W x 2 (u, v) px.
+        frames: how many, at least 2.
+    Returns:
+        A list of `frames` uint8 H x W x 3 frames, each the image warped backward (bilinear,
+        Keras ops: any backend, no CUDA kernel) by `inverse_flow`.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 H x W x 3 RGB; got {image.dtype} {image.shape}.")
+    flow = flow_lib.check_flow(flow)
+    if flow.shape != image.shape[:2] + (2,):
+        raise ValueError(f"flow must be {image.shape[:2] + (2,)} for that image; got "
+                         f"{flow.shape}.")
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
+        raise ValueError(f"frames must be an integer >= 2; got {frames!r}.")
+    steps = np.linspace(0.0, 1.0, frames)
+    backward = np.stack([inverse_flow(flow, t) for t in steps])
+    warped, _ = flow_lib.warp_backward(np.repeat(image[None], frames, axis=0), backward)
+    return list(np.clip(np.rint(warped), 0, 255).astype(np.uint8))
+
+
+def encode_gif(frames, fps):
+    """Frames -> the bytes of a looping GIF (imageio, Pillow's writer)."""
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000.0 / fps,
+                       loop=0)
+
+
+def write_animation(path, frames, fps):
+    """Writes frames as a looping GIF (imageio) or an MP4 (OpenCV's mp4v: no ffmpeg needed)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"--out={path} must end in one of {', '.join(FORMATS)}.")
+    inputs.positive(fps, "--fps")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if suffix == ".gif":
+        with open(path, "wb") as f:
+            f.write(encode_gif(frames, fps))
+        return path
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        raise ValueError(f"--out={path}: OpenCV cannot write MP4 (mp4v) here.")
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def flow_path(out):
+    """`<out stem>_flow.png` beside the animation."""
+    return os.path.splitext(out)[0] + "_flow.png"
+
+
+def animate(propagator, image, arrows, frames=16):
+    """(flow, frames): CMP's flow from the arrows and the animation along it."""
+    flow = predict_flow(propagator, image, arrows)
+    return flow, animate_frames(image, flow, frames)
+
+
+# --- command line (flags are defined only when run as a program: the page imports this) -----
+
+FRAMES, FPS, MAX_SIDE = 16, 8.0, 512  # the command's defaults; the page uses them too
+
+
+def define_flags():
+    flags.DEFINE_string("model", None, "A run directory, .keras, .tflite, .onnx or SavedModel "
+                        "folder; default the model that ships with cmp_tf.")
+    flags.DEFINE_string("image", None, "The still image (PNG, JPEG, ...).")
+    flags.DEFINE_string("arrows", None, "'x,y,u,v;...': pixel (x, y) moves by (u, v) px over "
+                        "the animation; 'x,y,0,0' pins a point.")
+    flags.DEFINE_integer("frames", FRAMES, "Frames, the first the image itself, the last the "
+                         "full motion.")
+    flags.DEFINE_float("fps", FPS, "Frames per second of the animation.")
+    flags.DEFINE_string("out", "animation.gif", "The animation, .gif or .mp4; the flow colour "
+                        "image goes beside it as <stem>_flow.png.")
+    flags.DEFINE_integer("max_side", MAX_SIDE, "The network sees the image shrunk to this longer "
+                         "side at most (the flow is scaled back); -1: full size.")
+
+
+def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_side=MAX_SIDE):
+    """The command's work, every input checked before the model loads; returns what it wrote.
+
+    Args:
+        model, image, arrows: the flags' strings (a model path or None, an image path,
+            'x,y,u,v;...').
+    """
+    arrows = inputs.parse_rows(arrows, inputs.ARROW_FIELDS, "--arrows")
+    image = inputs.read_image(image, "--image")
+    inputs.check_inside(arrows, *image.shape[:2], name="--arrows")
+    if frames < 2:
+        raise ValueError(f"--frames={frames} must be at least 2.")
+    inputs.positive(fps, "--fps")
+    if os.path.splitext(out)[1].lower() not in FORMATS:
+        raise ValueError(f"--out={out} must end in one of {', '.join(FORMATS)}.")
+    propagator = inputs.load_propagator(model, "--model", max_side=max_side)
+    flow, animation = animate(propagator, image, arrows, frames)
+    write_animation(out, animation, fps)
+    inputs.write_rgb(flow_path(out), flow_lib.flow_to_color(flow))
+    return out, flow_path(out)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+        written = run(f.model, f.image, f.arrows, f.frames, f.fps, f.out, f.max_side)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    print("Wrote " + " and ".join(written))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

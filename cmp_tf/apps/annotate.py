@@ -1,0 +1,249 @@
+r"""Semi-automatic annotation: a few clicks on an object -> its mask, from the motion CMP
+propagates when the clicked points are pushed (the paper's demo, REFERENCE.md §6).
+
+  python -m cmp_tf.apps.annotate --image=photo.jpg --positive="120,80;130,95" \
+      --negative="40,60" --out=mask.png [--model=exported/model.tflite] [--refine=grabcut]
+
+Positive clicks move by a set velocity in four directions, a batch of four guidance sets;
+negative clicks stay still in all four. What moves with the clicked points is the object: the
+mean propagated motion magnitude over the four, normalised by its maximum and thresholded, is
+the mask. With two clicks or more the network looks at a square zoomed around them first, as
+the demo does; the mask is then refined along image edges (grabCut seeded by it, or a guided
+filter of the score).
+"""
+import os
+
+import cv2
+import numpy as np
+from absl import app
+from absl import flags
+
+from cmp_tf.apps import inputs
+
+# The reference demo's settings (demo_annot.ipynb: velocity 30, th 0.5, zoom_factor 4, 384 px).
+VELOCITY = 30.0  # px a positive click is pushed, in the network's (zoomed) pixels
+THRESHOLD = 0.5  # fraction of the largest motion that counts as the object
+ZOOM_FACTOR = 4.0  # the zoom square's side over the clicks' extent; -1: no zoom
+ZOOM_SIZE = 384  # side the zoom square is resized to before the network sees it
+REFINE = "guided"  # never worse than "none" on benchmarks/annotation.py; grabCut: see README
+REFINEMENTS = ("none", "grabcut", "guided")
+GRABCUT_ITERATIONS = 3
+CLICK_RADIUS = 0.01  # sure foreground / background disc at a click, fraction of the shorter side
+GUIDED_RADIUS = 0.02  # guided filter window radius, fraction of the shorter side
+GUIDED_EPS = 0.01 * 255**2  # guided filter regularisation: edges weaker than ~0.1 of the range
+_DIRECTIONS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)  # right, left, down, up
+
+
+def check_clicks(image, positive, negative):
+    """(positive [P, 2], negative [N, 2]) float32 after checking them against the image: at
+    least one positive click, every click on a pixel of the image."""
+    height, width = image.shape[:2]
+    positive = np.asarray(positive, np.float32).reshape(-1, 2)
+    negative = np.asarray(negative, np.float32).reshape(-1, 2)
+    if not len(positive):
+        raise ValueError("positive needs at least one click on the object; got none.")
+    inputs.check_inside(positive, height, width, "positive")
+    inputs.check_inside(negative, height, width, "negative")
+    return positive, negative
+
+
+def direction_guidance(positive, negative, velocity):
+    """Four guidance sets [(points, vectors), ...]: the positive clicks move right, left, down,
+    up by `velocity`, the negative ones stay still in all four."""
+    points = np.concatenate([positive, negative]).astype(np.float32)
+    sets = []
+    for direction in _DIRECTIONS:
+        vectors = np.zeros_like(points)
+        vectors[:len(positive)] = direction * velocity
+        sets.append((points, vectors))
+    return sets
+
+
+def zoom_box(points, height, width, zoom_factor=ZOOM_FACTOR):
+    """(x0, y0, side) of the square the network looks at, or None for the whole image.
+
+    As the demo: centred on the clicks' bounding box, side = zoom_factor x its longer extent
+    (at most the image's shorter side, even), shifted to lie inside the image. None with fewer
+    than two distinct clicks (no extent) or zoom_factor -1.
+    """
+    if zoom_factor == -1 or len(points) < 2:
+        return None
+    low, high = points.min(0), points.max(0)
+    extent = float((high - low).max())
+    if extent <= 0:
+        return None
+    side = int(min(extent * zoom_factor, min(height, width))) // 2 * 2
+    if side < 2:
+        return None
+    centre = (low + high) / 2
+    x0 = int(np.clip(np.rint(centre[0] - side / 2), 0, width - side))
+    y0 = int(np.clip(np.rint(centre[1] - side / 2), 0, height - side))
+    return x0, y0, side
+
+
+def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
+                 zoom_factor=ZOOM_FACTOR, zoom_size=ZOOM_SIZE):
+    """How much each pixel moves with the positive clicks: H x W float32 in [0, 1].
+
+    The mean |flow| over the four pushes and both channels, over its maximum (REFERENCE.md §6);
+    outside the zoom square it is 0.
+    """
+    positive, negative = check_clicks(image, positive, negative)
+    inputs.positive(velocity, "velocity")
+    if zoom_factor != -1:
+        inputs.positive(zoom_factor, "zoom_factor")
+    height, width = image.shape[:2]
+    box = zoom_box(np.concatenate([positive, negative]), height, width, zoom_factor)
+    if box is None:
+        x0, y0, side, view, scale = 0, 0, None, image, 1.0
+    else:
+        x0, y0, side = box
+        scale = zoom_size / side
+        view = cv2.resize(image[y0:y0 + side, x0:x0 + side], (zoom_size, zoom_size),
+                          interpolation=cv2.INTER_CUBIC)
+    limit = np.array(view.shape[1::-1], np.float32) - 1
+
+    def to_view(points):
+        return np.clip((points - [x0, y0] + 0.5) * scale - 0.5, 0, limit)
+
+    flows = propagator.propagate_batch(
+        view, direction_guidance(to_view(positive), to_view(negative), velocity))
+    score = np.abs(flows).mean(axis=(0, 3))
+    score = score / score.max() if score.max() > 0 else score
+    if box is None:
+        return score.astype(np.float32)
+    full = np.zeros((height, width), np.float32)
+    full[y0:y0 + side, x0:x0 + side] = cv2.resize(score, (side, side),
+                                                  interpolation=cv2.INTER_LINEAR)
+    return full
+
+
+def _disc_radius(image, fraction):
+    return max(1, int(round(fraction * min(image.shape[:2]))))
+
+
+def grabcut(image, probable, positive=(), negative=(), iterations=GRABCUT_ITERATIONS):
+    """grabCut seeded by a mask: probable foreground where `probable`, probable background
+    elsewhere, sure foreground / background discs at the positive / negative clicks.
+    Returns the mask unchanged when one side has no pixel (grabCut has nothing to learn)."""
+    seeds = np.where(probable, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    radius = _disc_radius(image, CLICK_RADIUS)
+    for points, label in ((negative, cv2.GC_BGD), (positive, cv2.GC_FGD)):
+        for x, y in np.rint(np.asarray(points, np.float32).reshape(-1, 2)).astype(int):
+            cv2.circle(seeds, (int(x), int(y)), radius, int(label), -1)
+    foreground = np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    if foreground.all() or not foreground.any():
+        return foreground
+    background_model, foreground_model = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), seeds, None, background_model,
+                foreground_model, int(iterations), cv2.GC_INIT_WITH_MASK)
+    return np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
+
+
+def check_refinement(threshold, method):
+    """Refuses a threshold outside (0, 1) or an unknown refinement, naming it."""
+    if method not in REFINEMENTS:
+        raise ValueError(f"refine must be one of {', '.join(REFINEMENTS)}; got {method!r}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or \
+            not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie in (0, 1) (a fraction of the largest motion); "
+                         f"got {threshold!r}.")
+
+
+def refine(image, score, positive, negative, threshold=THRESHOLD, method=REFINE):
+    """The mask from the score: thresholded as it is ('none'), grabCut seeded by it
+    ('grabcut'), or the score guided-filtered by the image, then thresholded ('guided')."""
+    check_refinement(threshold, method)
+    if method == "guided":
+        score = cv2.ximgproc.guidedFilter(image, score.astype(np.float32),
+                                          _disc_radius(image, GUIDED_RADIUS), GUIDED_EPS)
+    mask = score > threshold
+    if method == "grabcut":
+        mask = grabcut(image, mask, positive, negative)
+    return mask
+
+
+def annotate(propagator, image, positive, negative=(), velocity=VELOCITY, threshold=THRESHOLD,
+             zoom_factor=ZOOM_FACTOR, zoom_size=ZOOM_SIZE, refine_method=REFINE):
+    """The object under the positive clicks, as an H x W bool mask.
+
+    Args:
+        propagator: anything with the runtime.Propagator's propagate_batch.
+        image: uint8 H x W x 3 RGB.
+        positive: [P, 2] (x, y) clicks on the object, P >= 1.
+        negative: [N, 2] (x, y) clicks off it (still points), N >= 0.
+        velocity, threshold, zoom_factor, zoom_size: as the module constants say.
+        refine_method: one of REFINEMENTS.
+    """
+    check_refinement(threshold, refine_method)
+    score = motion_score(propagator, image, positive, negative, velocity, zoom_factor,
+                         zoom_size)
+    return refine(image, score, positive, negative, threshold, refine_method)
+
+
+# --- command line (flags are defined only when run as a program: the page imports this) -----
+
+MAX_SIDE = 512
+
+
+def define_flags():
+    flags.DEFINE_string("model", None, "A run directory, .keras, .tflite, .onnx or SavedModel "
+                        "folder; default the model that ships with cmp_tf.")
+    flags.DEFINE_string("image", None, "The image (PNG, JPEG, ...).")
+    flags.DEFINE_string("positive", None, "'x,y;...': clicks on the object (at least one).")
+    flags.DEFINE_string("negative", "", "'x,y;...': clicks off the object (still points).")
+    flags.DEFINE_string("out", "mask.png", "The mask, a PNG: 255 object, 0 elsewhere.")
+    flags.DEFINE_float("velocity", VELOCITY, "px a positive click is pushed in each of the four "
+                       "directions (in the zoomed view).")
+    flags.DEFINE_float("threshold", THRESHOLD, "The mask is where the motion exceeds this "
+                       "fraction of its maximum.")
+    flags.DEFINE_float("zoom_factor", ZOOM_FACTOR, "Side of the square the network looks at, "
+                       "over the clicks' extent (two clicks or more); -1: the whole image.")
+    flags.DEFINE_integer("zoom_size", ZOOM_SIZE, "The zoom square is resized to this side.")
+    flags.DEFINE_enum("refine", REFINE, REFINEMENTS, "Edge refinement of the motion mask.")
+    flags.DEFINE_integer("max_side", MAX_SIDE, "The network sees the image shrunk to this longer "
+                         "side at most (the flow is scaled back); -1: full size.")
+
+
+def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
+        threshold=THRESHOLD, zoom_factor=ZOOM_FACTOR, zoom_size=ZOOM_SIZE, refine_method=REFINE,
+        max_side=MAX_SIDE):
+    """The command's work, every input checked before the model loads; returns the mask path."""
+    positive = inputs.parse_rows(positive, inputs.CLICK_FIELDS, "--positive")
+    negative = inputs.parse_rows(negative, inputs.CLICK_FIELDS, "--negative", allow_empty=True)
+    image = inputs.read_image(image, "--image")
+    inputs.check_inside(positive, *image.shape[:2], name="--positive")
+    inputs.check_inside(negative, *image.shape[:2], name="--negative")
+    inputs.positive(velocity, "--velocity")
+    if not 0 < threshold < 1:
+        raise ValueError(f"--threshold={threshold} must lie in (0, 1).")
+    if zoom_factor != -1:
+        inputs.positive(zoom_factor, "--zoom_factor")
+    if zoom_size < 32:
+        raise ValueError(f"--zoom_size={zoom_size} must be at least 32 px.")
+    if os.path.splitext(out)[1].lower() != ".png":
+        raise ValueError(f"--out={out} must be a .png file.")
+    propagator = inputs.load_propagator(model, "--model", max_side=max_side)
+    mask = annotate(propagator, image, positive, negative, velocity, threshold, zoom_factor,
+                    zoom_size, refine_method)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if not cv2.imwrite(out, mask.astype(np.uint8) * 255):
+        raise ValueError(f"--out={out} could not be written.")
+    return out, float(mask.mean())
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+        out, share = run(f.model, f.image, f.positive, f.negative, f.out, f.velocity,
+                         f.threshold, f.zoom_factor, f.zoom_size, f.refine, f.max_side)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    print(f"Wrote {out} (the mask covers {share:.1%} of the image)")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,332 @@
+"""The applications (cmp_tf.apps): guided animation, click annotation, their input checks,
+and both commands from an exported file."""
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from cmp_tf.apps import animate
+from cmp_tf.apps import annotate
+from cmp_tf.apps import inputs
+
+SIZE = 128  # the shipped model's smallest side: every test image is this small
+
+
+@pytest.fixture(scope="module")
+def propagator():
+    from cmp_tf.runtime import Propagator
+
+    return Propagator()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The shipped model exported once to TFLite float32 at 128²."""
+    from export import export_lib
+
+    model, config, path = export_lib.load_checkpoint(None)
+    out = tmp_path_factory.mktemp("tflite")
+    export_lib.export(model, config, str(out), formats=("tflite",), size=(SIZE, SIZE),
+                      parity_samples=1, repeats=1, encoder=False, source=path,
+                      log=lambda _: None)
+    return out
+
+
+def _square_scene(seed=0, square=(40, 40, 48)):
+    """A red square (x0, y0, side) on a textured grey-blue background: (image, mask)."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32), (0, 0), 2)
+    image = (image * 0.4 + np.array([60, 90, 140])).clip(0, 255).astype(np.uint8)
+    x0, y0, side = square
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[y0:y0 + side, x0:x0 + side] = True
+    image[mask] = (220, 30, 30)
+    return image, mask
+
+
+def _iou(a, b):
+    return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
+
+
+# --- animation: the warp -----------------------------------------------------------------------
+
+def test_a_moving_square_lands_whole_and_the_strip_it_reveals_shows_background():
+    image, mask = _square_scene()
+    flow = np.zeros((SIZE, SIZE, 2), np.float32)
+    flow[mask] = (10, 0)  # the square moves 10 px right over a still background
+    frames = animate.animate_frames(image, flow, frames=5)
+    assert len(frames) == 5 and all(f.shape == image.shape and f.dtype == np.uint8
+                                    for f in frames)
+    np.testing.assert_array_equal(frames[0], image)
+    red = np.all(frames[-1] == (220, 30, 30), axis=-1)
+    moved = np.roll(mask, 10, axis=1)
+    assert red[moved].all() and not red[~moved].any()  # whole, and no copy left behind
+    # The revealed strip x in [40, 50) shows the background just left of the square's old place.
+    np.testing.assert_allclose(frames[-1][40:88, 40:50], image[40:88, 30:40], atol=1)
+    half = np.all(frames[2] == (220, 30, 30), axis=-1)
+    assert half[np.roll(mask, 5, axis=1)].all() and half.sum() == mask.sum()
+
+
+def test_larger_motion_occludes_smaller_where_both_land():
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[60:70, 20:30] = (0, 255, 0)  # fast green square, moving 30 px right
+    image[60:70, 50:60] = (0, 0, 255)  # slow blue square, moving 2 px right
+    flow = np.zeros((SIZE, SIZE, 2), np.float32)
+    flow[60:70, 20:30] = (30, 0)
+    flow[60:70, 50:60] = (2, 0)
+    last = animate.animate_frames(image, flow, frames=2)[-1]
+    np.testing.assert_array_equal(last[60:70, 50:60], np.full((10, 10, 3), (0, 255, 0)))
+    np.testing.assert_array_equal(last[60:70, 60:62], np.full((10, 2, 3), (0, 0, 255)))
+
+
+def test_a_subpixel_translation_is_a_smooth_shift_and_the_border_repeats():
+    ramp = np.tile(np.arange(SIZE, dtype=np.float32)[None, :, None], (SIZE, 1, 3))
+    image = ramp.astype(np.uint8)
+    flow = np.zeros((SIZE, SIZE, 2), np.float32)
+    flow[..., 0] = 5.0
+    frames = animate.animate_frames(image, flow, frames=3)
+    # t = 0.5: a 2.5 px shift right, so pixel x shows the ramp's value x - 2.5.
+    np.testing.assert_allclose(frames[1][:, 10:-10, 0], ramp[:, 10:-10, 0] - 2.5, atol=0.51)
+    assert frames[2][:, :5].min() == 0 == frames[2][:, 0].max()  # edge repeated, not black
+
+
+def test_animation_rejects_bad_sizes_and_counts():
+    image, _ = _square_scene()
+    with pytest.raises(ValueError, match="frames must be an integer >= 2"):
+        animate.animate_frames(image, np.zeros((SIZE, SIZE, 2), np.float32), frames=1)
+    with pytest.raises(ValueError, match="flow must be"):
+        animate.animate_frames(image, np.zeros((SIZE, 64, 2), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        animate.animate_frames(image.astype(np.float32), np.zeros((SIZE, SIZE, 2), np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_animations_are_written_with_every_frame(tmp_path, suffix):
+    image, mask = _square_scene()
+    flow = np.zeros((SIZE, SIZE, 2), np.float32)
+    flow[mask] = (6, -4)
+    frames = animate.animate_frames(image, flow, frames=6)
+    path = animate.write_animation(str(tmp_path / f"a{suffix}"), frames, fps=8)
+    if suffix == ".gif":
+        import imageio.v3 as iio
+
+        back = iio.imread(path)
+        assert back.shape == (6, SIZE, SIZE, 3)
+        assert np.abs(back[-1].astype(int) - frames[-1]).mean() < 8  # a 256-colour palette
+    else:
+        capture, count = cv2.VideoCapture(path), 0
+        while capture.read()[0]:
+            count += 1
+        assert count == 6
+    with pytest.raises(ValueError, match="--out=.*must end in one of .gif, .mp4"):
+        animate.write_animation(str(tmp_path / "a.avi"), frames, fps=8)
+
+
+# --- input checks shared by the apps -----------------------------------------------------------
+
+@pytest.mark.parametrize("text, match", [
+    ("1,2,3", r"--arrows item 1 '1,2,3' must be 4 finite numbers x,y,u,v"),
+    ("1,2,3,4;5,6,nan,1", r"--arrows item 2 '5,6,nan,1'"),
+    ("1,2,a,4", r"--arrows item 1"),
+    ("", r"--arrows needs at least one item 'x,y,u,v'"),
+    (None, r"--arrows needs at least one item"),
+])
+def test_bad_arrows_are_named_with_the_flag_and_the_item(text, match):
+    with pytest.raises(ValueError, match=match):
+        inputs.parse_rows(text, inputs.ARROW_FIELDS, "--arrows")
+
+
+def test_arrow_and_click_strings_parse_and_pins_are_allowed():
+    rows = inputs.parse_rows(" 10,20,3,-4 ; 5,6,0,0;", inputs.ARROW_FIELDS, "--arrows")
+    np.testing.assert_array_equal(rows, [[10, 20, 3, -4], [5, 6, 0, 0]])
+    assert inputs.parse_rows([[1, 2], [3, 4]], inputs.CLICK_FIELDS, "positive").shape == (2, 2)
+    assert inputs.parse_rows("", inputs.CLICK_FIELDS, "--negative", allow_empty=True).shape == \
+        (0, 2)
+    with pytest.raises(ValueError, match=r"--positive item 1 \(x=128, y=3\) lies outside the "
+                                         r"128x128 image"):
+        inputs.check_inside(np.array([[127.6, 3]]), SIZE, SIZE, "--positive")
+
+
+def test_unreadable_images_and_oversized_uploads_are_refused(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match=r"--image=.*notes.png could not be read as an image"):
+        inputs.read_image(str(text))
+    with pytest.raises(ValueError, match=r"--image=.*missing.png does not exist"):
+        inputs.read_image(str(tmp_path / "missing.png"))
+    with pytest.raises(ValueError, match="image could not be decoded"):
+        inputs.decode_image(b"\x89PNG broken")
+    png = cv2.imencode(".png", np.zeros((40, 300, 3), np.uint8))[1].tobytes()
+    with pytest.raises(ValueError, match="300x40 px; at most 256"):
+        inputs.decode_image(png, max_side=256)
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((8, 9), 7, np.uint8))
+    assert inputs.read_image(str(grey)).shape == (8, 9, 3)
+
+
+def test_a_model_path_of_the_wrong_kind_is_named(tmp_path):
+    text = tmp_path / "model.txt"
+    text.write_text("weights?")
+    with pytest.raises(ValueError, match=r"--model=.*model.txt: .*expected a .keras, .tflite"):
+        inputs.load_propagator(str(text))
+    fake = tmp_path / "model.tflite"
+    fake.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match=r"--model=.*model.tflite: .*could not be loaded"):
+        inputs.load_propagator(str(fake))
+    import keras
+
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    other.save(tmp_path / "classifier.keras")
+    with pytest.raises(ValueError, match=r"--model=.*classifier.keras: .*not a CMP"):
+        inputs.load_propagator(str(tmp_path / "classifier.keras"))
+
+
+# --- annotation --------------------------------------------------------------------------------
+
+def test_positive_clicks_push_four_ways_and_negative_clicks_stay_still():
+    sets = annotate.direction_guidance(np.array([[5, 6], [7, 8]], np.float32),
+                                       np.array([[1, 1]], np.float32), velocity=30)
+    assert len(sets) == 4
+    pushes = np.array([vectors[:2] for _, vectors in sets])  # [4, 2 positives, 2]
+    np.testing.assert_array_equal(pushes[:, 0], [[30, 0], [-30, 0], [0, 30], [0, -30]])
+    np.testing.assert_array_equal(pushes[:, 0], pushes[:, 1])
+    assert all(np.all(vectors[2] == 0) for _, vectors in sets)
+
+
+def test_the_zoom_square_is_the_demos_and_stays_inside():
+    points = np.array([[10, 20], [30, 25]], np.float32)  # extent 20 px
+    assert annotate.zoom_box(points, 200, 300, zoom_factor=4) == (0, 0, 80)
+    x0, y0, side = annotate.zoom_box(points + 100, 200, 300, zoom_factor=3)
+    assert side == 60 and (x0, y0) == (90, 92)  # centred on (120, 122.5)
+    assert annotate.zoom_box(points * 10, 200, 300, zoom_factor=4)[2] == 200  # shorter side
+    assert annotate.zoom_box(points[:1], 200, 300) is None
+    assert annotate.zoom_box(points, 200, 300, zoom_factor=-1) is None
+
+
+class _RegionPropagator:
+    """Moves exactly the pixels of `region` (image coordinates) with the first guide; records
+    the guidance it is given."""
+
+    def __init__(self, region):
+        self.region, self.calls = region, []
+
+    def propagate_batch(self, image, guidance):
+        self.calls.append((image.shape, guidance))
+        region = cv2.resize(self.region.astype(np.uint8), image.shape[1::-1],
+                            interpolation=cv2.INTER_NEAREST) > 0
+        return np.stack([region[..., None] * vectors[0] for _, vectors in guidance])
+
+
+def test_the_mask_is_where_the_clicks_motion_spreads():
+    image, mask = _square_scene()
+    fake = _RegionPropagator(mask)
+    score = annotate.motion_score(fake, image, [[60, 60]], [], zoom_factor=-1)
+    assert score.dtype == np.float32 and score.max() == 1
+    np.testing.assert_array_equal(score > annotate.THRESHOLD, mask)
+    (shape, guidance), = fake.calls
+    assert shape == image.shape and len(guidance) == 4
+
+
+def test_zoomed_scores_come_back_in_image_pixels_and_zero_outside_the_square():
+    image, _ = _square_scene()
+    fake = _RegionPropagator(np.ones((SIZE, SIZE), bool))
+    positive, negative = np.array([[60, 60], [70, 65]], np.float32), np.zeros((0, 2))
+    score = annotate.motion_score(fake, image, positive, negative, zoom_factor=4, zoom_size=96)
+    x0, y0, side = annotate.zoom_box(positive, SIZE, SIZE, 4)
+    assert fake.calls[0][0] == (96, 96, 3)  # the square, resized for the network
+    points = fake.calls[0][1][0][0]
+    np.testing.assert_allclose(points, (positive - [x0, y0] + 0.5) * 96 / side - 0.5)
+    assert score[y0:y0 + side, x0:x0 + side].min() == 1 and score.sum() == side * side
+
+
+def test_grabcut_pulls_a_rough_motion_mask_onto_the_object_edges():
+    image, mask = _square_scene()
+    rough = np.zeros_like(mask)
+    rough[30:100, 34:96] = True  # the square's box, dilated unevenly
+    refined = annotate.grabcut(image, rough, [[60, 60]], [[10, 10]])
+    assert _iou(rough, mask) < 0.6 and _iou(refined, mask) > 0.95
+    guided = annotate.refine(image, rough.astype(np.float32), [[60, 60]], [], method="guided")
+    assert guided.shape == mask.shape
+    with pytest.raises(ValueError, match="refine must be one of none, grabcut, guided"):
+        annotate.refine(image, rough, [[60, 60]], [], method="crf")
+
+
+def test_clicks_are_checked_before_any_propagation():
+    image, _ = _square_scene()
+    fake = _RegionPropagator(np.ones((SIZE, SIZE), bool))
+    with pytest.raises(ValueError, match="positive needs at least one click"):
+        annotate.annotate(fake, image, [], [[1, 1]])
+    with pytest.raises(ValueError, match=r"negative item 2 \(x=5, y=200\) lies outside"):
+        annotate.annotate(fake, image, [[60, 60]], [[1, 1], [5, 200]])
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        annotate.annotate(fake, image, [[60, 60]], [], threshold=1.5)
+    assert not fake.calls
+
+
+def test_the_shipped_model_annotates_a_square_from_a_few_clicks(propagator):
+    """Its motion is the nearest-guidance fill, so the bare mask is the positive clicks'
+    Voronoi cells; the edge refinements pull it onto the square."""
+    image, mask = _square_scene()
+    positive = [[50, 50], [78, 78], [50, 78], [78, 50]]
+    negative = [[30, 30], [98, 98], [30, 98], [98, 30], [30, 64], [98, 64], [64, 30], [64, 98]]
+    found = {method: annotate.annotate(propagator, image, positive, negative,
+                                       refine_method=method)
+             for method in annotate.REFINEMENTS}
+    assert all(m.shape == mask.shape and m.dtype == bool for m in found.values())
+    assert 0.7 < _iou(found["none"], mask) < _iou(found["guided"], mask)
+    assert _iou(found["grabcut"], mask) > 0.95
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+def _write_scene(folder):
+    image, mask = _square_scene()
+    path = str(folder / "scene.png")
+    inputs.write_rgb(path, image)
+    return path, image, mask
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["keras", "tflite"])
+def test_both_commands_run_from_a_model_file(tmp_path, exported, propagator, model):
+    path, image, mask = _write_scene(tmp_path)
+    model_path = None if model == "keras" else str(exported / "model.tflite")
+    out, flow_png = animate.run(model_path, path, "64,64,12,-6;5,5,0,0;120,120,0,0", frames=4,
+                                out=str(tmp_path / "anim.gif"))
+    assert flow_png == str(tmp_path / "anim_flow.png") and os.path.isfile(out)
+    colour = cv2.imread(flow_png)
+    assert colour.shape == (SIZE, SIZE, 3) and colour.std() > 10  # motion is coloured
+    mask_path, share = annotate.run(model_path, path, "50,50;78,78;50,78;78,50",
+                                    "30,30;98,98;30,98;98,30;30,64;98,64;64,30;64,98",
+                                    out=str(tmp_path / "mask.png"), refine_method="grabcut")
+    found = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 0
+    assert _iou(found, mask) > 0.95 and share == pytest.approx(found.mean())
+    if model == "tflite":  # the exported file propagates as the Keras model does
+        from cmp_tf.runtime import Propagator
+
+        points, vectors = np.array([[64, 64], [5, 5]], np.float32), np.array(
+            [[12, -6], [0, 0]], np.float32)
+        tflite = Propagator(model_path).propagate(image, points, vectors)
+        keras = propagator.propagate(image, points, vectors)
+        assert np.abs(tflite - keras).mean() < 0.05
+
+
+@pytest.mark.slow
+def test_the_commands_fail_with_the_flag_named(tmp_path):
+    path, _, _ = _write_scene(tmp_path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-m", "cmp_tf.apps.animate", f"--image={path}", "--arrows=500,5,1,1",
+         f"--out={tmp_path / 'x.gif'}"], capture_output=True, text=True, env=env, timeout=120,
+        check=False)
+    assert result.returncode == 1
+    assert "--arrows item 1 (x=500, y=5) lies outside the 128x128 image" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "cmp_tf.apps.annotate", f"--image={path}", "--positive=3,4",
+         f"--model={tmp_path}", f"--out={tmp_path / 'm.png'}"], capture_output=True,
+        text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 1 and f"--model={tmp_path}: " in result.stderr
+    assert not os.path.exists(tmp_path / "m.png") and not os.path.exists(tmp_path / "x.gif")

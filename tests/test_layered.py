@@ -68,8 +68,8 @@ def test_layer_masks_are_disjoint_visible_parts_each_with_one_affine_motion():
     """return_masks draws the same scene and gives where each layer shows: each mask's flow
     is one affine motion, masks do not overlap, and outside them the background shows."""
     plain = layered.render_scene(np.random.default_rng(5), 64, 64, layers=(3, 3))
-    image, flow, valid, masks = layered.render_scene(np.random.default_rng(5), 64, 64,
-                                                     layers=(3, 3), return_masks=True)
+    image, flow, _, masks = layered.render_scene(np.random.default_rng(5), 64, 64,
+                                                 layers=(3, 3), return_masks=True)
     np.testing.assert_array_equal(image, plain[0])
     np.testing.assert_array_equal(flow, plain[1])
     assert masks.shape == (3, 64, 64) and masks.dtype == bool

@@ -48,6 +48,12 @@ VARIANTS = {
     "pull_push_l2_skips": ("+ prior, L2 regression, pull-push output, fill at the skips",
                            ["--config.flow.loss=l2", "--config.model.prior_fill=pull_push",
                             "--config.model.prior_skips=True"]),
+    "blend": ("+ prior, L1 regression, output = learned per-pixel mix of the nearest and "
+              "pull-push fills + correction",
+              ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]),
+    "blend_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered scenes",
+                    ["--config.flow.loss=l1", "--config.model.prior_fill=blend"] + POINTS
+                    + LAYERED),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }

@@ -295,6 +295,25 @@ def test_pull_push_prior_model_starts_from_that_fill(rng):
         models.build_cmp(config)
 
 
+
+def test_blend_prior_model_starts_from_the_mean_of_the_nearest_and_smooth_fills(rng):
+    config = load_config("default")
+    config.model.prior_fill, config.flow.loss = "blend", "l1"
+    model = models.build_cmp(config)
+    inputs = _inputs(rng, 1, 128, points=4)
+    mean = 0.5 * (L.DensePrior(2)(inputs["sparse"])[..., :2] + L.PullPushFill(2)(inputs["sparse"]))
+    want = L.ResizeLike()([mean, inputs["image"]]).numpy()
+    assert model.get_layer("decoder").output.shape[-1] == 3  # (du, dv, blend weight)
+    np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
+    out = np.zeros((1, 2, 2, 3), np.float32)
+    out[..., 2] = 50.0  # weight ~1: the nearest fill alone, plus the correction
+    out[..., 0] = 0.25
+    nearest, smooth = np.full((1, 2, 2, 3), 4.0, np.float32), np.zeros((1, 2, 2, 2), np.float32)
+    np.testing.assert_allclose(L.BlendFills()([out, nearest, smooth])[..., 0], 4.25, rtol=1e-6)
+    config.flow.loss = "discrete"
+    with pytest.raises(ValueError, match="prior_fill='blend' needs a regression loss"):
+        models.build_cmp(config)
+
 def test_dense_prior_without_guidance_is_zero_flow_far_away():
     prior = L.DensePrior(8, max_size=512)(np.zeros((1, 32, 32, 3), np.float32)).numpy()
     np.testing.assert_array_equal(prior[..., :2], 0)

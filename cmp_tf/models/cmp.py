@@ -10,7 +10,7 @@ from cmp_tf import losses
 from cmp_tf import registry
 from cmp_tf.models import layers as L
 
-PRIOR_FILLS = ("nearest", "pull_push")  # config.model.prior_fill
+PRIOR_FILLS = ("nearest", "pull_push", "blend")  # config.model.prior_fill
 # Side of the square image whose symbolic shapes reveal each part's stride (a multiple of all).
 _PROBE = 1024
 
@@ -40,7 +40,9 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             (the decoder's skip channels count it: 3 more each), so the fine layers see where
             the guides are, not only the coarse features.
         prior_fill: what the output adds to the decoder's: "nearest" (the nearest guide's
-            vector) or "pull_push" (a smooth fill interpolating between guides).
+            vector), "pull_push" (a smooth fill interpolating between guides) or, with a
+            regression loss, "blend" (a per-pixel mix of the two that the decoder's third
+            output channel weighs; layers.BlendFills).
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
         {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
@@ -87,7 +89,10 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             prior = L.PullPushFill(out_stride, name="pull_push_out")(sparse_in)
         elif prior is None:
             prior = L.DensePrior(out_stride, name="dense_prior_out")(sparse_in)
-        if regression:
+        if prior_fill == "blend":
+            smooth = L.PullPushFill(out_stride, name="pull_push_out")(sparse_in)
+            out = L.BlendFills(name="add_prior")([out, prior, smooth])
+        elif regression:
             out = keras.layers.Add(name="add_prior")([out, prior[..., :2]])
         else:
             prior_logits = L.PriorLogits(nbins, fmax, prior_sigma, name="prior_logits")(prior)
@@ -129,6 +134,10 @@ def build_cmp(config):
     if m.get("prior_fill", "nearest") != "nearest" and not m.dense_prior:
         raise ValueError(f"config.model.prior_fill={m.prior_fill!r} needs "
                          "config.model.dense_prior=True (it is the prior's fill).")
+    blend = m.get("prior_fill", "nearest") == "blend"
+    if blend and f.loss == "discrete":
+        raise ValueError("config.model.prior_fill='blend' needs a regression loss "
+                         "(config.flow.loss=l1 or l2); got config.flow.loss='discrete'.")
     for field in ("dense_prior", "honour_guidance", "prior_skips"):
         if not isinstance(m.get(field, False), bool):
             raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
@@ -139,7 +148,7 @@ def build_cmp(config):
     enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
     sparse_channels = sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))[-1]
     context = dict(in_channels=enc_shapes["features"][-1] + sparse_channels + 3 * m.dense_prior,
-                   out_channels=2 if f.loss != "discrete" else 2 * f.nbins,
+                   out_channels=(2 + blend) if f.loss != "discrete" else 2 * f.nbins,
                    combo=tuple(m.decoder_combo), init_gain=m.init_gain)
     if m.get("prior_skips", False) and not (
             m.dense_prior and "skip_channels" in registry.parameters("decoder", m.decoder)):

@@ -363,6 +363,27 @@ class HonourGuidance(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
+class BlendFills(keras.layers.Layer):
+    """[decoder output (du, dv, a), nearest fill, smooth fill] -> flow (beyond the paper):
+    sigmoid(a) x nearest + (1 - sigmoid(a)) x smooth + (du, dv).
+
+    The nearest fill is right inside a guided object up to its boundary, the smooth one between
+    guides on one surface: the network learns per pixel which to trust, from the image, plus a
+    correction. An untrained head (a = 0) reads out their mean, which is already closer to the
+    reference flow than linear interpolation at 5 to 25 guides on unseen frames.
+    """
+
+    def call(self, inputs):
+        out, nearest, smooth = (tf.cast(x, tf.float32) for x in inputs)
+        weight = tf.sigmoid(out[..., 2:3])
+        flow = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2] + out[..., :2]
+        return tf.cast(flow, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[0][:-1], 2)
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
 class PriorLogits(keras.layers.Layer):
     """Bin logits of a Gaussian around a prior flow: added to the decoder's logits, the network
     starts from the prior's readout and learns a correction to it.

@@ -330,3 +330,153 @@ def test_the_commands_fail_with_the_flag_named(tmp_path):
         text=True, env=env, timeout=120, check=False)
     assert result.returncode == 1 and f"--model={tmp_path}: " in result.stderr
     assert not os.path.exists(tmp_path / "m.png") and not os.path.exists(tmp_path / "x.gif")
+
+
+# --- the page's server ----------------------------------------------------------------------------
+
+SERVER_MAX_SIDE, SERVER_MAX_BYTES = 256, 2**20
+
+
+@pytest.fixture(scope="module")
+def server(propagator):
+    """The page's server on a free localhost port, in a thread: its base URL."""
+    import threading
+
+    from cmp_tf.apps.web import server as server_lib
+
+    httpd = server_lib.make_server(propagator, port=0, max_side=SERVER_MAX_SIDE,
+                                   max_bytes=SERVER_MAX_BYTES)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _request(httpd, method, path, body=None, headers=None):
+    """(status, parsed JSON or raw bytes) of one raw request: the path is sent as written."""
+    import http.client
+    import json
+
+    connection = http.client.HTTPConnection(*httpd.server_address[:2], timeout=120)
+    data = None if body is None else (body if isinstance(body, bytes) else
+                                      json.dumps(body).encode())
+    connection.request(method, path, body=data, headers=headers or {})
+    response = connection.getresponse()
+    raw = response.read()
+    connection.close()
+    if response.getheader("Content-Type") == "application/json":
+        return response.status, json.loads(raw)
+    return response.status, raw
+
+
+def _b64_png(image):
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(
+        cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()).decode()
+
+
+def _decode(b64, flags=cv2.IMREAD_COLOR):
+    import base64
+
+    return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), flags)
+
+
+def test_the_server_binds_localhost_and_serves_its_page(server):
+    assert server.server_address[0] == "127.0.0.1"
+    status, page = _request(server, "GET", "/")
+    assert status == 200 and b'<canvas id="canvas"' in page
+    status, script = _request(server, "GET", "/app.js?v=1")
+    assert status == 200 and b"api/animate" in script
+    status, info = _request(server, "GET", "/api/info")
+    assert info["max_side"] == SERVER_MAX_SIDE and info["refine"] == annotate.REFINE
+
+
+@pytest.mark.parametrize("path", [
+    "/../server.py", "/%2e%2e/server.py", "/..%2f..%2finputs.py", "/static/../../animate.py",
+    "/%2e%2e%2f%2e%2e%2f%2e%2e%2fruntime.py", "//etc/passwd", "/..%5c..%5cinputs.py",
+    "/nothing.html", "/%00index.html"])
+def test_no_file_outside_the_page_folder_is_served(server, path):
+    status, body = _request(server, "GET", path)
+    assert status == 404 and set(body) == {"error"}  # a JSON refusal, no file content
+
+
+def test_a_link_out_of_the_static_folder_is_not_followed(tmp_path):
+    from cmp_tf.apps.web import server as server_lib
+
+    root = tmp_path / "static"
+    root.mkdir()
+    (root / "page.html").write_text("ok")
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(tmp_path / "secret.txt", root / "link.txt")
+    assert server_lib.static_path("/page.html", str(root)) == str(root / "page.html")
+    assert server_lib.static_path("/", str(root)) is None  # no index.html there
+    assert server_lib.static_path("/link.txt", str(root)) is None
+    assert server_lib.static_path("/../secret.txt", str(root)) is None
+
+
+def test_the_api_animates_and_annotates_a_real_image(server):
+    image, mask = _square_scene()
+    status, answer = _request(server, "POST", "/api/animate", {
+        "image": _b64_png(image), "arrows": [[64, 64, 12, -6], [5, 5, 0, 0]], "frames": 5})
+    assert status == 200, answer
+    flow_colour = _decode(answer["flow_png"])
+    assert flow_colour.shape == (SIZE, SIZE, 3) and flow_colour.std() > 10
+    import base64
+
+    import imageio.v3 as iio
+
+    assert iio.imread(base64.b64decode(answer["animation_gif"])).shape == (5, SIZE, SIZE, 3)
+    status, answer = _request(server, "POST", "/api/annotate", {
+        "image": _b64_png(image), "positive": [[50, 50], [78, 78], [50, 78], [78, 50]],
+        "negative": [[30, 30], [98, 98], [30, 98], [98, 30], [30, 64], [98, 64], [64, 30],
+                     [64, 98]], "refine": "grabcut"})
+    assert status == 200, answer
+    found = _decode(answer["mask_png"], cv2.IMREAD_GRAYSCALE) > 0
+    assert _iou(found, mask) > 0.95 and answer["share"] == pytest.approx(found.mean())
+    assert _decode(answer["overlay_png"]).shape == (SIZE, SIZE, 3)
+
+
+def test_the_api_refuses_bad_requests_naming_the_field(server):
+    image, _ = _square_scene()
+    png = _b64_png(image)
+    cases = [
+        ("/api/animate", {"image": png, "arrows": [[1, 2, 3]]}, 400, "arrows item 1"),
+        ("/api/animate", {"image": png, "arrows": [[300, 2, 3, 4]]}, 400,
+         "arrows item 1 (x=300, y=2) lies outside the 128x128 image"),
+        ("/api/animate", {"image": png, "arrows": [[1, 2, 3, 4]], "frames": 1000}, 400,
+         "frames must be an integer in [2, 64]"),
+        ("/api/animate", {"image": "not base64!", "arrows": [[1, 2, 3, 4]]}, 400,
+         "image is not valid base64"),
+        ("/api/animate", {"image": "aGVsbG8=", "arrows": [[1, 2, 3, 4]]}, 400,
+         "image could not be decoded"),
+        ("/api/animate", {"arrows": [[1, 2, 3, 4]]}, 400, "image must be a base64"),
+        ("/api/annotate", {"image": png, "positive": []}, 400, "positive needs at least one"),
+        ("/api/annotate", {"image": png, "positive": [[5, 5]], "negative": [[5, -3]]}, 400,
+         "negative item 1 (x=5, y=-3) lies outside"),
+        ("/api/annotate", {"image": png, "positive": [[5, 5]], "refine": "crf"}, 400,
+         "refine must be one of"),
+        ("/api/annotate", {"image": _b64_png(np.zeros((40, 300, 3), np.uint8)),
+                           "positive": [[5, 5]]}, 413, "300x40 px; at most 256"),
+        ("/api/nothing", {}, 404, "not an API route"),
+        ("/api/animate", b"{not json", 400, "not JSON"),
+        ("/api/animate", [1, 2], 400, "must be a JSON object"),
+    ]
+    for path, body, status, message in cases:
+        got, answer = _request(server, "POST", path, body)
+        assert (got, message in answer["error"]) == (status, True), (path, body, answer)
+
+
+def test_oversized_or_unsized_bodies_are_refused_unread(server):
+    import http.client
+
+    for headers, status in (({"Content-Length": str(10 * SERVER_MAX_BYTES)}, 413), ({}, 411)):
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+        connection.putrequest("POST", "/api/animate", skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == status, response.read()
+        connection.close()

@@ -1,0 +1,196 @@
+// The page: an image on a canvas, arrows and clicks drawn with the mouse in image pixels,
+// and the server's results (base64 PNG / GIF) shown as images. No library, no network but
+// this page's own server.
+"use strict";
+
+const PIN_PX = 3;  // a drag shorter than this (image px) is a click: a pinned, still point
+const state = { dataUrl: null, image: null, arrows: [], positive: [], negative: [], drag: null };
+const $ = (id) => document.getElementById(id);
+const canvas = $("canvas");
+const context = canvas.getContext("2d");
+
+function setStatus(text, isError) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+function mode() {
+  return document.querySelector("input[name=mode]:checked").value;
+}
+
+// Mouse position in image pixels, whatever size the canvas is displayed at.
+function toImage(event) {
+  const box = canvas.getBoundingClientRect();
+  return {
+    x: Math.round((event.clientX - box.left) * canvas.width / box.width),
+    y: Math.round((event.clientY - box.top) * canvas.height / box.height),
+  };
+}
+
+function drawArrow(x, y, u, v, colour) {
+  const width = Math.max(2, canvas.width / 200);
+  context.strokeStyle = colour;
+  context.fillStyle = colour;
+  context.lineWidth = width;
+  if (u === 0 && v === 0) {  // a pin
+    context.beginPath();
+    context.arc(x, y, 2 * width, 0, 2 * Math.PI);
+    context.stroke();
+    return;
+  }
+  const angle = Math.atan2(v, u);
+  const head = 4 * width;
+  context.beginPath();
+  context.moveTo(x, y);
+  context.lineTo(x + u, y + v);
+  context.stroke();
+  context.beginPath();
+  context.moveTo(x + u, y + v);
+  context.lineTo(x + u - head * Math.cos(angle - 0.4), y + v - head * Math.sin(angle - 0.4));
+  context.lineTo(x + u - head * Math.cos(angle + 0.4), y + v - head * Math.sin(angle + 0.4));
+  context.closePath();
+  context.fill();
+}
+
+function drawDot(x, y, colour) {
+  context.fillStyle = colour;
+  context.strokeStyle = "#fff";
+  context.lineWidth = 1;
+  context.beginPath();
+  context.arc(x, y, Math.max(3, canvas.width / 120), 0, 2 * Math.PI);
+  context.fill();
+  context.stroke();
+}
+
+function draw() {
+  if (!state.image) return;
+  context.drawImage(state.image, 0, 0);
+  for (const [x, y, u, v] of state.arrows) drawArrow(x, y, u, v, "#ffd400");
+  if (state.drag && state.drag.to) {
+    drawArrow(state.drag.x, state.drag.y, state.drag.to.x - state.drag.x,
+              state.drag.to.y - state.drag.y, "#ffffff");
+  }
+  for (const [x, y] of state.positive) drawDot(x, y, "#00b050");
+  for (const [x, y] of state.negative) drawDot(x, y, "#e02020");
+}
+
+function inside(point) {
+  return point.x >= 0 && point.y >= 0 && point.x < canvas.width && point.y < canvas.height;
+}
+
+canvas.addEventListener("mousedown", (event) => {
+  if (!state.image) return;
+  const point = toImage(event);
+  if (!inside(point)) return;
+  if (mode() === "arrow") {
+    state.drag = { x: point.x, y: point.y, to: null };
+  } else {
+    state[mode()].push([point.x, point.y]);
+    draw();
+  }
+});
+
+canvas.addEventListener("mousemove", (event) => {
+  if (!state.drag) return;
+  state.drag.to = toImage(event);
+  draw();
+});
+
+window.addEventListener("mouseup", (event) => {
+  if (!state.drag) return;
+  const end = toImage(event);
+  let u = end.x - state.drag.x;
+  let v = end.y - state.drag.y;
+  if (Math.hypot(u, v) < PIN_PX) { u = 0; v = 0; }
+  state.arrows.push([state.drag.x, state.drag.y, u, v]);
+  state.drag = null;
+  draw();
+  setStatus(`${state.arrows.length} arrow(s); press Animate.`);
+});
+
+$("file").addEventListener("change", () => {
+  const file = $("file").files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => {
+    const image = new Image();
+    image.onload = () => {
+      state.image = image;
+      state.dataUrl = reader.result;
+      state.arrows = []; state.positive = []; state.negative = [];
+      canvas.width = image.naturalWidth;
+      canvas.height = image.naturalHeight;
+      draw();
+      canvas.dataset.loaded = "true";
+      setStatus(`Loaded ${file.name}, ${image.naturalWidth}x${image.naturalHeight}.`);
+    };
+    image.onerror = () => setStatus(`${file.name} is not an image the browser can show.`, true);
+    image.src = reader.result;
+  };
+  reader.readAsDataURL(file);
+});
+
+$("clear").addEventListener("click", () => {
+  state.arrows = []; state.positive = []; state.negative = [];
+  draw();
+  setStatus("Guidance cleared.");
+});
+
+async function post(route, body) {
+  const response = await fetch(route, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const answer = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+  return answer;
+}
+
+function show(id, type, base64) {
+  $(id).src = `data:${type};base64,${base64}`;
+}
+
+$("animate").addEventListener("click", async () => {
+  if (!state.image) return setStatus("Load an image first.", true);
+  if (!state.arrows.length) return setStatus("Drag at least one arrow on the image.", true);
+  setStatus("Propagating the arrows…");
+  try {
+    const answer = await post("api/animate", {
+      image: state.dataUrl, arrows: state.arrows, frames: Number($("frames").value),
+    });
+    show("flow", "image/png", answer.flow_png);
+    show("animation", "image/gif", answer.animation_gif);
+    setStatus(`Flow and animation in ${answer.seconds.toFixed(2)} s.`);
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+});
+
+$("annotate").addEventListener("click", async () => {
+  if (!state.image) return setStatus("Load an image first.", true);
+  if (!state.positive.length) return setStatus("Place at least one object click (+).", true);
+  setStatus("Pushing the clicks four ways…");
+  try {
+    const answer = await post("api/annotate", {
+      image: state.dataUrl, positive: state.positive, negative: state.negative,
+      refine: $("refine").value,
+    });
+    show("mask", "image/png", answer.overlay_png);
+    setStatus(`Mask (${(100 * answer.share).toFixed(1)}% of the image) in ` +
+              `${answer.seconds.toFixed(2)} s.`);
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+});
+
+fetch("api/info").then((r) => r.json()).then((info) => {
+  $("model").textContent = `model: ${info.model} (${info.format}); images up to ` +
+    `${info.max_side} px a side, ${(info.max_bytes / 2 ** 20).toFixed(0)} MB`;
+  $("frames").value = info.frames;
+  $("frames").max = info.max_frames;
+  for (const name of info.refinements) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    option.selected = name === info.refine;
+    $("refine").appendChild(option);
+  }
+}).catch(() => setStatus("The server does not answer.", true));

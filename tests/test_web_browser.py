@@ -1,0 +1,168 @@
+"""The interactive page end to end in headless Chromium (Debian's chromium + chromium-driver,
+which .ci/run installs; nothing is downloaded): load an image, draw an arrow with the mouse,
+get the flow back, and check on a screenshot that the page shows it."""
+import os
+import shutil
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from cmp_tf import flow as flow_lib
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver "
+    "(apt-get install chromium chromium-driver; .ci/run does)")]
+SIZE = 128
+TIMEOUT = 120  # s: a cold model on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def propagator():
+    from cmp_tf.runtime import Propagator
+
+    return Propagator()
+
+
+@pytest.fixture(scope="module")
+def page(propagator):
+    """The page's URL, served from a thread on a free localhost port."""
+    from cmp_tf.apps.web import server as server_lib
+
+    httpd = server_lib.make_server(propagator, port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield "http://{}:{}/".format(*httpd.server_address[:2])
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    yield driver
+    driver.quit()
+
+
+def _scene(path):
+    """A red square on a textured background, written as a PNG: the image the user loads."""
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32), (0, 0), 2)
+    image = (image * 0.4 + np.array([60, 90, 140])).clip(0, 255).astype(np.uint8)
+    image[40:88, 40:88] = (220, 30, 30)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return image
+
+
+def _drag(driver, element, start, end):
+    """Drags the mouse on `element` between two image pixels (it is shown at natural size)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = element.size["width"], element.size["height"]
+    border = driver.execute_script("return arguments[0].clientLeft;", element)
+    # Selenium offsets are from the centre of the border box.
+    offset = [start[0] + border - width / 2, start[1] + border - height / 2]
+    chain = ActionChains(driver).move_to_element_with_offset(element, *map(round, offset))
+    chain.click_and_hold()
+    if end != start:
+        chain.move_by_offset(end[0] - start[0], end[1] - start[1])
+    chain.release().perform()
+
+
+def _shown(driver, element):
+    """What the screen shows of `element`: the screenshot cropped to it, RGB."""
+    shot = cv2.imdecode(np.frombuffer(driver.get_screenshot_as_png(), np.uint8),
+                        cv2.IMREAD_COLOR)
+    box = driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return [r.left, r.top, r.width, r.height, window.devicePixelRatio];", element)
+    left, top, width, height, ratio = box
+    x0, y0 = round((left + 1) * ratio), round((top + 1) * ratio)  # inside the 1 px border
+    x1, y1 = round((left + width - 1) * ratio), round((top + height - 1) * ratio)
+    return cv2.cvtColor(shot[y0:y1, x0:x1], cv2.COLOR_BGR2RGB)
+
+
+def test_load_draw_an_arrow_and_see_the_flow(tmp_path, page, browser, propagator):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = _scene(tmp_path / "scene.png")
+    browser.get(page)
+    wait = WebDriverWait(browser, TIMEOUT)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refine option"))
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
+    canvas = browser.find_element(By.ID, "canvas")
+    wait.until(lambda d: canvas.get_attribute("data-loaded") == "true")
+    assert (canvas.size["width"], canvas.size["height"]) == (SIZE + 2, SIZE + 2)  # + border
+
+    _drag(browser, canvas, (64, 64), (84, 54))  # the square moves 20 px right, 10 up
+    _drag(browser, canvas, (10, 10), (10, 10))  # a click: a pinned corner
+    arrows = browser.execute_script("return state.arrows;")
+    assert len(arrows) == 2 and arrows[1][2:] == [0, 0]
+    # The start to a pixel (the layout may put the canvas at a fractional offset), the
+    # motion exactly.
+    assert np.abs(np.subtract(arrows[0][:2], (64, 64))).max() <= 1 and arrows[0][2:] == [20, -10]
+
+    browser.find_element(By.ID, "animate").click()
+    flow_image = browser.find_element(By.ID, "flow")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth;", flow_image) > 0
+               or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class"), \
+        browser.find_element(By.ID, "status").text
+    wait.until(ready.visibility_of_element_located((By.ID, "animation")))
+
+    shown = _shown(browser, flow_image)
+    assert shown.shape[:2] == (SIZE, SIZE)
+    points = np.array([a[:2] for a in arrows], np.float32)
+    vectors = np.array([a[2:] for a in arrows], np.float32)
+    expected = flow_lib.flow_to_color(propagator.propagate(image, points, vectors))
+    assert np.abs(shown.astype(int) - expected).mean() < 3  # the page shows this flow
+    saturation = cv2.cvtColor(shown, cv2.COLOR_RGB2HSV)[..., 1]
+    assert saturation[64, 64] > 100 and saturation[5, 5] < 30  # moving: colour; pinned: white
+    path = os.environ.get("CMP_TF_SCREENSHOT")  # keep the screenshot for a look, if asked
+    if path:
+        browser.save_screenshot(path)
+
+
+def test_clicks_give_a_mask_on_the_page(tmp_path, page, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = _scene(tmp_path / "scene.png")
+    browser.get(page)
+    wait = WebDriverWait(browser, TIMEOUT)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refine option"))
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
+    canvas = browser.find_element(By.ID, "canvas")
+    wait.until(lambda d: canvas.get_attribute("data-loaded") == "true")
+    browser.find_element(By.CSS_SELECTOR, "input[value=positive]").click()
+    for point in ((50, 50), (78, 78), (50, 78), (78, 50)):
+        _drag(browser, canvas, point, point)
+    browser.find_element(By.CSS_SELECTOR, "input[value=negative]").click()
+    for point in ((30, 30), (98, 98), (30, 98), (98, 30), (30, 64), (98, 64), (64, 30),
+                  (64, 98)):
+        _drag(browser, canvas, point, point)
+    browser.find_element(By.CSS_SELECTOR, "#refine option[value=grabcut]").click()
+    browser.find_element(By.ID, "annotate").click()
+    mask_image = browser.find_element(By.ID, "mask")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth;", mask_image) > 0
+               or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class"), \
+        browser.find_element(By.ID, "status").text
+    shown = _shown(browser, mask_image).astype(int)
+    # The overlay tints the object: the square's pixels change, the background's do not.
+    changed = np.abs(shown - image).sum(-1) > 30
+    square = np.zeros((SIZE, SIZE), bool)
+    square[40:88, 40:88] = True
+    assert changed[square].mean() > 0.9 and changed[~square].mean() < 0.05

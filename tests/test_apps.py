@@ -330,6 +330,10 @@ def test_the_commands_fail_with_the_flag_named(tmp_path):
         text=True, env=env, timeout=120, check=False)
     assert result.returncode == 1 and f"--model={tmp_path}: " in result.stderr
     assert not os.path.exists(tmp_path / "m.png") and not os.path.exists(tmp_path / "x.gif")
+    result = subprocess.run(
+        [sys.executable, "-m", "cmp_tf.apps.web", f"--model={path}", "--port=0"],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 1 and f"--model={path}: " in result.stderr
 
 
 # --- the page's server ----------------------------------------------------------------------------
@@ -480,3 +484,19 @@ def test_oversized_or_unsized_bodies_are_refused_unread(server):
         response = connection.getresponse()
         assert response.status == status, response.read()
         connection.close()
+
+
+@pytest.mark.slow
+def test_the_page_api_runs_on_an_exported_file(exported):
+    from cmp_tf.apps.web import server as server_lib
+    from cmp_tf.runtime import Propagator
+
+    image, mask = _square_scene()
+    api = server_lib.App(Propagator(str(exported / "model.tflite")))
+    assert api.info()["format"] == "tflite"
+    answer = api.animate({"image": _b64_png(image), "arrows": [[64, 64, 12, -6]], "frames": 3})
+    assert _decode(answer["flow_png"]).std(axis=(0, 1)).max() < 1  # one arrow: one colour
+    answer = api.annotate({"image": _b64_png(image), "positive": [[50, 50], [78, 78]],
+                           "negative": [[30, 30], [98, 98], [30, 98], [98, 30]],
+                           "refine": "grabcut"})
+    assert _iou(_decode(answer["mask_png"], cv2.IMREAD_GRAYSCALE) > 0, mask) > 0.9

@@ -51,7 +51,8 @@ VARIANTS = {
     "blend": ("+ prior, L1 regression, output = learned per-pixel mix of the nearest and "
               "pull-push fills + correction",
               ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]),
-    "blend_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered scenes",
+    "blend_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered scenes "
+                    "(configs/propagation.py, the shipped model)",
                     ["--config.flow.loss=l1", "--config.model.prior_fill=blend"] + POINTS
                     + LAYERED),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",

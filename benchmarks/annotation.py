@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from absl import app
 from absl import flags
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cmp_tf.apps import annotate  # noqa: E402
@@ -185,7 +186,7 @@ def evaluate(propagator, scene_list, clicks, negatives_per_positive, zoom_size):
     """{method: {P: [IoU per scene]}}, and the mean seconds per CMP annotation."""
     scores = {m: {p: [] for p in clicks} for m in METHODS}
     seconds = []
-    for image, mask in scene_list:
+    for image, mask in tqdm(scene_list, desc="annotation", unit="scene"):
         box = iou(exact_box_grabcut(image, mask), mask)
         for p in clicks:
             positive, negative = simulate_clicks(mask, p, int(round(p * negatives_per_positive)))

@@ -92,9 +92,9 @@ def _shown(driver, element):
     return cv2.cvtColor(shot[y0:y1, x0:x1], cv2.COLOR_BGR2RGB)
 
 
-def test_load_draw_an_arrow_and_see_the_flow(tmp_path, page, browser, propagator):
+def _open_with_scene(tmp_path, page, browser):
+    """Loads the page, gives it a generated scene; returns (scene, canvas, waiter)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
     image = _scene(tmp_path / "scene.png")
@@ -104,6 +104,24 @@ def test_load_draw_an_arrow_and_see_the_flow(tmp_path, page, browser, propagator
     browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
     canvas = browser.find_element(By.ID, "canvas")
     wait.until(lambda d: canvas.get_attribute("data-loaded") == "true")
+    return image, canvas, wait
+
+
+def _wait_for_result(browser, wait, element):
+    """Waits until `element` (an <img>) shows a result; fails with the page's error if any."""
+    from selenium.webdriver.common.by import By
+
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth;", element) > 0
+               or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class"), \
+        browser.find_element(By.ID, "status").text
+
+
+def test_load_draw_an_arrow_and_see_the_flow(tmp_path, page, browser, propagator):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+
+    image, canvas, wait = _open_with_scene(tmp_path, page, browser)
     assert (canvas.size["width"], canvas.size["height"]) == (SIZE + 2, SIZE + 2)  # + border
 
     _drag(browser, canvas, (64, 64), (84, 54))  # the square moves 20 px right, 10 up
@@ -116,10 +134,7 @@ def test_load_draw_an_arrow_and_see_the_flow(tmp_path, page, browser, propagator
 
     browser.find_element(By.ID, "animate").click()
     flow_image = browser.find_element(By.ID, "flow")
-    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth;", flow_image) > 0
-               or "error" in d.find_element(By.ID, "status").get_attribute("class"))
-    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class"), \
-        browser.find_element(By.ID, "status").text
+    _wait_for_result(browser, wait, flow_image)
     wait.until(ready.visibility_of_element_located((By.ID, "animation")))
 
     shown = _shown(browser, flow_image)
@@ -137,15 +152,8 @@ def test_load_draw_an_arrow_and_see_the_flow(tmp_path, page, browser, propagator
 
 def test_clicks_give_a_mask_on_the_page(tmp_path, page, browser):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    image = _scene(tmp_path / "scene.png")
-    browser.get(page)
-    wait = WebDriverWait(browser, TIMEOUT)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refine option"))
-    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
-    canvas = browser.find_element(By.ID, "canvas")
-    wait.until(lambda d: canvas.get_attribute("data-loaded") == "true")
+    image, canvas, wait = _open_with_scene(tmp_path, page, browser)
     browser.find_element(By.CSS_SELECTOR, "input[value=positive]").click()
     for point in ((50, 50), (78, 78), (50, 78), (78, 50)):
         _drag(browser, canvas, point, point)
@@ -156,10 +164,7 @@ def test_clicks_give_a_mask_on_the_page(tmp_path, page, browser):
     browser.find_element(By.CSS_SELECTOR, "#refine option[value=grabcut]").click()
     browser.find_element(By.ID, "annotate").click()
     mask_image = browser.find_element(By.ID, "mask")
-    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth;", mask_image) > 0
-               or "error" in d.find_element(By.ID, "status").get_attribute("class"))
-    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class"), \
-        browser.find_element(By.ID, "status").text
+    _wait_for_result(browser, wait, mask_image)
     shown = _shown(browser, mask_image).astype(int)
     # The overlay tints the object: the square's pixels change, the background's do not.
     changed = np.abs(shown - image).sum(-1) > 30

@@ -54,11 +54,17 @@ class _StorageType:
 
 
 class _Storage:
-    """A storage named by a persistent id; its bytes are attached once read."""
+    """A storage named by a persistent id; its bytes are attached once read. A legacy view is
+    `numel` elements from `offset` of its `root` storage, whose bytes it reads."""
 
-    def __init__(self, key, storage_type, numel, offset=0):
+    def __init__(self, key, storage_type, numel, offset=0, root=None):
         self.key, self.type, self.numel, self.offset = key, storage_type, numel, offset
-        self.data = None
+        self.root, self.data = root, None
+
+    def values(self):
+        """This storage's elements, or None before the file's bytes are read."""
+        data = (self.root or self).data
+        return None if data is None else data[self.offset:self.offset + self.numel]
 
 
 class _Tensor:
@@ -115,8 +121,7 @@ class _Unpickler(pickle.Unpickler):
         if not (isinstance(offset, int) and isinstance(view_numel, int) and offset >= 0
                 and offset + view_numel <= numel):
             raise ValueError(f"{self._path}: storage view {view_key} lies outside storage {key}.")
-        slice_ = _Storage(key, storage_type, view_numel, offset)
-        return slice_
+        return _Storage(key, storage_type, view_numel, offset, root=root)
 
 
 def _check_ints(values, what, path):
@@ -129,7 +134,8 @@ def _check_ints(values, what, path):
 def _array(tensor, path):
     """The _Tensor as a contiguous array, its strides checked to stay inside its storage."""
     storage = tensor.storage
-    if not isinstance(storage, _Storage) or storage.data is None:
+    base = storage.values() if isinstance(storage, _Storage) else None
+    if base is None:
         raise ValueError(f"{path}: a tensor refers to no stored data.")
     size = _check_ints(tensor.size, "size", path)
     stride = _check_ints(tensor.stride, "stride", path)
@@ -137,7 +143,6 @@ def _array(tensor, path):
     if len(stride) != len(size) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"{path}: a tensor has size {size}, stride {stride} and offset "
                          f"{offset!r}, which do not fit together.")
-    base = storage.data[storage.offset:storage.offset + storage.numel]
     if 0 in size:
         return np.zeros(size, base.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))

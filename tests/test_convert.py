@@ -65,6 +65,21 @@ def test_writer_round_trips(tmp_path, legacy):
         np.testing.assert_array_equal(back["state_dict"][key], value)
 
 
+
+def test_a_legacy_storage_view_reads_its_slice_of_the_root_storage():
+    """torch <= 1.5 pickled views of a storage as (key, offset, numel) of the root's bytes."""
+    import io
+
+    from cmp_tf import torch_checkpoint
+
+    storages = {}
+    unpickler = torch_checkpoint._Unpickler(io.BytesIO(b""), "view.pth", storages)
+    floats = torch_checkpoint._StorageType("FloatStorage")
+    view = unpickler.persistent_load(("storage", floats, "0", "cpu", 6, ("view", 2, 3)))
+    storages["0"].data = np.arange(6, dtype=np.float32)  # the file's bytes, read afterwards
+    tensor = torch_checkpoint._rebuild_tensor(view, 1, (2,), (1,))
+    np.testing.assert_array_equal(torch_checkpoint._array(tensor, "view.pth"), [3, 4])
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker

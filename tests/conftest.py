@@ -1,6 +1,8 @@
-"""Shared test set-up: quiet TensorFlow, recipes by name."""
+"""Shared test set-up: quiet TensorFlow, recipes by name, the shipped model, a server thread."""
+import contextlib
 import importlib
 import os
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -10,6 +12,25 @@ import pytest  # noqa: E402
 def load_config(name, arg=None):
     """The recipe `configs/<name>.py` as train.py would load it (without flag overrides)."""
     return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def propagator():
+    """The shipped model behind the runtime API, loaded once for every test that uses it."""
+    from cmp_tf.runtime import Propagator
+
+    return Propagator()
+
+
+@contextlib.contextmanager
+def serving(httpd):
+    """Runs an HTTP server (e.g. the page's) in a daemon thread for the block."""
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture

@@ -11,15 +11,9 @@ import pytest
 from cmp_tf.apps import animate
 from cmp_tf.apps import annotate
 from cmp_tf.apps import inputs
+from tests.conftest import serving
 
 SIZE = 128  # the shipped model's smallest side: every test image is this small
-
-
-@pytest.fixture(scope="module")
-def propagator():
-    from cmp_tf.runtime import Propagator
-
-    return Propagator()
 
 
 @pytest.fixture(scope="module")
@@ -343,18 +337,12 @@ SERVER_MAX_SIDE, SERVER_MAX_BYTES = 256, 2**20
 
 @pytest.fixture(scope="module")
 def server(propagator):
-    """The page's server on a free localhost port, in a thread: its base URL."""
-    import threading
-
+    """The page's server on a free localhost port, in a thread."""
     from cmp_tf.apps.web import server as server_lib
 
-    httpd = server_lib.make_server(propagator, port=0, max_side=SERVER_MAX_SIDE,
-                                   max_bytes=SERVER_MAX_BYTES)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(server_lib.make_server(propagator, port=0, max_side=SERVER_MAX_SIDE,
+                                        max_bytes=SERVER_MAX_BYTES)) as httpd:
+        yield httpd
 
 
 def _request(httpd, method, path, body=None, headers=None):

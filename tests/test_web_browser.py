@@ -3,13 +3,13 @@ which .ci/run installs; nothing is downloaded): load an image, draw an arrow wit
 get the flow back, and check on a screenshot that the page shows it."""
 import os
 import shutil
-import threading
 
 import cv2
 import numpy as np
 import pytest
 
 from cmp_tf import flow as flow_lib
+from tests.conftest import serving
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -20,22 +20,12 @@ TIMEOUT = 120  # s: a cold model on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
-def propagator():
-    from cmp_tf.runtime import Propagator
-
-    return Propagator()
-
-
-@pytest.fixture(scope="module")
 def page(propagator):
     """The page's URL, served from a thread on a free localhost port."""
     from cmp_tf.apps.web import server as server_lib
 
-    httpd = server_lib.make_server(propagator, port=0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield "http://{}:{}/".format(*httpd.server_address[:2])
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(server_lib.make_server(propagator, port=0)) as httpd:
+        yield "http://{}:{}/".format(*httpd.server_address[:2])
 
 
 @pytest.fixture(scope="module")

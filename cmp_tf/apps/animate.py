@@ -100,11 +100,17 @@ def encode_gif(frames, fps):
                        loop=0)
 
 
-def write_animation(path, frames, fps):
-    """Writes frames as a looping GIF (imageio) or an MP4 (OpenCV's mp4v: no ffmpeg needed)."""
+def check_out(path):
+    """The animation's format from its file name ('.gif' or '.mp4'); ValueError otherwise."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in FORMATS:
         raise ValueError(f"--out={path} must end in one of {', '.join(FORMATS)}.")
+    return suffix
+
+
+def write_animation(path, frames, fps):
+    """Writes frames as a looping GIF (imageio) or an MP4 (OpenCV's mp4v: no ffmpeg needed)."""
+    suffix = check_out(path)
     inputs.positive(fps, "--fps")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if suffix == ".gif":
@@ -167,8 +173,7 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
     if frames < 2:
         raise ValueError(f"--frames={frames} must be at least 2.")
     inputs.positive(fps, "--fps")
-    if os.path.splitext(out)[1].lower() not in FORMATS:
-        raise ValueError(f"--out={out} must end in one of {', '.join(FORMATS)}.")
+    check_out(out)
     propagator = inputs.load_propagator(model, "--model", max_side=max_side)
     flow, animation = animate(propagator, image, arrows, frames)
     write_animation(out, animation, fps)

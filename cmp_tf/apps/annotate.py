@@ -31,6 +31,7 @@ GRABCUT_ITERATIONS = 3
 CLICK_RADIUS = 0.01  # sure foreground / background disc at a click, fraction of the shorter side
 GUIDED_RADIUS = 0.02  # guided filter window radius, fraction of the shorter side
 GUIDED_EPS = 0.01 * 255**2  # guided filter regularisation: edges weaker than ~0.1 of the range
+OVERLAY_WEIGHT, OVERLAY_COLOUR = 0.5, (255, 64, 64)  # how overlay() tints the mask (RGB)
 _DIRECTIONS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)  # right, left, down, up
 
 
@@ -148,6 +149,13 @@ def check_refinement(threshold, method):
             not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1) (a fraction of the largest motion); "
                          f"got {threshold!r}.")
+
+
+def overlay(image, mask, weight=OVERLAY_WEIGHT, colour=OVERLAY_COLOUR):
+    """The image with the mask tinted: what a person checks a mask on."""
+    shown = image.astype(np.float32)
+    shown[mask] = (1 - weight) * shown[mask] + weight * np.array(colour, np.float32)
+    return np.rint(shown).astype(np.uint8)
 
 
 def refine(image, score, positive, negative, threshold=THRESHOLD, method=REFINE):

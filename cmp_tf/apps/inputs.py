@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from cmp_tf import runtime
+from cmp_tf.data import formats
 
 ARROW_FIELDS = ("x", "y", "u", "v")  # an arrow: start pixel (x, y) and its motion (u, v) in px
 CLICK_FIELDS = ("x", "y")
@@ -60,17 +61,7 @@ def check_inside(points, height, width, name):
     return points
 
 
-def _check_decoded(image, name, max_side):
-    if image is None or image.ndim < 2:
-        return None
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[-1] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.dtype != np.uint8:  # 16-bit PNGs: keep the high byte
-        image = (image >> 8).astype(np.uint8)
+def _check_side(image, name, max_side):
     if max_side and max(image.shape[:2]) > max_side:
         raise ValueError(f"{name} is {image.shape[1]}x{image.shape[0]} px; at most {max_side} "
                          "px a side is accepted.")
@@ -78,28 +69,28 @@ def _check_decoded(image, name, max_side):
 
 
 def read_image(path, name="--image", max_side=None):
-    """An image file (anything OpenCV reads) -> uint8 H x W x 3 RGB; ValueError otherwise."""
+    """An image file (anything OpenCV reads: grey, alpha and 16-bit made 8-bit RGB) -> uint8
+    H x W x 3 RGB; ValueError naming the flag otherwise."""
     if not path:
         raise ValueError(f"{name} is required: the path of an image file.")
     if not os.path.isfile(path):
         raise ValueError(f"{name}={path} does not exist or is not a file.")
-    image = _check_decoded(cv2.imread(path, cv2.IMREAD_UNCHANGED), f"{name}={path}", max_side)
-    if image is None:
+    try:
+        image = formats.read_image(path)
+    except ValueError as error:
         raise ValueError(f"{name}={path} could not be read as an image (PNG, JPEG, ... that "
-                         "OpenCV decodes).")
-    return image
+                         "OpenCV decodes).") from error
+    return _check_side(image, f"{name}={path}", max_side)
 
 
 def decode_image(data, name="image", max_side=None):
     """Encoded image bytes (PNG, JPEG, ...) -> uint8 H x W x 3 RGB; ValueError otherwise."""
     buffer = np.frombuffer(data, np.uint8) if data else np.zeros(0, np.uint8)
-    image = None
-    if buffer.size:
-        image = _check_decoded(cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED), name, max_side)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if image is None:
         raise ValueError(f"{name} could not be decoded as an image ({len(data or b'')} bytes; "
                          "PNG or JPEG expected).")
-    return image
+    return _check_side(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), name, max_side)
 
 
 def load_propagator(path, name="--model", **kwargs):

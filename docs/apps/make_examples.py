@@ -57,8 +57,7 @@ def main(argv):
                             tipLength=0.3)
         else:
             cv2.circle(guide, (x, y), 3, (255, 200, 0), 1)
-    clicked = image.copy()
-    clicked[mask] = (0.5 * clicked[mask] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
+    clicked = annotate.overlay(image, mask)
     for points, colour in ((POSITIVE, (40, 200, 40)), (NEGATIVE, (220, 20, 20))):
         for x, y in points:
             cv2.circle(clicked, (x, y), 2, colour, -1)

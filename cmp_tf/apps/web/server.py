@@ -40,7 +40,6 @@ MAX_FRAMES = 64  # bounds the work one animation request can ask for
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
           ".ico": "image/x-icon"}
-_OVERLAY = (0.5, (255, 64, 64))  # mask shown as this colour blended at this weight
 
 
 class RequestError(ValueError):
@@ -141,11 +140,8 @@ class App:
         with self._lock:
             score = annotate.motion_score(self.propagator, image, positive, negative)
         mask = annotate.refine(image, score, positive, negative, method=refine)
-        weight, colour = _OVERLAY
-        overlay = image.astype(np.float32)
-        overlay[mask] = (1 - weight) * overlay[mask] + weight * np.array(colour, np.float32)
         return {"mask_png": _b64(_png(mask.astype(np.uint8) * 255)),
-                "overlay_png": _b64(_png(np.rint(overlay).astype(np.uint8))),
+                "overlay_png": _b64(_png(annotate.overlay(image, mask))),
                 "share": float(mask.mean())}
 
 

@@ -40,7 +40,8 @@ def model_defaults(**parts):
     so `--config.model.image_encoder=resnet50` works whatever options the recipe set.
     """
     fields = dict(decoder_combo=(1, 2, 4), dense_prior=False, prior_sigma=2.0, init_gain=0.02,
-                  honour_guidance=False, prior_skips=False, prior_fill="nearest", sync_bn=True,
+                  honour_guidance=False, prior_skips=False, prior_fill="nearest", fill_gain=False,
+                  sync_bn=True,
                   options={})
     fields.update(parts)
     return fields

@@ -21,7 +21,7 @@ def _stride(shape):
 
 def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discrete",
              dense_prior=False, prior_sigma=2.0, decoder_scale=1, honour_guidance=False,
-             prior_skips=False, prior_fill="nearest", name="cmp"):
+             prior_skips=False, prior_fill="nearest", fill_gain=False, name="cmp"):
     """Wires built parts into the CMP model.
 
     Args:
@@ -43,6 +43,8 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             vector), "pull_push" (a smooth fill interpolating between guides) or, with a
             regression loss, "blend" (a per-pixel mix of the two that the decoder's third
             output channel weighs; layers.BlendFills).
+        fill_gain: with prior_fill="blend", two more decoder channels scale the blend per
+            pixel by a gain and a reach (layers.BlendFills: how far a guide's motion carries).
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
         {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
@@ -91,7 +93,7 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             prior = L.DensePrior(out_stride, name="dense_prior_out")(sparse_in)
         if prior_fill == "blend":
             smooth = L.PullPushFill(out_stride, name="pull_push_out")(sparse_in)
-            out = L.BlendFills(name="add_prior")([out, prior, smooth])
+            out = L.BlendFills(fill_gain, out_stride, name="add_prior")([out, prior, smooth])
         elif regression:
             out = keras.layers.Add(name="add_prior")([out, prior[..., :2]])
         else:
@@ -135,12 +137,16 @@ def build_cmp(config):
         raise ValueError(f"config.model.prior_fill={m.prior_fill!r} needs "
                          "config.model.dense_prior=True (it is the prior's fill).")
     blend = m.get("prior_fill", "nearest") == "blend"
+    gain = m.get("fill_gain", False)
     if blend and f.loss == "discrete":
         raise ValueError("config.model.prior_fill='blend' needs a regression loss "
                          "(config.flow.loss=l1 or l2); got config.flow.loss='discrete'.")
-    for field in ("dense_prior", "honour_guidance", "prior_skips"):
+    for field in ("dense_prior", "honour_guidance", "prior_skips", "fill_gain"):
         if not isinstance(m.get(field, False), bool):
             raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
+    if gain and not blend:
+        raise ValueError("config.model.fill_gain=True scales the blend of fills: it needs "
+                         f"config.model.prior_fill='blend'; got {m.get('prior_fill', 'nearest')!r}.")
     image_encoder = build_encoder(config)
     options = _options(config)
     sparse_encoder = registry.build("sparse_encoder", m.sparse_encoder, options,
@@ -148,7 +154,7 @@ def build_cmp(config):
     enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
     sparse_channels = sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))[-1]
     context = dict(in_channels=enc_shapes["features"][-1] + sparse_channels + 3 * m.dense_prior,
-                   out_channels=(2 + blend) if f.loss != "discrete" else 2 * f.nbins,
+                   out_channels=(2 + blend + 2 * gain) if f.loss != "discrete" else 2 * f.nbins,
                    combo=tuple(m.decoder_combo), init_gain=m.init_gain)
     if m.get("prior_skips", False) and not (
             m.dense_prior and "skip_channels" in registry.parameters("decoder", m.decoder)):
@@ -169,7 +175,7 @@ def build_cmp(config):
                      decoder_scale=max(context["combo"]),
                      honour_guidance=m.get("honour_guidance", False),
                      prior_skips=m.get("prior_skips", False),
-                     prior_fill=m.get("prior_fill", "nearest"))
+                     prior_fill=m.get("prior_fill", "nearest"), fill_gain=gain)
     crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
     guard = model.get_layer("input_guard")
     if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):

@@ -26,6 +26,8 @@ PAPER = ["--config.model.dense_prior=False", "--config.flow.targets=one_hot"]
 TWO_HOT = ["--config.flow.targets=two_hot"]
 POINTS = ["--config.guidance.num_points=(1, 400)"]
 LAYERED = ["--config.data.layered.ratio=0.5"]
+WATERSHED = "--config.guidance.strategies=('watershed',)"  # no background grid
+WATERSHED_UNIFORM = "--config.guidance.strategies=('uniform', 'watershed')"
 VARIANTS = {
     "paper": ("the paper: one-hot bins, no prior", PAPER),
     "prior": ("+ dense nearest-guidance prior (correction to the fill)",
@@ -55,6 +57,36 @@ VARIANTS = {
                     "(configs/propagation.py, the shipped model)",
                     ["--config.flow.loss=l1", "--config.model.prior_fill=blend"] + POINTS
                     + LAYERED),
+    "blend_gain_mixed": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
+                         "[1, 400], half layered scenes",
+                         ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
+                          "--config.model.fill_gain=True"] + POINTS + LAYERED),
+    "blend_gain_video": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
+                         "[1, 400], video only",
+                         ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
+                          "--config.model.fill_gain=True"] + POINTS),
+    "blend_gain_adam": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
+                        "[1, 400], half layered scenes, Adam (lr 1e-3)",
+                        ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
+                         "--config.model.fill_gain=True", "--config.optim.name=adam",
+                         "--config.schedule.lr=0.001"] + POINTS + LAYERED),
+    "blend_gain_adam_ws": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K "
+                           "in [1, 400] watershed points topped up uniformly, half layered "
+                           "scenes, Adam (lr 1e-3)",
+                           ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
+                            "--config.model.fill_gain=True", "--config.optim.name=adam",
+                            "--config.schedule.lr=0.001", WATERSHED] + POINTS + LAYERED),
+    "blend_gain_adam_ws_skips": ("+ blend_gain_adam_ws, the fill fed to the skips too",
+                                 ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
+                                  "--config.model.fill_gain=True", "--config.optim.name=adam",
+                                  "--config.schedule.lr=0.001", WATERSHED,
+                                  "--config.model.prior_skips=True"] + POINTS + LAYERED),
+    "blend_gain_adam_wu": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K "
+                           "in [1, 400] from a pool of uniform and watershed points, half "
+                           "layered scenes, Adam (lr 1e-3)",
+                           ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
+                            "--config.model.fill_gain=True", "--config.optim.name=adam",
+                            "--config.schedule.lr=0.001", WATERSHED_UNIFORM] + POINTS + LAYERED),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }

@@ -314,30 +314,31 @@ def test_blend_prior_model_starts_from_the_mean_of_the_nearest_and_smooth_fills(
     with pytest.raises(ValueError, match="prior_fill='blend' needs a regression loss"):
         models.build_cmp(config)
 
-def test_fill_gain_scales_the_blend_and_needs_it(rng):
+def test_fill_gain_scales_the_blend_by_distance_and_needs_it(rng):
     config = load_config("default")
     config.model.prior_fill, config.flow.loss, config.model.fill_gain = "blend", "l1", True
     model = models.build_cmp(config)
-    assert model.get_layer("decoder").output.shape[-1] == 5  # (du, dv, weight, gain, reach)
+    assert model.get_layer("decoder").output.shape[-1] == 4  # (du, dv, blend weight, reach)
     inputs = _inputs(rng, 1, 128, points=4)
-    mean = 0.5 * (L.DensePrior(2)(inputs["sparse"])[..., :2] + L.PullPushFill(2)(inputs["sparse"]))
-    start = 1 / (1 + np.exp(-L.BlendFills.GAIN_LOGIT_START))  # the untrained gain
+    nearest = L.DensePrior(2)(inputs["sparse"]).numpy()
+    mean = 0.5 * (nearest[..., :2] + L.PullPushFill(2)(inputs["sparse"]).numpy())
+    rate = L.BlendFills.REACH_SCALE * np.log1p(np.exp(L.BlendFills.REACH_LOGIT_START))
+    start = np.exp(-rate * nearest[..., 2:] / 128)  # the untrained gain
     want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
     nearest, smooth = np.full((1, 2, 2, 3), 4.0, np.float32), np.zeros((1, 2, 2, 2), np.float32)
     nearest[..., 2] = [[0.0, 8.0], [16.0, 32.0]]  # distances to the guide, px
     blend = L.BlendFills(gain=True, stride=8)  # the image is 16 x 16 px: diagonal 16
-    out = np.zeros((1, 2, 2, 5), np.float32)
+    out = np.zeros((1, 2, 2, 4), np.float32)
     out[..., 2] = 50.0  # the nearest fill alone
-    out[..., 3] = -50.0  # gain ~0: the guide's motion stops here; the correction stays
-    out[..., 0] = 0.25
-    np.testing.assert_allclose(blend([out, nearest, smooth])[0, ..., 0], 0.25, atol=1e-6)
-    out[..., 3] = 50.0  # gain ~1: the blend as without a gain
-    np.testing.assert_allclose(blend([out, nearest, smooth])[0, ..., 0], 4.25, rtol=1e-6)
-    out[..., 3], out[..., 4] = 0.0, 0.1  # a reach: the gain falls with the distance
-    logit = L.BlendFills.GAIN_LOGIT_START - L.BlendFills.REACH_SCALE * 0.1 * nearest[0, ..., 2] / 16
+    out[..., 0] = 0.25  # plus a correction
+    out[..., 3] = 50.0  # a short reach: the guide's motion stops near it; the correction stays
+    got = blend([out, nearest, smooth])[0, ..., 0].numpy()
+    assert got[0, 0] == pytest.approx(4.25) and np.all(np.abs(got.flat[1:] - 0.25) < 1e-6)
+    out[..., 3] = 1.0  # gain exp(-rate x distance / diagonal), 1 at the guide
+    rate = L.BlendFills.REACH_SCALE * np.log1p(np.exp(1.0 + L.BlendFills.REACH_LOGIT_START))
     np.testing.assert_allclose(blend([out, nearest, smooth])[0, ..., 0],
-                               4.0 / (1 + np.exp(-logit)) + 0.25, rtol=1e-5)
+                               4.0 * np.exp(-rate * nearest[0, ..., 2] / 16) + 0.25, rtol=1e-5)
     with pytest.raises(ValueError, match="gain must be True or False"):
         L.BlendFills(gain="yes")
     with pytest.raises(ValueError, match="stride must be an integer >= 1"):

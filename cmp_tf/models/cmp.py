@@ -43,8 +43,9 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             vector), "pull_push" (a smooth fill interpolating between guides) or, with a
             regression loss, "blend" (a per-pixel mix of the two that the decoder's third
             output channel weighs; layers.BlendFills).
-        fill_gain: with prior_fill="blend", two more decoder channels scale the blend per
-            pixel by a gain and a reach (layers.BlendFills: how far a guide's motion carries).
+        fill_gain: with prior_fill="blend", a fourth decoder channel scales the blend per
+            pixel by a gain falling with the distance to the guides (layers.BlendFills: how far
+            a guide's motion carries).
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
         {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
@@ -154,7 +155,7 @@ def build_cmp(config):
     enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
     sparse_channels = sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))[-1]
     context = dict(in_channels=enc_shapes["features"][-1] + sparse_channels + 3 * m.dense_prior,
-                   out_channels=(2 + blend + 2 * gain) if f.loss != "discrete" else 2 * f.nbins,
+                   out_channels=(2 + blend + gain) if f.loss != "discrete" else 2 * f.nbins,
                    combo=tuple(m.decoder_combo), init_gain=m.init_gain)
     if m.get("prior_skips", False) and not (
             m.dense_prior and "skip_channels" in registry.parameters("decoder", m.decoder)):

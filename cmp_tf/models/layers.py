@@ -372,21 +372,22 @@ class BlendFills(keras.layers.Layer):
     correction. An untrained head (a = 0) reads out their mean, which is already closer to the
     reference flow than linear interpolation at 5 to 25 guides on unseen frames.
 
-    With `gain`, two more channels (g, r) scale the blend by
-    sigmoid(GAIN_LOGIT_START + g - REACH_SCALE x r x d / diagonal), d the distance to the
+    With `gain`, a fourth channel r scales the blend by
+    exp(-REACH_SCALE x softplus(r + REACH_LOGIT_START) x d / diagonal), d the distance to the
     nearest guide (the nearest fill's third channel) and diagonal sqrt(H W) of the image: how
-    far a guide's motion carries. Both fills copy a guide's vector all the way to the image
-    border, though in real video what moves is mostly near where it is guided and the rest is
-    still. A product of the fill and a function of the distance is what a ReLU decoder's
-    additive correction learns slowly; r, a per-pixel reach, learns it at once.
+    far a guide's motion carries, learned per pixel from the image. Both fills copy a guide's
+    vector all the way to the image border, though in real video what moves is mostly near
+    where it is guided and the rest is still. A product of the fill and a function of the
+    distance is what a ReLU decoder's additive correction learns slowly; the gain is 1 at a
+    guide whatever r, so with dense guidance it changes little.
 
     Args:
-        gain: read (g, r) from channels 3 and 4.
+        gain: read the reach r from channel 3.
         stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
     """
 
-    GAIN_LOGIT_START = 2.0  # an untrained gain keeps sigmoid(2) = 88% of the fill
-    REACH_SCALE = 10.0  # r = 1 lowers the gain's logit by 2.5 at a quarter diagonal from a guide
+    REACH_LOGIT_START = -3.0  # untrained: the gain is 0.91 a quarter diagonal from any guide
+    REACH_SCALE = 8.0  # decay rate per image diagonal at softplus(...) = 1
 
     def __init__(self, gain=False, stride=1, **kwargs):
         super().__init__(**kwargs)
@@ -403,8 +404,8 @@ class BlendFills(keras.layers.Layer):
         if self.gain:
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
             distance = nearest[..., 2:3] / (self.stride * tf.sqrt(cells))
-            reach = self.REACH_SCALE * out[..., 4:5] * distance
-            fill = tf.sigmoid(self.GAIN_LOGIT_START + out[..., 3:4] - reach) * fill
+            rate = self.REACH_SCALE * tf.nn.softplus(out[..., 3:4] + self.REACH_LOGIT_START)
+            fill = tf.exp(-rate * distance) * fill
         return tf.cast(fill + out[..., :2], self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -27,7 +27,9 @@ TWO_HOT = ["--config.flow.targets=two_hot"]
 POINTS = ["--config.guidance.num_points=(1, 400)"]
 LAYERED = ["--config.data.layered.ratio=0.5"]
 WATERSHED = "--config.guidance.strategies=('watershed',)"  # no background grid
-WATERSHED_UNIFORM = "--config.guidance.strategies=('uniform', 'watershed')"
+BLEND = ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]
+GAIN = ["--config.model.fill_gain=True"]
+ADAM = ["--config.optim.name=adam", "--config.schedule.lr=0.001"]
 VARIANTS = {
     "paper": ("the paper: one-hot bins, no prior", PAPER),
     "prior": ("+ dense nearest-guidance prior (correction to the fill)",
@@ -54,39 +56,29 @@ VARIANTS = {
               "pull-push fills + correction",
               ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]),
     "blend_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered scenes "
-                    "(configs/propagation.py, the shipped model)",
+                    "(the shipped model before the gain)",
                     ["--config.flow.loss=l1", "--config.model.prior_fill=blend"] + POINTS
                     + LAYERED),
     "blend_gain_mixed": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
-                         "[1, 400], half layered scenes",
-                         ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
-                          "--config.model.fill_gain=True"] + POINTS + LAYERED),
-    "blend_gain_video": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
-                         "[1, 400], video only",
-                         ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
-                          "--config.model.fill_gain=True"] + POINTS),
+                         "[1, 400], half layered scenes", BLEND + GAIN + POINTS + LAYERED),
+    "blend_adam_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered "
+                         "scenes, Adam (lr 1e-3)", BLEND + ADAM + POINTS + LAYERED),
     "blend_gain_adam": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
-                        "[1, 400], half layered scenes, Adam (lr 1e-3)",
-                        ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
-                         "--config.model.fill_gain=True", "--config.optim.name=adam",
-                         "--config.schedule.lr=0.001"] + POINTS + LAYERED),
-    "blend_gain_adam_ws": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K "
-                           "in [1, 400] watershed points topped up uniformly, half layered "
-                           "scenes, Adam (lr 1e-3)",
-                           ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
-                            "--config.model.fill_gain=True", "--config.optim.name=adam",
-                            "--config.schedule.lr=0.001", WATERSHED] + POINTS + LAYERED),
-    "blend_gain_adam_ws_skips": ("+ blend_gain_adam_ws, the fill fed to the skips too",
-                                 ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
-                                  "--config.model.fill_gain=True", "--config.optim.name=adam",
-                                  "--config.schedule.lr=0.001", WATERSHED,
-                                  "--config.model.prior_skips=True"] + POINTS + LAYERED),
-    "blend_gain_adam_wu": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K "
-                           "in [1, 400] from a pool of uniform and watershed points, half "
-                           "layered scenes, Adam (lr 1e-3)",
-                           ["--config.flow.loss=l1", "--config.model.prior_fill=blend",
-                            "--config.model.fill_gain=True", "--config.optim.name=adam",
-                            "--config.schedule.lr=0.001", WATERSHED_UNIFORM] + POINTS + LAYERED),
+                        "[1, 400], half layered scenes, Adam (lr 1e-3) (configs/propagation.py, "
+                        "the shipped model)",
+                        BLEND + GAIN + ADAM + POINTS + LAYERED),
+    "blend_gain_adam_ws": ("blend_gain_adam with the K points drawn among watershed points only "
+                           "(no background grid), topped up uniformly",
+                           BLEND + GAIN + ADAM + [WATERSHED] + POINTS + LAYERED),
+    "blend_gain_adam_3000": ("blend_gain_adam for 3000 steps (learning-rate drops at 1800 and "
+                             "2550)",
+                             BLEND + GAIN + ADAM + POINTS + LAYERED + [
+                                 "--config.train.steps=3000",
+                                 "--config.schedule.boundaries=(1800, 2550)"]),
+    "blend_gain_adam_honour": ("blend_gain_adam whose output equals the given vectors at the "
+                               "guided pixels (model.honour_guidance)",
+                               BLEND + GAIN + ADAM + POINTS + LAYERED
+                               + ["--config.model.honour_guidance=True"]),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }

@@ -53,12 +53,9 @@ VARIANTS = {
                            ["--config.flow.loss=l2", "--config.model.prior_fill=pull_push",
                             "--config.model.prior_skips=True"]),
     "blend": ("+ prior, L1 regression, output = learned per-pixel mix of the nearest and "
-              "pull-push fills + correction",
-              ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]),
+              "pull-push fills + correction", BLEND),
     "blend_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered scenes "
-                    "(the shipped model before the gain)",
-                    ["--config.flow.loss=l1", "--config.model.prior_fill=blend"] + POINTS
-                    + LAYERED),
+                    "(the shipped model before the gain)", BLEND + POINTS + LAYERED),
     "blend_gain_mixed": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
                          "[1, 400], half layered scenes", BLEND + GAIN + POINTS + LAYERED),
     "blend_adam_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered "

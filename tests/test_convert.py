@@ -65,7 +65,6 @@ def test_writer_round_trips(tmp_path, legacy):
         np.testing.assert_array_equal(back["state_dict"][key], value)
 
 
-
 def test_a_legacy_storage_view_reads_its_slice_of_the_root_storage():
     """torch <= 1.5 pickled views of a storage as (key, offset, numel) of the root's bytes."""
     import io
@@ -79,6 +78,7 @@ def test_a_legacy_storage_view_reads_its_slice_of_the_root_storage():
     storages["0"].data = np.arange(6, dtype=np.float32)  # the file's bytes, read afterwards
     tensor = torch_checkpoint._rebuild_tensor(view, 1, (2,), (1,))
     np.testing.assert_array_equal(torch_checkpoint._array(tensor, "view.pth"), [3, 4])
+
 
 class _Exploit:
     def __init__(self, marker):

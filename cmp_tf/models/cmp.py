@@ -131,13 +131,14 @@ def build_cmp(config):
         raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "
                          f"{', '.join(losses.LOSSES)}.")
     flow_lib.check_bins(f.nbins, f.fmax)
-    if m.get("prior_fill", "nearest") not in PRIOR_FILLS:
-        raise ValueError(f"config.model.prior_fill={m.prior_fill!r} is unknown; known: "
+    prior_fill = m.get("prior_fill", "nearest")
+    if prior_fill not in PRIOR_FILLS:
+        raise ValueError(f"config.model.prior_fill={prior_fill!r} is unknown; known: "
                          f"{', '.join(PRIOR_FILLS)}.")
-    if m.get("prior_fill", "nearest") != "nearest" and not m.dense_prior:
-        raise ValueError(f"config.model.prior_fill={m.prior_fill!r} needs "
+    if prior_fill != "nearest" and not m.dense_prior:
+        raise ValueError(f"config.model.prior_fill={prior_fill!r} needs "
                          "config.model.dense_prior=True (it is the prior's fill).")
-    blend = m.get("prior_fill", "nearest") == "blend"
+    blend = prior_fill == "blend"
     gain = m.get("fill_gain", False)
     if blend and f.loss == "discrete":
         raise ValueError("config.model.prior_fill='blend' needs a regression loss "
@@ -147,7 +148,7 @@ def build_cmp(config):
             raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
     if gain and not blend:
         raise ValueError("config.model.fill_gain=True scales the blend of fills: it needs "
-                         f"config.model.prior_fill='blend'; got {m.get('prior_fill', 'nearest')!r}.")
+                         f"config.model.prior_fill='blend'; got {prior_fill!r}.")
     image_encoder = build_encoder(config)
     options = _options(config)
     sparse_encoder = registry.build("sparse_encoder", m.sparse_encoder, options,
@@ -176,7 +177,7 @@ def build_cmp(config):
                      decoder_scale=max(context["combo"]),
                      honour_guidance=m.get("honour_guidance", False),
                      prior_skips=m.get("prior_skips", False),
-                     prior_fill=m.get("prior_fill", "nearest"), fill_gain=gain)
+                     prior_fill=prior_fill, fill_gain=gain)
     crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
     guard = model.get_layer("input_guard")
     if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):

@@ -19,6 +19,7 @@ from cmp_tf import flow as flow_lib  # noqa: E402
 from cmp_tf.apps import animate  # noqa: E402
 from cmp_tf.apps import annotate  # noqa: E402
 from cmp_tf.apps import inputs  # noqa: E402
+from cmp_tf.data import formats  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIP = os.path.join(HERE, "..", "..", "cmp_tf", "data", "samples", "carphone.mp4")
@@ -34,19 +35,10 @@ _MODEL = flags.DEFINE_string("model", None, "Any format Propagator loads (defaul
 _OUT = flags.DEFINE_string("out", HERE, "Folder for example.jpg and animation.gif.")
 
 
-def first_frame(path=CLIP):
-    capture = cv2.VideoCapture(path)
-    ok, bgr = capture.read()
-    capture.release()
-    if not ok:
-        raise ValueError(f"{path} gave no frame.")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def main(argv):
     del argv
     propagator = inputs.load_propagator(_MODEL.value)
-    image = first_frame()
+    image = formats.read_video(CLIP)[0][0]
     flow, frames = animate.animate(propagator, image, np.array(ARROWS, np.float32), FRAMES)
     mask = annotate.annotate(propagator, image, np.array(POSITIVE, np.float32),
                              np.array(NEGATIVE, np.float32))

@@ -30,6 +30,7 @@ WATERSHED = "--config.guidance.strategies=('watershed',)"  # no background grid
 BLEND = ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]
 GAIN = ["--config.model.fill_gain=True"]
 ADAM = ["--config.optim.name=adam", "--config.schedule.lr=0.001"]
+SMOOTH = ["--config.model.pull_push.pull=tent", "--config.model.pull_push.relax=4"]
 VARIANTS = {
     "paper": ("the paper: one-hot bins, no prior", PAPER),
     "prior": ("+ dense nearest-guidance prior (correction to the fill)",
@@ -76,6 +77,20 @@ VARIANTS = {
                                "guided pixels (model.honour_guidance)",
                                BLEND + GAIN + ADAM + POINTS + LAYERED
                                + ["--config.model.honour_guidance=True"]),
+    "blend_gain_adam_skips": ("blend_gain_adam with the nearest fill and distance fed to the "
+                              "stride-4 and -2 skips too (model.prior_skips)",
+                              BLEND + GAIN + ADAM + POINTS + LAYERED
+                              + ["--config.model.prior_skips=True"]),
+    "blend_gain_adam_smooth": ("blend_gain_adam with the smoother pull-push fill (tent pull, 4 "
+                               "relaxation passes per level: model.pull_push)",
+                               BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH),
+    "blend_gauss_adam_smooth": ("blend_gain_adam_smooth with a Gaussian gain profile "
+                                "(model.gain_profile=gaussian)",
+                                BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
+                                + ["--config.model.gain_profile=gaussian"]),
+    "blend_gauss_adam": ("blend_gain_adam with a Gaussian gain profile, the box pull-push fill",
+                         BLEND + GAIN + ADAM + POINTS + LAYERED
+                         + ["--config.model.gain_profile=gaussian"]),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }

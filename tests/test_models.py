@@ -348,6 +348,63 @@ def test_fill_gain_scales_the_blend_by_distance_and_needs_it(rng):
         models.build_cmp(config)
 
 
+def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):
+    config = load_config("default")
+    config.model.prior_fill, config.flow.loss, config.model.fill_gain = "blend", "l1", True
+    config.model.gain_profile = "gaussian"
+    model = models.build_cmp(config)
+    inputs = _inputs(rng, 1, 128, points=4)
+    nearest = L.DensePrior(2)(inputs["sparse"]).numpy()
+    mean = 0.5 * (nearest[..., :2] + L.PullPushFill(2)(inputs["sparse"]).numpy())
+    start = np.exp(-0.5 * (nearest[..., 2:] / 128 / 0.25) ** 2)  # sigma = diagonal / 4
+    want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()
+    np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
+    nearest, smooth = np.full((1, 1, 3, 3), 4.0, np.float32), np.zeros((1, 1, 3, 2), np.float32)
+    nearest[..., 2] = [0.0, 1.0, 8.0]  # px from the guide; the image diagonal is 8 x sqrt(3)
+    out = np.zeros((1, 1, 3, 4), np.float32)
+    out[..., 2], out[..., 3] = 50.0, 1.0  # the nearest fill alone, a shorter reach
+    got = L.BlendFills(True, 8, "gaussian")([out, nearest, smooth])[0, 0, :, 0].numpy()
+    rate = L.BlendFills.GAUSSIAN_SCALE * np.log1p(np.exp(1.0 + L.BlendFills.GAUSSIAN_LOGIT_START))
+    distance = nearest[0, 0, :, 2] / (8 * np.sqrt(3))
+    np.testing.assert_allclose(got, 4.0 * np.exp(-0.5 * (rate * distance) ** 2), rtol=1e-5)
+    # Flat at the guides: 1 px away the Gaussian keeps more than the exponential of that rate.
+    assert got[1] > 4.0 * np.exp(-rate * distance[1]) and got[0] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="profile must be one of"):
+        L.BlendFills(True, 8, "cosine")
+    config.model.gain_profile = "gauss"
+    with pytest.raises(ValueError, match="config.model.gain_profile='gauss' is unknown"):
+        models.build_cmp(config)
+
+
+def test_smoother_pull_push_keeps_the_guides_and_is_smoother_between_them(rng):
+    sparse = np.zeros((1, 64, 64, 3), np.float32)
+    rows, cols = rng.integers(0, 64, 12), rng.integers(0, 64, 12)
+    sparse[0, rows, cols] = np.c_[rng.normal(0, 4, (12, 2)), np.ones(12)]
+    box = L.PullPushFill(1)(sparse).numpy()[0]
+    smooth = L.PullPushFill(1, pull="tent", relax=4)(sparse).numpy()[0]
+    np.testing.assert_allclose(smooth[rows, cols], sparse[0, rows, cols, :2], atol=1e-5)
+
+    def roughness(fill):  # the mean squared discrete Laplacian, unguided pixels only
+        lap = 4 * fill[1:-1, 1:-1] - fill[:-2, 1:-1] - fill[2:, 1:-1] - fill[1:-1, :-2] \
+            - fill[1:-1, 2:]
+        free = sparse[0, 1:-1, 1:-1, 2] == 0
+        return float(np.mean(np.square(lap[free])))
+
+    assert roughness(smooth) < 0.5 * roughness(box)
+    assert np.abs(smooth).max() <= np.abs(sparse[..., :2]).max() + 1e-5  # no overshoot: means
+    spec = L.fill_spec(L.PullPushFill(2, pull="tent", relax=4))
+    assert spec["pull"] == "tent" and spec["relax"] == 4
+    assert L.fill_spec(L.fill_from_spec(spec)) == spec
+    with pytest.raises(ValueError, match="pull must be one of"):
+        L.PullPushFill(2, pull="gauss")
+    with pytest.raises(ValueError, match="relax must be an integer >= 0"):
+        L.PullPushFill(2, relax=-1)
+    config = load_config("propagation")
+    config.model.pull_push.pull = "tnet"
+    with pytest.raises(ValueError, match=r"config.model.pull_push=.*pull must be one of"):
+        models.build_cmp(config)
+
+
 def test_dense_prior_without_guidance_is_zero_flow_far_away():
     prior = L.DensePrior(8, max_size=512)(np.zeros((1, 32, 32, 3), np.float32)).numpy()
     np.testing.assert_array_equal(prior[..., :2], 0)

@@ -21,7 +21,8 @@ def _stride(shape):
 
 def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discrete",
              dense_prior=False, prior_sigma=2.0, decoder_scale=1, honour_guidance=False,
-             prior_skips=False, prior_fill="nearest", fill_gain=False, name="cmp"):
+             prior_skips=False, prior_fill="nearest", fill_gain=False, pull_push=None,
+             gain_profile="exponential", name="cmp"):
     """Wires built parts into the CMP model.
 
     Args:
@@ -46,6 +47,8 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
         fill_gain: with prior_fill="blend", a fourth decoder channel scales the blend per
             pixel by a gain falling with the distance to the guides (layers.BlendFills: how far
             a guide's motion carries).
+        gain_profile: how the gain falls with the distance ("exponential" or "gaussian").
+        pull_push: keyword arguments of the smooth fill (layers.PullPushFill: pull, relax).
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
         {"logits": [B, h, w, C] at the decoder's stride, "flow": [B, H, W, 2] pixels}.
@@ -89,12 +92,14 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
         fills.setdefault(strides["features"], coarse)
         prior = fills.get(out_stride)
         if prior_fill == "pull_push":
-            prior = L.PullPushFill(out_stride, name="pull_push_out")(sparse_in)
+            prior = L.PullPushFill(out_stride, **(pull_push or {}), name="pull_push_out")(
+                sparse_in)
         elif prior is None:
             prior = L.DensePrior(out_stride, name="dense_prior_out")(sparse_in)
         if prior_fill == "blend":
-            smooth = L.PullPushFill(out_stride, name="pull_push_out")(sparse_in)
-            out = L.BlendFills(fill_gain, out_stride, name="add_prior")([out, prior, smooth])
+            smooth = L.PullPushFill(out_stride, **(pull_push or {}), name="pull_push_out")(
+                sparse_in)
+            out = L.BlendFills(fill_gain, out_stride, gain_profile, name="add_prior")([out, prior, smooth])
         elif regression:
             out = keras.layers.Add(name="add_prior")([out, prior[..., :2]])
         else:
@@ -146,9 +151,19 @@ def build_cmp(config):
     for field in ("dense_prior", "honour_guidance", "prior_skips", "fill_gain"):
         if not isinstance(m.get(field, False), bool):
             raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
+    gain_profile = m.get("gain_profile", "exponential")
+    if gain_profile not in L.BlendFills.PROFILES:
+        raise ValueError(f"config.model.gain_profile={gain_profile!r} is unknown; known: "
+                         f"{', '.join(L.BlendFills.PROFILES)}.")
     if gain and not blend:
         raise ValueError("config.model.fill_gain=True scales the blend of fills: it needs "
                          f"config.model.prior_fill='blend'; got {prior_fill!r}.")
+    pull_push = m.get("pull_push") or {}
+    pull_push = pull_push.to_dict() if hasattr(pull_push, "to_dict") else dict(pull_push)
+    try:
+        L.PullPushFill(1, **pull_push)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.model.pull_push={pull_push}: {e} (fields: pull, relax)") from e
     image_encoder = build_encoder(config)
     options = _options(config)
     sparse_encoder = registry.build("sparse_encoder", m.sparse_encoder, options,
@@ -177,7 +192,8 @@ def build_cmp(config):
                      decoder_scale=max(context["combo"]),
                      honour_guidance=m.get("honour_guidance", False),
                      prior_skips=m.get("prior_skips", False),
-                     prior_fill=prior_fill, fill_gain=gain)
+                     prior_fill=prior_fill, fill_gain=gain, pull_push=pull_push,
+                     gain_profile=gain_profile)
     crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
     guard = model.get_layer("input_guard")
     if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):

@@ -301,9 +301,36 @@ class PullPushFill(_GuidanceFill):
     Far from the guides the fill is therefore interpolated between them at the scale of their
     spacing, where the nearest fill is piecewise constant. Pools, resizes and selects only: it
     exports like DensePrior. No guidance gives zero flow.
+
+    The box pull snaps each guide to the centre of its coarse cell, up to half the spacing of
+    the guides away; `pull="tent"` weighs the 3x3 children 1-2-1 instead, and `relax` 3x3
+    mean passes per level with the guided cells held fix the push's blockiness. On the unseen
+    clip both bring the fill closer to linear interpolation (README, "A smoother fill").
+
+    Args:
+        stride, max_size: as DensePrior.
+        pull: "box" (2x2 means) or "tent" (3x3 1-2-1 weights, stride 2).
+        relax: 3x3 mean passes over the unguided cells after each push level.
     """
 
     channels = 2
+    PULLS = ("box", "tent")
+
+    def __init__(self, stride, max_size=2048, pull="box", relax=0, **kwargs):
+        super().__init__(stride, max_size, **kwargs)
+        if pull not in self.PULLS:
+            raise ValueError(f"pull must be one of {self.PULLS}; got {pull!r}.")
+        if isinstance(relax, bool) or not isinstance(relax, (int, np.integer)) or relax < 0:
+            raise ValueError(f"relax must be an integer >= 0; got {relax!r}.")
+        self.pull, self.relax = pull, int(relax)
+
+    def _coarser(self, cells):
+        if self.pull == "box":
+            return tf.nn.avg_pool2d(cells, 2, 2, "SAME")
+        tent = np.outer([1, 2, 1], [1, 2, 1]).astype(np.float32) / 16
+        kernel = tf.constant(np.tile(tent[:, :, None, None], (1, 1, 3, 1)))
+        # Zero padding is harmless: weights and weighted vectors are padded alike.
+        return tf.nn.depthwise_conv2d(cells, kernel, [1, 2, 2, 1], "SAME")
 
     def call(self, sparse):
         s = self.stride
@@ -313,7 +340,7 @@ class PullPushFill(_GuidanceFill):
         size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
         pyramid = [level]
         for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
-            pyramid.append(tf.nn.avg_pool2d(pyramid[-1], 2, 2, "SAME"))
+            pyramid.append(self._coarser(pyramid[-1]))
 
         def mean(cells):
             return cells[..., :2] / tf.maximum(cells[..., 2:], 1e-12)
@@ -322,8 +349,14 @@ class PullPushFill(_GuidanceFill):
         for cells in reversed(pyramid[:-1]):
             up = tf.raw_ops.ResizeBilinear(images=fill, size=tf.shape(cells)[1:3],
                                            half_pixel_centers=True)
-            fill = tf.where(cells[..., 2:] > 0, mean(cells), up)
+            guided, held = cells[..., 2:] > 0, mean(cells)
+            fill = tf.where(guided, held, up)
+            for _ in range(self.relax):  # SAME average pools leave the padding out of the mean
+                fill = tf.where(guided, held, tf.nn.avg_pool2d(fill, 3, 1, "SAME"))
         return tf.cast(fill, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "pull": self.pull, "relax": self.relax}
 
 
 # Layers computing a fill of the guidance from `sparse` alone: full-integer exports cut them out
@@ -334,7 +367,10 @@ FILL_LAYERS = (DensePrior, PullPushFill)
 
 def fill_spec(layer):
     """A fill layer as JSON (stored in exported files' metadata)."""
-    return {"layer": type(layer).__name__, "stride": layer.stride, "max_size": layer.max_size}
+    spec = {"layer": type(layer).__name__, "stride": layer.stride, "max_size": layer.max_size}
+    if isinstance(layer, PullPushFill):
+        spec.update(pull=layer.pull, relax=layer.relax)
+    return spec
 
 
 def fill_from_spec(spec, name=None):
@@ -372,30 +408,40 @@ class BlendFills(keras.layers.Layer):
     correction. An untrained head (a = 0) reads out their mean, which is already closer to the
     reference flow than linear interpolation at 5 to 25 guides on unseen frames.
 
-    With `gain`, a fourth channel r scales the blend by
-    exp(-REACH_SCALE x softplus(r + REACH_LOGIT_START) x d / diagonal), d the distance to the
-    nearest guide (the nearest fill's third channel) and diagonal sqrt(H W) of the image: how
-    far a guide's motion carries, learned per pixel from the image. Both fills copy a guide's
-    vector all the way to the image border, though in real video what moves is mostly near
-    where it is guided and the rest is still. A product of the fill and a function of the
-    distance is what a ReLU decoder's additive correction learns slowly; the gain is 1 at a
-    guide whatever r, so with dense guidance it changes little.
+    With `gain`, a fourth channel r scales the blend by a gain falling with d / diagonal, d the
+    distance to the nearest guide (the nearest fill's third channel) and diagonal sqrt(H W) of
+    the image, at a rate learned per pixel from the image: how far a guide's motion carries.
+    Both fills copy a guide's vector all the way to the image border, though in real video what
+    moves is mostly near where it is guided and the rest is still. A product of the fill and a
+    function of the distance is what a ReLU decoder's additive correction learns slowly; the
+    gain is 1 at a guide whatever r. Profiles:
+      "exponential": exp(-REACH_SCALE x softplus(r + REACH_LOGIT_START) x d / diagonal);
+      "gaussian": exp(-(rate x d / diagonal)^2 / 2), rate = GAUSSIAN_SCALE x softplus(r +
+        GAUSSIAN_LOGIT_START), 4 untrained: a Gaussian of a quarter diagonal. Flat at the
+        guides, it leaves dense guidance alone where the exponential shrinks every vector a
+        little (README, "Gain profile").
 
     Args:
         gain: read the reach r from channel 3.
         stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
+        profile: "exponential" or "gaussian", the gain's fall with the distance.
     """
 
     REACH_LOGIT_START = -3.0  # untrained: the gain is 0.91 a quarter diagonal from any guide
     REACH_SCALE = 8.0  # decay rate per image diagonal at softplus(...) = 1
+    GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
+    GAUSSIAN_SCALE = 8.0
+    PROFILES = ("exponential", "gaussian")
 
-    def __init__(self, gain=False, stride=1, **kwargs):
+    def __init__(self, gain=False, stride=1, profile="exponential", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(gain, bool):
             raise ValueError(f"gain must be True or False; got {gain!r}.")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
-        self.gain, self.stride = gain, stride
+        if profile not in self.PROFILES:
+            raise ValueError(f"profile must be one of {self.PROFILES}; got {profile!r}.")
+        self.gain, self.stride, self.profile = gain, stride, profile
 
     def call(self, inputs):
         out, nearest, smooth = (tf.cast(x, tf.float32) for x in inputs)
@@ -404,15 +450,21 @@ class BlendFills(keras.layers.Layer):
         if self.gain:
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
             distance = nearest[..., 2:3] / (self.stride * tf.sqrt(cells))
-            rate = self.REACH_SCALE * tf.nn.softplus(out[..., 3:4] + self.REACH_LOGIT_START)
-            fill = tf.exp(-rate * distance) * fill
+            if self.profile == "gaussian":
+                rate = self.GAUSSIAN_SCALE * tf.nn.softplus(out[..., 3:4]
+                                                            + self.GAUSSIAN_LOGIT_START)
+                fill = tf.exp(-0.5 * tf.square(rate * distance)) * fill
+            else:
+                rate = self.REACH_SCALE * tf.nn.softplus(out[..., 3:4] + self.REACH_LOGIT_START)
+                fill = tf.exp(-rate * distance) * fill
         return tf.cast(fill + out[..., :2], self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[0][:-1], 2)
 
     def get_config(self):
-        return {**super().get_config(), "gain": self.gain, "stride": self.stride}
+        return {**super().get_config(), "gain": self.gain, "stride": self.stride,
+                "profile": self.profile}
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")

@@ -91,6 +91,22 @@ VARIANTS = {
     "blend_gauss_adam": ("blend_gain_adam with a Gaussian gain profile, the box pull-push fill",
                          BLEND + GAIN + ADAM + POINTS + LAYERED
                          + ["--config.model.gain_profile=gaussian"]),
+    "blend_gauss_adam_smooth_skips": ("blend_gauss_adam_smooth with the nearest fill and "
+                                      "distance fed to the stride-4 and -2 skips too",
+                                      BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
+                                      + ["--config.model.gain_profile=gaussian",
+                                         "--config.model.prior_skips=True"]),
+    "blend_gauss_adam_smooth_seed1": ("blend_gauss_adam_smooth with seed 1 (initialization, "
+                                      "data order, guidance): the run-to-run spread",
+                                      BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
+                                      + ["--config.model.gain_profile=gaussian",
+                                         "--config.seed=1"]),
+    "blend_gauss_adam_smooth_half": ("blend_gauss_adam_smooth with the fills blended half and "
+                                     "half, not by a learned weight "
+                                     "(model.learn_blend_weight=False)",
+                                     BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
+                                     + ["--config.model.gain_profile=gaussian",
+                                        "--config.model.learn_blend_weight=False"]),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }

@@ -41,7 +41,8 @@ def model_defaults(**parts):
     """
     fields = dict(decoder_combo=(1, 2, 4), dense_prior=False, prior_sigma=2.0, init_gain=0.02,
                   honour_guidance=False, prior_skips=False, prior_fill="nearest", fill_gain=False,
-                  gain_profile="exponential", pull_push=dict(pull="box", relax=0), sync_bn=True, options={})
+                  gain_profile="exponential", learn_blend_weight=True,
+                  pull_push=dict(pull="box", relax=0), sync_bn=True, options={})
     fields.update(parts)
     return fields
 

@@ -1,18 +1,19 @@
 r"""The propagation model that ships with cmp_tf (`cmp_tf/pretrained/default`): the CPU default
 with direct L1 regression instead of the paper's bins, of a correction to a per-pixel blend of
-the nearest and the pull-push fill of the guidance (`model.prior_fill=blend`), scaled by a gain
-that falls with the distance to the guides at a rate learned per pixel (`model.fill_gain`),
-trained by Adam with 1 to 400 guides per sample and half its samples layered scenes with
-exact flow.
+the nearest and a smooth pull-push fill of the guidance (`model.prior_fill=blend`; tent pull
+and 4 relaxation passes per level, `model.pull_push`), scaled by a Gaussian gain of the
+distance to the guides whose reach is learned per pixel (`model.fill_gain`,
+`model.gain_profile=gaussian`), trained by Adam with 1 to 400 guides per sample and half its
+samples layered scenes with exact flow.
 
 Why (benchmarks/ablation.py, README "Ablation"): at the default's 1000-step CPU budget, every
 bin-loss variant trained the read-out away from the fill it starts from and ended worse than
 the fill on unseen clips; L1 regression stays at its base fill plus what it learns. The blend's
 base, the mean of the two fills, is closer to the reference flow of unseen real frames than
 either fill. The gain learns how far a guide's motion carries in real video (both fills copy
-it to the image border): with it the model beats every classical fill by 15-17% at 5 and 10
-watershed guides on the unseen clip. The varied guide counts and layered scenes keep it at
-least as good as the nearest fill on sharp motion boundaries too (held-out generated scenes).
+it to the image border); Gaussian, it is flat at the guides, so dense guidance keeps its
+vectors. The varied guide counts, the layered scenes and the smoother fill keep it at least as
+good as the nearest fill on sharp motion boundaries too (held-out generated scenes).
 
   python train.py --config=configs/propagation.py      # ~4-8 minutes on 2 cores
 """
@@ -24,6 +25,8 @@ def get_config(arg=None):
     c.flow.loss = "l1"
     c.model.prior_fill = "blend"
     c.model.fill_gain = True
+    c.model.gain_profile = "gaussian"
+    c.model.pull_push.pull, c.model.pull_push.relax = "tent", 4
     c.optim.name, c.schedule.lr = "adam", 1e-3
     c.guidance.num_points = (1, 400)
     c.data.layered.ratio = 0.5

@@ -3,11 +3,12 @@ Keras 3 function leaves the normalization constants as graph inputs). Height and
 dynamic; the dense prior's jump flooding exports as plain ops.
 
 Integer quantization (ONNX Runtime's static QDQ) covers the convolutions, which hold nearly all
-the arithmetic; every other op, the dense prior and the softmax readout among them, stays
-float32 (see export/tflite.py for why those two must).
+the arithmetic, but the decoder's 1x1 head and the guidance fills'; every other op, the dense
+prior and the softmax readout among them, stays float32 (see export/tflite.py for why).
 """
 import json
 import os
+import re
 import tempfile
 import warnings
 
@@ -54,6 +55,10 @@ def write(saved_model, path, metadata=None, opset=OPSET):
 # Ops quantized to int8 (per-channel weights, uint8 activations: the u8 x s8 dot products that
 # x86 VNNI runs natively).
 QUANTIZED_OPS = ("Conv",)
+# ... but for these layers' convolutions, kept float32: the decoder's 1x1 head (export/tflite.py,
+# FLOAT_LAYERS) and the guidance fills' (a smooth fill's tent pull is a depthwise convolution
+# of (vector x mask, mask): at uint8 its ratio is off by up to a step, and the blend reads it).
+_FLOAT_CONV = re.compile(r"(^|/)(head|dense_prior\w*|pull_push\w*)(_\d+)?/")
 
 
 def quantize(source, path, samples, metadata=None):
@@ -72,9 +77,11 @@ def quantize(source, path, samples, metadata=None):
         prepared = os.path.join(tmp, "prepared.onnx")  # shapes inferred, graph simplified
         quantization.shape_inference.quant_pre_process(source, prepared,
                                                        skip_symbolic_shape=True)
+        keep = [node.name for node in onnx.load(prepared).graph.node
+                if node.op_type in QUANTIZED_OPS and _FLOAT_CONV.search(node.name)]
         quantization.quantize_static(
             prepared, path, Reader(), quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=keep,
             activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8)
     if metadata is not None:

@@ -250,3 +250,36 @@ def test_command_line_exports_a_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| model.onnx | float32 |" in result.stdout
     assert sorted(os.listdir(out)) == ["export.json", "model.onnx", "model.tflite", "parity.md"]
+
+
+def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
+    """A smooth fill's tent pull and the decoder's head are convolutions; quantized, the fill's
+    (vector x mask) / mask ratio and the gain's reach move by a uint8 step (export/onnx.py)."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper
+
+    from export import onnx as onnx_export
+
+    rng = np.random.default_rng(0)
+    names = ["cmp_1/encoder_1/conv1_1/Conv2D", "cmp_1/pull_push_out_1/depthwise_3",
+             "cmp_1/decoder_1/head_1/BiasAdd"]
+    weights, nodes, previous = [], [], "x"
+    for index, name in enumerate(names):
+        weights.append(onnx.numpy_helper.from_array(
+            rng.normal(size=(4, 4, 3, 3)).astype(np.float32), f"w{index}"))
+        nodes.append(helper.make_node("Conv", [previous, f"w{index}"], [f"y{index}"], name=name,
+                                      pads=[1, 1, 1, 1]))
+        previous = f"y{index}"
+    graph = helper.make_graph(
+        nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4, 8, 8])], weights)
+    source, quantized = str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
+    samples = [{"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    onnx_export.quantize(source, quantized, samples)
+    graph = onnx.load(quantized).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    int8_weights = {node.name: made_by.get(node.input[1]) == "DequantizeLinear"
+                    for node in graph.node if node.op_type == "Conv"}
+    assert int8_weights == {names[0]: True, names[1]: False, names[2]: False}

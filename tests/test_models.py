@@ -376,6 +376,30 @@ def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untr
         models.build_cmp(config)
 
 
+def test_blend_with_a_fixed_half_weight_reads_the_reach_from_channel_2(rng):
+    config = load_config("propagation")
+    config.model.learn_blend_weight = False
+    model = models.build_cmp(config)
+    assert model.get_layer("decoder").output.shape[-1] == 3  # (du, dv, reach)
+    nearest = np.zeros((1, 1, 2, 3), np.float32)
+    nearest[..., 0], nearest[..., 2] = 4.0, [0.0, 1.0]
+    smooth = np.full((1, 1, 2, 2), 2.0, np.float32)
+    out = np.zeros((1, 1, 2, 3), np.float32)
+    out[..., 2] = 1.0
+    blend = L.BlendFills(True, 4, "gaussian", learn_weight=False)  # diagonal 4 x sqrt(2)
+    got = blend([out, nearest, smooth])[0, 0].numpy()
+    rate = L.BlendFills.GAUSSIAN_SCALE * np.log1p(np.exp(1.0 + L.BlendFills.GAUSSIAN_LOGIT_START))
+    gain = np.exp(-0.5 * (rate * np.array([0.0, 1.0]) / (4 * np.sqrt(2))) ** 2)
+    np.testing.assert_allclose(got, gain[:, None] * [[3.0, 1.0]], rtol=1e-5)
+    assert blend.channels == 3 and L.BlendFills(True, 4).channels == 4
+    with pytest.raises(ValueError, match="learn_weight must be True or False"):
+        L.BlendFills(True, 4, learn_weight=0)
+    del config.model["learn_blend_weight"]  # as a config.json with a string there would hold
+    config.model.learn_blend_weight = "no"
+    with pytest.raises(ValueError, match="config.model.learn_blend_weight must be True or False"):
+        models.build_cmp(config)
+
+
 def test_smoother_pull_push_keeps_the_guides_and_is_smoother_between_them(rng):
     sparse = np.zeros((1, 64, 64, 3), np.float32)
     rows, cols = rng.integers(0, 64, 12), rng.integers(0, 64, 12)

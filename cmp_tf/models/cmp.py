@@ -22,7 +22,7 @@ def _stride(shape):
 def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discrete",
              dense_prior=False, prior_sigma=2.0, decoder_scale=1, honour_guidance=False,
              prior_skips=False, prior_fill="nearest", fill_gain=False, pull_push=None,
-             gain_profile="exponential", name="cmp"):
+             gain_profile="exponential", learn_blend_weight=True, name="cmp"):
     """Wires built parts into the CMP model.
 
     Args:
@@ -48,6 +48,8 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
             pixel by a gain falling with the distance to the guides (layers.BlendFills: how far
             a guide's motion carries).
         gain_profile: how the gain falls with the distance ("exponential" or "gaussian").
+        learn_blend_weight: with prior_fill="blend", the decoder weighs the two fills per pixel
+            (False: half and half, one decoder channel fewer).
         pull_push: keyword arguments of the smooth fill (layers.PullPushFill: pull, relax).
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
@@ -99,7 +101,8 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
         if prior_fill == "blend":
             smooth = L.PullPushFill(out_stride, **(pull_push or {}), name="pull_push_out")(
                 sparse_in)
-            out = L.BlendFills(fill_gain, out_stride, gain_profile, name="add_prior")([out, prior, smooth])
+            out = L.BlendFills(fill_gain, out_stride, gain_profile, learn_blend_weight,
+                               name="add_prior")([out, prior, smooth])
         elif regression:
             out = keras.layers.Add(name="add_prior")([out, prior[..., :2]])
         else:
@@ -148,7 +151,9 @@ def build_cmp(config):
     if blend and f.loss == "discrete":
         raise ValueError("config.model.prior_fill='blend' needs a regression loss "
                          "(config.flow.loss=l1 or l2); got config.flow.loss='discrete'.")
-    for field in ("dense_prior", "honour_guidance", "prior_skips", "fill_gain"):
+    learn_weight = m.get("learn_blend_weight", True)
+    for field in ("dense_prior", "honour_guidance", "prior_skips", "fill_gain",
+                  "learn_blend_weight"):
         if not isinstance(m.get(field, False), bool):
             raise ValueError(f"config.model.{field} must be True or False; got {m[field]!r}.")
     gain_profile = m.get("gain_profile", "exponential")
@@ -171,7 +176,8 @@ def build_cmp(config):
     enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
     sparse_channels = sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))[-1]
     context = dict(in_channels=enc_shapes["features"][-1] + sparse_channels + 3 * m.dense_prior,
-                   out_channels=(2 + blend + gain) if f.loss != "discrete" else 2 * f.nbins,
+                   out_channels=(2 + (blend and learn_weight) + gain) if f.loss != "discrete"
+                   else 2 * f.nbins,
                    combo=tuple(m.decoder_combo), init_gain=m.init_gain)
     if m.get("prior_skips", False) and not (
             m.dense_prior and "skip_channels" in registry.parameters("decoder", m.decoder)):
@@ -193,7 +199,7 @@ def build_cmp(config):
                      honour_guidance=m.get("honour_guidance", False),
                      prior_skips=m.get("prior_skips", False),
                      prior_fill=prior_fill, fill_gain=gain, pull_push=pull_push,
-                     gain_profile=gain_profile)
+                     gain_profile=gain_profile, learn_blend_weight=learn_weight)
     crop = tuple(config.data.crop) if "data" in config and "crop" in config.data else None
     guard = model.get_layer("input_guard")
     if crop and (crop[0] % guard.multiple or crop[1] % guard.multiple or min(crop) < guard.minimum):

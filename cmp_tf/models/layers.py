@@ -425,6 +425,8 @@ class BlendFills(keras.layers.Layer):
         gain: read the reach r from channel 3.
         stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
         profile: "exponential" or "gaussian", the gain's fall with the distance.
+        learn_weight: read a from channel 2; False blends the fills half and half and reads
+            r from channel 2 (on the unseen clip the learned weight did worse than 1/2).
     """
 
     REACH_LOGIT_START = -3.0  # untrained: the gain is 0.91 a quarter diagonal from any guide
@@ -433,7 +435,7 @@ class BlendFills(keras.layers.Layer):
     GAUSSIAN_SCALE = 8.0
     PROFILES = ("exponential", "gaussian")
 
-    def __init__(self, gain=False, stride=1, profile="exponential", **kwargs):
+    def __init__(self, gain=False, stride=1, profile="exponential", learn_weight=True, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(gain, bool):
             raise ValueError(f"gain must be True or False; got {gain!r}.")
@@ -441,21 +443,32 @@ class BlendFills(keras.layers.Layer):
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
         if profile not in self.PROFILES:
             raise ValueError(f"profile must be one of {self.PROFILES}; got {profile!r}.")
+        if not isinstance(learn_weight, bool):
+            raise ValueError(f"learn_weight must be True or False; got {learn_weight!r}.")
         self.gain, self.stride, self.profile = gain, stride, profile
+        self.learn_weight = learn_weight
+
+    @property
+    def channels(self):
+        """Decoder channels read: the correction (2), the weight a, the reach r."""
+        return 2 + self.learn_weight + self.gain
 
     def call(self, inputs):
         out, nearest, smooth = (tf.cast(x, tf.float32) for x in inputs)
-        weight = tf.sigmoid(out[..., 2:3])
-        fill = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2]
+        if self.learn_weight:
+            weight = tf.sigmoid(out[..., 2:3])
+            fill = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2]
+        else:
+            fill = 0.5 * (nearest[..., :2] + smooth[..., :2])
         if self.gain:
+            reach = out[..., self.channels - 1:self.channels]
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
             distance = nearest[..., 2:3] / (self.stride * tf.sqrt(cells))
             if self.profile == "gaussian":
-                rate = self.GAUSSIAN_SCALE * tf.nn.softplus(out[..., 3:4]
-                                                            + self.GAUSSIAN_LOGIT_START)
+                rate = self.GAUSSIAN_SCALE * tf.nn.softplus(reach + self.GAUSSIAN_LOGIT_START)
                 fill = tf.exp(-0.5 * tf.square(rate * distance)) * fill
             else:
-                rate = self.REACH_SCALE * tf.nn.softplus(out[..., 3:4] + self.REACH_LOGIT_START)
+                rate = self.REACH_SCALE * tf.nn.softplus(reach + self.REACH_LOGIT_START)
                 fill = tf.exp(-rate * distance) * fill
         return tf.cast(fill + out[..., :2], self.compute_dtype)
 
@@ -464,7 +477,7 @@ class BlendFills(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "gain": self.gain, "stride": self.stride,
-                "profile": self.profile}
+                "profile": self.profile, "learn_weight": self.learn_weight}
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")

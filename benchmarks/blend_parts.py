@@ -1,0 +1,129 @@
+r"""Which part of a blend model's read-out (`model.prior_fill=blend`) earns its score (#8).
+
+The read-out is gain x (w x nearest + (1 - w) x smooth) + correction, every term predicted per
+pixel (layers.BlendFills). This scores the trained model next to the same read-out with parts
+replaced by their untrained value (w = 1/2, the gain's starting reach, correction 0) or
+dropped (no gain), with `evaluate.py`'s
+protocol on the same pairs, so a part that learned nothing, or something that does not carry
+to unseen frames, shows as a row equal to or better than the full model.
+
+  python benchmarks/blend_parts.py [--checkpoint=cmp_tf/pretrained/default] [--pairs=32]
+
+Prints relative EPE per strategy and K and writes blend_parts.json.
+"""
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import runtime  # noqa: E402
+from cmp_tf.data import pipeline  # noqa: E402
+from cmp_tf.data import sampling  # noqa: E402
+from cmp_tf.evaluation import baselines  # noqa: E402
+from cmp_tf.evaluation import benchmark  # noqa: E402
+from cmp_tf.models import layers  # noqa: E402
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory or .keras file of a blend "
+                                  "model (default: the shipped one).")
+_PAIRS = flags.DEFINE_integer("pairs", 32, "Validation pairs scored (fixed seed).")
+_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for blend_parts.json.")
+
+# name -> (learned blend weight?, gain: "learned" | "start" (its untrained reach) | "none",
+# learned correction?); an unlearned weight is 1/2, an unlearned correction 0.
+PARTS = {"full model": (True, "learned", True), "no correction": (True, "learned", False),
+         "weight 1/2": (False, "learned", True),
+         "weight 1/2, no correction": (False, "learned", False),
+         "untrained gain": (True, "start", True), "no gain": (True, "none", True),
+         "fills x untrained gain (weight 1/2)": (False, "start", False),
+         "fills only (weight 1/2)": (False, "none", False)}
+
+
+def _read_out(head, nearest, smooth, parts, blend):
+    """`layers.BlendFills` with the parts not in `parts` at their untrained value."""
+    learned_weight, gain, learned_correction = parts
+    head = np.array(head)
+    if not learned_weight and blend.learn_weight:
+        head[..., 2] = 0.0  # sigmoid(0) = 1/2
+    if not learned_correction:
+        head[..., :2] = 0.0
+    if gain == "start" and blend.gain:
+        head[..., blend.channels - 1] = 0.0
+    if gain == "none" and blend.gain:
+        head = head[..., :-1]
+    return layers.BlendFills(blend.gain and gain != "none", blend.stride, blend.profile,
+                             blend.learn_weight)([tf.constant(head), nearest, smooth])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    path = runtime.resolve_model_path(_CHECKPOINT.value)
+    model = keras.models.load_model(path if path.endswith(".keras")
+                                    else os.path.join(path, runtime.MODEL_FILE))
+    try:
+        blend = model.get_layer("add_prior")
+    except ValueError:
+        blend = None
+    if not isinstance(blend, layers.BlendFills):
+        raise ValueError(f"--checkpoint={path}: not a blend model (config.model.prior_fill="
+                         "blend); nothing to take apart.")
+    parts_model = keras.Model(model.inputs, blend.input)
+
+    cache = {}  # the head's outputs per guidance set of the current image, for every read-out
+
+    def heads(image, points, vectors):
+        image, points, vectors = sampling.check_guidance(image, points, vectors)
+        if cache.get("image") != image.tobytes():
+            cache.clear()
+            cache["image"] = image.tobytes()
+        key = (points.tobytes(), vectors.tobytes())
+        if key not in cache:
+            sparse = sampling.sparse_from_points(points, vectors, *image.shape[:2])
+            cache[key] = parts_model({"image": tf.constant(image[None], tf.float32),
+                                      "sparse": tf.constant(sparse[None], tf.float32)})
+        return cache[key]
+
+    def method(parts):
+        def propagate(image, points, vectors):
+            flow = _read_out(*heads(image, points, vectors), parts, blend)
+            return tf.image.resize(flow, image.shape[:2]).numpy()[0]
+        return propagate
+
+    config, from_run = runtime.run_config(path)
+    if not from_run:
+        from configs import common
+        config.data.val = common.sample_splits()[1]
+    pairs = benchmark.sample_pairs(benchmark.pairs_from_dataset(
+        pipeline.make_dataset(config, "val", guidance=False)), _PAIRS.value)
+    methods = {"zero": baselines.zero, **{name: method(p) for name, p in PARTS.items()},
+               "linear": baselines.linear}
+    result = benchmark.evaluate(methods, pairs)
+    table = {}
+    lines = ["| read-out | " + " | ".join(f"{s[0]}{k}" for s in result["strategies"]
+                                         for k in result["ks"]) + " |",
+             "|---|" + "---:|" * len(result["strategies"]) * len(result["ks"])]
+    for name in methods:
+        if name == "zero":
+            continue
+        rel = {f"{r['strategy']}/{r['k']}": r["relative"] for r in result["rows"]
+               if r["method"] == name}
+        table[name] = rel
+        lines.append(f"| {name} | " + " | ".join(
+            f"{rel[f'{s}/{k}']:.3f}" for s in result["strategies"] for k in result["ks"]) + " |")
+    print(f"\n{path}, {result['pairs']} pairs: relative EPE (w watershed, u uniform, then K)\n")
+    print("\n".join(lines))
+    os.makedirs(_OUT.value, exist_ok=True)
+    out = os.path.join(_OUT.value, "blend_parts.json")
+    with open(out, "w") as f:
+        json.dump(dict(checkpoint=path, pairs=result["pairs"], table=table), f, indent=1)
+    print(f"\nWrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

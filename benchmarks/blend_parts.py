@@ -63,6 +63,13 @@ def _read_out(head, nearest, smooth, parts, blend):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        run()
+    except ValueError as error:  # a bad checkpoint: one clear line, no traceback
+        raise app.UsageError(str(error)) from error
+
+
+def run():
     path = runtime.resolve_model_path(_CHECKPOINT.value)
     model = keras.models.load_model(path if path.endswith(".keras")
                                     else os.path.join(path, runtime.MODEL_FILE))

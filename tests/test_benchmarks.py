@@ -1,0 +1,52 @@
+"""Benchmark scripts whose arithmetic the README's figures rest on."""
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from cmp_tf import models
+from tests.conftest import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without(rng):
+    from benchmarks import blend_parts
+
+    config = load_config("propagation")
+    model = models.build_cmp(config)
+    head_layer = model.get_layer("decoder").get_layer("head")
+    kernel, bias = head_layer.get_weights()  # a head far from its near-zero start
+    head_layer.set_weights([rng.normal(0, 0.3, kernel.shape).astype(np.float32),
+                            rng.normal(0, 1.0, bias.shape).astype(np.float32)])
+    image = rng.uniform(0, 255, (1, 128, 128, 3)).astype(np.float32)
+    sparse = np.zeros((1, 128, 128, 3), np.float32)
+    sparse[0, [20, 90, 60], [30, 100, 10]] = [[3, -1, 1], [-2, 4, 1], [1, 1, 1]]
+    inputs = {"image": image, "sparse": sparse}
+    blend = model.get_layer("add_prior")
+    head, nearest, smooth = keras.Model(model.inputs, blend.input)(inputs)
+    full = blend_parts._read_out(head, nearest, smooth, blend_parts.PARTS["full model"], blend)
+    np.testing.assert_allclose(full, model(inputs)["logits"], atol=1e-5)
+    fills = blend_parts._read_out(head, nearest, smooth,
+                                  blend_parts.PARTS["fills only (weight 1/2)"], blend)
+    np.testing.assert_allclose(fills, 0.5 * (nearest.numpy()[..., :2] + smooth.numpy()),
+                               atol=1e-5)
+    untrained = blend_parts._read_out(head, nearest, smooth,
+                                      blend_parts.PARTS["fills x untrained gain (weight 1/2)"],
+                                      blend)
+    assert 0 < np.abs(untrained).sum() < np.abs(fills).sum()  # the untrained gain is < 1
+
+
+@pytest.mark.slow
+def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
+    path = tmp_path / "default.keras"
+    models.build_cmp(load_config("default")).save(path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "benchmarks/blend_parts.py", f"--checkpoint={path}",
+                             f"--out={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0 and "not a blend model" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -107,6 +107,15 @@ VARIANTS = {
                                      BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
                                      + ["--config.model.gain_profile=gaussian",
                                         "--config.model.learn_blend_weight=False"]),
+    "blend_gauss_adam_smooth_seed2": ("blend_gauss_adam_smooth with seed 2",
+                                      BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
+                                      + ["--config.model.gain_profile=gaussian",
+                                         "--config.seed=2"]),
+    "blend_gauss_adam_smooth_half_seed1": ("blend_gauss_adam_smooth_half with seed 1",
+                                           BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
+                                           + ["--config.model.gain_profile=gaussian",
+                                              "--config.model.learn_blend_weight=False",
+                                              "--config.seed=1"]),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }

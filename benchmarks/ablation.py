@@ -31,6 +31,9 @@ BLEND = ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]
 GAIN = ["--config.model.fill_gain=True"]
 ADAM = ["--config.optim.name=adam", "--config.schedule.lr=0.001"]
 SMOOTH = ["--config.model.pull_push.pull=tent", "--config.model.pull_push.relax=4"]
+GAUSS = ["--config.model.gain_profile=gaussian"]
+GAIN_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # blend_gain_adam, shipped before the Gaussian
+SHIPPED = GAIN_ADAM + SMOOTH + GAUSS  # blend_gauss_adam_smooth = configs/propagation.py
 VARIANTS = {
     "paper": ("the paper: one-hot bins, no prior", PAPER),
     "prior": ("+ dense nearest-guidance prior (correction to the fill)",
@@ -62,59 +65,43 @@ VARIANTS = {
     "blend_adam_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered "
                          "scenes, Adam (lr 1e-3)", BLEND + ADAM + POINTS + LAYERED),
     "blend_gain_adam": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
-                        "[1, 400], half layered scenes, Adam (lr 1e-3) (configs/propagation.py, "
-                        "the shipped model)",
-                        BLEND + GAIN + ADAM + POINTS + LAYERED),
+                        "[1, 400], half layered scenes, Adam (lr 1e-3) (the shipped model before "
+                        "the Gaussian gain)", GAIN_ADAM),
     "blend_gain_adam_ws": ("blend_gain_adam with the K points drawn among watershed points only "
                            "(no background grid), topped up uniformly",
                            BLEND + GAIN + ADAM + [WATERSHED] + POINTS + LAYERED),
     "blend_gain_adam_3000": ("blend_gain_adam for 3000 steps (learning-rate drops at 1800 and "
                              "2550)",
-                             BLEND + GAIN + ADAM + POINTS + LAYERED + [
-                                 "--config.train.steps=3000",
-                                 "--config.schedule.boundaries=(1800, 2550)"]),
+                             GAIN_ADAM + ["--config.train.steps=3000",
+                                          "--config.schedule.boundaries=(1800, 2550)"]),
     "blend_gain_adam_honour": ("blend_gain_adam whose output equals the given vectors at the "
                                "guided pixels (model.honour_guidance)",
-                               BLEND + GAIN + ADAM + POINTS + LAYERED
-                               + ["--config.model.honour_guidance=True"]),
+                               GAIN_ADAM + ["--config.model.honour_guidance=True"]),
     "blend_gain_adam_skips": ("blend_gain_adam with the nearest fill and distance fed to the "
                               "stride-4 and -2 skips too (model.prior_skips)",
-                              BLEND + GAIN + ADAM + POINTS + LAYERED
-                              + ["--config.model.prior_skips=True"]),
+                              GAIN_ADAM + ["--config.model.prior_skips=True"]),
     "blend_gain_adam_smooth": ("blend_gain_adam with the smoother pull-push fill (tent pull, 4 "
                                "relaxation passes per level: model.pull_push)",
-                               BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH),
+                               GAIN_ADAM + SMOOTH),
     "blend_gauss_adam_smooth": ("blend_gain_adam_smooth with a Gaussian gain profile "
-                                "(model.gain_profile=gaussian)",
-                                BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
-                                + ["--config.model.gain_profile=gaussian"]),
+                                "(model.gain_profile=gaussian) (configs/propagation.py, the "
+                                "shipped model)", SHIPPED),
     "blend_gauss_adam": ("blend_gain_adam with a Gaussian gain profile, the box pull-push fill",
-                         BLEND + GAIN + ADAM + POINTS + LAYERED
-                         + ["--config.model.gain_profile=gaussian"]),
+                         GAIN_ADAM + GAUSS),
     "blend_gauss_adam_smooth_skips": ("blend_gauss_adam_smooth with the nearest fill and "
                                       "distance fed to the stride-4 and -2 skips too",
-                                      BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
-                                      + ["--config.model.gain_profile=gaussian",
-                                         "--config.model.prior_skips=True"]),
+                                      SHIPPED + ["--config.model.prior_skips=True"]),
     "blend_gauss_adam_smooth_seed1": ("blend_gauss_adam_smooth with seed 1 (initialization, "
                                       "data order, guidance): the run-to-run spread",
-                                      BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
-                                      + ["--config.model.gain_profile=gaussian",
-                                         "--config.seed=1"]),
+                                      SHIPPED + ["--config.seed=1"]),
     "blend_gauss_adam_smooth_half": ("blend_gauss_adam_smooth with the fills blended half and "
                                      "half, not by a learned weight "
                                      "(model.learn_blend_weight=False)",
-                                     BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
-                                     + ["--config.model.gain_profile=gaussian",
-                                        "--config.model.learn_blend_weight=False"]),
+                                     SHIPPED + ["--config.model.learn_blend_weight=False"]),
     "blend_gauss_adam_smooth_seed2": ("blend_gauss_adam_smooth with seed 2",
-                                      BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
-                                      + ["--config.model.gain_profile=gaussian",
-                                         "--config.seed=2"]),
+                                      SHIPPED + ["--config.seed=2"]),
     "blend_gauss_adam_smooth_half_seed1": ("blend_gauss_adam_smooth_half with seed 1",
-                                           BLEND + GAIN + ADAM + POINTS + LAYERED + SMOOTH
-                                           + ["--config.model.gain_profile=gaussian",
-                                              "--config.model.learn_blend_weight=False",
+                                           SHIPPED + ["--config.model.learn_blend_weight=False",
                                               "--config.seed=1"]),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),

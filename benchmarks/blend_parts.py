@@ -103,7 +103,7 @@ def run():
         return propagate
 
     config, from_run = runtime.run_config(path)
-    if not from_run:
+    if not (from_run and config.data.val):  # as evaluate.py: the run's clips, else carphone
         from configs import common
         config.data.val = common.sample_splits()[1]
     pairs = benchmark.sample_pairs(benchmark.pairs_from_dataset(

@@ -17,6 +17,7 @@ import tf2onnx
 from tf2onnx import tf_loader
 
 from cmp_tf import runtime
+from export import tflite as tflite_export
 
 # ONNX opset written: 18 is the newest tf2onnx 1.17 targets, and ONNX Runtime 1.32 runs it.
 OPSET = 18
@@ -55,10 +56,12 @@ def write(saved_model, path, metadata=None, opset=OPSET):
 # Ops quantized to int8 (per-channel weights, uint8 activations: the u8 x s8 dot products that
 # x86 VNNI runs natively).
 QUANTIZED_OPS = ("Conv",)
-# ... but for these layers' convolutions, kept float32: the decoder's 1x1 head (export/tflite.py,
-# FLOAT_LAYERS) and the guidance fills' (a smooth fill's tent pull is a depthwise convolution
-# of (vector x mask, mask): at uint8 its ratio is off by up to a step, and the blend reads it).
-_FLOAT_CONV = re.compile(r"(^|/)(head|dense_prior\w*|pull_push\w*)(_\d+)?/")
+# ... but for the convolutions of the layers TFLite keeps float32 (its FLOAT_LAYERS: the
+# decoder's 1x1 head) and of the guidance fills, which TFLite cuts out (a smooth fill's tent
+# pull is a depthwise convolution of (vector x mask, mask): at uint8 its ratio is off by up to a
+# step, and the blend reads it). Fill layers are named dense_prior* and pull_push* (models.cmp).
+_FLOAT_CONV = re.compile(
+    rf"(^|/)({'|'.join(tflite_export.FLOAT_LAYERS)}|dense_prior\w*|pull_push\w*)(_\d+)?/")
 
 
 def quantize(source, path, samples, metadata=None):

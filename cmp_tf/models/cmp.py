@@ -175,9 +175,12 @@ def build_cmp(config):
                                     init_gain=m.init_gain)
     enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
     sparse_channels = sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))[-1]
+    if f.loss == "discrete":
+        out_channels = 2 * f.nbins
+    else:  # flow, or what the blend of fills reads
+        out_channels = L.BlendFills(gain, 1, gain_profile, learn_weight).channels if blend else 2
     context = dict(in_channels=enc_shapes["features"][-1] + sparse_channels + 3 * m.dense_prior,
-                   out_channels=(2 + (blend and learn_weight) + gain) if f.loss != "discrete"
-                   else 2 * f.nbins,
+                   out_channels=out_channels,
                    combo=tuple(m.decoder_combo), init_gain=m.init_gain)
     if m.get("prior_skips", False) and not (
             m.dense_prior and "skip_channels" in registry.parameters("decoder", m.decoder)):

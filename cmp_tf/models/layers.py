@@ -315,6 +315,9 @@ class PullPushFill(_GuidanceFill):
 
     channels = 2
     PULLS = ("box", "tent")
+    # The tent pull's depthwise kernel over (u x mask, v x mask, mask): 1-2-1 x 1-2-1 / 16.
+    _TENT = np.tile((np.outer([1, 2, 1], [1, 2, 1]) / 16).astype(np.float32)[:, :, None, None],
+                    (1, 1, 3, 1))
 
     def __init__(self, stride, max_size=2048, pull="box", relax=0, **kwargs):
         super().__init__(stride, max_size, **kwargs)
@@ -327,10 +330,8 @@ class PullPushFill(_GuidanceFill):
     def _coarser(self, cells):
         if self.pull == "box":
             return tf.nn.avg_pool2d(cells, 2, 2, "SAME")
-        tent = np.outer([1, 2, 1], [1, 2, 1]).astype(np.float32) / 16
-        kernel = tf.constant(np.tile(tent[:, :, None, None], (1, 1, 3, 1)))
         # Zero padding is harmless: weights and weighted vectors are padded alike.
-        return tf.nn.depthwise_conv2d(cells, kernel, [1, 2, 2, 1], "SAME")
+        return tf.nn.depthwise_conv2d(cells, self._TENT, [1, 2, 2, 1], "SAME")
 
     def call(self, sparse):
         s = self.stride

@@ -9,6 +9,7 @@ next to the nearest and linear fills, and writes it as markdown and JSON.
   python benchmarks/ablation.py                          # every variant, 1000 steps each
   python benchmarks/ablation.py --variants=paper,regression --steps=2000
   python benchmarks/ablation.py --report_only            # table from the runs already there
+  python benchmarks/ablation.py --check_only             # every variant's recipe builds
 
 Resumable: a variant whose run and evaluations exist is not redone; an interrupted training
 resumes from its checkpoint (train.py does).
@@ -20,6 +21,10 @@ import sys
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_RECIPE = os.path.join(ROOT, "configs", "default.py")  # train.py's default --config
 
 # name -> (what it changes, train.py overrides). The base is the paper's setup at CPU scale.
 PAPER = ["--config.model.dense_prior=False", "--config.flow.targets=one_hot"]
@@ -32,6 +37,7 @@ GAIN = ["--config.model.fill_gain=True"]
 ADAM = ["--config.optim.name=adam", "--config.schedule.lr=0.001"]
 SMOOTH = ["--config.model.pull_push.pull=tent", "--config.model.pull_push.relax=4"]
 GAUSS = ["--config.model.gain_profile=gaussian"]
+PLAIN = ["--config.model.decoder=plain"]  # no skips: logits at the encoder's stride (32)
 GAIN_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # blend_gain_adam, shipped before the Gaussian
 SHIPPED = GAIN_ADAM + SMOOTH + GAUSS  # blend_gauss_adam_smooth = configs/propagation.py
 VARIANTS = {
@@ -103,6 +109,12 @@ VARIANTS = {
     "blend_gauss_adam_smooth_half_seed1": ("blend_gauss_adam_smooth_half with seed 1",
                                            SHIPPED + ["--config.model.learn_blend_weight=False",
                                               "--config.seed=1"]),
+    "paper_plain": ("the paper at its output stride: one-hot bins, no prior, the plain decoder "
+                    "(logits at the encoder's stride 32, no skips from early layers)",
+                    PAPER + PLAIN),
+    "blend_gauss_adam_smooth_plain": ("blend_gauss_adam_smooth with the plain decoder: fills "
+                                      "and read-out at stride 32, no skips from early layers",
+                                      SHIPPED + PLAIN),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }
@@ -115,6 +127,8 @@ _PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs per evaluation.")
 _ROOT = flags.DEFINE_string("root", "runs/ablation", "Where the variants' runs go.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate the runs already there.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks/ablation", "Report path stem (.md, .json).")
+_CHECK_ONLY = flags.DEFINE_bool("check_only", False, "Only check that every listed variant's "
+                                "overrides make a valid recipe and model; train nothing.")
 
 
 def _run(command):
@@ -140,6 +154,30 @@ def _train_and_evaluate(name):
             _run([sys.executable, "evaluate.py", f"--checkpoint={run}", f"--pairs={_PAIRS.value}",
                   f"--baselines={','.join(REFERENCE_FILLS)}", "--panels=2",
                   f"--out={os.path.join(run, 'eval', dataset)}", *args])
+
+
+def variant_config(name):
+    """The recipe train.py builds for a variant: the base recipe with its overrides."""
+    argv = ["train.py", *VARIANTS[name][1]]
+    values = flags.FlagValues()  # the override flags are made from the argv given here
+    config_flags.DEFINE_config_file("config", BASE_RECIPE, flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def check_variants(names):
+    """Builds every variant's recipe and model first, so a typo in an override fails in
+    seconds, naming the variant, not after the variants before it have trained."""
+    sys.path.insert(0, ROOT)
+    from cmp_tf import models
+
+    for name in names:
+        try:
+            models.build_cmp(variant_config(name))
+        except (ValueError, KeyError, AttributeError, flags.Error) as error:
+            raise app.UsageError(f"--variants: {name} ({' '.join(VARIANTS[name][1])}): "
+                                 f"{error}") from error
 
 
 def _relative(result, method):
@@ -181,6 +219,10 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}.")
     if not _REPORT_ONLY.value:
+        check_variants(_VARIANTS.value)
+        if _CHECK_ONLY.value:
+            print(f"{len(_VARIANTS.value)} variants: every recipe and model builds.")
+            return
         for name in _VARIANTS.value:
             _train_and_evaluate(name)
     text, table = report(_VARIANTS.value)

@@ -1,4 +1,5 @@
 """Benchmark scripts whose arithmetic the README's figures rest on."""
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,42 @@ def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
                             text=True, timeout=300)
     assert result.returncode != 0 and "not a blend model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _ablation_check(*variants):
+    """benchmarks/ablation.py's check of the given (name, overrides) variants, in a fresh
+    process (its flags would clash with blend_parts' in this one)."""
+    code = ("import sys; from benchmarks import ablation as a; "
+            f"a.VARIANTS.update({dict(variants)!r}); "
+            f"a.check_variants({[name for name, _ in variants]!r})")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_ablation_variants_build_and_a_typo_is_refused_before_training():
+    ok = _ablation_check(("shipped", ("", ["--config.flow.loss=l1",
+                                           "--config.model.prior_fill=blend"])))
+    assert ok.returncode == 0, ok.stderr
+    for bad, expected in ((["--config.model.gain_profle=gaussian"], "gain_profle"),
+                          (["--config.flow.loss=l1", "--config.model.prior_fill=blend",
+                            "--config.model.fill_gain=True",
+                            "--config.model.gain_profile=gauss"], "gain_profile")):
+        result = _ablation_check(("typo", ("", bad)))
+        assert result.returncode != 0
+        assert "typo" in result.stderr and expected in result.stderr, result.stderr[-2000:]
+
+
+def test_ablation_shipped_variant_is_the_shipped_recipe():
+    """The ablation's `blend_gauss_adam_smooth` must train exactly configs/propagation.py, or
+    the README's ablation row is not the shipped model's."""
+    code = ("from benchmarks import ablation as a; import json; "
+            "print(json.dumps(a.variant_config('blend_gauss_adam_smooth').to_dict()))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    variant = json.loads(result.stdout.strip().splitlines()[-1])
+    shipped = json.loads(json.dumps(load_config("propagation").to_dict()))
+    assert variant == shipped

@@ -115,6 +115,9 @@ VARIANTS = {
     "blend_gauss_adam_smooth_plain": ("blend_gauss_adam_smooth with the plain decoder: fills "
                                       "and read-out at stride 32, no skips from early layers",
                                       SHIPPED + PLAIN),
+    "blend_gauss_adam_smooth_still": ("blend_gauss_adam_smooth with a still background in half "
+                                      "the layered scenes (data.layered.still_background=0.5)",
+                                      SHIPPED + ["--config.data.layered.still_background=0.5"]),
     "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
                          ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }

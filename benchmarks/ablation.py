@@ -24,6 +24,7 @@ from absl import flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/ and cmp_tf/ from the repository, wherever this is run from
 BASE_RECIPE = os.path.join(ROOT, "configs", "default.py")  # train.py's default --config
 
 # name -> (what it changes, train.py overrides). The base is the paper's setup at CPU scale.
@@ -172,8 +173,7 @@ def variant_config(name):
 def check_variants(names):
     """Builds every variant's recipe and model first, so a typo in an override fails in
     seconds, naming the variant, not after the variants before it have trained."""
-    sys.path.insert(0, ROOT)
-    from cmp_tf import models
+    from cmp_tf import models  # TensorFlow: only when something is built
 
     for name in names:
         try:

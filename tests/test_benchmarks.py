@@ -56,7 +56,7 @@ def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
 def _ablation_check(*variants):
     """benchmarks/ablation.py's check of the given (name, overrides) variants, in a fresh
     process (its flags would clash with blend_parts' in this one)."""
-    code = ("import sys; from benchmarks import ablation as a; "
+    code = ("from benchmarks import ablation as a; "
             f"a.VARIANTS.update({dict(variants)!r}); "
             f"a.check_variants({[name for name, _ in variants]!r})")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -48,21 +48,13 @@ _SEGMENTATION = config_flags.DEFINE_config_file(
 
 
 def _pairs(config, from_run):
-    from cmp_tf.data import pipeline
     from cmp_tf.evaluation import benchmark
-    from configs import common
 
     if _DATA.value == ["generated"]:
         return benchmark.generated_pairs(_PAIRS.value if _PAIRS.value > 0 else 32,
                                          seed=_SEED.value), "generated scenes"
-    sources = tuple(_DATA.value) or (tuple(config.data.val) if from_run and config.data.val
-                                     else common.sample_splits()[1])
-    pipeline.check_sources(sources, "--data")
-    config.data.val = sources
-    dataset = pipeline.make_dataset(config, "val", guidance=False)
-    pairs = benchmark.pairs_from_dataset(dataset)
-    if _PAIRS.value > 0:
-        pairs = benchmark.sample_pairs(pairs, _PAIRS.value, _SEED.value)
+    pairs, sources = benchmark.validation_pairs(config, from_run, _DATA.value, _PAIRS.value,
+                                                _SEED.value)
     return pairs, ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
 
 

@@ -41,6 +41,7 @@ GAUSS = ["--config.model.gain_profile=gaussian"]
 PLAIN = ["--config.model.decoder=plain"]  # no skips: logits at the encoder's stride (32)
 GAIN_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # blend_gain_adam, shipped before the Gaussian
 SHIPPED = GAIN_ADAM + SMOOTH + GAUSS  # blend_gauss_adam_smooth = configs/propagation.py
+HALF = ["--config.model.learn_blend_weight=False"]
 VARIANTS = {
     "paper": ("the paper: one-hot bins, no prior", PAPER),
     "prior": ("+ dense nearest-guidance prior (correction to the fill)",
@@ -76,7 +77,7 @@ VARIANTS = {
                         "the Gaussian gain)", GAIN_ADAM),
     "blend_gain_adam_ws": ("blend_gain_adam with the K points drawn among watershed points only "
                            "(no background grid), topped up uniformly",
-                           BLEND + GAIN + ADAM + [WATERSHED] + POINTS + LAYERED),
+                           GAIN_ADAM + [WATERSHED]),
     "blend_gain_adam_3000": ("blend_gain_adam for 3000 steps (learning-rate drops at 1800 and "
                              "2550)",
                              GAIN_ADAM + ["--config.train.steps=3000",
@@ -104,12 +105,11 @@ VARIANTS = {
     "blend_gauss_adam_smooth_half": ("blend_gauss_adam_smooth with the fills blended half and "
                                      "half, not by a learned weight "
                                      "(model.learn_blend_weight=False)",
-                                     SHIPPED + ["--config.model.learn_blend_weight=False"]),
+                                     SHIPPED + HALF),
     "blend_gauss_adam_smooth_seed2": ("blend_gauss_adam_smooth with seed 2",
                                       SHIPPED + ["--config.seed=2"]),
     "blend_gauss_adam_smooth_half_seed1": ("blend_gauss_adam_smooth_half with seed 1",
-                                           SHIPPED + ["--config.model.learn_blend_weight=False",
-                                              "--config.seed=1"]),
+                                           SHIPPED + HALF + ["--config.seed=1"]),
     "paper_plain": ("the paper at its output stride: one-hot bins, no prior, the plain decoder "
                     "(logits at the encoder's stride 32, no skips from early layers)",
                     PAPER + PLAIN),

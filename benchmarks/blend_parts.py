@@ -11,6 +11,7 @@ to unseen frames, shows as a row equal to or better than the full model.
 
 Prints relative EPE per strategy and K and writes blend_parts.json.
 """
+import functools
 import json
 import os
 import sys
@@ -23,7 +24,6 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cmp_tf import runtime  # noqa: E402
-from cmp_tf.data import pipeline  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
@@ -56,8 +56,14 @@ def _read_out(head, nearest, smooth, parts, blend):
         head[..., blend.channels - 1] = 0.0
     if gain == "none" and blend.gain:
         head = head[..., :-1]
-    return layers.BlendFills(blend.gain and gain != "none", blend.stride, blend.profile,
-                             blend.learn_weight)([tf.constant(head), nearest, smooth])
+    return _blend_layer(blend.gain and gain != "none", blend.stride, blend.profile,
+                        blend.learn_weight)([tf.constant(head), nearest, smooth])
+
+
+@functools.cache
+def _blend_layer(gain, stride, profile, learn_weight):
+    """One read-out layer per setting: `_read_out` runs per pair, K and part set."""
+    return layers.BlendFills(gain, stride, profile, learn_weight)
 
 
 def main(argv):
@@ -102,12 +108,7 @@ def run():
             return tf.image.resize(flow, image.shape[:2]).numpy()[0]
         return propagate
 
-    config, from_run = runtime.run_config(path)
-    if not (from_run and config.data.val):  # as evaluate.py: the run's clips, else carphone
-        from configs import common
-        config.data.val = common.sample_splits()[1]
-    pairs = benchmark.sample_pairs(benchmark.pairs_from_dataset(
-        pipeline.make_dataset(config, "val", guidance=False)), _PAIRS.value)
+    pairs, _ = benchmark.validation_pairs(*runtime.run_config(path), count=_PAIRS.value)
     methods = {"zero": baselines.zero, **{name: method(p) for name, p in PARTS.items()},
                "linear": baselines.linear}
     result = benchmark.evaluate(methods, pairs)

@@ -209,6 +209,21 @@ def sample_pairs(pairs, count, seed=0):
     return [pair for _, pair in sorted(kept, key=lambda item: item[0])]
 
 
+def validation_pairs(config, from_run, sources=(), count=0, seed=0, field="--data"):
+    """The pairs `evaluate.py` scores a run on: `sources` if given, else the run's validation
+    clips (`from_run`: its config.json says which), else the embedded held-out clip; `count` > 0
+    draws that many (sample_pairs). Returns (pairs, the sources)."""
+    from cmp_tf.data import pipeline
+    from configs import common
+
+    sources = tuple(sources) or (tuple(config.data.val) if from_run and config.data.val
+                                 else common.sample_splits()[1])
+    pipeline.check_sources(sources, field)
+    config.data.val = sources
+    pairs = pairs_from_dataset(pipeline.make_dataset(config, "val", guidance=False))
+    return (sample_pairs(pairs, count, seed) if count > 0 else pairs), sources
+
+
 GENERATED_STREAM = 11  # seed-sequence prefix of benchmark scenes: disjoint from training's
 
 

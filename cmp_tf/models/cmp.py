@@ -118,10 +118,15 @@ def assemble(image_encoder, sparse_encoder, decoder, *, nbins, fmax, loss="discr
     return keras.Model({"image": image, "sparse": sparse}, outputs, name=name)
 
 
+def _plain_dict(value):
+    """A config field (ConfigDict, dict or None) as a plain dict of keyword arguments."""
+    value = value or {}
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
 def _options(config):
     """`config.model.options` as plain dicts: builder kwargs keyed by part name."""
-    options = config.model.get("options") or {}
-    options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
+    options = _plain_dict(config.model.get("options"))
     registry.check_options(options)
     return options
 
@@ -163,8 +168,7 @@ def build_cmp(config):
     if gain and not blend:
         raise ValueError("config.model.fill_gain=True scales the blend of fills: it needs "
                          f"config.model.prior_fill='blend'; got {prior_fill!r}.")
-    pull_push = m.get("pull_push") or {}
-    pull_push = pull_push.to_dict() if hasattr(pull_push, "to_dict") else dict(pull_push)
+    pull_push = _plain_dict(m.get("pull_push"))
     try:
         L.PullPushFill(1, **pull_push)
     except (TypeError, ValueError) as e:

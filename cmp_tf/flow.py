@@ -1,21 +1,14 @@
-"""Optical flow utilities: bins and readout, errors, colour coding, warping and flow files.
+"""Optical flow maths: bins and readout, errors, colour coding and warping.
 
 Flow is NHWC / HWC with channels (u, v) = (dx, dy) in pixels at the resolution it is stored at.
+Flow files (.flo, 8-bit image pairs, 16-bit PNG) are read and written in `cmp_tf.data.formats`.
 """
-import os
-
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 
 # The reference clamps targets just inside [-fmax, fmax] so fmax lands in the last bin.
 _CLIP_MARGIN = 1e-3
-# Middlebury .flo header: a float32 tag, then int32 width and height (12 bytes in all).
-_FLO_TAG = 202021.25
-_FLO_HEADER_BYTES = 12
-# The reference's 8-bit flow images hold f = pixel / 255 * range - fmax with this range (px).
-_FLOW_8BIT_FMAX = 50.0
 # Middlebury colour wheel: hue segments red-yellow, yellow-green, green-cyan, cyan-blue,
 # blue-magenta, magenta-red, with the number of colours in each (Baker et al., IJCV 2011).
 _WHEEL_SEGMENTS = (15, 6, 4, 11, 13, 6)
@@ -50,17 +43,6 @@ def quantize(flow, nbins, fmax):
     flow = tf.cast(flow, tf.float32)
     clipped = tf.clip_by_value(flow, -fmax + _CLIP_MARGIN, fmax - _CLIP_MARGIN)
     return tf.cast(tf.floor((clipped + fmax) / step), tf.int32)
-
-
-def bin_interpolation(flow, nbins, fmax):
-    """(low, high, frac): the bin centres around each flow component and the weight of `high`,
-    so (1 - frac) * centre[low] + frac * centre[high] == flow inside the centres' span (clipped
-    to the outermost centres beyond it). Two-hot loss targets."""
-    step = bin_step(nbins, fmax)
-    position = (tf.cast(flow, tf.float32) + fmax) / step - 0.5  # in units of centre indices
-    position = tf.clip_by_value(position, 0.0, nbins - 1.0)
-    low = tf.minimum(tf.cast(tf.floor(position), tf.int32), nbins - 2)
-    return low, low + 1, position - tf.cast(low, tf.float32)
 
 
 def expected_flow(logits, nbins, fmax):
@@ -159,67 +141,6 @@ def flow_to_color(flow, max_flow=None):
     inside = (rad <= 1)[..., None]
     color = np.where(inside, 1 - rad[..., None] * (1 - color), color * 0.75)  # dim out of range
     return np.round(color * 255).astype(np.uint8)
-
-
-def read_flo(path):
-    """Reads a Middlebury .flo file into [H, W, 2] float32, checking the header and the size."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Flow file {path} does not exist.")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        header = f.read(_FLO_HEADER_BYTES)
-    if len(header) < _FLO_HEADER_BYTES:
-        raise ValueError(f"Flow file {path} is truncated: {size} bytes, shorter than the "
-                         f"{_FLO_HEADER_BYTES}-byte .flo header.")
-    tag = np.frombuffer(header[:4], "<f4")[0]
-    width, height = (int(x) for x in np.frombuffer(header[4:], "<i4"))
-    if tag != np.float32(_FLO_TAG):
-        raise ValueError(f"Flow file {path} is not a .flo file: tag {tag!r} (bytes "
-                         f"{header[:4].hex()}), expected {_FLO_TAG}.")
-    if width <= 0 or height <= 0:
-        raise ValueError(f"Flow file {path} has an invalid size {width}x{height} in its header.")
-    expected = _FLO_HEADER_BYTES + 8 * width * height
-    if size != expected:
-        raise ValueError(f"Flow file {path} is {'truncated' if size < expected else 'too long'}: "
-                         f"{size} bytes, expected {expected} for {width}x{height}.")
-    flow = cv2.readOpticalFlow(path)
-    if flow is None or flow.shape != (height, width, 2):
-        raise ValueError(f"Flow file {path} could not be decoded by OpenCV.")
-    return check_flow(flow, name=f"flow in {path}")
-
-
-def write_flo(path, flow):
-    """Writes [H, W, 2] flow as a Middlebury .flo file."""
-    flow = check_flow(flow)
-    if flow.ndim != 3:
-        raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
-    path = os.fspath(path)
-    if not cv2.writeOpticalFlow(path, np.ascontiguousarray(flow)):
-        raise ValueError(f"OpenCV could not write the flow file {path}.")
-
-
-def decode_flow_8bit(x, y):
-    """Reference 8-bit flow images (one per axis) -> [H, W, 2] flow: f = p / 255 * 100 - 50.
-
-    Quantum 100 / 255 = 0.39 px; values beyond +-50 px were clipped when the files were written.
-    """
-    x, y = np.asarray(x), np.asarray(y)
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"flow_x and flow_y must be single-channel images of one size; got "
-                         f"{x.shape} and {y.shape}.")
-    if x.dtype != np.uint8 or y.dtype != np.uint8:
-        raise ValueError(f"8-bit flow images must be uint8; got {x.dtype} and {y.dtype}.")
-    scale = 2 * _FLOW_8BIT_FMAX / 255.0
-    return np.stack([x, y], -1).astype(np.float32) * scale - _FLOW_8BIT_FMAX
-
-
-def encode_flow_8bit(flow):
-    """[H, W, 2] flow -> (flow_x, flow_y) uint8 images in the reference's encoding (clipped)."""
-    flow = check_flow(flow)
-    pixels = np.round((flow + _FLOW_8BIT_FMAX) / (2 * _FLOW_8BIT_FMAX) * 255.0)
-    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
-    return pixels[..., 0], pixels[..., 1]
 
 
 def warp_backward(image, flow):

@@ -1,4 +1,4 @@
-"""Flow bins and readout, error, colour coding, files and warping."""
+"""Flow bins and readout, error, colour coding and warping."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,49 +74,6 @@ def test_flow_colours_follow_middlebury():
     assert r > 150 and g > 150 and b < 60  # down: yellow
     half = F.flow_to_color(flow / 2, max_flow=10).astype(int)
     assert (half[0, 1] > rgb[0, 1]).any()  # smaller motion: paler
-
-
-def test_flo_round_trip(tmp_path, rng):
-    flow = rng.normal(size=(7, 5, 2)).astype(np.float32)
-    F.write_flo(tmp_path / "a.flo", flow)
-    np.testing.assert_array_equal(F.read_flo(tmp_path / "a.flo"), flow)
-
-
-def test_truncated_and_foreign_flo_files_name_the_file(tmp_path, rng):
-    path = tmp_path / "cut.flo"
-    F.write_flo(path, rng.normal(size=(6, 4, 2)).astype(np.float32))
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ValueError, match=r"cut\.flo is truncated"):
-        F.read_flo(path)
-    other = tmp_path / "image.flo"
-    other.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
-    with pytest.raises(ValueError, match=r"image\.flo is not a \.flo file"):
-        F.read_flo(other)
-    (tmp_path / "tiny.flo").write_bytes(b"PIEH")
-    with pytest.raises(ValueError, match="tiny.flo is truncated"):
-        F.read_flo(tmp_path / "tiny.flo")
-    with pytest.raises(ValueError, match="missing.flo does not exist"):
-        F.read_flo(tmp_path / "missing.flo")
-
-
-def test_nan_flow_is_refused_on_write_and_read(tmp_path):
-    flow = np.zeros((3, 3, 2), np.float32)
-    flow[1, 1, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        F.write_flo(tmp_path / "n.flo", flow)
-    header = np.array([202021.25], "<f4").tobytes() + np.array([3, 3], "<i4").tobytes()
-    (tmp_path / "n.flo").write_bytes(header + flow.astype("<f4").tobytes())
-    with pytest.raises(ValueError, match=r"n\.flo has 1 NaN"):
-        F.read_flo(tmp_path / "n.flo")
-
-
-def test_8bit_flow_encoding_matches_the_reference_formula(rng):
-    x = np.array([[0, 255, 128]], np.uint8)
-    flow = F.decode_flow_8bit(x, x[:, ::-1])
-    np.testing.assert_allclose(flow[0, :, 0], [-50, 50, 128 / 255 * 100 - 50], atol=1e-5)
-    smooth = rng.uniform(-49, 49, size=(8, 8, 2)).astype(np.float32)
-    back = F.decode_flow_8bit(*F.encode_flow_8bit(smooth))
-    assert np.abs(back - smooth).max() <= 100 / 255 / 2 + 1e-4  # half a quantum
 
 
 def test_backward_warp_by_a_whole_pixel_shift(rng):

@@ -3,7 +3,6 @@ import cv2
 import numpy as np
 import pytest
 
-from cmp_tf import flow as flow_lib
 from cmp_tf.data import formats
 from tests.conftest import panning_frames, write_video
 
@@ -15,9 +14,9 @@ def _pair_files(folder, rng, flow_kind="flo", size=(6, 8)):
     cv2.imwrite(str(folder / "b.png"), image)
     flow = rng.uniform(-20, 20, (*size, 2)).astype(np.float32)
     if flow_kind == "flo":
-        flow_lib.write_flo(folder / "f.flo", flow)
+        formats.write_flo(folder / "f.flo", flow)
         return flow, ["a.png", "b.png", "f.flo"]
-    fx, fy = flow_lib.encode_flow_8bit(flow)
+    fx, fy = formats.encode_flow_8bit(flow)
     cv2.imwrite(str(folder / "fx.jpg"), fx, [cv2.IMWRITE_JPEG_QUALITY, 100])
     cv2.imwrite(str(folder / "fy.jpg"), fy, [cv2.IMWRITE_JPEG_QUALITY, 100])
     return flow, ["a.png", "b.png", "fx.jpg", "fy.jpg"]
@@ -54,7 +53,7 @@ def test_list_file_errors_name_the_file_and_line(tmp_path, rng):
 
 def test_flow_whose_size_differs_from_its_image_is_refused(tmp_path, rng):
     _, files = _pair_files(tmp_path, rng)
-    flow_lib.write_flo(tmp_path / "f.flo", np.zeros((5, 8, 2), np.float32))
+    formats.write_flo(tmp_path / "f.flo", np.zeros((5, 8, 2), np.float32))
     (tmp_path / "l.txt").write_text(" ".join(files))
     entry = formats.read_list(tmp_path / "l.txt")[0][0]
     with pytest.raises(ValueError, match=r"l\.txt:1: sizes differ"):
@@ -84,3 +83,48 @@ def test_videos_decode_and_bad_videos_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"nothing\.mp4 does not exist"):
         formats.read_video(tmp_path / "nothing.mp4")
     assert formats.list_videos([tmp_path]) == sorted([path, str(tmp_path / "junk.mp4")])
+
+
+def test_flo_round_trip(tmp_path, rng):
+    flow = rng.normal(size=(7, 5, 2)).astype(np.float32)
+    formats.write_flo(tmp_path / "a.flo", flow)
+    back, valid = formats.read_flo(tmp_path / "a.flo")
+    np.testing.assert_array_equal(back, flow)
+    assert valid.shape == (7, 5) and valid.min() == 1
+
+
+def test_truncated_and_foreign_flo_files_name_the_file(tmp_path, rng):
+    path = tmp_path / "cut.flo"
+    formats.write_flo(path, rng.normal(size=(6, 4, 2)).astype(np.float32))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"cut\.flo is truncated"):
+        formats.read_flo(path)
+    other = tmp_path / "image.flo"
+    other.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(ValueError, match=r"image\.flo is not a \.flo file"):
+        formats.read_flo(other)
+    (tmp_path / "tiny.flo").write_bytes(b"PIEH")
+    with pytest.raises(ValueError, match="tiny.flo is truncated"):
+        formats.read_flo(tmp_path / "tiny.flo")
+    with pytest.raises(ValueError, match="missing.flo does not exist"):
+        formats.read_flo(tmp_path / "missing.flo")
+
+
+def test_nan_flow_is_refused_on_write_and_read(tmp_path):
+    flow = np.zeros((3, 3, 2), np.float32)
+    flow[1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        formats.write_flo(tmp_path / "n.flo", flow)
+    header = np.array([202021.25], "<f4").tobytes() + np.array([3, 3], "<i4").tobytes()
+    (tmp_path / "n.flo").write_bytes(header + flow.astype("<f4").tobytes())
+    with pytest.raises(ValueError, match=r"n\.flo has 1 NaN"):
+        formats.read_flo(tmp_path / "n.flo")
+
+
+def test_8bit_flow_encoding_matches_the_reference_formula(rng):
+    x = np.array([[0, 255, 128]], np.uint8)
+    flow = formats.decode_flow_8bit(x, x[:, ::-1])
+    np.testing.assert_allclose(flow[0, :, 0], [-50, 50, 128 / 255 * 100 - 50], atol=1e-5)
+    smooth = rng.uniform(-49, 49, size=(8, 8, 2)).astype(np.float32)
+    back = formats.decode_flow_8bit(*formats.encode_flow_8bit(smooth))
+    assert np.abs(back - smooth).max() <= 100 / 255 / 2 + 1e-4  # half a quantum

@@ -154,12 +154,12 @@ def test_a_truncated_video_keeps_what_decodes_and_says_so(tmp_path):
 def test_list_files_convert_to_shards_and_bad_pairs_are_counted(tmp_path, rng):
     import cv2
 
-    from cmp_tf import flow as flow_lib
+    from cmp_tf.data import formats
 
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (12, 16, 3), np.uint8))
         flow = np.full((12, 16, 2), 0.75 * i, np.float32)
-        flow_lib.write_flo(tmp_path / f"{i}.flo", flow)
+        formats.write_flo(tmp_path / f"{i}.flo", flow)
     bad = np.zeros((12, 16, 2), np.float32)
     bad[3, 3] = np.nan
     header = np.array([202021.25], "<f4").tobytes() + np.array([16, 12], "<i4").tobytes()

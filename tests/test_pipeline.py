@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cmp_tf import flow as flow_lib
+from cmp_tf.data import formats
 from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
 from cmp_tf.data import synthetic
@@ -125,7 +126,7 @@ def test_list_files_feed_the_same_pipeline(tmp_path, rng):
 
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (40, 56, 3), np.uint8))
-        flow_lib.write_flo(tmp_path / f"{i}.flo", np.full((40, 56, 2), 1.5, np.float32))
+        formats.write_flo(tmp_path / f"{i}.flo", np.full((40, 56, 2), 1.5, np.float32))
     (tmp_path / "train.txt").write_text("".join(f"{i}.png {i}.png {i}.flo\n" for i in range(3)))
     config = _config([str(tmp_path / "train.txt")], val=[str(tmp_path / "train.txt")])
     x, y = next(iter(pipeline.make_dataset(config, "val")))

@@ -1,8 +1,10 @@
 """The file boundary: images, flow files, reference list files and videos -> arrays.
 
 Every reader raises ValueError naming the file (and the line, for list files); nothing returns
-None. Flow files: Middlebury `.flo`; the reference's pairs of 8-bit images (`flow_x.jpg
-flow_y.jpg`, f = p / 255 * 100 - 50); 16-bit KITTI-style PNG (u, v, valid).
+None. Flow files: Middlebury `.flo` (components of 1e9 px or more mark unknown flow); the
+reference's pairs of 8-bit images (`flow_x.jpg flow_y.jpg`, f = p / 255 * 100 - 50); 16-bit
+KITTI-style PNG (u, v, valid). Flow readers return (flow, valid); unknown .flo pixels hold zero
+flow, so no resize or crop spreads the marker value into real motion.
 """
 import dataclasses
 import os
@@ -15,7 +17,15 @@ from cmp_tf import flow as flow_lib
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 # KITTI 16-bit flow PNG: channel value p -> (p - 2**15) / 64 px; the third channel is validity.
-_KITTI_OFFSET, _KITTI_SCALE = 2.0**15, 64.0
+KITTI_OFFSET, KITTI_SCALE = 2.0**15, 64.0
+# Middlebury .flo header: a float32 tag, then int32 width and height (12 bytes in all).
+FLO_TAG = 202021.25
+FLO_HEADER_BYTES = 12
+# Middlebury marks unknown flow with huge components (1e10 in its tools; >= this is unknown).
+FLO_UNKNOWN_THRESHOLD = 1e9
+FLO_UNKNOWN_VALUE = 1e10
+# The reference's 8-bit flow images hold f = pixel / 255 * range - fmax with this range (px).
+FLOW_8BIT_FMAX = 50.0
 
 
 def is_video(path):
@@ -48,6 +58,85 @@ def _read_gray8(path):
     return image
 
 
+def read_flo(path):
+    """Reads a Middlebury .flo file, checking the header and the size.
+
+    Returns:
+        (flow [H, W, 2] float32 px, valid [H, W] float32): pixels whose u or v is unknown
+        (|value| >= FLO_UNKNOWN_THRESHOLD, Middlebury's convention) have valid 0 and flow 0.
+    Raises:
+        ValueError: naming the file for a missing, foreign, truncated or NaN-holding file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Flow file {path} does not exist.")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(FLO_HEADER_BYTES)
+    if len(header) < FLO_HEADER_BYTES:
+        raise ValueError(f"Flow file {path} is truncated: {size} bytes, shorter than the "
+                         f"{FLO_HEADER_BYTES}-byte .flo header.")
+    tag = np.frombuffer(header[:4], "<f4")[0]
+    width, height = (int(x) for x in np.frombuffer(header[4:], "<i4"))
+    if tag != np.float32(FLO_TAG):
+        raise ValueError(f"Flow file {path} is not a .flo file: tag {tag!r} (bytes "
+                         f"{header[:4].hex()}), expected {FLO_TAG}.")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"Flow file {path} has an invalid size {width}x{height} in its header.")
+    expected = FLO_HEADER_BYTES + 8 * width * height
+    if size != expected:
+        raise ValueError(f"Flow file {path} is {'truncated' if size < expected else 'too long'}: "
+                         f"{size} bytes, expected {expected} for {width}x{height}.")
+    flow = cv2.readOpticalFlow(path)
+    if flow is None or flow.shape != (height, width, 2):
+        raise ValueError(f"Flow file {path} could not be decoded by OpenCV.")
+    nan = int(np.isnan(flow).sum())
+    if nan:
+        raise ValueError(f"flow in {path} has {nan} NaN values.")
+    unknown = (np.abs(flow) >= FLO_UNKNOWN_THRESHOLD).any(-1)  # inf included
+    flow[unknown] = 0.0
+    return flow_lib.check_flow(flow, name=f"flow in {path}"), (~unknown).astype(np.float32)
+
+
+def write_flo(path, flow, valid=None):
+    """Writes [H, W, 2] flow as a Middlebury .flo file; where `valid` is 0 the flow is written
+    as unknown (FLO_UNKNOWN_VALUE), as Middlebury's tools do."""
+    flow = flow_lib.check_flow(flow)
+    if flow.ndim != 3:
+        raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
+    if valid is not None:
+        valid = np.asarray(valid)
+        if valid.shape != flow.shape[:2]:
+            raise ValueError(f"valid must have shape {flow.shape[:2]}; got {valid.shape}.")
+        flow = np.where((valid > 0)[..., None], flow, np.float32(FLO_UNKNOWN_VALUE))
+    path = os.fspath(path)
+    if not cv2.writeOpticalFlow(path, np.ascontiguousarray(flow)):
+        raise ValueError(f"OpenCV could not write the flow file {path}.")
+
+
+def decode_flow_8bit(x, y):
+    """Reference 8-bit flow images (one per axis) -> [H, W, 2] flow: f = p / 255 * 100 - 50.
+
+    Quantum 100 / 255 = 0.39 px; values beyond +-50 px were clipped when the files were written.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"flow_x and flow_y must be single-channel images of one size; got "
+                         f"{x.shape} and {y.shape}.")
+    if x.dtype != np.uint8 or y.dtype != np.uint8:
+        raise ValueError(f"8-bit flow images must be uint8; got {x.dtype} and {y.dtype}.")
+    scale = 2 * FLOW_8BIT_FMAX / 255.0
+    return np.stack([x, y], -1).astype(np.float32) * scale - FLOW_8BIT_FMAX
+
+
+def encode_flow_8bit(flow):
+    """[H, W, 2] flow -> (flow_x, flow_y) uint8 images in the reference's encoding (clipped)."""
+    flow = flow_lib.check_flow(flow)
+    pixels = np.round((flow + FLOW_8BIT_FMAX) / (2 * FLOW_8BIT_FMAX) * 255.0)
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    return pixels[..., 0], pixels[..., 1]
+
+
 def read_kitti_png(path):
     """16-bit KITTI flow PNG -> (flow [H, W, 2] float32, valid [H, W] float32)."""
     path = os.fspath(path)
@@ -58,14 +147,14 @@ def read_kitti_png(path):
         found = "undecodable" if raw is None else f"{raw.dtype} {raw.shape}"
         raise ValueError(f"Flow file {path} is not a 16-bit 3-channel KITTI flow PNG: {found}.")
     bgr = raw.astype(np.float32)
-    flow = (bgr[..., [2, 1]] - _KITTI_OFFSET) / _KITTI_SCALE  # OpenCV reads B, G, R = valid, v, u
+    flow = (bgr[..., [2, 1]] - KITTI_OFFSET) / KITTI_SCALE  # OpenCV reads B, G, R = valid, v, u
     return flow, (bgr[..., 0] > 0).astype(np.float32)
 
 
 def encode_kitti_png(flow, valid):
     """[H, W, 2] flow + [H, W] validity -> 16-bit KITTI PNG bytes (1/64 px steps, +-512 px)."""
     flow = flow_lib.check_flow(flow)
-    q = np.clip(np.round(flow * _KITTI_SCALE + _KITTI_OFFSET), 0, 2**16 - 1).astype(np.uint16)
+    q = np.clip(np.round(flow * KITTI_SCALE + KITTI_OFFSET), 0, 2**16 - 1).astype(np.uint16)
     valid = (np.asarray(valid) > 0).astype(np.uint16)
     ok, data = cv2.imencode(".png", np.dstack([valid, q[..., 1], q[..., 0]]))  # B, G, R
     if not ok:
@@ -83,14 +172,13 @@ def read_flow(paths):
         paths = (paths,)
     paths = tuple(os.fspath(p) for p in paths)
     if len(paths) == 2:
-        flow = flow_lib.decode_flow_8bit(_read_gray8(paths[0]), _read_gray8(paths[1]))
+        flow = decode_flow_8bit(_read_gray8(paths[0]), _read_gray8(paths[1]))
         return flow, np.ones(flow.shape[:2], np.float32)
     if len(paths) != 1:
         raise ValueError(f"Flow is one .flo / .png file or two 8-bit images; got {paths}.")
     ext = os.path.splitext(paths[0])[1].lower()
     if ext == ".flo":
-        flow = flow_lib.read_flo(paths[0])
-        return flow, np.ones(flow.shape[:2], np.float32)
+        return read_flo(paths[0])
     if ext == ".png":
         return read_kitti_png(paths[0])
     raise ValueError(f"Flow file {paths[0]} has an unknown extension {ext!r}; expected .flo, "

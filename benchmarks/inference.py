@@ -6,7 +6,7 @@ of every deployment format.
 
 Prints a table and writes inference.json. The reference column is the PyTorch networks' median
 forward time measured on this machine by benchmarks/torch_reference.py when its JSON is there,
-else the Xeon figure of ../shared/REFERENCE.md §7 (see benchmarks/reference.py).
+else the Xeon figure of docs/reference.md §7 (see benchmarks/reference.py).
 
 With --formats, each recipe's model is exported (export/, into a temporary folder) and every
 file is timed through cmp_tf.runtime at --size, batch 1, --threads threads, with its size and

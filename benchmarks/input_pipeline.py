@@ -4,8 +4,8 @@ r"""Input-side speed: the training guidance sampler against a plain NumPy/SciPy 
       [--out=runs/benchmarks/input_pipeline.json]
 
 Prints a table per section and writes the JSON. The plain statement below is the watershed
-sampler as the reference writes it out (DESIGN.md §3, REFERENCE.md §5): scipy convolve2d,
-distance_transform_edt, maximum_filter and a Python loop over the close pairs. It is the
+sampler as the reference writes it out (docs/design.md §3, docs/reference.md §5): scipy
+convolve2d, distance_transform_edt, maximum_filter and a Python loop over the close pairs. It is the
 specification `cmp_tf.data.sampling` is checked against here and in tests/test_sampling.py,
 so it stays plain: no speed-ups belong in it.
 """

@@ -2,7 +2,7 @@
 
 Preferred: the PyTorch reference measured on this very machine by torch_reference.py (its JSON,
 same CPU model, threads and size), which is the side-by-side comparison. Otherwise the figures
-../shared/REFERENCE.md §7 records for an Intel Xeon with 2 threads, labelled as such: another
+docs/reference.md §7 records for an Intel Xeon with 2 threads, labelled as such: another
 CPU, so only indicative.
 """
 import json
@@ -10,7 +10,7 @@ import os
 import platform
 
 TORCH_JSON = "runs/benchmarks/torch_reference.json"
-# REFERENCE.md §7 (torch, 2 threads, 2-core Intel Xeon): eval forward b1 and train step b4.
+# docs/reference.md §7 (torch, 2 threads, 2-core Intel Xeon): eval forward b1 and train step b4.
 XEON = {("alexnet_yfcc", 384): dict(eval_fwd_s=0.0849, train_images_per_s=1.9),
         ("alexnet_yfcc", 256): dict(eval_fwd_s=0.0494),
         ("resnet50_semiauto", 384): dict(eval_fwd_s=0.492, train_images_per_s=0.39),

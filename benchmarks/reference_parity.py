@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each recipe's reference module parameters (its experiments/*/config.yaml, REFERENCE.md §4).
+# Each recipe's reference module parameters (its experiments/*/config.yaml, docs/reference.md §4).
 REFERENCE_PARAMS = {
     "alexnet_yfcc": dict(image_encoder="alexnet_fcn_32x", sparse_encoder="shallownet32x",
                          flow_decoder="MotionDecoderPlain", decoder_combo=[1, 2, 4],

@@ -1,9 +1,9 @@
-r"""The reference PyTorch networks, rebuilt from ../shared/REFERENCE.md and timed on this CPU.
+r"""The reference PyTorch networks, rebuilt from docs/reference.md and timed on this CPU.
 
   python benchmarks/torch_reference.py [--recipes=alexnet_yfcc,resnet50_semiauto] [--threads=2]
       [--steps=5] [--size=384] [--out=runs/benchmarks/torch_reference.json]
 
-REFERENCE.md §7 was measured on an Intel Xeon; this script measures the same networks on the
+docs/reference.md §7 was measured on an Intel Xeon; this script measures the same networks on the
 machine our TensorFlow benchmarks (inference.py, train_throughput.py) run on, so the two can be
 compared side by side. Per recipe it times, with torch.set_num_threads(--threads):
   eval_fwd_s     eval-mode forward, batch 1, --size^2, median of --repeats after 2 warm-up;
@@ -12,7 +12,7 @@ compared side by side. Per recipe it times, with torch.set_num_threads(--threads
                  2 warm-up, on one fixed random batch;
   loss_only_s    the loss alone (bilinear align_corners upsampling of the 198 logits to --size^2,
                  two cross-entropies over 99 bins), forward + backward, batch --batch.
-The networks are written from REFERENCE.md §1 (no code taken from the original repository);
+The networks are written from docs/reference.md §1 (no code taken from the original repository);
 their trainable parameter and BN running-stat counts are asserted against §2 before timing.
 Needs only torch and numpy, in its own venv, e.g.
   python3.11 -m venv /tmp/venvs/torch
@@ -38,8 +38,9 @@ NBINS, FMAX = 99, 50.0  # every CMP config: 2 * NBINS logits, flow binned in [-F
 IMG_ENC_DIM, SPARSE_ENC_DIM = 256, 16
 MEAN, DIV = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # 0-255 RGB normalisation
 
-# REFERENCE.md §2: trainable parameters per part; BN running mean+var and num_batches_tracked are
-# buffers, counted apart (state_dict = trainable + both). "params" in the output is trainable only.
+# docs/reference.md §2: trainable parameters per part; BN running mean+var and
+# num_batches_tracked are buffers, counted apart (state_dict = trainable + both). "params" in
+# the output is trainable only.
 EXPECTED = {
         "alexnet_yfcc": {"image_encoder": 31_037_760, "sparse_encoder": 4_000,
                          "decoder": 1_460_934, "trainable": 32_502_694,
@@ -50,11 +51,12 @@ EXPECTED = {
                               "bn_running_stats": 57_472, "num_batches_tracked": 72,
                               "state_dict": 28_573_966},
 }
-# REFERENCE.md §3: stride of the logits relative to the input.
+# docs/reference.md §3: stride of the logits relative to the input.
 LOGIT_STRIDE = {"alexnet_yfcc": 32, "resnet50_semiauto": 2}
 # Input sides must be multiples of these, or image and sparse features disagree in size (§3).
 SIZE_MULTIPLE = {"alexnet_yfcc": 32, "resnet50_semiauto": 8}
-# REFERENCE.md §7 (torch 2.14.1, 2 threads, 2-core Intel Xeon, 384^2), for the side-by-side table.
+# docs/reference.md §7 (torch 2.14.1, 2 threads, 2-core Intel Xeon, 384^2), for the side-by-side
+# table.
 # AlexNet's train step is §7's 7-step re-check (2.08-2.16 s), not the 5.18 s median it calls noise.
 XEON_384 = {"alexnet_yfcc": {"eval_fwd_s": 0.0849, "train_step_s": 2.12, "loss_only_s": 1.33},
             "resnet50_semiauto": {"eval_fwd_s": 0.492, "train_step_s": 10.15, "loss_only_s": 1.29}}
@@ -314,7 +316,7 @@ def benchmark(recipe, args):
     for key, want in EXPECTED[recipe].items():
         if counts[key] != want:
             raise AssertionError(
-                    f"{recipe}: {key} = {counts[key]:,}, REFERENCE.md §2 says {want:,}.")
+                    f"{recipe}: {key} = {counts[key]:,}, docs/reference.md §2 says {want:,}.")
     print(f"{recipe}: params OK " + ", ".join(f"{k}={v:,}" for k, v in counts.items()),
           flush=True)
     stride, size = LOGIT_STRIDE[recipe], args.size
@@ -392,7 +394,8 @@ def main():
             parser.error(f"--recipes: unknown recipe {recipe!r}; known: {sorted(EXPECTED)}.")
         if args.size % SIZE_MULTIPLE[recipe]:
             parser.error(f"--size={args.size} must be a multiple of {SIZE_MULTIPLE[recipe]} for "
-                         f"{recipe}, or its image and sparse features disagree (REFERENCE.md §3).")
+                         f"{recipe}, or its image and sparse features disagree "
+                         "(docs/reference.md §3).")
 
     torch.set_num_threads(args.threads)
     meta = {"torch_version": torch.__version__, "numpy_version": np.__version__,

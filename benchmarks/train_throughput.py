@@ -8,7 +8,7 @@ Times `cmp_tf.training.make_step_fn` (forward, full-resolution loss, backward, c
 decay, SGD update) on a fixed synthetic batch, so only the step is measured. Prints a table
 and writes train_throughput.json. The reference column is the PyTorch networks measured on this
 machine by benchmarks/torch_reference.py when its JSON is there, else the Xeon figures of
-../shared/REFERENCE.md §7 (benchmarks/reference.py says which). Runs on a GPU host as well.
+docs/reference.md §7 (benchmarks/reference.py says which). Runs on a GPU host as well.
 """
 import importlib
 import json

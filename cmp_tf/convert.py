@@ -37,7 +37,8 @@ from cmp_tf import torch_checkpoint
 # Our part (a layer of the CMP model) -> the reference CMP module's attribute holding it.
 PARTS = {"image_encoder": "image_encoder", "sparse_encoder": "flow_encoder",
          "decoder": "flow_decoder"}
-# Parts the reference has (REFERENCE.md §1); others (MobileNetV3) have no checkpoints to convert.
+# Parts the reference has (docs/reference.md §1); others (MobileNetV3) have no checkpoints to
+# convert.
 REFERENCE_PARTS = {"image_encoder": ("alexnet_fcn_32x", "resnet50"),
                    "sparse_encoder": ("shallownet8x", "shallownet32x"),
                    "decoder": ("plain", "skip_layer")}

@@ -5,7 +5,7 @@ under MultiWorkerMirroredStrategy in Keras 3 (keras#20585), and the loop owns re
 the checkpoint holds the model, the optimizer (its iteration count drives the LR schedule) and
 the step, and the input pipeline skips the samples already seen (`make_dataset(start_step)`).
 
-Run directory (DESIGN.md §8): config.json, log.txt, checkpoints/, tb/, model.keras,
+Run directory (docs/design.md §8): config.json, log.txt, checkpoints/, tb/, model.keras,
 encoder.keras, eval/, and summary.json once the run has finished.
 """
 import json

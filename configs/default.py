@@ -2,7 +2,7 @@ r"""The CPU default: a small CMP that trains in minutes on 2 cores (`python trai
 
 Same structure as the paper's recipes, scaled down: MobileNetV3-Small encoder, a narrow
 skip-layer decoder, 128^2 crops, and the nearest-guidance prior so the network starts from
-the fill and learns corrections (the paper's recipe needs GPU-scale training; DESIGN.md §2).
+the fill and learns corrections (the paper's recipe needs GPU-scale training; docs/design.md §2).
 
   python train.py
 """

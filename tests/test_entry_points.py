@@ -57,7 +57,8 @@ def test_evaluate_scores_a_saved_model_against_every_baseline(tmp_path, saved_de
     epe = {(r["strategy"], r["k"], r["method"]): r["epe"] for r in rows}
     assert {m for _, _, m in epe} == {"cmp", "zero", "nearest", "linear", "gaussian",
                                       "epicflow", "mine"}
-    # An untrained dense-prior model reads out the nearest fill (DESIGN.md: start from the fill).
+    # An untrained dense-prior model reads out the nearest fill (docs/design.md §2: start from
+    # the fill).
     for k in (10, 100):
         assert epe[("uniform", k, "nearest")] < epe[("uniform", k, "zero")]
         assert abs(epe[("uniform", k, "cmp")] - epe[("uniform", k, "nearest")]) < 0.25 * epe[

@@ -10,7 +10,7 @@ from cmp_tf.models import layers as L
 from tests.conftest import load_config
 
 # recipe: (trainable, BatchNorm statistics, logits stride). Paper counts are the reference's
-# minus the 400 weights of its duplicated mask channel (REFERENCE.md §2).
+# minus the 400 weights of its duplicated mask channel (docs/reference.md §2).
 EXPECTED = {
     "alexnet_yfcc": (32_502_294, 20_736, 32),
     "resnet50_semiauto": (28_516_022, 57_472, 2),

@@ -5,7 +5,7 @@ r"""Guided animation: drawn arrows on a still image -> CMP's dense flow -> frame
 
 An arrow "x,y,u,v" says the pixel (x, y) moves by (u, v) pixels over the animation; "x,y,0,0"
 pins a point. The paper's video generation was never released; its author suggested CMP's flow
-plus a warp (REFERENCE.md §6): that is what this does, on the CPU, with Keras ops. Writes the
+plus a warp (docs/reference.md §6): that is what this does, on the CPU, with Keras ops. Writes the
 animation (.gif or .mp4) and `<out stem>_flow.png`, the flow's colour coding.
 """
 import os

@@ -1,5 +1,5 @@
 r"""Semi-automatic annotation: a few clicks on an object -> its mask, from the motion CMP
-propagates when the clicked points are pushed (the paper's demo, REFERENCE.md §6).
+propagates when the clicked points are pushed (the paper's demo, docs/reference.md §6).
 
   python -m cmp_tf.apps.annotate --image=photo.jpg --positive="120,80;130,95" \
       --negative="40,60" --out=mask.png [--model=exported/model.tflite] [--refine=grabcut]
@@ -86,8 +86,8 @@ def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
                  zoom_factor=ZOOM_FACTOR, zoom_size=ZOOM_SIZE):
     """How much each pixel moves with the positive clicks: H x W float32 in [0, 1].
 
-    The mean |flow| over the four pushes and both channels, over its maximum (REFERENCE.md §6);
-    outside the zoom square it is 0.
+    The mean |flow| over the four pushes and both channels, over its maximum
+    (docs/reference.md §6); outside the zoom square it is 0.
     """
     positive, negative = check_clicks(image, positive, negative)
     inputs.positive(velocity, "velocity")

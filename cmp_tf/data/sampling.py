@@ -95,7 +95,7 @@ def uniform_points(height, width, count, rng):
     return np.stack([flat % width, flat // width], -1).astype(np.float32)
 
 
-# --- Training guidance: the reference's flow_sampler (DESIGN.md §3, REFERENCE.md §5) ----------
+# --- Training guidance: the reference's flow_sampler (docs/design.md §3, docs/reference.md §5)
 
 # Strategies in the order their points are drawn and pooled, whatever order a config lists them.
 STRATEGIES = ("grid", "uniform", "watershed", "single", "full")

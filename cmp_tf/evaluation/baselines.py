@@ -1,5 +1,5 @@
 """The fills a user would otherwise use to densify a few motion vectors, each behind CMP's
-`propagate(image, points, vectors) -> flow` (DESIGN.md §8), so the benchmark scores them
+`propagate(image, points, vectors) -> flow` (docs/design.md §8), so the benchmark scores them
 exactly as it scores a model.
 
 Every method takes image uint8 [H, W, 3] RGB, points [K, 2] (x, y) pixel coordinates rounded

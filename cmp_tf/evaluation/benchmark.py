@@ -7,7 +7,7 @@ then propagates the same points, and is scored by end-point error over valid pix
 relative to the zero-flow error of the same pair, and split into pixels near and far from
 motion boundaries.
 
-A method is anything with `propagate(image, points, vectors) -> flow` (DESIGN.md §8): a
+A method is anything with `propagate(image, points, vectors) -> flow` (docs/design.md §8): a
 `cmp_tf.runtime.Propagator`, a baseline from `baselines`, or an outside Python file.
 """
 import importlib.util

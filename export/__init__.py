@@ -1,1 +1,1 @@
-"""Export of trained CMP models to SavedModel, TFLite and ONNX with parity checks (issue #7)."""
+"""Export of trained CMP models to SavedModel, TFLite and ONNX with parity checks."""

@@ -1,4 +1,4 @@
-r"""Ablation of the beyond-the-paper options at an equal CPU budget (issue #8).
+r"""Ablation of the beyond-the-paper options at an equal CPU budget.
 
 Each variant is the default recipe (`configs/default.py`) with a few overrides, trained for the
 same number of steps with the same seed, then scored by `evaluate.py`'s propagation protocol
@@ -27,100 +27,57 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ and cmp_tf/ from the repository, wherever this is run from
 BASE_RECIPE = os.path.join(ROOT, "configs", "default.py")  # train.py's default --config
 
-# name -> (what it changes, train.py overrides). The base is the paper's setup at CPU scale.
-PAPER = ["--config.model.dense_prior=False", "--config.flow.targets=one_hot"]
-TWO_HOT = ["--config.flow.targets=two_hot"]
+# name -> (what it changes, train.py overrides). The base is the CPU default: the paper's bins
+# head with the nearest-guidance prior. Variants of options that were measured and removed
+# (two-hot targets, a read-out L1 term, the fill fed to the skips, the pull-push fill alone,
+# an exponential gain, a fixed blend weight, guidance honoured at the guides, a still
+# background) run at commit 83284d6: `git checkout 83284d6 && python benchmarks/ablation.py
+# --variants=NAME`; their figures are in docs/ablation.md.
+PAPER = ["--config.model.options.bins.nearest_prior=False"]
 POINTS = ["--config.guidance.num_points=(1, 400)"]
 LAYERED = ["--config.data.layered.ratio=0.5"]
-WATERSHED = "--config.guidance.strategies=('watershed',)"  # no background grid
-BLEND = ["--config.flow.loss=l1", "--config.model.prior_fill=blend"]
-GAIN = ["--config.model.fill_gain=True"]
+REGRESSION = ["--config.flow.loss=l1", "--config.model.head=regression",
+              "--config.model.options.regression.nearest_prior=True"]
+# The fill-correction head as first measured: no gain, the box pull-push fill.
+BLEND = ["--config.flow.loss=l1", "--config.model.head=fill_correction",
+         "--config.model.options.fill_correction.gain=False",
+         "--config.model.options.fill_correction.pull=box",
+         "--config.model.options.fill_correction.relax=0"]
+GAIN = ["--config.model.options.fill_correction.gain=True"]
 ADAM = ["--config.optim.name=adam", "--config.schedule.lr=0.001"]
-SMOOTH = ["--config.model.pull_push.pull=tent", "--config.model.pull_push.relax=4"]
-GAUSS = ["--config.model.gain_profile=gaussian"]
+SMOOTH = ["--config.model.options.fill_correction.pull=tent",
+          "--config.model.options.fill_correction.relax=4"]
 PLAIN = ["--config.model.decoder=plain"]  # no skips: logits at the encoder's stride (32)
-GAIN_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # blend_gain_adam, shipped before the Gaussian
-SHIPPED = GAIN_ADAM + SMOOTH + GAUSS  # blend_gauss_adam_smooth = configs/propagation.py
-HALF = ["--config.model.learn_blend_weight=False"]
+GAUSS_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # the Gaussian gain, box fill
+SHIPPED = GAUSS_ADAM + SMOOTH  # blend_gauss_adam_smooth = configs/propagation.py
 VARIANTS = {
-    "paper": ("the paper: one-hot bins, no prior", PAPER),
-    "prior": ("+ dense nearest-guidance prior (correction to the fill)",
-              ["--config.model.dense_prior=True", "--config.flow.targets=one_hot"]),
-    "two_hot": ("+ prior, two-hot bin targets", TWO_HOT),
-    "readout": ("+ prior, two-hot, L1 on the read-out flow",
-                TWO_HOT + ["--config.flow.readout_weight=1.0"]),
-    "sharp_prior": ("+ prior as a 0.5 px Gaussian (2 px in the others), two-hot",
-                    TWO_HOT + ["--config.model.prior_sigma=0.5"]),
-    "regression": ("+ prior, direct L1 regression instead of bins", ["--config.flow.loss=l1"]),
-    "mixed": ("+ prior, two-hot, K in [1, 400], half layered scenes", TWO_HOT + POINTS + LAYERED),
-    "regression_skips": ("+ prior, L1 regression, the fill fed to the stride-4 and -2 skips too",
-                         ["--config.flow.loss=l1", "--config.model.prior_skips=True"]),
-    "regression_l2_skips": ("+ prior, L2 regression, the fill fed to the skips too",
-                            ["--config.flow.loss=l2", "--config.model.prior_skips=True"]),
-    "l2_mixed": ("+ prior, L2 regression, fill at the skips, K in [1, 400], half layered scenes",
-                ["--config.flow.loss=l2", "--config.model.prior_skips=True"] + POINTS + LAYERED),
-    "pull_push": ("+ prior, L1 regression, output = pull-push fill + correction",
-                  ["--config.flow.loss=l1", "--config.model.prior_fill=pull_push"]),
-    "pull_push_l2_skips": ("+ prior, L2 regression, pull-push output, fill at the skips",
-                           ["--config.flow.loss=l2", "--config.model.prior_fill=pull_push",
-                            "--config.model.prior_skips=True"]),
+    "paper": ("the paper: bins, no prior", PAPER),
+    "prior": ("+ dense nearest-guidance prior (correction to the fill)", []),
+    "regression": ("+ prior, direct L1 regression instead of bins", REGRESSION),
+    "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
+                         REGRESSION + POINTS + LAYERED),
     "blend": ("+ prior, L1 regression, output = learned per-pixel mix of the nearest and "
               "pull-push fills + correction", BLEND),
-    "blend_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered scenes "
-                    "(the shipped model before the gain)", BLEND + POINTS + LAYERED),
-    "blend_gain_mixed": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
-                         "[1, 400], half layered scenes", BLEND + GAIN + POINTS + LAYERED),
+    "blend_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered scenes",
+                    BLEND + POINTS + LAYERED),
     "blend_adam_mixed": ("+ prior, L1 regression, blend of fills, K in [1, 400], half layered "
                          "scenes, Adam (lr 1e-3)", BLEND + ADAM + POINTS + LAYERED),
-    "blend_gain_adam": ("+ prior, L1 regression, blend of fills scaled by a learned gain, K in "
-                        "[1, 400], half layered scenes, Adam (lr 1e-3) (the shipped model before "
-                        "the Gaussian gain)", GAIN_ADAM),
-    "blend_gain_adam_ws": ("blend_gain_adam with the K points drawn among watershed points only "
-                           "(no background grid), topped up uniformly",
-                           GAIN_ADAM + [WATERSHED]),
-    "blend_gain_adam_3000": ("blend_gain_adam for 3000 steps (learning-rate drops at 1800 and "
-                             "2550)",
-                             GAIN_ADAM + ["--config.train.steps=3000",
-                                          "--config.schedule.boundaries=(1800, 2550)"]),
-    "blend_gain_adam_honour": ("blend_gain_adam whose output equals the given vectors at the "
-                               "guided pixels (model.honour_guidance)",
-                               GAIN_ADAM + ["--config.model.honour_guidance=True"]),
-    "blend_gain_adam_skips": ("blend_gain_adam with the nearest fill and distance fed to the "
-                              "stride-4 and -2 skips too (model.prior_skips)",
-                              GAIN_ADAM + ["--config.model.prior_skips=True"]),
-    "blend_gain_adam_smooth": ("blend_gain_adam with the smoother pull-push fill (tent pull, 4 "
-                               "relaxation passes per level: model.pull_push)",
-                               GAIN_ADAM + SMOOTH),
-    "blend_gauss_adam_smooth": ("blend_gain_adam_smooth with a Gaussian gain profile "
-                                "(model.gain_profile=gaussian) (configs/propagation.py, the "
+    "blend_gauss_adam": ("blend_adam_mixed scaled by a learned Gaussian gain of the distance "
+                         "to the guides, the box pull-push fill", GAUSS_ADAM),
+    "blend_gauss_adam_smooth": ("blend_gauss_adam with the smoother pull-push fill (tent pull, "
+                                "4 relaxation passes per level) (configs/propagation.py, the "
                                 "shipped model)", SHIPPED),
-    "blend_gauss_adam": ("blend_gain_adam with a Gaussian gain profile, the box pull-push fill",
-                         GAIN_ADAM + GAUSS),
-    "blend_gauss_adam_smooth_skips": ("blend_gauss_adam_smooth with the nearest fill and "
-                                      "distance fed to the stride-4 and -2 skips too",
-                                      SHIPPED + ["--config.model.prior_skips=True"]),
     "blend_gauss_adam_smooth_seed1": ("blend_gauss_adam_smooth with seed 1 (initialization, "
                                       "data order, guidance): the run-to-run spread",
                                       SHIPPED + ["--config.seed=1"]),
-    "blend_gauss_adam_smooth_half": ("blend_gauss_adam_smooth with the fills blended half and "
-                                     "half, not by a learned weight "
-                                     "(model.learn_blend_weight=False)",
-                                     SHIPPED + HALF),
     "blend_gauss_adam_smooth_seed2": ("blend_gauss_adam_smooth with seed 2",
                                       SHIPPED + ["--config.seed=2"]),
-    "blend_gauss_adam_smooth_half_seed1": ("blend_gauss_adam_smooth_half with seed 1",
-                                           SHIPPED + HALF + ["--config.seed=1"]),
-    "paper_plain": ("the paper at its output stride: one-hot bins, no prior, the plain decoder "
+    "paper_plain": ("the paper at its output stride: bins, no prior, the plain decoder "
                     "(logits at the encoder's stride 32, no skips from early layers)",
                     PAPER + PLAIN),
     "blend_gauss_adam_smooth_plain": ("blend_gauss_adam_smooth with the plain decoder: fills "
                                       "and read-out at stride 32, no skips from early layers",
                                       SHIPPED + PLAIN),
-    "blend_gauss_adam_smooth_still": ("blend_gauss_adam_smooth with a still background in half "
-                                      "the layered scenes (data.layered.still_background=0.5)",
-                                      SHIPPED + ["--config.data.layered.still_background=0.5"]),
-    "regression_mixed": ("+ prior, L1 regression, K in [1, 400], half layered scenes",
-                         ["--config.flow.loss=l1"] + POINTS + LAYERED),
 }
 DATASETS = {"carphone": [], "generated": ["--data=generated"]}  # [] = the run's validation clip
 REFERENCE_FILLS = ("nearest", "linear")

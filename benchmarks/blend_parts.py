@@ -1,7 +1,8 @@
-r"""Which part of a blend model's read-out (`model.prior_fill=blend`) earns its score (#8).
+r"""Which part of a fill-correction model's read-out (`model.head=fill_correction`) earns its
+score.
 
 The read-out is gain x (w x nearest + (1 - w) x smooth) + correction, every term predicted per
-pixel (layers.BlendFills). This scores the trained model next to the same read-out with parts
+pixel (heads.BlendFills). This scores the trained model next to the same read-out with parts
 replaced by their untrained value (w = 1/2, the gain's starting reach, correction 0) or
 dropped (no gain), with `evaluate.py`'s
 protocol on the same pairs, so a part that learned nothing, or something that does not carry
@@ -23,11 +24,11 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cmp_tf import runtime  # noqa: E402
+from cmp_tf import rundir  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
-from cmp_tf.models import layers  # noqa: E402
+from cmp_tf.models import heads as heads_lib  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory or .keras file of a blend "
                                   "model (default: the shipped one).")
@@ -45,10 +46,10 @@ PARTS = {"full model": (True, "learned", True), "no correction": (True, "learned
 
 
 def _read_out(head, nearest, smooth, parts, blend):
-    """`layers.BlendFills` with the parts not in `parts` at their untrained value."""
+    """`heads.BlendFills` with the parts not in `parts` at their untrained value."""
     learned_weight, gain, learned_correction = parts
     head = np.array(head)
-    if not learned_weight and blend.learn_weight:
+    if not learned_weight:
         head[..., 2] = 0.0  # sigmoid(0) = 1/2
     if not learned_correction:
         head[..., :2] = 0.0
@@ -56,14 +57,14 @@ def _read_out(head, nearest, smooth, parts, blend):
         head[..., blend.channels - 1] = 0.0
     if gain == "none" and blend.gain:
         head = head[..., :-1]
-    return _blend_layer(blend.gain and gain != "none", blend.stride, blend.profile,
-                        blend.learn_weight)([tf.constant(head), nearest, smooth])
+    return _blend_layer(blend.gain and gain != "none", blend.stride)(
+        [tf.constant(head), nearest, smooth])
 
 
 @functools.cache
-def _blend_layer(gain, stride, profile, learn_weight):
+def _blend_layer(gain, stride):
     """One read-out layer per setting: `_read_out` runs per pair, K and part set."""
-    return layers.BlendFills(gain, stride, profile, learn_weight)
+    return heads_lib.BlendFills(gain, stride)
 
 
 def main(argv):
@@ -76,16 +77,17 @@ def main(argv):
 
 
 def run():
-    path = runtime.resolve_model_path(_CHECKPOINT.value)
-    model = keras.models.load_model(path if path.endswith(".keras")
-                                    else os.path.join(path, runtime.MODEL_FILE))
+    path = rundir.resolve_model_path(_CHECKPOINT.value)
+    if rundir.model_format(path) != "keras":
+        raise ValueError(f"--checkpoint={path}: a run directory or a .keras file is needed.")
+    model = keras.models.load_model(path)
     try:
         blend = model.get_layer("add_prior")
     except ValueError:
         blend = None
-    if not isinstance(blend, layers.BlendFills):
-        raise ValueError(f"--checkpoint={path}: not a blend model (config.model.prior_fill="
-                         "blend); nothing to take apart.")
+    if not isinstance(blend, heads_lib.BlendFills):
+        raise ValueError(f"--checkpoint={path}: not a fill-correction model (config.model.head="
+                         "fill_correction); nothing to take apart.")
     parts_model = keras.Model(model.inputs, blend.input)
 
     cache = {}  # the head's outputs per guidance set of the current image, for every read-out
@@ -108,7 +110,7 @@ def run():
             return tf.image.resize(flow, image.shape[:2]).numpy()[0]
         return propagate
 
-    pairs, _ = benchmark.validation_pairs(*runtime.run_config(path), count=_PAIRS.value)
+    pairs, _ = benchmark.validation_pairs(*rundir.read_config(path), count=_PAIRS.value)
     methods = {"zero": baselines.zero, **{name: method(p) for name, p in PARTS.items()},
                "linear": baselines.linear}
     result = benchmark.evaluate(methods, pairs)

@@ -29,7 +29,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import models  # noqa: E402
-from cmp_tf import runtime  # noqa: E402
+from cmp_tf import rundir  # noqa: E402
 from export import export_lib  # noqa: E402
 
 _SIZE = flags.DEFINE_integer("size", 384, "Square input side in pixels.")
@@ -67,7 +67,7 @@ def load_recipe(recipe, runs):
     """(model, config, weights): a finished run's trained model if <runs>/<recipe> has one,
     else the recipe's model with random weights."""
     run = os.path.join(runs, recipe)
-    if os.path.isfile(os.path.join(run, runtime.MODEL_FILE)):
+    if os.path.isfile(os.path.join(run, rundir.MODEL_FILE)):
         model, config, _ = export_lib.load_checkpoint(run)
         return model, config, "trained"
     config = importlib.import_module(f"configs.{recipe}").get_config()

@@ -180,13 +180,13 @@ def pipeline_throughput(size, samples, seed):
     points), batch 4, on the clips that ship with the package (ingested once into
     data/cache); the same pipeline without guidance sampling shows what sampling costs.
     """
+    from cmp_tf import data
     from cmp_tf.data import pipeline
     from configs import alexnet_yfcc
-    from configs import common
 
     config = alexnet_yfcc.get_config()
     config.seed = seed
-    config.data.train = common.sample_splits()[0]
+    config.data.train = data.sample_splits()[0]
     config.data.short_size, config.data.crop = size + 32, (size, size)
     config.data.batch_size, config.data.shuffle_buffer = 4, 64
     table = []

@@ -201,10 +201,13 @@ def check_config(config):
         if m[part] not in known:
             raise ValueError(f"config.model.{part}={m[part]!r} has no reference checkpoints; "
                              f"the reference has {', '.join(known)}.")
-    for field in ("dense_prior", "prior_skips"):
-        if m.get(field, False):
-            raise ValueError(f"config.model.{field}=True adds inputs the reference does not "
-                             "have; convert with the paper recipe (it is False there).")
+    head, options = m.get("head", "bins"), m.get("options", {}).get(m.get("head", "bins"), {})
+    if head != "bins":
+        raise ValueError(f"config.model.head={head!r} has no reference checkpoints; the "
+                         "reference has the paper's 'bins' head.")
+    if options.get("nearest_prior", False):
+        raise ValueError("config.model.options.bins.nearest_prior=True adds inputs the reference "
+                         "does not have; convert with the paper recipe (it is False there).")
 
 
 def load_state(model, state, path="state dict", encoder_only=False, parts=None):

@@ -41,11 +41,7 @@ def _mean_per_example(per_pixel, weight):
     return total / tf.maximum(tf.reduce_sum(weight, axis=[1, 2]), 1.0)
 
 
-TARGETS = ("one_hot", "two_hot")
-
-
-def discrete_flow_loss(logits, target, nbins, fmax, weight=None, targets="one_hot",
-                       readout_weight=0.0):
+def discrete_flow_loss(logits, target, nbins, fmax, weight=None):
     """Cross-entropy of x and y flow bins (summed), per example.
 
     Args:
@@ -54,9 +50,6 @@ def discrete_flow_loss(logits, target, nbins, fmax, weight=None, targets="one_ho
         target: [B, H, W, 2] flow in pixels at the input resolution.
         weight: optional [B, H, W] per-pixel validity (0 leaves a pixel out, e.g. where the
             teacher flow failed its forward-backward check).
-        targets: "one_hot", the paper's: the bin holding the flow; "two_hot": the two bin
-            centres around it, weighted so their mean is the flow (sub-bin targets).
-        readout_weight: weight of the L1 error of the softmax-expectation flow, added.
     Returns:
         [B] float32.
     """
@@ -64,23 +57,11 @@ def discrete_flow_loss(logits, target, nbins, fmax, weight=None, targets="one_ho
     if logits.shape[-1] != 2 * nbins:
         raise ValueError(f"logits must have 2 * nbins = {2 * nbins} channels; got "
                          f"{logits.shape[-1]}.")
-    if targets not in TARGETS:
-        raise ValueError(f"config.flow.targets={targets!r} is unknown; known: "
-                         f"{', '.join(TARGETS)}.")
     logits = tf.cast(_upsample_to(logits, target), tf.float32)
     per_pixel = 0.0
     for axis, part in enumerate((logits[..., :nbins], logits[..., nbins:])):
-        if targets == "one_hot":
-            bins = flow_lib.quantize(target[..., axis], nbins, fmax)
-            per_pixel += tf.nn.sparse_softmax_cross_entropy_with_logits(bins, part)
-        else:
-            low, high, frac = flow_lib.bin_interpolation(target[..., axis], nbins, fmax)
-            picked = ((1.0 - frac) * tf.gather(part, low, batch_dims=3)
-                      + frac * tf.gather(part, high, batch_dims=3))
-            per_pixel += tf.reduce_logsumexp(part, -1) - picked
-    if readout_weight:
-        readout = flow_lib.expected_flow(logits, nbins, fmax)
-        per_pixel += readout_weight * tf.reduce_sum(tf.abs(readout - target), -1)
+        bins = flow_lib.quantize(target[..., axis], nbins, fmax)
+        per_pixel += tf.nn.sparse_softmax_cross_entropy_with_logits(bins, part)
     return _mean_per_example(per_pixel, weight)
 
 
@@ -110,18 +91,9 @@ def make_loss(flow_config, jit_compile=True):
     if kind == "discrete":
         nbins, fmax = flow_config.nbins, flow_config.fmax
         flow_lib.check_bins(nbins, fmax)
-        # Runs saved before these fields existed trained with the paper's loss.
-        targets = flow_config.get("targets", "one_hot")
-        readout_weight = float(flow_config.get("readout_weight", 0.0))
-        if targets not in TARGETS:
-            raise ValueError(f"config.flow.targets={targets!r} is unknown; known: "
-                             f"{', '.join(TARGETS)}.")
-        if not readout_weight >= 0:
-            raise ValueError(f"config.flow.readout_weight must be >= 0; got {readout_weight!r}.")
 
         def loss(logits, target, weight=None):
-            return discrete_flow_loss(logits, target, nbins, fmax, weight, targets,
-                                      readout_weight)
+            return discrete_flow_loss(logits, target, nbins, fmax, weight)
     elif kind in ("l1", "l2"):
 
         def loss(pred, target, weight=None):

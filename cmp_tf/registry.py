@@ -35,6 +35,13 @@ def parameters(kind, name):
     return tuple(inspect.signature(_builder(kind, name)).parameters)
 
 
+def defaults(kind, name):
+    """{option: default} of the builder `kind`/`name`: the arguments a recipe may set (those
+    without a default are derived by the caller)."""
+    params = inspect.signature(_builder(kind, name)).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def check_options(options):
     """`config.model.options` maps part names to builder kwargs; a key must name a known part."""
     known = {name for table in _BUILDERS.values() for name in table}

@@ -12,16 +12,15 @@ writes: a `.keras` file or run directory, a SavedModel folder, a `.tflite` (Lite
 `.onnx` (ONNX Runtime). Each format's runner below does one thing, run the network on float32
 NHWC batches, so the resizing and scaling above exist once for all of them.
 """
-import glob
 import json
 import os
 
 import cv2
 import numpy as np
 
+from cmp_tf import rundir
 from cmp_tf.data import sampling
 
-MODEL_FILE = "model.keras"  # a run directory's whole model (DESIGN.md §8)
 BATCH = 8  # guidance sets per forward pass in propagate_batch
 SIGNATURE = "serving_default"  # the serving signature of exported SavedModels and .tflite files
 INPUTS, OUTPUT = ("image", "sparse"), "flow"  # the CMP's tensor names in every format (§8)
@@ -30,89 +29,6 @@ INPUTS, OUTPUT = ("image", "sparse"), "flow"  # the CMP's tensor names in every 
 # this file inside a SavedModel (assets.extra/ is the SavedModel's place for such files).
 METADATA_KEY = "cmp_tf"
 SAVED_MODEL_METADATA = os.path.join("assets.extra", "cmp_tf.json")
-SAVED_MODEL_FILE = "saved_model.pb"
-_SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
-# The CPU-trained propagation model that ships with the package, as a run directory (model,
-# recipe, figures); `Propagator()` with no path loads it. pretrained/README.md: how it was made.
-PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default")
-
-
-def newest_run(root="runs"):
-    """The most recently finished run directory under `root` (the default of every command
-    that takes --checkpoint)."""
-    runs = sorted(glob.glob(os.path.join(root, "*", MODEL_FILE)), key=os.path.getmtime)
-    if not runs:
-        raise ValueError(f"No run under {root}/ has a {MODEL_FILE} yet: run "
-                         "`python train.py` or pass --checkpoint.")
-    return os.path.dirname(runs[-1])
-
-
-def is_pretrained(path):
-    """Whether `path` (any spelling) is the shipped model's run directory or a file in it:
-    commands then write their results under runs/, never into the installed package."""
-    path = os.path.realpath(path)
-    return path == os.path.realpath(PRETRAINED) or os.path.dirname(path) == os.path.realpath(
-        PRETRAINED)
-
-
-def default_checkpoint(root="runs"):
-    """The newest run under `root`, else the shipped pretrained model: what commands taking
-    --checkpoint use when none is given."""
-    try:
-        return newest_run(root)
-    except ValueError:
-        if os.path.isfile(os.path.join(PRETRAINED, MODEL_FILE)):
-            return PRETRAINED
-        raise
-
-
-def run_config(path):
-    """(recipe, True) that the run holding `path` (a run directory or a file in one) was
-    trained with, else (the CPU default recipe, False): its data settings are what evaluation
-    and export calibration use."""
-    import ml_collections
-
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    saved = os.path.join(folder, "config.json")
-    if os.path.isfile(saved):
-        with open(saved) as f:
-            return ml_collections.ConfigDict(json.load(f)), True
-    from configs import default
-
-    return default.get_config(), False
-
-
-def resolve_model_path(path):
-    """A run directory, .keras, .tflite or .onnx file or SavedModel folder -> what to load;
-    ValueError naming `path` otherwise."""
-    if path is None:
-        if not os.path.isfile(os.path.join(PRETRAINED, MODEL_FILE)):
-            raise ValueError(f"path=None asks for the pretrained model that ships with cmp_tf, "
-                             f"but {PRETRAINED} has no {MODEL_FILE} (a partial install?): pass "
-                             "a run directory, a .keras, .tflite or .onnx file, or a SavedModel.")
-        path = PRETRAINED
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        candidate = os.path.join(path, MODEL_FILE)
-        if os.path.isfile(candidate):
-            return candidate
-        if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
-            return path
-        raise ValueError(f"{path} is a directory without {MODEL_FILE} or {SAVED_MODEL_FILE}: "
-                         "neither a finished run directory (train.py writes model.keras at the "
-                         "end) nor a SavedModel (python -m export writes one).")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist: expected a run directory, a .keras, .tflite "
-                         "or .onnx file, or a SavedModel folder.")
-    if os.path.splitext(path)[1] not in _SUFFIXES:
-        raise ValueError(f"{path}: expected a .keras, .tflite or .onnx file, a SavedModel "
-                         "folder or a run directory.")
-    return path
-
-
-def model_format(path):
-    """'keras', 'savedmodel', 'tflite' or 'onnx' for a path from resolve_model_path."""
-    return "savedmodel" if os.path.isdir(path) else _SUFFIXES[os.path.splitext(path)[1]]
 
 
 def _static(dim):
@@ -290,12 +206,12 @@ def open_model(path, threads=None):
     Args:
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
     """
-    path = resolve_model_path(path)
+    path = rundir.resolve_model_path(path)
     if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be a positive count or None (the runtime's default); "
                          f"got {threads}.")
-    runner = RUNNERS[model_format(path)](path, None if threads is None else int(threads))
-    runner.path, runner.format = path, model_format(path)
+    runner = RUNNERS[rundir.model_format(path)](path, None if threads is None else int(threads))
+    runner.path, runner.format = path, rundir.model_format(path)
     return runner
 
 
@@ -347,9 +263,9 @@ class Network:
     def _prior_layers(self):
         import tensorflow as tf
 
-        from cmp_tf.models import layers
+        from cmp_tf.models import fills
 
-        priors = {name: layers.fill_from_spec(spec, name=name)
+        priors = {name: fills.fill_from_spec(spec, name=name)
                   for name, spec in self._priors.items()}
 
         @tf.function(autograph=False)  # plain tensor code: nothing for autograph to convert
@@ -370,7 +286,7 @@ class Propagator:
 
     Args:
         path: a run directory, a .keras, .tflite or .onnx file, or a SavedModel folder; None:
-            the pretrained model that ships with cmp_tf (`PRETRAINED`).
+            the pretrained model that ships with cmp_tf (`rundir.PRETRAINED`).
         max_side: if > 0, images whose longer side exceeds it are shrunk for the network (and
             the flow scaled back): bounds time and memory on large photos. -1 keeps the size
             (up to rounding each side to the encoders' stride). A fixed-size file (TFLite)

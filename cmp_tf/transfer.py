@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from cmp_tf import models
+from cmp_tf import rundir
 from cmp_tf import training
 from cmp_tf.data import synthetic
 from cmp_tf.data import voc
@@ -147,32 +148,13 @@ def set_encoder_frozen(model, frozen):
 
 # --- Checkpoints -----------------------------------------------------------------------------
 
-def resolve_checkpoint(checkpoint):
-    """A run directory (its encoder.keras, else model.keras) or a .keras file -> file path."""
-    path = os.fspath(checkpoint) if checkpoint is not None else ""
-    if not path:
-        raise ValueError("checkpoint is empty: name a run directory, a model.keras or an "
-                         "encoder.keras.")
-    if os.path.isdir(path):
-        for name in ("encoder.keras", "model.keras"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise ValueError(f"Checkpoint {path} is a directory without encoder.keras or model.keras "
-                         "(a finished training run writes both).")
-    if not os.path.exists(path):
-        raise ValueError(f"Checkpoint {path} does not exist.")
-    if not path.endswith(".keras"):
-        raise ValueError(f"Checkpoint {path} is neither a run directory nor a .keras file.")
-    return path
-
-
 def load_encoder(checkpoint):
-    """The image encoder saved in `checkpoint` (see resolve_checkpoint) and the file it came from.
+    """The image encoder saved in `checkpoint` (see rundir.encoder_file) and the file it came from.
 
     encoder.keras loads with stock Keras; model.keras (the whole CMP model) needs cmp_tf's
     layers, registered by importing cmp_tf.models.
     """
-    path = resolve_checkpoint(checkpoint)
+    path = rundir.encoder_file(checkpoint)
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # any failure to load is the file's problem
@@ -489,7 +471,7 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
     data_dir = os.fspath(data_dir or config.data.dir)
     if not data_dir:
         raise ValueError("config.data.dir is empty: name a VOC-format folder.")
-    resolve_checkpoint(checkpoint)  # fail before any data is written or any step is trained
+    rundir.encoder_file(checkpoint)  # fail before any data is written or any step is trained
     check_checkpoint_recipe(config, checkpoint)
     names = _class_names(config, data_dir)
     for split in (config.data.train_split, config.data.val_split):

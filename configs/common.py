@@ -1,7 +1,8 @@
 """Helpers shared by the recipes."""
 import ml_collections
 
-from cmp_tf import data
+from cmp_tf import models  # noqa: F401  (registers the parts whose options recipes hold)
+from cmp_tf import registry
 from cmp_tf.data import ingest as ingest_lib
 from cmp_tf.data import layered as layered_lib
 
@@ -35,28 +36,26 @@ def parse_arg(arg, **defaults):
 def model_defaults(**parts):
     """Fields of `config.model` every recipe has, with the reference's init.
 
-    Parts are chosen by name (`image_encoder`, `sparse_encoder`, `decoder`); `options` maps a
-    part name to its builder's keyword arguments and applies only while that part is chosen,
-    so `--config.model.image_encoder=resnet50` works whatever options the recipe set.
+    Parts are chosen by name (`image_encoder`, `sparse_encoder`, `decoder`, `head`); `options`
+    maps a part name to its builder's keyword arguments and applies only while that part is
+    chosen, so `--config.model.image_encoder=resnet50` works whatever options the recipe set.
+    The head defaults to the paper's bins; every registered head's options are present with
+    their defaults (cmp_tf/models/heads.py), so `--config.model.head=fill_correction
+    --config.model.options.fill_correction.relax=2` works from any recipe.
     """
-    fields = dict(decoder_combo=(1, 2, 4), dense_prior=False, prior_sigma=2.0, init_gain=0.02,
-                  honour_guidance=False, prior_skips=False, prior_fill="nearest", fill_gain=False,
-                  gain_profile="exponential", learn_blend_weight=True,
-                  pull_push=dict(pull="box", relax=0), sync_bn=True, options={})
-    fields.update(parts)
+    fields = dict(decoder_combo=(1, 2, 4), head="bins", init_gain=0.02, sync_bn=True)
+    options = {name: registry.defaults("head", name) for name in registry.names("head")}
+    for name, kwargs in parts.pop("options", {}).items():
+        options[name] = {**options.get(name, {}), **kwargs}
+    fields.update(parts, options=options)
     return fields
 
 
 def flow(**overrides):
     """`config.flow`: the flow quantization and loss. Defaults are the paper's: 99 bins over
-    +-50 px, cross-entropy against the bin holding the flow (`targets="one_hot"`).
-
-    `targets="two_hot"` splits each target between the two nearest bin centres in proportion,
-    so the softmax expectation the model reads out is unbiased below one bin (the paper's
-    one-hot targets teach every flow under half a bin to read as zero); `readout_weight` adds
-    that weight times the L1 error of the read-out flow (a regression refinement of the bins).
-    """
-    fields = dict(nbins=99, fmax=50.0, loss="discrete", targets="one_hot", readout_weight=0.0)
+    +-50 px, cross-entropy against the bin holding the flow (`loss="discrete"`; "l1" / "l2"
+    for the regression heads)."""
+    fields = dict(nbins=99, fmax=50.0, loss="discrete")
     return _override("flow", fields, overrides)
 
 
@@ -71,12 +70,6 @@ def ingest(**overrides):
     """`config.ingest`: how videos become shards (cmp_tf.data.ingest), with `overrides`."""
     fields = ingest_lib.default_ingest_config()
     return _override("ingest", fields, overrides)
-
-
-def sample_splits():
-    """(train, val) paths: the embedded clips, split by clip so validation is unseen video."""
-    return ((data.sample_clip("bikes"), data.sample_clip("bigbuckbunny")),
-            (data.sample_clip("carphone"),))
 
 
 def train(**overrides):

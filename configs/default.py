@@ -8,6 +8,7 @@ the fill and learns corrections (the paper's recipe needs GPU-scale training; do
 """
 import ml_collections
 
+from cmp_tf import data
 from configs import common
 
 
@@ -18,11 +19,12 @@ def get_config(arg=None):
     c.seed = 0
     c.model = common.model_defaults(
         image_encoder="mobilenet_v3", sparse_encoder="shallownet32x", decoder="skip_layer",
-        decoder_combo=(1, 2, 4), dense_prior=True,
-        options=dict(mobilenet_v3=dict(variant="small", alpha=1.0, width=128),
+        decoder_combo=(1, 2, 4), head="bins",
+        options=dict(bins=dict(nearest_prior=True),
+                     mobilenet_v3=dict(variant="small", alpha=1.0, width=128),
                      skip_layer=dict(width=64, fusion_widths=(128, 64, 32), skip_widths=(64, 16))))
     c.flow = common.flow()
-    train, val = common.sample_splits()
+    train, val = data.sample_splits()
     c.data = dict(train=train, val=val, cache_dir="data/cache", short_size=160, crop=(128, 128),
                   batch_size=8, flip=True, zoom=(1.0, 1.0), rotate_degrees=0.0,
                   flow_reverse=False, flow_scale=(1.0, 1.0), flow_rotate=False,

@@ -15,8 +15,9 @@ def get_config(arg=None):
     c.seed = 0
     c.model = common.model_defaults(
         image_encoder="mobilenet_v3", sparse_encoder="shallownet32x", decoder="skip_layer",
-        decoder_combo=(1, 2, 4), dense_prior=True,
-        options=dict(mobilenet_v3=dict(variant=arg.variant, alpha=1.0)))
+        decoder_combo=(1, 2, 4), head="bins",
+        options=dict(bins=dict(nearest_prior=True),
+                     mobilenet_v3=dict(variant=arg.variant, alpha=1.0)))
     c.flow = common.flow()
     c.data = dict(train=(), val=(), cache_dir="data/cache", short_size=416, crop=(384, 384),
                   batch_size=64, flip=False, zoom=(1.0, 1.0),

@@ -1,12 +1,11 @@
 r"""The propagation model that ships with cmp_tf (`cmp_tf/pretrained/default`): the CPU default
-with direct L1 regression instead of the paper's bins, of a correction to a per-pixel blend of
-the nearest and a smooth pull-push fill of the guidance (`model.prior_fill=blend`; tent pull
-and 4 relaxation passes per level, `model.pull_push`), scaled by a Gaussian gain of the
-distance to the guides whose reach is learned per pixel (`model.fill_gain`,
-`model.gain_profile=gaussian`), trained by Adam with 1 to 400 guides per sample and half its
+with the `fill_correction` head instead of the paper's bins: an L1-regressed correction to a
+per-pixel blend of the nearest and a smooth pull-push fill of the guidance (tent pull, 4
+relaxation passes per level), scaled by a Gaussian gain of the distance to the guides whose
+reach is learned per pixel; trained by Adam with 1 to 400 guides per sample and half its
 samples layered scenes with exact flow.
 
-Why (benchmarks/ablation.py, README "Ablation"): at the default's 1000-step CPU budget, every
+Why (benchmarks/ablation.py, docs/ablation.md): at the default's 1000-step CPU budget, every
 bin-loss variant trained the read-out away from the fill it starts from and ended worse than
 the fill on unseen clips; L1 regression stays at its base fill plus what it learns. The blend's
 base, the mean of the two fills, is closer to the reference flow of unseen real frames than
@@ -23,10 +22,8 @@ from configs import default
 def get_config(arg=None):
     c = default.get_config(arg)
     c.flow.loss = "l1"
-    c.model.prior_fill = "blend"
-    c.model.fill_gain = True
-    c.model.gain_profile = "gaussian"
-    c.model.pull_push.pull, c.model.pull_push.relax = "tent", 4
+    c.model.head = "fill_correction"
+    c.model.options.fill_correction.update(gain=True, pull="tent", relax=4)
     c.optim.name, c.schedule.lr = "adam", 1e-3
     c.guidance.num_points = (1, 400)
     c.data.layered.ratio = 0.5

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from cmp_tf import runtime
-from cmp_tf.models import layers
+from cmp_tf.models import fills
 from export import savedmodel
 
 PRECISIONS = ("float32", "float16", "int8")
@@ -33,23 +33,23 @@ _FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS)})(_\d+)?/")
 
 
 def split_priors(model):
-    """`model` with each guidance-fill layer's output (layers.FILL_LAYERS) turned into an input
+    """`model` with each guidance-fill layer's output (fills.FILL_LAYERS) turned into an input
     of that layer's name, and {name: its config} for the runtime to compute them; unchanged
     without one."""
-    priors = [layer for layer in model.layers if isinstance(layer, layers.FILL_LAYERS)]
+    priors = [layer for layer in model.layers if isinstance(layer, fills.FILL_LAYERS)]
     if not priors:
         return model, {}
     inputs = {**model.input, **{layer.name: layer.output for layer in priors}}
     with warnings.catch_warnings():  # Keras asks inner tensors to be named like their keys
         warnings.simplefilter("ignore")
         core = keras.Model(inputs, model.output, name=f"{model.name}_prior_as_input")
-    return core, {layer.name: layers.fill_spec(layer) for layer in priors}
+    return core, {layer.name: fills.fill_spec(layer) for layer in priors}
 
 
 def with_priors(samples, priors):
     """Representative samples {image, sparse} with the prior inputs computed, as the runtime
     computes them."""
-    fns = {name: layers.fill_from_spec(spec) for name, spec in priors.items()}
+    fns = {name: fills.fill_from_spec(spec) for name, spec in priors.items()}
     for sample in samples:
         yield {**sample, **{name: np.asarray(fn(sample["sparse"])) for name, fn in fns.items()}}
 

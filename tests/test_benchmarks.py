@@ -49,7 +49,7 @@ def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
     result = subprocess.run([sys.executable, "benchmarks/blend_parts.py", f"--checkpoint={path}",
                              f"--out={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode != 0 and "not a blend model" in result.stderr
+    assert result.returncode != 0 and "not a fill-correction model" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -67,12 +67,11 @@ def _ablation_check(*variants):
 @pytest.mark.slow
 def test_ablation_variants_build_and_a_typo_is_refused_before_training():
     ok = _ablation_check(("shipped", ("", ["--config.flow.loss=l1",
-                                           "--config.model.prior_fill=blend"])))
+                                           "--config.model.head=fill_correction"])))
     assert ok.returncode == 0, ok.stderr
-    for bad, expected in ((["--config.model.gain_profle=gaussian"], "gain_profle"),
-                          (["--config.flow.loss=l1", "--config.model.prior_fill=blend",
-                            "--config.model.fill_gain=True",
-                            "--config.model.gain_profile=gauss"], "gain_profile")):
+    for bad, expected in ((["--config.model.options.fill_correction.relx=2"], "relx"),
+                          (["--config.flow.loss=l1", "--config.model.head=fill_correction",
+                            "--config.model.options.fill_correction.pull=gauss"], "pull")):
         result = _ablation_check(("typo", ("", bad)))
         assert result.returncode != 0
         assert "typo" in result.stderr and expected in result.stderr, result.stderr[-2000:]

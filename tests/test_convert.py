@@ -346,9 +346,14 @@ def test_wrong_recipe_fails_with_a_hint(reference_keys):
     assert "looks like a checkpoint of configs/alexnet_yfcc.py" in str(error.value)
     assert "image_encoder.conv1.0.weight: in the checkpoint, no layer" in str(error.value)
     for field, value, message in (("image_encoder", "mobilenet_v3", "no reference checkpoints"),
-                                  ("dense_prior", True, "adds inputs the reference")):
+                                  ("head", "regression", "head='regression' has no reference"),
+                                  ("options.bins.nearest_prior", True, "adds inputs the reference")):
         config = load_config("default" if field == "image_encoder" else "alexnet_yfcc")
-        config.model[field] = value
+        *parents, key = field.split(".")
+        section = config.model
+        for parent in parents:
+            section = section[parent]
+        section[key] = value
         with pytest.raises(ValueError, match=message):
             convert.check_config(config)
 
@@ -403,8 +408,7 @@ def test_command_line_round_trip(semiauto, tmp_path):
     outputs, a config.json beside it, and loads where cmp_tf models load."""
     import keras
 
-    from cmp_tf import models  # noqa: F401  (custom layers)
-    from cmp_tf import runtime
+    from cmp_tf import rundir
 
     _, _, path, inputs, outputs = semiauto
     out = tmp_path / "run" / "model.keras"
@@ -419,7 +423,7 @@ def test_command_line_round_trip(semiauto, tmp_path):
     np.testing.assert_allclose(got["logits"], outputs["logits"], atol=1e-5 * np.abs(
         outputs["logits"]).max())
     np.testing.assert_allclose(got["flow"], outputs["flow"], atol=1e-4)
-    config, found = runtime.run_config(str(out))
+    config, found = rundir.read_config(str(out))
     assert found and config.model.decoder == "skip_layer"
 
 

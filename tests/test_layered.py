@@ -37,23 +37,6 @@ def test_each_layer_region_moves_by_its_own_affine_motion():
     assert np.mean(second < 1e-4) > 0.9
 
 
-def test_a_still_background_stops_only_the_background():
-    """`still_background` zeroes the flow outside the layers and changes nothing else of the
-    scene the seed gives; at 0 (the default) the scene is the one it always was."""
-    base = layered.render_scene(np.random.default_rng(4), 64, 64, layers=(2, 2), background=0.4)
-    image, flow, _, masks = layered.render_scene(np.random.default_rng(4), 64, 64,
-                                                 layers=(2, 2), background=0.4,
-                                                 still_background=1.0, return_masks=True)
-    np.testing.assert_array_equal(image, base[0])
-    layer = np.any(masks, axis=0)
-    assert 0.05 < layer.mean() < 0.95
-    assert np.all(flow[~layer] == 0) and np.abs(base[1][~layer]).max() > 0.1
-    np.testing.assert_array_equal(flow[layer], base[1][layer])
-    unchanged = layered.render_scene(np.random.default_rng(4), 64, 64, layers=(2, 2),
-                                     background=0.4, still_background=0.0)
-    np.testing.assert_array_equal(unchanged[1], base[1])
-
-
 def test_same_generator_state_same_scene_and_textures_from_a_frame():
     source = np.random.default_rng(1).uniform(0, 255, (40, 50, 3)).astype(np.float32)
     a = layered.render_scene(np.random.default_rng(5), 32, 32, source=source)
@@ -69,7 +52,6 @@ def test_same_generator_state_same_scene_and_textures_from_a_frame():
     ("layers", (3, 1), "layers must be"),
     ("zoom", -0.1, "zoom must be >= 0"),
     ("noise_textures", 2.0, "noise_textures must be in"),
-    ("still_background", -0.5, "still_background must be in"),
     ("texture", 1, r"Unknown config.data.layered fields \['texture'\]"),
 ])
 def test_bad_fields_are_named(field, value, match):

@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 
 from cmp_tf import models
+from cmp_tf.models import fills
+from cmp_tf.models import heads
 from cmp_tf.models import layers as L
 from tests.conftest import load_config
 
@@ -114,32 +116,6 @@ def test_dense_prior_model_starts_from_the_nearest_fill(default_model, rng):
     np.testing.assert_allclose(flow.reshape(-1, 2).mean(0), vector, atol=0.5)
 
 
-def test_honour_guidance_returns_the_given_vectors_at_guided_pixels(rng):
-    config = load_config("default")
-    config.model.honour_guidance = True
-    model = models.build_cmp(config)
-    inputs = _inputs(rng, 1, 128, points=5)
-    mask = inputs["sparse"][..., 2] > 0
-    flow = model(inputs)["flow"].numpy()
-    np.testing.assert_allclose(flow[mask], inputs["sparse"][..., :2][mask], atol=1e-5)
-
-
-def test_prior_skips_feed_the_fill_to_each_skip_and_start_from_it(rng):
-    config = load_config("default")
-    config.model.prior_skips, config.flow.loss = True, "l1"
-    model = models.build_cmp(config)
-    names = [layer.name for layer in model.layers]
-    assert "dense_prior_skip2" in names and "dense_prior_skip4" in names
-    assert "dense_prior_out" not in names  # the stride-2 fill is computed once
-    inputs = _inputs(rng, 1, 128, points=1)
-    vector = inputs["sparse"][0][inputs["sparse"][0, ..., 2] > 0][0, :2]
-    flow = model(inputs)["flow"].numpy()[0]
-    np.testing.assert_allclose(flow.reshape(-1, 2).mean(0), vector, atol=0.5)
-    config.model.decoder = "plain"
-    with pytest.raises(ValueError, match="prior_skips=True needs .* a decoder with skips"):
-        models.build_cmp(config)
-
-
 def test_assemble_takes_built_parts():
     image = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(4, 3, strides=4, padding="same")(image)
@@ -148,7 +124,8 @@ def test_assemble_takes_built_parts():
     tiny_sparse = keras.Model(sparse, keras.layers.AveragePooling2D(4)(sparse))
     features = keras.Input((None, None, 11), name="features")
     tiny_decoder = keras.Model({"features": features}, keras.layers.Conv2D(6, 1)(features))
-    model = models.assemble(tiny_encoder, tiny_sparse, tiny_decoder, nbins=3, fmax=3.0)
+    head = heads.Bins(nbins=3, fmax=3.0, loss="discrete")
+    model = models.assemble(tiny_encoder, tiny_sparse, tiny_decoder, head)
     out = model({"image": np.zeros((1, 8, 8, 3)), "sparse": np.zeros((1, 8, 8, 3))})
     assert tuple(out["logits"].shape) == (1, 2, 2, 6) and tuple(out["flow"].shape) == (1, 8, 8, 2)
 
@@ -177,6 +154,15 @@ def test_sizes_the_encoders_cannot_take_are_refused(default_model):
      r"options.mobilenet_v3 has unknown options \['varaint'\]; it takes .*'variant'"),
     ("model.options.plain", {"in_channels": 3}, r"sets \['in_channels'\], which the model"),
     ("model.options.mobilenet", {}, r"unknown parts \['mobilenet'\]"),
+    ("model.head", "cspn", r"config.model.head='cspn' is unknown; known: bins, fill_correction, "
+                           r"regression"),
+    ("flow.loss", "l1", r"head='bins' trains with config.flow.loss in \('discrete',\); got 'l1'"),
+    ("model.options.bins", {"nearest_prior": "yes", "prior_sigma": 2.0},
+     r"config.model.options.bins.nearest_prior must be True or False; got 'yes'"),
+    ("model.options.bins", {"nearest_prior": True, "prior_sigma": 0.0},
+     r"config.model.options.bins.prior_sigma must be positive pixels; got 0.0"),
+    ("model.options.bins", {"prior_sigmaa": 1.0},
+     r"options.bins has unknown options \['prior_sigmaa'\]"),
 ])
 def test_bad_configs_name_the_field(field, value, message):
     config = load_config("default")
@@ -250,7 +236,7 @@ def test_dense_prior_matches_a_brute_force_nearest_fill(stride, rng):
     ys, xs = rng.choice(size, points, replace=False), rng.choice(size, points, replace=False)
     sparse[ys, xs, :2] = rng.uniform(-20, 20, (points, 2))
     sparse[ys, xs, 2] = 1
-    got = L.DensePrior(stride)(sparse[None]).numpy()[0]
+    got = fills.DensePrior(stride)(sparse[None]).numpy()[0]
     want = _nearest_fill_bruteforce(sparse, stride)
     # Jump flooding can pick a near-tie neighbour: compare distances everywhere, vectors where
     # the nearest guide is unambiguous.
@@ -263,45 +249,33 @@ def test_pull_push_fill_keeps_the_guides_and_interpolates_between_them(stride, r
     size = 64
     sparse = np.zeros((1, size, size, 3), np.float32)
     sparse[0, 8, 8], sparse[0, 8, 56] = (6.0, 0.0, 1.0), (0.0, 6.0, 1.0)
-    fill = L.PullPushFill(stride)(sparse).numpy()[0]
+    fill = fills.PullPushFill(stride)(sparse).numpy()[0]
     assert fill.shape == (size // stride, size // stride, 2)
     np.testing.assert_allclose(fill[8 // stride, 8 // stride], [6, 0], atol=1e-5)
     np.testing.assert_allclose(fill[8 // stride, 56 // stride], [0, 6], atol=1e-5)
     row = fill[8 // stride, 8 // stride:56 // stride + 1, 0]  # u between the two guides
     assert np.all(np.diff(row) <= 1e-5) and 0.5 < row[len(row) // 2] < 5.5  # no plateau jump
     np.testing.assert_allclose(fill.sum(-1), 6.0, atol=1e-4)  # a blend of the two vectors
-    empty = L.PullPushFill(stride)(np.zeros((1, 16, 16, 3), np.float32)).numpy()
+    empty = fills.PullPushFill(stride)(np.zeros((1, 16, 16, 3), np.float32)).numpy()
     np.testing.assert_array_equal(empty, 0)
 
 
 def test_fill_layers_round_trip_their_export_spec():
-    for layer in (L.DensePrior(4, max_size=256), L.PullPushFill(2, max_size=128)):
-        again = L.fill_from_spec(L.fill_spec(layer))
-        assert type(again) is type(layer) and L.fill_spec(again) == L.fill_spec(layer)
-    assert isinstance(L.fill_from_spec({"stride": 8, "max_size": 64}), L.DensePrior)
+    for layer in (fills.DensePrior(4, max_size=256), fills.PullPushFill(2, max_size=128)):
+        again = fills.fill_from_spec(fills.fill_spec(layer))
+        assert type(again) is type(layer) and fills.fill_spec(again) == fills.fill_spec(layer)
+    assert isinstance(fills.fill_from_spec({"stride": 8, "max_size": 64}), fills.DensePrior)
     with pytest.raises(ValueError, match="Unknown guidance fill layer 'Voronoi'"):
-        L.fill_from_spec({"layer": "Voronoi", "stride": 8, "max_size": 64})
-
-
-def test_pull_push_prior_model_starts_from_that_fill(rng):
-    config = load_config("default")
-    config.model.prior_fill, config.flow.loss = "pull_push", "l1"
-    model = models.build_cmp(config)
-    inputs = _inputs(rng, 1, 128, points=4)
-    want = L.ResizeLike()([L.PullPushFill(2)(inputs["sparse"]), inputs["image"]]).numpy()
-    np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
-    config.model.dense_prior = False
-    with pytest.raises(ValueError, match="prior_fill='pull_push' needs"):
-        models.build_cmp(config)
-
+        fills.fill_from_spec({"layer": "Voronoi", "stride": 8, "max_size": 64})
 
 
 def test_blend_prior_model_starts_from_the_mean_of_the_nearest_and_smooth_fills(rng):
     config = load_config("default")
-    config.model.prior_fill, config.flow.loss = "blend", "l1"
+    config.model.head, config.flow.loss = "fill_correction", "l1"
+    config.model.options.fill_correction.update(gain=False, pull="box", relax=0)
     model = models.build_cmp(config)
     inputs = _inputs(rng, 1, 128, points=4)
-    mean = 0.5 * (L.DensePrior(2)(inputs["sparse"])[..., :2] + L.PullPushFill(2)(inputs["sparse"]))
+    mean = 0.5 * (fills.DensePrior(2)(inputs["sparse"])[..., :2] + fills.PullPushFill(2)(inputs["sparse"]))
     want = L.ResizeLike()([mean, inputs["image"]]).numpy()
     assert model.get_layer("decoder").output.shape[-1] == 3  # (du, dv, blend weight)
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
@@ -309,53 +283,42 @@ def test_blend_prior_model_starts_from_the_mean_of_the_nearest_and_smooth_fills(
     out[..., 2] = 50.0  # weight ~1: the nearest fill alone, plus the correction
     out[..., 0] = 0.25
     nearest, smooth = np.full((1, 2, 2, 3), 4.0, np.float32), np.zeros((1, 2, 2, 2), np.float32)
-    np.testing.assert_allclose(L.BlendFills()([out, nearest, smooth])[..., 0], 4.25, rtol=1e-6)
+    np.testing.assert_allclose(heads.BlendFills()([out, nearest, smooth])[..., 0], 4.25, rtol=1e-6)
     config.flow.loss = "discrete"
-    with pytest.raises(ValueError, match="prior_fill='blend' needs a regression loss"):
+    with pytest.raises(ValueError, match=r"head='fill_correction' trains with config.flow.loss "
+                                         r"in \('l1', 'l2'\); got 'discrete'"):
         models.build_cmp(config)
 
-def test_fill_gain_scales_the_blend_by_distance_and_needs_it(rng):
-    config = load_config("default")
-    config.model.prior_fill, config.flow.loss, config.model.fill_gain = "blend", "l1", True
-    model = models.build_cmp(config)
-    assert model.get_layer("decoder").output.shape[-1] == 4  # (du, dv, blend weight, reach)
-    inputs = _inputs(rng, 1, 128, points=4)
-    nearest = L.DensePrior(2)(inputs["sparse"]).numpy()
-    mean = 0.5 * (nearest[..., :2] + L.PullPushFill(2)(inputs["sparse"]).numpy())
-    rate = L.BlendFills.REACH_SCALE * np.log1p(np.exp(L.BlendFills.REACH_LOGIT_START))
-    start = np.exp(-rate * nearest[..., 2:] / 128)  # the untrained gain
-    want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()
-    np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
+
+def test_fill_gain_stops_a_guides_motion_at_its_reach_and_keeps_the_correction():
     nearest, smooth = np.full((1, 2, 2, 3), 4.0, np.float32), np.zeros((1, 2, 2, 2), np.float32)
     nearest[..., 2] = [[0.0, 8.0], [16.0, 32.0]]  # distances to the guide, px
-    blend = L.BlendFills(gain=True, stride=8)  # the image is 16 x 16 px: diagonal 16
+    blend = heads.BlendFills(gain=True, stride=8)  # the image is 16 x 16 px: diagonal 16
     out = np.zeros((1, 2, 2, 4), np.float32)
     out[..., 2] = 50.0  # the nearest fill alone
     out[..., 0] = 0.25  # plus a correction
     out[..., 3] = 50.0  # a short reach: the guide's motion stops near it; the correction stays
     got = blend([out, nearest, smooth])[0, ..., 0].numpy()
     assert got[0, 0] == pytest.approx(4.25) and np.all(np.abs(got.flat[1:] - 0.25) < 1e-6)
-    out[..., 3] = 1.0  # gain exp(-rate x distance / diagonal), 1 at the guide
-    rate = L.BlendFills.REACH_SCALE * np.log1p(np.exp(1.0 + L.BlendFills.REACH_LOGIT_START))
-    np.testing.assert_allclose(blend([out, nearest, smooth])[0, ..., 0],
-                               4.0 * np.exp(-rate * nearest[0, ..., 2] / 16) + 0.25, rtol=1e-5)
     with pytest.raises(ValueError, match="gain must be True or False"):
-        L.BlendFills(gain="yes")
+        heads.BlendFills(gain="yes")
     with pytest.raises(ValueError, match="stride must be an integer >= 1"):
-        L.BlendFills(gain=True, stride=0)
-    config.model.prior_fill = "nearest"
-    with pytest.raises(ValueError, match="fill_gain=True scales the blend"):
+        heads.BlendFills(gain=True, stride=0)
+    config = load_config("propagation")
+    del config.model.options.fill_correction["gain"]  # as a config.json with a string holds
+    config.model.options.fill_correction.gain = "yes"
+    with pytest.raises(ValueError, match="options.fill_correction.gain must be True or False"):
         models.build_cmp(config)
 
 
 def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):
-    config = load_config("default")
-    config.model.prior_fill, config.flow.loss, config.model.fill_gain = "blend", "l1", True
-    config.model.gain_profile = "gaussian"
+    config = load_config("propagation")
+    config.model.options.fill_correction.update(pull="box", relax=0)
     model = models.build_cmp(config)
+    assert model.get_layer("decoder").output.shape[-1] == 4  # (du, dv, blend weight, reach)
     inputs = _inputs(rng, 1, 128, points=4)
-    nearest = L.DensePrior(2)(inputs["sparse"]).numpy()
-    mean = 0.5 * (nearest[..., :2] + L.PullPushFill(2)(inputs["sparse"]).numpy())
+    nearest = fills.DensePrior(2)(inputs["sparse"]).numpy()
+    mean = 0.5 * (nearest[..., :2] + fills.PullPushFill(2)(inputs["sparse"]).numpy())
     start = np.exp(-0.5 * (nearest[..., 2:] / 128 / 0.25) ** 2)  # sigma = diagonal / 4
     want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
@@ -363,49 +326,20 @@ def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untr
     nearest[..., 2] = [0.0, 1.0, 8.0]  # px from the guide; the image diagonal is 8 x sqrt(3)
     out = np.zeros((1, 1, 3, 4), np.float32)
     out[..., 2], out[..., 3] = 50.0, 1.0  # the nearest fill alone, a shorter reach
-    got = L.BlendFills(True, 8, "gaussian")([out, nearest, smooth])[0, 0, :, 0].numpy()
-    rate = L.BlendFills.GAUSSIAN_SCALE * np.log1p(np.exp(1.0 + L.BlendFills.GAUSSIAN_LOGIT_START))
+    got = heads.BlendFills(True, 8)([out, nearest, smooth])[0, 0, :, 0].numpy()
+    rate = heads.BlendFills.GAUSSIAN_SCALE * np.log1p(np.exp(1.0 + heads.BlendFills.GAUSSIAN_LOGIT_START))
     distance = nearest[0, 0, :, 2] / (8 * np.sqrt(3))
     np.testing.assert_allclose(got, 4.0 * np.exp(-0.5 * (rate * distance) ** 2), rtol=1e-5)
     # Flat at the guides: 1 px away the Gaussian keeps more than the exponential of that rate.
     assert got[1] > 4.0 * np.exp(-rate * distance[1]) and got[0] == pytest.approx(4.0)
-    with pytest.raises(ValueError, match="profile must be one of"):
-        L.BlendFills(True, 8, "cosine")
-    config.model.gain_profile = "gauss"
-    with pytest.raises(ValueError, match="config.model.gain_profile='gauss' is unknown"):
-        models.build_cmp(config)
-
-
-def test_blend_with_a_fixed_half_weight_reads_the_reach_from_channel_2(rng):
-    config = load_config("propagation")
-    config.model.learn_blend_weight = False
-    model = models.build_cmp(config)
-    assert model.get_layer("decoder").output.shape[-1] == 3  # (du, dv, reach)
-    nearest = np.zeros((1, 1, 2, 3), np.float32)
-    nearest[..., 0], nearest[..., 2] = 4.0, [0.0, 1.0]
-    smooth = np.full((1, 1, 2, 2), 2.0, np.float32)
-    out = np.zeros((1, 1, 2, 3), np.float32)
-    out[..., 2] = 1.0
-    blend = L.BlendFills(True, 4, "gaussian", learn_weight=False)  # diagonal 4 x sqrt(2)
-    got = blend([out, nearest, smooth])[0, 0].numpy()
-    rate = L.BlendFills.GAUSSIAN_SCALE * np.log1p(np.exp(1.0 + L.BlendFills.GAUSSIAN_LOGIT_START))
-    gain = np.exp(-0.5 * (rate * np.array([0.0, 1.0]) / (4 * np.sqrt(2))) ** 2)
-    np.testing.assert_allclose(got, gain[:, None] * [[3.0, 1.0]], rtol=1e-5)
-    assert blend.channels == 3 and L.BlendFills(True, 4).channels == 4
-    with pytest.raises(ValueError, match="learn_weight must be True or False"):
-        L.BlendFills(True, 4, learn_weight=0)
-    del config.model["learn_blend_weight"]  # as a config.json with a string there would hold
-    config.model.learn_blend_weight = "no"
-    with pytest.raises(ValueError, match="config.model.learn_blend_weight must be True or False"):
-        models.build_cmp(config)
 
 
 def test_smoother_pull_push_keeps_the_guides_and_is_smoother_between_them(rng):
     sparse = np.zeros((1, 64, 64, 3), np.float32)
     rows, cols = rng.integers(0, 64, 12), rng.integers(0, 64, 12)
     sparse[0, rows, cols] = np.c_[rng.normal(0, 4, (12, 2)), np.ones(12)]
-    box = L.PullPushFill(1)(sparse).numpy()[0]
-    smooth = L.PullPushFill(1, pull="tent", relax=4)(sparse).numpy()[0]
+    box = fills.PullPushFill(1)(sparse).numpy()[0]
+    smooth = fills.PullPushFill(1, pull="tent", relax=4)(sparse).numpy()[0]
     np.testing.assert_allclose(smooth[rows, cols], sparse[0, rows, cols, :2], atol=1e-5)
 
     def roughness(fill):  # the mean squared discrete Laplacian, unguided pixels only
@@ -416,42 +350,43 @@ def test_smoother_pull_push_keeps_the_guides_and_is_smoother_between_them(rng):
 
     assert roughness(smooth) < 0.5 * roughness(box)
     assert np.abs(smooth).max() <= np.abs(sparse[..., :2]).max() + 1e-5  # no overshoot: means
-    spec = L.fill_spec(L.PullPushFill(2, pull="tent", relax=4))
+    spec = fills.fill_spec(fills.PullPushFill(2, pull="tent", relax=4))
     assert spec["pull"] == "tent" and spec["relax"] == 4
-    assert L.fill_spec(L.fill_from_spec(spec)) == spec
+    assert fills.fill_spec(fills.fill_from_spec(spec)) == spec
     with pytest.raises(ValueError, match="pull must be one of"):
-        L.PullPushFill(2, pull="gauss")
+        fills.PullPushFill(2, pull="gauss")
     with pytest.raises(ValueError, match="relax must be an integer >= 0"):
-        L.PullPushFill(2, relax=-1)
+        fills.PullPushFill(2, relax=-1)
     config = load_config("propagation")
-    config.model.pull_push.pull = "tnet"
-    with pytest.raises(ValueError, match=r"config.model.pull_push=.*pull must be one of"):
+    config.model.options.fill_correction.pull = "tnet"
+    with pytest.raises(ValueError, match=r"config.model.options.fill_correction: pull must be one of"):
         models.build_cmp(config)
 
 
 def test_dense_prior_without_guidance_is_zero_flow_far_away():
-    prior = L.DensePrior(8, max_size=512)(np.zeros((1, 32, 32, 3), np.float32)).numpy()
+    prior = fills.DensePrior(8, max_size=512)(np.zeros((1, 32, 32, 3), np.float32)).numpy()
     np.testing.assert_array_equal(prior[..., :2], 0)
     np.testing.assert_array_equal(prior[..., 2], 512)
 
 
 def test_prior_logits_read_out_as_the_prior():
     prior = np.array([[[[-7.3, 12.6]]]], np.float32)
-    logits = L.PriorLogits(99, 50.0, sigma=2.0)(prior)
-    flow = L.FlowReadout(99, 50.0)(logits).numpy()
+    logits = heads.PriorLogits(99, 50.0, sigma=2.0)(prior)
+    flow = heads.FlowReadout(99, 50.0)(logits).numpy()
     np.testing.assert_allclose(flow[0, 0, 0], prior[0, 0, 0], atol=1e-3)
 
 
 def test_custom_layers_round_trip_their_config():
-    for layer in (L.InputGuard(32, 128), L.FlowReadout(99, 50.0), L.DensePrior(8, max_size=1024),
-                  L.PriorLogits(99, 50.0, 2.0), L.ResizeLike()):
+    for layer in (L.InputGuard(32, 128), heads.FlowReadout(99, 50.0), fills.DensePrior(8, max_size=1024),
+                  heads.PriorLogits(99, 50.0, 2.0), L.ResizeLike()):
         clone = layer.__class__.from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
 
 
 def test_regression_head_outputs_flow_and_starts_from_the_prior(rng):
     config = load_config("default")
-    config.flow.loss = "l1"
+    config.flow.loss, config.model.head = "l1", "regression"
+    config.model.options.regression.nearest_prior = True
     model = models.build_cmp(config)
     inputs = _inputs(rng, 1, 128, points=1)
     out = model(inputs)

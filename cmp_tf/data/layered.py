@@ -24,7 +24,6 @@ DEFAULTS = dict(
     rotation_degrees=6.0,  # max layer rotation
     zoom=0.06,  # max layer zoom, a fraction
     background=0.4,  # background motion as a fraction of the layers' maxima
-    still_background=0.0,  # chance that the background does not move (a still camera)
     noise_textures=0.5,  # chance that a layer is procedural noise instead of a cut of the frame
 )
 _REFERENCE_SIDE = 128.0  # `translation` is in px at this side
@@ -51,10 +50,9 @@ def check_layered_config(layered):
     for name in ("translation", "rotation_degrees", "zoom", "background"):
         if not float(fields[name]) >= 0:
             raise ValueError(f"config.data.layered.{name} must be >= 0; got {fields[name]!r}.")
-    for name in ("noise_textures", "still_background"):
-        if not 0.0 <= float(fields[name]) <= 1.0:
-            raise ValueError(f"config.data.layered.{name} must be in [0, 1]; got "
-                             f"{fields[name]!r}.")
+    if not 0.0 <= float(fields["noise_textures"]) <= 1.0:
+        raise ValueError(f"config.data.layered.noise_textures must be in [0, 1]; got "
+                         f"{fields['noise_textures']!r}.")
     return fields
 
 
@@ -166,9 +164,6 @@ def render_scene(rng, height, width, source=None, return_masks=False, **params):
         for below in visible:
             below &= ~mask
         visible.append(mask.copy())
-    # Drawn last, and only when asked for, so the scene is otherwise the one the seed gives.
-    if float(p["still_background"]) and rng.uniform() < float(p["still_background"]):
-        flow[~np.any(visible, axis=0) if visible else slice(None)] = 0.0
     valid = np.ones((height, width), np.float32)
     if return_masks:
         masks = np.stack(visible) if visible else np.zeros((0, height, width), bool)

@@ -1,7 +1,10 @@
-"""CMP models. Importing this package registers every model part by name."""
+"""CMP models. Importing this package registers every model part by name, and every custom
+layer with Keras (so `keras.models.load_model` reads the files cmp_tf writes)."""
 from cmp_tf.models import decoders  # noqa: F401  (registers)
+from cmp_tf.models import fills  # noqa: F401
+from cmp_tf.models import heads  # noqa: F401
 from cmp_tf.models import image_encoders  # noqa: F401
 from cmp_tf.models import sparse_encoders  # noqa: F401
-from cmp_tf.models.cmp import assemble, build_cmp, build_encoder
+from cmp_tf.models.cmp import assemble, build_cmp, build_encoder, build_head
 
-__all__ = ["assemble", "build_cmp", "build_encoder"]
+__all__ = ["assemble", "build_cmp", "build_encoder", "build_head"]

@@ -1,0 +1,199 @@
+"""Guidance fills: dense maps computed from `sparse` alone, inside the model (beyond the paper).
+
+A fill spreads the sparse vectors over the whole image on a grid of `stride` x `stride` cells
+with pads, pools, slices and selects only, so it exports to TFLite and ONNX builtins. The
+propagation heads (`cmp_tf.models.heads`) feed fills to the decoder and start their output
+from them; the exporters cut them out of full-integer files and the runtime recomputes them
+from their `fill_spec`.
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def _end(margin):
+    """Slice end that drops `margin` trailing elements (None keeps them all)."""
+    return -margin if margin else None
+
+
+class _GuidanceFill(keras.layers.Layer):
+    """A fill of `sparse` on a grid of `stride` x `stride` cells with `channels` channels;
+    `max_size` (px) bounds the passes when the image size is unknown at trace time."""
+
+    channels = None
+
+    def __init__(self, stride, max_size=2048, **kwargs):
+        super().__init__(**kwargs)
+        self.stride, self.max_size = int(stride), int(max_size)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        return (b, None if h is None else h // self.stride,
+                None if w is None else w // self.stride, self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class DensePrior(_GuidanceFill):
+    """Nearest-guidance fill of `sparse` on a grid of `stride` x `stride` cells (beyond the paper).
+
+    Returns [B, H/stride, W/stride, 3]: (u, v) of the nearest guided cell and the distance in
+    pixels from the cell centre to that cell's guides (their mean position). A cell holding
+    several guides takes their mean vector. With no guidance at all the fill is zero flow at
+    distance `max_size`. Computed by jump flooding (Rong & Tan, 2006): log2(size) passes of
+    shifted comparisons, i.e. pads, slices and selects only, so it exports to TFLite and ONNX.
+
+    Args:
+        stride: cell size in input pixels (the resolution the fill is used at).
+        max_size: the largest image side the fill must span, in pixels; used for the number
+            of passes when the size is unknown when traced (exported models).
+    """
+
+    _FAR = 1e6  # position of "no guide yet": farther than any image pixel.
+    channels = 3
+
+    def _pass_steps(self, size):
+        cells = max(1, math.ceil((size or self.max_size) / self.stride))
+        passes = max(1, math.ceil(math.log2(cells)))
+        return [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
+
+    def call(self, sparse):
+        s = self.stride
+        sparse = tf.cast(sparse, tf.float32)
+        mask = sparse[..., 2:3]
+        height, width = tf.shape(sparse)[1], tf.shape(sparse)[2]
+        ys = tf.cast(tf.range(height), tf.float32)[None, :, None, None]
+        xs = tf.cast(tf.range(width), tf.float32)[None, None, :, None]
+        # Per cell: fraction of guided pixels, and the mean (y, x, u, v) of its guides.
+        pooled = tf.nn.avg_pool2d(
+            tf.concat([mask, mask * ys, mask * xs, sparse[..., :2] * mask], -1), s, s, "VALID")
+        count = pooled[..., :1]
+        seeded = count > 0
+        seed = pooled[..., 1:] / tf.maximum(count, 1e-12)
+        far = tf.constant([self._FAR, self._FAR, 0.0, 0.0])
+        state = tf.where(seeded, seed, far)  # [B, h, w, 4] = (y, x, u, v) of the nearest guide
+        h, w = tf.shape(state)[1], tf.shape(state)[2]
+        cy = (tf.cast(tf.range(h), tf.float32) * s + (s - 1) / 2)[None, :, None, None]
+        cx = (tf.cast(tf.range(w), tf.float32) * s + (s - 1) / 2)[None, None, :, None]
+
+        def dist2(st):
+            return tf.square(st[..., :1] - cy) + tf.square(st[..., 1:2] - cx)
+
+        best = dist2(state)
+        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
+        for k in self._pass_steps(size):
+            padded = tf.concat([
+                tf.pad(state[..., :2], [[0, 0], [k, k], [k, k], [0, 0]], constant_values=self._FAR),
+                tf.pad(state[..., 2:], [[0, 0], [k, k], [k, k], [0, 0]])], -1)
+            for dy in (-k, 0, k):
+                for dx in (-k, 0, k):
+                    if dy == dx == 0:
+                        continue
+                    # Constant bounds (no tensor sizes) keep the channel count static for the
+                    # exporters' shape inference: the decoder's convs need it.
+                    other = padded[:, k + dy:_end(k - dy), k + dx:_end(k - dx)]
+                    other_d2 = dist2(other)
+                    closer = other_d2 < best
+                    state = tf.where(closer, other, state)
+                    best = tf.minimum(best, other_d2)
+        found = best < (self._FAR / 2) ** 2
+        uv = tf.where(found, state[..., 2:], 0.0)
+        dist = tf.where(found, tf.sqrt(best), float(self.max_size))
+        return tf.cast(tf.concat([uv, dist], -1), self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class PullPushFill(_GuidanceFill):
+    """Smooth fill of `sparse` on a grid of `stride` x `stride` cells, by pull-push (Gortler
+    et al., 1996; beyond the paper): [B, H, W, 3] -> [B, H/stride, W/stride, 2] (u, v).
+
+    Pull: a pyramid of 2x2 means of (vector x mask, mask). Push, coarse to fine: a cell holding
+    guides takes their mean vector, any other cell the bilinear upsampling of the coarser level.
+    Far from the guides the fill is therefore interpolated between them at the scale of their
+    spacing, where the nearest fill is piecewise constant. Pools, resizes and selects only: it
+    exports like DensePrior. No guidance gives zero flow.
+
+    The box pull snaps each guide to the centre of its coarse cell, up to half the spacing of
+    the guides away; `pull="tent"` weighs the 3x3 children 1-2-1 instead, and `relax` 3x3
+    mean passes per level with the guided cells held fix the push's blockiness. On the unseen
+    clip both bring the fill closer to linear interpolation (docs/ablation.md, "Gain profile, smoother fill, fixed weight").
+
+    Args:
+        stride, max_size: as DensePrior.
+        pull: "box" (2x2 means) or "tent" (3x3 1-2-1 weights, stride 2).
+        relax: 3x3 mean passes over the unguided cells after each push level.
+    """
+
+    channels = 2
+    PULLS = ("box", "tent")
+    # The tent pull's depthwise kernel over (u x mask, v x mask, mask): 1-2-1 x 1-2-1 / 16.
+    _TENT = np.tile((np.outer([1, 2, 1], [1, 2, 1]) / 16).astype(np.float32)[:, :, None, None],
+                    (1, 1, 3, 1))
+
+    def __init__(self, stride, max_size=2048, pull="box", relax=0, **kwargs):
+        super().__init__(stride, max_size, **kwargs)
+        if pull not in self.PULLS:
+            raise ValueError(f"pull must be one of {self.PULLS}; got {pull!r}.")
+        if isinstance(relax, bool) or not isinstance(relax, (int, np.integer)) or relax < 0:
+            raise ValueError(f"relax must be an integer >= 0; got {relax!r}.")
+        self.pull, self.relax = pull, int(relax)
+
+    def _coarser(self, cells):
+        if self.pull == "box":
+            return tf.nn.avg_pool2d(cells, 2, 2, "SAME")
+        # Zero padding is harmless: weights and weighted vectors are padded alike.
+        return tf.nn.depthwise_conv2d(cells, self._TENT, [1, 2, 2, 1], "SAME")
+
+    def call(self, sparse):
+        s = self.stride
+        sparse = tf.cast(sparse, tf.float32)
+        mask = sparse[..., 2:3]
+        level = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask], -1), s, s, "VALID")
+        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
+        pyramid = [level]
+        for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
+            pyramid.append(self._coarser(pyramid[-1]))
+
+        def mean(cells):
+            return cells[..., :2] / tf.maximum(cells[..., 2:], 1e-12)
+
+        fill = mean(pyramid[-1])
+        for cells in reversed(pyramid[:-1]):
+            up = tf.raw_ops.ResizeBilinear(images=fill, size=tf.shape(cells)[1:3],
+                                           half_pixel_centers=True)
+            guided, held = cells[..., 2:] > 0, mean(cells)
+            fill = tf.where(guided, held, up)
+            for _ in range(self.relax):  # SAME average pools leave the padding out of the mean
+                fill = tf.where(guided, held, tf.nn.avg_pool2d(fill, 3, 1, "SAME"))
+        return tf.cast(fill, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "pull": self.pull, "relax": self.relax}
+
+
+# Layers computing a fill of the guidance from `sparse` alone: full-integer exports cut them out
+# and the runtime computes them in float32 (their squared distances and divisions do not
+# quantize).
+FILL_LAYERS = (DensePrior, PullPushFill)
+
+
+def fill_spec(layer):
+    """A fill layer as JSON (stored in exported files' metadata)."""
+    spec = {"layer": type(layer).__name__, "stride": layer.stride, "max_size": layer.max_size}
+    if isinstance(layer, PullPushFill):
+        spec.update(pull=layer.pull, relax=layer.relax)
+    return spec
+
+
+def fill_from_spec(spec, name=None):
+    """The fill layer of `fill_spec`; specs without "layer" (older exports) are DensePriors."""
+    spec = dict(spec)
+    kinds = {cls.__name__: cls for cls in FILL_LAYERS}
+    kind = spec.pop("layer", "DensePrior")
+    if kind not in kinds:
+        raise ValueError(f"Unknown guidance fill layer {kind!r}; known: {sorted(kinds)}.")
+    return kinds[kind](**spec, name=name)

@@ -1,0 +1,321 @@
+"""Propagation heads: how the decoder's output becomes flow, and what of the guidance it sees.
+
+A head is a model part like the encoders and decoders, registered by name and chosen by a
+recipe (`config.model.head`, options in `config.model.options.<name>`). It decides three
+things the wiring (`cmp.assemble`) only plumbs through:
+- which maps of `sparse` the decoder reads beside the image and sparse features
+  (`prior_channels` of them, at the image features' stride);
+- how many channels the decoder outputs (`decoder_channels`);
+- how those channels become what the loss reads and the flow at the decoder's stride.
+Each head checks the options and the loss it needs, so no other module holds rules about it.
+
+Heads:
+- `bins`: the paper's: 2 x nbins logits read out as the softmax expectation over bin centres;
+  `nearest_prior` feeds the nearest-guidance fill to the decoder and starts the logits at that
+  fill's bins (a Gaussian of `prior_sigma` px), so training learns a correction to it.
+- `regression`: 2 channels of flow (L1 / L2 loss), optionally a correction to the nearest fill.
+- `fill_correction`: a correction to a per-pixel blend of the nearest and a smooth pull-push
+  fill, scaled by a Gaussian gain of the distance to the guides (`BlendFills`): the shipped
+  model's head.
+"""
+import abc
+
+import keras
+import tensorflow as tf
+
+from cmp_tf import flow as flow_lib
+from cmp_tf import registry
+from cmp_tf.models import fills
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class FlowReadout(keras.layers.Layer):
+    """Bin logits -> flow by the softmax expectation over bin centres (the reference's Fuser)."""
+
+    def __init__(self, nbins, fmax, **kwargs):
+        super().__init__(**kwargs)
+        flow_lib.check_bins(nbins, fmax)
+        self.nbins, self.fmax = int(nbins), float(fmax)
+
+    def call(self, logits):
+        return tf.cast(flow_lib.expected_flow(logits, self.nbins, self.fmax), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2)
+
+    def get_config(self):
+        return {**super().get_config(), "nbins": self.nbins, "fmax": self.fmax}
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class PriorLogits(keras.layers.Layer):
+    """Bin logits of a Gaussian around a prior flow: added to the decoder's logits, the network
+    starts from the prior's readout and learns a correction to it.
+
+    Input [..., >=2] prior (u, v) in pixels; output [..., 2 * nbins], -(centre - prior)^2 / 2s^2.
+    """
+
+    def __init__(self, nbins, fmax, sigma, **kwargs):
+        super().__init__(**kwargs)
+        flow_lib.check_bins(nbins, fmax)
+        if not sigma > 0:
+            raise ValueError(f"config.model.options.bins.prior_sigma must be positive pixels; "
+                             f"got {sigma!r}.")
+        self.nbins, self.fmax, self.sigma = int(nbins), float(fmax), float(sigma)
+
+    def call(self, prior):
+        centers = tf.constant(flow_lib.bin_centers(self.nbins, self.fmax))
+        prior = tf.cast(prior, tf.float32)
+        scale = -0.5 / self.sigma**2
+        x = scale * tf.square(centers - prior[..., :1])
+        y = scale * tf.square(centers - prior[..., 1:2])
+        return tf.cast(tf.concat([x, y], -1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2 * self.nbins)
+
+    def get_config(self):
+        return {**super().get_config(), "nbins": self.nbins, "fmax": self.fmax,
+                "sigma": self.sigma}
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class BlendFills(keras.layers.Layer):
+    """[decoder output (du, dv, a[, r]), nearest fill, smooth fill] -> flow (beyond the paper):
+    gain x (sigmoid(a) x nearest + (1 - sigmoid(a)) x smooth) + (du, dv).
+
+    The nearest fill is right inside a guided object up to its boundary, the smooth one between
+    guides on one surface: the network learns per pixel which to trust, from the image, plus a
+    correction. An untrained head (a = 0) reads out their mean, which is already closer to the
+    reference flow than linear interpolation at 5 to 25 guides on unseen frames.
+
+    With `gain`, a fourth channel r scales the blend by a Gaussian of d / diagonal, d the
+    distance to the nearest guide (the nearest fill's third channel) and diagonal sqrt(H W) of
+    the image: exp(-(rate x d / diagonal)^2 / 2), rate = GAUSSIAN_SCALE x softplus(r +
+    GAUSSIAN_LOGIT_START), learned per pixel from the image: how far a guide's motion carries.
+    Both fills copy a guide's vector all the way to the image border, though in real video what
+    moves is mostly near where it is guided and the rest is still. The gain is 1 at a guide
+    whatever r and flat near it, so dense guidance keeps its vectors; untrained (r = 0) it is a
+    Gaussian of a quarter diagonal (docs/ablation.md, "Gain profile").
+
+    Args:
+        gain: read the reach r from channel 3.
+        stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
+    """
+
+    GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
+    GAUSSIAN_SCALE = 8.0
+
+    def __init__(self, gain=False, stride=1, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(gain, bool):
+            raise ValueError(f"gain must be True or False; got {gain!r}.")
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
+        self.gain, self.stride = gain, stride
+
+    @property
+    def channels(self):
+        """Decoder channels read: the correction (2), the weight a, the reach r."""
+        return 3 + self.gain
+
+    def call(self, inputs):
+        out, nearest, smooth = (tf.cast(x, tf.float32) for x in inputs)
+        weight = tf.sigmoid(out[..., 2:3])
+        fill = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2]
+        if self.gain:
+            reach = out[..., 3:4]
+            cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
+            distance = nearest[..., 2:3] / (self.stride * tf.sqrt(cells))
+            rate = self.GAUSSIAN_SCALE * tf.nn.softplus(reach + self.GAUSSIAN_LOGIT_START)
+            fill = tf.exp(-0.5 * tf.square(rate * distance)) * fill
+        return tf.cast(fill + out[..., :2], self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[0][:-1], 2)
+
+    def get_config(self):
+        return {**super().get_config(), "gain": self.gain, "stride": self.stride}
+
+    # Fields of files saved by earlier versions, and the value this layer computes.
+    _LEGACY = {"profile": "gaussian", "learn_weight": True}
+
+    @classmethod
+    def from_config(cls, config):
+        """Reads files saved by earlier versions too, which stored the gain's profile and
+        whether the weight was learned; only the Gaussian, learned-weight read-out remains."""
+        config = dict(config)
+        for field, kept in cls._LEGACY.items():
+            value = config.pop(field, kept)
+            if value != kept:
+                raise ValueError(
+                    f"This model's blend of fills has {field}={value!r}, an option later "
+                    f"versions of cmp_tf removed (only {field}={kept!r} remains); load it with "
+                    "cmp_tf at commit 83284d6, or retrain it.")
+        return cls(**config)
+
+
+def _check_bool(head, field, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"config.model.options.{head}.{field} must be True or False; "
+                         f"got {value!r}.")
+
+
+class Head(abc.ABC):
+    """Base of the propagation heads: see the module docstring for the contract."""
+
+    name = None
+    LOSSES = ()  # config.flow.loss values this head's output trains with
+    prior_channels = 0
+
+    def __init__(self, nbins, fmax, loss):
+        if loss not in self.LOSSES:
+            raise ValueError(f"config.model.head={self.name!r} trains with config.flow.loss in "
+                             f"{self.LOSSES}; got {loss!r}.")
+        flow_lib.check_bins(nbins, fmax)
+        self.nbins, self.fmax, self.loss = int(nbins), float(fmax), loss
+
+    @property
+    @abc.abstractmethod
+    def decoder_channels(self):
+        """Channels the decoder outputs for this head."""
+
+    @abc.abstractmethod
+    def attach(self, sparse, feature_stride):
+        """Wires the head on `sparse` [B, H, W, 3] (u, v, mask).
+
+        Returns:
+            (maps of the guidance the decoder reads beside the image and sparse features,
+             [B, H/feature_stride, W/feature_stride, C] with C summing to `prior_channels`;
+             read_out(decoder output, its stride) -> (what the loss reads, flow [B, h, w, 2]
+             in pixels at the decoder's stride)).
+        """
+
+
+class _NearestPrior(Head):
+    """A head that may feed the decoder the nearest-guidance fill and start from it."""
+
+    def __init__(self, nbins, fmax, loss, nearest_prior):
+        super().__init__(nbins, fmax, loss)
+        _check_bool(self.name, "nearest_prior", nearest_prior)
+        self.nearest_prior = nearest_prior
+
+    @property
+    def prior_channels(self):
+        return fills.DensePrior.channels if self.nearest_prior else 0
+
+    def _nearest(self, sparse, feature_stride):
+        """(decoder inputs, nearest fill at a stride -> [B, h, w, 3] (u, v, distance)); the
+        fill at the features' stride is computed once and reused there."""
+        coarse = fills.DensePrior(feature_stride, name="dense_prior")(sparse)
+        scaled = keras.layers.Rescaling(1.0 / self.fmax, name="dense_prior_scale")(coarse)
+
+        def at(stride):
+            if stride == feature_stride:
+                return coarse
+            return fills.DensePrior(stride, name="dense_prior_out")(sparse)
+
+        return [scaled], at
+
+
+@registry.register("head", "bins")
+class Bins(_NearestPrior):
+    """The paper's head: 2 x nbins logits (x bins, then y bins), flow by their expectation.
+
+    Args:
+        nearest_prior: feed the decoder the nearest-guidance fill and add a Gaussian of
+            `prior_sigma` px around it to the logits (beyond the paper; the CPU default).
+        prior_sigma: width of that Gaussian, pixels.
+    """
+
+    name = "bins"
+    LOSSES = ("discrete",)
+
+    def __init__(self, nbins, fmax, loss, nearest_prior=False, prior_sigma=2.0):
+        super().__init__(nbins, fmax, loss, nearest_prior)
+        if isinstance(prior_sigma, bool) or not (isinstance(prior_sigma, (int, float))
+                                                 and prior_sigma > 0):
+            raise ValueError("config.model.options.bins.prior_sigma must be positive pixels; "
+                             f"got {prior_sigma!r}.")
+        self.prior_sigma = float(prior_sigma)
+
+    @property
+    def decoder_channels(self):
+        return 2 * self.nbins
+
+    def attach(self, sparse, feature_stride):
+        inputs, nearest = self._nearest(sparse, feature_stride) if self.nearest_prior else ([], 0)
+
+        def read_out(out, stride):
+            if self.nearest_prior:
+                prior = PriorLogits(self.nbins, self.fmax, self.prior_sigma,
+                                    name="prior_logits")(nearest(stride))
+                out = keras.layers.Add(name="add_prior")([out, prior])
+            return out, FlowReadout(self.nbins, self.fmax, name="readout")(out)
+
+        return inputs, read_out
+
+
+@registry.register("head", "regression")
+class Regression(_NearestPrior):
+    """Two channels of flow in pixels, trained by L1 or L2 regression.
+
+    Args:
+        nearest_prior: feed the decoder the nearest-guidance fill and add it to the output.
+    """
+
+    name = "regression"
+    LOSSES = ("l1", "l2")
+    decoder_channels = 2
+
+    def __init__(self, nbins, fmax, loss, nearest_prior=False):
+        super().__init__(nbins, fmax, loss, nearest_prior)
+
+    def attach(self, sparse, feature_stride):
+        inputs, nearest = self._nearest(sparse, feature_stride) if self.nearest_prior else ([], 0)
+
+        def read_out(out, stride):
+            if self.nearest_prior:
+                out = keras.layers.Add(name="add_prior")([out, nearest(stride)[..., :2]])
+            return out, out
+
+        return inputs, read_out
+
+
+@registry.register("head", "fill_correction")
+class FillCorrection(_NearestPrior):
+    """A correction to a learned blend of the nearest and the smooth fill, scaled by a learned
+    Gaussian gain of the distance to the guides (`BlendFills`): the shipped model's head.
+
+    Args:
+        gain: scale the blend by the gain (a fourth decoder channel, the reach).
+        pull, relax: the smooth fill's pull and relaxation passes (fills.PullPushFill).
+    """
+
+    name = "fill_correction"
+    LOSSES = ("l1", "l2")
+
+    def __init__(self, nbins, fmax, loss, gain=True, pull="tent", relax=4):
+        super().__init__(nbins, fmax, loss, nearest_prior=True)
+        _check_bool(self.name, "gain", gain)
+        try:
+            fills.PullPushFill(1, pull=pull, relax=relax)
+        except ValueError as e:
+            raise ValueError(f"config.model.options.fill_correction: {e}") from e
+        self.gain, self.pull, self.relax = gain, pull, relax
+
+    @property
+    def decoder_channels(self):
+        return BlendFills(self.gain).channels
+
+    def attach(self, sparse, feature_stride):
+        inputs, nearest = self._nearest(sparse, feature_stride)
+
+        def read_out(out, stride):
+            prior = nearest(stride)
+            smooth = fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
+                                        name="pull_push_out")(sparse)
+            out = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
+            return out, out
+
+        return inputs, read_out

@@ -1,0 +1,187 @@
+"""Run directories: what `train.py` writes, and how every command finds a model and its recipe.
+
+A run directory (`--workdir`, default `runs/<recipe name>`) holds `config.json` (the recipe),
+`log.txt`, `checkpoints/`, `tb/` (TensorBoard), `model.keras` (the whole model),
+`encoder.keras` (the image encoder alone), `eval/` and `export/`. The model that ships with the
+package is a run directory too (`PRETRAINED`). Every command that takes `--checkpoint` accepts
+a run directory or a model file and resolves it here; results about the shipped model go under
+`runs/pretrained/`, never into the installed package. No TensorFlow is imported here.
+"""
+import glob
+import json
+import os
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+ENCODER_FILE = "encoder.keras"
+SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
+DEFAULT_ROOT = "runs"  # where train.py puts runs and commands look for the newest one
+MODEL_SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+# The CPU-trained propagation model that ships with the package; `Propagator()` with no path
+# loads it. pretrained/README.md says how it was made.
+PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default")
+PRETRAINED_RESULTS = os.path.join(DEFAULT_ROOT, "pretrained")  # its eval/ and export/
+
+
+def newest_run(root=DEFAULT_ROOT):
+    """The most recently finished run directory under `root`."""
+    runs = sorted(glob.glob(os.path.join(root, "*", MODEL_FILE)), key=os.path.getmtime)
+    if not runs:
+        raise ValueError(f"No run under {root}/ has a {MODEL_FILE} yet: run "
+                         "`python train.py` or pass --checkpoint.")
+    return os.path.dirname(runs[-1])
+
+
+def is_pretrained(path):
+    """Whether `path` is the shipped model's folder or a file in it."""
+    path = os.path.realpath(path)
+    home = os.path.realpath(PRETRAINED)
+    return path == home or os.path.dirname(path) == home
+
+
+def default_checkpoint(root=DEFAULT_ROOT):
+    """The newest run under `root`, else the shipped model: what a command's --checkpoint
+    means when none is given."""
+    try:
+        return newest_run(root)
+    except ValueError:
+        if os.path.isfile(os.path.join(PRETRAINED, MODEL_FILE)):
+            return PRETRAINED
+        raise
+
+
+def resolve_model_path(path):
+    """A run directory, .keras, .tflite or .onnx file or SavedModel folder -> what to load
+    (None: the shipped model); ValueError naming `path` otherwise."""
+    if path is None:
+        if not os.path.isfile(os.path.join(PRETRAINED, MODEL_FILE)):
+            raise ValueError(f"path=None asks for the pretrained model that ships with cmp_tf, "
+                             f"but {PRETRAINED} has no {MODEL_FILE} (a partial install?): pass "
+                             "a run directory, a .keras, .tflite or .onnx file, or a SavedModel.")
+        path = PRETRAINED
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        candidate = os.path.join(path, MODEL_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+        if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+            return path
+        raise ValueError(f"{path} is a directory without {MODEL_FILE} or {SAVED_MODEL_FILE}: "
+                         "neither a finished run directory (train.py writes model.keras at the "
+                         "end) nor a SavedModel (python -m export writes one).")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: expected a run directory, a .keras, .tflite "
+                         "or .onnx file, or a SavedModel folder.")
+    if os.path.splitext(path)[1] not in MODEL_SUFFIXES:
+        raise ValueError(f"{path}: expected a .keras, .tflite or .onnx file, a SavedModel "
+                         "folder or a run directory.")
+    return path
+
+
+def model_format(path):
+    """'keras', 'savedmodel', 'tflite' or 'onnx' for a path from resolve_model_path."""
+    return "savedmodel" if os.path.isdir(path) else MODEL_SUFFIXES[os.path.splitext(path)[1]]
+
+
+def encoder_file(checkpoint):
+    """A run directory (its encoder.keras, else model.keras) or a .keras file -> file path:
+    what transfer learning loads."""
+    path = os.fspath(checkpoint) if checkpoint is not None else ""
+    if not path:
+        raise ValueError("checkpoint is empty: name a run directory, a model.keras or an "
+                         "encoder.keras.")
+    if os.path.isdir(path):
+        for name in (ENCODER_FILE, MODEL_FILE):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise ValueError(f"Checkpoint {path} is a directory without {ENCODER_FILE} or "
+                         f"{MODEL_FILE} (a finished training run writes both).")
+    if not os.path.exists(path):
+        raise ValueError(f"Checkpoint {path} does not exist.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Checkpoint {path} is neither a run directory nor a .keras file.")
+    return path
+
+
+def results_dir(checkpoint, kind):
+    """Where results of `kind` ("eval", "export") about `checkpoint` go: <run>/<kind> for a run
+    directory or a file in one, runs/pretrained/<kind> for the shipped model, and
+    runs/<kind>/<file stem> for a model file outside any run."""
+    path = os.path.abspath(os.fspath(checkpoint))
+    if is_pretrained(path):
+        return os.path.join(PRETRAINED_RESULTS, kind)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.isfile(os.path.join(folder, CONFIG_FILE)) or os.path.isdir(path):
+        return os.path.join(folder, kind)
+    return os.path.join(DEFAULT_ROOT, kind, os.path.splitext(os.path.basename(path))[0])
+
+
+def read_config(path):
+    """(recipe, True) that the run holding `path` (a run directory or a file in one) was
+    trained with, else (the shipped model's recipe, False): its data settings are what
+    evaluation and export calibration fall back to. Recipes in the layout of earlier versions
+    are upgraded (`upgrade_config`)."""
+    import ml_collections
+
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    saved = os.path.join(folder, CONFIG_FILE)
+    found = os.path.isfile(saved)
+    if not found:
+        saved = os.path.join(PRETRAINED, CONFIG_FILE)
+    try:
+        with open(saved) as f:
+            fields = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{saved} could not be read as a recipe: {error}") from error
+    return ml_collections.ConfigDict(upgrade_config(fields, saved)), found
+
+
+# Model fields of earlier versions whose only remaining value is this one.
+_REMOVED_MODEL_FIELDS = {"prior_skips": False, "honour_guidance": False,
+                         "learn_blend_weight": True}
+_REMOVED_FLOW_FIELDS = {"targets": "one_hot", "readout_weight": 0.0}
+_RECOVER = "use cmp_tf at commit 83284d6 for this run, or retrain it"
+
+
+def upgrade_config(fields, source="config.json"):
+    """A recipe (plain dict) in the current layout. Earlier versions configured the guidance
+    prior with flags on `model` (dense_prior, prior_fill, fill_gain, gain_profile, pull_push,
+    ...); they map onto a propagation head (`model.head` and its options). Options that were
+    removed raise a ValueError naming the field and `source`."""
+    fields = json.loads(json.dumps(fields))  # a deep copy
+    model, flow = fields.get("model", {}), fields.get("flow", {})
+    if "dense_prior" not in model or "head" in model:
+        return fields
+    for section, removed in (("model", _REMOVED_MODEL_FIELDS), ("flow", _REMOVED_FLOW_FIELDS)):
+        part = fields.get(section, {})
+        for field, kept in removed.items():
+            if part.pop(field, kept) != kept:
+                raise ValueError(f"{source}: {section}.{field} is an option cmp_tf removed; "
+                                 f"{_RECOVER}.")
+    if fields.get("data", {}).get("layered", {}).pop("still_background", 0.0):
+        raise ValueError(f"{source}: data.layered.still_background is an option cmp_tf "
+                         f"removed; {_RECOVER}.")
+    dense_prior = model.pop("dense_prior")
+    sigma = model.pop("prior_sigma", 2.0)
+    prior_fill = model.pop("prior_fill", "nearest")
+    gain = model.pop("fill_gain", False)
+    profile = model.pop("gain_profile", "exponential")
+    pull_push = model.pop("pull_push", None) or {}
+    options = model.setdefault("options", {})
+    if prior_fill == "blend":
+        if gain and profile != "gaussian":
+            raise ValueError(f"{source}: model.gain_profile={profile!r} is an option cmp_tf "
+                             f"removed; {_RECOVER}.")
+        model["head"] = "fill_correction"
+        options["fill_correction"] = dict(gain=gain, pull=pull_push.get("pull", "box"),
+                                          relax=pull_push.get("relax", 0))
+    elif prior_fill != "nearest":
+        raise ValueError(f"{source}: model.prior_fill={prior_fill!r} is an option cmp_tf "
+                         f"removed; {_RECOVER}.")
+    elif flow.get("loss", "discrete") == "discrete":
+        model["head"] = "bins"
+        options["bins"] = dict(nearest_prior=dense_prior, prior_sigma=sigma)
+    else:
+        model["head"] = "regression"
+        options["regression"] = dict(nearest_prior=dense_prior)
+    return fields

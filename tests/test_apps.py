@@ -354,6 +354,7 @@ def _request(httpd, method, path, body=None, headers=None):
     connection = http.client.HTTPConnection(*httpd.server_address[:2], timeout=120)
     data = None if body is None else (body if isinstance(body, bytes) else
                                       json.dumps(body).encode())
+    headers = {"Content-Type": "application/json", **(headers or {})} if data else headers
     connection.request(method, path, body=data, headers=headers or {})
     response = connection.getresponse()
     raw = response.read()

@@ -7,6 +7,11 @@ An arrow "x,y,u,v" says the pixel (x, y) moves by (u, v) pixels over the animati
 pins a point. The paper's video generation was never released; its author suggested CMP's flow
 plus a warp (docs/reference.md §6): that is what this does, on the CPU, with Keras ops. Writes the
 animation (.gif or .mp4) and `<out stem>_flow.png`, the flow's colour coding.
+
+The frames are rendered at the image's own size, so the size is bounded: an image over
+--max_pixels (read from its header, before it is decoded) is refused, and so is an animation of
+more than MAX_RENDER_PIXELS frame pixels in all (--frames x width x height). Each frame is
+warped on its own, so the work in flight is one frame's, and the frames kept are uint8.
 """
 import os
 
@@ -18,6 +23,19 @@ from cmp_tf import flow as flow_lib
 from cmp_tf.apps import inputs
 
 FORMATS = (".gif", ".mp4")
+MAX_PIXELS = 2048 * 2048  # largest image the command animates (--max_pixels), width x height
+MAX_RENDER_PIXELS = 2**27  # frames x width x height of one animation: 384 MiB of uint8 frames
+#   (32 frames of 2048x2048, 128 of 1024x1024); one frame's warp needs ~250 bytes a pixel more
+
+
+def check_render(width, height, frames, max_render_pixels=MAX_RENDER_PIXELS, name="frames"):
+    """Refuses an animation of more than `max_render_pixels` frame pixels in all, naming the
+    request and the limit: memory grows with frames x width x height."""
+    total = int(frames) * int(width) * int(height)
+    if total > max_render_pixels:
+        raise ValueError(f"{name}={frames} frames of {width}x{height} px are {total} pixels to "
+                         f"render; at most MAX_RENDER_PIXELS={max_render_pixels} are: ask for "
+                         "fewer frames or a smaller image.")
 
 
 def guidance_from_arrows(arrows):
@@ -66,16 +84,17 @@ def inverse_flow(flow, t):
     return backward.astype(np.float32)
 
 
-def animate_frames(image, flow, frames=16):
+def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS):
     """Frames of `image` moved along `flow` scaled from 0 (the image) to 1 (the full motion).
 
     Args:
         image: uint8 H x W x 3 RGB.
         flow: float32 H x W x 2 (u, v) px.
         frames: how many, at least 2.
+        max_render_pixels: bound on frames x H x W (`check_render`).
     Returns:
         A list of `frames` uint8 H x W x 3 frames, each the image warped backward (bilinear,
-        Keras ops: any backend, no CUDA kernel) by `inverse_flow`.
+        Keras ops: any backend, no CUDA kernel) by `inverse_flow`, one frame at a time.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
@@ -86,18 +105,20 @@ def animate_frames(image, flow, frames=16):
                          f"{flow.shape}.")
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2; got {frames!r}.")
-    steps = np.linspace(0.0, 1.0, frames)
-    backward = np.stack([inverse_flow(flow, t) for t in steps])
-    warped, _ = flow_lib.warp_backward(np.repeat(image[None], frames, axis=0), backward)
-    return list(np.clip(np.rint(warped), 0, 255).astype(np.uint8))
+    check_render(image.shape[1], image.shape[0], frames, max_render_pixels)
+    rendered = []
+    for t in np.linspace(0.0, 1.0, frames):
+        warped, _ = flow_lib.warp_backward(image, inverse_flow(flow, t))
+        rendered.append(np.clip(np.rint(warped), 0, 255).astype(np.uint8))
+    return rendered
 
 
 def encode_gif(frames, fps):
     """Frames -> the bytes of a looping GIF (imageio, Pillow's writer)."""
     import imageio.v3 as iio
 
-    return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000.0 / fps,
-                       loop=0)
+    return iio.imwrite("<bytes>", list(frames), extension=".gif", is_batch=True,
+                       duration=1000.0 / fps, loop=0)  # a list: the frames are not copied
 
 
 def check_out(path):
@@ -158,22 +179,33 @@ def define_flags():
                         "image goes beside it as <stem>_flow.png.")
     flags.DEFINE_integer("max_side", MAX_SIDE, "The network sees the image shrunk to this longer "
                          "side at most (the flow is scaled back); -1: full size.")
+    flags.DEFINE_integer("max_pixels", MAX_PIXELS, "Largest image animated, width x height: the "
+                         "frames are rendered at the image's size, so a larger one is refused "
+                         "(its size is read from the file's header, before decoding).")
 
 
-def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_side=MAX_SIDE):
-    """The command's work, every input checked before the model loads; returns what it wrote.
+def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_side=MAX_SIDE,
+        max_pixels=MAX_PIXELS):
+    """The command's work, every input checked before the model loads and the image's size
+    before it is decoded; returns what it wrote.
 
     Args:
         model, image, arrows: the flags' strings (a model path or None, an image path,
             'x,y,u,v;...').
+        max_pixels: largest image (width x height) animated.
     """
     arrows = inputs.parse_rows(arrows, inputs.ARROW_FIELDS, "--arrows")
-    image = inputs.read_image(image, "--image")
-    inputs.check_inside(arrows, *image.shape[:2], name="--arrows")
-    if frames < 2:
-        raise ValueError(f"--frames={frames} must be at least 2.")
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
+        raise ValueError(f"--frames={frames} must be an integer, at least 2.")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or \
+            max_pixels < 1:
+        raise ValueError(f"--max_pixels={max_pixels} must be a positive integer.")
     inputs.positive(fps, "--fps")
     check_out(out)
+    # The size is read from the header and checked before decoding; then the whole animation.
+    image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")
+    check_render(image.shape[1], image.shape[0], frames, name="--frames")
+    inputs.check_inside(arrows, *image.shape[:2], name="--arrows")
     propagator = inputs.load_propagator(model, "--model", max_side=max_side)
     flow, animation = animate(propagator, image, arrows, frames)
     write_animation(out, animation, fps)
@@ -186,7 +218,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     f = flags.FLAGS
     try:
-        written = run(f.model, f.image, f.arrows, f.frames, f.fps, f.out, f.max_side)
+        written = run(f.model, f.image, f.arrows, f.frames, f.fps, f.out, f.max_side,
+                      f.max_pixels)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     print("Wrote " + " and ".join(written))

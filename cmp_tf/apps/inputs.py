@@ -3,7 +3,9 @@
 Every error is a ValueError naming the flag (or API field) and the bad item, so the command
 line, the web page and the tests report a mistake the same way.
 """
+import io
 import os
+import struct
 
 import cv2
 import numpy as np
@@ -13,6 +15,10 @@ from cmp_tf.data import formats
 
 ARROW_FIELDS = ("x", "y", "u", "v")  # an arrow: start pixel (x, y) and its motion (u, v) in px
 CLICK_FIELDS = ("x", "y")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not
+#   DHT, JPG, DAC): the segment that holds the frame's height and width
+JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM: markers without a length
 
 
 def parse_rows(value, fields, name, allow_empty=False):
@@ -61,36 +67,147 @@ def check_inside(points, height, width, name):
     return points
 
 
-def _check_side(image, name, max_side):
-    if max_side and max(image.shape[:2]) > max_side:
-        raise ValueError(f"{name} is {image.shape[1]}x{image.shape[0]} px; at most {max_side} "
-                         "px a side is accepted.")
+def _png_size(stream):
+    """(width, height) from a PNG's IHDR, the chunk that must follow the signature."""
+    head = stream.read(16)
+    if len(head) < 16 or head[4:8] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[8:16])
+
+
+def _jpeg_size(stream):
+    """(width, height) from a JPEG's first start-of-frame segment, walking the segments (APPn,
+    EXIF, tables) before it by their lengths; no entropy-coded data is read."""
+    while True:
+        byte = stream.read(1)
+        if byte != b"\xff":
+            return None
+        marker = stream.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = stream.read(1)
+        if not marker:
+            return None
+        marker = marker[0]
+        if marker in JPEG_STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        length = stream.read(2)
+        if len(length) < 2 or struct.unpack(">H", length)[0] < 2:
+            return None
+        length = struct.unpack(">H", length)[0] - 2
+        if marker in JPEG_SOF:
+            frame = stream.read(5)  # precision, height, width
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return width, height
+        stream.seek(length, io.SEEK_CUR)
+
+
+def _pillow_size(stream, name):
+    """Any other format Pillow identifies: its header readers, which decode no pixel data."""
+    from PIL import Image  # imageio's dependency; imported here, only for such formats
+
+    try:
+        with Image.open(stream) as image:
+            return image.size
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{name} declares more than {2 * Image.MAX_IMAGE_PIXELS} pixels in its "
+                         "header; it is not decoded.") from error
+    except (OSError, SyntaxError, ValueError):  # not an image Pillow knows, or a broken header
+        return None
+
+
+def image_size(source, name="image"):
+    """(width, height) an encoded image declares in its header, read without decoding the
+    pixels, so that a small file of a huge image (a flat 20000x20000 PNG is 0.4 MB) is refused
+    before it is unpacked. PNG (IHDR) and JPEG (SOF) are read here, other formats by Pillow's
+    header readers.
+
+    Args:
+        source: the encoded bytes, or the path of an image file.
+        name: the flag or field it came from, for the error.
+    Raises:
+        ValueError naming `name` when no header gives a size.
+    """
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else \
+        open(source, "rb")
+    with stream:
+        start = stream.read(len(PNG_SIGNATURE))
+        size = None
+        if start == PNG_SIGNATURE:
+            size = _png_size(stream)
+        elif start[:2] == b"\xff\xd8":  # start of image
+            stream.seek(2)
+            size = _jpeg_size(stream)
+        else:
+            stream.seek(0)
+            size = _pillow_size(stream, name)
+    if size is None or min(size) < 1:
+        raise ValueError(f"{name} could not be decoded as an image (no image header with a "
+                         "size; PNG or JPEG expected).")
+    return int(size[0]), int(size[1])
+
+
+def check_image_size(size, name, max_side=None, max_pixels=None, limit_name=None):
+    """Refuses a (width, height) over `max_side` px a side or `max_pixels` in all, naming the
+    image, its size and the limit (`limit_name`, e.g. '--max_pixels', when a flag sets it)."""
+    width, height = size
+    if max_side and max(width, height) > max_side:
+        raise ValueError(f"{name} is {width}x{height} px; at most {max_side} px a side is "
+                         "accepted.")
+    if max_pixels and width * height > max_pixels:
+        limit = f"{limit_name}={max_pixels}" if limit_name else str(max_pixels)
+        raise ValueError(f"{name} is {width}x{height} px ({width * height} pixels); at most "
+                         f"{limit} pixels are accepted: shrink the image"
+                         + (f" or raise {limit_name}." if limit_name else "."))
+    return size
+
+
+def _check_decoded(image, size, name):
+    """The decoder must agree with the header that was measured (turned by a quarter when
+    OpenCV applies a JPEG's EXIF orientation)."""
+    if image.shape[1::-1] != tuple(size) and image.shape[:2] != tuple(size):
+        raise ValueError(f"{name} decodes as {image.shape[1]}x{image.shape[0]} px, not the "
+                         f"{size[0]}x{size[1]} px its header declares.")
     return image
 
 
-def read_image(path, name="--image", max_side=None):
+def read_image(path, name="--image", max_side=None, max_pixels=None, limit_name=None):
     """An image file (anything OpenCV reads: grey, alpha and 16-bit made 8-bit RGB) -> uint8
-    H x W x 3 RGB; ValueError naming the flag otherwise."""
+    H x W x 3 RGB; ValueError naming the flag otherwise. With `max_side` or `max_pixels` the
+    size is read from the file's header and checked before any pixel is decoded."""
     if not path:
         raise ValueError(f"{name} is required: the path of an image file.")
     if not os.path.isfile(path):
         raise ValueError(f"{name}={path} does not exist or is not a file.")
+    size = None
+    if max_side or max_pixels:
+        try:
+            size = image_size(path, f"{name}={path}")
+        except ValueError as error:
+            raise ValueError(f"{name}={path} could not be read as an image: no header gives its "
+                             "size (PNG, JPEG, or another format Pillow reads).") from error
+        check_image_size(size, f"{name}={path}", max_side, max_pixels, limit_name)
     try:
         image = formats.read_image(path)
     except ValueError as error:
         raise ValueError(f"{name}={path} could not be read as an image (PNG, JPEG, ... that "
                          "OpenCV decodes).") from error
-    return _check_side(image, f"{name}={path}", max_side)
+    return image if size is None else _check_decoded(image, size, f"{name}={path}")
 
 
-def decode_image(data, name="image", max_side=None):
-    """Encoded image bytes (PNG, JPEG, ...) -> uint8 H x W x 3 RGB; ValueError otherwise."""
-    buffer = np.frombuffer(data, np.uint8) if data else np.zeros(0, np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+def decode_image(data, name="image", max_side=None, max_pixels=None):
+    """Encoded image bytes (PNG, JPEG, ...) -> uint8 H x W x 3 RGB; ValueError otherwise. The
+    size is read from the header and checked against the limits before decoding."""
+    data = bytes(data or b"")
+    size = check_image_size(image_size(data, name), name, max_side, max_pixels)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{name} could not be decoded as an image ({len(data or b'')} bytes; "
+        raise ValueError(f"{name} could not be decoded as an image ({len(data)} bytes; "
                          "PNG or JPEG expected).")
-    return _check_side(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), name, max_side)
+    return _check_decoded(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size, name)
 
 
 def load_propagator(path, name="--model", **kwargs):

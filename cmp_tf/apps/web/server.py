@@ -10,14 +10,27 @@ POST /api/annotate {image, positive: [[x, y], ...], negative?: [...], refine?}
 GET  /api/info     -> the model, the limits and the apps' defaults
 GET  /, /<file>    -> files of static/ only
 
-Results are base64 strings. Bad input is a 4xx with {"error": "..."} naming the field: 400 for
-what the apps refuse, 411 without a Content-Length, 413 over max_bytes or max_side. Static
-paths are resolved and must stay inside static/: nothing else on the disk is served.
+Results are base64 strings. Bad input is a 4xx with {"error": "..."} naming the field or the
+header: 400 for what the apps refuse, 403 for a Host or Origin that is not this server's own (a
+page on another site, or a DNS name rebound to 127.0.0.1, cannot use the API), 408 for a request
+that does not arrive within request_timeout seconds, 411 without a valid Content-Length (it is
+read before any of the body), 413 over max_bytes, max_side (read from the image's header,
+before decoding) or the animation's MAX_RENDER_PIXELS, 415 for a body not sent as
+application/json; 503 when max_connections are open already. Static paths are resolved and
+must stay inside static/: nothing else on the disk is served.
+
+What one server can hold is bounded: max_connections connection threads, each for at most
+request_timeout seconds of reading (an idle or trickling client is cut off) and max_bytes of
+body; WORKERS requests decode and render at once, each within max_side and MAX_RENDER_PIXELS.
 """
 import base64
 import binascii
+import io
 import json
 import os
+import re
+import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -37,6 +50,12 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_BYTES = 8 * 2**20  # largest request body accepted (the base64 image and the guidance)
 MAX_SIDE = 2048  # largest image side accepted, px
 MAX_FRAMES = 64  # bounds the work one animation request can ask for
+REQUEST_TIMEOUT_S = 30.0  # a request's line, headers and body must all arrive within it
+MAX_CONNECTIONS = 32  # open connections (one thread each); more are answered 503 at once
+WORKERS = 2  # requests decoding and rendering at once: the memory they hold is bounded
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # names of this machine always accepted
+_WILDCARDS = ("", "0.0.0.0", "::")
+_LENGTH = re.compile(r"[0-9]{1,18}")  # a Content-Length: digits only (no sign, space or _)
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
           ".ico": "image/x-icon"}
@@ -81,7 +100,8 @@ def _png(image):
 
 
 def decode_request_image(value, max_side):
-    """The request's `image` field (base64, optionally a data: URL) -> uint8 RGB."""
+    """The request's `image` field (base64, optionally a data: URL) -> uint8 RGB; its size is
+    read from the header and refused (413) before anything is decoded."""
     if not isinstance(value, str) or not value:
         raise RequestError(HTTPStatus.BAD_REQUEST, "image must be a base64 PNG or JPEG string.")
     if value.startswith("data:"):
@@ -91,25 +111,29 @@ def decode_request_image(value, max_side):
     except (binascii.Error, ValueError) as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"image is not valid base64 ({error}).") \
             from error
-    image = inputs.decode_image(data, "image")
-    if max(image.shape[:2]) > max_side:
+    width, height = inputs.image_size(data, "image")
+    if max(width, height) > max_side:
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"image is {image.shape[1]}x{image.shape[0]} px; at most {max_side} "
-                           "px a side is accepted.")
-    return image
+                           f"image is {width}x{height} px; at most {max_side} px a side is "
+                           "accepted (the size is read from the image's header; nothing was "
+                           "decoded).")
+    return inputs.decode_image(data, "image", max_side=max_side)
 
 
 class App:
     """What the API does, apart from HTTP: one propagator, used by one request at a time
     (LiteRT interpreters and Keras models are not safe to call from several threads)."""
 
-    def __init__(self, propagator, max_side=MAX_SIDE):
+    def __init__(self, propagator, max_side=MAX_SIDE,
+                 max_render_pixels=animate.MAX_RENDER_PIXELS):
         self.propagator, self.max_side = propagator, max_side
+        self.max_render_pixels = max_render_pixels
         self._lock = threading.Lock()
 
     def info(self):
         return {"model": self.propagator.path, "format": self.propagator.format,
                 "max_bytes": MAX_BYTES, "max_side": self.max_side, "max_frames": MAX_FRAMES,
+                "max_render_pixels": self.max_render_pixels,
                 "frames": animate.FRAMES, "fps": animate.FPS, "velocity": annotate.VELOCITY,
                 "threshold": annotate.THRESHOLD, "zoom_factor": annotate.ZOOM_FACTOR,
                 "refine": annotate.REFINE, "refinements": list(annotate.REFINEMENTS)}
@@ -123,9 +147,13 @@ class App:
                 not 2 <= frames <= MAX_FRAMES:
             raise ValueError(f"frames must be an integer in [2, {MAX_FRAMES}]; got {frames!r}.")
         fps = inputs.positive(request.get("fps", animate.FPS), "fps")
+        try:  # before the model runs: the frames are rendered at the image's size
+            animate.check_render(image.shape[1], image.shape[0], frames, self.max_render_pixels)
+        except ValueError as error:
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error)) from error
         with self._lock:
             flow = animate.predict_flow(self.propagator, image, arrows)
-        frames = animate.animate_frames(image, flow, frames)
+        frames = animate.animate_frames(image, flow, frames, self.max_render_pixels)
         return {"flow_png": _b64(_png(flow_lib.flow_to_color(flow))),
                 "animation_gif": _b64(animate.encode_gif(frames, fps))}
 
@@ -145,11 +173,55 @@ class App:
                 "share": float(mask.mean())}
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, all of them within `seconds` of its start: each recv waits at most
+    the time left, so a client that sends nothing, or a byte now and then, is cut off."""
+
+    def __init__(self, connection, seconds):
+        super().__init__()
+        self.connection, self.deadline = connection, time.monotonic() + seconds
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.connection.settimeout(left)
+        return self.connection.recv_into(buffer)
+
+
+def own_hosts(host, port, extra=()):
+    """The Host header values this server answers to: this machine's local names and the
+    address it is bound to (for a wildcard, the machine's name and addresses), with its port."""
+    names = set(LOCAL_HOSTS) | {name.lower() for name in extra}
+    if host in _WILDCARDS:
+        try:
+            names.add(socket.gethostname().lower())
+            names.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
+        except OSError:  # no resolvable name: local names only
+            pass
+    else:
+        names.add(host.lower())
+    names = {f"[{name}]" if ":" in name and not name.startswith("[") else name
+             for name in names}
+    hosts = {f"{name}:{port}" for name in names}
+    return hosts | (names if port == 80 else set())
+
+
 class Handler(BaseHTTPRequestHandler):
     """HTTP around App; `server.app` is the App."""
 
     server_version = "cmp_tf"
     routes = {"/api/animate": "animate", "/api/annotate": "annotate"}
+
+    def setup(self):
+        self.timeout = self.server.request_timeout  # every write, too
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection,
+                                                       self.server.request_timeout))
 
     def log_message(self, format, *args):  # noqa: A002  (the base class's signature)
         if getattr(self.server, "verbose", False):
@@ -167,7 +239,33 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status, value):
         self._send(status, json.dumps(value).encode(), "application/json")
 
+    def _check_host_and_origin(self):
+        """Refuses (403) a Host that is not this server's own and a foreign Origin: another
+        site's page (CSRF) or a DNS name rebound to this machine never reaches the API."""
+        hosts = self.server.hosts
+        host = self.headers.get("Host")
+        if host is None:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "a Host header is required.")
+        if host.strip().lower() not in hosts:
+            raise RequestError(HTTPStatus.FORBIDDEN,
+                               f"Host {host!r} is not this server's own; accepted: "
+                               f"{', '.join(sorted(hosts))}.")
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in {
+                f"http://{name}" for name in hosts}:
+            raise RequestError(HTTPStatus.FORBIDDEN,
+                               f"Origin {origin!r} is not this server's own page; the API "
+                               "answers its own page only.")
+
+    def _refuse(self, error):
+        self.close_connection = True  # whatever was not read of the body is not read
+        self._json(error.status, {"error": str(error)})
+
     def do_GET(self):  # noqa: N802  (http.server's name)
+        try:
+            self._check_host_and_origin()
+        except RequestError as error:
+            return self._refuse(error)
         if _path_of(self.path) == "/api/info":
             return self._json(HTTPStatus.OK, self.server.app.info())
         path = static_path(self.path)
@@ -184,32 +282,60 @@ class Handler(BaseHTTPRequestHandler):
             if route is None:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"{self.path} is not an API route; "
                                    f"POST to {', '.join(self.routes)}.")
+            self._check_host_and_origin()
             request = self._read_json()
-            start = time.perf_counter()
-            result = getattr(self.server.app, route)(request)
-            result["seconds"] = time.perf_counter() - start
+            with self.server.workers:
+                start = time.perf_counter()
+                result = getattr(self.server.app, route)(request)
+                result["seconds"] = time.perf_counter() - start
             self._json(HTTPStatus.OK, result)
         except RequestError as error:
-            self._json(error.status, {"error": str(error)})
+            self._refuse(error)
         except ValueError as error:  # what the apps refuse, naming the field
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away: nothing to answer
+        except Exception as error:  # noqa: BLE001  (a failure is answered, not a dropped line)
+            self.log_error("%s failed: %r", self.path, error)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                       {"error": f"the server failed: {type(error).__name__}: {error}"})
+
+    def _content_length(self):
+        """The body's length from its one Content-Length, refused before anything is read."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Transfer-Encoding is not accepted; "
+                               "send the body with a Content-Length.")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length is required.")
+        if len(values) > 1 or not _LENGTH.fullmatch(values[0].strip()):
+            shown = values[0] if len(values) == 1 else values
+            raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length must be one "
+                               f"non-negative integer, the body's size in bytes; got {shown!r}.")
+        length = int(values[0])
+        if length > self.server.max_bytes:
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"the request is {length} bytes (Content-Length); at most "
+                               f"{self.server.max_bytes} are accepted.")
+        return length
 
     def _read_json(self):
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length is required.")
+        length = self._content_length()
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be "
+                               f"application/json; got {content_type or 'none'!r}.")
         try:
-            length = int(length)
-        except ValueError as error:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number.") \
-                from error
-        if length > self.server.max_bytes:
-            self.close_connection = True  # the body is not read
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"the request is {length} bytes; at most "
-                               f"{self.server.max_bytes} are accepted.")
+            body = self.rfile.read(length)
+        except TimeoutError as error:
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within "
+                               f"{self.server.request_timeout:g} s.") from error
+        if len(body) != length:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"the body ended after {len(body)} of "
+                               f"the {length} bytes its Content-Length says.")
+        self.connection.settimeout(self.server.request_timeout)  # the answer's writes
         try:
-            request = json.loads(self.rfile.read(length))
+            request = json.loads(body)
         except ValueError as error:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON ({error}).") \
                 from error
@@ -218,11 +344,66 @@ class Handler(BaseHTTPRequestHandler):
         return request
 
 
+class Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a bound on its connection threads (over it: 503 at once, no
+    thread) and quiet about clients that go away."""
+
+    daemon_threads = True
+    _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+             b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s")
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            body = json.dumps({"error": f"the server has {self.max_connections} connections "
+                               "open already; retry shortly."}).encode()
+            try:
+                request.settimeout(1.0)
+                request.sendall(self._BUSY % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 def make_server(propagator, host="127.0.0.1", port=8000, max_bytes=MAX_BYTES,
-                max_side=MAX_SIDE, verbose=False):
-    """A ThreadingHTTPServer (not started) serving the page and the API; port 0: a free one
-    (read it from server.server_address)."""
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    server.app, server.max_bytes, server.verbose = App(propagator, max_side), max_bytes, verbose
+                max_side=MAX_SIDE, verbose=False, request_timeout=REQUEST_TIMEOUT_S,
+                max_connections=MAX_CONNECTIONS, max_render_pixels=animate.MAX_RENDER_PIXELS,
+                hosts=()):
+    """A threading HTTP server (not started) serving the page and the API; port 0: a free one
+    (read it from server.server_address).
+
+    Args:
+        request_timeout: seconds a request may take to arrive, and each write of its answer.
+        max_connections: connections served at once; more are answered 503.
+        max_render_pixels: frames x width x height of one animation.
+        hosts: further names the Host header may give (with the port), beyond this machine's
+            local names and the bound address.
+    """
+    for name, value in (("request_timeout", request_timeout),
+                        ("max_connections", max_connections), ("max_bytes", max_bytes),
+                        ("max_render_pixels", max_render_pixels)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number; got {value!r}.")
+    server = Server((host, port), Handler)
+    server.app, server.max_bytes, server.verbose = App(propagator, max_side, max_render_pixels), \
+        max_bytes, verbose
+    server.request_timeout, server.max_connections = float(request_timeout), max_connections
+    server.slots = threading.BoundedSemaphore(max_connections)
+    server.workers = threading.BoundedSemaphore(WORKERS)
+    server.hosts = own_hosts(host, server.server_address[1], hosts)
     return server

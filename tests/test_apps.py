@@ -20,9 +20,11 @@ SIZE = 128  # the shipped model's smallest side: every test image is this small
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The shipped model exported once to TFLite float32 at 128²."""
+    from cmp_tf import rundir
     from export import export_lib
 
-    model, config, path = export_lib.load_checkpoint(None)
+    # Named, not the default: that is the user's newest run under runs/, when there is one.
+    model, config, path = export_lib.load_checkpoint(rundir.PRETRAINED)
     out = tmp_path_factory.mktemp("tflite")
     export_lib.export(model, config, str(out), formats=("tflite",), size=(SIZE, SIZE),
                       parity_samples=1, repeats=1, encoder=False, source=path,

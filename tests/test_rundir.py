@@ -1,0 +1,188 @@
+"""Run directories, recipes of earlier versions, and the package standing on its own."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from cmp_tf import rundir
+from tests.conftest import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A recipe as earlier versions wrote config.json: the guidance prior as flags on `model`.
+LEGACY_MODEL = dict(image_encoder="mobilenet_v3", sparse_encoder="shallownet32x",
+                    decoder="skip_layer", decoder_combo=[1, 2, 4], dense_prior=True,
+                    prior_sigma=2.0, init_gain=0.02, honour_guidance=False, prior_skips=False,
+                    prior_fill="nearest", fill_gain=False, gain_profile="exponential",
+                    learn_blend_weight=True, pull_push=dict(pull="box", relax=0), sync_bn=True,
+                    options={})
+
+
+def _legacy(**model):
+    return dict(model={**LEGACY_MODEL, **model},
+                flow=dict(nbins=99, fmax=50.0, loss="discrete", targets="one_hot",
+                          readout_weight=0.0),
+                data=dict(layered=dict(ratio=0.5, still_background=0.0)))
+
+
+def test_earlier_recipes_map_onto_a_head():
+    bins = rundir.upgrade_config(_legacy())
+    assert bins["model"]["head"] == "bins"
+    assert bins["model"]["options"]["bins"] == dict(nearest_prior=True, prior_sigma=2.0)
+    assert "targets" not in bins["flow"] and "still_background" not in bins["data"]["layered"]
+    assert not {"dense_prior", "prior_fill", "pull_push", "gain_profile"} & set(bins["model"])
+    regression = _legacy()
+    regression["flow"]["loss"] = "l1"
+    assert rundir.upgrade_config(regression)["model"]["head"] == "regression"
+    shipped = rundir.upgrade_config(_legacy(prior_fill="blend", fill_gain=True,
+                                            gain_profile="gaussian",
+                                            pull_push=dict(pull="tent", relax=4)))
+    assert shipped["model"]["head"] == "fill_correction"
+    assert shipped["model"]["options"]["fill_correction"] == dict(gain=True, pull="tent",
+                                                                   relax=4)
+    current = load_config("propagation").to_dict()
+    assert rundir.upgrade_config(current) == json.loads(json.dumps(current))  # left alone
+
+
+def test_the_shipped_recipe_is_the_earlier_one_upgraded():
+    with open(os.path.join(ROOT, "tests", "data", "legacy_propagation_config.json")) as f:
+        legacy = json.load(f)
+    upgraded = rundir.upgrade_config(legacy)
+    shipped = json.loads(json.dumps(load_config("propagation").to_dict()))
+    for key in ("bins", "regression"):  # options of heads it does not use
+        shipped["model"]["options"].pop(key)
+    assert upgraded == shipped
+
+
+@pytest.mark.parametrize("field,value", [
+    ("prior_skips", True), ("honour_guidance", True), ("learn_blend_weight", False),
+    ("prior_fill", "pull_push")])
+def test_removed_options_are_named_not_dropped(field, value):
+    with pytest.raises(ValueError, match=rf"old.json: model.{field}.* removed; use cmp_tf at "
+                                         r"commit 83284d6"):
+        rundir.upgrade_config(_legacy(**{field: value}), "old.json")
+    with pytest.raises(ValueError, match="model.gain_profile='exponential'"):
+        rundir.upgrade_config(_legacy(prior_fill="blend", fill_gain=True), "old.json")
+    two_hot = _legacy()
+    two_hot["flow"]["targets"] = "two_hot"
+    with pytest.raises(ValueError, match="flow.targets is an option cmp_tf removed"):
+        rundir.upgrade_config(two_hot, "old.json")
+
+
+def test_a_blend_layer_of_an_earlier_version_loads_and_a_removed_profile_is_named():
+    from cmp_tf.models import heads
+
+    base = heads.BlendFills(True, 2).get_config()
+    assert heads.BlendFills.from_config({**base, "profile": "gaussian"}).gain
+    with pytest.raises(ValueError, match="profile='exponential', an option later versions"):
+        heads.BlendFills.from_config({**base, "profile": "exponential"})
+    with pytest.raises(ValueError, match="learn_weight=False"):
+        heads.BlendFills.from_config({**base, "learn_weight": False})
+
+
+def test_results_go_beside_the_run_and_never_into_the_package(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "model.keras").write_bytes(b"")
+    assert rundir.results_dir(str(run), "eval") == str(run / "eval")
+    assert rundir.results_dir(str(run / "model.keras"), "export") == str(run / "export")
+    loose = tmp_path / "mine.keras"
+    loose.write_bytes(b"")
+    assert rundir.results_dir(str(loose), "eval") == os.path.join("runs", "eval", "mine")
+    assert rundir.results_dir(rundir.PRETRAINED, "export") == os.path.join(
+        "runs", "pretrained", "export")
+
+
+def test_a_model_file_outside_a_run_reads_the_shipped_recipe(tmp_path):
+    loose = tmp_path / "mine.keras"
+    loose.write_bytes(b"")
+    config, from_run = rundir.read_config(str(loose))
+    assert not from_run and config.model.head == "fill_correction"
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json could not be read as a recipe"):
+        rundir.read_config(str(loose))
+
+
+def test_checkpoints_of_transfer_learning_are_named(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint is empty"):
+        rundir.encoder_file("")
+    with pytest.raises(ValueError, match="directory without encoder.keras or model.keras"):
+        rundir.encoder_file(str(tmp_path))
+    (tmp_path / "model.keras").write_bytes(b"")
+    assert rundir.encoder_file(str(tmp_path)) == str(tmp_path / "model.keras")
+    (tmp_path / "encoder.keras").write_bytes(b"")
+    assert rundir.encoder_file(str(tmp_path)) == str(tmp_path / "encoder.keras")
+
+
+def _python(code, cwd, **env):
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+
+
+def test_import_cmp_tf_is_enough_to_load_its_keras_files(tmp_path):
+    model = os.path.join(rundir.PRETRAINED, rundir.MODEL_FILE)
+    code = (f"import cmp_tf, keras; m = keras.models.load_model({model!r}); "
+            "print(sorted(m.output))")
+    result = _python(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "['flow', 'logits']" in result.stdout
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_serves_from_any_folder(tmp_path):
+    """The wheel holds the library alone (no configs/): from a folder outside the repository it
+    runs Propagator on a run directory, `python -m export` and the animate command."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source)
+    for name in ("cmp_tf", "export"):
+        shutil.copytree(os.path.join(ROOT, name), source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", str(source), "-w", str(tmp_path)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("cmp_tf-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+        names = archive.namelist()
+    assert not any(n.startswith(("configs/", "tests/", "benchmarks/")) for n in names)
+    assert "cmp_tf/pretrained/default/model.keras" in names
+    work = tmp_path / "work"
+    run = work / "my_run"
+    shutil.copytree(site / "cmp_tf" / "pretrained" / "default", run)
+    env = dict(PYTHONPATH=str(site))  # ahead of the repository's editable install
+    image = np.full((128, 160, 3), 90, np.uint8)
+    cv2.rectangle(image, (40, 30), (90, 80), (200, 60, 60), -1)
+    cv2.imwrite(str(work / "photo.png"), image)
+    code = ("import cmp_tf, numpy as np, importlib.util; "
+            "from cmp_tf.runtime import Propagator; "
+            "assert importlib.util.find_spec('configs') is None; "
+            "f = Propagator('my_run').propagate(np.zeros((128, 160, 3), np.uint8), "
+            "np.array([[64., 64.]], np.float32), np.array([[3., -2.]], np.float32)); "
+            "print(cmp_tf.__file__, f.shape, f[64, 64].round(1).tolist())")
+    served = _python(code, work, **env)
+    assert served.returncode == 0, served.stderr[-2000:]
+    assert str(site) in served.stdout and "(128, 160, 2)" in served.stdout
+    exported = subprocess.run(
+        [sys.executable, "-m", "export", "--checkpoint=my_run", "--formats=tflite", "--size=128",
+         "--calibration=1", "--parity_samples=1", "--noencoder", "--out=exported"],
+        cwd=work, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (work / "exported" / "model.tflite").is_file()
+    animated = subprocess.run(
+        [sys.executable, "-m", "cmp_tf.apps.animate", "--model=exported/model.tflite",
+         "--image=photo.png", "--arrows=64,55,6,0", "--frames=3", "--out=moved.gif"],
+        cwd=work, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+    assert animated.returncode == 0, animated.stderr[-3000:]
+    assert (work / "moved.gif").stat().st_size > 0

@@ -42,6 +42,8 @@ def main(argv):
                              _OVERWRITE.value)
     if not summary:
         return  # a non-chief worker
+    if summary.get("ingestion"):
+        print(f"\n{summary['ingestion']}")
     print(f"\nRun directory {workdir}: checkpoints/, tb/ (tensorboard --logdir {workdir}/tb), "
           f"log.txt, model.keras, encoder.keras, eval/validation.json")
     report = summary["validation"]

@@ -207,6 +207,55 @@ def _preemption_handler(strategy, manager, step, log):
         termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn))
 
 
+# After SIGTERM or Ctrl-C, a loop that has not come back to save within this many seconds (a
+# step stuck inside the input pipeline) is ended without saving.
+SIGNAL_GRACE_S = 60.0
+
+
+def _end_if_stuck_after_signal(log, checkpoint_path):
+    """Makes SIGTERM and Ctrl-C end the run even while a step blocks inside TensorFlow.
+
+    Python runs its signal handlers (the preemption save, KeyboardInterrupt) only between
+    bytecodes, so a step blocked in tf.data would ignore both forever. The C handler still
+    writes the signal number to the wakeup fd: a thread reads it and, if the loop has not ended
+    SIGNAL_GRACE_S later, logs why and exits with 128 + the signal number.
+
+    Returns:
+        A function that disarms the watch (call it when the loop ends); None off the main thread.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    disarmed = threading.Event()
+
+    def watch():
+        while True:
+            data = os.read(read, 1)
+            if not data or disarmed.is_set():
+                os.close(read)
+                return
+            if data[0] in (signal.SIGTERM, signal.SIGINT) and not disarmed.wait(SIGNAL_GRACE_S):
+                log.error(f"{signal.Signals(data[0]).name} received, and the training step did "
+                          f"not return within {SIGNAL_GRACE_S:.0f} s (stuck reading data?): "
+                          f"exiting without saving. The last checkpoint is "
+                          f"{checkpoint_path() or 'none (none saved yet)'}.")
+                logging.shutdown()
+                os._exit(128 + data[0])
+
+    threading.Thread(target=watch, name="signal-watch", daemon=True).start()
+
+    def disarm():
+        disarmed.set()
+        signal.set_wakeup_fd(previous)
+        os.close(write)  # the watcher's read returns b"": it ends
+
+    return disarm
+
+
 def _preview_panels(model, batch, count=2):
     """[N, H, 3W, 3] uint8: image with guidance marks | predicted flow | target flow; None if
     the predictions are not finite (the weights have diverged)."""
@@ -295,6 +344,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         progress and chief), dynamic_ncols=True)
     last_time, last_step, loss = time.perf_counter(), start, float("nan")
     preemption = _preemption_handler(strategy, manager, step, log)
+    disarm = _end_if_stuck_after_signal(log, lambda: manager.latest_checkpoint)
     try:
         while int(step) < t.steps:
             loss_t, points_t = train_step(iterator)
@@ -342,6 +392,8 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a finished loop stops on SIGTERM again
+        if disarm:
+            disarm()
     bar.close()
     writer.flush()
 
@@ -358,7 +410,8 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
                 tf.summary.scalar(f"val/epe_{method}", value)
         with open(os.path.join(workdir, "eval", "validation.json"), "w") as f:
             json.dump(report, f, indent=1)
-    summary = dict(steps=int(step), final_loss=loss, validation=report, workdir=workdir)
+    summary = dict(steps=int(step), final_loss=loss, validation=report, workdir=workdir,
+                   ingestion=pipeline.ingestion_summary(config))  # failed and dropped videos
     with open(os.path.join(workdir, SUMMARY), "w") as f:
         json.dump(summary, f, indent=1)
     log.info(f"finished: {json.dumps(summary)}")

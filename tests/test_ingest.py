@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
+from cmp_tf.data import records
+from cmp_tf.data import shards
 from tests.conftest import panning_frames, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +23,7 @@ CFG = dict(gaps=(1,), max_side=-1, dis_preset="fast")
 def _records(folder):
     out = []
     for shard in sorted(f for f in os.listdir(folder) if f.endswith(".tfrecord")):
-        out += [pipeline._parse_record(r) for r in tf.data.TFRecordDataset(str(folder / shard))]
+        out += [records.decode_example(r) for r in tf.data.TFRecordDataset(str(folder / shard))]
     return out
 
 
@@ -139,7 +141,7 @@ def test_the_command_line_ingests_and_reports(tmp_path):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr
     assert "3 pairs from 2 files" in result.stdout and "1 files failed" in result.stdout
-    assert (tmp_path / "out" / ingest.MANIFEST).exists()
+    assert (tmp_path / "out" / shards.MANIFEST).exists()
 
 
 def test_a_truncated_video_keeps_what_decodes_and_says_so(tmp_path):

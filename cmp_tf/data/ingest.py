@@ -5,12 +5,10 @@ r"""Videos -> teacher flow -> sharded TFRecords of (frame t, frame t+gap, flow, 
   python -m cmp_tf.data.ingest --videos=clips/ --out=gs://... --runner=DataflowRunner \
       --beam_options="--project=... --region=..."
 
-One function, `ingest_video`, does all the work for one video; a local process pool or an
-Apache Beam pipeline (any runner) maps it over the files, as TensorFlow Datasets builds large
-datasets. Each video's shards are written under temporary names and renamed when the video is
-done, then a `<key>.json` sidecar records the result: a second run skips finished videos, a
-killed run redoes only unfinished ones (their leftovers are deleted first), so shards are never
-duplicated. `manifest.json` gathers the sidecars: counts, dropped pairs and why, errors.
+One function, `ingest_video`, does all the work for one video (teacher flow and its checks:
+`teacher`; the example schema: `records`); a local process pool or an Apache Beam pipeline (any
+runner) maps it over the files, as TensorFlow Datasets builds large datasets. `shards` keeps the
+folder safe to resume and to share: atomic shards, a sidecar per source, locks, the manifest.
 
 Storage: frames as JPEG (quality from the config; ~10x smaller than raw pixels, and its noise is
 far below the teacher's flow error). Flow and its forward-backward validity mask as one 16-bit
@@ -19,19 +17,14 @@ images have a 0.39 px quantum) over +-512 px. Measured on a 640x272 DIS flow of 
 `bikes`: 209 KB, against 696 KB for raw float16 at the same max error (652 KB zlib-compressed).
 """
 import concurrent.futures
-import glob
 import hashlib
-import importlib
 import json
 import os
 
-import cv2
-import numpy as np
-
 from cmp_tf.data import formats
-
-MANIFEST = "manifest.json"
-DROP_REASONS = ("static", "scene_cut", "inconsistent", "bad_flow", "bad_file")
+from cmp_tf.data import records
+from cmp_tf.data import shards
+from cmp_tf.data import teacher
 
 
 def default_ingest_config():
@@ -53,68 +46,6 @@ def default_ingest_config():
     )
 
 
-def make_estimator(name, dis_preset="medium"):
-    """Teacher flow estimator: fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px."""
-    if name == "dis":
-        presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-                   "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-        if dis_preset not in presets:
-            raise ValueError(f"config.ingest.dis_preset={dis_preset!r}; known: "
-                             f"{', '.join(presets)}.")
-        dis = cv2.DISOpticalFlow_create(presets[dis_preset])
-
-        def estimate(rgb1, rgb2):
-            gray1 = cv2.cvtColor(rgb1, cv2.COLOR_RGB2GRAY)
-            gray2 = cv2.cvtColor(rgb2, cv2.COLOR_RGB2GRAY)
-            return dis.calc(gray1, gray2, None)
-
-        return estimate
-    module, _, function = name.partition(":")
-    if not function:
-        raise ValueError(f"config.ingest.estimator={name!r}: use 'dis' or 'module:function'.")
-    try:
-        return getattr(importlib.import_module(module), function)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"config.ingest.estimator={name!r} could not be loaded: {e}") from e
-
-
-def _sample_at_flow(image, forward):
-    """image sampled at x + forward(x) (OpenCV remap: fast in worker processes, no TF), and
-    the mask of pixels whose source lies inside the frame."""
-    h, w = forward.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    map_x, map_y = grid_x + forward[..., 0], grid_y + forward[..., 1]
-    sampled = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    return sampled, inside
-
-
-def forward_backward_valid(forward, backward, alpha, beta):
-    """1 where the backward flow, sampled at x + forward(x), undoes the forward flow.
-
-    |f + b(x + f)|^2 < alpha (|f|^2 + |b(x + f)|^2) + beta (Sundaram et al., 2010); pixels
-    whose target leaves the frame are invalid.
-    """
-    back, inside = _sample_at_flow(backward, forward)
-    residual = np.sum(np.square(forward + back), -1)
-    bound = alpha * (np.sum(np.square(forward), -1) + np.sum(np.square(back), -1)) + beta
-    return ((residual < bound) & inside).astype(np.uint8)
-
-
-def photometric_error(frame1, frame2, forward, valid):
-    """Mean absolute RGB difference (0..255) between frame t and frame t+gap warped back,
-    over valid pixels: a scene cut leaves it high whatever the flow."""
-    warped, inside = _sample_at_flow(frame2, forward)
-    weight = valid * inside
-    diff = np.abs(warped.astype(np.float32) - frame1.astype(np.float32)).mean(-1)
-    return float((diff * weight).sum() / max(weight.sum(), 1.0))
-
-
-def _sidecar(out_dir, video, cfg):
-    return os.path.join(out_dir, f"{source_key(video, cfg)}.json")
-
-
 def source_key(video, cfg):
     """Shard-name key: the video's stem plus a hash of its path, size, mtime and the ingest
     config (missing fields take their defaults). A cache may hold several keys of one video
@@ -128,113 +59,9 @@ def source_key(video, cfg):
     return f"{stem}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
-def _example(frame1, frame2, flow, valid, source, index, gap, quality):
-    import tensorflow as tf  # here: worker processes of the pool import it on first use
-
-    def jpeg(rgb):
-        ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, quality])
-        assert ok
-        return data.tobytes()
-
-    feature = {
-        "image1": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg(frame1)])),
-        "image2": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg(frame2)])),
-        "flow": tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[formats.encode_kitti_png(flow, valid)])),
-        "height": tf.train.Feature(int64_list=tf.train.Int64List(value=[flow.shape[0]])),
-        "width": tf.train.Feature(int64_list=tf.train.Int64List(value=[flow.shape[1]])),
-        "source": tf.train.Feature(bytes_list=tf.train.BytesList(value=[source.encode()])),
-        "frame": tf.train.Feature(int64_list=tf.train.Int64List(value=[index])),
-        "gap": tf.train.Feature(int64_list=tf.train.Int64List(value=[gap])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def _write_json(path, data):
-    tmp = f"{path}.{os.getpid()}.tmp"  # per process: concurrent writers never share it
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
-
-
-class _ShardWriter:
-    """Writes examples to `<key>-NNNN.tfrecord.tmp`; only `commit` gives them their real names,
-    so a killed run never leaves a shard that looks finished."""
-
-    def __init__(self, out_dir, key, per_shard):
-        self.out_dir, self.key, self.per_shard = out_dir, key, per_shard
-        self.paths, self.count, self._writer = [], 0, None
-        for leftover in glob.glob(os.path.join(out_dir, f"{key}-*.tfrecord*")):
-            os.remove(leftover)  # from a run killed before its sidecar was written
-
-    def write(self, example):
-        import tensorflow as tf  # here: the pool's worker processes import it on first use
-
-        if self._writer is None:
-            self.paths.append(os.path.join(self.out_dir, f"{self.key}-{len(self.paths):04d}"
-                                                         ".tfrecord"))
-            self._writer = tf.io.TFRecordWriter(f"{self.paths[-1]}.tmp")
-        self._writer.write(example)
-        self.count += 1
-        if self.count % self.per_shard == 0:
-            self._close()
-
-    def _close(self):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def commit(self):
-        self._close()
-        for path in self.paths:
-            os.replace(f"{path}.tmp", path)
-        return [os.path.basename(p) for p in self.paths]
-
-    def abort(self):
-        self._close()
-        for path in self.paths:
-            os.remove(f"{path}.tmp")
-
-
 def _ingest_source(source, out_dir, cfg, produce, **fields):
-    """Runs `produce(record, writer, cfg)` for one source file, once: the shared bookkeeping
-    of videos and list files (sidecar, leftovers, errors, atomic shards).
-
-    An exclusive lock per source makes concurrent runs safe (the workers of a multi-worker
-    job ingesting into one cache, two ingest commands): the second waits, then finds the
-    sidecar; without it, one would delete the other's unfinished shards as leftovers.
-    """
-    import fcntl
-
-    os.makedirs(out_dir, exist_ok=True)
-    sidecar = _sidecar(out_dir, source, cfg)
-    with open(f"{sidecar[:-len('.json')]}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        return _ingest_locked(source, out_dir, cfg, produce, sidecar, fields)
-
-
-def _ingest_locked(source, out_dir, cfg, produce, sidecar, fields):
-    if os.path.exists(sidecar):
-        with open(sidecar) as f:
-            return {**json.load(f), "skipped": True}
     cfg = {**default_ingest_config(), **cfg}
-    key = source_key(source, cfg)
-    record = dict(video=os.path.abspath(source), key=key, shards=[], pairs=0,
-                  dropped={r: 0 for r in DROP_REASONS}, error=None, warnings=[], **fields)
-    writer = _ShardWriter(out_dir, key, cfg["pairs_per_shard"])
-    try:
-        produce(record, writer, cfg)
-    except (ValueError, cv2.error) as e:
-        writer.abort()
-        if cfg["on_error"] == "raise":
-            raise
-        record["error"] = str(e)
-    else:
-        record["shards"] = writer.commit()
-        record["pairs"] = writer.count
-    _write_json(sidecar, record)
-    return {**record, "skipped": False}
+    return shards.ingest_once(source, out_dir, source_key(source, cfg), cfg, produce, fields)
 
 
 def ingest_video(video, out_dir, cfg):
@@ -251,29 +78,19 @@ def ingest_video(video, out_dir, cfg):
         if 0 < len(frames) < expected:
             record["warnings"].append(f"decoded {len(frames)} of {expected} frames: the file "
                                       "is truncated or a frame failed to decode")
-        estimate = make_estimator(cfg["estimator"], cfg["dis_preset"])
+        estimate = teacher.make_estimator(cfg["estimator"], cfg["dis_preset"])
         for t in range(0, len(frames), cfg["frame_step"]):
             for gap in cfg["gaps"]:
                 if t + gap >= len(frames):
                     continue
                 f1, f2 = frames[t], frames[t + gap]
                 forward, backward = estimate(f1, f2), estimate(f2, f1)
-                if not (np.isfinite(forward).all() and np.isfinite(backward).all()):
-                    record["dropped"]["bad_flow"] += 1
+                valid, reason = teacher.check_pair(f1, f2, forward, backward, cfg)
+                if reason:
+                    record["dropped"][reason] += 1
                     continue
-                valid = forward_backward_valid(forward, backward, cfg["fb_alpha"],
-                                               cfg["fb_beta"])
-                if np.linalg.norm(forward, axis=-1).mean() < cfg["min_motion"]:
-                    record["dropped"]["static"] += 1
-                    continue
-                if valid.mean() < cfg["min_consistent"]:
-                    record["dropped"]["inconsistent"] += 1
-                    continue
-                if photometric_error(f1, f2, forward, valid) > cfg["max_photometric"]:
-                    record["dropped"]["scene_cut"] += 1
-                    continue
-                writer.write(_example(f1, f2, forward, valid, video, t, gap,
-                                      cfg["jpeg_quality"]))
+                writer.write(records.encode_example(f1, f2, forward, valid, video, t, gap,
+                                                    cfg["jpeg_quality"]))
 
     return _ingest_source(video, out_dir, cfg, produce, frames=0, expected_frames=-1)
 
@@ -297,27 +114,15 @@ def convert_list(list_file, out_dir, cfg):
                 record["dropped"]["bad_file"] += 1
                 record["warnings"].append(str(e))
                 continue
-            writer.write(_example(image1, image2, flow, valid.astype(np.uint8), entry.source,
-                                  index, 0, cfg["jpeg_quality"]))
+            writer.write(records.encode_example(image1, image2, flow, valid, entry.source,
+                                                index, 0, cfg["jpeg_quality"]))
 
     return _ingest_source(list_file, out_dir, cfg, produce)
 
 
 def write_manifest(out_dir, cfg):
-    """Gathers every video sidecar in `out_dir` into manifest.json: totals, drops, errors."""
-    records = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "*.json"))):
-        if os.path.basename(path) != MANIFEST:
-            with open(path) as f:
-                records.append(json.load(f))
-    totals = dict(videos=len(records), pairs=sum(r["pairs"] for r in records),
-                  dropped={k: sum(r["dropped"].get(k, 0) for r in records)  # older sidecars
-                           for k in DROP_REASONS},
-                  errors=sum(bool(r["error"]) for r in records))
-    manifest = dict(config={**default_ingest_config(), **cfg}, totals=totals,
-                    sources=sorted(records, key=lambda r: r["video"]))
-    _write_json(os.path.join(out_dir, MANIFEST), manifest)
-    return manifest
+    """Gathers every sidecar in `out_dir` into manifest.json: totals, drops, errors."""
+    return shards.gather(out_dir, {**default_ingest_config(), **(cfg or {})})
 
 
 def _jobs(paths):
@@ -411,7 +216,9 @@ def main(argv):
                                [f"--runner={flag.runner}", *flag.beam_options.split()])
     totals = manifest["totals"]
     print(f"{totals['pairs']} pairs from {totals['videos']} files in {flag.out}; dropped "
-          f"{totals['dropped']}; {totals['errors']} files failed (see {MANIFEST}).")
+          f"{totals['dropped']}; {totals['errors']} files failed (see {shards.MANIFEST}).")
+    if totals["errors"] or any(totals["dropped"].values()):
+        print(shards.summarize(manifest["sources"]))
     return 1 if totals["errors"] and not totals["pairs"] else 0
 
 

@@ -8,10 +8,17 @@ i), and the shuffled order depends on config.seed only, so `start_step` skips th
 already consumed (before they are decoded) and a resumed run sees the same samples as an
 uninterrupted one. tf.data cannot checkpoint pipelines holding `tf.numpy_function` state;
 this needs no state.
+
+Unreadable data is counted, named and bounded, never looped over: a shard that cannot be read
+to its end (a flipped byte ends a TFRecord file's framing) is logged with its path and the
+number of records lost; a list entry that fails to load is logged with its line; a run of
+`data.max_bad_in_a_row` unreadable samples stops the pipeline with an error naming the last one,
+as does a validation set with no readable sample. With `data.on_error="raise"` the first one
+stops it.
 """
 import glob
-import json
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -19,10 +26,19 @@ import tensorflow as tf
 from cmp_tf.data import formats
 from cmp_tf.data import ingest as ingest_lib
 from cmp_tf.data import layered as layered_lib
+from cmp_tf.data import records as records_lib
 from cmp_tf.data import sampling
+from cmp_tf.data import shards as shards_lib
 
-# A list-file element carries its entry index instead of a serialized record.
-_NO_RECORD = b""
+# What a handle's `entry` holds beside its record: a list entry's index (>= 0), or a kind.
+_RECORD = -1  # a shard record
+_BROKEN_SHARD = -2  # a shard that could not be read to its end; the record says which and why
+_END = -3  # the end of a finite (validation) stream
+# A run of this many unreadable samples in a row means a source is broken, not noisy: stop
+# with its name instead of drawing from it forever (repeat() would never yield a batch).
+MAX_BAD_IN_A_ROW = 32
+# TFRecord framing around each record: length (8 bytes) + its CRC (4), data, data CRC (4).
+_RECORD_FRAMING_BYTES = 16
 _SEED_STRIDE = 1_000_003  # guidance seed = config.seed * stride + element index
 _LAYERED_STREAM = 7  # numpy seed-sequence prefix of the layered scenes (guidance uses none)
 
@@ -40,12 +56,9 @@ def _shards_in(folder):
 def _check_shard_sizes(folder, on_error):
     """Shards listed by ingestion sidecars must exist with some bytes; returns the good ones."""
     good = []
-    for sidecar in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        if os.path.basename(sidecar) == ingest_lib.MANIFEST:
-            continue
-        with open(sidecar) as f:
-            record = json.load(f)
-        for shard in record.get("shards", []):
+    for record in shards_lib.read_sidecars(folder)[0]:
+        sidecar = os.path.join(folder, f"{record['key']}.json")
+        for shard in record["shards"]:
             path = os.path.join(folder, shard)
             if not os.path.isfile(path) or os.path.getsize(path) == 0:
                 if on_error == "raise":
@@ -54,6 +67,59 @@ def _check_shard_sizes(folder, on_error):
                 continue
             good.append(path)
     return good
+
+
+def _expected_records(shards):
+    """Records each shard holds by its ingestion sidecar (-1 where no sidecar says)."""
+    counts = {}
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in shards}):
+        for record in shards_lib.read_sidecars(folder)[0]:
+            for shard, count in zip(record["shards"], record.get("shard_pairs", [])):
+                counts[os.path.join(folder, shard)] = count
+    return [counts.get(os.path.abspath(p), -1) for p in shards]
+
+
+def _text(*parts):
+    """Joins strings and numbers (tensors or Python) into one string tensor, unquoted."""
+    return tf.strings.join([p if isinstance(p, str) or getattr(p, "dtype", None) == tf.string
+                            else tf.strings.as_string(p) for p in parts])
+
+
+def _read_shard(path, size, expected):
+    """A shard's records as handles, then, if it could not be read to its end, one
+    _BROKEN_SHARD handle whose record names the file, the first bad record and what was lost.
+
+    TFRecordDataset stops at the first corrupt record (nothing after it can be framed); the
+    bytes read so far, against the file size, tell whether it did.
+    """
+    reads = tf.data.TFRecordDataset(path).map(lambda r: (r, False)).ignore_errors()
+    ends = reads.concatenate(tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+
+    def count(state, element):
+        n, done = state
+        record, last = element
+        step = tf.cast(tf.strings.length(record), tf.int64) + _RECORD_FRAMING_BYTES
+        new = (n + tf.cast(~last, tf.int64), done + tf.where(last, tf.constant(0, tf.int64), step))
+        return new, (record, last, n, done)
+
+    def keep(record, last, n, done):
+        return ~last | (done != size)
+
+    def handle(record, last, n, done):
+        def why():
+            lost = tf.cond(
+                expected >= 0,
+                lambda: _text("its other ", expected - n, " of ", expected, " records are lost"),
+                lambda: _text("the remaining ", size - done, " of ", size, " bytes are lost"))
+            return _text("Shard ", path, ": record ", n + 1, " (at byte ", done, ") is corrupt "
+                         "or truncated; ", lost, " (", n, " read).")
+
+        return (tf.cond(last, why, lambda: record),
+                tf.where(last, tf.constant(_BROKEN_SHARD, tf.int64),
+                         tf.constant(_RECORD, tf.int64)))
+
+    counted = ends.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count)
+    return counted.filter(keep).map(handle)
 
 
 def check_sources(paths, field="config.data.train"):
@@ -108,37 +174,128 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
         # Only this config's and this file version's shards: stale keys of the same video
         # stay in the cache and would otherwise be read twice over.
         current = {ingest_lib.source_key(v, ingest_config) for v in videos}
-        for source in manifest["sources"]:
-            if source["key"] in current:
-                shards += [os.path.join(cache_dir, s) for s in source["shards"]]
+        sources = [s for s in manifest["sources"] if s["key"] in current]
+        for source in sources:
+            shards += [os.path.join(cache_dir, s) for s in source["shards"]]
+        if any(s["error"] or any(s["dropped"].values()) for s in sources):
+            tf.get_logger().warning(f"{field}: {shards_lib.summarize(sources)}")
     if not shards and not entries:
         raise ValueError(f"{field}: no training pairs in {list(paths)} (videos too static or "
-                         f"unreadable? see {os.path.join(cache_dir, ingest_lib.MANIFEST)}).")
+                         f"unreadable? see {os.path.join(cache_dir, shards_lib.MANIFEST)}).")
     return shards, entries
 
 
-def _parse_record(record):
-    features = tf.io.parse_single_example(record, {
-        "image1": tf.io.FixedLenFeature([], tf.string),
-        "flow": tf.io.FixedLenFeature([], tf.string),
-    })
-    image = tf.io.decode_jpeg(features["image1"], channels=3)
-    raw = tf.cast(tf.io.decode_png(features["flow"], channels=3, dtype=tf.uint16), tf.float32)
-    flow = (raw[..., :2] - 2.0**15) / 64.0  # KITTI encoding (formats.encode_kitti_png)
-    return image, flow, tf.cast(raw[..., 2] > 0, tf.float32)
+def _videos_in(paths):
+    """The video files among `paths` that training would ingest (folders without shards)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    videos = []
+    for path in map(os.fspath, paths):
+        if os.path.isdir(path) and not _shards_in(path):
+            videos += formats.list_videos(path)
+        elif os.path.isfile(path) and formats.is_video(path):
+            videos.append(path)
+    return videos
 
 
-def _load_entry(entries):
+def ingestion_summary(config):
+    """One line on what ingestion made of the recipe's videos (data.train and data.val): pairs,
+    files that failed and why, dropped pairs by reason; None if it names no videos.
+
+    Read from the sidecars in data.cache_dir; ingests nothing.
+    """
+    ingest_config = config.get("ingest") or {}
+    if hasattr(ingest_config, "to_dict"):
+        ingest_config = ingest_config.to_dict()
+    videos = sorted(set(_videos_in(config.data.train) + _videos_in(config.data.val or ())))
+    if not videos:
+        return None
+    current = {ingest_lib.source_key(v, ingest_config) for v in videos}
+    sources = [s for s in shards_lib.read_sidecars(config.data.cache_dir)[0]
+               if s["key"] in current]
+    if not sources:
+        return f"Ingestion: none of the {len(videos)} videos is ingested yet."
+    missing = len(videos) - len(sources)
+    note = f" {missing} of {len(videos)} videos are not ingested yet." if missing else ""
+    return shards_lib.summarize(sources) + note
+
+
+def _load_entry(entries, on_error):
+    """Loads list entry i in Python: (image, flow, valid, why) with `why` empty when it loaded,
+    else the line and the reason (and placeholder arrays); with on_error="raise" it raises."""
+
     def load(index):
-        image, _, flow, valid = formats.read_pair(entries[int(index)])
-        return image, flow, valid
+        entry = entries[int(index)]
+        try:
+            image, _, flow, valid = formats.read_pair(entry)
+        except ValueError as e:
+            why = f"{entry.source}: {e}"
+            if on_error == "raise":
+                raise ValueError(why) from e
+            return (np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 2), np.float32),
+                    np.zeros((1, 1), np.float32), why.encode())
+        return image, flow, valid, b""
 
     def fn(index):
-        image, flow, valid = tf.numpy_function(load, [index], [tf.uint8, tf.float32, tf.float32])
+        image, flow, valid, why = tf.numpy_function(
+            load, [index], [tf.uint8, tf.float32, tf.float32, tf.string])
         return (tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(flow, [None, None, 2]),
-                tf.ensure_shape(valid, [None, None]))
+                tf.ensure_shape(valid, [None, None]), tf.ensure_shape(why, []))
 
     return fn
+
+
+def _placeholder(why):
+    """What an unreadable sample decodes to until it is counted and dropped."""
+    return (tf.zeros([1, 1, 3], tf.uint8), tf.zeros([1, 1, 2]), tf.zeros([1, 1]), why)
+
+
+def _count_unreadable(limit, field, on_error):
+    """(initial state, step) of a scan over loaded samples: logs each unreadable one, stops
+    after `limit` in a row and, at the end of a finite stream, if none was readable.
+
+    State: (unreadable in a row, unreadable, seen, the last reason).
+    """
+
+    def fail(message):
+        return tf.debugging.Assert(tf.constant(False), [message])
+
+    def when(condition, make_op):
+        def run():
+            with tf.control_dependencies([make_op()]):
+                return tf.constant(True)
+
+        return tf.cond(condition, run, lambda: tf.constant(False))
+
+    def step(state, element):
+        row, bad, seen, last = state
+        index, image, flow, valid, why, entry = element
+        end = tf.equal(entry, _END)
+        unreadable = (tf.strings.length(why) > 0) & ~end
+        row = tf.where(unreadable, row + 1, tf.zeros_like(row))
+        bad, seen = bad + tf.cast(unreadable, tf.int64), seen + tf.cast(~end, tf.int64)
+        last = tf.where(unreadable, why, last)
+
+        def note():  # ops made inside the branch: made outside, they would run every time
+            if on_error == "raise":
+                return fail(_text(field, ": ", why, " (data.on_error='raise')"))
+            return tf.print(_text("WARNING: skipping an unreadable sample of ", field, " (", bad,
+                                  " of ", seen, " so far): ", why), output_stream=sys.stderr)
+
+        checks = [
+            when(unreadable, note),
+            when(row >= limit, lambda: fail(_text(
+                field, ": ", row, " samples in a row could not be read (", bad, " of ", seen,
+                " so far); the last: ", last, " Fix or remove that source."))),
+            when(end & (seen == bad), lambda: fail(_text(
+                field, ": none of its ", seen, " samples could be read; the last: ", last))),
+        ]
+        with tf.control_dependencies(checks):
+            keep = tf.identity(~unreadable & ~end)
+        return (row, bad, seen, last), (index, image, flow, valid, keep)
+
+    zero = tf.constant(0, tf.int64)
+    return (zero, zero, zero, tf.constant("")), step
 
 
 def resize_short_side(image, flow, valid, short_size):
@@ -267,19 +424,31 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
             input_context_done = True
         else:
             input_context_done = False
-        records = files.interleave(tf.data.TFRecordDataset, cycle_length=4,
+        sizes = [os.path.getsize(p) for p in shards]
+        files = tf.data.Dataset.from_tensor_slices(
+            (shards, tf.constant(sizes, tf.int64), tf.constant(_expected_records(shards),
+                                                               tf.int64)))
+        if input_context is not None and len(shards) >= input_context.num_input_pipelines:
+            files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            input_context_done = True
+        else:
+            input_context_done = False
+        records = files.interleave(_read_shard, cycle_length=4,
                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if input_context is not None and not input_context_done:
             records = records.shard(input_context.num_input_pipelines,
                                     input_context.input_pipeline_id)
-        handles.append(records.map(lambda r: (r, tf.constant(-1, tf.int64))))
+        handles.append(records)
     if entries:
         indices = tf.data.Dataset.range(len(entries))
         if input_context is not None:
             indices = indices.shard(input_context.num_input_pipelines,
                                     input_context.input_pipeline_id)
-        handles.append(indices.map(lambda i: (tf.constant(_NO_RECORD), i)))
+        handles.append(indices.map(lambda i: (tf.constant(b""), i)))
     ds = handles[0] if len(handles) == 1 else handles[0].concatenate(handles[1])
+    if not train:  # a marker closes the one pass, so a set with nothing readable fails there
+        ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(b""),
+                                                          tf.constant(_END, tf.int64))))
     if train:
         ds = ds.repeat().shuffle(data.shuffle_buffer, seed=config.seed,
                                  reshuffle_each_iteration=True)
@@ -287,7 +456,11 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
     if train and start_step:
         ds = ds.skip(start_step * batch)
 
-    load_entry = _load_entry(entries) if entries else None
+    load_entry = _load_entry(entries, on_error) if entries else None
+    max_bad = data.get("max_bad_in_a_row", MAX_BAD_IN_A_ROW)
+    if isinstance(max_bad, bool) or not isinstance(max_bad, int) or max_bad < 1:
+        raise ValueError(f"config.data.max_bad_in_a_row must be a positive integer; got "
+                         f"{max_bad!r}.")
     strategies = config.guidance if guidance else None
     crop_size = tuple(data.crop)
     layered = layered_lib.check_layered_config(data.get("layered") or {})
@@ -308,15 +481,22 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
         use = tf.random.stateless_uniform([], _stream(seed, 5)) < layered_ratio
         return tf.cond(use, scene, lambda: (image, flow, valid))
 
-    def decode(index, handle):
+    def load(index, handle):
+        """(index, image, flow, valid, why unreadable or "", entry kind)."""
         record, entry = handle
-        if load_entry is None:
-            image, flow, valid = _parse_record(record)
-        elif not shards:
-            image, flow, valid = load_entry(entry)
-        else:
-            image, flow, valid = tf.cond(entry < 0, lambda: _parse_record(record),
-                                         lambda: load_entry(entry))
+
+        def from_record():
+            return (*records_lib.decode_example(record), tf.constant(""))
+
+        branches = [(tf.equal(entry, _RECORD), from_record)] if shards else []
+        if load_entry is not None:
+            branches.append((entry >= 0, lambda: load_entry(entry)))
+        # Broken shards say why in `record`; the end marker is dropped after counting.
+        otherwise = lambda: _placeholder(tf.where(tf.equal(entry, _END), "", record))  # noqa: E731
+        out = tf.case(branches, default=otherwise) if branches else otherwise()
+        return (index, *out, entry)
+
+    def decode(index, image, flow, valid):
         seed = tf.stack([tf.cast(config.seed, tf.int64), index])
         short_size = float(data.short_size)
         low, high = data.get("zoom", (1.0, 1.0))
@@ -350,7 +530,9 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
             sparse = sparse * valid[..., None]  # none where the teacher flow failed its check
         return {"image": image, "sparse": sparse}, {"flow": flow, "valid": valid}
 
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if on_error == "skip":
-        ds = ds.ignore_errors(log_warning=True)  # a corrupt record is logged and left out
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.scan(*_count_unreadable(max_bad, f"config.data.{split}", on_error))
+    ds = ds.filter(lambda index, image, flow, valid, keep: keep)
+    ds = ds.map(lambda index, image, flow, valid, keep: decode(index, image, flow, valid),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch, drop_remainder=train).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,89 @@
+"""Teacher flow for raw videos and the checks that keep its failures out of training.
+
+CMP learns from flow computed on unlabelled video: OpenCV's DIS by default, or any estimator a
+user plugs in. A pair is kept only if the teacher's flow is finite, shows motion, is mostly
+forward-backward consistent, and explains frame t+gap (a scene cut leaves a large photometric
+error whatever the flow).
+"""
+import importlib
+
+import cv2
+import numpy as np
+
+DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+               "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def make_estimator(name, dis_preset="medium"):
+    """Teacher flow estimator: fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px."""
+    if name == "dis":
+        if dis_preset not in DIS_PRESETS:
+            raise ValueError(f"config.ingest.dis_preset={dis_preset!r}; known: "
+                             f"{', '.join(DIS_PRESETS)}.")
+        dis = cv2.DISOpticalFlow_create(DIS_PRESETS[dis_preset])
+
+        def estimate(rgb1, rgb2):
+            gray1 = cv2.cvtColor(rgb1, cv2.COLOR_RGB2GRAY)
+            gray2 = cv2.cvtColor(rgb2, cv2.COLOR_RGB2GRAY)
+            return dis.calc(gray1, gray2, None)
+
+        return estimate
+    module, _, function = name.partition(":")
+    if not function:
+        raise ValueError(f"config.ingest.estimator={name!r}: use 'dis' or 'module:function'.")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"config.ingest.estimator={name!r} could not be loaded: {e}") from e
+
+
+def _sample_at_flow(image, forward):
+    """image sampled at x + forward(x) (OpenCV remap: fast in worker processes, no TF), and
+    the mask of pixels whose source lies inside the frame."""
+    h, w = forward.shape[:2]
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_x, map_y = grid_x + forward[..., 0], grid_y + forward[..., 1]
+    sampled = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+    return sampled, inside
+
+
+def forward_backward_valid(forward, backward, alpha, beta):
+    """1 where the backward flow, sampled at x + forward(x), undoes the forward flow.
+
+    |f + b(x + f)|^2 < alpha (|f|^2 + |b(x + f)|^2) + beta (Sundaram et al., 2010); pixels
+    whose target leaves the frame are invalid.
+    """
+    back, inside = _sample_at_flow(backward, forward)
+    residual = np.sum(np.square(forward + back), -1)
+    bound = alpha * (np.sum(np.square(forward), -1) + np.sum(np.square(back), -1)) + beta
+    return ((residual < bound) & inside).astype(np.uint8)
+
+
+def photometric_error(frame1, frame2, forward, valid):
+    """Mean absolute RGB difference (0..255) between frame t and frame t+gap warped back,
+    over valid pixels: a scene cut leaves it high whatever the flow."""
+    warped, inside = _sample_at_flow(frame2, forward)
+    weight = valid * inside
+    diff = np.abs(warped.astype(np.float32) - frame1.astype(np.float32)).mean(-1)
+    return float((diff * weight).sum() / max(weight.sum(), 1.0))
+
+
+def check_pair(frame1, frame2, forward, backward, cfg):
+    """Whether a pair is worth training on, with the `config.ingest` thresholds.
+
+    Returns:
+        (valid [H, W] uint8, None) for a kept pair, or (None, reason) with reason one of
+        "bad_flow", "static", "inconsistent", "scene_cut" (the manifest's drop counts).
+    """
+    if not (np.isfinite(forward).all() and np.isfinite(backward).all()):
+        return None, "bad_flow"
+    valid = forward_backward_valid(forward, backward, cfg["fb_alpha"], cfg["fb_beta"])
+    if np.linalg.norm(forward, axis=-1).mean() < cfg["min_motion"]:
+        return None, "static"
+    if valid.mean() < cfg["min_consistent"]:
+        return None, "inconsistent"
+    if photometric_error(frame1, frame2, forward, valid) > cfg["max_photometric"]:
+        return None, "scene_cut"
+    return valid, None

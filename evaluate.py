@@ -40,7 +40,8 @@ _BASELINES = flags.DEFINE_list("baselines", ["zero", "nearest", "linear", "gauss
 _METHOD = flags.DEFINE_multi_string("method", [], "Outside method: a Python file defining "
                                     "propagate(image, points, vectors) -> flow.")
 _SEED = flags.DEFINE_integer("seed", 0, "Guidance and pair sampling seed.")
-_PANELS = flags.DEFINE_integer("panels", 4, "Example pairs drawn in panels.png (K=10).")
+_PANELS = flags.DEFINE_integer("panels", 4, "Example pairs drawn in panels.png (watershed "
+                               "guidance if scored, K=10 or the scored K nearest to it).")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/eval/<task>.")
 _SEGMENTATION = config_flags.DEFINE_config_file(
     "segmentation", "configs/segmentation.py", "Transfer recipe for --task=segmentation "
@@ -77,7 +78,8 @@ def _propagation(path, out):
     text = benchmark.write_report(result, out, title=f"Propagation: {methods['cmp'].path} on "
                                                     f"{described}")
     print(text)
-    print(f"\nWrote {out}/: results.md, results.json, relative_epe.png, panels.png")
+    written = [n for n in benchmark.REPORT_FILES if os.path.exists(os.path.join(out, n))]
+    print(f"\nWrote {out}/: {', '.join(written)}")
 
 
 def _segmentation(path, out):
@@ -92,9 +94,33 @@ def _segmentation(path, out):
     print(f"\nWrote {out}/: comparison.json, comparison.png")
 
 
+def _check_flags():
+    """Refuses flag values that would otherwise be read as something else (--pairs=0 as all
+    pairs), before any model is loaded."""
+    from cmp_tf.evaluation import benchmark
+
+    if _PAIRS.value == 0 or _PAIRS.value < -1:
+        raise app.UsageError(f"--pairs={_PAIRS.value} must be a positive count, or -1 for all "
+                             "pairs.")
+    if _PANELS.value < 0:
+        raise app.UsageError(f"--panels={_PANELS.value} must be >= 0.")
+    if _TASK.value != "propagation":
+        return
+    try:
+        benchmark.check_ks([int(k) for k in _KS.value])
+    except ValueError as error:
+        raise app.UsageError(f"--ks={','.join(_KS.value)} must be distinct increasing positive "
+                             "counts.") from error
+    try:
+        benchmark.check_strategies(_STRATEGIES.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    _check_flags()
     from cmp_tf import runtime
 
     try:

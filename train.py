@@ -19,7 +19,11 @@ _STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multiwor
                               "tf.distribute strategy.")
 _DEVICES = flags.DEFINE_list("devices", [], "Devices for --strategy=mirrored (default: all GPUs).")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a finished run in --workdir.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace the run in --workdir, finished or not: deletes only what a run "
+    "writes (config.json, log.txt, checkpoints/, tb/, model.keras, encoder.keras, eval/, "
+    "export/, summary.json), once the config is valid. A folder holding anything else, or no "
+    "run's config.json, is refused with the files named.")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
                                    "Deterministic TF ops: bit-identical reruns, slower.")
 

@@ -124,31 +124,45 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, storage_type, view_numel, offset, root=root)
 
 
-def _check_ints(values, what, path):
-    if not (isinstance(values, (tuple, list)) and all(
+MAX_DIMS = 32  # more dimensions than any weight has: a size tuple past it is corrupt
+
+
+def _check_ints(values, what, where):
+    if not (isinstance(values, (tuple, list)) and len(values) <= MAX_DIMS and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)):
-        raise ValueError(f"{path}: a tensor's {what} {values!r} is not a tuple of counts.")
+        raise ValueError(f"{where}: its {what} {values!r} is not a tuple of at most {MAX_DIMS} "
+                         "non-negative counts.")
     return tuple(values)
 
 
-def _array(tensor, path):
-    """The _Tensor as a contiguous array, its strides checked to stay inside its storage."""
+def _array(tensor, path, key="a tensor"):
+    """The _Tensor as a contiguous array, bounded by the bytes its storage holds: every element
+    it reads lies inside the storage, and it has no more elements than the storage (a stride-0
+    tensor claiming 10^12 elements over 4 bytes would otherwise be copied out in full)."""
+    where = f"{path}: tensor {key}"
     storage = tensor.storage
     base = storage.values() if isinstance(storage, _Storage) else None
     if base is None:
-        raise ValueError(f"{path}: a tensor refers to no stored data.")
-    size = _check_ints(tensor.size, "size", path)
-    stride = _check_ints(tensor.stride, "stride", path)
+        raise ValueError(f"{where} refers to no stored data.")
+    size = _check_ints(tensor.size, "size", where)
+    stride = _check_ints(tensor.stride, "stride", where)
     offset = tensor.offset
     if len(stride) != len(size) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"{path}: a tensor has size {size}, stride {stride} and offset "
-                         f"{offset!r}, which do not fit together.")
+        raise ValueError(f"{where} has size {size}, stride {stride} and offset {offset!r}, "
+                         "which do not fit together.")
     if 0 in size:
         return np.zeros(size, base.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= len(base):
-        raise ValueError(f"{path}: a tensor of size {size} at offset {offset} reads past the end "
-                         f"of its storage ({len(base)} elements): a corrupt file.")
+        raise ValueError(f"{where} of size {size}, stride {stride} at offset {offset} reads "
+                         f"past the end of its storage ({len(base)} elements, {base.nbytes} "
+                         "bytes): a corrupt file.")
+    count = int(np.prod(size, dtype=object))
+    if count > len(base):
+        raise ValueError(f"{where} has size {size}: {count} elements ({count * base.itemsize} "
+                         f"bytes), more than its storage holds ({len(base)} elements, "
+                         f"{base.nbytes} bytes): a corrupt or hostile file (an expanded view "
+                         "must be saved with .contiguous()).")
     view = np.lib.stride_tricks.as_strided(
         base[offset:], size, [s * base.itemsize for s in stride], writeable=False)
     array = np.array(view, order="C")  # a copy: C-contiguous, owning its memory
@@ -157,19 +171,20 @@ def _array(tensor, path):
     return array
 
 
-def _resolve(obj, path):
-    """Replaces every _Tensor in nested dicts, lists and tuples with its array."""
+def _resolve(obj, path, key=""):
+    """Replaces every _Tensor in nested dicts, lists and tuples with its array; `key` is
+    where `obj` sits (state_dict.conv1.weight), for the errors."""
     if isinstance(obj, _Tensor):
-        return _array(obj, path)
+        return _array(obj, path, key or "at the top level")
     if isinstance(obj, (_Storage, _StorageType)):
         raise ValueError(f"{path}: holds a bare storage, not a tensor; not a state dict.")
     if isinstance(obj, dict):
         out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-        for key, value in obj.items():
-            out[key] = _resolve(value, path)
+        for name, value in obj.items():
+            out[name] = _resolve(value, path, f"{key}.{name}" if key else str(name))
         return out
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v, path) for v in obj)
+        return type(obj)(_resolve(v, path, f"{key}[{i}]") for i, v in enumerate(obj))
     return obj
 
 

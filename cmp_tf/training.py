@@ -8,8 +8,11 @@ the step, and the input pipeline skips the samples already seen (`make_dataset(s
 Run directory (docs/design.md §8): config.json, log.txt, checkpoints/, tb/, model.keras,
 encoder.keras, eval/, and summary.json once the run has finished.
 """
+import fnmatch
 import json
 import logging
+import math
+import numbers
 import os
 import shutil
 import signal
@@ -30,6 +33,13 @@ from cmp_tf.models import layers
 STRATEGIES = ("auto", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SUMMARY = "summary.json"
+CONFIG_FILE = "config.json"  # written first: a folder holding one (from train.py) is a run
+# What a run and the commands run on it write into a run directory (docs/design.md §8), non-chief
+# workers' folders included. --overwrite deletes these and nothing else.
+RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
+               "model.keras", "encoder.keras", "eval", "export", SUMMARY)
+# The folder holding the cmp_tf package (the repository, or site-packages): never a run.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def configure_cpu_devices(count):
@@ -141,16 +151,130 @@ def _is_chief(strategy):
         and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def _prepare_workdir(workdir, config, overwrite):
-    """Refuses to touch a finished run (unless `overwrite`) or to resume with another config."""
+def _count(value, field, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{field}={value!r} must be a whole number >= {minimum}.")
+    return int(value)
+
+
+def _positive(value, field):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{field}={value!r} must be a finite number > 0.")
+    return float(value)
+
+
+def check_config(config):
+    """Refuses the training fields a loop would otherwise take as meaning something (0 steps
+    "finish" an untrained run, a batch of 0 fails deep inside TensorFlow), naming the field,
+    before anything is built or written. The model's fields are checked by building it."""
+    t, d, s = config.train, config.data, config.schedule
+    _count(t.steps, "config.train.steps")
+    for field in ("checkpoint_every", "keep_checkpoints", "log_every", "image_every"):
+        if field in t:
+            _count(t[field], f"config.train.{field}")
+    _count(d.batch_size, "config.data.batch_size")
+    crop = d.crop
+    if not (isinstance(crop, (tuple, list)) and len(crop) == 2):
+        raise ValueError(f"config.data.crop={crop!r} must be (height, width) in pixels.")
+    for value in crop:
+        _count(value, "config.data.crop", 1)
+    _count(d.short_size, "config.data.short_size")
+    if "shuffle_buffer" in d:
+        _count(d.shuffle_buffer, "config.data.shuffle_buffer")
+    _positive(s.lr, "config.schedule.lr")
+    _positive(s.factor, "config.schedule.factor")
+    _count(s.get("warmup_steps", 0), "config.schedule.warmup_steps", 0)
+    for value in s.boundaries:
+        _count(value, "config.schedule.boundaries", 0)
+    if "momentum" in config.optim and not 0 <= config.optim.momentum < 1:
+        raise ValueError(f"config.optim.momentum={config.optim.momentum!r} must be in [0, 1).")
+    if config.optim.get("weight_decay", 0.0) < 0:
+        raise ValueError(f"config.optim.weight_decay={config.optim.weight_decay!r} must be >= 0.")
+
+
+def _contains(folder, path):
+    """Whether `path` is `folder` or lies inside it (both real paths)."""
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _check_workdir_place(workdir, overwrite):
+    """Refuses a workdir that is (or holds) the file system root, the home folder or the
+    folder of the cmp_tf package, and with `overwrite` the current folder: none is a run."""
+    real = os.path.realpath(workdir)
+    protected = {"the home folder": os.path.expanduser("~"),
+                 "the folder of the cmp_tf package": _PACKAGE_ROOT}
+    if overwrite:
+        protected["the current folder"] = os.getcwd()
+    for what, path in protected.items():
+        if _contains(real, os.path.realpath(path)):
+            raise ValueError(f"--workdir={workdir} is or holds {what} ({path}): a run needs a "
+                             "folder of its own, e.g. --workdir=runs/<name>.")
+
+
+def is_run_entry(name):
+    """Whether a top-level name in a run directory is one a run writes (RUN_ENTRIES)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_ENTRIES)
+
+
+def _is_run_config(path):
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"train", "data", "model"} <= set(saved)
+
+
+def clear_run(workdir):
+    """Deletes what a run wrote into `workdir` (RUN_ENTRIES), after checking that it is a run
+    directory holding nothing else; ValueError naming the files that would be lost if not.
+
+    Links are removed, never followed."""
+    if not os.path.isdir(workdir):
+        if os.path.lexists(workdir):
+            raise ValueError(f"--workdir={workdir} is a file, not a run directory.")
+        return []
+    names = sorted(os.listdir(workdir))
+    if not names:
+        return []
+    if not _is_run_config(os.path.join(workdir, CONFIG_FILE)):
+        raise ValueError(f"--overwrite replaces only a run directory (one train.py wrote, with "
+                         f"its {CONFIG_FILE}); {workdir} holds no run's {CONFIG_FILE} but "
+                         f"{_listing(names)}. Choose another --workdir.")
+    foreign = [name for name in names if not is_run_entry(name)]
+    if foreign:
+        raise ValueError(f"--overwrite would delete {workdir}, which also holds "
+                         f"{_listing(foreign)}: files no run writes, which would be lost. Move "
+                         "them out or choose another --workdir.")
+    for name in names:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    return names
+
+
+def _listing(names, limit=8):
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def prepare_workdir(workdir, config, overwrite=False):
+    """Makes `workdir` ready for `config`: new, resumed with the same config, or (`overwrite`)
+    replaced. Refuses a finished run without `overwrite`, a resume with another config, and
+    any folder that is not a run directory of its own (see clear_run, _check_workdir_place).
+    Call it only once the config is known to be valid: it may delete the previous run."""
+    _check_workdir_place(workdir, overwrite)
     finished = os.path.exists(os.path.join(workdir, SUMMARY))
-    saved = os.path.join(workdir, "config.json")
+    saved = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
     if finished and not overwrite:
         raise ValueError(f"{workdir} holds a finished run ({SUMMARY}); pass --overwrite or "
                          "choose another --workdir.")
-    if finished or (overwrite and os.path.isdir(workdir)):
-        shutil.rmtree(workdir)
+    if overwrite:
+        clear_run(workdir)
     elif os.path.exists(saved):
         with open(saved) as f:
             before = json.load(f)
@@ -168,6 +292,49 @@ def _diff(a, b, prefix="config"):
         return [d for k in sorted(set(a) | set(b))
                 for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+def restore_latest(checkpoint, folder, log=None):
+    """Restores the newest checkpoint in `folder` that reads back whole and returns its path
+    (None when there is none). A corrupt newest one (a crash or a full disk mid-write) falls
+    back to the one before, with a warning naming both, and the folder's checkpoint list then
+    ends at the one restored (the corrupt files stay until a save replaces them), so build the
+    CheckpointManager after this. ValueError naming `folder` if none reads back."""
+    state = tf.train.get_checkpoint_state(folder)
+    if state is None or not state.model_checkpoint_path:
+        return None
+    saved = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path not in saved:
+        saved.append(state.model_checkpoint_path)
+    failures = []
+    for index in reversed(range(len(saved))):
+        path = saved[index]
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except Exception as error:  # noqa: BLE001  corruption surfaces as OpError,
+            # IndexError ("Read less bytes than requested"), ValueError or a mismatch
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            failures.append(f"{path} ({type(error).__name__}: {reason[:200]})")
+            continue
+        if failures:
+            message = (f"Checkpoint {failures[0]} could not be read; resuming from the previous "
+                       f"intact one, {path}, instead.")
+            print(f"WARNING: {message}", file=sys.stderr)
+            if log is not None:
+                log.warning(message)
+            level = tf.get_logger().level
+            tf.get_logger().setLevel(logging.ERROR)  # its deprecation notice is not the user's
+            try:
+                tf.compat.v1.train.update_checkpoint_state(
+                    folder, path, all_model_checkpoint_paths=saved[:index + 1],
+                    all_model_checkpoint_timestamps=list(
+                        state.all_model_checkpoint_timestamps)[:index + 1] or None,
+                    last_preserved_timestamp=state.last_preserved_timestamp)
+            finally:
+                tf.get_logger().setLevel(level)
+        return path
+    raise ValueError(f"No checkpoint in {folder} can be read: {'; '.join(failures)}. Pass "
+                     "--overwrite to start the run over, or choose another --workdir.")
 
 
 def _logger(workdir, chief):
@@ -283,6 +450,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     """
     from tqdm import tqdm
 
+    check_config(config)
     t = config.train
     if t.get("precision", "float32") not in PRECISIONS:
         raise ValueError(f"config.train.precision={t.precision!r}; known: {', '.join(PRECISIONS)}.")
@@ -299,18 +467,18 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     if config.data.val:
         pipeline.check_sources(config.data.val, "config.data.val")
     if chief:
-        _prepare_workdir(workdir, config, overwrite)
+        prepare_workdir(workdir, config, overwrite)
     log = _logger(workdir, chief)
     # Non-chief workers must take part in saving (collective ops) but write elsewhere.
     ckpt_dir = os.path.join(workdir, "checkpoints") if chief else os.path.join(
         workdir, f"checkpoints_worker{strategy.cluster_resolver.task_id}")
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # host-side counter
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    restored = restore_latest(checkpoint, ckpt_dir, log)
+    if restored:
+        log.info(f"resumed from {restored} at step {int(step)}")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
                                          max_to_keep=t.get("keep_checkpoints", 3))
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info(f"resumed from {manager.latest_checkpoint} at step {int(step)}")
     start = int(step)
 
     if strategy.extended._in_multi_worker_mode():

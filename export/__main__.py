@@ -29,6 +29,10 @@ _ENCODER = flags.DEFINE_bool("encoder", True, "Also export the image encoder alo
 _LOGITS = flags.DEFINE_bool("logits", True, "Serve the bin logits next to the flow.")
 _DYNAMIC_TFLITE = flags.DEFINE_bool("dynamic_tflite", False,
                                     "TFLite files with free height and width instead of --size.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an earlier export in --out: all of its files (every format, "
+    "export.json, parity.md) are removed first, so none is left that the new export.json does "
+    "not list. Without it, a folder holding an earlier export is refused. Other files stay.")
 
 
 def main(argv):
@@ -43,7 +47,8 @@ def main(argv):
     out = _OUT.value or export_lib.default_out(path)
     export_lib.export(model, config, out, _FORMATS.value, size, _CALIBRATION.value,
                       _PARITY.value, _THREADS.value, encoder=_ENCODER.value,
-                      logits=_LOGITS.value, dynamic_tflite=_DYNAMIC_TFLITE.value, source=path)
+                      logits=_LOGITS.value, dynamic_tflite=_DYNAMIC_TFLITE.value, source=path,
+                      overwrite=_OVERWRITE.value)
     print(f"\nWrote {out}/: the files, export.json and parity.md")
 
 

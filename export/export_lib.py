@@ -11,6 +11,7 @@ report, sizes, latencies) and parity.md. Every CMP file loads with `cmp_tf.runti
 """
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -29,12 +30,39 @@ PRECISION = {"savedmodel": "float32", "tflite": "float32", "tflite_fp16": "float
 _FILE = {"savedmodel": "{}_saved_model", "tflite": "{}.tflite", "tflite_fp16": "{}_fp16.tflite",
          "tflite_int8": "{}_int8.tflite", "onnx": "{}.onnx", "onnx_int8": "{}_int8.onnx"}
 PARTS = ("model", "encoder")  # the CMP, and its image encoder alone (what transfer reuses)
+REPORTS = ("export.json", "parity.md")
 CMP_OUTPUTS = ("flow", "logits")
 
 
 def artifact_name(fmt, part):
     """File or folder name of `part` ('model' or 'encoder') in format `fmt`."""
     return _FILE[fmt].format(part)
+
+
+def export_names():
+    """Every name an export may write into its folder: each format of each part, the reports."""
+    return [artifact_name(fmt, part) for part in PARTS for fmt in FORMATS] + list(REPORTS)
+
+
+def clear_earlier_export(out, overwrite=False):
+    """Refuses to write into a folder holding an earlier export (without `overwrite`), or
+    removes that whole export (with it), so the folder never holds files its export.json does
+    not list. Files an export does not write are left alone. Returns the names removed."""
+    if not os.path.isdir(out):
+        if os.path.lexists(out):
+            raise ValueError(f"--out={out} is a file, not a folder.")
+        return []
+    earlier = [name for name in export_names() if os.path.lexists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise ValueError(f"--out={out} holds an earlier export ({', '.join(earlier)}): pass "
+                         "--overwrite to replace all of it, or choose another --out.")
+    for name in earlier:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    return earlier
 
 
 def load_checkpoint(path=None):
@@ -107,7 +135,7 @@ def _metadata(model, part, fmt, size, dynamic, source):
 
 def export(model, config, out, formats=FORMATS, size=None, calibration=64, parity_samples=16,
            threads=None, repeats=5, encoder=True, logits=True, dynamic_tflite=False, source=None,
-           log=print):
+           log=print, overwrite=False):
     """Writes the CMP `model` (and its encoder) in `formats` to `out`, checks parity.
 
     Args:
@@ -119,6 +147,8 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         logits: serve the bin logits next to the flow.
         dynamic_tflite: TFLite files with free height and width (batch 1) instead of `size`.
         source: where `model` came from, recorded in the files' metadata and the report.
+        overwrite: replace an earlier export in `out` (all of its files); without it, a
+            folder holding one is refused (clear_earlier_export).
     Returns:
         The report (also written as export.json and parity.md).
     Raises:
@@ -134,6 +164,9 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         raise ValueError(f"--calibration={calibration} and --parity_samples={parity_samples} "
                          "must be positive.")
     threads = threads or os.cpu_count()
+    removed = clear_earlier_export(out, overwrite)
+    if removed:
+        log(f"removed the earlier export in {out}: {', '.join(removed)}")
     os.makedirs(out, exist_ok=True)
     parts = {"model": model}
     if encoder:

@@ -38,6 +38,23 @@ def load_method(path):
     return module.propagate
 
 
+def check_strategies(strategies):
+    """The guidance strategies to score, in order; ValueError naming --strategies if not."""
+    strategies = tuple(strategies)
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if not strategies or unknown or len(set(strategies)) != len(strategies):
+        raise ValueError(f"--strategies={list(strategies)}: expected distinct names among "
+                         f"{', '.join(STRATEGIES)}.")
+    return strategies
+
+
+def example_setting(strategies, ks, example_k=10):
+    """(strategy, K) the example panels show: watershed (how CMP trains) if scored, else the
+    first strategy; `example_k` if scored, else the scored K nearest to it."""
+    strategy = "watershed" if "watershed" in strategies else strategies[0]
+    return strategy, min(ks, key=lambda k: (abs(k - example_k), k))
+
+
 def check_ks(ks):
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1 or list(ks) != sorted(set(ks)):
@@ -102,17 +119,22 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
         methods: {name: propagate function or object with propagate (and optionally
             propagate_batch, used to run all guidance sets of an image in one call)}.
         pairs: iterable of (image uint8 HxWx3, flow HxWx2, valid HxW).
-        keep_examples: how many pairs to keep predictions of, at K=`example_k`, watershed
-            (for the panels).
+        keep_examples: how many pairs to keep predictions of, for the panels, at
+            `example_setting(strategies, ks, example_k)`.
     Returns:
         {"rows": [{strategy, k, method, epe, epe_near, epe_far, relative, pairs}],
          "watershed_filled": {k: pairs where watershed found fewer than k points},
-         "pairs", "examples": [...]} — EPEs in px pooled over valid pixels; `relative` is the
-        mean over pairs of EPE / zero-flow EPE (pairs with almost no motion left out).
+         "pairs", "examples": [...], "example_setting": [strategy, K]} — EPEs in px pooled
+        over valid pixels; `relative` is the mean over pairs of EPE / zero-flow EPE (pairs with
+        almost no motion left out).
+    Raises:
+        ValueError: a method returned NaN or infinite flow at a valid pixel (named with the
+            pair), or the flags are inconsistent.
     """
     from tqdm import tqdm
 
-    ks, names = check_ks(ks), list(methods)
+    ks, strategies, names = check_ks(ks), check_strategies(strategies), list(methods)
+    example = example_setting(strategies, ks, example_k)
     if not names:
         raise ValueError("methods is empty: nothing to evaluate.")
     if "zero" not in methods:
@@ -138,12 +160,19 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                 sets.append((strategy, k, points, vectors))
         predictions = {name: _run(method, image, [(p, v) for _, _, p, v in sets])
                        for name, method in methods.items()}
+        for name, prediction in predictions.items():
+            bad = ~np.isfinite(prediction[:, valid]).all(axis=(1, 2))
+            if bad.any():
+                strategy, k = sets[int(np.argmax(bad))][:2]
+                raise ValueError(f"Method {name!r} returned NaN or infinite flow at valid pixels "
+                                 f"of pair {count} ({strategy} guidance, K={k}): its scores "
+                                 "would mean nothing. A method must return finite flow.")
         for index, (strategy, k, points, vectors) in enumerate(sets):
             scored = {name: _errors(predictions[name][index], flow, valid, near)
                       for name in names}
             zero_total, zero_pixels = scored["zero"][1]["all"]
             zero_epe = zero_total / max(zero_pixels, 1)
-            example = {}
+            kept = {}
             for name, (error, sums) in scored.items():
                 slot = totals.setdefault((strategy, k, name), {
                     "all": [0.0, 0], "near": [0.0, 0], "far": [0.0, 0], "ratios": []})
@@ -152,10 +181,10 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                     slot[part][1] += n
                 if zero_epe >= MIN_ZERO_EPE:
                     slot["ratios"].append(sums["all"][0] / max(sums["all"][1], 1) / zero_epe)
-                example[name] = (predictions[name][index], error)
-            if count < keep_examples and strategy == "watershed" and k == example_k:
+                kept[name] = (predictions[name][index], error)
+            if count < keep_examples and (strategy, k) == example:
                 examples.append(dict(image=image, flow=flow, valid=valid, points=points,
-                                     vectors=vectors, predictions=example))
+                                     vectors=vectors, predictions=kept))
         count += 1
     if not count:
         raise ValueError("No pairs to evaluate: the data is empty.")
@@ -168,7 +197,8 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                          relative=float(np.mean(slot["ratios"])) if slot["ratios"] else
                          float("nan"), pairs=len(slot["ratios"])))
     return dict(rows=rows, watershed_filled=filled, pairs=count, ks=list(ks),
-                strategies=list(strategies), methods=names, seed=seed, examples=examples)
+                strategies=list(strategies), methods=names, seed=seed, examples=examples,
+                example_setting=list(example))
 
 
 def _run(method, image, guidance):
@@ -267,19 +297,29 @@ def markdown_table(result):
     return "\n".join(lines)
 
 
-def boundary_table(result, strategy="watershed"):
-    """EPE near / far from motion boundaries per K and method."""
+def boundary_table(result, strategy=None):
+    """EPE near / far from motion boundaries per K and method, for `strategy` (default
+    watershed if it was scored, else the first strategy scored)."""
     names = result["methods"]
+    scored = result["strategies"]
+    strategy = strategy or ("watershed" if "watershed" in scored else scored[0])
+    if strategy not in scored:
+        raise ValueError(f"strategy={strategy!r} was not scored; scored: {', '.join(scored)}.")
     by_key = {(r["strategy"], r["k"], r["method"]): r for r in result["rows"]}
     lines = [f"| K ({strategy}) | " + " | ".join(names) + " |",
              "|---:|" + "---:|" * len(names)]
     for k in result["ks"]:
-        cells = [f"{by_key[(strategy, k, n)]['epe_near']:.2f} / "
-                 f"{by_key[(strategy, k, n)]['epe_far']:.2f}" for n in names]
+        cells = [f"{_number(by_key[(strategy, k, n)]['epe_near'])} / "
+                 f"{_number(by_key[(strategy, k, n)]['epe_far'])}" for n in names]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"EPE (px) within {NEAR_BOUNDARY_PX} px of a motion edge / farther away.")
+    lines.append(f"EPE (px) within {NEAR_BOUNDARY_PX} px of a motion edge / farther away; "
+                 "-: no such pixels.")
     return "\n".join(lines)
+
+
+def _number(value):
+    return f"{value:.2f}" if np.isfinite(value) else "-"
 
 
 def plot_relative(result, path):
@@ -348,18 +388,38 @@ def example_panels(result, path):
     return path
 
 
+REPORT_FILES = ("results.md", "results.json", "relative_epe.png", "panels.png")
+
+
+def json_safe(value):
+    """`value` with every NaN or infinity replaced by None (null): JSON has no NaN, and a
+    score that does not exist (no pixels near an edge) must not read as a number."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_report(result, folder, title="Sparse-to-dense motion propagation"):
-    """results.md, results.json, relative_epe.png and panels.png in `folder`; returns the
-    markdown text."""
+    """results.md, results.json, relative_epe.png and panels.png (when examples were kept) in
+    `folder`; a panels.png of an earlier report is removed when none is drawn, so the folder
+    holds exactly this report (REPORT_FILES that exist). Returns the markdown text."""
     import json
 
     os.makedirs(folder, exist_ok=True)
     text = "\n\n".join([f"# {title}", markdown_table(result), boundary_table(result)])
     with open(os.path.join(folder, "results.md"), "w") as f:
         f.write(text + "\n")
-    serializable = {k: v for k, v in result.items() if k != "examples"}
+    serializable = json_safe({k: v for k, v in result.items() if k != "examples"})
     with open(os.path.join(folder, "results.json"), "w") as f:
-        json.dump(serializable, f, indent=1)
+        json.dump(serializable, f, indent=1, allow_nan=False)
     plot_relative(result, os.path.join(folder, "relative_epe.png"))
-    example_panels(result, os.path.join(folder, "panels.png"))
+    panels = os.path.join(folder, "panels.png")
+    if example_panels(result, panels) is None and os.path.exists(panels):
+        os.remove(panels)  # an earlier report's, which this one does not match
     return text

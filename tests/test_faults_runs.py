@@ -1,0 +1,405 @@
+"""Faults a new user runs into with train.py, evaluate.py, export and the checkpoint converter:
+each must be a clear error naming what is wrong, never lost files or a meaningless result."""
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, cwd=ROOT, env=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    return subprocess.run([sys.executable, *args], check=False, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def list_flags(tmp_path_factory):
+    """train.py flags for a tiny run on a list file of 48x64 PNG pairs with .flo flow."""
+    import cv2
+
+    from cmp_tf.data import formats
+
+    folder = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        image = cv2.GaussianBlur(rng.uniform(0, 255, (48, 64, 3)).astype(np.float32), (0, 0), 2)
+        cv2.imwrite(str(folder / f"{i}.png"), image.astype(np.uint8))
+        formats.write_flo(folder / f"{i}.flo", np.full((48, 64, 2), 1.5, np.float32))
+    (folder / "list.txt").write_text("".join(f"{i}.png {i}.png {i}.flo\n" for i in range(4)))
+    listing = str(folder / "list.txt")
+    return ["--config=configs/default.py:runlocal", f"--config.data.train=({listing!r},)",
+            f"--config.data.val=({listing!r},)", "--config.data.short_size=128",
+            "--config.data.batch_size=2", "--config.data.shuffle_buffer=4",
+            "--config.train.log_every=1", "--config.train.image_every=100",
+            "--config.schedule.warmup_steps=0"]
+
+
+def _user_folder(path):
+    """A folder of a user's work that happens to be named as a workdir."""
+    (path / "sub").mkdir(parents=True)
+    (path / "thesis.tex").write_text("years of work")
+    (path / "sub" / "notes.md").write_text("more")
+    return sorted(p.relative_to(path) for p in path.rglob("*"))
+
+
+# --------------------------------------------------------------- train.py --overwrite
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_its_files(tmp_path):
+    from cmp_tf import training
+
+    before = _user_folder(tmp_path / "P")
+    config = load_config("default", "runlocal")
+    with pytest.raises(ValueError, match=r"holds no run's config.json but sub, thesis.tex"):
+        training.prepare_workdir(str(tmp_path / "P"), config, overwrite=True)
+    assert sorted(p.relative_to(tmp_path / "P") for p in (tmp_path / "P").rglob("*")) == before
+
+
+def test_overwrite_refuses_a_run_folder_that_holds_other_files(tmp_path):
+    from cmp_tf import training
+
+    config = load_config("default", "runlocal")
+    run = tmp_path / "run"
+    training.prepare_workdir(str(run), config)
+    (run / "checkpoints").mkdir()
+    (run / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match=r"also holds thesis.tex: files no run writes"):
+        training.prepare_workdir(str(run), config, overwrite=True)
+    assert (run / "thesis.tex").read_text() == "years of work"
+    assert (run / "checkpoints").is_dir() and (run / "config.json").exists()
+
+
+def test_overwrite_replaces_only_what_a_run_wrote(tmp_path):
+    from cmp_tf import training
+
+    config = load_config("default", "runlocal")
+    run = tmp_path / "run"
+    training.prepare_workdir(str(run), config)
+    for name in ("checkpoints/ckpt-2.index", "checkpoints_worker1/ckpt-2.index", "tb/events",
+                 "eval/validation.json", "export/model.tflite"):
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("x")
+    for name in ("log.txt", "encoder.keras", "summary.json"):
+        (run / name).write_text("x")
+    outside = tmp_path / "kept.keras"
+    outside.write_text("kept")
+    os.symlink(outside, run / "model.keras")  # a link is removed, never followed
+    config.train.steps = 7
+    training.prepare_workdir(str(run), config, overwrite=True)
+    assert sorted(os.listdir(run)) == ["config.json", "eval"]
+    assert os.listdir(run / "eval") == []
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 7
+    assert outside.read_text() == "kept"
+
+
+def test_overwrite_refuses_the_current_home_and_package_folders(tmp_path, monkeypatch):
+    from cmp_tf import training
+
+    config = load_config("default", "runlocal")
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    for workdir, what in ((".", "the current folder"), (str(home), "the home folder"),
+                          ("/", "the home folder"), (ROOT, "the folder of the cmp_tf package")):
+        with pytest.raises(ValueError, match=f"is or holds {what}"):
+            training.prepare_workdir(workdir, config, overwrite=True)
+    with pytest.raises(ValueError, match="is or holds the folder of the cmp_tf package"):
+        training.prepare_workdir(ROOT, config)  # not even to start a run there
+    assert os.listdir(home) == [] and os.listdir(here) == []
+
+
+@pytest.mark.slow
+def test_train_py_overwrite_keeps_a_user_folder_even_with_a_bad_config(tmp_path, list_flags):
+    before = _user_folder(tmp_path / "P")
+    bad = _run("train.py", *list_flags, f"--workdir={tmp_path / 'P'}", "--overwrite",
+               "--config.data.batch_size=0")
+    assert bad.returncode != 0 and "config.data.batch_size=0 must be" in bad.stderr
+    valid = _run("train.py", *list_flags, f"--workdir={tmp_path / 'P'}", "--overwrite")
+    assert valid.returncode != 0 and "thesis.tex" in valid.stderr
+    assert sorted(p.relative_to(tmp_path / "P") for p in (tmp_path / "P").rglob("*")) == before
+    assert (tmp_path / "P" / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "steps", -5), ("train", "steps", 0), ("data", "batch_size", 0),
+    ("train", "checkpoint_every", 0), ("schedule", "lr", -0.1), ("schedule", "lr", float("nan")),
+    ("data", "crop", (128,)), ("data", "crop", (0, 128)),
+])
+def test_meaningless_training_numbers_are_refused_naming_the_field(tmp_path, section, key,
+                                                                    value):
+    from cmp_tf import training
+
+    config = load_config("default", "runlocal")
+    config[section][key] = value
+    with pytest.raises(ValueError, match=rf"config\.{section}\.{key}="):
+        training.train(config, str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+# ------------------------------------------------------------ resume after corruption
+
+
+def test_resume_falls_back_from_a_corrupt_newest_checkpoint(tmp_path, capsys):
+    import tensorflow as tf
+
+    from cmp_tf import training
+
+    weights, step = tf.Variable(tf.zeros([256])), tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(weights=weights, step=step)
+    folder = str(tmp_path / "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=3)
+    for number in (2, 4):
+        weights.assign(tf.fill([256], float(number)))
+        step.assign(number)
+        manager.save(checkpoint_number=number)
+    data = tmp_path / "checkpoints" / "ckpt-4.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:100])  # a crash mid-write
+    weights.assign(tf.zeros([256]))
+    step.assign(0)
+    assert training.restore_latest(checkpoint, folder) == f"{folder}/ckpt-2"
+    assert int(step) == 2 and float(weights[0]) == 2.0
+    warning = capsys.readouterr().err
+    assert f"{folder}/ckpt-4" in warning and f"previous intact one, {folder}/ckpt-2" in warning
+    # The folder's list now ends at the intact one, so whatever restores "the latest" next
+    # (a preemption handler) reads it, not the corrupt one.
+    manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=3)
+    assert manager.latest_checkpoint == f"{folder}/ckpt-2"
+    data = tmp_path / "checkpoints" / "ckpt-2.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"No checkpoint in {folder} can be read"):
+        training.restore_latest(checkpoint, folder)
+
+
+@pytest.mark.slow
+def test_a_run_resumes_past_a_corrupt_checkpoint_and_overwrite_replaces_it(tmp_path,
+                                                                             list_flags):
+    run = tmp_path / "run"
+    flags = [*list_flags, f"--workdir={run}", "--config.train.steps=4",
+             "--config.train.checkpoint_every=2"]
+    first = _run("train.py", *flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Killed after saving ckpt-4 half-way: the newest checkpoint is corrupt, the run unfinished.
+    data = run / "checkpoints" / "ckpt-4.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:200])
+    (run / "summary.json").unlink()
+    resumed = _run("train.py", *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{run}/checkpoints/ckpt-4" in resumed.stderr
+    assert f"previous intact one, {run}/checkpoints/ckpt-2" in resumed.stderr
+    assert f"resumed from {run}/checkpoints/ckpt-2 at step 2" in (run / "log.txt").read_text()
+    again = _run("train.py", *flags, "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" not in (run / "log.txt").read_text()  # a new log: a new run
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+
+
+# ------------------------------------------------------------------------ evaluate.py
+
+
+def _zero(image, points, vectors):
+    return np.zeros(image.shape[:2] + (2,), np.float32)
+
+
+def _still_pair(size=32):
+    """One pair moving as a whole: no motion edges, so no pixel is 'near' one."""
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 255, (size, size, 3), np.uint8),
+            np.full((size, size, 2), 2.0, np.float32), np.ones((size, size), bool))
+
+
+def test_uniform_guidance_alone_reports_and_draws_panels(tmp_path):
+    from cmp_tf.evaluation import benchmark
+
+    result = benchmark.evaluate({"zero": _zero}, benchmark.generated_pairs(2, size=48),
+                                ks=(1, 5), strategies=("uniform",), progress=False,
+                                keep_examples=1)
+    assert result["example_setting"] == ["uniform", 5]  # K=10 was not scored: the nearest
+    text = benchmark.write_report(result, str(tmp_path))
+    assert "| K (uniform) |" in text
+    for name in benchmark.REPORT_FILES:
+        assert (tmp_path / name).stat().st_size > 0, name
+    # A report without panels removes the earlier one instead of leaving it beside.
+    result = benchmark.evaluate({"zero": _zero}, benchmark.generated_pairs(1, size=48),
+                                ks=(1,), strategies=("uniform",), progress=False)
+    benchmark.write_report(result, str(tmp_path))
+    assert not (tmp_path / "panels.png").exists()
+    with pytest.raises(ValueError, match=r"--strategies=\['grid'\]"):
+        benchmark.evaluate({"zero": _zero}, [_still_pair()], ks=(1,), strategies=("grid",),
+                           progress=False)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_method_returning_non_finite_flow_is_named(bad):
+    from cmp_tf.evaluation import benchmark
+
+    def broken(image, points, vectors):
+        flow = np.zeros(image.shape[:2] + (2,), np.float32)
+        flow[3, 4, 0] = bad
+        return flow
+
+    with pytest.raises(ValueError, match=r"Method 'broken' returned NaN or infinite flow"):
+        benchmark.evaluate({"zero": _zero, "broken": broken}, [_still_pair()], ks=(1,),
+                           strategies=("uniform",), progress=False)
+
+
+def test_results_json_holds_no_bare_nan(tmp_path):
+    from cmp_tf.evaluation import benchmark
+
+    result = benchmark.evaluate({"zero": _zero}, [_still_pair()], ks=(1,),
+                                strategies=("uniform",), progress=False)
+    assert np.isnan(result["rows"][0]["epe_near"])  # no pixel near a motion edge
+    benchmark.write_report(result, str(tmp_path))
+
+    def refuse(constant):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    row = saved["rows"][0]
+    assert row["epe_near"] is None and abs(row["epe"] - 2 * np.sqrt(2)) < 1e-5
+
+
+@pytest.mark.parametrize("pairs", ["0", "-3"])
+def test_evaluate_refuses_pairs_that_are_not_a_count(tmp_path, pairs):
+    result = _run("evaluate.py", f"--checkpoint={tmp_path / 'none.keras'}", f"--pairs={pairs}",
+                  f"--out={tmp_path / 'out'}")
+    assert result.returncode != 0
+    assert f"--pairs={pairs} must be a positive count, or -1 for all pairs" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def saved_default(tmp_path_factory):
+    """An untrained default-recipe model saved as .keras."""
+    from cmp_tf import models
+
+    path = tmp_path_factory.mktemp("model") / "default.keras"
+    models.build_cmp(load_config("default")).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_evaluate_py_with_uniform_guidance_only(tmp_path, saved_default):
+    out = tmp_path / "eval"
+    result = _run("evaluate.py", f"--checkpoint={saved_default}", "--data=generated",
+                  "--pairs=2", "--ks=1,5", "--strategies=uniform", "--baselines=nearest",
+                  f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| K (uniform) |" in result.stdout
+    assert "results.md, results.json, relative_epe.png, panels.png" in result.stdout
+    for name in ("results.md", "results.json", "relative_epe.png", "panels.png"):
+        assert (out / name).stat().st_size > 0, name
+    again = _run("evaluate.py", f"--checkpoint={saved_default}", "--data=generated",
+                 "--pairs=1", "--ks=1", "--strategies=uniform", "--baselines=nearest",
+                 "--panels=0", f"--out={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "relative_epe.png\n" in again.stdout and "panels.png" not in again.stdout
+    assert not (out / "panels.png").exists()
+
+
+# ---------------------------------------------------------- PyTorch checkpoint reading
+
+
+def _craft(path, legacy, size, stride):
+    """A checkpoint whose tensor state_dict.w of 4 float32 declares `size` and `stride`."""
+    from cmp_tf import torch_checkpoint
+
+    torch_checkpoint.save({"state_dict": {"w": np.zeros(4, np.float32)}}, path, legacy=legacy)
+    raw = path.read_bytes()
+
+    def ints(values):
+        return pickle.MARK + b"".join(pickle.BININT + struct.pack("<i", v) for v in values) + \
+            pickle.TUPLE
+
+    for old, new in ((ints((4,)), ints(size)), (ints((1,)), ints(stride))):
+        assert raw.count(old) == 1
+        raw = raw.replace(old, new)
+    if not legacy:  # the zip layout: rewrite the pickle member
+        import io
+        import zipfile
+
+        with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+            members = {n: archive.read(n) for n in archive.namelist()}
+        name = next(n for n in members if n.endswith("data.pkl"))
+        members[name] = raw[raw.index(pickle.PROTO):]
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            for n, data in members.items():
+                archive.writestr(n, data)
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_a_checkpoint_tensor_larger_than_its_storage_is_refused(tmp_path, legacy):
+    from cmp_tf import torch_checkpoint
+
+    path = _craft(tmp_path / "huge.pth", legacy, (10**6, 10**6), (0, 0))  # 3.6 TiB asked
+    assert path.stat().st_size < 2000
+    with pytest.raises(ValueError, match=r"tensor state_dict\.w has size \(1000000, 1000000\)"
+                                         r": 1000000000000 elements .* more than its storage "
+                                         r"holds \(4 elements, 16 bytes\)"):
+        torch_checkpoint.load(path)
+    path = _craft(tmp_path / "far.pth", legacy, (2, 2), (1, 3))  # reads element 4 of 0..3
+    with pytest.raises(ValueError, match=r"tensor state_dict\.w of size \(2, 2\), stride "
+                                         r"\(1, 3\) at offset 0 reads past the end"):
+        torch_checkpoint.load(path)
+    path = _craft(tmp_path / "ok.pth", legacy, (2, 2), (1, 2))  # a transposed view: fine
+    assert torch_checkpoint.load(path)["state_dict"]["w"].shape == (2, 2)
+
+
+# ------------------------------------------------------------------- python -m export
+
+
+def _earlier_export(out):
+    """A folder holding an earlier export (every format, both parts) and a user's notes."""
+    out.mkdir()
+    (out / "model_saved_model").mkdir()
+    (out / "model_saved_model" / "saved_model.pb").write_bytes(b"old")
+    for name in ("model.tflite", "encoder_int8.onnx", "export.json", "parity.md"):
+        (out / name).write_text("old")
+    (out / "notes.txt").write_text("mine")
+
+
+def test_export_refuses_a_folder_holding_an_earlier_export(tmp_path):
+    from cmp_tf import models
+    from export import export_lib
+
+    config = load_config("default")
+    config.model.decoder_combo = (1, 2)  # minimum side 64
+    out = tmp_path / "out"
+    _earlier_export(out)
+    with pytest.raises(ValueError, match=r"--out=.* holds an earlier export \(model_saved_model, "
+                                         r"model.tflite, encoder_int8.onnx, export.json, "
+                                         r"parity.md\): pass --overwrite"):
+        export_lib.export(models.build_cmp(config), config, str(out), formats=("tflite",),
+                          size=(64, 64), log=lambda _: None)
+    assert (out / "model.tflite").read_text() == "old"
+
+
+@pytest.mark.slow
+def test_export_overwrite_replaces_the_whole_earlier_export(tmp_path):
+    from cmp_tf import models
+    from export import export_lib
+
+    config = load_config("default")
+    config.model.decoder_combo = (1, 2)
+    out = tmp_path / "out"
+    _earlier_export(out)
+    report = export_lib.export(models.build_cmp(config), config, str(out), formats=("tflite",),
+                               size=(64, 64), parity_samples=1, repeats=1, encoder=False,
+                               log=lambda _: None, overwrite=True)
+    assert sorted(os.listdir(out)) == ["export.json", "model.tflite", "notes.txt", "parity.md"]
+    assert [row["artifact"] for row in report["rows"]] == ["model.tflite"]
+    assert json.loads((out / "export.json").read_text())["rows"][0]["artifact"] == "model.tflite"
+    assert (out / "notes.txt").read_text() == "mine"  # not an export's: left in place

@@ -362,3 +362,21 @@ def test_the_animate_command_stays_small_for_a_huge_image(tmp_path):
     assert code == 1 and "--max_pixels=4194304" in output, output[-2000:]
     print(f"peak RSS {peak_mb:.0f} MB")
     assert peak_mb < PEAK_MB, f"peak RSS {peak_mb:.0f} MB"
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_runs_and_the_server_holds(tmp_path):
+    """benchmarks/web_load.py for 3 s: every kind of request, good and hostile, is answered as
+    it should be, and the server stays up and under the benchmark's memory bound."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "web_load.py"), "--duration=3",
+         "--clients=4", "--request_timeout=1", f"--out={tmp_path}"], capture_output=True,
+        text=True, timeout=600, cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "web_load.json").read_text())
+    assert report["stayed_up"] and report["under_bound"] and report["all_as_expected"]
+    assert set(report["kinds"]) >= {"animate", "huge_image", "negative_length", "idle"}
+    assert all(row["requests"] >= 1 for row in report["kinds"].values())
+    assert 0 < report["peak_rss_mb"] <= report["memory_bound_mb"]

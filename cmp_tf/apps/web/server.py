@@ -21,7 +21,8 @@ must stay inside static/: nothing else on the disk is served.
 
 What one server can hold is bounded: max_connections connection threads, each for at most
 request_timeout seconds of reading (an idle or trickling client is cut off) and max_bytes of
-body; WORKERS requests decode and render at once, each within max_side and MAX_RENDER_PIXELS.
+body (LINGER_S more after a refusal); WORKERS requests decode and render at once, each within
+max_side and MAX_RENDER_PIXELS.
 """
 import base64
 import binascii
@@ -53,6 +54,7 @@ MAX_FRAMES = 64  # bounds the work one animation request can ask for
 REQUEST_TIMEOUT_S = 30.0  # a request's line, headers and body must all arrive within it
 MAX_CONNECTIONS = 32  # open connections (one thread each); more are answered 503 at once
 WORKERS = 2  # requests decoding and rendering at once: the memory they hold is bounded
+LINGER_S = 2.0  # after a refusal, how long the unread rest of a body is read and dropped
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # names of this machine always accepted
 _WILDCARDS = ("", "0.0.0.0", "::")
 _LENGTH = re.compile(r"[0-9]{1,18}")  # a Content-Length: digits only (no sign, space or _)
@@ -99,9 +101,9 @@ def _png(image):
     return data.tobytes()
 
 
-def decode_request_image(value, max_side):
-    """The request's `image` field (base64, optionally a data: URL) -> uint8 RGB; its size is
-    read from the header and refused (413) before anything is decoded."""
+def request_image(value, max_side):
+    """The request's `image` field (base64, optionally a data: URL) -> (encoded bytes,
+    (width, height)): the size read from the header and refused (413) before any decoding."""
     if not isinstance(value, str) or not value:
         raise RequestError(HTTPStatus.BAD_REQUEST, "image must be a base64 PNG or JPEG string.")
     if value.startswith("data:"):
@@ -117,18 +119,27 @@ def decode_request_image(value, max_side):
                            f"image is {width}x{height} px; at most {max_side} px a side is "
                            "accepted (the size is read from the image's header; nothing was "
                            "decoded).")
-    return inputs.decode_image(data, "image", max_side=max_side)
+    return data, (width, height)
+
+
+def _shaped(size):
+    """A stand-in of an image's shape (height, width) that holds no pixels, for the checks
+    that need only the size."""
+    return np.broadcast_to(np.uint8(0), (size[1], size[0]))
 
 
 class App:
     """What the API does, apart from HTTP: one propagator, used by one request at a time
-    (LiteRT interpreters and Keras models are not safe to call from several threads)."""
+    (LiteRT interpreters and Keras models are not safe to call from several threads), and
+    `workers` requests decoding and rendering at once. Everything checkable from the request
+    and the image's header is checked first, without waiting for a worker."""
 
     def __init__(self, propagator, max_side=MAX_SIDE,
-                 max_render_pixels=animate.MAX_RENDER_PIXELS):
+                 max_render_pixels=animate.MAX_RENDER_PIXELS, workers=WORKERS):
         self.propagator, self.max_side = propagator, max_side
         self.max_render_pixels = max_render_pixels
         self._lock = threading.Lock()
+        self._workers = threading.BoundedSemaphore(workers)
 
     def info(self):
         return {"model": self.propagator.path, "format": self.propagator.format,
@@ -139,38 +150,42 @@ class App:
                 "refine": annotate.REFINE, "refinements": list(annotate.REFINEMENTS)}
 
     def animate(self, request):
-        image = decode_request_image(request.get("image"), self.max_side)
+        data, size = request_image(request.get("image"), self.max_side)
         arrows = inputs.parse_rows(request.get("arrows"), inputs.ARROW_FIELDS, "arrows")
-        inputs.check_inside(arrows, *image.shape[:2], name="arrows")
+        inputs.check_inside(arrows, size[1], size[0], name="arrows")
         frames = request.get("frames", animate.FRAMES)
         if isinstance(frames, bool) or not isinstance(frames, int) or \
                 not 2 <= frames <= MAX_FRAMES:
             raise ValueError(f"frames must be an integer in [2, {MAX_FRAMES}]; got {frames!r}.")
         fps = inputs.positive(request.get("fps", animate.FPS), "fps")
-        try:  # before the model runs: the frames are rendered at the image's size
-            animate.check_render(image.shape[1], image.shape[0], frames, self.max_render_pixels)
+        try:  # before decoding: the frames are rendered at the image's size
+            animate.check_render(*size, frames, self.max_render_pixels)
         except ValueError as error:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error)) from error
-        with self._lock:
-            flow = animate.predict_flow(self.propagator, image, arrows)
-        frames = animate.animate_frames(image, flow, frames, self.max_render_pixels)
-        return {"flow_png": _b64(_png(flow_lib.flow_to_color(flow))),
-                "animation_gif": _b64(animate.encode_gif(frames, fps))}
+        with self._workers:
+            image = inputs.decode_image(data, "image", max_side=self.max_side)
+            with self._lock:
+                flow = animate.predict_flow(self.propagator, image, arrows)
+            frames = animate.animate_frames(image, flow, frames, self.max_render_pixels)
+            return {"flow_png": _b64(_png(flow_lib.flow_to_color(flow))),
+                    "animation_gif": _b64(animate.encode_gif(frames, fps))}
 
     def annotate(self, request):
-        image = decode_request_image(request.get("image"), self.max_side)
+        data, size = request_image(request.get("image"), self.max_side)
         positive = inputs.parse_rows(request.get("positive"), inputs.CLICK_FIELDS, "positive")
         negative = inputs.parse_rows(request.get("negative"), inputs.CLICK_FIELDS, "negative",
                                      allow_empty=True)
         refine = request.get("refine", annotate.REFINE)
         annotate.check_refinement(annotate.THRESHOLD, refine)
-        annotate.check_clicks(image, positive, negative)
-        with self._lock:
-            score = annotate.motion_score(self.propagator, image, positive, negative)
-        mask = annotate.refine(image, score, positive, negative, method=refine)
-        return {"mask_png": _b64(_png(mask.astype(np.uint8) * 255)),
-                "overlay_png": _b64(_png(annotate.overlay(image, mask))),
-                "share": float(mask.mean())}
+        annotate.check_clicks(_shaped(size), positive, negative)
+        with self._workers:
+            image = inputs.decode_image(data, "image", max_side=self.max_side)
+            with self._lock:
+                score = annotate.motion_score(self.propagator, image, positive, negative)
+            mask = annotate.refine(image, score, positive, negative, method=refine)
+            return {"mask_png": _b64(_png(mask.astype(np.uint8) * 255)),
+                    "overlay_png": _b64(_png(annotate.overlay(image, mask))),
+                    "share": float(mask.mean())}
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -259,7 +274,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def _refuse(self, error):
         self.close_connection = True  # whatever was not read of the body is not read
+        self._linger = self.command == "POST"
         self._json(error.status, {"error": str(error)})
+
+    def finish(self):
+        """After a refusal, the rest of the body is read and dropped for at most LINGER_S and
+        max_bytes before the socket closes: closing on unread bytes resets the connection, and
+        a client still sending would lose the answer."""
+        super().finish()
+        if not getattr(self, "_linger", False):
+            return
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, dropped = time.monotonic() + LINGER_S, 0
+            while dropped <= self.server.max_bytes and time.monotonic() < deadline:
+                self.connection.settimeout(max(deadline - time.monotonic(), 0.001))
+                part = self.connection.recv(65536)
+                if not part:
+                    break
+                dropped += len(part)
+        except OSError:  # the client closed, reset or was slow: nothing more to do
+            pass
 
     def do_GET(self):  # noqa: N802  (http.server's name)
         try:
@@ -284,10 +319,9 @@ class Handler(BaseHTTPRequestHandler):
                                    f"POST to {', '.join(self.routes)}.")
             self._check_host_and_origin()
             request = self._read_json()
-            with self.server.workers:
-                start = time.perf_counter()
-                result = getattr(self.server.app, route)(request)
-                result["seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
+            result = getattr(self.server.app, route)(request)
+            result["seconds"] = time.perf_counter() - start
             self._json(HTTPStatus.OK, result)
         except RequestError as error:
             self._refuse(error)
@@ -404,6 +438,5 @@ def make_server(propagator, host="127.0.0.1", port=8000, max_bytes=MAX_BYTES,
         max_bytes, verbose
     server.request_timeout, server.max_connections = float(request_timeout), max_connections
     server.slots = threading.BoundedSemaphore(max_connections)
-    server.workers = threading.BoundedSemaphore(WORKERS)
     server.hosts = own_hosts(host, server.server_address[1], hosts)
     return server

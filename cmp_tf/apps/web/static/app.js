@@ -4,7 +4,8 @@
 "use strict";
 
 const PIN_PX = 3;  // a drag shorter than this (image px) is a click: a pinned, still point
-const state = { dataUrl: null, image: null, arrows: [], positive: [], negative: [], drag: null };
+const state = { dataUrl: null, image: null, arrows: [], positive: [], negative: [], drag: null,
+                info: null };
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
 const context = canvas.getContext("2d");
@@ -120,6 +121,7 @@ $("file").addEventListener("change", () => {
       state.arrows = []; state.positive = []; state.negative = [];
       canvas.width = image.naturalWidth;
       canvas.height = image.naturalHeight;
+      limitFrames();
       draw();
       canvas.dataset.loaded = "true";
       setStatus(`Loaded ${file.name}, ${image.naturalWidth}x${image.naturalHeight}.`);
@@ -182,11 +184,24 @@ $("annotate").addEventListener("click", async () => {
   }
 });
 
+// The server renders frames x width x height pixels at most: offer no more frames than fit.
+function limitFrames() {
+  if (!state.info) return;
+  let most = state.info.max_frames;
+  if (state.image) {
+    const pixels = state.image.naturalWidth * state.image.naturalHeight;
+    most = Math.max(2, Math.min(most, Math.floor(state.info.max_render_pixels / pixels)));
+  }
+  $("frames").max = most;
+  if (Number($("frames").value) > most) $("frames").value = most;
+}
+
 fetch("api/info").then((r) => r.json()).then((info) => {
+  state.info = info;
   $("model").textContent = `model: ${info.model} (${info.format}); images up to ` +
     `${info.max_side} px a side, ${(info.max_bytes / 2 ** 20).toFixed(0)} MB`;
   $("frames").value = info.frames;
-  $("frames").max = info.max_frames;
+  limitFrames();
   for (const name of info.refinements) {
     const option = document.createElement("option");
     option.value = option.textContent = name;

@@ -60,11 +60,12 @@ def _pairs(config, from_run):
 
 
 def _propagation(path, out):
+    from cmp_tf import rundir
     from cmp_tf import runtime
     from cmp_tf.evaluation import baselines
     from cmp_tf.evaluation import benchmark
 
-    config, from_run = runtime.run_config(path)
+    config, from_run = rundir.read_config(path)
     methods = {"cmp": runtime.Propagator(path)}
     for name in dict.fromkeys(["zero", *_BASELINES.value]):
         methods[name] = baselines.get(name)
@@ -121,20 +122,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     _check_flags()
-    from cmp_tf import runtime
+    from cmp_tf import rundir
 
     try:
-        path = _CHECKPOINT.value or runtime.default_checkpoint()
+        path = _CHECKPOINT.value or rundir.default_checkpoint()
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     if not os.path.exists(path):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
     # Results of the shipped model go under runs/, never into the installed package.
-    run_dir = path if os.path.isdir(path) and not runtime.is_pretrained(path) else None
-    out = _OUT.value or (os.path.join(run_dir, "eval", _TASK.value) if run_dir else os.path.join(
-        "runs", "eval", "pretrained" if runtime.is_pretrained(path) else
-        os.path.splitext(os.path.basename(path))[0], _TASK.value))
+    out = _OUT.value or os.path.join(rundir.results_dir(path, "eval"), _TASK.value)
     print(f"Evaluating {path} ({_TASK.value})")
     try:
         if _TASK.value == "propagation":

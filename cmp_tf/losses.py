@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from cmp_tf import flow as flow_lib
 from cmp_tf import ops
+from cmp_tf.data.voc import IGNORE_LABEL
 
 LOSSES = ("discrete", "l1", "l2")
 
@@ -101,3 +102,17 @@ def make_loss(flow_config, jit_compile=True):
     else:
         raise ValueError(f"config.flow.loss={kind!r} is unknown; known: {', '.join(LOSSES)}.")
     return tf.function(loss, jit_compile=True) if jit_compile else loss
+
+
+def segmentation_loss(logits, labels, ignore_label=IGNORE_LABEL):
+    """Softmax cross-entropy averaged over labelled pixels; `ignore_label` pixels add nothing.
+
+    Args:
+        logits: [B, H, W, C]; labels: [B, H, W] integer class indices or `ignore_label`.
+    """
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.not_equal(labels, ignore_label)
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.where(valid, labels, 0), tf.cast(logits, tf.float32))
+    weight = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(per_pixel * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)

@@ -18,7 +18,9 @@ import time
 import ml_collections
 import numpy as np
 
-from cmp_tf import runtime
+from cmp_tf import data
+from cmp_tf import rundir
+from cmp_tf import runners
 from export import onnx as onnx_export
 from export import parity
 from export import savedmodel
@@ -68,29 +70,25 @@ def clear_earlier_export(out, overwrite=False):
 def load_checkpoint(path=None):
     """(Keras model, recipe, .keras path) of a run directory or .keras file (default: the
     newest run, else the shipped pretrained model). The recipe is the run's config.json, else
-    the CPU default recipe (its data calibrates and checks the export)."""
-    path = runtime.resolve_model_path(path or runtime.default_checkpoint())
-    if runtime.model_format(path) != "keras":
+    the shipped model's (its data calibrates and checks the export)."""
+    path = rundir.resolve_model_path(path or rundir.default_checkpoint())
+    if rundir.model_format(path) != "keras":
         raise ValueError(f"--checkpoint={path} must be a run directory or a .keras file: export "
                          "starts from the Keras model.")
-    model = runtime.KerasRunner(path).model
-    config, _ = runtime.run_config(path)
+    model = runners.KerasRunner(path).model
+    config, _ = rundir.read_config(path)
     return model, config, path
 
 
 def default_out(checkpoint):
-    """<run directory>/export for a checkpoint path (runs/pretrained/export for the shipped
-    model: nothing is written into the installed package)."""
-    if runtime.is_pretrained(checkpoint):
-        return os.path.join("runs", "pretrained", "export")
-    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "export")
+    """Where an export of `checkpoint` goes by default (rundir.results_dir: <run>/export, and
+    runs/pretrained/export for the shipped model: nothing is written into the package)."""
+    return rundir.results_dir(checkpoint, "export")
 
 
 def _sources(config, split):
-    from configs import common
-
     sources = tuple(config.data.get(split) or ())
-    return sources or common.sample_splits()[0 if split == "train" else 1]
+    return sources or data.sample_splits()[0 if split == "train" else 1]
 
 
 def real_samples(config, split, count, size):

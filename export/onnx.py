@@ -16,7 +16,7 @@ import onnx
 import tf2onnx
 from tf2onnx import tf_loader
 
-from cmp_tf import runtime
+from cmp_tf import runners
 from export import tflite as tflite_export
 
 # ONNX opset written: 18 is the newest tf2onnx 1.17 targets, and ONNX Runtime 1.32 runs it.
@@ -34,17 +34,17 @@ def _numpy2_compatible_tf2onnx():
 
 
 def convert(saved_model, metadata=None, opset=OPSET):
-    """A SavedModel folder's runtime.SIGNATURE -> ONNX ModelProto with the same input and
-    output names and `metadata` (JSON) in metadata_props under runtime.METADATA_KEY."""
+    """A SavedModel folder's runners.SIGNATURE -> ONNX ModelProto with the same input and
+    output names and `metadata` (JSON) in metadata_props under runners.METADATA_KEY."""
     _numpy2_compatible_tf2onnx()
     graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
-        saved_model, None, None, tag=["serve"], signatures=[runtime.SIGNATURE],
+        saved_model, None, None, tag=["serve"], signatures=[runners.SIGNATURE],
         return_tensors_to_rename=True)
     proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs,
                                               output_names=outputs, opset=opset,
                                               tensors_to_rename=renames)
     if metadata is not None:
-        onnx.helper.set_model_props(proto, {runtime.METADATA_KEY: json.dumps(metadata)})
+        onnx.helper.set_model_props(proto, {runners.METADATA_KEY: json.dumps(metadata)})
     return proto
 
 
@@ -90,6 +90,6 @@ def quantize(source, path, samples, metadata=None):
     if metadata is not None:
         proto = onnx.load(path)
         del proto.metadata_props[:]
-        onnx.helper.set_model_props(proto, {runtime.METADATA_KEY: json.dumps(metadata)})
+        onnx.helper.set_model_props(proto, {runners.METADATA_KEY: json.dumps(metadata)})
         onnx.save(proto, path)
     return path

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from cmp_tf import runners
 from cmp_tf import runtime
 
 # Mean |flow difference| a float32 artifact may show against Keras (issue 7): rounding-level
@@ -81,7 +82,7 @@ def encoder_parity(path, reference, images, threads, repeats):
     """The encoder artifact at `path` on `images` against Keras' outputs `reference` (a list of
     {name: array}, one per image): feature differences, absolute and relative to the mean
     feature magnitude."""
-    runner = runtime.open_model(path, threads)
+    runner = runners.open_model(path, threads)
     outputs = [runner({"image": image}) for image in images]
     stacked = {k: np.concatenate([o[k] for o in outputs]) for k in reference[0]}
     expected = {k: np.concatenate([r[k] for r in reference]) for k in reference[0]}

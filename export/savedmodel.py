@@ -7,7 +7,7 @@ import os
 import keras
 import tensorflow as tf
 
-from cmp_tf import runtime
+from cmp_tf import runners
 
 
 def input_specs(model, size=None, batch=None, strides=None):
@@ -41,7 +41,7 @@ def serving_function(model, outputs=None):
 
 
 def write(model, path, specs=None, outputs=None, metadata=None):
-    """Writes `model` as a SavedModel with one signature, runtime.SIGNATURE, named inputs and
+    """Writes `model` as a SavedModel with one signature, runners.SIGNATURE, named inputs and
     outputs, and `metadata` (the runtime's size rules) in assets.extra/.
 
     Args:
@@ -50,11 +50,11 @@ def write(model, path, specs=None, outputs=None, metadata=None):
     """
     specs = specs or input_specs(model)
     archive = keras.export.ExportArchive()  # tracks the variables its endpoint uses, once
-    archive.add_endpoint(runtime.SIGNATURE, serving_function(model, outputs),
+    archive.add_endpoint(runners.SIGNATURE, serving_function(model, outputs),
                          input_signature=list(specs.values()))
     archive.write_out(path, verbose=False)
     if metadata is not None:
-        meta = os.path.join(path, runtime.SAVED_MODEL_METADATA)
+        meta = os.path.join(path, runners.SAVED_MODEL_METADATA)
         os.makedirs(os.path.dirname(meta), exist_ok=True)
         with open(meta, "w") as f:
             json.dump(metadata, f, indent=1)

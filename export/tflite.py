@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cmp_tf import runtime
+from cmp_tf import runners
 from cmp_tf.models import fills
 from export import savedmodel
 
@@ -63,7 +63,7 @@ def convert(model, size, precision="float32", representative=None, metadata=None
         size: (H, W) of the fixed-size model; with `dynamic`, H and W stay free (batch 1).
         precision: one of PRECISIONS.
         representative: for int8, a list of input dicts (batch 1, float32) to calibrate on.
-        metadata: JSON-able dict stored under runtime.METADATA_KEY; priors cut out for int8
+        metadata: JSON-able dict stored under runners.METADATA_KEY; priors cut out for int8
             are added to it under "priors".
         outputs: output names to keep (default all).
     """
@@ -132,6 +132,6 @@ def with_metadata(flat, metadata):
     buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
     model.buffers.append(buffer)
     entry = flatbuffer_utils.schema_fb.MetadataT()
-    entry.name, entry.buffer = runtime.METADATA_KEY, len(model.buffers) - 1
+    entry.name, entry.buffer = runners.METADATA_KEY, len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

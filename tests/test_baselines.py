@@ -234,3 +234,20 @@ def test_get_names_the_known_baselines():
     assert baselines.get("epicflow") is baselines.epicflow
     with pytest.raises(ValueError, match="Unknown baseline 'raft'.*nearest.*epicflow"):
         baselines.get("raft")
+
+
+@pytest.mark.parametrize("count", [1, 5, 80])
+def test_the_nearest_fill_in_numpy_and_in_the_model_agree(count, rng):
+    """`baselines.nearest` (OpenCV, what the benchmark scores) and `fills.DensePrior` at stride
+    1 (jump flooding in the graph, what the models start from) are one fill in two forms: they
+    pick the same guide except where two guides are nearly equidistant, which OpenCV's 5x5
+    chamfer distance can order differently from the exact Euclidean distance."""
+    from cmp_tf.models import fills
+
+    points = rng.uniform(0, 63, (count, 2)).astype(np.float32)
+    vectors = rng.normal(0, 5, (count, 2)).astype(np.float32)
+    numpy_fill = baselines.nearest(np.zeros((64, 64, 3), np.uint8), points, vectors)
+    sparse = sampling.sparse_from_points(points, vectors, 64, 64)
+    graph_fill = fills.DensePrior(1)(sparse[None]).numpy()[0, ..., :2]
+    same = np.all(np.abs(numpy_fill - graph_fill) < 1e-5, axis=-1)
+    assert same.mean() >= 0.97

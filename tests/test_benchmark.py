@@ -200,21 +200,22 @@ def test_propagator_refuses_bad_paths_and_guidance(tmp_path, saved_model):
 def test_the_shipped_model_serves_with_no_path_and_beats_zero_flow(tmp_path):
     """Propagator() loads the pretrained model inside the package (at most 20 MB) and its
     flow on a generated scene is closer to the truth than no motion at all."""
+    from cmp_tf import rundir
     from cmp_tf import runtime
 
-    model_file = os.path.join(runtime.PRETRAINED, runtime.MODEL_FILE)
+    model_file = os.path.join(rundir.PRETRAINED, rundir.MODEL_FILE)
     assert os.path.getsize(model_file) <= 20 * 2**20
-    assert runtime.default_checkpoint(root=str(tmp_path)) == runtime.PRETRAINED  # no runs here
+    assert rundir.default_checkpoint(root=str(tmp_path)) == rundir.PRETRAINED  # no runs here
     # Results of the shipped model never go into the package, however its path is spelled.
-    relative = os.path.relpath(runtime.PRETRAINED)
-    assert runtime.is_pretrained(relative) and runtime.is_pretrained(model_file)
-    assert not runtime.is_pretrained(str(tmp_path))
+    relative = os.path.relpath(rundir.PRETRAINED)
+    assert rundir.is_pretrained(relative) and rundir.is_pretrained(model_file)
+    assert not rundir.is_pretrained(str(tmp_path))
     from export import export_lib
 
     assert export_lib.default_out(os.path.join(relative, "model.keras")) == os.path.join(
         "runs", "pretrained", "export")
-    config, from_run = runtime.run_config(runtime.PRETRAINED)
-    assert from_run and config.model.dense_prior
+    config, from_run = rundir.read_config(rundir.PRETRAINED)
+    assert from_run and config.model.head == "fill_correction"
     propagator = runtime.Propagator()
     image, flow, valid = benchmark.generated_pairs(1, size=96, seed=1)[0]
     xy, _ = benchmark.guidance_order(flow, valid, "uniform", 25, np.random.default_rng(0))

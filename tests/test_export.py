@@ -68,7 +68,7 @@ def test_every_format_exports_and_matches_keras(exported):
 def test_tflite_names_shapes_and_metadata(exported):
     from ai_edge_litert.interpreter import Interpreter
 
-    from cmp_tf import runtime
+    from cmp_tf import runners
 
     out, _, _ = exported
     runner = Interpreter(model_path=str(out / "model.tflite")).get_signature_runner()
@@ -78,14 +78,14 @@ def test_tflite_names_shapes_and_metadata(exported):
     assert list(inputs["sparse"]["shape"]) == [1, *SIZE, 3]
     assert list(outputs["flow"]["shape"]) == [1, *SIZE, 2]
     assert list(outputs["logits"]["shape"]) == [1, SIZE[0] // 2, SIZE[1] // 2, 198]
-    meta = json.loads(runtime.tflite_metadata(str(out / "model.tflite")))
+    meta = json.loads(runners.tflite_metadata(str(out / "model.tflite")))
     assert meta["size"] == list(SIZE) and meta["multiple"] == 32 and meta["minimum"] == 64
     # The int8 model leaves the dense prior (jump flooding) to the runtime, as named inputs.
     quantized = Interpreter(model_path=str(out / "model_int8.tflite")).get_signature_runner()
     shapes = {k: list(v["shape"]) for k, v in quantized.get_input_details().items()}
     assert shapes == {"image": [1, 64, 64, 3], "sparse": [1, 64, 64, 3],
                       "dense_prior": [1, 2, 2, 3], "dense_prior_out": [1, 32, 32, 3]}
-    meta = json.loads(runtime.tflite_metadata(str(out / "model_int8.tflite")))
+    meta = json.loads(runners.tflite_metadata(str(out / "model_int8.tflite")))
     assert meta["priors"]["dense_prior_out"]["stride"] == 2
     encoder = Interpreter(model_path=str(out / "encoder.tflite")).get_signature_runner()
     assert list(encoder.get_input_details()) == ["image"]
@@ -153,6 +153,7 @@ def test_propagator_rejects_bad_input(exported):
 def test_bad_model_files_are_named(exported, tmp_path):
     import shutil
 
+    from cmp_tf import runners
     from cmp_tf import runtime
 
     out, _, _ = exported
@@ -165,7 +166,7 @@ def test_bad_model_files_are_named(exported, tmp_path):
             runtime.Propagator(tmp_path / name)
     copy = tmp_path / "no_metadata"
     shutil.copytree(out / "model_saved_model", copy)
-    os.remove(copy / runtime.SAVED_MODEL_METADATA)
+    os.remove(copy / runners.SAVED_MODEL_METADATA)
     with pytest.raises(ValueError, match="no 'cmp_tf' metadata"):
         runtime.Propagator(copy)
     with pytest.raises(ValueError, match="takes .*image.*sparse"):
@@ -202,12 +203,12 @@ def test_bad_export_arguments_are_refused(tmp_path):
 
 
 def test_integer_tensors_take_the_models_scale_and_zero_point():
-    from cmp_tf import runtime
+    from cmp_tf import runners
 
     detail = {"dtype": np.int8, "quantization": (0.5, -3)}
-    q = runtime.quantize(np.array([0.0, 1.0, 100.0, -100.0], np.float32), detail)
+    q = runners.quantize(np.array([0.0, 1.0, 100.0, -100.0], np.float32), detail)
     np.testing.assert_array_equal(q, [-3, -1, 127, -128])
-    np.testing.assert_allclose(runtime.dequantize(q, detail), [0.0, 1.0, 65.0, -62.5])
+    np.testing.assert_allclose(runners.dequantize(q, detail), [0.0, 1.0, 65.0, -62.5])
 
 
 @pytest.mark.slow

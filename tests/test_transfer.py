@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cmp_tf import losses
 from cmp_tf import models
 from cmp_tf import transfer
 from cmp_tf.data import formats
 from cmp_tf.data import synthetic
 from cmp_tf.data import voc
+from cmp_tf.evaluation import segmentation as scores
 from cmp_tf.models import layers
+from cmp_tf.models import segmentation
 from tests.conftest import load_config
 
 IGNORE = voc.IGNORE_LABEL
@@ -86,11 +89,11 @@ def test_voc_reader_respects_the_ignore_label_in_data_loss_and_scores(tmp_path):
     keep = label != IGNORE
     expected = tf.nn.sparse_softmax_cross_entropy_with_logits(
         target[0][keep], logits[0][keep]).numpy().mean()
-    np.testing.assert_allclose(transfer.segmentation_loss(logits, target), expected, rtol=1e-6)
-    np.testing.assert_allclose(transfer.segmentation_loss(wild, target), expected, rtol=1e-6)
+    np.testing.assert_allclose(losses.segmentation_loss(logits, target), expected, rtol=1e-6)
+    np.testing.assert_allclose(losses.segmentation_loss(wild, target), expected, rtol=1e-6)
     # Scores: ignored pixels are not counted whatever is predicted there.
     prediction = np.where(label == IGNORE, 1, label)
-    confusion = transfer.confusion_matrix(label, prediction, 3)
+    confusion = scores.confusion_matrix(label, prediction, 3)
     assert confusion.sum() == keep.sum() and confusion[:, 1].sum() == 0
 
 
@@ -106,21 +109,21 @@ def test_miou_equals_a_hand_computed_confusion_matrix():
                      [0, 2, 0, 0],
                      [1, 0, 1, 0],
                      [0, 0, 1, 2]])
-    confusion = transfer.confusion_matrix(labels, predictions, 5)
+    confusion = scores.confusion_matrix(labels, predictions, 5)
     np.testing.assert_array_equal(confusion[:4, :4], hand)
     assert confusion[4].sum() == confusion[:, 4].sum() == 0  # class 4: nowhere
-    iou, miou = transfer.iou_from_confusion(confusion)
+    iou, miou = scores.iou_from_confusion(confusion)
     # IoU = TP / (row + column - TP): 2/(3+3-2), 2/(2+3-2), 1/(2+2-1), 2/(3+2-2).
     expected = [2 / 4, 2 / 3, 1 / 3, 2 / 3]
     np.testing.assert_allclose(iou[:4], expected)
     assert np.isnan(iou[4])  # absent everywhere: left out of the mean
     np.testing.assert_allclose(miou, np.mean(expected))
     with pytest.raises(ValueError, match="labels must be classes 0..2"):
-        transfer.confusion_matrix(labels, predictions, 3)
+        scores.confusion_matrix(labels, predictions, 3)
     with pytest.raises(ValueError, match="predictions must be classes 0..4"):
-        transfer.confusion_matrix(labels, np.where(predictions == 3, 7, predictions), 5)
+        scores.confusion_matrix(labels, np.where(predictions == 3, 7, predictions), 5)
     with pytest.raises(ValueError, match="same shape"):
-        transfer.confusion_matrix(labels, predictions[:2], 5)
+        scores.confusion_matrix(labels, predictions[:2], 5)
 
 
 def test_evaluate_segmentation_scores_a_known_model(rng):
@@ -131,11 +134,11 @@ def test_evaluate_segmentation_scores_a_known_model(rng):
     labels = rng.integers(0, 3, (3, 8, 8)).astype(np.int32)
     labels[:, :2] = IGNORE
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
-    scores = transfer.evaluate_segmentation(model, ds, 3)
-    expected = transfer.confusion_matrix(labels, images.argmax(-1), 3)
-    np.testing.assert_array_equal(scores["confusion"], expected)
-    assert scores["pixels"] == 3 * 6 * 8
-    np.testing.assert_allclose(scores["miou"], transfer.iou_from_confusion(expected)[1])
+    result = scores.evaluate_segmentation(model, ds, 3)
+    expected = scores.confusion_matrix(labels, images.argmax(-1), 3)
+    np.testing.assert_array_equal(result["confusion"], expected)
+    assert result["pixels"] == 3 * 6 * 8
+    np.testing.assert_allclose(result["miou"], scores.iou_from_confusion(expected)[1])
 
 
 def test_read_split_names_what_is_wrong(tmp_path):
@@ -202,22 +205,22 @@ def saved_encoder(tmp_path_factory):
 def test_build_and_load_copies_the_encoder_weights_exactly(saved_encoder):
     path, encoder = saved_encoder
     config = _config()
-    model = transfer.build_segmentation_model(config, 4)
+    model = segmentation.build_segmentation_model(config, 4)
     assert model.output_shape == (None, None, None, 4)
     assert model(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 64, 96, 4)
     assert any(layer.name == "head_skip" for layer in model.layers)  # DeepLabv3+ on MobileNet
     head_before = [w.numpy().copy() for w in model.get_layer("head_classifier").weights]
     info = transfer.load_encoder_weights(model, os.path.dirname(path))  # the run directory
     assert info["path"] == path and info["weights"] == len(encoder.weights)
-    loaded = model.get_layer(transfer.ENCODER).weights
+    loaded = model.get_layer(segmentation.ENCODER).weights
     assert len(loaded) == len(encoder.weights)
     for want, got in zip(encoder.weights, loaded):
         assert want.path == got.path
         np.testing.assert_array_equal(got.numpy(), want.numpy())
     for before, after in zip(head_before, model.get_layer("head_classifier").weights):
         np.testing.assert_array_equal(before, after.numpy())  # the head is left alone
-    transfer.set_encoder_frozen(model, True)
-    frozen = {id(v) for v in model.get_layer(transfer.ENCODER).weights}
+    segmentation.set_encoder_frozen(model, True)
+    frozen = {id(v) for v in model.get_layer(segmentation.ENCODER).weights}
     assert model.trainable_variables and not frozen & {id(v) for v in model.trainable_variables}
 
 
@@ -226,11 +229,11 @@ def test_a_run_directory_with_only_model_keras_loads_its_encoder(tmp_path):
     cmp = models.build_cmp(load_config("default", "runlocal"))
     cmp.save(tmp_path / "model.keras")
     keras.utils.set_random_seed(0)
-    model = transfer.build_segmentation_model(_config(), 4)
+    model = segmentation.build_segmentation_model(_config(), 4)
     info = transfer.load_encoder_weights(model, tmp_path)
     assert info["path"] == str(tmp_path / "model.keras")
-    for want, got in zip(cmp.get_layer(transfer.ENCODER).weights,
-                         model.get_layer(transfer.ENCODER).weights):
+    for want, got in zip(cmp.get_layer(segmentation.ENCODER).weights,
+                         model.get_layer(segmentation.ENCODER).weights):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
@@ -238,12 +241,12 @@ def test_a_mismatching_or_missing_checkpoint_is_a_clear_error(saved_encoder, tmp
     path, _ = saved_encoder
     config = _config()
     config.model.options.mobilenet_v3.width = 64  # another encoder than the checkpoint's
-    model = transfer.build_segmentation_model(config, 4)
+    model = segmentation.build_segmentation_model(config, 4)
     with pytest.raises(ValueError, match=r"(?s)encoder\.keras does not match.*conv_out: shapes"):
         transfer.load_encoder_weights(model, path)
     config.model.image_encoder = "alexnet_fcn_32x"
     with pytest.raises(ValueError, match="missing from the checkpoint"):
-        transfer.load_encoder_weights(transfer.build_segmentation_model(config, 4), path)
+        transfer.load_encoder_weights(segmentation.build_segmentation_model(config, 4), path)
     with pytest.raises(ValueError, match=f"Checkpoint {tmp_path / 'nope.keras'} does not exist"):
         transfer.load_encoder_weights(model, tmp_path / "nope.keras")
     with pytest.raises(ValueError, match=f"{tmp_path} is a directory without encoder.keras"):
@@ -257,14 +260,14 @@ def test_a_mismatching_or_missing_checkpoint_is_a_clear_error(saved_encoder, tmp
 def test_heads_follow_the_encoder(rng):
     config = _config()
     config.model.image_encoder = "alexnet_fcn_32x"
-    assert transfer.head_name(config) == "fcn"
+    assert segmentation.head_name(config) == "fcn"
     config.model.image_encoder = "resnet50"
-    assert transfer.head_name(config) == "aspp"
+    assert segmentation.head_name(config) == "aspp"
     config.head.name = "fcnn"
     with pytest.raises(ValueError, match="config.head.name='fcnn' is unknown"):
-        transfer.head_name(config)
+        segmentation.head_name(config)
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
-        transfer.build_segmentation_model(_config(), 1)
+        segmentation.build_segmentation_model(_config(), 1)
 
 
 def test_compare_refuses_an_empty_data_folder_and_a_bad_checkpoint(saved_encoder, tmp_path):

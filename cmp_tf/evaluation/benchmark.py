@@ -243,11 +243,11 @@ def validation_pairs(config, from_run, sources=(), count=0, seed=0, field="--dat
     """The pairs `evaluate.py` scores a run on: `sources` if given, else the run's validation
     clips (`from_run`: its config.json says which), else the embedded held-out clip; `count` > 0
     draws that many (sample_pairs). Returns (pairs, the sources)."""
+    from cmp_tf import data
     from cmp_tf.data import pipeline
-    from configs import common
 
     sources = tuple(sources) or (tuple(config.data.val) if from_run and config.data.val
-                                 else common.sample_splits()[1])
+                                 else data.sample_splits()[1])
     pipeline.check_sources(sources, field)
     config.data.val = sources
     pairs = pairs_from_dataset(pipeline.make_dataset(config, "val", guidance=False))

@@ -19,6 +19,13 @@ def _stride(shape):
     return _PROBE // shape[1]
 
 
+def part_strides(part):
+    """{output name: stride} of an image encoder (features, and skip2 / skip4 if it has
+    them), read from its symbolic output shapes."""
+    shapes = part.compute_output_shape((1, _PROBE, _PROBE, 3))
+    return {key: _stride(shape) for key, shape in shapes.items()}
+
+
 def assemble(image_encoder, sparse_encoder, decoder, head, *, decoder_scale=1, name="cmp"):
     """Wires built parts into the CMP model.
 
@@ -37,7 +44,7 @@ def assemble(image_encoder, sparse_encoder, decoder, head, *, decoder_scale=1, n
         {"logits": what the loss reads at the decoder's stride, "flow": [B, H, W, 2] pixels}.
     """
     enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
-    strides = {key: _stride(shape) for key, shape in enc_shapes.items()}
+    strides = part_strides(image_encoder)
     sparse_stride = _stride(sparse_encoder.compute_output_shape((1, _PROBE, _PROBE, 3)))
     if sparse_stride != strides["features"]:
         raise ValueError(

@@ -120,7 +120,8 @@ class PullPushFill(_GuidanceFill):
     The box pull snaps each guide to the centre of its coarse cell, up to half the spacing of
     the guides away; `pull="tent"` weighs the 3x3 children 1-2-1 instead, and `relax` 3x3
     mean passes per level with the guided cells held fix the push's blockiness. On the unseen
-    clip both bring the fill closer to linear interpolation (docs/ablation.md, "Gain profile, smoother fill, fixed weight").
+    clip both bring the fill closer to linear interpolation (docs/ablation.md, "Gain profile,
+    smoother fill, fixed weight").
 
     Args:
         stride, max_size: as DensePrior.

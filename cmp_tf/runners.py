@@ -1,0 +1,215 @@
+"""Exported CMP files run as one callable each: the format runners behind `cmp_tf.runtime`.
+
+Each runner loads one format `python -m export` writes (a `.keras` file, a SavedModel folder, a
+`.tflite` for LiteRT, an `.onnx` for ONNX Runtime) and does one thing: run the network on
+float32 NHWC batches of named inputs. What a CMP needs around that (sizes, guidance, scaling)
+lives once in `runtime`. The metadata constants here are the contract with `export/`.
+"""
+import json
+import os
+
+import numpy as np
+
+from cmp_tf import rundir
+
+SIGNATURE = "serving_default"  # the serving signature of exported SavedModels and .tflite files
+INPUTS, OUTPUT = ("image", "sparse"), "flow"  # the CMP's tensor names in every format (§8)
+# export/ stores how a network may be fed (stride multiple, minimum side, inputs it leaves to
+# the runtime) as a JSON object: ONNX metadata_props and TFLite metadata under this key, or
+# this file inside a SavedModel (assets.extra/ is the SavedModel's place for such files).
+METADATA_KEY = "cmp_tf"
+SAVED_MODEL_METADATA = os.path.join("assets.extra", "cmp_tf.json")
+
+
+def _static(dim):
+    return int(dim) if isinstance(dim, (int, np.integer)) and dim > 0 else None
+
+
+class KerasRunner:
+    """A .keras model, called eagerly (TensorFlow's threads are per process, not per model)."""
+
+    def __init__(self, path, threads=None):
+        import keras
+
+        from cmp_tf import models  # noqa: F401  (registers the custom layers)
+
+        try:
+            self.model = keras.models.load_model(path)
+        except Exception as error:  # a corrupt or foreign file: say which
+            raise ValueError(f"{path} could not be loaded as a CMP model: {error}") from error
+        try:  # a Sequential model loaded from disk has no `input` until it is called
+            inputs, outputs = self.model.input, self.model.output
+        except AttributeError as error:
+            raise ValueError(f"{path} is a Keras model but not a CMP ({error}).") from error
+        inputs = inputs if isinstance(inputs, dict) else {inputs.name: inputs}
+        self.inputs = {name: list(t.shape) for name, t in inputs.items()}
+        self.outputs = sorted(outputs) if isinstance(outputs, dict) else ["output"]
+        self.metadata = None
+        if "input_guard" in [layer.name for layer in self.model.layers]:
+            guard = self.model.get_layer("input_guard")
+            self.metadata = {"multiple": guard.multiple, "minimum": guard.minimum}
+
+    def __call__(self, feeds):
+        out = self.model(feeds if len(feeds) > 1 else next(iter(feeds.values())), training=False)
+        out = out if isinstance(out, dict) else {"output": out}
+        return {name: np.asarray(value) for name, value in out.items()}
+
+
+class SavedModelRunner:
+    """A SavedModel folder's serving signature."""
+
+    def __init__(self, path, threads=None):
+        import tensorflow as tf
+
+        try:
+            self._fn = tf.saved_model.load(path).signatures[SIGNATURE]
+        except Exception as error:
+            raise ValueError(f"{path} could not be loaded as a SavedModel with a {SIGNATURE!r} "
+                             f"signature: {error}") from error
+        specs = self._fn.structured_input_signature[1]
+        self.inputs = {name: spec.shape.as_list() for name, spec in specs.items()}
+        self.outputs = sorted(self._fn.structured_outputs)
+        meta = os.path.join(path, SAVED_MODEL_METADATA)
+        self.metadata = None
+        if os.path.isfile(meta):
+            with open(meta) as f:
+                self.metadata = _parse_metadata(f.read(), path)
+        self._tf = tf
+
+    def __call__(self, feeds):
+        out = self._fn(**{name: self._tf.constant(value) for name, value in feeds.items()})
+        return {name: value.numpy() for name, value in out.items()}
+
+
+def tflite_metadata(path):
+    """The METADATA_KEY entry of a .tflite file's metadata table as text, or None."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(bytearray(f.read()), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() is not None and entry.Name().decode() == METADATA_KEY:
+            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    return None
+
+
+class TFLiteRunner:
+    """A .tflite file through LiteRT. Tensors are matched by their signature names (converted
+    models list inputs in any order); a model with batch 1 runs a batch one item at a time;
+    other sizes are allocated with resize_tensor_input where the model allows them; integer
+    inputs and outputs (full-integer models) use the model's own scale and zero point."""
+
+    def __init__(self, path, threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self._interpreter = Interpreter(model_path=path, num_threads=threads)
+            runner = self._interpreter.get_signature_runner(SIGNATURE)
+        except Exception as error:
+            raise ValueError(f"{path} could not be loaded as a TFLite model with a "
+                             f"{SIGNATURE!r} signature: {error}") from error
+        self._inputs, self._outputs = runner.get_input_details(), runner.get_output_details()
+        self.inputs = {name: [None if d < 0 else int(d) for d in detail["shape_signature"]]
+                       for name, detail in self._inputs.items()}
+        self.outputs = sorted(self._outputs)
+        text = tflite_metadata(path)
+        self.metadata = None if text is None else _parse_metadata(text, path)
+        self._allocated = None  # {name: shape} the tensors are allocated for
+        self.path = path
+
+    def __call__(self, feeds):
+        count = len(next(iter(feeds.values())))
+        if count > 1 and all(shape[0] == 1 for shape in self.inputs.values()):
+            parts = [self({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(count)]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+        if shapes != self._allocated:
+            for name, shape in shapes.items():
+                expected = self.inputs[name]
+                if len(shape) != len(expected) or any(
+                        e is not None and e != s for e, s in zip(expected, shape)):
+                    raise ValueError(f"{self.path} input {name!r} takes shape {expected} (None: "
+                                     f"any); got {list(shape)}.")
+                self._interpreter.resize_tensor_input(self._inputs[name]["index"], shape,
+                                                      strict=True)
+            self._interpreter.allocate_tensors()
+            self._allocated = shapes
+        for name, value in feeds.items():
+            detail = self._inputs[name]
+            self._interpreter.set_tensor(detail["index"], quantize(value, detail))
+        self._interpreter.invoke()
+        return {name: dequantize(self._interpreter.get_tensor(detail["index"]), detail)
+                for name, detail in self._outputs.items()}
+
+
+def quantize(value, detail):
+    """float -> a LiteRT tensor's dtype; integer tensors by their scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    if not np.issubdtype(dtype, np.integer):
+        return np.asarray(value, dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(value / scale + zero), info.min, info.max).astype(dtype)
+
+
+def dequantize(value, detail):
+    if not np.issubdtype(value.dtype, np.integer):
+        return value.astype(np.float32)
+    scale, zero = detail["quantization"]
+    return ((value.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+class OnnxRunner:
+    """An .onnx file through ONNX Runtime on the CPU."""
+
+    def __init__(self, path, threads=None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self._session = onnxruntime.InferenceSession(
+                path, options, providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise ValueError(f"{path} could not be loaded by ONNX Runtime: {error}") from error
+        self.inputs = {i.name: [_static(d) for d in i.shape] for i in self._session.get_inputs()}
+        self.outputs = sorted(o.name for o in self._session.get_outputs())
+        text = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        self.metadata = None if text is None else _parse_metadata(text, path)
+
+    def __call__(self, feeds):
+        values = self._session.run(self.outputs, feeds)
+        return dict(zip(self.outputs, values))
+
+
+RUNNERS = {"keras": KerasRunner, "savedmodel": SavedModelRunner, "tflite": TFLiteRunner,
+           "onnx": OnnxRunner}
+
+
+def open_model(path, threads=None):
+    """Any exported model (the CMP or an encoder) as a callable {name: float32 array} ->
+    {name: float32 array}, with `inputs` ({name: shape, None where free}), `outputs`,
+    `metadata` (export/'s JSON object or None), `path` and `format`.
+
+    Args:
+        threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
+    """
+    path = rundir.resolve_model_path(path)
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be a positive count or None (the runtime's default); "
+                         f"got {threads}.")
+    runner = RUNNERS[rundir.model_format(path)](path, None if threads is None else int(threads))
+    runner.path, runner.format = path, rundir.model_format(path)
+    return runner
+
+
+def _parse_metadata(text, path):
+    try:
+        meta = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: its {METADATA_KEY!r} metadata is not JSON ({error}).") from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its {METADATA_KEY!r} metadata must be a JSON object.")
+    return meta

@@ -49,12 +49,12 @@ _SEGMENTATION = config_flags.DEFINE_config_file(
 
 
 def _pairs(config, from_run):
-    from cmp_tf.evaluation import benchmark
+    from cmp_tf.evaluation import pairs as pairs_lib
 
     if _DATA.value == ["generated"]:
-        return benchmark.generated_pairs(_PAIRS.value if _PAIRS.value > 0 else 32,
+        return pairs_lib.generated_pairs(_PAIRS.value if _PAIRS.value > 0 else 32,
                                          seed=_SEED.value), "generated scenes"
-    pairs, sources = benchmark.validation_pairs(config, from_run, _DATA.value, _PAIRS.value,
+    pairs, sources = pairs_lib.validation_pairs(config, from_run, _DATA.value, _PAIRS.value,
                                                 _SEED.value)
     return pairs, ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
 
@@ -64,6 +64,7 @@ def _propagation(path, out):
     from cmp_tf import runtime
     from cmp_tf.evaluation import baselines
     from cmp_tf.evaluation import benchmark
+    from cmp_tf.evaluation import report as report_lib
 
     config, from_run = rundir.read_config(path)
     methods = {"cmp": runtime.Propagator(path)}
@@ -76,10 +77,10 @@ def _propagation(path, out):
                                 strategies=_STRATEGIES.value, seed=_SEED.value,
                                 keep_examples=_PANELS.value)
     result["checkpoint"], result["data"] = methods["cmp"].path, described
-    text = benchmark.write_report(result, out, title=f"Propagation: {methods['cmp'].path} on "
+    text = report_lib.write_report(result, out, title=f"Propagation: {methods['cmp'].path} on "
                                                     f"{described}")
     print(text)
-    written = [n for n in benchmark.REPORT_FILES if os.path.exists(os.path.join(out, n))]
+    written = [n for n in report_lib.REPORT_FILES if os.path.exists(os.path.join(out, n))]
     print(f"\nWrote {out}/: {', '.join(written)}")
 
 

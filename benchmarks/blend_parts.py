@@ -28,6 +28,7 @@ from cmp_tf import rundir  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
+from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
 from cmp_tf.models import heads as heads_lib  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory or .keras file of a blend "
@@ -110,7 +111,7 @@ def run():
             return tf.image.resize(flow, image.shape[:2]).numpy()[0]
         return propagate
 
-    pairs, _ = benchmark.validation_pairs(*rundir.read_config(path), count=_PAIRS.value)
+    pairs, _ = pairs_lib.validation_pairs(*rundir.read_config(path), count=_PAIRS.value)
     methods = {"zero": baselines.zero, **{name: method(p) for name, p in PARTS.items()},
                "linear": baselines.linear}
     result = benchmark.evaluate(methods, pairs)

@@ -7,13 +7,22 @@ package is a run directory too (`PRETRAINED`). Every command that takes `--check
 a run directory or a model file and resolves it here; results about the shipped model go under
 `runs/pretrained/`, never into the installed package. No TensorFlow is imported here.
 """
+import fnmatch
 import glob
 import json
 import os
+import shutil
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "config.json"  # written first: a folder holding a run's one is a run directory
 MODEL_FILE = "model.keras"
 ENCODER_FILE = "encoder.keras"
+SUMMARY_FILE = "summary.json"  # written last: the run has finished
+# What a run and the commands run on it write into a run directory, non-chief workers' folders
+# included. --overwrite deletes these and nothing else.
+RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
+               MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE)
+# The folder holding the cmp_tf package (the repository, or site-packages): never a run.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
 DEFAULT_ROOT = "runs"  # where train.py puts runs and commands look for the newest one
 MODEL_SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
@@ -185,3 +194,110 @@ def upgrade_config(fields, source="config.json"):
         model["head"] = "regression"
         options["regression"] = dict(nearest_prior=dense_prior)
     return fields
+
+
+# --- Writing a run directory (train.py) ------------------------------------------------------
+
+def _contains(folder, path):
+    """Whether `path` is `folder` or lies inside it (both real paths)."""
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _check_workdir_place(workdir, overwrite):
+    """Refuses a workdir that is (or holds) the file system root, the home folder or the
+    folder of the cmp_tf package, and with `overwrite` the current folder: none is a run."""
+    real = os.path.realpath(workdir)
+    protected = {"the home folder": os.path.expanduser("~"),
+                 "the folder of the cmp_tf package": _PACKAGE_ROOT}
+    if overwrite:
+        protected["the current folder"] = os.getcwd()
+    for what, path in protected.items():
+        if _contains(real, os.path.realpath(path)):
+            raise ValueError(f"--workdir={workdir} is or holds {what} ({path}): a run needs a "
+                             "folder of its own, e.g. --workdir=runs/<name>.")
+
+
+def is_run_entry(name):
+    """Whether a top-level name in a run directory is one a run writes (RUN_ENTRIES)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_ENTRIES)
+
+
+def _is_run_config(path):
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"train", "data", "model"} <= set(saved)
+
+
+def clear_run(workdir):
+    """Deletes what a run wrote into `workdir` (RUN_ENTRIES), after checking that it is a run
+    directory holding nothing else; ValueError naming the files that would be lost if not.
+
+    Links are removed, never followed."""
+    if not os.path.isdir(workdir):
+        if os.path.lexists(workdir):
+            raise ValueError(f"--workdir={workdir} is a file, not a run directory.")
+        return []
+    names = sorted(os.listdir(workdir))
+    if not names:
+        return []
+    if not _is_run_config(os.path.join(workdir, CONFIG_FILE)):
+        raise ValueError(f"--overwrite replaces only a run directory (one train.py wrote, with "
+                         f"its {CONFIG_FILE}); {workdir} holds no run's {CONFIG_FILE} but "
+                         f"{_listing(names)}. Choose another --workdir.")
+    foreign = [name for name in names if not is_run_entry(name)]
+    if foreign:
+        raise ValueError(f"--overwrite would delete {workdir}, which also holds "
+                         f"{_listing(foreign)}: files no run writes, which would be lost. Move "
+                         "them out or choose another --workdir.")
+    for name in names:
+        remove(os.path.join(workdir, name))
+    return names
+
+
+def remove(path):
+    """Deletes a file or a folder with what it holds; a link is removed, never followed."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def _listing(names, limit=8):
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def prepare_workdir(workdir, config, overwrite=False):
+    """Makes `workdir` ready for `config`: new, resumed with the same config, or (`overwrite`)
+    replaced. Refuses a finished run without `overwrite`, a resume with another config, and
+    any folder that is not a run directory of its own (see clear_run, _check_workdir_place).
+    Call it only once the config is known to be valid: it may delete the previous run."""
+    _check_workdir_place(workdir, overwrite)
+    finished = os.path.exists(os.path.join(workdir, SUMMARY_FILE))
+    saved = os.path.join(workdir, CONFIG_FILE)
+    current = json.loads(config.to_json_best_effort())
+    if finished and not overwrite:
+        raise ValueError(f"{workdir} holds a finished run ({SUMMARY_FILE}); pass --overwrite or "
+                         "choose another --workdir.")
+    if overwrite:
+        clear_run(workdir)
+    elif os.path.exists(saved):
+        with open(saved) as f:
+            before = json.load(f)
+        changed = _diff(before, current)
+        if changed:
+            raise ValueError(f"{workdir} holds an unfinished run with another config ({changed}); "
+                             "resume with the same flags, or pass --overwrite.")
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(saved, "w") as f:
+        json.dump(current, f, indent=1)
+
+
+def _diff(a, b, prefix="config"):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]

@@ -5,16 +5,14 @@ under MultiWorkerMirroredStrategy in Keras 3 (keras#20585), and the loop owns re
 the checkpoint holds the model, the optimizer (its iteration count drives the LR schedule) and
 the step, and the input pipeline skips the samples already seen (`make_dataset(start_step)`).
 
-Run directory (docs/design.md §8): config.json, log.txt, checkpoints/, tb/, model.keras,
-encoder.keras, eval/, and summary.json once the run has finished.
+Run directory (cmp_tf.rundir; docs/design.md §8): config.json, log.txt, checkpoints/, tb/,
+model.keras, encoder.keras, eval/, and summary.json once the run has finished.
 """
-import fnmatch
 import json
 import logging
 import math
 import numbers
 import os
-import shutil
 import signal
 import sys
 import time
@@ -26,20 +24,13 @@ import tensorflow as tf
 from cmp_tf import flow as flow_lib
 from cmp_tf import losses
 from cmp_tf import models
+from cmp_tf import rundir
 from cmp_tf.data import pipeline
 from cmp_tf.evaluation import propagation
 from cmp_tf.models import layers
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-SUMMARY = "summary.json"
-CONFIG_FILE = "config.json"  # written first: a folder holding one (from train.py) is a run
-# What a run and the commands run on it write into a run directory (docs/design.md §8), non-chief
-# workers' folders included. --overwrite deletes these and nothing else.
-RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
-               "model.keras", "encoder.keras", "eval", "export", SUMMARY)
-# The folder holding the cmp_tf package (the repository, or site-packages): never a run.
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def configure_cpu_devices(count):
@@ -132,14 +123,20 @@ def make_step_fn(model, optimizer, loss_fn, global_batch, decay):
             per_example = loss_fn(out["logits"], y["flow"], y["valid"])
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16
-        variables = model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        if decay:
-            grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
-        optimizer.apply(grads, variables)
+        update(optimizer, tape, scaled, model.trainable_variables, decay)
         return loss, tf.reduce_sum(x["sparse"][..., 2]) / global_batch
 
     return step_fn
+
+
+def update(optimizer, tape, scaled_loss, variables, decay):
+    """One optimizer step from `scaled_loss` (optimizer.scale_loss of the loss, recorded on
+    `tape`), with `decay` x w added to every gradient: the reference's coupled L2 weight decay.
+    Every training loop (CMP pretraining, segmentation transfer) steps through here."""
+    grads = tape.gradient(scaled_loss, variables)
+    if decay:
+        grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+    optimizer.apply(grads, variables)
 
 
 def _is_chief(strategy):
@@ -191,107 +188,6 @@ def check_config(config):
         raise ValueError(f"config.optim.momentum={config.optim.momentum!r} must be in [0, 1).")
     if config.optim.get("weight_decay", 0.0) < 0:
         raise ValueError(f"config.optim.weight_decay={config.optim.weight_decay!r} must be >= 0.")
-
-
-def _contains(folder, path):
-    """Whether `path` is `folder` or lies inside it (both real paths)."""
-    return os.path.commonpath([folder, path]) == folder
-
-
-def _check_workdir_place(workdir, overwrite):
-    """Refuses a workdir that is (or holds) the file system root, the home folder or the
-    folder of the cmp_tf package, and with `overwrite` the current folder: none is a run."""
-    real = os.path.realpath(workdir)
-    protected = {"the home folder": os.path.expanduser("~"),
-                 "the folder of the cmp_tf package": _PACKAGE_ROOT}
-    if overwrite:
-        protected["the current folder"] = os.getcwd()
-    for what, path in protected.items():
-        if _contains(real, os.path.realpath(path)):
-            raise ValueError(f"--workdir={workdir} is or holds {what} ({path}): a run needs a "
-                             "folder of its own, e.g. --workdir=runs/<name>.")
-
-
-def is_run_entry(name):
-    """Whether a top-level name in a run directory is one a run writes (RUN_ENTRIES)."""
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_ENTRIES)
-
-
-def _is_run_config(path):
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and {"train", "data", "model"} <= set(saved)
-
-
-def clear_run(workdir):
-    """Deletes what a run wrote into `workdir` (RUN_ENTRIES), after checking that it is a run
-    directory holding nothing else; ValueError naming the files that would be lost if not.
-
-    Links are removed, never followed."""
-    if not os.path.isdir(workdir):
-        if os.path.lexists(workdir):
-            raise ValueError(f"--workdir={workdir} is a file, not a run directory.")
-        return []
-    names = sorted(os.listdir(workdir))
-    if not names:
-        return []
-    if not _is_run_config(os.path.join(workdir, CONFIG_FILE)):
-        raise ValueError(f"--overwrite replaces only a run directory (one train.py wrote, with "
-                         f"its {CONFIG_FILE}); {workdir} holds no run's {CONFIG_FILE} but "
-                         f"{_listing(names)}. Choose another --workdir.")
-    foreign = [name for name in names if not is_run_entry(name)]
-    if foreign:
-        raise ValueError(f"--overwrite would delete {workdir}, which also holds "
-                         f"{_listing(foreign)}: files no run writes, which would be lost. Move "
-                         "them out or choose another --workdir.")
-    for name in names:
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
-    return names
-
-
-def _listing(names, limit=8):
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def prepare_workdir(workdir, config, overwrite=False):
-    """Makes `workdir` ready for `config`: new, resumed with the same config, or (`overwrite`)
-    replaced. Refuses a finished run without `overwrite`, a resume with another config, and
-    any folder that is not a run directory of its own (see clear_run, _check_workdir_place).
-    Call it only once the config is known to be valid: it may delete the previous run."""
-    _check_workdir_place(workdir, overwrite)
-    finished = os.path.exists(os.path.join(workdir, SUMMARY))
-    saved = os.path.join(workdir, CONFIG_FILE)
-    current = json.loads(config.to_json_best_effort())
-    if finished and not overwrite:
-        raise ValueError(f"{workdir} holds a finished run ({SUMMARY}); pass --overwrite or "
-                         "choose another --workdir.")
-    if overwrite:
-        clear_run(workdir)
-    elif os.path.exists(saved):
-        with open(saved) as f:
-            before = json.load(f)
-        changed = _diff(before, current)
-        if changed:
-            raise ValueError(f"{workdir} holds an unfinished run with another config ({changed}); "
-                             "resume with the same flags, or pass --overwrite.")
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(saved, "w") as f:
-        json.dump(current, f, indent=1)
-
-
-def _diff(a, b, prefix="config"):
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b))
-                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
-    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
 def restore_latest(checkpoint, folder, log=None):
@@ -467,7 +363,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     if config.data.val:
         pipeline.check_sources(config.data.val, "config.data.val")
     if chief:
-        prepare_workdir(workdir, config, overwrite)
+        rundir.prepare_workdir(workdir, config, overwrite)
     log = _logger(workdir, chief)
     # Non-chief workers must take part in saving (collective ops) but write elsewhere.
     ckpt_dir = os.path.join(workdir, "checkpoints") if chief else os.path.join(
@@ -580,7 +476,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
             json.dump(report, f, indent=1)
     summary = dict(steps=int(step), final_loss=loss, validation=report, workdir=workdir,
                    ingestion=pipeline.ingestion_summary(config))  # failed and dropped videos
-    with open(os.path.join(workdir, SUMMARY), "w") as f:
+    with open(os.path.join(workdir, rundir.SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=1)
     log.info(f"finished: {json.dumps(summary)}")
     return summary

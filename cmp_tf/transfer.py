@@ -182,10 +182,7 @@ def train_segmentation(model, config, data_dir=None, progress=True, desc="train"
         with tf.GradientTape() as tape:
             loss = losses.segmentation_loss(model(image, training=True), label)
             scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        if decay:
-            grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
-        optimizer.apply(grads, variables)
+        training.update(optimizer, tape, scaled, variables, decay)
         return loss
 
     recent, start = [], time.perf_counter()

@@ -11,7 +11,6 @@ report, sizes, latencies) and parity.md. Every CMP file loads with `cmp_tf.runti
 """
 import json
 import os
-import shutil
 import tempfile
 import time
 
@@ -59,11 +58,7 @@ def clear_earlier_export(out, overwrite=False):
         raise ValueError(f"--out={out} holds an earlier export ({', '.join(earlier)}): pass "
                          "--overwrite to replace all of it, or choose another --out.")
     for name in earlier:
-        path = os.path.join(out, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+        rundir.remove(os.path.join(out, name))
     return earlier
 
 

@@ -1,10 +1,21 @@
-"""Shared test set-up: quiet TensorFlow, recipes by name, the shipped model, a server thread."""
+"""Shared test set-up: quiet TensorFlow, recipes by name, the shipped model, a server thread.
+
+The suite gives the same result whatever the user has under data/cache: recipes' relative
+cache folders resolve under a fresh temporary folder (cmp_tf.data.CACHE_HOME_ENV, inherited
+by the commands the tests run), removed when the session ends.
+"""
+import atexit
 import contextlib
 import importlib
 import os
+import shutil
+import tempfile
 import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_CACHE_HOME = tempfile.mkdtemp(prefix="cmp_tf_test_cache_")
+os.environ["CMP_TF_CACHE_HOME"] = _CACHE_HOME  # cmp_tf.data.CACHE_HOME_ENV, before any import
+atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 import pytest  # noqa: E402
 
@@ -31,6 +42,16 @@ def serving(httpd):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def saved_default(tmp_path_factory):
+    """An untrained default-recipe model saved as .keras."""
+    from cmp_tf import models
+
+    path = tmp_path_factory.mktemp("model") / "default.keras"
+    models.build_cmp(load_config("default")).save(path)
+    return path
 
 
 @pytest.fixture

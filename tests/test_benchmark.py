@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from cmp_tf.evaluation import benchmark
+from cmp_tf.evaluation import pairs as pairs_lib
+from cmp_tf.evaluation import report as report_lib
 
 
 def _scene(seed=0, size=64):
@@ -45,7 +47,7 @@ def _evaluate_with(method_flow_pairs, **kwargs):
 
 
 def test_epe_is_zero_for_the_reference_and_the_shift_for_a_shifted_copy():
-    pairs = benchmark.generated_pairs(2, size=48)
+    pairs = pairs_lib.generated_pairs(2, size=48)
     exact = _evaluate_with(pairs, ks=(1, 5))
     shifted = _evaluate_with(pairs, ks=(1, 5), shift=(3.0, 4.0))
     for row in exact["rows"]:
@@ -119,10 +121,10 @@ def test_a_method_returning_the_wrong_shape_is_named():
 
 
 def test_sample_pairs_spreads_over_the_stream_deterministically():
-    picked = benchmark.sample_pairs(iter(range(1000)), 10, seed=1)
-    assert picked == benchmark.sample_pairs(iter(range(1000)), 10, seed=1)
+    picked = pairs_lib.sample_pairs(iter(range(1000)), 10, seed=1)
+    assert picked == pairs_lib.sample_pairs(iter(range(1000)), 10, seed=1)
     assert len(picked) == 10 and picked == sorted(picked) and picked[-1] > 500
-    assert benchmark.sample_pairs(iter(range(3)), 10) == [0, 1, 2]
+    assert pairs_lib.sample_pairs(iter(range(3)), 10) == [0, 1, 2]
 
 
 def test_report_files_and_outside_methods(tmp_path):
@@ -131,9 +133,9 @@ def test_report_files_and_outside_methods(tmp_path):
                            "    return np.ones(image.shape[:2] + (2,), np.float32)\n")
     methods = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32),
                "shift": benchmark.load_method(str(method_file))}
-    result = benchmark.evaluate(methods, benchmark.generated_pairs(2, size=48), ks=(1, 10),
+    result = benchmark.evaluate(methods, pairs_lib.generated_pairs(2, size=48), ks=(1, 10),
                                 progress=False, keep_examples=1)
-    text = benchmark.write_report(result, str(tmp_path / "out"))
+    text = report_lib.write_report(result, str(tmp_path / "out"))
     assert "| watershed | 10" in text and "shift" in text
     for name in ("results.md", "results.json", "relative_epe.png", "panels.png"):
         assert os.path.getsize(tmp_path / "out" / name) > 0
@@ -217,7 +219,7 @@ def test_the_shipped_model_serves_with_no_path_and_beats_zero_flow(tmp_path):
     config, from_run = rundir.read_config(rundir.PRETRAINED)
     assert from_run and config.model.head == "fill_correction"
     propagator = runtime.Propagator()
-    image, flow, valid = benchmark.generated_pairs(1, size=96, seed=1)[0]
+    image, flow, valid = pairs_lib.generated_pairs(1, size=96, seed=1)[0]
     xy, _ = benchmark.guidance_order(flow, valid, "uniform", 25, np.random.default_rng(0))
     points = xy.astype(np.float32)
     vectors = flow[points[:, 1].astype(int), points[:, 0].astype(int)]

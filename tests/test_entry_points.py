@@ -27,17 +27,6 @@ def test_an_unknown_part_is_refused_with_the_known_names(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written before the config is valid
 
 
-@pytest.fixture(scope="module")
-def saved_default(tmp_path_factory):
-    """An untrained default-recipe model saved as .keras."""
-    from cmp_tf import models
-    from tests.conftest import load_config
-
-    path = tmp_path_factory.mktemp("model") / "default.keras"
-    models.build_cmp(load_config("default")).save(path)
-    return path
-
-
 @pytest.mark.slow
 def test_evaluate_scores_a_saved_model_against_every_baseline(tmp_path, saved_default):
     import json

@@ -55,35 +55,35 @@ def _user_folder(path):
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_its_files(tmp_path):
-    from cmp_tf import training
+    from cmp_tf import rundir
 
     before = _user_folder(tmp_path / "P")
     config = load_config("default", "runlocal")
     with pytest.raises(ValueError, match=r"holds no run's config.json but sub, thesis.tex"):
-        training.prepare_workdir(str(tmp_path / "P"), config, overwrite=True)
+        rundir.prepare_workdir(str(tmp_path / "P"), config, overwrite=True)
     assert sorted(p.relative_to(tmp_path / "P") for p in (tmp_path / "P").rglob("*")) == before
 
 
 def test_overwrite_refuses_a_run_folder_that_holds_other_files(tmp_path):
-    from cmp_tf import training
+    from cmp_tf import rundir
 
     config = load_config("default", "runlocal")
     run = tmp_path / "run"
-    training.prepare_workdir(str(run), config)
+    rundir.prepare_workdir(str(run), config)
     (run / "checkpoints").mkdir()
     (run / "thesis.tex").write_text("years of work")
     with pytest.raises(ValueError, match=r"also holds thesis.tex: files no run writes"):
-        training.prepare_workdir(str(run), config, overwrite=True)
+        rundir.prepare_workdir(str(run), config, overwrite=True)
     assert (run / "thesis.tex").read_text() == "years of work"
     assert (run / "checkpoints").is_dir() and (run / "config.json").exists()
 
 
 def test_overwrite_replaces_only_what_a_run_wrote(tmp_path):
-    from cmp_tf import training
+    from cmp_tf import rundir
 
     config = load_config("default", "runlocal")
     run = tmp_path / "run"
-    training.prepare_workdir(str(run), config)
+    rundir.prepare_workdir(str(run), config)
     for name in ("checkpoints/ckpt-2.index", "checkpoints_worker1/ckpt-2.index", "tb/events",
                  "eval/validation.json", "export/model.tflite"):
         (run / name).parent.mkdir(exist_ok=True)
@@ -94,7 +94,7 @@ def test_overwrite_replaces_only_what_a_run_wrote(tmp_path):
     outside.write_text("kept")
     os.symlink(outside, run / "model.keras")  # a link is removed, never followed
     config.train.steps = 7
-    training.prepare_workdir(str(run), config, overwrite=True)
+    rundir.prepare_workdir(str(run), config, overwrite=True)
     assert sorted(os.listdir(run)) == ["config.json", "eval"]
     assert os.listdir(run / "eval") == []
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 7
@@ -102,7 +102,7 @@ def test_overwrite_replaces_only_what_a_run_wrote(tmp_path):
 
 
 def test_overwrite_refuses_the_current_home_and_package_folders(tmp_path, monkeypatch):
-    from cmp_tf import training
+    from cmp_tf import rundir
 
     config = load_config("default", "runlocal")
     home, here = tmp_path / "home", tmp_path / "here"
@@ -113,9 +113,9 @@ def test_overwrite_refuses_the_current_home_and_package_folders(tmp_path, monkey
     for workdir, what in ((".", "the current folder"), (str(home), "the home folder"),
                           ("/", "the home folder"), (ROOT, "the folder of the cmp_tf package")):
         with pytest.raises(ValueError, match=f"is or holds {what}"):
-            training.prepare_workdir(workdir, config, overwrite=True)
+            rundir.prepare_workdir(workdir, config, overwrite=True)
     with pytest.raises(ValueError, match="is or holds the folder of the cmp_tf package"):
-        training.prepare_workdir(ROOT, config)  # not even to start a run there
+        rundir.prepare_workdir(ROOT, config)  # not even to start a run there
     assert os.listdir(home) == [] and os.listdir(here) == []
 
 
@@ -220,19 +220,21 @@ def _still_pair(size=32):
 
 def test_uniform_guidance_alone_reports_and_draws_panels(tmp_path):
     from cmp_tf.evaluation import benchmark
+    from cmp_tf.evaluation import pairs as pairs_lib
+    from cmp_tf.evaluation import report as report_lib
 
-    result = benchmark.evaluate({"zero": _zero}, benchmark.generated_pairs(2, size=48),
+    result = benchmark.evaluate({"zero": _zero}, pairs_lib.generated_pairs(2, size=48),
                                 ks=(1, 5), strategies=("uniform",), progress=False,
                                 keep_examples=1)
     assert result["example_setting"] == ["uniform", 5]  # K=10 was not scored: the nearest
-    text = benchmark.write_report(result, str(tmp_path))
+    text = report_lib.write_report(result, str(tmp_path))
     assert "| K (uniform) |" in text
-    for name in benchmark.REPORT_FILES:
+    for name in report_lib.REPORT_FILES:
         assert (tmp_path / name).stat().st_size > 0, name
     # A report without panels removes the earlier one instead of leaving it beside.
-    result = benchmark.evaluate({"zero": _zero}, benchmark.generated_pairs(1, size=48),
+    result = benchmark.evaluate({"zero": _zero}, pairs_lib.generated_pairs(1, size=48),
                                 ks=(1,), strategies=("uniform",), progress=False)
-    benchmark.write_report(result, str(tmp_path))
+    report_lib.write_report(result, str(tmp_path))
     assert not (tmp_path / "panels.png").exists()
     with pytest.raises(ValueError, match=r"--strategies=\['grid'\]"):
         benchmark.evaluate({"zero": _zero}, [_still_pair()], ks=(1,), strategies=("grid",),
@@ -255,11 +257,12 @@ def test_a_method_returning_non_finite_flow_is_named(bad):
 
 def test_results_json_holds_no_bare_nan(tmp_path):
     from cmp_tf.evaluation import benchmark
+    from cmp_tf.evaluation import report as report_lib
 
     result = benchmark.evaluate({"zero": _zero}, [_still_pair()], ks=(1,),
                                 strategies=("uniform",), progress=False)
     assert np.isnan(result["rows"][0]["epe_near"])  # no pixel near a motion edge
-    benchmark.write_report(result, str(tmp_path))
+    report_lib.write_report(result, str(tmp_path))
 
     def refuse(constant):
         raise AssertionError(f"results.json holds {constant}, which is not JSON")
@@ -276,16 +279,6 @@ def test_evaluate_refuses_pairs_that_are_not_a_count(tmp_path, pairs):
     assert result.returncode != 0
     assert f"--pairs={pairs} must be a positive count, or -1 for all pairs" in result.stderr
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture(scope="module")
-def saved_default(tmp_path_factory):
-    """An untrained default-recipe model saved as .keras."""
-    from cmp_tf import models
-
-    path = tmp_path_factory.mktemp("model") / "default.keras"
-    models.build_cmp(load_config("default")).save(path)
-    return path
 
 
 @pytest.mark.slow

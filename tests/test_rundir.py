@@ -186,3 +186,14 @@ def test_an_installed_wheel_serves_from_any_folder(tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
     assert animated.returncode == 0, animated.stderr[-3000:]
     assert (work / "moved.gif").stat().st_size > 0
+
+
+def test_the_suite_never_reads_the_users_data_cache():
+    """A recipe's relative cache folder resolves under the session's temporary folder, so a
+    corrupt or foreign data/cache in the working tree changes no test."""
+    from cmp_tf import data
+
+    resolved = data.cache_dir(load_config("default").data.cache_dir)
+    assert resolved.startswith(os.environ[data.CACHE_HOME_ENV])
+    assert not os.path.abspath(resolved).startswith(os.path.join(ROOT, "data"))
+    assert data.cache_dir("/abs/cache") == "/abs/cache"

@@ -10,7 +10,7 @@ a real frame (warped so no layer repeats the background) or procedural noise.
     image, flow, valid = render_scene(rng, 128, 128, source=frame)   # float32, 0..255 / px
 
 `make_dataset` mixes these with the video samples at `config.data.layered.ratio`, texturing
-each from the real frame it replaces; `evaluation.benchmark.generated_pairs` draws held-out
+each from the real frame it replaces; `evaluation.pairs.generated_pairs` draws held-out
 scenes from another seed stream with procedural textures only.
 """
 import cv2

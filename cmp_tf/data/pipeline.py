@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from cmp_tf import data as data_lib
 from cmp_tf.data import formats
 from cmp_tf.data import ingest as ingest_lib
 from cmp_tf.data import layered as layered_lib
@@ -143,12 +144,13 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
 
     Folders hold shards or videos; `.tfrecord` files are shards; `.txt` files are reference
     list files; video files are ingested into `cache_dir` (once: ingestion skips finished
-    videos).
+    videos; a relative one resolves as `cmp_tf.data.cache_dir` says).
 
     Returns:
         (shard paths, list entries).
     """
     paths = check_sources(paths, field)
+    cache_dir = data_lib.cache_dir(cache_dir)
     shards, entries, videos = [], [], []
     for path in paths:
         if os.path.isdir(path):
@@ -211,7 +213,7 @@ def ingestion_summary(config):
     if not videos:
         return None
     current = {ingest_lib.source_key(v, ingest_config) for v in videos}
-    sources = [s for s in shards_lib.read_sidecars(config.data.cache_dir)[0]
+    sources = [s for s in shards_lib.read_sidecars(data_lib.cache_dir(config.data.cache_dir))[0]
                if s["key"] in current]
     if not sources:
         return f"Ingestion: none of the {len(videos)} videos is ingested yet."

@@ -50,6 +50,9 @@ SMOOTH = ["--config.model.options.fill_correction.pull=tent",
 PLAIN = ["--config.model.decoder=plain"]  # no skips: logits at the encoder's stride (32)
 GAUSS_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # the Gaussian gain, box fill
 SHIPPED = GAUSS_ADAM + SMOOTH  # blend_gauss_adam_smooth = configs/propagation.py
+# The shipped recipe with the affinity head (its options default to the shipped fill's):
+# affinity = configs/propagation_affinity.py.
+AFFINITY = ["--config.flow.loss=l1", "--config.model.head=affinity"] + ADAM + POINTS + LAYERED
 VARIANTS = {
     "paper": ("the paper: bins, no prior", PAPER),
     "prior": ("+ dense nearest-guidance prior (correction to the fill)", []),
@@ -78,6 +81,15 @@ VARIANTS = {
     "blend_gauss_adam_smooth_plain": ("blend_gauss_adam_smooth with the plain decoder: fills "
                                       "and read-out at stride 32, no skips from early layers",
                                       SHIPPED + PLAIN),
+    "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
+                 "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
+                 "put back at the guided cells after each (configs/propagation_affinity.py)",
+                 AFFINITY),
+    "affinity_identity": ("affinity starting near the seed: the cell's own logit 4 against "
+                          "its neighbours' (0: a 3x3 mean per step untrained)",
+                          AFFINITY + ["--config.model.options.affinity.self_logit=4.0"]),
+    "affinity_16": ("affinity with 16 propagation steps",
+                    AFFINITY + ["--config.model.options.affinity.iterations=16"]),
 }
 DATASETS = {"carphone": [], "generated": ["--data=generated"]}  # [] = the run's validation clip
 REFERENCE_FILLS = ("nearest", "linear")

@@ -154,8 +154,8 @@ def test_sizes_the_encoders_cannot_take_are_refused(default_model):
      r"options.mobilenet_v3 has unknown options \['varaint'\]; it takes .*'variant'"),
     ("model.options.plain", {"in_channels": 3}, r"sets \['in_channels'\], which the model"),
     ("model.options.mobilenet", {}, r"unknown parts \['mobilenet'\]"),
-    ("model.head", "cspn", r"config.model.head='cspn' is unknown; known: bins, fill_correction, "
-                           r"regression"),
+    ("model.head", "cspn", r"config.model.head='cspn' is unknown; known: affinity, bins, "
+                           r"fill_correction, regression"),
     ("flow.loss", "l1", r"head='bins' trains with config.flow.loss in \('discrete',\); got 'l1'"),
     ("model.options.bins", {"nearest_prior": "yes", "prior_sigma": 2.0},
      r"config.model.options.bins.nearest_prior must be True or False; got 'yes'"),

@@ -319,3 +319,143 @@ class FillCorrection(_NearestPrior):
             return out, out
 
         return inputs, read_out
+
+
+def _end_slice(margin):
+    """Slice end that drops `margin` trailing elements (None keeps them all)."""
+    return -margin if margin else None
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class AffinityPropagation(keras.layers.Layer):
+    """[decoder output, seed flow, sparse] -> flow by learned spatial propagation (beyond the
+    paper; CSPN, Cheng et al. 2018, and NLSPN, Park et al. 2020, for depth completion).
+
+    Every step replaces each cell's flow by a convex combination of itself and its 8
+    neighbours, with weights the decoder predicts from the image, then puts the guidance back
+    at the guided cells:
+        flow <- w_0 x flow + sum_n w_n x shift_n(flow);  flow <- guidance where guided.
+    w = softmax over (SELF logit, the 8 neighbour logits), so the weights are positive and sum
+    to one: each step is a weighted mean, stable whatever the decoder outputs (CSPN divides
+    by the sum of |a_n| and may go negative; a softmax keeps the update convex and smooth at
+    zero logits). A neighbour with a much lower logit than the others gets no weight: an
+    edge the network sees can stop motion crossing it, which neither fill can.
+
+    Neighbour n of a cell at (y, x) is the cell at (y + dy_n, x + dx_n), OFFSETS[n]; the image
+    edge repeats its border cells. Shifts are pads and slices, the weights a softmax: it
+    exports to TFLite and ONNX builtins.
+
+    Args:
+        offset: the first of the 8 affinity logits among the decoder output's channels.
+        iterations: propagation steps (each spreads motion by one cell, `stride` pixels).
+        self_logit: logit of the cell itself; with zero neighbour logits (an untrained
+            decoder) 0 makes each step a uniform 3 x 3 mean, a large value the identity.
+        stride: input pixels per cell (the guidance is pooled to it).
+    """
+
+    OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+    channels = len(OFFSETS)
+
+    def __init__(self, offset, iterations=8, self_logit=0.0, stride=1, **kwargs):
+        super().__init__(**kwargs)
+        for field, value, low in (("offset", offset, 0), ("iterations", iterations, 0),
+                                  ("stride", stride, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{field} must be an integer >= {low}; got {value!r}.")
+        if isinstance(self_logit, bool) or not isinstance(self_logit, (int, float)):
+            raise ValueError(f"self_logit must be a number; got {self_logit!r}.")
+        self.offset, self.iterations, self.stride = offset, iterations, stride
+        self.self_logit = float(self_logit)
+
+    @staticmethod
+    def _neighbours(x):
+        """The 8 neighbours of every cell of x [B, h, w, C], border cells repeated: a list of
+        [B, h, w, C] in OFFSETS order (pads by concatenation, then constant slices)."""
+        x = tf.concat([x[:, :1], x, x[:, -1:]], 1)
+        x = tf.concat([x[:, :, :1], x, x[:, :, -1:]], 2)
+        return [x[:, 1 + dy:_end_slice(1 - dy), 1 + dx:_end_slice(1 - dx)]
+                for dy, dx in AffinityPropagation.OFFSETS]
+
+    def guidance(self, sparse):
+        """(mean guided vector [B, h, w, 2], guided [B, h, w, 1] bool) on the stride's cells."""
+        sparse = tf.cast(sparse, tf.float32)
+        mask = sparse[..., 2:3]
+        pooled = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask], -1),
+                                  self.stride, self.stride, "VALID")
+        return pooled[..., :2] / tf.maximum(pooled[..., 2:], 1e-12), pooled[..., 2:] > 0
+
+    def affinities(self, out):
+        """Softmax weights [B, h, w, 9]: the cell itself, then OFFSETS order."""
+        logits = tf.cast(out[..., self.offset:self.offset + self.channels], tf.float32)
+        own = tf.zeros_like(logits[..., :1]) + self.self_logit
+        return tf.nn.softmax(tf.concat([own, logits], -1), axis=-1)
+
+    def call(self, inputs):
+        out, seed, sparse = inputs
+        vectors, guided = self.guidance(sparse)
+        weights = self.affinities(out)
+        flow = tf.where(guided, vectors, tf.cast(seed[..., :2], tf.float32))
+        for _ in range(self.iterations):
+            step = weights[..., :1] * flow
+            for n, neighbour in enumerate(self._neighbours(flow)):
+                step += weights[..., n + 1:n + 2] * neighbour
+            flow = tf.where(guided, vectors, step)
+        return tf.cast(flow, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[1][:-1], 2)
+
+    def get_config(self):
+        return {**super().get_config(), "offset": self.offset, "iterations": self.iterations,
+                "self_logit": self.self_logit, "stride": self.stride}
+
+
+@registry.register("head", "affinity")
+class Affinity(FillCorrection):
+    """The fill-correction head's flow, refined by learned spatial propagation
+    (`AffinityPropagation`): 8 more decoder channels weigh each cell's neighbours, and the
+    guidance spreads along them for `iterations` steps, put back at the guided cells after
+    each, so motion can follow what the image shows and stop at edges.
+
+    Args:
+        gain, pull, relax: as `fill_correction`, for the seed the propagation starts from.
+        iterations: propagation steps at the decoder's stride (each reaches one cell further).
+        self_logit: the cell's own weight logit against its neighbours'; an untrained decoder
+            (logits near 0) starts as a 3 x 3 mean per step at 0, near the seed at 4 or more.
+    """
+
+    name = "affinity"
+    MAX_ITERATIONS = 64  # beyond this the unrolled graph grows without reaching much further
+
+    def __init__(self, nbins, fmax, loss, gain=True, pull="tent", relax=4, iterations=8,
+                 self_logit=0.0):
+        try:
+            super().__init__(nbins, fmax, loss, gain=gain, pull=pull, relax=relax)
+        except ValueError as e:
+            raise ValueError(str(e).replace("options.fill_correction", "options.affinity")) from e
+        if (isinstance(iterations, bool) or not isinstance(iterations, int)
+                or not 1 <= iterations <= self.MAX_ITERATIONS):
+            raise ValueError(f"config.model.options.affinity.iterations must be an integer in "
+                             f"[1, {self.MAX_ITERATIONS}]; got {iterations!r}.")
+        if isinstance(self_logit, bool) or not isinstance(self_logit, (int, float)):
+            raise ValueError("config.model.options.affinity.self_logit must be a number; "
+                             f"got {self_logit!r}.")
+        self.iterations, self.self_logit = iterations, float(self_logit)
+
+    @property
+    def decoder_channels(self):
+        return BlendFills(self.gain).channels + AffinityPropagation.channels
+
+    def attach(self, sparse, feature_stride):
+        inputs, nearest = self._nearest(sparse, feature_stride)
+
+        def read_out(out, stride):
+            smooth = fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
+                                        name="pull_push_out")(sparse)
+            seed = BlendFills(self.gain, stride, name="add_prior")([out, nearest(stride), smooth])
+            flow = AffinityPropagation(BlendFills(self.gain).channels, self.iterations,
+                                       self.self_logit, stride, name="propagate")(
+                                           [out, seed, sparse])
+            return flow, flow
+
+        return inputs, read_out

@@ -79,3 +79,54 @@ def test_layer_masks_are_disjoint_visible_parts_each_with_one_affine_motion():
             assert _affine_fit_residual(flow, mask) < 1e-3
     background = ~masks.any(0)
     assert _affine_fit_residual(flow, background) < 1e-3
+
+
+def test_default_scenes_are_those_of_earlier_versions():
+    """New options off by default draw no random numbers: sums of scenes rendered before."""
+    source = np.random.default_rng(1).uniform(0, 255, (40, 50, 3)).astype(np.float32)
+    for frame, image_sum, flow_sum in ((None, 1776483.921147585, -102.41943676999017),
+                                       (source, 1171185.5056050122, -25.778045782935806)):
+        image, flow, _ = layered.render_scene(np.random.default_rng(7), 48, 64, source=frame)
+        np.testing.assert_allclose(image.astype(np.float64).sum(), image_sum, rtol=1e-6)
+        np.testing.assert_allclose(flow.astype(np.float64).sum(), flow_sum, rtol=1e-6)
+
+
+def _one_layer(seed, **params):
+    return layered.render_scene(np.random.default_rng(seed), 24, 24, layers=(1, 1),
+                                return_masks=True, **params)
+
+
+def test_an_inner_edge_splits_a_layer_into_two_textures_with_one_motion():
+    for seed in range(20):
+        plain, split = _one_layer(seed), _one_layer(seed, inner_edges=1.0)
+        mask = plain[3][0]
+        if 0.2 < mask.mean() < 0.8:
+            break
+    np.testing.assert_array_equal(split[1], plain[1])  # the same motion everywhere
+    np.testing.assert_array_equal(split[0][~mask], plain[0][~mask])
+    changed = np.any(split[0] != plain[0], -1)[mask].mean()
+    assert 0.05 < changed < 0.95  # one side of the line has a new texture
+
+
+def test_a_shared_texture_is_the_texture_below_shifted():
+    for seed in range(20):
+        image, flow, _, masks = _one_layer(seed, shared_texture=1.0, background=0.0)
+        mask = masks[0]
+        if 0.2 < mask.mean() < 0.6 and np.abs(flow[mask]).max() > 0.5:
+            break
+    plain = _one_layer(seed, background=0.0)
+    np.testing.assert_array_equal(flow, plain[1])  # a motion boundary all the same
+    best = 0.0
+    for dy in range(24):  # some shift of the background shows through the layer exactly
+        for dx in range(24):
+            source = np.roll(image, (dy, dx), axis=(0, 1))
+            comparable = mask & np.roll(~mask, (dy, dx), axis=(0, 1))
+            if comparable.sum() > 10:
+                best = max(best, np.all(source[comparable] == image[comparable], -1).mean())
+    assert best == 1.0
+
+
+@pytest.mark.parametrize("field", ["shared_texture", "inner_edges"])
+def test_edge_options_are_chances(field):
+    with pytest.raises(ValueError, match=rf"config.data.layered.{field} must be in \[0, 1\]"):
+        layered.check_layered_config({field: 1.5})

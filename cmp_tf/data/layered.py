@@ -4,7 +4,10 @@ A scene is a background and a few textured layers stacked over it, each moving w
 affine motion (translation, rotation and zoom about its centre); upper layers occlude lower
 ones. The flow of every pixel is the motion of the top-most layer there, so it is exact, with
 sharp motion boundaries where layers overlap: what a teacher flow blurs. Textures are cut from
-a real frame (warped so no layer repeats the background) or procedural noise.
+a real frame (warped so no layer repeats the background) or procedural noise. So that edges
+and motion boundaries do not always coincide, `shared_texture` gives some layers the texture
+below them (shifted) and `inner_edges` splits some layers into two textures (both off by
+default: the scenes are then those of earlier versions, draw for draw).
 
     rng = np.random.default_rng(0)
     image, flow, valid = render_scene(rng, 128, 128, source=frame)   # float32, 0..255 / px
@@ -25,6 +28,10 @@ DEFAULTS = dict(
     zoom=0.06,  # max layer zoom, a fraction
     background=0.4,  # background motion as a fraction of the layers' maxima
     noise_textures=0.5,  # chance that a layer is procedural noise instead of a cut of the frame
+    shared_texture=0.0,  # chance that a layer wears the texture below it, shifted: a motion
+    # boundary with no change of colour or material
+    inner_edges=0.0,  # chance that a layer is two textures split by a line: an edge inside
+    # one moving layer, with no motion boundary
 )
 _REFERENCE_SIDE = 128.0  # `translation` is in px at this side
 _RADIUS = (0.08, 0.35)  # layer radius, fraction of the shorter side
@@ -50,9 +57,10 @@ def check_layered_config(layered):
     for name in ("translation", "rotation_degrees", "zoom", "background"):
         if not float(fields[name]) >= 0:
             raise ValueError(f"config.data.layered.{name} must be >= 0; got {fields[name]!r}.")
-    if not 0.0 <= float(fields["noise_textures"]) <= 1.0:
-        raise ValueError(f"config.data.layered.noise_textures must be in [0, 1]; got "
-                         f"{fields['noise_textures']!r}.")
+    for name in ("noise_textures", "shared_texture", "inner_edges"):
+        if not 0.0 <= float(fields[name]) <= 1.0:
+            raise ValueError(f"config.data.layered.{name} must be in [0, 1]; got "
+                             f"{fields[name]!r}.")
     return fields
 
 
@@ -154,12 +162,26 @@ def render_scene(rng, height, width, source=None, return_masks=False, **params):
     flow = _flow_of(_motion(rng, (width / 2, height / 2), fraction * translation,
                             fraction * float(p["rotation_degrees"]), fraction * float(p["zoom"])),
                     xs, ys)
+    # Chances of 0 draw no random numbers: the default scenes stay those of earlier versions.
+    shared, inner = float(p["shared_texture"]), float(p["inner_edges"])
+    below = image.copy() if shared else None  # the texture the next layer may share
     visible = []
     for _ in range(int(rng.integers(int(p["layers"][0]), int(p["layers"][1]) + 1))):
         mask, centre = _shape_mask(rng, height, width)
         layer_flow = _flow_of(_motion(rng, centre, translation, float(p["rotation_degrees"]),
                                       float(p["zoom"])), xs, ys)
-        image[mask] = texture()[mask]
+        if shared and rng.uniform() < shared:
+            shift = rng.integers(0, (height, width))
+            layer_texture = np.roll(below, (int(shift[0]), int(shift[1])), axis=(0, 1))
+        else:
+            layer_texture = texture()
+        image[mask] = layer_texture[mask]
+        if inner and rng.uniform() < inner:  # a line through the shape's centre
+            angle = rng.uniform(0, 2 * np.pi)
+            side = mask & ((xs - centre[0]) * np.cos(angle) + (ys - centre[1]) * np.sin(angle) > 0)
+            image[side] = texture()[side]
+        if shared:
+            below = layer_texture
         flow[mask] = layer_flow[mask]
         for below in visible:
             below &= ~mask

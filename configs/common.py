@@ -5,6 +5,10 @@ from cmp_tf import models  # noqa: F401  (registers the parts whose options reci
 from cmp_tf import registry
 from cmp_tf.data import ingest as ingest_lib
 from cmp_tf.data import layered as layered_lib
+from cmp_tf.data import pipeline
+
+# config.data.max_bad_in_a_row: unreadable samples in a row that stop the input pipeline.
+MAX_BAD_IN_A_ROW = pipeline.MAX_BAD_IN_A_ROW
 
 
 def _override(section, fields, overrides):

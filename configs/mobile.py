@@ -24,6 +24,7 @@ def get_config(arg=None):
                   rotate_degrees=0.0, flow_reverse=False, flow_scale=(1.0, 1.0),
                   flow_rotate=False,  # no augmentation, as the reference's configs
                   shuffle_buffer=1024, on_error="skip",
+                  max_bad_in_a_row=common.MAX_BAD_IN_A_ROW,
                   layered=common.layered())
     c.ingest = common.ingest(max_side=1024)  # keep short sides above data.short_size
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,

@@ -297,7 +297,7 @@ def test_the_animate_command_refuses_a_huge_image_before_decoding(tmp_path, monk
     monkeypatch.setattr(inputs, "load_propagator", loaded)
     out = tmp_path / "a.gif"
     with pytest.raises(ValueError, match=r"huge.png is 10000x10000 px \(100000000 pixels\); at "
-                                         r"most --max_pixels=4194304 pixels"):
+                                         r"most --max_pixels=2097152 pixels"):
         animate.run(None, str(path), "5,5,1,1", out=str(out))
     with pytest.raises(ValueError, match=r"at most --max_pixels=1000 pixels"):
         animate.run(None, str(path), "5,5,1,1", out=str(out), max_pixels=1000)
@@ -359,7 +359,7 @@ def test_the_animate_command_stays_small_for_a_huge_image(tmp_path):
          f"--out={tmp_path / 'a.gif'}"], log, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), address_space_gb=8)
     output = log.read_text()
-    assert code == 1 and "--max_pixels=4194304" in output, output[-2000:]
+    assert code == 1 and "--max_pixels=2097152" in output, output[-2000:]
     print(f"peak RSS {peak_mb:.0f} MB")
     assert peak_mb < PEAK_MB, f"peak RSS {peak_mb:.0f} MB"
 

@@ -5,7 +5,7 @@ r"""Guided animation: drawn arrows on a still image -> CMP's dense flow -> frame
 
 An arrow "x,y,u,v" says the pixel (x, y) moves by (u, v) pixels over the animation; "x,y,0,0"
 pins a point. The paper's video generation was never released; its author suggested CMP's flow
-plus a warp (docs/reference.md §6): that is what this does, on the CPU, with Keras ops. Writes the
+plus a warp (docs/reference.md §6): that is what this does, on the CPU, with NumPy. Writes the
 animation (.gif or .mp4) and `<out stem>_flow.png`, the flow's colour coding.
 
 The frames are rendered at the image's own size, so the size is bounded: an image over
@@ -23,9 +23,12 @@ from cmp_tf import flow as flow_lib
 from cmp_tf.apps import inputs
 
 FORMATS = (".gif", ".mp4")
-MAX_PIXELS = 2048 * 2048  # largest image the command animates (--max_pixels), width x height
-MAX_RENDER_PIXELS = 2**27  # frames x width x height of one animation: 384 MiB of uint8 frames
-#   (32 frames of 2048x2048, 128 of 1024x1024); one frame's warp needs ~250 bytes a pixel more
+MAX_PIXELS = 2**21  # largest image the command animates (--max_pixels), width x height:
+#   1448x1448, or 1920x1080 (2 Mpx)
+MAX_RENDER_PIXELS = 2**25  # frames x width x height of one animation: 96 MiB of uint8 frames
+#   (16 frames of 2 Mpx, 8 of 2048x2048, 128 of 512x512)
+WARP_STRIP_PIXELS = 2**16  # frame pixels warped per call: the bilinear sampling holds ~100 B
+#   per pixel while it works (400 MB for a whole 2048x2048 frame), so a frame goes strip by strip
 
 
 def check_render(width, height, frames, max_render_pixels=MAX_RENDER_PIXELS, name="frames"):
@@ -94,7 +97,7 @@ def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS):
         max_render_pixels: bound on frames x H x W (`check_render`).
     Returns:
         A list of `frames` uint8 H x W x 3 frames, each the image warped backward (bilinear,
-        Keras ops: any backend, no CUDA kernel) by `inverse_flow`, one frame at a time.
+        NumPy) by `inverse_flow`, one frame at a time.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
@@ -106,11 +109,34 @@ def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS):
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2; got {frames!r}.")
     check_render(image.shape[1], image.shape[0], frames, max_render_pixels)
-    rendered = []
-    for t in np.linspace(0.0, 1.0, frames):
-        warped, _ = flow_lib.warp_backward(image, inverse_flow(flow, t))
-        rendered.append(np.clip(np.rint(warped), 0, 255).astype(np.uint8))
-    return rendered
+    source = image.astype(np.float32)
+    return [warp_frame(source, inverse_flow(flow, t)) for t in np.linspace(0.0, 1.0, frames)]
+
+
+def warp_frame(image, backward):
+    """`image` (H x W x C float32) sampled at y + backward(y): flow.warp_backward's bilinear
+    sampling (each of the four neighbours outside the frame counts as 0), done
+    WARP_STRIP_PIXELS at a time -> uint8 H x W x C."""
+    height, width, channels = image.shape
+    rows = max(1, WARP_STRIP_PIXELS // width)
+    frame = np.empty((height, width, channels), np.uint8)
+    xs = np.arange(width, dtype=np.float32)
+    for top in range(0, height, rows):
+        strip = backward[top:top + rows]  # [R, W, 2]
+        ys = np.arange(top, top + len(strip), dtype=np.float32)[:, None]
+        src_y, src_x = ys + strip[..., 1], xs + strip[..., 0]
+        y0, x0 = np.floor(src_y), np.floor(src_x)
+        fy, fx = (src_y - y0)[..., None], (src_x - x0)[..., None]
+        y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+        warped = np.zeros(strip.shape[:2] + (channels,), np.float32)
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                y, x = y0 + dy, x0 + dx
+                inside = ((y >= 0) & (y < height) & (x >= 0) & (x < width))[..., None]
+                values = image[np.clip(y, 0, height - 1), np.clip(x, 0, width - 1)]
+                warped += np.where(inside, values, 0.0) * (wy * wx)
+        frame[top:top + len(strip)] = np.clip(np.rint(warped), 0, 255).astype(np.uint8)
+    return frame
 
 
 def encode_gif(frames, fps):

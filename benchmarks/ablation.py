@@ -90,6 +90,10 @@ VARIANTS = {
                           AFFINITY + ["--config.model.options.affinity.self_logit=4.0"]),
     "affinity_16": ("affinity with 16 propagation steps",
                     AFFINITY + ["--config.model.options.affinity.iterations=16"]),
+    "affinity_edges": ("affinity trained on layered scenes whose edges and motion boundaries "
+                       "part: 30% of layers wear the texture below them, 30% hold an edge",
+                       AFFINITY + ["--config.data.layered.shared_texture=0.3",
+                                   "--config.data.layered.inner_edges=0.3"]),
 }
 DATASETS = {"carphone": [], "generated": ["--data=generated"]}  # [] = the run's validation clip
 REFERENCE_FILLS = ("nearest", "linear")

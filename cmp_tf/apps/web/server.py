@@ -56,6 +56,8 @@ REQUEST_TIMEOUT_S = 30.0  # a request's line, headers and body must all arrive w
 MAX_CONNECTIONS = 32  # open connections (one thread each); more are answered 503 at once
 WORKERS = 2  # requests decoding and rendering at once: the memory they hold is bounded
 LINGER_S = 2.0  # after a refusal, how long the unread rest of a body is read and dropped
+BACKLOG = 64  # connections the kernel queues until they are accepted (the default 5 overflows
+#   under a burst, and each overflow costs its client a 1 s SYN retry)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # names of this machine always accepted
 _WILDCARDS = ("", "0.0.0.0", "::")
 _LENGTH = re.compile(r"[0-9]{1,18}")  # a Content-Length: digits only (no sign, space or _)
@@ -384,6 +386,7 @@ class Server(ThreadingHTTPServer):
     thread) and quiet about clients that go away."""
 
     daemon_threads = True
+    request_queue_size = BACKLOG
     _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
              b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s")
 

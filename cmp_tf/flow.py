@@ -2,10 +2,10 @@
 
 Flow is NHWC / HWC with channels (u, v) = (dx, dy) in pixels at the resolution it is stored at.
 Flow files (.flo, 8-bit image pairs, 16-bit PNG) are read and written in `cmp_tf.data.formats`.
+TensorFlow and Keras are imported by the functions that run on tensors only, so the NumPy ones
+serve a runtime without them (`cmp_tf.runtime` on a .tflite or .onnx file).
 """
-import keras
 import numpy as np
-import tensorflow as tf
 
 # The reference clamps targets just inside [-fmax, fmax] so fmax lands in the last bin.
 _CLIP_MARGIN = 1e-3
@@ -39,6 +39,8 @@ def bin_centers(nbins, fmax):
 
 def quantize(flow, nbins, fmax):
     """Bin index per flow component (int32, same shape), as the reference's DiscreteLoss."""
+    import tensorflow as tf
+
     step = bin_step(nbins, fmax)
     flow = tf.cast(flow, tf.float32)
     clipped = tf.clip_by_value(flow, -fmax + _CLIP_MARGIN, fmax - _CLIP_MARGIN)
@@ -50,6 +52,8 @@ def expected_flow(logits, nbins, fmax):
 
     Not argmax: the expectation is continuous, so it is sub-bin accurate and differentiable.
     """
+    import tensorflow as tf
+
     if logits.shape[-1] is not None and logits.shape[-1] != 2 * nbins:
         raise ValueError(
             f"logits must end in 2 * nbins = {2 * nbins} channels (x bins, then y bins); "
@@ -153,6 +157,8 @@ def warp_backward(image, flow):
         (warped, inside): warped float32 like `image` (bilinear, 0 outside the frame) and a
         [..., H, W] float mask of the pixels whose source lies inside the frame.
     """
+    import keras
+
     image = keras.ops.convert_to_tensor(image, "float32")
     flow = keras.ops.convert_to_tensor(flow, "float32")
     single = len(image.shape) == 3

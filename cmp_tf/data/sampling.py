@@ -5,7 +5,6 @@ At evaluation and in the apps they are given; in training they are drawn from th
 """
 import cv2
 import numpy as np
-import tensorflow as tf
 
 from cmp_tf.flow import check_flow
 
@@ -347,6 +346,8 @@ def sample_guidance_tf(flow, seed, **kwargs):
     Returns:
         [H, W, 3] float32 tensor (u, v, mask) with the static shape of `flow` where known.
     """
+    import tensorflow as tf  # here only: the NumPy sampling serves a runtime without it
+
     check_guidance_args(**kwargs)
     flow = tf.convert_to_tensor(flow, tf.float32)
     seed = tf.convert_to_tensor(seed, tf.int64)

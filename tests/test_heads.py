@@ -114,6 +114,7 @@ def test_the_propagation_is_pads_slices_and_builtin_ops():
     ({"iterations": 8.5}, r"options.affinity.iterations must be an integer .*got 8.5"),
     ({"iterations": 65}, r"options.affinity.iterations .*got 65"),
     ({"self_logit": "high"}, r"options.affinity.self_logit must be a number; got 'high'"),
+    ({"logit_scale": 0.0}, r"options.affinity.logit_scale must be a positive number; got 0.0"),
     ({"gain": "yes"}, r"options.affinity.gain must be True or False; got 'yes'"),
     ({"pull": "tnet"}, r"config.model.options.affinity: pull must be one of"),
     ({"relax": -1}, r"config.model.options.affinity: relax must be an integer >= 0"),

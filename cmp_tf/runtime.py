@@ -11,6 +11,8 @@ own pixels for its own H x W image. The network may be in any format `python -m 
 writes: a `.keras` file or run directory, a SavedModel folder, a `.tflite` (LiteRT) or an
 `.onnx` (ONNX Runtime). Each format's runner (`cmp_tf.runners`) does one thing, run the
 network on float32 NHWC batches, so the resizing and scaling above exist once for all of them.
+Running a `.tflite` or `.onnx` file needs NumPy, OpenCV and LiteRT or ONNX Runtime only: every
+file computes its guidance fills itself, and nothing here imports TensorFlow or Keras for them.
 """
 import cv2
 import numpy as np
@@ -28,8 +30,6 @@ class Network:
     Attributes:
         multiple, minimum: height and width must be multiples of `multiple`, at least `minimum`.
         size: (H, W) for a fixed-size file (TFLite), else None.
-    Inputs that export/ left to the runtime (the dense prior of full-integer models, whose
-    jump flooding does not quantize) are computed here, with the model's own layer.
     """
 
     def __init__(self, path, threads=None):
@@ -44,38 +44,22 @@ class Network:
                              "with every format.")
         try:
             self.multiple, self.minimum = int(meta["multiple"]), int(meta["minimum"])
-            self._priors = {name: dict(spec) for name, spec in meta.get("priors", {}).items()}
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{self.path}: its {METADATA_KEY!r} metadata {meta} lacks "
-                             f"'multiple', 'minimum' or a valid 'priors' ({error}).") from error
-        expected = set(INPUTS) | set(self._priors)
-        if set(self.runner.inputs) != expected or OUTPUT not in self.runner.outputs:
+                             f"'multiple' or 'minimum' ({error}).") from error
+        if meta.get("priors"):  # earlier int8 files took their fills as extra inputs
+            raise ValueError(f"{self.path} takes its guidance fills ({', '.join(meta['priors'])})"
+                             " as inputs, as int8 files of earlier versions did; re-export it "
+                             "with `python -m export`: files now compute them inside.")
+        if set(self.runner.inputs) != set(INPUTS) or OUTPUT not in self.runner.outputs:
             raise ValueError(f"{self.path} takes {sorted(self.runner.inputs)} and returns "
-                             f"{self.runner.outputs}; a CMP takes {sorted(expected)} and returns "
+                             f"{self.runner.outputs}; a CMP takes {sorted(INPUTS)} and returns "
                              f"{OUTPUT!r}.")
         shape = self.runner.inputs["image"]
         self.size = None if None in shape[1:3] else (shape[1], shape[2])
-        self._prior_fn = self._prior_layers() if self._priors else None
-
-    def _prior_layers(self):
-        import tensorflow as tf
-
-        from cmp_tf.models import fills
-
-        priors = {name: fills.fill_from_spec(spec, name=name)
-                  for name, spec in self._priors.items()}
-
-        @tf.function(autograph=False)  # plain tensor code: nothing for autograph to convert
-        def compute(sparse):
-            return {name: layer(sparse) for name, layer in priors.items()}
-
-        return compute
 
     def __call__(self, image, sparse):
-        feeds = {"image": image, "sparse": sparse}
-        if self._prior_fn is not None:
-            feeds.update({k: v.numpy() for k, v in self._prior_fn(sparse).items()})
-        return self.runner(feeds)[OUTPUT]
+        return self.runner({"image": image, "sparse": sparse})[OUTPUT]
 
 
 class Propagator:

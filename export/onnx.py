@@ -1,20 +1,17 @@
 """ONNX through tf2onnx, from the SavedModel (whose constants are frozen; tf2onnx on a live
 Keras 3 function leaves the normalization constants as graph inputs). Height and width stay
-dynamic; the dense prior's jump flooding exports as plain ops.
+dynamic; the guidance fills export as plain standard-domain ops inside the file, which takes
+`image` and `sparse` only.
 
 Integer quantization (ONNX Runtime's static QDQ) covers the convolutions, which hold nearly all
-the arithmetic, but the decoder's 1x1 head and the guidance fills'; every other op, the dense
-prior and the softmax readout among them, stays float32 (see export/tflite.py for why).
+the arithmetic, but the decoder's 1x1 head and the guidance fills'; every other op, the fills
+and the softmax readout among them, stays float32 (see export/tflite.py for why).
 """
 import json
 import os
 import re
 import tempfile
 import warnings
-
-import onnx
-import tf2onnx
-from tf2onnx import tf_loader
 
 from cmp_tf import runners
 from export import tflite as tflite_export
@@ -36,6 +33,10 @@ def _numpy2_compatible_tf2onnx():
 def convert(saved_model, metadata=None, opset=OPSET):
     """A SavedModel folder's runners.SIGNATURE -> ONNX ModelProto with the same input and
     output names and `metadata` (JSON) in metadata_props under runners.METADATA_KEY."""
+    import onnx  # here, not at the top: exporting other formats needs neither package
+    import tf2onnx
+    from tf2onnx import tf_loader
+
     _numpy2_compatible_tf2onnx()
     graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
         saved_model, None, None, tag=["serve"], signatures=[runners.SIGNATURE],
@@ -49,6 +50,8 @@ def convert(saved_model, metadata=None, opset=OPSET):
 
 
 def write(saved_model, path, metadata=None, opset=OPSET):
+    import onnx
+
     onnx.save(convert(saved_model, metadata, opset), path)
     return path
 
@@ -57,16 +60,17 @@ def write(saved_model, path, metadata=None, opset=OPSET):
 # x86 VNNI runs natively).
 QUANTIZED_OPS = ("Conv",)
 # ... but for the convolutions of the layers TFLite keeps float32 (its FLOAT_LAYERS: the
-# decoder's 1x1 head) and of the guidance fills, which TFLite cuts out (a smooth fill's tent
-# pull is a depthwise convolution of (vector x mask, mask): at uint8 its ratio is off by up to a
-# step, and the blend reads it). Fill layers are named dense_prior* and pull_push* (models.cmp).
-_FLOAT_CONV = re.compile(
-    rf"(^|/)({'|'.join(tflite_export.FLOAT_LAYERS)}|dense_prior\w*|pull_push\w*)(_\d+)?/")
+# decoder's 1x1 head, and the guidance fills: a smooth fill's tent pull is a depthwise
+# convolution of (vector x mask, mask); at uint8 its ratio is off by up to a step, and the blend
+# reads it).
+_FLOAT_LAYERS = tflite_export.FLOAT_LAYERS + tflite_export.FILL_LAYER_PATTERNS
+_FLOAT_CONV = re.compile(rf"(^|/)({'|'.join(_FLOAT_LAYERS)})(_\d+)?/")
 
 
 def quantize(source, path, samples, metadata=None):
     """Float ONNX file `source` -> int8 ONNX file `path`, calibrated on `samples` (dicts of
     float32 inputs by name)."""
+    import onnx
     from onnxruntime import quantization
 
     class Reader(quantization.CalibrationDataReader):

@@ -10,15 +10,12 @@ import tensorflow as tf
 from cmp_tf import runners
 
 
-def input_specs(model, size=None, batch=None, strides=None):
+def input_specs(model, size=None, batch=None):
     """{name: TensorSpec} of a functional model's inputs at `size` (H, W); None keeps H and W
-    free. Inputs on a coarser grid (the dense prior's) get the size divided by their stride in
-    `strides` ({name: stride})."""
-    strides = strides or {}
+    free."""
     specs = {}
     for name, tensor in _inputs(model).items():
-        stride = strides.get(name, 1)
-        h, w = (None, None) if size is None else (size[0] // stride, size[1] // stride)
+        h, w = (None, None) if size is None else size
         specs[name] = tf.TensorSpec([batch, h, w, tensor.shape[-1]], tf.float32, name=name)
     return specs
 

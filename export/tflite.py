@@ -1,57 +1,38 @@
 """TFLite (LiteRT) models: float32, float16 weights, and integer quantization.
 
-Batch 1 and, by default, the fixed size a phone app feeds (the runtime resizes to it). Integer
-quantization is calibrated on representative samples of the training pipeline; three parts stay
-float32 on purpose:
-- the dense prior's jump flooding compares squared pixel distances up to 1e12, far beyond an
-  int8 scale, and its ~800 small ops keep the quantizer busy for minutes: it is cut out of the
-  graph and becomes an input that `cmp_tf.runtime` computes with the same layer;
+Batch 1 and, by default, the fixed size a phone app feeds (the runtime resizes to it). Every
+file takes `image` and `sparse` only and computes its guidance fills itself, with builtin ops.
+Integer quantization is calibrated on representative samples of the training pipeline; three
+parts stay float32 on purpose:
+- the guidance fills (`cmp_tf.models.fills`): the nearest fill compares squared pixel distances
+  up to 1e12, far beyond an int8 scale, and the smooth fill divides (vector x mask) by mask;
 - the prior logits, the softmax readout and the flow upsampling: at int8 resolution the
   softmax over 99 bins would lose the sub-bin accuracy the readout exists for;
 - the decoder's 1x1 `head` and the blend of fills (`add_prior`): one int8 scale over the
   head's channels (the correction, a blend weight, a gain's reach) moves a Gaussian gain by
   percents far from the guides (the shipped model's int8 EPE went up by 0.0095 px with the
-  head quantized, by 0.0045 px without; a 1x1 convolution at stride 2, little of the time).
+  head quantized, by 0.0045 px without, both with the fills then fed from outside the file;
+  by 0.0117 px with them inside; a 1x1 convolution at stride 2, little of the time).
+The fills stay cheap to calibrate: the nearest fill's jump flooding is 33 ops a pass (the
+shipped model's int8 file converts in about a minute on 2 cores, 64 samples).
 """
 import json
 import re
 import tempfile
 import warnings
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from cmp_tf import runners
-from cmp_tf.models import fills
 from export import savedmodel
 
 PRECISIONS = ("float32", "float16", "int8")
 # Layers of the CMP model kept in float32 in the integer model (see the module docstring).
 FLOAT_LAYERS = ("head", "prior_logits", "add_prior", "readout", "upsample_flow")
-_FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS)})(_\d+)?/")
-
-
-def split_priors(model):
-    """`model` with each guidance-fill layer's output (fills.FILL_LAYERS) turned into an input
-    of that layer's name, and {name: its config} for the runtime to compute them; unchanged
-    without one."""
-    priors = [layer for layer in model.layers if isinstance(layer, fills.FILL_LAYERS)]
-    if not priors:
-        return model, {}
-    inputs = {**model.input, **{layer.name: layer.output for layer in priors}}
-    with warnings.catch_warnings():  # Keras asks inner tensors to be named like their keys
-        warnings.simplefilter("ignore")
-        core = keras.Model(inputs, model.output, name=f"{model.name}_prior_as_input")
-    return core, {layer.name: fills.fill_spec(layer) for layer in priors}
-
-
-def with_priors(samples, priors):
-    """Representative samples {image, sparse} with the prior inputs computed, as the runtime
-    computes them."""
-    fns = {name: fills.fill_from_spec(spec) for name, spec in priors.items()}
-    for sample in samples:
-        yield {**sample, **{name: np.asarray(fn(sample["sparse"])) for name, fn in fns.items()}}
+# The guidance fills' layer names, kept float32 too (cmp_tf.models.heads names them so).
+FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*")
+_FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS + FILL_LAYER_PATTERNS)})(_\d+)?/")
 
 
 def convert(model, size, precision="float32", representative=None, metadata=None,
@@ -63,19 +44,14 @@ def convert(model, size, precision="float32", representative=None, metadata=None
         size: (H, W) of the fixed-size model; with `dynamic`, H and W stay free (batch 1).
         precision: one of PRECISIONS.
         representative: for int8, a list of input dicts (batch 1, float32) to calibrate on.
-        metadata: JSON-able dict stored under runners.METADATA_KEY; priors cut out for int8
-            are added to it under "priors".
+        metadata: JSON-able dict stored under runners.METADATA_KEY.
         outputs: output names to keep (default all).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; known: {', '.join(PRECISIONS)}.")
     if precision == "int8" and not representative:
         raise ValueError("precision='int8' needs representative samples to calibrate on.")
-    priors = {}
-    if precision == "int8":
-        model, priors = split_priors(model)
-    strides = {name: spec["stride"] for name, spec in priors.items()}
-    specs = savedmodel.input_specs(model, None if dynamic else size, batch=1, strides=strides)
+    specs = savedmodel.input_specs(model, None if dynamic else size, batch=1)
     with tempfile.TemporaryDirectory() as tmp:
         savedmodel.write(model, tmp, specs, outputs)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
@@ -84,17 +60,17 @@ def convert(model, size, precision="float32", representative=None, metadata=None
             converter.target_spec.supported_types = [tf.float16]
             flat = converter.convert()
         elif precision == "int8":
-            calibration = list(with_priors(representative, priors))
-            flat = _quantize(converter, lambda: iter(calibration))
+            flat = _quantize(converter, lambda: iter(representative))
         else:
             flat = converter.convert()
     if metadata is not None:
-        flat = with_metadata(flat, {**metadata, "priors": priors} if priors else metadata)
+        flat = with_metadata(flat, metadata)
     return flat
 
 
 def _quantize(converter, dataset):
-    """Integer quantization with FLOAT_LAYERS and the model's outputs left in float32."""
+    """Integer quantization with FLOAT_LAYERS, the fills and the model's outputs left in
+    float32."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = dataset
     with warnings.catch_warnings():  # the debugger runs the deprecated tf.lite interpreter
@@ -109,7 +85,8 @@ def _quantize(converter, dataset):
 
 
 def float_nodes(flat):
-    """Names of the output tensors of FLOAT_LAYERS' ops and of the graph outputs."""
+    """Names of the output tensors of FLOAT_LAYERS' and the fills' ops and of the graph
+    outputs."""
     from ai_edge_litert import schema_py_generated as schema
 
     graph = schema.Model.GetRootAs(bytearray(flat), 0).Subgraphs(0)
@@ -124,7 +101,8 @@ def float_nodes(flat):
 
 
 def with_metadata(flat, metadata):
-    """.tflite bytes with `metadata` (JSON) in the model's metadata table under METADATA_KEY."""
+    """.tflite bytes with `metadata` (JSON) in the model's metadata table under METADATA_KEY
+    (replacing an entry of that name)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
@@ -133,5 +111,7 @@ def with_metadata(flat, metadata):
     model.buffers.append(buffer)
     entry = flatbuffer_utils.schema_fb.MetadataT()
     entry.name, entry.buffer = runners.METADATA_KEY, len(model.buffers) - 1
-    model.metadata = [*(model.metadata or []), entry]
+    kept = [m for m in (model.metadata or []) if m.name not in (runners.METADATA_KEY,
+                                                                runners.METADATA_KEY.encode())]
+    model.metadata = [*kept, entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -80,13 +80,11 @@ def test_tflite_names_shapes_and_metadata(exported):
     assert list(outputs["logits"]["shape"]) == [1, SIZE[0] // 2, SIZE[1] // 2, 198]
     meta = json.loads(runners.tflite_metadata(str(out / "model.tflite")))
     assert meta["size"] == list(SIZE) and meta["multiple"] == 32 and meta["minimum"] == 64
-    # The int8 model leaves the dense prior (jump flooding) to the runtime, as named inputs.
+    # The int8 model computes its guidance fills itself (in float32): no extra inputs.
     quantized = Interpreter(model_path=str(out / "model_int8.tflite")).get_signature_runner()
     shapes = {k: list(v["shape"]) for k, v in quantized.get_input_details().items()}
-    assert shapes == {"image": [1, 64, 64, 3], "sparse": [1, 64, 64, 3],
-                      "dense_prior": [1, 2, 2, 3], "dense_prior_out": [1, 32, 32, 3]}
-    meta = json.loads(runners.tflite_metadata(str(out / "model_int8.tflite")))
-    assert meta["priors"]["dense_prior_out"]["stride"] == 2
+    assert shapes == {"image": [1, 64, 64, 3], "sparse": [1, 64, 64, 3]}
+    assert "priors" not in json.loads(runners.tflite_metadata(str(out / "model_int8.tflite")))
     encoder = Interpreter(model_path=str(out / "encoder.tflite")).get_signature_runner()
     assert list(encoder.get_input_details()) == ["image"]
     assert sorted(encoder.get_output_details()) == ["features", "skip2", "skip4"]
@@ -284,3 +282,144 @@ def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
     int8_weights = {node.name: made_by.get(node.input[1]) == "DequantizeLinear"
                     for node in graph.node if node.op_type == "Conv"}
     assert int8_weights == {names[0]: True, names[1]: False, names[2]: False}
+
+
+def _tflite_ops(path):
+    """(builtin op names, custom op codes) of a .tflite file's operators."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(bytearray(f.read()), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    builtins, custom = set(), set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if op == schema.BuiltinOperator.CUSTOM:
+            custom.add(code.CustomCode().decode())
+        else:
+            builtins.add(names[op])
+    return builtins, custom
+
+
+def test_every_file_takes_image_and_sparse_and_holds_builtin_ops_only(exported):
+    """Each CMP file computes its guidance fills itself: inputs `image` and `sparse` only, no
+    Flex (TensorFlow) or custom ops in TFLite, standard-domain ops only in ONNX."""
+    import onnx
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cmp_tf import runners
+
+    out, _, _ = exported
+    for name in ("model.tflite", "model_fp16.tflite", "model_int8.tflite"):
+        runner = Interpreter(model_path=str(out / name)).get_signature_runner()
+        assert sorted(runner.get_input_details()) == ["image", "sparse"], name
+        assert "flow" in runner.get_output_details(), name
+        builtins, custom = _tflite_ops(out / name)
+        assert not custom, f"{name}: custom or Flex ops {sorted(custom)}"
+        assert {"ARG_MIN", "ONE_HOT"} <= builtins, f"{name}: the nearest fill is not inside"
+    quantized, _ = _tflite_ops(out / "model_int8.tflite")
+    assert {"QUANTIZE", "DEQUANTIZE"} <= quantized  # int8 parts and float32 fills
+    for name in ("model.onnx", "model_int8.onnx"):
+        graph = onnx.load(str(out / name)).graph
+        assert sorted(i.name for i in graph.input) == ["image", "sparse"], name
+        domains = {node.domain for node in graph.node}
+        assert domains <= {"", "ai.onnx"}, f"{name}: non-standard op domains {domains}"
+        assert {"ArgMin", "OneHot"} <= {node.op_type for node in graph.node}, name
+    signature = tf.saved_model.load(str(out / "model_saved_model")).signatures[
+        runners.SIGNATURE]
+    assert sorted(signature.structured_input_signature[1]) == ["image", "sparse"]
+
+
+def test_a_file_taking_its_fills_as_inputs_is_refused_naming_the_fix(exported, tmp_path):
+    """Int8 files of earlier versions left the fills to the runtime; it no longer has them."""
+    from cmp_tf import runners
+    from cmp_tf import runtime
+    from export import tflite
+
+    out, _, _ = exported
+    meta = json.loads(runners.tflite_metadata(str(out / "model.tflite")))
+    old = tmp_path / "old_int8.tflite"
+    old.write_bytes(tflite.with_metadata((out / "model.tflite").read_bytes(), {
+        **meta, "priors": {"dense_prior": {"layer": "DensePrior", "stride": 32}}}))
+    with pytest.raises(ValueError, match=r"old_int8.tflite takes its guidance fills "
+                                         r"\(dense_prior\).*re-export it"):
+        runtime.Propagator(old)
+
+
+# Run first in a child Python: any import of TensorFlow or Keras (or of their submodules)
+# fails, as on a device with LiteRT and ONNX Runtime alone. `import cmp_tf` finds no Keras and
+# skips registering the layers.
+WITHOUT_TENSORFLOW = """
+import sys
+BLOCKED = ("tensorflow", "keras", "tf_keras")
+for name in BLOCKED:
+    sys.modules[name] = None
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the runtime must not import it")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def _python_without_tensorflow(code, cwd):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW + code], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root})
+
+
+def test_the_runtime_and_the_commands_run_without_tensorflow(exported, tmp_path):
+    import cv2
+
+    out, _, _ = exported
+    image = np.full((60, 90, 3), 90, np.uint8)
+    cv2.rectangle(image, (20, 15), (50, 40), (200, 60, 60), -1)
+    cv2.imwrite(str(tmp_path / "photo.png"), image)
+    code = f"""
+import numpy as np
+from cmp_tf.runtime import Propagator
+image = np.zeros((45, 70, 3), np.uint8)
+for name in ("model.tflite", "model_int8.tflite", "model.onnx", "model_int8.onnx"):
+    flow = Propagator({str(out)!r} + "/" + name, threads=1).propagate(
+        image, np.array([[10., 5.]], np.float32), np.array([[3., -2.]], np.float32))
+    print(name, flow.shape, flow[5, 10].round(1).tolist())
+print("tensorflow" in sys.modules and sys.modules["tensorflow"] is not None)
+"""
+    result = _python_without_tensorflow(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    model = f"--model={out / 'model_int8.tflite'}"
+    for command, flags in [("animate", ["--arrows=30,25,5,0", "--frames=2", "--out=moved.gif"]),
+                           ("annotate", ["--positive=30,25", "--out=mask.png"])]:
+        argv = [command, model, "--image=photo.png", *flags]
+        ran = _python_without_tensorflow(
+            f"import runpy; sys.argv = {argv!r}\n"
+            f"runpy.run_module('cmp_tf.apps.{command}', run_name='__main__')\n", tmp_path)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    for name in ("model.tflite", "model_int8.tflite", "model.onnx", "model_int8.onnx"):
+        assert any(line.startswith(f"{name} (45, 70, 2)") for line in lines), result.stdout
+    assert lines[-1] == "False"
+    assert (tmp_path / "moved.gif").stat().st_size > 0
+    assert (tmp_path / "mask.png").stat().st_size > 0
+
+
+def test_the_plain_litert_example_runs_a_fresh_file(exported, tmp_path):
+    """docs/examples/tflite_plain.py: LiteRT and NumPy only, no cmp_tf, on every TFLite file;
+    the untrained model reads out the nearest guide, so the flow at the arrow is the arrow."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    example = os.path.join(root, "docs", "examples", "tflite_plain.py")
+    out, _, _ = exported
+    for name in ("model.tflite", "model_fp16.tflite", "model_int8.tflite"):
+        code = (f"sys.argv = ['tflite_plain.py', {str(out / name)!r}]\n"
+                f"import runpy; runpy.run_path({example!r}, run_name='__main__')\n"
+                "assert not any(m.startswith('cmp_tf') for m in sys.modules)\n")
+        result = _python_without_tensorflow(code, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        arrow = result.stdout.split("at the arrow (20, 10): ")[1].split("]")[0]
+        np.testing.assert_allclose(json.loads(arrow + "]"), [6, -4], atol=0.6)

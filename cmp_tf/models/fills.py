@@ -3,14 +3,18 @@
 A fill spreads the sparse vectors over the whole image on a grid of `stride` x `stride` cells
 with pads, pools, slices and selects only, so it exports to TFLite and ONNX builtins. The
 propagation heads (`cmp_tf.models.heads`) feed fills to the decoder and start their output
-from them; the exporters cut them out of full-integer files and the runtime recomputes them
-from their `fill_spec`.
+from them. Every exported file computes them itself; the int8 files keep them in float32.
 """
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+
+_CANDIDATES = 9  # a jump-flooding pass compares a cell with itself and its 8 neighbours
+# Channel order taking 9 candidates' (y, x, u, v) to 9 y, 9 x, 9 u, 9 v.
+_BY_COMPONENT = [4 * i + c for c in range(4) for i in range(_CANDIDATES)]
 
 
 def _end(margin):
@@ -44,8 +48,9 @@ class DensePrior(_GuidanceFill):
     Returns [B, H/stride, W/stride, 3]: (u, v) of the nearest guided cell and the distance in
     pixels from the cell centre to that cell's guides (their mean position). A cell holding
     several guides takes their mean vector. With no guidance at all the fill is zero flow at
-    distance `max_size`. Computed by jump flooding (Rong & Tan, 2006): log2(size) passes of
-    shifted comparisons, i.e. pads, slices and selects only, so it exports to TFLite and ONNX.
+    distance `max_size`. Computed by jump flooding (Rong & Tan, 2006): log2(size) passes, each
+    one argmin over the cell and its 8 shifted neighbours (pads, slices, a concat, a gather, an
+    argmin and a one-hot pick: 33 builtin ops a pass), so it exports to TFLite and ONNX.
 
     Args:
         stride: cell size in input pixels (the resolution the fill is used at).
@@ -79,27 +84,27 @@ class DensePrior(_GuidanceFill):
         h, w = tf.shape(state)[1], tf.shape(state)[2]
         cy = (tf.cast(tf.range(h), tf.float32) * s + (s - 1) / 2)[None, :, None, None]
         cx = (tf.cast(tf.range(w), tf.float32) * s + (s - 1) / 2)[None, None, :, None]
-
-        def dist2(st):
-            return tf.square(st[..., :1] - cy) + tf.square(st[..., 1:2] - cx)
-
-        best = dist2(state)
         size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
         for k in self._pass_steps(size):
             padded = tf.concat([
                 tf.pad(state[..., :2], [[0, 0], [k, k], [k, k], [0, 0]], constant_values=self._FAR),
                 tf.pad(state[..., 2:], [[0, 0], [k, k], [k, k], [0, 0]])], -1)
-            for dy in (-k, 0, k):
-                for dx in (-k, 0, k):
-                    if dy == dx == 0:
-                        continue
-                    # Constant bounds (no tensor sizes) keep the channel count static for the
-                    # exporters' shape inference: the decoder's convs need it.
-                    other = padded[:, k + dy:_end(k - dy), k + dx:_end(k - dx)]
-                    other_d2 = dist2(other)
-                    closer = other_d2 < best
-                    state = tf.where(closer, other, state)
-                    best = tf.minimum(best, other_d2)
+            # The cell itself, then its 8 neighbours at distance k, as 9 x (y, x, u, v)
+            # channels regrouped by component: 4-D tensors throughout (5-D slices with free
+            # H and W are not TFLite builtins). Constant slice bounds (no tensor sizes) keep the
+            # channel count static for the exporters' shape inference.
+            candidates = tf.gather(tf.concat([state] + [
+                padded[:, k + dy:_end(k - dy), k + dx:_end(k - dx)]
+                for dy in (-k, 0, k) for dx in (-k, 0, k) if dy or dx], -1), _BY_COMPONENT, axis=-1)
+            ys_, xs_, us, vs = (candidates[..., i * _CANDIDATES:(i + 1) * _CANDIDATES]
+                                for i in range(4))
+            d2 = tf.square(ys_ - cy) + tf.square(xs_ - cx)  # [B, h, w, 9]
+            # The first closest candidate, the cell's own state on ties: one pass of a
+            # sequential "strictly closer" update, in a few ops whatever the neighbours.
+            pick = tf.one_hot(tf.argmin(d2, axis=-1), _CANDIDATES, dtype=tf.float32)
+            state = tf.concat([tf.reduce_sum(c * pick, -1, keepdims=True)
+                               for c in (ys_, xs_, us, vs)], -1)
+            best = tf.reduce_min(d2, axis=-1, keepdims=True)  # _pass_steps is never empty
         found = best < (self._FAR / 2) ** 2
         uv = tf.where(found, state[..., 2:], 0.0)
         dist = tf.where(found, tf.sqrt(best), float(self.max_size))
@@ -176,14 +181,13 @@ class PullPushFill(_GuidanceFill):
         return {**super().get_config(), "pull": self.pull, "relax": self.relax}
 
 
-# Layers computing a fill of the guidance from `sparse` alone: full-integer exports cut them out
-# and the runtime computes them in float32 (their squared distances and divisions do not
-# quantize).
+# Layers computing a fill of the guidance from `sparse` alone: full-integer exports keep them in
+# float32 (their squared distances and divisions do not quantize).
 FILL_LAYERS = (DensePrior, PullPushFill)
 
 
 def fill_spec(layer):
-    """A fill layer as JSON (stored in exported files' metadata)."""
+    """A fill layer as JSON (its kind and options)."""
     spec = {"layer": type(layer).__name__, "stride": layer.stride, "max_size": layer.max_size}
     if isinstance(layer, PullPushFill):
         spec.update(pull=layer.pull, relax=layer.relax)

@@ -1,0 +1,72 @@
+"""Dense motion from a few arrows with an exported CMP `.tflite` file and nothing of cmp_tf:
+LiteRT's interpreter and NumPy only, as a phone app would call it.
+
+    python docs/examples/tflite_plain.py exported/model.tflite
+
+The file takes two float32 tensors at its own size H x W (batch 1, NHWC):
+  image  [1, H, W, 3]  RGB, 0..255 (the model normalizes it itself);
+  sparse [1, H, W, 3]  (u, v, mask): at each guided pixel the motion in pixels and mask 1,
+                       zeros everywhere else;
+and returns flow [1, H, W, 2] (u, v) in pixels at that size. The guidance fills are computed
+inside the file. A photo of another size is resized to H x W first, its arrows' positions and
+vectors scaled by the same factors, and the flow scaled back.
+"""
+import sys
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+
+def to_tensor(value, detail):
+    """float32 -> the input's dtype (integer inputs by their scale and zero point)."""
+    dtype = np.dtype(detail["dtype"])
+    if not np.issubdtype(dtype, np.integer):
+        return value.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(value / scale + zero), info.min, info.max).astype(dtype)
+
+
+def resize_nearest(array, height, width):
+    """H x W x C -> height x width x C, nearest pixel centres (NumPy only)."""
+    rows = np.minimum((np.arange(height) + 0.5) * array.shape[0] / height, array.shape[0] - 1)
+    cols = np.minimum((np.arange(width) + 0.5) * array.shape[1] / width, array.shape[1] - 1)
+    return array[rows.astype(int)][:, cols.astype(int)]
+
+
+def propagate(path, image, points, vectors):
+    """image uint8 h x w x 3 RGB, points K x 2 (x, y) px, vectors K x 2 (u, v) px -> flow
+    float32 h x w x 2 (u, v) px."""
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    inputs = runner.get_input_details()
+    _, height, width, _ = inputs["image"]["shape"]
+    scale = np.array([width / image.shape[1], height / image.shape[0]], np.float32)  # (x, y)
+    sparse = np.zeros((height, width, 3), np.float32)
+    for (x, y), uv in zip(np.asarray(points, np.float32), np.asarray(vectors, np.float32)):
+        col, row = np.clip(np.rint((np.array([x, y]) + 0.5) * scale - 0.5), 0,
+                           [width - 1, height - 1]).astype(int)
+        sparse[row, col] = [*(uv * scale), 1.0]
+    work = resize_nearest(image, height, width).astype(np.float32)
+    out = runner(image=to_tensor(work[None], inputs["image"]),
+                 sparse=to_tensor(sparse[None], inputs["sparse"]))
+    detail = runner.get_output_details()["flow"]
+    flow = out["flow"][0].astype(np.float32)
+    if np.issubdtype(np.dtype(detail["dtype"]), np.integer):
+        flow = (flow - detail["quantization"][1]) * detail["quantization"][0]
+    return resize_nearest(flow, *image.shape[:2]) / scale
+
+
+def main(path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)  # any RGB photo, any size
+    points = np.array([[20, 10], [100, 70]], np.float32)  # (x, y) px
+    vectors = np.array([[6, -4], [0, 0]], np.float32)  # (u, v) px: a push and a pin
+    flow = propagate(path, image, points, vectors)
+    arrow, pin = (flow[y, x].astype(float).round(2).tolist() for x, y in points.astype(int))
+    print(f"flow {flow.shape}, at the arrow (20, 10): {arrow}, at the pin (100, 70): {pin}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python {sys.argv[0]} model.tflite")
+    main(sys.argv[1])

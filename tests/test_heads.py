@@ -148,3 +148,17 @@ def test_keras_file_round_trip_gives_identical_outputs(affinity_model, tmp_path,
     assert (layer.iterations, layer.self_logit, layer.stride) == (8, 0.0, 2)
     again = heads.AffinityPropagation.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
+
+
+def test_guided_vectors_from_the_nearest_fill_equal_the_pooled_guidance(rng):
+    from cmp_tf.models import fills
+
+    sparse = np.zeros((1, 32, 32, 3), np.float32)
+    ys, xs = rng.integers(0, 32, 12), rng.integers(0, 32, 12)
+    sparse[0, ys, xs] = np.concatenate([rng.uniform(-9, 9, (12, 2)), np.ones((12, 1))], 1)
+    layer = heads.AffinityPropagation(OFFSET, 3, stride=2)
+    out = rng.normal(size=(1, 16, 16, OFFSET + 8)).astype(np.float32)
+    seed = rng.normal(size=(1, 16, 16, 2)).astype(np.float32)
+    nearest = fills.DensePrior(2)(sparse)
+    np.testing.assert_allclose(layer([out, seed, nearest, sparse]).numpy(),
+                               layer([out, seed, sparse]).numpy(), atol=1e-5)

@@ -328,8 +328,10 @@ def _end_slice(margin):
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class AffinityPropagation(keras.layers.Layer):
-    """[decoder output, seed flow, sparse] -> flow by learned spatial propagation (beyond the
-    paper; CSPN, Cheng et al. 2018, and NLSPN, Park et al. 2020, for depth completion).
+    """[decoder output, seed flow, nearest fill, sparse] -> flow by learned spatial propagation
+    (beyond the paper; CSPN, Cheng et al. 2018, and NLSPN, Park et al. 2020, for depth
+    completion). Without the nearest fill ([out, seed, sparse]) the guided vectors are pooled
+    from `sparse` (see `guidance`).
 
     Every step replaces each cell's flow by a convex combination of itself and its 8
     neighbours, with weights the decoder predicts from the image, then puts the guidance back
@@ -382,10 +384,18 @@ class AffinityPropagation(keras.layers.Layer):
         return [x[:, 1 + dy:_end_slice(1 - dy), 1 + dx:_end_slice(1 - dx)]
                 for dy, dx in AffinityPropagation.OFFSETS]
 
-    def guidance(self, sparse):
-        """(mean guided vector [B, h, w, 2], guided [B, h, w, 1] bool) on the stride's cells."""
+    def guidance(self, sparse, nearest=None):
+        """(mean guided vector [B, h, w, 2], guided [B, h, w, 1] bool) on the stride's cells.
+
+        With the nearest fill at this stride (fills.DensePrior: a guided cell holds the mean of
+        its guides up to stride 2, where no other guide can be nearer its centre) the vectors
+        are read from it: no division in the graph, so full-integer exports, which compute the
+        fill outside, run too."""
         sparse = tf.cast(sparse, tf.float32)
         mask = sparse[..., 2:3]
+        if nearest is not None:
+            guided = tf.nn.avg_pool2d(mask, self.stride, self.stride, "VALID") > 0
+            return tf.cast(nearest[..., :2], tf.float32), guided
         pooled = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask], -1),
                                   self.stride, self.stride, "VALID")
         return pooled[..., :2] / tf.maximum(pooled[..., 2:], 1e-12), pooled[..., 2:] > 0
@@ -399,8 +409,10 @@ class AffinityPropagation(keras.layers.Layer):
         return tf.nn.softmax(tf.concat([own, logits], -1), axis=-1)
 
     def call(self, inputs):
-        out, seed, sparse = inputs
-        vectors, guided = self.guidance(sparse)
+        # [out, seed, nearest fill, sparse]; files saved before the nearest fill was passed
+        # in hold [out, seed, sparse].
+        out, seed, *nearest, sparse = inputs
+        vectors, guided = self.guidance(sparse, *nearest)
         weights = self.affinities(out)
         flow = tf.where(guided, vectors, tf.cast(seed[..., :2], tf.float32))
         for _ in range(self.iterations):
@@ -468,11 +480,11 @@ class Affinity(FillCorrection):
         def read_out(out, stride):
             smooth = fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
                                         name="pull_push_out")(sparse)
-            seed = BlendFills(self.gain, stride, name="add_prior")([out, nearest(stride), smooth])
+            prior = nearest(stride)
+            seed = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
             flow = AffinityPropagation(BlendFills(self.gain).channels, self.iterations,
                                        self.self_logit, stride, self.logit_scale,
-                                       name="propagate")(
-                                           [out, seed, sparse])
+                                       name="propagate")([out, seed, prior, sparse])
             return flow, flow
 
         return inputs, read_out

@@ -244,6 +244,22 @@ def test_dense_prior_matches_a_brute_force_nearest_fill(stride, rng):
     assert (np.abs(got[..., :2] - want[..., :2]).max(-1) < 1e-3).mean() > 0.97
 
 
+@pytest.mark.parametrize("stride", [1, 2, 8])
+def test_the_compact_nearest_fill_equals_the_sequential_one(stride, rng):
+    """The argmin form of a jump-flooding pass (what integer quantization traces) gives the
+    sequential selects' output to the bit, ties included (a grid of guides has many)."""
+    sparse = np.zeros((2, 64, 96, 3), np.float32)
+    sparse[0, 8::16, 8::16] = (3.0, -1.0, 1.0)  # equidistant guides: ties everywhere
+    ys, xs = rng.integers(0, 64, 9), rng.integers(0, 96, 9)
+    sparse[1, ys, xs] = np.c_[rng.normal(0, 5, (9, 2)), np.ones(9)]
+    sequential = fills.DensePrior(stride)(sparse).numpy()
+    compact = fills.DensePrior(stride, compact=True)(sparse).numpy()
+    np.testing.assert_array_equal(compact, sequential)
+    assert fills.DensePrior.from_config(fills.DensePrior(4, compact=True).get_config()).compact
+    with pytest.raises(ValueError, match="compact must be True or False"):
+        fills.DensePrior(2, compact="yes")
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pull_push_fill_keeps_the_guides_and_interpolates_between_them(stride, rng):
     size = 64

@@ -321,10 +321,24 @@ def test_animate_frames_refuses_more_than_its_render_bound():
         animate.animate_frames(image, flow, 5, max_render_pixels=32 * 32 * 4)
 
 
+def _high_water_kb(pid):
+    """VmHWM of a running process in kB (0 once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_measured(command, log, timeout, env=None, address_space_gb=None):
-    """(exit code, peak resident MB) of a command run to its end: its own rusage from wait4,
-    not the largest of this process's children. Its output goes to the file `log`; with
-    `address_space_gb` its memory is capped there, so a regression fails instead of swapping."""
+    """(exit code, peak resident MB) of a command run to its end: the high-water mark of its
+    own memory (VmHWM, polled while it runs). Not rusage: a forked child's ru_maxrss starts at
+    this process's size, which a long test session makes large. Its output goes to the file
+    `log`; with `address_space_gb` its memory is capped there, so a regression fails instead
+    of swapping."""
     def cap():
         import resource
 
@@ -335,11 +349,13 @@ def run_measured(command, log, timeout, env=None, address_space_gb=None):
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    preexec_fn=cap if address_space_gb else None)
     deadline = time.monotonic() + timeout
+    peak_kb = 0
     while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        peak_kb = max(peak_kb, _high_water_kb(process.pid))
+        pid, status, _ = os.wait4(process.pid, os.WNOHANG)
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage.ru_maxrss / 1024
+            return process.returncode, peak_kb / 1024
         if time.monotonic() > deadline:
             process.kill()
             process.wait()

@@ -64,6 +64,8 @@ def test_the_shipped_recipe_is_the_earlier_one_upgraded():
     upgraded = rundir.upgrade_config(legacy)
     shipped = json.loads(json.dumps(load_config("propagation").to_dict()))
     assert upgraded["model"]["head"] == shipped["model"]["head"] == "fill_correction"
+    for recipe in (upgraded, shipped):  # the embedded clips' paths: where the checkout lies
+        del recipe["data"]["train"], recipe["data"]["val"]
     assert _subset(upgraded, shipped) == []
 
 

@@ -81,6 +81,10 @@ VARIANTS = {
     "blend_gauss_adam_smooth_plain": ("blend_gauss_adam_smooth with the plain decoder: fills "
                                       "and read-out at stride 32, no skips from early layers",
                                       SHIPPED + PLAIN),
+    "edge_aware": ("blend_gauss_adam_smooth with the edge-aware pull-push fill as its smooth "
+                   "fill: push and relaxation weighed by colour, so motion stops at image edges "
+                   "(configs/propagation_edges.py)",
+                   SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware"]),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

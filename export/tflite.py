@@ -35,7 +35,7 @@ PRECISIONS = ("float32", "float16", "int8")
 # Layers of the CMP model kept in float32 in the integer model (see the module docstring).
 FLOAT_LAYERS = ("head", "prior_logits", "add_prior", "propagate", "readout", "upsample_flow")
 # The guidance fills' layer names, kept float32 too (cmp_tf.models.heads names them so).
-FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*")
+FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*", r"edge_aware\w*")
 _FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS + FILL_LAYER_PATTERNS)})(_\d+)?/")
 
 

@@ -1,9 +1,10 @@
-"""Guidance fills: dense maps computed from `sparse` alone, inside the model (beyond the paper).
+"""Guidance fills: dense maps computed from `sparse` (and, for the edge-aware fill, the image)
+inside the model (beyond the paper).
 
 A fill spreads the sparse vectors over the whole image on a grid of `stride` x `stride` cells
-with pads, pools, slices and selects only, so it exports to TFLite and ONNX builtins. The
-propagation heads (`cmp_tf.models.heads`) feed fills to the decoder and start their output
-from them. Every exported file computes them itself; the int8 files keep them in float32.
+with pads, pools, slices, resizes, selects and element-wise ops only, so it exports to TFLite
+and ONNX builtins. The propagation heads (`cmp_tf.models.heads`) feed fills to the decoder
+and start their output from them. Every exported file computes them itself; the int8 files keep them in float32.
 """
 import math
 
@@ -210,9 +211,116 @@ class PullPushFill(_GuidanceFill):
         return {**super().get_config(), "pull": self.pull, "relax": self.relax}
 
 
-# Layers computing a fill of the guidance from `sparse` alone: full-integer exports keep them in
-# float32 (their squared distances and divisions do not quantize).
-FILL_LAYERS = (DensePrior, PullPushFill)
+def neighbours(x):
+    """The 8 neighbours of every cell of x [B, h, w, C], border cells repeated: a list of
+    [B, h, w, C] in NEIGHBOUR_OFFSETS order (pads by concatenation, then constant slices,
+    which every exporter keeps static)."""
+    x = tf.concat([x[:, :1], x, x[:, -1:]], 1)
+    x = tf.concat([x[:, :, :1], x, x[:, :, -1:]], 2)
+    return [x[:, 1 + dy:_end(1 - dy), 1 + dx:_end(1 - dx)] for dy, dx in NEIGHBOUR_OFFSETS]
+
+
+NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class EdgeAwareFill(_GuidanceFill):
+    """Edge-aware fill of `sparse` guided by the image, on a grid of `stride` x `stride` cells
+    (beyond the paper): [sparse [B, H, W, 3], image [B, H, W, 3] RGB 0..255] ->
+    [B, H/stride, W/stride, 2] (u, v).
+
+    Pull-push (as PullPushFill) whose push reads the image: going from a coarse level to a
+    finer one, a cell takes the mean of the 3 x 3 coarser cells around its parent weighed by
+    how close their mean colour is to its own, exp(-|c - c'|^2 / (2 sigma^2)) (joint bilateral
+    upsampling, Kopf et al. 2007), and `relax` passes then average each unguided cell with
+    its 8 neighbours under the same colour weights, the guided cells held (an anchored
+    edge-aware diffusion, as in colorization by optimization, Levin et al. 2004). Motion
+    therefore spreads along regions of one colour and slows where the colour changes: where
+    two guides' motions meet, the boundary moves to the image edge between them. Pads,
+    pools, nearest resizes and element-wise ops only: it exports like the other fills.
+
+    Args:
+        stride, max_size: as DensePrior.
+        sigma: colour distance (RGB scaled to 0..1, Euclidean) at which a neighbour's weight
+            falls to exp(-1/2); large values give the plain box pull-push.
+        relax: edge-aware 3x3 passes over the unguided cells after each push level.
+    """
+
+    channels = 2
+
+    def __init__(self, stride, max_size=2048, sigma=0.1, relax=4, **kwargs):
+        super().__init__(stride, max_size, **kwargs)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) \
+                or not np.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"sigma must be a positive number; got {sigma!r}.")
+        if isinstance(relax, bool) or not isinstance(relax, (int, np.integer)) or relax < 0:
+            raise ValueError(f"relax must be an integer >= 0; got {relax!r}.")
+        self.sigma, self.relax = float(sigma), int(relax)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(input_shape[0])
+
+    def _weights(self, colour, others):
+        """exp(-|colour - other|^2 / (2 sigma^2)) for each of `others`, [B, h, w, 1] each."""
+        scale = -0.5 / self.sigma**2
+        return [tf.exp(scale * tf.reduce_sum(tf.square(o - colour), -1, keepdims=True))
+                for o in others]
+
+    def call(self, inputs):
+        sparse, image = (tf.cast(x, tf.float32) for x in inputs)
+        s = self.stride
+        mask = sparse[..., 2:3]
+        # Each level: (u x mask, v x mask, mask, r, g, b) means per cell.
+        level = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask, image / 255.0], -1),
+                                 s, s, "VALID")
+        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
+        pyramid = [level]
+        for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
+            pyramid.append(tf.nn.avg_pool2d(pyramid[-1], 2, 2, "SAME"))
+
+        def mean(cells):
+            return cells[..., :2] / tf.maximum(cells[..., 2:3], 1e-12)
+
+        # The coarse level's (u, v, r, g, b) and its neighbours weigh 1, 1/2 (sides), 1/4
+        # (corners) around a cell's parent before the colour weights.
+        spatial = [0.5 ** (abs(dy) + abs(dx)) for dy, dx in NEIGHBOUR_OFFSETS]
+        top = pyramid[-1]
+        coarse = tf.concat([mean(top), top[..., 3:]], -1)
+        for cells in reversed(pyramid[:-1]):
+            colour = cells[..., 3:]
+            up = tf.raw_ops.ResizeNearestNeighbor(images=coarse, size=tf.shape(cells)[1:3],
+                                                  half_pixel_centers=True)
+            # A parent's neighbour is 2 cells away at this level: neighbours of neighbours.
+            around = [up] + [n for n in _two_away(up)]
+            weights = self._weights(colour, [a[..., 2:] for a in around])
+            weights = [w * f for w, f in zip(weights, [1.0] + spatial)]
+            fill = tf.add_n([w * a[..., :2] for w, a in zip(weights, around)]) / tf.add_n(weights)
+            guided, held = cells[..., 2:3] > 0, mean(cells)
+            fill = tf.where(guided, held, fill)
+            if self.relax:
+                near = self._weights(colour, neighbours(colour))
+                total = 1.0 + tf.add_n(near)
+                for _ in range(self.relax):
+                    step = fill + tf.add_n([w * n for w, n in zip(near, neighbours(fill))])
+                    fill = tf.where(guided, held, step / total)
+            coarse = tf.concat([fill, colour], -1)
+        return tf.cast(coarse[..., :2], self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "sigma": self.sigma, "relax": self.relax}
+
+
+def _two_away(x):
+    """The 8 cells two steps away in NEIGHBOUR_OFFSETS directions, border cells repeated."""
+    x = tf.concat([x[:, :1], x[:, :1], x, x[:, -1:], x[:, -1:]], 1)
+    x = tf.concat([x[:, :, :1], x[:, :, :1], x, x[:, :, -1:], x[:, :, -1:]], 2)
+    return [x[:, 2 + 2 * dy:_end(2 - 2 * dy), 2 + 2 * dx:_end(2 - 2 * dx)]
+            for dy, dx in NEIGHBOUR_OFFSETS]
+
+
+# Layers computing a fill of the guidance: full-integer exports keep them in
+# float32 (their squared distances, exponentials and divisions do not quantize).
+FILL_LAYERS = (DensePrior, PullPushFill, EdgeAwareFill)
 
 
 def fill_spec(layer):
@@ -220,6 +328,8 @@ def fill_spec(layer):
     spec = {"layer": type(layer).__name__, "stride": layer.stride, "max_size": layer.max_size}
     if isinstance(layer, PullPushFill):
         spec.update(pull=layer.pull, relax=layer.relax)
+    elif isinstance(layer, EdgeAwareFill):
+        spec.update(sigma=layer.sigma, relax=layer.relax)
     return spec
 
 

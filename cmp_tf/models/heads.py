@@ -14,9 +14,10 @@ Heads:
   `nearest_prior` feeds the nearest-guidance fill to the decoder and starts the logits at that
   fill's bins (a Gaussian of `prior_sigma` px), so training learns a correction to it.
 - `regression`: 2 channels of flow (L1 / L2 loss), optionally a correction to the nearest fill.
-- `fill_correction`: a correction to a per-pixel blend of the nearest and a smooth pull-push
-  fill, scaled by a Gaussian gain of the distance to the guides (`BlendFills`): the shipped
-  model's head.
+- `fill_correction`: a correction to a per-pixel blend of the nearest and a smooth fill (plain
+  or edge-aware pull-push), scaled by a Gaussian gain of the distance to the guides
+  (`BlendFills`): the shipped model's head.
+- `affinity`: the `fill_correction` flow refined by learned spatial propagation.
 """
 import abc
 
@@ -181,8 +182,9 @@ class Head(abc.ABC):
         """Channels the decoder outputs for this head."""
 
     @abc.abstractmethod
-    def attach(self, sparse, feature_stride):
-        """Wires the head on `sparse` [B, H, W, 3] (u, v, mask).
+    def attach(self, sparse, image, feature_stride):
+        """Wires the head on `sparse` [B, H, W, 3] (u, v, mask) and `image` [B, H, W, 3]
+        (RGB 0..255, which fills that follow image edges read).
 
         Returns:
             (maps of the guidance the decoder reads beside the image and sparse features,
@@ -243,7 +245,7 @@ class Bins(_NearestPrior):
     def decoder_channels(self):
         return 2 * self.nbins
 
-    def attach(self, sparse, feature_stride):
+    def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride) if self.nearest_prior else ([], 0)
 
         def read_out(out, stride):
@@ -271,7 +273,7 @@ class Regression(_NearestPrior):
     def __init__(self, nbins, fmax, loss, nearest_prior=False):
         super().__init__(nbins, fmax, loss, nearest_prior)
 
-    def attach(self, sparse, feature_stride):
+    def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride) if self.nearest_prior else ([], 0)
 
         def read_out(out, stride):
@@ -289,41 +291,55 @@ class FillCorrection(_NearestPrior):
 
     Args:
         gain: scale the blend by the gain (a fourth decoder channel, the reach).
-        pull, relax: the smooth fill's pull and relaxation passes (fills.PullPushFill).
+        smooth: the smooth fill: "pull_push" (fills.PullPushFill, by distance alone) or
+            "edge_aware" (fills.EdgeAwareFill: its push and relaxation weigh cells by colour,
+            so motion spreads along regions of one colour and stops at image edges).
+        pull: the pull-push fill's pull (fills.PullPushFill).
+        relax: the smooth fill's relaxation passes per level.
+        sigma: the edge-aware fill's colour distance (RGB in 0..1) of weight exp(-1/2).
     """
 
     name = "fill_correction"
     LOSSES = ("l1", "l2")
+    SMOOTH_FILLS = ("pull_push", "edge_aware")
 
-    def __init__(self, nbins, fmax, loss, gain=True, pull="tent", relax=4):
+    def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
+                 sigma=0.1):
         super().__init__(nbins, fmax, loss, nearest_prior=True)
         _check_bool(self.name, "gain", gain)
+        if smooth not in self.SMOOTH_FILLS:
+            raise ValueError(f"config.model.options.{self.name}.smooth must be one of "
+                             f"{self.SMOOTH_FILLS}; got {smooth!r}.")
         try:
             fills.PullPushFill(1, pull=pull, relax=relax)
+            fills.EdgeAwareFill(1, sigma=sigma, relax=relax)
         except ValueError as e:
-            raise ValueError(f"config.model.options.fill_correction: {e}") from e
-        self.gain, self.pull, self.relax = gain, pull, relax
+            raise ValueError(f"config.model.options.{self.name}: {e}") from e
+        self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
+        self.sigma = float(sigma)
+
+    def _smooth_fill(self, sparse, image, stride):
+        """The smooth fill at `stride`, [B, h, w, 2]."""
+        if self.smooth == "edge_aware":
+            return fills.EdgeAwareFill(stride, sigma=self.sigma, relax=self.relax,
+                                       name="edge_aware_out")([sparse, image])
+        return fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
+                                  name="pull_push_out")(sparse)
 
     @property
     def decoder_channels(self):
         return BlendFills(self.gain).channels
 
-    def attach(self, sparse, feature_stride):
+    def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride)
 
         def read_out(out, stride):
             prior = nearest(stride)
-            smooth = fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
-                                        name="pull_push_out")(sparse)
+            smooth = self._smooth_fill(sparse, image, stride)
             out = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
             return out, out
 
         return inputs, read_out
-
-
-def _end_slice(margin):
-    """Slice end that drops `margin` trailing elements (None keeps them all)."""
-    return -margin if margin else None
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
@@ -357,7 +373,7 @@ class AffinityPropagation(keras.layers.Layer):
             moves them that much faster than the rest of the decoder's output.
     """
 
-    OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+    OFFSETS = fills.NEIGHBOUR_OFFSETS
     channels = len(OFFSETS)
 
     def __init__(self, offset, iterations=8, self_logit=0.0, stride=1, logit_scale=1.0,
@@ -374,15 +390,6 @@ class AffinityPropagation(keras.layers.Layer):
             raise ValueError(f"logit_scale must be a positive number; got {logit_scale!r}.")
         self.offset, self.iterations, self.stride = offset, iterations, stride
         self.self_logit, self.logit_scale = float(self_logit), float(logit_scale)
-
-    @staticmethod
-    def _neighbours(x):
-        """The 8 neighbours of every cell of x [B, h, w, C], border cells repeated: a list of
-        [B, h, w, C] in OFFSETS order (pads by concatenation, then constant slices)."""
-        x = tf.concat([x[:, :1], x, x[:, -1:]], 1)
-        x = tf.concat([x[:, :, :1], x, x[:, :, -1:]], 2)
-        return [x[:, 1 + dy:_end_slice(1 - dy), 1 + dx:_end_slice(1 - dx)]
-                for dy, dx in AffinityPropagation.OFFSETS]
 
     def guidance(self, sparse, nearest=None):
         """(mean guided vector [B, h, w, 2], guided [B, h, w, 1] bool) on the stride's cells.
@@ -417,7 +424,7 @@ class AffinityPropagation(keras.layers.Layer):
         flow = tf.where(guided, vectors, tf.cast(seed[..., :2], tf.float32))
         for _ in range(self.iterations):
             step = weights[..., :1] * flow
-            for n, neighbour in enumerate(self._neighbours(flow)):
+            for n, neighbour in enumerate(fills.neighbours(flow)):
                 step += weights[..., n + 1:n + 2] * neighbour
             flow = tf.where(guided, vectors, step)
         return tf.cast(flow, self.compute_dtype)
@@ -439,7 +446,8 @@ class Affinity(FillCorrection):
     each, so motion can follow what the image shows and stop at edges.
 
     Args:
-        gain, pull, relax: as `fill_correction`, for the seed the propagation starts from.
+        gain, smooth, pull, relax, sigma: as `fill_correction`, for the seed the propagation
+            starts from.
         iterations: propagation steps at the decoder's stride (each reaches one cell further).
         self_logit: the cell's own weight logit against its neighbours'; an untrained decoder
             (logits near 0) starts as a 3 x 3 mean per step at 0, near the seed at 4 or more.
@@ -450,12 +458,10 @@ class Affinity(FillCorrection):
     name = "affinity"
     MAX_ITERATIONS = 64  # beyond this the unrolled graph grows without reaching much further
 
-    def __init__(self, nbins, fmax, loss, gain=True, pull="tent", relax=4, iterations=8,
-                 self_logit=0.0, logit_scale=1.0):
-        try:
-            super().__init__(nbins, fmax, loss, gain=gain, pull=pull, relax=relax)
-        except ValueError as e:
-            raise ValueError(str(e).replace("options.fill_correction", "options.affinity")) from e
+    def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
+                 sigma=0.1, iterations=8, self_logit=0.0, logit_scale=1.0):
+        super().__init__(nbins, fmax, loss, gain=gain, smooth=smooth, pull=pull, relax=relax,
+                         sigma=sigma)
         if (isinstance(iterations, bool) or not isinstance(iterations, int)
                 or not 1 <= iterations <= self.MAX_ITERATIONS):
             raise ValueError(f"config.model.options.affinity.iterations must be an integer in "
@@ -474,12 +480,11 @@ class Affinity(FillCorrection):
     def decoder_channels(self):
         return BlendFills(self.gain).channels + AffinityPropagation.channels
 
-    def attach(self, sparse, feature_stride):
+    def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride)
 
         def read_out(out, stride):
-            smooth = fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
-                                        name="pull_push_out")(sparse)
+            smooth = self._smooth_fill(sparse, image, stride)
             prior = nearest(stride)
             seed = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
             flow = AffinityPropagation(BlendFills(self.gain).channels, self.iterations,

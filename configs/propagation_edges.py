@@ -1,0 +1,15 @@
+r"""The shipped propagation recipe (`configs/propagation.py`) whose smooth fill follows image
+edges: the `fill_correction` head blends the nearest fill with the edge-aware pull-push fill
+(cmp_tf/models/fills.py, `EdgeAwareFill`), whose push and relaxation weigh neighbouring cells
+by how close their colours are, so a guide's motion spreads over its region and stops where
+the colour changes.
+
+  python train.py --config=configs/propagation_edges.py
+"""
+from configs import propagation
+
+
+def get_config(arg=None):
+    c = propagation.get_config(arg)
+    c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1)
+    return c

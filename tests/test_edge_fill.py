@@ -1,0 +1,123 @@
+"""The edge-aware fill: guidance spread along regions of one colour, stopping at image edges;
+exact where guided, plain where the image is; inside the shipped head and its exported files."""
+import numpy as np
+import pytest
+
+from cmp_tf import models
+from cmp_tf.models import fills
+from tests.conftest import load_config
+
+SIZE = 64
+EDGE = 40  # columns left of it are one colour, the rest another
+
+
+def _two_regions(left=(200, 40, 40), right=(40, 60, 200)):
+    image = np.empty((1, SIZE, SIZE, 3), np.float32)
+    image[:, :, :EDGE] = left
+    image[:, :, EDGE:] = right
+    return image
+
+
+def _sparse(points, size=SIZE):
+    sparse = np.zeros((1, size, size, 3), np.float32)
+    for y, x, u, v in points:
+        sparse[0, y, x] = (u, v, 1)
+    return sparse
+
+
+GUIDES = [(32, 4, 4.0, 0.0), (32, 60, -3.0, 1.0)]  # the nearest fill's border: column 32
+
+
+def test_motion_stops_at_the_image_edge_not_halfway_between_the_guides():
+    fill = fills.EdgeAwareFill(1)([_sparse(GUIDES), _two_regions()]).numpy()[0]
+    nearest = fills.DensePrior(1)(_sparse(GUIDES)).numpy()[0, ..., :2]
+    between = (slice(None), slice(34, EDGE))  # left of the edge, nearer the right guide
+    # Coarse levels average colours across the edge, so a little motion leaks through: within
+    # 0.5 px of vectors 7 px apart.
+    np.testing.assert_allclose(nearest[between], np.broadcast_to((-3.0, 1.0), nearest[between].shape))
+    np.testing.assert_allclose(fill[between], np.broadcast_to((4.0, 0.0), fill[between].shape),
+                               atol=0.5)
+    np.testing.assert_allclose(fill[:, EDGE + 1:], np.broadcast_to(
+        (-3.0, 1.0), fill[:, EDGE + 1:].shape), atol=0.5)
+    # One colour everywhere: the boundary is the plain pull-push's, between the guides.
+    plain = fills.EdgeAwareFill(1)([_sparse(GUIDES), _two_regions(right=(200, 40, 40))])
+    assert abs(plain.numpy()[0, 32, 37, 0] - 4.0) > 1.0
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_guided_cells_keep_their_mean_vector_one_guide_moves_everything(stride, rng):
+    image = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
+    points = [(10, 20, 3.0, -2.0), (50, 41, -5.0, 1.5), (33, 60, 0.5, 7.0)]
+    fill = fills.EdgeAwareFill(stride)([_sparse(points), image]).numpy()[0]
+    assert fill.shape == (SIZE // stride, SIZE // stride, 2)
+    for y, x, u, v in points:
+        np.testing.assert_allclose(fill[y // stride, x // stride], (u, v), atol=1e-5)
+    one = fills.EdgeAwareFill(stride)([_sparse(points[:1]), image]).numpy()[0]
+    np.testing.assert_allclose(one, np.broadcast_to((3.0, -2.0), one.shape), atol=1e-5)
+    none = fills.EdgeAwareFill(stride)([np.zeros((1, SIZE, 48, 3), np.float32),
+                                        image[:, :, :48]]).numpy()
+    assert none.shape == (1, SIZE // stride, 48 // stride, 2) and not none.any()
+
+
+def test_odd_sizes_and_options_are_checked(rng):
+    image = rng.uniform(0, 255, (1, 45, 70, 3)).astype(np.float32)
+    fill = fills.EdgeAwareFill(2)([_sparse([(7, 9, 1.0, 2.0)], 45)[:, :, :45], image[:, :, :45]])
+    assert fill.shape == (1, 22, 22, 2) and np.isfinite(fill.numpy()).all()
+    with pytest.raises(ValueError, match="sigma must be a positive number; got 0"):
+        fills.EdgeAwareFill(2, sigma=0)
+    with pytest.raises(ValueError, match="relax must be an integer >= 0; got -1"):
+        fills.EdgeAwareFill(2, relax=-1)
+    spec = fills.fill_spec(fills.EdgeAwareFill(2, sigma=0.2, relax=3))
+    assert spec == {"layer": "EdgeAwareFill", "stride": 2, "max_size": 2048, "sigma": 0.2,
+                    "relax": 3}
+    again = fills.fill_from_spec(spec)
+    assert isinstance(again, fills.EdgeAwareFill) and fills.fill_spec(again) == spec
+
+
+def _edge_config():
+    config = load_config("propagation_edges")
+    config.model.decoder_combo = (1, 2)  # minimum side 64: a faster export
+    return config
+
+
+def test_the_head_reads_the_image_and_starts_from_the_mean_of_its_fills(rng):
+    from cmp_tf.models import layers as L
+
+    config = _edge_config()
+    config.model.options.fill_correction.gain = False
+    model = models.build_cmp(config)
+    assert model.get_layer("edge_aware_out") is not None
+    inputs = {"image": _two_regions(), "sparse": _sparse(GUIDES)}
+    nearest = fills.DensePrior(2)(inputs["sparse"])[..., :2]
+    edge = fills.EdgeAwareFill(2)([inputs["sparse"], inputs["image"]])
+    want = L.ResizeLike()([0.5 * (nearest + edge), inputs["image"]]).numpy()
+    np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
+    config.model.options.fill_correction.smooth = "bilateral"
+    with pytest.raises(ValueError, match=r"options.fill_correction.smooth must be one of "
+                                         r"\('pull_push', 'edge_aware'\); got 'bilateral'"):
+        models.build_cmp(config)
+    config.model.options.fill_correction.update(smooth="edge_aware", sigma=-1.0)
+    with pytest.raises(ValueError, match=r"options.fill_correction: sigma must be a positive"):
+        models.build_cmp(config)
+
+
+@pytest.mark.slow
+def test_exported_files_compute_the_edge_aware_fill_with_builtin_ops(tmp_path):
+    import onnx
+
+    from export import export_lib
+    from tests.test_export import _tflite_ops
+
+    config = _edge_config()
+    model = models.build_cmp(config)
+    report = export_lib.export(model, config, str(tmp_path), formats=("tflite", "onnx"),
+                               size=(SIZE, SIZE), calibration=2, parity_samples=2, repeats=1,
+                               encoder=False, log=lambda _: None)
+    builtins, custom = _tflite_ops(tmp_path / "model.tflite")
+    assert not custom and {"EXP", "RESIZE_NEAREST_NEIGHBOR"} <= builtins
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    assert sorted(i.name for i in graph.input) == ["image", "sparse"]
+    assert {"Exp", "Resize"} <= {node.op_type for node in graph.node}
+    parity = {row["artifact"]: row for row in report["rows"]}
+    for name in ("model.tflite", "model.onnx"):
+        assert parity[name]["max_abs_px"] < 1e-3, parity[name]

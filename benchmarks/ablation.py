@@ -85,6 +85,10 @@ VARIANTS = {
                    "fill: push and relaxation weighed by colour, so motion stops at image edges "
                    "(configs/propagation_edges.py)",
                    SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware"]),
+    "edge_learned": ("edge_aware whose fill weights are learned too: 5 more decoder channels "
+                     "scale its colour term per cell and add an embedding's distances",
+                     SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware",
+                                "--config.model.options.fill_correction.edge_features=5"]),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

@@ -74,6 +74,49 @@ def test_odd_sizes_and_options_are_checked(rng):
     assert isinstance(again, fills.EdgeAwareFill) and fills.fill_spec(again) == spec
 
 
+def test_edge_features_reshape_the_weights(rng):
+    sparse, cells = _sparse(GUIDES), SIZE // 2
+    two, one = _two_regions(), _two_regions(right=(200, 40, 40))
+    layer = fills.EdgeAwareFill(2)
+    plain = layer([sparse, two]).numpy()
+    zero = np.zeros((1, cells, cells, 3), np.float32)  # scale 1, no embedding distance
+    np.testing.assert_allclose(layer([sparse, two, zero]).numpy(), plain, atol=1e-5)
+    # A colour scale near zero lets motion cross the colour edge as if it were not there.
+    blind = np.full((1, cells, cells, 1), -30.0, np.float32)
+    np.testing.assert_allclose(layer([sparse, two, blind]).numpy(), layer([sparse, one]).numpy(),
+                               atol=1e-3)
+    # An embedding edge where the colour is one stops motion there.
+    wall = np.zeros((1, cells, cells, 2), np.float32)
+    wall[:, :, EDGE // 2:, 1] = 10.0
+    walled = layer([sparse, one, wall]).numpy()[0]
+    np.testing.assert_allclose(walled[:, 17:EDGE // 2], np.broadcast_to(
+        (4.0, 0.0), walled[:, 17:EDGE // 2].shape), atol=0.5)
+
+
+def test_learned_edge_features_get_gradients_and_are_checked():
+    import tensorflow as tf
+
+    config = _edge_config()
+    config.model.options.fill_correction.edge_features = 3
+    model = models.build_cmp(config)
+    assert model.get_layer("decoder").output.shape[-1] == 4 + 3
+    features = tf.zeros((1, SIZE // 2, SIZE // 2, 3))
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        fill = model.get_layer("edge_aware_out")([_sparse(GUIDES), _two_regions(), features])
+        loss = tf.reduce_sum(fill[:, :, 15:20])  # cells the two guides' motions compete for
+    grad = tape.gradient(loss, features).numpy()
+    assert np.abs(grad[..., 0]).max() > 1e-3 and np.isfinite(grad).all()
+    config.model.options.fill_correction.update(smooth="pull_push")
+    with pytest.raises(ValueError, match=r"edge_features=3 shapes the edge-aware fill: set "
+                                         r"smooth='edge_aware'"):
+        models.build_cmp(config)
+    config.model.options.fill_correction.update(smooth="edge_aware", edge_features=-1)
+    with pytest.raises(ValueError, match=r"options.fill_correction.edge_features must be an "
+                                         r"integer >= 0; got -1"):
+        models.build_cmp(config)
+
+
 def _edge_config():
     config = load_config("propagation_edges")
     config.model.decoder_combo = (1, 2)  # minimum side 64: a faster export

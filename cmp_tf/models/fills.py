@@ -226,8 +226,8 @@ NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class EdgeAwareFill(_GuidanceFill):
     """Edge-aware fill of `sparse` guided by the image, on a grid of `stride` x `stride` cells
-    (beyond the paper): [sparse [B, H, W, 3], image [B, H, W, 3] RGB 0..255] ->
-    [B, H/stride, W/stride, 2] (u, v).
+    (beyond the paper): [sparse [B, H, W, 3], image [B, H, W, 3] RGB 0..255(, edge features
+    [B, H/stride, W/stride, 1 + E])] -> [B, H/stride, W/stride, 2] (u, v).
 
     Pull-push (as PullPushFill) whose push reads the image: going from a coarse level to a
     finer one, a cell takes the mean of the 3 x 3 coarser cells around its parent weighed by
@@ -239,6 +239,13 @@ class EdgeAwareFill(_GuidanceFill):
     two guides' motions meet, the boundary moves to the image edge between them. Pads,
     pools, nearest resizes and element-wise ops only: it exports like the other fills.
 
+    Edge features, when given (a network's output at the fill's cells), make the weights
+    learned: channel 0 scales the colour term of the cell receiving motion by
+    softplus(f0 + log(e - 1)) (1 at f0 = 0; near 0 it lets motion cross colour edges), and
+    the distance between the cells' other E channels adds to it (it can stop motion where
+    colour does not change):
+        w = exp(-scale x |c - c'|^2 / (2 sigma^2) - |e - e'|^2).
+
     Args:
         stride, max_size: as DensePrior.
         sigma: colour distance (RGB scaled to 0..1, Euclidean) at which a neighbour's weight
@@ -247,6 +254,7 @@ class EdgeAwareFill(_GuidanceFill):
     """
 
     channels = 2
+    _SCALE_START = math.log(math.e - 1.0)  # softplus of it is 1
 
     def __init__(self, stride, max_size=2048, sigma=0.1, relax=4, **kwargs):
         super().__init__(stride, max_size, **kwargs)
@@ -260,19 +268,32 @@ class EdgeAwareFill(_GuidanceFill):
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(input_shape[0])
 
-    def _weights(self, colour, others):
-        """exp(-|colour - other|^2 / (2 sigma^2)) for each of `others`, [B, h, w, 1] each."""
-        scale = -0.5 / self.sigma**2
-        return [tf.exp(scale * tf.reduce_sum(tf.square(o - colour), -1, keepdims=True))
-                for o in others]
+    def _weights(self, cell, others):
+        """Weights [B, h, w, 1] between `cell` and each of `others`, all (colour scale, r, g,
+        b, embedding...); the receiving cell's colour scale applies."""
+        factor = -0.5 / self.sigma**2
+        weights = []
+        for other in others:
+            square = tf.square(other[..., 1:] - cell[..., 1:])
+            logit = factor * cell[..., :1] * tf.reduce_sum(square[..., :3], -1, keepdims=True)
+            if square.shape[-1] > 3:
+                logit -= tf.reduce_sum(square[..., 3:], -1, keepdims=True)
+            weights.append(tf.exp(logit))
+        return weights
 
     def call(self, inputs):
-        sparse, image = (tf.cast(x, tf.float32) for x in inputs)
+        sparse, image, *features = (tf.cast(x, tf.float32) for x in inputs)
         s = self.stride
         mask = sparse[..., 2:3]
-        # Each level: (u x mask, v x mask, mask, r, g, b) means per cell.
+        # Each level: (u x mask, v x mask, mask) and the cells' descriptor (colour scale, r, g,
+        # b, embedding...), means per cell.
         level = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask, image / 255.0], -1),
                                  s, s, "VALID")
+        if features:
+            scale = tf.nn.softplus(features[0][..., :1] + self._SCALE_START)
+            level = tf.concat([level[..., :3], scale, level[..., 3:], features[0][..., 1:]], -1)
+        else:
+            level = tf.concat([level[..., :3], tf.ones_like(level[..., :1]), level[..., 3:]], -1)
         size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
         pyramid = [level]
         for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
@@ -281,29 +302,29 @@ class EdgeAwareFill(_GuidanceFill):
         def mean(cells):
             return cells[..., :2] / tf.maximum(cells[..., 2:3], 1e-12)
 
-        # The coarse level's (u, v, r, g, b) and its neighbours weigh 1, 1/2 (sides), 1/4
-        # (corners) around a cell's parent before the colour weights.
+        # The coarse level's (u, v, descriptor) and its neighbours weigh 1, 1/2 (sides), 1/4
+        # (corners) around a cell's parent before the descriptor weights.
         spatial = [0.5 ** (abs(dy) + abs(dx)) for dy, dx in NEIGHBOUR_OFFSETS]
         top = pyramid[-1]
         coarse = tf.concat([mean(top), top[..., 3:]], -1)
         for cells in reversed(pyramid[:-1]):
-            colour = cells[..., 3:]
+            cell = cells[..., 3:]
             up = tf.raw_ops.ResizeNearestNeighbor(images=coarse, size=tf.shape(cells)[1:3],
                                                   half_pixel_centers=True)
             # A parent's neighbour is 2 cells away at this level: neighbours of neighbours.
-            around = [up] + [n for n in _two_away(up)]
-            weights = self._weights(colour, [a[..., 2:] for a in around])
+            around = [up] + _two_away(up)
+            weights = self._weights(cell, [a[..., 2:] for a in around])
             weights = [w * f for w, f in zip(weights, [1.0] + spatial)]
             fill = tf.add_n([w * a[..., :2] for w, a in zip(weights, around)]) / tf.add_n(weights)
             guided, held = cells[..., 2:3] > 0, mean(cells)
             fill = tf.where(guided, held, fill)
             if self.relax:
-                near = self._weights(colour, neighbours(colour))
+                near = self._weights(cell, neighbours(cell))
                 total = 1.0 + tf.add_n(near)
                 for _ in range(self.relax):
                     step = fill + tf.add_n([w * n for w, n in zip(near, neighbours(fill))])
                     fill = tf.where(guided, held, step / total)
-            coarse = tf.concat([fill, colour], -1)
+            coarse = tf.concat([fill, cell], -1)
         return tf.cast(coarse[..., :2], self.compute_dtype)
 
     def get_config(self):

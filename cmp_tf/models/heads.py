@@ -297,6 +297,10 @@ class FillCorrection(_NearestPrior):
         pull: the pull-push fill's pull (fills.PullPushFill).
         relax: the smooth fill's relaxation passes per level.
         sigma: the edge-aware fill's colour distance (RGB in 0..1) of weight exp(-1/2).
+        edge_features: decoder channels that shape the edge-aware fill's weights (0: colour
+            alone): a per-cell scale of the colour term, and the rest an embedding whose
+            distances add to it (fills.EdgeAwareFill), so the network learns which edges
+            stop motion.
     """
 
     name = "fill_correction"
@@ -304,7 +308,7 @@ class FillCorrection(_NearestPrior):
     SMOOTH_FILLS = ("pull_push", "edge_aware")
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
-                 sigma=0.1):
+                 sigma=0.1, edge_features=0):
         super().__init__(nbins, fmax, loss, nearest_prior=True)
         _check_bool(self.name, "gain", gain)
         if smooth not in self.SMOOTH_FILLS:
@@ -315,27 +319,37 @@ class FillCorrection(_NearestPrior):
             fills.EdgeAwareFill(1, sigma=sigma, relax=relax)
         except ValueError as e:
             raise ValueError(f"config.model.options.{self.name}: {e}") from e
+        if isinstance(edge_features, bool) or not isinstance(edge_features, int) \
+                or edge_features < 0:
+            raise ValueError(f"config.model.options.{self.name}.edge_features must be an "
+                             f"integer >= 0; got {edge_features!r}.")
+        if edge_features and smooth != "edge_aware":
+            raise ValueError(f"config.model.options.{self.name}.edge_features={edge_features} "
+                             "shapes the edge-aware fill: set smooth='edge_aware' too, or 0.")
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
-        self.sigma = float(sigma)
-
-    def _smooth_fill(self, sparse, image, stride):
-        """The smooth fill at `stride`, [B, h, w, 2]."""
-        if self.smooth == "edge_aware":
-            return fills.EdgeAwareFill(stride, sigma=self.sigma, relax=self.relax,
-                                       name="edge_aware_out")([sparse, image])
-        return fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
-                                  name="pull_push_out")(sparse)
+        self.sigma, self.edge_features = float(sigma), edge_features
 
     @property
     def decoder_channels(self):
-        return BlendFills(self.gain).channels
+        return BlendFills(self.gain).channels + self.edge_features
+
+    def _smooth_fill(self, sparse, image, out, stride):
+        """The smooth fill at `stride`, [B, h, w, 2]; `out` the decoder's output, whose
+        channels after the blend's are the edge features."""
+        if self.smooth == "edge_aware":
+            first = BlendFills(self.gain).channels
+            features = [out[..., first:first + self.edge_features]] if self.edge_features else []
+            return fills.EdgeAwareFill(stride, sigma=self.sigma, relax=self.relax,
+                                       name="edge_aware_out")([sparse, image, *features])
+        return fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
+                                  name="pull_push_out")(sparse)
 
     def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride)
 
         def read_out(out, stride):
             prior = nearest(stride)
-            smooth = self._smooth_fill(sparse, image, stride)
+            smooth = self._smooth_fill(sparse, image, out, stride)
             out = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
             return out, out
 
@@ -446,8 +460,8 @@ class Affinity(FillCorrection):
     each, so motion can follow what the image shows and stop at edges.
 
     Args:
-        gain, smooth, pull, relax, sigma: as `fill_correction`, for the seed the propagation
-            starts from.
+        gain, smooth, pull, relax, sigma, edge_features: as `fill_correction`, for the seed
+            the propagation starts from.
         iterations: propagation steps at the decoder's stride (each reaches one cell further).
         self_logit: the cell's own weight logit against its neighbours'; an untrained decoder
             (logits near 0) starts as a 3 x 3 mean per step at 0, near the seed at 4 or more.
@@ -459,9 +473,9 @@ class Affinity(FillCorrection):
     MAX_ITERATIONS = 64  # beyond this the unrolled graph grows without reaching much further
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
-                 sigma=0.1, iterations=8, self_logit=0.0, logit_scale=1.0):
+                 sigma=0.1, edge_features=0, iterations=8, self_logit=0.0, logit_scale=1.0):
         super().__init__(nbins, fmax, loss, gain=gain, smooth=smooth, pull=pull, relax=relax,
-                         sigma=sigma)
+                         sigma=sigma, edge_features=edge_features)
         if (isinstance(iterations, bool) or not isinstance(iterations, int)
                 or not 1 <= iterations <= self.MAX_ITERATIONS):
             raise ValueError(f"config.model.options.affinity.iterations must be an integer in "
@@ -478,16 +492,16 @@ class Affinity(FillCorrection):
 
     @property
     def decoder_channels(self):
-        return BlendFills(self.gain).channels + AffinityPropagation.channels
+        return super().decoder_channels + AffinityPropagation.channels
 
     def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride)
 
         def read_out(out, stride):
-            smooth = self._smooth_fill(sparse, image, stride)
+            smooth = self._smooth_fill(sparse, image, out, stride)
             prior = nearest(stride)
             seed = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
-            flow = AffinityPropagation(BlendFills(self.gain).channels, self.iterations,
+            flow = AffinityPropagation(super(Affinity, self).decoder_channels, self.iterations,
                                        self.self_logit, stride, self.logit_scale,
                                        name="propagate")([out, seed, prior, sparse])
             return flow, flow

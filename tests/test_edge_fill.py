@@ -91,6 +91,10 @@ def test_edge_features_reshape_the_weights(rng):
     walled = layer([sparse, one, wall]).numpy()[0]
     np.testing.assert_allclose(walled[:, 17:EDGE // 2], np.broadcast_to(
         (4.0, 0.0), walled[:, 17:EDGE // 2].shape), atol=0.5)
+    # Features far apart everywhere underflow every weight: the fill stays finite, one guide's.
+    wild = rng.normal(0, 30, (1, cells, cells, 4)).astype(np.float32)
+    lone = layer([_sparse(GUIDES[:1]), two, wild]).numpy()
+    np.testing.assert_allclose(lone, np.broadcast_to((4.0, 0.0), lone.shape), atol=1e-5)
 
 
 def test_learned_edge_features_get_gradients_and_are_checked():

@@ -6,6 +6,7 @@ with pads, pools, slices, resizes, selects and element-wise ops only, so it expo
 and ONNX builtins. The propagation heads (`cmp_tf.models.heads`) feed fills to the decoder
 and start their output from them. Every exported file computes them itself; the int8 files keep them in float32.
 """
+import functools
 import math
 
 import keras
@@ -268,18 +269,18 @@ class EdgeAwareFill(_GuidanceFill):
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(input_shape[0])
 
-    def _weights(self, cell, others):
-        """Weights [B, h, w, 1] between `cell` and each of `others`, all (colour scale, r, g,
-        b, embedding...); the receiving cell's colour scale applies."""
+    def _logits(self, cell, others):
+        """Log-weights [B, h, w, 1] between `cell` and each of `others`, all (colour scale, r,
+        g, b, embedding...); the receiving cell's colour scale applies."""
         factor = -0.5 / self.sigma**2
-        weights = []
+        logits = []
         for other in others:
             square = tf.square(other[..., 1:] - cell[..., 1:])
             logit = factor * cell[..., :1] * tf.reduce_sum(square[..., :3], -1, keepdims=True)
             if square.shape[-1] > 3:
                 logit -= tf.reduce_sum(square[..., 3:], -1, keepdims=True)
-            weights.append(tf.exp(logit))
-        return weights
+            logits.append(logit)
+        return logits
 
     def call(self, inputs):
         sparse, image, *features = (tf.cast(x, tf.float32) for x in inputs)
@@ -313,14 +314,17 @@ class EdgeAwareFill(_GuidanceFill):
                                                   half_pixel_centers=True)
             # A parent's neighbour is 2 cells away at this level: neighbours of neighbours.
             around = [up] + _two_away(up)
-            weights = self._weights(cell, [a[..., 2:] for a in around])
-            weights = [w * f for w, f in zip(weights, [1.0] + spatial)]
+            logits = [logit + math.log(f) for logit, f in zip(
+                self._logits(cell, [a[..., 2:] for a in around]), [1.0] + spatial)]
+            # Relative to the largest, so that the weights never all underflow to zero.
+            top_logit = functools.reduce(tf.maximum, logits)
+            weights = [tf.exp(logit - top_logit) for logit in logits]
             fill = tf.add_n([w * a[..., :2] for w, a in zip(weights, around)]) / tf.add_n(weights)
             guided, held = cells[..., 2:3] > 0, mean(cells)
             fill = tf.where(guided, held, fill)
             if self.relax:
-                near = self._weights(cell, neighbours(cell))
-                total = 1.0 + tf.add_n(near)
+                near = [tf.exp(logit) for logit in self._logits(cell, neighbours(cell))]
+                total = 1.0 + tf.add_n(near)  # the cell's own weight 1: never zero
                 for _ in range(self.relax):
                     step = fill + tf.add_n([w * n for w, n in zip(near, neighbours(fill))])
                     fill = tf.where(guided, held, step / total)

@@ -89,6 +89,13 @@ VARIANTS = {
                      "scale its colour term per cell and add an embedding's distances",
                      SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware",
                                 "--config.model.options.fill_correction.edge_features=5"]),
+    "edge_both": ("blend_gauss_adam_smooth blending three fills: nearest, pull-push and "
+                  "edge-aware (a softmax of two decoder logits and 0 weighs them per pixel)",
+                  SHIPPED + ["--config.model.options.fill_correction.smooth=both"]),
+    "edge_both_learned": ("edge_both with the edge-aware fill's weights learned (5 decoder "
+                          "channels, as edge_learned)",
+                          SHIPPED + ["--config.model.options.fill_correction.smooth=both",
+                                     "--config.model.options.fill_correction.edge_features=5"]),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

@@ -113,7 +113,7 @@ def test_learned_edge_features_get_gradients_and_are_checked():
     assert np.abs(grad[..., 0]).max() > 1e-3 and np.isfinite(grad).all()
     config.model.options.fill_correction.update(smooth="pull_push")
     with pytest.raises(ValueError, match=r"edge_features=3 shapes the edge-aware fill: set "
-                                         r"smooth='edge_aware'"):
+                                         r"smooth='edge_aware' or 'both'"):
         models.build_cmp(config)
     config.model.options.fill_correction.update(smooth="edge_aware", edge_features=-1)
     with pytest.raises(ValueError, match=r"options.fill_correction.edge_features must be an "
@@ -141,11 +141,32 @@ def test_the_head_reads_the_image_and_starts_from_the_mean_of_its_fills(rng):
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
     config.model.options.fill_correction.smooth = "bilateral"
     with pytest.raises(ValueError, match=r"options.fill_correction.smooth must be one of "
-                                         r"\('pull_push', 'edge_aware'\); got 'bilateral'"):
+                                         r"\('pull_push', 'edge_aware', 'both'\); got 'bilateral'"):
         models.build_cmp(config)
     config.model.options.fill_correction.update(smooth="edge_aware", sigma=-1.0)
     with pytest.raises(ValueError, match=r"options.fill_correction: sigma must be a positive"):
         models.build_cmp(config)
+
+
+def test_three_fills_blend_to_their_mean_untrained_and_each_alone_by_its_logit():
+    from cmp_tf.models import heads
+
+    nearest = np.full((1, 2, 2, 3), 4.0, np.float32)
+    smooth, edge = np.full((1, 2, 2, 2), 1.0, np.float32), np.full((1, 2, 2, 2), -2.0, np.float32)
+    blend = heads.BlendFills(edge=True)
+    assert blend.channels == 4  # (du, dv, a, b)
+    out = np.zeros((1, 2, 2, 4), np.float32)
+    np.testing.assert_allclose(blend([out, nearest, smooth, edge]), 1.0, rtol=1e-6)
+    out[..., 3] = 60.0  # b large: the edge-aware fill alone, plus the correction
+    out[..., 0] = 0.5
+    np.testing.assert_allclose(blend([out, nearest, smooth, edge])[..., 0], -1.5, rtol=1e-6)
+    config = _edge_config()
+    config.model.options.fill_correction.update(smooth="both", gain=True)
+    model = models.build_cmp(config)
+    assert model.get_layer("decoder").output.shape[-1] == 5  # du, dv, a, reach, b
+    assert {"pull_push_out", "edge_aware_out"} <= {layer.name for layer in model.layers}
+    again = heads.BlendFills.from_config(model.get_layer("add_prior").get_config())
+    assert again.edge and again.gain
 
 
 @pytest.mark.slow

@@ -82,8 +82,9 @@ class PriorLogits(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class BlendFills(keras.layers.Layer):
-    """[decoder output (du, dv, a[, r]), nearest fill, smooth fill] -> flow (beyond the paper):
-    gain x (sigmoid(a) x nearest + (1 - sigmoid(a)) x smooth) + (du, dv).
+    """[decoder output (du, dv, a[, r][, b]), nearest fill, smooth fill[, edge-aware fill]] ->
+    flow (beyond the paper): gain x (sigmoid(a) x nearest + (1 - sigmoid(a)) x smooth) +
+    (du, dv); with `edge`, the weights of (nearest, smooth, edge-aware) are softmax(a, 0, b).
 
     The nearest fill is right inside a guided object up to its boundary, the smooth one between
     guides on one surface: the network learns per pixel which to trust, from the image, plus a
@@ -102,28 +103,38 @@ class BlendFills(keras.layers.Layer):
     Args:
         gain: read the reach r from channel 3.
         stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
+        edge: blend a third fill, the edge-aware one, with the logit b (the last channel);
+            untrained (a = b = 0) the blend is the mean of the three.
     """
 
     GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
     GAUSSIAN_SCALE = 8.0
 
-    def __init__(self, gain=False, stride=1, **kwargs):
+    def __init__(self, gain=False, stride=1, edge=False, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(gain, bool):
-            raise ValueError(f"gain must be True or False; got {gain!r}.")
+        for field, value in (("gain", gain), ("edge", edge)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{field} must be True or False; got {value!r}.")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
-        self.gain, self.stride = gain, stride
+        self.gain, self.stride, self.edge = gain, stride, edge
 
     @property
     def channels(self):
-        """Decoder channels read: the correction (2), the weight a, the reach r."""
-        return 3 + self.gain
+        """Decoder channels read: the correction (2), the weight a, the reach r, the edge-aware
+        fill's logit b."""
+        return 3 + self.gain + self.edge
 
     def call(self, inputs):
-        out, nearest, smooth = (tf.cast(x, tf.float32) for x in inputs)
-        weight = tf.sigmoid(out[..., 2:3])
-        fill = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2]
+        out, nearest, smooth, *edge = (tf.cast(x, tf.float32) for x in inputs)
+        if self.edge:
+            a, b = out[..., 2:3], out[..., self.channels - 1:self.channels]
+            weights = tf.nn.softmax(tf.concat([a, tf.zeros_like(a), b], -1), axis=-1)
+            fill = (weights[..., :1] * nearest[..., :2] + weights[..., 1:2] * smooth[..., :2]
+                    + weights[..., 2:] * edge[0][..., :2])
+        else:
+            weight = tf.sigmoid(out[..., 2:3])
+            fill = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2]
         if self.gain:
             reach = out[..., 3:4]
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
@@ -136,7 +147,8 @@ class BlendFills(keras.layers.Layer):
         return (*input_shape[0][:-1], 2)
 
     def get_config(self):
-        return {**super().get_config(), "gain": self.gain, "stride": self.stride}
+        return {**super().get_config(), "gain": self.gain, "stride": self.stride,
+                "edge": self.edge}
 
     # Fields of files saved by earlier versions, and the value this layer computes.
     _LEGACY = {"profile": "gaussian", "learn_weight": True}
@@ -291,9 +303,10 @@ class FillCorrection(_NearestPrior):
 
     Args:
         gain: scale the blend by the gain (a fourth decoder channel, the reach).
-        smooth: the smooth fill: "pull_push" (fills.PullPushFill, by distance alone) or
+        smooth: the smooth fill: "pull_push" (fills.PullPushFill, by distance alone),
             "edge_aware" (fills.EdgeAwareFill: its push and relaxation weigh cells by colour,
-            so motion spreads along regions of one colour and stops at image edges).
+            so motion spreads along regions of one colour and stops at image edges), or
+            "both" (three fills blended: nearest, pull-push, edge-aware).
         pull: the pull-push fill's pull (fills.PullPushFill).
         relax: the smooth fill's relaxation passes per level.
         sigma: the edge-aware fill's colour distance (RGB in 0..1) of weight exp(-1/2).
@@ -305,7 +318,7 @@ class FillCorrection(_NearestPrior):
 
     name = "fill_correction"
     LOSSES = ("l1", "l2")
-    SMOOTH_FILLS = ("pull_push", "edge_aware")
+    SMOOTH_FILLS = ("pull_push", "edge_aware", "both")
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
                  sigma=0.1, edge_features=0):
@@ -323,34 +336,42 @@ class FillCorrection(_NearestPrior):
                 or edge_features < 0:
             raise ValueError(f"config.model.options.{self.name}.edge_features must be an "
                              f"integer >= 0; got {edge_features!r}.")
-        if edge_features and smooth != "edge_aware":
+        if edge_features and smooth == "pull_push":
             raise ValueError(f"config.model.options.{self.name}.edge_features={edge_features} "
-                             "shapes the edge-aware fill: set smooth='edge_aware' too, or 0.")
+                             "shapes the edge-aware fill: set smooth='edge_aware' or 'both' "
+                             "too, or 0.")
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.edge_features = float(sigma), edge_features
 
+    def _blend(self, stride=1):
+        return BlendFills(self.gain, stride, edge=self.smooth == "both", name="add_prior")
+
     @property
     def decoder_channels(self):
-        return BlendFills(self.gain).channels + self.edge_features
+        return self._blend().channels + self.edge_features
 
-    def _smooth_fill(self, sparse, image, out, stride):
-        """The smooth fill at `stride`, [B, h, w, 2]; `out` the decoder's output, whose
-        channels after the blend's are the edge features."""
-        if self.smooth == "edge_aware":
-            first = BlendFills(self.gain).channels
+    def _blend_fills(self, sparse, image, out, stride):
+        """The nearest fill's output passed in, the blend's fills after it at `stride`, and
+        the blend: (nearest [B, h, w, 3], list of fills, BlendFills); `out` the decoder's
+        output, whose channels after the blend's are the edge features."""
+        made = []
+        if self.smooth in ("pull_push", "both"):
+            made.append(fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
+                                           name="pull_push_out")(sparse))
+        if self.smooth in ("edge_aware", "both"):
+            first = self._blend().channels
             features = [out[..., first:first + self.edge_features]] if self.edge_features else []
-            return fills.EdgeAwareFill(stride, sigma=self.sigma, relax=self.relax,
-                                       name="edge_aware_out")([sparse, image, *features])
-        return fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
-                                  name="pull_push_out")(sparse)
+            made.append(fills.EdgeAwareFill(stride, sigma=self.sigma, relax=self.relax,
+                                            name="edge_aware_out")([sparse, image, *features]))
+        return made, self._blend(stride)
 
     def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride)
 
         def read_out(out, stride):
             prior = nearest(stride)
-            smooth = self._smooth_fill(sparse, image, out, stride)
-            out = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
+            made, blend = self._blend_fills(sparse, image, out, stride)
+            out = blend([out, prior, *made])
             return out, out
 
         return inputs, read_out
@@ -498,9 +519,9 @@ class Affinity(FillCorrection):
         inputs, nearest = self._nearest(sparse, feature_stride)
 
         def read_out(out, stride):
-            smooth = self._smooth_fill(sparse, image, out, stride)
+            made, blend = self._blend_fills(sparse, image, out, stride)
             prior = nearest(stride)
-            seed = BlendFills(self.gain, stride, name="add_prior")([out, prior, smooth])
+            seed = blend([out, prior, *made])
             flow = AffinityPropagation(super(Affinity, self).decoder_channels, self.iterations,
                                        self.self_logit, stride, self.logit_scale,
                                        name="propagate")([out, seed, prior, sparse])

@@ -11,5 +11,5 @@ from configs import propagation
 
 def get_config(arg=None):
     c = propagation.get_config(arg)
-    c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1)
+    c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1, finest_relax=0)
     return c

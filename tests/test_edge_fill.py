@@ -67,9 +67,11 @@ def test_odd_sizes_and_options_are_checked(rng):
         fills.EdgeAwareFill(2, sigma=0)
     with pytest.raises(ValueError, match="relax must be an integer >= 0; got -1"):
         fills.EdgeAwareFill(2, relax=-1)
+    with pytest.raises(ValueError, match="finest_relax must be an integer >= 0; got 1.5"):
+        fills.EdgeAwareFill(2, finest_relax=1.5)
     spec = fills.fill_spec(fills.EdgeAwareFill(2, sigma=0.2, relax=3))
     assert spec == {"layer": "EdgeAwareFill", "stride": 2, "max_size": 2048, "sigma": 0.2,
-                    "relax": 3}
+                    "relax": 3, "finest_relax": 3}
     again = fills.fill_from_spec(spec)
     assert isinstance(again, fills.EdgeAwareFill) and fills.fill_spec(again) == spec
 
@@ -136,7 +138,7 @@ def test_the_head_reads_the_image_and_starts_from_the_mean_of_its_fills(rng):
     assert model.get_layer("edge_aware_out") is not None
     inputs = {"image": _two_regions(), "sparse": _sparse(GUIDES)}
     nearest = fills.DensePrior(2)(inputs["sparse"])[..., :2]
-    edge = fills.EdgeAwareFill(2)([inputs["sparse"], inputs["image"]])
+    edge = fills.EdgeAwareFill(2, finest_relax=0)([inputs["sparse"], inputs["image"]])
     want = L.ResizeLike()([0.5 * (nearest + edge), inputs["image"]]).numpy()
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
     config.model.options.fill_correction.smooth = "bilateral"

@@ -252,19 +252,24 @@ class EdgeAwareFill(_GuidanceFill):
         sigma: colour distance (RGB scaled to 0..1, Euclidean) at which a neighbour's weight
             falls to exp(-1/2); large values give the plain box pull-push.
         relax: edge-aware 3x3 passes over the unguided cells after each push level.
+        finest_relax: the passes at the finest level, the largest (default `relax`): fewer
+            cost less where most of the time goes, the coarser levels having spread the
+            motion already.
     """
 
     channels = 2
     _SCALE_START = math.log(math.e - 1.0)  # softplus of it is 1
 
-    def __init__(self, stride, max_size=2048, sigma=0.1, relax=4, **kwargs):
+    def __init__(self, stride, max_size=2048, sigma=0.1, relax=4, finest_relax=None, **kwargs):
         super().__init__(stride, max_size, **kwargs)
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) \
                 or not np.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma must be a positive number; got {sigma!r}.")
-        if isinstance(relax, bool) or not isinstance(relax, (int, np.integer)) or relax < 0:
-            raise ValueError(f"relax must be an integer >= 0; got {relax!r}.")
-        self.sigma, self.relax = float(sigma), int(relax)
+        finest_relax = relax if finest_relax is None else finest_relax
+        for field, value in (("relax", relax), ("finest_relax", finest_relax)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{field} must be an integer >= 0; got {value!r}.")
+        self.sigma, self.relax, self.finest_relax = float(sigma), int(relax), int(finest_relax)
 
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(input_shape[0])
@@ -308,7 +313,8 @@ class EdgeAwareFill(_GuidanceFill):
         spatial = [0.5 ** (abs(dy) + abs(dx)) for dy, dx in NEIGHBOUR_OFFSETS]
         top = pyramid[-1]
         coarse = tf.concat([mean(top), top[..., 3:]], -1)
-        for cells in reversed(pyramid[:-1]):
+        for depth, cells in reversed(list(enumerate(pyramid[:-1]))):
+            passes = self.finest_relax if depth == 0 else self.relax
             cell = cells[..., 3:]
             up = tf.raw_ops.ResizeNearestNeighbor(images=coarse, size=tf.shape(cells)[1:3],
                                                   half_pixel_centers=True)
@@ -322,17 +328,18 @@ class EdgeAwareFill(_GuidanceFill):
             fill = tf.add_n([w * a[..., :2] for w, a in zip(weights, around)]) / tf.add_n(weights)
             guided, held = cells[..., 2:3] > 0, mean(cells)
             fill = tf.where(guided, held, fill)
-            if self.relax:
+            if passes:
                 near = [tf.exp(logit) for logit in self._logits(cell, neighbours(cell))]
                 total = 1.0 + tf.add_n(near)  # the cell's own weight 1: never zero
-                for _ in range(self.relax):
+                for _ in range(passes):
                     step = fill + tf.add_n([w * n for w, n in zip(near, neighbours(fill))])
                     fill = tf.where(guided, held, step / total)
             coarse = tf.concat([fill, cell], -1)
         return tf.cast(coarse[..., :2], self.compute_dtype)
 
     def get_config(self):
-        return {**super().get_config(), "sigma": self.sigma, "relax": self.relax}
+        return {**super().get_config(), "sigma": self.sigma, "relax": self.relax,
+                "finest_relax": self.finest_relax}
 
 
 def _two_away(x):
@@ -354,7 +361,7 @@ def fill_spec(layer):
     if isinstance(layer, PullPushFill):
         spec.update(pull=layer.pull, relax=layer.relax)
     elif isinstance(layer, EdgeAwareFill):
-        spec.update(sigma=layer.sigma, relax=layer.relax)
+        spec.update(sigma=layer.sigma, relax=layer.relax, finest_relax=layer.finest_relax)
     return spec
 
 

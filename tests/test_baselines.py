@@ -47,7 +47,8 @@ def test_every_baseline_runs_at_one_point(name):
         np.testing.assert_allclose(flow[6, 3], vector[0], rtol=2e-3)  # on the guide
         assert np.linalg.norm(flow, axis=-1).max() <= np.linalg.norm(vector) * (1 + 1e-6)
     else:  # one guide: its motion everywhere (linear and epicflow fall back to nearest)
-        np.testing.assert_allclose(flow, np.broadcast_to(vector, flow.shape), atol=1e-6)
+        atol = 1e-5 if name == "edge_aware" else 1e-6  # weighted means in float32
+        np.testing.assert_allclose(flow, np.broadcast_to(vector, flow.shape), atol=atol)
 
 
 @pytest.mark.parametrize("name", ["linear", "epicflow"])

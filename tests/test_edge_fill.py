@@ -44,6 +44,21 @@ def test_motion_stops_at_the_image_edge_not_halfway_between_the_guides():
     assert abs(plain.numpy()[0, 32, 37, 0] - 4.0) > 1.0
 
 
+def test_the_edge_aware_baseline_follows_the_image_edge_at_any_size():
+    from cmp_tf.evaluation import baselines
+
+    image = _two_regions()[0].astype(np.uint8)[:61, :63]  # odd sizes: padded, then cropped
+    points = np.array([[x, y] for y, x, _, _ in GUIDES], np.float32)
+    points[1, 0] = 60
+    vectors = np.array([[u, v] for _, _, u, v in GUIDES], np.float32)
+    flow = baselines.edge_aware(image, points, vectors)
+    assert flow.shape == (61, 63, 2)
+    np.testing.assert_allclose(flow[32, 4], (4.0, 0.0))  # the guided pixels keep their vectors
+    np.testing.assert_allclose(flow[32, 60], (-3.0, 1.0))
+    assert np.abs(flow[:, 34:EDGE - 1] - (4.0, 0.0)).max() < 0.5
+    assert np.abs(flow[:, EDGE + 1:] - (-3.0, 1.0)).max() < 0.5
+
+
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_guided_cells_keep_their_mean_vector_one_guide_moves_everything(stride, rng):
     image = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)

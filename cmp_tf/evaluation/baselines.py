@@ -27,6 +27,9 @@ GAUSSIAN_RADIUS = 5.0
 # ... and eps is this fraction of one lone guide's centre weight: the fill keeps 99.9 % of a
 # guide's vector on it, half at 3.7 sigma, 0.4 % at the kernel's edge, then exactly zero.
 GAUSSIAN_EPS = 1e-3
+# edge_aware: the fill inside cmp_tf's models, with the options of its recipes
+# (configs/propagation_edges.py): on 2 x 2 cells, bilinearly upsampled, as the models use it.
+EDGE_STRIDE, EDGE_SIGMA, EDGE_RELAX, EDGE_FINEST_RELAX = 2, 0.1, 4, 0
 # epicflow: fewer distinct guides than this crash OpenCV or give zeros (see `epicflow`) ...
 EPIC_MIN_GUIDES = 3
 # ... and this zoom (px of motion per px from the centre) keeps its inlier threshold above
@@ -180,8 +183,47 @@ def epicflow(image, points, vectors):
     return flow.astype(np.float32, copy=False)
 
 
+_edge_aware_fill = None  # the TensorFlow function, made on first use
+
+
+def edge_aware(image, points, vectors):
+    """cmp_tf's edge-aware pull-push fill alone, with no network (models.fills.EdgeAwareFill):
+    a pull-push whose push and relaxation weigh cells by how close their colours are, so a
+    guide's motion spreads over its region and stops where the colour changes. Computed on
+    EDGE_STRIDE x EDGE_STRIDE cells and bilinearly upsampled, as inside the models, then each
+    guided pixel takes its guide's vector; the image is padded by repeating its border to a
+    multiple of the cell size. Needs TensorFlow.
+    """
+    global _edge_aware_fill
+    image, points, vectors = sampling.check_guidance(image, points, vectors)
+    height, width = image.shape[:2]
+    xy, vectors = _pixels(points, vectors, width)
+    if _edge_aware_fill is None:
+        import tensorflow as tf
+
+        from cmp_tf.models import fills
+
+        layer = fills.EdgeAwareFill(EDGE_STRIDE, sigma=EDGE_SIGMA, relax=EDGE_RELAX,
+                                    finest_relax=EDGE_FINEST_RELAX)
+
+        def fill(sparse, colour):
+            cells = layer([sparse, colour])
+            return tf.image.resize(cells, tf.shape(sparse)[1:3], "bilinear")
+
+        _edge_aware_fill = tf.function(fill, reduce_retracing=True)
+    pad = [(0, -height % EDGE_STRIDE), (0, -width % EDGE_STRIDE)]
+    sparse = np.zeros((height, width, 3), np.float32)
+    sparse[xy[:, 1], xy[:, 0], :2] = vectors
+    sparse[xy[:, 1], xy[:, 0], 2] = 1.0
+    sparse = np.pad(sparse, pad + [(0, 0)])
+    colour = np.pad(image, pad + [(0, 0)], mode="edge").astype(np.float32)
+    flow = np.array(_edge_aware_fill(sparse[None], colour[None])[0, :height, :width], np.float32)
+    flow[xy[:, 1], xy[:, 0]] = vectors
+    return flow
+
+
 BASELINES = {"zero": zero, "nearest": nearest, "linear": linear, "gaussian": gaussian,
-             "epicflow": epicflow}
+             "epicflow": epicflow, "edge_aware": edge_aware}
 
 
 def get(name):

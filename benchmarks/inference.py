@@ -4,7 +4,9 @@ of every deployment format.
   python benchmarks/inference.py [--size=384] [--repeats=5] [--jit] [--out=runs/benchmarks]
   python benchmarks/inference.py --formats=all --bfloat16       # + every exported format
 
-Prints a table and writes inference.json. The reference column is the PyTorch networks' median
+Prints a table and writes inference.json; "fills s" is the guidance fills alone (every fill
+layer of the model on the same input) and "share" their part of the forward. The reference
+column is the PyTorch networks' median
 forward time measured on this machine by benchmarks/torch_reference.py when its JSON is there,
 else the Xeon figure of docs/reference.md §7 (see benchmarks/reference.py).
 
@@ -59,6 +61,37 @@ def time_forward(model, size, repeats, jit):
     for _ in range(repeats):
         start = time.perf_counter()
         forward(inputs).numpy()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def time_fills(model, size, repeats):
+    """Median seconds of the model's guidance fills alone (every fill layer on the same inputs
+    as `time_forward`): the part of the forward that is not the network. Learned edge
+    features, when a fill takes them, are zeros of their shape."""
+    from cmp_tf.models import fills
+
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32)
+    sparse = tf.zeros((1, size, size, 3))
+    calls = []
+    for layer in model.layers:
+        if not isinstance(layer, fills.FILL_LAYERS):
+            continue
+        if isinstance(layer.input, (list, tuple)):  # [sparse, image(, edge features)]
+            extra = [tf.zeros((1, size // layer.stride, size // layer.stride, t.shape[-1]))
+                     for t in layer.input[2:]]
+            calls.append((layer, [sparse, image, *extra]))
+        else:
+            calls.append((layer, sparse))
+    if not calls:
+        return 0.0
+    run = tf.function(lambda: [layer(args) for layer, args in calls])
+    [out.numpy() for out in run()]  # trace and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        [out.numpy() for out in run()]
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -120,10 +153,12 @@ def main(argv):
     for recipe in _RECIPES.value:
         model, config, weights = load_recipe(recipe, _RUNS.value)
         seconds = time_forward(model, _SIZE.value, _REPEATS.value, _JIT.value)
+        fill_seconds = time_fills(model, _SIZE.value, _REPEATS.value)
         tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
         reference, source = reference_lib.lookup(recipe, _SIZE.value, "eval_fwd_s", tf_threads)
         rows.append(dict(recipe=recipe, size=_SIZE.value, params=model.count_params(),
-                         seconds=seconds, reference_seconds=reference, reference_source=source,
+                         seconds=seconds, fill_seconds=fill_seconds,
+                         reference_seconds=reference, reference_source=source,
                          speedup=reference / seconds if reference else None))
         if not (formats or _BFLOAT16.value):
             continue
@@ -144,11 +179,14 @@ def main(argv):
                 deploy.append(dict(base, format=r["artifact"], precision=r["precision"],
                                    bytes=r["bytes"], seconds=r["latency_s"],
                                    mean_abs_px=r["mean_abs_px"], epe_change=r["epe_change"]))
-    print(f"{'recipe':<20}{'params':>12}{'forward s':>12}{'reference s':>13}{'speedup':>9}  source")
+    print(f"{'recipe':<20}{'params':>12}{'forward s':>12}{'fills s':>10}{'share':>7}"
+          f"{'reference s':>13}{'speedup':>9}  source")
     for r in rows:
         ref = f"{r['reference_seconds']:.4f}" if r["reference_seconds"] else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-        print(f"{r['recipe']:<20}{r['params']:>12,}{r['seconds']:>12.4f}{ref:>13}{speed:>9}"
+        share = f"{r['fill_seconds'] / r['seconds']:.0%}" if r["fill_seconds"] else "-"
+        print(f"{r['recipe']:<20}{r['params']:>12,}{r['seconds']:>12.4f}"
+              f"{r['fill_seconds']:>10.4f}{share:>7}{ref:>13}{speed:>9}"
               f"  {r['reference_source'] or '-'}")
     if deploy:
         print(f"\nDeployment formats at {_SIZE.value}^2, batch 1, median of {_REPEATS.value}; "

@@ -77,15 +77,32 @@ def test_ablation_variants_build_and_a_typo_is_refused_before_training():
         assert "typo" in result.stderr and expected in result.stderr, result.stderr[-2000:]
 
 
-def test_ablation_shipped_variant_is_the_shipped_recipe():
+@pytest.mark.parametrize("variant, recipe", [("blend_gauss_adam_smooth", "propagation"),
+                                             ("edge_aware", "propagation_edges")])
+def test_ablation_shipped_variant_is_the_shipped_recipe(variant, recipe):
     """The ablation's `blend_gauss_adam_smooth` must train exactly configs/propagation.py, or
-    the README's ablation row is not the shipped model's."""
+    the README's ablation row is not the shipped model's (and `edge_aware` its recipe)."""
     code = ("from benchmarks import ablation as a; import json; "
-            "print(json.dumps(a.variant_config('blend_gauss_adam_smooth').to_dict()))")
+            f"print(json.dumps(a.variant_config({variant!r}).to_dict()))")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     variant = json.loads(result.stdout.strip().splitlines()[-1])
-    shipped = json.loads(json.dumps(load_config("propagation").to_dict()))
+    shipped = json.loads(json.dumps(load_config(recipe).to_dict()))
     assert variant == shipped
+
+
+def test_inference_times_the_fills_of_every_kind_alone():
+    """benchmarks/inference.py's fills column runs every fill layer of a model, the edge-aware
+    one with its learned features too (in a fresh process: its flags are its own)."""
+    code = ("from benchmarks import inference as i; from cmp_tf import models; "
+            "from tests.conftest import load_config; "
+            "c = load_config('propagation_edges'); c.model.decoder_combo = (1, 2); "
+            "c.model.options.fill_correction.update(smooth='both', edge_features=2); "
+            "m = models.build_cmp(c); print(i.time_fills(m, 64, 1))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) > 0

@@ -117,7 +117,8 @@ DATASETS = {"carphone": [], "generated": ["--data=generated"]}  # [] = the run's
 REFERENCE_FILLS = ("nearest", "linear")
 
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Any of {', '.join(VARIANTS)}.")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per variant (equal budget).")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per variant (equal budget); the "
+                              "learning-rate boundaries scale with it.")
 _PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs per evaluation.")
 _ROOT = flags.DEFINE_string("root", "runs/ablation", "Where the variants' runs go.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate the runs already there.")
@@ -139,11 +140,21 @@ def _results(run, dataset):
         return json.load(f)
 
 
+def schedule_overrides(steps):
+    """The base recipe's learning-rate schedule stretched to `steps` (its boundaries are at
+    fixed steps): the same shape of training at any budget."""
+    base = variant_config("prior")  # the base recipe, no overrides
+    scale = steps / base.train.steps
+    boundaries = tuple(int(round(b * scale)) for b in base.schedule.boundaries)
+    return [f"--config.schedule.boundaries={boundaries}"]
+
+
 def _train_and_evaluate(name):
     run = os.path.join(_ROOT.value, name)
     if not os.path.isfile(os.path.join(run, "model.keras")):
         _run([sys.executable, "train.py", f"--workdir={run}",
-              f"--config.train.steps={_STEPS.value}", *VARIANTS[name][1]])
+              f"--config.train.steps={_STEPS.value}", *schedule_overrides(_STEPS.value),
+              *VARIANTS[name][1]])
     for dataset, args in DATASETS.items():
         if _results(run, dataset) is None:
             _run([sys.executable, "evaluate.py", f"--checkpoint={run}", f"--pairs={_PAIRS.value}",

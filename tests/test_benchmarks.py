@@ -93,6 +93,18 @@ def test_ablation_shipped_variant_is_the_shipped_recipe(variant, recipe):
     assert variant == shipped
 
 
+def test_ablation_stretches_the_schedule_with_the_budget():
+    code = ("from benchmarks import ablation as a; "
+            "print(a.schedule_overrides(3000), a.schedule_overrides(1000))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == (
+        "['--config.schedule.boundaries=(1800, 2550)'] "
+        "['--config.schedule.boundaries=(600, 850)']")
+
+
 def test_inference_times_the_fills_of_every_kind_alone():
     """benchmarks/inference.py's fills column runs every fill layer of a model, the edge-aware
     one with its learned features too (in a fresh process: its flags are its own)."""

@@ -85,6 +85,9 @@ VARIANTS = {
                    "fill: push and relaxation weighed by colour, so motion stops at image edges "
                    "(configs/propagation_edges.py)",
                    SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware"]),
+    "edge_aware_finest4": ("edge_aware with 4 relaxation passes at the fill's finest level too",
+                           SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware",
+                                      "--config.model.options.fill_correction.finest_relax=4"]),
     "edge_learned": ("edge_aware whose fill weights are learned too: 5 more decoder channels "
                      "scale its colour term per cell and add an embedding's distances",
                      SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware",

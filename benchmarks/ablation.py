@@ -1,6 +1,6 @@
 r"""Ablation of the beyond-the-paper options at an equal CPU budget.
 
-Each variant is the default recipe (`configs/default.py`) with a few overrides, trained for the
+Each variant is the CPU-scale CMP (`configs/cpu_bins.py`) with a few overrides, trained for the
 same number of steps with the same seed, then scored by `evaluate.py`'s propagation protocol
 on unseen real frames (the carphone clip, never trained on) and on held-out generated scenes
 with exact flow. Prints a table of relative EPE (EPE / zero-flow EPE, lower is better) per K,
@@ -25,10 +25,10 @@ from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ and cmp_tf/ from the repository, wherever this is run from
-BASE_RECIPE = os.path.join(ROOT, "configs", "default.py")  # train.py's default --config
+BASE_RECIPE = os.path.join(ROOT, "configs", "cpu_bins.py")  # the paper's bins head, CPU scale
 
-# name -> (what it changes, train.py overrides). The base is the CPU default: the paper's bins
-# head with the nearest-guidance prior. Variants of options that were measured and removed
+# name -> (what it changes, train.py overrides). The base is the CPU-scale CMP: the paper's
+# bins head with the nearest-guidance prior. Variants of options that were measured and removed
 # (two-hot targets, a read-out L1 term, the fill fed to the skips, the pull-push fill alone,
 # an exponential gain, a fixed blend weight, guidance honoured at the guides, a still
 # background) run at commit 83284d6: `git checkout 83284d6 && python benchmarks/ablation.py
@@ -155,7 +155,7 @@ def schedule_overrides(steps):
 def _train_and_evaluate(name):
     run = os.path.join(_ROOT.value, name)
     if not os.path.isfile(os.path.join(run, "model.keras")):
-        _run([sys.executable, "train.py", f"--workdir={run}",
+        _run([sys.executable, "train.py", f"--config={BASE_RECIPE}", f"--workdir={run}",
               f"--config.train.steps={_STEPS.value}", *schedule_overrides(_STEPS.value),
               *VARIANTS[name][1]])
     for dataset, args in DATASETS.items():

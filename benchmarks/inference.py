@@ -38,7 +38,7 @@ _SIZE = flags.DEFINE_integer("size", 384, "Square input side in pixels.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed forward passes (median reported).")
 _JIT = flags.DEFINE_bool("jit", False, "Compile the forward pass with XLA.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for inference.json.")
-_RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "mobile", "default"],
+_RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "mobile", "cpu_bins"],
                              "Recipes under configs/.")
 _FORMATS = flags.DEFINE_list("formats", [], "Export formats to time too (any of "
                              f"{', '.join(export_lib.FORMATS)}), or 'all'.")

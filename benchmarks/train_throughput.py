@@ -1,4 +1,4 @@
-r"""Training-step throughput (images/s) of the paper recipes and the CPU default.
+r"""Training-step throughput (images/s) of the paper recipes and their CPU-scale version.
 
   python benchmarks/train_throughput.py [--size=384] [--batch=4] [--steps=5]
       [--precisions=float32,mixed_bfloat16] [--jit=false,true] [--fused_loss=true,false]
@@ -35,7 +35,7 @@ _PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Ke
 _JIT = flags.DEFINE_list("jit", ["false"], "XLA on the whole step, settings to try: false, true.")
 _FUSED_LOSS = flags.DEFINE_list("fused_loss", ["true"],
                                 "XLA on the loss alone (the library default), settings to try.")
-_RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "default"],
+_RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "cpu_bins"],
                              "Recipes under configs/.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for train_throughput.json.")
 

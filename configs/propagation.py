@@ -1,8 +1,9 @@
-r"""The propagation model that ships with cmp_tf (`cmp_tf/pretrained/default`): the CPU default
-with the `fill_correction` head instead of the paper's bins: an L1-regressed correction to a
-per-pixel blend of the nearest and a smooth pull-push fill of the guidance (tent pull, 4
-relaxation passes per level), scaled by a Gaussian gain of the distance to the guides whose
-reach is learned per pixel; trained by Adam with 1 to 400 guides per sample and half its
+r"""The propagation model that ships with cmp_tf (`cmp_tf/pretrained/default`), and what
+`python train.py` trains with no flags (`configs/default.py`): the paper's CMP scaled to a CPU
+(`configs/cpu_bins.py`) with the `fill_correction` head instead of the paper's bins: an
+L1-regressed correction to a per-pixel blend of the nearest and a smooth pull-push fill of the
+guidance (tent pull, 4 relaxation passes per level), scaled by a Gaussian gain of the distance
+to the guides whose reach is learned per pixel; trained by Adam with 1 to 400 guides per sample and half its
 samples layered scenes with exact flow.
 
 Why (benchmarks/ablation.py, docs/ablation.md): at the default's 1000-step CPU budget, every
@@ -14,13 +15,14 @@ it to the image border); Gaussian, it is flat at the guides, so dense guidance k
 vectors. The varied guide counts, the layered scenes and the smoother fill keep it at least as
 good as the nearest fill on sharp motion boundaries too (held-out generated scenes).
 
-  python train.py --config=configs/propagation.py      # ~4-8 minutes on 2 cores
+  python train.py                                      # ~4-8 minutes on 2 cores
+  python train.py --config=configs/propagation.py      # the same recipe, by name
 """
-from configs import default
+from configs import cpu_bins
 
 
 def get_config(arg=None):
-    c = default.get_config(arg)
+    c = cpu_bins.get_config(arg)
     c.flow.loss = "l1"
     c.model.head = "fill_correction"
     c.model.options.fill_correction.update(gain=True, pull="tent", relax=4)

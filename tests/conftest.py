@@ -50,7 +50,7 @@ def saved_default(tmp_path_factory):
     from cmp_tf import models
 
     path = tmp_path_factory.mktemp("model") / "default.keras"
-    models.build_cmp(load_config("default")).save(path)
+    models.build_cmp(load_config("cpu_bins")).save(path)
     return path
 
 

@@ -152,7 +152,7 @@ def saved_model(tmp_path_factory):
     from cmp_tf import models
     from tests.conftest import load_config
 
-    config = load_config("default")
+    config = load_config("cpu_bins")
     path = tmp_path_factory.mktemp("model") / "model.keras"
     models.build_cmp(config).save(path)
     return str(path)

@@ -44,7 +44,7 @@ def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without
 @pytest.mark.slow
 def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
     path = tmp_path / "default.keras"
-    models.build_cmp(load_config("default")).save(path)
+    models.build_cmp(load_config("cpu_bins")).save(path)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "benchmarks/blend_parts.py", f"--checkpoint={path}",
                              f"--out={tmp_path}"], cwd=ROOT, env=env, capture_output=True,

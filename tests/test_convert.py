@@ -348,7 +348,7 @@ def test_wrong_recipe_fails_with_a_hint(reference_keys):
     for field, value, message in (("image_encoder", "mobilenet_v3", "no reference checkpoints"),
                                   ("head", "regression", "head='regression' has no reference"),
                                   ("options.bins.nearest_prior", True, "adds inputs the reference")):
-        config = load_config("default" if field == "image_encoder" else "alexnet_yfcc")
+        config = load_config("cpu_bins" if field == "image_encoder" else "alexnet_yfcc")
         *parents, key = field.split(".")
         section = config.model
         for parent in parents:

@@ -27,6 +27,31 @@ def test_an_unknown_part_is_refused_with_the_known_names(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written before the config is valid
 
 
+def test_train_with_no_flags_trains_the_shipped_models_recipe():
+    """`python train.py` must train what made cmp_tf/pretrained/default (configs/propagation.py):
+    the best CPU recipe, whose printed validation beats the nearest fill, not the bins one."""
+    import json
+
+    code = ("import json, train; from absl import flags; flags.FLAGS(['train.py']); "
+            "print(json.dumps(train._CONFIG.value.to_dict()))")
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    default = json.loads(result.stdout.strip().splitlines()[-1])
+    with open(os.path.join(ROOT, "cmp_tf", "pretrained", "default", "config.json")) as f:
+        shipped = json.load(f)
+
+    def same(recipe, made_by, where="config"):  # fields added since the model was made default
+        if isinstance(made_by, dict):
+            for key, value in made_by.items():
+                assert key in recipe, f"{where}.{key}"
+                same(recipe[key], value, f"{where}.{key}")
+        else:
+            assert recipe == made_by, where
+
+    same(default, shipped)
+    assert default["model"]["head"] == "fill_correction"
+
+
 @pytest.mark.slow
 def test_evaluate_scores_a_saved_model_against_every_baseline(tmp_path, saved_default):
     import json

@@ -14,7 +14,7 @@ GUIDE_XY, GUIDE_UV = np.array([[10, 5], [60, 40]], np.float32), np.array([[3, -2
 
 
 def _small_config():
-    config = load_config("default")
+    config = load_config("cpu_bins")
     config.model.decoder_combo = (1, 2)  # minimum side 64 instead of 128: a faster export
     return config
 

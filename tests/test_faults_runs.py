@@ -36,7 +36,7 @@ def list_flags(tmp_path_factory):
         formats.write_flo(folder / f"{i}.flo", np.full((48, 64, 2), 1.5, np.float32))
     (folder / "list.txt").write_text("".join(f"{i}.png {i}.png {i}.flo\n" for i in range(4)))
     listing = str(folder / "list.txt")
-    return ["--config=configs/default.py:runlocal", f"--config.data.train=({listing!r},)",
+    return ["--config=configs/cpu_bins.py:runlocal", f"--config.data.train=({listing!r},)",
             f"--config.data.val=({listing!r},)", "--config.data.short_size=128",
             "--config.data.batch_size=2", "--config.data.shuffle_buffer=4",
             "--config.train.log_every=1", "--config.train.image_every=100",
@@ -58,7 +58,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_its_files(tmp_pa
     from cmp_tf import rundir
 
     before = _user_folder(tmp_path / "P")
-    config = load_config("default", "runlocal")
+    config = load_config("cpu_bins", "runlocal")
     with pytest.raises(ValueError, match=r"holds no run's config.json but sub, thesis.tex"):
         rundir.prepare_workdir(str(tmp_path / "P"), config, overwrite=True)
     assert sorted(p.relative_to(tmp_path / "P") for p in (tmp_path / "P").rglob("*")) == before
@@ -67,7 +67,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_its_files(tmp_pa
 def test_overwrite_refuses_a_run_folder_that_holds_other_files(tmp_path):
     from cmp_tf import rundir
 
-    config = load_config("default", "runlocal")
+    config = load_config("cpu_bins", "runlocal")
     run = tmp_path / "run"
     rundir.prepare_workdir(str(run), config)
     (run / "checkpoints").mkdir()
@@ -81,7 +81,7 @@ def test_overwrite_refuses_a_run_folder_that_holds_other_files(tmp_path):
 def test_overwrite_replaces_only_what_a_run_wrote(tmp_path):
     from cmp_tf import rundir
 
-    config = load_config("default", "runlocal")
+    config = load_config("cpu_bins", "runlocal")
     run = tmp_path / "run"
     rundir.prepare_workdir(str(run), config)
     for name in ("checkpoints/ckpt-2.index", "checkpoints_worker1/ckpt-2.index", "tb/events",
@@ -104,7 +104,7 @@ def test_overwrite_replaces_only_what_a_run_wrote(tmp_path):
 def test_overwrite_refuses_the_current_home_and_package_folders(tmp_path, monkeypatch):
     from cmp_tf import rundir
 
-    config = load_config("default", "runlocal")
+    config = load_config("cpu_bins", "runlocal")
     home, here = tmp_path / "home", tmp_path / "here"
     home.mkdir()
     here.mkdir()
@@ -140,7 +140,7 @@ def test_meaningless_training_numbers_are_refused_naming_the_field(tmp_path, sec
                                                                     value):
     from cmp_tf import training
 
-    config = load_config("default", "runlocal")
+    config = load_config("cpu_bins", "runlocal")
     config[section][key] = value
     with pytest.raises(ValueError, match=rf"config\.{section}\.{key}="):
         training.train(config, str(tmp_path / "run"), progress=False)
@@ -368,7 +368,7 @@ def test_export_refuses_a_folder_holding_an_earlier_export(tmp_path):
     from cmp_tf import models
     from export import export_lib
 
-    config = load_config("default")
+    config = load_config("cpu_bins")
     config.model.decoder_combo = (1, 2)  # minimum side 64
     out = tmp_path / "out"
     _earlier_export(out)
@@ -385,7 +385,7 @@ def test_export_overwrite_replaces_the_whole_earlier_export(tmp_path):
     from cmp_tf import models
     from export import export_lib
 
-    config = load_config("default")
+    config = load_config("cpu_bins")
     config.model.decoder_combo = (1, 2)
     out = tmp_path / "out"
     _earlier_export(out)

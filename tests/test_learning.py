@@ -23,7 +23,7 @@ def _guidance(flow, rng):
 @pytest.mark.slow
 def test_cmp_learns_a_moving_square_to_under_a_pixel():
     # Without the dense prior: the network itself must learn to propagate the guidance.
-    config = load_config("default")
+    config = load_config("cpu_bins")
     config.model.options.bins.nearest_prior = False
     keras.utils.set_random_seed(0)
     model = models.build_cmp(config)

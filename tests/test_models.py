@@ -18,7 +18,7 @@ EXPECTED = {
     "resnet50_semiauto": (28_516_022, 57_472, 2),
     "resnet50_yfcc": (25_497_110, 54_720, 8),
     "mobile": (6_526_374, 27_984, 2),
-    "default": (1_855_174, 13_936, 2),
+    "cpu_bins": (1_855_174, 13_936, 2),
 }
 PAPER_ENCODERS = {"alexnet_yfcc": 31_037_760, "resnet50_semiauto": 24_032_576}
 SLOW = {"alexnet_yfcc", "resnet50_semiauto", "resnet50_yfcc", "mobile"}
@@ -40,7 +40,7 @@ def _inputs(rng, batch, size, points=5):
 
 @pytest.fixture(scope="module")
 def default_model():
-    return models.build_cmp(load_config("default"))
+    return models.build_cmp(load_config("cpu_bins"))
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -165,7 +165,7 @@ def test_sizes_the_encoders_cannot_take_are_refused(default_model):
      r"options.bins has unknown options \['prior_sigmaa'\]"),
 ])
 def test_bad_configs_name_the_field(field, value, message):
-    config = load_config("default")
+    config = load_config("cpu_bins")
     *parents, key = field.split(".")
     section = config
     for parent in parents:
@@ -179,7 +179,7 @@ def test_bad_configs_name_the_field(field, value, message):
 
 
 def test_switching_parts_from_the_command_line_keeps_other_parts_options():
-    config = load_config("default")  # sets options for mobilenet_v3 and skip_layer
+    config = load_config("cpu_bins")  # sets options for mobilenet_v3 and skip_layer
     config.model.image_encoder, config.model.sparse_encoder = "resnet50", "shallownet8x"
     config.model.decoder = "plain"
     model = models.build_cmp(config)
@@ -286,7 +286,7 @@ def test_fill_layers_round_trip_their_export_spec():
 
 
 def test_blend_prior_model_starts_from_the_mean_of_the_nearest_and_smooth_fills(rng):
-    config = load_config("default")
+    config = load_config("cpu_bins")
     config.model.head, config.flow.loss = "fill_correction", "l1"
     config.model.options.fill_correction.update(gain=False, pull="box", relax=0)
     model = models.build_cmp(config)
@@ -400,7 +400,7 @@ def test_custom_layers_round_trip_their_config():
 
 
 def test_regression_head_outputs_flow_and_starts_from_the_prior(rng):
-    config = load_config("default")
+    config = load_config("cpu_bins")
     config.flow.loss, config.model.head = "l1", "regression"
     config.model.options.regression.nearest_prior = True
     model = models.build_cmp(config)
@@ -414,7 +414,7 @@ def test_regression_head_outputs_flow_and_starts_from_the_prior(rng):
 def test_mixed_precision_keeps_float32_outputs_and_gradients(rng):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        config = load_config("default")
+        config = load_config("cpu_bins")
         model = models.build_cmp(config)
         from cmp_tf import losses
 
@@ -430,7 +430,7 @@ def test_mixed_precision_keeps_float32_outputs_and_gradients(rng):
 
 
 def test_the_encoder_has_a_plain_keras_copy_with_the_same_outputs(rng):
-    encoder = models.build_encoder(load_config("default"))
+    encoder = models.build_encoder(load_config("cpu_bins"))
     copy = L.plain_keras_copy(encoder)
     kinds = {type(layer).__name__ for layer in copy._flatten_layers(recursive=True)}
     assert "BatchNorm" not in kinds and "BatchNormalization" in kinds

@@ -203,7 +203,7 @@ def test_the_suite_never_reads_the_users_data_cache():
     corrupt or foreign data/cache in the working tree changes no test."""
     from cmp_tf import data
 
-    resolved = data.cache_dir(load_config("default").data.cache_dir)
+    resolved = data.cache_dir(load_config("cpu_bins").data.cache_dir)
     assert resolved.startswith(os.environ[data.CACHE_HOME_ENV])
     assert not os.path.abspath(resolved).startswith(os.path.join(ROOT, "data"))
     assert data.cache_dir("/abs/cache") == "/abs/cache"

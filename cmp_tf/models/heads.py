@@ -238,7 +238,7 @@ class Bins(_NearestPrior):
 
     Args:
         nearest_prior: feed the decoder the nearest-guidance fill and add a Gaussian of
-            `prior_sigma` px around it to the logits (beyond the paper; the CPU default).
+            `prior_sigma` px around it to the logits (beyond the paper; the mobile and CPU recipes).
         prior_sigma: width of that Gaussian, pixels.
     """
 

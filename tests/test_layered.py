@@ -126,6 +126,17 @@ def test_a_shared_texture_is_the_texture_below_shifted():
     assert best == 1.0
 
 
+def test_shared_textures_and_inner_edges_render_over_several_layers():
+    """Each layer may wear the texture of the one below (a colour image, never a mask)."""
+    source = np.random.default_rng(1).uniform(0, 255, (40, 50, 3)).astype(np.float32)
+    for seed in range(8):
+        image, flow, valid, masks = layered.render_scene(
+            np.random.default_rng(seed), 32, 40, source=source, return_masks=True,
+            layers=(3, 5), shared_texture=1.0, inner_edges=0.5)
+        assert image.shape == (32, 40, 3) and flow.shape == (32, 40, 2) and len(masks) >= 3
+        assert np.isfinite(image).all() and np.isfinite(flow).all()
+
+
 @pytest.mark.parametrize("field", ["shared_texture", "inner_edges"])
 def test_edge_options_are_chances(field):
     with pytest.raises(ValueError, match=rf"config.data.layered.{field} must be in \[0, 1\]"):

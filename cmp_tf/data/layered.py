@@ -183,8 +183,8 @@ def render_scene(rng, height, width, source=None, return_masks=False, **params):
         if shared:
             below = layer_texture
         flow[mask] = layer_flow[mask]
-        for below in visible:
-            below &= ~mask
+        for lower in visible:
+            lower &= ~mask
         visible.append(mask.copy())
     valid = np.ones((height, width), np.float32)
     if return_masks:

@@ -6,6 +6,7 @@ would otherwise use, and what its encoder transfers to segmentation.
   python evaluate.py --checkpoint=model.keras --data=generated
   python evaluate.py --method=my_method.py            # score an outside propagate() too
   python evaluate.py --task=segmentation              # random init vs CMP encoder, side by side
+  python evaluate.py --task=segmentation --seeds=0,1,2 --encoder_modes=fine_tuned,frozen
   python evaluate.py --task=segmentation --data=VOC2012/ \
       --segmentation=configs/segmentation.py:recipe=resnet50_yfcc,voc=VOC2012/
 
@@ -15,6 +16,9 @@ results.json, relative_epe.png and panels.png to --out (default <run>/eval/propa
 Segmentation: the same head trained from a random and from the CMP encoder at an equal budget
 (cmp_tf.transfer), on a VOC-format folder (--data; default a generated set, see
 configs/segmentation.py); per-class IoU and mIoU side by side, comparison.json and .png.
+With --seeds or --encoder_modes, one such comparison per seed and mode (<out>/<mode>_seed<N>/,
+reused if it exists), then mIoU mean +- standard deviation and the paired gain: seeds.json,
+seeds.png.
 """
 import os
 
@@ -42,6 +46,10 @@ _METHOD = flags.DEFINE_multi_string("method", [], "Outside method: a Python file
 _SEED = flags.DEFINE_integer("seed", 0, "Guidance and pair sampling seed.")
 _PANELS = flags.DEFINE_integer("panels", 4, "Example pairs drawn in panels.png (watershed "
                                "guidance if scored, K=10 or the scored K nearest to it).")
+_SEEDS = flags.DEFINE_list("seeds", [], "Segmentation: compare at each of these seeds (default: "
+                           "the recipe's seed, one comparison).")
+_ENCODER_MODES = flags.DEFINE_list("encoder_modes", [], "Segmentation: fine_tuned and/or "
+                                   "frozen (default: the recipe's transfer.freeze_encoder).")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/eval/<task>.")
 _SEGMENTATION = config_flags.DEFINE_config_file(
     "segmentation", "configs/segmentation.py", "Transfer recipe for --task=segmentation "
@@ -89,9 +97,20 @@ def _segmentation(path, out):
 
     if len(_DATA.value) > 1:
         raise ValueError(f"--data takes one VOC-format folder for segmentation; got {_DATA.value}.")
-    result = transfer.compare_initializations(_SEGMENTATION.value, path,
-                                              data_dir=_DATA.value[0] if _DATA.value else None,
-                                              workdir=out)
+    config, data_dir = _SEGMENTATION.value, _DATA.value[0] if _DATA.value else None
+    if _SEEDS.value or _ENCODER_MODES.value:
+        try:
+            seeds = [int(s) for s in _SEEDS.value] or [config.seed]
+        except ValueError as error:
+            raise app.UsageError(f"--seeds={','.join(_SEEDS.value)} must be integers.") from error
+        modes = _ENCODER_MODES.value or [
+            next(m for m, frozen in transfer.ENCODER_MODES.items()
+                 if frozen == config.transfer.freeze_encoder)]
+        summary = transfer.compare_over_seeds(config, path, seeds, modes, data_dir, workdir=out)
+        print(transfer.seeds_table(summary))
+        print(f"\nWrote {out}/: seeds.json, seeds.png and one folder per mode and seed")
+        return
+    result = transfer.compare_initializations(config, path, data_dir=data_dir, workdir=out)
     print(transfer.comparison_table(result))
     print(f"\nWrote {out}/: comparison.json, comparison.png")
 

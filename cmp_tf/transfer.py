@@ -9,6 +9,7 @@ budget. This module loads a checkpoint's encoder into the segmentation model
     results = compare_initializations(config, "runs/cmp_synthetic")
     print(comparison_table(results))
 """
+import copy
 import json
 import os
 import time
@@ -29,6 +30,8 @@ from cmp_tf.models import segmentation
 from cmp_tf.models.segmentation import ENCODER
 
 INITS = ("random", "cmp")  # the two sides of the comparison
+# How the encoder is trained in the comparison -> config.transfer.freeze_encoder.
+ENCODER_MODES = {"fine_tuned": False, "frozen": True}
 _PANEL_IMAGES = 4  # validation images in the comparison panel
 _MAX_LISTED = 20  # mismatching layers listed in an error
 
@@ -280,7 +283,8 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
     panel_images, panel_labels = next(iter(val.unbatch().batch(_PANEL_IMAGES)))
     results = dict(classes=names, checkpoint=loaded["path"], data_dir=data_dir,
                    steps=config.train.steps, freeze_encoder=config.transfer.freeze_encoder,
-                   loaded_layers=loaded["layers"])
+                   seed=config.seed, loaded_layers=loaded["layers"], config=config.to_dict(),
+                   checkpoint_stamp=_file_stamp(loaded["path"]))
     predictions = {}
     for init in INITS:
         model = built[init]
@@ -326,3 +330,159 @@ def comparison_table(results):
                  f"{cell(results['cmp']['pixel_accuracy'])}")
     lines.append(f"CMP encoder: {results.get('checkpoint', '?')}.")
     return "\n".join(lines)
+
+
+# --- Over seeds and encoder modes -----------------------------------------------------------
+
+def _check_seeds_and_modes(seeds, modes):
+    seeds, modes = list(seeds), list(modes)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be distinct integers, at least one; got {seeds}.")
+    unknown = [m for m in modes if m not in ENCODER_MODES]
+    if not modes or unknown or len(set(modes)) != len(modes):
+        raise ValueError(f"modes must be distinct names from {sorted(ENCODER_MODES)}, at least "
+                         f"one; got {modes}.")
+    return [int(s) for s in seeds], modes
+
+
+def _file_stamp(path):
+    """Size and modification time: a checkpoint retrained in place is not the one scored."""
+    info = os.stat(path)
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _finished_run(path, config, checkpoint):
+    """A sub-run's comparison.json if it was made with this exact config and checkpoint, so an
+    interrupted sweep resumes without redoing finished runs; else None."""
+    try:
+        with open(os.path.join(path, "comparison.json")) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    encoder = rundir.encoder_file(checkpoint)
+    same = (done.get("config") == json.loads(json.dumps(config.to_dict()))
+            and done.get("checkpoint") == encoder
+            and done.get("checkpoint_stamp") == _file_stamp(encoder))
+    return done if same else None
+
+
+def compare_over_seeds(config, checkpoint, seeds, modes=tuple(ENCODER_MODES), data_dir=None,
+                       workdir=None, progress=True):
+    """compare_initializations at every seed, with the encoder fine-tuned and frozen: one
+    seed's few points of mIoU are mostly noise on small sets, a paired mean over seeds is not.
+
+    Each (mode, seed) run is written to workdir/<mode>_seed<seed>/ and reused when it exists
+    with the same config and checkpoint, so an interrupted sweep resumes.
+
+    Args:
+        config: a segmentation config; its seed and transfer.freeze_encoder are set per run.
+        checkpoint: a CMP run directory, model.keras or encoder.keras.
+        seeds: distinct integers.
+        modes: names from ENCODER_MODES ("fine_tuned", "frozen").
+        data_dir, progress: as compare_initializations.
+        workdir: if given, the runs, seeds.json and seeds.png (mIoU per seed) go there.
+    Returns:
+        seed_summary of the runs: {"seeds", "modes", "runs": {mode: [results per seed]}, ...}.
+    """
+    seeds, modes = _check_seeds_and_modes(seeds, modes)
+    runs = {}
+    for mode in modes:
+        runs[mode] = []
+        for seed in seeds:
+            run_config = copy.deepcopy(config)
+            run_config.seed = seed
+            run_config.transfer.freeze_encoder = ENCODER_MODES[mode]
+            sub = os.path.join(workdir, f"{mode}_seed{seed}") if workdir else None
+            done = _finished_run(sub, run_config, checkpoint) if sub else None
+            if done is None:
+                done = _json_safe(compare_initializations(run_config, checkpoint, data_dir, sub,
+                                                          progress))
+            elif progress:
+                print(f"{mode}, seed {seed}: reusing {sub}/comparison.json")
+            runs[mode].append(done)
+    summary = seed_summary(runs)
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "seeds.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        plot_seeds(summary, os.path.join(workdir, "seeds.png"))
+    return summary
+
+
+def seed_summary(runs):
+    """mIoU per mode and initialization over seeds: the values, their mean and sample standard
+    deviation, and the paired CMP - random gain (same seed: same head, data order, dropout).
+
+    Args:
+        runs: {mode: [compare_initializations results, one per seed]}.
+    """
+    summary = {"modes": {}, "seeds": None}
+    for mode, results in runs.items():
+        if not results:
+            raise ValueError(f"runs[{mode!r}] is empty: expected one result per seed.")
+        seeds = [r.get("seed") for r in results]
+        if summary["seeds"] is None:
+            summary["seeds"] = seeds
+        row = {}
+        values = {init: np.array([r[init]["miou"] for r in results], np.float64)
+                  for init in INITS}
+        values["gain"] = values["cmp"] - values["random"]
+        for name, v in values.items():
+            row[name] = {"miou": v.tolist(), "mean": float(v.mean()),
+                         "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        row["cmp_better_at"] = int((values["gain"] > 0).sum())
+        summary["modes"][mode] = row
+    first = next(iter(runs.values()))[0]
+    summary.update(steps=first.get("steps"), val_images=first.get("val_images"),
+                   data_dir=first.get("data_dir"), checkpoint=first.get("checkpoint"))
+    return summary
+
+
+def seeds_table(summary):
+    """The over-seeds table: mIoU (%) mean +- standard deviation per mode, the paired gain, and
+    every seed's pair."""
+    lines = [f"Segmentation mIoU (%) over seeds {', '.join(map(str, summary['seeds']))} on "
+             f"{summary.get('val_images', '?')} val images of {summary.get('data_dir', '?')}; "
+             f"{summary.get('steps', '?')} steps each; mean +- standard deviation.",
+             f"{'encoder':<11}  {'random':>14}  {'CMP':>14}  {'CMP - random':>14}  "
+             "CMP better  per seed (random / CMP)",
+             f"{'-' * 11}  {'-' * 14}  {'-' * 14}  {'-' * 14}  ----------  ----------------------"]
+    for mode, row in summary["modes"].items():
+        def cell(name, sign=""):
+            return f"{100 * row[name]['mean']:{sign}6.1f} +- {100 * row[name]['std']:4.1f}"
+
+        pairs = ", ".join(f"{100 * a:.1f} / {100 * b:.1f}"
+                          for a, b in zip(row["random"]["miou"], row["cmp"]["miou"]))
+        better = f"{row['cmp_better_at']} of {len(row['gain']['miou'])}"
+        lines.append(f"{mode.replace('_', '-'):<11}  {cell('random'):>14}  {cell('cmp'):>14}  "
+                     f"{cell('gain', '+'):>14}  {better:<10}  {pairs}")
+    lines.append(f"CMP encoder: {summary.get('checkpoint', '?')}.")
+    return "\n".join(lines)
+
+
+def plot_seeds(summary, path):
+    """mIoU per seed, random and CMP side by side, one panel per encoder mode; the means as
+    bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(summary["modes"])
+    figure, axes = plt.subplots(1, len(modes), figsize=(4 * len(modes), 3.5), squeeze=False,
+                                sharey=True)
+    for axis, mode in zip(axes[0], modes):
+        row = summary["modes"][mode]
+        for x, init in enumerate(INITS):
+            values = 100 * np.array(row[init]["miou"])
+            axis.bar(x, values.mean(), color=f"C{x}", alpha=0.35, width=0.6)
+            axis.scatter(np.full(len(values), x), values, color=f"C{x}", zorder=3)
+        axis.set_xticks(range(len(INITS)), ["random", "CMP"])
+        axis.set_title(mode.replace("_", "-"))
+        axis.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("mIoU (%)")
+    figure.suptitle(f"seeds {', '.join(map(str, summary['seeds']))}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,4 +1,5 @@
 """Transfer learning: the VOC reader, IoU scoring, encoder loading and the side-by-side run."""
+import json
 import os
 
 import keras
@@ -226,7 +227,7 @@ def test_build_and_load_copies_the_encoder_weights_exactly(saved_encoder):
 
 def test_a_run_directory_with_only_model_keras_loads_its_encoder(tmp_path):
     keras.utils.set_random_seed(5)
-    cmp = models.build_cmp(load_config("default", "runlocal"))
+    cmp = models.build_cmp(load_config("cpu_bins", "runlocal"))
     cmp.save(tmp_path / "model.keras")
     keras.utils.set_random_seed(0)
     model = segmentation.build_segmentation_model(_config(), 4)
@@ -300,3 +301,73 @@ def test_compare_initializations_end_to_end(saved_encoder, tmp_path):
     assert f"{100 * results['cmp']['miou']:6.1f}" in table
     assert os.path.isfile(tmp_path / "out" / "comparison.json")
     assert os.path.isfile(tmp_path / "out" / "comparison.png")
+
+
+def _fake_result(seed, random_miou, cmp_miou):
+    return {"seed": seed, "steps": 5, "val_images": 4, "data_dir": "d", "checkpoint": "c",
+            "random": {"miou": random_miou}, "cmp": {"miou": cmp_miou}}
+
+
+def test_seed_summary_pairs_each_seed_and_reports_mean_and_spread():
+    runs = {"fine_tuned": [_fake_result(0, 0.60, 0.65), _fake_result(1, 0.50, 0.48),
+                           _fake_result(2, 0.70, 0.74)],
+            "frozen": [_fake_result(0, 0.40, 0.44), _fake_result(1, 0.42, 0.47),
+                       _fake_result(2, 0.38, 0.45)]}
+    summary = transfer.seed_summary(runs)
+    tuned = summary["modes"]["fine_tuned"]
+    assert summary["seeds"] == [0, 1, 2]
+    np.testing.assert_allclose(tuned["random"]["mean"], 0.60)
+    np.testing.assert_allclose(tuned["random"]["std"], 0.10)  # sample standard deviation
+    np.testing.assert_allclose(tuned["gain"]["miou"], [0.05, -0.02, 0.04], atol=1e-12)
+    np.testing.assert_allclose(tuned["gain"]["mean"], 0.07 / 3)
+    assert tuned["cmp_better_at"] == 2 and summary["modes"]["frozen"]["cmp_better_at"] == 3
+    table = transfer.seeds_table(summary)
+    assert "fine-tuned" in table and "frozen" in table and "2 of 3" in table
+    assert " 60.0 +- 10.0" in table and "50.0 / 48.0" in table and "+5.3 +-" in table
+    with pytest.raises(ValueError, match="runs\\['frozen'\\] is empty"):
+        transfer.seed_summary({"frozen": []})
+
+
+@pytest.mark.parametrize("seeds, modes, message", [
+    ([], ["frozen"], "seeds must be distinct integers"),
+    ([0, 0], ["frozen"], "seeds must be distinct integers"),
+    (["0"], ["frozen"], "seeds must be distinct integers"),
+    ([0], ["freeze"], "modes must be distinct names from \\['fine_tuned', 'frozen'\\]"),
+    ([0], [], "modes must be distinct names"),
+])
+def test_compare_over_seeds_refuses_bad_seeds_and_modes(seeds, modes, message):
+    with pytest.raises(ValueError, match=message):
+        transfer.compare_over_seeds(_config(), "unused", seeds, modes, progress=False)
+
+
+@pytest.mark.slow
+def test_compare_over_seeds_end_to_end_and_resumes(saved_encoder, tmp_path, monkeypatch):
+    config = _config()  # runlocal: 5 steps, 64^2 crops
+    config.data.dir = str(tmp_path / "synthetic")
+    synthetic.write_synthetic_voc(config.data.dir, num_train=8, num_val=4, num_videos=0,
+                                  size=(64, 64))
+    out = tmp_path / "out"
+    summary = transfer.compare_over_seeds(config, saved_encoder[0], [0, 1], ["frozen"],
+                                          workdir=out, progress=False)
+    row = summary["modes"]["frozen"]
+    assert summary["seeds"] == [0, 1] and len(row["cmp"]["miou"]) == 2
+    assert row["random"]["miou"][0] != row["random"]["miou"][1]  # the seed reaches the run
+    for seed in (0, 1):
+        with open(out / f"frozen_seed{seed}" / "comparison.json") as f:
+            done = json.load(f)
+        assert done["seed"] == seed and done["freeze_encoder"] is True
+    assert os.path.isfile(out / "seeds.json") and os.path.isfile(out / "seeds.png")
+
+    # A second sweep reuses finished runs; a changed recipe or another seed is trained anew.
+    trained = []
+    real = transfer.compare_initializations
+    monkeypatch.setattr(transfer, "compare_initializations",
+                        lambda c, *a, **k: trained.append(c.seed) or real(c, *a, **k))
+    again = transfer.compare_over_seeds(config, saved_encoder[0], [0, 1, 2], ["frozen"],
+                                        workdir=out, progress=False)
+    assert trained == [2] and again["modes"]["frozen"]["random"]["miou"][:2] == \
+        row["random"]["miou"]
+    config.train.steps = 4
+    transfer.compare_over_seeds(config, saved_encoder[0], [0], ["frozen"], workdir=out,
+                                progress=False)
+    assert trained == [2, 0]

@@ -106,3 +106,18 @@ def test_evaluate_segmentation_prints_random_and_cmp_side_by_side(tmp_path, save
     saved = json.loads((out / "comparison.json").read_text())
     assert set(saved["random"]) >= {"miou", "per_class_iou"} and "miou" in saved["cmp"]
     assert (out / "comparison.png").stat().st_size > 0
+
+    # Over seeds: one comparison per seed, then the mean +- spread table.
+    over = tmp_path / "seeds"
+    args = ["evaluate.py", "--task=segmentation", f"--checkpoint={path}",
+            "--segmentation=configs/segmentation.py:runlocal",
+            f"--segmentation.data.dir={tmp_path / 'voc'}", f"--out={over}"]
+    result = _run(*args, "--seeds=0,1", "--encoder_modes=frozen")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "over seeds 0, 1" in result.stdout and "frozen" in result.stdout
+    assert (over / "frozen_seed1" / "comparison.json").is_file()
+    assert json.loads((over / "seeds.json").read_text())["seeds"] == [0, 1]
+    for bad, message in (("--seeds=one", "--seeds=one must be integers"),
+                         ("--encoder_modes=thawed", "modes must be distinct names")):
+        result = _run(*args, bad)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

@@ -12,7 +12,10 @@ parts stay float32 on purpose:
   head's channels (the correction, a blend weight, a gain's reach) moves a Gaussian gain by
   percents far from the guides (the shipped model's int8 EPE went up by 0.0095 px with the
   head quantized, by 0.0045 px without, both with the fills then fed from outside the file;
-  by 0.0117 px with them inside; a 1x1 convolution at stride 2, little of the time).
+  by 0.0117 px with them inside, by 0.0047 px since the round trips below are dropped; a 1x1
+  convolution at stride 2, little of the time).
+The quantizer still puts QUANTIZE -> DEQUANTIZE round trips on some fill tensors it was told to
+leave alone (the average-pooled guide positions); `drop_fill_round_trips` removes them.
 The fills stay cheap to calibrate: while it quantizes, the nearest fill runs its passes in
 their compact form, one argmin each (33 ops a pass instead of 77, the same output; the shipped
 model's int8 file converts in 23 s on 2 cores, 64 samples, and did not finish in 10 minutes
@@ -37,6 +40,7 @@ FLOAT_LAYERS = ("head", "prior_logits", "add_prior", "propagate", "readout", "up
 # The guidance fills' layer names, kept float32 too (cmp_tf.models.heads names them so).
 FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*", r"edge_aware\w*")
 _FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS + FILL_LAYER_PATTERNS)})(_\d+)?/")
+_FILL_NODE = re.compile(rf"(^|/)({'|'.join(FILL_LAYER_PATTERNS)})(_\d+)?/")
 
 
 def convert(model, size, precision="float32", representative=None, metadata=None,
@@ -102,7 +106,47 @@ def _quantize(converter, dataset):
         if keep:  # re-quantizes the calibrated model with these left out
             debugger.options = tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_nodes=keep)
-        return debugger.get_nondebug_quantized_model()
+        return drop_fill_round_trips(debugger.get_nondebug_quantized_model())
+
+
+def drop_fill_round_trips(flat):
+    """.tflite bytes without the QUANTIZE -> DEQUANTIZE pairs the quantizer still puts on some
+    float32 fill tensors (the average-pooled guide positions of a nearest fill, up to the image
+    side, lose pixels at an int8 scale): their consumers read the float tensor again. Other
+    tensors are left as they are."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    builtin = flatbuffer_utils.schema_fb.BuiltinOperator
+    for graph in model.subgraphs:
+        producer = {int(t): op for op in graph.operators for t in op.outputs}
+        readers = {}
+        for op in graph.operators:
+            for t in op.inputs:
+                readers.setdefault(int(t), []).append(op)
+        kept_outputs = set(int(t) for t in graph.outputs)
+        dropped, rewire = set(), {}
+        for op in graph.operators:
+            if codes[op.opcodeIndex] != builtin.DEQUANTIZE:
+                continue
+            quantized = int(op.inputs[0])
+            quantize = producer.get(quantized)
+            if (quantize is None or codes[quantize.opcodeIndex] != builtin.QUANTIZE
+                    or len(readers.get(quantized, [])) != 1):
+                continue
+            source = int(quantize.inputs[0])
+            name = graph.tensors[source].name.decode()
+            if not _FILL_NODE.search(name) or int(op.outputs[0]) in kept_outputs:
+                continue
+            rewire[int(op.outputs[0])] = source
+            dropped.update((id(op), id(quantize)))
+        if not rewire:
+            continue
+        graph.operators = [op for op in graph.operators if id(op) not in dropped]
+        for op in graph.operators:
+            op.inputs = np.array([rewire.get(int(t), int(t)) for t in op.inputs], np.int32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def float_nodes(flat):

@@ -2,6 +2,7 @@
 runtime Propagator on every format."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ GUIDE_XY, GUIDE_UV = np.array([[10, 5], [60, 40]], np.float32), np.array([[3, -2
 def _small_config():
     config = load_config("cpu_bins")
     config.model.decoder_combo = (1, 2)  # minimum side 64 instead of 128: a faster export
+    config.model.options.bins.nearest_levels = 2  # the shipped model's 3-level nearest fill
     return config
 
 
@@ -302,6 +304,34 @@ def _tflite_ops(path):
     return builtins, custom
 
 
+def _fill_round_trips(path):
+    """Names of the guidance fills' tensors that a .tflite file takes through QUANTIZE then
+    DEQUANTIZE: the fills must stay float32 inside (pixel positions lose pixels at an int8
+    scale); only their output may be quantized for the int8 layers that read it."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from export import tflite
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(bytearray(f.read()), 0)
+    graph = model.Subgraphs(0)
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        ops.append((max(code.BuiltinCode(), code.DeprecatedBuiltinCode()),
+                    op.InputsAsNumpy().tolist(), op.OutputsAsNumpy().tolist()))
+    dequantized = {ins[0] for kind, ins, _ in ops if kind == schema.BuiltinOperator.DEQUANTIZE}
+    found = []
+    for kind, ins, outs in ops:
+        name = graph.Tensors(ins[0]).Name().decode() if ins else ""
+        if (kind == schema.BuiltinOperator.QUANTIZE and outs[0] in dequantized
+                and any(re.search(rf"(^|/){p}(_\d+)?/", name)
+                        for p in tflite.FILL_LAYER_PATTERNS)):
+            found.append(name)
+    return found
+
+
 def test_every_file_takes_image_and_sparse_and_holds_builtin_ops_only(exported):
     """Each CMP file computes its guidance fills itself: inputs `image` and `sparse` only, no
     Flex (TensorFlow) or custom ops in TFLite, standard-domain ops only in ONNX."""
@@ -324,6 +354,7 @@ def test_every_file_takes_image_and_sparse_and_holds_builtin_ops_only(exported):
         assert fill_ops <= builtins, f"{name}: the nearest fill is not inside"
     quantized, _ = _tflite_ops(out / "model_int8.tflite")
     assert {"QUANTIZE", "DEQUANTIZE"} <= quantized  # int8 parts and float32 fills
+    assert _fill_round_trips(out / "model_int8.tflite") == []
     for name in ("model.onnx", "model_int8.onnx"):
         graph = onnx.load(str(out / name)).graph
         assert sorted(i.name for i in graph.input) == ["image", "sparse"], name

@@ -118,6 +118,9 @@ def test_the_propagation_is_pads_slices_and_builtin_ops():
     ({"gain": "yes"}, r"options.affinity.gain must be True or False; got 'yes'"),
     ({"pull": "tnet"}, r"config.model.options.affinity: pull must be one of"),
     ({"relax": -1}, r"config.model.options.affinity: relax must be an integer >= 0"),
+    ({"nearest_levels": 7}, r"options.affinity.nearest_levels must be an integer in \[0, 6\]; "
+                            "got 7"),
+    ({"nearest_levels": True}, r"options.affinity.nearest_levels must be an integer"),
 ])
 def test_bad_options_name_the_field(options, message):
     config = load_config("propagation_affinity")
@@ -162,3 +165,14 @@ def test_guided_vectors_from_the_nearest_fill_equal_the_pooled_guidance(rng):
     nearest = fills.DensePrior(2)(sparse)
     np.testing.assert_allclose(layer([out, seed, nearest, sparse]).numpy(),
                                layer([out, seed, sparse]).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("levels, coarse_stride", [(0, 0), (2, 8)])
+def test_nearest_levels_set_the_output_fills_coarse_level(levels, coarse_stride):
+    """The output's nearest fill (stride 2) runs on 1 + nearest_levels levels; the decoder's
+    input fill, at the features' stride, stays one level."""
+    config = load_config("propagation")
+    config.model.options.fill_correction.nearest_levels = levels
+    model = models.build_cmp(config)
+    assert model.get_layer("dense_prior_out").coarse_stride == coarse_stride
+    assert model.get_layer("dense_prior").coarse_stride == 0

@@ -260,6 +260,42 @@ def test_the_compact_nearest_fill_equals_the_sequential_one(stride, rng):
         fills.DensePrior(2, compact="yes")
 
 
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_the_multi_level_nearest_fill_keeps_the_exact_fill_near_the_guides(levels, rng):
+    """The coarse-to-fine fill (any image size, padded to whole coarse cells) gives every
+    guided cell its guides, one guide's vector and exact distance everywhere, and, with a few
+    scattered guides and up to 2 extra levels, the one-level fill's vectors at most cells
+    (coarse cells as large as the image's side merge guides: 4 levels on 70 x 90 px)."""
+    stride, height, width = 2, 70, 90  # not multiples of the coarse cells
+    fast = fills.DensePrior(stride, coarse_stride=stride * 2**levels)
+    one = np.zeros((1, height, width, 3), np.float32)
+    one[0, 33, 61] = (4.0, -2.0, 1.0)
+    np.testing.assert_allclose(fast(one).numpy(), fills.DensePrior(stride)(one).numpy(),
+                               atol=1e-4)
+    sparse = np.zeros((2, height, width, 3), np.float32)
+    for b in range(2):
+        ys, xs = rng.choice(height, 6, replace=False), rng.choice(width, 6, replace=False)
+        sparse[b, ys, xs] = np.c_[rng.normal(0, 5, (6, 2)), np.ones(6)]
+    got, exact = fast(sparse).numpy(), fills.DensePrior(stride)(sparse).numpy()
+    assert got.shape == exact.shape == (2, height // stride, width // stride, 3)
+    guided = sparse[:, :height // stride * stride, :width // stride * stride, 2].reshape(
+        2, height // stride, stride, width // stride, stride).max((2, 4)) > 0
+    np.testing.assert_allclose(got[guided], exact[guided], atol=1e-4)
+    if levels <= 2:
+        assert (np.abs(got[..., :2] - exact[..., :2]).max(-1) < 1e-4).mean() > 0.9
+    empty = fast(np.zeros((1, height, width, 3), np.float32)).numpy()
+    np.testing.assert_array_equal(empty[..., :2], 0)
+    assert fills.fill_spec(fills.fill_from_spec(fills.fill_spec(fast))) == fills.fill_spec(fast)
+    assert fills.DensePrior.from_config(fast.get_config()).coarse_stride == fast.coarse_stride
+
+
+@pytest.mark.parametrize("coarse_stride", [2, 3, 6, 12, True, 8.0])
+def test_the_multi_level_nearest_fill_refuses_a_coarse_stride_that_is_no_power_of_two_above(
+        coarse_stride):
+    with pytest.raises(ValueError, match="coarse_stride must be 0 .* of stride=2; got"):
+        fills.DensePrior(2, coarse_stride=coarse_stride)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pull_push_fill_keeps_the_guides_and_interpolates_between_them(stride, rng):
     size = 64

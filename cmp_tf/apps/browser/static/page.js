@@ -1,0 +1,235 @@
+// The in-browser page: the image and the arrows become the model's `image` and `sparse`
+// inputs, onnxruntime-web runs the exported .onnx here, and the flow, its colour picture and
+// the animation are computed on the page. The server only hands out files.
+"use strict";
+
+const STRIDE = 32;        // the network takes sides that are multiples of its stride
+const CLICK_PX = 3;       // a drag shorter than this is a click: a pinned point (zero motion)
+const MIN_SIDE = 64;
+
+const page = {
+  session: null, image: null, arrows: [], drag: null, timer: null,
+  canvas: document.getElementById("canvas"),
+  status: document.getElementById("status"),
+  button: document.getElementById("propagate"),
+};
+window.cmpResult = null;  // the last result: {width, height, scaleX, scaleY, flow, ms}
+
+function say(text) { page.status.textContent = text; }
+
+async function loadModel() {
+  ort.env.wasm.wasmPaths = new URL("vendor/", document.baseURI).href;  // import() needs a URL
+  ort.env.wasm.numThreads = 1;  // threads need a cross-origin-isolated page
+  try {
+    page.session = await ort.InferenceSession.create("model.onnx",
+                                                     {executionProviders: ["wasm"]});
+  } catch (error) {
+    say(`Could not load model.onnx: ${error}`);
+    return;
+  }
+  say("Model loaded. Load an image, drag arrows, press Propagate.");
+  page.button.disabled = page.image === null;
+}
+
+function drawInput() {
+  const ctx = page.canvas.getContext("2d");
+  if (!page.image) return;
+  ctx.drawImage(page.image, 0, 0);
+  ctx.lineWidth = 2;
+  for (const [x, y, u, v] of page.arrows) {
+    ctx.strokeStyle = ctx.fillStyle = "yellow";
+    ctx.beginPath();
+    if (u === 0 && v === 0) {
+      ctx.arc(x, y, 4, 0, 2 * Math.PI);
+      ctx.stroke();
+      continue;
+    }
+    ctx.moveTo(x, y);
+    ctx.lineTo(x + u, y + v);
+    ctx.stroke();
+    const angle = Math.atan2(v, u);
+    ctx.beginPath();
+    ctx.moveTo(x + u, y + v);
+    ctx.lineTo(x + u - 6 * Math.cos(angle - 0.4), y + v - 6 * Math.sin(angle - 0.4));
+    ctx.lineTo(x + u - 6 * Math.cos(angle + 0.4), y + v - 6 * Math.sin(angle + 0.4));
+    ctx.fill();
+  }
+}
+
+function pixelAt(event) {
+  const box = page.canvas.getBoundingClientRect();
+  return [(event.clientX - box.left) * page.canvas.width / box.width,
+          (event.clientY - box.top) * page.canvas.height / box.height];
+}
+
+page.canvas.addEventListener("mousedown", (event) => { page.drag = pixelAt(event); });
+page.canvas.addEventListener("mouseup", (event) => {
+  if (!page.drag || !page.image) return;
+  const [x, y] = page.drag, [x1, y1] = pixelAt(event);
+  const click = Math.hypot(x1 - x, y1 - y) < CLICK_PX;
+  page.arrows.push([Math.round(x), Math.round(y), click ? 0 : x1 - x, click ? 0 : y1 - y]);
+  page.drag = null;
+  drawInput();
+});
+
+document.getElementById("file").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  const image = new Image();
+  image.onload = () => {
+    page.image = image;
+    page.arrows = [];
+    for (const id of ["canvas", "flow", "animation"]) {
+      const canvas = document.getElementById(id);
+      canvas.width = image.naturalWidth;
+      canvas.height = image.naturalHeight;
+    }
+    drawInput();
+    page.button.disabled = page.session === null;
+    say(`${image.naturalWidth}×${image.naturalHeight} image: drag arrows, then Propagate.`);
+  };
+  image.onerror = () => say(`${file.name} is not an image this browser can read.`);
+  image.src = URL.createObjectURL(file);
+});
+
+document.getElementById("clear").addEventListener("click", () => {
+  page.arrows = [];
+  drawInput();
+});
+
+// The network's input size: the image scaled so its longer side is at most `side`, each side
+// rounded to a multiple of the stride.
+function networkSize(width, height, side) {
+  const scale = Math.min(1, side / Math.max(width, height));
+  const round = (n) => Math.max(MIN_SIDE, Math.round(n * scale / STRIDE) * STRIDE);
+  return [round(width), round(height)];
+}
+
+function inputs(width, height) {
+  const scratch = document.createElement("canvas");
+  scratch.width = width;
+  scratch.height = height;
+  const ctx = scratch.getContext("2d");
+  ctx.drawImage(page.image, 0, 0, width, height);
+  const rgba = ctx.getImageData(0, 0, width, height).data;
+  const image = new Float32Array(width * height * 3);
+  for (let i = 0; i < width * height; i++) {
+    image[3 * i] = rgba[4 * i];
+    image[3 * i + 1] = rgba[4 * i + 1];
+    image[3 * i + 2] = rgba[4 * i + 2];
+  }
+  const sx = width / page.image.naturalWidth, sy = height / page.image.naturalHeight;
+  const sparse = new Float32Array(width * height * 3);
+  for (const [x, y, u, v] of page.arrows) {
+    const col = Math.min(width - 1, Math.max(0, Math.round(x * sx)));
+    const row = Math.min(height - 1, Math.max(0, Math.round(y * sy)));
+    sparse.set([u * sx, v * sy, 1], 3 * (row * width + col));
+  }
+  return {
+    image: new ort.Tensor("float32", image, [1, height, width, 3]),
+    sparse: new ort.Tensor("float32", sparse, [1, height, width, 3]),
+    scaleX: sx, scaleY: sy,
+  };
+}
+
+// The flow in image pixels at image pixel (x, y), from the network's grid (nearest cell).
+function flowAt(result, x, y) {
+  const col = Math.min(result.width - 1, Math.max(0, Math.round(x * result.scaleX)));
+  const row = Math.min(result.height - 1, Math.max(0, Math.round(y * result.scaleY)));
+  const i = 2 * (row * result.width + col);
+  return [result.flow[i] / result.scaleX, result.flow[i + 1] / result.scaleY];
+}
+window.cmpFlowAt = (x, y) => (window.cmpResult ? flowAt(window.cmpResult, x, y) : null);
+
+function hsvToRgb(h, s, v) {
+  const f = (n) => {
+    const k = (n + h * 6) % 6;
+    return v - v * s * Math.max(0, Math.min(k, 4 - k, 1));
+  };
+  return [255 * f(5), 255 * f(3), 255 * f(1)];
+}
+
+function drawFlow(result) {
+  const canvas = document.getElementById("flow");
+  const ctx = canvas.getContext("2d");
+  const out = ctx.createImageData(canvas.width, canvas.height);
+  let largest = 1e-6;
+  for (let i = 0; i < result.flow.length; i += 2) {
+    largest = Math.max(largest, Math.hypot(result.flow[i], result.flow[i + 1]));
+  }
+  for (let y = 0; y < canvas.height; y++) {
+    for (let x = 0; x < canvas.width; x++) {
+      const [u, v] = flowAt(result, x, y);
+      const hue = (Math.atan2(-v, -u) / Math.PI + 1) / 2;
+      const rgb = hsvToRgb(hue, Math.min(1, Math.hypot(u, v) * result.scaleX / largest), 1);
+      out.data.set([...rgb, 255], 4 * (y * canvas.width + x));
+    }
+  }
+  ctx.putImageData(out, 0, 0);
+}
+
+// Frames of the image moved along the flow: frame t samples the image at x - t * flow(x).
+function animate(result, frames) {
+  const canvas = document.getElementById("animation");
+  const ctx = canvas.getContext("2d");
+  const width = canvas.width, height = canvas.height;
+  ctx.drawImage(page.image, 0, 0);
+  const source = ctx.getImageData(0, 0, width, height).data;
+  const made = [];
+  for (let f = 0; f < frames; f++) {
+    const t = f / (frames - 1);
+    const out = ctx.createImageData(width, height);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const [u, v] = flowAt(result, x, y);
+        const sx = Math.min(width - 1, Math.max(0, Math.round(x - t * u)));
+        const sy = Math.min(height - 1, Math.max(0, Math.round(y - t * v)));
+        const from = 4 * (sy * width + sx), to = 4 * (y * width + x);
+        out.data[to] = source[from];
+        out.data[to + 1] = source[from + 1];
+        out.data[to + 2] = source[from + 2];
+        out.data[to + 3] = 255;
+      }
+    }
+    made.push(out);
+  }
+  clearInterval(page.timer);
+  let shown = 0;
+  page.timer = setInterval(() => {
+    ctx.putImageData(made[shown], 0, 0);
+    shown = (shown + 1) % made.length;
+  }, 1000 / 12);
+  return made.length;
+}
+
+page.button.addEventListener("click", async () => {
+  if (!page.session || !page.image) return;
+  if (page.arrows.length === 0) {
+    say("Drag at least one arrow (or click to pin a point) first.");
+    return;
+  }
+  const side = Number(document.getElementById("side").value) || 256;
+  const frames = Math.max(2, Math.min(64, Number(document.getElementById("frames").value) || 16));
+  const [width, height] = networkSize(page.image.naturalWidth, page.image.naturalHeight, side);
+  const feeds = inputs(width, height);
+  page.button.disabled = true;
+  say(`Propagating at ${width}×${height}…`);
+  try {
+    const start = performance.now();
+    const output = await page.session.run({image: feeds.image, sparse: feeds.sparse}, ["flow"]);
+    const ms = performance.now() - start;
+    const result = {width, height, scaleX: feeds.scaleX, scaleY: feeds.scaleY,
+                    flow: output.flow.data, ms};
+    drawFlow(result);
+    const count = animate(result, frames);
+    window.cmpResult = result;
+    say(`Flow at ${width}×${height} in ${ms.toFixed(0)} ms in this browser; ` +
+        `${count} animation frames.`);
+  } catch (error) {
+    say(`The model failed: ${error}`);
+  } finally {
+    page.button.disabled = false;
+  }
+});
+
+loadModel();

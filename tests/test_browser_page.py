@@ -1,0 +1,161 @@
+"""The in-browser page (cmp_tf.apps.browser): the shipped model exported to ONNX runs in
+headless Chromium with onnxruntime-web, and the server only hands out files. The server's
+rules run everywhere; the page needs Debian's chromium + chromium-driver and the page's runtime
+(`python -m cmp_tf.apps.browser.install`), both of which .ci/run installs."""
+import shutil
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from cmp_tf.apps.browser import install
+from cmp_tf.apps.browser import server as server_lib
+from tests.conftest import serving
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SIZE = 128
+TIMEOUT = 180  # s: compiling the WebAssembly runtime and the model on a busy 2-core machine
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.headers.get("Content-Type"), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type"), error.read()
+
+
+@pytest.fixture()
+def fake_vendor(tmp_path, monkeypatch):
+    """A runtime folder with placeholder files, so the server's rules run without npm."""
+    vendor = tmp_path / "static" / "vendor"
+    vendor.mkdir(parents=True)
+    for name in install.FILES:
+        (vendor / name).write_bytes(b"\0asm" if name.endswith(".wasm") else b"// runtime")
+    (vendor / install.VERSION_FILE).write_text(install.ORT_WEB_VERSION + "\n")
+    static = tmp_path / "static"
+    for name in ("index.html", "page.js"):
+        shutil.copyfile(f"{install.STATIC}/{name}", static / name)
+    monkeypatch.setattr(install, "STATIC", str(static))
+    monkeypatch.setattr(install, "VENDOR", str(vendor))
+    return vendor
+
+
+def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx bytes")
+    with serving(server_lib.make_server(model, port=0)) as httpd:
+        root = "http://{}:{}".format(*httpd.server_address[:2])
+        status, kind, body = _get(f"{root}/model.onnx")
+        assert (status, body) == (200, b"onnx bytes")
+        status, kind, _ = _get(f"{root}/vendor/ort-wasm-simd-threaded.wasm")
+        assert (status, kind) == (200, "application/wasm")  # streaming compilation needs it
+        assert _get(f"{root}/")[0] == 200 and b"page.js" in _get(f"{root}/")[2]
+        for path in ("/api/animate", "/api/info", "/../server.py", "/%2e%2e/install.py"):
+            assert _get(root + path)[0] == 404, path
+        request = urllib.request.Request(f"{root}/api/animate", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 405
+        assert httpd.requested[:2] == ["/model.onnx", "/vendor/ort-wasm-simd-threaded.wasm"]
+
+
+def test_the_server_names_what_is_missing(tmp_path, fake_vendor):
+    with pytest.raises(ValueError, match="must be an exported .onnx file"):
+        server_lib.make_server(tmp_path / "model.tflite", port=0)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx")
+    (fake_vendor / install.VERSION_FILE).write_text("0.0.1\n")  # another version
+    assert not install.installed(str(fake_vendor))
+    with pytest.raises(ValueError, match="python -m cmp_tf.apps.browser.install"):
+        server_lib.make_server(model, port=0)
+    with pytest.raises(ValueError, match="npm='no-such-npm' is not on PATH"):
+        install.install(str(fake_vendor), npm="no-such-npm", log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def exported_onnx(tmp_path_factory):
+    """The shipped model as a float32 .onnx with free height and width."""
+    from export import export_lib
+
+    model, config, path = export_lib.load_checkpoint(None)
+    out = tmp_path_factory.mktemp("onnx")
+    export_lib.export(model, config, str(out), formats=("onnx",), size=(SIZE, SIZE),
+                      parity_samples=1, repeats=1, encoder=False, logits=False, source=path,
+                      log=lambda _: None)
+    return out / "model.onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and "
+                    "chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+@pytest.mark.skipif(not install.installed(), reason="needs the page's runtime: python -m "
+                    "cmp_tf.apps.browser.install (npm; .ci/run does)")
+def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
+    """Draw an arrow and a pin, press Propagate: the browser's flow is ONNX Runtime's on the
+    same inputs, moves the arrow's point along it, and no request reached an API."""
+    import onnxruntime
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_web_browser import _drag
+    from tests.test_web_browser import _scene
+
+    image = _scene(tmp_path / "scene.png")
+    browser = _chromium()
+    try:
+        with serving(server_lib.make_server(exported_onnx, port=0)) as httpd:
+            browser.get("http://{}:{}/".format(*httpd.server_address[:2]))
+            wait = WebDriverWait(browser, TIMEOUT)
+            status = browser.find_element(By.ID, "status")
+            wait.until(lambda d: "Model loaded" in status.text or "Could not" in status.text)
+            assert "Model loaded" in status.text, status.text
+            browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
+            wait.until(lambda d: f"{SIZE}×{SIZE} image" in status.text)
+            canvas = browser.find_element(By.ID, "canvas")
+            _drag(browser, canvas, (64, 64), (84, 54))  # the square: 20 px right, 10 up
+            _drag(browser, canvas, (10, 10), (10, 10))  # a click: a pinned corner
+            arrows = browser.execute_script("return page.arrows;")
+            assert len(arrows) == 2 and arrows[1][2:] == [0, 0]
+            browser.find_element(By.ID, "propagate").click()
+            wait.until(lambda d: d.execute_script("return window.cmpResult !== null;")
+                       or "failed" in status.text)
+            result = browser.execute_script(
+                "const r = window.cmpResult; return {width: r.width, height: r.height, "
+                "ms: r.ms, flow: Array.from(r.flow), at: window.cmpFlowAt(arguments[0], "
+                "arguments[1])};", *arrows[0][:2])
+            fetched = browser.execute_script(
+                "return performance.getEntriesByType('resource').map(e => e.name);")
+            requested = list(httpd.requested)
+    finally:
+        browser.quit()
+
+    assert (result["width"], result["height"]) == (SIZE, SIZE) and result["ms"] > 0
+    sparse = np.zeros((1, SIZE, SIZE, 3), np.float32)
+    for x, y, u, v in arrows:
+        sparse[0, int(round(y)), int(round(x))] = (u, v, 1)
+    session = onnxruntime.InferenceSession(str(exported_onnx),
+                                           providers=["CPUExecutionProvider"])
+    want = session.run(["flow"], {"image": image[None].astype(np.float32),
+                                  "sparse": sparse})[0][0]
+    got = np.array(result["flow"], np.float32).reshape(SIZE, SIZE, 2)
+    assert np.abs(got - want).mean() < 0.01 and np.abs(got - want).max() < 0.5
+    assert np.abs(np.subtract(result["at"], arrows[0][2:])).max() < 2.0  # moves with the arrow
+    assert not [p for p in requested if p.startswith("/api")], requested
+    assert not [n for n in fetched if "/api" in n], fetched
+    assert "/model.onnx" in requested and "/vendor/ort-wasm-simd-threaded.wasm" in requested
+    print(f"in-browser forward at {SIZE}x{SIZE}: {result['ms']:.0f} ms")
+
+
+def _chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service(DRIVER))

@@ -26,7 +26,7 @@ def get_config(arg=None):
     c.flow.loss = "l1"
     c.model.head = "fill_correction"
     # The nearest fill at the output's stride on 3 levels (fills.DensePrior, coarse_stride
-    # 8): ~3x faster than one, EPE within 0.3% of it on unseen clips and generated scenes.
+    # 8): about 2x faster than one, EPE within 0.3% of it on unseen clips and generated scenes.
     c.model.options.fill_correction.update(gain=True, pull="tent", relax=4, nearest_levels=2)
     c.optim.name, c.schedule.lr = "adam", 1e-3
     c.guidance.num_points = (1, 400)

@@ -210,8 +210,8 @@ class _NearestPrior(Head):
     """A head that may feed the decoder the nearest-guidance fill and start from it.
 
     `nearest_levels` > 0 computes the fill at the output's stride on two or more levels
-    (fills.DensePrior's `coarse_stride` = stride x 2^nearest_levels): several times faster,
-    the same fill near the guides."""
+    (fills.DensePrior's `coarse_stride` = stride x 2^nearest_levels): about half the time at
+    2 levels more, the same fill near the guides."""
 
     MAX_NEAREST_LEVELS = 6
 
@@ -335,8 +335,8 @@ class FillCorrection(_NearestPrior):
             distances add to it (fills.EdgeAwareFill), so the network learns which edges
             stop motion.
         nearest_levels: 0 for the exact nearest fill at the output's stride; n > 0 for its
-            (n + 1)-level form (fills.DensePrior, coarse_stride = stride x 2^n): several times
-            faster, the same vectors near the guides.
+            (n + 1)-level form (fills.DensePrior, coarse_stride = stride x 2^n): faster (about
+            half the time at n = 2), the same vectors near the guides.
     """
 
     name = "fill_correction"

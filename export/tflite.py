@@ -119,6 +119,7 @@ def drop_fill_round_trips(flat):
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     builtin = flatbuffer_utils.schema_fb.BuiltinOperator
+    float32 = flatbuffer_utils.schema_fb.TensorType.FLOAT32
     for graph in model.subgraphs:
         producer = {int(t): op for op in graph.operators for t in op.outputs}
         readers = {}
@@ -130,17 +131,21 @@ def drop_fill_round_trips(flat):
         for op in graph.operators:
             if codes[op.opcodeIndex] != builtin.DEQUANTIZE:
                 continue
-            quantized = int(op.inputs[0])
-            quantize = producer.get(quantized)
-            if (quantize is None or codes[quantize.opcodeIndex] != builtin.QUANTIZE
-                    or len(readers.get(quantized, [])) != 1):
-                continue
-            source = int(quantize.inputs[0])
-            name = graph.tensors[source].name.decode()
-            if not _FILL_NODE.search(name) or int(op.outputs[0]) in kept_outputs:
+            # Back from the DEQUANTIZE through QUANTIZE ops (a requantization may sit between)
+            # to a float32 tensor, each step's tensor read by that step alone.
+            chain, source = [op], int(op.inputs[0])
+            while (source in producer and codes[producer[source].opcodeIndex] == builtin.QUANTIZE
+                   and len(readers.get(source, [])) == 1):
+                chain.append(producer[source])
+                source = int(producer[source].inputs[0])
+                if graph.tensors[source].type == float32:
+                    break
+            if (len(chain) < 2 or graph.tensors[source].type != float32
+                    or not _FILL_NODE.search(graph.tensors[source].name.decode())
+                    or int(op.outputs[0]) in kept_outputs):
                 continue
             rewire[int(op.outputs[0])] = source
-            dropped.update((id(op), id(quantize)))
+            dropped.update(id(step) for step in chain)
         if not rewire:
             continue
         graph.operators = [op for op in graph.operators if id(op) not in dropped]

@@ -101,9 +101,10 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
 
     from tests.test_web_browser import _drag
     from tests.test_web_browser import _scene
+    from tests.test_web_browser import chromium
 
     image = _scene(tmp_path / "scene.png")
-    browser = _chromium()
+    browser = chromium()
     try:
         with serving(server_lib.make_server(exported_onnx, port=0)) as httpd:
             browser.get("http://{}:{}/".format(*httpd.server_address[:2]))
@@ -147,15 +148,3 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
     assert "/model.onnx" in requested and "/vendor/ort-wasm-simd-threaded.wasm" in requested
     print(f"in-browser forward at {SIZE}x{SIZE}: {result['ms']:.0f} ms")
 
-
-def _chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     "--force-device-scale-factor=1"):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=Service(DRIVER))

@@ -28,8 +28,8 @@ def page(propagator):
         yield "http://{}:{}/".format(*httpd.server_address[:2])
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium():
+    """Headless Chromium through Selenium, at a fixed window size and pixel ratio."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -39,7 +39,12 @@ def browser():
                      "--disable-dev-shm-usage", "--window-size=1400,1000",
                      "--force-device-scale-factor=1"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    return webdriver.Chrome(options=options, service=Service(DRIVER))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium()
     yield driver
     driver.quit()
 

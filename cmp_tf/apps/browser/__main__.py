@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 
 from cmp_tf.apps.browser import server as server_lib
+from cmp_tf.apps.web import server as web_server
 
 _MODEL = flags.DEFINE_string("model", None, "An exported .onnx file.", required=True)
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind: localhost by default.")
@@ -25,15 +26,7 @@ def main(argv):
         server = server_lib.make_server(_MODEL.value, _HOST.value, _PORT.value, verbose=True)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    host, port = server.server_address[:2]
-    print(f"Serving the page and {_MODEL.value} on http://{host}:{port}/ (Ctrl-C stops)",
-          flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    web_server.serve(server, f"the page and {_MODEL.value}")
 
 
 if __name__ == "__main__":

@@ -31,15 +31,7 @@ def main(argv):
         raise app.UsageError(str(error)) from error
     server = server_lib.make_server(propagator, _HOST.value, _PORT.value,
                                     max_side=_MAX_SIDE.value, verbose=True)
-    host, port = server.server_address[:2]
-    print(f"Serving {propagator.path} ({propagator.format}) on http://{host}:{port}/ "
-          "(Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server_lib.serve(server, f"{propagator.path} ({propagator.format})")
 
 
 if __name__ == "__main__":

@@ -418,6 +418,18 @@ class Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def serve(server, what):
+    """Serves until Ctrl-C, saying where (`what`: what is served), then closes the socket."""
+    host, port = server.server_address[:2]
+    print(f"Serving {what} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def make_server(propagator, host="127.0.0.1", port=8000, max_bytes=MAX_BYTES,
                 max_side=MAX_SIDE, verbose=False, request_timeout=REQUEST_TIMEOUT_S,
                 max_connections=MAX_CONNECTIONS, max_render_pixels=animate.MAX_RENDER_PIXELS,

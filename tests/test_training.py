@@ -21,7 +21,9 @@ def data_flags(tmp_path_factory):
     train = [write_video(folder / f"t{i}.avi", panning_frames(6, size=(128, 160), seed=i))
              for i in range(2)]
     val = write_video(folder / "v.avi", panning_frames(4, size=(128, 160), seed=9))
-    return [f"--config.data.train=({train[0]!r}, {train[1]!r})",
+    # The CPU-scale CMP with the paper's bins head, the recipe these runs were sized for
+    # (python train.py's default is the shipped propagation recipe).
+    return ["--config=configs/cpu_bins.py", f"--config.data.train=({train[0]!r}, {train[1]!r})",
             f"--config.data.val=({val!r},)", f"--config.data.cache_dir={folder / 'cache'}",
             "--config.data.short_size=128", "--config.data.batch_size=2",
             "--config.data.shuffle_buffer=8", "--config.ingest.max_side=-1",

@@ -2,15 +2,19 @@ r"""Semi-automatic annotation (cmp_tf.apps.annotate): mask IoU against the numbe
 on generated layered scenes whose object masks are exact, next to click-free and motion-free
 grabCut.
 
-  python benchmarks/annotation.py [--model=PATH] [--scenes=24] [--size=256] [--clicks=1,2,4,8]
+  python benchmarks/annotation.py [--model=PATH ...] [--scenes=24] [--size=256] [--clicks=1,2,4,8]
 
-Prints a markdown table and writes annotation.json to --out. A simulated user clicks P times on
+Prints a markdown table and writes annotation.json to --out. --model may be given several times
+(`--model=shipped --model=runs/edges`): every model is scored on the same scenes and clicks, its
+rows named after it. A simulated user clicks P times on
 the object and P times around it: positives by farthest-point sampling over the object's
 interior, starting at its most interior pixel; negatives the same way over a band around the
 object, continuing from the positives (so they spread around it). Methods:
   - CMP, CMP + grabCut, CMP + guided filter: annotate.motion_score, refined by each method;
   - nearest fill (+ grabCut): the same with the nearest-guidance fill as the "propagator",
     what CMP must beat to be worth its network;
+  - edge-aware fill: the same with the edge-aware fill alone (colour-weighted pull-push, no
+    network; evaluation.baselines.edge_aware), what reading the image brings without learning;
   - grabCut, clicks' box: grabCut from the bounding box of the same clicks, click-free
     otherwise (what the motion adds over the clicks' positions alone);
   - grabCut, exact box: from the object's own bounding box with a margin (a user dragging a
@@ -37,8 +41,10 @@ from cmp_tf.apps import inputs  # noqa: E402
 from cmp_tf.data import layered  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "Model for the CMP rows (any format Propagator "
-                             "loads); default the model that ships with cmp_tf.")
+SHIPPED = "shipped"  # --model's name for the model that ships with cmp_tf
+_MODEL = flags.DEFINE_multi_string("model", [SHIPPED], "Model for the CMP rows (any format "
+                                   "Propagator loads; 'shipped': the model that ships with "
+                                   "cmp_tf); repeat the flag to compare several.")
 _SCENES = flags.DEFINE_integer("scenes", 24, "Generated scenes (one target object each).")
 _SIZE = flags.DEFINE_integer("size", 256, "Scene side in pixels.")
 _CLICKS = flags.DEFINE_list("clicks", ["1", "2", "4", "8"], "Positive clicks per column; as "
@@ -144,6 +150,7 @@ def box_grabcut(image, x0, y0, x1, y1):
     if x1 <= x0 or y1 <= y0:  # a degenerate box: grabCut has no foreground to learn
         return seeds > 0
     models = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.setRNGSeed(annotate.GRABCUT_SEED)
     cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), seeds, (x0, y0, x1 - x0 + 1, y1 - y0 + 1),
                 *models, annotate.GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
     return np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
@@ -166,11 +173,14 @@ def clicks_box_grabcut(image, positive, negative):
     return box_grabcut(image, int(x0), int(y0), int(x1), int(y1))
 
 
-class NearestFill:
-    """The nearest-guidance fill behind the Propagator's propagate_batch."""
+class ClassicalFill:
+    """A classical fill of evaluation.baselines behind the Propagator's propagate_batch."""
+
+    def __init__(self, name):
+        self.fill = baselines.get(name)
 
     def propagate_batch(self, image, guidance):
-        return np.stack([baselines.nearest(image, p, v) for p, v in guidance])
+        return np.stack([self.fill(image, p, v) for p, v in guidance])
 
 
 def iou(pred, target):
@@ -178,53 +188,89 @@ def iou(pred, target):
     return float(np.logical_and(pred, target).sum() / union) if union else 1.0
 
 
-METHODS = ("CMP", "CMP + grabCut", "CMP + guided filter", "nearest fill",
-           "nearest fill + grabCut", "grabCut, clicks' box", "grabCut, exact box")
+REFINEMENTS = {"none": "", "grabcut": " + grabCut", "guided": " + guided filter"}  # row suffix
+CMP_REFINEMENTS = ("none", "grabcut", "guided")
+# row name -> (evaluation.baselines fill, its refinements)
+FILLS = {"nearest fill": ("nearest", ("none", "grabcut")),
+         "edge-aware fill": ("edge_aware", ("none",))}
+BOXES = ("grabCut, clicks' box", "grabCut, exact box")
 
 
-def evaluate(propagator, scene_list, clicks, negatives_per_positive, zoom_size):
-    """{method: {P: [IoU per scene]}}, and the mean seconds per CMP annotation."""
-    scores = {m: {p: [] for p in clicks} for m in METHODS}
-    seconds = []
+def methods(labels):
+    """Row names: each model's CMP rows (named "CMP" alone for a single model), the fills',
+    the boxes'."""
+    names = []
+    for label in labels:
+        cmp = "CMP" if len(labels) == 1 else f"CMP ({label})"
+        names += [cmp + REFINEMENTS[r] for r in CMP_REFINEMENTS]
+    for fill, (_, refinements) in FILLS.items():
+        names += [fill + REFINEMENTS[r] for r in refinements]
+    return names + list(BOXES)
+
+
+def evaluate(propagators, scene_list, clicks, negatives_per_positive, zoom_size):
+    """{method: {P: [IoU per scene]}} for {label: propagator}, the classical fills and the
+    boxes on the same clicks, and {label: mean seconds per CMP annotation}."""
+    labels = list(propagators)
+    names = methods(labels)
+    scores = {m: {p: [] for p in clicks} for m in names}
+    seconds = {label: [] for label in labels}
+    fills = {name: ClassicalFill(fill) for name, (fill, _) in FILLS.items()}
     for image, mask in tqdm(scene_list, desc="annotation", unit="scene"):
         box = iou(exact_box_grabcut(image, mask), mask)
         for p in clicks:
             positive, negative = simulate_clicks(mask, p, int(round(p * negatives_per_positive)))
-            start = time.perf_counter()
-            score = annotate.motion_score(propagator, image, positive, negative,
-                                          zoom_size=zoom_size)
-            seconds.append(time.perf_counter() - start)
-            nearest = annotate.motion_score(NearestFill(), image, positive, negative,
-                                            zoom_size=zoom_size)
-            masks = {
-                "CMP": annotate.refine(image, score, positive, negative, method="none"),
-                "CMP + grabCut": annotate.refine(image, score, positive, negative,
-                                                 method="grabcut"),
-                "CMP + guided filter": annotate.refine(image, score, positive, negative,
-                                                       method="guided"),
-                "nearest fill": annotate.refine(image, nearest, positive, negative,
-                                                method="none"),
-                "nearest fill + grabCut": annotate.refine(image, nearest, positive, negative,
-                                                          method="grabcut"),
-                "grabCut, clicks' box": clicks_box_grabcut(image, positive, negative),
-            }
+            masks = {}
+            for label, propagator in propagators.items():
+                start = time.perf_counter()
+                score = annotate.motion_score(propagator, image, positive, negative,
+                                              zoom_size=zoom_size)
+                seconds[label].append(time.perf_counter() - start)
+                cmp = names[labels.index(label) * len(CMP_REFINEMENTS)]
+                for refinement in CMP_REFINEMENTS:
+                    masks[cmp + REFINEMENTS[refinement]] = annotate.refine(
+                        image, score, positive, negative, method=refinement)
+            for name, (_, refinements) in FILLS.items():
+                score = annotate.motion_score(fills[name], image, positive, negative,
+                                              zoom_size=zoom_size)
+                for refinement in refinements:
+                    masks[name + REFINEMENTS[refinement]] = annotate.refine(
+                        image, score, positive, negative, method=refinement)
+            masks[BOXES[0]] = clicks_box_grabcut(image, positive, negative)
             for method, pred in masks.items():
                 scores[method][p].append(iou(pred, mask))
-            scores["grabCut, exact box"][p].append(box)
-    return scores, float(np.mean(seconds))
+            scores[BOXES[1]][p].append(box)
+    return scores, {label: float(np.mean(s)) for label, s in seconds.items()}
 
 
 def markdown(scores, clicks, negatives_per_positive):
     heads = [f"{p}+{int(round(p * negatives_per_positive))}" for p in clicks]
     lines = ["| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(clicks)]
-    best = {p: max(np.mean(scores[m][p]) for m in METHODS) for p in clicks}
-    for method in METHODS:
+    best = {p: max(np.mean(scores[m][p]) for m in scores) for p in clicks}
+    for method in scores:
         cells = []
         for p in clicks:
             value = np.mean(scores[method][p])
             cells.append(f"**{value:.3f}**" if value == best[p] else f"{value:.3f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def load_models(paths):
+    """{label: Propagator} for --model's values: 'shipped' is the shipped model, a path is
+    labelled by its file or folder name (made unique)."""
+    if not paths:
+        raise ValueError("--model: give at least one model.")
+    propagators = {}
+    for path in paths:
+        shipped = path == SHIPPED
+        label = SHIPPED if shipped else os.path.splitext(
+            os.path.basename(os.path.normpath(path)))[0]
+        unique, n = label, 2
+        while unique in propagators:
+            unique, n = f"{label}_{n}", n + 1
+        propagators[unique] = inputs.load_propagator(None if shipped else path, "--model")
+    return propagators
 
 
 def main(argv):
@@ -239,26 +285,30 @@ def main(argv):
         raise app.UsageError("--clicks must be positive counts, --scenes >= 1 and "
                              "--negatives_per_positive >= 0.")
     try:
-        propagator = inputs.load_propagator(_MODEL.value, "--model")
+        propagators = load_models(_MODEL.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     scene_list = scenes(_SCENES.value, _SIZE.value, _SEED.value, _TEXTURES.value)
-    scores, seconds = evaluate(propagator, scene_list, clicks, _NEGATIVES.value,
+    scores, seconds = evaluate(propagators, scene_list, clicks, _NEGATIVES.value,
                                _ZOOM_SIZE.value)
     table = markdown(scores, clicks, _NEGATIVES.value)
     print(f"Mask IoU, {len(scene_list)} generated scenes ({_TEXTURES.value} textures) at "
-          f"{_SIZE.value}², model "
-          f"{propagator.path} ({propagator.format}); columns: positive + negative clicks. "
-          f"{seconds:.2f} s per CMP annotation (4 guidance sets).\n")
+          f"{_SIZE.value}²; columns: positive + negative clicks. Models:")
+    for label, propagator in propagators.items():
+        print(f"  {label}: {propagator.path} ({propagator.format}), {seconds[label]:.2f} s per "
+              "CMP annotation (4 guidance sets)")
+    print()
     print(table)
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "annotation.json")
     with open(path, "w") as f:
-        json.dump({"model": propagator.path, "format": propagator.format,
+        json.dump({"models": {label: {"path": propagator.path, "format": propagator.format,
+                                      "seconds_per_annotation": seconds[label]}
+                              for label, propagator in propagators.items()},
                    "scenes": len(scene_list), "textures": _TEXTURES.value,
                    "size": _SIZE.value, "seed": _SEED.value,
                    "clicks": clicks, "negatives_per_positive": _NEGATIVES.value,
-                   "zoom_size": _ZOOM_SIZE.value, "seconds_per_annotation": seconds,
+                   "zoom_size": _ZOOM_SIZE.value,
                    "settings": {"velocity": annotate.VELOCITY, "threshold": annotate.THRESHOLD,
                                 "zoom_factor": annotate.ZOOM_FACTOR},
                    "mean_iou": {m: {str(p): float(np.mean(v)) for p, v in s.items()}

@@ -118,3 +118,25 @@ def test_inference_times_the_fills_of_every_kind_alone():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) > 0
+
+
+def test_annotation_scores_several_models_on_the_same_clicks():
+    """benchmarks/annotation.py: every model gets its rows on the same scenes and clicks, so a
+    model that is the nearest fill scores exactly as the nearest-fill rows; labels stay
+    unique."""
+    from benchmarks import annotation
+
+    scene_list = annotation.scenes(2, 64, 0, textures="noise")
+    propagators = {"nearest": annotation.ClassicalFill("nearest"),
+                   "linear": annotation.ClassicalFill("linear")}
+    scores, seconds = annotation.evaluate(propagators, scene_list, [1, 2], 1.0, zoom_size=64)
+    assert list(scores) == annotation.methods(["nearest", "linear"])
+    assert set(seconds) == {"nearest", "linear"} and min(seconds.values()) > 0
+    assert scores["CMP (nearest)"] == scores["nearest fill"]
+    assert scores["CMP (nearest) + grabCut"] == scores["nearest fill + grabCut"]
+    for method, per_clicks in scores.items():
+        for p, values in per_clicks.items():
+            assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values), (method, p)
+    assert annotation.methods(["shipped"])[:3] == ["CMP", "CMP + grabCut", "CMP + guided filter"]
+    table = annotation.markdown(scores, [1, 2], 1.0)
+    assert "| CMP (linear) + guided filter |" in table and "| edge-aware fill |" in table

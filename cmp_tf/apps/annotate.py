@@ -28,6 +28,7 @@ ZOOM_SIZE = 384  # side the zoom square is resized to before the network sees it
 REFINE = "guided"  # never worse than "none" on benchmarks/annotation.py; grabCut: see README
 REFINEMENTS = ("none", "grabcut", "guided")
 GRABCUT_ITERATIONS = 3
+GRABCUT_SEED = 0  # grabCut's k-means starts from OpenCV's RNG: seeded, a mask is reproducible
 CLICK_RADIUS = 0.01  # sure foreground / background disc at a click, fraction of the shorter side
 GUIDED_RADIUS = 0.02  # guided filter window radius, fraction of the shorter side
 GUIDED_EPS = 0.01 * 255**2  # guided filter regularisation: edges weaker than ~0.1 of the range
@@ -136,6 +137,7 @@ def grabcut(image, probable, positive=(), negative=(), iterations=GRABCUT_ITERAT
     if foreground.all() or not foreground.any():
         return foreground
     background_model, foreground_model = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.setRNGSeed(GRABCUT_SEED)
     cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), seeds, None, background_model,
                 foreground_model, int(iterations), cv2.GC_INIT_WITH_MASK)
     return np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))

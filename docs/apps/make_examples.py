@@ -1,10 +1,12 @@
 r"""Remakes the README's application pictures (`docs/apps/example.jpg`, `animation.gif`) with
 a model, by default the shipped one, on a frame of the carphone clip:
 
-  python docs/apps/make_examples.py [--model=PATH]
+  python docs/apps/make_examples.py [--model=PATH ...]
 
 Panels: arrows (yellow) and pins (circles) | CMP's flow | the last animation frame | the mask
-from 3 object (green) and 8 background (red) clicks.
+from 3 object (green) and 8 background (red) clicks. With --model given several times
+(`--model=shipped --model=runs/edges`) each model gets a row of example.jpg, labelled, and the
+animation shows them side by side.
 """
 import os
 import sys
@@ -31,14 +33,23 @@ NEGATIVE = [(45, 45), (135, 45), (40, 100), (150, 100), (88, 118), (20, 20), (88
             (88, 140)]
 FRAMES, FPS = 16, 8.0
 
-_MODEL = flags.DEFINE_string("model", None, "Any format Propagator loads (default: shipped).")
+SHIPPED = "shipped"  # --model's name for the model that ships with cmp_tf
+LABEL_HEIGHT = 16  # px of the strip above a row that names its model
+_MODEL = flags.DEFINE_multi_string("model", [SHIPPED], "Any format Propagator loads, or "
+                                   "'shipped'; repeat to show several models.")
 _OUT = flags.DEFINE_string("out", HERE, "Folder for example.jpg and animation.gif.")
 
 
-def main(argv):
-    del argv
-    propagator = inputs.load_propagator(_MODEL.value)
-    image = formats.read_video(CLIP)[0][0]
+def label_strip(text, width):
+    """A white strip naming a row's model."""
+    strip = np.full((LABEL_HEIGHT, width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (2, LABEL_HEIGHT - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return strip
+
+
+def example(propagator, image):
+    """(the row of panels, the animation's frames) of one model."""
     flow, frames = animate.animate(propagator, image, np.array(ARROWS, np.float32), FRAMES)
     mask = annotate.annotate(propagator, image, np.array(POSITIVE, np.float32),
                              np.array(NEGATIVE, np.float32))
@@ -54,9 +65,30 @@ def main(argv):
         for x, y in points:
             cv2.circle(clicked, (x, y), 2, colour, -1)
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-    panel = np.concatenate([guide, gap, flow_lib.flow_to_color(flow), gap, frames[-1], gap,
-                            clicked], 1)
+    return np.concatenate([guide, gap, flow_lib.flow_to_color(flow), gap, frames[-1], gap,
+                           clicked], 1), frames
+
+
+def main(argv):
+    del argv
+    image = formats.read_video(CLIP)[0][0]
+    rows, animations = [], []
+    for path in _MODEL.value:
+        shipped = path == SHIPPED
+        propagator = inputs.load_propagator(None if shipped else path)
+        row, frames = example(propagator, image)
+        if len(_MODEL.value) > 1:
+            name = SHIPPED if shipped else os.path.basename(os.path.normpath(path))
+            row = np.concatenate([label_strip(name, row.shape[1]), row], 0)
+            frames = [np.concatenate([label_strip(name, f.shape[1]), f], 0) for f in frames]
+        rows.append(row)
+        animations.append(frames)
+    gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    panel = np.concatenate([part for row in rows for part in (row, gap)][:-1], 0)
     inputs.write_rgb(os.path.join(_OUT.value, "example.jpg"), panel)
+    side = np.full((animations[0][0].shape[0], 4, 3), 255, np.uint8)
+    frames = [np.concatenate([part for frame in group for part in (frame, side)][:-1], 1)
+              for group in zip(*animations)]
     animate.write_animation(os.path.join(_OUT.value, "animation.gif"), frames, FPS)
     print(f"Wrote {_OUT.value}/example.jpg and animation.gif")
 

@@ -54,6 +54,11 @@ GAUSS_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # the Gaussian gain, box fi
 # 0.3% of it).
 LEVELS = ["--config.model.options.fill_correction.nearest_levels=2"]
 SHIPPED = GAUSS_ADAM + SMOOTH + LEVELS  # blend_gauss_adam_smooth = configs/propagation.py
+# The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
+# trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
+ONE_LEVEL = ["--config.model.options.fill_correction.nearest_levels=0"]
+EDGE_AWARE = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smooth=edge_aware"]
+EDGE_BOTH = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smooth=both"]
 # The shipped recipe with the affinity head (its options default to the shipped fill's):
 # affinity = configs/propagation_affinity.py.
 AFFINITY = ["--config.flow.loss=l1", "--config.model.head=affinity"] + ADAM + POINTS + LAYERED
@@ -87,28 +92,23 @@ VARIANTS = {
                                       SHIPPED + PLAIN),
     "edge_aware": ("blend_gauss_adam_smooth with the edge-aware pull-push fill as its smooth "
                    "fill: push and relaxation weighed by colour, so motion stops at image edges "
-                   "(configs/propagation_edges.py)",
-                   SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware"]),
+                   "(configs/propagation_edges.py)", EDGE_AWARE),
     "edge_aware_finest4": ("edge_aware with 4 relaxation passes at the fill's finest level too",
-                           SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware",
-                                      "--config.model.options.fill_correction.finest_relax=4"]),
+                           EDGE_AWARE + ["--config.model.options.fill_correction.finest_relax=4"]),
     "edge_aware_layers": ("edge_aware trained on layered scenes whose edges and motion "
                           "boundaries part: 30% of layers wear the texture below them, 30% hold "
                           "an edge",
-                          SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware",
-                                     "--config.data.layered.shared_texture=0.3",
-                                     "--config.data.layered.inner_edges=0.3"]),
+                          EDGE_AWARE + ["--config.data.layered.shared_texture=0.3",
+                                        "--config.data.layered.inner_edges=0.3"]),
     "edge_learned": ("edge_aware whose fill weights are learned too: 5 more decoder channels "
                      "scale its colour term per cell and add an embedding's distances",
-                     SHIPPED + ["--config.model.options.fill_correction.smooth=edge_aware",
-                                "--config.model.options.fill_correction.edge_features=5"]),
+                     EDGE_AWARE + ["--config.model.options.fill_correction.edge_features=5"]),
     "edge_both": ("blend_gauss_adam_smooth blending three fills: nearest, pull-push and "
                   "edge-aware (a softmax of two decoder logits and 0 weighs them per pixel)",
-                  SHIPPED + ["--config.model.options.fill_correction.smooth=both"]),
+                  EDGE_BOTH),
     "edge_both_learned": ("edge_both with the edge-aware fill's weights learned (5 decoder "
                           "channels, as edge_learned)",
-                          SHIPPED + ["--config.model.options.fill_correction.smooth=both",
-                                     "--config.model.options.fill_correction.edge_features=5"]),
+                          EDGE_BOTH + ["--config.model.options.fill_correction.edge_features=5"]),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

@@ -41,10 +41,9 @@ from cmp_tf.apps import inputs  # noqa: E402
 from cmp_tf.data import layered  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 
-SHIPPED = "shipped"  # --model's name for the model that ships with cmp_tf
-_MODEL = flags.DEFINE_multi_string("model", [SHIPPED], "Model for the CMP rows (any format "
-                                   "Propagator loads; 'shipped': the model that ships with "
-                                   "cmp_tf); repeat the flag to compare several.")
+_MODEL = flags.DEFINE_multi_string("model", [inputs.SHIPPED], "Model for the CMP rows (any "
+                                   "format Propagator loads; 'shipped': the model that ships "
+                                   "with cmp_tf); repeat the flag to compare several.")
 _SCENES = flags.DEFINE_integer("scenes", 24, "Generated scenes (one target object each).")
 _SIZE = flags.DEFINE_integer("size", 256, "Scene side in pixels.")
 _CLICKS = flags.DEFINE_list("clicks", ["1", "2", "4", "8"], "Positive clicks per column; as "
@@ -256,23 +255,6 @@ def markdown(scores, clicks, negatives_per_positive):
     return "\n".join(lines)
 
 
-def load_models(paths):
-    """{label: Propagator} for --model's values: 'shipped' is the shipped model, a path is
-    labelled by its file or folder name (made unique)."""
-    if not paths:
-        raise ValueError("--model: give at least one model.")
-    propagators = {}
-    for path in paths:
-        shipped = path == SHIPPED
-        label = SHIPPED if shipped else os.path.splitext(
-            os.path.basename(os.path.normpath(path)))[0]
-        unique, n = label, 2
-        while unique in propagators:
-            unique, n = f"{label}_{n}", n + 1
-        propagators[unique] = inputs.load_propagator(None if shipped else path, "--model")
-    return propagators
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
@@ -285,7 +267,7 @@ def main(argv):
         raise app.UsageError("--clicks must be positive counts, --scenes >= 1 and "
                              "--negatives_per_positive >= 0.")
     try:
-        propagators = load_models(_MODEL.value)
+        propagators = inputs.load_propagators(_MODEL.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     scene_list = scenes(_SCENES.value, _SIZE.value, _SEED.value, _TEXTURES.value)

@@ -510,3 +510,19 @@ def test_the_page_api_runs_on_an_exported_file(exported):
                            "negative": [[30, 30], [98, 98], [30, 98], [98, 30]],
                            "refine": "grabcut"})
     assert _iou(_decode(answer["mask_png"], cv2.IMREAD_GRAYSCALE) > 0, mask) > 0.9
+
+
+def test_several_models_are_labelled_by_name_and_refused_by_flag(monkeypatch, tmp_path):
+    """A repeated --model flag: 'shipped' and names from the paths, made unique; a missing
+    file is refused naming the flag."""
+    loaded = []
+    monkeypatch.setattr(inputs, "load_propagator",
+                        lambda path, name="--model": loaded.append(path) or path)
+    models = inputs.load_propagators(["shipped", "runs/a/", "other/a", "b.tflite"])
+    assert list(models) == ["shipped", "a", "a_2", "b"]
+    assert loaded == [None, "runs/a/", "other/a", "b.tflite"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="--model: give at least one model"):
+        inputs.load_propagators([])
+    with pytest.raises(ValueError, match="--model="):
+        inputs.load_propagators([str(tmp_path / "missing.keras")])

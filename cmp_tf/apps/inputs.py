@@ -219,6 +219,27 @@ def load_propagator(path, name="--model", **kwargs):
         raise ValueError(f"{name}={path or '(the shipped model)'}: {error}") from error
 
 
+SHIPPED = "shipped"  # a model flag's name for the model that ships with cmp_tf
+
+
+def load_propagators(paths, name="--model"):
+    """{label: Propagator} for a repeated model flag, to compare models on the same inputs:
+    SHIPPED is the shipped model, a path is labelled by its file or folder name (made unique
+    with _2, _3, ...)."""
+    if not paths:
+        raise ValueError(f"{name}: give at least one model.")
+    propagators = {}
+    for path in paths:
+        shipped = path == SHIPPED
+        label = SHIPPED if shipped else os.path.splitext(
+            os.path.basename(os.path.normpath(path)))[0]
+        unique, n = label, 2
+        while unique in propagators:
+            unique, n = f"{label}_{n}", n + 1
+        propagators[unique] = load_propagator(None if shipped else path, name)
+    return propagators
+
+
 def positive(value, name):
     """A strictly positive, finite number, else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (

@@ -33,10 +33,9 @@ NEGATIVE = [(45, 45), (135, 45), (40, 100), (150, 100), (88, 118), (20, 20), (88
             (88, 140)]
 FRAMES, FPS = 16, 8.0
 
-SHIPPED = "shipped"  # --model's name for the model that ships with cmp_tf
 LABEL_HEIGHT = 16  # px of the strip above a row that names its model
-_MODEL = flags.DEFINE_multi_string("model", [SHIPPED], "Any format Propagator loads, or "
-                                   "'shipped'; repeat to show several models.")
+_MODEL = flags.DEFINE_multi_string("model", [inputs.SHIPPED], "Any format Propagator loads, "
+                                   "or 'shipped'; repeat to show several models.")
 _OUT = flags.DEFINE_string("out", HERE, "Folder for example.jpg and animation.gif.")
 
 
@@ -73,12 +72,10 @@ def main(argv):
     del argv
     image = formats.read_video(CLIP)[0][0]
     rows, animations = [], []
-    for path in _MODEL.value:
-        shipped = path == SHIPPED
-        propagator = inputs.load_propagator(None if shipped else path)
+    propagators = inputs.load_propagators(_MODEL.value)
+    for name, propagator in propagators.items():
         row, frames = example(propagator, image)
-        if len(_MODEL.value) > 1:
-            name = SHIPPED if shipped else os.path.basename(os.path.normpath(path))
+        if len(propagators) > 1:
             row = np.concatenate([label_strip(name, row.shape[1]), row], 0)
             frames = [np.concatenate([label_strip(name, f.shape[1]), f], 0) for f in frames]
         rows.append(row)

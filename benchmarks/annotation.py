@@ -148,11 +148,7 @@ def box_grabcut(image, x0, y0, x1, y1):
     seeds = np.zeros(image.shape[:2], np.uint8)
     if x1 <= x0 or y1 <= y0:  # a degenerate box: grabCut has no foreground to learn
         return seeds > 0
-    models = np.zeros((1, 65)), np.zeros((1, 65))
-    cv2.setRNGSeed(annotate.GRABCUT_SEED)
-    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), seeds, (x0, y0, x1 - x0 + 1, y1 - y0 + 1),
-                *models, annotate.GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
-    return np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    return annotate.run_grabcut(image, seeds, box=(x0, y0, x1 - x0 + 1, y1 - y0 + 1))
 
 
 def exact_box_grabcut(image, mask):
@@ -195,13 +191,16 @@ FILLS = {"nearest fill": ("nearest", ("none", "grabcut")),
 BOXES = ("grabCut, clicks' box", "grabCut, exact box")
 
 
+def cmp_row(label, labels):
+    """The bare CMP row's name of the model `label` among `labels`: "CMP" for a single model."""
+    return "CMP" if len(labels) == 1 else f"CMP ({label})"
+
+
 def methods(labels):
-    """Row names: each model's CMP rows (named "CMP" alone for a single model), the fills',
-    the boxes'."""
+    """Row names: each model's CMP rows, the fills', the boxes'."""
     names = []
     for label in labels:
-        cmp = "CMP" if len(labels) == 1 else f"CMP ({label})"
-        names += [cmp + REFINEMENTS[r] for r in CMP_REFINEMENTS]
+        names += [cmp_row(label, labels) + REFINEMENTS[r] for r in CMP_REFINEMENTS]
     for fill, (_, refinements) in FILLS.items():
         names += [fill + REFINEMENTS[r] for r in refinements]
     return names + list(BOXES)
@@ -211,8 +210,7 @@ def evaluate(propagators, scene_list, clicks, negatives_per_positive, zoom_size)
     """{method: {P: [IoU per scene]}} for {label: propagator}, the classical fills and the
     boxes on the same clicks, and {label: mean seconds per CMP annotation}."""
     labels = list(propagators)
-    names = methods(labels)
-    scores = {m: {p: [] for p in clicks} for m in names}
+    scores = {m: {p: [] for p in clicks} for m in methods(labels)}
     seconds = {label: [] for label in labels}
     fills = {name: ClassicalFill(fill) for name, (fill, _) in FILLS.items()}
     for image, mask in tqdm(scene_list, desc="annotation", unit="scene"):
@@ -225,9 +223,8 @@ def evaluate(propagators, scene_list, clicks, negatives_per_positive, zoom_size)
                 score = annotate.motion_score(propagator, image, positive, negative,
                                               zoom_size=zoom_size)
                 seconds[label].append(time.perf_counter() - start)
-                cmp = names[labels.index(label) * len(CMP_REFINEMENTS)]
                 for refinement in CMP_REFINEMENTS:
-                    masks[cmp + REFINEMENTS[refinement]] = annotate.refine(
+                    masks[cmp_row(label, labels) + REFINEMENTS[refinement]] = annotate.refine(
                         image, score, positive, negative, method=refinement)
             for name, (_, refinements) in FILLS.items():
                 score = annotate.motion_score(fills[name], image, positive, negative,

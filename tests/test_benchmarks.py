@@ -53,15 +53,21 @@ def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def _run_python(code, timeout=120):
+    """`python -c code` in a fresh process from the repository root (a benchmark's flags would
+    clash with another's in this one): the finished process, its output captured."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def _ablation_check(*variants):
     """benchmarks/ablation.py's check of the given (name, overrides) variants, in a fresh
     process (its flags would clash with blend_parts' in this one)."""
     code = ("from benchmarks import ablation as a; "
             f"a.VARIANTS.update({dict(variants)!r}); "
             f"a.check_variants({[name for name, _ in variants]!r})")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return _run_python(code, timeout=300)
 
 
 @pytest.mark.slow
@@ -84,9 +90,7 @@ def test_ablation_shipped_variant_is_the_shipped_recipe(variant, recipe):
     the README's ablation row is not the shipped model's (and `edge_aware` its recipe)."""
     code = ("from benchmarks import ablation as a; import json; "
             f"print(json.dumps(a.variant_config({variant!r}).to_dict()))")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = _run_python(code, timeout=120)
     assert result.returncode == 0, result.stderr
     variant = json.loads(result.stdout.strip().splitlines()[-1])
     shipped = json.loads(json.dumps(load_config(recipe).to_dict()))
@@ -96,9 +100,7 @@ def test_ablation_shipped_variant_is_the_shipped_recipe(variant, recipe):
 def test_ablation_stretches_the_schedule_with_the_budget():
     code = ("from benchmarks import ablation as a; "
             "print(a.schedule_overrides(3000), a.schedule_overrides(1000))")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = _run_python(code, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == (
         "['--config.schedule.boundaries=(1800, 2550)'] "
@@ -113,9 +115,7 @@ def test_inference_times_the_fills_of_every_kind_alone():
             "c = load_config('propagation_edges'); c.model.decoder_combo = (1, 2); "
             "c.model.options.fill_correction.update(smooth='both', edge_features=2); "
             "m = models.build_cmp(c); print(i.time_fills(m, 64, 1))")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = _run_python(code, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) > 0
 
@@ -131,9 +131,7 @@ def test_annotation_scores_several_models_on_the_same_clicks():
             "print(json.dumps({'scores': scores, 'seconds': seconds, "
             "'rows': a.methods(['nearest', 'linear']), 'single': a.methods(['shipped']), "
             "'table': a.markdown(scores, [1, 2], 1.0)}))")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = _run_python(code, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     scores = out["scores"]

@@ -136,10 +136,17 @@ def grabcut(image, probable, positive=(), negative=(), iterations=GRABCUT_ITERAT
     foreground = np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
     if foreground.all() or not foreground.any():
         return foreground
-    background_model, foreground_model = np.zeros((1, 65)), np.zeros((1, 65))
+    return run_grabcut(image, seeds, iterations=iterations)
+
+
+def run_grabcut(image, seeds, box=None, iterations=GRABCUT_ITERATIONS):
+    """cv2.grabCut on an RGB image from its `seeds` labels (updated in place), or from a box
+    (x, y, width, height) when given, its k-means seeded by GRABCUT_SEED so that the same
+    input gives the same mask; returns the foreground mask."""
+    models = np.zeros((1, 65)), np.zeros((1, 65))
     cv2.setRNGSeed(GRABCUT_SEED)
-    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), seeds, None, background_model,
-                foreground_model, int(iterations), cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), seeds, box, *models, int(iterations),
+                cv2.GC_INIT_WITH_MASK if box is None else cv2.GC_INIT_WITH_RECT)
     return np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
 
 

@@ -244,6 +244,26 @@ def test_dense_prior_matches_a_brute_force_nearest_fill(stride, rng):
     assert (np.abs(got[..., :2] - want[..., :2]).max(-1) < 1e-3).mean() > 0.97
 
 
+@pytest.mark.parametrize("stride", [1, 2, 8, 32])
+def test_the_nearest_fills_cell_sums_equal_the_direct_per_cell_means(stride, rng):
+    """`DensePrior._pooled` sums cells with one strided convolution and adds the origins at
+    cell resolution: the same means of (mask, mask y, mask x, mask u, mask v) as averaging the
+    products pixel by pixel, vectors off the guides ignored, fractional masks weighed."""
+    h, w = 2 * max(stride, 8), 3 * max(stride, 8)
+    sparse = np.zeros((2, h, w, 3), np.float32)
+    sparse[..., :2] = rng.normal(0, 5, (2, h, w, 2))  # junk where unguided: must not count
+    ys, xs = rng.integers(0, h, 40), rng.integers(0, w, 40)
+    sparse[0, ys, xs, 2] = 1.0
+    sparse[1, ys, xs, 2] = rng.uniform(0.2, 1.0, 40)
+    mask = sparse[..., 2:]
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    products = np.concatenate([mask, mask * yy[..., None], mask * xx[..., None],
+                               sparse[..., :2] * mask], -1)
+    want = products.reshape(2, h // stride, stride, w // stride, stride, 5).mean((2, 4))
+    got = fills.DensePrior._pooled(fills.masked_guidance(tf.constant(sparse)), stride).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("stride", [1, 2, 8])
 def test_the_compact_nearest_fill_equals_the_sequential_one(stride, rng):
     """The argmin form of a jump-flooding pass (what integer quantization traces) gives the
@@ -287,6 +307,31 @@ def test_the_multi_level_nearest_fill_keeps_the_exact_fill_near_the_guides(level
     np.testing.assert_array_equal(empty[..., :2], 0)
     assert fills.fill_spec(fills.fill_from_spec(fills.fill_spec(fast))) == fills.fill_spec(fast)
     assert fills.DensePrior.from_config(fast.get_config()).coarse_stride == fast.coarse_stride
+
+
+@pytest.mark.parametrize("refine", [0, 1])
+def test_the_multi_level_nearest_fill_with_fewer_refining_passes(refine, rng):
+    """Fewer unit passes at the fine levels (none: the coarse level's choice of guide taken
+    as it is) keep every guided cell's guides and the distance to the chosen guide measured
+    from each cell's own centre, and the exact fill's vectors at most cells."""
+    stride, height, width = 2, 96, 128
+    sparse = np.zeros((1, height, width, 3), np.float32)
+    ys, xs = rng.choice(height, 12, replace=False), rng.choice(width, 12, replace=False)
+    sparse[0, ys, xs] = np.c_[rng.normal(0, 5, (12, 2)), np.ones(12)]
+    fast = fills.DensePrior(stride, coarse_stride=8, refine=refine)
+    got, exact = fast(sparse).numpy()[0], fills.DensePrior(stride)(sparse).numpy()[0]
+    guided = sparse[0, ..., 2].reshape(height // stride, stride, width // stride, stride).max(
+        (1, 3)) > 0
+    np.testing.assert_allclose(got[guided], exact[guided], atol=1e-4)
+    same = np.abs(got[..., :2] - exact[..., :2]).max(-1) < 1e-4
+    assert 0.9 < same.mean() < 1.0 if refine == 0 else same.mean() > 0.95
+    # Where the guide is another, it is farther than the nearest, by less than a coarse cell.
+    assert (got[..., 2] >= exact[..., 2] - 1e-3).all()
+    assert (got[..., 2] - exact[..., 2]).max() < 8 * np.sqrt(2)
+    assert fills.DensePrior.from_config(fast.get_config()).refine == refine
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="refine must be an integer >= 0"):
+            fills.DensePrior(2, coarse_stride=8, refine=bad)
 
 
 @pytest.mark.parametrize("coarse_stride", [2, 3, 6, 12, True, 8.0])

@@ -19,6 +19,34 @@ _CANDIDATES = 9  # a jump-flooding pass compares a cell with itself and its 8 ne
 _BY_COMPONENT = [4 * i + c for c in range(4) for i in range(_CANDIDATES)]
 
 
+# `DensePrior._pooled`'s channels (mask, mask y, mask x, mask u, mask v): where the cell's
+# origin row and column add to the sums.
+_Y_CHANNEL = np.array([0, 1, 0, 0, 0], np.float32)
+_X_CHANNEL = np.array([0, 0, 1, 0, 0], np.float32)
+# masked_guidance's 1x1 kernel and bias: the multiplier (mask, mask, 1) of (u, v, mask).
+_MASK_KERNEL = np.array([[[[0, 0, 0], [0, 0, 0], [1, 1, 0]]]], np.float32)
+_MASK_BIAS = np.array([0, 0, 1], np.float32)
+
+
+def masked_guidance(sparse):
+    """(u x mask, v x mask, mask) of `sparse` [B, H, W, 3] float32: the vectors read only where
+    guided. The multiplier comes from a 1x1 convolution, not a channel slice: on full-resolution
+    maps LiteRT runs the convolution several times faster."""
+    multiplier = tf.nn.bias_add(tf.nn.conv2d(sparse, _MASK_KERNEL, 1, "VALID"), _MASK_BIAS)
+    return sparse * multiplier
+
+
+@functools.lru_cache(maxsize=None)
+def _cell_sums_kernel(s):
+    """[s, s, 3, 5] weights taking `masked_guidance` to the per-cell means of (mask, mask dy,
+    mask dx, mask u, mask v), (dy, dx) the pixel's offset in its cell of `s` px."""
+    kernel = np.zeros((s, s, 3, 5), np.float32)
+    dy, dx = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    kernel[:, :, 2, 0], kernel[:, :, 2, 1], kernel[:, :, 2, 2] = 1.0, dy, dx
+    kernel[:, :, 0, 3] = kernel[:, :, 1, 4] = 1.0
+    return kernel / s**2
+
+
 def _end(margin):
     """Slice end that drops `margin` trailing elements (None keeps them all)."""
     return -margin if margin else None
@@ -73,12 +101,20 @@ class DensePrior(_GuidanceFill):
         compact: run each pass as one argmin (same output, fewer and slower ops).
         coarse_stride: 0 for the exact one-level fill; else the coarse level's cell size, a
             power-of-two multiple of `stride` (the image size need not be its multiple).
+        refine: unit passes at each level finer than the coarse one (2, the default, as
+            above). 0 takes the coarser level's choice of guide as it is, the distance still
+            measured from each cell's own centre: no pass at the fine levels, where they cost
+            most; the choice may differ from the nearest within about a coarse cell of the
+            Voronoi boundaries.
     """
 
     _FAR = 1e6  # position of "no guide yet": farther than any image pixel.
     channels = 3
 
-    def __init__(self, stride, max_size=2048, compact=False, coarse_stride=0, **kwargs):
+    REFINE = 2
+
+    def __init__(self, stride, max_size=2048, compact=False, coarse_stride=0, refine=REFINE,
+                 **kwargs):
         super().__init__(stride, max_size, **kwargs)
         if not isinstance(compact, bool):
             raise ValueError(f"compact must be True or False; got {compact!r}.")
@@ -88,18 +124,23 @@ class DensePrior(_GuidanceFill):
                               or ratio & (ratio - 1)):
             raise ValueError(f"coarse_stride must be 0 (one level) or a power-of-two multiple "
                              f"(>= 2x) of stride={self.stride}; got {coarse_stride!r}.")
-        self.compact, self.coarse_stride = compact, int(coarse_stride)
+        if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
+            raise ValueError(f"refine must be an integer >= 0; got {refine!r}.")
+        self.compact, self.coarse_stride, self.refine = compact, int(coarse_stride), int(refine)
 
     @staticmethod
-    def _pooled(sparse, s):
+    def _pooled(guidance, s):
         """Per cell of `s` px: the fraction of guided pixels and the means of mask x (y, x, u,
-        v), [B, H/s, W/s, 5]."""
-        mask = sparse[..., 2:3]
-        height, width = tf.shape(sparse)[1], tf.shape(sparse)[2]
-        ys = tf.cast(tf.range(height), tf.float32)[None, :, None, None]
-        xs = tf.cast(tf.range(width), tf.float32)[None, None, :, None]
-        return tf.nn.avg_pool2d(
-            tf.concat([mask, mask * ys, mask * xs, sparse[..., :2] * mask], -1), s, s, "VALID")
+        v), [B, H/s, W/s, 5], from `masked_guidance`. One strided convolution sums the cell (its weights hold the
+        pixels' offsets in the cell) and the cells' origins are added at cell resolution:
+        full-resolution work is three ops, the costliest part of a fill in TFLite otherwise."""
+        sums = tf.nn.conv2d(guidance, _cell_sums_kernel(s), s, "VALID")
+        count = sums[..., :1]
+        oy = tf.cast(tf.range(tf.shape(sums)[1]) * s, tf.float32)[None, :, None, None]
+        ox = tf.cast(tf.range(tf.shape(sums)[2]) * s, tf.float32)[None, None, :, None]
+        # Broadcast from the count, not a constant map: the exporters would fold that into
+        # the file (0.7 MB at 384^2).
+        return sums + (count * oy) * _Y_CHANNEL + (count * ox) * _X_CHANNEL
 
     def _seeds(self, pooled):
         """(guided?, the mean (y, x, u, v) of the cell's guides, else far) from `_pooled`."""
@@ -113,26 +154,27 @@ class DensePrior(_GuidanceFill):
         """(state, squared distance) of the fill on cells of `s` px from their `_pooled` sums:
         in full at the coarsest level, else the next coarser level's result (its cells pool 2
         x 2 of these: 2 x 2 average pools keep the integer quantizer off the positions) taken
-        to this grid, the cells' own guides put back, refined by two unit passes."""
+        to this grid, the cells' own guides put back, refined by `refine` unit passes."""
         seeded, state = self._seeds(pooled)
         if not self.coarse_stride or s >= self.coarse_stride:
             return self._flood(state, s, image_shape)
         coarse = self._level(tf.nn.avg_pool2d(pooled, 2, 2, "VALID"), 2 * s, image_shape)[0]
         h, w = tf.shape(state)[1], tf.shape(state)[2]
         up = tf.image.resize(coarse, 2 * tf.shape(coarse)[1:3], method="nearest")[:, :h, :w]
-        return self._flood(tf.where(seeded, state, up), s, image_shape, steps=(1, 1))
+        return self._flood(tf.where(seeded, state, up), s, image_shape, steps=(1,) * self.refine)
 
     def call(self, sparse):
         sparse = tf.cast(sparse, tf.float32)
-        height, width = tf.shape(sparse)[1], tf.shape(sparse)[2]
+        pooled = self._pooled(masked_guidance(sparse), self.stride)
         if self.coarse_stride:  # whole coarse cells (unguided padding): any image size works
-            sparse = tf.pad(sparse, [[0, 0], [0, -height % self.coarse_stride],
-                                     [0, -width % self.coarse_stride], [0, 0]])
-        state, best = self._level(self._pooled(sparse, self.stride), self.stride,
-                                  sparse.shape[1:3])
+            # (cells padded, not pixels: padding by computed amounts loses the channel count,
+            # which the convolutions need to be builtin ops in files with free H and W)
+            ratio = self.coarse_stride // self.stride
+            height, width = tf.shape(pooled)[1], tf.shape(pooled)[2]
+            pooled = tf.pad(pooled, [[0, 0], [0, -height % ratio], [0, -width % ratio], [0, 0]])
+        state, best = self._level(pooled, self.stride, sparse.shape[1:3])
         if self.coarse_stride:
-            state = state[:, :height // self.stride, :width // self.stride]
-            best = best[:, :height // self.stride, :width // self.stride]
+            state, best = state[:, :height, :width], best[:, :height, :width]
         found = best < (self._FAR / 2) ** 2
         uv = tf.where(found, state[..., 2:], 0.0)
         dist = tf.where(found, tf.sqrt(best), float(self.max_size))
@@ -189,7 +231,7 @@ class DensePrior(_GuidanceFill):
 
     def get_config(self):
         return {**super().get_config(), "compact": self.compact,
-                "coarse_stride": self.coarse_stride}
+                "coarse_stride": self.coarse_stride, "refine": self.refine}
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
@@ -237,9 +279,7 @@ class PullPushFill(_GuidanceFill):
 
     def call(self, sparse):
         s = self.stride
-        sparse = tf.cast(sparse, tf.float32)
-        mask = sparse[..., 2:3]
-        level = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask], -1), s, s, "VALID")
+        level = tf.nn.avg_pool2d(masked_guidance(tf.cast(sparse, tf.float32)), s, s, "VALID")
         size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
         pyramid = [level]
         for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
@@ -340,10 +380,9 @@ class EdgeAwareFill(_GuidanceFill):
     def call(self, inputs):
         sparse, image, *features = (tf.cast(x, tf.float32) for x in inputs)
         s = self.stride
-        mask = sparse[..., 2:3]
         # Each level: (u x mask, v x mask, mask) and the cells' descriptor (colour scale, r, g,
         # b, embedding...), means per cell.
-        level = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask, image / 255.0], -1),
+        level = tf.nn.avg_pool2d(tf.concat([masked_guidance(sparse), image / 255.0], -1),
                                  s, s, "VALID")
         if features:
             scale = tf.nn.softplus(features[0][..., :1] + self._SCALE_START)
@@ -409,7 +448,7 @@ def fill_spec(layer):
     """A fill layer as JSON (its kind and options)."""
     spec = {"layer": type(layer).__name__, "stride": layer.stride, "max_size": layer.max_size}
     if isinstance(layer, DensePrior) and layer.coarse_stride:
-        spec.update(coarse_stride=layer.coarse_stride)
+        spec.update(coarse_stride=layer.coarse_stride, refine=layer.refine)
     elif isinstance(layer, PullPushFill):
         spec.update(pull=layer.pull, relax=layer.relax)
     elif isinstance(layer, EdgeAwareFill):

@@ -121,6 +121,7 @@ def test_the_propagation_is_pads_slices_and_builtin_ops():
     ({"nearest_levels": 7}, r"options.affinity.nearest_levels must be an integer in \[0, 6\]; "
                             "got 7"),
     ({"nearest_levels": True}, r"options.affinity.nearest_levels must be an integer"),
+    ({"nearest_refine": -1}, r"options.affinity.nearest_refine must be an integer >= 0; got -1"),
 ])
 def test_bad_options_name_the_field(options, message):
     config = load_config("propagation_affinity")

@@ -211,11 +211,13 @@ class _NearestPrior(Head):
 
     `nearest_levels` > 0 computes the fill at the output's stride on two or more levels
     (fills.DensePrior's `coarse_stride` = stride x 2^nearest_levels): about half the time at
-    2 levels more, the same fill near the guides."""
+    2 levels more, the same fill near the guides; `nearest_refine` sets its unit passes per
+    finer level (fills.DensePrior's `refine`)."""
 
     MAX_NEAREST_LEVELS = 6
 
-    def __init__(self, nbins, fmax, loss, nearest_prior, nearest_levels=0):
+    def __init__(self, nbins, fmax, loss, nearest_prior, nearest_levels=0,
+                 nearest_refine=fills.DensePrior.REFINE):
         super().__init__(nbins, fmax, loss)
         _check_bool(self.name, "nearest_prior", nearest_prior)
         if isinstance(nearest_levels, bool) or not isinstance(nearest_levels, int) \
@@ -223,7 +225,12 @@ class _NearestPrior(Head):
             raise ValueError(f"config.model.options.{self.name}.nearest_levels must be an "
                              f"integer in [0, {self.MAX_NEAREST_LEVELS}]; got "
                              f"{nearest_levels!r}.")
+        try:
+            fills.DensePrior(1, refine=nearest_refine)
+        except ValueError as e:
+            raise ValueError(f"config.model.options.{self.name}.nearest_{e}") from e
         self.nearest_prior, self.nearest_levels = nearest_prior, nearest_levels
+        self.nearest_refine = nearest_refine
 
     @property
     def prior_channels(self):
@@ -239,7 +246,8 @@ class _NearestPrior(Head):
             if stride == feature_stride:
                 return coarse
             levels = stride * 2**self.nearest_levels if self.nearest_levels else 0
-            return fills.DensePrior(stride, coarse_stride=levels, name="dense_prior_out")(sparse)
+            return fills.DensePrior(stride, coarse_stride=levels, refine=self.nearest_refine,
+                                    name="dense_prior_out")(sparse)
 
         return [scaled], at
 
@@ -253,16 +261,16 @@ class Bins(_NearestPrior):
             `prior_sigma` px around it to the logits (beyond the paper; the mobile and CPU
             recipes).
         prior_sigma: width of that Gaussian, pixels.
-        nearest_levels: levels of the nearest fill at the output's stride beyond the first
-            (fill_correction's option).
+        nearest_levels, nearest_refine: the nearest fill at the output's stride
+            (fill_correction's options).
     """
 
     name = "bins"
     LOSSES = ("discrete",)
 
     def __init__(self, nbins, fmax, loss, nearest_prior=False, prior_sigma=2.0,
-                 nearest_levels=0):
-        super().__init__(nbins, fmax, loss, nearest_prior, nearest_levels)
+                 nearest_levels=0, nearest_refine=fills.DensePrior.REFINE):
+        super().__init__(nbins, fmax, loss, nearest_prior, nearest_levels, nearest_refine)
         if isinstance(prior_sigma, bool) or not (isinstance(prior_sigma, (int, float))
                                                  and prior_sigma > 0):
             raise ValueError("config.model.options.bins.prior_sigma must be positive pixels; "
@@ -292,16 +300,17 @@ class Regression(_NearestPrior):
 
     Args:
         nearest_prior: feed the decoder the nearest-guidance fill and add it to the output.
-        nearest_levels: levels of the nearest fill at the output's stride beyond the first
-            (fill_correction's option).
+        nearest_levels, nearest_refine: the nearest fill at the output's stride
+            (fill_correction's options).
     """
 
     name = "regression"
     LOSSES = ("l1", "l2")
     decoder_channels = 2
 
-    def __init__(self, nbins, fmax, loss, nearest_prior=False, nearest_levels=0):
-        super().__init__(nbins, fmax, loss, nearest_prior, nearest_levels)
+    def __init__(self, nbins, fmax, loss, nearest_prior=False, nearest_levels=0,
+                 nearest_refine=fills.DensePrior.REFINE):
+        super().__init__(nbins, fmax, loss, nearest_prior, nearest_levels, nearest_refine)
 
     def attach(self, sparse, image, feature_stride):
         inputs, nearest = self._nearest(sparse, feature_stride) if self.nearest_prior else ([], 0)
@@ -337,6 +346,9 @@ class FillCorrection(_NearestPrior):
         nearest_levels: 0 for the exact nearest fill at the output's stride; n > 0 for its
             (n + 1)-level form (fills.DensePrior, coarse_stride = stride x 2^n): faster (about
             half the time at n = 2), the same vectors near the guides.
+        nearest_refine: unit passes at each finer level of that form (fills.DensePrior's
+            `refine`): 1 takes about two thirds of the fill's time of 2 and scores the same
+            (docs/speed.md).
     """
 
     name = "fill_correction"
@@ -344,8 +356,10 @@ class FillCorrection(_NearestPrior):
     SMOOTH_FILLS = ("pull_push", "edge_aware", "both")
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
-                 sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0):
-        super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels)
+                 sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
+                 nearest_refine=fills.DensePrior.REFINE):
+        super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
+                         nearest_refine=nearest_refine)
         _check_bool(self.name, "gain", gain)
         if smooth not in self.SMOOTH_FILLS:
             raise ValueError(f"config.model.options.{self.name}.smooth must be one of "
@@ -463,8 +477,8 @@ class AffinityPropagation(keras.layers.Layer):
         if nearest is not None:
             guided = tf.nn.avg_pool2d(mask, self.stride, self.stride, "VALID") > 0
             return tf.cast(nearest[..., :2], tf.float32), guided
-        pooled = tf.nn.avg_pool2d(tf.concat([sparse[..., :2] * mask, mask], -1),
-                                  self.stride, self.stride, "VALID")
+        pooled = tf.nn.avg_pool2d(fills.masked_guidance(sparse), self.stride, self.stride,
+                                  "VALID")
         return pooled[..., :2] / tf.maximum(pooled[..., 2:], 1e-12), pooled[..., 2:] > 0
 
     def affinities(self, out):
@@ -506,8 +520,8 @@ class Affinity(FillCorrection):
     each, so motion can follow what the image shows and stop at edges.
 
     Args:
-        gain, smooth, pull, relax, sigma, finest_relax, edge_features, nearest_levels: as
-            `fill_correction`, for the seed the propagation starts from.
+        gain, smooth, pull, relax, sigma, finest_relax, edge_features, nearest_levels,
+            nearest_refine: as `fill_correction`, for the seed the propagation starts from.
         iterations: propagation steps at the decoder's stride (each reaches one cell further).
         self_logit: the cell's own weight logit against its neighbours'; an untrained decoder
             (logits near 0) starts as a 3 x 3 mean per step at 0, near the seed at 4 or more.
@@ -519,11 +533,12 @@ class Affinity(FillCorrection):
     MAX_ITERATIONS = 64  # beyond this the unrolled graph grows without reaching much further
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
-                 sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0, iterations=8,
-                 self_logit=0.0, logit_scale=1.0):
+                 sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
+                 nearest_refine=fills.DensePrior.REFINE, iterations=8, self_logit=0.0,
+                 logit_scale=1.0):
         super().__init__(nbins, fmax, loss, gain=gain, smooth=smooth, pull=pull, relax=relax,
                          sigma=sigma, finest_relax=finest_relax, edge_features=edge_features,
-                         nearest_levels=nearest_levels)
+                         nearest_levels=nearest_levels, nearest_refine=nearest_refine)
         if (isinstance(iterations, bool) or not isinstance(iterations, int)
                 or not 1 <= iterations <= self.MAX_ITERATIONS):
             raise ValueError(f"config.model.options.affinity.iterations must be an integer in "

@@ -109,6 +109,9 @@ VARIANTS = {
     "edge_both_learned": ("edge_both with the edge-aware fill's weights learned (5 decoder "
                           "channels, as edge_learned)",
                           EDGE_BOTH + ["--config.model.options.fill_correction.edge_features=5"]),
+    "separable_decoder": ("blend_gauss_adam_smooth with its decoder's convs at strides 4 and 2 "
+                          "depthwise-separable: a fifth of the network's multiply-adds",
+                          SHIPPED + ["--config.model.options.skip_layer.separable=True"]),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

@@ -108,6 +108,18 @@ def conv_bn_relu(x, filters, kernel, *, name, gain, relu=True, bn_name=None, **c
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
+def separable_conv_bn_relu(x, filters, kernel, *, name, gain):
+    """Depthwise `kernel` x `kernel` conv, pointwise 1x1 conv -> BatchNorm -> ReLU: a
+    conv_bn_relu at a fraction of the cost (kernel^2 + filters multiply-adds per input
+    channel and pixel instead of kernel^2 x filters), for the decoder's full-resolution
+    layers."""
+    x = keras.layers.SeparableConv2D(
+        filters, kernel, padding="same", depthwise_initializer=conv_init(gain),
+        pointwise_initializer=conv_init(gain), name=name)(x)
+    x = batch_norm(gain, f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
 def max_pool(x, size, strides, padding, name):
     """Max pooling with PyTorch-style padding; inputs follow a ReLU, so zero padding is exact."""
     if padding:

@@ -186,6 +186,27 @@ def test_switching_parts_from_the_command_line_keeps_other_parts_options():
     assert model.get_layer("input_guard").multiple == 8
 
 
+def test_the_separable_skip_decoder_makes_its_fine_convs_depthwise_separable():
+    """`separable` swaps the four convs at strides 4 and 2 (nearly all of the decoder's
+    multiply-adds) for depthwise + pointwise pairs; the rest of the decoder stays."""
+    config = load_config("cpu_bins")
+    dense = models.build_cmp(config).get_layer("decoder")
+    config.model.options.skip_layer.separable = True
+    model = models.build_cmp(config)
+    separable = model.get_layer("decoder")
+    fine = ("skipconv4", "fusion4", "skipconv2", "fusion2")
+    for name in fine:
+        assert isinstance(separable.get_layer(name), keras.layers.SeparableConv2D), name
+        assert isinstance(dense.get_layer(name), keras.layers.Conv2D), name
+    assert type(separable.get_layer("fusion8")) is keras.layers.Conv2D
+    assert separable.count_params() < 0.9 * dense.count_params()
+    out = model({"image": tf.zeros((1, 128, 128, 3)), "sparse": tf.zeros((1, 128, 128, 3))})
+    assert out["flow"].shape == (1, 128, 128, 2)
+    from cmp_tf.models import decoders
+    with pytest.raises(ValueError, match="options.skip_layer.separable must be True or False"):
+        decoders.skip_layer(8, 4, skip_channels=(4, 4), separable="yes")
+
+
 def test_skip_decoder_needs_an_encoder_with_skips():
     config = load_config("alexnet_yfcc")
     config.model.decoder = "skip_layer"

@@ -286,6 +286,43 @@ def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
     assert int8_weights == {names[0]: True, names[1]: False, names[2]: False}
 
 
+def test_onnx_int8_reads_the_sparse_map_in_float(tmp_path):
+    """Every convolution that reads the sparse input (through tf2onnx's layout transpose) stays
+    float32, whatever its name: one quantize-dequantize pair on that tensor would feed every
+    reader, the guidance fills' included, vectors and mask at uint8 steps."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper
+
+    from export import onnx as onnx_export
+
+    rng = np.random.default_rng(0)
+    weights = [onnx.numpy_helper.from_array(rng.normal(size=(3, 3, 1, 1)).astype(np.float32),
+                                            f"w{i}") for i in range(3)]
+    names = ["Conv__8794", "cmp_1/dense_prior_1/BiasAdd", "cmp_1/encoder_1/conv1_1/Conv2D"]
+    nodes = [helper.make_node("Transpose", ["sparse"], ["t"], perm=[0, 3, 1, 2], name="t"),
+             helper.make_node("Conv", ["t", "w0"], ["y0"], name=names[0]),
+             helper.make_node("Conv", ["t", "w1"], ["y1"], name=names[1]),
+             helper.make_node("Conv", ["y0", "w2"], ["y2"], name=names[2])]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 3, 8, 8])
+               for y in ("y1", "y2")]
+    graph = helper.make_graph(
+        nodes, "sparse_readers",
+        [helper.make_tensor_value_info("sparse", TensorProto.FLOAT, [1, 8, 8, 3])], outputs,
+        weights)
+    source, quantized = str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
+    samples = [{"sparse": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)} for _ in range(4)]
+    onnx_export.quantize(source, quantized, samples)
+    graph = onnx.load(quantized).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    int8_weights = {node.name: made_by.get(node.input[1]) == "DequantizeLinear"
+                    for node in graph.node if node.op_type == "Conv"}
+    assert int8_weights == {names[0]: False, names[1]: False, names[2]: True}
+    assert not [node for node in graph.node
+                if node.op_type == "QuantizeLinear" and node.input[0] in ("sparse", "t")]
+
+
 def _tflite_ops(path):
     """(builtin op names, custom op codes) of a .tflite file's operators."""
     from ai_edge_litert import schema_py_generated as schema

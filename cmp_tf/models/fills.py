@@ -2,9 +2,10 @@
 inside the model (beyond the paper).
 
 A fill spreads the sparse vectors over the whole image on a grid of `stride` x `stride` cells
-with pads, pools, slices, resizes, selects and element-wise ops only, so it exports to TFLite
-and ONNX builtins. The propagation heads (`cmp_tf.models.heads`) feed fills to the decoder
-and start their output from them. Every exported file computes them itself; the int8 files keep them in float32.
+with pads, pools, fixed convolutions, slices, resizes, selects and element-wise ops only, so
+it exports to TFLite and ONNX builtins. The propagation heads (`cmp_tf.models.heads`) feed
+fills to the decoder and start their output from them. Every exported file computes them
+itself; the int8 files keep them in float32.
 """
 import functools
 import math
@@ -31,7 +32,7 @@ _MASK_BIAS = np.array([0, 0, 1], np.float32)
 def masked_guidance(sparse):
     """(u x mask, v x mask, mask) of `sparse` [B, H, W, 3] float32: the vectors read only where
     guided. The multiplier comes from a 1x1 convolution, not a channel slice: on full-resolution
-    maps LiteRT runs the convolution several times faster."""
+    maps LiteRT runs the convolution faster (0.4 against 0.9 ms at 384^2)."""
     multiplier = tf.nn.bias_add(tf.nn.conv2d(sparse, _MASK_KERNEL, 1, "VALID"), _MASK_BIAS)
     return sparse * multiplier
 
@@ -131,9 +132,10 @@ class DensePrior(_GuidanceFill):
     @staticmethod
     def _pooled(guidance, s):
         """Per cell of `s` px: the fraction of guided pixels and the means of mask x (y, x, u,
-        v), [B, H/s, W/s, 5], from `masked_guidance`. One strided convolution sums the cell (its weights hold the
-        pixels' offsets in the cell) and the cells' origins are added at cell resolution:
-        full-resolution work is three ops, the costliest part of a fill in TFLite otherwise."""
+        v), [B, H/s, W/s, 5], from `masked_guidance`. One strided convolution sums the cell
+        (its weights hold the pixels' offsets in the cell) and the cells' origins are added at
+        cell resolution: full-resolution element-wise work was the costliest part of a fill
+        in LiteRT."""
         sums = tf.nn.conv2d(guidance, _cell_sums_kernel(s), s, "VALID")
         count = sums[..., :1]
         oy = tf.cast(tf.range(tf.shape(sums)[1]) * s, tf.float32)[None, :, None, None]

@@ -347,8 +347,8 @@ class FillCorrection(_NearestPrior):
             (n + 1)-level form (fills.DensePrior, coarse_stride = stride x 2^n): faster (about
             half the time at n = 2), the same vectors near the guides.
         nearest_refine: unit passes at each finer level of that form (fills.DensePrior's
-            `refine`): 1 takes about two thirds of the fill's time of 2 and scores the same
-            (docs/speed.md).
+            `refine`): 1 runs half the passes of 2 where the cells are finest, and the
+            shipped model scores the same with either (docs/ablation.md).
     """
 
     name = "fill_correction"

@@ -53,10 +53,18 @@ GAUSS_ADAM = BLEND + GAIN + ADAM + POINTS + LAYERED  # the Gaussian gain, box fi
 # figures in docs/ablation.md before it came were measured with the one-level fill, within
 # 0.3% of it).
 LEVELS = ["--config.model.options.fill_correction.nearest_levels=2"]
-SHIPPED = GAUSS_ADAM + SMOOTH + LEVELS  # blend_gauss_adam_smooth = configs/propagation.py
+# blend_gauss_adam_smooth, the recipe every variant below builds on (the shipped one before
+# `fast`).
+SHIPPED = GAUSS_ADAM + SMOOTH + LEVELS
+SEPARABLE = ["--config.model.options.skip_layer.separable=True"]
+REFINE_ONCE = ["--config.model.options.fill_correction.nearest_refine=1"]
+# fast = configs/propagation.py, the shipped recipe: a separable decoder and one refining pass
+# of the nearest fill per finer level.
+FAST = SHIPPED + SEPARABLE + REFINE_ONCE
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
-ONE_LEVEL = ["--config.model.options.fill_correction.nearest_levels=0"]
+# (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
+ONE_LEVEL = REFINE_ONCE + ["--config.model.options.fill_correction.nearest_levels=0"]
 EDGE_AWARE = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smooth=edge_aware"]
 EDGE_BOTH = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smooth=both"]
 # The shipped recipe with the affinity head (its options default to the shipped fill's):
@@ -77,8 +85,7 @@ VARIANTS = {
     "blend_gauss_adam": ("blend_adam_mixed scaled by a learned Gaussian gain of the distance "
                          "to the guides, the box pull-push fill", GAUSS_ADAM),
     "blend_gauss_adam_smooth": ("blend_gauss_adam with the smoother pull-push fill (tent pull, "
-                                "4 relaxation passes per level) (configs/propagation.py, the "
-                                "shipped model)", SHIPPED),
+                                "4 relaxation passes per level)", SHIPPED),
     "blend_gauss_adam_smooth_seed1": ("blend_gauss_adam_smooth with seed 1 (initialization, "
                                       "data order, guidance): the run-to-run spread",
                                       SHIPPED + ["--config.seed=1"]),
@@ -111,7 +118,9 @@ VARIANTS = {
                           EDGE_BOTH + ["--config.model.options.fill_correction.edge_features=5"]),
     "separable_decoder": ("blend_gauss_adam_smooth with its decoder's convs at strides 4 and 2 "
                           "depthwise-separable: a fifth of the network's multiply-adds",
-                          SHIPPED + ["--config.model.options.skip_layer.separable=True"]),
+                          SHIPPED + SEPARABLE),
+    "fast": ("separable_decoder with one refining pass of the nearest fill per finer level "
+             "instead of two (configs/propagation.py, the shipped model)", FAST),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

@@ -3,8 +3,11 @@ r"""The propagation model that ships with cmp_tf (`cmp_tf/pretrained/default`), 
 (`configs/cpu_bins.py`) with the `fill_correction` head instead of the paper's bins: an
 L1-regressed correction to a per-pixel blend of the nearest and a smooth pull-push fill of the
 guidance (tent pull, 4 relaxation passes per level), scaled by a Gaussian gain of the distance
-to the guides whose reach is learned per pixel; trained by Adam with 1 to 400 guides per sample and half its
-samples layered scenes with exact flow.
+to the guides whose reach is learned per pixel; trained by Adam with 1 to 400 guides per
+sample and half its samples layered scenes with exact flow. Its decoder's convs at strides 4
+and 2 are depthwise-separable, and its nearest fill at the output's stride runs on three
+levels with one refining pass each: the model takes about 0.6 of the time it took with the
+dense decoder and two passes, for the same EPE (docs/speed.md, docs/ablation.md).
 
 Why (benchmarks/ablation.py, docs/ablation.md): at the default's 1000-step CPU budget, every
 bin-loss variant trained the read-out away from the fill it starts from and ended worse than
@@ -26,8 +29,13 @@ def get_config(arg=None):
     c.flow.loss = "l1"
     c.model.head = "fill_correction"
     # The nearest fill at the output's stride on 3 levels (fills.DensePrior, coarse_stride
-    # 8): about 2x faster than one, EPE within 0.3% of it on unseen clips and generated scenes.
-    c.model.options.fill_correction.update(gain=True, pull="tent", relax=4, nearest_levels=2)
+    # 8) with one refining pass per finer level: less than half the time of the one-level
+    # fill, the same EPE on unseen clips and generated scenes (docs/ablation.md).
+    c.model.options.fill_correction.update(gain=True, pull="tent", relax=4, nearest_levels=2,
+                                           nearest_refine=1)
+    # Depthwise-separable convs where the decoder works at strides 4 and 2: a fifth of the
+    # network's multiply-adds, the same EPE at K >= 5 (docs/ablation.md).
+    c.model.options.skip_layer.separable = True
     c.optim.name, c.schedule.lr = "adam", 1e-3
     c.guidance.num_points = (1, 400)
     c.data.layered.ratio = 0.5

@@ -17,4 +17,5 @@ def get_config(arg=None):
     c.model.head = "affinity"
     c.model.options.affinity.update(gain=True, pull="tent", relax=4, iterations=8,
                                     self_logit=0.0)
+    c.model.options.skip_layer.separable = False  # the decoder its figures were measured with
     return c

@@ -4,9 +4,10 @@ edges: the `fill_correction` head blends the nearest fill with the edge-aware pu
 by how close their colours are, so a guide's motion spreads over its region and stops where
 the colour changes.
 
-It keeps the exact one-level nearest fill (`nearest_levels=0`): its figures in
-docs/ablation.md were measured so, and two runs with the shipped recipe's three-level fill
-failed on the generated scenes (the learned gain switched the fill off over whole regions).
+It keeps the dense decoder and the exact one-level nearest fill (`nearest_levels=0`): its
+figures in docs/ablation.md were measured so, and two runs with the shipped recipe's
+three-level fill failed on the generated scenes (the learned gain switched the fill off over
+whole regions).
 
   python train.py --config=configs/propagation_edges.py
 """
@@ -17,4 +18,5 @@ def get_config(arg=None):
     c = propagation.get_config(arg)
     c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1, finest_relax=0,
                                            nearest_levels=0)
+    c.model.options.skip_layer.separable = False  # the decoder its figures were measured with
     return c

@@ -253,14 +253,29 @@ def test_command_line_exports_a_run_directory(tmp_path):
     assert sorted(os.listdir(out)) == ["export.json", "model.onnx", "model.tflite", "parity.md"]
 
 
+def _quantized_convs(graph, samples, folder):
+    """({Conv node name: whether its weights are int8}, quantized graph) of `graph` quantized
+    by export/onnx.py on `samples`."""
+    import onnx
+    from onnx import helper
+
+    from export import onnx as onnx_export
+
+    source, quantized = str(folder / "float.onnx"), str(folder / "int8.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
+    onnx_export.quantize(source, quantized, samples)
+    graph = onnx.load(quantized).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    return ({node.name: made_by.get(node.input[1]) == "DequantizeLinear"
+             for node in graph.node if node.op_type == "Conv"}, graph)
+
+
 def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
     """A smooth fill's tent pull and the decoder's head are convolutions; quantized, the fill's
     (vector x mask) / mask ratio and the gain's reach move by a uint8 step (export/onnx.py)."""
     import onnx
     from onnx import TensorProto
     from onnx import helper
-
-    from export import onnx as onnx_export
 
     rng = np.random.default_rng(0)
     names = ["cmp_1/encoder_1/conv1_1/Conv2D", "cmp_1/pull_push_out_1/depthwise_3",
@@ -275,14 +290,8 @@ def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
     graph = helper.make_graph(
         nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
         [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4, 8, 8])], weights)
-    source, quantized = str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx")
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
     samples = [{"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
-    onnx_export.quantize(source, quantized, samples)
-    graph = onnx.load(quantized).graph
-    made_by = {out: node.op_type for node in graph.node for out in node.output}
-    int8_weights = {node.name: made_by.get(node.input[1]) == "DequantizeLinear"
-                    for node in graph.node if node.op_type == "Conv"}
+    int8_weights, _ = _quantized_convs(graph, samples, tmp_path)
     assert int8_weights == {names[0]: True, names[1]: False, names[2]: False}
 
 
@@ -293,8 +302,6 @@ def test_onnx_int8_reads_the_sparse_map_in_float(tmp_path):
     import onnx
     from onnx import TensorProto
     from onnx import helper
-
-    from export import onnx as onnx_export
 
     rng = np.random.default_rng(0)
     weights = [onnx.numpy_helper.from_array(rng.normal(size=(3, 3, 1, 1)).astype(np.float32),
@@ -310,16 +317,10 @@ def test_onnx_int8_reads_the_sparse_map_in_float(tmp_path):
         nodes, "sparse_readers",
         [helper.make_tensor_value_info("sparse", TensorProto.FLOAT, [1, 8, 8, 3])], outputs,
         weights)
-    source, quantized = str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx")
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
     samples = [{"sparse": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)} for _ in range(4)]
-    onnx_export.quantize(source, quantized, samples)
-    graph = onnx.load(quantized).graph
-    made_by = {out: node.op_type for node in graph.node for out in node.output}
-    int8_weights = {node.name: made_by.get(node.input[1]) == "DequantizeLinear"
-                    for node in graph.node if node.op_type == "Conv"}
+    int8_weights, quantized = _quantized_convs(graph, samples, tmp_path)
     assert int8_weights == {names[0]: False, names[1]: False, names[2]: True}
-    assert not [node for node in graph.node
+    assert not [node for node in quantized.node
                 if node.op_type == "QuantizeLinear" and node.input[0] in ("sparse", "t")]
 
 

@@ -86,7 +86,7 @@ def time_fills(model, size, repeats):
             calls.append((layer, sparse))
     if not calls:
         return 0.0
-    run = tf.function(lambda: [layer(args) for layer, args in calls])
+    run = tf.function(lambda: tf.nest.flatten([layer(args) for layer, args in calls]))
     [out.numpy() for out in run()]  # trace and warm up
     times = []
     for _ in range(repeats):

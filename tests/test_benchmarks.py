@@ -109,11 +109,13 @@ def test_ablation_stretches_the_schedule_with_the_budget():
 
 def test_inference_times_the_fills_of_every_kind_alone():
     """benchmarks/inference.py's fills column runs every fill layer of a model, the edge-aware
-    one with its learned features too (in a fresh process: its flags are its own)."""
+    one with its learned features too, and a nearest fill that returns two levels (in a
+    fresh process: its flags are its own)."""
     code = ("from benchmarks import inference as i; from cmp_tf import models; "
             "from tests.conftest import load_config; "
             "c = load_config('propagation_edges'); c.model.decoder_combo = (1, 2); "
-            "c.model.options.fill_correction.update(smooth='both', edge_features=2); "
+            "c.model.options.fill_correction.update(smooth='both', edge_features=2, "
+            "nearest_levels=4); "
             "m = models.build_cmp(c); print(i.time_fills(m, 64, 1))")
     result = _run_python(code, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

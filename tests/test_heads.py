@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from cmp_tf import models
-from cmp_tf.models import heads
+from cmp_tf.models import fills, heads
 from tests.conftest import load_config
 
 SIZE = 128
@@ -168,12 +168,19 @@ def test_guided_vectors_from_the_nearest_fill_equal_the_pooled_guidance(rng):
                                layer([out, seed, sparse]).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("levels, coarse_stride", [(0, 0), (2, 8)])
-def test_nearest_levels_set_the_output_fills_coarse_level(levels, coarse_stride):
-    """The output's nearest fill (stride 2) runs on 1 + nearest_levels levels; the decoder's
-    input fill, at the features' stride, stays one level."""
+@pytest.mark.parametrize("levels", [0, 2, 4])
+def test_nearest_levels_set_the_output_fills_coarse_level(levels):
+    """The output's nearest fill (stride 2) runs on 1 + nearest_levels levels. The decoder's
+    input fill at the features' stride (32) is a one-level fill, or, when the output's fill
+    has its coarsest level there, that level's output (the grid flooded once)."""
     config = load_config("propagation")
     config.model.options.fill_correction.nearest_levels = levels
     model = models.build_cmp(config)
-    assert model.get_layer("dense_prior_out").coarse_stride == coarse_stride
-    assert model.get_layer("dense_prior").coarse_stride == 0
+    priors = sorted((layer.stride, layer.coarse_stride, layer.coarse_output)
+                    for layer in model.layers if isinstance(layer, fills.DensePrior))
+    if levels == 4:
+        assert priors == [(2, 32, True)]
+        assert model.get_layer("dense_prior_scale").input is model.get_layer(
+            "dense_prior").output[1]
+    else:
+        assert priors == [(2, 2 * 2**levels if levels else 0, False), (32, 0, False)]

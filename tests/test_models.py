@@ -285,6 +285,34 @@ def test_the_nearest_fills_cell_sums_equal_the_direct_per_cell_means(stride, rng
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_a_multi_level_nearest_fills_coarse_output_is_the_one_level_fill_there(size, rng):
+    """`coarse_output` returns the coarsest level's fill beside the fine one: the fill a
+    one-level DensePrior(coarse_stride) computes (up to the rounding of mean guide
+    positions); the fine output is unchanged. A side that is no multiple of coarse_stride
+    keeps whole coarse cells only, as the one-level fill does."""
+    h, w = size
+    sparse = np.zeros((3, h, w, 3), np.float32)
+    for b, k in enumerate((1, 12, 300)):
+        ys, xs = rng.integers(0, h, k), rng.integers(0, w, k)
+        sparse[b, ys, xs] = np.c_[rng.normal(0, 5, (k, 2)), np.ones(k)]
+    layer = fills.DensePrior(2, coarse_stride=16, refine=1, coarse_output=True)
+    fine, coarse = (out.numpy() for out in layer(sparse))
+    assert layer.compute_output_shape((3, h, w, 3)) == [(3, h // 2, w // 2, 3),
+                                                         (3, h // 16, w // 16, 3)]
+    np.testing.assert_array_equal(
+        fine, fills.DensePrior(2, coarse_stride=16, refine=1)(sparse).numpy())
+    np.testing.assert_allclose(coarse, fills.DensePrior(16)(sparse).numpy(), atol=1e-4)
+    partial = layer(np.zeros((1, h + 8, w + 24, 3), np.float32))
+    assert [tuple(out.shape) for out in partial] == [(1, h // 2 + 4, w // 2 + 12, 3),
+                                                     (1, h // 16, w // 16 + 1, 3)]
+    restored = fills.DensePrior.from_config(layer.get_config())
+    assert restored.coarse_output and restored.coarse_stride == 16
+    with pytest.raises(ValueError, match="coarse_output must be True or False, and True only "
+                                         "with a coarse_stride"):
+        fills.DensePrior(2, coarse_output=True)
+
+
 @pytest.mark.parametrize("stride", [1, 2, 8])
 def test_the_compact_nearest_fill_equals_the_sequential_one(stride, rng):
     """The argmin form of a jump-flooding pass (what integer quantization traces) gives the

@@ -63,11 +63,11 @@ def assemble(image_encoder, sparse_encoder, decoder, head, *, decoder_scale=1, n
     image_in, sparse_in = L.InputGuard(multiple, strides["features"] * decoder_scale,
                                        name="input_guard")([image, sparse])
     encoded = image_encoder(image_in)
-    guidance_maps, read_out = head.attach(sparse_in, image_in, strides["features"])
+    guidance_maps, read_out = head.attach(sparse_in, image_in, strides["features"], out_stride)
     parts = [encoded["features"], sparse_encoder(sparse_in), *guidance_maps]
     features = keras.layers.Concatenate(name="fuse_inputs")(parts)
     skips = {key: encoded[key] for key in decoder.input if key != "features"}
-    out, flow = read_out(decoder({"features": features, **skips}), out_stride)
+    out, flow = read_out(decoder({"features": features, **skips}))
     flow = L.ResizeLike(name="upsample_flow")([flow, image])
     # float32 outputs under mixed precision too: the loss and the flow want full precision.
     outputs = {"logits": keras.layers.Identity(name="logits", dtype="float32")(out),

@@ -107,6 +107,10 @@ class DensePrior(_GuidanceFill):
             measured from each cell's own centre: no pass at the fine levels, where they cost
             most; the choice may differ from the nearest within about a coarse cell of the
             Voronoi boundaries.
+        coarse_output: also return the coarse level's fill, [fill at `stride`, fill at
+            `coarse_stride`]: the same as a one-level DensePrior(coarse_stride) on images whose
+            sides are multiples of coarse_stride (up to the rounding of mean positions),
+            without flooding that grid a second time.
     """
 
     _FAR = 1e6  # position of "no guide yet": farther than any image pixel.
@@ -115,7 +119,7 @@ class DensePrior(_GuidanceFill):
     REFINE = 2
 
     def __init__(self, stride, max_size=2048, compact=False, coarse_stride=0, refine=REFINE,
-                 **kwargs):
+                 coarse_output=False, **kwargs):
         super().__init__(stride, max_size, **kwargs)
         if not isinstance(compact, bool):
             raise ValueError(f"compact must be True or False; got {compact!r}.")
@@ -127,7 +131,20 @@ class DensePrior(_GuidanceFill):
                              f"(>= 2x) of stride={self.stride}; got {coarse_stride!r}.")
         if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
             raise ValueError(f"refine must be an integer >= 0; got {refine!r}.")
+        if not isinstance(coarse_output, bool) or (coarse_output and not coarse_stride):
+            raise ValueError(f"coarse_output must be True or False, and True only with a "
+                             f"coarse_stride; got {coarse_output!r} with "
+                             f"coarse_stride={coarse_stride!r}.")
         self.compact, self.coarse_stride, self.refine = compact, int(coarse_stride), int(refine)
+        self.coarse_output = coarse_output
+
+    def compute_output_shape(self, input_shape):
+        fine = super().compute_output_shape(input_shape)
+        if not self.coarse_output:
+            return fine
+        b, h, w, _ = input_shape
+        return [fine, (b, None if h is None else h // self.coarse_stride,
+                       None if w is None else w // self.coarse_stride, self.channels)]
 
     @staticmethod
     def _pooled(guidance, s):
@@ -153,17 +170,29 @@ class DensePrior(_GuidanceFill):
         return seeded, tf.where(seeded, seed, far)
 
     def _level(self, pooled, s, image_shape):
-        """(state, squared distance) of the fill on cells of `s` px from their `_pooled` sums:
-        in full at the coarsest level, else the next coarser level's result (its cells pool 2
-        x 2 of these: 2 x 2 average pools keep the integer quantizer off the positions) taken
-        to this grid, the cells' own guides put back, refined by `refine` unit passes."""
+        """((state, squared distance) of the fill on cells of `s` px from their `_pooled`
+        sums, the same of the coarsest level): in full at the coarsest level, else the next
+        coarser level's result (its cells pool 2 x 2 of these: 2 x 2 average pools keep the
+        integer quantizer off the positions) taken to this grid, the cells' own guides put
+        back, refined by `refine` unit passes."""
         seeded, state = self._seeds(pooled)
         if not self.coarse_stride or s >= self.coarse_stride:
-            return self._flood(state, s, image_shape)
-        coarse = self._level(tf.nn.avg_pool2d(pooled, 2, 2, "VALID"), 2 * s, image_shape)[0]
+            flooded = self._flood(state, s, image_shape)
+            return flooded, flooded
+        (coarse, _), coarsest = self._level(tf.nn.avg_pool2d(pooled, 2, 2, "VALID"), 2 * s,
+                                            image_shape)
         h, w = tf.shape(state)[1], tf.shape(state)[2]
         up = tf.image.resize(coarse, 2 * tf.shape(coarse)[1:3], method="nearest")[:, :h, :w]
-        return self._flood(tf.where(seeded, state, up), s, image_shape, steps=(1,) * self.refine)
+        refined = self._flood(tf.where(seeded, state, up), s, image_shape,
+                              steps=(1,) * self.refine)
+        return refined, coarsest
+
+    def _fill(self, state, best):
+        """(u, v, distance) from a level's (state, squared distance)."""
+        found = best < (self._FAR / 2) ** 2
+        uv = tf.where(found, state[..., 2:], 0.0)
+        dist = tf.where(found, tf.sqrt(best), float(self.max_size))
+        return tf.cast(tf.concat([uv, dist], -1), self.compute_dtype)
 
     def call(self, sparse):
         sparse = tf.cast(sparse, tf.float32)
@@ -174,13 +203,17 @@ class DensePrior(_GuidanceFill):
             ratio = self.coarse_stride // self.stride
             height, width = tf.shape(pooled)[1], tf.shape(pooled)[2]
             pooled = tf.pad(pooled, [[0, 0], [0, -height % ratio], [0, -width % ratio], [0, 0]])
-        state, best = self._level(pooled, self.stride, sparse.shape[1:3])
-        if self.coarse_stride:
-            state, best = state[:, :height, :width], best[:, :height, :width]
-        found = best < (self._FAR / 2) ** 2
-        uv = tf.where(found, state[..., 2:], 0.0)
-        dist = tf.where(found, tf.sqrt(best), float(self.max_size))
-        return tf.cast(tf.concat([uv, dist], -1), self.compute_dtype)
+        (state, best), coarsest = self._level(pooled, self.stride, sparse.shape[1:3])
+        if not self.coarse_stride:
+            return self._fill(state, best)
+        fill = self._fill(state[:, :height, :width], best[:, :height, :width])
+        if not self.coarse_output:
+            return fill
+        # Whole coarse cells only, as a one-level fill's strided pooling keeps.
+        coarse_h = tf.shape(sparse)[1] // self.coarse_stride
+        coarse_w = tf.shape(sparse)[2] // self.coarse_stride
+        return [fill, self._fill(coarsest[0][:, :coarse_h, :coarse_w],
+                                 coarsest[1][:, :coarse_h, :coarse_w])]
 
     def _flood(self, state, s, image_shape, steps=None):
         """Jump flooding of `state` [B, h, w, 4] (y, x, u, v) on cells of `s` px at `steps`
@@ -233,7 +266,8 @@ class DensePrior(_GuidanceFill):
 
     def get_config(self):
         return {**super().get_config(), "compact": self.compact,
-                "coarse_stride": self.coarse_stride, "refine": self.refine}
+                "coarse_stride": self.coarse_stride, "refine": self.refine,
+                "coarse_output": self.coarse_output}
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")

@@ -58,9 +58,11 @@ LEVELS = ["--config.model.options.fill_correction.nearest_levels=2"]
 SHIPPED = GAUSS_ADAM + SMOOTH + LEVELS
 SEPARABLE = ["--config.model.options.skip_layer.separable=True"]
 REFINE_ONCE = ["--config.model.options.fill_correction.nearest_refine=1"]
-# fast = configs/propagation.py, the shipped recipe: a separable decoder and one refining pass
-# of the nearest fill per finer level.
+# fast: a separable decoder and one refining pass of the nearest fill per finer level.
 FAST = SHIPPED + SEPARABLE + REFINE_ONCE
+# five_levels = configs/propagation.py, the shipped recipe: fast with the nearest fill on 5
+# levels, the coarsest (stride 32) shared with the decoder's input fill.
+FIVE_LEVELS = FAST + ["--config.model.options.fill_correction.nearest_levels=4"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -120,7 +122,10 @@ VARIANTS = {
                           "depthwise-separable: a fifth of the network's multiply-adds",
                           SHIPPED + SEPARABLE),
     "fast": ("separable_decoder with one refining pass of the nearest fill per finer level "
-             "instead of two (configs/propagation.py, the shipped model)", FAST),
+             "instead of two", FAST),
+    "five_levels": ("fast with the nearest fill on 5 levels instead of 3, the coarsest at the "
+                    "features' stride, where the decoder's input fill is (configs/propagation.py, "
+                    "the shipped model)", FIVE_LEVELS),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

@@ -5,9 +5,10 @@ L1-regressed correction to a per-pixel blend of the nearest and a smooth pull-pu
 guidance (tent pull, 4 relaxation passes per level), scaled by a Gaussian gain of the distance
 to the guides whose reach is learned per pixel; trained by Adam with 1 to 400 guides per
 sample and half its samples layered scenes with exact flow. Its decoder's convs at strides 4
-and 2 are depthwise-separable, and its nearest fill at the output's stride runs on three
-levels with one refining pass each: the model takes about 0.6 of the time it took with the
-dense decoder and two passes, for the same EPE (docs/speed.md, docs/ablation.md).
+and 2 are depthwise-separable, and its nearest fill at the output's stride runs on five
+levels with one refining pass each, the coarsest at the features' stride (the decoder's input
+fill, flooded once): the model takes about half the time it took with the dense decoder and
+a three-level fill with two passes, for the same EPE (docs/speed.md, docs/ablation.md).
 
 Why (benchmarks/ablation.py, docs/ablation.md): at the default's 1000-step CPU budget, every
 bin-loss variant trained the read-out away from the fill it starts from and ended worse than
@@ -28,10 +29,11 @@ def get_config(arg=None):
     c = cpu_bins.get_config(arg)
     c.flow.loss = "l1"
     c.model.head = "fill_correction"
-    # The nearest fill at the output's stride on 3 levels (fills.DensePrior, coarse_stride
-    # 8) with one refining pass per finer level: less than half the time of the one-level
-    # fill, the same EPE on unseen clips and generated scenes (docs/ablation.md).
-    c.model.options.fill_correction.update(gain=True, pull="tent", relax=4, nearest_levels=2,
+    # The nearest fill at the output's stride on 5 levels (fills.DensePrior, coarse_stride
+    # 32, the features' stride: its coarsest level is the decoder's input fill) with one
+    # refining pass per finer level: less than half the time of the one-level fill, the same
+    # EPE on unseen clips and generated scenes (docs/ablation.md).
+    c.model.options.fill_correction.update(gain=True, pull="tent", relax=4, nearest_levels=4,
                                            nearest_refine=1)
     # Depthwise-separable convs where the decoder works at strides 4 and 2: a fifth of the
     # network's multiply-adds, the same EPE at K >= 5 (docs/ablation.md).

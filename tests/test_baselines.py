@@ -66,7 +66,7 @@ def test_too_few_or_collinear_guides(name):
             np.testing.assert_array_equal(flow, baselines.nearest(image, points, vectors))
 
 
-@pytest.mark.parametrize("name", ["nearest", "linear", "epicflow", "gaussian"])
+@pytest.mark.parametrize("name", ["nearest", "linear", "epicflow", "gaussian", "local_affine"])
 def test_constant_translation_at_jittered_points_is_reproduced(name):
     height, width = 48, 64
     points = _jittered_grid(height, width, 12, np.random.default_rng(1))
@@ -90,6 +90,27 @@ def test_epicflow_follows_affine_motion(rng):
     flow = baselines.epicflow(_image(height, width), points,
                               motion[xy[:, 1], xy[:, 0]].astype(np.float32))
     assert np.linalg.norm(flow - motion, axis=-1).mean() < 0.03  # 0.012; the nearest fill 0.08
+
+
+def test_local_affine_reproduces_affine_motion_and_needs_three_guides(rng):
+    """A Gaussian-weighted affine fit at every pixel: affine motion comes back everywhere, up
+    to the slopes' small ridge, where linear interpolation is exact only inside the guides'
+    hull; with two guides there is no fit, and the nearest fill answers."""
+    height, width = 64, 80
+    points = rng.uniform(0, [width - 1, height - 1], (40, 2)).astype(np.float32)
+    rows, cols = np.mgrid[:height, :width]
+    motion = np.stack([0.03 * cols - 0.02 * rows + 1.5, 0.01 * cols + 0.04 * rows - 2.0], -1)
+    xy = np.round(points).astype(int)
+    vectors = motion[xy[:, 1], xy[:, 0]].astype(np.float32)
+    image = _image(height, width)
+    errors = {name: np.linalg.norm(baselines.get(name)(image, points, vectors) - motion,
+                                   axis=-1).mean() for name in ("local_affine", "linear")}
+    assert errors["local_affine"] < 0.02 and errors["local_affine"] < errors["linear"], errors
+    np.testing.assert_array_equal(baselines.local_affine(image, points[:2], vectors[:2]),
+                                  baselines.nearest(image, points[:2], vectors[:2]))
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="sigma must be a positive number"):
+            baselines.local_affine(image, points, vectors, sigma=bad)
 
 
 def test_epicflow_does_not_collapse_on_dense_guides_in_rigid_regions():

@@ -92,10 +92,10 @@ def test_epicflow_follows_affine_motion(rng):
     assert np.linalg.norm(flow - motion, axis=-1).mean() < 0.03  # 0.012; the nearest fill 0.08
 
 
-def test_local_affine_reproduces_affine_motion_and_needs_three_guides(rng):
-    """A Gaussian-weighted affine fit at every pixel: affine motion comes back everywhere, up
-    to the slopes' small ridge, where linear interpolation is exact only inside the guides'
-    hull; with two guides there is no fit, and the nearest fill answers."""
+def test_local_affine_reproduces_affine_motion_and_needs_three_guides(rng, monkeypatch):
+    """A Gaussian-weighted affine fit at every pixel: without its ridge, affine motion comes
+    back everywhere the weights reach; with it, far closer than the nearest fill. With two
+    guides there is no fit, and the nearest fill answers."""
     height, width = 64, 80
     points = rng.uniform(0, [width - 1, height - 1], (40, 2)).astype(np.float32)
     rows, cols = np.mgrid[:height, :width]
@@ -103,9 +103,14 @@ def test_local_affine_reproduces_affine_motion_and_needs_three_guides(rng):
     xy = np.round(points).astype(int)
     vectors = motion[xy[:, 1], xy[:, 0]].astype(np.float32)
     image = _image(height, width)
-    errors = {name: np.linalg.norm(baselines.get(name)(image, points, vectors) - motion,
-                                   axis=-1).mean() for name in ("local_affine", "linear")}
-    assert errors["local_affine"] < 0.02 and errors["local_affine"] < errors["linear"], errors
+
+    def error(name):
+        return np.linalg.norm(baselines.get(name)(image, points, vectors) - motion,
+                              axis=-1).mean()
+
+    assert error("local_affine") < 0.25 * error("nearest")  # 0.038 against 0.23 px
+    monkeypatch.setattr(baselines, "LOCAL_AFFINE_RIDGE", 0.0)
+    assert error("local_affine") < 1e-3
     np.testing.assert_array_equal(baselines.local_affine(image, points[:2], vectors[:2]),
                                   baselines.nearest(image, points[:2], vectors[:2]))
     for bad in (0, -1.0, float("nan"), True):

@@ -169,9 +169,8 @@ def local_affine(image, points, vectors, sigma=None):
     image, points, vectors = sampling.check_guidance(image, points, vectors)
     height, width = image.shape[:2]
     xy, vectors = _pixels(points, vectors, width)
-    nearest_flow = _nearest_fill(xy, vectors, height, width)
     if len(xy) < 3:
-        return nearest_flow
+        return _nearest_fill(xy, vectors, height, width)
     if sigma is None:
         sigma = LOCAL_AFFINE_SIGMA_FRACTION * np.sqrt(height * width / len(xy))
     elif isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) \
@@ -207,7 +206,8 @@ def local_affine(image, points, vectors, sigma=None):
         su, sux, suy = np.moveaxis(sums[..., 6 + 3 * c:9 + 3 * c], -1, 0)
         rhs = np.stack([su, sux - px * su, suy - py * su], -1)
         flow[..., c] = np.linalg.solve(normal, rhs[..., None])[..., 0, 0]
-    flow[weak] = nearest_flow[weak]
+    if weak.any():
+        flow[weak] = _nearest_fill(xy, vectors, height, width)[weak]
     return flow
 
 

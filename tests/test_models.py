@@ -463,8 +463,11 @@ def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untr
     model = models.build_cmp(config)
     assert model.get_layer("decoder").output.shape[-1] == 4  # (du, dv, blend weight, reach)
     inputs = _inputs(rng, 1, 128, points=4)
-    levels = model.get_layer("dense_prior_out").coarse_stride  # the recipe's nearest fill
-    nearest = fills.DensePrior(2, coarse_stride=levels)(inputs["sparse"]).numpy()
+    # The recipe's nearest fill at the output's stride (its layer may return a second level).
+    recipe = next(layer for layer in model.layers
+                  if isinstance(layer, fills.DensePrior) and layer.stride == 2)
+    nearest = fills.DensePrior(2, coarse_stride=recipe.coarse_stride,
+                               refine=recipe.refine)(inputs["sparse"]).numpy()
     mean = 0.5 * (nearest[..., :2] + fills.PullPushFill(2)(inputs["sparse"]).numpy())
     start = np.exp(-0.5 * (nearest[..., 2:] / 128 / 0.25) ** 2)  # sigma = diagonal / 4
     want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()

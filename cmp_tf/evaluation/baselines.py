@@ -63,6 +63,13 @@ def _pixels(points, vectors, width):
     return xy[keep], vectors[keep]
 
 
+def _check_sigma(sigma):
+    """A Gaussian's standard deviation given by the caller: a positive number of pixels."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) \
+            or not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a positive number of pixels; got {sigma!r}.")
+
+
 def _nearest_fill(xy, vectors, height, width):
     """[H, W, 2]: every pixel takes the vector of its nearest guide pixel (chamfer 5x5)."""
     seeds = np.ones((height, width), np.uint8)
@@ -136,9 +143,8 @@ def gaussian(image, points, vectors, sigma=None):
     height, width = image.shape[:2]
     if sigma is None:
         sigma = GAUSSIAN_SIGMA_FRACTION * np.sqrt(height * width)
-    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) \
-            or not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma must be a positive number of pixels; got {sigma!r}.")
+    else:
+        _check_sigma(sigma)
     xy, vectors = _pixels(points, vectors, width)
     splat = np.zeros((height, width, 3), np.float32)  # (u m, v m, m)
     splat[xy[:, 1], xy[:, 0], :2] = vectors
@@ -173,9 +179,8 @@ def local_affine(image, points, vectors, sigma=None):
         return _nearest_fill(xy, vectors, height, width)
     if sigma is None:
         sigma = LOCAL_AFFINE_SIGMA_FRACTION * np.sqrt(height * width / len(xy))
-    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) \
-            or not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma must be a positive number of pixels; got {sigma!r}.")
+    else:
+        _check_sigma(sigma)
     # Moments of the guides in units of sigma (well conditioned at any scale), float64.
     gx, gy = xy[:, 0] / sigma, xy[:, 1] / sigma
     per_guide = [np.ones_like(gx), gx, gy, gx * gx, gx * gy, gy * gy]

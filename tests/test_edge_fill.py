@@ -158,7 +158,8 @@ def test_the_head_reads_the_image_and_starts_from_the_mean_of_its_fills(rng):
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
     config.model.options.fill_correction.smooth = "bilateral"
     with pytest.raises(ValueError, match=r"options.fill_correction.smooth must be one of "
-                                         r"\('pull_push', 'edge_aware', 'both'\); got 'bilateral'"):
+                                         r"\('pull_push', 'local_affine', 'edge_aware', "
+                                         r"'both'\); got 'bilateral'"):
         models.build_cmp(config)
     config.model.options.fill_correction.update(smooth="edge_aware", sigma=-1.0)
     with pytest.raises(ValueError, match=r"options.fill_correction: sigma must be a positive"):

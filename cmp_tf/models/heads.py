@@ -341,6 +341,8 @@ class FillCorrection(_NearestPrior):
     Args:
         gain: scale the blend by the gain (a fourth decoder channel, the reach).
         smooth: the smooth fill: "pull_push" (fills.PullPushFill, by distance alone),
+            "local_affine" (fills.LocalAffineFill: local affine fits to the guides, which keep
+            a zoom or a rotation and average the guides' noise where they are dense),
             "edge_aware" (fills.EdgeAwareFill: its push and relaxation weigh cells by colour,
             so motion spreads along regions of one colour and stops at image edges), or
             "both" (three fills blended: nearest, pull-push, edge-aware).
@@ -363,7 +365,7 @@ class FillCorrection(_NearestPrior):
 
     name = "fill_correction"
     LOSSES = ("l1", "l2")
-    SMOOTH_FILLS = ("pull_push", "edge_aware", "both")
+    SMOOTH_FILLS = ("pull_push", "local_affine", "edge_aware", "both")
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
@@ -383,7 +385,7 @@ class FillCorrection(_NearestPrior):
                 or edge_features < 0:
             raise ValueError(f"config.model.options.{self.name}.edge_features must be an "
                              f"integer >= 0; got {edge_features!r}.")
-        if edge_features and smooth == "pull_push":
+        if edge_features and smooth not in ("edge_aware", "both"):
             raise ValueError(f"config.model.options.{self.name}.edge_features={edge_features} "
                              "shapes the edge-aware fill: set smooth='edge_aware' or 'both' "
                              "too, or 0.")
@@ -406,6 +408,8 @@ class FillCorrection(_NearestPrior):
         if self.smooth in ("pull_push", "both"):
             made.append(fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
                                            name="pull_push_out")(sparse))
+        if self.smooth == "local_affine":
+            made.append(fills.LocalAffineFill(stride, name="local_affine_out")(sparse))
         if self.smooth in ("edge_aware", "both"):
             first = self._blend().channels
             features = [out[..., first:first + self.edge_features]] if self.edge_features else []

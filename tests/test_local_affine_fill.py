@@ -1,0 +1,155 @@
+"""The local affine fill: moving least squares on a pyramid of exact guide moments; affine
+motion kept, defined with any number of guides; inside the head and its exported files."""
+import numpy as np
+import pytest
+
+from cmp_tf import models
+from cmp_tf.models import fills
+from cmp_tf.models import layers as L
+from tests.conftest import load_config
+
+SIZE = 96
+
+
+def _guides(rng, count, size=SIZE, motion=None, noise=0.0):
+    """sparse [1, size, size, 3] with `count` guides of `motion(x, y)` (+ Gaussian noise)."""
+    flat = rng.choice(size * size, count, replace=False)
+    ys, xs = flat // size, flat % size
+    sparse = np.zeros((1, size, size, 3), np.float32)
+    sparse[0, ys, xs, :2] = motion(xs, ys) + rng.normal(0, noise, (count, 2)) if noise \
+        else motion(xs, ys)
+    sparse[0, ys, xs, 2] = 1.0
+    return sparse
+
+
+def _affine(x, y):
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    return np.stack([0.06 * x - 0.03 * y + 2.0, 0.02 * x + 0.05 * y - 3.0], -1)
+
+
+def _cell_centres(size, stride):
+    centre = np.arange(size // stride) * stride + (stride - 1) / 2
+    y, x = np.meshgrid(centre, centre, indexing="ij")
+    return x, y
+
+
+def test_pooled_and_blurred_moments_are_those_of_the_cells_they_gather(rng):
+    import tensorflow as tf
+
+    sparse = _guides(rng, 40, motion=_affine)
+    guidance = fills.masked_guidance(tf.constant(sparse))
+    fine = tf.nn.conv2d(guidance, fills._cell_moments_kernel(2), 2, "VALID")
+    for _ in range(2):
+        fine = tf.nn.conv2d(fine, fills._pool_moments_kernel(), 2, "SAME")
+    direct = tf.nn.conv2d(guidance, fills._cell_moments_kernel(8), 8, "VALID")
+    np.testing.assert_allclose(fine.numpy(), direct.numpy(), atol=1e-3)
+    # The two blur passes: each cell's neighbours within the radius, weighed by a Gaussian of
+    # the distance between centres, their moments carried to the cell's centre.
+    radius, sigma = fills.LocalAffineFill.RADIUS, fills.LocalAffineFill.SIGMA
+    along_x, along_y = fills._blur_moments_kernels(radius, sigma)
+    cells = direct.numpy()
+    blurred = tf.nn.conv2d(tf.nn.conv2d(cells, along_x, 1, "SAME"), along_y, 1, "SAME").numpy()
+    h, w = cells.shape[1:3]
+    for y, x in ((0, 0), (5, 7), (h - 1, w - 2)):
+        want = sum(np.exp(-(oy * oy + ox * ox) / (2 * sigma**2))
+                   * cells[0, y + oy, x + ox] @ fills._moment_shift(ox, oy)
+                   for oy in range(-radius, radius + 1) for ox in range(-radius, radius + 1)
+                   if 0 <= y + oy < h and 0 <= x + ox < w)
+        np.testing.assert_allclose(blurred[0, y, x], want, rtol=1e-4, atol=1e-3)
+    # Carried back and forth, the moments come back: the shift is exact to second order.
+    there_and_back = fills._moment_shift(0.7, -1.3) @ fills._moment_shift(-0.7, 1.3)
+    np.testing.assert_allclose(there_and_back, np.eye(12), atol=1e-12)
+
+
+# Fits that span several guides (a support of 2) with a light ridge: the regime where the
+# fill is a least-squares fit, not an interpolation.
+SPANNING = {"support": 2.0, "ridge": 1e-3}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_affine_motion_is_kept_where_pull_push_bends_it(stride, rng):
+    sparse = _guides(rng, 150, motion=_affine)
+    fill = fills.LocalAffineFill(stride, **SPANNING)(sparse).numpy()[0]
+    assert fill.shape == (SIZE // stride, SIZE // stride, 2)
+    truth = _affine(*_cell_centres(SIZE, stride))
+    pull_push = fills.PullPushFill(stride, pull="tent", relax=4)(sparse).numpy()[0]
+    inside = slice(8 // stride, -8 // stride)  # bilinear resizes hold the border cells
+    error = np.abs(fill - truth)[inside, inside].mean()
+    assert error < 0.02 and error < 0.25 * np.abs(pull_push - truth)[inside, inside].mean()
+
+
+def test_one_guide_moves_everything_no_guide_nothing_and_any_size_works():
+    sparse = np.zeros((1, 45, 70, 3), np.float32)
+    none = fills.LocalAffineFill(2)(sparse).numpy()
+    assert none.shape == (1, 22, 35, 2) and not none.any()
+    sparse[0, 43, 69] = (4.0, -2.0, 1.0)  # in the last cell, by the border
+    one = fills.LocalAffineFill(2)(sparse).numpy()
+    np.testing.assert_allclose(one, np.broadcast_to((4.0, -2.0), one.shape), atol=1e-4)
+    sparse[0, 3, 5] = (-4.0, 2.0, 1.0)
+    two = fills.LocalAffineFill(2)(sparse).numpy()[0]
+    assert np.isfinite(two).all() and np.abs(two).max() < 4.0 + 1e-3
+    assert two[1, 2, 0] < -3.0 and two[20, 33, 0] > 3.0  # each guide's motion near it
+
+
+def test_local_affine_fill_checks_its_options_and_round_trips_its_spec():
+    for kwargs, message in (({"fit_stride": 6}, "fit_stride must be stride=2 times a power"),
+                            ({"fit_stride": 1}, "fit_stride must be stride=2 times a power"),
+                            ({"support": 0}, "support must be a positive number"),
+                            ({"ridge": float("nan")}, "ridge must be a positive number")):
+        with pytest.raises(ValueError, match=message):
+            fills.LocalAffineFill(2, **kwargs)
+    assert fills.LocalAffineFill(2).fit_stride == fills.LocalAffineFill.FIT_STRIDE
+    assert fills.LocalAffineFill(32).fit_stride == 32
+    spec = fills.fill_spec(fills.LocalAffineFill(2, fit_stride=4, support=0.5, ridge=0.2))
+    assert spec == {"layer": "LocalAffineFill", "stride": 2, "max_size": 2048, "fit_stride": 4,
+                    "support": 0.5, "ridge": 0.2}
+    again = fills.fill_from_spec(spec)
+    assert isinstance(again, fills.LocalAffineFill) and fills.fill_spec(again) == spec
+
+
+def _config():
+    config = load_config("propagation")
+    config.model.options.fill_correction.smooth = "local_affine"
+    config.model.decoder_combo = (1, 2)  # minimum side 64: a faster export
+    return config
+
+
+def test_the_head_starts_from_the_mean_of_the_nearest_and_local_affine_fills(rng):
+    config = _config()
+    config.model.options.fill_correction.gain = False
+    model = models.build_cmp(config)
+    assert "pull_push_out" not in {layer.name for layer in model.layers}
+    sparse = _guides(rng, 30, size=128, motion=_affine)
+    inputs = {"image": rng.uniform(0, 255, (1, 128, 128, 3)).astype(np.float32),
+              "sparse": sparse}
+    recipe = next(layer for layer in model.layers
+                  if isinstance(layer, fills.DensePrior) and layer.stride == 2)
+    nearest = fills.DensePrior(2, coarse_stride=recipe.coarse_stride,
+                               refine=recipe.refine)(sparse).numpy()[..., :2]
+    mean = 0.5 * (nearest + fills.LocalAffineFill(2)(sparse).numpy())
+    want = L.ResizeLike()([mean, inputs["image"]]).numpy()
+    np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
+    config.model.options.fill_correction.edge_features = 2
+    with pytest.raises(ValueError, match="edge_features=2 shapes the edge-aware fill"):
+        models.build_cmp(config)
+
+
+@pytest.mark.slow
+def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(tmp_path):
+    import onnx
+
+    from export import export_lib
+    from tests.test_export import _tflite_ops
+
+    config = _config()
+    model = models.build_cmp(config)
+    report = export_lib.export(model, config, str(tmp_path), formats=("tflite", "onnx"),
+                               size=(64, 64), calibration=2, parity_samples=2, repeats=1,
+                               encoder=False, log=lambda _: None)
+    builtins, custom = _tflite_ops(tmp_path / "model.tflite")
+    assert not custom and {"CONV_2D", "RESIZE_BILINEAR", "DIV"} <= builtins
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    assert sorted(i.name for i in graph.input) == ["image", "sparse"]
+    parity = {row["artifact"]: row for row in report["rows"]}
+    for name in ("model.tflite", "model.onnx"):
+        assert parity[name]["max_abs_px"] < 1e-3, parity[name]

@@ -5,7 +5,8 @@ file takes `image` and `sparse` only and computes its guidance fills itself, wit
 Integer quantization is calibrated on representative samples of the training pipeline; three
 parts stay float32 on purpose:
 - the guidance fills (`cmp_tf.models.fills`): the nearest fill compares squared pixel distances
-  up to 1e12, far beyond an int8 scale, and the smooth fill divides (vector x mask) by mask;
+  up to 1e12, far beyond an int8 scale, and the smooth fills divide (by mask, or by the
+  determinant of a local fit);
 - the prior logits, the softmax readout and the flow upsampling: at int8 resolution the
   softmax over 99 bins would lose the sub-bin accuracy the readout exists for;
 - the decoder's 1x1 `head` and the blend of fills (`add_prior`): one int8 scale over the
@@ -38,7 +39,7 @@ PRECISIONS = ("float32", "float16", "int8")
 # Layers of the CMP model kept in float32 in the integer model (see the module docstring).
 FLOAT_LAYERS = ("head", "prior_logits", "add_prior", "propagate", "readout", "upsample_flow")
 # The guidance fills' layer names, kept float32 too (cmp_tf.models.heads names them so).
-FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*", r"edge_aware\w*")
+FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*", r"local_affine\w*", r"edge_aware\w*")
 _FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS + FILL_LAYER_PATTERNS)})(_\d+)?/")
 _FILL_NODE = re.compile(rf"(^|/)({'|'.join(FILL_LAYER_PATTERNS)})(_\d+)?/")
 

@@ -143,7 +143,8 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(tmp_path)
 
     config = _config()
     model = models.build_cmp(config)
-    report = export_lib.export(model, config, str(tmp_path), formats=("tflite", "onnx"),
+    report = export_lib.export(model, config, str(tmp_path),
+                               formats=("tflite", "tflite_fp16", "onnx"),
                                size=(64, 64), calibration=2, parity_samples=2, repeats=1,
                                encoder=False, log=lambda _: None)
     builtins, custom = _tflite_ops(tmp_path / "model.tflite")
@@ -153,3 +154,5 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(tmp_path)
     parity = {row["artifact"]: row for row in report["rows"]}
     for name in ("model.tflite", "model.onnx"):
         assert parity[name]["max_abs_px"] < 1e-3, parity[name]
+    # Float16 weights round small constants to 0: the fill must not divide by one.
+    assert parity["model_fp16.tflite"]["max_abs_px"] < 0.05, parity["model_fp16.tflite"]

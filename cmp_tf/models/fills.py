@@ -461,7 +461,10 @@ class LocalAffineFill(_GuidanceFill):
         c0 = sxx * syy - sxy * sxy
         c1 = sxy * sy - sx * syy
         c2 = sx * sxy - sxx * sy
-        det = tf.maximum(s0 * c0 + sx * c1 + sy * c2, 1e-30)  # >= 0: a Gram matrix + ridge
+        det = s0 * c0 + sx * c1 + sy * c2  # > 0 where a guide reaches: a Gram matrix + ridge
+        # Where none does every moment is 0, and so is the fit: 0 / 1. (A floor such as
+        # max(det, 1e-30) becomes 0 / 0 in float16 files, which round the floor to 0.)
+        det = tf.where(det > 0, det, tf.ones_like(det))
         fits = [(c0 * moments[..., k:k + 1] + c1 * moments[..., k + 1:k + 2]
                  + c2 * moments[..., k + 2:k + 3]) / det for k in (6, 9)]
         return tf.concat(fits, -1), s0 / (s0 + self.support)

@@ -91,18 +91,34 @@ def test_one_guide_moves_everything_no_guide_nothing_and_any_size_works():
     assert two[1, 2, 0] < -3.0 and two[20, 33, 0] > 3.0  # each guide's motion near it
 
 
+def test_clamped_fill_never_leaves_the_guides_range():
+    """A column of still guides and one of moving guides beside it, nothing beyond: the
+    slope between them, extrapolated, overshoots the moving guides unclamped."""
+    sparse = np.zeros((2, 64, 64, 3), np.float32)
+    sparse[0, 8:60:8, 12] = (0.0, 0.0, 1.0)
+    sparse[0, 8:60:8, 28] = (5.0, -2.0, 1.0)
+    sparse[1, 10, 10] = (-3.0, 1.0, 1.0)  # the second image: its own range
+    free = fills.LocalAffineFill(2, clamp=False)(sparse).numpy()
+    assert free[0, ..., 0].max() > 5.5 and free[0, ..., 1].min() < -2.2  # what the clamp is for
+    fill = fills.LocalAffineFill(2)(sparse).numpy()
+    assert fill[0, ..., 0].min() >= 0 and fill[0, ..., 0].max() <= 5.0 + 1e-6
+    assert fill[0, ..., 1].min() >= -2.0 - 1e-6 and fill[0, ..., 1].max() <= 0
+    np.testing.assert_allclose(fill[1], np.broadcast_to((-3.0, 1.0), fill[1].shape), atol=1e-4)
+
+
 def test_local_affine_fill_checks_its_options_and_round_trips_its_spec():
     for kwargs, message in (({"fit_stride": 6}, "fit_stride must be stride=2 times a power"),
                             ({"fit_stride": 1}, "fit_stride must be stride=2 times a power"),
                             ({"support": 0}, "support must be a positive number"),
-                            ({"ridge": float("nan")}, "ridge must be a positive number")):
+                            ({"ridge": float("nan")}, "ridge must be a positive number"),
+                            ({"clamp": 1}, "clamp must be True or False")):
         with pytest.raises(ValueError, match=message):
             fills.LocalAffineFill(2, **kwargs)
     assert fills.LocalAffineFill(2).fit_stride == fills.LocalAffineFill.FIT_STRIDE
     assert fills.LocalAffineFill(32).fit_stride == 32
     spec = fills.fill_spec(fills.LocalAffineFill(2, fit_stride=4, support=0.5, ridge=0.2))
     assert spec == {"layer": "LocalAffineFill", "stride": 2, "max_size": 2048, "fit_stride": 4,
-                    "support": 0.5, "ridge": 0.2}
+                    "support": 0.5, "ridge": 0.2, "clamp": True}
     again = fills.fill_from_spec(spec)
     assert isinstance(again, fills.LocalAffineFill) and fills.fill_spec(again) == spec
 

@@ -429,6 +429,9 @@ class LocalAffineFill(_GuidanceFill):
         support: summed guide weight at which a level's fit and the coarser one's weigh the
             same.
         ridge: the slopes' ridge, in guide weight x cells^2.
+        clamp: keep each component within the guides' range, as pull-push and linear
+            interpolation do: an extrapolated slope can otherwise overshoot every guide,
+            which moves the largest motion that click annotation normalises by.
     """
 
     channels = 2
@@ -437,7 +440,7 @@ class LocalAffineFill(_GuidanceFill):
     FIT_STRIDE = 2
 
     def __init__(self, stride, max_size=2048, fit_stride=None, support=0.05, ridge=0.1,
-                 **kwargs):
+                 clamp=True, **kwargs):
         super().__init__(stride, max_size, **kwargs)
         if fit_stride is None:
             fit_stride = max(self.FIT_STRIDE, self.stride)
@@ -450,7 +453,10 @@ class LocalAffineFill(_GuidanceFill):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
                     or not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{field} must be a positive number; got {value!r}.")
+        if not isinstance(clamp, bool):
+            raise ValueError(f"clamp must be True or False; got {clamp!r}.")
         self.fit_stride, self.support, self.ridge = int(fit_stride), float(support), float(ridge)
+        self.clamp = clamp
 
     def _fit(self, moments):
         """((u, v) of each cell's weighted affine fit read at its centre, [B, h, w, 2]; the
@@ -494,11 +500,26 @@ class LocalAffineFill(_GuidanceFill):
         if scale > 1:
             fill = tf.raw_ops.ResizeBilinear(images=fill, size=scale * tf.shape(fill)[1:3],
                                              half_pixel_centers=True)
-        return tf.cast(fill[:, :out_h, :out_w], self.compute_dtype)
+        fill = fill[:, :out_h, :out_w]
+        if self.clamp:
+            low, high = _guide_range(sparse)
+            fill = tf.minimum(tf.maximum(fill, low), high)
+        return tf.cast(fill, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "fit_stride": self.fit_stride, "support": self.support,
-                "ridge": self.ridge}
+                "ridge": self.ridge, "clamp": self.clamp}
+
+
+def _guide_range(sparse):
+    """(smallest, largest) guided (u, v) of each image of `sparse`, [B, 1, 1, 2] each; (0, 0)
+    where nothing is guided (sparse holds zero vectors off its guides)."""
+    vectors, guided = sparse[..., :2], sparse[..., 2:] > 0
+    low = tf.reduce_min(tf.where(guided, vectors, tf.reduce_max(vectors, [1, 2], keepdims=True)),
+                        [1, 2], keepdims=True)
+    high = tf.reduce_max(tf.where(guided, vectors, tf.reduce_min(vectors, [1, 2], keepdims=True)),
+                         [1, 2], keepdims=True)
+    return low, high
 
 
 def _upsample(coarse, fine):
@@ -658,7 +679,8 @@ def fill_spec(layer):
     elif isinstance(layer, PullPushFill):
         spec.update(pull=layer.pull, relax=layer.relax)
     elif isinstance(layer, LocalAffineFill):
-        spec.update(fit_stride=layer.fit_stride, support=layer.support, ridge=layer.ridge)
+        spec.update(fit_stride=layer.fit_stride, support=layer.support, ridge=layer.ridge,
+                    clamp=layer.clamp)
     elif isinstance(layer, EdgeAwareFill):
         spec.update(sigma=layer.sigma, relax=layer.relax, finest_relax=layer.finest_relax)
     return spec

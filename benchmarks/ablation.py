@@ -60,16 +60,19 @@ SEPARABLE = ["--config.model.options.skip_layer.separable=True"]
 REFINE_ONCE = ["--config.model.options.fill_correction.nearest_refine=1"]
 # fast: a separable decoder and one refining pass of the nearest fill per finer level.
 FAST = SHIPPED + SEPARABLE + REFINE_ONCE
-# five_levels = configs/propagation.py, the shipped recipe: fast with the nearest fill on 5
-# levels, the coarsest (stride 32) shared with the decoder's input fill.
+# five_levels: fast with the nearest fill on 5 levels, the coarsest (stride 32) shared with
+# the decoder's input fill (the shipped recipe before local_affine).
 FIVE_LEVELS = FAST + ["--config.model.options.fill_correction.nearest_levels=4"]
+# local_affine = configs/propagation.py, the shipped recipe: five_levels with the local affine
+# smooth fill.
+LOCAL_AFFINE = FIVE_LEVELS + ["--config.model.options.fill_correction.smooth=local_affine"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
 ONE_LEVEL = REFINE_ONCE + ["--config.model.options.fill_correction.nearest_levels=0"]
 EDGE_AWARE = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smooth=edge_aware"]
 EDGE_BOTH = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smooth=both"]
-# The shipped recipe with the affinity head (its options default to the shipped fill's):
+# The shipped recipe with the affinity head (its options default to the pull-push fill):
 # affinity = configs/propagation_affinity.py.
 AFFINITY = ["--config.flow.loss=l1", "--config.model.head=affinity"] + ADAM + POINTS + LAYERED
 VARIANTS = {
@@ -124,8 +127,14 @@ VARIANTS = {
     "fast": ("separable_decoder with one refining pass of the nearest fill per finer level "
              "instead of two", FAST),
     "five_levels": ("fast with the nearest fill on 5 levels instead of 3, the coarsest at the "
-                    "features' stride, where the decoder's input fill is (configs/propagation.py, "
-                    "the shipped model)", FIVE_LEVELS),
+                    "features' stride, where the decoder's input fill is (the shipped recipe "
+                    "before local_affine)", FIVE_LEVELS),
+    "five_levels_seed1": ("five_levels with seed 1: its run-to-run spread",
+                          FIVE_LEVELS + ["--config.seed=1"]),
+    "local_affine": ("five_levels with the local affine fill as its smooth fill: moving least "
+                     "squares on a pyramid of guide moments instead of pull-push "
+                     "(configs/propagation.py, the shipped model)", LOCAL_AFFINE),
+    "local_affine_seed1": ("local_affine with seed 1", LOCAL_AFFINE + ["--config.seed=1"]),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

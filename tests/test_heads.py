@@ -78,6 +78,7 @@ def test_the_untrained_head_starts_from_the_fill_correction_flow(rng):
     keras.utils.set_random_seed(0)
     affinity = models.build_cmp(config)
     config.model.head = "fill_correction"
+    config.model.options.fill_correction.smooth = config.model.options.affinity.smooth
     keras.utils.set_random_seed(0)
     fill = models.build_cmp(config)
     image = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)

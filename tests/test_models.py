@@ -459,7 +459,6 @@ def test_fill_gain_stops_a_guides_motion_at_its_reach_and_keeps_the_correction()
 
 def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):
     config = load_config("propagation")
-    config.model.options.fill_correction.update(pull="box", relax=0)
     model = models.build_cmp(config)
     assert model.get_layer("decoder").output.shape[-1] == 4  # (du, dv, blend weight, reach)
     inputs = _inputs(rng, 1, 128, points=4)
@@ -468,7 +467,7 @@ def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untr
                   if isinstance(layer, fills.DensePrior) and layer.stride == 2)
     nearest = fills.DensePrior(2, coarse_stride=recipe.coarse_stride,
                                refine=recipe.refine)(inputs["sparse"]).numpy()
-    mean = 0.5 * (nearest[..., :2] + fills.PullPushFill(2)(inputs["sparse"]).numpy())
+    mean = 0.5 * (nearest[..., :2] + fills.LocalAffineFill(2)(inputs["sparse"]).numpy())
     start = np.exp(-0.5 * (nearest[..., 2:] / 128 / 0.25) ** 2)  # sigma = diagonal / 4
     want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)

@@ -3,12 +3,12 @@ r"""The propagation model that ships with cmp_tf (`cmp_tf/pretrained/default`), 
 (`configs/cpu_bins.py`) with the `fill_correction` head instead of the paper's bins: an
 L1-regressed correction to a per-pixel blend of the nearest and a smooth local affine fill of
 the guidance (moving least squares on a pyramid of the guides' moments), scaled by a Gaussian
-gain of the distance to the guides whose reach is learned per pixel; trained by Adam with 1 to 400 guides per
-sample and half its samples layered scenes with exact flow. Its decoder's convs at strides 4
-and 2 are depthwise-separable, and its nearest fill at the output's stride runs on five
-levels with one refining pass each, the coarsest at the features' stride (the decoder's input
-fill, flooded once): the model takes about half the time it took with the dense decoder and
-a three-level fill with two passes, for about the same EPE (docs/speed.md,
+gain of the distance to the guides whose reach is learned per pixel; trained by Adam with 1 to
+400 guides per sample and half its samples layered scenes with exact flow. Its decoder's convs
+at strides 4 and 2 are depthwise-separable, and its nearest fill at the output's stride runs
+on five levels with one refining pass each, the coarsest at the features' stride (the
+decoder's input fill, flooded once): the model takes about half the time it took with the
+dense decoder and a three-level fill with two passes, for about the same EPE (docs/speed.md,
 docs/ablation.md).
 
 Why (benchmarks/ablation.py, docs/ablation.md): at the default's 1000-step CPU budget, every

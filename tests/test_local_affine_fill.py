@@ -104,6 +104,9 @@ def test_clamped_fill_never_leaves_the_guides_range():
     assert fill[0, ..., 0].min() >= 0 and fill[0, ..., 0].max() <= 5.0 + 1e-6
     assert fill[0, ..., 1].min() >= -2.0 - 1e-6 and fill[0, ..., 1].max() <= 0
     np.testing.assert_allclose(fill[1], np.broadcast_to((-3.0, 1.0), fill[1].shape), atol=1e-4)
+    # Vectors off the guides are not guidance: neither fitted nor in the range.
+    sparse[:, 40:, 40:, :2] = 50.0
+    np.testing.assert_array_equal(fills.LocalAffineFill(2)(sparse).numpy(), fill)
 
 
 def test_local_affine_fill_checks_its_options_and_round_trips_its_spec():

@@ -338,7 +338,6 @@ class PullPushFill(_GuidanceFill):
         return {**super().get_config(), "pull": self.pull, "relax": self.relax}
 
 
-
 # LocalAffineFill's 12 moment channels, (x, y) offsets in cells: of the mask (s0, sx, sy, sxx,
 # sxy, syy), then of u x mask and v x mask (s, sx, sy) each. _MOMENT_ORDERS holds each
 # channel's (source channel of masked_guidance, x power, y power).
@@ -414,12 +413,12 @@ class LocalAffineFill(_GuidanceFill):
 
     Like pull-push it spreads the guides coarse to fine, but each level extrapolates the
     local slope of the motion instead of holding its mean: with the default small support
-    the finest level that sees a guide decides, and on real video the fill alone is closer
-    to the reference flow than pull-push and than linear interpolation from 25 guides on
-    (docs/ablation.md). With a support of a few guides the fits span several guides and keep
-    affine motion (a zoom, a rotation) exactly away from the border. Strided and plain
-    convolutions, bilinear resizes and element-wise ops: it exports like the other fills. No
-    guidance gives zero flow.
+    the finest level that sees a guide decides, and on the unseen clip the fill alone is
+    closer to the reference flow than pull-push, and than linear interpolation at every K
+    from 5 on but 400 uniform guides, where they tie (docs/ablation.md). With a support of a
+    few guides the fits span several guides and keep affine motion (a zoom, a rotation)
+    exactly away from the border. Strided and plain convolutions, bilinear resizes and
+    element-wise ops: it exports like the other fills. No guidance gives zero flow.
 
     Args:
         stride, max_size: as DensePrior.
@@ -478,7 +477,8 @@ class LocalAffineFill(_GuidanceFill):
     def call(self, sparse):
         sparse = tf.cast(sparse, tf.float32)
         s = self.stride
-        level = tf.nn.conv2d(masked_guidance(sparse), _cell_moments_kernel(s), s, "VALID")
+        guidance = masked_guidance(sparse)
+        level = tf.nn.conv2d(guidance, _cell_moments_kernel(s), s, "VALID")
         out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
         for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
             level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
@@ -502,7 +502,7 @@ class LocalAffineFill(_GuidanceFill):
                                              half_pixel_centers=True)
         fill = fill[:, :out_h, :out_w]
         if self.clamp:
-            low, high = _guide_range(sparse)
+            low, high = _guide_range(guidance)
             fill = tf.minimum(tf.maximum(fill, low), high)
         return tf.cast(fill, self.compute_dtype)
 
@@ -511,10 +511,10 @@ class LocalAffineFill(_GuidanceFill):
                 "ridge": self.ridge, "clamp": self.clamp}
 
 
-def _guide_range(sparse):
-    """(smallest, largest) guided (u, v) of each image of `sparse`, [B, 1, 1, 2] each; (0, 0)
-    where nothing is guided (sparse holds zero vectors off its guides)."""
-    vectors, guided = sparse[..., :2], sparse[..., 2:] > 0
+def _guide_range(guidance):
+    """(smallest, largest) guided (u, v) of each image, [B, 1, 1, 2] each, from its
+    `masked_guidance` (zero vectors off the guides); (0, 0) where nothing is guided."""
+    vectors, guided = guidance[..., :2], guidance[..., 2:] > 0
     low = tf.reduce_min(tf.where(guided, vectors, tf.reduce_max(vectors, [1, 2], keepdims=True)),
                         [1, 2], keepdims=True)
     high = tf.reduce_max(tf.where(guided, vectors, tf.reduce_min(vectors, [1, 2], keepdims=True)),
@@ -528,6 +528,7 @@ def _upsample(coarse, fine):
     up = tf.raw_ops.ResizeBilinear(images=coarse, size=2 * tf.shape(coarse)[1:3],
                                    half_pixel_centers=True)
     return up[:, :tf.shape(fine)[1], :tf.shape(fine)[2]]
+
 
 def neighbours(x):
     """The 8 neighbours of every cell of x [B, h, w, C], border cells repeated: a list of

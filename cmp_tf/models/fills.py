@@ -71,6 +71,20 @@ class _GuidanceFill(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
 
+    def _halvings(self, image_shape, cell):
+        """How many times cells of `cell` px double before one spans the image (at least
+        once): a pyramid's depth, a full jump flooding's passes; from `max_size` when the
+        image size is unknown when traced."""
+        size = None if None in image_shape else max(image_shape)
+        return max(1, math.ceil(math.log2(max(1, (size or self.max_size) / cell))))
+
+
+def _check_positive(field, value):
+    """A layer option that must be a positive finite number, refused naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{field} must be a positive number; got {value!r}.")
+
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class DensePrior(_GuidanceFill):
@@ -226,9 +240,7 @@ class DensePrior(_GuidanceFill):
             return tf.square(st[..., :1] - cy) + tf.square(st[..., 1:2] - cx)
 
         if steps is None:
-            size = None if None in image_shape else max(image_shape)
-            cells = max(1, math.ceil((size or self.max_size) / s))
-            passes = max(1, math.ceil(math.log2(cells)))
+            passes = self._halvings(image_shape, s)
             steps = [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
         best = dist2(state)
         for k in steps:
@@ -316,9 +328,8 @@ class PullPushFill(_GuidanceFill):
     def call(self, sparse):
         s = self.stride
         level = tf.nn.avg_pool2d(masked_guidance(tf.cast(sparse, tf.float32)), s, s, "VALID")
-        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
         pyramid = [level]
-        for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
+        for _ in range(self._halvings(sparse.shape[1:3], s)):
             pyramid.append(self._coarser(pyramid[-1]))
 
         def mean(cells):
@@ -448,10 +459,8 @@ class LocalAffineFill(_GuidanceFill):
                 or ratio < 1 or ratio * self.stride != fit_stride or ratio & (ratio - 1):
             raise ValueError(f"fit_stride must be stride={self.stride} times a power of two; "
                              f"got {fit_stride!r}.")
-        for field, value in (("support", support), ("ridge", ridge)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-                    or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{field} must be a positive number; got {value!r}.")
+        _check_positive("support", support)
+        _check_positive("ridge", ridge)
         if not isinstance(clamp, bool):
             raise ValueError(f"clamp must be True or False; got {clamp!r}.")
         self.fit_stride, self.support, self.ridge = int(fit_stride), float(support), float(ridge)
@@ -482,10 +491,8 @@ class LocalAffineFill(_GuidanceFill):
         out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
         for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
             level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
-        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
         pyramid = [level]
-        for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size)
-                                                         / self.fit_stride))))):
+        for _ in range(self._halvings(sparse.shape[1:3], self.fit_stride)):
             pyramid.append(tf.nn.conv2d(pyramid[-1], _pool_moments_kernel(), 2, "SAME"))
         along_x, along_y = _blur_moments_kernels(self.RADIUS, self.SIGMA)
         fill = None
@@ -580,9 +587,7 @@ class EdgeAwareFill(_GuidanceFill):
 
     def __init__(self, stride, max_size=2048, sigma=0.1, relax=4, finest_relax=None, **kwargs):
         super().__init__(stride, max_size, **kwargs)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) \
-                or not np.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a positive number; got {sigma!r}.")
+        _check_positive("sigma", sigma)
         finest_relax = relax if finest_relax is None else finest_relax
         for field, value in (("relax", relax), ("finest_relax", finest_relax)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -617,9 +622,8 @@ class EdgeAwareFill(_GuidanceFill):
             level = tf.concat([level[..., :3], scale, level[..., 3:], features[0][..., 1:]], -1)
         else:
             level = tf.concat([level[..., :3], tf.ones_like(level[..., :1]), level[..., 3:]], -1)
-        size = None if None in sparse.shape[1:3] else max(sparse.shape[1:3])
         pyramid = [level]
-        for _ in range(max(1, math.ceil(math.log2(max(1, (size or self.max_size) / s))))):
+        for _ in range(self._halvings(sparse.shape[1:3], s)):
             pyramid.append(tf.nn.avg_pool2d(pyramid[-1], 2, 2, "SAME"))
 
         def mean(cells):

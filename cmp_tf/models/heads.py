@@ -341,8 +341,9 @@ class FillCorrection(_NearestPrior):
     Args:
         gain: scale the blend by the gain (a fourth decoder channel, the reach).
         smooth: the smooth fill: "pull_push" (fills.PullPushFill, by distance alone),
-            "local_affine" (fills.LocalAffineFill: local affine fits to the guides, which keep
-            a zoom or a rotation and average the guides' noise where they are dense),
+            "local_affine" (fills.LocalAffineFill: local affine fits to the guides on a
+            pyramid, which extrapolate the local slope of the motion where pull-push holds
+            its mean),
             "edge_aware" (fills.EdgeAwareFill: its push and relaxation weigh cells by colour,
             so motion spreads along regions of one colour and stops at image edges), or
             "both" (three fills blended: nearest, pull-push, edge-aware).

@@ -253,14 +253,17 @@ def _placeholder(why):
 
 
 def _count_unreadable(limit, field, on_error):
-    """(initial state, step) of a scan over loaded samples: logs each unreadable one, stops
-    after `limit` in a row and, at the end of a finite stream, if none was readable.
+    """(initial state, step) of a scan over loaded samples: logs each unreadable one and names
+    the failure that must stop the stream: `limit` in a row, the first with on_error="raise",
+    or, at the end of a finite stream, that none was readable.
 
-    State: (unreadable in a row, unreadable, seen, the last reason).
+    The scan never fails itself: it passes the failure on with the sample and flags every later
+    sample, so `_stop_at_failure` ends the stream there and raises it downstream. Failing inside
+    the scan left the loaders upstream drawing samples for ever after, and a `tf.numpy_function`
+    loader in flight when the iterator is deleted (holding the GIL) hangs the process at exit.
+
+    State: (unreadable in a row, unreadable, seen, the last reason, failed before).
     """
-
-    def fail(message):
-        return tf.debugging.Assert(tf.constant(False), [message])
 
     def when(condition, make_op):
         def run():
@@ -270,34 +273,54 @@ def _count_unreadable(limit, field, on_error):
         return tf.cond(condition, run, lambda: tf.constant(False))
 
     def step(state, element):
-        row, bad, seen, last = state
+        row, bad, seen, last, failed = state
         index, image, flow, valid, why, entry = element
         end = tf.equal(entry, _END)
         unreadable = (tf.strings.length(why) > 0) & ~end
         row = tf.where(unreadable, row + 1, tf.zeros_like(row))
         bad, seen = bad + tf.cast(unreadable, tf.int64), seen + tf.cast(~end, tf.int64)
         last = tf.where(unreadable, why, last)
+        failures = [
+            (unreadable, _text(field, ": ", why, " (data.on_error='raise')"))
+            if on_error == "raise" else None,
+            (row >= limit, _text(field, ": ", row, " samples in a row could not be read (", bad,
+                                 " of ", seen, " so far); the last: ", last,
+                                 " Fix or remove that source.")),
+            (end & (seen == bad), _text(field, ": none of its ", seen,
+                                        " samples could be read; the last: ", last)),
+        ]
+        failure = tf.constant("")
+        for condition, message in reversed([f for f in failures if f is not None]):
+            failure = tf.where(condition, message, failure)
 
         def note():  # ops made inside the branch: made outside, they would run every time
-            if on_error == "raise":
-                return fail(_text(field, ": ", why, " (data.on_error='raise')"))
             return tf.print(_text("WARNING: skipping an unreadable sample of ", field, " (", bad,
                                   " of ", seen, " so far): ", why), output_stream=sys.stderr)
 
-        checks = [
-            when(unreadable, note),
-            when(row >= limit, lambda: fail(_text(
-                field, ": ", row, " samples in a row could not be read (", bad, " of ", seen,
-                " so far); the last: ", last, " Fix or remove that source."))),
-            when(end & (seen == bad), lambda: fail(_text(
-                field, ": none of its ", seen, " samples could be read; the last: ", last))),
-        ]
+        checks = [] if on_error == "raise" else [when(unreadable & ~failed, note)]
         with tf.control_dependencies(checks):
             keep = tf.identity(~unreadable & ~end)
-        return (row, bad, seen, last), (index, image, flow, valid, keep)
+        state = (row, bad, seen, last, failed | (tf.strings.length(failure) > 0))
+        return state, (index, image, flow, valid, keep, failure, failed)
 
     zero = tf.constant(0, tf.int64)
-    return (zero, zero, zero, tf.constant("")), step
+    return (zero, zero, zero, tf.constant(""), tf.constant(False)), step
+
+
+def _stop_at_failure(ds):
+    """Ends `_count_unreadable`'s stream after its first failure and raises that failure:
+    (index, image, flow, valid, keep, failure, failed before) -> the kept (index, image, flow,
+    valid). Ending the stream stops the loaders upstream before the error reaches the caller."""
+    ds = ds.take_while(lambda index, image, flow, valid, keep, failure, failed: ~failed)
+    ds = ds.filter(lambda index, image, flow, valid, keep, failure, failed:
+                   keep | (tf.strings.length(failure) > 0))
+
+    def raise_failure(index, image, flow, valid, keep, failure, failed):
+        check = tf.debugging.Assert(tf.equal(tf.strings.length(failure), 0), [failure])
+        with tf.control_dependencies([check]):
+            return tf.identity(index), image, flow, valid
+
+    return ds.map(raise_failure)
 
 
 def resize_short_side(image, flow, valid, short_size):
@@ -533,8 +556,7 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
         return {"image": image, "sparse": sparse}, {"flow": flow, "valid": valid}
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.scan(*_count_unreadable(max_bad, f"config.data.{split}", on_error))
-    ds = ds.filter(lambda index, image, flow, valid, keep: keep)
-    ds = ds.map(lambda index, image, flow, valid, keep: decode(index, image, flow, valid),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _stop_at_failure(ds.scan(*_count_unreadable(max_bad, f"config.data.{split}",
+                                                     on_error)))
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch, drop_remainder=train).prefetch(tf.data.AUTOTUNE)

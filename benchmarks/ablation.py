@@ -75,6 +75,11 @@ EDGE_BOTH = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smoot
 # The shipped recipe with the affinity head (its options default to the pull-push fill):
 # affinity = configs/propagation_affinity.py.
 AFFINITY = ["--config.flow.loss=l1", "--config.model.head=affinity"] + ADAM + POINTS + LAYERED
+# The shipped recipe (local_affine) with the affinity head: the same fills seed the propagation.
+LOCAL_AFFINE_AFFINITY = AFFINITY + SEPARABLE + [
+    "--config.model.options.affinity.smooth=local_affine",
+    "--config.model.options.affinity.nearest_levels=4",
+    "--config.model.options.affinity.nearest_refine=1"]
 VARIANTS = {
     "paper": ("the paper: bins, no prior", PAPER),
     "prior": ("+ dense nearest-guidance prior (correction to the fill)", []),
@@ -147,6 +152,13 @@ VARIANTS = {
     "affinity_fast": ("affinity with its neighbour logits scaled by 10, so that under Adam "
                       "they learn 10 times faster than the rest of the decoder's output",
                       AFFINITY + ["--config.model.options.affinity.logit_scale=10.0"]),
+    "local_affine_affinity": ("local_affine refined by learned spatial propagation, as "
+                              "affinity: the shipped recipe's fills as its seed",
+                              LOCAL_AFFINE_AFFINITY),
+    "local_affine_affinity_fast": ("local_affine_affinity with its neighbour logits scaled by "
+                                   "10, as affinity_fast",
+                                   LOCAL_AFFINE_AFFINITY
+                                   + ["--config.model.options.affinity.logit_scale=10.0"]),
     "affinity_edges": ("affinity trained on layered scenes whose edges and motion boundaries "
                        "part: 30% of layers wear the texture below them, 30% hold an edge",
                        AFFINITY + ["--config.data.layered.shared_texture=0.3",

@@ -66,6 +66,11 @@ FIVE_LEVELS = FAST + ["--config.model.options.fill_correction.nearest_levels=4"]
 # local_affine = configs/propagation.py, the shipped recipe: five_levels with the local affine
 # smooth fill.
 LOCAL_AFFINE = FIVE_LEVELS + ["--config.model.options.fill_correction.smooth=local_affine"]
+NO_CORRECTION = ["--config.model.options.fill_correction.correction=False"]
+# The decoder ends at stride 4: fills and read-out on 4 px cells, the nearest fill's coarsest
+# level still at the features' stride 32.
+STRIDE4 = LOCAL_AFFINE + ["--config.model.options.skip_layer.out_stride=4",
+                          "--config.model.options.fill_correction.nearest_levels=3"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -140,6 +145,13 @@ VARIANTS = {
                      "squares on a pyramid of guide moments instead of pull-push "
                      "(configs/propagation.py, the shipped model)", LOCAL_AFFINE),
     "local_affine_seed1": ("local_affine with seed 1", LOCAL_AFFINE + ["--config.seed=1"]),
+    "no_correction": ("local_affine without the free correction: the flow is the gain times "
+                      "the blend of the fills", LOCAL_AFFINE + NO_CORRECTION),
+    "stride4_no_correction": ("stride4 without the free correction",
+                              STRIDE4 + NO_CORRECTION),
+    "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "
+                "and read-out on 4 px cells, the nearest fill on 4 levels up to stride 32",
+                STRIDE4),
     "affinity": ("blend_gauss_adam_smooth refined by learned spatial propagation: 8 steps of "
                  "a softmax-weighted 3x3 neighbourhood predicted from the image, the guidance "
                  "put back at the guided cells after each (configs/propagation_affinity.py)",

@@ -26,7 +26,7 @@ def get_config(arg=None):
         options=dict(bins=dict(nearest_prior=True),
                      mobilenet_v3=dict(variant="small", alpha=1.0, width=128),
                      skip_layer=dict(width=64, fusion_widths=(128, 64, 32), skip_widths=(64, 16),
-                                     separable=False)))
+                                     separable=False, out_stride=2)))
     c.flow = common.flow()
     train, val = data.sample_splits()
     c.data = dict(train=train, val=val, cache_dir="data/cache", short_size=160, crop=(128, 128),

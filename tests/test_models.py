@@ -207,6 +207,29 @@ def test_the_separable_skip_decoder_makes_its_fine_convs_depthwise_separable():
         decoders.skip_layer(8, 4, skip_channels=(4, 4), separable="yes")
 
 
+def test_the_skip_decoder_can_end_at_stride_4_with_its_head_there(rng):
+    """`out_stride=4` drops the stride-2 stage: the decoder takes no skip2, the head's fills
+    and read-out work on 4 px cells, and the flow still comes back at the image's size, with
+    the guides' vectors kept by the nearest fill when the gain is 1 near them."""
+    from cmp_tf.models import decoders
+    config = load_config("propagation")
+    config.model.options.skip_layer.out_stride = 4
+    config.model.options.fill_correction.nearest_levels = 3  # its coarsest at stride 32
+    model = models.build_cmp(config)
+    decoder = model.get_layer("decoder")
+    assert set(decoder.input) == {"features", "skip4"}
+    assert "fusion2" not in {layer.name for layer in decoder.layers}
+    assert model.get_layer("add_prior").stride == 4
+    out = model(_inputs(rng, 2, 128))
+    assert out["logits"].shape == (2, 32, 32, 2) and out["flow"].shape == (2, 128, 128, 2)
+    assert np.isfinite(out["flow"].numpy()).all()
+    # One flooding: the decoder reads the output fill's coarsest level (stride 32).
+    assert len([layer for layer in model.layers if isinstance(layer, fills.DensePrior)]) == 1
+    for bad in (3, 1, True, "4"):
+        with pytest.raises(ValueError, match="options.skip_layer.out_stride must be 2 or 4"):
+            decoders.skip_layer(8, 4, skip_channels=(4, 4), out_stride=bad)
+
+
 def test_skip_decoder_needs_an_encoder_with_skips():
     config = load_config("alexnet_yfcc")
     config.model.decoder = "skip_layer"
@@ -434,6 +457,30 @@ def test_blend_prior_model_starts_from_the_mean_of_the_nearest_and_smooth_fills(
     with pytest.raises(ValueError, match=r"head='fill_correction' trains with config.flow.loss "
                                          r"in \('l1', 'l2'\); got 'discrete'"):
         models.build_cmp(config)
+
+
+def test_without_the_free_correction_the_flow_is_the_gain_times_the_blend(rng):
+    """`correction=False`: the decoder outputs the weight and the reach alone (2 channels),
+    the flow is exactly gain x blend, and the option round-trips through the saved config."""
+    nearest, smooth = np.full((1, 2, 2, 3), 4.0, np.float32), np.full((1, 2, 2, 2), 2.0, np.float32)
+    nearest[..., 2] = [[0.0, 8.0], [16.0, 32.0]]
+    blend = heads.BlendFills(gain=True, stride=8, correction=False)
+    assert blend.channels == 2 and heads.BlendFills(gain=True).channels == 4
+    out = rng.normal(size=(1, 2, 2, 2)).astype(np.float32)
+    with_correction = np.concatenate([np.full((1, 2, 2, 2), 9.0, np.float32), out], -1)
+    want = heads.BlendFills(gain=True, stride=8)([with_correction, nearest, smooth]) - 9.0
+    np.testing.assert_allclose(blend([out, nearest, smooth]), want, atol=1e-5)
+    clone = heads.BlendFills.from_config(blend.get_config())
+    assert clone.correction is False and clone.channels == 2
+    with pytest.raises(ValueError, match="correction must be True or False"):
+        heads.BlendFills(correction=1)
+    config = load_config("propagation")
+    config.model.options.fill_correction.correction = False
+    model = models.build_cmp(config)
+    assert model.get_layer("decoder").output.shape[-1] == 2
+    assert model(_inputs(rng, 1, 128))["flow"].shape == (1, 128, 128, 2)
+    with pytest.raises(ValueError, match="fill_correction.correction must be True or False"):
+        heads.FillCorrection(99, 50.0, "l1", correction="no")
 
 
 def test_fill_gain_stops_a_guides_motion_at_its_reach_and_keeps_the_correction():

@@ -42,7 +42,7 @@ def plain(in_channels, out_channels, combo=(1, 2, 4), width=128, init_gain=0.02,
 @registry.register("decoder", "skip_layer")
 def skip_layer(in_channels, out_channels, skip_channels, combo=(1, 2, 4, 8), width=128,
                fusion_widths=(256, 128, 64), skip_widths=(128, 32), separable=False,
-               init_gain=0.02, name="decoder"):
+               out_stride=2, init_gain=0.02, name="decoder"):
     """Branches of three 3x3 convs per scale, then fusion with the encoder's stride-4 and
     stride-2 skips; output at stride 2 (paper, ResNet-50 semi-automatic annotation model).
 
@@ -50,24 +50,32 @@ def skip_layer(in_channels, out_channels, skip_channels, combo=(1, 2, 4, 8), wid
         skip_channels: (channels of skip4, channels of skip2) from the image encoder.
         separable: the convs at strides 4 and 2 (the fusions and the skips' convs, nearly all
             of the decoder's cost) depthwise-separable (`layers.separable_conv_bn_relu`).
+        out_stride: 2 (the paper), or 4: end after the fusion with the stride-4 skip. The
+            stride-2 stage works on 4 times the cells of any other; without it the head's
+            fills and read-out work on 4 px cells too.
     """
     if not isinstance(separable, bool):
         raise ValueError(f"config.model.options.skip_layer.separable must be True or False; "
                          f"got {separable!r}.")
+    if isinstance(out_stride, bool) or out_stride not in (2, 4):
+        raise ValueError(f"config.model.options.skip_layer.out_stride must be 2 or 4; got "
+                         f"{out_stride!r}.")
     fine = L.separable_conv_bn_relu if separable else L.conv_bn_relu
     features = keras.Input((None, None, in_channels), name="features")
     skip4 = keras.Input((None, None, skip_channels[0]), name="skip4")
-    skip2 = keras.Input((None, None, skip_channels[1]), name="skip2")
     x = _branches(features, _check_combo(combo), 3, width, init_gain)
     x = L.conv_bn_relu(x, fusion_widths[0], 3, name="fusion8", gain=init_gain)
     x = L.ResizeLike(name="up4")([x, skip4])
     s4 = fine(skip4, skip_widths[0], 3, name="skipconv4", gain=init_gain)
     x = keras.layers.Concatenate(name="cat4")([x, s4])
     x = fine(x, fusion_widths[1], 3, name="fusion4", gain=init_gain)
-    x = L.ResizeLike(name="up2")([x, skip2])
-    s2 = fine(skip2, skip_widths[1], 3, name="skipconv2", gain=init_gain)
-    x = keras.layers.Concatenate(name="cat2")([x, s2])
-    x = fine(x, fusion_widths[2], 3, name="fusion2", gain=init_gain)
+    inputs = {"features": features, "skip4": skip4}
+    if out_stride == 2:
+        skip2 = keras.Input((None, None, skip_channels[1]), name="skip2")
+        x = L.ResizeLike(name="up2")([x, skip2])
+        s2 = fine(skip2, skip_widths[1], 3, name="skipconv2", gain=init_gain)
+        x = keras.layers.Concatenate(name="cat2")([x, s2])
+        x = fine(x, fusion_widths[2], 3, name="fusion2", gain=init_gain)
+        inputs["skip2"] = skip2
     logits = L.conv(x, out_channels, 1, name="head", gain=init_gain)
-    inputs = {"features": features, "skip4": skip4, "skip2": skip2}
     return keras.Model(inputs, logits, name=name)

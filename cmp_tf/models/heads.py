@@ -82,7 +82,7 @@ class PriorLogits(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class BlendFills(keras.layers.Layer):
-    """[decoder output (du, dv, a[, r][, b]), nearest fill, smooth fill[, edge-aware fill]] ->
+    """[decoder output ([du, dv,] a[, r][, b]), nearest fill, smooth fill[, edge-aware fill]] ->
     flow (beyond the paper): gain x (sigmoid(a) x nearest + (1 - sigmoid(a)) x smooth) +
     (du, dv); with `edge`, the weights of (nearest, smooth, edge-aware) are softmax(a, 0, b).
 
@@ -105,50 +105,57 @@ class BlendFills(keras.layers.Layer):
         stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
         edge: blend a third fill, the edge-aware one, with the logit b (the last channel);
             untrained (a = b = 0) the blend is the mean of the three.
+        correction: add the free correction (du, dv), the first two channels. Without it the
+            flow is the gain times the blend: the network only chooses between fills and how
+            far they carry (docs/ablation.md, "Without the free correction").
     """
 
     GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
     GAUSSIAN_SCALE = 8.0
 
-    def __init__(self, gain=False, stride=1, edge=False, **kwargs):
+    def __init__(self, gain=False, stride=1, edge=False, correction=True, **kwargs):
         super().__init__(**kwargs)
-        for field, value in (("gain", gain), ("edge", edge)):
+        for field, value in (("gain", gain), ("edge", edge), ("correction", correction)):
             if not isinstance(value, bool):
                 raise ValueError(f"{field} must be True or False; got {value!r}.")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
-        self.gain, self.stride, self.edge = gain, stride, edge
+        self.gain, self.stride, self.edge, self.correction = gain, stride, edge, correction
 
     @property
     def channels(self):
-        """Decoder channels read: the correction (2), the weight a, the reach r, the edge-aware
-        fill's logit b."""
-        return 3 + self.gain + self.edge
+        """Decoder channels read: the correction (2, if any), the weight a, the reach r, the
+        edge-aware fill's logit b."""
+        return 2 * self.correction + 1 + self.gain + self.edge
 
     def call(self, inputs):
         out, nearest, smooth, *edge = (tf.cast(x, tf.float32) for x in inputs)
+        first = 2 * self.correction  # the weight a's channel
+        a = out[..., first:first + 1]
         if self.edge:
-            a, b = out[..., 2:3], out[..., self.channels - 1:self.channels]
+            b = out[..., self.channels - 1:self.channels]
             weights = tf.nn.softmax(tf.concat([a, tf.zeros_like(a), b], -1), axis=-1)
             fill = (weights[..., :1] * nearest[..., :2] + weights[..., 1:2] * smooth[..., :2]
                     + weights[..., 2:] * edge[0][..., :2])
         else:
-            weight = tf.sigmoid(out[..., 2:3])
+            weight = tf.sigmoid(a)
             fill = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2]
         if self.gain:
-            reach = out[..., 3:4]
+            reach = out[..., first + 1:first + 2]
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
             distance = nearest[..., 2:3] / (self.stride * tf.sqrt(cells))
             rate = self.GAUSSIAN_SCALE * tf.nn.softplus(reach + self.GAUSSIAN_LOGIT_START)
             fill = tf.exp(-0.5 * tf.square(rate * distance)) * fill
-        return tf.cast(fill + out[..., :2], self.compute_dtype)
+        if self.correction:
+            fill += out[..., :2]
+        return tf.cast(fill, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[0][:-1], 2)
 
     def get_config(self):
         return {**super().get_config(), "gain": self.gain, "stride": self.stride,
-                "edge": self.edge}
+                "edge": self.edge, "correction": self.correction}
 
     # Fields of files saved by earlier versions, and the value this layer computes.
     _LEGACY = {"profile": "gaussian", "learn_weight": True}
@@ -362,6 +369,7 @@ class FillCorrection(_NearestPrior):
         nearest_refine: unit passes at each finer level of that form (fills.DensePrior's
             `refine`): 1 runs half the passes of 2 where the cells are finest, and the
             shipped model scores the same with either (docs/ablation.md).
+        correction: add the decoder's free correction (du, dv) to the blend (`BlendFills`).
     """
 
     name = "fill_correction"
@@ -370,10 +378,11 @@ class FillCorrection(_NearestPrior):
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
-                 nearest_refine=fills.DensePrior.REFINE):
+                 nearest_refine=fills.DensePrior.REFINE, correction=True):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine)
         _check_bool(self.name, "gain", gain)
+        _check_bool(self.name, "correction", correction)
         if smooth not in self.SMOOTH_FILLS:
             raise ValueError(f"config.model.options.{self.name}.smooth must be one of "
                              f"{self.SMOOTH_FILLS}; got {smooth!r}.")
@@ -392,10 +401,11 @@ class FillCorrection(_NearestPrior):
                              "too, or 0.")
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
-        self.edge_features = edge_features
+        self.edge_features, self.correction = edge_features, correction
 
     def _blend(self, stride=1):
-        return BlendFills(self.gain, stride, edge=self.smooth == "both", name="add_prior")
+        return BlendFills(self.gain, stride, edge=self.smooth == "both",
+                          correction=self.correction, name="add_prior")
 
     @property
     def decoder_channels(self):

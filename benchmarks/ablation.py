@@ -149,6 +149,11 @@ VARIANTS = {
                       "the blend of the fills", LOCAL_AFFINE + NO_CORRECTION),
     "stride4_no_correction": ("stride4 without the free correction",
                               STRIDE4 + NO_CORRECTION),
+    "stride4_fills2": ("stride4_no_correction with its fills and blend at stride 2: the "
+                       "decoder's weight and reach resized to the fills' 2 px cells",
+                       STRIDE4 + NO_CORRECTION + [
+                           "--config.model.options.fill_correction.fill_stride=2",
+                           "--config.model.options.fill_correction.nearest_levels=4"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "
                 "and read-out on 4 px cells, the nearest fill on 4 levels up to stride 32",
                 STRIDE4),

@@ -207,10 +207,10 @@ def test_the_separable_skip_decoder_makes_its_fine_convs_depthwise_separable():
         decoders.skip_layer(8, 4, skip_channels=(4, 4), separable="yes")
 
 
-def test_the_skip_decoder_can_end_at_stride_4_with_its_head_there(rng):
+def test_the_skip_decoder_can_end_at_stride_4_with_its_head_there_or_finer(rng):
     """`out_stride=4` drops the stride-2 stage: the decoder takes no skip2, the head's fills
-    and read-out work on 4 px cells, and the flow still comes back at the image's size, with
-    the guides' vectors kept by the nearest fill when the gain is 1 near them."""
+    and read-out work on 4 px cells (or on finer ones, `fill_stride`), and the flow still
+    comes back at the image's size."""
     from cmp_tf.models import decoders
     config = load_config("propagation")
     config.model.options.skip_layer.out_stride = 4
@@ -228,6 +228,21 @@ def test_the_skip_decoder_can_end_at_stride_4_with_its_head_there(rng):
     for bad in (3, 1, True, "4"):
         with pytest.raises(ValueError, match="options.skip_layer.out_stride must be 2 or 4"):
             decoders.skip_layer(8, 4, skip_channels=(4, 4), out_stride=bad)
+    # Its weight and reach resized to fills on 2 px cells (fill_stride): dense guidance kept
+    # as at stride 2; the nearest fill's 5 levels still end at stride 32.
+    config.model.options.fill_correction.update(fill_stride=2, nearest_levels=4,
+                                                correction=False)
+    model = models.build_cmp(config)
+    assert model.get_layer("add_prior").stride == 2
+    assert model.get_layer("decoder").output.shape[-1] == 2  # the weight and the reach
+    assert model.get_layer("decoder_to_fills") is not None
+    out = model(_inputs(rng, 2, 128))
+    assert out["logits"].shape == (2, 64, 64, 2) and out["flow"].shape == (2, 128, 128, 2)
+    config.model.options.fill_correction.fill_stride = 8
+    with pytest.raises(ValueError, match="fill_stride=8 must divide the decoder's stride 4"):
+        models.build_cmp(config)
+    with pytest.raises(ValueError, match="fill_correction.fill_stride must be 0"):
+        heads.FillCorrection(99, 50.0, "l1", fill_stride=3)
 
 
 def test_skip_decoder_needs_an_encoder_with_skips():

@@ -27,6 +27,7 @@ import tensorflow as tf
 from cmp_tf import flow as flow_lib
 from cmp_tf import registry
 from cmp_tf.models import fills
+from cmp_tf.models import layers as L
 
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
@@ -370,6 +371,9 @@ class FillCorrection(_NearestPrior):
             `refine`): 1 runs half the passes of 2 where the cells are finest, and the
             shipped model scores the same with either (docs/ablation.md).
         correction: add the decoder's free correction (du, dv) to the blend (`BlendFills`).
+        fill_stride: the fills' and the blend's stride, finer than the decoder's (0: the
+            decoder's). The decoder's channels are resized to the fills' cells: a decoder
+            that ends at stride 4 reads out fills on 2 px cells, which keep dense guidance.
     """
 
     name = "fill_correction"
@@ -378,11 +382,15 @@ class FillCorrection(_NearestPrior):
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
-                 nearest_refine=fills.DensePrior.REFINE, correction=True):
+                 nearest_refine=fills.DensePrior.REFINE, correction=True, fill_stride=0):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine)
         _check_bool(self.name, "gain", gain)
         _check_bool(self.name, "correction", correction)
+        if isinstance(fill_stride, bool) or fill_stride not in (0, 1, 2, 4, 8, 16):
+            raise ValueError(f"config.model.options.{self.name}.fill_stride must be 0 (the "
+                             f"decoder's stride) or a power of two up to 16; got "
+                             f"{fill_stride!r}.")
         if smooth not in self.SMOOTH_FILLS:
             raise ValueError(f"config.model.options.{self.name}.smooth must be one of "
                              f"{self.SMOOTH_FILLS}; got {smooth!r}.")
@@ -402,6 +410,7 @@ class FillCorrection(_NearestPrior):
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
         self.edge_features, self.correction = edge_features, correction
+        self.fill_stride = fill_stride
 
     def _blend(self, stride=1):
         return BlendFills(self.gain, stride, edge=self.smooth == "both",
@@ -430,10 +439,16 @@ class FillCorrection(_NearestPrior):
         return made, self._blend(stride)
 
     def attach(self, sparse, image, feature_stride, out_stride):
-        inputs, prior = self._nearest(sparse, feature_stride, out_stride)
+        fill_stride = self.fill_stride or out_stride
+        if out_stride % fill_stride:
+            raise ValueError(f"config.model.options.{self.name}.fill_stride={fill_stride} must "
+                             f"divide the decoder's stride {out_stride}.")
+        inputs, prior = self._nearest(sparse, feature_stride, fill_stride)
 
         def read_out(out):
-            made, blend = self._blend_fills(sparse, image, out, out_stride)
+            if fill_stride != out_stride:
+                out = L.ResizeLike(name="decoder_to_fills")([out, prior])
+            made, blend = self._blend_fills(sparse, image, out, fill_stride)
             out = blend([out, prior, *made])
             return out, out
 

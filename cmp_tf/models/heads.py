@@ -108,7 +108,8 @@ class BlendFills(keras.layers.Layer):
             untrained (a = b = 0) the blend is the mean of the three.
         correction: add the free correction (du, dv), the first two channels. Without it the
             flow is the gain times the blend: the network only chooses between fills and how
-            far they carry (docs/ablation.md, "Without the free correction").
+            far they carry (docs/ablation.md, "The decoder at stride 4, and without the free
+            correction").
     """
 
     GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal

@@ -65,7 +65,7 @@ def test_a_list_of_unreadable_flow_stops_naming_the_source_and_the_count(tmp_pat
     """Every .flo is NaN: training must stop with the list, the line and the count (it looped
     forever: repeat() then ignore_errors never yields), and the process must then exit: the
     readers once went on loading after the stop, and deleting the iterator while one was in
-    Python hung or aborted about one run in three. Run apart, so a hang fails the test; the
+    Python hung or aborted 5 runs in 9. Run apart, so a hang fails the test; the
     stop is hit a few times in the one process, the iterator deleted each time."""
     listing = _list_file(tmp_path, [_nan_flo] * 3, rng)
     repeats = 4

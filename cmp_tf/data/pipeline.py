@@ -280,17 +280,17 @@ def _count_unreadable(limit, field, on_error):
         row = tf.where(unreadable, row + 1, tf.zeros_like(row))
         bad, seen = bad + tf.cast(unreadable, tf.int64), seen + tf.cast(~end, tf.int64)
         last = tf.where(unreadable, why, last)
-        failures = [
-            (unreadable, _text(field, ": ", why, " (data.on_error='raise')"))
-            if on_error == "raise" else None,
+        failures = [  # (condition, message), the first that holds named
             (row >= limit, _text(field, ": ", row, " samples in a row could not be read (", bad,
                                  " of ", seen, " so far); the last: ", last,
                                  " Fix or remove that source.")),
             (end & (seen == bad), _text(field, ": none of its ", seen,
                                         " samples could be read; the last: ", last)),
         ]
+        if on_error == "raise":
+            failures.insert(0, (unreadable, _text(field, ": ", why, " (data.on_error='raise')")))
         failure = tf.constant("")
-        for condition, message in reversed([f for f in failures if f is not None]):
+        for condition, message in reversed(failures):
             failure = tf.where(condition, message, failure)
 
         def note():  # ops made inside the branch: made outside, they would run every time

@@ -1,8 +1,8 @@
 r"""Which part of a fill-correction model's read-out (`model.head=fill_correction`) earns its
 score.
 
-The read-out is gain x (w x nearest + (1 - w) x smooth) + correction, every term predicted per
-pixel (heads.BlendFills). This scores the trained model next to the same read-out with parts
+The read-out is gain x (w x nearest + (1 - w) x smooth) [+ correction], every term predicted
+per pixel (heads.BlendFills). This scores the trained model next to the same read-out with parts
 replaced by their untrained value (w = 1/2, the gain's starting reach, correction 0) or
 dropped (no gain), with `evaluate.py`'s
 protocol on the same pairs, so a part that learned nothing, or something that does not carry
@@ -50,22 +50,35 @@ def _read_out(head, nearest, smooth, parts, blend):
     """`heads.BlendFills` with the parts not in `parts` at their untrained value."""
     learned_weight, gain, learned_correction = parts
     head = np.array(head)
+    weight = 2 * blend.correction  # the weight's channel, after the correction if any
     if not learned_weight:
-        head[..., 2] = 0.0  # sigmoid(0) = 1/2
-    if not learned_correction:
+        head[..., weight] = 0.0  # sigmoid(0) = 1/2
+    if not learned_correction and blend.correction:
         head[..., :2] = 0.0
     if gain == "start" and blend.gain:
         head[..., blend.channels - 1] = 0.0
     if gain == "none" and blend.gain:
         head = head[..., :-1]
-    return _blend_layer(blend.gain and gain != "none", blend.stride)(
+    return _blend_layer(blend.gain and gain != "none", blend.stride, blend.correction)(
         [tf.constant(head), nearest, smooth])
 
 
+def parts_of(blend):
+    """The part sets worth scoring: without a free correction in the model, the rows that
+    differ only in it are one."""
+    if blend.correction:
+        return dict(PARTS)
+    parts = {}
+    for name, (weight, gain, _) in PARTS.items():
+        if (weight, gain, False) not in parts.values():
+            parts[name] = (weight, gain, False)
+    return parts
+
+
 @functools.cache
-def _blend_layer(gain, stride):
+def _blend_layer(gain, stride, correction):
     """One read-out layer per setting: `_read_out` runs per pair, K and part set."""
-    return heads_lib.BlendFills(gain, stride)
+    return heads_lib.BlendFills(gain, stride, correction=correction)
 
 
 def main(argv):
@@ -112,7 +125,7 @@ def run():
         return propagate
 
     pairs, _ = pairs_lib.validation_pairs(*rundir.read_config(path), count=_PAIRS.value)
-    methods = {"zero": baselines.zero, **{name: method(p) for name, p in PARTS.items()},
+    methods = {"zero": baselines.zero, **{name: method(p) for name, p in parts_of(blend).items()},
                "linear": baselines.linear}
     result = benchmark.evaluate(methods, pairs)
     table = {}

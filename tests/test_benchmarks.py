@@ -14,10 +14,12 @@ from tests.conftest import load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without(rng):
+@pytest.mark.parametrize("correction", [True, False])
+def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without(rng, correction):
     from benchmarks import blend_parts
 
     config = load_config("propagation")
+    config.model.options.fill_correction.correction = correction
     model = models.build_cmp(config)
     head_layer = model.get_layer("decoder").get_layer("head")
     kernel, bias = head_layer.get_weights()  # a head far from its near-zero start
@@ -39,6 +41,9 @@ def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without
                                       blend_parts.PARTS["fills x untrained gain (weight 1/2)"],
                                       blend)
     assert 0 < np.abs(untrained).sum() < np.abs(fills).sum()  # the untrained gain is < 1
+    parts = blend_parts.parts_of(blend)
+    assert len(set(parts.values())) == len(parts)  # no two rows the same read-out
+    assert ("no correction" in parts) == correction
 
 
 @pytest.mark.slow

@@ -63,8 +63,8 @@ FAST = SHIPPED + SEPARABLE + REFINE_ONCE
 # five_levels: fast with the nearest fill on 5 levels, the coarsest (stride 32) shared with
 # the decoder's input fill (the shipped recipe before local_affine).
 FIVE_LEVELS = FAST + ["--config.model.options.fill_correction.nearest_levels=4"]
-# local_affine = configs/propagation.py, the shipped recipe: five_levels with the local affine
-# smooth fill.
+# local_affine: five_levels with the local affine smooth fill (the shipped recipe before
+# stride4_fills2).
 LOCAL_AFFINE = FIVE_LEVELS + ["--config.model.options.fill_correction.smooth=local_affine"]
 NO_CORRECTION = ["--config.model.options.fill_correction.correction=False"]
 # The decoder ends at stride 4: fills and read-out on 4 px cells, the nearest fill's coarsest
@@ -80,7 +80,7 @@ EDGE_BOTH = SHIPPED + ONE_LEVEL + ["--config.model.options.fill_correction.smoot
 # The shipped recipe with the affinity head (its options default to the pull-push fill):
 # affinity = configs/propagation_affinity.py.
 AFFINITY = ["--config.flow.loss=l1", "--config.model.head=affinity"] + ADAM + POINTS + LAYERED
-# The shipped recipe (local_affine) with the affinity head: the same fills seed the propagation.
+# local_affine with the affinity head: the same fills seed the propagation.
 LOCAL_AFFINE_AFFINITY = AFFINITY + SEPARABLE + [
     "--config.model.options.affinity.smooth=local_affine",
     "--config.model.options.affinity.nearest_levels=4",
@@ -143,14 +143,15 @@ VARIANTS = {
                           FIVE_LEVELS + ["--config.seed=1"]),
     "local_affine": ("five_levels with the local affine fill as its smooth fill: moving least "
                      "squares on a pyramid of guide moments instead of pull-push "
-                     "(configs/propagation.py, the shipped model)", LOCAL_AFFINE),
+                     "(the shipped model before stride4_fills2)", LOCAL_AFFINE),
     "local_affine_seed1": ("local_affine with seed 1", LOCAL_AFFINE + ["--config.seed=1"]),
     "no_correction": ("local_affine without the free correction: the flow is the gain times "
                       "the blend of the fills", LOCAL_AFFINE + NO_CORRECTION),
     "stride4_no_correction": ("stride4 without the free correction",
                               STRIDE4 + NO_CORRECTION),
     "stride4_fills2": ("stride4_no_correction with its fills and blend at stride 2: the "
-                       "decoder's weight and reach resized to the fills' 2 px cells",
+                       "decoder's weight and reach resized to the fills' 2 px cells "
+                       "(configs/propagation.py, the shipped model)",
                        STRIDE4 + NO_CORRECTION + [
                            "--config.model.options.fill_correction.fill_stride=2",
                            "--config.model.options.fill_correction.nearest_levels=4"]),

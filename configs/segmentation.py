@@ -22,7 +22,7 @@ classes are shapes with texture families, far easier than VOC (a random encoder 
 are noisy: compare over seeds (`evaluate.py --task=segmentation --seeds=0,1,2
 --encoder_modes=fine_tuned,frozen`). Measured that way (2 CPU cores; CMP = the two commands
 above, the shipped recipe, 1000 steps; docs/results.md): fine-tuned, random 62.9 +- 0.5 /
-CMP 59.0 +- 2.9 mIoU; encoder frozen, 52.2 +- 1.3 / 47.7 +- 1.9. At this budget the
+CMP 57.3 +- 4.4 mIoU; encoder frozen, 52.2 +- 1.3 / 50.0 +- 2.5. At this budget the
 CMP encoder is worse than a random one at every seed, frozen and fine-tuned.
 """
 import importlib

@@ -71,6 +71,11 @@ NO_CORRECTION = ["--config.model.options.fill_correction.correction=False"]
 # level still at the features' stride 32.
 STRIDE4 = LOCAL_AFFINE + ["--config.model.options.skip_layer.out_stride=4",
                           "--config.model.options.fill_correction.nearest_levels=3"]
+# stride4_fills2 = configs/propagation.py, the shipped recipe: the decoder at stride 4, the
+# fills and blend on 2 px cells, no free correction.
+STRIDE4_FILLS2 = STRIDE4 + NO_CORRECTION + [
+    "--config.model.options.fill_correction.fill_stride=2",
+    "--config.model.options.fill_correction.nearest_levels=4"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -152,9 +157,12 @@ VARIANTS = {
     "stride4_fills2": ("stride4_no_correction with its fills and blend at stride 2: the "
                        "decoder's weight and reach resized to the fills' 2 px cells "
                        "(configs/propagation.py, the shipped model)",
-                       STRIDE4 + NO_CORRECTION + [
-                           "--config.model.options.fill_correction.fill_stride=2",
-                           "--config.model.options.fill_correction.nearest_levels=4"]),
+                       STRIDE4_FILLS2),
+    "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
+                             STRIDE4_FILLS2 + ["--config.seed=1"]),
+    "boundary_weight": ("stride4_fills2 with the loss weighed 5x within 5 px of the target's "
+                        "motion edges (flow.boundary_weight=4)",
+                        STRIDE4_FILLS2 + ["--config.flow.boundary_weight=4.0"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "
                 "and read-out on 4 px cells, the nearest fill on 4 levels up to stride 32",
                 STRIDE4),

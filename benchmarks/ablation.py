@@ -32,7 +32,8 @@ BASE_RECIPE = os.path.join(ROOT, "configs", "cpu_bins.py")  # the paper's bins h
 # (two-hot targets, a read-out L1 term, the fill fed to the skips, the pull-push fill alone,
 # an exponential gain, a fixed blend weight, guidance honoured at the guides, a still
 # background) run at commit 83284d6: `git checkout 83284d6 && python benchmarks/ablation.py
-# --variants=NAME`; their figures are in docs/ablation.md.
+# --variants=NAME`; the loss weighed near motion boundaries (boundary_weight) at commit
+# 1921051; their figures are in docs/ablation.md.
 PAPER = ["--config.model.options.bins.nearest_prior=False"]
 POINTS = ["--config.guidance.num_points=(1, 400)"]
 LAYERED = ["--config.data.layered.ratio=0.5"]
@@ -160,9 +161,6 @@ VARIANTS = {
                        STRIDE4_FILLS2),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
-    "boundary_weight": ("stride4_fills2 with the loss weighed 5x within 5 px of the target's "
-                        "motion edges (flow.boundary_weight=4)",
-                        STRIDE4_FILLS2 + ["--config.flow.boundary_weight=4.0"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "
                 "and read-out on 4 px cells, the nearest fill on 4 levels up to stride 32",
                 STRIDE4),

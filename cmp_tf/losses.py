@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from cmp_tf import flow as flow_lib
 from cmp_tf import ops
-from cmp_tf.data import sampling
 from cmp_tf.data.voc import IGNORE_LABEL
 
 LOSSES = ("discrete", "l1", "l2")
@@ -83,21 +82,6 @@ def regression_flow_loss(pred, target, norm, weight=None):
     return _mean_per_example(per_pixel, weight)
 
 
-def motion_boundary_weight(target, boundary_weight, near_px):
-    """[B, H, W]: 1 + `boundary_weight` at pixels within `near_px` (Chebyshev) of a motion edge
-    of `target` [B, H, W, 2], else 1. The edges are `sampling.motion_edges`' (Sobel magnitude
-    summed over u and v, above a fraction of its maximum per example): the pixels the
-    benchmark scores as near motion boundaries, a small share of every crop, where a plain
-    mean over pixels hardly asks the network where motion stops."""
-    edges = tf.image.sobel_edges(tf.cast(target, tf.float32))  # [B, H, W, 2, (dy, dx)]
-    magnitude = tf.reduce_sum(tf.norm(edges, axis=-1), -1)  # [B, H, W]
-    peak = tf.maximum(tf.reduce_max(magnitude, axis=[1, 2], keepdims=True),
-                      sampling.EDGE_FLOOR)
-    edge = tf.cast(magnitude / peak > sampling.EDGE_FRACTION, tf.float32)
-    near = tf.nn.max_pool2d(edge[..., None], 2 * near_px + 1, 1, "SAME")[..., 0]
-    return 1.0 + boundary_weight * near
-
-
 def make_loss(flow_config, jit_compile=True):
     """The loss named by `config.flow.loss`, as fn(logits, target, weight=None) -> [B].
 
@@ -117,22 +101,6 @@ def make_loss(flow_config, jit_compile=True):
             return regression_flow_loss(pred, target, kind, weight)
     else:
         raise ValueError(f"config.flow.loss={kind!r} is unknown; known: {', '.join(LOSSES)}.")
-    boundary_weight = flow_config.get("boundary_weight", 0.0)
-    near_px = flow_config.get("boundary_px", 5)
-    if (isinstance(boundary_weight, bool) or not isinstance(boundary_weight, (int, float))
-            or not boundary_weight >= 0):
-        raise ValueError(f"config.flow.boundary_weight must be a number >= 0; got "
-                         f"{boundary_weight!r}.")
-    if isinstance(near_px, bool) or not isinstance(near_px, int) or near_px < 0:
-        raise ValueError(f"config.flow.boundary_px must be an integer >= 0; got {near_px!r}.")
-    if boundary_weight:
-        plain = loss
-
-        def loss(logits, target, weight=None):
-            boundary = motion_boundary_weight(target, boundary_weight, near_px)
-            if weight is not None:
-                boundary *= tf.cast(tf.reshape(weight, tf.shape(boundary)), tf.float32)
-            return plain(logits, target, boundary)
     return tf.function(loss, jit_compile=True) if jit_compile else loss
 
 

@@ -58,9 +58,8 @@ def model_defaults(**parts):
 def flow(**overrides):
     """`config.flow`: the flow quantization and loss. Defaults are the paper's: 99 bins over
     +-50 px, cross-entropy against the bin holding the flow (`loss="discrete"`; "l1" / "l2"
-    for the regression heads). `boundary_weight` > 0 weighs pixels within `boundary_px` of
-    the target's motion edges 1 + boundary_weight times in the loss (losses.make_loss)."""
-    fields = dict(nbins=99, fmax=50.0, loss="discrete", boundary_weight=0.0, boundary_px=5)
+    for the regression heads)."""
+    fields = dict(nbins=99, fmax=50.0, loss="discrete")
     return _override("flow", fields, overrides)
 
 

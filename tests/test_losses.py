@@ -68,37 +68,6 @@ def test_make_loss_picks_by_name_and_refuses_unknown():
         losses.discrete_flow_loss(np.zeros((1, 1, 1, 4)), np.zeros((1, 1, 1, 2)), 3, 3.0)
 
 
-def test_boundary_weight_marks_the_benchmarks_near_boundary_pixels_and_weighs_the_loss():
-    from cmp_tf.data import sampling
-
-    flow = np.zeros((1, 48, 64, 2), np.float32)
-    flow[0, 16:32, 10:50] = [3.0, -2.0]  # a moving block on a still background
-    weight = losses.motion_boundary_weight(flow, 4.0, 5).numpy()[0]
-    assert set(np.unique(weight)) == {1.0, 5.0}
-    near = sampling.distance_to_motion_edges(flow[0]) <= 5  # what the benchmark scores
-    assert ((weight > 1) == near).mean() > 0.97  # a square window against a disc
-    assert (weight[near] > 1).all()
-    assert np.all(losses.motion_boundary_weight(np.zeros_like(flow), 4.0, 5) == 1.0)
-
-    cfg = ml_collections.ConfigDict(dict(loss="l1", nbins=3, fmax=3.0, boundary_weight=4.0,
-                                         boundary_px=5))
-    pred = np.zeros_like(flow)
-    valid = np.ones(flow.shape[:3], np.float32)
-    valid[0, :, :8] = 0.0
-    weighted = losses.make_loss(cfg, jit_compile=False)(pred, flow, valid).numpy()[0]
-    per_pixel = np.abs(flow[0]).sum(-1)
-    expected = (per_pixel * weight * valid[0]).sum() / (weight * valid[0]).sum()
-    assert weighted == pytest.approx(expected, rel=1e-5)
-    cfg.boundary_weight = 0.0
-    assert losses.make_loss(cfg, jit_compile=False)(pred, flow, valid).numpy()[0] == \
-        pytest.approx((per_pixel * valid[0]).sum() / valid[0].sum(), rel=1e-5)
-    for field, bad in (("boundary_weight", -1.0), ("boundary_weight", float("nan")),
-                       ("boundary_px", 2.5)):
-        fields = dict(loss="l1", nbins=3, fmax=3.0, boundary_weight=4.0, boundary_px=5)
-        with pytest.raises(ValueError, match=f"config.flow.{field} must be"):
-            losses.make_loss(ml_collections.ConfigDict({**fields, field: bad}))
-
-
 @pytest.mark.parametrize("size_in,size_out", [((3, 5), (9, 17)), ((12, 12), (384, 384)),
                                               ((70, 66), (139, 131)), ((1, 4), (5, 7))])
 def test_separable_upsampling_equals_the_resize_op_in_values_and_gradients(size_in, size_out):

@@ -99,9 +99,9 @@ def uniform_points(height, width, count, rng):
 # Strategies in the order their points are drawn and pooled, whatever order a config lists them.
 STRATEGIES = ("grid", "uniform", "watershed", "single", "full")
 # A motion edge is a pixel whose Sobel magnitude exceeds this fraction of the largest one ...
-EDGE_FRACTION = 0.1
+_EDGE_FRACTION = 0.1
 # ... where the largest one counts as at least this, so faint noise alone makes no edges.
-EDGE_FLOOR = 0.01
+_EDGE_FLOOR = 0.01
 # The reference runs the watershed on flow subsampled by max(1, max(H, W) // this).
 _WATERSHED_SIDE = 400
 
@@ -160,8 +160,8 @@ def motion_edges(flow):
     gy = cv2.Sobel(flow, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
     magnitude = cv2.magnitude(gx.reshape(height, -1), gy.reshape(height, -1))
     edge = magnitude[:, 0::2] + magnitude[:, 1::2]  # [H, W]: summed over u and v
-    edge /= max(float(edge.max()), EDGE_FLOOR)
-    return edge > EDGE_FRACTION
+    edge /= max(float(edge.max()), _EDGE_FLOOR)
+    return edge > _EDGE_FRACTION
 
 
 def distance_to_motion_edges(flow):

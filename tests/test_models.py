@@ -396,16 +396,17 @@ def test_the_multi_level_nearest_fill_keeps_the_exact_fill_near_the_guides(level
     assert fills.DensePrior.from_config(fast.get_config()).coarse_stride == fast.coarse_stride
 
 
-@pytest.mark.parametrize("refine", [0, 1])
-def test_the_multi_level_nearest_fill_with_fewer_refining_passes(refine, rng):
+@pytest.mark.parametrize("refine, refine_finest", [(0, True), (1, True), (1, False)])
+def test_the_multi_level_nearest_fill_with_fewer_refining_passes(refine, refine_finest, rng):
     """Fewer unit passes at the fine levels (none: the coarse level's choice of guide taken
-    as it is) keep every guided cell's guides and the distance to the chosen guide measured
-    from each cell's own centre, and the exact fill's vectors at most cells."""
+    as it is; or none at the finest level only) keep every guided cell's guides and the
+    distance to the chosen guide measured from each cell's own centre, and the exact fill's
+    vectors at most cells."""
     stride, height, width = 2, 96, 128
     sparse = np.zeros((1, height, width, 3), np.float32)
     ys, xs = rng.choice(height, 12, replace=False), rng.choice(width, 12, replace=False)
     sparse[0, ys, xs] = np.c_[rng.normal(0, 5, (12, 2)), np.ones(12)]
-    fast = fills.DensePrior(stride, coarse_stride=8, refine=refine)
+    fast = fills.DensePrior(stride, coarse_stride=8, refine=refine, refine_finest=refine_finest)
     got, exact = fast(sparse).numpy()[0], fills.DensePrior(stride)(sparse).numpy()[0]
     guided = sparse[0, ..., 2].reshape(height // stride, stride, width // stride, stride).max(
         (1, 3)) > 0
@@ -415,10 +416,18 @@ def test_the_multi_level_nearest_fill_with_fewer_refining_passes(refine, rng):
     # Where the guide is another, it is farther than the nearest, by less than a coarse cell.
     assert (got[..., 2] >= exact[..., 2] - 1e-3).all()
     assert (got[..., 2] - exact[..., 2]).max() < 8 * np.sqrt(2)
-    assert fills.DensePrior.from_config(fast.get_config()).refine == refine
+    if not refine_finest:  # the next level's choice, refined there: off by about a cell
+        assert (got[..., 2] - exact[..., 2]).max() < 2 * stride * np.sqrt(2)
+        refined = fills.DensePrior(stride, coarse_stride=8, refine=refine)(sparse).numpy()[0]
+        assert not np.allclose(got, refined)  # the finest pass did change cells there
+    restored = fills.DensePrior.from_config(fast.get_config())
+    assert (restored.refine, restored.refine_finest) == (refine, refine_finest)
+    assert fills.fill_spec(fills.fill_from_spec(fills.fill_spec(fast))) == fills.fill_spec(fast)
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="refine must be an integer >= 0"):
             fills.DensePrior(2, coarse_stride=8, refine=bad)
+    with pytest.raises(ValueError, match="refine_finest must be True or False; got 0"):
+        fills.DensePrior(2, coarse_stride=8, refine_finest=0)
 
 
 @pytest.mark.parametrize("coarse_stride", [2, 3, 6, 12, True, 8.0])

@@ -230,7 +230,7 @@ class _NearestPrior(Head):
     MAX_NEAREST_LEVELS = 6
 
     def __init__(self, nbins, fmax, loss, nearest_prior, nearest_levels=0,
-                 nearest_refine=fills.DensePrior.REFINE):
+                 nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True):
         super().__init__(nbins, fmax, loss)
         _check_bool(self.name, "nearest_prior", nearest_prior)
         if isinstance(nearest_levels, bool) or not isinstance(nearest_levels, int) \
@@ -239,11 +239,11 @@ class _NearestPrior(Head):
                              f"integer in [0, {self.MAX_NEAREST_LEVELS}]; got "
                              f"{nearest_levels!r}.")
         try:
-            fills.DensePrior(1, refine=nearest_refine)
+            fills.DensePrior(1, refine=nearest_refine, refine_finest=nearest_refine_finest)
         except ValueError as e:
             raise ValueError(f"config.model.options.{self.name}.nearest_{e}") from e
         self.nearest_prior, self.nearest_levels = nearest_prior, nearest_levels
-        self.nearest_refine = nearest_refine
+        self.nearest_refine, self.nearest_refine_finest = nearest_refine, nearest_refine_finest
 
     @property
     def prior_channels(self):
@@ -260,10 +260,12 @@ class _NearestPrior(Head):
         elif levels == feature_stride:
             fine, coarse = fills.DensePrior(out_stride, coarse_stride=levels,
                                             refine=self.nearest_refine, coarse_output=True,
+                                            refine_finest=self.nearest_refine_finest,
                                             name="dense_prior")(sparse)
         else:
             coarse = fills.DensePrior(feature_stride, name="dense_prior")(sparse)
             fine = fills.DensePrior(out_stride, coarse_stride=levels, refine=self.nearest_refine,
+                                    refine_finest=self.nearest_refine_finest,
                                     name="dense_prior_out")(sparse)
         scaled = keras.layers.Rescaling(1.0 / self.fmax, name="dense_prior_scale")(coarse)
         return [scaled], fine
@@ -371,6 +373,9 @@ class FillCorrection(_NearestPrior):
         nearest_refine: unit passes at each finer level of that form (fills.DensePrior's
             `refine`): 1 runs half the passes of 2 where the cells are finest, and the
             shipped model scores the same with either (docs/ablation.md).
+        nearest_refine_finest: those passes at the output's own cells too (fills.DensePrior's
+            `refine_finest`); False takes the next level's choice there, the costliest pass
+            saved, within 0.001 in relative EPE on the shipped weights (docs/ablation.md).
         correction: add the decoder's free correction (du, dv) to the blend (`BlendFills`).
         fill_stride: the fills' and the blend's stride, finer than the decoder's (0: the
             decoder's). The decoder's channels are resized to the fills' cells: a decoder
@@ -383,9 +388,11 @@ class FillCorrection(_NearestPrior):
 
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
-                 nearest_refine=fills.DensePrior.REFINE, correction=True, fill_stride=0):
+                 nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
+                 correction=True, fill_stride=0):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
-                         nearest_refine=nearest_refine)
+                         nearest_refine=nearest_refine,
+                         nearest_refine_finest=nearest_refine_finest)
         _check_bool(self.name, "gain", gain)
         _check_bool(self.name, "correction", correction)
         if isinstance(fill_stride, bool) or fill_stride not in (0, 1, 2, 4, 8, 16):

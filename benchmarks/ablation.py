@@ -72,8 +72,9 @@ NO_CORRECTION = ["--config.model.options.fill_correction.correction=False"]
 # level still at the features' stride 32.
 STRIDE4 = LOCAL_AFFINE + ["--config.model.options.skip_layer.out_stride=4",
                           "--config.model.options.fill_correction.nearest_levels=3"]
-# stride4_fills2 = configs/propagation.py, the shipped recipe: the decoder at stride 4, the
-# fills and blend on 2 px cells, no free correction.
+# stride4_fills2: the decoder at stride 4, the fills and blend on 2 px cells, no free
+# correction; configs/propagation.py, the shipped recipe, with its nearest fill's finest
+# refining pass left out (stride4_fills2_unrefined, the same weights within 0.001).
 STRIDE4_FILLS2 = STRIDE4 + NO_CORRECTION + [
     "--config.model.options.fill_correction.fill_stride=2",
     "--config.model.options.fill_correction.nearest_levels=4"]
@@ -157,8 +158,14 @@ VARIANTS = {
                               STRIDE4 + NO_CORRECTION),
     "stride4_fills2": ("stride4_no_correction with its fills and blend at stride 2: the "
                        "decoder's weight and reach resized to the fills' 2 px cells "
-                       "(configs/propagation.py, the shipped model)",
+                       "(the shipped model, trained with the finest pass)",
                        STRIDE4_FILLS2),
+    "stride4_fills2_unrefined": ("stride4_fills2 without the nearest fill's refining pass "
+                                 "at its finest level (configs/propagation.py, the shipped "
+                                 "model)",
+                                 STRIDE4_FILLS2 + [
+                                     "--config.model.options.fill_correction."
+                                     "nearest_refine_finest=False"]),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "

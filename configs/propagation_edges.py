@@ -20,5 +20,6 @@ def get_config(arg=None):
                                            nearest_levels=0)
     c.model.options.skip_layer.separable = False  # the decoder its figures were measured with
     c.model.options.skip_layer.out_stride = 2  # and its stride-2 stage
-    c.model.options.fill_correction.update(correction=True, fill_stride=0)
+    c.model.options.fill_correction.update(correction=True, fill_stride=0,
+                                           nearest_refine_finest=True)
     return c

@@ -79,6 +79,7 @@ def test_the_untrained_head_starts_from_the_fill_correction_flow(rng):
     affinity = models.build_cmp(config)
     config.model.head = "fill_correction"
     config.model.options.fill_correction.smooth = config.model.options.affinity.smooth
+    config.model.options.fill_correction.nearest_refine_finest = True  # as the affinity head
     keras.utils.set_random_seed(0)
     fill = models.build_cmp(config)
     image = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
@@ -181,6 +182,10 @@ def test_nearest_levels_set_the_output_fills_coarse_level(levels):
                     for layer in model.layers if isinstance(layer, fills.DensePrior))
     if levels == 4:
         assert priors == [(2, 32, True)]
+        # the shipped recipe leaves the finest level's pass out; the option reaches the layer
+        assert not model.get_layer("dense_prior").refine_finest
+        config.model.options.fill_correction.nearest_refine_finest = True
+        assert models.build_cmp(config).get_layer("dense_prior").refine_finest
         assert model.get_layer("dense_prior_scale").input is model.get_layer(
             "dense_prior").output[1]
     else:

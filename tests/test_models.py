@@ -215,6 +215,7 @@ def test_the_skip_decoder_can_end_at_stride_4_with_its_head_there_or_finer(rng):
     config = load_config("propagation")
     config.model.options.skip_layer.out_stride = 4
     config.model.options.fill_correction.nearest_levels = 3  # its coarsest at stride 32
+    config.model.options.fill_correction.fill_stride = 0  # the fills at the decoder's stride
     model = models.build_cmp(config)
     decoder = model.get_layer("decoder")
     assert set(decoder.input) == {"features", "skip4"}
@@ -531,13 +532,14 @@ def test_fill_gain_stops_a_guides_motion_at_its_reach_and_keeps_the_correction()
 def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):
     config = load_config("propagation")
     model = models.build_cmp(config)
-    assert model.get_layer("decoder").output.shape[-1] == 4  # (du, dv, blend weight, reach)
+    assert model.get_layer("decoder").output.shape[-1] == 2  # blend weight, reach: no correction
     inputs = _inputs(rng, 1, 128, points=4)
     # The recipe's nearest fill at the output's stride (its layer may return a second level).
     recipe = next(layer for layer in model.layers
                   if isinstance(layer, fills.DensePrior) and layer.stride == 2)
     nearest = fills.DensePrior(2, coarse_stride=recipe.coarse_stride,
-                               refine=recipe.refine)(inputs["sparse"]).numpy()
+                               refine=recipe.refine,
+                               refine_finest=recipe.refine_finest)(inputs["sparse"]).numpy()
     mean = 0.5 * (nearest[..., :2] + fills.LocalAffineFill(2)(inputs["sparse"]).numpy())
     start = np.exp(-0.5 * (nearest[..., 2:] / 128 / 0.25) ** 2)  # sigma = diagonal / 4
     want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()

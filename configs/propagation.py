@@ -7,8 +7,8 @@ reach is learned per pixel, L1-regressed; trained by Adam with 1 to 400 guides p
 half its samples layered scenes with exact flow. Its decoder ends after its stride-4 fusion,
 its convs at stride 4 depthwise-separable, and the blend's weight and the gain's reach it
 predicts there are resized to the fills' 2 px cells; the nearest fill on those cells runs on
-five levels with one refining pass each, the coarsest at the features' stride (the decoder's
-input fill, flooded once). That is less than half the time of the dense decoder at stride 2
+five levels with one refining pass at each but the finest, the coarsest at the features'
+stride (the decoder's input fill, flooded once). That is less than half the time of the dense decoder at stride 2
 with a three-level fill and two passes, for about the same EPE (docs/speed.md,
 docs/ablation.md).
 
@@ -34,25 +34,23 @@ def get_config(arg=None):
     c = cpu_bins.get_config(arg)
     c.flow.loss = "l1"
     c.model.head = "fill_correction"
-    # The nearest fill at the output's stride on 5 levels (fills.DensePrior, coarse_stride
-    # 32, the features' stride: its coarsest level is the decoder's input fill) with one
-    # refining pass per finer level but the finest: less than half the time of the one-level
-    # fill; on the same weights within 0.003 in relative EPE of three levels, retrained once
-    # within 0.012; the finest level's pass, the costliest, within 0.001 (docs/ablation.md,
+    # The decoder ends after its stride-4 fusion, its convs there depthwise-separable (a fifth
+    # of the multiply-adds of dense ones, the same EPE at K >= 5). The fills and the blend run
+    # on 2 px cells, the decoder's weight and reach resized to them; no free correction (it
+    # was idle): the same EPE within 0.01 at every K, training 30% faster (docs/ablation.md,
+    # "The decoder at stride 4, and without the free correction").
+    # The nearest fill on those cells on 5 levels (fills.DensePrior, coarse_stride 32, the
+    # features' stride: its coarsest level is the decoder's input fill) with one refining
+    # pass per finer level but the finest: less than half the time of the one-level fill; on
+    # the same weights within 0.003 in relative EPE of three levels, retrained once within
+    # 0.012; the finest level's pass, the costliest, within 0.001 (docs/ablation.md,
     # "Measured on the shipped weights").
     # The smooth fill: local affine fits (fills.LocalAffineFill), ahead of pull-push from 5
     # guides on (docs/ablation.md, "A local affine smooth fill").
+    c.model.options.skip_layer.update(separable=True, out_stride=4)
     c.model.options.fill_correction.update(gain=True, smooth="local_affine", nearest_levels=4,
-                                           nearest_refine=1, nearest_refine_finest=False)
-    # Depthwise-separable convs where the decoder works at strides 4 and 2: a fifth of the
-    # network's multiply-adds, the same EPE at K >= 5 (docs/ablation.md).
-    c.model.options.skip_layer.separable = True
-    # The decoder ends after its stride-4 fusion and the fills and blend run on 2 px cells,
-    # the decoder's weight and reach resized to them; no free correction (it was idle): the
-    # same EPE within 0.01 at every K, Keras and ONNX 15-20% faster, training 30% faster
-    # (docs/ablation.md, "The decoder at stride 4, and without the free correction").
-    c.model.options.skip_layer.out_stride = 4
-    c.model.options.fill_correction.update(correction=False, fill_stride=2)
+                                           nearest_refine=1, nearest_refine_finest=False,
+                                           correction=False, fill_stride=2)
     c.optim.name, c.schedule.lr = "adam", 1e-3
     c.guidance.num_points = (1, 400)
     c.data.layered.ratio = 0.5

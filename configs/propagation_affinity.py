@@ -19,6 +19,6 @@ def get_config(arg=None):
     # the local affine fill).
     c.model.options.affinity.update(gain=True, smooth="pull_push", pull="tent", relax=4,
                                     iterations=8, self_logit=0.0)
-    c.model.options.skip_layer.separable = False  # the decoder its figures were measured with
-    c.model.options.skip_layer.out_stride = 2  # and its stride-2 stage
+    # the decoder its figures were measured with: dense convs, its stride-2 stage
+    c.model.options.skip_layer.update(separable=False, out_stride=2)
     return c

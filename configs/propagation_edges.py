@@ -16,10 +16,10 @@ from configs import propagation
 
 def get_config(arg=None):
     c = propagation.get_config(arg)
+    # the read-out and the decoder its figures were measured with: fills at the decoder's
+    # stride 2, a free correction, dense convs
     c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1, finest_relax=0,
-                                           nearest_levels=0)
-    c.model.options.skip_layer.separable = False  # the decoder its figures were measured with
-    c.model.options.skip_layer.out_stride = 2  # and its stride-2 stage
-    c.model.options.fill_correction.update(correction=True, fill_stride=0,
-                                           nearest_refine_finest=True)
+                                           nearest_levels=0, nearest_refine_finest=True,
+                                           correction=True, fill_stride=0)
+    c.model.options.skip_layer.update(separable=False, out_stride=2)
     return c

@@ -362,6 +362,47 @@ _MOMENT_ORDERS = ((2, 0, 0), (2, 1, 0), (2, 0, 1), (2, 2, 0), (2, 1, 1), (2, 0, 
                   (0, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (1, 1, 0), (1, 0, 1))
 
 
+_MOMENT = {name: i for i, name in enumerate(
+    ("s0", "sx", "sy", "sxx", "sxy", "syy", "su", "sux", "suy", "sv", "svx", "svy"))}
+# The slopes' ridge is added to sxx and syy.
+# Subtracted from the vectors of unguided cells, so that they are never a range's end (small
+# enough for float16 files).
+_UNGUIDED = 1e4
+_RIDGE_CHANNELS = np.array([name in ("sxx", "syy") for name in _MOMENT], np.float32)
+
+
+def _picks(*rows):
+    """[1, 1, len(rows[0]), len(rows)] 1 x 1 convolution weights: output channel j sums the
+    input channels rows[j] lists (with their signs, '-' before a name)."""
+    names = sorted({n.lstrip("-") for row in rows for n in row})
+    index = _MOMENT if set(names) <= set(_MOMENT) else {n: int(n) for n in names}
+    size = len(_MOMENT) if index is _MOMENT else 1 + max(index.values())
+    kernel = np.zeros((1, 1, size, len(rows)), np.float32)
+    for j, row in enumerate(rows):
+        for name in row:
+            kernel[0, 0, index[name.lstrip("-")], j] += -1.0 if name.startswith("-") else 1.0
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _fit_kernels():
+    """The 1 x 1 convolutions of LocalAffineFill._fit: the two factors of the cofactors'
+    products, their differences (c0, c1, c2), (s0, sx, sy), a sum of 3 channels, the
+    vectors' moments (su, sux, suy, sv, svx, svy), (c0, c1, c2) twice, and sums of
+    consecutive triples."""
+    products = (("sxx", "syy"), ("sxy", "sxy"), ("sxy", "sy"), ("sx", "syy"), ("sx", "sxy"),
+                ("sxx", "sy"))
+    pick_a = _picks(*[(a,) for a, _ in products])
+    pick_b = _picks(*[(b,) for _, b in products])
+    cofactors = _picks(("0", "-1"), ("2", "-3"), ("4", "-5"))
+    pick_s = _picks(("s0",), ("sx",), ("sy",))
+    sum3 = _picks(("0", "1", "2"))
+    pick_uv = _picks(*[(n,) for n in ("su", "sux", "suy", "sv", "svx", "svy")])
+    tile = _picks(("0",), ("1",), ("2",), ("0",), ("1",), ("2",))
+    pairs = _picks(("0", "1", "2"), ("3", "4", "5"))
+    return pick_a, pick_b, cofactors, pick_s, sum3, pick_uv, tile, pairs
+
+
 def _moment_shift(ox, oy, scale=1.0):
     """[12, 12] matrix M, moments about a point -> moments about a point (ox, oy) cells
     before it (a guide at offset d from the first lies at d + o from the second), in units
@@ -445,9 +486,10 @@ class LocalAffineFill(_GuidanceFill):
         support: summed guide weight at which a level's fit and the coarser one's weigh the
             same.
         ridge: the slopes' ridge, in guide weight x cells^2.
-        clamp: keep each component within the guides' range, as pull-push and linear
-            interpolation do: an extrapolated slope can otherwise overshoot every guide,
-            which moves the largest motion that click annotation normalises by.
+        clamp: keep each component within the guides' range (of their means per cell of
+            `stride`), as pull-push and linear interpolation do: an extrapolated slope can
+            otherwise overshoot every guide, which moves the largest motion that click
+            annotation normalises by.
     """
 
     channels = 2
@@ -474,20 +516,29 @@ class LocalAffineFill(_GuidanceFill):
 
     def _fit(self, moments):
         """((u, v) of each cell's weighted affine fit read at its centre, [B, h, w, 2]; the
-        fit's confidence s0 / (s0 + support), [B, h, w, 1]) from the cells' moments."""
-        s0, sx, sy, sxx, sxy, syy = (moments[..., i:i + 1] for i in range(6))
-        sxx, syy = sxx + self.ridge, syy + self.ridge
-        # The first row of the symmetric normal matrix's adjugate: the constant term only.
-        c0 = sxx * syy - sxy * sxy
-        c1 = sxy * sy - sx * syy
-        c2 = sx * sxy - sxx * sy
-        det = s0 * c0 + sx * c1 + sy * c2  # > 0 where a guide reaches: a Gram matrix + ridge
+        fit's confidence s0 / (s0 + support), [B, h, w, 1]) from the cells' moments.
+
+        The 3 x 3 solve by the first row of the normal matrix's adjugate, written as a few
+        multi-channel products: 1 x 1 convolutions pick and sum the channels (`_FIT_KERNELS`),
+        about a third of the ops of one slice per moment, which is what the solve costs at
+        the coarse levels of the pyramid."""
+        pick_a, pick_b, cofactors, pick_s, sum3, pick_uv, tile, pairs = _fit_kernels()
+        ridge = tf.constant(_RIDGE_CHANNELS * self.ridge)
+        moments = moments + ridge
+
+        def conv(x, kernel):
+            return tf.nn.conv2d(x, kernel, 1, "VALID")
+
+        # (c0, c1, c2) = (sxx syy - sxy^2, sxy sy - sx syy, sx sxy - sxx sy)
+        c = conv(conv(moments, pick_a) * conv(moments, pick_b), cofactors)
+        s = conv(moments, pick_s)  # (s0, sx, sy)
+        det = conv(s * c, sum3)  # > 0 where a guide reaches: a Gram matrix + ridge
         # Where none does every moment is 0, and so is the fit: 0 / 1. (A floor such as
         # max(det, 1e-30) becomes 0 / 0 in float16 files, which round the floor to 0.)
         det = tf.where(det > 0, det, tf.ones_like(det))
-        fits = [(c0 * moments[..., k:k + 1] + c1 * moments[..., k + 1:k + 2]
-                 + c2 * moments[..., k + 2:k + 3]) / det for k in (6, 9)]
-        return tf.concat(fits, -1), s0 / (s0 + self.support)
+        fits = conv(conv(moments, pick_uv) * conv(c, tile), pairs) / det
+        s0 = s[..., :1]
+        return fits, s0 / (s0 + self.support)
 
     def call(self, sparse):
         sparse = tf.cast(sparse, tf.float32)
@@ -495,6 +546,8 @@ class LocalAffineFill(_GuidanceFill):
         guidance = masked_guidance(sparse)
         level = tf.nn.conv2d(guidance, _cell_moments_kernel(s), s, "VALID")
         out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
+        if self.clamp:
+            low, high = _cell_guide_range(level)
         for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
             level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
         pyramid = [level]
@@ -515,7 +568,6 @@ class LocalAffineFill(_GuidanceFill):
                                              half_pixel_centers=True)
         fill = fill[:, :out_h, :out_w]
         if self.clamp:
-            low, high = _guide_range(guidance)
             fill = tf.minimum(tf.maximum(fill, low), high)
         return tf.cast(fill, self.compute_dtype)
 
@@ -524,15 +576,20 @@ class LocalAffineFill(_GuidanceFill):
                 "ridge": self.ridge, "clamp": self.clamp}
 
 
-def _guide_range(guidance):
-    """(smallest, largest) guided (u, v) of each image, [B, 1, 1, 2] each, from its
-    `masked_guidance` (zero vectors off the guides); (0, 0) where nothing is guided."""
-    vectors, guided = guidance[..., :2], guidance[..., 2:] > 0
-    low = tf.reduce_min(tf.where(guided, vectors, tf.reduce_max(vectors, [1, 2], keepdims=True)),
-                        [1, 2], keepdims=True)
-    high = tf.reduce_max(tf.where(guided, vectors, tf.reduce_min(vectors, [1, 2], keepdims=True)),
-                         [1, 2], keepdims=True)
-    return low, high
+def _cell_guide_range(moments):
+    """(smallest, largest) (u, v) of the guided cells' mean vectors of each image, [B, 1, 1, 2]
+    each, from the cells' LocalAffineFill moments; (0, 0) where nothing is guided. Within
+    the guides' own range (a cell's guides averaged), and read at the cells: a reduction over
+    every pixel cost more than the rest of the fill in LiteRT."""
+    count = moments[..., :1]
+    guided = count > 0
+    mean = tf.nn.conv2d(moments, _picks(("su",), ("sv",)), 1, "VALID") / tf.where(
+        guided, count, tf.ones_like(count))
+    both = tf.concat([mean, -mean], -1) - tf.where(guided, 0.0, _UNGUIDED)
+    # One reduction for both ends: max of the vectors and max of their negatives.
+    both = tf.reduce_max(both, [1, 2], keepdims=True)
+    both = tf.where(both > -_UNGUIDED / 2, both, 0.0)
+    return -both[..., 2:], both[..., :2]
 
 
 def _upsample(coarse, fine):

@@ -170,14 +170,14 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     for part, net in parts.items():
         feeds = [{k: s[k] for k in savedmodel.input_specs(net)} for s in calib]
         outputs = (CMP_OUTPUTS if logits else ("flow",)) if part == "model" else None
-        for fmt in [f for f in FORMATS if f in formats]:  # ONNX converts the SavedModel
+        for fmt in [f for f in FORMATS if f in formats]:  # int8 ONNX quantizes the float one
             start = time.perf_counter()
             path = os.path.join(out, artifact_name(fmt, part))
             meta = _metadata(model, part, fmt, size, dynamic_tflite, source)
             if fmt == "savedmodel":
                 savedmodel.write(net, path, outputs=outputs, metadata=meta)
             elif fmt == "onnx":
-                _write_onnx(net, path, outputs, meta, out, formats, part)
+                _write_onnx(net, path, outputs, meta)
             elif fmt == "onnx_int8":
                 _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds)
             else:
@@ -204,13 +204,12 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     return report
 
 
-def _write_onnx(net, path, outputs, meta, out, formats, part):
-    """ONNX converts from the SavedModel: the one written, else one in a temporary folder."""
-    if "savedmodel" in formats:
-        onnx_export.write(os.path.join(out, artifact_name("savedmodel", part)), path, meta)
-        return
+def _write_onnx(net, path, outputs, meta):
+    """ONNX converts from a SavedModel of its own, in a temporary folder: with the nearest
+    fills in their compact form, which ONNX Runtime runs faster (savedmodel.compact_fills)."""
     with tempfile.TemporaryDirectory() as tmp:
-        savedmodel.write(net, tmp, outputs=outputs)
+        with savedmodel.compact_fills(net):
+            savedmodel.write(net, tmp, outputs=outputs)
         onnx_export.write(tmp, path, meta)
 
 
@@ -221,7 +220,7 @@ def _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds):
         return
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "float.onnx")
-        _write_onnx(net, source, outputs, None, tmp, (), part)
+        _write_onnx(net, source, outputs, None)
         onnx_export.quantize(source, path, feeds, meta)
 
 

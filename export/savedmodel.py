@@ -1,6 +1,7 @@
 """SavedModel: the serving signature TensorFlow Serving reads, and the source of the TFLite and
 ONNX conversions (both read a SavedModel more reliably than a live Keras model: its captured
 constants are frozen and its variables are plain values)."""
+import contextlib
 import json
 import os
 
@@ -8,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from cmp_tf import runners
+from cmp_tf.models import fills
 
 
 def input_specs(model, size=None, batch=None):
@@ -56,3 +58,20 @@ def write(model, path, specs=None, outputs=None, metadata=None):
         with open(meta, "w") as f:
             json.dump(metadata, f, indent=1)
     return path
+
+
+@contextlib.contextmanager
+def compact_fills(model):
+    """`model`'s nearest fills in their compact form (fills.DensePrior: one gather and pick a
+    pass, the same output) while it is traced for LiteRT or ONNX, which run that form faster
+    (and TFLite's integer quantizer finishes only with it); the sequential form, the faster in
+    TensorFlow, again after."""
+    layers = [layer for layer in model.layers
+              if isinstance(layer, fills.DensePrior) and not layer.compact]
+    for layer in layers:
+        layer.compact = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.compact = False

@@ -386,9 +386,9 @@ def test_every_file_takes_image_and_sparse_and_holds_builtin_ops_only(exported):
         assert "flow" in runner.get_output_details(), name
         builtins, custom = _tflite_ops(out / name)
         assert not custom, f"{name}: custom or Flex ops {sorted(custom)}"
-        # The nearest fill's passes: selects, or one argmin each in the integer file, whose
-        # quantizer gets the compact form (fills.DensePrior).
-        fill_ops = {"ARG_MIN", "ONE_HOT"} if "int8" in name else {"SELECT_V2", "SQRT"}
+        # The nearest fill's passes in their compact form, a gather and a pick (minimum)
+        # each (fills.DensePrior), and its distances.
+        fill_ops = {"DEPTHWISE_CONV_2D", "REDUCE_MIN", "SQRT"}
         assert fill_ops <= builtins, f"{name}: the nearest fill is not inside"
     quantized, _ = _tflite_ops(out / "model_int8.tflite")
     assert {"QUANTIZE", "DEQUANTIZE"} <= quantized  # int8 parts and float32 fills

@@ -16,8 +16,17 @@ import tensorflow as tf
 
 
 _CANDIDATES = 9  # a jump-flooding pass compares a cell with itself and its 8 neighbours
-# Channel order taking 9 candidates' (y, x, u, v) to 9 y, 9 x, 9 u, 9 v.
-_BY_COMPONENT = [4 * i + c for c in range(4) for i in range(_CANDIDATES)]
+# The compact pass's candidates: the cell itself, then its neighbours in the sequential
+# pass's order; a depthwise 3 x 3 kernel copies each of (y, x, u, v) from them (9 y, 9 x, 9 u,
+# 9 v: TensorFlow's depthwise channel order), a priority (first candidate highest) breaks
+# ties as the sequential pass does, and a 1 x 1 kernel sums each component's picked one.
+_CANDIDATE_OFFSETS = [(0, 0)] + [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+_CANDIDATE_KERNEL = np.stack([np.pad([[1.0]], [[1 + dy, 1 - dy], [1 + dx, 1 - dx]])
+                              for dy, dx in _CANDIDATE_OFFSETS], -1)[:, :, None].repeat(
+                                  4, 2).astype(np.float32)  # [3, 3, 4, 9]
+_CANDIDATE_PRIORITY = np.arange(_CANDIDATES, 0, -1).astype(np.float32)
+_PICKED_SUMS = np.kron(np.eye(4, dtype=np.float32), np.ones((_CANDIDATES, 1), np.float32))[
+    None, None]
 
 
 # `DensePrior._pooled`'s channels (mask, mask y, mask x, mask u, mask v): where the cell's
@@ -96,9 +105,10 @@ class DensePrior(_GuidanceFill):
     distance `max_size`. Computed by jump flooding (Rong & Tan, 2006): log2(size) passes of
     comparisons with the 8 neighbours at a distance, pads, slices and selects only, so it exports
     to TFLite and ONNX. A pass has two equal forms: eight sequential "strictly closer" selects
-    (77 ops, the faster to run), or one argmin over the cell and its neighbours (33 ops:
-    TFLite's integer quantizer, which walks every op, finishes in seconds instead of not at
-    all); `compact` picks the second, and export/tflite.py sets it while it quantizes.
+    (77 ops, the faster in TensorFlow), or one depthwise convolution that gathers the 9
+    candidates and one first-minimum pick over them (20 ops: the faster in LiteRT, and TFLite's
+    integer quantizer, which walks every op, finishes in seconds instead of not at all);
+    `compact` picks the second, and export/tflite.py sets it while it converts.
 
     Two-level (`coarse_stride`): jump flooding runs in full on cells of `coarse_stride`
     pixels, where it is cheap, and the result, taken to the `stride` grid with the guided
@@ -113,7 +123,8 @@ class DensePrior(_GuidanceFill):
         stride: cell size in input pixels (the resolution the fill is used at).
         max_size: the largest image side the fill must span, in pixels; used for the number
             of passes when the size is unknown when traced (exported models).
-        compact: run each pass as one argmin (same output, fewer and slower ops).
+        compact: run each pass as one gather and pick (same output, fewer ops; faster in
+            LiteRT, slower in TensorFlow).
         coarse_stride: 0 for the exact one-level fill; else the coarse level's cell size, a
             power-of-two multiple of `stride` (the image size need not be its multiple).
         refine: unit passes at each level finer than the coarse one (2, the default, as
@@ -253,13 +264,13 @@ class DensePrior(_GuidanceFill):
             padded = tf.concat([
                 tf.pad(state[..., :2], [[0, 0], [k, k], [k, k], [0, 0]], constant_values=self._FAR),
                 tf.pad(state[..., 2:], [[0, 0], [k, k], [k, k], [0, 0]])], -1)
+            if self.compact:
+                state, best = self._gather_pass(padded, k, cy, cx)
+                continue
             # Constant slice bounds (no tensor sizes) keep the channel count static for the
             # exporters' shape inference: the decoder's convs need it.
             others = [padded[:, k + dy:_end(k - dy), k + dx:_end(k - dx)]
                       for dy in (-k, 0, k) for dx in (-k, 0, k) if dy or dx]
-            if self.compact:
-                state, best = self._argmin_pass(state, others, cy, cx)
-                continue
             for other in others:
                 other_d2 = dist2(other)
                 closer = other_d2 < best
@@ -268,19 +279,21 @@ class DensePrior(_GuidanceFill):
         return state, best
 
     @staticmethod
-    def _argmin_pass(state, others, cy, cx):
-        """One pass as an argmin over the cell and its 8 `others`: the first closest, the
-        cell's own state on ties, as the sequential "strictly closer" selects give. The 9
-        candidates' (y, x, u, v) are regrouped by component in 4-D tensors (5-D slices with
-        free H and W are not TFLite builtins). Returns (state, its squared distance)."""
-        candidates = tf.gather(tf.concat([state, *others], -1), _BY_COMPONENT, axis=-1)
-        ys, xs, us, vs = (candidates[..., i * _CANDIDATES:(i + 1) * _CANDIDATES]
-                          for i in range(4))
-        d2 = tf.square(ys - cy) + tf.square(xs - cx)  # [B, h, w, 9]
-        pick = tf.one_hot(tf.argmin(d2, axis=-1), _CANDIDATES, dtype=tf.float32)
-        state = tf.concat([tf.reduce_sum(c * pick, -1, keepdims=True) for c in (ys, xs, us, vs)],
-                          -1)
-        return state, tf.reduce_min(d2, axis=-1, keepdims=True)
+    def _gather_pass(padded, k, cy, cx):
+        """One pass over `padded` (the state padded by k with far guides) as a gather of the
+        cell and its 8 neighbours at k (a depthwise convolution dilated by k, whose sums hold
+        one term each: exact copies) and a pick of the first closest, the cell's own state on
+        ties, as the sequential "strictly closer" selects give. Returns (state, its squared
+        distance)."""
+        candidates = tf.nn.depthwise_conv2d(padded, _CANDIDATE_KERNEL, [1, 1, 1, 1], "VALID",
+                                            dilations=[k, k])  # [B, h, w, 4 x 9]
+        n = _CANDIDATES
+        d2 = tf.square(candidates[..., :n] - cy) + tf.square(candidates[..., n:2 * n] - cx)
+        best = tf.reduce_min(d2, -1, keepdims=True)
+        score = tf.cast(d2 <= best, tf.float32) * _CANDIDATE_PRIORITY
+        pick = tf.cast(tf.equal(score, tf.reduce_max(score, -1, keepdims=True)), tf.float32)
+        state = tf.nn.conv2d(candidates * tf.concat([pick] * 4, -1), _PICKED_SUMS, 1, "VALID")
+        return state, best
 
     def get_config(self):
         return {**super().get_config(), "compact": self.compact,

@@ -67,6 +67,18 @@ _FLOAT_LAYERS = tflite_export.FLOAT_LAYERS + tflite_export.FILL_LAYER_PATTERNS
 _FLOAT_CONV = re.compile(rf"(^|/)({'|'.join(_FLOAT_LAYERS)})(_\d+)?/")
 
 
+def _float_layer_nodes(nodes, producers):
+    """Names of the nodes of the layers kept float32: named in one of their scopes, or named by
+    tf2onnx (no scope: the convolutions it merges or splits) and reading such a node."""
+    floats = set()
+    for node in nodes:  # topological order
+        source = producers.get(node.input[0]) if node.input else None
+        if _FLOAT_CONV.search(node.name) or ("/" not in node.name and source is not None
+                                             and source.name in floats):
+            floats.add(node.name)
+    return floats
+
+
 def _reads_input(producers, node, name):
     """Whether `node` reads graph input `name` directly or through layout transposes only.
 
@@ -99,8 +111,9 @@ def quantize(source, path, samples, metadata=None):
                                                        skip_symbolic_shape=True)
         nodes = onnx.load(prepared).graph.node
         producers = {out: node for node in nodes for out in node.output}
+        floats = _float_layer_nodes(nodes, producers)
         keep = [node.name for node in nodes
-                if node.op_type in QUANTIZED_OPS and (_FLOAT_CONV.search(node.name)
+                if node.op_type in QUANTIZED_OPS and (node.name in floats
                                                       or _reads_input(producers, node, "sparse"))]
         quantization.quantize_static(
             prepared, path, Reader(), quant_format=quantization.QuantFormat.QDQ,

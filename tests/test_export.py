@@ -272,14 +272,15 @@ def _quantized_convs(graph, samples, folder):
 
 def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
     """A smooth fill's tent pull and the decoder's head are convolutions; quantized, the fill's
-    (vector x mask) / mask ratio and the gain's reach move by a uint8 step (export/onnx.py)."""
+    (vector x mask) / mask ratio and the gain's reach move by a uint8 step (export/onnx.py).
+    Convolutions tf2onnx names itself (no scope) follow what they read."""
     import onnx
     from onnx import TensorProto
     from onnx import helper
 
     rng = np.random.default_rng(0)
-    names = ["cmp_1/encoder_1/conv1_1/Conv2D", "cmp_1/pull_push_out_1/depthwise_3",
-             "cmp_1/decoder_1/head_1/BiasAdd"]
+    names = ["cmp_1/encoder_1/conv1_1/Conv2D", "Conv__7194", "cmp_1/pull_push_out_1/depthwise_3",
+             "Conv__4889", "cmp_1/decoder_1/head_1/BiasAdd"]
     weights, nodes, previous = [], [], "x"
     for index, name in enumerate(names):
         weights.append(onnx.numpy_helper.from_array(
@@ -292,7 +293,8 @@ def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
         [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4, 8, 8])], weights)
     samples = [{"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
     int8_weights, _ = _quantized_convs(graph, samples, tmp_path)
-    assert int8_weights == {names[0]: True, names[1]: False, names[2]: False}
+    assert int8_weights == {names[0]: True, names[1]: True, names[2]: False, names[3]: False,
+                            names[4]: False}
 
 
 def test_onnx_int8_reads_the_sparse_map_in_float(tmp_path):

@@ -394,6 +394,10 @@ def test_every_file_takes_image_and_sparse_and_holds_builtin_ops_only(exported):
         assert fill_ops <= builtins, f"{name}: the nearest fill is not inside"
     quantized, _ = _tflite_ops(out / "model_int8.tflite")
     assert {"QUANTIZE", "DEQUANTIZE"} <= quantized  # int8 parts and float32 fills
+    # MobileNetV3's hard swish: one op in the float files, in the int8 one written as ops
+    # XNNPACK runs in int8 (export/tflite.py).
+    assert "HARD_SWISH" in _tflite_ops(out / "model.tflite")[0]
+    assert "HARD_SWISH" not in quantized
     assert _fill_round_trips(out / "model_int8.tflite") == []
     for name in ("model.onnx", "model_int8.onnx"):
         graph = onnx.load(str(out / name)).graph
@@ -497,3 +501,21 @@ def test_the_plain_litert_example_runs_a_fresh_file(exported, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         arrow = result.stdout.split("at the arrow (20, 10): ")[1].split("]")[0]
         np.testing.assert_allclose(json.loads(arrow + "]"), [6, -4], atol=0.6)
+
+
+def test_int8_hard_swish_is_the_same_function_and_the_model_gets_its_own_back():
+    import keras
+
+    from cmp_tf import models
+    from export import tflite
+
+    x = np.linspace(-8, 8, 161, dtype=np.float32)
+    np.testing.assert_allclose(tflite._hard_swish_delegable(x).numpy(),
+                               keras.activations.hard_silu(x).numpy(), atol=1e-6)
+    model = models.build_cmp(_small_config())
+    activations = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                   if isinstance(layer, keras.layers.Activation)]
+    assert activations  # MobileNetV3's hard swish
+    with tflite._delegable_hard_swish(model):
+        assert all(a.activation is tflite._hard_swish_delegable for a in activations)
+    assert all(a.activation is keras.activations.hard_silu for a in activations)

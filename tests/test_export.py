@@ -513,7 +513,7 @@ def test_int8_hard_swish_is_the_same_function_and_the_model_gets_its_own_back():
     np.testing.assert_allclose(tflite._hard_swish_delegable(x).numpy(),
                                keras.activations.hard_silu(x).numpy(), atol=1e-6)
     model = models.build_cmp(_small_config())
-    activations = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+    activations = [layer for layer in tflite._all_layers(model)
                    if isinstance(layer, keras.layers.Activation)]
     assert activations  # MobileNetV3's hard swish
     with tflite._delegable_hard_swish(model):

@@ -378,15 +378,16 @@ _MOMENT_ORDERS = ((2, 0, 0), (2, 1, 0), (2, 0, 1), (2, 2, 0), (2, 1, 1), (2, 0, 
 _MOMENT = {name: i for i, name in enumerate(
     ("s0", "sx", "sy", "sxx", "sxy", "syy", "su", "sux", "suy", "sv", "svx", "svy"))}
 # The slopes' ridge is added to sxx and syy.
+_RIDGE_CHANNELS = np.array([name in ("sxx", "syy") for name in _MOMENT], np.float32)
 # Subtracted from the vectors of unguided cells, so that they are never a range's end (small
 # enough for float16 files).
 _UNGUIDED = 1e4
-_RIDGE_CHANNELS = np.array([name in ("sxx", "syy") for name in _MOMENT], np.float32)
 
 
 def _picks(*rows):
-    """[1, 1, len(rows[0]), len(rows)] 1 x 1 convolution weights: output channel j sums the
-    input channels rows[j] lists (with their signs, '-' before a name)."""
+    """[1, 1, C, len(rows)] 1 x 1 convolution weights: output channel j sums the input
+    channels rows[j] lists, with their signs ('-' before a name). Names are LocalAffineFill's
+    moments (C = 12) or channel numbers as strings (C = the largest + 1)."""
     names = sorted({n.lstrip("-") for row in rows for n in row})
     index = _MOMENT if set(names) <= set(_MOMENT) else {n: int(n) for n in names}
     size = len(_MOMENT) if index is _MOMENT else 1 + max(index.values())
@@ -532,7 +533,7 @@ class LocalAffineFill(_GuidanceFill):
         fit's confidence s0 / (s0 + support), [B, h, w, 1]) from the cells' moments.
 
         The 3 x 3 solve by the first row of the normal matrix's adjugate, written as a few
-        multi-channel products: 1 x 1 convolutions pick and sum the channels (`_FIT_KERNELS`),
+        multi-channel products: 1 x 1 convolutions pick and sum the channels (`_fit_kernels`),
         about a third of the ops of one slice per moment, which is what the solve costs at
         the coarse levels of the pyramid."""
         pick_a, pick_b, cofactors, pick_s, sum3, pick_uv, tile, pairs = _fit_kernels()

@@ -60,18 +60,24 @@ def write(model, path, specs=None, outputs=None, metadata=None):
     return path
 
 
-@contextlib.contextmanager
 def compact_fills(model):
     """`model`'s nearest fills in their compact form (fills.DensePrior: one gather and pick a
     pass, the same output) while it is traced for LiteRT or ONNX, which run that form faster
     (and TFLite's integer quantizer finishes only with it); the sequential form, the faster in
     TensorFlow, again after."""
-    layers = [layer for layer in model.layers
-              if isinstance(layer, fills.DensePrior) and not layer.compact]
+    return layers_set([layer for layer in model.layers if isinstance(layer, fills.DensePrior)],
+                      "compact", True)
+
+
+@contextlib.contextmanager
+def layers_set(layers, attribute, value):
+    """Each of `layers` with `attribute` set to `value` for a trace, its own value again after
+    (an exporter's form of the same computation)."""
+    before = [getattr(layer, attribute) for layer in layers]
     for layer in layers:
-        layer.compact = True
+        setattr(layer, attribute, value)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.compact = False
+        for layer, old in zip(layers, before):
+            setattr(layer, attribute, old)

@@ -5,6 +5,8 @@ distance between the pixel's colour and the guide's, both read on the image blur
 import cv2
 import numpy as np
 
+from cmp_tf.data import sampling
+
 NEAREST = 8  # guides each pixel weighs
 REACH = 0.5  # the spatial sigma: REACH x the nearest guide's distance + FLOOR_PX
 FLOOR_PX = 2.0
@@ -14,17 +16,11 @@ ROWS = 32  # rows computed at a time (memory: ROWS x W x K distances)
 
 
 def propagate(image, points, vectors):
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 [H, W, 3]; got {image.dtype} {image.shape}.")
+    image, points, vectors = sampling.check_guidance(image, points, vectors)
     height, width = image.shape[:2]
-    points = np.asarray(points, np.float64).reshape(-1, 2)
-    vectors = np.asarray(vectors, np.float32).reshape(-1, 2)
-    if len(points) == 0:
-        return np.zeros((height, width, 2), np.float32)
     lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), BLUR_PX), cv2.COLOR_RGB2LAB)
     lab = lab.astype(np.float32)
-    xy = np.clip(np.round(points).astype(int), 0, [width - 1, height - 1])
+    xy = np.round(points).astype(int)  # on the image: check_guidance
     guide_colour = lab[xy[:, 1], xy[:, 0]]  # [K, 3]
     rows, cols = np.mgrid[:height, :width].astype(np.float32)
     flow = np.zeros((height, width, 2), np.float32)

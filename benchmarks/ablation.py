@@ -161,11 +161,19 @@ VARIANTS = {
                        "(the shipped model, trained with the finest pass)",
                        STRIDE4_FILLS2),
     "stride4_fills2_unrefined": ("stride4_fills2 without the nearest fill's refining pass "
-                                 "at its finest level (configs/propagation.py, the shipped "
-                                 "model)",
+                                 "at its finest level (the shipped model before "
+                                 "stride4_fills2_resized)",
                                  STRIDE4_FILLS2 + [
                                      "--config.model.options.fill_correction."
                                      "nearest_refine_finest=False"]),
+    "stride4_fills2_resized": ("stride4_fills2_unrefined with the nearest fill's finest level "
+                               "the next level's resized (configs/propagation.py, the shipped "
+                               "model)",
+                               STRIDE4_FILLS2 + [
+                                   "--config.model.options.fill_correction."
+                                   "nearest_refine_finest=False",
+                                   "--config.model.options.fill_correction."
+                                   "nearest_resize_finest=True"]),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "

@@ -20,6 +20,7 @@ def get_config(arg=None):
     # stride 2, a free correction, dense convs
     c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1, finest_relax=0,
                                            nearest_levels=0, nearest_refine_finest=True,
-                                           correction=True, fill_stride=0)
+                                           nearest_resize_finest=False, correction=True,
+                                           fill_stride=0)
     c.model.options.skip_layer.update(separable=False, out_stride=2)
     return c

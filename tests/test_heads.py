@@ -79,7 +79,8 @@ def test_the_untrained_head_starts_from_the_fill_correction_flow(rng):
     affinity = models.build_cmp(config)
     config.model.head = "fill_correction"
     config.model.options.fill_correction.smooth = config.model.options.affinity.smooth
-    config.model.options.fill_correction.nearest_refine_finest = True  # as the affinity head
+    config.model.options.fill_correction.update(  # as the affinity head
+        nearest_refine_finest=True, nearest_resize_finest=False)
     keras.utils.set_random_seed(0)
     fill = models.build_cmp(config)
     image = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
@@ -177,6 +178,7 @@ def test_nearest_levels_set_the_output_fills_coarse_level(levels):
     has its coarsest level there, that level's output (the grid flooded once)."""
     config = load_config("propagation")
     config.model.options.fill_correction.nearest_levels = levels
+    config.model.options.fill_correction.nearest_resize_finest = levels > 0
     model = models.build_cmp(config)
     priors = sorted((layer.stride, layer.coarse_stride, layer.coarse_output)
                     for layer in model.layers if isinstance(layer, fills.DensePrior))
@@ -184,9 +186,25 @@ def test_nearest_levels_set_the_output_fills_coarse_level(levels):
         assert priors == [(2, 32, True)]
         # the shipped recipe leaves the finest level's pass out; the option reaches the layer
         assert not model.get_layer("dense_prior").refine_finest
-        config.model.options.fill_correction.nearest_refine_finest = True
+        config.model.options.fill_correction.update(nearest_refine_finest=True,
+                                                    nearest_resize_finest=False)
         assert models.build_cmp(config).get_layer("dense_prior").refine_finest
         assert model.get_layer("dense_prior_scale").input is model.get_layer(
             "dense_prior").output[1]
     else:
         assert priors == [(2, 2 * 2**levels if levels else 0, False), (32, 0, False)]
+
+
+def test_nearest_resize_finest_reaches_the_layer_and_needs_a_next_level():
+    config = load_config("propagation")
+    options = config.model.options.fill_correction
+    options.nearest_resize_finest = not options.nearest_resize_finest
+    layer = models.build_cmp(config).get_layer("dense_prior")
+    assert layer.resize_finest == options.nearest_resize_finest
+    options.nearest_resize_finest = True
+    for field, value in (("nearest_refine_finest", True), ("nearest_levels", 0)):
+        bad = config.copy_and_resolve_references()
+        bad.model.options.fill_correction[field] = value
+        with pytest.raises(ValueError, match=r"fill_correction.nearest_resize_finest=True "
+                                             r"resizes the next level's fill"):
+            models.build_cmp(bad)

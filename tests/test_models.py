@@ -434,6 +434,60 @@ def test_the_multi_level_nearest_fill_with_fewer_refining_passes(refine, refine_
         fills.DensePrior(2, coarse_stride=8, refine_finest=0)
 
 
+@pytest.mark.parametrize("height, width", [(96, 128), (98, 134), (97, 131)])
+def test_the_nearest_fill_resized_from_the_next_level(height, width, rng):
+    """`resize_finest` is the next level's fill taken to the finest cells by copies: on even
+    cell counts exactly the fill at twice the stride, doubled; on odd ones too, the last row
+    and column of cells from parents that hold their guides; the same with free H and W."""
+    stride = 2
+    sparse = np.zeros((1, height, width, 3), np.float32)
+    ys, xs = rng.choice(height, 40, replace=False), rng.choice(width, 40, replace=False)
+    ys[0], xs[0] = (height // stride) * stride - 1, (width // stride) * stride - 1
+    sparse[0, ys, xs] = np.c_[rng.normal(0, 5, (40, 2)), np.ones(40)]
+    resized = fills.DensePrior(stride, coarse_stride=16, refine=1, refine_finest=False,
+                               resize_finest=True)
+    got = resized(sparse).numpy()[0]
+    assert got.shape == (height // stride, width // stride, 3)
+    # The parents' fill: the same layer at twice the stride, refined there, on an image
+    # padded to whole parents (unguided pixels).
+    pad = [[0, 0], [0, -height % (2 * stride)], [0, -width % (2 * stride)], [0, 0]]
+    parents = fills.DensePrior(2 * stride, coarse_stride=16, refine=1)(np.pad(sparse, pad))
+    doubled = np.repeat(np.repeat(parents.numpy()[0], 2, 0), 2, 1)
+    if height // stride % 2 == 0 and width // stride % 2 == 0:
+        np.testing.assert_array_equal(got, doubled[:got.shape[0], :got.shape[1]])
+    # The guide in the last cell of the last row is that cell's vector, on odd counts too.
+    np.testing.assert_allclose(got[-1, -1, :2], sparse[0, ys[0], xs[0], :2], atol=1e-5)
+    # Against the fill that puts the cells' own guides back: the same vectors at most cells
+    # and a distance within stride / sqrt(2) of its own.
+    reseeded = fills.DensePrior(stride, coarse_stride=16, refine=1, refine_finest=False)(
+        sparse).numpy()[0]
+    same = np.abs(got[..., :2] - reseeded[..., :2]).max(-1) < 1e-4
+    assert same.mean() > 0.95
+    assert np.abs(got[same, 2] - reseeded[same, 2]).max() <= stride / np.sqrt(2) + 1e-4
+    free = tf.function(resized.call, input_signature=[tf.TensorSpec([1, None, None, 3])])
+    np.testing.assert_array_equal(free(sparse).numpy()[0], got)
+    restored = fills.DensePrior.from_config(resized.get_config())
+    assert restored.resize_finest and fills.fill_spec(restored) == fills.fill_spec(resized)
+
+
+@pytest.mark.parametrize("options", [dict(coarse_stride=0, refine_finest=False),
+                                     dict(coarse_stride=8, refine_finest=True),
+                                     dict(coarse_stride=8, refine_finest=False,
+                                          resize_finest=1)])
+def test_the_resized_nearest_fill_refuses_options_without_a_next_level(options):
+    options = {"resize_finest": True, **options}
+    with pytest.raises(ValueError, match="resize_finest must be True or False, and True only"):
+        fills.DensePrior(2, **options)
+
+
+def test_the_level_doubling_copies_cells():
+    """The levels' nearest-neighbour upsampling (copies through depth_to_space, which LiteRT's
+    XNNPACK runs) equals TensorFlow's nearest resize."""
+    x = tf.random.stateless_normal((2, 5, 7, 4), (1, 2))
+    np.testing.assert_array_equal(
+        fills._doubled(x).numpy(), tf.image.resize(x, (10, 14), method="nearest").numpy())
+
+
 @pytest.mark.parametrize("coarse_stride", [2, 3, 6, 12, True, 8.0])
 def test_the_multi_level_nearest_fill_refuses_a_coarse_stride_that_is_no_power_of_two_above(
         coarse_stride):
@@ -542,7 +596,9 @@ def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untr
                   if isinstance(layer, fills.DensePrior) and layer.stride == 2)
     nearest = fills.DensePrior(2, coarse_stride=recipe.coarse_stride,
                                refine=recipe.refine,
-                               refine_finest=recipe.refine_finest)(inputs["sparse"]).numpy()
+                               refine_finest=recipe.refine_finest,
+                               resize_finest=recipe.resize_finest)
+    nearest = nearest(inputs["sparse"]).numpy()
     mean = 0.5 * (nearest[..., :2] + fills.LocalAffineFill(2)(inputs["sparse"]).numpy())
     start = np.exp(-0.5 * (nearest[..., 2:] / 128 / 0.25) ** 2)  # sigma = diagonal / 4
     want = L.ResizeLike()([start * mean, inputs["image"]]).numpy()

@@ -230,7 +230,8 @@ class _NearestPrior(Head):
     MAX_NEAREST_LEVELS = 6
 
     def __init__(self, nbins, fmax, loss, nearest_prior, nearest_levels=0,
-                 nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True):
+                 nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
+                 nearest_resize_finest=False):
         super().__init__(nbins, fmax, loss)
         _check_bool(self.name, "nearest_prior", nearest_prior)
         if isinstance(nearest_levels, bool) or not isinstance(nearest_levels, int) \
@@ -242,8 +243,16 @@ class _NearestPrior(Head):
             fills.DensePrior(1, refine=nearest_refine, refine_finest=nearest_refine_finest)
         except ValueError as e:
             raise ValueError(f"config.model.options.{self.name}.nearest_{e}") from e
+        _check_bool(self.name, "nearest_resize_finest", nearest_resize_finest)
+        if nearest_resize_finest and (nearest_refine_finest or not nearest_levels):
+            raise ValueError(f"config.model.options.{self.name}.nearest_resize_finest=True "
+                             f"resizes the next level's fill: set nearest_levels >= 1 and "
+                             f"nearest_refine_finest=False too; got nearest_levels="
+                             f"{nearest_levels!r}, nearest_refine_finest="
+                             f"{nearest_refine_finest!r}.")
         self.nearest_prior, self.nearest_levels = nearest_prior, nearest_levels
         self.nearest_refine, self.nearest_refine_finest = nearest_refine, nearest_refine_finest
+        self.nearest_resize_finest = nearest_resize_finest
 
     @property
     def prior_channels(self):
@@ -261,11 +270,13 @@ class _NearestPrior(Head):
             fine, coarse = fills.DensePrior(out_stride, coarse_stride=levels,
                                             refine=self.nearest_refine, coarse_output=True,
                                             refine_finest=self.nearest_refine_finest,
+                                            resize_finest=self.nearest_resize_finest,
                                             name="dense_prior")(sparse)
         else:
             coarse = fills.DensePrior(feature_stride, name="dense_prior")(sparse)
             fine = fills.DensePrior(out_stride, coarse_stride=levels, refine=self.nearest_refine,
                                     refine_finest=self.nearest_refine_finest,
+                                    resize_finest=self.nearest_resize_finest,
                                     name="dense_prior_out")(sparse)
         scaled = keras.layers.Rescaling(1.0 / self.fmax, name="dense_prior_scale")(coarse)
         return [scaled], fine
@@ -376,6 +387,9 @@ class FillCorrection(_NearestPrior):
         nearest_refine_finest: those passes at the output's own cells too (fills.DensePrior's
             `refine_finest`); False takes the next level's choice there, the costliest pass
             saved, within 0.001 in relative EPE on the shipped weights (docs/ablation.md).
+        nearest_resize_finest: with nearest_refine_finest False, the output's cells take the
+            next level's fill resized (fills.DensePrior's `resize_finest`): no work at the
+            finest cells, the distance within stride / sqrt(2) px.
         correction: add the decoder's free correction (du, dv) to the blend (`BlendFills`).
         fill_stride: the fills' and the blend's stride, finer than the decoder's (0: the
             decoder's). The decoder's channels are resized to the fills' cells: a decoder
@@ -389,10 +403,11 @@ class FillCorrection(_NearestPrior):
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
-                 correction=True, fill_stride=0):
+                 correction=True, fill_stride=0, nearest_resize_finest=False):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
-                         nearest_refine_finest=nearest_refine_finest)
+                         nearest_refine_finest=nearest_refine_finest,
+                         nearest_resize_finest=nearest_resize_finest)
         _check_bool(self.name, "gain", gain)
         _check_bool(self.name, "correction", correction)
         if isinstance(fill_stride, bool) or fill_stride not in (0, 1, 2, 4, 8, 16):

@@ -273,6 +273,29 @@ def test_the_shipped_models_int8_files_keep_its_epe_on_real_pairs(tmp_path):
         assert abs(row["epe_change"]) < 0.05, (fmt, row)
 
 
+def test_float16_files_keep_the_nearest_fill_far_from_the_guides():
+    """float16 files store constants as float16 (largest 65504): the nearest fill's "no guide"
+    position and its test must be float16 numbers, or cells over 256 px from every guide
+    read as unguided (zero motion) in the file and not in Keras."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cmp_tf.models import fills
+    from export import tflite
+
+    side = 384
+    sparse = keras.Input((side, side, 3), name="sparse")
+    model = keras.Model(sparse, fills.DensePrior(2, coarse_stride=32, refine=1,
+                                                 refine_finest=False, resize_finest=True)(sparse))
+    feed = np.zeros((1, side, side, 3), np.float32)
+    feed[0, 5, 5] = [3.0, -2.0, 1.0]
+    runner = Interpreter(model_content=tflite.convert(model, (side, side), "float16"))
+    got = next(iter(runner.get_signature_runner()(sparse=feed).values()))
+    want = model(feed).numpy()
+    assert want[0, -1, -1, 2] > 500  # the far corner is over 256 px from the guide
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
 def _quantized_convs(graph, samples, folder):
     """({Conv node name: whether its weights are int8}, quantized graph) of `graph` quantized
     by export/onnx.py on `samples`."""

@@ -154,7 +154,11 @@ class DensePrior(_GuidanceFill):
             without flooding that grid a second time.
     """
 
-    _FAR = 1e6  # position of "no guide yet": farther than any image pixel.
+    # Position of "no guide yet": farther than any pixel of images up to 16384 px, and a
+    # float16 number: float16 files store constants as float16, where 1e6 became 65504 and
+    # the squared half-distance that tells found from not, 2.5e11, became 65504 too (cells
+    # over 256 px from every guide read as unguided).
+    _FAR = 2.0**15
     channels = 3
 
     REFINE = 2
@@ -239,9 +243,10 @@ class DensePrior(_GuidanceFill):
 
     def _fill(self, state, best):
         """(u, v, distance) from a level's (state, squared distance)."""
-        found = best < (self._FAR / 2) ** 2
+        dist = tf.sqrt(best)
+        found = dist < self._FAR / 2
         uv = tf.where(found, state[..., 2:], 0.0)
-        dist = tf.where(found, tf.sqrt(best), float(self.max_size))
+        dist = tf.where(found, dist, float(self.max_size))
         return tf.cast(tf.concat([uv, dist], -1), self.compute_dtype)
 
     def call(self, sparse):

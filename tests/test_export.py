@@ -296,6 +296,27 @@ def test_float16_files_keep_the_nearest_fill_far_from_the_guides():
     np.testing.assert_allclose(got, want, atol=1e-3)
 
 
+def test_the_exported_nearest_fill_holds_only_ops_xnnpack_runs(tmp_path):
+    """LiteRT's XNNPACK delegate runs no comparison, select, cast, non-zero pad or nearest
+    resize; each such op in the nearest fill split the graph (30 pieces in one fill) and
+    took it off the delegate. The exported form is arithmetic only."""
+    import keras
+
+    from cmp_tf.models import fills
+    from export import tflite
+
+    sparse = keras.Input((128, 128, 3), name="sparse")
+    model = keras.Model(sparse, fills.DensePrior(2, coarse_stride=32, refine=1,
+                                                 refine_finest=False, resize_finest=True)(sparse))
+    path = tmp_path / "nearest_fill.tflite"
+    path.write_bytes(tflite.convert(model, (128, 128)))
+    builtins, _ = _tflite_ops(path)
+    off_delegate = {"GREATER", "LESS", "LESS_EQUAL", "EQUAL", "SELECT_V2", "CAST", "PADV2",
+                    "RESIZE_NEAREST_NEIGHBOR"}
+    assert {"DEPTHWISE_CONV_2D", "REDUCE_MIN", "DEPTH_TO_SPACE"} <= builtins
+    assert not builtins & off_delegate, sorted(builtins & off_delegate)
+
+
 def _quantized_convs(graph, samples, folder):
     """({Conv node name: whether its weights are int8}, quantized graph) of `graph` quantized
     by export/onnx.py on `samples`."""
@@ -447,7 +468,8 @@ def test_every_file_takes_image_and_sparse_and_holds_builtin_ops_only(exported):
         assert sorted(i.name for i in graph.input) == ["image", "sparse"], name
         domains = {node.domain for node in graph.node}
         assert domains <= {"", "ai.onnx"}, f"{name}: non-standard op domains {domains}"
-        assert {"Less", "Sqrt"} <= {node.op_type for node in graph.node}, name  # the fill
+        # the nearest fill: its passes' minimum and its distances
+        assert {"ReduceMin", "Sqrt"} <= {node.op_type for node in graph.node}, name
     signature = tf.saved_model.load(str(out / "model_saved_model")).signatures[
         runners.SIGNATURE]
     assert sorted(signature.structured_input_signature[1]) == ["image", "sparse"]

@@ -57,6 +57,15 @@ def _cell_sums_kernel(s):
     return kernel / s**2
 
 
+def _positive(x):
+    """1 where x > 0, 0 where x = 0, for x >= 0 (exact from 2^-60 up): x scaled by 2^60 in
+    four exact steps of float16 constants, capped at 1. A comparison and a select in ops
+    LiteRT's XNNPACK delegate runs: it runs neither, and each one split the graph."""
+    for _ in range(4):
+        x = x * 2.0**15
+    return tf.minimum(x, 1.0)
+
+
 def _doubled(x):
     """Nearest-neighbour upsampling by 2 as four copies of the channels taken to space
     (depth_to_space): exact copies, and run by LiteRT's XNNPACK delegate, which does not take
@@ -113,9 +122,10 @@ class DensePrior(_GuidanceFill):
     comparisons with the 8 neighbours at a distance, pads, slices and selects only, so it exports
     to TFLite and ONNX. A pass has two equal forms: eight sequential "strictly closer" selects
     (77 ops, the faster in TensorFlow), or one depthwise convolution that gathers the 9
-    candidates and one first-minimum pick over them (20 ops: the faster in LiteRT, and TFLite's
-    integer quantizer, which walks every op, finishes in seconds instead of not at all);
-    `compact` picks the second, and export/tflite.py sets it while it converts.
+    candidates and one first-minimum pick over them, its comparisons written as arithmetic
+    (about 27 ops, all of which LiteRT's XNNPACK delegate runs: the faster in LiteRT, and
+    TFLite's integer quantizer, which walks every op, finishes in seconds instead of not at
+    all); `compact` picks the second, and export/tflite.py sets it while it converts.
 
     Two-level (`coarse_stride`): jump flooding runs in full on cells of `coarse_stride`
     pixels, where it is cheap, and the result, taken to the `stride` grid with the guided
@@ -216,12 +226,17 @@ class DensePrior(_GuidanceFill):
         return sums + (count * oy) * _Y_CHANNEL + (count * ox) * _X_CHANNEL
 
     def _seeds(self, pooled):
-        """(guided?, the mean (y, x, u, v) of the cell's guides, else far) from `_pooled`."""
+        """(1 where guided else 0, the mean (y, x, u, v) of the cell's guides, else far) from
+        `_pooled`, whose counts are fractions of at least 1 / s^2 where guided (s <= 128
+        here: above the float16 floor of the division)."""
         count = pooled[..., :1]
-        seeded = count > 0
-        seed = pooled[..., 1:] / tf.maximum(count, 1e-12)
-        far = tf.constant([self._FAR, self._FAR, 0.0, 0.0])
-        return seeded, tf.where(seeded, seed, far)
+        seeded = _positive(count)
+        seed = pooled[..., 1:] / tf.maximum(count, 2.0**-14)
+        return seeded, seed * seeded + self._far() * (1.0 - seeded)
+
+    def _far(self):
+        """The state (y, x, u, v) of a cell no guide has reached yet."""
+        return tf.constant([self._FAR, self._FAR, 0.0, 0.0])
 
     def _level(self, pooled, s, image_shape):
         """((state, squared distance) of the fill on cells of `s` px from their `_pooled`
@@ -238,16 +253,16 @@ class DensePrior(_GuidanceFill):
         h, w = tf.shape(state)[1], tf.shape(state)[2]
         up = _doubled(coarse)[:, :h, :w]
         passes = self.refine if self.refine_finest or s != self.stride else 0
-        refined = self._flood(tf.where(seeded, state, up), s, image_shape, steps=(1,) * passes)
+        refined = self._flood(state * seeded + up * (1.0 - seeded), s, image_shape,
+                              steps=(1,) * passes)
         return refined, coarsest
 
     def _fill(self, state, best):
         """(u, v, distance) from a level's (state, squared distance)."""
         dist = tf.sqrt(best)
-        found = dist < self._FAR / 2
-        uv = tf.where(found, state[..., 2:], 0.0)
-        dist = tf.where(found, dist, float(self.max_size))
-        return tf.cast(tf.concat([uv, dist], -1), self.compute_dtype)
+        unfound = _positive(tf.nn.relu(dist - self._FAR / 2))  # a far state: (u, v) = 0
+        dist = dist * (1.0 - unfound) + float(self.max_size) * unfound
+        return tf.cast(tf.concat([state[..., 2:], dist], -1), self.compute_dtype)
 
     def call(self, sparse):
         sparse = tf.cast(sparse, tf.float32)
@@ -297,13 +312,15 @@ class DensePrior(_GuidanceFill):
             passes = self._halvings(image_shape, s)
             steps = [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
         best = dist2(state)
+        ones = state[..., :1] * 0.0 + 1.0  # of the state's size, for the compact form's frame
         for k in steps:
-            padded = tf.concat([
-                tf.pad(state[..., :2], [[0, 0], [k, k], [k, k], [0, 0]], constant_values=self._FAR),
-                tf.pad(state[..., 2:], [[0, 0], [k, k], [k, k], [0, 0]])], -1)
-            if self.compact:
+            pad = [[0, 0], [k, k], [k, k], [0, 0]]
+            if self.compact:  # zero padding plus a frame of far states (no PADV2: XNNPACK)
+                padded = tf.pad(state, pad) + (1.0 - tf.pad(ones, pad)) * self._far()
                 state, best = self._gather_pass(padded, k, cy, cx)
                 continue
+            padded = tf.concat([tf.pad(state[..., :2], pad, constant_values=self._FAR),
+                                tf.pad(state[..., 2:], pad)], -1)
             # Constant slice bounds (no tensor sizes) keep the channel count static for the
             # exporters' shape inference: the decoder's convs need it.
             others = [padded[:, k + dy:_end(k - dy), k + dx:_end(k - dx)]
@@ -327,8 +344,8 @@ class DensePrior(_GuidanceFill):
         n = _CANDIDATES
         d2 = tf.square(candidates[..., :n] - cy) + tf.square(candidates[..., n:2 * n] - cx)
         best = tf.reduce_min(d2, -1, keepdims=True)
-        score = tf.cast(d2 <= best, tf.float32) * _CANDIDATE_PRIORITY
-        pick = tf.cast(tf.equal(score, tf.reduce_max(score, -1, keepdims=True)), tf.float32)
+        score = (1.0 - _positive(d2 - best)) * _CANDIDATE_PRIORITY  # whole numbers
+        pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
         state = tf.nn.conv2d(candidates * tf.concat([pick] * 4, -1), _PICKED_SUMS, 1, "VALID")
         return state, best
 
@@ -632,15 +649,16 @@ def _cell_guide_range(moments):
     """(smallest, largest) (u, v) of the guided cells' mean vectors of each image, [B, 1, 1, 2]
     each, from the cells' LocalAffineFill moments; (0, 0) where nothing is guided. Within
     the guides' own range (a cell's guides averaged), and read at the cells: a reduction over
-    every pixel cost more than the rest of the fill in LiteRT."""
+    every pixel cost more than the rest of the fill in LiteRT. A cell's count is its number of
+    guided pixels (the mask is 0 or 1), so max(count, 1) and min(count, 1) stand for the
+    selects XNNPACK does not run."""
     count = moments[..., :1]
-    guided = count > 0
-    mean = tf.nn.conv2d(moments, _picks(("su",), ("sv",)), 1, "VALID") / tf.where(
-        guided, count, tf.ones_like(count))
-    both = tf.concat([mean, -mean], -1) - tf.where(guided, 0.0, _UNGUIDED)
+    guided = tf.minimum(count, 1.0)
     # One reduction for both ends: max of the vectors and max of their negatives.
+    both = tf.nn.conv2d(moments, _picks(("su",), ("sv",), ("-su",), ("-sv",)), 1, "VALID")
+    both = both / tf.maximum(count, 1.0) - _UNGUIDED * (1.0 - guided)
     both = tf.reduce_max(both, [1, 2], keepdims=True)
-    both = tf.where(both > -_UNGUIDED / 2, both, 0.0)
+    both = both * _positive(tf.nn.relu(both + _UNGUIDED / 2))  # nothing guided: 0
     return -both[..., 2:], both[..., :2]
 
 

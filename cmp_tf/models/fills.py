@@ -227,11 +227,11 @@ class DensePrior(_GuidanceFill):
 
     def _seeds(self, pooled):
         """(1 where guided else 0, the mean (y, x, u, v) of the cell's guides, else far) from
-        `_pooled`, whose counts are fractions of at least 1 / s^2 where guided (s <= 128
-        here: above the float16 floor of the division)."""
+        `_pooled`. Unguided cells divide by 1, not by a floor: float16 files round a small
+        floor to 0."""
         count = pooled[..., :1]
         seeded = _positive(count)
-        seed = pooled[..., 1:] / tf.maximum(count, 2.0**-14)
+        seed = pooled[..., 1:] / (count + (1.0 - seeded))
         return seeded, seed * seeded + self._far() * (1.0 - seeded)
 
     def _far(self):

@@ -273,20 +273,27 @@ def test_the_shipped_models_int8_files_keep_its_epe_on_real_pairs(tmp_path):
         assert abs(row["epe_change"]) < 0.05, (fmt, row)
 
 
+def _shipped_nearest_fill(side):
+    """A Keras model of the shipped recipe's nearest fill alone, on side x side images."""
+    import keras
+
+    from cmp_tf.models import fills
+
+    sparse = keras.Input((side, side, 3), name="sparse")
+    return keras.Model(sparse, fills.DensePrior(2, coarse_stride=32, refine=1,
+                                                refine_finest=False, resize_finest=True)(sparse))
+
+
 def test_float16_files_keep_the_nearest_fill_far_from_the_guides():
     """float16 files store constants as float16 (largest 65504): the nearest fill's "no guide"
     position and its test must be float16 numbers, or cells over 256 px from every guide
     read as unguided (zero motion) in the file and not in Keras."""
-    import keras
     from ai_edge_litert.interpreter import Interpreter
 
-    from cmp_tf.models import fills
     from export import tflite
 
     side = 384
-    sparse = keras.Input((side, side, 3), name="sparse")
-    model = keras.Model(sparse, fills.DensePrior(2, coarse_stride=32, refine=1,
-                                                 refine_finest=False, resize_finest=True)(sparse))
+    model = _shipped_nearest_fill(side)
     feed = np.zeros((1, side, side, 3), np.float32)
     feed[0, 5, 5] = [3.0, -2.0, 1.0]
     runner = Interpreter(model_content=tflite.convert(model, (side, side), "float16"))
@@ -300,16 +307,10 @@ def test_the_exported_nearest_fill_holds_only_ops_xnnpack_runs(tmp_path):
     """LiteRT's XNNPACK delegate runs no comparison, select, cast, non-zero pad or nearest
     resize; each such op in the nearest fill split the graph (30 pieces in one fill) and
     took it off the delegate. The exported form is arithmetic only."""
-    import keras
-
-    from cmp_tf.models import fills
     from export import tflite
 
-    sparse = keras.Input((128, 128, 3), name="sparse")
-    model = keras.Model(sparse, fills.DensePrior(2, coarse_stride=32, refine=1,
-                                                 refine_finest=False, resize_finest=True)(sparse))
     path = tmp_path / "nearest_fill.tflite"
-    path.write_bytes(tflite.convert(model, (128, 128)))
+    path.write_bytes(tflite.convert(_shipped_nearest_fill(128), (128, 128)))
     builtins, _ = _tflite_ops(path)
     off_delegate = {"GREATER", "LESS", "LESS_EQUAL", "EQUAL", "SELECT_V2", "CAST", "PADV2",
                     "RESIZE_NEAREST_NEIGHBOR"}

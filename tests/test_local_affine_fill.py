@@ -143,11 +143,8 @@ def test_the_head_starts_from_the_mean_of_the_nearest_and_local_affine_fills(rng
               "sparse": sparse}
     recipe = next(layer for layer in model.layers
                   if isinstance(layer, fills.DensePrior) and layer.stride == 2)
-    nearest = fills.DensePrior(2, coarse_stride=recipe.coarse_stride,
-                               refine=recipe.refine,
-                               refine_finest=recipe.refine_finest,
-                               resize_finest=recipe.resize_finest)
-    nearest = nearest(sparse).numpy()[..., :2]
+    # the same fill on its own (its spec leaves out the second, coarse output)
+    nearest = fills.fill_from_spec(fills.fill_spec(recipe))(sparse).numpy()[..., :2]
     mean = 0.5 * (nearest + fills.LocalAffineFill(2)(sparse).numpy())
     want = L.ResizeLike()([mean, inputs["image"]]).numpy()
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)

@@ -312,7 +312,8 @@ class DensePrior(_GuidanceFill):
             passes = self._halvings(image_shape, s)
             steps = [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
         best = dist2(state)
-        ones = state[..., :1] * 0.0 + 1.0  # of the state's size, for the compact form's frame
+        # of the state's size, for the compact form's frame of far states
+        ones = state[..., :1] * 0.0 + 1.0 if self.compact else None
         for k in steps:
             pad = [[0, 0], [k, k], [k, k], [0, 0]]
             if self.compact:  # zero padding plus a frame of far states (no PADV2: XNNPACK)

@@ -80,7 +80,8 @@ def test_the_untrained_head_starts_from_the_fill_correction_flow(rng):
     config.model.head = "fill_correction"
     config.model.options.fill_correction.smooth = config.model.options.affinity.smooth
     config.model.options.fill_correction.update(  # as the affinity head
-        nearest_refine_finest=True, nearest_resize_finest=False)
+        nearest_refine_finest=True, nearest_resize_finest=False,
+        local_affine_residual_finest=False)
     keras.utils.set_random_seed(0)
     fill = models.build_cmp(config)
     image = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)

@@ -114,16 +114,66 @@ def test_local_affine_fill_checks_its_options_and_round_trips_its_spec():
                             ({"fit_stride": 1}, "fit_stride must be stride=2 times a power"),
                             ({"support": 0}, "support must be a positive number"),
                             ({"ridge": float("nan")}, "ridge must be a positive number"),
-                            ({"clamp": 1}, "clamp must be True or False")):
+                            ({"clamp": 1}, "clamp must be True or False"),
+                            ({"residual_finest": 1}, "residual_finest must be True or False"),
+                            ({"residual_finest": True}, "set fit_stride > stride=2")):
         with pytest.raises(ValueError, match=message):
             fills.LocalAffineFill(2, **kwargs)
     assert fills.LocalAffineFill(2).fit_stride == fills.LocalAffineFill.FIT_STRIDE
     assert fills.LocalAffineFill(32).fit_stride == 32
-    spec = fills.fill_spec(fills.LocalAffineFill(2, fit_stride=4, support=0.5, ridge=0.2))
+    spec = fills.fill_spec(fills.LocalAffineFill(2, fit_stride=4, support=0.5, ridge=0.2,
+                                                 residual_finest=True))
     assert spec == {"layer": "LocalAffineFill", "stride": 2, "max_size": 2048, "fit_stride": 4,
-                    "support": 0.5, "ridge": 0.2, "clamp": True}
+                    "support": 0.5, "ridge": 0.2, "clamp": True, "residual_finest": True}
     again = fills.fill_from_spec(spec)
     assert isinstance(again, fills.LocalAffineFill) and fills.fill_spec(again) == spec
+
+
+def _at_guides(fill, sparse, stride):
+    """The fill at each guide's cell [K, 2], and the guides' vectors [K, 2]."""
+    ys, xs = np.nonzero(sparse[0, ..., 2])
+    return fill[0, ys // stride, xs // stride], sparse[0, ys, xs, :2]
+
+
+def test_residual_finest_keeps_the_fits_slope_and_meets_each_guide(rng):
+    # Affine motion, fits that span several guides: the fits hold it, the residuals are
+    # about 0, and so is the change (inside: bilinear resizes hold the border cells).
+    sparse = _guides(rng, 150, motion=_affine)
+    resized = fills.LocalAffineFill(2, fit_stride=4, **SPANNING)(sparse).numpy()[0]
+    residual = fills.LocalAffineFill(2, fit_stride=4, residual_finest=True,
+                                     **SPANNING)(sparse).numpy()[0]
+    truth = _affine(*_cell_centres(SIZE, 2))
+    inside = slice(4, -4)
+    error = np.abs(residual - truth)[inside, inside].mean()
+    assert error < 0.02 and error < np.abs(resized - truth)[inside, inside].mean() + 0.002
+    # Guides that no affine motion fits: the guided cells come much nearer their guides'
+    # vectors than the 4 px fit resized does.
+    sparse = _guides(rng, 40, motion=lambda x, y: rng.normal(0, 4, (len(x), 2)))
+    errors = {}
+    for residual_finest in (False, True):
+        fill = fills.LocalAffineFill(2, fit_stride=4, residual_finest=residual_finest)(sparse)
+        at, want = _at_guides(fill.numpy(), sparse, 2)
+        errors[residual_finest] = np.abs(at - want).mean()
+    assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_residual_finest_with_no_one_and_two_guides_at_any_size():
+    import keras
+
+    layer = fills.LocalAffineFill(2, fit_stride=4, residual_finest=True)
+    sparse = np.zeros((1, 45, 70, 3), np.float32)
+    none = layer(sparse).numpy()
+    assert none.shape == (1, 22, 35, 2) and not none.any()
+    sparse[0, 43, 69] = (4.0, -2.0, 1.0)  # in the last cell, whose fit cell is half outside
+    one = layer(sparse).numpy()
+    np.testing.assert_allclose(one, np.broadcast_to((4.0, -2.0), one.shape), atol=1e-4)
+    sparse[0, 3, 5] = (-4.0, 2.0, 1.0)
+    two = layer(sparse).numpy()
+    assert two[0, 1, 2, 0] < -3.0 and two[0, 21, 34, 0] > 3.0  # each guide's motion near it
+    inputs = keras.Input((None, None, 3))
+    free = keras.Model(inputs, fills.LocalAffineFill(2, fit_stride=4, residual_finest=True)(
+        inputs))
+    np.testing.assert_allclose(free(sparse).numpy(), two, atol=1e-5)
 
 
 def _config():
@@ -145,7 +195,8 @@ def test_the_head_starts_from_the_mean_of_the_nearest_and_local_affine_fills(rng
                   if isinstance(layer, fills.DensePrior) and layer.stride == 2)
     # the same fill on its own (its spec leaves out the second, coarse output)
     nearest = fills.fill_from_spec(fills.fill_spec(recipe))(sparse).numpy()[..., :2]
-    mean = 0.5 * (nearest + fills.LocalAffineFill(2)(sparse).numpy())
+    smooth = fills.fill_from_spec(fills.fill_spec(model.get_layer("local_affine_out")))
+    mean = 0.5 * (nearest + smooth(sparse).numpy())
     want = L.ResizeLike()([mean, inputs["image"]]).numpy()
     np.testing.assert_allclose(model(inputs)["flow"].numpy(), want, atol=0.05)
     config.model.options.fill_correction.edge_features = 2
@@ -153,14 +204,27 @@ def test_the_head_starts_from_the_mean_of_the_nearest_and_local_affine_fills(rng
         models.build_cmp(config)
 
 
+def test_the_head_option_for_residual_finest_reaches_the_fill():
+    config = _config()
+    config.model.options.fill_correction.local_affine_residual_finest = True
+    layer = models.build_cmp(config).get_layer("local_affine_out")
+    assert (layer.stride, layer.fit_stride, layer.residual_finest) == (2, 4, True)
+    config.model.options.fill_correction.smooth = "pull_push"
+    with pytest.raises(ValueError, match="local_affine_residual_finest=True changes the local "
+                                         "affine fill: set smooth='local_affine'"):
+        models.build_cmp(config)
+
+
 @pytest.mark.slow
-def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(tmp_path):
+@pytest.mark.parametrize("residual_finest", [True, False])
+def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(residual_finest, tmp_path):
     import onnx
 
     from export import export_lib
     from tests.test_export import _tflite_ops
 
     config = _config()
+    config.model.options.fill_correction.local_affine_residual_finest = residual_finest
     model = models.build_cmp(config)
     report = export_lib.export(model, config, str(tmp_path),
                                formats=("tflite", "tflite_fp16", "onnx"),

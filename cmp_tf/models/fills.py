@@ -433,6 +433,9 @@ _MOMENT_ORDERS = ((2, 0, 0), (2, 1, 0), (2, 0, 1), (2, 2, 0), (2, 1, 1), (2, 0, 
 
 _MOMENT = {name: i for i, name in enumerate(
     ("s0", "sx", "sy", "sxx", "sxy", "syy", "su", "sux", "suy", "sv", "svx", "svy"))}
+# A cell's guide count and vector sums, (s0, su, sv): the channels of the clamp's range and of
+# LocalAffineFill's residual_finest.
+_SUMS = [_MOMENT["s0"], _MOMENT["su"], _MOMENT["sv"]]
 # The slopes' ridge is added to sxx and syy.
 _RIDGE_CHANNELS = np.array([name in ("sxx", "syy") for name in _MOMENT], np.float32)
 # Subtracted from the vectors of unguided cells, so that they are never a range's end (small
@@ -560,6 +563,11 @@ class LocalAffineFill(_GuidanceFill):
             `stride`), as pull-push and linear interpolation do: an extrapolated slope can
             otherwise overshoot every guide, which moves the largest motion that click
             annotation normalises by.
+        residual_finest: with fit_stride > stride, each cell of `stride` adds to the fits,
+            resized, a Gaussian mean of its guides' residuals from them (the fits' blur, over
+            these cells), shrunk as a level's fit is: the fits' slope kept and each guide's
+            vector met near it, from 3 channels at these cells instead of 12 moments and a
+            solve. False: the fits resized alone.
     """
 
     channels = 2
@@ -568,7 +576,7 @@ class LocalAffineFill(_GuidanceFill):
     FIT_STRIDE = 2
 
     def __init__(self, stride, max_size=2048, fit_stride=None, support=0.05, ridge=0.1,
-                 clamp=True, **kwargs):
+                 clamp=True, residual_finest=False, **kwargs):
         super().__init__(stride, max_size, **kwargs)
         if fit_stride is None:
             fit_stride = max(self.FIT_STRIDE, self.stride)
@@ -579,10 +587,15 @@ class LocalAffineFill(_GuidanceFill):
                              f"got {fit_stride!r}.")
         _check_positive("support", support)
         _check_positive("ridge", ridge)
-        if not isinstance(clamp, bool):
-            raise ValueError(f"clamp must be True or False; got {clamp!r}.")
+        for name, value in (("clamp", clamp), ("residual_finest", residual_finest)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False; got {value!r}.")
+        if residual_finest and ratio == 1:
+            raise ValueError(f"residual_finest=True corrects fits coarser than the output's "
+                             f"cells: set fit_stride > stride={self.stride}; got fit_stride="
+                             f"{fit_stride!r}.")
         self.fit_stride, self.support, self.ridge = int(fit_stride), float(support), float(ridge)
-        self.clamp = clamp
+        self.clamp, self.residual_finest = clamp, residual_finest
 
     def _fit(self, moments):
         """((u, v) of each cell's weighted affine fit read at its centre, [B, h, w, 2]; the
@@ -614,22 +627,34 @@ class LocalAffineFill(_GuidanceFill):
         sparse = tf.cast(sparse, tf.float32)
         s = self.stride
         guidance = masked_guidance(sparse)
-        level = tf.nn.conv2d(guidance, _cell_moments_kernel(s), s, "VALID")
-        out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
-        if self.clamp:
-            low, high = _cell_guide_range(level)
-        for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
-            level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
+        if self.residual_finest:
+            # The finest cells' (count, su, sv) alone; the fits' cells straight from the
+            # guidance, the pixels past the finest cells left out as pooling leaves them.
+            cells = tf.nn.conv2d(guidance, _cell_moments_kernel(s)[..., _SUMS], s, "VALID")
+            out_h, out_w = tf.shape(cells)[1], tf.shape(cells)[2]
+            ratio = self.fit_stride // s
+            guidance = tf.pad(guidance[:, :out_h * s, :out_w * s],
+                              [[0, 0], [0, -out_h % ratio * s], [0, -out_w % ratio * s], [0, 0]])
+            level = tf.nn.conv2d(guidance, _cell_moments_kernel(self.fit_stride),
+                                 self.fit_stride, "VALID")
+        else:
+            level = tf.nn.conv2d(guidance, _cell_moments_kernel(s), s, "VALID")
+            out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
+            if self.clamp:
+                cells = tf.nn.conv2d(level, _picks(*[(n,) for n in ("s0", "su", "sv")]), 1,
+                                     "VALID")
+            for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
+                level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
         pyramid = [level]
         for _ in range(self._halvings(sparse.shape[1:3], self.fit_stride)):
             pyramid.append(tf.nn.conv2d(pyramid[-1], _pool_moments_kernel(), 2, "SAME"))
         along_x, along_y = _blur_moments_kernels(self.RADIUS, self.SIGMA)
         fill = None
-        for cells in reversed(pyramid):
-            blurred = tf.nn.conv2d(tf.nn.conv2d(cells, along_x, 1, "SAME"), along_y, 1, "SAME")
+        for level in reversed(pyramid):
+            blurred = tf.nn.conv2d(tf.nn.conv2d(level, along_x, 1, "SAME"), along_y, 1, "SAME")
             fit, confidence = self._fit(blurred)
             if fill is not None:
-                fill = fit * confidence + (1.0 - confidence) * _upsample(fill, cells)
+                fill = fit * confidence + (1.0 - confidence) * _upsample(fill, level)
             else:
                 fill = fit
         scale = self.fit_stride // s
@@ -637,26 +662,41 @@ class LocalAffineFill(_GuidanceFill):
             fill = tf.raw_ops.ResizeBilinear(images=fill, size=scale * tf.shape(fill)[1:3],
                                              half_pixel_centers=True)
         fill = fill[:, :out_h, :out_w]
+        if self.residual_finest:
+            fill = fill + self._residual_mean(cells, fill)
         if self.clamp:
+            low, high = _cell_guide_range(cells)
             fill = tf.minimum(tf.maximum(fill, low), high)
         return tf.cast(fill, self.compute_dtype)
 
+    def _residual_mean(self, cells, fill):
+        """The finest cells' Gaussian mean of their guides' residuals from `fill`, shrunk as a
+        level's fit by s0 / (s0 + support): sum / (s0 + support), never a division by 0."""
+        count = cells[..., :1]
+        sums = tf.concat([count, cells[..., 1:] - count * fill], -1)
+        taps = np.arange(-self.RADIUS, self.RADIUS + 1)
+        weights = np.exp(-taps**2 / (2.0 * self.SIGMA**2)).astype(np.float32)
+        along_x = np.tile(weights[None, :, None, None], (1, 1, 3, 1))
+        blurred = tf.nn.depthwise_conv2d(sums, along_x, [1] * 4, "SAME")
+        blurred = tf.nn.depthwise_conv2d(blurred, along_x.transpose(1, 0, 2, 3), [1] * 4, "SAME")
+        return blurred[..., 1:] / (blurred[..., :1] + self.support)
+
     def get_config(self):
         return {**super().get_config(), "fit_stride": self.fit_stride, "support": self.support,
-                "ridge": self.ridge, "clamp": self.clamp}
+                "ridge": self.ridge, "clamp": self.clamp, "residual_finest": self.residual_finest}
 
 
-def _cell_guide_range(moments):
+def _cell_guide_range(cells):
     """(smallest, largest) (u, v) of the guided cells' mean vectors of each image, [B, 1, 1, 2]
-    each, from the cells' LocalAffineFill moments; (0, 0) where nothing is guided. Within
-    the guides' own range (a cell's guides averaged), and read at the cells: a reduction over
-    every pixel cost more than the rest of the fill in LiteRT. A cell's count is its number of
-    guided pixels (the mask is 0 or 1), so max(count, 1) and min(count, 1) stand for the
-    selects XNNPACK does not run."""
-    count = moments[..., :1]
+    each, from the cells' (count, su, sv) [B, h, w, 3]; (0, 0) where nothing is guided.
+    Within the guides' own range (a cell's guides averaged), and read at the cells: a
+    reduction over every pixel cost more than the rest of the fill in LiteRT. A cell's count
+    is its number of guided pixels (the mask is 0 or 1), so max(count, 1) and min(count, 1)
+    stand for the selects XNNPACK does not run."""
+    count = cells[..., :1]
     guided = tf.minimum(count, 1.0)
     # One reduction for both ends: max of the vectors and max of their negatives.
-    both = tf.nn.conv2d(moments, _picks(("su",), ("sv",), ("-su",), ("-sv",)), 1, "VALID")
+    both = tf.nn.conv2d(cells, _picks(("1",), ("2",), ("-1",), ("-2",)), 1, "VALID")
     both = both / tf.maximum(count, 1.0) - _UNGUIDED * (1.0 - guided)
     both = tf.reduce_max(both, [1, 2], keepdims=True)
     both = both * _positive(tf.nn.relu(both + _UNGUIDED / 2))  # nothing guided: 0
@@ -820,7 +860,7 @@ def fill_spec(layer):
         spec.update(pull=layer.pull, relax=layer.relax)
     elif isinstance(layer, LocalAffineFill):
         spec.update(fit_stride=layer.fit_stride, support=layer.support, ridge=layer.ridge,
-                    clamp=layer.clamp)
+                    clamp=layer.clamp, residual_finest=layer.residual_finest)
     elif isinstance(layer, EdgeAwareFill):
         spec.update(sigma=layer.sigma, relax=layer.relax, finest_relax=layer.finest_relax)
     return spec

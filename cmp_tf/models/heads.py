@@ -390,6 +390,10 @@ class FillCorrection(_NearestPrior):
         nearest_resize_finest: with nearest_refine_finest False, the output's cells take the
             next level's fill resized (fills.DensePrior's `resize_finest`): no work at the
             finest cells, the distance within stride / sqrt(2) px.
+        local_affine_residual_finest: the local affine fill's fits stop at twice the fills'
+            cells, which take them resized plus a Gaussian mean of their own guides'
+            residuals (fills.LocalAffineFill's `residual_finest`): 3 channels at the finest
+            cells instead of 12 moments and a solve.
         correction: add the decoder's free correction (du, dv) to the blend (`BlendFills`).
         fill_stride: the fills' and the blend's stride, finer than the decoder's (0: the
             decoder's). The decoder's channels are resized to the fills' cells: a decoder
@@ -403,7 +407,8 @@ class FillCorrection(_NearestPrior):
     def __init__(self, nbins, fmax, loss, gain=True, smooth="pull_push", pull="tent", relax=4,
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
-                 correction=True, fill_stride=0, nearest_resize_finest=False):
+                 correction=True, fill_stride=0, nearest_resize_finest=False,
+                 local_affine_residual_finest=False):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
                          nearest_refine_finest=nearest_refine_finest,
@@ -430,6 +435,12 @@ class FillCorrection(_NearestPrior):
             raise ValueError(f"config.model.options.{self.name}.edge_features={edge_features} "
                              "shapes the edge-aware fill: set smooth='edge_aware' or 'both' "
                              "too, or 0.")
+        _check_bool(self.name, "local_affine_residual_finest", local_affine_residual_finest)
+        if local_affine_residual_finest and smooth != "local_affine":
+            raise ValueError(f"config.model.options.{self.name}.local_affine_residual_finest="
+                             f"True changes the local affine fill: set smooth='local_affine', "
+                             f"or it False; got smooth={smooth!r}.")
+        self.local_affine_residual_finest = local_affine_residual_finest
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
         self.edge_features, self.correction = edge_features, correction
@@ -452,7 +463,9 @@ class FillCorrection(_NearestPrior):
             made.append(fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
                                            name="pull_push_out")(sparse))
         if self.smooth == "local_affine":
-            made.append(fills.LocalAffineFill(stride, name="local_affine_out")(sparse))
+            residual = dict(fit_stride=2 * stride, residual_finest=True) \
+                if self.local_affine_residual_finest else {}
+            made.append(fills.LocalAffineFill(stride, **residual, name="local_affine_out")(sparse))
         if self.smooth in ("edge_aware", "both"):
             first = self._blend().channels
             features = [out[..., first:first + self.edge_features]] if self.edge_features else []

@@ -78,6 +78,9 @@ STRIDE4 = LOCAL_AFFINE + ["--config.model.options.skip_layer.out_stride=4",
 STRIDE4_FILLS2 = STRIDE4 + NO_CORRECTION + [
     "--config.model.options.fill_correction.fill_stride=2",
     "--config.model.options.fill_correction.nearest_levels=4"]
+STRIDE4_FILLS2_RESIZED = STRIDE4_FILLS2 + [
+    "--config.model.options.fill_correction.nearest_refine_finest=False",
+    "--config.model.options.fill_correction.nearest_resize_finest=True"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -167,13 +170,14 @@ VARIANTS = {
                                      "--config.model.options.fill_correction."
                                      "nearest_refine_finest=False"]),
     "stride4_fills2_resized": ("stride4_fills2_unrefined with the nearest fill's finest level "
-                               "the next level's resized (configs/propagation.py, the shipped "
-                               "model)",
-                               STRIDE4_FILLS2 + [
-                                   "--config.model.options.fill_correction."
-                                   "nearest_refine_finest=False",
-                                   "--config.model.options.fill_correction."
-                                   "nearest_resize_finest=True"]),
+                               "the next level's resized (the shipped model before "
+                               "stride4_fills2_residual)", STRIDE4_FILLS2_RESIZED),
+    "stride4_fills2_residual": ("stride4_fills2_resized with the local affine fill's fits "
+                                "stopping at 4 px, its 2 px cells a Gaussian mean of their "
+                                "guides' residuals (configs/propagation.py, the shipped model)",
+                                STRIDE4_FILLS2_RESIZED + [
+                                    "--config.model.options.fill_correction."
+                                    "local_affine_residual_finest=True"]),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "

@@ -21,6 +21,6 @@ def get_config(arg=None):
     c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1, finest_relax=0,
                                            nearest_levels=0, nearest_refine_finest=True,
                                            nearest_resize_finest=False, correction=True,
-                                           fill_stride=0)
+                                           fill_stride=0, local_affine_residual_finest=False)
     c.model.options.skip_layer.update(separable=False, out_stride=2)
     return c

@@ -147,6 +147,19 @@ def test_report_files_and_outside_methods(tmp_path):
         benchmark.load_method(str(bad))
 
 
+@pytest.mark.parametrize("name", ["bilateral", "guided_filter"])
+def test_the_methods_the_ablation_scored_load_and_propagate(name):
+    """docs/methods/*.py, whose figures docs/ablation.md gives, still run as it says."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    propagate = benchmark.load_method(os.path.join(root, "docs", "methods", f"{name}.py"))
+    image, _, _ = _scene()
+    points = np.array([[10.0, 12.0], [50.0, 40.0], [30.0, 30.0]], np.float32)
+    vectors = np.array([[2.0, -1.0], [-3.0, 0.5], [0.0, 0.0]], np.float32)
+    flow = propagate(image, points, vectors)
+    assert flow.shape == image.shape[:2] + (2,) and np.isfinite(flow).all()
+    assert np.abs(flow[12, 10] - vectors[0]).max() < 1.0  # near its guide, its guide's vector
+
+
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     from cmp_tf import models

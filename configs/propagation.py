@@ -49,7 +49,7 @@ def get_config(arg=None):
     # The smooth fill: local affine fits (fills.LocalAffineFill), ahead of pull-push from 5
     # guides on (docs/ablation.md, "A local affine smooth fill"). Its fits stop at 4 px; the
     # 2 px cells add a Gaussian mean of their guides' residuals: on the same weights better
-    # with dense guides (carphone u400 0.057 against 0.064), within 0.001 elsewhere, the fill
+    # with dense guides (carphone u400 0.057 against 0.064), within 0.003 elsewhere, the fill
     # a fifth faster in LiteRT (docs/ablation.md, "The local affine fill's finest cells as
     # residuals").
     c.model.options.skip_layer.update(separable=True, out_stride=4)

@@ -433,9 +433,9 @@ _MOMENT_ORDERS = ((2, 0, 0), (2, 1, 0), (2, 0, 1), (2, 2, 0), (2, 1, 1), (2, 0, 
 
 _MOMENT = {name: i for i, name in enumerate(
     ("s0", "sx", "sy", "sxx", "sxy", "syy", "su", "sux", "suy", "sv", "svx", "svy"))}
-# A cell's guide count and vector sums, (s0, su, sv): the channels of the clamp's range and of
-# LocalAffineFill's residual_finest.
-_SUMS = [_MOMENT["s0"], _MOMENT["su"], _MOMENT["sv"]]
+# A cell's guide count and vector sums: the moments the clamp's range and LocalAffineFill's
+# residual_finest read.
+_SUMS = ("s0", "su", "sv")
 # The slopes' ridge is added to sxx and syy.
 _RIDGE_CHANNELS = np.array([name in ("sxx", "syy") for name in _MOMENT], np.float32)
 # Subtracted from the vectors of unguided cells, so that they are never a range's end (small
@@ -630,7 +630,8 @@ class LocalAffineFill(_GuidanceFill):
         if self.residual_finest:
             # The finest cells' (count, su, sv) alone; the fits' cells straight from the
             # guidance, the pixels past the finest cells left out as pooling leaves them.
-            cells = tf.nn.conv2d(guidance, _cell_moments_kernel(s)[..., _SUMS], s, "VALID")
+            sums = [_MOMENT[name] for name in _SUMS]
+            cells = tf.nn.conv2d(guidance, _cell_moments_kernel(s)[..., sums], s, "VALID")
             out_h, out_w = tf.shape(cells)[1], tf.shape(cells)[2]
             ratio = self.fit_stride // s
             guidance = tf.pad(guidance[:, :out_h * s, :out_w * s],
@@ -641,8 +642,7 @@ class LocalAffineFill(_GuidanceFill):
             level = tf.nn.conv2d(guidance, _cell_moments_kernel(s), s, "VALID")
             out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
             if self.clamp:
-                cells = tf.nn.conv2d(level, _picks(*[(n,) for n in ("s0", "su", "sv")]), 1,
-                                     "VALID")
+                cells = tf.nn.conv2d(level, _picks(*[(n,) for n in _SUMS]), 1, "VALID")
             for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
                 level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
         pyramid = [level]

@@ -512,14 +512,20 @@ def _pool_moments_kernel():
     return kernel
 
 
+def _gaussian_taps(radius, sigma):
+    """(offsets -radius..radius, their Gaussian weights of `sigma`, 1 at 0): LocalAffineFill's
+    blur along one axis, in cells."""
+    taps = np.arange(-radius, radius + 1)
+    return taps, np.exp(-taps**2 / (2.0 * sigma * sigma))
+
+
 @functools.lru_cache(maxsize=None)
 def _blur_moments_kernels(radius, sigma):
     """([1, 2r + 1, 12, 12], [2r + 1, 1, 12, 12]): applied in turn, the moments of the cells
     around each cell, about its centre, weighed by a Gaussian of `sigma` cells of the
     distance between the centres. The Gaussian and the moments' shift both split into a
     shift along x and one along y: two passes of 2r + 1 taps instead of (2r + 1)^2."""
-    taps = np.arange(-radius, radius + 1)
-    weights = np.exp(-taps**2 / (2.0 * sigma * sigma))
+    taps, weights = _gaussian_taps(radius, sigma)
     along_x = np.stack([w * _moment_shift(o, 0) for o, w in zip(taps, weights)])
     along_y = np.stack([w * _moment_shift(0, o) for o, w in zip(taps, weights)])
     return along_x[None].astype(np.float32), along_y[:, None].astype(np.float32)
@@ -674,9 +680,8 @@ class LocalAffineFill(_GuidanceFill):
         level's fit by s0 / (s0 + support): sum / (s0 + support), never a division by 0."""
         count = cells[..., :1]
         sums = tf.concat([count, cells[..., 1:] - count * fill], -1)
-        taps = np.arange(-self.RADIUS, self.RADIUS + 1)
-        weights = np.exp(-taps**2 / (2.0 * self.SIGMA**2)).astype(np.float32)
-        along_x = np.tile(weights[None, :, None, None], (1, 1, 3, 1))
+        _, weights = _gaussian_taps(self.RADIUS, self.SIGMA)
+        along_x = np.tile(weights[None, :, None, None], (1, 1, 3, 1)).astype(np.float32)
         blurred = tf.nn.depthwise_conv2d(sums, along_x, [1] * 4, "SAME")
         blurred = tf.nn.depthwise_conv2d(blurred, along_x.transpose(1, 0, 2, 3), [1] * 4, "SAME")
         return blurred[..., 1:] / (blurred[..., :1] + self.support)

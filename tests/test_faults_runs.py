@@ -308,28 +308,30 @@ def _craft(path, legacy, size, stride):
     from cmp_tf import torch_checkpoint
 
     torch_checkpoint.save({"state_dict": {"w": np.zeros(4, np.float32)}}, path, legacy=legacy)
-    raw = path.read_bytes()
 
     def ints(values):
         return pickle.MARK + b"".join(pickle.BININT + struct.pack("<i", v) for v in values) + \
             pickle.TUPLE
 
-    for old, new in ((ints((4,)), ints(size)), (ints((1,)), ints(stride))):
-        assert raw.count(old) == 1
-        raw = raw.replace(old, new)
-    if not legacy:  # the zip layout: rewrite the pickle member
-        import io
-        import zipfile
+    def rewrite(raw):
+        for old, new in ((ints((4,)), ints(size)), (ints((1,)), ints(stride))):
+            assert raw.count(old) == 1
+            raw = raw.replace(old, new)
+        return raw
 
-        with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
-            members = {n: archive.read(n) for n in archive.namelist()}
-        name = next(n for n in members if n.endswith("data.pkl"))
-        members[name] = raw[raw.index(pickle.PROTO):]
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-            for n, data in members.items():
-                archive.writestr(n, data)
-    else:
-        path.write_bytes(raw)
+    if legacy:
+        path.write_bytes(rewrite(path.read_bytes()))
+        return path
+    # The zip layout: rewrite the pickle member itself (the zip's headers may hold any byte).
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    name = next(n for n in members if n.endswith("data.pkl"))
+    members[name] = rewrite(members[name])
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for n, data in members.items():
+            archive.writestr(n, data)
     return path
 
 

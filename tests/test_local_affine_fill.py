@@ -91,22 +91,24 @@ def test_one_guide_moves_everything_no_guide_nothing_and_any_size_works():
     assert two[1, 2, 0] < -3.0 and two[20, 33, 0] > 3.0  # each guide's motion near it
 
 
-def test_clamped_fill_never_leaves_the_guides_range():
+@pytest.mark.parametrize("options", [{}, {"fit_stride": 4, "residual_finest": True}],
+                         ids=["fits_at_stride", "residual_finest"])
+def test_clamped_fill_never_leaves_the_guides_range(options):
     """A column of still guides and one of moving guides beside it, nothing beyond: the
     slope between them, extrapolated, overshoots the moving guides unclamped."""
     sparse = np.zeros((2, 64, 64, 3), np.float32)
     sparse[0, 8:60:8, 12] = (0.0, 0.0, 1.0)
     sparse[0, 8:60:8, 28] = (5.0, -2.0, 1.0)
     sparse[1, 10, 10] = (-3.0, 1.0, 1.0)  # the second image: its own range
-    free = fills.LocalAffineFill(2, clamp=False)(sparse).numpy()
+    free = fills.LocalAffineFill(2, clamp=False, **options)(sparse).numpy()
     assert free[0, ..., 0].max() > 5.5 and free[0, ..., 1].min() < -2.2  # what the clamp is for
-    fill = fills.LocalAffineFill(2)(sparse).numpy()
+    fill = fills.LocalAffineFill(2, **options)(sparse).numpy()
     assert fill[0, ..., 0].min() >= 0 and fill[0, ..., 0].max() <= 5.0 + 1e-6
     assert fill[0, ..., 1].min() >= -2.0 - 1e-6 and fill[0, ..., 1].max() <= 0
     np.testing.assert_allclose(fill[1], np.broadcast_to((-3.0, 1.0), fill[1].shape), atol=1e-4)
     # Vectors off the guides are not guidance: neither fitted nor in the range.
     sparse[:, 40:, 40:, :2] = 50.0
-    np.testing.assert_array_equal(fills.LocalAffineFill(2)(sparse).numpy(), fill)
+    np.testing.assert_array_equal(fills.LocalAffineFill(2, **options)(sparse).numpy(), fill)
 
 
 def test_local_affine_fill_checks_its_options_and_round_trips_its_spec():

@@ -566,9 +566,9 @@ class LocalAffineFill(_GuidanceFill):
             same.
         ridge: the slopes' ridge, in guide weight x cells^2.
         clamp: keep each component within the guides' range (of their means per cell of
-            `stride`), as pull-push and linear interpolation do: an extrapolated slope can
-            otherwise overshoot every guide, which moves the largest motion that click
-            annotation normalises by.
+            `fit_stride`, the finest fits' cells), as pull-push and linear interpolation do:
+            an extrapolated slope can otherwise overshoot every guide, which moves the
+            largest motion that click annotation normalises by.
         residual_finest: with fit_stride > stride, each cell of `stride` adds to the fits,
             resized, a Gaussian mean of its guides' residuals from them (the fits' blur, over
             these cells), shrunk as a level's fit is: the fits' slope kept and each guide's
@@ -647,10 +647,10 @@ class LocalAffineFill(_GuidanceFill):
         else:
             level = tf.nn.conv2d(guidance, _cell_moments_kernel(s), s, "VALID")
             out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
-            if self.clamp:
-                cells = tf.nn.conv2d(level, _picks(*[(n,) for n in _SUMS]), 1, "VALID")
             for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
                 level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
+        if self.clamp:  # the range read at the finest fits' cells
+            fit_cells = tf.nn.conv2d(level, _picks(*[(n,) for n in _SUMS]), 1, "VALID")
         pyramid = [level]
         for _ in range(self._halvings(sparse.shape[1:3], self.fit_stride)):
             pyramid.append(tf.nn.conv2d(pyramid[-1], _pool_moments_kernel(), 2, "SAME"))
@@ -671,7 +671,7 @@ class LocalAffineFill(_GuidanceFill):
         if self.residual_finest:
             fill = fill + self._residual_mean(cells, fill)
         if self.clamp:
-            low, high = _cell_guide_range(cells)
+            low, high = _cell_guide_range(fit_cells)
             fill = tf.minimum(tf.maximum(fill, low), high)
         return tf.cast(fill, self.compute_dtype)
 

@@ -511,6 +511,22 @@ def test_pull_push_fill_keeps_the_guides_and_interpolates_between_them(stride, r
     np.testing.assert_array_equal(empty, 0)
 
 
+def test_a_fills_weighted_mean_is_exact_and_never_divides_by_zero_in_float16():
+    """The pull-push, edge-aware and affinity fills' cell means: where nothing is guided a
+    float16 file (GPU delegates compute in half precision) rounds a floor such as 1e-12 to 0,
+    and 0 / 0 was NaN everywhere an image had no guidance."""
+    sums = tf.constant([[3.0, -6.0], [0.0, 0.0], [2.0**-38, 0.0]])
+    weight = tf.constant([[1.5], [0.0], [2.0**-40]])
+    np.testing.assert_array_equal(fills.weighted_mean(sums, weight).numpy(),
+                                  [[2.0, -4.0], [0.0, 0.0], [4.0, 0.0]])
+    half = fills.weighted_mean(tf.zeros([2, 2], tf.float16), tf.zeros([2, 1], tf.float16))
+    assert half.dtype == tf.float16
+    np.testing.assert_array_equal(half.numpy(), 0)
+    np.testing.assert_array_equal(
+        fills.weighted_mean(tf.constant([[3.0, 1.5]], tf.float16),
+                            tf.constant([[0.75]], tf.float16)).numpy(), [[4.0, 2.0]])
+
+
 def test_fill_layers_round_trip_their_export_spec():
     for layer in (fills.DensePrior(4, max_size=256), fills.PullPushFill(2, max_size=128)):
         again = fills.fill_from_spec(fills.fill_spec(layer))

@@ -66,6 +66,13 @@ def _positive(x):
     return tf.minimum(x, 1.0)
 
 
+def weighted_mean(sums, weight):
+    """sums / weight where weight > 0, 0 where it is 0 (weight >= 0): a division by
+    weight + 1 - [weight > 0], never by 0. A floor such as max(weight, 1e-12) becomes 0 / 0
+    in float16 files, which round the floor to 0."""
+    return sums / (weight + (1.0 - _positive(weight)))
+
+
 def _doubled(x):
     """Nearest-neighbour upsampling by 2 as four copies of the channels taken to space
     (depth_to_space): exact copies, and run by LiteRT's XNNPACK delegate, which does not take
@@ -408,7 +415,7 @@ class PullPushFill(_GuidanceFill):
             pyramid.append(self._coarser(pyramid[-1]))
 
         def mean(cells):
-            return cells[..., :2] / tf.maximum(cells[..., 2:], 1e-12)
+            return weighted_mean(cells[..., :2], cells[..., 2:])
 
         fill = mean(pyramid[-1])
         for cells in reversed(pyramid[:-1]):
@@ -806,7 +813,7 @@ class EdgeAwareFill(_GuidanceFill):
             pyramid.append(tf.nn.avg_pool2d(pyramid[-1], 2, 2, "SAME"))
 
         def mean(cells):
-            return cells[..., :2] / tf.maximum(cells[..., 2:3], 1e-12)
+            return weighted_mean(cells[..., :2], cells[..., 2:3])
 
         # The coarse level's (u, v, descriptor) and its neighbours weigh 1, 1/2 (sides), 1/4
         # (corners) around a cell's parent before the descriptor weights.

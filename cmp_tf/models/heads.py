@@ -554,7 +554,7 @@ class AffinityPropagation(keras.layers.Layer):
             return tf.cast(nearest[..., :2], tf.float32), guided
         pooled = tf.nn.avg_pool2d(fills.masked_guidance(sparse), self.stride, self.stride,
                                   "VALID")
-        return pooled[..., :2] / tf.maximum(pooled[..., 2:], 1e-12), pooled[..., 2:] > 0
+        return fills.weighted_mean(pooled[..., :2], pooled[..., 2:]), pooled[..., 2:] > 0
 
     def affinities(self, out):
         """Softmax weights [B, h, w, 9]: the cell itself, then OFFSETS order."""

@@ -5,7 +5,9 @@ of every deployment format.
   python benchmarks/inference.py --formats=all --bfloat16       # + every exported format
 
 Prints a table and writes inference.json; "fills s" is the guidance fills alone (every fill
-layer of the model on the same input) and "share" their part of the forward. The reference
+layer of the model on the same input) and "share" their part of the forward
+(in Keras; with --formats=tflite the deployment table gives them for the .tflite files too,
+which all compute them in float32: converted alone as export converts the model). The reference
 column is the PyTorch networks' median
 forward time measured on this machine by benchmarks/torch_reference.py when its JSON is there,
 else the Xeon figure of docs/reference.md §7 (see benchmarks/reference.py).
@@ -96,6 +98,52 @@ def time_fills(model, size, repeats):
     return float(np.median(times))
 
 
+def fill_model(model, size):
+    """`model`'s guidance fill layers alone as a Keras model of (image, sparse), each layer on
+    the inputs it takes in `model`: what an exported file computes besides the network.
+    Learned edge features, when a fill takes them, are zeros of their shape."""
+    import keras
+    from cmp_tf.models import fills
+
+    image = keras.Input((size, size, 3), name="image")
+    sparse = keras.Input((size, size, 3), name="sparse")
+    outputs = {}
+    for layer in model.layers:
+        if not isinstance(layer, fills.FILL_LAYERS):
+            continue
+        args = sparse
+        if isinstance(layer.input, (list, tuple)):  # [sparse, image(, edge features)]
+            cells = size // layer.stride
+            extra = [keras.layers.Lambda(lambda s, c=t.shape[-1]: keras.ops.zeros(
+                (1, cells, cells, c)))(sparse) for t in layer.input[2:]]
+            args = [sparse, image, *extra]
+        for i, out in enumerate(tf.nest.flatten(layer(args))):
+            outputs[f"{layer.name}_{i}"] = out
+    return keras.Model({"image": image, "sparse": sparse}, outputs) if outputs else None
+
+
+def time_tflite_fills(model, size, repeats, threads):
+    """Median seconds of `model`'s guidance fills alone as a float32 .tflite (export's
+    converter, batch 1, `threads` threads), on the inputs of `time_forward`; None without
+    fills."""
+    from cmp_tf import runners
+    from export import parity
+    from export import tflite
+
+    fills_only = fill_model(model, size)
+    if fills_only is None:
+        return None
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32),
+             "sparse": np.zeros((1, size, size, 3), np.float32)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "fills.tflite")
+        with open(path, "wb") as f:
+            f.write(tflite.convert(fills_only, (size, size)))
+        runner = runners.TFLiteRunner(path, threads=threads)
+        return parity.median_seconds(lambda: runner(feeds), repeats)
+
+
 def load_recipe(recipe, runs):
     """(model, config, weights): a finished run's trained model if <runs>/<recipe> has one,
     else the recipe's model with random weights."""
@@ -164,7 +212,8 @@ def main(argv):
             continue
         base = dict(recipe=recipe, weights=weights, keras_seconds=seconds)
         deploy.append(dict(base, format="keras", precision="float32", seconds=seconds,
-                           mean_abs_px=0.0, epe_change=0.0, bytes=None))
+                           mean_abs_px=0.0, epe_change=0.0, bytes=None,
+                           fill_seconds=fill_seconds))
         if _BFLOAT16.value:
             half = bfloat16_copy(model, config)
             samples = export_lib.real_samples(config, "val", _PARITY.value,
@@ -175,10 +224,15 @@ def main(argv):
                                mean_abs_px=flow_difference(model, half, samples),
                                epe_change=None))
         if formats:
+            tflite_fills = (time_tflite_fills(model, _SIZE.value, _REPEATS.value, threads)
+                            if "tflite" in formats else None)
             for r in format_rows(model, config, _SIZE.value, formats, threads)[0]:
+                # Every .tflite computes its fills in float32 (export/tflite.py).
+                fills_s = tflite_fills if r["artifact"].endswith(".tflite") else None
                 deploy.append(dict(base, format=r["artifact"], precision=r["precision"],
                                    bytes=r["bytes"], seconds=r["latency_s"],
-                                   mean_abs_px=r["mean_abs_px"], epe_change=r["epe_change"]))
+                                   mean_abs_px=r["mean_abs_px"], epe_change=r["epe_change"],
+                                   fill_seconds=fills_s))
     print(f"{'recipe':<20}{'params':>12}{'forward s':>12}{'fills s':>10}{'share':>7}"
           f"{'reference s':>13}{'speedup':>9}  source")
     for r in rows:
@@ -204,13 +258,17 @@ def main(argv):
 
 def deployment_table(deploy):
     """Markdown: one row per recipe and format; speed-up is over Keras float32."""
-    lines = [("| recipe | weights | format | precision | size MB | latency s | vs Keras fp32 | "
-              "mean abs px | EPE change |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| recipe | weights | format | precision | size MB | latency s | fills s (share) | "
+              "vs Keras fp32 | mean abs px | EPE change |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in deploy:
         size = f"{r['bytes'] / 2**20:.1f}" if r["bytes"] else "-"
         change = "-" if r["epe_change"] is None else f"{r['epe_change']:+.4f}"
+        fills_s = r.get("fill_seconds")
+        fills = f"{fills_s:.4f} ({fills_s / r['seconds']:.0%})" if fills_s else "-"
         lines.append(f"| {r['recipe']} | {r['weights']} | {r['format']} | {r['precision']} | "
-                     f"{size} | {r['seconds']:.4f} | {r['keras_seconds'] / r['seconds']:.2f}x | "
+                     f"{size} | {r['seconds']:.4f} | {fills} | "
+                     f"{r['keras_seconds'] / r['seconds']:.2f}x | "
                      f"{r['mean_abs_px']:.4f} | {change} |")
     return "\n".join(lines)
 

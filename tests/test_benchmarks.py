@@ -113,18 +113,22 @@ def test_ablation_stretches_the_schedule_with_the_budget():
 
 
 def test_inference_times_the_fills_of_every_kind_alone():
-    """benchmarks/inference.py's fills column runs every fill layer of a model, the edge-aware
-    one with its learned features too, and a nearest fill that returns two levels (in a
-    fresh process: its flags are its own)."""
+    """benchmarks/inference.py's fills columns run every fill layer of a model, the edge-aware
+    one with its learned features too, and a nearest fill that returns two levels, in
+    TensorFlow and as a .tflite (in a fresh process: its flags are its own)."""
     code = ("from benchmarks import inference as i; from cmp_tf import models; "
             "from tests.conftest import load_config; "
             "c = load_config('propagation_edges'); c.model.decoder_combo = (1, 2); "
             "c.model.options.fill_correction.update(smooth='both', edge_features=2, "
             "nearest_levels=4); "
-            "m = models.build_cmp(c); print(i.time_fills(m, 64, 1))")
+            "m = models.build_cmp(c); f = i.fill_model(m, 64); "
+            "print(sorted(f.output), i.time_fills(m, 64, 1), i.time_tflite_fills(m, 64, 1, 1))")
     result = _run_python(code, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert float(result.stdout.strip().splitlines()[-1]) > 0
+    outputs, keras_s, tflite_s = result.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+    assert outputs == ("['dense_prior_0', 'dense_prior_1', 'edge_aware_out_0', "
+                       "'pull_push_out_0']")
+    assert float(keras_s) > 0 and float(tflite_s) > 0
 
 
 def test_annotation_scores_several_models_on_the_same_clicks():

@@ -247,7 +247,7 @@ def _logger(workdir, chief):
 
 def _set_sync_bn(model, synchronized):
     """BatchNorm statistics over the global batch (all replicas), or per replica."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in layers.all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = synchronized
 

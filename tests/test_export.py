@@ -573,13 +573,14 @@ def test_int8_hard_swish_is_the_same_function_and_the_model_gets_its_own_back():
     import keras
 
     from cmp_tf import models
+    from cmp_tf.models import layers
     from export import tflite
 
     x = np.linspace(-8, 8, 161, dtype=np.float32)
     np.testing.assert_allclose(tflite._hard_swish_delegable(x).numpy(),
                                keras.activations.hard_silu(x).numpy(), atol=1e-6)
     model = models.build_cmp(_small_config())
-    activations = [layer for layer in tflite._all_layers(model)
+    activations = [layer for layer in layers.all_layers(model)
                    if isinstance(layer, keras.layers.Activation)]
     assert activations  # MobileNetV3's hard swish
     with tflite._delegable_hard_swish(model):

@@ -711,7 +711,7 @@ def test_mixed_precision_keeps_float32_outputs_and_gradients(rng):
 def test_the_encoder_has_a_plain_keras_copy_with_the_same_outputs(rng):
     encoder = models.build_encoder(load_config("cpu_bins"))
     copy = L.plain_keras_copy(encoder)
-    kinds = {type(layer).__name__ for layer in copy._flatten_layers(recursive=True)}
+    kinds = {type(layer).__name__ for layer in L.all_layers(copy)}
     assert "BatchNorm" not in kinds and "BatchNormalization" in kinds
     image = rng.uniform(0, 255, (1, 128, 128, 3)).astype(np.float32)
     for key in ("features", "skip2", "skip4"):

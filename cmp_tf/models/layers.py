@@ -70,6 +70,14 @@ def with_stable_batch_norm(model):
     return keras.models.clone_model(model, clone_function=clone)
 
 
+def all_layers(model):
+    """Every layer of `model`, those of the models nested in it (MobileNet's trunk) included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
 def plain_keras_copy(model):
     """A copy of `model` with the same weights in stock Keras layers only, where it has no
     other custom layer (an image encoder): `keras.models.load_model` then reads the saved

@@ -234,11 +234,10 @@ class DensePrior(_GuidanceFill):
 
     def _seeds(self, pooled):
         """(1 where guided else 0, the mean (y, x, u, v) of the cell's guides, else far) from
-        `_pooled`. Unguided cells divide by 1, not by a floor: float16 files round a small
-        floor to 0."""
+        `_pooled`."""
         count = pooled[..., :1]
         seeded = _positive(count)
-        seed = pooled[..., 1:] / (count + (1.0 - seeded))
+        seed = weighted_mean(pooled[..., 1:], count)
         return seeded, seed * seeded + self._far() * (1.0 - seeded)
 
     def _far(self):

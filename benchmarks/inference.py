@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +34,7 @@ from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import models  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
 from export import export_lib  # noqa: E402
+from export import parity  # noqa: E402
 
 _SIZE = flags.DEFINE_integer("size", 384, "Square input side in pixels.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed forward passes (median reported).")
@@ -53,55 +53,24 @@ _CALIBRATION = flags.DEFINE_integer("calibration", 16, "Samples calibrating the 
 _PARITY = flags.DEFINE_integer("parity_samples", 4, "Validation samples for the flow difference.")
 
 
+def forward_inputs(size):
+    """The timed inputs, batch 1: a random image and no guidance (every fill's work is the
+    same whatever the guides)."""
+    rng = np.random.default_rng(0)
+    return {"image": rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32),
+            "sparse": np.zeros((1, size, size, 3), np.float32)}
+
+
 def time_forward(model, size, repeats, jit):
-    rng = np.random.default_rng(0)
-    inputs = {"image": tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32),
-              "sparse": tf.zeros((1, size, size, 3))}
+    inputs = tf.nest.map_structure(tf.constant, forward_inputs(size))
     forward = tf.function(lambda x: model(x, training=False)["flow"], jit_compile=jit)
-    forward(inputs).numpy()  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        forward(inputs).numpy()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def time_fills(model, size, repeats):
-    """Median seconds of the model's guidance fills alone (every fill layer on the same inputs
-    as `time_forward`): the part of the forward that is not the network. Learned edge
-    features, when a fill takes them, are zeros of their shape."""
-    from cmp_tf.models import fills
-
-    rng = np.random.default_rng(0)
-    image = tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32)
-    sparse = tf.zeros((1, size, size, 3))
-    calls = []
-    for layer in model.layers:
-        if not isinstance(layer, fills.FILL_LAYERS):
-            continue
-        if isinstance(layer.input, (list, tuple)):  # [sparse, image(, edge features)]
-            extra = [tf.zeros((1, size // layer.stride, size // layer.stride, t.shape[-1]))
-                     for t in layer.input[2:]]
-            calls.append((layer, [sparse, image, *extra]))
-        else:
-            calls.append((layer, sparse))
-    if not calls:
-        return 0.0
-    run = tf.function(lambda: tf.nest.flatten([layer(args) for layer, args in calls]))
-    [out.numpy() for out in run()]  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        [out.numpy() for out in run()]
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return parity.median_seconds(lambda: forward(inputs).numpy(), repeats)
 
 
 def fill_model(model, size):
     """`model`'s guidance fill layers alone as a Keras model of (image, sparse), each layer on
-    the inputs it takes in `model`: what an exported file computes besides the network.
-    Learned edge features, when a fill takes them, are zeros of their shape."""
+    the inputs it takes in `model`: the part of the forward that is not the network. Learned
+    edge features, when a fill takes them, are zeros of their shape. None without fills."""
     import keras
     from cmp_tf.models import fills
 
@@ -122,26 +91,32 @@ def fill_model(model, size):
     return keras.Model({"image": image, "sparse": sparse}, outputs) if outputs else None
 
 
+def time_fills(model, size, repeats):
+    """Median seconds of `fill_model` in TensorFlow on `forward_inputs`; 0 without fills."""
+    fills_only = fill_model(model, size)
+    if fills_only is None:
+        return 0.0
+    inputs = tf.nest.map_structure(tf.constant, forward_inputs(size))
+    run = tf.function(lambda x: tf.nest.flatten(fills_only(x, training=False)))
+    return parity.median_seconds(lambda: [out.numpy() for out in run(inputs)], repeats)
+
+
 def time_tflite_fills(model, size, repeats, threads):
-    """Median seconds of `model`'s guidance fills alone as a float32 .tflite (export's
-    converter, batch 1, `threads` threads), on the inputs of `time_forward`; None without
-    fills."""
+    """Median seconds of `fill_model` as a float32 .tflite (export's converter, batch 1,
+    `threads` threads) on `forward_inputs`; 0 without fills."""
     from cmp_tf import runners
-    from export import parity
     from export import tflite
 
     fills_only = fill_model(model, size)
     if fills_only is None:
-        return None
-    rng = np.random.default_rng(0)
-    feeds = {"image": rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32),
-             "sparse": np.zeros((1, size, size, 3), np.float32)}
+        return 0.0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "fills.tflite")
         with open(path, "wb") as f:
             f.write(tflite.convert(fills_only, (size, size)))
         runner = runners.TFLiteRunner(path, threads=threads)
-        return parity.median_seconds(lambda: runner(feeds), repeats)
+        inputs = forward_inputs(size)
+        return parity.median_seconds(lambda: runner(inputs), repeats)
 
 
 def load_recipe(recipe, runs):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from cmp_tf.evaluation import baselines
 from cmp_tf.evaluation import benchmark
 from cmp_tf.evaluation import pairs as pairs_lib
 from cmp_tf.evaluation import report as report_lib
@@ -158,6 +159,29 @@ def test_the_methods_the_ablation_scored_load_and_propagate(name):
     flow = propagate(image, points, vectors)
     assert flow.shape == image.shape[:2] + (2,) and np.isfinite(flow).all()
     assert np.abs(flow[12, 10] - vectors[0]).max() < 1.0  # near its guide, its guide's vector
+
+
+def test_the_region_oracle_interpolates_each_motion_region_apart():
+    """docs/methods/oracle_regions.py's bound: guides on two sides of a motion edge give each
+    side exactly its own motion, where linear interpolation blends them across the edge."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "oracle_regions", os.path.join(root, "docs", "methods", "oracle_regions.py"))
+    oracle_regions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle_regions)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    flow = np.zeros((48, 64, 2), np.float32)
+    flow[:, :32] = (2.0, 0.0)
+    flow[:, 32:] = (-1.0, 1.0)
+    regions = oracle_regions.motion_regions(flow)
+    assert len(np.unique(regions)) == 2 and regions[0, 0] != regions[0, -1]
+    points = np.array([[4, 4], [20, 40], [28, 10], [36, 6], [60, 44], [50, 24]], np.float32)
+    vectors = flow[points[:, 1].astype(int), points[:, 0].astype(int)]
+    oracle = oracle_regions.RegionOracle([(image, flow, np.ones((48, 64), np.uint8))])
+    np.testing.assert_allclose(oracle(image, points, vectors), flow, atol=1e-5)
+    assert np.abs(baselines.linear(image, points, vectors) - flow).max() > 0.5
 
 
 @pytest.fixture(scope="module")

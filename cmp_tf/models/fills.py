@@ -628,10 +628,9 @@ class LocalAffineFill(_GuidanceFill):
         c = conv(conv(moments, pick_a) * conv(moments, pick_b), cofactors)
         s = conv(moments, pick_s)  # (s0, sx, sy)
         det = conv(s * c, sum3)  # > 0 where a guide reaches: a Gram matrix + ridge
-        # Where none does every moment is 0, and so is the fit: 0 / 1. (A floor such as
-        # max(det, 1e-30) becomes 0 / 0 in float16 files, which round the floor to 0.)
-        det = tf.where(det > 0, det, tf.ones_like(det))
-        fits = conv(conv(moments, pick_uv) * conv(c, tile), pairs) / det
+        # Where none does every moment is 0, and so is the fit: 0 / 1 (weighted_mean, no
+        # comparison and select, which split the file's XNNPACK graph at every level).
+        fits = weighted_mean(conv(conv(moments, pick_uv) * conv(c, tile), pairs), tf.nn.relu(det))
         s0 = s[..., :1]
         return fits, s0 / (s0 + self.support)
 
@@ -646,8 +645,12 @@ class LocalAffineFill(_GuidanceFill):
             cells = tf.nn.conv2d(guidance, _cell_moments_kernel(s)[..., sums], s, "VALID")
             out_h, out_w = tf.shape(cells)[1], tf.shape(cells)[2]
             ratio = self.fit_stride // s
-            guidance = tf.pad(guidance[:, :out_h * s, :out_w * s],
-                              [[0, 0], [0, -out_h % ratio * s], [0, -out_w % ratio * s], [0, 0]])
+            if any(n is None or n % self.fit_stride for n in sparse.shape[1:3]):
+                guidance = tf.pad(guidance[:, :out_h * s, :out_w * s],
+                                  [[0, 0], [0, -out_h % ratio * s], [0, -out_w % ratio * s],
+                                   [0, 0]])
+            # else whole fit cells already: the converters kept the identity slice, a copy of
+            # the full-resolution guidance
             level = tf.nn.conv2d(guidance, _cell_moments_kernel(self.fit_stride),
                                  self.fit_stride, "VALID")
         else:

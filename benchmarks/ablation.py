@@ -81,9 +81,6 @@ STRIDE4_FILLS2 = STRIDE4 + NO_CORRECTION + [
 STRIDE4_FILLS2_RESIZED = STRIDE4_FILLS2 + [
     "--config.model.options.fill_correction.nearest_refine_finest=False",
     "--config.model.options.fill_correction.nearest_resize_finest=True"]
-STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
-    "--config.model.options.fill_correction.local_affine_residual_finest=True"]
-LAYERS4 = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.smooth_layers=4"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -178,33 +175,9 @@ VARIANTS = {
     "stride4_fills2_residual": ("stride4_fills2_resized with the local affine fill's fits "
                                 "stopping at 4 px, its 2 px cells a Gaussian mean of their "
                                 "guides' residuals (configs/propagation.py, the shipped model)",
-                                STRIDE4_FILLS2_RESIDUAL),
-    "layers4": ("stride4_fills2_residual with its local affine fill on 4 soft layers the "
-                "decoder predicts, each interpolating the guides of its own layer "
-                "(fills.LayeredLocalAffineFill)", LAYERS4),
-    "layers4_fast": ("layers4 with the layer logits scaled by 10, as affinity_fast",
-                     LAYERS4 + ["--config.model.options.fill_correction.layer_logit_scale=10.0"]),
-    "layers4_grouped": ("layers4_fast trained to follow the target flow's motion regions too: "
-                        "cells 1 and 4 apart share a layer where their flows differ by less "
-                        "than 1 px, else not (losses.grouping_loss, weight 0.5)",
-                        LAYERS4 + ["--config.model.options.fill_correction.layer_logit_scale=10.0",
-                                   "--config.flow.group_weight=0.5"]),
-    "layers4_grouped_s2": ("layers4_grouped with the decoder ending at stride 2",
-                           LOCAL_AFFINE + NO_CORRECTION + [
-                               "--config.model.options.fill_correction."
-                               "local_affine_residual_finest=True",
-                               "--config.model.options.fill_correction.smooth_layers=4",
-                               "--config.model.options.fill_correction.layer_logit_scale=10.0",
-                               "--config.flow.group_weight=0.5"]),
-    "layers4_grouped_s2_fallback": (
-        "layers4_grouped_s2 with each layer's fill handing over to the plain fill as its guide "
-        "weight W falls: W / (W + 0.25) of it",
-        LOCAL_AFFINE + NO_CORRECTION + [
-            "--config.model.options.fill_correction.local_affine_residual_finest=True",
-            "--config.model.options.fill_correction.smooth_layers=4",
-            "--config.model.options.fill_correction.layer_logit_scale=10.0",
-            "--config.model.options.fill_correction.layer_fallback=0.25",
-            "--config.flow.group_weight=0.5"]),
+                                STRIDE4_FILLS2_RESIZED + [
+                                    "--config.model.options.fill_correction."
+                                    "local_affine_residual_finest=True"]),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "

@@ -116,31 +116,3 @@ def segmentation_loss(logits, labels, ignore_label=IGNORE_LABEL):
         tf.where(valid, labels, 0), tf.cast(logits, tf.float32))
     weight = tf.cast(valid, tf.float32)
     return tf.reduce_sum(per_pixel * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
-
-
-def grouping_loss(layer_logits, target, weight, tau=1.0, offsets=(1, 4)):
-    """Per example: soft layers [B, h, w, L] (logits) that follow the target flow's motion
-    regions. For cell pairs `offsets` apart along x and y, m . m' (softmax memberships) is
-    pushed to 1 where the cells' mean flows differ by less than `tau` px and to 0 where they
-    differ more: the two kinds of pairs averaged apart."""
-    member = tf.nn.softmax(tf.cast(layer_logits, tf.float32), -1)
-    h, w = member.shape[1], member.shape[2]
-    s = target.shape[1] // h  # static in training: fixed crops
-    cells = tf.nn.avg_pool2d(target * weight[..., None], s, s, "VALID")[:, :h, :w]
-    valid = tf.nn.avg_pool2d(weight[..., None], s, s, "VALID")[:, :h, :w]
-    cells = cells / tf.maximum(valid, 1e-6)
-    same_sum, same_n, apart_sum, apart_n = 0.0, 0.0, 0.0, 0.0
-    for k in offsets:
-        for a, b in (((slice(None), slice(k, None)), (slice(None), slice(None, -k))),
-                     ((slice(k, None), slice(None)), (slice(None, -k), slice(None)))):
-            m1, m2 = member[:, a[0], a[1]], member[:, b[0], b[1]]
-            f1, f2 = cells[:, a[0], a[1]], cells[:, b[0], b[1]]
-            v = tf.cast((valid[:, a[0], a[1]] > 0.5) & (valid[:, b[0], b[1]] > 0.5), tf.float32)
-            dot = tf.reduce_sum(m1 * m2, -1, keepdims=True)
-            near = tf.cast(tf.reduce_sum(tf.abs(f1 - f2), -1, keepdims=True) < tau, tf.float32)
-            same_sum += tf.reduce_sum((1.0 - dot) * near * v, [1, 2, 3])
-            same_n += tf.reduce_sum(near * v, [1, 2, 3])
-            apart_sum += tf.reduce_sum(dot * (1.0 - near) * v, [1, 2, 3])
-            apart_n += tf.reduce_sum((1.0 - near) * v, [1, 2, 3])
-    return same_sum / tf.maximum(same_n, 1.0) + apart_sum / tf.maximum(apart_n, 1.0)
-

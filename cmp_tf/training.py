@@ -109,7 +109,7 @@ def make_optimizer(config):
     return optimizer
 
 
-def make_step_fn(model, optimizer, loss_fn, global_batch, decay, group_weight=0.0):
+def make_step_fn(model, optimizer, loss_fn, global_batch, decay):
     """One replica's training step on (x, y) -> (loss share, guidance points share).
 
     The loss is averaged over the global batch (each replica contributes its share, the
@@ -121,9 +121,6 @@ def make_step_fn(model, optimizer, loss_fn, global_batch, decay, group_weight=0.
         with tf.GradientTape() as tape:
             out = model(x, training=True)
             per_example = loss_fn(out["logits"], y["flow"], y["valid"])
-            if "layers" in out and group_weight:
-                per_example += group_weight * losses.grouping_loss(
-                    out["layers"], y["flow"], tf.cast(y["valid"], tf.float32))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16
         update(optimizer, tape, scaled, model.trainable_variables, decay)
@@ -392,8 +389,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     iterator = iter(dataset)
     global_batch = config.data.batch_size
     step_fn = make_step_fn(model, optimizer, losses.make_loss(config.flow), global_batch,
-                           config.optim.get("weight_decay", 0.0) / strategy.num_replicas_in_sync,
-                           group_weight=config.flow.get("group_weight", 0.0))
+                           config.optim.get("weight_decay", 0.0) / strategy.num_replicas_in_sync)
     if t.get("jit_compile", False):  # XLA on the per-replica step; the loop stays outside
         step_fn = tf.function(step_fn, jit_compile=True)
 

@@ -59,7 +59,7 @@ def flow(**overrides):
     """`config.flow`: the flow quantization and loss. Defaults are the paper's: 99 bins over
     +-50 px, cross-entropy against the bin holding the flow (`loss="discrete"`; "l1" / "l2"
     for the regression heads)."""
-    fields = dict(nbins=99, fmax=50.0, loss="discrete", group_weight=0.0)
+    fields = dict(nbins=99, fmax=50.0, loss="discrete")
     return _override("flow", fields, overrides)
 
 

@@ -72,10 +72,6 @@ def assemble(image_encoder, sparse_encoder, decoder, head, *, decoder_scale=1, n
     # float32 outputs under mixed precision too: the loss and the flow want full precision.
     outputs = {"logits": keras.layers.Identity(name="logits", dtype="float32")(out),
                "flow": keras.layers.Identity(name="flow", dtype="float32")(flow)}
-    layer_logits = getattr(head, "layer_logits", None)
-    if layer_logits is not None:
-        outputs["layers"] = keras.layers.Identity(name="layers", dtype="float32")(
-            layer_logits * head.layer_logit_scale)
     return keras.Model({"image": image, "sparse": sparse}, outputs, name=name)
 
 

@@ -635,14 +635,9 @@ class LocalAffineFill(_GuidanceFill):
         return fits, s0 / (s0 + self.support)
 
     def call(self, sparse):
-        fill = self._local_affine(masked_guidance(tf.cast(sparse, tf.float32)), self.clamp)
-        return tf.cast(fill, self.compute_dtype)
-
-    def _local_affine(self, guidance, clamp):
-        """The fill of `masked_guidance` output (float32), kept in the guides' range with
-        `clamp`."""
+        sparse = tf.cast(sparse, tf.float32)
         s = self.stride
-        size = guidance.shape[1:3]
+        guidance = masked_guidance(sparse)
         if self.residual_finest:
             # The finest cells' (count, su, sv) alone; the fits' cells straight from the
             # guidance, the pixels past the finest cells left out as pooling leaves them.
@@ -650,7 +645,7 @@ class LocalAffineFill(_GuidanceFill):
             cells = tf.nn.conv2d(guidance, _cell_moments_kernel(s)[..., sums], s, "VALID")
             out_h, out_w = tf.shape(cells)[1], tf.shape(cells)[2]
             ratio = self.fit_stride // s
-            if any(n is None or n % self.fit_stride for n in size):
+            if any(n is None or n % self.fit_stride for n in sparse.shape[1:3]):
                 guidance = tf.pad(guidance[:, :out_h * s, :out_w * s],
                                   [[0, 0], [0, -out_h % ratio * s], [0, -out_w % ratio * s],
                                    [0, 0]])
@@ -663,10 +658,10 @@ class LocalAffineFill(_GuidanceFill):
             out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
             for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
                 level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
-        if clamp:  # the range read at the finest fits' cells
+        if self.clamp:  # the range read at the finest fits' cells
             fit_cells = tf.nn.conv2d(level, _picks(*[(n,) for n in _SUMS]), 1, "VALID")
         pyramid = [level]
-        for _ in range(self._halvings(size, self.fit_stride)):
+        for _ in range(self._halvings(sparse.shape[1:3], self.fit_stride)):
             pyramid.append(tf.nn.conv2d(pyramid[-1], _pool_moments_kernel(), 2, "SAME"))
         along_x, along_y = _blur_moments_kernels(self.RADIUS, self.SIGMA)
         fill = None
@@ -684,10 +679,10 @@ class LocalAffineFill(_GuidanceFill):
         fill = fill[:, :out_h, :out_w]
         if self.residual_finest:
             fill = fill + self._residual_mean(cells, fill)
-        if clamp:
+        if self.clamp:
             low, high = _cell_guide_range(fit_cells)
             fill = tf.minimum(tf.maximum(fill, low), high)
-        return fill
+        return tf.cast(fill, self.compute_dtype)
 
     def _residual_mean(self, cells, fill):
         """The finest cells' Gaussian mean of their guides' residuals from `fill`, shrunk as a
@@ -703,82 +698,6 @@ class LocalAffineFill(_GuidanceFill):
     def get_config(self):
         return {**super().get_config(), "fit_stride": self.fit_stride, "support": self.support,
                 "ridge": self.ridge, "clamp": self.clamp, "residual_finest": self.residual_finest}
-
-
-@keras.saving.register_keras_serializable(package="cmp_tf")
-class LayeredLocalAffineFill(LocalAffineFill):
-    """The local affine fill on soft layers the network predicts (beyond the paper):
-    [sparse [B, H, W, 3], logits [B, H/stride, W/stride, L]] -> [B, H/stride, W/stride, 2].
-
-    Each cell belongs to layer l with weight m_l = softmax(logit_scale x logits); layer l's
-    fill is the local affine fill of the guides weighed by m_l / max(m) at their pixels (1 in
-    the guide's likeliest layer), and a cell reads the sum over layers of m_l x its layer's
-    fill. A layer interpolates the guides
-    of its own object only, as linear interpolation run apart inside each motion region does
-    (docs/ablation.md, "What knowing the motion regions can gain"); with equal logits every
-    layer is the plain fill, and so is the result. The layers run as a batch L times larger;
-    the result is kept within the range of all guides (`clamp`).
-
-    Args:
-        layers: L, at least 2.
-        logit_scale: multiplies the logits, so that under Adam they learn faster than the
-            rest of the decoder's output.
-        the rest: as LocalAffineFill.
-    """
-
-    def __init__(self, stride, layers=2, logit_scale=1.0, fallback=0.0, **kwargs):
-        super().__init__(stride, **kwargs)
-        self.fallback = float(fallback)  # > 0: a layer with guide weight W reads its fill
-        # W / (W + fallback) and the plain fill the rest
-        if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or layers < 2:
-            raise ValueError(f"layers must be an integer >= 2; got {layers!r}.")
-        _check_positive("logit_scale", logit_scale)
-        self.layers, self.logit_scale = int(layers), float(logit_scale)
-
-    def compute_output_shape(self, input_shape):
-        return super().compute_output_shape(input_shape[0])
-
-    def call(self, inputs):
-        sparse, logits = (tf.cast(x, tf.float32) for x in inputs)
-        n, s = self.layers, self.stride
-        member = tf.nn.softmax(self.logit_scale * logits, -1)  # [B, h, w, L]
-        size = sparse.shape[1:3]
-        height, width = tf.shape(sparse)[1], tf.shape(sparse)[2]
-        pixels = tf.repeat(tf.repeat(member, s, 1), s, 2)  # each pixel its cell's weights
-        pixels = tf.pad(pixels, [[0, 0], [0, height - tf.shape(pixels)[1]],
-                                 [0, width - tf.shape(pixels)[2]], [0, 0]])
-        guidance = masked_guidance(sparse)  # (u m, v m, m)
-        pixels = pixels / tf.reduce_max(pixels, -1, keepdims=True)  # the likeliest layer 1
-        runs = n
-        if self.fallback:
-            guide_weight = tf.reduce_sum(guidance[..., 2:3] * pixels, [1, 2])  # [B, L]
-            pixels = tf.concat([tf.ones_like(pixels[..., :1]), pixels], -1)  # plain first
-            runs = n + 1
-        weighted = guidance[..., None, :] * pixels[..., None]  # [B, H, W, L, 3]
-        batch = tf.shape(sparse)[0]
-        weighted = tf.reshape(tf.transpose(weighted, [0, 3, 1, 2, 4]),
-                              [batch * runs, height, width, 3])
-        weighted.set_shape([None, *size, 3])
-        per_layer = self._local_affine(weighted, clamp=False)  # [B L, h, w, 2]
-        cells_h, cells_w = tf.shape(per_layer)[1], tf.shape(per_layer)[2]
-        per_layer = tf.transpose(tf.reshape(per_layer, [batch, runs, cells_h, cells_w, 2]),
-                                 [0, 2, 3, 1, 4])
-        if self.fallback:
-            plain, per_layer = per_layer[..., :1, :], per_layer[..., 1:, :]
-            confidence = (guide_weight / (guide_weight + self.fallback))[:, None, None, :, None]
-            per_layer = confidence * per_layer + (1.0 - confidence) * plain
-        fill = tf.reduce_sum(member[..., None] * per_layer, 3)
-        if self.clamp:
-            sums = [_MOMENT[name] for name in _SUMS]
-            cells = tf.nn.conv2d(guidance, _cell_moments_kernel(self.fit_stride)[..., sums],
-                                 self.fit_stride, "VALID")
-            low, high = _cell_guide_range(cells)
-            fill = tf.minimum(tf.maximum(fill, low), high)
-        return tf.cast(fill, self.compute_dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "layers": self.layers, "logit_scale": self.logit_scale,
-                "fallback": self.fallback}
 
 
 def _cell_guide_range(cells):

@@ -408,8 +408,7 @@ class FillCorrection(_NearestPrior):
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
                  correction=True, fill_stride=0, nearest_resize_finest=False,
-                 local_affine_residual_finest=False, smooth_layers=0, layer_logit_scale=1.0,
-                 layer_fallback=0.0):
+                 local_affine_residual_finest=False):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
                          nearest_refine_finest=nearest_refine_finest,
@@ -441,14 +440,6 @@ class FillCorrection(_NearestPrior):
             raise ValueError(f"config.model.options.{self.name}.local_affine_residual_finest="
                              f"True changes the local affine fill: set smooth='local_affine', "
                              f"or it False; got smooth={smooth!r}.")
-        if isinstance(smooth_layers, bool) or not isinstance(smooth_layers, int) \
-                or smooth_layers < 0 or smooth_layers == 1 \
-                or smooth_layers and smooth != "local_affine":
-            raise ValueError(f"config.model.options.{self.name}.smooth_layers must be 0, or an "
-                             f"integer >= 2 with smooth='local_affine'; got {smooth_layers!r} "
-                             f"with smooth={smooth!r}.")
-        self.smooth_layers, self.layer_logit_scale = smooth_layers, float(layer_logit_scale)
-        self.layer_fallback = float(layer_fallback)
         self.local_affine_residual_finest = local_affine_residual_finest
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
@@ -461,7 +452,7 @@ class FillCorrection(_NearestPrior):
 
     @property
     def decoder_channels(self):
-        return self._blend().channels + self.edge_features + self.smooth_layers
+        return self._blend().channels + self.edge_features
 
     def _blend_fills(self, sparse, image, out, stride):
         """The nearest fill's output passed in, the blend's fills after it at `stride`, and
@@ -474,17 +465,7 @@ class FillCorrection(_NearestPrior):
         if self.smooth == "local_affine":
             residual = dict(fit_stride=2 * stride, residual_finest=True) \
                 if self.local_affine_residual_finest else {}
-            if self.smooth_layers:
-                first = self._blend().channels + self.edge_features
-                logits = out[..., first:first + self.smooth_layers]
-                self.layer_logits = logits  # the grouping loss reads them (cmp.build_cmp)
-                made.append(fills.LayeredLocalAffineFill(
-                    stride, layers=self.smooth_layers, logit_scale=self.layer_logit_scale,
-                    fallback=self.layer_fallback,
-                    **residual, name="local_affine_out")([sparse, logits]))
-            else:
-                made.append(fills.LocalAffineFill(stride, **residual,
-                                                  name="local_affine_out")(sparse))
+            made.append(fills.LocalAffineFill(stride, **residual, name="local_affine_out")(sparse))
         if self.smooth in ("edge_aware", "both"):
             first = self._blend().channels
             features = [out[..., first:first + self.edge_features]] if self.edge_features else []

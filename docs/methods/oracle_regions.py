@@ -44,15 +44,15 @@ def motion_regions(flow):
 
 
 class RegionOracle:
-    """propagate(image, points, vectors) that looks the pair's reference flow up by its image."""
+    """propagate(image, points, vectors) that looks the pair's motion regions up by its image
+    (computed once per pair, for every guide count and strategy)."""
 
     def __init__(self, pairs):
-        self.references = {np.asarray(image, np.uint8).tobytes(): np.asarray(flow, np.float32)
-                           for image, flow, _ in pairs}
+        self.regions = {np.asarray(image, np.uint8).tobytes():
+                        motion_regions(np.asarray(flow, np.float32)) for image, flow, _ in pairs}
 
     def __call__(self, image, points, vectors):
-        flow = self.references[np.asarray(image, np.uint8).tobytes()]
-        regions = motion_regions(flow)
+        regions = self.regions[np.asarray(image, np.uint8).tobytes()]
         points, vectors = np.asarray(points, np.float64), np.asarray(vectors, np.float32)
         cols = np.clip(np.round(points[:, 0]).astype(int), 0, regions.shape[1] - 1)
         rows = np.clip(np.round(points[:, 1]).astype(int), 0, regions.shape[0] - 1)

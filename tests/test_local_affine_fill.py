@@ -2,9 +2,11 @@
 motion kept, defined with any number of guides; inside the head and its exported files."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cmp_tf import models
 from cmp_tf.models import fills
+from cmp_tf.models import heads
 from cmp_tf.models import layers as L
 from tests.conftest import load_config
 
@@ -236,6 +238,10 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(residual_
     assert not custom and {"CONV_2D", "RESIZE_BILINEAR", "DIV"} <= builtins
     # No comparison and select: LiteRT's XNNPACK delegate runs neither, and each splits its graph.
     assert not {"GREATER", "SELECT_V2"} & builtins, builtins
+    # The fills and their blend take channels by 1 x 1 convolutions, which LiteRT runs
+    # faster than slices (fills.copy_channels): slices left keep the channel count or act on
+    # one cell (the clamp's range).
+    assert _channel_slices(tmp_path / "model.tflite") == []
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     assert sorted(i.name for i in graph.input) == ["image", "sparse"]
     parity = {row["artifact"]: row for row in report["rows"]}
@@ -243,3 +249,50 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(residual_
         assert parity[name]["max_abs_px"] < 1e-3, parity[name]
     # Float16 weights round small constants to 0: the fill must not divide by one.
     assert parity["model_fp16.tflite"]["max_abs_px"] < 0.05, parity["model_fp16.tflite"]
+
+
+def _channel_slices(path):
+    """(input shape, output shape) of each slice in a .tflite file that changes the channel
+    count of a map of more than one cell."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    shapes = {t["index"]: t["shape"].tolist() for t in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("STRIDED_SLICE", "SLICE"):
+            source, result = shapes[op["inputs"][0]], shapes[op["outputs"][0]]
+            if source[-1] != result[-1] and source[1] * source[2] > 1:
+                found.append((source, result))
+    return found
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 70)])
+def test_the_compact_forms_of_the_fills_and_their_blend_equal_the_default_ones(size, rng):
+    """What the LiteRT exporter traces (`conv_copies`: channels taken by 1 x 1 convolutions)
+    gives the default form's output to the bit: the shipped local affine fill, the shipped
+    nearest fill's levels in their compact form, and the blend of fills, at whole and at odd
+    sizes."""
+    h, w = size
+    sparse = np.zeros((2, h, w, 3), np.float32)
+    ys, xs = rng.integers(0, h, 30), rng.integers(0, w, 30)
+    sparse[0, ys, xs] = np.c_[rng.normal(0, 4, (30, 2)), np.ones(30)]
+    sparse[1, ys[:2], xs[:2]] = (2.0, -1.0, 1.0)
+    sparse = tf.constant(sparse)
+    shipped = [(fills.LocalAffineFill, dict(fit_stride=4, residual_finest=True)),
+               (fills.DensePrior, dict(coarse_stride=32, refine=1, refine_finest=False,
+                                       resize_finest=True, compact=True))]
+    made = {}
+    for kind, options in shipped:
+        default = kind(2, **options)(sparse).numpy()
+        made[kind] = kind(2, conv_copies=True, **options)(sparse).numpy()
+        np.testing.assert_array_equal(made[kind], default)
+        assert kind.from_config(kind(2, conv_copies=True, **options).get_config()).conv_copies
+    with pytest.raises(ValueError, match="conv_copies must be True or False"):
+        fills.LocalAffineFill(2, conv_copies=1)
+    blend = heads.BlendFills(gain=True, stride=2, correction=False)
+    out = tf.constant(rng.normal(0, 1, (*made[fills.DensePrior].shape[:3], 2)), tf.float32)
+    inputs = [out, made[fills.DensePrior], made[fills.LocalAffineFill]]
+    default = blend(inputs).numpy()
+    blend.conv_copies = True
+    np.testing.assert_array_equal(blend(inputs).numpy(), default)

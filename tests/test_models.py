@@ -320,7 +320,8 @@ def test_the_nearest_fills_cell_sums_equal_the_direct_per_cell_means(stride, rng
     products = np.concatenate([mask, mask * yy[..., None], mask * xx[..., None],
                                sparse[..., :2] * mask], -1)
     want = products.reshape(2, h // stride, stride, w // stride, stride, 5).mean((2, 4))
-    got = fills.DensePrior._pooled(fills.masked_guidance(tf.constant(sparse)), stride).numpy()
+    got = fills.DensePrior(stride)._pooled(fills.masked_guidance(tf.constant(sparse)), stride)
+    got = got.numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

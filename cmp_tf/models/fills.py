@@ -31,6 +31,7 @@ _PICKED_SUMS = np.kron(np.eye(4, dtype=np.float32), np.ones((_CANDIDATES, 1), np
 
 # `DensePrior._pooled`'s channels (mask, mask y, mask x, mask u, mask v): where the cell's
 # origin row and column add to the sums.
+_POOLED_CHANNELS = 5
 _Y_CHANNEL = np.array([0, 1, 0, 0, 0], np.float32)
 _X_CHANNEL = np.array([0, 0, 1, 0, 0], np.float32)
 # masked_guidance's 1x1 kernel and bias: the multiplier (mask, mask, 1) of (u, v, mask).
@@ -57,6 +58,56 @@ def _cell_sums_kernel(s):
     return kernel / s**2
 
 
+def copy_channels(x, columns, conv):
+    """A map whose channel j is x's channel columns[j] (None: zeros), x [B, H, W, C] with C
+    known when traced. `conv` computes it as one 1 x 1 convolution whose weights are one 1
+    per copied channel, so the copies are exact: LiteRT runs channel slices and
+    concatenations of large maps several times slower (two slices of a 192^2 x 3 map 0.3 ms,
+    the two convolutions 0.05 ms). Else slices and a concatenation, the faster in TensorFlow
+    and ONNX Runtime."""
+    channels = x.shape[-1]
+    columns = tuple(columns)
+    if channels is None or not columns or any(
+            c is not None and not 0 <= c < channels for c in columns):
+        raise ValueError(f"copy_channels needs a known channel count and columns of "
+                         f"channels in 0..{channels}; got channels={channels}, "
+                         f"columns={columns}.")
+    if columns == tuple(range(channels)):
+        return x
+    if conv:
+        return tf.nn.conv2d(x, _copy_kernel(channels, columns), 1, "VALID")
+    parts, start = [], 0
+    while start < len(columns):  # runs of consecutive channels, and of zeros
+        stop = start + 1
+        while stop < len(columns) and (
+                columns[stop] is None if columns[start] is None
+                else columns[stop] == columns[stop - 1] + 1):
+            stop += 1
+        if columns[start] is None:
+            parts.append(tf.zeros_like(x[..., :1]) * tf.ones([stop - start]))
+        elif (columns[start], columns[stop - 1]) == (0, channels - 1):
+            parts.append(x)
+        else:
+            parts.append(x[..., columns[start]:columns[stop - 1] + 1])
+        start = stop
+    return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _copy_kernel(channels, columns):
+    """[1, 1, channels, len(columns)] weights of `copy_channels`."""
+    kernel = np.zeros((1, 1, channels, len(columns)), np.float32)
+    for j, c in enumerate(columns):
+        if c is not None:
+            kernel[0, 0, c, j] = 1.0
+    return kernel
+
+
+def take_channels(x, start, stop, conv):
+    """x[..., start:stop] (`copy_channels`)."""
+    return copy_channels(x, range(start, stop), conv)
+
+
 def _positive(x):
     """1 where x > 0, 0 where x = 0, for x >= 0 (exact from 2^-60 up): x scaled by 2^60 in
     four exact steps of float16 constants, capped at 1. A comparison and a select in ops
@@ -73,11 +124,35 @@ def weighted_mean(sums, weight):
     return sums / (weight + (1.0 - _positive(weight)))
 
 
-def _doubled(x):
+def _doubled(x, conv_copies=False):
     """Nearest-neighbour upsampling by 2 as four copies of the channels taken to space
     (depth_to_space): exact copies, and run by LiteRT's XNNPACK delegate, which does not take
-    RESIZE_NEAREST_NEIGHBOR."""
-    return tf.nn.depth_to_space(tf.concat([x] * 4, -1), 2)
+    RESIZE_NEAREST_NEIGHBOR. `conv_copies`: as `copy_channels`."""
+    copies = copy_channels(x, list(range(x.shape[-1])) * 4, conv_copies)
+    return tf.nn.depth_to_space(copies, 2)
+
+
+def _sizes(x, stride=1):
+    """(H // stride, W // stride) of x [B, H, W, C]: ints where known when traced, else
+    tensors."""
+    shape = tf.shape(x)
+    return tuple(n // stride if n is not None else shape[i] if stride == 1
+                 else shape[i] // stride for i, n in zip((1, 2), x.shape[1:3]))
+
+
+def _crop(x, height, width):
+    """x[:, :height, :width]; x itself where the sizes are known when traced and already
+    agree: the converters keep an identity slice as a copy of the map (0.1 ms at 192^2 in
+    LiteRT)."""
+    known = all(isinstance(n, int) for n in (height, width, *x.shape[1:3]))
+    if known and tuple(x.shape[1:3]) == (height, width):
+        return x
+    return x[:, :height, :width]
+
+
+def _crop_like(x, like):
+    """`_crop` of x to the height and width of `like`."""
+    return _crop(x, *_sizes(like))
 
 
 def _end(margin):
@@ -87,13 +162,18 @@ def _end(margin):
 
 class _GuidanceFill(keras.layers.Layer):
     """A fill of `sparse` on a grid of `stride` x `stride` cells with `channels` channels;
-    `max_size` (px) bounds the passes when the image size is unknown at trace time."""
+    `max_size` (px) bounds the passes when the image size is unknown at trace time.
+    `conv_copies` takes channels by 1 x 1 convolutions instead of slices and concatenations
+    (`copy_channels`; the nearest and the local affine fill, whose slices act on large maps):
+    the same output, the form the LiteRT exporter traces."""
 
     channels = None
 
-    def __init__(self, stride, max_size=2048, **kwargs):
+    def __init__(self, stride, max_size=2048, conv_copies=False, **kwargs):
         super().__init__(**kwargs)
-        self.stride, self.max_size = int(stride), int(max_size)
+        if not isinstance(conv_copies, bool):
+            raise ValueError(f"conv_copies must be True or False; got {conv_copies!r}.")
+        self.stride, self.max_size, self.conv_copies = int(stride), int(max_size), conv_copies
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
@@ -101,7 +181,8 @@ class _GuidanceFill(keras.layers.Layer):
                 None if w is None else w // self.stride, self.channels)
 
     def get_config(self):
-        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size}
+        return {**super().get_config(), "stride": self.stride, "max_size": self.max_size,
+                "conv_copies": self.conv_copies}
 
     def _halvings(self, image_shape, cell):
         """How many times cells of `cell` px double before one spans the image (at least
@@ -185,6 +266,7 @@ class DensePrior(_GuidanceFill):
         super().__init__(stride, max_size, **kwargs)
         if not isinstance(compact, bool):
             raise ValueError(f"compact must be True or False; got {compact!r}.")
+        self.compact = compact
         ratio = coarse_stride // self.stride if coarse_stride else 0
         if coarse_stride and (not isinstance(coarse_stride, int) or isinstance(coarse_stride, bool)
                               or ratio < 2 or ratio * self.stride != coarse_stride
@@ -205,7 +287,7 @@ class DensePrior(_GuidanceFill):
                              f"coarse_stride and refine_finest=False; got {resize_finest!r} "
                              f"with coarse_stride={coarse_stride!r}, "
                              f"refine_finest={refine_finest!r}.")
-        self.compact, self.coarse_stride, self.refine = compact, int(coarse_stride), int(refine)
+        self.coarse_stride, self.refine = int(coarse_stride), int(refine)
         self.coarse_output = coarse_output
         self.refine_finest, self.resize_finest = refine_finest, resize_finest
 
@@ -217,15 +299,14 @@ class DensePrior(_GuidanceFill):
         return [fine, (b, None if h is None else h // self.coarse_stride,
                        None if w is None else w // self.coarse_stride, self.channels)]
 
-    @staticmethod
-    def _pooled(guidance, s):
+    def _pooled(self, guidance, s):
         """Per cell of `s` px: the fraction of guided pixels and the means of mask x (y, x, u,
         v), [B, H/s, W/s, 5], from `masked_guidance`. One strided convolution sums the cell
         (its weights hold the pixels' offsets in the cell) and the cells' origins are added at
         cell resolution: full-resolution element-wise work was the costliest part of a fill
         in LiteRT."""
         sums = tf.nn.conv2d(guidance, _cell_sums_kernel(s), s, "VALID")
-        count = sums[..., :1]
+        count = take_channels(sums, 0, 1, self.conv_copies)
         oy = tf.cast(tf.range(tf.shape(sums)[1]) * s, tf.float32)[None, :, None, None]
         ox = tf.cast(tf.range(tf.shape(sums)[2]) * s, tf.float32)[None, None, :, None]
         # Broadcast from the count, not a constant map: the exporters would fold that into
@@ -235,9 +316,9 @@ class DensePrior(_GuidanceFill):
     def _seeds(self, pooled):
         """(1 where guided else 0, the mean (y, x, u, v) of the cell's guides, else far) from
         `_pooled`."""
-        count = pooled[..., :1]
+        count = take_channels(pooled, 0, 1, self.conv_copies)
         seeded = _positive(count)
-        seed = weighted_mean(pooled[..., 1:], count)
+        seed = weighted_mean(take_channels(pooled, 1, 5, self.conv_copies), count)
         return seeded, seed * seeded + self._far() * (1.0 - seeded)
 
     def _far(self):
@@ -256,8 +337,7 @@ class DensePrior(_GuidanceFill):
             return flooded, flooded
         (coarse, _), coarsest = self._level(tf.nn.avg_pool2d(pooled, 2, 2, "VALID"), 2 * s,
                                             image_shape)
-        h, w = tf.shape(state)[1], tf.shape(state)[2]
-        up = _doubled(coarse)[:, :h, :w]
+        up = _crop_like(_doubled(coarse, self.conv_copies), state)
         passes = self.refine if self.refine_finest or s != self.stride else 0
         refined = self._flood(state * seeded + up * (1.0 - seeded), s, image_shape,
                               steps=(1,) * passes)
@@ -268,12 +348,17 @@ class DensePrior(_GuidanceFill):
         dist = tf.sqrt(best)
         unfound = _positive(tf.nn.relu(dist - self._FAR / 2))  # a far state: (u, v) = 0
         dist = dist * (1.0 - unfound) + float(self.max_size) * unfound
-        return tf.cast(tf.concat([state[..., 2:], dist], -1), self.compute_dtype)
+        if self.conv_copies:  # the concatenation as copies into place
+            fill = (copy_channels(state, (2, 3, None), True)
+                    + copy_channels(dist, (None, None, 0), True))
+        else:
+            fill = tf.concat([state[..., 2:], dist], -1)
+        return tf.cast(fill, self.compute_dtype)
 
     def call(self, sparse):
         sparse = tf.cast(sparse, tf.float32)
         guidance = masked_guidance(sparse)
-        height, width = tf.shape(sparse)[1] // self.stride, tf.shape(sparse)[2] // self.stride
+        height, width = _sizes(sparse, self.stride)
         finest = self.stride  # the finest level computed
         if self.resize_finest:  # the cells' 2 x 2 parents, an odd last row or column too
             finest = 2 * self.stride
@@ -288,12 +373,17 @@ class DensePrior(_GuidanceFill):
             cells_h, cells_w = tf.shape(pooled)[1], tf.shape(pooled)[2]
             pooled = tf.pad(pooled, [[0, 0], [0, -cells_h % ratio], [0, -cells_w % ratio],
                                      [0, 0]])
+            if self.conv_copies and None in sparse.shape[1:3]:  # amounts computed when run
+                # The converters lose the channel count of such a pad, and a convolution
+                # needs it to be a builtin op (copy_channels): a reshape states it.
+                pooled = tf.reshape(pooled, tf.concat([tf.shape(pooled)[:3],
+                                                       [_POOLED_CHANNELS]], 0))
         (state, best), coarsest = self._level(pooled, finest, sparse.shape[1:3])
         if not self.coarse_stride:
             return self._fill(state, best)
         if self.resize_finest:
             parents = self._fill(state, best)
-            fill = _doubled(parents)[:, :height, :width]
+            fill = _crop(_doubled(parents, self.conv_copies), height, width)
         else:
             fill = self._fill(state[:, :height, :width], best[:, :height, :width])
         if not self.coarse_output:
@@ -319,12 +409,12 @@ class DensePrior(_GuidanceFill):
             steps = [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
         best = dist2(state)
         # of the state's size, for the compact form's frame of far states
-        ones = state[..., :1] * 0.0 + 1.0 if self.compact else None
+        ones = take_channels(state, 0, 1, self.conv_copies) * 0.0 + 1.0 if self.compact else None
         for k in steps:
             pad = [[0, 0], [k, k], [k, k], [0, 0]]
             if self.compact:  # zero padding plus a frame of far states (no PADV2: XNNPACK)
                 padded = tf.pad(state, pad) + (1.0 - tf.pad(ones, pad)) * self._far()
-                state, best = self._gather_pass(padded, k, cy, cx)
+                state, best = self._gather_pass(padded, k, cy, cx, self.conv_copies)
                 continue
             padded = tf.concat([tf.pad(state[..., :2], pad, constant_values=self._FAR),
                                 tf.pad(state[..., 2:], pad)], -1)
@@ -340,7 +430,7 @@ class DensePrior(_GuidanceFill):
         return state, best
 
     @staticmethod
-    def _gather_pass(padded, k, cy, cx):
+    def _gather_pass(padded, k, cy, cx, conv_copies):
         """One pass over `padded` (the state padded by k with far guides) as a gather of the
         cell and its 8 neighbours at k (a depthwise convolution dilated by k, whose sums hold
         one term each: exact copies) and a pick of the first closest, the cell's own state on
@@ -349,11 +439,13 @@ class DensePrior(_GuidanceFill):
         candidates = tf.nn.depthwise_conv2d(padded, _CANDIDATE_KERNEL, [1, 1, 1, 1], "VALID",
                                             dilations=[k, k])  # [B, h, w, 4 x 9]
         n = _CANDIDATES
-        d2 = tf.square(candidates[..., :n] - cy) + tf.square(candidates[..., n:2 * n] - cx)
+        d2 = (tf.square(take_channels(candidates, 0, n, conv_copies) - cy)
+              + tf.square(take_channels(candidates, n, 2 * n, conv_copies) - cx))
         best = tf.reduce_min(d2, -1, keepdims=True)
         score = (1.0 - _positive(d2 - best)) * _CANDIDATE_PRIORITY  # whole numbers
         pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
-        state = tf.nn.conv2d(candidates * tf.concat([pick] * 4, -1), _PICKED_SUMS, 1, "VALID")
+        picks = copy_channels(pick, list(range(n)) * 4, conv_copies)
+        state = tf.nn.conv2d(candidates * picks, _PICKED_SUMS, 1, "VALID")
         return state, best
 
     def get_config(self):
@@ -631,7 +723,7 @@ class LocalAffineFill(_GuidanceFill):
         # Where none does every moment is 0, and so is the fit: 0 / 1 (weighted_mean, no
         # comparison and select, which split the file's XNNPACK graph at every level).
         fits = weighted_mean(conv(conv(moments, pick_uv) * conv(c, tile), pairs), tf.nn.relu(det))
-        s0 = s[..., :1]
+        s0 = take_channels(s, 0, 1, self.conv_copies)
         return fits, s0 / (s0 + self.support)
 
     def call(self, sparse):
@@ -676,38 +768,42 @@ class LocalAffineFill(_GuidanceFill):
         if scale > 1:
             fill = tf.raw_ops.ResizeBilinear(images=fill, size=scale * tf.shape(fill)[1:3],
                                              half_pixel_centers=True)
-        fill = fill[:, :out_h, :out_w]
+        fill = _crop_like(fill, cells) if self.residual_finest else fill[:, :out_h, :out_w]
         if self.residual_finest:
             fill = fill + self._residual_mean(cells, fill)
         if self.clamp:
-            low, high = _cell_guide_range(fit_cells)
+            low, high = _cell_guide_range(fit_cells, self.conv_copies)
             fill = tf.minimum(tf.maximum(fill, low), high)
         return tf.cast(fill, self.compute_dtype)
 
     def _residual_mean(self, cells, fill):
         """The finest cells' Gaussian mean of their guides' residuals from `fill`, shrunk as a
         level's fit by s0 / (s0 + support): sum / (s0 + support), never a division by 0."""
-        count = cells[..., :1]
-        sums = tf.concat([count, cells[..., 1:] - count * fill], -1)
+        count = take_channels(cells, 0, 1, self.conv_copies)
+        if self.conv_copies:  # the concatenation as a copy into place
+            sums = cells - copy_channels(count * fill, (None, 0, 1), True)
+        else:
+            sums = tf.concat([count, cells[..., 1:] - count * fill], -1)
         _, weights = _gaussian_taps(self.RADIUS, self.SIGMA)
         along_x = np.tile(weights[None, :, None, None], (1, 1, 3, 1)).astype(np.float32)
         blurred = tf.nn.depthwise_conv2d(sums, along_x, [1] * 4, "SAME")
         blurred = tf.nn.depthwise_conv2d(blurred, along_x.transpose(1, 0, 2, 3), [1] * 4, "SAME")
-        return blurred[..., 1:] / (blurred[..., :1] + self.support)
+        return (take_channels(blurred, 1, 3, self.conv_copies)
+                / (take_channels(blurred, 0, 1, self.conv_copies) + self.support))
 
     def get_config(self):
         return {**super().get_config(), "fit_stride": self.fit_stride, "support": self.support,
                 "ridge": self.ridge, "clamp": self.clamp, "residual_finest": self.residual_finest}
 
 
-def _cell_guide_range(cells):
+def _cell_guide_range(cells, conv_copies=False):
     """(smallest, largest) (u, v) of the guided cells' mean vectors of each image, [B, 1, 1, 2]
     each, from the cells' (count, su, sv) [B, h, w, 3]; (0, 0) where nothing is guided.
     Within the guides' own range (a cell's guides averaged), and read at the cells: a
     reduction over every pixel cost more than the rest of the fill in LiteRT. A cell's count
     is its number of guided pixels (the mask is 0 or 1), so max(count, 1) and min(count, 1)
-    stand for the selects XNNPACK does not run."""
-    count = cells[..., :1]
+    stand for the selects XNNPACK does not run. `conv_copies`: as `copy_channels`."""
+    count = take_channels(cells, 0, 1, conv_copies)
     guided = tf.minimum(count, 1.0)
     # One reduction for both ends: max of the vectors and max of their negatives.
     both = tf.nn.conv2d(cells, _picks(("1",), ("2",), ("-1",), ("-2",)), 1, "VALID")
@@ -722,7 +818,7 @@ def _upsample(coarse, fine):
     coarse's from the top left (SAME-padded stride 2): 2x the size, then cropped."""
     up = tf.raw_ops.ResizeBilinear(images=coarse, size=2 * tf.shape(coarse)[1:3],
                                    half_pixel_centers=True)
-    return up[:, :tf.shape(fine)[1], :tf.shape(fine)[2]]
+    return _crop_like(up, fine)
 
 
 def neighbours(x):

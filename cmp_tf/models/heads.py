@@ -123,6 +123,9 @@ class BlendFills(keras.layers.Layer):
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
         self.gain, self.stride, self.edge, self.correction = gain, stride, edge, correction
+        # The LiteRT exporter's form (export/savedmodel.py, `conv_copies`): channels taken by
+        # 1 x 1 convolutions, which LiteRT runs faster than slices (fills.copy_channels).
+        self.conv_copies = False
 
     @property
     def channels(self):
@@ -132,20 +135,25 @@ class BlendFills(keras.layers.Layer):
 
     def call(self, inputs):
         out, nearest, smooth, *edge = (tf.cast(x, tf.float32) for x in inputs)
+
+        def take(x, start, stop):
+            return fills.take_channels(x, start, stop, self.conv_copies)
+
         first = 2 * self.correction  # the weight a's channel
-        a = out[..., first:first + 1]
+        a = take(out, first, first + 1)
         if self.edge:
-            b = out[..., self.channels - 1:self.channels]
+            b = take(out, self.channels - 1, self.channels)
             weights = tf.nn.softmax(tf.concat([a, tf.zeros_like(a), b], -1), axis=-1)
-            fill = (weights[..., :1] * nearest[..., :2] + weights[..., 1:2] * smooth[..., :2]
-                    + weights[..., 2:] * edge[0][..., :2])
+            fill = (weights[..., :1] * take(nearest, 0, 2)
+                    + weights[..., 1:2] * take(smooth, 0, 2)
+                    + weights[..., 2:] * take(edge[0], 0, 2))
         else:
             weight = tf.sigmoid(a)
-            fill = weight * nearest[..., :2] + (1 - weight) * smooth[..., :2]
+            fill = weight * take(nearest, 0, 2) + (1 - weight) * take(smooth, 0, 2)
         if self.gain:
-            reach = out[..., first + 1:first + 2]
+            reach = take(out, first + 1, first + 2)
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
-            distance = nearest[..., 2:3] / (self.stride * tf.sqrt(cells))
+            distance = take(nearest, 2, 3) / (self.stride * tf.sqrt(cells))
             rate = self.GAUSSIAN_SCALE * tf.nn.softplus(reach + self.GAUSSIAN_LOGIT_START)
             fill = tf.exp(-0.5 * tf.square(rate * distance)) * fill
         if self.correction:

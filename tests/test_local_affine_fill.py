@@ -296,3 +296,23 @@ def test_the_compact_forms_of_the_fills_and_their_blend_equal_the_default_ones(s
     default = blend(inputs).numpy()
     blend.conv_copies = True
     np.testing.assert_array_equal(blend(inputs).numpy(), default)
+
+
+def test_copy_channels_copies_exactly_in_both_forms(rng):
+    """`copy_channels` as one 1 x 1 convolution (the LiteRT form) and as slices and a
+    concatenation: the same map, with channels repeated, reordered and zeros between; a
+    channel count unknown when traced is refused."""
+    x = tf.constant(rng.normal(0, 1e3, (2, 5, 7, 4)), tf.float32)
+    columns = (2, 3, None, 0, 1, 2, 3, 0, None, None)
+    want = np.concatenate([x.numpy()[..., c:c + 1] if c is not None
+                           else np.zeros((2, 5, 7, 1), np.float32) for c in columns], -1)
+    for conv in (True, False):
+        np.testing.assert_array_equal(fills.copy_channels(x, columns, conv).numpy(), want)
+        assert fills.take_channels(x, 0, 4, conv) is x
+    with pytest.raises(ValueError, match=r"channels below it or None; got channels=4, "
+                                         r"columns=\(4,\)"):
+        fills.copy_channels(x, (4,), True)
+    spec = tf.TensorSpec((1, None, None, None), tf.float32)
+    with pytest.raises(ValueError, match="known channel count"):
+        tf.function(lambda t: fills.take_channels(t, 0, 1, True),
+                    input_signature=[spec]).get_concrete_function()

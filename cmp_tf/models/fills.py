@@ -69,8 +69,8 @@ def copy_channels(x, columns, conv):
     columns = tuple(columns)
     if channels is None or not columns or any(
             c is not None and not 0 <= c < channels for c in columns):
-        raise ValueError(f"copy_channels needs a known channel count and columns of "
-                         f"channels in 0..{channels}; got channels={channels}, "
+        raise ValueError(f"copy_channels needs a known channel count and columns that are "
+                         f"channels below it or None; got channels={channels}, "
                          f"columns={columns}.")
     if columns == tuple(range(channels)):
         return x
@@ -735,7 +735,7 @@ class LocalAffineFill(_GuidanceFill):
             # guidance, the pixels past the finest cells left out as pooling leaves them.
             sums = [_MOMENT[name] for name in _SUMS]
             cells = tf.nn.conv2d(guidance, _cell_moments_kernel(s)[..., sums], s, "VALID")
-            out_h, out_w = tf.shape(cells)[1], tf.shape(cells)[2]
+            out_h, out_w = _sizes(cells)
             ratio = self.fit_stride // s
             if any(n is None or n % self.fit_stride for n in sparse.shape[1:3]):
                 guidance = tf.pad(guidance[:, :out_h * s, :out_w * s],
@@ -747,7 +747,7 @@ class LocalAffineFill(_GuidanceFill):
                                  self.fit_stride, "VALID")
         else:
             level = tf.nn.conv2d(guidance, _cell_moments_kernel(s), s, "VALID")
-            out_h, out_w = tf.shape(level)[1], tf.shape(level)[2]
+            out_h, out_w = _sizes(level)
             for _ in range(int(math.log2(self.fit_stride // s))):  # zero padding: no guides
                 level = tf.nn.conv2d(level, _pool_moments_kernel(), 2, "SAME")
         if self.clamp:  # the range read at the finest fits' cells
@@ -768,7 +768,7 @@ class LocalAffineFill(_GuidanceFill):
         if scale > 1:
             fill = tf.raw_ops.ResizeBilinear(images=fill, size=scale * tf.shape(fill)[1:3],
                                              half_pixel_centers=True)
-        fill = _crop_like(fill, cells) if self.residual_finest else fill[:, :out_h, :out_w]
+        fill = _crop(fill, out_h, out_w)
         if self.residual_finest:
             fill = fill + self._residual_mean(cells, fill)
         if self.clamp:

@@ -22,9 +22,10 @@ leave alone (the average-pooled guide positions); `drop_fill_round_trips` remove
 The fills stay cheap to calibrate: every file runs the nearest fill's passes in their compact
 form, one gather and pick each (20 ops a pass instead of 77, the same output; the integer
 quantizer did not finish in 15 minutes with the sequential form). It is also the faster form
-in LiteRT. The fills and their blend take channels by 1 x 1 convolutions here
-(`savedmodel.conv_copies`, the same output): LiteRT runs channel slices and concatenations of
-large maps several times slower.
+in LiteRT. The fills and their blend are traced in the ops LiteRT runs faster
+(`savedmodel.litert_form`, the same output): channels taken by 1 x 1 convolutions (it runs
+channel slices and concatenations of large maps several times slower), and the nearest fill's
+neighbours zero-padded.
 """
 import contextlib
 import json
@@ -68,7 +69,7 @@ def convert(model, size, precision="float32", representative=None, metadata=None
     specs = savedmodel.input_specs(model, None if dynamic else size, batch=1)
     hard_swish = _delegable_hard_swish(model) if precision == "int8" else contextlib.nullcontext()
     with tempfile.TemporaryDirectory() as tmp:
-        with savedmodel.compact_fills(model), savedmodel.conv_copies(model), hard_swish:
+        with savedmodel.compact_fills(model), savedmodel.litert_form(model), hard_swish:
             savedmodel.write(model, tmp, specs, outputs)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         if precision == "float16":

@@ -239,8 +239,8 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(residual_
     # No comparison and select: LiteRT's XNNPACK delegate runs neither, and each splits its graph.
     assert not {"GREATER", "SELECT_V2"} & builtins, builtins
     # The fills and their blend take channels by 1 x 1 convolutions, which LiteRT runs
-    # faster than slices (fills.copy_channels): slices left keep the channel count or act on
-    # one cell (the clamp's range).
+    # faster than slices (fills.copy_channels): slices left keep the channel count or one
+    # cell (the clamp's range).
     assert _channel_slices(tmp_path / "model.tflite") == []
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     assert sorted(i.name for i in graph.input) == ["image", "sparse"]
@@ -253,7 +253,7 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(residual_
 
 def _channel_slices(path):
     """(input shape, output shape) of each slice in a .tflite file that changes the channel
-    count of a map of more than one cell."""
+    count and keeps more than one cell."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))
@@ -262,14 +262,14 @@ def _channel_slices(path):
     for op in interpreter._get_ops_details():
         if op["op_name"] in ("STRIDED_SLICE", "SLICE"):
             source, result = shapes[op["inputs"][0]], shapes[op["outputs"][0]]
-            if source[-1] != result[-1] and source[1] * source[2] > 1:
+            if source[-1] != result[-1] and result[1] * result[2] > 1:
                 found.append((source, result))
     return found
 
 
 @pytest.mark.parametrize("size", [(64, 64), (50, 70)])
 def test_the_compact_forms_of_the_fills_and_their_blend_equal_the_default_ones(size, rng):
-    """What the LiteRT exporter traces (`conv_copies`: channels taken by 1 x 1 convolutions)
+    """What the LiteRT exporter traces (`litert_form`: channels taken by 1 x 1 convolutions)
     gives the default form's output to the bit: the shipped local affine fill, the shipped
     nearest fill's levels in their compact form, and the blend of fills, at whole and at odd
     sizes."""
@@ -285,16 +285,16 @@ def test_the_compact_forms_of_the_fills_and_their_blend_equal_the_default_ones(s
     made = {}
     for kind, options in shipped:
         default = kind(2, **options)(sparse).numpy()
-        made[kind] = kind(2, conv_copies=True, **options)(sparse).numpy()
+        made[kind] = kind(2, litert_form=True, **options)(sparse).numpy()
         np.testing.assert_array_equal(made[kind], default)
-        assert kind.from_config(kind(2, conv_copies=True, **options).get_config()).conv_copies
-    with pytest.raises(ValueError, match="conv_copies must be True or False"):
-        fills.LocalAffineFill(2, conv_copies=1)
+        assert kind.from_config(kind(2, litert_form=True, **options).get_config()).litert_form
+    with pytest.raises(ValueError, match="litert_form must be True or False"):
+        fills.LocalAffineFill(2, litert_form=1)
     blend = heads.BlendFills(gain=True, stride=2, correction=False)
     out = tf.constant(rng.normal(0, 1, (*made[fills.DensePrior].shape[:3], 2)), tf.float32)
     inputs = [out, made[fills.DensePrior], made[fills.LocalAffineFill]]
     default = blend(inputs).numpy()
-    blend.conv_copies = True
+    blend.litert_form = True
     np.testing.assert_array_equal(blend(inputs).numpy(), default)
 
 

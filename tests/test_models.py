@@ -356,16 +356,19 @@ def test_a_multi_level_nearest_fills_coarse_output_is_the_one_level_fill_there(s
 @pytest.mark.parametrize("stride, levels", [(1, {}), (2, {}), (8, {}),
                                             (2, {"coarse_stride": 32, "refine": 1,
                                                  "refine_finest": False})])
-def test_the_compact_nearest_fill_equals_the_sequential_one(stride, levels, rng):
-    """The gather-and-pick form of a jump-flooding pass (what every exported file runs) gives
-    the sequential selects' output to the bit, ties included (a grid of guides has many), on
-    one level and on the shipped model's levels."""
+@pytest.mark.parametrize("litert_form", [False, True])
+def test_the_compact_nearest_fill_equals_the_sequential_one(stride, levels, litert_form, rng):
+    """The gather-and-pick form of a jump-flooding pass (what every exported file runs; its
+    LiteRT form reads zero-padded neighbours beyond the image as far) gives the sequential
+    selects' output to the bit, ties included (a grid of guides has many), on one level and
+    on the shipped model's levels."""
     sparse = np.zeros((2, 64, 96, 3), np.float32)
     sparse[0, 8::16, 8::16] = (3.0, -1.0, 1.0)  # equidistant guides: ties everywhere
     ys, xs = rng.integers(0, 64, 9), rng.integers(0, 96, 9)
     sparse[1, ys, xs] = np.c_[rng.normal(0, 5, (9, 2)), np.ones(9)]
     sequential = fills.DensePrior(stride, **levels)(sparse).numpy()
-    compact = fills.DensePrior(stride, compact=True, **levels)(sparse).numpy()
+    compact = fills.DensePrior(stride, compact=True, litert_form=litert_form,
+                               **levels)(sparse).numpy()
     np.testing.assert_array_equal(compact, sequential)
     assert fills.DensePrior.from_config(fills.DensePrior(4, compact=True).get_config()).compact
     with pytest.raises(ValueError, match="compact must be True or False"):

@@ -25,6 +25,7 @@ _CANDIDATE_KERNEL = np.stack([np.pad([[1.0]], [[1 + dy, 1 - dy], [1 + dx, 1 - dx
                               for dy, dx in _CANDIDATE_OFFSETS], -1)[:, :, None].repeat(
                                   4, 2).astype(np.float32)  # [3, 3, 4, 9]
 _CANDIDATE_PRIORITY = np.arange(_CANDIDATES, 0, -1).astype(np.float32)
+_CANDIDATE_DY, _CANDIDATE_DX = np.array(_CANDIDATE_OFFSETS, np.float32).T
 _PICKED_SUMS = np.kron(np.eye(4, dtype=np.float32), np.ones((_CANDIDATES, 1), np.float32))[
     None, None]
 
@@ -124,11 +125,11 @@ def weighted_mean(sums, weight):
     return sums / (weight + (1.0 - _positive(weight)))
 
 
-def _doubled(x, conv_copies=False):
+def _doubled(x, litert_form=False):
     """Nearest-neighbour upsampling by 2 as four copies of the channels taken to space
     (depth_to_space): exact copies, and run by LiteRT's XNNPACK delegate, which does not take
-    RESIZE_NEAREST_NEIGHBOR. `conv_copies`: as `copy_channels`."""
-    copies = copy_channels(x, list(range(x.shape[-1])) * 4, conv_copies)
+    RESIZE_NEAREST_NEIGHBOR. `litert_form`: as `copy_channels`."""
+    copies = copy_channels(x, list(range(x.shape[-1])) * 4, litert_form)
     return tf.nn.depth_to_space(copies, 2)
 
 
@@ -163,17 +164,18 @@ def _end(margin):
 class _GuidanceFill(keras.layers.Layer):
     """A fill of `sparse` on a grid of `stride` x `stride` cells with `channels` channels;
     `max_size` (px) bounds the passes when the image size is unknown at trace time.
-    `conv_copies` takes channels by 1 x 1 convolutions instead of slices and concatenations
-    (`copy_channels`; the nearest and the local affine fill, whose slices act on large maps):
-    the same output, the form the LiteRT exporter traces."""
+    `litert_form` traces the same output in the ops LiteRT runs faster, as its exporter does:
+    channels taken by 1 x 1 convolutions instead of slices and concatenations
+    (`copy_channels`; the nearest and the local affine fill, whose slices act on large maps),
+    and the compact nearest fill's neighbours zero-padded (`DensePrior._gather_pass`)."""
 
     channels = None
 
-    def __init__(self, stride, max_size=2048, conv_copies=False, **kwargs):
+    def __init__(self, stride, max_size=2048, litert_form=False, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(conv_copies, bool):
-            raise ValueError(f"conv_copies must be True or False; got {conv_copies!r}.")
-        self.stride, self.max_size, self.conv_copies = int(stride), int(max_size), conv_copies
+        if not isinstance(litert_form, bool):
+            raise ValueError(f"litert_form must be True or False; got {litert_form!r}.")
+        self.stride, self.max_size, self.litert_form = int(stride), int(max_size), litert_form
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
@@ -182,7 +184,7 @@ class _GuidanceFill(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "stride": self.stride, "max_size": self.max_size,
-                "conv_copies": self.conv_copies}
+                "litert_form": self.litert_form}
 
     def _halvings(self, image_shape, cell):
         """How many times cells of `cell` px double before one spans the image (at least
@@ -306,7 +308,7 @@ class DensePrior(_GuidanceFill):
         cell resolution: full-resolution element-wise work was the costliest part of a fill
         in LiteRT."""
         sums = tf.nn.conv2d(guidance, _cell_sums_kernel(s), s, "VALID")
-        count = take_channels(sums, 0, 1, self.conv_copies)
+        count = take_channels(sums, 0, 1, self.litert_form)
         oy = tf.cast(tf.range(tf.shape(sums)[1]) * s, tf.float32)[None, :, None, None]
         ox = tf.cast(tf.range(tf.shape(sums)[2]) * s, tf.float32)[None, None, :, None]
         # Broadcast from the count, not a constant map: the exporters would fold that into
@@ -316,9 +318,9 @@ class DensePrior(_GuidanceFill):
     def _seeds(self, pooled):
         """(1 where guided else 0, the mean (y, x, u, v) of the cell's guides, else far) from
         `_pooled`."""
-        count = take_channels(pooled, 0, 1, self.conv_copies)
+        count = take_channels(pooled, 0, 1, self.litert_form)
         seeded = _positive(count)
-        seed = weighted_mean(take_channels(pooled, 1, 5, self.conv_copies), count)
+        seed = weighted_mean(take_channels(pooled, 1, 5, self.litert_form), count)
         return seeded, seed * seeded + self._far() * (1.0 - seeded)
 
     def _far(self):
@@ -337,7 +339,7 @@ class DensePrior(_GuidanceFill):
             return flooded, flooded
         (coarse, _), coarsest = self._level(tf.nn.avg_pool2d(pooled, 2, 2, "VALID"), 2 * s,
                                             image_shape)
-        up = _crop_like(_doubled(coarse, self.conv_copies), state)
+        up = _crop_like(_doubled(coarse, self.litert_form), state)
         passes = self.refine if self.refine_finest or s != self.stride else 0
         refined = self._flood(state * seeded + up * (1.0 - seeded), s, image_shape,
                               steps=(1,) * passes)
@@ -348,7 +350,7 @@ class DensePrior(_GuidanceFill):
         dist = tf.sqrt(best)
         unfound = _positive(tf.nn.relu(dist - self._FAR / 2))  # a far state: (u, v) = 0
         dist = dist * (1.0 - unfound) + float(self.max_size) * unfound
-        if self.conv_copies:  # the concatenation as copies into place
+        if self.litert_form:  # the concatenation as copies into place
             fill = (copy_channels(state, (2, 3, None), True)
                     + copy_channels(dist, (None, None, 0), True))
         else:
@@ -373,7 +375,7 @@ class DensePrior(_GuidanceFill):
             cells_h, cells_w = tf.shape(pooled)[1], tf.shape(pooled)[2]
             pooled = tf.pad(pooled, [[0, 0], [0, -cells_h % ratio], [0, -cells_w % ratio],
                                      [0, 0]])
-            if self.conv_copies and None in sparse.shape[1:3]:  # amounts computed when run
+            if self.litert_form and None in sparse.shape[1:3]:  # amounts computed when run
                 # The converters lose the channel count of such a pad, and a convolution
                 # needs it to be a builtin op (copy_channels): a reshape states it.
                 pooled = tf.reshape(pooled, tf.concat([tf.shape(pooled)[:3],
@@ -383,7 +385,7 @@ class DensePrior(_GuidanceFill):
             return self._fill(state, best)
         if self.resize_finest:
             parents = self._fill(state, best)
-            fill = _crop(_doubled(parents, self.conv_copies), height, width)
+            fill = _crop(_doubled(parents, self.litert_form), height, width)
         else:
             fill = self._fill(state[:, :height, :width], best[:, :height, :width])
         if not self.coarse_output:
@@ -398,8 +400,9 @@ class DensePrior(_GuidanceFill):
         """Jump flooding of `state` [B, h, w, 4] (y, x, u, v) on cells of `s` px at `steps`
         (default: a full fill of the image); returns (state, squared distance)."""
         h, w = tf.shape(state)[1], tf.shape(state)[2]
-        cy = (tf.cast(tf.range(h), tf.float32) * s + (s - 1) / 2)[None, :, None, None]
-        cx = (tf.cast(tf.range(w), tf.float32) * s + (s - 1) / 2)[None, None, :, None]
+        rows = tf.cast(tf.range(h), tf.float32)[None, :, None, None]
+        cols = tf.cast(tf.range(w), tf.float32)[None, None, :, None]
+        cy, cx = rows * s + (s - 1) / 2, cols * s + (s - 1) / 2
 
         def dist2(st):
             return tf.square(st[..., :1] - cy) + tf.square(st[..., 1:2] - cx)
@@ -409,12 +412,20 @@ class DensePrior(_GuidanceFill):
             steps = [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
         best = dist2(state)
         # of the state's size, for the compact form's frame of far states
-        ones = take_channels(state, 0, 1, self.conv_copies) * 0.0 + 1.0 if self.compact else None
+        ones = state[..., :1] * 0.0 + 1.0 if self.compact and not self.litert_form else None
+        # 1 read from the state: the converters fold sums of constant maps into one constant,
+        # and the sums of the (beyond y, beyond x) maps would add [h, w, 9] maps to the file
+        one = state[:, :1, :1, :1] * 0.0 + 1.0
         for k in steps:
             pad = [[0, 0], [k, k], [k, k], [0, 0]]
+            if self.compact and self.litert_form:  # zero padding; see _gather_pass
+                beyond = (self._beyond(rows, h, _CANDIDATE_DY * k) * one,
+                          self._beyond(cols, w, _CANDIDATE_DX * k) * one)
+                state, best = self._gather_pass(state, k, cy, cx, beyond, True)
+                continue
             if self.compact:  # zero padding plus a frame of far states (no PADV2: XNNPACK)
                 padded = tf.pad(state, pad) + (1.0 - tf.pad(ones, pad)) * self._far()
-                state, best = self._gather_pass(padded, k, cy, cx, self.conv_copies)
+                state, best = self._gather_pass(padded, k, cy, cx, None, False)
                 continue
             padded = tf.concat([tf.pad(state[..., :2], pad, constant_values=self._FAR),
                                 tf.pad(state[..., 2:], pad)], -1)
@@ -429,22 +440,45 @@ class DensePrior(_GuidanceFill):
                 best = tf.minimum(best, other_d2)
         return state, best
 
+    @classmethod
+    def _beyond(cls, index, size, offsets):
+        """`_FAR` where the candidates at `offsets` (cells, [9]) from a cell of `index` (cells,
+        [1, h, 1, 1] or [1, 1, w, 1]) lie outside 0..size - 1, else 0: whole numbers, so the
+        test is exact in element-wise ops XNNPACK runs."""
+        at = index + offsets
+        outside = _positive(tf.nn.relu(-at)) + _positive(tf.nn.relu(at - tf.cast(size - 1,
+                                                                                  tf.float32)))
+        return outside * cls._FAR
+
     @staticmethod
-    def _gather_pass(padded, k, cy, cx, conv_copies):
-        """One pass over `padded` (the state padded by k with far guides) as a gather of the
-        cell and its 8 neighbours at k (a depthwise convolution dilated by k, whose sums hold
-        one term each: exact copies) and a pick of the first closest, the cell's own state on
-        ties, as the sequential "strictly closer" selects give. Returns (state, its squared
-        distance)."""
-        candidates = tf.nn.depthwise_conv2d(padded, _CANDIDATE_KERNEL, [1, 1, 1, 1], "VALID",
+    def _gather_pass(state, k, cy, cx, beyond, litert_form):
+        """One pass over `state` as a gather of the cell and its 8 neighbours at k (a
+        depthwise convolution dilated by k, whose sums hold one term each: exact copies) and a
+        pick of the first closest, the cell's own state on ties, as the sequential "strictly
+        closer" selects give. Returns (state, its squared distance).
+
+        `beyond` None: `state` comes padded by k with far states. Else the neighbours beyond
+        the image come zero-padded and are read (beyond y, beyond x) (`_beyond`: a far
+        position once per axis they leave the image by) from where they are: never closer
+        than the cell's own state, so never picked, as the frame's. LiteRT ran the frame's
+        pads slower than the rest of the gather; ONNX Runtime runs this form slower (its
+        converter writes a dilated convolution with zero padding as space-to-batch ops)."""
+        padding = "VALID" if beyond is None else "SAME"
+        candidates = tf.nn.depthwise_conv2d(state, _CANDIDATE_KERNEL, [1, 1, 1, 1], padding,
                                             dilations=[k, k])  # [B, h, w, 4 x 9]
         n = _CANDIDATES
-        d2 = (tf.square(take_channels(candidates, 0, n, conv_copies) - cy)
-              + tf.square(take_channels(candidates, n, 2 * n, conv_copies) - cx))
+        ys = take_channels(candidates, 0, n, litert_form)
+        xs = take_channels(candidates, n, 2 * n, litert_form)
+        if beyond is None:
+            d2 = tf.square(ys - cy) + tf.square(xs - cx)
+        else:
+            beyond_y, beyond_x = beyond
+            d2 = (tf.square(ys + (beyond_y - cy) + beyond_x)
+                  + tf.square(xs + (beyond_x - cx) + beyond_y))
         best = tf.reduce_min(d2, -1, keepdims=True)
         score = (1.0 - _positive(d2 - best)) * _CANDIDATE_PRIORITY  # whole numbers
         pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
-        picks = copy_channels(pick, list(range(n)) * 4, conv_copies)
+        picks = copy_channels(pick, list(range(n)) * 4, litert_form)
         state = tf.nn.conv2d(candidates * picks, _PICKED_SUMS, 1, "VALID")
         return state, best
 
@@ -723,7 +757,7 @@ class LocalAffineFill(_GuidanceFill):
         # Where none does every moment is 0, and so is the fit: 0 / 1 (weighted_mean, no
         # comparison and select, which split the file's XNNPACK graph at every level).
         fits = weighted_mean(conv(conv(moments, pick_uv) * conv(c, tile), pairs), tf.nn.relu(det))
-        s0 = take_channels(s, 0, 1, self.conv_copies)
+        s0 = take_channels(s, 0, 1, self.litert_form)
         return fits, s0 / (s0 + self.support)
 
     def call(self, sparse):
@@ -772,15 +806,15 @@ class LocalAffineFill(_GuidanceFill):
         if self.residual_finest:
             fill = fill + self._residual_mean(cells, fill)
         if self.clamp:
-            low, high = _cell_guide_range(fit_cells, self.conv_copies)
+            low, high = _cell_guide_range(fit_cells, self.litert_form)
             fill = tf.minimum(tf.maximum(fill, low), high)
         return tf.cast(fill, self.compute_dtype)
 
     def _residual_mean(self, cells, fill):
         """The finest cells' Gaussian mean of their guides' residuals from `fill`, shrunk as a
         level's fit by s0 / (s0 + support): sum / (s0 + support), never a division by 0."""
-        count = take_channels(cells, 0, 1, self.conv_copies)
-        if self.conv_copies:  # the concatenation as a copy into place
+        count = take_channels(cells, 0, 1, self.litert_form)
+        if self.litert_form:  # the concatenation as a copy into place
             sums = cells - copy_channels(count * fill, (None, 0, 1), True)
         else:
             sums = tf.concat([count, cells[..., 1:] - count * fill], -1)
@@ -788,22 +822,22 @@ class LocalAffineFill(_GuidanceFill):
         along_x = np.tile(weights[None, :, None, None], (1, 1, 3, 1)).astype(np.float32)
         blurred = tf.nn.depthwise_conv2d(sums, along_x, [1] * 4, "SAME")
         blurred = tf.nn.depthwise_conv2d(blurred, along_x.transpose(1, 0, 2, 3), [1] * 4, "SAME")
-        return (take_channels(blurred, 1, 3, self.conv_copies)
-                / (take_channels(blurred, 0, 1, self.conv_copies) + self.support))
+        return (take_channels(blurred, 1, 3, self.litert_form)
+                / (take_channels(blurred, 0, 1, self.litert_form) + self.support))
 
     def get_config(self):
         return {**super().get_config(), "fit_stride": self.fit_stride, "support": self.support,
                 "ridge": self.ridge, "clamp": self.clamp, "residual_finest": self.residual_finest}
 
 
-def _cell_guide_range(cells, conv_copies=False):
+def _cell_guide_range(cells, litert_form=False):
     """(smallest, largest) (u, v) of the guided cells' mean vectors of each image, [B, 1, 1, 2]
     each, from the cells' (count, su, sv) [B, h, w, 3]; (0, 0) where nothing is guided.
     Within the guides' own range (a cell's guides averaged), and read at the cells: a
     reduction over every pixel cost more than the rest of the fill in LiteRT. A cell's count
     is its number of guided pixels (the mask is 0 or 1), so max(count, 1) and min(count, 1)
-    stand for the selects XNNPACK does not run. `conv_copies`: as `copy_channels`."""
-    count = take_channels(cells, 0, 1, conv_copies)
+    stand for the selects XNNPACK does not run. `litert_form`: as `copy_channels`."""
+    count = take_channels(cells, 0, 1, litert_form)
     guided = tf.minimum(count, 1.0)
     # One reduction for both ends: max of the vectors and max of their negatives.
     both = tf.nn.conv2d(cells, _picks(("1",), ("2",), ("-1",), ("-2",)), 1, "VALID")

@@ -123,9 +123,9 @@ class BlendFills(keras.layers.Layer):
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
         self.gain, self.stride, self.edge, self.correction = gain, stride, edge, correction
-        # The LiteRT exporter's form (export/savedmodel.py, `conv_copies`): channels taken by
+        # The LiteRT exporter's form (export/savedmodel.py, `litert_form`): channels taken by
         # 1 x 1 convolutions, which LiteRT runs faster than slices (fills.copy_channels).
-        self.conv_copies = False
+        self.litert_form = False
 
     @property
     def channels(self):
@@ -137,7 +137,7 @@ class BlendFills(keras.layers.Layer):
         out, nearest, smooth, *edge = (tf.cast(x, tf.float32) for x in inputs)
 
         def take(x, start, stop):
-            return fills.take_channels(x, start, stop, self.conv_copies)
+            return fills.take_channels(x, start, stop, self.litert_form)
 
         first = 2 * self.correction  # the weight a's channel
         a = take(out, first, first + 1)

@@ -411,16 +411,17 @@ class DensePrior(_GuidanceFill):
             passes = self._halvings(image_shape, s)
             steps = [2**p for p in reversed(range(passes))] + [1]  # JFA+1: one more unit pass
         best = dist2(state)
-        # of the state's size, for the compact form's frame of far states
-        ones = state[..., :1] * 0.0 + 1.0 if self.compact and not self.litert_form else None
-        # 1 read from the state: the converters fold sums of constant maps into one constant,
-        # and the sums of the (beyond y, beyond x) maps would add [h, w, 9] maps to the file
-        one = state[:, :1, :1, :1] * 0.0 + 1.0
+        zero_padded = self.compact and self.litert_form
+        if self.compact:
+            # Ones of the state's size, for the frame of far states; or a 1 read from the
+            # state, as the converters would fold the (beyond y, beyond x) maps' sums into
+            # [h, w, 9] constants in the file.
+            ones = (state[:, :1, :1, :1] if zero_padded else state[..., :1]) * 0.0 + 1.0
         for k in steps:
             pad = [[0, 0], [k, k], [k, k], [0, 0]]
-            if self.compact and self.litert_form:  # zero padding; see _gather_pass
-                beyond = (self._beyond(rows, h, _CANDIDATE_DY * k) * one,
-                          self._beyond(cols, w, _CANDIDATE_DX * k) * one)
+            if zero_padded:  # see _gather_pass
+                beyond = (self._beyond(rows, h, _CANDIDATE_DY * k) * ones,
+                          self._beyond(cols, w, _CANDIDATE_DX * k) * ones)
                 state, best = self._gather_pass(state, k, cy, cx, beyond, True)
                 continue
             if self.compact:  # zero padding plus a frame of far states (no PADV2: XNNPACK)

@@ -81,6 +81,9 @@ STRIDE4_FILLS2 = STRIDE4 + NO_CORRECTION + [
 STRIDE4_FILLS2_RESIZED = STRIDE4_FILLS2 + [
     "--config.model.options.fill_correction.nearest_refine_finest=False",
     "--config.model.options.fill_correction.nearest_resize_finest=True"]
+# stride4_fills2_residual: configs/propagation.py, the shipped recipe.
+STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
+    "--config.model.options.fill_correction.local_affine_residual_finest=True"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -175,9 +178,14 @@ VARIANTS = {
     "stride4_fills2_residual": ("stride4_fills2_resized with the local affine fill's fits "
                                 "stopping at 4 px, its 2 px cells a Gaussian mean of their "
                                 "guides' residuals (configs/propagation.py, the shipped model)",
-                                STRIDE4_FILLS2_RESIZED + [
-                                    "--config.model.options.fill_correction."
-                                    "local_affine_residual_finest=True"]),
+                                STRIDE4_FILLS2_RESIDUAL),
+    "watershed_first": ("stride4_fills2_residual with the watershed points drawn first in half "
+                        "the samples, so that few guides are mostly the middles of moving "
+                        "regions (as a user clicks) rather than grid points",
+                        STRIDE4_FILLS2_RESIDUAL + ["--config.guidance.watershed_first=0.5"]),
+    "watershed_first_all": ("stride4_fills2_residual with the watershed points always drawn "
+                            "first", STRIDE4_FILLS2_RESIDUAL
+                            + ["--config.guidance.watershed_first=1.0"]),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "

@@ -183,6 +183,11 @@ VARIANTS = {
                         "the samples, so that few guides are mostly the middles of moving "
                         "regions (as a user clicks) rather than grid points",
                         STRIDE4_FILLS2_RESIDUAL + ["--config.guidance.watershed_first=0.5"]),
+    "watershed_first_seed1": ("watershed_first with seed 1",
+                              STRIDE4_FILLS2_RESIDUAL + ["--config.guidance.watershed_first=0.5",
+                                                         "--config.seed=1"]),
+    "stride4_fills2_residual_seed1": ("stride4_fills2_residual with seed 1: its run-to-run "
+                                      "spread", STRIDE4_FILLS2_RESIDUAL + ["--config.seed=1"]),
     "watershed_first_all": ("stride4_fills2_residual with the watershed points always drawn "
                             "first", STRIDE4_FILLS2_RESIDUAL
                             + ["--config.guidance.watershed_first=1.0"]),

@@ -33,7 +33,8 @@ BASE_RECIPE = os.path.join(ROOT, "configs", "cpu_bins.py")  # the paper's bins h
 # an exponential gain, a fixed blend weight, guidance honoured at the guides, a still
 # background) run at commit 83284d6: `git checkout 83284d6 && python benchmarks/ablation.py
 # --variants=NAME`; the loss weighed near motion boundaries (boundary_weight) at commit
-# 1921051; their figures are in docs/ablation.md.
+# 1921051; the watershed points drawn first (watershed_first*) at commit da92e2f; their
+# figures are in docs/ablation.md.
 PAPER = ["--config.model.options.bins.nearest_prior=False"]
 POINTS = ["--config.guidance.num_points=(1, 400)"]
 LAYERED = ["--config.data.layered.ratio=0.5"]
@@ -179,18 +180,8 @@ VARIANTS = {
                                 "stopping at 4 px, its 2 px cells a Gaussian mean of their "
                                 "guides' residuals (configs/propagation.py, the shipped model)",
                                 STRIDE4_FILLS2_RESIDUAL),
-    "watershed_first": ("stride4_fills2_residual with the watershed points drawn first in half "
-                        "the samples, so that few guides are mostly the middles of moving "
-                        "regions (as a user clicks) rather than grid points",
-                        STRIDE4_FILLS2_RESIDUAL + ["--config.guidance.watershed_first=0.5"]),
-    "watershed_first_seed1": ("watershed_first with seed 1",
-                              STRIDE4_FILLS2_RESIDUAL + ["--config.guidance.watershed_first=0.5",
-                                                         "--config.seed=1"]),
     "stride4_fills2_residual_seed1": ("stride4_fills2_residual with seed 1: its run-to-run "
                                       "spread", STRIDE4_FILLS2_RESIDUAL + ["--config.seed=1"]),
-    "watershed_first_all": ("stride4_fills2_residual with the watershed points always drawn "
-                            "first", STRIDE4_FILLS2_RESIDUAL
-                            + ["--config.guidance.watershed_first=1.0"]),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "

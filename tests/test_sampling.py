@@ -94,31 +94,6 @@ def test_num_points_draws_every_count_in_its_range_topping_up_uniformly(rng):
     assert 0.35 < np.mean(counts < 10) < 0.65
 
 
-def test_watershed_first_puts_the_middles_of_moving_regions_before_the_grid():
-    flow = _square_flow()  # one moving square: its watershed points lie inside it
-    kwargs = dict(strategies=("grid", "watershed"), bg_ratio=1 / 64, nms_ks=15)
-    grid = _points(sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 64))
-    firsts = []
-    for seed in range(40):  # the grid draws nothing: the same watershed points as alone
-        watershed = _points(sampling.sample_guidance(flow, ("watershed",), nms_ks=15, seed=seed))
-        assert watershed and not watershed & grid
-        always = _points(sampling.sample_guidance(flow, max_num_guide=1, watershed_first=1.0,
-                                                  seed=seed, **kwargs))
-        assert always <= watershed  # the one guide kept is a watershed point
-        everything = _points(sampling.sample_guidance(flow, watershed_first=1.0, seed=seed,
-                                                      **kwargs))
-        assert everything == watershed | grid  # reordered, nothing lost
-        half = _points(sampling.sample_guidance(flow, max_num_guide=1, watershed_first=0.5,
-                                                seed=seed, **kwargs))
-        firsts.append(half <= watershed)
-    # Half the time first by the option, else as pooled (few of 64 + watershed points).
-    assert 0.3 < np.mean(firsts) < 0.8
-    # 0 keeps the pooled order and its random stream: the same guidance as without it.
-    np.testing.assert_array_equal(
-        sampling.sample_guidance(flow, max_num_guide=3, seed=4, **kwargs),
-        sampling.sample_guidance(flow, max_num_guide=3, watershed_first=0.0, seed=4, **kwargs))
-
-
 def test_same_seed_same_guidance_other_seed_other_guidance(rng):
     flow = rng.normal(size=(24, 24, 2)).astype(np.float32)
     kwargs = dict(strategies=("grid", "uniform"), bg_ratio=1 / 25, max_num_guide=7)
@@ -205,8 +180,6 @@ def test_eager_and_dataset_map_agree():
     (dict(num_points=(0, 5)), "num_points"),
     (dict(num_points=(9, 5)), "num_points"),
     (dict(num_points=5), "num_points"),
-    (dict(watershed_first=1.5), "watershed_first"),
-    (dict(watershed_first=True), "watershed_first"),
     (dict(seed=-1), "seed"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):

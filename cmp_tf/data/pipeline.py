@@ -551,8 +551,7 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
                 flow, config.seed * _SEED_STRIDE + index,
                 strategies=tuple(strategies.strategies), bg_ratio=strategies.bg_ratio,
                 nms_ks=strategies.nms_ks, max_num_guide=strategies.max_num_guide,
-                num_points=tuple(strategies.get("num_points", (0, 0))),
-                watershed_first=strategies.get("watershed_first", 0.0))
+                num_points=tuple(strategies.get("num_points", (0, 0))))
             sparse = sparse * valid[..., None]  # none where the teacher flow failed its check
         return {"image": image, "sparse": sparse}, {"flow": flow, "valid": valid}
 

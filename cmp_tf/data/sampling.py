@@ -111,7 +111,7 @@ def _is_int(value):
 
 
 def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
-                        max_num_guide=-1, num_points=(0, 0), watershed_first=0.0):
+                        max_num_guide=-1, num_points=(0, 0)):
     """Validates the `config.guidance` fields once; returns the strategies as a tuple."""
     if (not isinstance(strategies, (list, tuple)) or not strategies
             or any(s not in STRATEGIES for s in strategies)):
@@ -131,11 +131,6 @@ def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_
             or tuple(num_points) != (0, 0) and not 1 <= num_points[0] <= num_points[1]):
         raise ValueError(f"num_points must be (0, 0) (the points as pooled) or (min, max) with "
                          f"1 <= min <= max; got {num_points!r}.")
-    if (isinstance(watershed_first, bool)
-            or not isinstance(watershed_first, (int, float, np.floating))
-            or not 0 <= watershed_first <= 1):
-        raise ValueError(f"watershed_first must be a probability in [0, 1]; "
-                         f"got {watershed_first!r}.")
     return tuple(strategies)
 
 
@@ -273,7 +268,7 @@ def watershed_points(flow, nms_ks, rng):
 
 
 def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
-                    max_num_guide=-1, num_points=(0, 0), watershed_first=0.0, seed=0):
+                    max_num_guide=-1, num_points=(0, 0), seed=0):
     """Draws the training guidance from a target flow, as the reference's flow_sampler.
 
     Strategies (pooled in the order of STRATEGIES, whatever order they are listed in):
@@ -284,27 +279,22 @@ def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nm
     at once whatever else is listed. The pooled points are shuffled and the first
     max_num_guide kept (-1: all). `num_points` = (min, max) then draws a count K
     log-uniformly in [min, max] (beyond the reference: one model for every K from a click to
-    hundreds of points) and keeps the first K, topping up with uniformly drawn pixels. With
-    probability `watershed_first` the shuffled watershed points go before the others, so
-    that a few guides are the middles of moving regions, as a user clicks, rather than mostly
-    grid points. The random stream is numpy.random.default_rng(seed), spent in that order:
-    uniform rows then columns, watershed pair draws, the single pick, the watershed-first
-    draw (only when `watershed_first` > 0), the shuffle.
+    hundreds of points) and keeps the first K, topping up with uniformly drawn pixels. The
+    random stream is numpy.random.default_rng(seed), spent
+    in that order: uniform rows then columns, watershed pair draws, the single pick, the shuffle.
 
     Args:
         flow: [H, W, 2] float flow (u, v) in pixels.
         bg_ratio: fraction of pixels for `grid` and `uniform`.
         nms_ks: odd side of the watershed NMS window; points closer than (nms_ks - 1) / 2 in
             both axes are thinned out.
-        watershed_first: probability in [0, 1] of putting the watershed points first.
         seed: int >= 0; the same seed gives the same guidance.
     Returns:
         [H, W, 3] float32 (u, v, mask): the flow and 1 at guided pixels, 0 elsewhere.
     Raises:
         ValueError: on a flow not [H, W, 2] float and finite, or on bad arguments.
     """
-    strategies = check_guidance_args(strategies, bg_ratio, nms_ks, max_num_guide, num_points,
-                                     watershed_first)
+    strategies = check_guidance_args(strategies, bg_ratio, nms_ks, max_num_guide, num_points)
     flow = check_flow(flow)
     if flow.ndim != 3:
         raise ValueError(f"flow must have shape [H, W, 2] (u, v); got shape {flow.shape}.")
@@ -315,14 +305,12 @@ def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nm
         return np.concatenate([flow, np.ones((height, width, 1), np.float32)], -1)
     rng = np.random.default_rng(seed)
     points = []  # (rows, cols) per strategy
-    watershed = None  # its index in points
     if "grid" in strategies:
         points.append(grid_points(height, width, bg_ratio))
     if "uniform" in strategies:
         count = int(bg_ratio * height * width)
         points.append((rng.integers(0, height, count), rng.integers(0, width, count)))
     if "watershed" in strategies:
-        watershed = len(points)
         points.append(watershed_points(flow, nms_ks, rng))
     if "single" in strategies:
         moving = np.flatnonzero((flow[..., 0] != 0) | (flow[..., 1] != 0))
@@ -331,12 +319,7 @@ def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nm
             points.append((np.array([pick // width]), np.array([pick % width])))
     rows = np.concatenate([p[0] for p in points] + [np.zeros(0, np.int64)]).astype(np.int64)
     cols = np.concatenate([p[1] for p in points] + [np.zeros(0, np.int64)]).astype(np.int64)
-    first = watershed_first > 0 and rng.uniform() < watershed_first
     order = rng.permutation(len(rows))
-    if first and watershed is not None:
-        start = sum(len(p[0]) for p in points[:watershed])
-        later = ~((order >= start) & (order < start + len(points[watershed][0])))
-        order = order[np.argsort(later, kind="stable")]
     if max_num_guide != -1:
         order = order[:max_num_guide]
     rows, cols = rows[order], cols[order]

@@ -9,6 +9,7 @@ protocol on the same pairs, so a part that learned nothing, or something that do
 to unseen frames, shows as a row equal to or better than the full model.
 
   python benchmarks/blend_parts.py [--checkpoint=cmp_tf/pretrained/default] [--pairs=32]
+  python benchmarks/blend_parts.py --data=generated      # or clips, shards, as evaluate.py
 
 Prints relative EPE per strategy and K and writes blend_parts.json.
 """
@@ -34,11 +35,16 @@ from cmp_tf.models import heads as heads_lib  # noqa: E402
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory or .keras file of a blend "
                                   "model (default: the shipped one).")
 _PAIRS = flags.DEFINE_integer("pairs", 32, "Validation pairs scored (fixed seed).")
+_DATA = flags.DEFINE_list("data", [], "Pairs scored, as evaluate.py's --data: videos, shard "
+                          "folders, list files, or 'generated'. Default: the run's validation "
+                          "data.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for blend_parts.json.")
 
-# name -> (learned blend weight?, gain: "learned" | "start" (its untrained reach) | "none",
-# learned correction?); an unlearned weight is 1/2, an unlearned correction 0.
+# name -> (blend weight: True (learned) | False (1/2, untrained) | "smooth" (the smooth fill
+# alone), gain: "learned" | "start" (its untrained reach) | "none", learned correction?); an
+# unlearned correction is 0.
 PARTS = {"full model": (True, "learned", True), "no correction": (True, "learned", False),
+         "smooth fill x learned gain": ("smooth", "learned", False),
          "weight 1/2": (False, "learned", True),
          "weight 1/2, no correction": (False, "learned", False),
          "untrained gain": (True, "start", True), "no gain": (True, "none", True),
@@ -51,8 +57,10 @@ def _read_out(head, nearest, smooth, parts, blend):
     learned_weight, gain, learned_correction = parts
     head = np.array(head)
     weight = 2 * blend.correction  # the weight's channel, after the correction if any
-    if not learned_weight:
+    if learned_weight is False:
         head[..., weight] = 0.0  # sigmoid(0) = 1/2
+    elif learned_weight == "smooth":
+        head[..., weight] = _SMOOTH_ONLY_LOGIT
     if not learned_correction and blend.correction:
         head[..., :2] = 0.0
     if gain == "start" and blend.gain:
@@ -61,6 +69,9 @@ def _read_out(head, nearest, smooth, parts, blend):
         head = head[..., :-1]
     return _blend_layer(blend.gain and gain != "none", blend.stride, blend.correction)(
         [tf.constant(head), nearest, smooth])
+
+
+_SMOOTH_ONLY_LOGIT = -100.0  # sigmoid: 0 in float32, the nearest fill's weight
 
 
 def parts_of(blend):
@@ -124,7 +135,11 @@ def run():
             return tf.image.resize(flow, image.shape[:2]).numpy()[0]
         return propagate
 
-    pairs, _ = pairs_lib.validation_pairs(*rundir.read_config(path), count=_PAIRS.value)
+    if _DATA.value == ["generated"]:
+        pairs = pairs_lib.generated_pairs(_PAIRS.value)
+    else:
+        pairs, _ = pairs_lib.validation_pairs(*rundir.read_config(path), _DATA.value,
+                                              count=_PAIRS.value)
     methods = {"zero": baselines.zero, **{name: method(p) for name, p in parts_of(blend).items()},
                "linear": baselines.linear}
     result = benchmark.evaluate(methods, pairs)

@@ -41,6 +41,15 @@ def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without
                                       blend_parts.PARTS["fills x untrained gain (weight 1/2)"],
                                       blend)
     assert 0 < np.abs(untrained).sum() < np.abs(fills).sum()  # the untrained gain is < 1
+    # The smooth fill alone under the learned gain: the read-out whose nearest fill's vectors
+    # are the smooth fill's (its distance kept), without the correction.
+    smooth_only = blend_parts._read_out(head, nearest, smooth,
+                                        blend_parts.PARTS["smooth fill x learned gain"], blend)
+    as_nearest = np.concatenate([smooth.numpy(), nearest.numpy()[..., 2:]], -1)
+    np.testing.assert_allclose(
+        smooth_only, blend_parts._read_out(head, as_nearest, smooth,
+                                           blend_parts.PARTS["no correction"], blend), atol=1e-5)
+    assert not np.allclose(smooth_only, full, atol=1e-3)
     parts = blend_parts.parts_of(blend)
     assert len(set(parts.values())) == len(parts)  # no two rows the same read-out
     assert ("no correction" in parts) == correction
@@ -56,6 +65,21 @@ def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
                             text=True, timeout=300)
     assert result.returncode != 0 and "not a fill-correction model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_blend_parts_scores_the_pairs_given_by_data(tmp_path):
+    path = tmp_path / "blend.keras"
+    models.build_cmp(load_config("propagation")).save(path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "benchmarks/blend_parts.py", f"--checkpoint={path}",
+                             "--data=generated", "--pairs=2", f"--out={tmp_path}"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "blend_parts.json") as f:
+        scored = json.load(f)
+    assert scored["pairs"] == 2
+    assert set(scored["table"]) >= {"full model", "smooth fill x learned gain", "linear"}
 
 
 def _run_python(code, timeout=120):

@@ -148,7 +148,7 @@ def test_report_files_and_outside_methods(tmp_path):
         benchmark.load_method(str(bad))
 
 
-@pytest.mark.parametrize("name", ["bilateral", "guided_filter"])
+@pytest.mark.parametrize("name", ["bilateral", "guided_filter", "flat_image"])
 def test_the_methods_the_ablation_scored_load_and_propagate(name):
     """docs/methods/*.py, whose figures docs/ablation.md gives, still run as it says."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,6 +159,17 @@ def test_the_methods_the_ablation_scored_load_and_propagate(name):
     flow = propagate(image, points, vectors)
     assert flow.shape == image.shape[:2] + (2,) and np.isfinite(flow).all()
     assert np.abs(flow[12, 10] - vectors[0]).max() < 1.0  # near its guide, its guide's vector
+
+
+def test_the_flat_image_method_reads_the_guidance_and_not_the_image():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    propagate = benchmark.load_method(os.path.join(root, "docs", "methods", "flat_image.py"))
+    image, _, _ = _scene()
+    points = np.array([[10.0, 12.0], [50.0, 40.0]], np.float32)
+    vectors = np.array([[2.0, -1.0], [-3.0, 0.5]], np.float32)
+    flow = propagate(image, points, vectors)
+    np.testing.assert_array_equal(flow, propagate(255 - image, points, vectors))
+    assert not np.array_equal(flow, propagate(image, points, -vectors))
 
 
 def test_the_region_oracle_interpolates_each_motion_region_apart():

@@ -55,26 +55,27 @@ def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without
     assert ("no correction" in parts) == correction
 
 
+def _blend_parts(tmp_path, recipe, *args):
+    """benchmarks/blend_parts.py run on an untrained model of `recipe` with `args`, writing
+    to tmp_path: the finished process, its output captured."""
+    path = tmp_path / f"{recipe}.keras"
+    models.build_cmp(load_config(recipe)).save(path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "benchmarks/blend_parts.py", f"--checkpoint={path}",
+                           f"--out={tmp_path}", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_blend_parts_refuses_a_model_without_a_blend(tmp_path):
-    path = tmp_path / "default.keras"
-    models.build_cmp(load_config("cpu_bins")).save(path)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "benchmarks/blend_parts.py", f"--checkpoint={path}",
-                             f"--out={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = _blend_parts(tmp_path, "cpu_bins")
     assert result.returncode != 0 and "not a fill-correction model" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
 def test_blend_parts_scores_the_pairs_given_by_data(tmp_path):
-    path = tmp_path / "blend.keras"
-    models.build_cmp(load_config("propagation")).save(path)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "benchmarks/blend_parts.py", f"--checkpoint={path}",
-                             "--data=generated", "--pairs=2", f"--out={tmp_path}"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = _blend_parts(tmp_path, "propagation", "--data=generated", "--pairs=2")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "blend_parts.json") as f:
         scored = json.load(f)

@@ -59,12 +59,7 @@ _SEGMENTATION = config_flags.DEFINE_config_file(
 def _pairs(config, from_run):
     from cmp_tf.evaluation import pairs as pairs_lib
 
-    if _DATA.value == ["generated"]:
-        return pairs_lib.generated_pairs(_PAIRS.value if _PAIRS.value > 0 else 32,
-                                         seed=_SEED.value), "generated scenes"
-    pairs, sources = pairs_lib.validation_pairs(config, from_run, _DATA.value, _PAIRS.value,
-                                                _SEED.value)
-    return pairs, ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
+    return pairs_lib.scored_pairs(config, from_run, _DATA.value, _PAIRS.value, _SEED.value)
 
 
 def _propagation(path, out):

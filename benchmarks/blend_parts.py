@@ -50,6 +50,7 @@ PARTS = {"full model": (True, "learned", True), "no correction": (True, "learned
          "untrained gain": (True, "start", True), "no gain": (True, "none", True),
          "fills x untrained gain (weight 1/2)": (False, "start", False),
          "fills only (weight 1/2)": (False, "none", False)}
+_SMOOTH_ONLY_LOGIT = -100.0  # the blend weight's logit for "smooth": sigmoid 0 in float32
 
 
 def _read_out(head, nearest, smooth, parts, blend):
@@ -69,9 +70,6 @@ def _read_out(head, nearest, smooth, parts, blend):
         head = head[..., :-1]
     return _blend_layer(blend.gain and gain != "none", blend.stride, blend.correction)(
         [tf.constant(head), nearest, smooth])
-
-
-_SMOOTH_ONLY_LOGIT = -100.0  # sigmoid: 0 in float32, the nearest fill's weight
 
 
 def parts_of(blend):
@@ -135,11 +133,7 @@ def run():
             return tf.image.resize(flow, image.shape[:2]).numpy()[0]
         return propagate
 
-    if _DATA.value == ["generated"]:
-        pairs = pairs_lib.generated_pairs(_PAIRS.value)
-    else:
-        pairs, _ = pairs_lib.validation_pairs(*rundir.read_config(path), _DATA.value,
-                                              count=_PAIRS.value)
+    pairs, _ = pairs_lib.scored_pairs(*rundir.read_config(path), _DATA.value, _PAIRS.value)
     methods = {"zero": baselines.zero, **{name: method(p) for name, p in parts_of(blend).items()},
                "linear": baselines.linear}
     result = benchmark.evaluate(methods, pairs)

@@ -9,6 +9,7 @@ from cmp_tf.evaluation import baselines
 from cmp_tf.evaluation import benchmark
 from cmp_tf.evaluation import pairs as pairs_lib
 from cmp_tf.evaluation import report as report_lib
+from tests.conftest import load_config
 
 
 def _scene(seed=0, size=64):
@@ -159,6 +160,16 @@ def test_the_methods_the_ablation_scored_load_and_propagate(name):
     flow = propagate(image, points, vectors)
     assert flow.shape == image.shape[:2] + (2,) and np.isfinite(flow).all()
     assert np.abs(flow[12, 10] - vectors[0]).max() < 1.0  # near its guide, its guide's vector
+
+
+def test_scored_pairs_names_generated_scenes_as_evaluate_does():
+    config = load_config("propagation")
+    pairs, described = pairs_lib.scored_pairs(config, False, ["generated"], 2, seed=3)
+    assert described == "generated scenes" and len(pairs) == 2
+    expected = pairs_lib.generated_pairs(2, seed=3)
+    for got, want in zip(pairs, expected):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_the_flat_image_method_reads_the_guidance_and_not_the_image():

@@ -2,6 +2,8 @@
 pipeline, or held-out layered scenes with exact flow. Each pair is (image uint8 [H, W, 3],
 flow float32 [H, W, 2], valid bool [H, W]).
 """
+import os
+
 import numpy as np
 
 
@@ -41,6 +43,20 @@ def validation_pairs(config, from_run, sources=(), count=0, seed=0, field="--dat
     config.data.val = sources
     pairs = pairs_from_dataset(pipeline.make_dataset(config, "val", guidance=False))
     return (sample_pairs(pairs, count, seed) if count > 0 else pairs), sources
+
+
+GENERATED = "generated"  # the `data` name of held-out layered scenes (generated_pairs)
+GENERATED_COUNT = 32  # scenes drawn when no count is given
+
+
+def scored_pairs(config, from_run, data=(), count=0, seed=0):
+    """The pairs `evaluate.py --data` names: held-out layered scenes for ["generated"], else
+    `validation_pairs` of `data`. Returns (pairs, what they are, in words)."""
+    if list(data) == [GENERATED]:
+        return (generated_pairs(count if count > 0 else GENERATED_COUNT, seed=seed),
+                "generated scenes")
+    pairs, sources = validation_pairs(config, from_run, data, count, seed)
+    return pairs, ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
 
 
 GENERATED_STREAM = 11  # seed-sequence prefix of benchmark scenes: disjoint from training's

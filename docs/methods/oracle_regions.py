@@ -74,13 +74,9 @@ def main():
                         help="as evaluate.py's --ks: the guides drawn depend on the largest")
     args = parser.parse_args()
     checkpoint = os.path.join(os.path.dirname(runtime.__file__), "pretrained", "default")
-    if args.data == "generated":
-        pairs = list(pairs_lib.generated_pairs(args.pairs, seed=0))
-    else:
-        config, from_run = rundir.read_config(checkpoint)
-        pairs, _ = pairs_lib.validation_pairs(config, from_run, [args.data] if args.data else [],
-                                              args.pairs, 0)
-        pairs = list(pairs)
+    pairs, _ = pairs_lib.scored_pairs(*rundir.read_config(checkpoint),
+                                      [args.data] if args.data else [], args.pairs, 0)
+    pairs = list(pairs)
     methods = {"zero": baselines.zero, "nearest": baselines.nearest,
                "linear": baselines.linear, "gaussian": baselines.gaussian,
                "cmp": runtime.Propagator(checkpoint), "oracle_regions": RegionOracle(pairs)}

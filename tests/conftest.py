@@ -2,7 +2,9 @@
 
 The suite gives the same result whatever the user has under data/cache: recipes' relative
 cache folders resolve under a fresh temporary folder (cmp_tf.data.CACHE_HOME_ENV, inherited
-by the commands the tests run), removed when the session ends.
+by the commands the tests run), removed when the session ends. Every other temporary file or
+folder, the libraries' own included, goes under that session's folder too (TMPDIR, inherited
+the same way), so the suite leaves nothing behind in the system's temporary folder.
 """
 import atexit
 import contextlib
@@ -13,9 +15,12 @@ import tempfile
 import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_CACHE_HOME = tempfile.mkdtemp(prefix="cmp_tf_test_cache_")
+_SESSION_TMP = tempfile.mkdtemp(prefix="cmp_tf_test_")
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
+os.environ["TMPDIR"] = tempfile.tempdir = _SESSION_TMP  # this process and the commands run
+_CACHE_HOME = os.path.join(_SESSION_TMP, "cache")
+os.makedirs(_CACHE_HOME)
 os.environ["CMP_TF_CACHE_HOME"] = _CACHE_HOME  # cmp_tf.data.CACHE_HOME_ENV, before any import
-atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 from cmp_tf import runners
 from cmp_tf.models import fills
 from cmp_tf.models import heads
+from cmp_tf.models import layers as layers_lib
 
 
 def input_specs(model, size=None, batch=None):
@@ -66,8 +67,7 @@ def compact_fills(model):
     pass, the same output) while it is traced for LiteRT or ONNX, which run that form faster
     (and TFLite's integer quantizer finishes only with it); the sequential form, the faster in
     TensorFlow, again after."""
-    return layers_set([layer for layer in model.layers if isinstance(layer, fills.DensePrior)],
-                      "compact", True)
+    return layers_set(layers_of(model, fills.DensePrior), "compact", True)
 
 
 def litert_form(model):
@@ -76,9 +76,15 @@ def litert_form(model):
     faster than channel slices and concatenations, and the nearest fill's neighbours
     zero-padded instead of framed) while it is traced for LiteRT; ONNX Runtime and
     TensorFlow run the other form faster."""
-    kinds = (*fills.FILL_LAYERS, heads.BlendFills)
-    return layers_set([layer for layer in model.layers if isinstance(layer, kinds)],
-                      "litert_form", True)
+    return layers_set(layers_of(model, (*fills.FILL_LAYERS, heads.BlendFills)), "litert_form",
+                      True)
+
+
+def layers_of(model, kinds, where=None):
+    """Every layer of `model` (those of nested models too) that is one of `kinds` and, when
+    given, for which `where(layer)` holds: the layers an exporter's form switches."""
+    return [layer for layer in layers_lib.all_layers(model)
+            if isinstance(layer, kinds) and (where is None or where(layer))]
 
 
 @contextlib.contextmanager

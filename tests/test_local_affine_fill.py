@@ -268,7 +268,7 @@ def _channel_slices(path):
 
 
 @pytest.mark.parametrize("size", [(64, 64), (50, 70)])
-def test_the_compact_forms_of_the_fills_and_their_blend_equal_the_default_ones(size, rng):
+def test_the_litert_forms_of_the_fills_and_their_blend_equal_the_default_ones(size, rng):
     """What the LiteRT exporter traces (`litert_form`: channels taken by 1 x 1 convolutions)
     gives the default form's output to the bit: the shipped local affine fill, the shipped
     nearest fill's levels in their compact form, and the blend of fills, at whole and at odd

@@ -387,7 +387,7 @@ class DensePrior(_GuidanceFill):
             parents = self._fill(state, best)
             fill = _crop(_doubled(parents, self.litert_form), height, width)
         else:
-            fill = self._fill(state[:, :height, :width], best[:, :height, :width])
+            fill = self._fill(_crop(state, height, width), _crop(best, height, width))
         if not self.coarse_output:
             return fill
         # Whole coarse cells only, as a one-level fill's strided pooling keeps.

@@ -85,6 +85,9 @@ STRIDE4_FILLS2_RESIZED = STRIDE4_FILLS2 + [
 # stride4_fills2_residual: configs/propagation.py, the shipped recipe.
 STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
     "--config.model.options.fill_correction.local_affine_residual_finest=True"]
+# geodesic: the shipped recipe whose blend reads the vectors of the guide nearest along the
+# image (fills.GeodesicNearestFill) instead of the nearest in pixels.
+GEODESIC = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.geodesic=True"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -182,6 +185,19 @@ VARIANTS = {
                                 STRIDE4_FILLS2_RESIDUAL),
     "stride4_fills2_residual_seed1": ("stride4_fills2_residual with seed 1: its run-to-run "
                                       "spread", STRIDE4_FILLS2_RESIDUAL + ["--config.seed=1"]),
+    "geodesic": ("stride4_fills2_residual whose blend follows the guide nearest along the "
+                 "image, a colour edge on the way a long way round", GEODESIC),
+    "geodesic_seed1": ("geodesic with seed 1: its run-to-run spread",
+                       GEODESIC + ["--config.seed=1"]),
+    "geodesic_30": ("geodesic with a colour difference weighing 30 steps, not 100",
+                    GEODESIC + ["--config.model.options.fill_correction.geodesic_colour_weight"
+                                "=30.0"]),
+    "geodesic_layered25": ("geodesic with a quarter of the samples layered scenes, not half",
+                           GEODESIC + ["--config.data.layered.ratio=0.25"]),
+    "geodesic_edges": ("geodesic trained on layered scenes whose edges and motion boundaries "
+                       "part: 30% of layers wear the texture below them, 30% hold an edge",
+                       GEODESIC + ["--config.data.layered.shared_texture=0.3",
+                                   "--config.data.layered.inner_edges=0.3"]),
     "stride4_fills2_seed1": ("stride4_fills2 with seed 1: its run-to-run spread",
                              STRIDE4_FILLS2 + ["--config.seed=1"]),
     "stride4": ("local_affine with the decoder ending at stride 4 (no stride-2 skip): its fills "

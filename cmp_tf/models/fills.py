@@ -990,9 +990,164 @@ def _two_away(x):
             for dy, dx in NEIGHBOUR_OFFSETS]
 
 
+# A geodesic pass's candidates: the 8 neighbours in NEIGHBOUR_OFFSETS order. A depthwise 3 x 3
+# kernel copies each channel from them (channel c's 8 neighbours at 8c..8c+7), another takes
+# each neighbour's difference from the cell; the steps' lengths in cells; a priority (first
+# neighbour highest) breaks ties.
+_NEIGHBOURS = len(NEIGHBOUR_OFFSETS)
+_NEIGHBOUR_STEPS = np.array([math.hypot(dy, dx) for dy, dx in NEIGHBOUR_OFFSETS], np.float32)
+_NEIGHBOUR_PRIORITY = np.arange(_NEIGHBOURS, 0, -1).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _neighbour_kernel(channels, difference=False):
+    """[3, 3, channels, 8] depthwise weights: each channel's 8 neighbours (zero beyond the
+    map), or with `difference` each neighbour minus the cell."""
+    kernel = np.zeros((3, 3, channels, _NEIGHBOURS), np.float32)
+    for j, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+        kernel[1 + dy, 1 + dx, :, j] = 1.0
+        if difference:
+            kernel[1, 1, :, j] = -1.0
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _component_sums(components):
+    """[1, 1, 8 x components, components] weights summing each component's 8 channels."""
+    return np.kron(np.eye(components, dtype=np.float32),
+                   np.ones((_NEIGHBOURS, 1), np.float32))[None, None]
+
+
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class GeodesicNearestFill(_GuidanceFill):
+    """The guide nearest along the image (beyond the paper): [sparse [B, H, W, 3], image
+    [B, H, W, 3] RGB 0..255] -> [B, H/stride, W/stride, 2], the (u, v) of the guided cell with
+    the shortest path to each cell, a step between neighbouring cells costing its length x
+    (1 + colour_weight x |c - c'|), c the cells' mean colours (RGB in 0..1).
+
+    The nearest fill (`DensePrior`) gives a cell the vector of the guide nearest in pixels,
+    whatever lies between; here a colour edge on the way counts as a long way round, so near an
+    object's border a cell follows the guide on its own side (the geodesic interpolation of
+    EpicFlow, Revaud et al. 2015, with colour for the edge map). Computed coarse to fine: on
+    cells of `coarse_stride` px as many passes as the grid has rows and columns (each pass
+    takes, for every unguided cell, the neighbour whose path plus step costs least: Bellman-Ford
+    in parallel), then at each finer level the coarser result taken over, the level's guided
+    cells put back and `passes` passes to move the choice to the level's own edges. Depthwise
+    convolutions, pools, reductions and element-wise ops only: it exports like the other fills.
+
+    Args:
+        stride, max_size: as DensePrior.
+        coarse_stride: the coarsest level's cells, a power-of-two multiple of the finest's.
+        passes: passes at each finer level: the distance in cells, from a coarse level's edge
+            to the level's own, that the choice can move.
+        colour_weight: what a unit of colour difference adds to a step, in steps.
+        resize_finest: compute the finest level at 2 x stride and resize it (nearest): a
+            quarter of the cells where the passes cost most.
+    """
+
+    channels = 2
+
+    def __init__(self, stride, max_size=2048, coarse_stride=32, passes=6, colour_weight=100.0,
+                 resize_finest=True, **kwargs):
+        super().__init__(stride, max_size, **kwargs)
+        _check_positive("colour_weight", colour_weight)
+        if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
+            raise ValueError(f"passes must be an integer >= 0; got {passes!r}.")
+        if not isinstance(resize_finest, bool):
+            raise ValueError(f"resize_finest must be True or False; got {resize_finest!r}.")
+        finest = self.stride * (2 if resize_finest else 1)
+        if isinstance(coarse_stride, bool) or not isinstance(coarse_stride, (int, np.integer)) \
+                or coarse_stride < finest or coarse_stride & (coarse_stride - 1) \
+                or coarse_stride % finest:
+            raise ValueError(f"coarse_stride must be a power-of-two multiple of the finest "
+                             f"level's cells ({finest} px); got {coarse_stride!r}.")
+        self.coarse_stride, self.passes = int(coarse_stride), int(passes)
+        self.colour_weight, self.resize_finest = float(colour_weight), resize_finest
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(input_shape[0])
+
+    def _costs(self, colour, s):
+        """[B, h, w, 8]: the cost of the step to each neighbour of cells of `s` px, `_FAR`
+        more for a neighbour beyond the map."""
+        ones = colour[..., :1] * 0.0 + 1.0  # read from the input: no constant map to fold
+        inside = tf.nn.depthwise_conv2d(ones, _neighbour_kernel(1), [1] * 4, "SAME")
+        differences = tf.nn.depthwise_conv2d(colour, _neighbour_kernel(3, True), [1] * 4,
+                                             "SAME")
+        squares = tf.nn.conv2d(tf.square(differences), _neighbour_kernel_sums(), 1, "VALID")
+        steps = _NEIGHBOUR_STEPS * s * (1.0 + self.colour_weight * tf.sqrt(squares + 1e-12))
+        return steps + (1.0 - inside) * DensePrior._FAR
+
+    def _relax(self, state, guided, held, costs, passes):
+        """`passes` passes over state [B, h, w, 3] (path cost, u, v), the guided cells held."""
+        for _ in range(passes):
+            candidates = tf.nn.depthwise_conv2d(state, _neighbour_kernel(3), [1] * 4, "SAME")
+            candidates += copy_channels(costs, (*range(_NEIGHBOURS), *[None] * 16),
+                                        self.litert_form)
+            totals = take_channels(candidates, 0, _NEIGHBOURS, self.litert_form)
+            best = tf.reduce_min(totals, -1, keepdims=True)
+            score = (1.0 - _positive(totals - best)) * _NEIGHBOUR_PRIORITY  # whole numbers
+            pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
+            picks = copy_channels(pick, list(range(_NEIGHBOURS)) * 3, self.litert_form)
+            step = tf.nn.conv2d(candidates * picks, _component_sums(3), 1, "VALID")
+            state = held * guided + step * (1.0 - guided)
+        return state
+
+    def call(self, inputs):
+        sparse, image = (tf.cast(x, tf.float32) for x in inputs)
+        finest = self.stride * (2 if self.resize_finest else 1)
+        # (u x mask, v x mask, mask, r, g, b) means per cell; SAME pools: partial cells too.
+        cells = tf.nn.avg_pool2d(tf.concat([masked_guidance(sparse), image / 255.0], -1),
+                                 finest, finest, "SAME")
+        levels = [cells]
+        for _ in range(int(math.log2(self.coarse_stride // finest))):
+            levels.append(tf.nn.avg_pool2d(levels[-1], 2, 2, "SAME"))
+        state = None
+        for depth, cells in reversed(list(enumerate(levels))):
+            count = take_channels(cells, 2, 3, self.litert_form)
+            guided = _positive(count)
+            held = copy_channels(weighted_mean(take_channels(cells, 0, 2, self.litert_form),
+                                               count), (None, 0, 1), self.litert_form)
+            costs = self._costs(take_channels(cells, 3, 6, self.litert_form), finest * 2**depth)
+            if state is None:  # the coarsest level: unguided cells start far
+                far = tf.constant([DensePrior._FAR, 0.0, 0.0])
+                state = self._relax(held * guided + far * (1.0 - guided), guided, held, costs,
+                                    self._coarse_passes(sparse.shape[1:3]))
+            else:
+                up = _crop_like(_doubled(state, self.litert_form), cells)
+                state = self._relax(held * guided + up * (1.0 - guided), guided, held, costs,
+                                    self.passes)
+        fill = take_channels(state, 1, 3, self.litert_form)
+        if self.resize_finest:
+            fill = _crop(_doubled(fill, self.litert_form), *_sizes(sparse, self.stride))
+        else:
+            fill = _crop(fill, *_sizes(sparse, self.stride))
+        return tf.cast(fill, self.compute_dtype)
+
+    def _coarse_passes(self, image_shape):
+        """Passes that carry a guide across the coarsest grid: its rows plus columns (from
+        `max_size` when the image size is unknown when traced)."""
+        if None in image_shape:
+            return 2 * math.ceil(self.max_size / self.coarse_stride)
+        return sum(math.ceil(n / self.coarse_stride) for n in image_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "coarse_stride": self.coarse_stride,
+                "passes": self.passes, "colour_weight": self.colour_weight,
+                "resize_finest": self.resize_finest}
+
+
+@functools.lru_cache(maxsize=None)
+def _neighbour_kernel_sums():
+    """[1, 1, 24, 8] weights summing the 3 colour channels' squared differences per neighbour
+    (channel c's neighbour j at 8c + j)."""
+    return np.tile(np.eye(_NEIGHBOURS, dtype=np.float32), (3, 1))[None, None]
+
+
 # Layers computing a fill of the guidance: full-integer exports keep them in
 # float32 (their squared distances, exponentials and divisions do not quantize).
-FILL_LAYERS = (DensePrior, PullPushFill, LocalAffineFill, EdgeAwareFill)
+FILL_LAYERS = (DensePrior, PullPushFill, LocalAffineFill, EdgeAwareFill,
+               GeodesicNearestFill)
 
 
 def fill_spec(layer):
@@ -1008,6 +1163,9 @@ def fill_spec(layer):
                     clamp=layer.clamp, residual_finest=layer.residual_finest)
     elif isinstance(layer, EdgeAwareFill):
         spec.update(sigma=layer.sigma, relax=layer.relax, finest_relax=layer.finest_relax)
+    elif isinstance(layer, GeodesicNearestFill):
+        spec.update(coarse_stride=layer.coarse_stride, passes=layer.passes,
+                    colour_weight=layer.colour_weight, resize_finest=layer.resize_finest)
     return spec
 
 

@@ -83,9 +83,10 @@ class PriorLogits(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class BlendFills(keras.layers.Layer):
-    """[decoder output ([du, dv,] a[, r][, b]), nearest fill, smooth fill[, edge-aware fill]] ->
-    flow (beyond the paper): gain x (sigmoid(a) x nearest + (1 - sigmoid(a)) x smooth) +
-    (du, dv); with `edge`, the weights of (nearest, smooth, edge-aware) are softmax(a, 0, b).
+    """[decoder output ([du, dv,] a[, r][, b][, g]), nearest fill, smooth fill[, edge-aware
+    fill][, geodesic nearest fill]] -> flow (beyond the paper): gain x (sigmoid(a) x nearest +
+    (1 - sigmoid(a)) x smooth) + (du, dv); with more fills, their weights are softmax(a, 0[, b]
+    [, g]) in that order.
 
     The nearest fill is right inside a guided object up to its boundary, the smooth one between
     guides on one surface: the network learns per pixel which to trust, from the image, plus a
@@ -102,27 +103,32 @@ class BlendFills(keras.layers.Layer):
     Gaussian of a quarter diagonal (docs/ablation.md, "Gain profile").
 
     Args:
-        gain: read the reach r from channel 3.
+        gain: read the reach r from the channel after a.
         stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
-        edge: blend a third fill, the edge-aware one, with the logit b (the last channel);
-            untrained (a = b = 0) the blend is the mean of the three.
+        edge: blend a third fill, the edge-aware one, with the logit b; untrained (a = b = 0)
+            the blend is the mean of the three.
         correction: add the free correction (du, dv), the first two channels. Without it the
             flow is the gain times the blend: the network only chooses between fills and how
             far they carry (docs/ablation.md, "The decoder at stride 4, and without the free
             correction").
+        geodesic: blend the geodesic nearest fill too (fills.GeodesicNearestFill: the guide
+            nearest along the image), the last input, with the logit g, the last channel.
     """
 
     GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
     GAUSSIAN_SCALE = 8.0
 
-    def __init__(self, gain=False, stride=1, edge=False, correction=True, **kwargs):
+    def __init__(self, gain=False, stride=1, edge=False, correction=True, geodesic=False,
+                 **kwargs):
         super().__init__(**kwargs)
-        for field, value in (("gain", gain), ("edge", edge), ("correction", correction)):
+        for field, value in (("gain", gain), ("edge", edge), ("correction", correction),
+                             ("geodesic", geodesic)):
             if not isinstance(value, bool):
                 raise ValueError(f"{field} must be True or False; got {value!r}.")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
         self.gain, self.stride, self.edge, self.correction = gain, stride, edge, correction
+        self.geodesic = geodesic
         # The LiteRT exporter's form (export/savedmodel.py, `litert_form`): channels taken by
         # 1 x 1 convolutions, which LiteRT runs faster than slices (fills.copy_channels).
         self.litert_form = False
@@ -130,23 +136,27 @@ class BlendFills(keras.layers.Layer):
     @property
     def channels(self):
         """Decoder channels read: the correction (2, if any), the weight a, the reach r, the
-        edge-aware fill's logit b."""
-        return 2 * self.correction + 1 + self.gain + self.edge
+        edge-aware fill's logit b, the geodesic nearest fill's logit g."""
+        return 2 * self.correction + 1 + self.gain + self.edge + self.geodesic
 
     def call(self, inputs):
-        out, nearest, smooth, *edge = (tf.cast(x, tf.float32) for x in inputs)
+        out, nearest, smooth, *more = (tf.cast(x, tf.float32) for x in inputs)
+        if len(more) != self.edge + self.geodesic:
+            raise ValueError(f"BlendFills(edge={self.edge}, geodesic={self.geodesic}) blends "
+                             f"{2 + self.edge + self.geodesic} fills; got {2 + len(more)}.")
 
         def take(x, start, stop):
             return fills.take_channels(x, start, stop, self.litert_form)
 
         first = 2 * self.correction  # the weight a's channel
         a = take(out, first, first + 1)
-        if self.edge:
-            b = take(out, self.channels - 1, self.channels)
-            weights = tf.nn.softmax(tf.concat([a, tf.zeros_like(a), b], -1), axis=-1)
-            fill = (weights[..., :1] * take(nearest, 0, 2)
-                    + weights[..., 1:2] * take(smooth, 0, 2)
-                    + weights[..., 2:] * take(edge[0], 0, 2))
+        if more:
+            logits = [a, tf.zeros_like(a)]
+            first_more = first + 1 + self.gain  # b's or g's channel
+            logits += [take(out, first_more + i, first_more + i + 1) for i in range(len(more))]
+            weights = tf.nn.softmax(tf.concat(logits, -1), axis=-1)
+            fill = tf.add_n([take(weights, i, i + 1) * take(f, 0, 2)
+                             for i, f in enumerate([nearest, smooth, *more])])
         else:
             weight = tf.sigmoid(a)
             fill = weight * take(nearest, 0, 2) + (1 - weight) * take(smooth, 0, 2)
@@ -165,7 +175,7 @@ class BlendFills(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "gain": self.gain, "stride": self.stride,
-                "edge": self.edge, "correction": self.correction}
+                "edge": self.edge, "correction": self.correction, "geodesic": self.geodesic}
 
     # Fields of files saved by earlier versions, and the value this layer computes.
     _LEGACY = {"profile": "gaussian", "learn_weight": True}
@@ -406,6 +416,11 @@ class FillCorrection(_NearestPrior):
         fill_stride: the fills' and the blend's stride, finer than the decoder's (0: the
             decoder's). The decoder's channels are resized to the fills' cells: a decoder
             that ends at stride 4 reads out fills on 2 px cells, which keep dense guidance.
+        geodesic: blend a third fill, the vectors of the guide nearest along the image
+            (fills.GeodesicNearestFill, coarsest level at the features' stride, finest at
+            twice the fills' cells, resized), where a colour edge on the way is a long way
+            round, with its own learned weight (`BlendFills`' g).
+        geodesic_colour_weight, geodesic_passes: that fill's `colour_weight` and `passes`.
     """
 
     name = "fill_correction"
@@ -416,7 +431,8 @@ class FillCorrection(_NearestPrior):
                  sigma=0.1, finest_relax=0, edge_features=0, nearest_levels=0,
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
                  correction=True, fill_stride=0, nearest_resize_finest=False,
-                 local_affine_residual_finest=False):
+                 local_affine_residual_finest=False, geodesic=False,
+                 geodesic_colour_weight=100.0, geodesic_passes=6):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
                          nearest_refine_finest=nearest_refine_finest,
@@ -449,6 +465,14 @@ class FillCorrection(_NearestPrior):
                              f"True changes the local affine fill: set smooth='local_affine', "
                              f"or it False; got smooth={smooth!r}.")
         self.local_affine_residual_finest = local_affine_residual_finest
+        _check_bool(self.name, "geodesic", geodesic)
+        try:
+            fills.GeodesicNearestFill(1, coarse_stride=2, colour_weight=geodesic_colour_weight,
+                                      passes=geodesic_passes)
+        except ValueError as e:
+            raise ValueError(f"config.model.options.{self.name}.geodesic_{e}") from e
+        self.geodesic, self.geodesic_colour_weight = geodesic, geodesic_colour_weight
+        self.geodesic_passes = geodesic_passes
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
         self.edge_features, self.correction = edge_features, correction
@@ -456,16 +480,17 @@ class FillCorrection(_NearestPrior):
 
     def _blend(self, stride=1):
         return BlendFills(self.gain, stride, edge=self.smooth == "both",
-                          correction=self.correction, name="add_prior")
+                          correction=self.correction, geodesic=self.geodesic, name="add_prior")
 
     @property
     def decoder_channels(self):
         return self._blend().channels + self.edge_features
 
-    def _blend_fills(self, sparse, image, out, stride):
+    def _blend_fills(self, sparse, image, out, stride, coarse_stride):
         """The nearest fill's output passed in, the blend's fills after it at `stride`, and
         the blend: (nearest [B, h, w, 3], list of fills, BlendFills); `out` the decoder's
-        output, whose channels after the blend's are the edge features."""
+        output, whose channels after the blend's are the edge features; `coarse_stride` the
+        geodesic fill's coarsest cells."""
         made = []
         if self.smooth in ("pull_push", "both"):
             made.append(fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
@@ -480,6 +505,10 @@ class FillCorrection(_NearestPrior):
             made.append(fills.EdgeAwareFill(stride, sigma=self.sigma, relax=self.relax,
                                             finest_relax=self.finest_relax,
                                             name="edge_aware_out")([sparse, image, *features]))
+        if self.geodesic:
+            made.append(fills.GeodesicNearestFill(
+                stride, coarse_stride=coarse_stride, passes=self.geodesic_passes,
+                colour_weight=self.geodesic_colour_weight, name="geodesic_out")([sparse, image]))
         return made, self._blend(stride)
 
     def attach(self, sparse, image, feature_stride, out_stride):
@@ -492,7 +521,8 @@ class FillCorrection(_NearestPrior):
         def read_out(out):
             if fill_stride != out_stride:
                 out = L.ResizeLike(name="decoder_to_fills")([out, prior])
-            made, blend = self._blend_fills(sparse, image, out, fill_stride)
+            made, blend = self._blend_fills(sparse, image, out, fill_stride,
+                                            max(feature_stride, 2 * fill_stride))
             out = blend([out, prior, *made])
             return out, out
 
@@ -644,7 +674,8 @@ class Affinity(FillCorrection):
         inputs, prior = self._nearest(sparse, feature_stride, out_stride)
 
         def read_out(out):
-            made, blend = self._blend_fills(sparse, image, out, out_stride)
+            made, blend = self._blend_fills(sparse, image, out, out_stride,
+                                            max(feature_stride, 2 * out_stride))
             seed = blend([out, prior, *made])
             flow = AffinityPropagation(super(Affinity, self).decoder_channels, self.iterations,
                                        self.self_logit, out_stride, self.logit_scale,

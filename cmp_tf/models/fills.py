@@ -1018,6 +1018,13 @@ def _component_sums(components):
                    np.ones((_NEIGHBOURS, 1), np.float32))[None, None]
 
 
+@functools.lru_cache(maxsize=None)
+def _neighbour_sums():
+    """[1, 1, 24, 8] weights summing the 3 colour channels' squared differences per neighbour
+    (channel c's neighbour j at 8c + j)."""
+    return np.tile(np.eye(_NEIGHBOURS, dtype=np.float32), (3, 1))[None, None]
+
+
 @keras.saving.register_keras_serializable(package="cmp_tf")
 class GeodesicNearestFill(_GuidanceFill):
     """The guide nearest along the image (beyond the paper): [sparse [B, H, W, 3], image
@@ -1074,7 +1081,7 @@ class GeodesicNearestFill(_GuidanceFill):
         inside = tf.nn.depthwise_conv2d(ones, _neighbour_kernel(1), [1] * 4, "SAME")
         differences = tf.nn.depthwise_conv2d(colour, _neighbour_kernel(3, True), [1] * 4,
                                              "SAME")
-        squares = tf.nn.conv2d(tf.square(differences), _neighbour_kernel_sums(), 1, "VALID")
+        squares = tf.nn.conv2d(tf.square(differences), _neighbour_sums(), 1, "VALID")
         steps = _NEIGHBOUR_STEPS * s * (1.0 + self.colour_weight * tf.sqrt(squares + 1e-12))
         return steps + (1.0 - inside) * DensePrior._FAR
 
@@ -1135,13 +1142,6 @@ class GeodesicNearestFill(_GuidanceFill):
         return {**super().get_config(), "coarse_stride": self.coarse_stride,
                 "passes": self.passes, "colour_weight": self.colour_weight,
                 "resize_finest": self.resize_finest}
-
-
-@functools.lru_cache(maxsize=None)
-def _neighbour_kernel_sums():
-    """[1, 1, 24, 8] weights summing the 3 colour channels' squared differences per neighbour
-    (channel c's neighbour j at 8c + j)."""
-    return np.tile(np.eye(_NEIGHBOURS, dtype=np.float32), (3, 1))[None, None]
 
 
 # Layers computing a fill of the guidance: full-integer exports keep them in

@@ -486,11 +486,11 @@ class FillCorrection(_NearestPrior):
     def decoder_channels(self):
         return self._blend().channels + self.edge_features
 
-    def _blend_fills(self, sparse, image, out, stride, coarse_stride):
+    def _blend_fills(self, sparse, image, out, stride, feature_stride):
         """The nearest fill's output passed in, the blend's fills after it at `stride`, and
         the blend: (nearest [B, h, w, 3], list of fills, BlendFills); `out` the decoder's
-        output, whose channels after the blend's are the edge features; `coarse_stride` the
-        geodesic fill's coarsest cells."""
+        output, whose channels after the blend's are the edge features; the geodesic fill's
+        coarsest cells are the features' (`feature_stride`), or its finest if coarser."""
         made = []
         if self.smooth in ("pull_push", "both"):
             made.append(fills.PullPushFill(stride, pull=self.pull, relax=self.relax,
@@ -507,7 +507,8 @@ class FillCorrection(_NearestPrior):
                                             name="edge_aware_out")([sparse, image, *features]))
         if self.geodesic:
             made.append(fills.GeodesicNearestFill(
-                stride, coarse_stride=coarse_stride, passes=self.geodesic_passes,
+                stride, coarse_stride=max(feature_stride, 2 * stride),
+                passes=self.geodesic_passes,
                 colour_weight=self.geodesic_colour_weight, name="geodesic_out")([sparse, image]))
         return made, self._blend(stride)
 
@@ -521,8 +522,7 @@ class FillCorrection(_NearestPrior):
         def read_out(out):
             if fill_stride != out_stride:
                 out = L.ResizeLike(name="decoder_to_fills")([out, prior])
-            made, blend = self._blend_fills(sparse, image, out, fill_stride,
-                                            max(feature_stride, 2 * fill_stride))
+            made, blend = self._blend_fills(sparse, image, out, fill_stride, feature_stride)
             out = blend([out, prior, *made])
             return out, out
 
@@ -674,8 +674,7 @@ class Affinity(FillCorrection):
         inputs, prior = self._nearest(sparse, feature_stride, out_stride)
 
         def read_out(out):
-            made, blend = self._blend_fills(sparse, image, out, out_stride,
-                                            max(feature_stride, 2 * out_stride))
+            made, blend = self._blend_fills(sparse, image, out, out_stride, feature_stride)
             seed = blend([out, prior, *made])
             flow = AffinityPropagation(super(Affinity, self).decoder_channels, self.iterations,
                                        self.self_logit, out_stride, self.logit_scale,

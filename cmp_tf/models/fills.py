@@ -1089,7 +1089,8 @@ class GeodesicNearestFill(_GuidanceFill):
         """`passes` passes over state [B, h, w, 3] (path cost, u, v), the guided cells held."""
         for _ in range(passes):
             candidates = tf.nn.depthwise_conv2d(state, _neighbour_kernel(3), [1] * 4, "SAME")
-            candidates += copy_channels(costs, (*range(_NEIGHBOURS), *[None] * 16),
+            # the steps' costs added to the neighbours' path costs, not to their (u, v)
+            candidates += copy_channels(costs, (*range(_NEIGHBOURS), *[None] * 2 * _NEIGHBOURS),
                                         self.litert_form)
             totals = take_channels(candidates, 0, _NEIGHBOURS, self.litert_form)
             best = tf.reduce_min(totals, -1, keepdims=True)

@@ -82,13 +82,41 @@ def regression_flow_loss(pred, target, norm, weight=None):
     return _mean_per_example(per_pixel, weight)
 
 
+def _check_floor(floor):
+    if not floor > 0:
+        raise ValueError(f"config.flow.relative_floor must be > 0; got {floor!r}.")
+
+
+def relative_to_zero_flow(per_example, target, norm, floor, weight=None):
+    """`per_example` regression losses divided by each example's loss of predicting no motion
+    (at least `floor`): the error as the share of the motion left unexplained.
+
+    Plain L1 in pixels is dominated by the samples with the most motion (the layered scenes'
+    large translations), so the slow real footage a model is used on teaches it little; the
+    relative loss weighs every sample as evaluation's relative EPE does. `floor` (the zero-flow
+    loss in the loss's own units) keeps nearly still samples from being weighed without bound.
+    """
+    _check_floor(floor)
+    target, weight = _check_target(target, target, weight)
+    still = regression_flow_loss(tf.zeros_like(target), target, norm, weight)
+    return per_example / tf.maximum(still, float(floor))
+
+
 def make_loss(flow_config, jit_compile=True):
-    """The loss named by `config.flow.loss`, as fn(logits, target, weight=None) -> [B].
+    """The loss named by `config.flow.loss`, as fn(logits, target, weight=None) -> [B];
+    with `config.flow.relative`, a regression loss divided by the zero-flow loss per example
+    (`relative_to_zero_flow`).
 
     `jit_compile` fuses the full-resolution upsampling with the loss (XLA): on CPU the AlexNet
     recipe's loss runs forward and backward 3.4x faster than the unfused ops.
     """
     kind = flow_config.loss
+    relative = bool(flow_config.get("relative", False))
+    if relative and kind not in ("l1", "l2"):
+        raise ValueError(f"config.flow.relative=True needs a regression loss (l1, l2); "
+                         f"config.flow.loss is {kind!r}.")
+    if relative:
+        _check_floor(flow_config.relative_floor)
     if kind == "discrete":
         nbins, fmax = flow_config.nbins, flow_config.fmax
         flow_lib.check_bins(nbins, fmax)
@@ -98,7 +126,11 @@ def make_loss(flow_config, jit_compile=True):
     elif kind in ("l1", "l2"):
 
         def loss(pred, target, weight=None):
-            return regression_flow_loss(pred, target, kind, weight)
+            per_example = regression_flow_loss(pred, target, kind, weight)
+            if relative:
+                per_example = relative_to_zero_flow(per_example, target, kind,
+                                                    flow_config.relative_floor, weight)
+            return per_example
     else:
         raise ValueError(f"config.flow.loss={kind!r} is unknown; known: {', '.join(LOSSES)}.")
     return tf.function(loss, jit_compile=True) if jit_compile else loss

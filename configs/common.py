@@ -58,8 +58,9 @@ def model_defaults(**parts):
 def flow(**overrides):
     """`config.flow`: the flow quantization and loss. Defaults are the paper's: 99 bins over
     +-50 px, cross-entropy against the bin holding the flow (`loss="discrete"`; "l1" / "l2"
-    for the regression heads)."""
-    fields = dict(nbins=99, fmax=50.0, loss="discrete")
+    for the regression heads). `relative` divides a regression loss by each sample's zero-flow
+    loss, at least `relative_floor` (cmp_tf.losses.relative_to_zero_flow)."""
+    fields = dict(nbins=99, fmax=50.0, loss="discrete", relative=False, relative_floor=0.5)
     return _override("flow", fields, overrides)
 
 

@@ -96,3 +96,24 @@ def test_jit_compiled_loss_equals_the_plain_one():
     fused = losses.make_loss(config)(logits, target, weight)
     plain = losses.make_loss(config, jit_compile=False)(logits, target, weight)
     np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), rtol=1e-5)
+
+
+def test_relative_loss_divides_by_each_examples_zero_flow_loss_with_a_floor():
+    pred = np.zeros((2, 1, 2, 2), np.float32)
+    pred[0, 0, 0] = [1.0, 0.0]
+    target = np.array([[[[4.0, 0.0], [0.0, 4.0]]],  # zero-flow L1: 4 px
+                       [[[0.1, 0.0], [0.0, 0.1]]]], np.float32)  # 0.1 px, below the floor
+    cfg = ml_collections.ConfigDict(dict(loss="l1", nbins=3, fmax=3.0, relative=True,
+                                         relative_floor=0.5))
+    plain = losses.regression_flow_loss(pred, target, "l1").numpy()
+    relative = losses.make_loss(cfg, jit_compile=False)(pred, target).numpy()
+    np.testing.assert_allclose(relative, [plain[0] / 4.0, plain[1] / 0.5], rtol=1e-6)
+    weight = np.array([[[1.0, 0.0]], [[1.0, 1.0]]], np.float32)  # example 0: only pixel 0
+    weighted = losses.make_loss(cfg, jit_compile=False)(pred, target, weight).numpy()
+    assert weighted[0] == pytest.approx(3.0 / 4.0)
+    cfg.relative_floor = 0.0
+    with pytest.raises(ValueError, match="config.flow.relative_floor must be > 0; got 0.0"):
+        losses.make_loss(cfg)
+    cfg.update(loss="discrete", relative_floor=0.5)
+    with pytest.raises(ValueError, match="relative=True needs a regression loss"):
+        losses.make_loss(cfg)

@@ -88,6 +88,8 @@ STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
 # geodesic: the shipped recipe whose blend reads the vectors of the guide nearest along the
 # image (fills.GeodesicNearestFill) instead of the nearest in pixels.
 GEODESIC = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.geodesic=True"]
+# relative: the loss per sample divided by its zero-flow loss (cmp_tf.losses.relative_to_zero_flow).
+RELATIVE = ["--config.flow.relative=True"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -194,6 +196,19 @@ VARIANTS = {
                                 "=30.0"]),
     "geodesic_layered25": ("geodesic with a quarter of the samples layered scenes, not half",
                            GEODESIC + ["--config.data.layered.ratio=0.25"]),
+    "relative": ("stride4_fills2_residual with the loss relative to each sample's zero-flow "
+                 "loss", STRIDE4_FILLS2_RESIDUAL + RELATIVE),
+    "geodesic_relative": ("geodesic with the loss relative to each sample's zero-flow loss",
+                          GEODESIC + RELATIVE),
+    "relative_floor2": ("relative with a floor of 2 px, not 0.5: samples with less motion "
+                        "weigh as if they had 2 px", STRIDE4_FILLS2_RESIDUAL + RELATIVE
+                        + ["--config.flow.relative_floor=2.0"]),
+    "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
+                                 GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),
+    "geodesic_residual": ("geodesic whose third fill is the smooth fill plus the residual of "
+                          "the guide nearest along the image, not that guide's vector",
+                          GEODESIC + ["--config.model.options.fill_correction."
+                                      "geodesic_residual=True"]),
     "geodesic_edges": ("geodesic trained on layered scenes whose edges and motion boundaries "
                        "part: 30% of layers wear the texture below them, 30% hold an edge",
                        GEODESIC + ["--config.data.layered.shared_texture=0.3",

@@ -88,6 +88,28 @@ def test_one_level_gives_the_exact_shortest_paths(rng):
     np.testing.assert_allclose(fill, want, atol=1e-5)
 
 
+def test_the_residual_fill_is_the_smooth_fill_plus_the_residual_of_the_guide_on_its_side():
+    """Guides on a smooth field: the smooth fill's own values everywhere (no residual); one
+    guide off it: its residual spreads on its side of the edge only."""
+    ys, xs = np.mgrid[:HEIGHT // 2, :WIDTH // 2] * 2.0 + 0.5
+    smooth = np.stack([0.05 * xs, -0.02 * ys], -1)[None].astype(np.float32)  # at 2 px cells
+    points = [(y, x, 0.05 * (x // 2 * 2 + 0.5), -0.02 * (y // 2 * 2 + 0.5))
+              for y, x in ((10, 30), (50, 20), (20, 80))]
+    layer = fills.GeodesicResidualFill(2, coarse_stride=16)
+    exact = layer([_sparse(points), _image(), smooth]).numpy()
+    np.testing.assert_allclose(exact, smooth, atol=1e-5)
+    off = points[:2] + [(20, 80, 5.0, 5.0)]  # the one guide right of the edge, off the field
+    fill = layer([_sparse(off), _image(), smooth]).numpy()[0]
+    residual = np.array([5.0, 5.0]) - smooth[0, 10, 40]
+    np.testing.assert_allclose(fill[:, :EDGE // 2], smooth[0, :, :EDGE // 2], atol=1e-5)
+    right = fill[:, EDGE // 2:] - smooth[0, :, EDGE // 2:]
+    np.testing.assert_allclose(right, np.broadcast_to(residual, right.shape), atol=1e-4)
+    with pytest.raises(ValueError, match=r"geodesic_residual=True corrects the one smooth"):
+        config = _geodesic_config()
+        config.model.options.fill_correction.update(geodesic=False, geodesic_residual=True)
+        models.build_cmp(config)
+
+
 def test_no_guide_is_zero_flow_and_odd_sizes_work(rng):
     image = rng.uniform(0, 255, (2, 50, 70, 3)).astype(np.float32)
     layer = fills.GeodesicNearestFill(2, coarse_stride=16)

@@ -1145,10 +1145,36 @@ class GeodesicNearestFill(_GuidanceFill):
                 "resize_finest": self.resize_finest}
 
 
+@keras.saving.register_keras_serializable(package="cmp_tf")
+class GeodesicResidualFill(GeodesicNearestFill):
+    """A smooth fill corrected along the image (beyond the paper): [sparse [B, H, W, 3], image
+    [B, H, W, 3] RGB 0..255, smooth [B, H/stride, W/stride, >= 2]] -> [B, H/stride,
+    W/stride, 2], the smooth fill plus the residual (guide vector minus smooth fill at the
+    guide) of the guide nearest along the image (`GeodesicNearestFill`'s choice).
+
+    The geodesic nearest fill copies a guide's vector unchanged however far its path, which is
+    right for objects moving as wholes and wrong in the slow, smooth motion of real footage,
+    where a far guide's vector is off by the motion's slope times the distance. Here the
+    smooth fill carries the slope and the guide nearest along the image only what the smooth
+    fill missed at it: across a motion boundary that the smooth fill blurs, the residuals on
+    its two sides differ, and a cell takes its own side's; where the motion is smooth the
+    residuals are small and the fill is the smooth fill.
+    """
+
+    def call(self, inputs):
+        sparse, image, smooth = (tf.cast(x, tf.float32) for x in inputs)
+        at_pixels = tf.image.resize(take_channels(smooth, 0, 2, self.litert_form),
+                                    tf.shape(sparse)[1:3], method="nearest")
+        residual = sparse - tf.pad(at_pixels, [[0, 0], [0, 0], [0, 0], [0, 1]])
+        corrected = super().call([residual, image])
+        return tf.cast(take_channels(smooth, 0, 2, self.litert_form) + tf.cast(
+            corrected, tf.float32), self.compute_dtype)
+
+
 # Layers computing a fill of the guidance: full-integer exports keep them in
 # float32 (their squared distances, exponentials and divisions do not quantize).
 FILL_LAYERS = (DensePrior, PullPushFill, LocalAffineFill, EdgeAwareFill,
-               GeodesicNearestFill)
+               GeodesicNearestFill, GeodesicResidualFill)
 
 
 def fill_spec(layer):

@@ -421,6 +421,8 @@ class FillCorrection(_NearestPrior):
             twice the fills' cells, resized), where a colour edge on the way is a long way
             round, with its own learned weight (`BlendFills`' g).
         geodesic_colour_weight, geodesic_passes: that fill's `colour_weight` and `passes`.
+        geodesic_residual: the geodesic fill is the smooth fill plus the residual of the guide
+            nearest along the image (fills.GeodesicResidualFill), not that guide's vector.
     """
 
     name = "fill_correction"
@@ -432,7 +434,7 @@ class FillCorrection(_NearestPrior):
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
                  correction=True, fill_stride=0, nearest_resize_finest=False,
                  local_affine_residual_finest=False, geodesic=False,
-                 geodesic_colour_weight=100.0, geodesic_passes=6):
+                 geodesic_colour_weight=100.0, geodesic_passes=6, geodesic_residual=False):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
                          nearest_refine_finest=nearest_refine_finest,
@@ -473,6 +475,13 @@ class FillCorrection(_NearestPrior):
             raise ValueError(f"config.model.options.{self.name}.geodesic_{e}") from e
         self.geodesic, self.geodesic_colour_weight = geodesic, geodesic_colour_weight
         self.geodesic_passes = geodesic_passes
+        _check_bool(self.name, "geodesic_residual", geodesic_residual)
+        if geodesic_residual and (not geodesic or smooth == "both"):
+            raise ValueError(f"config.model.options.{self.name}.geodesic_residual=True "
+                             f"corrects the one smooth fill along the image: set geodesic=True "
+                             f"and smooth to one fill; got geodesic={geodesic}, "
+                             f"smooth={smooth!r}.")
+        self.geodesic_residual = geodesic_residual
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
         self.edge_features, self.correction = edge_features, correction
@@ -506,10 +515,12 @@ class FillCorrection(_NearestPrior):
                                             finest_relax=self.finest_relax,
                                             name="edge_aware_out")([sparse, image, *features]))
         if self.geodesic:
-            made.append(fills.GeodesicNearestFill(
-                stride, coarse_stride=max(feature_stride, 2 * stride),
-                passes=self.geodesic_passes,
-                colour_weight=self.geodesic_colour_weight, name="geodesic_out")([sparse, image]))
+            kind, smooth = (fills.GeodesicResidualFill, made[:1]) if self.geodesic_residual \
+                else (fills.GeodesicNearestFill, [])
+            made.append(kind(stride, coarse_stride=max(feature_stride, 2 * stride),
+                             passes=self.geodesic_passes,
+                             colour_weight=self.geodesic_colour_weight,
+                             name="geodesic_out")([sparse, image, *smooth]))
         return made, self._blend(stride)
 
     def attach(self, sparse, image, feature_stride, out_stride):

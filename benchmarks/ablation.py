@@ -33,7 +33,8 @@ BASE_RECIPE = os.path.join(ROOT, "configs", "cpu_bins.py")  # the paper's bins h
 # an exponential gain, a fixed blend weight, guidance honoured at the guides, a still
 # background) run at commit 83284d6: `git checkout 83284d6 && python benchmarks/ablation.py
 # --variants=NAME`; the loss weighed near motion boundaries (boundary_weight) at commit
-# 1921051; the watershed points drawn first (watershed_first*) at commit da92e2f; their
+# 1921051; the watershed points drawn first (watershed_first*) at commit da92e2f; the
+# geodesic fill of the smooth fill's residuals (geodesic_residual) at commit 210457f; their
 # figures are in docs/ablation.md.
 PAPER = ["--config.model.options.bins.nearest_prior=False"]
 POINTS = ["--config.guidance.num_points=(1, 400)"]
@@ -88,6 +89,7 @@ STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
 # geodesic: the shipped recipe whose blend reads the vectors of the guide nearest along the
 # image (fills.GeodesicNearestFill) instead of the nearest in pixels.
 GEODESIC = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.geodesic=True"]
+GEODESIC_SOFT = ["--config.model.options.fill_correction.geodesic_temperature=1.0"]
 # relative: the loss per sample divided by its zero-flow loss (cmp_tf.losses.relative_to_zero_flow).
 RELATIVE = ["--config.flow.relative=True"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
@@ -200,15 +202,24 @@ VARIANTS = {
                  "loss", STRIDE4_FILLS2_RESIDUAL + RELATIVE),
     "geodesic_relative": ("geodesic with the loss relative to each sample's zero-flow loss",
                           GEODESIC + RELATIVE),
+    "relative_seed1": ("relative with seed 1: its run-to-run spread",
+                       STRIDE4_FILLS2_RESIDUAL + RELATIVE + ["--config.seed=1"]),
     "relative_floor2": ("relative with a floor of 2 px, not 0.5: samples with less motion "
                         "weigh as if they had 2 px", STRIDE4_FILLS2_RESIDUAL + RELATIVE
                         + ["--config.flow.relative_floor=2.0"]),
     "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
                                  GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),
-    "geodesic_residual": ("geodesic whose third fill is the smooth fill plus the residual of "
-                          "the guide nearest along the image, not that guide's vector",
-                          GEODESIC + ["--config.model.options.fill_correction."
-                                      "geodesic_residual=True"]),
+    "geodesic_soft": ("geodesic whose passes take a softmax of the candidates' path costs (a "
+                      "cell's size for temperature), not the cheapest",
+                      GEODESIC + GEODESIC_SOFT),
+    "geodesic_learned": ("geodesic_soft with the colour term scaled per cell by a decoder "
+                         "channel: which colour edges stop motion, learned",
+                         GEODESIC + GEODESIC_SOFT + [
+                             "--config.model.options.fill_correction.geodesic_learned_cost=True"]),
+    "geodesic_smooth_half": ("geodesic whose blend starts at half the smooth fill, a quarter "
+                             "each nearest fill (the smooth fill's logit log 2, not 0)",
+                             GEODESIC + ["--config.model.options.fill_correction."
+                                         "smooth_logit=0.6931"]),
     "geodesic_edges": ("geodesic trained on layered scenes whose edges and motion boundaries "
                        "part: 30% of layers wear the texture below them, 30% hold an edge",
                        GEODESIC + ["--config.data.layered.shared_texture=0.3",

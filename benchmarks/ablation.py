@@ -34,8 +34,10 @@ BASE_RECIPE = os.path.join(ROOT, "configs", "cpu_bins.py")  # the paper's bins h
 # background) run at commit 83284d6: `git checkout 83284d6 && python benchmarks/ablation.py
 # --variants=NAME`; the loss weighed near motion boundaries (boundary_weight) at commit
 # 1921051; the watershed points drawn first (watershed_first*) at commit da92e2f; the
-# geodesic fill of the smooth fill's residuals (geodesic_residual) at commit 210457f; their
-# figures are in docs/ablation.md.
+# geodesic fill of the smooth fill's residuals (geodesic_residual) at commit 210457f; the
+# geodesic fill's soft pick and learned colour scale (geodesic_soft, geodesic_learned) and the
+# smooth fill's starting share (geodesic_smooth_half) at commit 52f208f; their figures are in
+# docs/ablation.md.
 PAPER = ["--config.model.options.bins.nearest_prior=False"]
 POINTS = ["--config.guidance.num_points=(1, 400)"]
 LAYERED = ["--config.data.layered.ratio=0.5"]
@@ -89,7 +91,6 @@ STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
 # geodesic: the shipped recipe whose blend reads the vectors of the guide nearest along the
 # image (fills.GeodesicNearestFill) instead of the nearest in pixels.
 GEODESIC = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.geodesic=True"]
-GEODESIC_SOFT = ["--config.model.options.fill_correction.geodesic_temperature=1.0"]
 # relative: the loss per sample divided by its zero-flow loss (cmp_tf.losses.relative_to_zero_flow).
 RELATIVE = ["--config.flow.relative=True"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
@@ -209,17 +210,6 @@ VARIANTS = {
                         + ["--config.flow.relative_floor=2.0"]),
     "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
                                  GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),
-    "geodesic_soft": ("geodesic whose passes take a softmax of the candidates' path costs (a "
-                      "cell's size for temperature), not the cheapest",
-                      GEODESIC + GEODESIC_SOFT),
-    "geodesic_learned": ("geodesic_soft with the colour term scaled per cell by a decoder "
-                         "channel: which colour edges stop motion, learned",
-                         GEODESIC + GEODESIC_SOFT + [
-                             "--config.model.options.fill_correction.geodesic_learned_cost=True"]),
-    "geodesic_smooth_half": ("geodesic whose blend starts at half the smooth fill, a quarter "
-                             "each nearest fill (the smooth fill's logit log 2, not 0)",
-                             GEODESIC + ["--config.model.options.fill_correction."
-                                         "smooth_logit=0.6931"]),
     "geodesic_edges": ("geodesic trained on layered scenes whose edges and motion boundaries "
                        "part: 30% of layers wear the texture below them, 30% hold an edge",
                        GEODESIC + ["--config.data.layered.shared_texture=0.3",

@@ -138,10 +138,6 @@ def test_the_head_blends_the_geodesic_fill_as_a_third_by_its_own_logit():
     layer = heads.BlendFills(gain=True, correction=False, geodesic=True)
     fills_in = [x.astype(np.float32) for x in (nearest, smooth, followed)]
     np.testing.assert_allclose(layer([out, *fills_in]), 4.0, rtol=1e-6)
-    halved = heads.BlendFills(gain=True, correction=False, geodesic=True,
-                              smooth_logit=float(np.log(2.0)))  # untrained: 1/4, 1/2, 1/4
-    np.testing.assert_allclose(halved([out, *fills_in]), 9 / 4 + 1 / 2 + 2 / 4, rtol=1e-6)
-    assert heads.BlendFills.from_config(halved.get_config()).smooth_logit == halved.smooth_logit
     out[..., 2] = 60.0  # g large: the geodesic fill alone
     np.testing.assert_allclose(layer([out, *fills_in]), 2.0, rtol=1e-6)
     nearest[..., 2] = 1e4  # far from every guide: the gain takes the flow to 0
@@ -149,54 +145,9 @@ def test_the_head_blends_the_geodesic_fill_as_a_third_by_its_own_logit():
                                atol=1e-6)
     with pytest.raises(ValueError, match=r"blends 3 fills; got 2"):
         layer([out, *fills_in[:2]])
-    config.model.options.fill_correction.smooth_logit = float("nan")
-    with pytest.raises(ValueError, match=r"options.fill_correction.smooth_logit must be a "
-                                         r"finite number; got nan"):
-        models.build_cmp(config)
-    config.model.options.fill_correction.smooth_logit = 0.0
     config.model.options.fill_correction.geodesic_passes = -2
     with pytest.raises(ValueError, match=r"options.fill_correction.geodesic_passes must be"):
         models.build_cmp(config)
-
-
-def test_a_cost_scale_learns_through_the_soft_pick_and_starts_at_the_fixed_costs(rng):
-    import tensorflow as tf
-
-    sparse, image = _sparse(GUIDES), _image()
-    logits = np.zeros((1, HEIGHT // 2, WIDTH // 2, 1), np.float32)
-    hard = fills.GeodesicNearestFill(2, coarse_stride=16)
-    np.testing.assert_array_equal(hard([sparse, image, logits]), hard([sparse, image]))
-    # The colour ignored (scale ~0): the nearest guide in pixels, the border halfway.
-    ignored = hard([sparse, image, logits - 30.0]).numpy()[0]
-    nearest = fills.DensePrior(2)(sparse).numpy()[0, ..., :2]
-    np.testing.assert_array_equal(ignored[:, 20:24], nearest[:, 20:24])
-    np.testing.assert_array_equal(ignored[:, 26:30], nearest[:, 26:30])
-    # Soft: each side of the edge still takes its own side's guide, within the softmax's
-    # share for paths that cross the edge.
-    soft = fills.GeodesicNearestFill(2, coarse_stride=16, temperature=1.0)
-    fill = soft([sparse, image, logits]).numpy()[0]
-    left, right = fill[:, :EDGE // 2], fill[:, EDGE // 2:]
-    np.testing.assert_allclose(left, np.broadcast_to((4.0, 0.0), left.shape), atol=0.05)
-    np.testing.assert_allclose(right, np.broadcast_to((-3.0, 1.0), right.shape), atol=0.05)
-    # The scale gets a gradient through the soft pick, none through the argmin.
-    logits = tf.Variable(rng.normal(0, 1, logits.shape).astype(np.float32))
-    textured = rng.uniform(0, 255, image.shape).astype(np.float32)
-    for layer, moves in ((soft, True), (hard, False)):
-        with tf.GradientTape() as tape:
-            out = layer([sparse, textured, logits]) * rng.normal(size=(1, 32, 48, 2))
-            out = tf.reduce_sum(out)
-        grad = tape.gradient(out, logits)
-        assert (grad is not None and float(tf.reduce_max(tf.abs(grad))) > 1e-6) == moves
-    config = _geodesic_config()
-    config.model.options.fill_correction.update(geodesic_temperature=1.0,
-                                                geodesic_learned_cost=True)
-    assert models.build_cmp(config).get_layer("decoder").output.shape[-1] == 4  # + the scale
-    config.model.options.fill_correction.geodesic_temperature = 0.0
-    with pytest.raises(ValueError, match=r"geodesic_learned_cost=True learns .* set "
-                                         r"geodesic=True and geodesic_temperature > 0"):
-        models.build_cmp(config)
-    with pytest.raises(ValueError, match=r"temperature must be a number >= 0; got -1"):
-        fills.GeodesicNearestFill(2, temperature=-1)
 
 
 @pytest.mark.slow

@@ -1050,26 +1050,14 @@ class GeodesicNearestFill(_GuidanceFill):
         colour_weight: what a unit of colour difference adds to a step, in steps.
         resize_finest: compute the finest level at 2 x stride and resize it (nearest): a
             quarter of the cells where the passes cost most.
-        temperature: 0 takes the cheapest candidate's vector (the argmin, no gradient to the
-            step costs); > 0 a softmax of the candidates' path costs over `temperature` x the
-            cell size, so the vectors depend smoothly on the costs and a cost map the network
-            predicts learns through them (the path costs stay the minima).
-
-    An optional third input, [B, H/stride, W/stride, >= 1] logits k, scales the colour term per
-    cell by 2 sigmoid(k) (the step between two cells by the mean of theirs): 1 where k = 0, so
-    an untrained network starts from the fixed costs, and between 0 (colour ignored) and 2.
     """
 
     channels = 2
 
     def __init__(self, stride, max_size=2048, coarse_stride=32, passes=6, colour_weight=100.0,
-                 resize_finest=True, temperature=0.0, **kwargs):
+                 resize_finest=True, **kwargs):
         super().__init__(stride, max_size, **kwargs)
         _check_positive("colour_weight", colour_weight)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
-                or not np.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0; got {temperature!r}.")
-        self.temperature = float(temperature)
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 0:
             raise ValueError(f"passes must be an integer >= 0; got {passes!r}.")
         if not isinstance(resize_finest, bool):
@@ -1086,24 +1074,19 @@ class GeodesicNearestFill(_GuidanceFill):
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(input_shape[0])
 
-    def _costs(self, colour, s, scale=None):
+    def _costs(self, colour, s):
         """[B, h, w, 8]: the cost of the step to each neighbour of cells of `s` px, `_FAR`
-        more for a neighbour beyond the map; `scale` [B, h, w, 1] the colour term's per cell."""
+        more for a neighbour beyond the map."""
         ones = colour[..., :1] * 0.0 + 1.0  # read from the input: no constant map to fold
         inside = tf.nn.depthwise_conv2d(ones, _neighbour_kernel(1), [1] * 4, "SAME")
         differences = tf.nn.depthwise_conv2d(colour, _neighbour_kernel(3, True), [1] * 4,
                                              "SAME")
         squares = tf.nn.conv2d(tf.square(differences), _neighbour_sums(), 1, "VALID")
-        colour_term = self.colour_weight * tf.sqrt(squares + 1e-12)
-        if scale is not None:  # the step's: the mean of its two cells'
-            colour_term *= 0.5 * (scale + tf.nn.depthwise_conv2d(scale, _neighbour_kernel(1),
-                                                                 [1] * 4, "SAME"))
-        steps = _NEIGHBOUR_STEPS * s * (1.0 + colour_term)
+        steps = _NEIGHBOUR_STEPS * s * (1.0 + self.colour_weight * tf.sqrt(squares + 1e-12))
         return steps + (1.0 - inside) * DensePrior._FAR
 
-    def _relax(self, state, guided, held, costs, passes, s):
-        """`passes` passes over state [B, h, w, 3] (path cost, u, v) on cells of `s` px, the
-        guided cells held."""
+    def _relax(self, state, guided, held, costs, passes):
+        """`passes` passes over state [B, h, w, 3] (path cost, u, v), the guided cells held."""
         for _ in range(passes):
             candidates = tf.nn.depthwise_conv2d(state, _neighbour_kernel(3), [1] * 4, "SAME")
             # the steps' costs added to the neighbours' path costs, not to their (u, v)
@@ -1111,30 +1094,19 @@ class GeodesicNearestFill(_GuidanceFill):
                                         self.litert_form)
             totals = take_channels(candidates, 0, _NEIGHBOURS, self.litert_form)
             best = tf.reduce_min(totals, -1, keepdims=True)
-            if self.temperature:
-                pick = tf.nn.softmax((best - totals) / (self.temperature * s), -1)
-            else:
-                score = (1.0 - _positive(totals - best)) * _NEIGHBOUR_PRIORITY  # whole numbers
-                pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
+            score = (1.0 - _positive(totals - best)) * _NEIGHBOUR_PRIORITY  # whole numbers
+            pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
             picks = copy_channels(pick, list(range(_NEIGHBOURS)) * 3, self.litert_form)
             step = tf.nn.conv2d(candidates * picks, _component_sums(3), 1, "VALID")
-            if self.temperature:  # the path cost is the minimum, the vectors the soft pick's
-                step = tf.concat([best, take_channels(step, 1, 3, self.litert_form)], -1)
             state = held * guided + step * (1.0 - guided)
         return state
 
     def call(self, inputs):
-        sparse, image, *scale = (tf.cast(x, tf.float32) for x in inputs)
-        scaled = bool(scale)
+        sparse, image = (tf.cast(x, tf.float32) for x in inputs)
         finest = self.stride * (2 if self.resize_finest else 1)
         # (u x mask, v x mask, mask, r, g, b) means per cell; SAME pools: partial cells too.
         cells = tf.nn.avg_pool2d(tf.concat([masked_guidance(sparse), image / 255.0], -1),
                                  finest, finest, "SAME")
-        if scaled:  # the colour term's scale per cell, pooled with the colours from here on
-            scale = 2.0 * tf.sigmoid(take_channels(scale[0], 0, 1, self.litert_form))
-            scale = tf.nn.avg_pool2d(scale, finest // self.stride, finest // self.stride, "SAME")
-            cells = tf.concat([cells, tf.image.resize(scale, tf.shape(cells)[1:3],
-                                                      method="nearest")], -1)
         levels = [cells]
         for _ in range(int(math.log2(self.coarse_stride // finest))):
             levels.append(tf.nn.avg_pool2d(levels[-1], 2, 2, "SAME"))
@@ -1144,17 +1116,15 @@ class GeodesicNearestFill(_GuidanceFill):
             guided = _positive(count)
             held = copy_channels(weighted_mean(take_channels(cells, 0, 2, self.litert_form),
                                                count), (None, 0, 1), self.litert_form)
-            size = finest * 2**depth
-            costs = self._costs(take_channels(cells, 3, 6, self.litert_form), size,
-                                take_channels(cells, 6, 7, self.litert_form) if scaled else None)
+            costs = self._costs(take_channels(cells, 3, 6, self.litert_form), finest * 2**depth)
             if state is None:  # the coarsest level: unguided cells start far
                 far = tf.constant([DensePrior._FAR, 0.0, 0.0])
                 state = self._relax(held * guided + far * (1.0 - guided), guided, held, costs,
-                                    self._coarse_passes(sparse.shape[1:3]), size)
+                                    self._coarse_passes(sparse.shape[1:3]))
             else:
                 up = _crop_like(_doubled(state, self.litert_form), cells)
                 state = self._relax(held * guided + up * (1.0 - guided), guided, held, costs,
-                                    self.passes, size)
+                                    self.passes)
         fill = take_channels(state, 1, 3, self.litert_form)
         if self.resize_finest:
             fill = _crop(_doubled(fill, self.litert_form), *_sizes(sparse, self.stride))
@@ -1172,7 +1142,7 @@ class GeodesicNearestFill(_GuidanceFill):
     def get_config(self):
         return {**super().get_config(), "coarse_stride": self.coarse_stride,
                 "passes": self.passes, "colour_weight": self.colour_weight,
-                "resize_finest": self.resize_finest, "temperature": self.temperature}
+                "resize_finest": self.resize_finest}
 
 
 # Layers computing a fill of the guidance: full-integer exports keep them in
@@ -1196,8 +1166,7 @@ def fill_spec(layer):
         spec.update(sigma=layer.sigma, relax=layer.relax, finest_relax=layer.finest_relax)
     elif isinstance(layer, GeodesicNearestFill):
         spec.update(coarse_stride=layer.coarse_stride, passes=layer.passes,
-                    colour_weight=layer.colour_weight, resize_finest=layer.resize_finest,
-                    temperature=layer.temperature)
+                    colour_weight=layer.colour_weight, resize_finest=layer.resize_finest)
     return spec
 
 

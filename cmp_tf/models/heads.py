@@ -20,7 +20,6 @@ Heads:
 - `affinity`: the `fill_correction` flow refined by learned spatial propagation.
 """
 import abc
-import math
 
 import keras
 import tensorflow as tf
@@ -114,20 +113,14 @@ class BlendFills(keras.layers.Layer):
             correction").
         geodesic: blend the geodesic nearest fill too (fills.GeodesicNearestFill: the guide
             nearest along the image), the last input, with the logit g, the last channel.
-        smooth_logit: with more than two fills, the smooth fill's logit in place of 0: its
-            untrained share (log 2 with three fills: half, as in the two-fill blend).
     """
 
     GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
     GAUSSIAN_SCALE = 8.0
 
     def __init__(self, gain=False, stride=1, edge=False, correction=True, geodesic=False,
-                 smooth_logit=0.0, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
-        if isinstance(smooth_logit, bool) or not isinstance(smooth_logit, (int, float)) \
-                or not math.isfinite(smooth_logit):
-            raise ValueError(f"smooth_logit must be a finite number; got {smooth_logit!r}.")
-        self.smooth_logit = float(smooth_logit)
         for field, value in (("gain", gain), ("edge", edge), ("correction", correction),
                              ("geodesic", geodesic)):
             if not isinstance(value, bool):
@@ -158,7 +151,7 @@ class BlendFills(keras.layers.Layer):
         first = 2 * self.correction  # the weight a's channel
         a = take(out, first, first + 1)
         if more:
-            logits = [a, tf.zeros_like(a) + self.smooth_logit]
+            logits = [a, tf.zeros_like(a)]
             first_more = first + 1 + self.gain  # b's or g's channel
             logits += [take(out, first_more + i, first_more + i + 1) for i in range(len(more))]
             weights = tf.nn.softmax(tf.concat(logits, -1), axis=-1)
@@ -182,8 +175,7 @@ class BlendFills(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "gain": self.gain, "stride": self.stride,
-                "edge": self.edge, "correction": self.correction, "geodesic": self.geodesic,
-                "smooth_logit": self.smooth_logit}
+                "edge": self.edge, "correction": self.correction, "geodesic": self.geodesic}
 
     # Fields of files saved by earlier versions, and the value this layer computes.
     _LEGACY = {"profile": "gaussian", "learn_weight": True}
@@ -428,14 +420,7 @@ class FillCorrection(_NearestPrior):
             (fills.GeodesicNearestFill, coarsest level at the features' stride, finest at
             twice the fills' cells, resized), where a colour edge on the way is a long way
             round, with its own learned weight (`BlendFills`' g).
-        geodesic_colour_weight, geodesic_passes, geodesic_temperature: that fill's
-            `colour_weight`, `passes` and `temperature` (0: the argmin).
-        smooth_logit: the smooth fill's logit in a blend of more than two fills (`BlendFills`):
-            log 2 starts three fills at the two-fill blend's half for the smooth one.
-        geodesic_learned_cost: one more decoder channel, after the blend's and the edge
-            features, scales that fill's colour term per cell (its third input): the network
-            learns which colour edges stop motion. Needs geodesic_temperature > 0 (through
-            the argmin the scale gets no gradient).
+        geodesic_colour_weight, geodesic_passes: that fill's `colour_weight` and `passes`.
     """
 
     name = "fill_correction"
@@ -447,8 +432,7 @@ class FillCorrection(_NearestPrior):
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
                  correction=True, fill_stride=0, nearest_resize_finest=False,
                  local_affine_residual_finest=False, geodesic=False,
-                 geodesic_colour_weight=100.0, geodesic_passes=6, geodesic_temperature=0.0,
-                 geodesic_learned_cost=False, smooth_logit=0.0):
+                 geodesic_colour_weight=100.0, geodesic_passes=6):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
                          nearest_refine_finest=nearest_refine_finest,
@@ -484,24 +468,11 @@ class FillCorrection(_NearestPrior):
         _check_bool(self.name, "geodesic", geodesic)
         try:
             fills.GeodesicNearestFill(1, coarse_stride=2, colour_weight=geodesic_colour_weight,
-                                      passes=geodesic_passes, temperature=geodesic_temperature)
+                                      passes=geodesic_passes)
         except ValueError as e:
             raise ValueError(f"config.model.options.{self.name}.geodesic_{e}") from e
         self.geodesic, self.geodesic_colour_weight = geodesic, geodesic_colour_weight
-        self.geodesic_passes, self.geodesic_temperature = geodesic_passes, geodesic_temperature
-        _check_bool(self.name, "geodesic_learned_cost", geodesic_learned_cost)
-        if geodesic_learned_cost and not (geodesic and geodesic_temperature > 0):
-            raise ValueError(f"config.model.options.{self.name}.geodesic_learned_cost=True "
-                             f"learns the geodesic fill's costs through its soft pick: set "
-                             f"geodesic=True and geodesic_temperature > 0; got "
-                             f"geodesic={geodesic}, geodesic_temperature="
-                             f"{geodesic_temperature}.")
-        self.geodesic_learned_cost = geodesic_learned_cost
-        try:
-            BlendFills(smooth_logit=smooth_logit)
-        except ValueError as e:
-            raise ValueError(f"config.model.options.{self.name}.{e}") from e
-        self.smooth_logit = smooth_logit
+        self.geodesic_passes = geodesic_passes
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
         self.edge_features, self.correction = edge_features, correction
@@ -509,12 +480,11 @@ class FillCorrection(_NearestPrior):
 
     def _blend(self, stride=1):
         return BlendFills(self.gain, stride, edge=self.smooth == "both",
-                          correction=self.correction, geodesic=self.geodesic,
-                          smooth_logit=self.smooth_logit, name="add_prior")
+                          correction=self.correction, geodesic=self.geodesic, name="add_prior")
 
     @property
     def decoder_channels(self):
-        return self._blend().channels + self.edge_features + self.geodesic_learned_cost
+        return self._blend().channels + self.edge_features
 
     def _blend_fills(self, sparse, image, out, stride, feature_stride):
         """The nearest fill's output passed in, the blend's fills after it at `stride`, and
@@ -536,13 +506,10 @@ class FillCorrection(_NearestPrior):
                                             finest_relax=self.finest_relax,
                                             name="edge_aware_out")([sparse, image, *features]))
         if self.geodesic:
-            first = self._blend().channels + self.edge_features
-            cost = [out[..., first:first + 1]] if self.geodesic_learned_cost else []
             made.append(fills.GeodesicNearestFill(
                 stride, coarse_stride=max(feature_stride, 2 * stride),
-                passes=self.geodesic_passes, colour_weight=self.geodesic_colour_weight,
-                temperature=self.geodesic_temperature,
-                name="geodesic_out")([sparse, image, *cost]))
+                passes=self.geodesic_passes,
+                colour_weight=self.geodesic_colour_weight, name="geodesic_out")([sparse, image]))
         return made, self._blend(stride)
 
     def attach(self, sparse, image, feature_stride, out_stride):

@@ -181,3 +181,22 @@ def test_annotation_scores_several_models_on_the_same_clicks():
     assert out["single"][:3] == ["CMP", "CMP + grabCut", "CMP + guided filter"]
     assert "| CMP (linear) + guided filter |" in out["table"]
     assert "| edge-aware fill |" in out["table"]
+
+
+def test_teacher_benchmark_scores_flow_against_the_exact_flow(tmp_path):
+    from benchmarks import teacher
+
+    pairs = teacher.scene_pairs(2, 48)
+    exact = iter([flow for _, _, flow in pairs])
+    perfect = teacher.score(lambda a, b: next(exact), pairs)
+    assert perfect["epe_near"] == 0.0 and perfect["epe_far"] == 0.0
+    still = teacher.score(lambda a, b: np.zeros((48, 48, 2), np.float32), pairs)
+    assert still["epe_near"] > 0.1 and still["epe_far"] > 0.1
+    with pytest.raises(ValueError, match=r"shape \(48, 2\) \(expected \(48, 48, 2\)\)"):
+        teacher.score(lambda a, b: np.zeros((48, 2), np.float32), pairs)
+    out = subprocess.run([sys.executable, "benchmarks/teacher.py", "--scenes=2", "--size=48",
+                          "--teachers=dis_medium,farneback", f"--out={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "| dis_medium |" in out and "| farneback |" in out
+    table = json.loads((tmp_path / "teacher.json").read_text())["table"]
+    assert set(table) == {"dis_medium", "farneback"} and 0 < table["dis_medium"]["epe_far"]

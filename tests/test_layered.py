@@ -141,3 +141,24 @@ def test_shared_textures_and_inner_edges_render_over_several_layers():
 def test_edge_options_are_chances(field):
     with pytest.raises(ValueError, match=rf"config.data.layered.{field} must be in \[0, 1\]"):
         layered.check_layered_config({field: 1.5})
+
+
+def test_the_second_frame_is_the_first_moved_by_the_exact_flow():
+    from cmp_tf.data import sampling
+    from cmp_tf.data.teacher import photometric_error
+
+    for seed, layers in ((0, (0, 0)), (1, (3, 3)), (2, (3, 3))):
+        first, flow, valid, masks = layered.render_scene(np.random.default_rng(seed), 64, 64,
+                                                     layers=layers, return_masks=True)
+        *same, second = layered.render_scene(np.random.default_rng(seed), 64, 64, layers=layers,
+                                             return_masks=True, second_frame=True)
+        for a, b in zip((first, flow, valid, masks), same):
+            np.testing.assert_array_equal(a, b)  # the same scene either way
+        weight = np.zeros((64, 64), np.float32)
+        weight[8:-8, 8:-8] = 1.0  # inside the frame after the move
+        if layers[1]:  # away from the motion boundaries, where the second frame hides pixels
+            weight *= sampling.distance_to_motion_edges(flow) > 5
+        moved = photometric_error(first, second, flow, weight)
+        still = photometric_error(first, second, np.zeros_like(flow), weight)
+        assert moved < 2.5 < still, (seed, moved, still)  # grey levels (0..255)
+

@@ -128,7 +128,22 @@ def _shape_mask(rng, height, width):
     return mask.astype(bool), centre
 
 
-def render_scene(rng, height, width, source=None, return_masks=False, **params):
+def _second_frame(background, layers, height, width):
+    """Frame t + 1 of a scene: the background and each layer, bottom to top, moved by their
+    affines (bilinear), a layer drawn where its moved shape covers at least half a pixel."""
+    def moved(x, affine, border):
+        return cv2.warpAffine(x, affine.astype(np.float32), (width, height),
+                              flags=cv2.INTER_LINEAR, borderMode=border)
+
+    frame = moved(background[0], background[1], cv2.BORDER_REFLECT)
+    for appearance, affine, mask in layers:
+        covered = moved(mask.astype(np.float32), affine, cv2.BORDER_CONSTANT) >= 0.5
+        frame[covered] = moved(appearance, affine, cv2.BORDER_REFLECT)[covered]
+    return frame
+
+
+def render_scene(rng, height, width, source=None, return_masks=False, second_frame=False,
+                 **params):
     """One layered scene: its first frame and that frame's exact forward flow.
 
     Args:
@@ -137,11 +152,15 @@ def render_scene(rng, height, width, source=None, return_masks=False, **params):
             every texture is procedural.
         return_masks: also return where each layer is visible (object masks for annotation
             benchmarks); the scene drawn is the same either way.
+        second_frame: also return frame t + 1, every layer moved by its motion: a pair for
+            optical flow estimators (teacher benchmarks), whose exact flow is `flow` wherever
+            frame t's pixel stays visible. The scene drawn is the same either way.
         **params: fields of `DEFAULTS` (ratio is ignored here).
     Returns:
         (image [H, W, 3] float32 0..255, flow [H, W, 2] float32 px, valid [H, W] float32 ones),
-        and with `return_masks` a fourth item: [L, H, W] bool, the visible part of each moving
-        layer, bottom to top (an upper layer hides what it covers of the ones below).
+        then with `return_masks` [L, H, W] bool, the visible part of each moving layer, bottom
+        to top (an upper layer hides what it covers of the ones below), then with
+        `second_frame` frame t + 1 [H, W, 3] float32 0..255.
     """
     p = check_layered_config(params)
     if source is not None:
@@ -159,35 +178,39 @@ def render_scene(rng, height, width, source=None, return_masks=False, **params):
 
     image = texture() if source is None else cut_texture(rng, source, height, width)
     fraction = float(p["background"])
-    flow = _flow_of(_motion(rng, (width / 2, height / 2), fraction * translation,
-                            fraction * float(p["rotation_degrees"]), fraction * float(p["zoom"])),
-                    xs, ys)
+    background = _motion(rng, (width / 2, height / 2), fraction * translation,
+                         fraction * float(p["rotation_degrees"]), fraction * float(p["zoom"]))
+    flow = _flow_of(background, xs, ys)
+    background, layers = (image.copy(), background), []  # what frame t + 1 is drawn from
     # Chances of 0 draw no random numbers: the default scenes stay those of earlier versions.
     shared, inner = float(p["shared_texture"]), float(p["inner_edges"])
     below = image.copy() if shared else None  # the texture the next layer may share
     visible = []
     for _ in range(int(rng.integers(int(p["layers"][0]), int(p["layers"][1]) + 1))):
         mask, centre = _shape_mask(rng, height, width)
-        layer_flow = _flow_of(_motion(rng, centre, translation, float(p["rotation_degrees"]),
-                                      float(p["zoom"])), xs, ys)
+        motion = _motion(rng, centre, translation, float(p["rotation_degrees"]), float(p["zoom"]))
+        layer_flow = _flow_of(motion, xs, ys)
         if shared and rng.uniform() < shared:
             shift = rng.integers(0, (height, width))
             layer_texture = np.roll(below, (int(shift[0]), int(shift[1])), axis=(0, 1))
         else:
             layer_texture = texture()
-        image[mask] = layer_texture[mask]
+        appearance = layer_texture.copy()
         if inner and rng.uniform() < inner:  # a line through the shape's centre
             angle = rng.uniform(0, 2 * np.pi)
             side = mask & ((xs - centre[0]) * np.cos(angle) + (ys - centre[1]) * np.sin(angle) > 0)
-            image[side] = texture()[side]
+            appearance[side] = texture()[side]
+        image[mask] = appearance[mask]
+        layers.append((appearance, motion, mask))
         if shared:
             below = layer_texture
         flow[mask] = layer_flow[mask]
         for lower in visible:
             lower &= ~mask
         visible.append(mask.copy())
-    valid = np.ones((height, width), np.float32)
+    out = [image, flow, np.ones((height, width), np.float32)]
     if return_masks:
-        masks = np.stack(visible) if visible else np.zeros((0, height, width), bool)
-        return image, flow, valid, masks
-    return image, flow, valid
+        out.append(np.stack(visible) if visible else np.zeros((0, height, width), bool))
+    if second_frame:
+        out.append(_second_frame(background, layers, height, width))
+    return tuple(out)

@@ -1,0 +1,138 @@
+r"""How close a teacher flow is to the truth, near motion boundaries and away from them.
+
+CMP learns from a teacher's flow on real video (OpenCV's DIS by default) and, on real clips,
+is scored against it. This renders layered scenes with their second frame
+(`cmp_tf.data.layered.render_scene(second_frame=True)`), runs each estimator on the pair and
+compares its flow with the scene's exact flow: EPE within 5 px of a motion boundary (as
+`evaluate.py` counts "near") and farther, and seconds per pair. Pixels near a boundary include
+the ones the second frame hides, where no two-frame estimator can be right.
+
+  python benchmarks/teacher.py [--scenes=32] [--size=128] [--teachers=dis_medium,deepflow]
+
+Prints a markdown table and writes teacher.json. The scenes are the held-out ones of
+`evaluate.py --data=generated` (the same first frames and flows).
+"""
+import json
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf.data import layered  # noqa: E402
+from cmp_tf.data import sampling  # noqa: E402
+from cmp_tf.data import teacher  # noqa: E402
+from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
+
+NEAR_PX = 5  # "near a motion boundary", as evaluate.py's epe_near
+
+
+def _gray(rgb):
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _on_gray(algorithm):
+    return lambda rgb1, rgb2: algorithm.calc(_gray(rgb1), _gray(rgb2), None)
+
+
+def _dis_fine():
+    """DIS medium down to the finest scale with 8 px patches every 2 px."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(0)
+    dis.setPatchSize(8)
+    dis.setPatchStride(2)
+    return _on_gray(dis)
+
+
+# name -> a maker of fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] px. The DIS presets are the
+# ingestion's (`config.ingest.dis_preset`); the others are OpenCV's (contrib `optflow`).
+TEACHERS = {
+    **{f"dis_{preset}": (lambda p: lambda: teacher.make_estimator("dis", p))(preset)
+       for preset in teacher.DIS_PRESETS},
+    "dis_fine": _dis_fine,
+    "farneback": lambda: lambda a, b: cv2.calcOpticalFlowFarneback(
+        _gray(a), _gray(b), None, 0.5, 4, 9, 5, 5, 1.1, 0),
+    "tvl1": lambda: _on_gray(cv2.optflow.DualTVL1OpticalFlow_create()),
+    "deepflow": lambda: _on_gray(cv2.optflow.createOptFlow_DeepFlow()),
+    "pcaflow": lambda: _on_gray(cv2.optflow.createOptFlow_PCAFlow()),
+    "rlof": lambda: lambda a, b: cv2.optflow.calcOpticalFlowDenseRLOF(a, b, None),
+    "sparse_to_dense": lambda: cv2.optflow.calcOpticalFlowSparseToDense,
+}
+
+_SCENES = flags.DEFINE_integer("scenes", 32, "Generated scenes (evaluate.py's held-out ones).")
+_SIZE = flags.DEFINE_integer("size", 128, "Scene side, px.")
+_TEACHERS = flags.DEFINE_list("teachers", list(TEACHERS), f"Any of {', '.join(TEACHERS)}.")
+_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for teacher.json.")
+
+
+def scene_pairs(count, size, seed=0):
+    """(frame t uint8, frame t + 1 uint8, exact flow) of `evaluate.py --data=generated`'s
+    scenes."""
+    pairs = []
+    for scene in range(count):
+        rng = np.random.default_rng([pairs_lib.GENERATED_STREAM, seed, scene])
+        image, flow, _, second = layered.render_scene(rng, size, size, second_frame=True)
+        pairs.append((np.round(image).astype(np.uint8),
+                      np.clip(np.round(second), 0, 255).astype(np.uint8), flow))
+    return pairs
+
+
+def score(estimate, pairs):
+    """{epe_near, epe_far, seconds}: means over the pairs of the EPE within `NEAR_PX` of a
+    motion boundary and farther, and of the seconds per pair."""
+    near_errors, far_errors, seconds = [], [], []
+    for first, second, exact in pairs:
+        start = time.perf_counter()
+        flow = estimate(first, second)
+        seconds.append(time.perf_counter() - start)
+        if flow.shape != exact.shape or not np.isfinite(flow).all():
+            raise ValueError(f"The estimator returned flow of shape {flow.shape} (expected "
+                             f"{exact.shape}) or non-finite values.")
+        near = sampling.distance_to_motion_edges(exact) <= NEAR_PX
+        error = np.linalg.norm(flow - exact, axis=-1)
+        near_errors.append(error[near].mean() if near.any() else np.nan)
+        far_errors.append(error[~near].mean() if (~near).any() else np.nan)
+    return dict(epe_near=_mean(near_errors), epe_far=_mean(far_errors),
+                seconds=float(np.mean(seconds)))
+
+
+def _mean(values):
+    """The mean of the pairs that have such pixels (NaN if none has)."""
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    unknown = sorted(set(_TEACHERS.value) - set(TEACHERS))
+    if unknown:
+        raise app.UsageError(f"--teachers: unknown {unknown}; known: {', '.join(TEACHERS)}.")
+    if _SCENES.value < 1 or _SIZE.value < 16:
+        raise app.UsageError(f"--scenes must be >= 1 and --size >= 16; got {_SCENES.value} "
+                             f"and {_SIZE.value}.")
+    pairs = scene_pairs(_SCENES.value, _SIZE.value)
+    lines = [f"Teacher flow against the exact flow, {_SCENES.value} generated scenes of "
+             f"{_SIZE.value}² px:", "",
+             f"| teacher | EPE near (≤ {NEAR_PX} px), px | EPE farther, px | s / pair |",
+             "|---|---:|---:|---:|"]
+    table = {}
+    for name in _TEACHERS.value:
+        table[name] = score(TEACHERS[name](), pairs)
+        row = table[name]
+        lines.append(f"| {name} | {row['epe_near']:.3f} | {row['epe_far']:.3f} | "
+                     f"{row['seconds']:.4f} |")
+        print(lines[-1] if len(table) > 1 else "\n".join(lines), flush=True)
+    os.makedirs(_OUT.value, exist_ok=True)
+    path = os.path.join(_OUT.value, "teacher.json")
+    with open(path, "w") as f:
+        json.dump(dict(scenes=_SCENES.value, size=_SIZE.value, table=table), f, indent=1)
+    print(f"\nWrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

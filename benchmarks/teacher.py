@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-import cv2
 import numpy as np
 from absl import app
 from absl import flags
@@ -31,37 +30,12 @@ from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
 NEAR_PX = 5  # "near a motion boundary", as evaluate.py's epe_near
 
 
-def _gray(rgb):
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-
-
-def _on_gray(algorithm):
-    return lambda rgb1, rgb2: algorithm.calc(_gray(rgb1), _gray(rgb2), None)
-
-
-def _dis_fine():
-    """DIS medium down to the finest scale with 8 px patches every 2 px."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    dis.setFinestScale(0)
-    dis.setPatchSize(8)
-    dis.setPatchStride(2)
-    return _on_gray(dis)
-
-
-# name -> a maker of fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] px. The DIS presets are the
-# ingestion's (`config.ingest.dis_preset`); the others are OpenCV's (contrib `optflow`).
-TEACHERS = {
-    **{f"dis_{preset}": (lambda p: lambda: teacher.make_estimator("dis", p))(preset)
-       for preset in teacher.DIS_PRESETS},
-    "dis_fine": _dis_fine,
-    "farneback": lambda: lambda a, b: cv2.calcOpticalFlowFarneback(
-        _gray(a), _gray(b), None, 0.5, 4, 9, 5, 5, 1.1, 0),
-    "tvl1": lambda: _on_gray(cv2.optflow.DualTVL1OpticalFlow_create()),
-    "deepflow": lambda: _on_gray(cv2.optflow.createOptFlow_DeepFlow()),
-    "pcaflow": lambda: _on_gray(cv2.optflow.createOptFlow_PCAFlow()),
-    "rlof": lambda: lambda a, b: cv2.optflow.calcOpticalFlowDenseRLOF(a, b, None),
-    "sparse_to_dense": lambda: cv2.optflow.calcOpticalFlowSparseToDense,
-}
+# name -> fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] px: the ingestion's estimators
+# (`config.ingest.estimator`, `config.ingest.dis_preset`).
+TEACHERS = {**{f"dis_{preset}": (lambda p: lambda: teacher.make_estimator("dis", p))(preset)
+               for preset in teacher.DIS_PRESETS},
+            **{name: (lambda n: lambda: teacher.make_estimator(n))(name)
+               for name in teacher.OPENCV_ESTIMATORS}}
 
 _SCENES = flags.DEFINE_integer("scenes", 32, "Generated scenes (evaluate.py's held-out ones).")
 _SIZE = flags.DEFINE_integer("size", 128, "Scene side, px.")

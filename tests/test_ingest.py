@@ -182,3 +182,21 @@ def test_list_files_convert_to_shards_and_bad_pairs_are_counted(tmp_path, rng):
     (tmp_path / "train.txt").write_text("\n".join(lines[:4]))
     with pytest.raises(ValueError, match="nan.flo has 2 NaN"):
         ingest.ingest([str(tmp_path / "train.txt")], tmp_path / "out3", strict, progress=False)
+
+
+@pytest.mark.parametrize("name,preset", [("dis", "fine"), ("deepflow", "medium"),
+                                         ("sparse_to_dense", "medium")])
+def test_named_teachers_recover_a_pan_and_a_wrong_name_is_refused(name, preset):
+    from cmp_tf.data import teacher
+
+    first, second = panning_frames(count=2)
+    flow = teacher.make_estimator(name, preset)(first, second)
+    assert flow.shape == (64, 96, 2)
+    inner = flow[12:-12, 12:-12].reshape(-1, 2)  # the frames pan by (3, 2): flow (-3, -2)
+    np.testing.assert_allclose(np.median(inner, 0), (-3.0, -2.0), atol=0.25)
+    with pytest.raises(ValueError, match=r"estimator='deep_flow': use 'dis', one of "
+                                         r"farneback, tvl1, deepflow"):
+        teacher.make_estimator("deep_flow")
+    with pytest.raises(ValueError, match=r"dis_preset='finest'; known: ultrafast, fast, "
+                                         r"medium, fine"):
+        teacher.make_estimator("dis", "finest")

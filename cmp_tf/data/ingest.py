@@ -30,8 +30,9 @@ from cmp_tf.data import teacher
 def default_ingest_config():
     """The `config.ingest` fields, with the defaults recipes use."""
     return dict(
-        estimator="dis",  # "dis", or "package.module:function" taking (rgb1, rgb2) -> flow
-        dis_preset="medium",  # ultrafast, fast or medium (OpenCV DISOpticalFlow presets)
+        estimator="dis",  # "dis", an OpenCV estimator (teacher.OPENCV_ESTIMATORS: deepflow,
+        # tvl1, ...), or "package.module:function" taking (rgb1, rgb2) -> flow
+        dis_preset="medium",  # ultrafast, fast, medium (OpenCV DISOpticalFlow presets) or fine
         gaps=(1, 2),  # pairs (t, t + gap) for each gap
         frame_step=1,  # every frame_step-th frame starts pairs
         max_side=640,  # frames are resized so the longer side is at most this (-1: keep)

@@ -12,26 +12,57 @@ import numpy as np
 
 DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
                "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+               "fine": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}  # + the settings of _DIS_FINE
+# "fine": medium down to the finest scale, 8 px patches every 2 px; on generated scenes
+# (benchmarks/teacher.py) half medium's error away from motion boundaries, at 5x its time.
+_DIS_FINE = dict(FinestScale=0, PatchSize=8, PatchStride=2)
+
+
+def _gray(rgb):
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _on_gray(algorithm):
+    return lambda rgb1, rgb2: algorithm.calc(_gray(rgb1), _gray(rgb2), None)
+
+
+def _dis(preset):
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    for name, value in (_DIS_FINE.items() if preset == "fine" else ()):
+        getattr(dis, f"set{name}")(value)
+    return _on_gray(dis)
+
+
+# Estimators by name besides DIS: OpenCV's (contrib `optflow`), each a maker of
+# fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px.
+OPENCV_ESTIMATORS = {
+    "farneback": lambda: lambda a, b: cv2.calcOpticalFlowFarneback(
+        _gray(a), _gray(b), None, 0.5, 4, 9, 5, 5, 1.1, 0),
+    "tvl1": lambda: _on_gray(cv2.optflow.DualTVL1OpticalFlow_create()),
+    "deepflow": lambda: _on_gray(cv2.optflow.createOptFlow_DeepFlow()),
+    "pcaflow": lambda: _on_gray(cv2.optflow.createOptFlow_PCAFlow()),
+    "rlof": lambda: lambda a, b: cv2.optflow.calcOpticalFlowDenseRLOF(a, b, None),
+    "sparse_to_dense": lambda: cv2.optflow.calcOpticalFlowSparseToDense,
+}
 
 
 def make_estimator(name, dis_preset="medium"):
-    """Teacher flow estimator: fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px."""
+    """Teacher flow estimator: fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px.
+
+    `name` is "dis" (with `dis_preset`), one of `OPENCV_ESTIMATORS`, or "package.module:function".
+    """
     if name == "dis":
         if dis_preset not in DIS_PRESETS:
             raise ValueError(f"config.ingest.dis_preset={dis_preset!r}; known: "
                              f"{', '.join(DIS_PRESETS)}.")
-        dis = cv2.DISOpticalFlow_create(DIS_PRESETS[dis_preset])
-
-        def estimate(rgb1, rgb2):
-            gray1 = cv2.cvtColor(rgb1, cv2.COLOR_RGB2GRAY)
-            gray2 = cv2.cvtColor(rgb2, cv2.COLOR_RGB2GRAY)
-            return dis.calc(gray1, gray2, None)
-
-        return estimate
+        return _dis(dis_preset)
+    if name in OPENCV_ESTIMATORS:
+        return OPENCV_ESTIMATORS[name]()
     module, _, function = name.partition(":")
     if not function:
-        raise ValueError(f"config.ingest.estimator={name!r}: use 'dis' or 'module:function'.")
+        raise ValueError(f"config.ingest.estimator={name!r}: use 'dis', one of "
+                         f"{', '.join(OPENCV_ESTIMATORS)}, or 'module:function'.")
     try:
         return getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as e:

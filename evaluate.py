@@ -4,6 +4,7 @@ would otherwise use, and what its encoder transfers to segmentation.
   python evaluate.py                                  # newest run under runs/, its val clips
   python evaluate.py --checkpoint=runs/default --data=clips/ --pairs=64
   python evaluate.py --checkpoint=model.keras --data=generated
+  python evaluate.py --data=generated --reference=dis_medium   # scored as real clips are
   python evaluate.py --method=my_method.py            # score an outside propagate() too
   python evaluate.py --task=segmentation              # random init vs CMP encoder, side by side
   python evaluate.py --task=segmentation --seeds=0,1,2 --encoder_modes=fine_tuned,frozen
@@ -35,6 +36,10 @@ _DATA = flags.DEFINE_list(
     "data", [], "Propagation: TFRecord shard folders, list files, videos or folders of videos; "
     "'generated' for scenes with exact flow. Default: the run's validation data, else the "
     "embedded validation clip. Segmentation: one VOC-format folder.")
+_REFERENCE = flags.DEFINE_string(
+    "reference", "exact", "Propagation on --data=generated: the flow scored against, 'exact' or "
+    "a teacher's on the scene's two frames (dis_medium, deepflow, ...: "
+    "cmp_tf.data.teacher.named_estimators), as real clips are scored against their teacher's.")
 _PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs scored, drawn evenly at random (fixed seed) "
                               "from the data; -1 for all.")
 _KS = flags.DEFINE_list("ks", ["1", "5", "10", "25", "100", "400"], "Guidance counts K.")
@@ -59,7 +64,8 @@ _SEGMENTATION = config_flags.DEFINE_config_file(
 def _pairs(config, from_run):
     from cmp_tf.evaluation import pairs as pairs_lib
 
-    return pairs_lib.scored_pairs(config, from_run, _DATA.value, _PAIRS.value, _SEED.value)
+    return pairs_lib.scored_pairs(config, from_run, _DATA.value, _PAIRS.value, _SEED.value,
+                                  _REFERENCE.value)
 
 
 def _propagation(path, out):
@@ -131,6 +137,16 @@ def _check_flags():
         benchmark.check_strategies(_STRATEGIES.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
+    if _REFERENCE.value != "exact":
+        from cmp_tf.data import teacher
+
+        known = ["exact", *teacher.named_estimators()]
+        if _REFERENCE.value not in known:
+            raise app.UsageError(f"--reference={_REFERENCE.value} is unknown; known: "
+                                 f"{', '.join(known)}.")
+        if _DATA.value != ["generated"]:
+            raise app.UsageError(f"--reference={_REFERENCE.value} scores generated scenes "
+                                 "against a teacher's flow: use it with --data=generated.")
 
 
 def main(argv):

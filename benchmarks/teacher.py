@@ -22,7 +22,6 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cmp_tf.data import layered  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 from cmp_tf.data import teacher  # noqa: E402
 from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
@@ -30,12 +29,7 @@ from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
 NEAR_PX = 5  # "near a motion boundary", as evaluate.py's epe_near
 
 
-# name -> fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] px: the ingestion's estimators
-# (`config.ingest.estimator`, `config.ingest.dis_preset`).
-TEACHERS = {**{f"dis_{preset}": (lambda p: lambda: teacher.make_estimator("dis", p))(preset)
-               for preset in teacher.DIS_PRESETS},
-            **{name: (lambda n: lambda: teacher.make_estimator(n))(name)
-               for name in teacher.OPENCV_ESTIMATORS}}
+TEACHERS = teacher.named_estimators()  # the ingestion's estimators, by name
 
 _SCENES = flags.DEFINE_integer("scenes", 32, "Generated scenes (evaluate.py's held-out ones).")
 _SIZE = flags.DEFINE_integer("size", 128, "Scene side, px.")
@@ -46,13 +40,8 @@ _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for teacher.json.")
 def scene_pairs(count, size, seed=0):
     """(frame t uint8, frame t + 1 uint8, exact flow) of `evaluate.py --data=generated`'s
     scenes."""
-    pairs = []
-    for scene in range(count):
-        rng = np.random.default_rng([pairs_lib.GENERATED_STREAM, seed, scene])
-        image, flow, _, second = layered.render_scene(rng, size, size, second_frame=True)
-        pairs.append((np.round(image).astype(np.uint8),
-                      np.clip(np.round(second), 0, 255).astype(np.uint8), flow))
-    return pairs
+    return [(first, second, flow) for first, flow, _, second
+            in pairs_lib.generated_pairs(count, size, seed, second_frame=True)]
 
 
 def score(estimate, pairs):

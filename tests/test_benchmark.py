@@ -172,6 +172,24 @@ def test_scored_pairs_names_generated_scenes_as_evaluate_does():
             np.testing.assert_array_equal(a, b)
 
 
+def test_generated_scenes_scored_against_a_teachers_flow_keep_their_frames():
+    config = load_config("propagation")
+    pairs, described = pairs_lib.scored_pairs(config, False, ["generated"], 2, seed=3,
+                                              reference="dis_medium")
+    assert described == "generated scenes, dis_medium flow"
+    for (image, flow, valid), (want_image, exact, want_valid) in zip(
+            pairs, pairs_lib.generated_pairs(2, seed=3)):
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_array_equal(valid, want_valid)
+        error = np.linalg.norm(flow - exact, axis=-1)
+        assert 0.0 < np.median(error) < 0.5  # DIS's flow: close, not the exact one
+    with pytest.raises(ValueError, match=r"reference='dis': 'exact' or a teacher, one of "
+                                         r"dis_ultrafast"):
+        pairs_lib.scored_pairs(config, False, ["generated"], 1, reference="dis")
+    with pytest.raises(ValueError, match=r"reference='deepflow' is for generated scenes"):
+        pairs_lib.scored_pairs(config, False, ["clips/"], 1, reference="deepflow")
+
+
 def test_the_flat_image_method_reads_the_guidance_and_not_the_image():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     propagate = benchmark.load_method(os.path.join(root, "docs", "methods", "flat_image.py"))

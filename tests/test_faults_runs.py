@@ -281,6 +281,18 @@ def test_evaluate_refuses_pairs_that_are_not_a_count(tmp_path, pairs):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--reference=dis_medium"], "--reference=dis_medium scores generated scenes against a "
+                                 "teacher's flow: use it with --data=generated"),
+    (["--reference=dis", "--data=generated"], "--reference=dis is unknown; known: exact, "
+                                              "dis_ultrafast")])
+def test_evaluate_refuses_a_reference_it_cannot_score_against(tmp_path, flags, message):
+    result = _run("evaluate.py", f"--checkpoint={tmp_path / 'none.keras'}", *flags,
+                  f"--out={tmp_path / 'out'}")
+    assert result.returncode != 0 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_evaluate_py_with_uniform_guidance_only(tmp_path, saved_default):
     out = tmp_path / "eval"

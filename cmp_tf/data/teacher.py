@@ -69,6 +69,14 @@ def make_estimator(name, dis_preset="medium"):
         raise ValueError(f"config.ingest.estimator={name!r} could not be loaded: {e}") from e
 
 
+def named_estimators():
+    """{name: maker of an estimator}: "dis_<preset>" for each DIS preset, and
+    `OPENCV_ESTIMATORS`; the names `benchmarks/teacher.py` and `evaluate.py --reference` take."""
+    named = {f"dis_{preset}": (lambda p: lambda: make_estimator("dis", p))(preset)
+             for preset in DIS_PRESETS}
+    return {**named, **OPENCV_ESTIMATORS}
+
+
 def _sample_at_flow(image, forward):
     """image sampled at x + forward(x) (OpenCV remap: fast in worker processes, no TF), and
     the mask of pixels whose source lies inside the frame."""

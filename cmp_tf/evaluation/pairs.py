@@ -49,12 +49,27 @@ GENERATED = "generated"  # the `data` name of held-out layered scenes (generated
 GENERATED_COUNT = 32  # scenes drawn when no count is given
 
 
-def scored_pairs(config, from_run, data=(), count=0, seed=0):
-    """The pairs `evaluate.py --data` names: held-out layered scenes for ["generated"], else
+def scored_pairs(config, from_run, data=(), count=0, seed=0, reference="exact"):
+    """The pairs `evaluate.py --data` names: held-out layered scenes for ["generated"] (their
+    flow the exact one, or a teacher's on their two frames: `reference`), else
     `validation_pairs` of `data`. Returns (pairs, what they are, in words)."""
     if list(data) == [GENERATED]:
-        return (generated_pairs(count if count > 0 else GENERATED_COUNT, seed=seed),
-                "generated scenes")
+        count = count if count > 0 else GENERATED_COUNT
+        if reference == "exact":
+            return generated_pairs(count, seed=seed), "generated scenes"
+        from cmp_tf.data import teacher
+
+        estimators = teacher.named_estimators()
+        if reference not in estimators:
+            raise ValueError(f"reference={reference!r}: 'exact' or a teacher, one of "
+                             f"{', '.join(estimators)}.")
+        estimate = estimators[reference]()
+        pairs = [(first, estimate(first, second), valid) for first, _, valid, second
+                 in generated_pairs(count, seed=seed, second_frame=True)]
+        return pairs, f"generated scenes, {reference} flow"
+    if reference != "exact":
+        raise ValueError(f"reference={reference!r} is for generated scenes (data=['generated']); "
+                         f"the pairs of {list(data) or 'the validation data'} have their own flow.")
     pairs, sources = validation_pairs(config, from_run, data, count, seed)
     return pairs, ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
 
@@ -62,14 +77,18 @@ def scored_pairs(config, from_run, data=(), count=0, seed=0):
 GENERATED_STREAM = 11  # seed-sequence prefix of benchmark scenes: disjoint from training's
 
 
-def generated_pairs(count, size=128, seed=0):
+def generated_pairs(count, size=128, seed=0, second_frame=False):
     """Layered scenes with exact flow (`cmp_tf.data.layered`, procedural textures), drawn from
-    a seed stream training never uses: held-out scenes whose motion boundaries are known."""
+    a seed stream training never uses: held-out scenes whose motion boundaries are known.
+    Returns [(image uint8, flow, valid bool)], with `second_frame` a fourth item, the scene's
+    frame t + 1 uint8."""
     from cmp_tf.data import layered
 
     pairs = []
     for scene in range(count):
         rng = np.random.default_rng([GENERATED_STREAM, seed, scene])
-        image, flow, valid = layered.render_scene(rng, size, size)
-        pairs.append((np.round(image).astype(np.uint8), flow, valid > 0))
+        image, flow, valid, *second = layered.render_scene(rng, size, size,
+                                                           second_frame=second_frame)
+        pair = (np.round(image).astype(np.uint8), flow, valid > 0)
+        pairs.append((*pair, *(np.clip(np.round(f), 0, 255).astype(np.uint8) for f in second)))
     return pairs

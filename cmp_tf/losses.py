@@ -97,7 +97,7 @@ def relative_to_zero_flow(per_example, target, norm, floor, weight=None):
     loss in the loss's own units) keeps nearly still samples from being weighed without bound.
     """
     _check_floor(floor)
-    target, weight = _check_target(target, target, weight)
+    target = tf.cast(target, tf.float32)
     still = regression_flow_loss(tf.zeros_like(target), target, norm, weight)
     return per_example / tf.maximum(still, float(floor))
 

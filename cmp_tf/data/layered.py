@@ -178,10 +178,12 @@ def render_scene(rng, height, width, source=None, return_masks=False, second_fra
 
     image = texture() if source is None else cut_texture(rng, source, height, width)
     fraction = float(p["background"])
-    background = _motion(rng, (width / 2, height / 2), fraction * translation,
-                         fraction * float(p["rotation_degrees"]), fraction * float(p["zoom"]))
-    flow = _flow_of(background, xs, ys)
-    background, layers = (image.copy(), background), []  # what frame t + 1 is drawn from
+    background_motion = _motion(rng, (width / 2, height / 2), fraction * translation,
+                                fraction * float(p["rotation_degrees"]),
+                                fraction * float(p["zoom"]))
+    flow = _flow_of(background_motion, xs, ys)
+    # What frame t + 1 is drawn from: the background, and each layer's (appearance, motion, shape)
+    background, layers = (image.copy(), background_motion), []
     # Chances of 0 draw no random numbers: the default scenes stay those of earlier versions.
     shared, inner = float(p["shared_texture"]), float(p["inner_edges"])
     below = image.copy() if shared else None  # the texture the next layer may share

@@ -210,6 +210,11 @@ VARIANTS = {
                         + ["--config.flow.relative_floor=2.0"]),
     "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
                                  GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),
+    "fine_teacher": ("stride4_fills2_residual trained on DIS's fine preset's flow, not "
+                     "medium's (and validated against it)",
+                     STRIDE4_FILLS2_RESIDUAL + ["--config.ingest.dis_preset=fine"]),
+    "geodesic_fine_teacher": ("geodesic trained on DIS's fine preset's flow, not medium's",
+                              GEODESIC + ["--config.ingest.dis_preset=fine"]),
     "geodesic_edges": ("geodesic trained on layered scenes whose edges and motion boundaries "
                        "part: 30% of layers wear the texture below them, 30% hold an edge",
                        GEODESIC + ["--config.data.layered.shared_texture=0.3",

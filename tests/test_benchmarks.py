@@ -184,16 +184,20 @@ def test_annotation_scores_several_models_on_the_same_clicks():
 
 
 def test_teacher_benchmark_scores_flow_against_the_exact_flow(tmp_path):
-    from benchmarks import teacher
-
-    pairs = teacher.scene_pairs(2, 48)
-    exact = iter([flow for _, _, flow in pairs])
-    perfect = teacher.score(lambda a, b: next(exact), pairs)
-    assert perfect["epe_near"] == 0.0 and perfect["epe_far"] == 0.0
-    still = teacher.score(lambda a, b: np.zeros((48, 48, 2), np.float32), pairs)
-    assert still["epe_near"] > 0.1 and still["epe_far"] > 0.1
-    with pytest.raises(ValueError, match=r"shape \(48, 2\) \(expected \(48, 48, 2\)\)"):
-        teacher.score(lambda a, b: np.zeros((48, 2), np.float32), pairs)
+    # In a fresh process: the benchmark's flags would clash with blend_parts' in this one.
+    code = ("from benchmarks import teacher as t; import numpy as np; import json; "
+            "pairs = t.scene_pairs(2, 48); exact = iter([f for _, _, f in pairs]); "
+            "perfect = t.score(lambda a, b: next(exact), pairs); "
+            "still = t.score(lambda a, b: np.zeros((48, 48, 2), np.float32), pairs)\n"
+            "try:\n    t.score(lambda a, b: np.zeros((48, 2), np.float32), pairs)\n"
+            "except ValueError as e:\n    refused = str(e)\n"
+            "print(json.dumps(dict(perfect=perfect, still=still, refused=refused)))")
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["perfect"]["epe_near"] == 0.0 and out["perfect"]["epe_far"] == 0.0
+    assert out["still"]["epe_near"] > 0.1 and out["still"]["epe_far"] > 0.1
+    assert "shape (48, 2) (expected (48, 48, 2))" in out["refused"]
     out = subprocess.run([sys.executable, "benchmarks/teacher.py", "--scenes=2", "--size=48",
                           "--teachers=dis_medium,farneback", f"--out={tmp_path}"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout

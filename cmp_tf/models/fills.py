@@ -118,6 +118,15 @@ def _positive(x):
     return tf.minimum(x, 1.0)
 
 
+def _first_minimum(values, priority):
+    """(minimum [..., 1], one-hot [..., n] of the first channel that holds it) of `values`
+    [..., n], `priority` decreasing whole numbers: the ties broken by arithmetic, which the
+    exporters keep as builtins LiteRT's XNNPACK delegate runs (no argmin, no comparison)."""
+    best = tf.reduce_min(values, -1, keepdims=True)
+    score = (1.0 - _positive(values - best)) * priority  # whole numbers
+    return best, tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
+
+
 def weighted_mean(sums, weight):
     """sums / weight where weight > 0, 0 where it is 0 (weight >= 0): a division by
     weight + 1 - [weight > 0], never by 0. A floor such as max(weight, 1e-12) becomes 0 / 0
@@ -476,9 +485,7 @@ class DensePrior(_GuidanceFill):
             beyond_y, beyond_x = beyond
             d2 = (tf.square(ys + (beyond_y - cy) + beyond_x)
                   + tf.square(xs + (beyond_x - cx) + beyond_y))
-        best = tf.reduce_min(d2, -1, keepdims=True)
-        score = (1.0 - _positive(d2 - best)) * _CANDIDATE_PRIORITY  # whole numbers
-        pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
+        best, pick = _first_minimum(d2, _CANDIDATE_PRIORITY)
         picks = copy_channels(pick, list(range(n)) * 4, litert_form)
         state = tf.nn.conv2d(candidates * picks, _PICKED_SUMS, 1, "VALID")
         return state, best
@@ -1093,9 +1100,7 @@ class GeodesicNearestFill(_GuidanceFill):
             candidates += copy_channels(costs, (*range(_NEIGHBOURS), *[None] * 2 * _NEIGHBOURS),
                                         self.litert_form)
             totals = take_channels(candidates, 0, _NEIGHBOURS, self.litert_form)
-            best = tf.reduce_min(totals, -1, keepdims=True)
-            score = (1.0 - _positive(totals - best)) * _NEIGHBOUR_PRIORITY  # whole numbers
-            pick = tf.nn.relu(1.0 - (tf.reduce_max(score, -1, keepdims=True) - score))
+            _, pick = _first_minimum(totals, _NEIGHBOUR_PRIORITY)
             picks = copy_channels(pick, list(range(_NEIGHBOURS)) * 3, self.litert_form)
             step = tf.nn.conv2d(candidates * picks, _component_sums(3), 1, "VALID")
             state = held * guided + step * (1.0 - guided)
@@ -1127,10 +1132,8 @@ class GeodesicNearestFill(_GuidanceFill):
                                     self.passes)
         fill = take_channels(state, 1, 3, self.litert_form)
         if self.resize_finest:
-            fill = _crop(_doubled(fill, self.litert_form), *_sizes(sparse, self.stride))
-        else:
-            fill = _crop(fill, *_sizes(sparse, self.stride))
-        return tf.cast(fill, self.compute_dtype)
+            fill = _doubled(fill, self.litert_form)
+        return tf.cast(_crop(fill, *_sizes(sparse, self.stride)), self.compute_dtype)
 
     def _coarse_passes(self, image_shape):
         """Passes that carry a guide across the coarsest grid: its rows plus columns (from

@@ -190,6 +190,26 @@ def test_generated_scenes_scored_against_a_teachers_flow_keep_their_frames():
         pairs_lib.scored_pairs(config, False, ["clips/"], 1, reference="deepflow")
 
 
+def test_a_teacher_that_returns_nan_flow_is_named_not_scored(monkeypatch):
+    from cmp_tf.data import teacher
+
+    def nan_on_the_second_scene():
+        calls = []
+
+        def estimate(first, second):
+            calls.append(1)
+            flow = np.zeros(first.shape[:2] + (2,), np.float32)
+            flow[5, 7, 1] = np.nan if len(calls) == 2 else 0.0
+            return flow
+        return estimate
+
+    monkeypatch.setitem(teacher.OPENCV_ESTIMATORS, "flaky", nan_on_the_second_scene)
+    with pytest.raises(ValueError, match=r"reference='flaky' gave flow of shape \(128, 128, 2\) "
+                                         r"with 1 non-finite values on generated scene 1"):
+        pairs_lib.scored_pairs(load_config("propagation"), False, ["generated"], 3,
+                               reference="flaky")
+
+
 def test_the_flat_image_method_reads_the_guidance_and_not_the_image():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     propagate = benchmark.load_method(os.path.join(root, "docs", "methods", "flat_image.py"))

@@ -185,7 +185,7 @@ def test_list_files_convert_to_shards_and_bad_pairs_are_counted(tmp_path, rng):
 
 
 @pytest.mark.parametrize("name,preset", [("dis", "fine"), ("deepflow", "medium"),
-                                         ("sparse_to_dense", "medium")])
+                                         ("rlof", "medium")])
 def test_named_teachers_recover_a_pan_and_a_wrong_name_is_refused(name, preset):
     from cmp_tf.data import teacher
 

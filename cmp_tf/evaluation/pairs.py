@@ -64,8 +64,16 @@ def scored_pairs(config, from_run, data=(), count=0, seed=0, reference="exact"):
             raise ValueError(f"reference={reference!r}: 'exact' or a teacher, one of "
                              f"{', '.join(estimators)}.")
         estimate = estimators[reference]()
-        pairs = [(first, estimate(first, second), valid) for first, _, valid, second
-                 in generated_pairs(count, seed=seed, second_frame=True)]
+        pairs = []
+        for scene, (first, _, valid, second) in enumerate(
+                generated_pairs(count, seed=seed, second_frame=True)):
+            flow = estimate(first, second)
+            if flow.shape != first.shape[:2] + (2,) or not np.isfinite(flow).all():
+                raise ValueError(f"reference={reference!r} gave flow of shape {flow.shape} with "
+                                 f"{int(np.size(flow) - np.isfinite(flow).sum())} non-finite "
+                                 f"values on generated scene {scene}; expected finite "
+                                 f"{first.shape[:2] + (2,)}.")
+            pairs.append((first, flow, valid))
         return pairs, f"generated scenes, {reference} flow"
     if reference != "exact":
         raise ValueError(f"reference={reference!r} is for generated scenes (data=['generated']); "

@@ -36,9 +36,10 @@ def _dis(preset):
 
 # Estimators by name besides DIS: OpenCV's (contrib `optflow`), each a maker of
 # fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px. Not offered:
-# calcOpticalFlowSparseToDense, which in opencv-contrib 5.0.0.93 returns NaN flow on many 64x96
-# pairs and at times crashes the process (it reads memory it never wrote: the outcome changes
-# from run to run).
+# calcOpticalFlowSparseToDense (opencv-contrib 5.0.0.93). Its interpolation reads the K = 128
+# nearest of its matches, one per 8 px of the frame, past their end when there are fewer (as
+# the EpicFlow baseline's would, cmp_tf.evaluation.baselines): on 64 x 96 frames NaN flow in
+# about half of the pairs, and at times a crash, changing from run to run.
 OPENCV_ESTIMATORS = {
     "farneback": lambda: lambda a, b: cv2.calcOpticalFlowFarneback(
         _gray(a), _gray(b), None, 0.5, 4, 9, 5, 5, 1.1, 0),

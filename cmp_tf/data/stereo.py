@@ -1,0 +1,179 @@
+"""Rectified stereo pairs with true disparity as image pairs with exact, boundary-sharp flow.
+
+A video's reference flow comes from a teacher (DIS by default), which blurs motion across
+object boundaries; a stereo benchmark's disparity is measured (structured light, laser), so
+its depth edges are sharp. Seen as motion from the left view to the right one, a pixel at x
+moves to x - d: flow (-d, 0), every pixel moving (as when the camera pans), more where the
+scene is nearer. `write_tiles` cuts such a pair into tiles at a few scales and writes a list
+file that `evaluate.py --data` reads like any other:
+
+    python -m cmp_tf.data.stereo --left=im0.png --right=im1.png --disparity=disp0.pfm \\
+        --out=stereo_tiles
+    python evaluate.py --data=stereo_tiles/pairs.txt --pairs=-1
+
+Disparity files: Middlebury's .pfm (infinite where unknown), a NumPy .npy or one-array .npz
+(non-finite where unknown), or KITTI's 16-bit .png (disparity x 256, 0 where unknown).
+"""
+import os
+
+import cv2
+import numpy as np
+
+from cmp_tf.data import formats
+
+SHORT_SIDES = (160, 250, 320)  # the scales tiles are cut at: the pair's short side, px
+TILE = 160  # tile side, px: what evaluate.py's default pipeline reads without resizing
+STRIDE = 80  # px between tiles
+LIST_FILE = "pairs.txt"
+
+
+def read_disparity(path):
+    """Disparity map [H, W] float32 px, NaN where unknown, from .pfm, .npy, .npz or KITTI .png."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Disparity file {path} does not exist.")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".npy", ".npz"):
+        try:
+            loaded = np.load(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"Disparity file {path} could not be read: {e}") from e
+        if ext == ".npz":
+            if len(loaded.files) != 1:
+                raise ValueError(f"Disparity file {path} holds {len(loaded.files)} arrays "
+                                 f"({', '.join(loaded.files)}); expected one.")
+            loaded = loaded[loaded.files[0]]
+        disparity = np.asarray(loaded, np.float32)
+    elif ext in (".pfm", ".png"):
+        raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise ValueError(f"Disparity file {path} could not be decoded "
+                             f"({os.path.getsize(path)} bytes).")
+        if ext == ".png":
+            if raw.dtype != np.uint16 or raw.ndim != 2:
+                raise ValueError(f"Disparity file {path} is not a 16-bit single-channel KITTI "
+                                 f"disparity PNG: {raw.dtype} {raw.shape}.")
+            disparity = np.where(raw > 0, raw / np.float32(256.0), np.nan).astype(np.float32)
+        else:
+            disparity = raw.astype(np.float32)
+    else:
+        raise ValueError(f"Disparity file {path} has an unknown extension {ext!r}; expected "
+                         ".pfm, .npy, .npz or .png (16-bit KITTI).")
+    if disparity.ndim == 3 and disparity.shape[-1] == 1:
+        disparity = disparity[..., 0]
+    if disparity.ndim != 2:
+        raise ValueError(f"Disparity file {path} must hold one [H, W] map; got shape "
+                         f"{disparity.shape}.")
+    disparity = np.where(np.isfinite(disparity), disparity, np.nan)
+    if (disparity < 0).any():
+        raise ValueError(f"Disparity file {path} has {int((disparity < 0).sum())} negative "
+                         "values; a left view's disparity is >= 0.")
+    if np.isnan(disparity).all():
+        raise ValueError(f"Disparity file {path} holds no known disparity.")
+    return disparity
+
+
+def disparity_flow(disparity):
+    """(flow [H, W, 2] float32, valid [H, W] bool) from the left view to the right one:
+    (-d, 0) where the disparity d is known."""
+    disparity = np.asarray(disparity, np.float32)
+    valid = np.isfinite(disparity)
+    flow = np.zeros(disparity.shape + (2,), np.float32)
+    flow[..., 0] = np.where(valid, -disparity, 0.0)
+    return flow, valid
+
+
+def _starts(size, tile, stride):
+    """Tile origins along one side: every `stride` px, and one flush with the end."""
+    return sorted(set(range(0, size - tile + 1, stride)) | {size - tile})
+
+
+def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=TILE,
+                stride=STRIDE):
+    """Cuts a rectified pair into `tile`-px tiles, every `stride` px, with the pair resized to
+    each short side of `short_sides` (disparity scaled with it, resized to the nearest pixel
+    so that depth edges stay sharp), and writes left / right PNGs, KITTI flow PNGs (valid
+    where the disparity is known) and a list file. Returns the list file's path.
+
+    Args:
+        left, right: RGB uint8 [H, W, 3] views; disparity: [H, W] px of the left view, NaN
+            where unknown (`read_disparity`).
+    """
+    left, right = np.asarray(left), np.asarray(right)
+    disparity = np.asarray(disparity, np.float32)
+    for name, view in (("left", left), ("right", right)):
+        if view.dtype != np.uint8 or view.ndim != 3 or view.shape[-1] != 3:
+            raise ValueError(f"{name} must be an RGB uint8 [H, W, 3] image; got {view.dtype} "
+                             f"{view.shape}.")
+    if right.shape != left.shape or disparity.shape != left.shape[:2]:
+        raise ValueError(f"left {left.shape[:2]}, right {right.shape[:2]} and disparity "
+                         f"{disparity.shape} must be one size.")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 8:
+        raise ValueError(f"tile must be an integer >= 8 px; got {tile!r}.")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive integer; got {stride!r}.")
+    if not short_sides or any(isinstance(s, bool) or not isinstance(s, int) or s < tile
+                              for s in short_sides):
+        raise ValueError(f"short_sides must be integers >= tile={tile}; got {short_sides!r}.")
+    os.makedirs(out_dir, exist_ok=True)
+    height, width = disparity.shape
+    lines = []
+    for short in short_sides:
+        scale = short / min(height, width)
+        size = (max(tile, round(width * scale)), max(tile, round(height * scale)))  # (w, h)
+        views = [cv2.cvtColor(cv2.resize(v, size, interpolation=cv2.INTER_AREA),
+                              cv2.COLOR_RGB2BGR) for v in (left, right)]
+        flow, valid = disparity_flow(cv2.resize(disparity, size,
+                                                interpolation=cv2.INTER_NEAREST) * scale)
+        for y in _starts(size[1], tile, stride):
+            for x in _starts(size[0], tile, stride):
+                stem = f"s{short}_y{y}_x{x}"
+                window = (slice(y, y + tile), slice(x, x + tile))
+                for view, side in zip(views, ("left", "right")):
+                    cv2.imwrite(os.path.join(out_dir, f"{stem}_{side}.png"), view[window])
+                with open(os.path.join(out_dir, f"{stem}_flow.png"), "wb") as f:
+                    f.write(formats.encode_kitti_png(flow[window], valid[window]))
+                lines.append(f"{stem}_left.png {stem}_right.png {stem}_flow.png")
+    path = os.path.join(out_dir, LIST_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv):
+    from absl import flags
+
+    del argv
+    flag = flags.FLAGS
+    disparity = read_disparity(flag.disparity)
+    path = write_tiles(formats.read_image(flag.left), formats.read_image(flag.right),
+                       disparity, flag.out, tuple(int(s) for s in flag.short_sides), flag.tile,
+                       flag.stride)
+    with open(path, encoding="utf-8") as f:
+        count = sum(1 for line in f if line.strip())
+    print(f"{count} tiles of {flag.tile} px in {path}; score them with: python evaluate.py "
+          f"--data={path} --pairs=-1")
+    return 0
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("left", None, "Left view (the image motion is propagated on).",
+                        required=True)
+    flags.DEFINE_string("right", None, "Right view.", required=True)
+    flags.DEFINE_string("disparity", None, "The left view's disparity: .pfm, .npy, .npz or "
+                        "16-bit KITTI .png.", required=True)
+    flags.DEFINE_string("out", None, "Output folder for the tiles and pairs.txt.",
+                        required=True)
+    flags.DEFINE_list("short_sides", [str(s) for s in SHORT_SIDES],
+                      "Short sides (px) the pair is resized to before cutting tiles.")
+    flags.DEFINE_integer("tile", TILE, "Tile side, px.")
+    flags.DEFINE_integer("stride", STRIDE, "Pixels between tiles.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

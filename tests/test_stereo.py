@@ -1,0 +1,121 @@
+"""Stereo pairs with true disparity as flow pairs (cmp_tf.data.stereo)."""
+import cv2
+import numpy as np
+import pytest
+
+from cmp_tf.data import formats
+from cmp_tf.data import stereo
+
+
+def _stereo_scene(height=64, width=96, seed=0):
+    """(left, right uint8 RGB, disparity): a textured wall 3 px away in disparity and a box
+    8 px, the right view painted from the left, far to near, each pixel moved by -d."""
+    rng = np.random.default_rng(seed)
+    left = cv2.GaussianBlur(rng.uniform(0, 255, (height, width, 3)).astype(np.float32), (0, 0),
+                            1.5).astype(np.uint8)
+    disparity = np.full((height, width), 3.0, np.float32)
+    disparity[20:44, 40:70] = 8.0
+    disparity[:, :4] = np.nan  # unknown, as at a benchmark's border
+    right = np.zeros_like(left)
+    for d in (3.0, 8.0):
+        ys, xs = np.nonzero(disparity == d)
+        keep = xs - int(d) >= 0
+        right[ys[keep], xs[keep] - int(d)] = left[ys[keep], xs[keep]]
+    return left, right, disparity
+
+
+def test_tiles_hold_the_views_and_the_flow_that_maps_left_to_right(tmp_path):
+    left, right, disparity = _stereo_scene()
+    path = stereo.write_tiles(left, right, disparity, tmp_path / "tiles", short_sides=(64,),
+                              tile=48, stride=24)
+    entries, skipped = formats.read_list(path)
+    assert not skipped and len(entries) == 6  # y at 0, 16 (flush with the end); x at 0, 24, 48
+    image1, image2, flow, valid = formats.read_pair(entries[1])  # y from 0, x from 24
+    np.testing.assert_array_equal(image1, left[:48, 24:72])
+    np.testing.assert_array_equal(image2, right[:48, 24:72])
+    np.testing.assert_array_equal(flow[..., 1], 0.0)
+    np.testing.assert_array_equal(-flow[..., 0], disparity[:48, 24:72])
+    assert valid.all()
+    # frame 1 is frame 2 read at x + u, wherever that lands inside the tile and is not hidden
+    ys, xs = np.mgrid[:48, :48]
+    to_x = xs + flow[..., 0].astype(int)
+    seen = (to_x >= 0) & (disparity[:48, 24:72] == 8.0)
+    np.testing.assert_array_equal(image1[seen], image2[ys[seen], to_x[seen]])
+    first = formats.read_pair(entries[0])
+    assert not first[3][:, :4].any() and first[3][:, 4:].all()  # unknown disparity: invalid
+
+
+def test_tiles_at_a_smaller_scale_scale_the_disparity_and_keep_its_edges(tmp_path):
+    left, right, disparity = _stereo_scene()
+    path = stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(32,), tile=16,
+                              stride=16)
+    entries, _ = formats.read_list(path)
+    assert len(entries) == 2 * 3  # a 48 x 32 pair: rows at 0, 16; columns at 0, 16, 32
+    flows = [formats.read_pair(e)[2][..., 0] for e in entries]
+    values = np.unique(np.concatenate([f.ravel() for f in flows]))
+    assert set(values.round(3)) <= {0.0, -1.5, -4.0}  # halved, never a blend of the two
+
+
+@pytest.mark.parametrize("ext", [".pfm", ".npy", ".npz", ".png"])
+def test_disparity_files_of_each_format_read_alike(tmp_path, ext):
+    disparity = np.array([[1.5, 2.0, np.inf], [0.25, 7.0, 3.0]], np.float32)
+    path = str(tmp_path / f"disp{ext}")
+    if ext == ".pfm":
+        assert cv2.imwrite(path, disparity)
+    elif ext == ".npy":
+        np.save(path, disparity)
+    elif ext == ".npz":
+        np.savez(path, disparity)
+    else:  # KITTI: x 256, 0 unknown
+        assert cv2.imwrite(path, np.nan_to_num(disparity * 256, posinf=0).astype(np.uint16))
+    read = stereo.read_disparity(path)
+    np.testing.assert_allclose(read[np.isfinite(read)], [1.5, 2.0, 0.25, 7.0, 3.0])
+    assert np.isnan(read[0, 2])
+
+
+def test_bad_disparity_files_and_arguments_are_refused_naming_them(tmp_path):
+    with pytest.raises(ValueError, match=r"Disparity file .*gone.pfm does not exist"):
+        stereo.read_disparity(tmp_path / "gone.pfm")
+    (tmp_path / "d.txt").write_text("1 2 3")
+    with pytest.raises(ValueError, match=r"unknown extension '.txt'; expected .pfm, .npy"):
+        stereo.read_disparity(tmp_path / "d.txt")
+    (tmp_path / "broken.pfm").write_bytes(b"Pf\n3 2\n-1.0\n\x00\x00")
+    with pytest.raises(ValueError, match=r"broken.pfm could not be decoded"):
+        stereo.read_disparity(tmp_path / "broken.pfm")
+    np.savez(tmp_path / "two.npz", a=np.ones((2, 2)), b=np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"two.npz holds 2 arrays \(a, b\); expected one"):
+        stereo.read_disparity(tmp_path / "two.npz")
+    np.save(tmp_path / "neg.npy", np.array([[1.0, -2.0]], np.float32))
+    with pytest.raises(ValueError, match=r"neg.npy has 1 negative values"):
+        stereo.read_disparity(tmp_path / "neg.npy")
+    np.save(tmp_path / "none.npy", np.full((2, 2), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"none.npy holds no known disparity"):
+        stereo.read_disparity(tmp_path / "none.npy")
+    cv2.imwrite(str(tmp_path / "eight.png"), np.ones((4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"not a 16-bit single-channel KITTI disparity PNG"):
+        stereo.read_disparity(tmp_path / "eight.png")
+    left, right, disparity = _stereo_scene()
+    with pytest.raises(ValueError, match=r"must be one size"):
+        stereo.write_tiles(left, right[:, :90], disparity, tmp_path)
+    with pytest.raises(ValueError, match=r"left must be an RGB uint8"):
+        stereo.write_tiles(left.astype(np.float32), right, disparity, tmp_path)
+    with pytest.raises(ValueError, match=r"short_sides must be integers >= tile=160"):
+        stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(64,))
+
+
+def test_the_command_writes_tiles_evaluate_reads(tmp_path):
+    import subprocess
+    import sys
+
+    left, right, disparity = _stereo_scene()
+    for name, view in (("l.png", left), ("r.png", right)):
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+    np.save(tmp_path / "d.npy", disparity)
+    done = subprocess.run([sys.executable, "-m", "cmp_tf.data.stereo", f"--left={tmp_path}/l.png",
+                           f"--right={tmp_path}/r.png", f"--disparity={tmp_path}/d.npy",
+                           f"--out={tmp_path}/tiles", "--short_sides=64", "--tile=32",
+                           "--stride=32"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "6 tiles of 32 px in" in done.stdout  # 64 x 96: 2 rows, 3 columns
+    entries, _ = formats.read_list(tmp_path / "tiles" / "pairs.txt")
+    assert len(entries) == 6

@@ -218,6 +218,10 @@ VARIANTS = {
             STRIDE4_FILLS2_RESIDUAL + PAN),
     "pan_seed1": ("pan with seed 1: its run-to-run spread",
                   STRIDE4_FILLS2_RESIDUAL + PAN + ["--config.seed=1"]),
+    "pan25": ("pan with a quarter of the real samples panned, not half",
+              STRIDE4_FILLS2_RESIDUAL + PAN + ["--config.data.flow_translate_chance=0.25"]),
+    "pan25_seed1": ("pan25 with seed 1", STRIDE4_FILLS2_RESIDUAL + PAN
+                    + ["--config.data.flow_translate_chance=0.25", "--config.seed=1"]),
     "geodesic_pan": ("geodesic with the real samples panned as in pan", GEODESIC + PAN),
     "geodesic_pan_seed1": ("geodesic_pan with seed 1", GEODESIC + PAN + ["--config.seed=1"]),
     "fine_teacher": ("stride4_fills2_residual trained on DIS's fine preset's flow, not "

@@ -214,13 +214,23 @@ def test_a_pan_adds_one_vector_to_half_the_samples_within_its_range():
     assert 15 < panned.sum() < 45 and np.abs(shifts).max() <= 3.0
     assert len(np.unique(shifts[panned].round(3), axis=0)) == panned.sum()  # all different
     assert (shifts[panned] < 0).any() and (shifts[panned] > 0).any()
+    rarely = [np.abs(pipeline.augment_motion(flow, tf.constant([7, i], tf.int64), translate=3.0,
+                                             translate_chance=0.25) - flow).max() > 0
+              for i in range(60)]
+    assert 5 < sum(rarely) < 25
 
 
-@pytest.mark.parametrize("value", [-1.0, float("nan"), True, "6"])
-def test_a_pan_of_the_wrong_kind_is_refused_naming_the_field(videos, tmp_path, value):
-    config = _config(videos, cache_dir=tmp_path / "cache", flow_translate=value)
-    with pytest.raises(ValueError, match=r"config.data.flow_translate must be a finite number "
-                                         r"of px >= 0 \(0: off\); got "):
+@pytest.mark.parametrize("field,value,message", [
+    ("flow_translate", -1.0, r"flow_translate must be a finite number of px >= 0 \(0: off\)"),
+    ("flow_translate", float("nan"), r"flow_translate must be a finite number of px >= 0"),
+    ("flow_translate", True, r"flow_translate must be a finite number of px >= 0"),
+    ("flow_translate", "6", r"flow_translate must be a finite number of px >= 0"),
+    ("flow_translate_chance", 1.5, r"flow_translate_chance must be a probability in \[0, 1\]"),
+    ("flow_translate_chance", "half", r"flow_translate_chance must be a probability")])
+def test_a_pan_of_the_wrong_kind_is_refused_naming_the_field(videos, tmp_path, field, value,
+                                                             message):
+    config = _config(videos, cache_dir=tmp_path / "cache", **{field: value})
+    with pytest.raises(ValueError, match=r"config.data." + message + r".*; got "):
         pipeline.make_dataset(config, "train")
 
 

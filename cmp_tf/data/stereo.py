@@ -24,6 +24,7 @@ from cmp_tf.data import formats
 SHORT_SIDES = (160, 250, 320)  # the scales tiles are cut at: the pair's short side, px
 TILE = 160  # tile side, px: what evaluate.py's default pipeline reads without resizing
 STRIDE = 80  # px between tiles
+MIN_TILE = 8  # px: smaller tiles hold too little to guide and score
 LIST_FILE = "pairs.txt"
 
 
@@ -108,8 +109,8 @@ def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=T
     if right.shape != left.shape or disparity.shape != left.shape[:2]:
         raise ValueError(f"left {left.shape[:2]}, right {right.shape[:2]} and disparity "
                          f"{disparity.shape} must be one size.")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 8:
-        raise ValueError(f"tile must be an integer >= 8 px; got {tile!r}.")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE:
+        raise ValueError(f"tile must be an integer >= {MIN_TILE} px; got {tile!r}.")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive integer; got {stride!r}.")
     if not short_sides or any(isinstance(s, bool) or not isinstance(s, int) or s < tile
@@ -130,7 +131,9 @@ def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=T
                 stem = f"s{short}_y{y}_x{x}"
                 window = (slice(y, y + tile), slice(x, x + tile))
                 for view, side in zip(views, ("left", "right")):
-                    cv2.imwrite(os.path.join(out_dir, f"{stem}_{side}.png"), view[window])
+                    image_path = os.path.join(out_dir, f"{stem}_{side}.png")
+                    if not cv2.imwrite(image_path, view[window]):
+                        raise ValueError(f"OpenCV could not write {image_path}.")
                 with open(os.path.join(out_dir, f"{stem}_flow.png"), "wb") as f:
                     f.write(formats.encode_kitti_png(flow[window], valid[window]))
                 lines.append(f"{stem}_left.png {stem}_right.png {stem}_flow.png")

@@ -221,6 +221,19 @@ def test_the_flat_image_method_reads_the_guidance_and_not_the_image():
     assert not np.array_equal(flow, propagate(image, points, -vectors))
 
 
+def test_the_shipped_method_is_the_shipped_model_reading_the_photo():
+    from cmp_tf.runtime import Propagator
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    propagate = benchmark.load_method(os.path.join(root, "docs", "methods", "shipped.py"))
+    image, _, _ = _scene()
+    points = np.array([[10.0, 12.0], [50.0, 40.0]], np.float32)
+    vectors = np.array([[2.0, -1.0], [-3.0, 0.5]], np.float32)
+    flow = propagate(image, points, vectors)
+    np.testing.assert_array_equal(flow, Propagator().propagate(image, points, vectors))
+    assert not np.array_equal(flow, propagate(255 - image, points, vectors))
+
+
 def test_the_region_oracle_interpolates_each_motion_region_apart():
     """docs/methods/oracle_regions.py's bound: guides on two sides of a motion edge give each
     side exactly its own motion, where linear interpolation blends them across the edge."""

@@ -48,6 +48,8 @@ _BASELINES = flags.DEFINE_list("baselines", ["zero", "nearest", "linear", "gauss
                                "Methods from cmp_tf.evaluation.baselines to compare with.")
 _METHOD = flags.DEFINE_multi_string("method", [], "Outside method: a Python file defining "
                                     "propagate(image, points, vectors) -> flow.")
+_FADE = flags.DEFINE_bool("fade", True, "The model's learned fade of a guide's motion with "
+                          "distance; --nofade switches it off (footage from a moving camera).")
 _SEED = flags.DEFINE_integer("seed", 0, "Guidance and pair sampling seed.")
 _PANELS = flags.DEFINE_integer("panels", 4, "Example pairs drawn in panels.png (watershed "
                                "guidance if scored, K=10 or the scored K nearest to it).")
@@ -76,7 +78,7 @@ def _propagation(path, out):
     from cmp_tf.evaluation import report as report_lib
 
     config, from_run = rundir.read_config(path)
-    methods = {"cmp": runtime.Propagator(path)}
+    methods = {"cmp": runtime.Propagator(path, fade=None if _FADE.value else False)}
     for name in dict.fromkeys(["zero", *_BASELINES.value]):
         methods[name] = baselines.get(name)
     for file in _METHOD.value:

@@ -58,6 +58,23 @@ class Network:
         shape = self.runner.inputs["image"]
         self.size = None if None in shape[1:3] else (shape[1], shape[2])
 
+    def set_fade(self, fade):
+        """Switches a Keras model's learned fade (`Propagator`'s `fade`); an exported file's
+        is fixed, and only the value it was exported with is accepted."""
+        if self.format == "keras":
+            from cmp_tf.models import heads
+
+            heads.set_fade(self.runner.model, fade)
+            return
+        exported = (self.runner.metadata or {}).get("fade")
+        if exported != fade:
+            held = ("no learned fade" if exported is None else
+                    f"fade={exported} (exported {'without' if not exported else 'with'} "
+                    "--nofade)")
+            raise ValueError(f"{self.path} holds {held}, fixed when it was exported; asked for "
+                             f"fade={fade}. Export the model again with `python -m export "
+                             f"--{'no' if not fade else ''}fade`, or load its .keras file.")
+
     def __call__(self, image, sparse):
         return self.runner({"image": image, "sparse": sparse})[OUTPUT]
 
@@ -73,13 +90,23 @@ class Propagator:
             (up to rounding each side to the encoders' stride). A fixed-size file (TFLite)
             always runs at its own size.
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
+        fade: False for footage from a moving camera: the learned fade of a guide's motion
+            with distance, which still-camera footage teaches, is switched off, so motion far
+            from the guides is what they say (`models.heads.set_fade`). A Keras model is
+            switched here; an exported file holds the choice it was exported with (`python -m
+            export --nofade`), and asking it for the other one is refused. None: as the
+            model is.
     """
 
-    def __init__(self, path=None, max_side=-1, threads=None):
+    def __init__(self, path=None, max_side=-1, threads=None, fade=None):
         if int(max_side) == 0 or int(max_side) < -1:
             raise ValueError(f"max_side must be -1 (full size) or positive; got {max_side}.")
+        if fade is not None and not isinstance(fade, bool):
+            raise ValueError(f"fade must be True, False or None; got {fade!r}.")
         self.max_side = int(max_side)
         self._network = Network(path, threads)
+        if fade is not None:
+            self._network.set_fade(fade)
         self.path, self.format = self._network.path, self._network.format
         self.multiple, self.minimum = self._network.multiple, self._network.minimum
 

@@ -26,6 +26,9 @@ _CALIBRATION = flags.DEFINE_integer("calibration", 64,
 _PARITY = flags.DEFINE_integer("parity_samples", 16, "Validation samples for the parity check.")
 _THREADS = flags.DEFINE_integer("threads", None, "CPU threads for timing; default all cores.")
 _ENCODER = flags.DEFINE_bool("encoder", True, "Also export the image encoder alone.")
+_FADE = flags.DEFINE_bool("fade", True, "Keep the model's learned fade of a guide's motion with "
+                          "distance; --nofade exports files without it (footage from a moving "
+                          "camera; the files' metadata records which).")
 _LOGITS = flags.DEFINE_bool("logits", True, "Serve the bin logits next to the flow.")
 _DYNAMIC_TFLITE = flags.DEFINE_bool("dynamic_tflite", False,
                                     "TFLite files with free height and width instead of --size.")
@@ -40,6 +43,13 @@ def main(argv):
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's saving chatter
     model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
+    if not _FADE.value:
+        from cmp_tf.models import heads
+
+        try:
+            heads.set_fade(model, False)
+        except ValueError as error:
+            raise app.UsageError(f"--nofade: {error}") from error
     try:
         size = [int(s) for s in _SIZE.value] * (2 if len(_SIZE.value) == 1 else 1) or None
     except ValueError as error:

@@ -20,6 +20,7 @@ import numpy as np
 from cmp_tf import data
 from cmp_tf import rundir
 from cmp_tf import runners
+from cmp_tf.models import heads
 from export import onnx as onnx_export
 from export import parity
 from export import savedmodel
@@ -121,9 +122,12 @@ def _metadata(model, part, fmt, size, dynamic, source):
     guard = model.get_layer("input_guard")
     fixed = fmt.startswith("tflite") and not dynamic
     opset = onnx_export.OPSET if fmt.startswith("onnx") else None
+    fades = [layer.fade for layer in model.layers
+             if isinstance(layer, heads.BlendFills) and layer.gain and part == "model"]
     return {"model": part, "format": fmt, "multiple": guard.multiple,
             "minimum": guard.minimum if part == "model" else guard.multiple,
-            "size": list(size) if fixed else None, "opset": opset, "source": source}
+            "size": list(size) if fixed else None, "opset": opset, "source": source,
+            "fade": all(fades) if fades else None}
 
 
 def export(model, config, out, formats=FORMATS, size=None, calibration=64, parity_samples=16,

@@ -273,6 +273,42 @@ def test_the_shipped_models_int8_files_keep_its_epe_on_real_pairs(tmp_path):
         assert abs(row["epe_change"]) < 0.05, (fmt, row)
 
 
+def test_files_exported_without_the_fade_say_so_and_the_runtime_holds_each_file_to_its_own(
+        exported, tmp_path):
+    """`python -m export --nofade` (footage from a moving camera): the file's flow is the
+    Keras model's without its fade, its metadata records fade=False, and a Propagator asking
+    a file for the other choice is refused, naming the fix."""
+    import subprocess
+    import sys
+
+    from cmp_tf import runtime
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shipped = os.path.join(root, "cmp_tf", "pretrained", "default")
+    out = tmp_path / "nofade"
+    done = subprocess.run([sys.executable, "-m", "export", f"--checkpoint={shipped}",
+                           "--formats=tflite", "--size=128", "--calibration=1",
+                           "--parity_samples=1", "--noencoder", "--nofade", f"--out={out}"],
+                          capture_output=True, text=True, timeout=900, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = _image(128, 128)
+    points, vectors = np.array([[10.0, 12.0]], np.float32), np.array([[4.0, -2.0]], np.float32)
+    from_file = runtime.Propagator(out / "model.tflite").propagate(image, points, vectors)
+    keras_unfaded = runtime.Propagator(shipped, fade=False).propagate(image, points, vectors)
+    keras_faded = runtime.Propagator(shipped).propagate(image, points, vectors)
+    np.testing.assert_allclose(from_file, keras_unfaded, atol=0.02)
+    assert np.abs(from_file - keras_faded).max() > 0.5  # far from the guide it keeps moving
+    assert runtime.Propagator(out / "model.tflite", fade=False).format == "tflite"
+    with pytest.raises(ValueError, match=r"model.tflite holds fade=False \(exported without "
+                                         r"--nofade\).*asked for fade=True. Export the model "
+                                         r"again with `python -m export --fade`"):
+        runtime.Propagator(out / "model.tflite", fade=True)
+    with pytest.raises(ValueError, match=r"holds no learned fade.*asked for fade=False"):
+        runtime.Propagator(exported[0] / "model.tflite", fade=False)
+    with pytest.raises(ValueError, match=r"fade must be True, False or None; got 'no'"):
+        runtime.Propagator(shipped, fade="no")
+
+
 def _shipped_nearest_fill(side):
     """A Keras model of the shipped recipe's nearest fill alone, on side x side images."""
     import keras

@@ -606,6 +606,34 @@ def test_fill_gain_stops_a_guides_motion_at_its_reach_and_keeps_the_correction()
         models.build_cmp(config)
 
 
+def test_without_its_fade_the_flow_is_the_blend_unscaled_and_the_switch_is_not_saved(rng):
+    nearest, smooth = np.full((1, 2, 2, 3), 4.0, np.float32), np.zeros((1, 2, 2, 2), np.float32)
+    nearest[..., 2] = [[0.0, 8.0], [16.0, 32.0]]
+    out = np.zeros((1, 2, 2, 2), np.float32)
+    out[..., 0], out[..., 1] = 50.0, 50.0  # the nearest fill alone; a short reach
+    blend = heads.BlendFills(gain=True, stride=8, correction=False)
+    faded = blend([out, nearest, smooth])[0, ..., 0].numpy()
+    assert faded[0, 0] == pytest.approx(4.0) and np.all(faded.flat[1:] < 1e-3)
+    config = load_config("propagation")
+    model = models.build_cmp(config)
+    inputs = _inputs(rng, 1, 128, points=3)
+    before = model(inputs)["flow"].numpy()
+    assert heads.set_fade(model, False) is model
+    unfaded = model(inputs)["flow"].numpy()
+    layer = next(layer for layer in model.layers if isinstance(layer, heads.BlendFills))
+    assert not layer.fade and "fade" not in layer.get_config()
+    assert not np.allclose(unfaded, before)
+    # the blend of fills itself: far from the guides it keeps their motion
+    assert np.abs(unfaded).mean() > np.abs(before).mean()
+    heads.set_fade(model, True)
+    np.testing.assert_allclose(model(inputs)["flow"].numpy(), before, atol=1e-5)
+    with pytest.raises(ValueError, match="fade must be True or False; got 0"):
+        heads.set_fade(model, 0)
+    with pytest.raises(ValueError, match=r"fade applies to models whose read-out learns how far "
+                                         r"a guide's motion carries .* 'cmp' has none"):
+        heads.set_fade(models.build_cmp(load_config("cpu_bins")), False)
+
+
 def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):
     config = load_config("propagation")
     model = models.build_cmp(config)

@@ -100,7 +100,9 @@ class BlendFills(keras.layers.Layer):
     Both fills copy a guide's vector all the way to the image border, though in real video what
     moves is mostly near where it is guided and the rest is still. The gain is 1 at a guide
     whatever r and flat near it, so dense guidance keeps its vectors; untrained (r = 0) it is a
-    Gaussian of a quarter diagonal (docs/ablation.md, "Gain profile").
+    Gaussian of a quarter diagonal (docs/ablation.md, "Gain profile"). That fade is what
+    footage from a still camera teaches; where the camera moves too every pixel moves, and
+    `set_fade(model, False)` reads the blend out unscaled (a switch at use, not saved).
 
     Args:
         gain: read the reach r from the channel after a.
@@ -132,6 +134,8 @@ class BlendFills(keras.layers.Layer):
         # The LiteRT exporter's form (export/savedmodel.py, `litert_form`): channels taken by
         # 1 x 1 convolutions, which LiteRT runs faster than slices (fills.copy_channels).
         self.litert_form = False
+        # Whether the gain scales the blend (`set_fade`; not part of the saved config).
+        self.fade = True
 
     @property
     def channels(self):
@@ -160,7 +164,7 @@ class BlendFills(keras.layers.Layer):
         else:
             weight = tf.sigmoid(a)
             fill = weight * take(nearest, 0, 2) + (1 - weight) * take(smooth, 0, 2)
-        if self.gain:
+        if self.gain and self.fade:
             reach = take(out, first + 1, first + 2)
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
             distance = take(nearest, 2, 3) / (self.stride * tf.sqrt(cells))
@@ -193,6 +197,27 @@ class BlendFills(keras.layers.Layer):
                     f"versions of cmp_tf removed (only {field}={kept!r} remains); load it with "
                     "cmp_tf at commit 83284d6, or retrain it.")
         return cls(**config)
+
+
+def set_fade(model, fade):
+    """Switches the learned fade (`BlendFills`' gain) of `model` on or off, in place: off, the
+    flow is the blend of fills unscaled, for footage from a moving camera, where motion far
+    from the guides is what they say rather than none (on a real stereo pair with true
+    disparity the shipped model without its fade is ahead of every classical fill from 5 to
+    100 guides and equal to the nearest fill with one, where with it it is behind the nearest
+    fill at every K; docs/results.md).
+    Takes effect at the next call or trace (the Keras runtime calls eagerly; exporters trace).
+    Returns `model`."""
+    if not isinstance(fade, bool):
+        raise ValueError(f"fade must be True or False; got {fade!r}.")
+    blends = [layer for layer in getattr(model, "layers", ()) if isinstance(layer, BlendFills)]
+    if not any(layer.gain for layer in blends):
+        raise ValueError(f"fade applies to models whose read-out learns how far a guide's motion "
+                         f"carries (the fill_correction head with gain=True); "
+                         f"{getattr(model, 'name', model)!r} has none.")
+    for layer in blends:
+        layer.fade = fade
+    return model
 
 
 def _check_bool(head, field, value):

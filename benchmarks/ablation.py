@@ -93,9 +93,6 @@ STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
 GEODESIC = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.geodesic=True"]
 # relative: the loss per sample divided by its zero-flow loss (cmp_tf.losses.relative_to_zero_flow).
 RELATIVE = ["--config.flow.relative=True"]
-# pan: half the real samples' flow plus one vector of up to 6 px per component (a camera pan;
-# pipeline.augment_motion's `translate`).
-PAN = ["--config.data.flow_translate=6.0"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -213,17 +210,6 @@ VARIANTS = {
                         + ["--config.flow.relative_floor=2.0"]),
     "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
                                  GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),
-    "pan": ("stride4_fills2_residual with half the real samples' flow moved by one vector "
-            "of up to 6 px per component, as a camera's pan moves it",
-            STRIDE4_FILLS2_RESIDUAL + PAN),
-    "pan_seed1": ("pan with seed 1: its run-to-run spread",
-                  STRIDE4_FILLS2_RESIDUAL + PAN + ["--config.seed=1"]),
-    "pan25": ("pan with a quarter of the real samples panned, not half",
-              STRIDE4_FILLS2_RESIDUAL + PAN + ["--config.data.flow_translate_chance=0.25"]),
-    "pan25_seed1": ("pan25 with seed 1", STRIDE4_FILLS2_RESIDUAL + PAN
-                    + ["--config.data.flow_translate_chance=0.25", "--config.seed=1"]),
-    "geodesic_pan": ("geodesic with the real samples panned as in pan", GEODESIC + PAN),
-    "geodesic_pan_seed1": ("geodesic_pan with seed 1", GEODESIC + PAN + ["--config.seed=1"]),
     "fine_teacher": ("stride4_fills2_residual trained on DIS's fine preset's flow, not "
                      "medium's (and validated against it)",
                      STRIDE4_FILLS2_RESIDUAL + ["--config.ingest.dis_preset=fine"]),

@@ -5,7 +5,6 @@ import pytest
 
 from cmp_tf.data import formats
 from cmp_tf.data import stereo
-from tests.conftest import load_config
 
 
 def _stereo_scene(height=64, width=96, seed=0):
@@ -121,10 +120,3 @@ def test_the_command_writes_tiles_evaluate_reads(tmp_path):
     entries, _ = formats.read_list(tmp_path / "tiles" / "pairs.txt")
     assert len(entries) == 6
 
-
-def test_the_moving_camera_recipe_pans_half_the_samples_and_is_otherwise_the_shipped_one():
-    panned, shipped = load_config("propagation_pan"), load_config("propagation")
-    assert (panned.data.flow_translate, panned.data.flow_translate_chance) == (6.0, 0.5)
-    assert shipped.data.flow_translate == 0.0
-    panned.data.update(flow_translate=0.0)
-    assert panned.to_dict() == shipped.to_dict()

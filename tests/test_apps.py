@@ -326,6 +326,18 @@ def test_both_commands_run_from_a_model_file(tmp_path, exported, propagator, mod
         assert np.abs(tflite - keras).mean() < 0.05
 
 
+def test_animate_without_the_fade_moves_the_far_corner_too(tmp_path):
+    path, _, _ = _write_scene(tmp_path)
+    colours = {}
+    for fade in (True, False):
+        _, flow_png = animate.run(None, path, "30,30,12,-6", frames=2, fade=fade,
+                                  out=str(tmp_path / f"fade_{fade}.gif"))
+        colours[fade] = cv2.imread(flow_png).astype(np.float32)
+    far = (slice(SIZE - 12, SIZE), slice(SIZE - 12, SIZE))  # 120 px from the one arrow
+    # zero motion is white in the colour coding: the faded corner is paler
+    assert (255 - colours[False][far]).mean() > (255 - colours[True][far]).mean() + 20
+
+
 @pytest.mark.slow
 def test_the_commands_fail_with_the_flag_named(tmp_path):
     path, _, _ = _write_scene(tmp_path)

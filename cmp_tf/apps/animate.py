@@ -205,13 +205,16 @@ def define_flags():
                         "image goes beside it as <stem>_flow.png.")
     flags.DEFINE_integer("max_side", MAX_SIDE, "The network sees the image shrunk to this longer "
                          "side at most (the flow is scaled back); -1: full size.")
+    flags.DEFINE_bool("fade", True, "The model's learned fade of a guide's motion with distance "
+                      "(a still camera); --nofade moves the whole picture as the arrows say, "
+                      "as a camera's pan would (a Keras model, or a file exported --nofade).")
     flags.DEFINE_integer("max_pixels", MAX_PIXELS, "Largest image animated, width x height: the "
                          "frames are rendered at the image's size, so a larger one is refused "
                          "(its size is read from the file's header, before decoding).")
 
 
 def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_side=MAX_SIDE,
-        max_pixels=MAX_PIXELS):
+        max_pixels=MAX_PIXELS, fade=True):
     """The command's work, every input checked before the model loads and the image's size
     before it is decoded; returns what it wrote.
 
@@ -219,6 +222,7 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
         model, image, arrows: the flags' strings (a model path or None, an image path,
             'x,y,u,v;...').
         max_pixels: largest image (width x height) animated.
+        fade: False reads the model out without its learned fade (Propagator's `fade`).
     """
     arrows = inputs.parse_rows(arrows, inputs.ARROW_FIELDS, "--arrows")
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
@@ -232,7 +236,8 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
     image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")
     check_render(image.shape[1], image.shape[0], frames, name="--frames")
     inputs.check_inside(arrows, *image.shape[:2], name="--arrows")
-    propagator = inputs.load_propagator(model, "--model", max_side=max_side)
+    propagator = inputs.load_propagator(model, "--model", max_side=max_side,
+                                        fade=None if fade else False)
     flow, animation = animate(propagator, image, arrows, frames)
     write_animation(out, animation, fps)
     inputs.write_rgb(flow_path(out), flow_lib.flow_to_color(flow))
@@ -245,7 +250,7 @@ def main(argv):
     f = flags.FLAGS
     try:
         written = run(f.model, f.image, f.arrows, f.frames, f.fps, f.out, f.max_side,
-                      f.max_pixels)
+                      f.max_pixels, f.fade)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     print("Wrote " + " and ".join(written))

@@ -88,8 +88,10 @@ def _propagation(path, out):
                                 strategies=_STRATEGIES.value, seed=_SEED.value,
                                 keep_examples=_PANELS.value)
     result["checkpoint"], result["data"] = methods["cmp"].path, described
-    text = report_lib.write_report(result, out, title=f"Propagation: {methods['cmp'].path} on "
-                                                    f"{described}")
+    result["fade"] = _FADE.value
+    unfaded = "" if _FADE.value else " (its fade off: --nofade)"
+    text = report_lib.write_report(result, out, title=f"Propagation: {methods['cmp'].path}"
+                                                    f"{unfaded} on {described}")
     print(text)
     written = [n for n in report_lib.REPORT_FILES if os.path.exists(os.path.join(out, n))]
     print(f"\nWrote {out}/: {', '.join(written)}")

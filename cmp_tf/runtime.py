@@ -69,7 +69,7 @@ class Network:
         exported = (self.runner.metadata or {}).get("fade")
         if exported != fade:
             held = ("no learned fade" if exported is None else
-                    f"fade={exported} (exported {'without' if not exported else 'with'} "
+                    f"fade={exported} (exported {'with' if not exported else 'without'} "
                     "--nofade)")
             raise ValueError(f"{self.path} holds {held}, fixed when it was exported; asked for "
                              f"fade={fade}. Export the model again with `python -m export "

@@ -299,7 +299,7 @@ def test_files_exported_without_the_fade_say_so_and_the_runtime_holds_each_file_
     np.testing.assert_allclose(from_file, keras_unfaded, atol=0.02)
     assert np.abs(from_file - keras_faded).max() > 0.5  # far from the guide it keeps moving
     assert runtime.Propagator(out / "model.tflite", fade=False).format == "tflite"
-    with pytest.raises(ValueError, match=r"model.tflite holds fade=False \(exported without "
+    with pytest.raises(ValueError, match=r"model.tflite holds fade=False \(exported with "
                                          r"--nofade\).*asked for fade=True. Export the model "
                                          r"again with `python -m export --fade`"):
         runtime.Propagator(out / "model.tflite", fade=True)

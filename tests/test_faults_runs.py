@@ -293,6 +293,26 @@ def test_evaluate_refuses_a_reference_it_cannot_score_against(tmp_path, flags, m
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluate_without_the_fade_says_so_and_one_guide_moves_everything(tmp_path,
+                                                                          saved_default):
+    out = tmp_path / "eval"
+    shipped = os.path.join(ROOT, "cmp_tf", "pretrained", "default")
+    result = _run("evaluate.py", f"--checkpoint={shipped}", "--nofade", "--data=generated",
+                  "--pairs=2", "--ks=1", "--strategies=uniform", "--baselines=nearest",
+                  "--panels=0", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert report["fade"] is False
+    assert "(its fade off: --nofade)" in (out / "results.md").read_text()
+    epe = {r["method"]: r["epe"] for r in report["rows"]}
+    # one guide, no fade: both fills carry its vector everywhere, as the nearest fill does
+    assert epe["cmp"] == pytest.approx(epe["nearest"], abs=0.02)
+    refused = _run("evaluate.py", f"--checkpoint={saved_default}", "--nofade",
+                   "--data=generated", "--pairs=1", f"--out={tmp_path / 'refused'}")
+    assert refused.returncode != 0 and "fade applies to models whose read-out" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 @pytest.mark.slow
 def test_evaluate_py_with_uniform_guidance_only(tmp_path, saved_default):
     out = tmp_path / "eval"

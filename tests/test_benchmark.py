@@ -210,12 +210,17 @@ def test_a_teacher_that_returns_nan_flow_is_named_not_scored(monkeypatch):
                                reference="flaky")
 
 
-def test_the_flat_image_method_reads_the_guidance_and_not_the_image():
+def _docs_method(name):
+    """(propagate of docs/methods/<name>.py, a scene's image, two guides' points and vectors)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    propagate = benchmark.load_method(os.path.join(root, "docs", "methods", "flat_image.py"))
-    image, _, _ = _scene()
+    propagate = benchmark.load_method(os.path.join(root, "docs", "methods", f"{name}.py"))
     points = np.array([[10.0, 12.0], [50.0, 40.0]], np.float32)
     vectors = np.array([[2.0, -1.0], [-3.0, 0.5]], np.float32)
+    return propagate, _scene()[0], points, vectors
+
+
+def test_the_flat_image_method_reads_the_guidance_and_not_the_image():
+    propagate, image, points, vectors = _docs_method("flat_image")
     flow = propagate(image, points, vectors)
     np.testing.assert_array_equal(flow, propagate(255 - image, points, vectors))
     assert not np.array_equal(flow, propagate(image, points, -vectors))
@@ -224,11 +229,7 @@ def test_the_flat_image_method_reads_the_guidance_and_not_the_image():
 def test_the_shipped_method_is_the_shipped_model_reading_the_photo():
     from cmp_tf.runtime import Propagator
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    propagate = benchmark.load_method(os.path.join(root, "docs", "methods", "shipped.py"))
-    image, _, _ = _scene()
-    points = np.array([[10.0, 12.0], [50.0, 40.0]], np.float32)
-    vectors = np.array([[2.0, -1.0], [-3.0, 0.5]], np.float32)
+    propagate, image, points, vectors = _docs_method("shipped")
     flow = propagate(image, points, vectors)
     np.testing.assert_array_equal(flow, Propagator().propagate(image, points, vectors))
     assert not np.array_equal(flow, propagate(255 - image, points, vectors))

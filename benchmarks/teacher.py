@@ -48,13 +48,11 @@ def score(estimate, pairs):
     """{epe_near, epe_far, seconds}: means over the pairs of the EPE within `NEAR_PX` of a
     motion boundary and farther, and of the seconds per pair."""
     near_errors, far_errors, seconds = [], [], []
-    for first, second, exact in pairs:
+    for index, (first, second, exact) in enumerate(pairs):
         start = time.perf_counter()
         flow = estimate(first, second)
         seconds.append(time.perf_counter() - start)
-        if flow.shape != exact.shape or not np.isfinite(flow).all():
-            raise ValueError(f"The estimator returned flow of shape {flow.shape} (expected "
-                             f"{exact.shape}) or non-finite values.")
+        flow = teacher.checked_flow(flow, exact.shape, f"The estimator on scene {index}")
         near = sampling.distance_to_motion_edges(exact) <= NEAR_PX
         error = np.linalg.norm(flow - exact, axis=-1)
         near_errors.append(error[near].mean() if near.any() else np.nan)

@@ -80,6 +80,17 @@ def named_estimators():
     return {**named, **OPENCV_ESTIMATORS}
 
 
+def checked_flow(flow, shape, what):
+    """`flow` if it is finite and of `shape`, else a ValueError naming `what` (an estimator and
+    the pair it ran on): a teacher's failure must not become a score."""
+    flow = np.asarray(flow)
+    if flow.shape != tuple(shape) or not np.isfinite(flow).all():
+        raise ValueError(f"{what} gave flow of shape {flow.shape} with "
+                         f"{int(np.size(flow) - np.isfinite(flow).sum())} non-finite values; "
+                         f"expected finite {tuple(shape)}.")
+    return flow
+
+
 def _sample_at_flow(image, forward):
     """image sampled at x + forward(x) (OpenCV remap: fast in worker processes, no TF), and
     the mask of pixels whose source lies inside the frame."""

@@ -67,12 +67,8 @@ def scored_pairs(config, from_run, data=(), count=0, seed=0, reference="exact"):
         pairs = []
         for scene, (first, _, valid, second) in enumerate(
                 generated_pairs(count, seed=seed, second_frame=True)):
-            flow = estimate(first, second)
-            if flow.shape != first.shape[:2] + (2,) or not np.isfinite(flow).all():
-                raise ValueError(f"reference={reference!r} gave flow of shape {flow.shape} with "
-                                 f"{int(np.size(flow) - np.isfinite(flow).sum())} non-finite "
-                                 f"values on generated scene {scene}; expected finite "
-                                 f"{first.shape[:2] + (2,)}.")
+            flow = teacher.checked_flow(estimate(first, second), first.shape[:2] + (2,),
+                                        f"reference={reference!r} on generated scene {scene}")
             pairs.append((first, flow, valid))
         return pairs, f"generated scenes, {reference} flow"
     if reference != "exact":

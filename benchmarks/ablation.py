@@ -10,6 +10,7 @@ next to the nearest and linear fills, and writes it as markdown and JSON.
   python benchmarks/ablation.py --variants=paper,regression --steps=2000
   python benchmarks/ablation.py --report_only            # table from the runs already there
   python benchmarks/ablation.py --check_only             # every variant's recipe builds
+  python benchmarks/ablation.py --variants=geodesic --data_sets=stereo=runs/stereo/pairs.txt
 
 Resumable: a variant whose run and evaluations exist is not redone; an interrupted training
 resumes from its checkpoint (train.py does).
@@ -258,6 +259,9 @@ _PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs per evaluation.")
 _ROOT = flags.DEFINE_string("root", "runs/ablation", "Where the variants' runs go.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate the runs already there.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks/ablation", "Report path stem (.md, .json).")
+_DATA_SETS = flags.DEFINE_list(
+    "data_sets", [], "More sets every variant is scored on, NAME=DATA (evaluate.py --data, every "
+    "pair): a stereo pair's tiles (python -m cmp_tf.data.stereo), clips of your own.")
 _CHECK_ONLY = flags.DEFINE_bool("check_only", False, "Only check that every listed variant's "
                                 "overrides make a valid recipe and model; train nothing.")
 
@@ -290,11 +294,24 @@ def _train_and_evaluate(name):
         _run([sys.executable, "train.py", f"--config={BASE_RECIPE}", f"--workdir={run}",
               f"--config.train.steps={_STEPS.value}", *schedule_overrides(_STEPS.value),
               *VARIANTS[name][1]])
-    for dataset, args in DATASETS.items():
+    for dataset, args in datasets().items():
         if _results(run, dataset) is None:
             _run([sys.executable, "evaluate.py", f"--checkpoint={run}", f"--pairs={_PAIRS.value}",
                   f"--baselines={','.join(REFERENCE_FILLS)}", "--panels=2",
-                  f"--out={os.path.join(run, 'eval', dataset)}", *args])
+                  f"--out={os.path.join(run, 'eval', dataset)}", *args])  # a later --pairs wins
+
+
+def datasets():
+    """{name: evaluate.py arguments} of the sets each variant is scored on: DATASETS and
+    --data_sets (all of their pairs)."""
+    sets = dict(DATASETS)
+    for item in _DATA_SETS.value:
+        name, _, data = item.partition("=")
+        if not name or not data or name in sets or "/" in name:
+            raise app.UsageError(f"--data_sets: {item!r} must be NAME=DATA, NAME new and without "
+                                 f"'/' (taken: {', '.join(sets)}).")
+        sets[name] = [f"--data={data}", "--pairs=-1"]
+    return sets
 
 
 def variant_config(name):
@@ -328,7 +345,7 @@ def _relative(result, method):
 def report(names):
     """Markdown table (one per dataset): rows = variants and fills, columns = strategy x K."""
     text, table = [], {}
-    for dataset in DATASETS:
+    for dataset in datasets():
         results = {n: _results(os.path.join(_ROOT.value, n), dataset) for n in names}
         results = {n: r for n, r in results.items() if r is not None}
         if not results:
@@ -358,6 +375,7 @@ def main(argv):
     unknown = sorted(set(_VARIANTS.value) - set(VARIANTS))
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}.")
+    datasets()  # a malformed --data_sets fails before anything trains
     if not _REPORT_ONLY.value:
         check_variants(_VARIANTS.value)
         if _CHECK_ONLY.value:

@@ -100,6 +100,34 @@ def _ablation_check(*variants):
     return _run_python(code, timeout=300)
 
 
+def test_ablation_reports_the_sets_named_by_data_sets_and_refuses_a_malformed_one(tmp_path):
+    """--data_sets adds sets every variant is scored on (a stereo pair's tiles, say): the
+    report reads their results as it reads the built-in sets'."""
+    import json
+
+    rows = [{"strategy": "uniform", "k": 5, "method": method, "relative": value}
+            for method, value in (("cmp", 0.2), ("nearest", 0.3), ("linear", 0.25))]
+    folder = tmp_path / "root" / "stride4_fills2_residual" / "eval" / "stereo"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(
+        {"strategies": ["uniform"], "ks": [5], "rows": rows, "data": "pairs.txt", "pairs": 29}))
+    args = ["--report_only", "--variants=stride4_fills2_residual", f"--root={tmp_path / 'root'}",
+            f"--out={tmp_path / 'report'}"]
+    done = subprocess.run([sys.executable, "benchmarks/ablation.py", *args,
+                           "--data_sets=stereo=tiles/pairs.txt"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stereo (pairs.txt, 29 pairs): relative EPE" in done.stdout
+    assert "| stride4_fills2_residual | **0.20** |" in done.stdout
+    table = json.loads((tmp_path / "report.json").read_text())["table"]
+    assert table["stereo"]["(linear fill)"] == {"uniform/5": 0.25}
+    refused = subprocess.run([sys.executable, "benchmarks/ablation.py", *args,
+                              "--data_sets=generated=x"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0
+    assert "--data_sets: 'generated=x' must be NAME=DATA, NAME new" in refused.stderr
+
+
 @pytest.mark.slow
 def test_ablation_variants_build_and_a_typo_is_refused_before_training():
     ok = _ablation_check(("shipped", ("", ["--config.flow.loss=l1",

@@ -122,12 +122,10 @@ def _metadata(model, part, fmt, size, dynamic, source):
     guard = model.get_layer("input_guard")
     fixed = fmt.startswith("tflite") and not dynamic
     opset = onnx_export.OPSET if fmt.startswith("onnx") else None
-    fades = [layer.fade for layer in model.layers
-             if isinstance(layer, heads.BlendFills) and layer.gain and part == "model"]
     return {"model": part, "format": fmt, "multiple": guard.multiple,
             "minimum": guard.minimum if part == "model" else guard.multiple,
             "size": list(size) if fixed else None, "opset": opset, "source": source,
-            "fade": all(fades) if fades else None}
+            "fade": heads.fade_of(model) if part == "model" else None}
 
 
 def export(model, config, out, formats=FORMATS, size=None, calibration=64, parity_samples=16,

@@ -622,6 +622,7 @@ def test_without_its_fade_the_flow_is_the_blend_unscaled_and_the_switch_is_not_s
     unfaded = model(inputs)["flow"].numpy()
     layer = next(layer for layer in model.layers if isinstance(layer, heads.BlendFills))
     assert not layer.fade and "fade" not in layer.get_config()
+    assert heads.fade_of(model) is False
     assert not np.allclose(unfaded, before)
     # the blend of fills itself: far from the guides it keeps their motion
     assert np.abs(unfaded).mean() > np.abs(before).mean()
@@ -632,6 +633,7 @@ def test_without_its_fade_the_flow_is_the_blend_unscaled_and_the_switch_is_not_s
     with pytest.raises(ValueError, match=r"fade applies to models whose read-out learns how far "
                                          r"a guide's motion carries .* 'cmp' has none"):
         heads.set_fade(models.build_cmp(load_config("cpu_bins")), False)
+    assert heads.fade_of(models.build_cmp(load_config("cpu_bins"))) is None
 
 
 def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):

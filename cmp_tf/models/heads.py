@@ -210,14 +210,26 @@ def set_fade(model, fade):
     Returns `model`."""
     if not isinstance(fade, bool):
         raise ValueError(f"fade must be True or False; got {fade!r}.")
-    blends = [layer for layer in getattr(model, "layers", ()) if isinstance(layer, BlendFills)]
-    if not any(layer.gain for layer in blends):
+    blends = _faded_blends(model)
+    if not blends:
         raise ValueError(f"fade applies to models whose read-out learns how far a guide's motion "
                          f"carries (the fill_correction head with gain=True); "
                          f"{getattr(model, 'name', model)!r} has none.")
     for layer in blends:
         layer.fade = fade
     return model
+
+
+def fade_of(model):
+    """Whether `model`'s learned fade is on (`set_fade`); None for a model without one."""
+    blends = _faded_blends(model)
+    return all(layer.fade for layer in blends) if blends else None
+
+
+def _faded_blends(model):
+    """The BlendFills layers of `model` that hold a learned fade (a gain)."""
+    return [layer for layer in getattr(model, "layers", ())
+            if isinstance(layer, BlendFills) and layer.gain]
 
 
 def _check_bool(head, field, value):

@@ -94,12 +94,6 @@ STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
 GEODESIC = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.geodesic=True"]
 # relative: the loss per sample divided by its zero-flow loss (cmp_tf.losses.relative_to_zero_flow).
 RELATIVE = ["--config.flow.relative=True"]
-# pan: half the real samples' flow plus one vector of up to 6 px per component (a camera pan;
-# pipeline.augment_motion's `translate`).
-PAN = ["--config.data.flow_translate=6.0"]
-# agree: the fade's strength learned per image from the guides' agreement (BlendFills'
-# `agreement`).
-AGREE = ["--config.model.options.fill_correction.fade_agreement=True"]
 # The edge-aware variants keep the exact one-level nearest fill (configs/propagation_edges.py):
 # trained on three levels, two runs of them failed on the generated scenes (docs/ablation.md).
 # (nearest_refine is inherited from the shipped recipe: no pass to refine on one level)
@@ -217,18 +211,6 @@ VARIANTS = {
                         + ["--config.flow.relative_floor=2.0"]),
     "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
                                  GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),
-    "agree_pan": ("stride4_fills2_residual with half the real samples panned (up to 6 px per "
-                  "component) and the fade's strength learned from the guides' agreement",
-                  STRIDE4_FILLS2_RESIDUAL + PAN + AGREE),
-    "agree_pan_seed1": ("agree_pan with seed 1",
-                        STRIDE4_FILLS2_RESIDUAL + PAN + AGREE + ["--config.seed=1"]),
-    "agree_pan25": ("agree_pan with a quarter of the real samples panned, not half",
-                    STRIDE4_FILLS2_RESIDUAL + PAN + AGREE
-                    + ["--config.data.flow_translate_chance=0.25"]),
-    "agree_pan25_seed1": ("agree_pan25 with seed 1", STRIDE4_FILLS2_RESIDUAL + PAN + AGREE
-                          + ["--config.data.flow_translate_chance=0.25", "--config.seed=1"]),
-    "agree": ("stride4_fills2_residual with the fade's strength learned from the guides' "
-              "agreement, no panned samples", STRIDE4_FILLS2_RESIDUAL + AGREE),
     "fine_teacher": ("stride4_fills2_residual trained on DIS's fine preset's flow, not "
                      "medium's (and validated against it)",
                      STRIDE4_FILLS2_RESIDUAL + ["--config.ingest.dis_preset=fine"]),

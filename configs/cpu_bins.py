@@ -32,8 +32,7 @@ def get_config(arg=None):
     c.data = dict(train=train, val=val, cache_dir="data/cache", short_size=160, crop=(128, 128),
                   batch_size=8, flip=True, zoom=(1.0, 1.0), rotate_degrees=0.0,
                   flow_reverse=False, flow_scale=(1.0, 1.0), flow_rotate=False,
-                  flow_translate=0.0,
-                  flow_translate_chance=0.5, shuffle_buffer=256, on_error="skip",
+                  shuffle_buffer=256, on_error="skip",
                   max_bad_in_a_row=common.MAX_BAD_IN_A_ROW,
                   layered=common.layered())
     c.ingest = common.ingest(max_side=384)  # short sides >= 160 for every sample clip

@@ -636,41 +636,6 @@ def test_without_its_fade_the_flow_is_the_blend_unscaled_and_the_switch_is_not_s
     assert heads.fade_of(models.build_cmp(load_config("cpu_bins"))) is None
 
 
-def test_the_fade_read_from_the_guides_agreement_starts_as_the_fade_and_learns_its_strength():
-    """`agreement`: untrained the flow is the plain fade's; its strength reads the share of
-    cells whose nearest guide is still and the guides' mean distance, so weights on those
-    cues switch the fade off where every guide moves and keep it where some are still."""
-    smooth = np.zeros((2, 2, 2, 2), np.float32)
-    nearest = np.full((2, 2, 2, 3), 4.0, np.float32)  # every guide moves 4 px ...
-    nearest[1, 0, :, :2] = 0.0  # ... but in the second image half the cells' guide is still
-    nearest[..., 2] = [[0.0, 8.0], [16.0, 32.0]]
-    out = np.zeros((2, 2, 2, 2), np.float32)
-    out[..., 0] = 50.0  # the nearest fill alone, the untrained reach (a quarter diagonal)
-    plain = heads.BlendFills(gain=True, stride=8, correction=False)
-    agree = heads.BlendFills(gain=True, stride=8, correction=False, agreement=True)
-    np.testing.assert_allclose(agree([out, nearest, smooth]), plain([out, nearest, smooth]),
-                               atol=1e-5)
-    assert [w.name for w in agree.trainable_weights] == ["agreement_weights", "agreement_bias"]
-    # a weight on the still share (0.5 px) and a bias below it: strength softplus(-8) without
-    # still guides, softplus(4) with half of them
-    agree.agreement_weights.assign([3.0, 0.0, 0.0, 0.0])
-    agree.agreement_bias.assign(-1.0)
-    got = agree([out, nearest, smooth]).numpy()[..., 0]
-    faded = plain([out, nearest, smooth]).numpy()[..., 0]
-    assert faded[0, 1, 1] < 0.1  # the plain fade: two diagonals from the guide, nothing
-    np.testing.assert_allclose(got[0], 4.0, atol=0.05)  # every guide moves: motion everywhere
-    assert np.all(got[1, 1] < 1e-3) and np.all(got[1, 1] <= faded[1, 1])
-    clone = heads.BlendFills.from_config(agree.get_config())
-    assert clone.agreement and not heads.BlendFills.from_config(plain.get_config()).agreement
-    with pytest.raises(ValueError, match="agreement must be True or False; got 1"):
-        heads.BlendFills(gain=True, agreement=1)
-    with pytest.raises(ValueError, match="agreement=True sets the strength of the gain's fade: "
-                                         "set gain=True too"):
-        heads.BlendFills(agreement=True)
-    with pytest.raises(ValueError, match="fill_correction.fade_agreement=True sets the strength"):
-        heads.FillCorrection(99, 50.0, "l1", gain=False, fade_agreement=True)
-
-
 def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):
     config = load_config("propagation")
     model = models.build_cmp(config)

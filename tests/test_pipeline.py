@@ -201,39 +201,6 @@ def test_motion_augmentations_change_the_flow_only_and_rotate_every_direction_al
     assert len(scales) > 10 and signs == {1.0, -1.0}
 
 
-def test_a_pan_adds_one_vector_to_half_the_samples_within_its_range():
-    flow = tf.constant([[[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]]])
-    shifts = []
-    for i in range(60):
-        out = pipeline.augment_motion(flow, tf.constant([7, i], tf.int64), translate=3.0)
-        shift = (out - flow).numpy()[0]
-        np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-6)
-        shifts.append(shift[0])
-    shifts = np.array(shifts)
-    panned = np.abs(shifts).max(-1) > 0
-    assert 15 < panned.sum() < 45 and np.abs(shifts).max() <= 3.0
-    assert len(np.unique(shifts[panned].round(3), axis=0)) == panned.sum()  # all different
-    assert (shifts[panned] < 0).any() and (shifts[panned] > 0).any()
-    rarely = [np.abs(pipeline.augment_motion(flow, tf.constant([7, i], tf.int64), translate=3.0,
-                                             translate_chance=0.25) - flow).max() > 0
-              for i in range(60)]
-    assert 5 < sum(rarely) < 25
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("flow_translate", -1.0, r"flow_translate must be a finite number of px >= 0 \(0: off\)"),
-    ("flow_translate", float("nan"), r"flow_translate must be a finite number of px >= 0"),
-    ("flow_translate", True, r"flow_translate must be a finite number of px >= 0"),
-    ("flow_translate", "6", r"flow_translate must be a finite number of px >= 0"),
-    ("flow_translate_chance", 1.5, r"flow_translate_chance must be a probability in \[0, 1\]"),
-    ("flow_translate_chance", "half", r"flow_translate_chance must be a probability")])
-def test_a_pan_of_the_wrong_kind_is_refused_naming_the_field(videos, tmp_path, field, value,
-                                                             message):
-    config = _config(videos, cache_dir=tmp_path / "cache", **{field: value})
-    with pytest.raises(ValueError, match=r"config.data." + message + r".*; got "):
-        pipeline.make_dataset(config, "train")
-
-
 def test_guidance_is_drawn_from_the_augmented_motion(videos, tmp_path):
     config = _config(videos, cache_dir=tmp_path / "cache", flow_scale=(2.0, 2.0))
     plain = next(iter(pipeline.make_dataset(_config(videos, cache_dir=tmp_path / "cache"))))

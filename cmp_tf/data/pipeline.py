@@ -378,8 +378,7 @@ def rotate(image, flow, valid, degrees):
     return warped[..., :3], turned, tf.cast(warped[..., 5] > 0.999, tf.float32)
 
 
-def augment_motion(flow, seed, reverse=False, scale=(1.0, 1.0), rotate=False, translate=0.0,
-                   translate_chance=0.5):
+def augment_motion(flow, seed, reverse=False, scale=(1.0, 1.0), rotate=False):
     """The reference's flow-only augmentations: the image stays, the motion changes.
 
     They make targets no appearance explains, so the network must follow the guidance (drawn
@@ -387,10 +386,6 @@ def augment_motion(flow, seed, reverse=False, scale=(1.0, 1.0), rotate=False, tr
     `reverse`: negate with probability 1/2; `scale`: multiply by U(low, high) (the reference
     uses (0.5, 2)); `rotate`: with probability 1/2 turn every vector by U(0, 2 pi) (the
     reference's arctan(v / u) lost the sign of u; a rotation matrix has no such flaw).
-    `translate` (beyond the reference): with `translate_chance` add one vector, each component
-    U(-translate, translate) px, to every pixel: the camera panned as well (a camera's rotation
-    moves every pixel by about the same vector, whatever its depth), so that motion far from
-    the guides is what they say, not always none as in footage from a still camera.
     """
     if reverse:
         sign = tf.where(tf.random.stateless_uniform([], _stream(seed, 5)) < 0.5, -1.0, 1.0)
@@ -403,10 +398,6 @@ def augment_motion(flow, seed, reverse=False, scale=(1.0, 1.0), rotate=False, tr
         cos, sin = tf.cos(theta), tf.sin(theta)
         flow = tf.stack([cos * flow[..., 0] - sin * flow[..., 1],
                          sin * flow[..., 0] + cos * flow[..., 1]], -1)
-    if translate:
-        shift = tf.random.stateless_uniform([2], _stream(seed, 9), -translate, translate)
-        panned = tf.random.stateless_uniform([], _stream(seed, 10)) < translate_chance
-        flow = flow + tf.where(panned, shift, tf.zeros([2]))
     return flow
 
 
@@ -421,8 +412,7 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
     Training augmentations, each a config switch. Of the frame (image and flow together):
     `data.flip` (mirror, u negated), `data.zoom` (low, high) factor on the short side,
     `data.rotate_degrees` (max angle). Of the motion only, as the reference: `data.flow_reverse`,
-    `data.flow_scale` (low, high), `data.flow_rotate`, `data.flow_translate` (max px) with
-    `data.flow_translate_chance` (see `augment_motion`). And
+    `data.flow_scale` (low, high), `data.flow_rotate` (see `augment_motion`). And
     `data.layered.ratio` of the training samples become layered scenes with exact flow
     (`cmp_tf.data.layered`), textured from the frame they replace.
 
@@ -497,16 +487,6 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
         raise ValueError(f"config.data.max_bad_in_a_row must be a positive integer; got "
                          f"{max_bad!r}.")
     strategies = config.guidance if guidance else None
-    flow_translate = data.get("flow_translate", 0.0)
-    if isinstance(flow_translate, bool) or not isinstance(flow_translate, (int, float)) \
-            or not 0 <= flow_translate < float("inf"):
-        raise ValueError(f"config.data.flow_translate must be a finite number of px >= 0 (0: "
-                         f"off); got {flow_translate!r}.")
-    translate_chance = data.get("flow_translate_chance", 0.5)
-    if isinstance(translate_chance, bool) or not isinstance(translate_chance, (int, float)) \
-            or not 0 <= translate_chance <= 1:
-        raise ValueError(f"config.data.flow_translate_chance must be a probability in [0, 1]; "
-                         f"got {translate_chance!r}.")
     crop_size = tuple(data.crop)
     layered = layered_lib.check_layered_config(data.get("layered") or {})
     layered_ratio = float(layered.pop("ratio")) if train else 0.0
@@ -560,8 +540,7 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
         if train:
             flow = augment_motion(flow, seed, data.get("flow_reverse", False),
                                   tuple(data.get("flow_scale", (1.0, 1.0))),
-                                  data.get("flow_rotate", False), flow_translate,
-                                  translate_chance)
+                                  data.get("flow_rotate", False))
         if layered_ratio > 0:
             image, flow, valid = maybe_layered(image, flow, valid, seed,
                                                config.seed * _SEED_STRIDE + index)

@@ -104,17 +104,6 @@ class BlendFills(keras.layers.Layer):
     footage from a still camera teaches; where the camera moves too every pixel moves, and
     `set_fade(model, False)` reads the blend out unscaled (a switch at use, not saved).
 
-    With `agreement`, the fade's strength is learned per image from what the guides agree
-    on, read off the nearest fill (each cell holds its nearest guide's vector and distance):
-    the share of the image whose nearest guide is still (|v| under 0.5 px, under 2 px, as
-    Gaussian weights), how alike the guides' vectors are (|mean v|^2 / mean |v|^2 over the
-    cells: 1 where one vector holds everywhere, as in a pan, near 0 where they point every
-    way) and the mean distance to a guide (how dense they are). The exponent
-    above is multiplied by softplus(AGREEMENT_SCALE (w . cues + c)), 1 untrained (w = 0; the
-    scale lets Adam's steps move it across its range within a short training): where the
-    guides say that everything moves, as when the camera pans, the network can learn not to
-    fade.
-
     Args:
         gain: read the reach r from the channel after a.
         stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
@@ -126,31 +115,22 @@ class BlendFills(keras.layers.Layer):
             correction").
         geodesic: blend the geodesic nearest fill too (fills.GeodesicNearestFill: the guide
             nearest along the image), the last input, with the logit g, the last channel.
-        agreement: learn the fade's strength per image from the guides' agreement (above);
-            needs `gain`.
     """
 
     GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
     GAUSSIAN_SCALE = 8.0
-    STILL_PX = (0.5, 2.0)  # speeds under which a guide counts as still, as Gaussian widths
-    STRENGTH_LOGIT_START = 0.5413249  # softplus = 1: the fade as without `agreement`
-    AGREEMENT_SCALE = 64.0
-    ALIKE_FLOOR = 0.25  # px^2 added to mean |v|^2: guides that all keep still are not alike
 
     def __init__(self, gain=False, stride=1, edge=False, correction=True, geodesic=False,
-                 agreement=False, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         for field, value in (("gain", gain), ("edge", edge), ("correction", correction),
-                             ("geodesic", geodesic), ("agreement", agreement)):
+                             ("geodesic", geodesic)):
             if not isinstance(value, bool):
                 raise ValueError(f"{field} must be True or False; got {value!r}.")
-        if agreement and not gain:
-            raise ValueError("agreement=True sets the strength of the gain's fade: set "
-                             "gain=True too.")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
         self.gain, self.stride, self.edge, self.correction = gain, stride, edge, correction
-        self.geodesic, self.agreement = geodesic, agreement
+        self.geodesic = geodesic
         # The LiteRT exporter's form (export/savedmodel.py, `litert_form`): channels taken by
         # 1 x 1 convolutions, which LiteRT runs faster than slices (fills.copy_channels).
         self.litert_form = False
@@ -162,35 +142,6 @@ class BlendFills(keras.layers.Layer):
         """Decoder channels read: the correction (2, if any), the weight a, the reach r, the
         edge-aware fill's logit b, the geodesic nearest fill's logit g."""
         return 2 * self.correction + 1 + self.gain + self.edge + self.geodesic
-
-    def build(self, input_shape):
-        if self.agreement:
-            cues = len(self.STILL_PX) + 2
-            self.agreement_weights = self.add_weight(
-                shape=(cues,), initializer="zeros", name="agreement_weights")
-            self.agreement_bias = self.add_weight(
-                shape=(), initializer=keras.initializers.Constant(
-                    self.STRENGTH_LOGIT_START / self.AGREEMENT_SCALE),
-                name="agreement_bias")
-        super().build(input_shape)
-
-    def fade_strength(self, nearest, distance):
-        """[B, 1, 1, 1] factor on the fade's exponent from the guides' agreement: the share of
-        cells whose nearest guide is still, per speed in STILL_PX, how alike their vectors
-        are and the mean distance to a guide, weighed by learned weights."""
-        def mean(x):
-            return tf.reduce_mean(x, axis=(1, 2), keepdims=True)
-
-        u = fills.take_channels(nearest, 0, 1, self.litert_form)
-        v = fills.take_channels(nearest, 1, 2, self.litert_form)
-        speed2 = tf.square(u) + tf.square(v)
-        cues = [mean(tf.exp(-speed2 / (2.0 * px**2))) for px in self.STILL_PX]
-        alike = (tf.square(mean(u)) + tf.square(mean(v))) / (mean(speed2) + self.ALIKE_FLOOR)
-        cues += [alike, mean(distance)]
-        weights = tf.cast(self.agreement_weights, tf.float32)
-        logit = tf.add_n([weights[i] * cue for i, cue in enumerate(cues)])
-        logit += tf.cast(self.agreement_bias, tf.float32)
-        return tf.nn.softplus(self.AGREEMENT_SCALE * logit)
 
     def call(self, inputs):
         out, nearest, smooth, *more = (tf.cast(x, tf.float32) for x in inputs)
@@ -218,10 +169,7 @@ class BlendFills(keras.layers.Layer):
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
             distance = take(nearest, 2, 3) / (self.stride * tf.sqrt(cells))
             rate = self.GAUSSIAN_SCALE * tf.nn.softplus(reach + self.GAUSSIAN_LOGIT_START)
-            exponent = 0.5 * tf.square(rate * distance)
-            if self.agreement:
-                exponent = self.fade_strength(nearest, distance) * exponent
-            fill = tf.exp(-exponent) * fill
+            fill = tf.exp(-0.5 * tf.square(rate * distance)) * fill
         if self.correction:
             fill += out[..., :2]
         return tf.cast(fill, self.compute_dtype)
@@ -231,8 +179,7 @@ class BlendFills(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "gain": self.gain, "stride": self.stride,
-                "edge": self.edge, "correction": self.correction, "geodesic": self.geodesic,
-                "agreement": self.agreement}
+                "edge": self.edge, "correction": self.correction, "geodesic": self.geodesic}
 
     # Fields of files saved by earlier versions, and the value this layer computes.
     _LEGACY = {"profile": "gaussian", "learn_weight": True}
@@ -511,8 +458,6 @@ class FillCorrection(_NearestPrior):
             twice the fills' cells, resized), where a colour edge on the way is a long way
             round, with its own learned weight (`BlendFills`' g).
         geodesic_colour_weight, geodesic_passes: that fill's `colour_weight` and `passes`.
-        fade_agreement: the gain's fade as strong as the guides' agreement says, learned per
-            image (`BlendFills`' `agreement`): little where they say everything moves.
     """
 
     name = "fill_correction"
@@ -524,7 +469,7 @@ class FillCorrection(_NearestPrior):
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
                  correction=True, fill_stride=0, nearest_resize_finest=False,
                  local_affine_residual_finest=False, geodesic=False,
-                 geodesic_colour_weight=100.0, geodesic_passes=6, fade_agreement=False):
+                 geodesic_colour_weight=100.0, geodesic_passes=6):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
                          nearest_refine_finest=nearest_refine_finest,
@@ -564,11 +509,6 @@ class FillCorrection(_NearestPrior):
         except ValueError as e:
             raise ValueError(f"config.model.options.{self.name}.geodesic_{e}") from e
         self.geodesic, self.geodesic_colour_weight = geodesic, geodesic_colour_weight
-        _check_bool(self.name, "fade_agreement", fade_agreement)
-        if fade_agreement and not gain:
-            raise ValueError(f"config.model.options.{self.name}.fade_agreement=True sets the "
-                             f"strength of the gain's fade: set gain=True too.")
-        self.fade_agreement = fade_agreement
         self.geodesic_passes = geodesic_passes
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
@@ -577,8 +517,7 @@ class FillCorrection(_NearestPrior):
 
     def _blend(self, stride=1):
         return BlendFills(self.gain, stride, edge=self.smooth == "both",
-                          correction=self.correction, geodesic=self.geodesic,
-                          agreement=self.fade_agreement, name="add_prior")
+                          correction=self.correction, geodesic=self.geodesic, name="add_prior")
 
     @property
     def decoder_channels(self):

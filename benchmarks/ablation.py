@@ -218,6 +218,8 @@ VARIANTS = {
                      + ["--config.model.options.fill_correction.gain_power=4", "--config.seed=1"]),
     "power8": ("stride4_fills2_residual with the gain's profile exp(-x^8 / 2)",
                STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.gain_power=8"]),
+    "power8_seed1": ("power8 with seed 1", STRIDE4_FILLS2_RESIDUAL
+                     + ["--config.model.options.fill_correction.gain_power=8", "--config.seed=1"]),
     "fine_teacher": ("stride4_fills2_residual trained on DIS's fine preset's flow, not "
                      "medium's (and validated against it)",
                      STRIDE4_FILLS2_RESIDUAL + ["--config.ingest.dis_preset=fine"]),

@@ -211,15 +211,6 @@ VARIANTS = {
                         + ["--config.flow.relative_floor=2.0"]),
     "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
                                  GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),
-    "power4": ("stride4_fills2_residual with the gain's profile exp(-x^4 / 2), flatter near "
-               "the guides and steeper at the reach than the Gaussian",
-               STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.gain_power=4"]),
-    "power4_seed1": ("power4 with seed 1", STRIDE4_FILLS2_RESIDUAL
-                     + ["--config.model.options.fill_correction.gain_power=4", "--config.seed=1"]),
-    "power8": ("stride4_fills2_residual with the gain's profile exp(-x^8 / 2)",
-               STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.gain_power=8"]),
-    "power8_seed1": ("power8 with seed 1", STRIDE4_FILLS2_RESIDUAL
-                     + ["--config.model.options.fill_correction.gain_power=8", "--config.seed=1"]),
     "fine_teacher": ("stride4_fills2_residual trained on DIS's fine preset's flow, not "
                      "medium's (and validated against it)",
                      STRIDE4_FILLS2_RESIDUAL + ["--config.ingest.dis_preset=fine"]),

@@ -636,35 +636,6 @@ def test_without_its_fade_the_flow_is_the_blend_unscaled_and_the_switch_is_not_s
     assert heads.fade_of(models.build_cmp(load_config("cpu_bins"))) is None
 
 
-@pytest.mark.parametrize("power", [4, 8])
-def test_a_higher_gain_power_is_flatter_near_the_guides_and_steeper_at_the_reach(power):
-    nearest, smooth = np.full((1, 1, 4, 3), 4.0, np.float32), np.zeros((1, 1, 4, 2), np.float32)
-    nearest[..., 2] = [0.0, 4.0, 8.0, 16.0]  # px from the guide; the diagonal is 8 x 2 = 16
-    out = np.zeros((1, 1, 4, 2), np.float32)
-    out[..., 0] = 50.0  # the nearest fill alone, the untrained reach (rate 4)
-    gaussian = heads.BlendFills(gain=True, stride=8, correction=False)([out, nearest, smooth])
-    blend = heads.BlendFills(gain=True, stride=8, correction=False, power=power)
-    got = blend([out, nearest, smooth])[0, 0, :, 0].numpy()
-    x = 4.0 * nearest[0, 0, :, 2] / 16.0  # rate x distance / diagonal: 0, 1, 2, 4
-    np.testing.assert_allclose(got, 4.0 * np.exp(-0.5 * x**power), rtol=3e-3, atol=1e-6)
-    assert got[0] == pytest.approx(4.0)
-    assert got[1] == pytest.approx(float(gaussian[0, 0, 1, 0]), rel=1e-3)  # x = 1: the same
-    assert got[2] < gaussian[0, 0, 2, 0]  # past the reach it falls faster
-    assert heads.BlendFills.from_config(blend.get_config()).power == power
-    assert heads.BlendFills.from_config(
-        {k: v for k, v in blend.get_config().items() if k != "power"}).power == 2
-
-
-def test_a_gain_power_of_the_wrong_kind_is_refused_naming_the_field():
-    with pytest.raises(ValueError, match=r"power must be one of \(2, 4, 8\); got 3"):
-        heads.BlendFills(gain=True, power=3)
-    config = load_config("propagation")
-    config.model.options.fill_correction.gain_power = 6
-    with pytest.raises(ValueError, match=r"fill_correction.gain_power must be one of "
-                                         r"\(2, 4, 8\); got 6"):
-        models.build_cmp(config)
-
-
 def test_gaussian_gain_profile_is_flat_at_the_guides_and_a_quarter_diagonal_untrained(rng):
     config = load_config("propagation")
     model = models.build_cmp(config)

@@ -115,18 +115,13 @@ class BlendFills(keras.layers.Layer):
             correction").
         geodesic: blend the geodesic nearest fill too (fills.GeodesicNearestFill: the guide
             nearest along the image), the last input, with the logit g, the last channel.
-        power: the gain's profile exp(-(rate x d / diagonal)^power / 2): 2 the Gaussian; 4 or
-            8 flatter near the guides and steeper at the reach, as a Gaussian splat's
-            normalised profile is.
     """
 
     GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
     GAUSSIAN_SCALE = 8.0
 
-    POWERS = (2, 4, 8)
-
     def __init__(self, gain=False, stride=1, edge=False, correction=True, geodesic=False,
-                 power=2, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         for field, value in (("gain", gain), ("edge", edge), ("correction", correction),
                              ("geodesic", geodesic)):
@@ -135,9 +130,7 @@ class BlendFills(keras.layers.Layer):
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an integer >= 1; got {stride!r}.")
         self.gain, self.stride, self.edge, self.correction = gain, stride, edge, correction
-        if isinstance(power, bool) or power not in self.POWERS:
-            raise ValueError(f"power must be one of {self.POWERS}; got {power!r}.")
-        self.geodesic, self.power = geodesic, int(power)
+        self.geodesic = geodesic
         # The LiteRT exporter's form (export/savedmodel.py, `litert_form`): channels taken by
         # 1 x 1 convolutions, which LiteRT runs faster than slices (fills.copy_channels).
         self.litert_form = False
@@ -176,10 +169,7 @@ class BlendFills(keras.layers.Layer):
             cells = tf.cast(tf.shape(nearest)[1] * tf.shape(nearest)[2], tf.float32)
             distance = take(nearest, 2, 3) / (self.stride * tf.sqrt(cells))
             rate = self.GAUSSIAN_SCALE * tf.nn.softplus(reach + self.GAUSSIAN_LOGIT_START)
-            reached = tf.square(rate * distance)
-            for _ in range(self.power.bit_length() - 2):  # 4: squared once, 8: twice
-                reached = tf.square(reached)
-            fill = tf.exp(-0.5 * reached) * fill
+            fill = tf.exp(-0.5 * tf.square(rate * distance)) * fill
         if self.correction:
             fill += out[..., :2]
         return tf.cast(fill, self.compute_dtype)
@@ -189,8 +179,7 @@ class BlendFills(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "gain": self.gain, "stride": self.stride,
-                "edge": self.edge, "correction": self.correction, "geodesic": self.geodesic,
-                "power": self.power}
+                "edge": self.edge, "correction": self.correction, "geodesic": self.geodesic}
 
     # Fields of files saved by earlier versions, and the value this layer computes.
     _LEGACY = {"profile": "gaussian", "learn_weight": True}
@@ -469,7 +458,6 @@ class FillCorrection(_NearestPrior):
             twice the fills' cells, resized), where a colour edge on the way is a long way
             round, with its own learned weight (`BlendFills`' g).
         geodesic_colour_weight, geodesic_passes: that fill's `colour_weight` and `passes`.
-        gain_power: the gain's profile (`BlendFills`' `power`): 2 the Gaussian.
     """
 
     name = "fill_correction"
@@ -481,7 +469,7 @@ class FillCorrection(_NearestPrior):
                  nearest_refine=fills.DensePrior.REFINE, nearest_refine_finest=True,
                  correction=True, fill_stride=0, nearest_resize_finest=False,
                  local_affine_residual_finest=False, geodesic=False,
-                 geodesic_colour_weight=100.0, geodesic_passes=6, gain_power=2):
+                 geodesic_colour_weight=100.0, geodesic_passes=6):
         super().__init__(nbins, fmax, loss, nearest_prior=True, nearest_levels=nearest_levels,
                          nearest_refine=nearest_refine,
                          nearest_refine_finest=nearest_refine_finest,
@@ -521,10 +509,6 @@ class FillCorrection(_NearestPrior):
         except ValueError as e:
             raise ValueError(f"config.model.options.{self.name}.geodesic_{e}") from e
         self.geodesic, self.geodesic_colour_weight = geodesic, geodesic_colour_weight
-        if isinstance(gain_power, bool) or gain_power not in BlendFills.POWERS:
-            raise ValueError(f"config.model.options.{self.name}.gain_power must be one of "
-                             f"{BlendFills.POWERS}; got {gain_power!r}.")
-        self.gain_power = gain_power
         self.geodesic_passes = geodesic_passes
         self.gain, self.smooth, self.pull, self.relax = gain, smooth, pull, relax
         self.sigma, self.finest_relax = float(sigma), finest_relax
@@ -533,8 +517,7 @@ class FillCorrection(_NearestPrior):
 
     def _blend(self, stride=1):
         return BlendFills(self.gain, stride, edge=self.smooth == "both",
-                          correction=self.correction, geodesic=self.geodesic,
-                          power=self.gain_power, name="add_prior")
+                          correction=self.correction, geodesic=self.geodesic, name="add_prior")
 
     @property
     def decoder_channels(self):

@@ -85,6 +85,18 @@ def test_videos_decode_and_bad_videos_name_the_file(tmp_path):
     assert formats.list_videos([tmp_path]) == sorted([path, str(tmp_path / "junk.mp4")])
 
 
+def test_ogg_videos_are_listed_and_decoded(tmp_path):
+    """Ogg Theora (.ogv), the container of many openly licensed clips, is a video too: a folder
+    lists it and its frames decode (ffmpeg reads the container from the bytes)."""
+    avi = write_video(tmp_path / "pan.avi", panning_frames(6))
+    ogv = tmp_path / "clips" / "pan.OGV"
+    ogv.parent.mkdir()
+    ogv.write_bytes(open(avi, "rb").read())
+    (tmp_path / "clips" / "notes.txt").write_text("not a video")
+    assert formats.list_videos([tmp_path / "clips"]) == [str(ogv)]
+    assert len(formats.read_video(ogv)[0]) == 6
+
+
 def test_flo_round_trip(tmp_path, rng):
     flow = rng.normal(size=(7, 5, 2)).astype(np.float32)
     formats.write_flo(tmp_path / "a.flo", flow)

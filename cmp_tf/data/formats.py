@@ -14,7 +14,8 @@ import numpy as np
 
 from cmp_tf import flow as flow_lib
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+                    ".ogv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 # KITTI 16-bit flow PNG: channel value p -> (p - 2**15) / 64 px; the third channel is validity.
 KITTI_OFFSET, KITTI_SCALE = 2.0**15, 64.0

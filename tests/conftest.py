@@ -5,6 +5,11 @@ cache folders resolve under a fresh temporary folder (cmp_tf.data.CACHE_HOME_ENV
 by the commands the tests run), removed when the session ends. Every other temporary file or
 folder, the libraries' own included, goes under that session's folder too (TMPDIR, inherited
 the same way), so the suite leaves nothing behind in the system's temporary folder.
+
+The suite runs on pytest-xdist's worker processes (pyproject.toml): they share the run's
+folder, made by the first process and inherited by the rest, and each keeps its own inside it
+(its cache too: two workers never write one clip's shards at once). One level per process,
+not one inside another: Chromium's socket path in the browser tests must stay short.
 """
 import atexit
 import contextlib
@@ -15,11 +20,17 @@ import tempfile
 import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_SESSION_TMP = tempfile.mkdtemp(prefix="cmp_tf_test_")
-atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
-os.environ["TMPDIR"] = tempfile.tempdir = _SESSION_TMP  # this process and the commands run
-_CACHE_HOME = os.path.join(_SESSION_TMP, "cache")
-os.makedirs(_CACHE_HOME)
+_SESSION_ENV = "CMP_TF_TEST_SESSION_TMP"  # the run's folder, for its worker processes
+_SESSION_TMP = os.environ.get(_SESSION_ENV)
+if not (_SESSION_TMP and os.path.isdir(_SESSION_TMP)):
+    _SESSION_TMP = tempfile.mkdtemp(prefix="cmp_tf_test_")
+    os.environ[_SESSION_ENV] = _SESSION_TMP
+    atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
+# By process id: this file is imported twice, as conftest and as tests.conftest.
+_PROCESS_TMP = os.path.join(_SESSION_TMP, str(os.getpid()))
+_CACHE_HOME = os.path.join(_PROCESS_TMP, "cache")
+os.makedirs(_CACHE_HOME, exist_ok=True)
+os.environ["TMPDIR"] = tempfile.tempdir = _PROCESS_TMP  # this process and the commands run
 os.environ["CMP_TF_CACHE_HOME"] = _CACHE_HOME  # cmp_tf.data.CACHE_HOME_ENV, before any import
 
 import pytest  # noqa: E402

@@ -12,7 +12,6 @@ folder, made by the first process and inherited by the rest, and each keeps its 
 not one inside another: Chromium's socket path in the browser tests must stay short.
 """
 import atexit
-import collections
 import contextlib
 import importlib
 import os
@@ -35,16 +34,6 @@ os.environ["TMPDIR"] = tempfile.tempdir = _PROCESS_TMP  # this process and the c
 os.environ["CMP_TF_CACHE_HOME"] = _CACHE_HOME  # cmp_tf.data.CACHE_HOME_ENV, before any import
 
 import pytest  # noqa: E402
-
-
-def pytest_collection_modifyitems(items):
-    """Files with the most slow test functions first (the order within a file kept): the
-    workers take whole files in this order, and a long file started last would keep one busy
-    alone."""
-    slow = collections.Counter(path for path, _ in {(item.path, item.originalname)
-                                                    for item in items
-                                                    if item.get_closest_marker("slow")})
-    items.sort(key=lambda item: -slow[item.path])
 
 
 def load_config(name, arg=None):

@@ -622,3 +622,14 @@ def test_int8_hard_swish_is_the_same_function_and_the_model_gets_its_own_back():
     with tflite._delegable_hard_swish(model):
         assert all(a.activation is tflite._hard_swish_delegable for a in activations)
     assert all(a.activation is keras.activations.hard_silu for a in activations)
+
+
+def _fills_spanning(model, side):
+    """`model`'s fill layers sized for images up to `side` px while it exports: a dynamic-size
+    ONNX file unrolls the passes its fills need for their `max_size` (2048 px by default, 128
+    coarse passes of the geodesic fill, which tf2onnx takes minutes to convert), the same ops
+    at any size."""
+    from cmp_tf.models import fills
+    from export import savedmodel
+
+    return savedmodel.layers_set(savedmodel.layers_of(model, fills.FILL_LAYERS), "max_size", side)

@@ -155,13 +155,15 @@ def test_exported_files_compute_the_geodesic_fill_with_builtin_ops(tmp_path):
     import onnx
 
     from export import export_lib
+    from tests.test_export import _fills_spanning
     from tests.test_export import _tflite_ops
 
     config = _geodesic_config()
     model = models.build_cmp(config)
-    report = export_lib.export(model, config, str(tmp_path), formats=("tflite", "onnx"),
-                               size=EXPORTED, calibration=2, parity_samples=2,
-                               repeats=1, encoder=False, log=lambda _: None)
+    with _fills_spanning(model, 2 * max(EXPORTED)):
+        report = export_lib.export(model, config, str(tmp_path), formats=("tflite", "onnx"),
+                                   size=EXPORTED, calibration=2, parity_samples=2,
+                                   repeats=1, encoder=False, log=lambda _: None)
     builtins, custom = _tflite_ops(tmp_path / "model.tflite")
     assert not custom and "DEPTHWISE_CONV_2D" in builtins
     graph = onnx.load(str(tmp_path / "model.onnx")).graph

@@ -12,7 +12,7 @@ from cmp_tf import flow as flow_lib
 from cmp_tf.apps import animate
 from cmp_tf.apps import annotate
 from cmp_tf.apps import inputs
-from tests.conftest import serving
+from tests.helpers import serving
 
 SIZE = 128  # the shipped model's smallest side: every test image is this small
 

@@ -9,7 +9,7 @@ from cmp_tf.evaluation import baselines
 from cmp_tf.evaluation import benchmark
 from cmp_tf.evaluation import pairs as pairs_lib
 from cmp_tf.evaluation import report as report_lib
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 
 def _scene(seed=0, size=64):
@@ -261,7 +261,7 @@ def test_the_region_oracle_interpolates_each_motion_region_apart():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     from cmp_tf import models
-    from tests.conftest import load_config
+    from tests.helpers import load_config
 
     config = load_config("cpu_bins")
     path = tmp_path_factory.mktemp("model") / "model.keras"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cmp_tf import models
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,7 +170,7 @@ def test_inference_times_the_fills_of_every_kind_alone():
     one with its learned features too, and a nearest fill that returns two levels, in
     TensorFlow and as a .tflite (in a fresh process: its flags are its own)."""
     code = ("from benchmarks import inference as i; from cmp_tf import models; "
-            "from tests.conftest import load_config; "
+            "from tests.helpers import load_config; "
             "c = load_config('propagation_edges'); c.model.decoder_combo = (1, 2); "
             "c.model.options.fill_correction.update(smooth='both', edge_features=2, "
             "nearest_levels=4); "

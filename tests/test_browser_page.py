@@ -11,7 +11,7 @@ import pytest
 
 from cmp_tf.apps.browser import install
 from cmp_tf.apps.browser import server as server_lib
-from tests.conftest import serving
+from tests.helpers import serving
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SIZE = 128

@@ -5,7 +5,7 @@ import pytest
 
 from cmp_tf import models
 from cmp_tf.models import fills
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 SIZE = 64
 EDGE = 40  # columns left of it are one colour, the rest another

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 SIZE = (64, 64)  # the export size: the small default model with decoder scales (1, 2)
 GUIDE_XY, GUIDE_UV = np.array([[10, 5], [60, 40]], np.float32), np.array([[3, -2], [-1, 4]],

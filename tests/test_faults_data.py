@@ -18,7 +18,7 @@ from cmp_tf.data import formats
 from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
 from cmp_tf.data import shards
-from tests.conftest import panning_frames, write_video
+from tests.helpers import panning_frames, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (24, 32)  # frames of the list files below
@@ -128,7 +128,7 @@ def test_sigterm_ends_a_run_stuck_inside_the_input_pipeline(tmp_path, rng):
         import time
         from cmp_tf import training
         from cmp_tf.data import formats
-        from tests.conftest import load_config
+        from tests.helpers import load_config
 
         read_pair = formats.read_pair
 

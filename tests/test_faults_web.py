@@ -18,7 +18,7 @@ import pytest
 from cmp_tf.apps import animate
 from cmp_tf.apps import inputs
 from cmp_tf.apps.web import server as server_lib
-from tests.conftest import serving
+from tests.helpers import serving
 
 SIDE = 256  # the test server's max_side
 TIMEOUT = 1.0  # s: the test server's request_timeout

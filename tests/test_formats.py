@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cmp_tf.data import formats
-from tests.conftest import panning_frames, write_video
+from tests.helpers import panning_frames, write_video
 
 
 def _pair_files(folder, rng, flow_kind="flo", size=(6, 8)):

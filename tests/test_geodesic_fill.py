@@ -8,7 +8,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from cmp_tf import models
 from cmp_tf.models import fills
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 HEIGHT, WIDTH = 64, 96
 EDGE = 56  # columns left of it are one colour, the rest another

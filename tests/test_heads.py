@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from cmp_tf import models
 from cmp_tf.models import fills, heads
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 SIZE = 128
 OFFSET = 4  # the fill-correction channels (du, dv, weight, reach) come first

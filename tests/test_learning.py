@@ -9,7 +9,7 @@ from cmp_tf import losses
 from cmp_tf import models
 from cmp_tf.data import sampling
 from cmp_tf.data import synthetic
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 SIZE, POINTS, BATCH, STEPS, LR = 128, 10, 2, 300, 2e-3
 

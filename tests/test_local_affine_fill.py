@@ -8,7 +8,7 @@ from cmp_tf import models
 from cmp_tf.models import fills
 from cmp_tf.models import heads
 from cmp_tf.models import layers as L
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 SIZE = 96
 

@@ -9,7 +9,7 @@ from cmp_tf import models
 from cmp_tf.models import fills
 from cmp_tf.models import heads
 from cmp_tf.models import layers as L
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 # recipe: (trainable, BatchNorm statistics, logits stride). Paper counts are the reference's
 # minus the 400 weights of its duplicated mask channel (docs/reference.md §2).

@@ -9,7 +9,7 @@ from cmp_tf.data import formats
 from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
 from cmp_tf.data import synthetic
-from tests.conftest import panning_frames, write_video
+from tests.helpers import panning_frames, write_video
 
 
 def _config(train, val=(), cache_dir="cache", batch=2, crop=(32, 32), **data):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmp_tf import rundir
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A recipe as earlier versions wrote config.json: the guidance prior as flags on `model`.

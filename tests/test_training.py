@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import panning_frames, write_video
+from tests.helpers import panning_frames, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

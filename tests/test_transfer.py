@@ -16,7 +16,7 @@ from cmp_tf.data import voc
 from cmp_tf.evaluation import segmentation as scores
 from cmp_tf.models import layers
 from cmp_tf.models import segmentation
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 IGNORE = voc.IGNORE_LABEL
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cmp_tf import flow as flow_lib
-from tests.conftest import serving
+from tests.helpers import serving
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(

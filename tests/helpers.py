@@ -1,0 +1,50 @@
+"""Helpers the tests import: recipes by name, a server thread, synthetic video.
+
+Kept out of conftest.py, which pytest imports itself: a test module importing from it would
+import it a second time under another name and run its set-up twice."""
+import contextlib
+import importlib
+import threading
+
+
+def load_config(name, arg=None):
+    """The recipe `configs/<name>.py` as train.py would load it (without flag overrides)."""
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@contextlib.contextmanager
+def serving(httpd):
+    """Runs an HTTP server (e.g. the page's) in a daemon thread for the block."""
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def panning_frames(count=8, size=(64, 96), step=(3, 2), seed=0):
+    """Frames of a textured scene panning by `step` (dx, dy) px per frame: flow is -step."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    big = rng.uniform(0, 255, (h + count * step[1] + 8, w + count * step[0] + 8, 3))
+    big = cv2.GaussianBlur(big.astype(np.float32), (0, 0), 2.0)
+    big = ((big - big.min()) / (big.max() - big.min()) * 255).astype(np.uint8)
+    return [big[t * step[1]: t * step[1] + h, t * step[0]: t * step[0] + w].copy()
+            for t in range(count)]
+
+
+def write_video(path, frames, fps=10):
+    """Writes RGB frames as an MJPG .avi that OpenCV reads back."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened(), f"OpenCV cannot write {path}"
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return str(path)

@@ -1,4 +1,5 @@
-"""Helpers the tests import: recipes by name, a server thread, synthetic video.
+"""Helpers the tests import: recipes by name, a server thread, synthetic video, an exported
+file's ops.
 
 Kept out of conftest.py, which pytest imports itself: a test module importing from it would
 import it a second time under another name and run its set-up twice."""
@@ -48,3 +49,32 @@ def write_video(path, frames, fps=10):
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
     return str(path)
+
+
+def tflite_ops(path):
+    """(builtin op names, custom op codes) of a .tflite file's operators."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(bytearray(f.read()), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    builtins, custom = set(), set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if op == schema.BuiltinOperator.CUSTOM:
+            custom.add(code.CustomCode().decode())
+        else:
+            builtins.add(names[op])
+    return builtins, custom
+
+
+def fills_spanning(model, side):
+    """`model`'s fill layers sized for images up to `side` px while it exports: a dynamic-size
+    ONNX file unrolls the passes its fills need for their `max_size` (2048 px by default, 128
+    coarse passes of the geodesic fill, which tf2onnx takes minutes to convert), the same ops
+    at any size."""
+    from cmp_tf.models import fills
+    from export import savedmodel
+
+    return savedmodel.layers_set(savedmodel.layers_of(model, fills.FILL_LAYERS), "max_size", side)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_config
+from tests.helpers import tflite_ops
 
 SIZE = (64, 64)  # the export size: the small default model with decoder scales (1, 2)
 GUIDE_XY, GUIDE_UV = np.array([[10, 5], [60, 40]], np.float32), np.array([[3, -2], [-1, 4]],
@@ -347,7 +348,7 @@ def test_the_exported_nearest_fill_holds_only_ops_xnnpack_runs(tmp_path):
 
     path = tmp_path / "nearest_fill.tflite"
     path.write_bytes(tflite.convert(_shipped_nearest_fill(128), (128, 128)))
-    builtins, _ = _tflite_ops(path)
+    builtins, _ = tflite_ops(path)
     off_delegate = {"GREATER", "LESS", "LESS_EQUAL", "EQUAL", "SELECT_V2", "CAST", "PADV2",
                     "RESIZE_NEAREST_NEIGHBOR"}
     assert {"DEPTHWISE_CONV_2D", "REDUCE_MIN", "DEPTH_TO_SPACE"} <= builtins
@@ -427,24 +428,6 @@ def test_onnx_int8_reads_the_sparse_map_in_float(tmp_path):
                 if node.op_type == "QuantizeLinear" and node.input[0] in ("sparse", "t")]
 
 
-def _tflite_ops(path):
-    """(builtin op names, custom op codes) of a .tflite file's operators."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    with open(path, "rb") as f:
-        model = schema.Model.GetRootAs(bytearray(f.read()), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    builtins, custom = set(), set()
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if op == schema.BuiltinOperator.CUSTOM:
-            custom.add(code.CustomCode().decode())
-        else:
-            builtins.add(names[op])
-    return builtins, custom
-
-
 def _fill_round_trips(path):
     """Names of the guidance fills' tensors that a .tflite file takes through QUANTIZE then
     DEQUANTIZE: the fills must stay float32 inside (pixel positions lose pixels at an int8
@@ -487,17 +470,17 @@ def test_every_file_takes_image_and_sparse_and_holds_builtin_ops_only(exported):
         runner = Interpreter(model_path=str(out / name)).get_signature_runner()
         assert sorted(runner.get_input_details()) == ["image", "sparse"], name
         assert "flow" in runner.get_output_details(), name
-        builtins, custom = _tflite_ops(out / name)
+        builtins, custom = tflite_ops(out / name)
         assert not custom, f"{name}: custom or Flex ops {sorted(custom)}"
         # The nearest fill's passes in their compact form, a gather and a pick (minimum)
         # each (fills.DensePrior), and its distances.
         fill_ops = {"DEPTHWISE_CONV_2D", "REDUCE_MIN", "SQRT"}
         assert fill_ops <= builtins, f"{name}: the nearest fill is not inside"
-    quantized, _ = _tflite_ops(out / "model_int8.tflite")
+    quantized, _ = tflite_ops(out / "model_int8.tflite")
     assert {"QUANTIZE", "DEQUANTIZE"} <= quantized  # int8 parts and float32 fills
     # MobileNetV3's hard swish: one op in the float files, in the int8 one written as ops
     # XNNPACK runs in int8 (export/tflite.py).
-    assert "HARD_SWISH" in _tflite_ops(out / "model.tflite")[0]
+    assert "HARD_SWISH" in tflite_ops(out / "model.tflite")[0]
     assert "HARD_SWISH" not in quantized
     assert _fill_round_trips(out / "model_int8.tflite") == []
     for name in ("model.onnx", "model_int8.onnx"):
@@ -622,14 +605,3 @@ def test_int8_hard_swish_is_the_same_function_and_the_model_gets_its_own_back():
     with tflite._delegable_hard_swish(model):
         assert all(a.activation is tflite._hard_swish_delegable for a in activations)
     assert all(a.activation is keras.activations.hard_silu for a in activations)
-
-
-def _fills_spanning(model, side):
-    """`model`'s fill layers sized for images up to `side` px while it exports: a dynamic-size
-    ONNX file unrolls the passes its fills need for their `max_size` (2048 px by default, 128
-    coarse passes of the geodesic fill, which tf2onnx takes minutes to convert), the same ops
-    at any size."""
-    from cmp_tf.models import fills
-    from export import savedmodel
-
-    return savedmodel.layers_set(savedmodel.layers_of(model, fills.FILL_LAYERS), "max_size", side)

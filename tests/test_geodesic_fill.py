@@ -8,7 +8,9 @@ from scipy.sparse.csgraph import dijkstra
 
 from cmp_tf import models
 from cmp_tf.models import fills
+from tests.helpers import fills_spanning
 from tests.helpers import load_config
+from tests.helpers import tflite_ops
 
 HEIGHT, WIDTH = 64, 96
 EDGE = 56  # columns left of it are one colour, the rest another
@@ -155,16 +157,14 @@ def test_exported_files_compute_the_geodesic_fill_with_builtin_ops(tmp_path):
     import onnx
 
     from export import export_lib
-    from tests.test_export import _fills_spanning
-    from tests.test_export import _tflite_ops
 
     config = _geodesic_config()
     model = models.build_cmp(config)
-    with _fills_spanning(model, 2 * max(EXPORTED)):
+    with fills_spanning(model, 2 * max(EXPORTED)):
         report = export_lib.export(model, config, str(tmp_path), formats=("tflite", "onnx"),
                                    size=EXPORTED, calibration=2, parity_samples=2,
                                    repeats=1, encoder=False, log=lambda _: None)
-    builtins, custom = _tflite_ops(tmp_path / "model.tflite")
+    builtins, custom = tflite_ops(tmp_path / "model.tflite")
     assert not custom and "DEPTHWISE_CONV_2D" in builtins
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     assert sorted(i.name for i in graph.input) == ["image", "sparse"]

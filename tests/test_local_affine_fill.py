@@ -9,6 +9,7 @@ from cmp_tf.models import fills
 from cmp_tf.models import heads
 from cmp_tf.models import layers as L
 from tests.helpers import load_config
+from tests.helpers import tflite_ops
 
 SIZE = 96
 
@@ -225,7 +226,6 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(residual_
     import onnx
 
     from export import export_lib
-    from tests.test_export import _tflite_ops
 
     config = _config()
     config.model.options.fill_correction.local_affine_residual_finest = residual_finest
@@ -234,7 +234,7 @@ def test_exported_files_compute_the_local_affine_fill_with_builtin_ops(residual_
                                formats=("tflite", "tflite_fp16", "onnx"),
                                size=(64, 64), calibration=2, parity_samples=2, repeats=1,
                                encoder=False, log=lambda _: None)
-    builtins, custom = _tflite_ops(tmp_path / "model.tflite")
+    builtins, custom = tflite_ops(tmp_path / "model.tflite")
     assert not custom and {"CONV_2D", "RESIZE_BILINEAR", "DIV"} <= builtins
     # No comparison and select: LiteRT's XNNPACK delegate runs neither, and each splits its graph.
     assert not {"GREATER", "SELECT_V2"} & builtins, builtins

@@ -1,4 +1,4 @@
-"""Helpers the tests import: recipes by name, a server thread, synthetic video, an exported
+"""Helpers the tests import: recipes by name, a server thread, panning frames, an exported
 file's ops.
 
 Kept out of conftest.py, which pytest imports itself: a test module importing from it would
@@ -37,18 +37,6 @@ def panning_frames(count=8, size=(64, 96), step=(3, 2), seed=0):
     return [big[t * step[1]: t * step[1] + h, t * step[0]: t * step[0] + w].copy()
             for t in range(count)]
 
-
-def write_video(path, frames, fps=10):
-    """Writes RGB frames as an MJPG .avi that OpenCV reads back."""
-    import cv2
-
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert writer.isOpened(), f"OpenCV cannot write {path}"
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return str(path)
 
 
 def tflite_ops(path):

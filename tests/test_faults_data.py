@@ -18,7 +18,8 @@ from cmp_tf.data import formats
 from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
 from cmp_tf.data import shards
-from tests.helpers import panning_frames, write_video
+from cmp_tf.data.synthetic import write_video
+from tests.helpers import panning_frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (24, 32)  # frames of the list files below

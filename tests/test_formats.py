@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cmp_tf.data import formats
-from tests.helpers import panning_frames, write_video
+from cmp_tf.data.synthetic import write_video
+from tests.helpers import panning_frames
 
 
 def _pair_files(folder, rng, flow_kind="flo", size=(6, 8)):

@@ -14,7 +14,8 @@ from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
 from cmp_tf.data import records
 from cmp_tf.data import shards
-from tests.helpers import panning_frames, write_video
+from cmp_tf.data.synthetic import write_video
+from tests.helpers import panning_frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = dict(gaps=(1,), max_side=-1, dis_preset="fast")

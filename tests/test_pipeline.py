@@ -9,7 +9,7 @@ from cmp_tf.data import formats
 from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
 from cmp_tf.data import synthetic
-from tests.helpers import panning_frames, write_video
+from tests.helpers import panning_frames
 
 
 def _config(train, val=(), cache_dir="cache", batch=2, crop=(32, 32), **data):
@@ -60,7 +60,8 @@ def test_resize_short_side_scales_the_flow_vectors():
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")
-    return [write_video(folder / f"pan{i}.avi", panning_frames(7, seed=i)) for i in range(2)]
+    return [synthetic.write_video(folder / f"pan{i}.avi", panning_frames(7, seed=i))
+            for i in range(2)]
 
 
 def test_videos_are_ingested_on_first_use_and_batched(videos, tmp_path):

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import panning_frames, write_video
+from cmp_tf.data.synthetic import write_video
+from tests.helpers import panning_frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

@@ -194,14 +194,17 @@ def _ignore_boundaries(labels, width):
     return out
 
 
-def _write_video(path, frames):
+def write_video(path, frames, fps=_VIDEO_FPS):
+    """Writes RGB frames as an MJPG .avi that OpenCV reads back; returns its path as text."""
+    path = str(path)
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), _VIDEO_FPS, (width, height))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():
         raise ValueError(f"OpenCV cannot write the video {path}.")
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
+    return path
 
 
 def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames=10,
@@ -253,7 +256,7 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
             f.write("".join(f"{i}\n" for i in ids))
     for index in range(num_videos):
         scene = _Scene(rng, height, width, int(rng.integers(objects[0], objects[1] + 1)), frames)
-        _write_video(os.path.join(folder, "videos", f"scene_{index:04d}.avi"),
+        write_video(os.path.join(folder, "videos", f"scene_{index:04d}.avi"),
                      [scene.render(t)[0] for t in range(frames)])
     manifest = dict(classes=list(SYNTHETIC_CLASSES), num_train=num_train, num_val=num_val,
                     num_videos=num_videos, frames=frames, size=list(size),

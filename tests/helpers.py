@@ -1,11 +1,14 @@
 """Helpers the tests import: recipes by name, a server thread, panning frames, an exported
-file's ops.
+file's ops, headless Chromium and a scene to load into the pages.
 
 Kept out of conftest.py, which pytest imports itself: a test module importing from it would
 import it a second time under another name and run its set-up twice."""
 import contextlib
 import importlib
+import shutil
 import threading
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 def load_config(name, arg=None):
@@ -66,3 +69,47 @@ def fills_spanning(model, side):
     from export import savedmodel
 
     return savedmodel.layers_set(savedmodel.layers_of(model, fills.FILL_LAYERS), "max_size", side)
+
+
+def chromium():
+    """Headless Chromium (Debian's chromium + chromium-driver) through Selenium, at a fixed
+    window size and pixel ratio."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service(DRIVER))
+
+
+def drag(driver, element, start, end):
+    """Drags the mouse on `element` between two image pixels (it is shown at natural size)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = element.size["width"], element.size["height"]
+    border = driver.execute_script("return arguments[0].clientLeft;", element)
+    # Selenium offsets are from the centre of the border box.
+    offset = [start[0] + border - width / 2, start[1] + border - height / 2]
+    chain = ActionChains(driver).move_to_element_with_offset(element, *map(round, offset))
+    chain.click_and_hold()
+    if end != start:
+        chain.move_by_offset(end[0] - start[0], end[1] - start[1])
+    chain.release().perform()
+
+
+def red_square_png(path, size=128):
+    """A red square (pixels 40-87) on a textured background, written as a PNG: the image a
+    page's user loads. Returns it, RGB."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (size, size, 3)).astype(np.float32), (0, 0), 2)
+    image = (image * 0.4 + np.array([60, 90, 140])).clip(0, 255).astype(np.uint8)
+    image[40:88, 40:88] = (220, 30, 30)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return image

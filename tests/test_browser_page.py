@@ -11,9 +11,13 @@ import pytest
 
 from cmp_tf.apps.browser import install
 from cmp_tf.apps.browser import server as server_lib
+from tests.helpers import CHROMIUM
+from tests.helpers import DRIVER
+from tests.helpers import chromium
+from tests.helpers import drag
+from tests.helpers import red_square_png
 from tests.helpers import serving
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SIZE = 128
 TIMEOUT = 180  # s: compiling the WebAssembly runtime and the model on a busy 2-core machine
 
@@ -99,11 +103,7 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.test_web_browser import _drag
-    from tests.test_web_browser import _scene
-    from tests.test_web_browser import chromium
-
-    image = _scene(tmp_path / "scene.png")
+    image = red_square_png(tmp_path / "scene.png", SIZE)
     browser = chromium()
     try:
         with serving(server_lib.make_server(exported_onnx, port=0)) as httpd:
@@ -115,8 +115,8 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
             browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
             wait.until(lambda d: f"{SIZE}×{SIZE} image" in status.text)
             canvas = browser.find_element(By.ID, "canvas")
-            _drag(browser, canvas, (64, 64), (84, 54))  # the square: 20 px right, 10 up
-            _drag(browser, canvas, (10, 10), (10, 10))  # a click: a pinned corner
+            drag(browser, canvas, (64, 64), (84, 54))  # the square: 20 px right, 10 up
+            drag(browser, canvas, (10, 10), (10, 10))  # a click: a pinned corner
             arrows = browser.execute_script("return page.arrows;")
             assert len(arrows) == 2 and arrows[1][2:] == [0, 0]
             browser.find_element(By.ID, "propagate").click()

@@ -2,16 +2,19 @@
 which .ci/run installs; nothing is downloaded): load an image, draw an arrow with the mouse,
 get the flow back, and check on a screenshot that the page shows it."""
 import os
-import shutil
 
 import cv2
 import numpy as np
 import pytest
 
 from cmp_tf import flow as flow_lib
+from tests.helpers import CHROMIUM
+from tests.helpers import DRIVER
+from tests.helpers import chromium
+from tests.helpers import drag
+from tests.helpers import red_square_png
 from tests.helpers import serving
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver "
     "(apt-get install chromium chromium-driver; .ci/run does)")]
@@ -28,50 +31,11 @@ def page(propagator):
         yield "http://{}:{}/".format(*httpd.server_address[:2])
 
 
-def chromium():
-    """Headless Chromium through Selenium, at a fixed window size and pixel ratio."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     "--force-device-scale-factor=1"):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=Service(DRIVER))
-
-
 @pytest.fixture(scope="module")
 def browser():
     driver = chromium()
     yield driver
     driver.quit()
-
-
-def _scene(path):
-    """A red square on a textured background, written as a PNG: the image the user loads."""
-    rng = np.random.default_rng(0)
-    image = cv2.GaussianBlur(rng.uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32), (0, 0), 2)
-    image = (image * 0.4 + np.array([60, 90, 140])).clip(0, 255).astype(np.uint8)
-    image[40:88, 40:88] = (220, 30, 30)
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return image
-
-
-def _drag(driver, element, start, end):
-    """Drags the mouse on `element` between two image pixels (it is shown at natural size)."""
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    width, height = element.size["width"], element.size["height"]
-    border = driver.execute_script("return arguments[0].clientLeft;", element)
-    # Selenium offsets are from the centre of the border box.
-    offset = [start[0] + border - width / 2, start[1] + border - height / 2]
-    chain = ActionChains(driver).move_to_element_with_offset(element, *map(round, offset))
-    chain.click_and_hold()
-    if end != start:
-        chain.move_by_offset(end[0] - start[0], end[1] - start[1])
-    chain.release().perform()
 
 
 def _shown(driver, element):
@@ -92,7 +56,7 @@ def _open_with_scene(tmp_path, page, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    image = _scene(tmp_path / "scene.png")
+    image = red_square_png(tmp_path / "scene.png", SIZE)
     browser.get(page)
     wait = WebDriverWait(browser, TIMEOUT)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refine option"))
@@ -119,8 +83,8 @@ def test_load_draw_an_arrow_and_see_the_flow(tmp_path, page, browser, propagator
     image, canvas, wait = _open_with_scene(tmp_path, page, browser)
     assert (canvas.size["width"], canvas.size["height"]) == (SIZE + 2, SIZE + 2)  # + border
 
-    _drag(browser, canvas, (64, 64), (84, 54))  # the square moves 20 px right, 10 up
-    _drag(browser, canvas, (10, 10), (10, 10))  # a click: a pinned corner
+    drag(browser, canvas, (64, 64), (84, 54))  # the square moves 20 px right, 10 up
+    drag(browser, canvas, (10, 10), (10, 10))  # a click: a pinned corner
     arrows = browser.execute_script("return state.arrows;")
     assert len(arrows) == 2 and arrows[1][2:] == [0, 0]
     # The start to a pixel (the layout may put the canvas at a fractional offset), the
@@ -151,11 +115,11 @@ def test_clicks_give_a_mask_on_the_page(tmp_path, page, browser):
     image, canvas, wait = _open_with_scene(tmp_path, page, browser)
     browser.find_element(By.CSS_SELECTOR, "input[value=positive]").click()
     for point in ((50, 50), (78, 78), (50, 78), (78, 50)):
-        _drag(browser, canvas, point, point)
+        drag(browser, canvas, point, point)
     browser.find_element(By.CSS_SELECTOR, "input[value=negative]").click()
     for point in ((30, 30), (98, 98), (30, 98), (98, 30), (30, 64), (98, 64), (64, 30),
                   (64, 98)):
-        _drag(browser, canvas, point, point)
+        drag(browser, canvas, point, point)
     browser.find_element(By.CSS_SELECTOR, "#refine option[value=grabcut]").click()
     browser.find_element(By.ID, "annotate").click()
     mask_image = browser.find_element(By.ID, "mask")

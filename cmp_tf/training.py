@@ -98,11 +98,10 @@ def make_optimizer(config):
     if list(s.boundaries) != sorted(s.boundaries):
         raise ValueError(f"config.schedule.boundaries must increase; got {tuple(s.boundaries)}.")
     schedule = WarmupPiecewise(s.lr, s.boundaries, s.factor, s.get("warmup_steps", 0))
-    ema = dict(use_ema=True, ema_momentum=o.ema) if o.get("ema", 0.0) else {}
     if o.name == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=o.momentum, **ema)
+        optimizer = keras.optimizers.SGD(schedule, momentum=o.momentum)
     elif o.name == "adam":
-        optimizer = keras.optimizers.Adam(schedule, **ema)
+        optimizer = keras.optimizers.Adam(schedule)
     else:
         raise ValueError(f"config.optim.name={o.name!r} is unknown; known: sgd, adam.")
     if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -187,9 +186,6 @@ def check_config(config):
         _count(value, "config.schedule.boundaries", 0)
     if "momentum" in config.optim and not 0 <= config.optim.momentum < 1:
         raise ValueError(f"config.optim.momentum={config.optim.momentum!r} must be in [0, 1).")
-    if not 0 <= config.optim.get("ema", 0.0) < 1:
-        raise ValueError(f"config.optim.ema={config.optim.ema!r} must be in [0, 1): the momentum "
-                         f"of the weights' moving average, 0 for none.")
     if config.optim.get("weight_decay", 0.0) < 0:
         raise ValueError(f"config.optim.weight_decay={config.optim.weight_decay!r} must be >= 0.")
 
@@ -465,8 +461,6 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     bar.close()
     writer.flush()
 
-    if config.optim.get("ema", 0.0):  # the saved model holds the weights' moving average
-        optimizer.finalize_variable_values(model.trainable_variables)
     if not chief:
         return {}
     model.save(os.path.join(workdir, "model.keras"))

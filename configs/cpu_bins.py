@@ -38,7 +38,7 @@ def get_config(arg=None):
     c.ingest = common.ingest(max_side=384)  # short sides >= 160 for every sample clip
     c.guidance = dict(strategies=("grid", "watershed"), bg_ratio=1 / 32**2, nms_ks=15,
                       max_num_guide=-1, num_points=(0, 0))
-    c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4, ema=0.0)
+    c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=0.01, boundaries=(600, 850), factor=0.1, warmup_steps=100)
     # ~2 steps/s on 2 cores: about 8 minutes, plus first-use ingestion and validation.
     c.train = common.train(steps=1_000, checkpoint_every=250, image_every=250)

@@ -9,6 +9,7 @@ import shutil
 import threading
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+RED_SQUARE = slice(40, 88)  # the rows and columns of red_square_png's square
 
 
 def load_config(name, arg=None):
@@ -39,7 +40,6 @@ def panning_frames(count=8, size=(64, 96), step=(3, 2), seed=0):
     big = ((big - big.min()) / (big.max() - big.min()) * 255).astype(np.uint8)
     return [big[t * step[1]: t * step[1] + h, t * step[0]: t * step[0] + w].copy()
             for t in range(count)]
-
 
 
 def tflite_ops(path):
@@ -102,14 +102,14 @@ def drag(driver, element, start, end):
 
 
 def red_square_png(path, size=128):
-    """A red square (pixels 40-87) on a textured background, written as a PNG: the image a
-    page's user loads. Returns it, RGB."""
+    """A red square (RED_SQUARE) on a textured background, `size` px square, written as a PNG:
+    the image a page's user loads. Returns it, RGB."""
     import cv2
     import numpy as np
 
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.uniform(0, 255, (size, size, 3)).astype(np.float32), (0, 0), 2)
     image = (image * 0.4 + np.array([60, 90, 140])).clip(0, 255).astype(np.uint8)
-    image[40:88, 40:88] = (220, 30, 30)
+    image[RED_SQUARE, RED_SQUARE] = (220, 30, 30)
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     return image

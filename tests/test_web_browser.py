@@ -10,6 +10,7 @@ import pytest
 from cmp_tf import flow as flow_lib
 from tests.helpers import CHROMIUM
 from tests.helpers import DRIVER
+from tests.helpers import RED_SQUARE
 from tests.helpers import chromium
 from tests.helpers import drag
 from tests.helpers import red_square_png
@@ -128,5 +129,5 @@ def test_clicks_give_a_mask_on_the_page(tmp_path, page, browser):
     # The overlay tints the object: the square's pixels change, the background's do not.
     changed = np.abs(shown - image).sum(-1) > 30
     square = np.zeros((SIZE, SIZE), bool)
-    square[40:88, 40:88] = True
+    square[RED_SQUARE, RED_SQUARE] = True
     assert changed[square].mean() > 0.9 and changed[~square].mean() < 0.05

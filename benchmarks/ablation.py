@@ -78,7 +78,7 @@ NO_CORRECTION = ["--config.model.options.fill_correction.correction=False"]
 STRIDE4 = LOCAL_AFFINE + ["--config.model.options.skip_layer.out_stride=4",
                           "--config.model.options.fill_correction.nearest_levels=3"]
 # stride4_fills2: the decoder at stride 4, the fills and blend on 2 px cells, no free
-# correction; configs/propagation.py, the shipped recipe, with its nearest fill's finest
+# correction; the shipped recipe then, later with its nearest fill's finest
 # refining pass left out (stride4_fills2_unrefined, the same weights within 0.001).
 STRIDE4_FILLS2 = STRIDE4 + NO_CORRECTION + [
     "--config.model.options.fill_correction.fill_stride=2",
@@ -86,10 +86,11 @@ STRIDE4_FILLS2 = STRIDE4 + NO_CORRECTION + [
 STRIDE4_FILLS2_RESIZED = STRIDE4_FILLS2 + [
     "--config.model.options.fill_correction.nearest_refine_finest=False",
     "--config.model.options.fill_correction.nearest_resize_finest=True"]
-# stride4_fills2_residual: configs/propagation.py, the shipped recipe.
+# stride4_fills2_residual: configs/propagation.py with a plain L1 loss (the shipped recipe
+# before relative_floor2).
 STRIDE4_FILLS2_RESIDUAL = STRIDE4_FILLS2_RESIZED + [
     "--config.model.options.fill_correction.local_affine_residual_finest=True"]
-# geodesic: the shipped recipe whose blend reads the vectors of the guide nearest along the
+# geodesic: stride4_fills2_residual whose blend reads the vectors of the guide nearest along the
 # image (fills.GeodesicNearestFill) instead of the nearest in pixels.
 GEODESIC = STRIDE4_FILLS2_RESIDUAL + ["--config.model.options.fill_correction.geodesic=True"]
 # relative: the loss per sample divided by its zero-flow loss (cmp_tf.losses.relative_to_zero_flow).
@@ -187,7 +188,7 @@ VARIANTS = {
                                "stride4_fills2_residual)", STRIDE4_FILLS2_RESIZED),
     "stride4_fills2_residual": ("stride4_fills2_resized with the local affine fill's fits "
                                 "stopping at 4 px, its 2 px cells a Gaussian mean of their "
-                                "guides' residuals (configs/propagation.py, the shipped model)",
+                                "guides' residuals (the shipped model before relative_floor2)",
                                 STRIDE4_FILLS2_RESIDUAL),
     "stride4_fills2_residual_seed1": ("stride4_fills2_residual with seed 1: its run-to-run "
                                       "spread", STRIDE4_FILLS2_RESIDUAL + ["--config.seed=1"]),
@@ -207,7 +208,8 @@ VARIANTS = {
     "relative_seed1": ("relative with seed 1: its run-to-run spread",
                        STRIDE4_FILLS2_RESIDUAL + RELATIVE + ["--config.seed=1"]),
     "relative_floor2": ("relative with a floor of 2 px, not 0.5: samples with less motion "
-                        "weigh as if they had 2 px", STRIDE4_FILLS2_RESIDUAL + RELATIVE
+                        "weigh as if they had 2 px (configs/propagation.py, the shipped "
+                        "model)", STRIDE4_FILLS2_RESIDUAL + RELATIVE
                         + ["--config.flow.relative_floor=2.0"]),
     "geodesic_relative_floor2": ("geodesic_relative with a floor of 2 px, not 0.5",
                                  GEODESIC + RELATIVE + ["--config.flow.relative_floor=2.0"]),

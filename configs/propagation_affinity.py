@@ -15,6 +15,7 @@ from configs import propagation
 def get_config(arg=None):
     c = propagation.get_config(arg)
     c.model.head = "affinity"
+    propagation.plain_l1_loss(c)
     # The pull-push smooth fill its figures were measured with (the shipped recipe's since is
     # the local affine fill).
     c.model.options.affinity.update(gain=True, smooth="pull_push", pull="tent", relax=4,

@@ -16,6 +16,7 @@ from configs import propagation
 
 def get_config(arg=None):
     c = propagation.get_config(arg)
+    propagation.plain_l1_loss(c)
     # the read-out and the decoder its figures were measured with: fills at the decoder's
     # stride 2, a free correction, dense convs
     c.model.options.fill_correction.update(smooth="edge_aware", sigma=0.1, finest_relax=0,

@@ -16,6 +16,7 @@ from configs import propagation
 
 def get_config(arg=None):
     c = propagation.get_config(arg)
+    propagation.plain_l1_loss(c)
     c.model.options.fill_correction.update(geodesic=True, geodesic_colour_weight=100.0,
                                            geodesic_passes=6)
     return c

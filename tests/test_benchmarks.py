@@ -141,10 +141,10 @@ def test_ablation_variants_build_and_a_typo_is_refused_before_training():
         assert "typo" in result.stderr and expected in result.stderr, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("variant, recipe", [("stride4_fills2_residual", "propagation"),
+@pytest.mark.parametrize("variant, recipe", [("relative_floor2", "propagation"),
                                              ("edge_aware", "propagation_edges")])
 def test_ablation_shipped_variant_is_the_shipped_recipe(variant, recipe):
-    """The ablation's `stride4_fills2_residual` must train exactly configs/propagation.py, or
+    """The ablation's `relative_floor2` must train exactly configs/propagation.py, or
     the README's ablation row is not the shipped model's (and `edge_aware` its recipe)."""
     code = ("from benchmarks import ablation as a; import json; "
             f"print(json.dumps(a.variant_config({variant!r}).to_dict()))")

@@ -4,13 +4,13 @@ r"""The propagation model that ships with cmp_tf (`cmp_tf/pretrained/default`), 
 blend of the nearest and a smooth local affine fill of the guidance (moving least squares on a
 pyramid of the guides' moments), scaled by a Gaussian gain of the distance to the guides whose
 reach is learned per pixel, L1-regressed relative to each sample's motion; trained by Adam
-with 1 to 400 guides per sample and half its samples layered scenes with exact flow. Its decoder ends after its stride-4 fusion,
-its convs at stride 4 depthwise-separable, and the blend's weight and the gain's reach it
-predicts there are resized to the fills' 2 px cells; the nearest fill on those cells runs on
-five levels with one refining pass at each but the finest, the coarsest at the features'
-stride (the decoder's input fill, flooded once). That is less than half the time of the dense decoder at stride 2
-with a three-level fill and two passes, for about the same EPE (docs/speed.md,
-docs/ablation.md).
+with 1 to 400 guides per sample and half its samples layered scenes with exact flow. Its
+decoder ends after its stride-4 fusion, its convs at stride 4 depthwise-separable, and the
+blend's weight and the gain's reach it predicts there are resized to the fills' 2 px cells;
+the nearest fill on those cells runs on five levels with one refining pass at each but the
+finest, the coarsest at the features' stride (the decoder's input fill, flooded once). That
+is less than half the time of the dense decoder at stride 2 with a three-level fill and two
+passes, for about the same EPE (docs/speed.md, docs/ablation.md).
 
 Why (benchmarks/ablation.py, docs/ablation.md): at the default's 1000-step CPU budget, every
 bin-loss variant trained the read-out away from the fill it starts from and ended worse than

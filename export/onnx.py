@@ -60,9 +60,9 @@ def write(saved_model, path, metadata=None, opset=OPSET):
 # x86 VNNI runs natively).
 QUANTIZED_OPS = ("Conv",)
 # ... but for the convolutions of the layers TFLite keeps float32 (its FLOAT_LAYERS: the
-# decoder's 1x1 head and the fusion it reads, and the guidance fills: a smooth fill's tent pull is a depthwise
-# convolution of (vector x mask, mask); at uint8 its ratio is off by up to a step, and the blend
-# reads it).
+# decoder's 1x1 head and the fusion it reads, and the guidance fills: a smooth fill's tent
+# pull is a depthwise convolution of (vector x mask, mask); at uint8 its ratio is off by up to
+# a step, and the blend reads it).
 _FLOAT_LAYERS = tflite_export.FLOAT_LAYERS + tflite_export.FILL_LAYER_PATTERNS
 _FLOAT_CONV = re.compile(rf"(^|/)({'|'.join(_FLOAT_LAYERS)})(_\d+)?/")
 

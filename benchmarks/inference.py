@@ -14,7 +14,10 @@ else the Xeon figure of docs/reference.md §7 (see benchmarks/reference.py).
 
 With --formats, each recipe's model is exported (export/, into a temporary folder) and every
 file is timed through cmp_tf.runtime at --size, batch 1, --threads threads, with its size and
-its flow difference from the Keras model on real validation samples. --bfloat16 adds the Keras
+its flow difference from the Keras model on real validation samples. The files' fills run on
+the cells export gives that size ("fill px"; coarser than the trained cells well above the
+training crop, export's --fill_stride=auto), Keras on the trained ones; "EPE change" adds
+what the coarser cells alone change ("cells"). --bfloat16 adds the Keras
 model under the mixed_bfloat16 policy (oneDNN's bfloat16 kernels on CPUs that have them). A
 recipe with a finished run under --runs uses its trained weights, the others random ones.
 """
@@ -188,7 +191,7 @@ def main(argv):
         base = dict(recipe=recipe, weights=weights, keras_seconds=seconds)
         deploy.append(dict(base, format="keras", precision="float32", seconds=seconds,
                            mean_abs_px=0.0, epe_change=0.0, bytes=None,
-                           fill_seconds=fill_seconds))
+                           fill_seconds=fill_seconds, fill_stride=models.fill_stride(model)))
         if _BFLOAT16.value:
             half = bfloat16_copy(model, config)
             samples = export_lib.real_samples(config, "val", _PARITY.value,
@@ -199,15 +202,19 @@ def main(argv):
                                mean_abs_px=flow_difference(model, half, samples),
                                epe_change=None))
         if formats:
-            tflite_fills = (time_tflite_fills(model, _SIZE.value, _REPEATS.value, threads)
+            # The files' fills on the cells export gives them at this size (model_for_files).
+            files_model = export_lib.model_for_files(model, config, (_SIZE.value,) * 2)[0]
+            tflite_fills = (time_tflite_fills(files_model, _SIZE.value, _REPEATS.value, threads)
                             if "tflite" in formats else None)
-            for r in format_rows(model, config, _SIZE.value, formats, threads)[0]:
+            rows_of_files, report = format_rows(model, config, _SIZE.value, formats, threads)
+            for r in rows_of_files:
                 # Every .tflite computes its fills in float32 (export/tflite.py).
                 fills_s = tflite_fills if r["artifact"].endswith(".tflite") else None
                 deploy.append(dict(base, format=r["artifact"], precision=r["precision"],
                                    bytes=r["bytes"], seconds=r["latency_s"],
                                    mean_abs_px=r["mean_abs_px"], epe_change=r["epe_change"],
-                                   fill_seconds=fills_s))
+                                   fill_seconds=fills_s, fill_stride=report["fill_stride"],
+                                   cells_epe_change=_cells_epe_change(report)))
     print(f"{'recipe':<20}{'params':>12}{'forward s':>12}{'fills s':>10}{'share':>7}"
           f"{'reference s':>13}{'speedup':>9}  source")
     for r in rows:
@@ -231,18 +238,30 @@ def main(argv):
     print(f"Wrote {path}")
 
 
+def _cells_epe_change(report):
+    """Keras EPE on the files' fill cells minus on the trained ones (export's report); 0 when
+    they are the same cells."""
+    if not report.get("trained_fill_stride"):
+        return 0.0
+    return report["keras_epe"] - report["trained_cells_keras_epe"]
+
+
 def deployment_table(deploy):
-    """Markdown: one row per recipe and format; speed-up is over Keras float32."""
-    lines = [("| recipe | weights | format | precision | size MB | latency s | fills s (share) | "
-              "vs Keras fp32 | mean abs px | EPE change |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: one row per recipe and format; speed-up is over Keras float32. "fill px" is
+    the cell size the fills run on; "EPE change" is the file's against Keras on the same
+    cells, then (after +) the cells' own change against the trained cells, when they differ."""
+    lines = [("| recipe | weights | format | precision | size MB | latency s | fill px | "
+              "fills s (share) | vs Keras fp32 | mean abs px | EPE change |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in deploy:
         size = f"{r['bytes'] / 2**20:.1f}" if r["bytes"] else "-"
         change = "-" if r["epe_change"] is None else f"{r['epe_change']:+.4f}"
+        if r.get("cells_epe_change"):
+            change += f" (cells {r['cells_epe_change']:+.4f})"
         fills_s = r.get("fill_seconds")
         fills = f"{fills_s:.4f} ({fills_s / r['seconds']:.0%})" if fills_s else "-"
         lines.append(f"| {r['recipe']} | {r['weights']} | {r['format']} | {r['precision']} | "
-                     f"{size} | {r['seconds']:.4f} | {fills} | "
+                     f"{size} | {r['seconds']:.4f} | {r.get('fill_stride') or '-'} | {fills} | "
                      f"{r['keras_seconds'] / r['seconds']:.2f}x | "
                      f"{r['mean_abs_px']:.4f} | {change} |")
     return "\n".join(lines)

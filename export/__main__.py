@@ -3,6 +3,7 @@ every file against the Keras model on real samples.
 
   python -m export --checkpoint=runs/default --out=exported
   python -m export --formats=tflite,tflite_int8 --size=384,384 --calibration=128
+  python -m export --size=384 --fill_stride=trained     # keep the fills' trained cells
 
 Writes the files, export.json (sizes, latencies, parity) and parity.md to --out; fails if a
 float32 file's flow differs from Keras by more than 0.01 px on average.
@@ -32,6 +33,11 @@ _FADE = flags.DEFINE_bool("fade", True, "Keep the model's learned fade of a guid
 _LOGITS = flags.DEFINE_bool("logits", True, "Serve the bin logits next to the flow.")
 _DYNAMIC_TFLITE = flags.DEFINE_bool("dynamic_tflite", False,
                                     "TFLite files with free height and width instead of --size.")
+_FILL_STRIDE = flags.DEFINE_string(
+    "fill_stride", export_lib.AUTO, "The files' guidance fills on cells of this many px (a "
+    "power of two up to the decoder's stride), 'trained' for the model's own, or 'auto': "
+    "coarser cells for sizes well above the training crop (4 px instead of 2 at 384^2 for the "
+    "shipped model: its fills half the time, a cost in EPE export.json reports).")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an earlier export in --out: all of its files (every format, "
     "export.json, parity.md) are removed first, so none is left that the new export.json does "
@@ -54,11 +60,18 @@ def main(argv):
         size = [int(s) for s in _SIZE.value] * (2 if len(_SIZE.value) == 1 else 1) or None
     except ValueError as error:
         raise app.UsageError(f"--size={_SIZE.value} must be H,W or one side in pixels.") from error
+    fill_stride = {"auto": export_lib.AUTO, "trained": None}.get(_FILL_STRIDE.value)
+    if fill_stride is None and _FILL_STRIDE.value != "trained":
+        try:
+            fill_stride = int(_FILL_STRIDE.value)
+        except ValueError as error:
+            raise app.UsageError(f"--fill_stride={_FILL_STRIDE.value!r} must be 'auto', "
+                                 "'trained' or a number of px.") from error
     out = _OUT.value or export_lib.default_out(path)
     export_lib.export(model, config, out, _FORMATS.value, size, _CALIBRATION.value,
                       _PARITY.value, _THREADS.value, encoder=_ENCODER.value,
                       logits=_LOGITS.value, dynamic_tflite=_DYNAMIC_TFLITE.value, source=path,
-                      overwrite=_OVERWRITE.value)
+                      overwrite=_OVERWRITE.value, fill_stride=fill_stride)
     print(f"\nWrote {out}/: the files, export.json and parity.md")
 
 

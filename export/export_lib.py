@@ -20,6 +20,7 @@ import numpy as np
 from cmp_tf import data
 from cmp_tf import rundir
 from cmp_tf import runners
+from cmp_tf.models import cmp as cmp_models
 from cmp_tf.models import heads
 from export import onnx as onnx_export
 from export import parity
@@ -125,12 +126,37 @@ def _metadata(model, part, fmt, size, dynamic, source):
     return {"model": part, "format": fmt, "multiple": guard.multiple,
             "minimum": guard.minimum if part == "model" else guard.multiple,
             "size": list(size) if fixed else None, "opset": opset, "source": source,
-            "fade": heads.fade_of(model) if part == "model" else None}
+            "fade": heads.fade_of(model) if part == "model" else None,
+            "fill_stride": cmp_models.fill_stride(model) if part == "model" else None}
+
+
+AUTO = "auto"  # fill_stride: the fills' cells for the files' size (cmp.fill_stride_for_size)
+
+
+def model_for_files(model, config, size, fill_stride=AUTO, dynamic=False):
+    """(model, config) the files are made from: `model` with its fills on `fill_stride` px
+    cells (cmp.with_fill_stride), the same weights. AUTO: the cells for the files' fixed
+    `size` (cmp.fill_stride_for_size; fewer cells for sizes well above the training crop,
+    at a measured cost in EPE that export reports); the trained cells for files of free size
+    (`dynamic`) and for heads without a blend of fills. None: the trained cells."""
+    if fill_stride is None or cmp_models.fill_stride(model) is None:
+        if fill_stride not in (None, AUTO):
+            raise ValueError(f"--fill_stride={fill_stride}: this model's head "
+                             f"({config.model.head!r}) has no fills whose cells can change.")
+        return model, config
+    if fill_stride == AUTO:
+        if dynamic:
+            return model, config
+        fill_stride = cmp_models.fill_stride_for_size(model, config, size)
+    try:
+        return cmp_models.with_fill_stride(model, config, fill_stride)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from error
 
 
 def export(model, config, out, formats=FORMATS, size=None, calibration=64, parity_samples=16,
            threads=None, repeats=5, encoder=True, logits=True, dynamic_tflite=False, source=None,
-           log=print, overwrite=False):
+           log=print, overwrite=False, fill_stride=AUTO):
     """Writes the CMP `model` (and its encoder) in `formats` to `out`, checks parity.
 
     Args:
@@ -144,6 +170,8 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         source: where `model` came from, recorded in the files' metadata and the report.
         overwrite: replace an earlier export in `out` (all of its files); without it, a
             folder holding one is refused (clear_earlier_export).
+        fill_stride: the files' fill cells in px, AUTO or None (`model_for_files`); the
+            report gives the Keras EPE on them and on the trained cells.
     Returns:
         The report (also written as export.json and parity.md).
     Raises:
@@ -159,6 +187,8 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         raise ValueError(f"--calibration={calibration} and --parity_samples={parity_samples} "
                          "must be positive.")
     threads = threads or os.cpu_count()
+    trained = model
+    model, config = model_for_files(model, config, size, fill_stride, dynamic_tflite)
     removed = clear_earlier_export(out, overwrite)
     if removed:
         log(f"removed the earlier export in {out}: {', '.join(removed)}")
@@ -193,7 +223,8 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
                              seconds_to_export=time.perf_counter() - start))
             log(f"wrote {path} ({rows[-1]['bytes'] / 2**20:.2f} MB, "
                 f"{rows[-1]['seconds_to_export']:.0f} s)")
-    report = check_parity(parts, out, rows, config, size, parity_samples, threads, repeats)
+    report = check_parity(parts, out, rows, config, size, parity_samples, threads, repeats,
+                          trained=trained)
     report.update(checkpoint=source, formats=list(formats),
                   calibration_samples=len(calib), opset=onnx_export.OPSET)
     with open(os.path.join(out, "export.json"), "w") as f:
@@ -226,8 +257,9 @@ def _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds):
         onnx_export.quantize(source, path, feeds, meta)
 
 
-def check_parity(parts, out, rows, config, size, count, threads, repeats):
-    """Fills `rows` with each file's parity, latency and size; returns the report."""
+def check_parity(parts, out, rows, config, size, count, threads, repeats, trained=None):
+    """Fills `rows` with each file's parity, latency and size; returns the report. `trained`:
+    the model before its fills' cells changed (`model_for_files`), whose EPE it adds."""
     import tensorflow as tf
 
     samples = real_samples(config, "val", count, size)
@@ -238,6 +270,7 @@ def check_parity(parts, out, rows, config, size, count, threads, repeats):
     first = samples[0]
     report = dict(size=list(size), threads=threads, repeats=repeats, samples=len(samples),
                   data=", ".join(os.path.basename(str(s)) for s in _sources(config, "val")),
+                  fill_stride=cmp_models.fill_stride(model),
                   keras_epe=parity.epe(reference, samples),
                   keras_latency_s=parity.median_seconds(
                       lambda: forward(first["image"], first["sparse"]).numpy(), repeats))
@@ -255,5 +288,10 @@ def check_parity(parts, out, rows, config, size, count, threads, repeats):
             row.update(parity.cmp_parity(path, reference, samples, threads, repeats))
         else:
             row.update(parity.encoder_parity(path, encoder_reference, images, threads, repeats))
+    if trained is not None and trained is not model:
+        flows = [trained({"image": s["image"], "sparse": s["sparse"]}, training=False)["flow"]
+                 for s in samples]
+        report.update(trained_fill_stride=cmp_models.fill_stride(trained),
+                      trained_cells_keras_epe=parity.epe(np.concatenate(flows), samples))
     report["rows"] = rows
     return report

@@ -115,10 +115,15 @@ def markdown(report):
               f"{report['size'][0]}x{report['size'][1]}, latency batch 1, median of "
               f"{report['repeats']}, {report['threads']} threads. Keras EPE "
               f"{_num(report['keras_epe'])} px, latency {_num(report['keras_latency_s'])} s."),
-             "",
-             ("| artifact | precision | size MB | latency s | max abs px | mean abs px | EPE | "
-              "EPE change |"),
-             "|---|---|---|---|---|---|---|---|"]
+             ""]
+    if report.get("trained_fill_stride"):
+        lines += [(f"The files' fills run on {report['fill_stride']} px cells, the model's on "
+                   f"{report['trained_fill_stride']} px (`--fill_stride`): Keras EPE "
+                   f"{_num(report['keras_epe'])} px on the files' cells against "
+                   f"{_num(report['trained_cells_keras_epe'])} px on the trained ones."), ""]
+    lines += [("| artifact | precision | size MB | latency s | max abs px | mean abs px | EPE | "
+               "EPE change |"),
+              "|---|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r["part"] == "model"):
         lines.append(f"| {r['artifact']} | {r['precision']} | {r['bytes'] / 2**20:.2f} | "
                      f"{_num(r['latency_s'])} | {_num(r['max_abs_px'])} | "

@@ -232,3 +232,19 @@ def test_teacher_benchmark_scores_flow_against_the_exact_flow(tmp_path):
     assert "| dis_medium |" in out and "| farneback |" in out
     table = json.loads((tmp_path / "teacher.json").read_text())["table"]
     assert set(table) == {"dis_medium", "farneback"} and 0 < table["dis_medium"]["epe_far"]
+
+
+def test_fill_cells_scores_the_trained_and_the_files_cells_at_a_larger_size(tmp_path):
+    """benchmarks/fill_cells.py at 256^2 on two generated scenes: the shipped model on its 2 px
+    cells and on the 4 px cells export gives files of that size, both scored."""
+    code = ("import sys; from absl import app; from benchmarks import fill_cells as f; "
+            f"sys.argv = ['fill_cells', '--size=256', '--pairs=2', '--ks=1,25', "
+            f"'--out={tmp_path}']; app.run(f.main)")
+    result = _run_python(code, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "fill_cells.json") as f:
+        scored = json.load(f)
+    assert scored["pairs"] == 2 and scored["size"] == 256
+    assert set(scored["table"]) == {"nearest", "linear", "2 px cells (trained)", "4 px cells"}
+    assert set(scored["table"]["4 px cells"]) == {"watershed/1", "watershed/25", "uniform/1",
+                                                  "uniform/25"}

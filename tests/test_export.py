@@ -258,7 +258,8 @@ def test_command_line_exports_a_run_directory(tmp_path):
 def test_the_shipped_models_int8_files_keep_its_epe_on_real_pairs(tmp_path):
     """The contract of the int8 files, on the shipped weights and real validation pairs at the
     size the benchmarks time: within 0.05 px of float32 in EPE, its fills computed inside the
-    file. A convolution of a fill quantized by mistake (converters merge and rename them) cost
+    file (on the 4 px cells export gives that size, themselves within 0.05 px of the trained
+    cells). A convolution of a fill quantized by mistake (converters merge and rename them) cost
     0.4 px once, the head's output resized at int8 0.074 px at 384^2 (0.001 at 128^2); the
     small untrained export above cannot show either."""
     from export import export_lib
@@ -273,6 +274,38 @@ def test_the_shipped_models_int8_files_keep_its_epe_on_real_pairs(tmp_path):
     assert set(rows) == {"tflite_int8", "onnx_int8"}
     for fmt, row in rows.items():
         assert abs(row["epe_change"]) < 0.05, (fmt, row)
+    # At 384^2 the files' fills run on 4 px cells, the trained 2 px ones' EPE within 0.05 px.
+    assert (report["fill_stride"], report["trained_fill_stride"]) == (4, 2)
+    assert abs(report["keras_epe"] - report["trained_cells_keras_epe"]) < 0.05, report
+    assert "fills run on 4 px cells" in (tmp_path / "parity.md").read_text()
+
+
+def test_the_files_fill_cells_follow_their_size_unless_asked(tmp_path):
+    """`model_for_files`: 'auto' gives a fixed size well above the training crop coarser fill
+    cells and files of free size the trained ones; a number asks for those cells, None keeps
+    the trained ones; what a model cannot take is refused naming --fill_stride."""
+    from cmp_tf import models
+    from export import export_lib
+
+    model, config, _ = export_lib.load_checkpoint(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "cmp_tf", "pretrained",
+                     "default"))
+    assert models.fill_stride(model) == 2
+    for size, fill_stride, dynamic, cells in [((384, 384), export_lib.AUTO, False, 4),
+                                              ((128, 128), export_lib.AUTO, False, 2),
+                                              ((384, 384), export_lib.AUTO, True, 2),
+                                              ((384, 384), None, False, 2),
+                                              ((128, 128), 4, False, 4)]:
+        files_model, files_config = export_lib.model_for_files(model, config, size, fill_stride,
+                                                               dynamic)
+        assert models.fill_stride(files_model) == cells, (size, fill_stride, dynamic)
+        assert files_config.model.options.fill_correction.fill_stride == cells
+    with pytest.raises(ValueError, match="--fill_stride must be a power of two dividing the "
+                                         "decoder's stride 4; got 8"):
+        export_lib.model_for_files(model, config, (384, 384), 8)
+    small = _small_config()
+    with pytest.raises(ValueError, match="--fill_stride=4: this model's head"):
+        export_lib.model_for_files(models.build_cmp(small), small, SIZE, 4)
 
 
 def test_files_exported_without_the_fade_say_so_and_the_runtime_holds_each_file_to_its_own(

@@ -246,6 +246,39 @@ def test_the_skip_decoder_can_end_at_stride_4_with_its_head_there_or_finer(rng):
         heads.FillCorrection(99, 50.0, "l1", fill_stride=3)
 
 
+def test_the_fills_cells_follow_the_working_size_and_a_rebuild_keeps_weights_and_fade(rng):
+    """Files of a fixed size well above the training crop get coarser fill cells
+    (`fill_stride_for_size`: 2 px trained on 128^2 -> 4 px from 256^2, never coarser than the
+    decoder's 4 px); `with_fill_stride` rebuilds the model on them with the same weights and
+    fade, its nearest fill's coarsest level where it was, and back to the trained cells it
+    gives the same flow to the bit."""
+    from cmp_tf.models import cmp as cmp_models
+    config = load_config("propagation")  # fills on 2 px cells, decoder at 4 px, crop 128^2
+    model = models.build_cmp(config)
+    assert cmp_models.decoder_stride(model) == 4 and models.fill_stride(model) == 2
+    assert [cmp_models.fill_stride_for_size(model, config, (s, s))
+            for s in (64, 128, 224, 256, 384, 1024)] == [2, 2, 2, 4, 4, 4]
+    assert cmp_models.fill_stride_for_size(model, config, (128, 512)) == 2  # the short side
+    heads.set_fade(model, False)
+    coarse, coarse_config = cmp_models.with_fill_stride(model, config, 4)
+    assert models.fill_stride(coarse) == 4 and heads.fade_of(coarse) is False
+    assert coarse_config.model.options.fill_correction.nearest_levels == 3  # still 32 px
+    assert config.model.options.fill_correction.fill_stride == 2  # the caller's config kept
+    assert "decoder_to_fills" not in {layer.name for layer in coarse.layers}
+    for a, b in zip(model.weights, coarse.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    inputs = _inputs(rng, 1, 128)
+    again, _ = cmp_models.with_fill_stride(coarse, coarse_config, 2)
+    np.testing.assert_array_equal(again(inputs)["flow"].numpy(), model(inputs)["flow"].numpy())
+    assert cmp_models.with_fill_stride(model, config, 2)[0] is model
+    for bad in (8, 3, True):
+        with pytest.raises(ValueError, match="fill_stride must be a power of two dividing"):
+            cmp_models.with_fill_stride(model, config, bad)
+    bins = load_config("cpu_bins")
+    with pytest.raises(ValueError, match="config.model.head='bins' has no fills"):
+        cmp_models.with_fill_stride(models.build_cmp(bins), bins, 4)
+
+
 def test_skip_decoder_needs_an_encoder_with_skips():
     config = load_config("alexnet_yfcc")
     config.model.decoder = "skip_layer"

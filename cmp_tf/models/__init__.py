@@ -5,6 +5,6 @@ from cmp_tf.models import fills  # noqa: F401
 from cmp_tf.models import heads  # noqa: F401
 from cmp_tf.models import image_encoders  # noqa: F401
 from cmp_tf.models import sparse_encoders  # noqa: F401
-from cmp_tf.models.cmp import assemble, build_cmp, build_encoder, build_head
+from cmp_tf.models.cmp import assemble, build_cmp, build_encoder, build_head, fill_stride
 
-__all__ = ["assemble", "build_cmp", "build_encoder", "build_head"]
+__all__ = ["assemble", "build_cmp", "build_encoder", "build_head", "fill_stride"]

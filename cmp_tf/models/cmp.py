@@ -133,3 +133,78 @@ def build_cmp(config):
         raise ValueError(f"config.data.crop={crop} must be a multiple of {guard.multiple} (the "
                          f"stride of this config's encoders) and at least {guard.minimum}.")
     return model
+
+
+def decoder_stride(model):
+    """Input pixels per cell of a CMP's decoder output: its finest input's stride (`assemble`)."""
+    strides = part_strides(model.get_layer("image_encoder"))
+    return min(strides[key] for key in model.get_layer("decoder").input)
+
+
+def fill_stride(model):
+    """The cell size in px of a CMP's blend of fills (`heads.BlendFills`); None without one."""
+    from cmp_tf.models import heads
+
+    blends = [layer for layer in model.layers if isinstance(layer, heads.BlendFills)]
+    return blends[0].stride if blends else None
+
+
+def fill_stride_for_size(model, config, size):
+    """The fills' cell size for a fixed working `size` (H, W): the trained cells scaled by the
+    largest power of two within size / the training crop (short sides), at most the decoder's
+    stride; the trained cells where the head has no blend of fills.
+
+    Why: a recipe trains its fills on cells fine enough for its crop (dense guidance on 128^2
+    is 6 px apart); at 384^2 the same guidance is 19 px apart, and 4 px cells keep it for a
+    quarter of the cells. On the shipped weights at 384^2 that is within 0.002 in relative EPE
+    at every K from 1 to 400 on the bikes clip and from 1 to 100 on the generated scenes (400
+    uniform guides 0.142 against 0.137), and the fills take half the time (docs/speed.md)."""
+    trained = fill_stride(model)
+    height, width = (int(s) for s in size)
+    if trained is None or config.model.head != "fill_correction":
+        return trained
+    crop = min(int(s) for s in config.data.crop)
+    factor = 1
+    while 2 * factor * crop <= min(height, width):
+        factor *= 2
+    return min(trained * factor, decoder_stride(model))
+
+
+def with_fill_stride(model, config, stride):
+    """(model, config): `model` rebuilt with its fills and blend on `stride` px cells (the
+    fill_correction head's `fill_stride`), the same weights and fade; the nearest fill's
+    coarsest level stays where it was. `model` itself when its fills are on them already.
+
+    Raises:
+        ValueError: the head is not fill_correction, or `stride` is not a power of two that
+            divides the decoder's stride.
+    """
+    import copy
+
+    from cmp_tf.models import heads
+
+    if not isinstance(stride, bool) and stride == fill_stride(model):
+        return model, config
+    if config.model.head != "fill_correction":
+        raise ValueError(f"fill_stride: config.model.head={config.model.head!r} has no fills "
+                         "whose cells can change; only 'fill_correction' does.")
+    current, coarsest = fill_stride(model), decoder_stride(model)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 \
+            or stride & (stride - 1) or coarsest % stride:
+        raise ValueError(f"fill_stride must be a power of two dividing the decoder's stride "
+                         f"{coarsest}; got {stride!r}.")
+    config = copy.deepcopy(config)
+    options = config.model.options.fill_correction
+    if options.get("nearest_levels", 0):
+        coarse = current * 2 ** options.nearest_levels
+        options.nearest_levels = max(1, (coarse // stride).bit_length() - 1)
+    options.fill_stride = stride
+    rebuilt = build_cmp(config)
+    source = {layer.name: layer for layer in model.layers}
+    for layer in rebuilt.layers:
+        if layer.weights:
+            layer.set_weights(source[layer.name].get_weights())
+    fade = heads.fade_of(model)
+    if fade is not None:
+        heads.set_fade(rebuilt, fade)
+    return rebuilt, config

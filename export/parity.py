@@ -119,8 +119,8 @@ def markdown(report):
     if report.get("trained_fill_stride"):
         lines += [(f"The files' fills run on {report['fill_stride']} px cells, the model's on "
                    f"{report['trained_fill_stride']} px (`--fill_stride`): Keras EPE "
-                   f"{_num(report['keras_epe'])} px on the files' cells against "
-                   f"{_num(report['trained_cells_keras_epe'])} px on the trained ones."), ""]
+                   f"{report['keras_epe']:.4f} px on the files' cells against "
+                   f"{report['trained_cells_keras_epe']:.4f} px on the trained ones."), ""]
     lines += [("| artifact | precision | size MB | latency s | max abs px | mean abs px | EPE | "
                "EPE change |"),
               "|---|---|---|---|---|---|---|---|"]

@@ -249,12 +249,13 @@ def _write_onnx(net, path, outputs, meta):
 def _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds):
     """Quantizes the float ONNX file: the one written, else one in a temporary folder."""
     if "onnx" in formats:
-        onnx_export.quantize(os.path.join(out, artifact_name("onnx", part)), path, feeds, meta)
+        onnx_export.quantize(os.path.join(out, artifact_name("onnx", part)), path, feeds, meta,
+                             tflite.head_inputs(net))
         return
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "float.onnx")
         _write_onnx(net, source, outputs, None)
-        onnx_export.quantize(source, path, feeds, meta)
+        onnx_export.quantize(source, path, feeds, meta, tflite.head_inputs(net))
 
 
 def check_parity(parts, out, rows, config, size, count, threads, repeats, trained=None):

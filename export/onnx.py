@@ -9,7 +9,6 @@ and the softmax readout among them, stays float32 (see export/tflite.py for why)
 """
 import json
 import os
-import re
 import tempfile
 import warnings
 
@@ -60,21 +59,21 @@ def write(saved_model, path, metadata=None, opset=OPSET):
 # x86 VNNI runs natively).
 QUANTIZED_OPS = ("Conv",)
 # ... but for the convolutions of the layers TFLite keeps float32 (its FLOAT_LAYERS: the
-# decoder's 1x1 head and the fusion it reads, and the guidance fills: a smooth fill's tent
-# pull is a depthwise convolution of (vector x mask, mask); at uint8 its ratio is off by up to
-# a step, and the blend reads it).
-_FLOAT_LAYERS = tflite_export.FLOAT_LAYERS + tflite_export.FILL_LAYER_PATTERNS
-_FLOAT_CONV = re.compile(rf"(^|/)({'|'.join(_FLOAT_LAYERS)})(_\d+)?/")
+# decoder's 1x1 head, with the fusion it reads passed in, and the guidance fills: a smooth
+# fill's tent pull is a depthwise convolution of (vector x mask, mask); at uint8 its ratio is
+# off by up to a step, and the blend reads it).
 
 
-def _float_layer_nodes(nodes, producers):
-    """Names of the nodes of the layers kept float32: named in one of their scopes, or named by
-    tf2onnx (no scope: the convolutions it merges or splits) and reading such a node."""
+def _float_layer_nodes(nodes, producers, extra_layers=()):
+    """Names of the nodes of the layers kept float32 (and of `extra_layers`): named in one of
+    their scopes, or named by tf2onnx (no scope: the convolutions it merges or splits) and
+    reading such a node."""
+    pattern = tflite_export.float_node_pattern(extra_layers)
     floats = set()
     for node in nodes:  # topological order
         source = producers.get(node.input[0]) if node.input else None
-        if _FLOAT_CONV.search(node.name) or ("/" not in node.name and source is not None
-                                             and source.name in floats):
+        if pattern.search(node.name) or ("/" not in node.name and source is not None
+                                         and source.name in floats):
             floats.add(node.name)
     return floats
 
@@ -92,9 +91,10 @@ def _reads_input(producers, node, name):
     return tensor == name
 
 
-def quantize(source, path, samples, metadata=None):
+def quantize(source, path, samples, metadata=None, float_layers=()):
     """Float ONNX file `source` -> int8 ONNX file `path`, calibrated on `samples` (dicts of
-    float32 inputs by name)."""
+    float32 inputs by name); the convolutions of `float_layers` (the layers the decoder's head
+    reads: tflite.head_inputs) stay float32 with those TFLite keeps."""
     import onnx
     from onnxruntime import quantization
 
@@ -111,7 +111,7 @@ def quantize(source, path, samples, metadata=None):
                                                        skip_symbolic_shape=True)
         nodes = onnx.load(prepared).graph.node
         producers = {out: node for node in nodes for out in node.output}
-        floats = _float_layer_nodes(nodes, producers)
+        floats = _float_layer_nodes(nodes, producers, float_layers)
         keep = [node.name for node in nodes
                 if node.op_type in QUANTIZED_OPS and (node.name in floats
                                                       or _reads_input(producers, node, "sparse"))]

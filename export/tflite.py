@@ -15,8 +15,9 @@ parts stay float32 on purpose:
   head quantized, by 0.0045 px without, both with the fills then fed from outside the file;
   by 0.0117 px with them inside, by 0.0047 px since the round trips below are dropped; a 1x1
   convolution at stride 2, little of the time);
-- the head's output resized to the fills' cells (`decoder_to_fills`) and the decoder fusion
-  the head reads (`fusion4`, where the shipped decoder ends): calibrated on the shipped model,
+- the head's output resized to the fills' cells (`decoder_to_fills`) and the decoder layer
+  the head reads (`head_inputs`: `fusion4` where the shipped decoder ends, `fusion2` in a
+  decoder that ends at stride 2): calibrated on the shipped model,
   one int8 step of that resize was 2.0 in the blend's and the reach's logits, and its int8
   `.tflite` lost 0.074 px of EPE at 384^2 (0.053 with the resize float, 0.022 with both); its
   int8 `.onnx`, whose resizes stay float, lost 0.065 px with the fusion quantized, 0.010
@@ -48,12 +49,35 @@ from export import savedmodel
 
 PRECISIONS = ("float32", "float16", "int8")
 # Layers of the CMP model kept in float32 in the integer model (see the module docstring).
+# With them, the convolution the decoder's head reads (`head_inputs`).
 FLOAT_LAYERS = ("head", "prior_logits", "add_prior", "propagate", "readout", "upsample_flow",
-                "decoder_to_fills", "fusion4")
+                "decoder_to_fills")
 # The guidance fills' layer names, kept float32 too (cmp_tf.models.heads names them so).
 FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*", r"local_affine\w*", r"edge_aware\w*")
-_FLOAT_NODE = re.compile(rf"(^|/)({'|'.join(FLOAT_LAYERS + FILL_LAYER_PATTERNS)})(_\d+)?/")
 _FILL_NODE = re.compile(rf"(^|/)({'|'.join(FILL_LAYER_PATTERNS)})(_\d+)?/")
+
+
+def float_node_pattern(extra_layers=()):
+    """A regex matching the op and tensor names of FLOAT_LAYERS, the fills and `extra_layers`
+    (a layer's scope in the converted graph, with the suffix the converters add)."""
+    names = FLOAT_LAYERS + FILL_LAYER_PATTERNS + tuple(re.escape(n) for n in extra_layers)
+    return re.compile(rf"(^|/)({'|'.join(names)})(_\d+)?/")
+
+
+def head_inputs(model):
+    """Names of the convolutions a CMP's decoder head reads, back through its batch norm and
+    ReLU (the decoder's last fusion: `fusion4` in the shipped model, `fusion2` in a decoder
+    ending at stride 2); none where the head reads several branches or there is no decoder."""
+    try:
+        head = model.get_layer("decoder").get_layer("head")
+    except ValueError:
+        return ()
+    layer = head.input._keras_history.operation
+    while isinstance(layer, (keras.layers.ReLU, keras.layers.BatchNormalization)):
+        layer = layer.input._keras_history.operation
+    convolutions = (keras.layers.Conv2D, keras.layers.SeparableConv2D,
+                    keras.layers.DepthwiseConv2D)
+    return (layer.name,) if isinstance(layer, convolutions) else ()
 
 
 def convert(model, size, precision="float32", representative=None, metadata=None,
@@ -83,7 +107,7 @@ def convert(model, size, precision="float32", representative=None, metadata=None
             converter.target_spec.supported_types = [tf.float16]
             flat = converter.convert()
         elif precision == "int8":
-            flat = _quantize(converter, lambda: iter(representative))
+            flat = _quantize(converter, lambda: iter(representative), head_inputs(model))
         else:
             flat = converter.convert()
     if metadata is not None:
@@ -110,16 +134,16 @@ def _delegable_hard_swish(model):
     return savedmodel.layers_set(hard_swishes, "activation", _hard_swish_delegable)
 
 
-def _quantize(converter, dataset):
-    """Integer quantization with FLOAT_LAYERS, the fills and the model's outputs left in
-    float32."""
+def _quantize(converter, dataset, extra_layers=()):
+    """Integer quantization with FLOAT_LAYERS, the fills, `extra_layers` and the model's
+    outputs left in float32."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = dataset
     with warnings.catch_warnings():  # the debugger runs the deprecated tf.lite interpreter
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
                                                              debug_dataset=dataset)
-        keep = float_nodes(debugger.calibrated_model)
+        keep = float_nodes(debugger.calibrated_model, extra_layers)
         if keep:  # re-quantizes the calibrated model with these left out
             debugger.options = tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_nodes=keep)
@@ -171,18 +195,19 @@ def drop_fill_round_trips(flat):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def float_nodes(flat):
-    """Names of the output tensors of FLOAT_LAYERS' and the fills' ops and of the graph
-    outputs."""
+def float_nodes(flat, extra_layers=()):
+    """Names of the output tensors of FLOAT_LAYERS', the fills' and `extra_layers`' ops and of
+    the graph outputs."""
     from ai_edge_litert import schema_py_generated as schema
 
     graph = schema.Model.GetRootAs(bytearray(flat), 0).Subgraphs(0)
     outputs = set(graph.OutputsAsNumpy().tolist())
+    pattern = float_node_pattern(extra_layers)
     names = []
     for i in range(graph.OperatorsLength()):
         for t in graph.Operators(i).OutputsAsNumpy().tolist():
             name = graph.Tensors(t).Name().decode()
-            if t in outputs or _FLOAT_NODE.search(name):
+            if t in outputs or pattern.search(name):
                 names.append(name)
     return sorted(set(names))
 

@@ -389,9 +389,9 @@ def test_the_exported_nearest_fill_holds_only_ops_xnnpack_runs(tmp_path):
     assert not builtins & off_delegate, sorted(builtins & off_delegate)
 
 
-def _quantized_convs(graph, samples, folder):
+def _quantized_convs(graph, samples, folder, float_layers=()):
     """({Conv node name: whether its weights are int8}, quantized graph) of `graph` quantized
-    by export/onnx.py on `samples`."""
+    by export/onnx.py on `samples`, `float_layers` kept float32 with its own."""
     import onnx
     from onnx import helper
 
@@ -399,7 +399,7 @@ def _quantized_convs(graph, samples, folder):
 
     source, quantized = str(folder / "float.onnx"), str(folder / "int8.onnx")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
-    onnx_export.quantize(source, quantized, samples)
+    onnx_export.quantize(source, quantized, samples, float_layers=float_layers)
     graph = onnx.load(quantized).graph
     made_by = {out: node.op_type for node in graph.node for out in node.output}
     return ({node.name: made_by.get(node.input[1]) == "DequantizeLinear"
@@ -428,9 +428,31 @@ def test_onnx_int8_keeps_the_head_and_the_fills_convolutions_float(tmp_path):
         nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
         [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4, 8, 8])], weights)
     samples = [{"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
-    int8_weights, _ = _quantized_convs(graph, samples, tmp_path)
+    int8_weights, _ = _quantized_convs(graph, samples, tmp_path, float_layers=("fusion4",))
     assert int8_weights == {names[0]: True, names[1]: True, names[2]: False, names[3]: False,
                             names[4]: False, names[5]: False}
+    # The fusion the head reads is the model's to name (tflite.head_inputs): not named, int8.
+    int8_weights, _ = _quantized_convs(graph, samples, tmp_path)
+    assert int8_weights[names[4]] and not int8_weights[names[5]]
+
+
+def test_the_layer_the_decoders_head_reads_is_found_in_every_decoder():
+    """The int8 exporters keep the convolution the decoder's head reads float32 with the head
+    (export/tflite.py): the shipped decoder's `fusion4`, a stride-2 decoder's `fusion2`, none
+    where the head reads several branches at once."""
+    from cmp_tf import models
+    from export import tflite
+
+    config = load_config("propagation")
+    assert tflite.head_inputs(models.build_cmp(config)) == ("fusion4",)
+    config.model.options.skip_layer.out_stride = 2
+    config.model.options.fill_correction.fill_stride = 0
+    assert tflite.head_inputs(models.build_cmp(config)) == ("fusion2",)
+    assert tflite.head_inputs(models.build_cmp(load_config("alexnet_yfcc"))) == ()
+    pattern = tflite.float_node_pattern(("fusion2",))
+    assert pattern.search("cmp_1/decoder_1/fusion2_1/BiasAdd")
+    assert not pattern.search("cmp_1/decoder_1/fusion4_1/BiasAdd")
+    assert pattern.search("cmp_1/decoder_1/head_1/BiasAdd")
 
 
 def test_onnx_int8_reads_the_sparse_map_in_float(tmp_path):

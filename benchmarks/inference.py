@@ -14,12 +14,13 @@ else the Xeon figure of docs/reference.md §7 (see benchmarks/reference.py).
 
 With --formats, each recipe's model is exported (export/, into a temporary folder) and every
 file is timed through cmp_tf.runtime at --size, batch 1, --threads threads, with its size and
-its flow difference from the Keras model on real validation samples. The files' fills run on
-the cells export gives that size ("fill px"; coarser than the trained cells well above the
-training crop, export's --fill_stride=auto), Keras on the trained ones; "EPE change" adds
-what the coarser cells alone change ("cells"). --bfloat16 adds the Keras
-model under the mixed_bfloat16 policy (oneDNN's bfloat16 kernels on CPUs that have them). A
-recipe with a finished run under --runs uses its trained weights, the others random ones.
+its flow difference from the Keras model on real validation samples. The fixed-size .tflite
+files' fills run on the cells export gives that size ("fill px"; coarser than the trained
+cells well above the training crop, export's --fill_stride=auto), the other files and Keras
+on the trained ones; "EPE change" adds what the coarser cells alone change ("cells").
+--bfloat16 adds the Keras model under the mixed_bfloat16 policy (oneDNN's bfloat16 kernels on
+CPUs that have them). A recipe with a finished run under --runs uses its trained weights, the
+others random ones.
 """
 import importlib
 import json
@@ -202,7 +203,7 @@ def main(argv):
                                mean_abs_px=flow_difference(model, half, samples),
                                epe_change=None))
         if formats:
-            # The files' fills on the cells export gives them at this size (model_for_files).
+            # The .tflite files' fills on the cells export gives them at this size.
             files_model = export_lib.model_for_files(model, config, (_SIZE.value,) * 2)[0]
             tflite_fills = (time_tflite_fills(files_model, _SIZE.value, _REPEATS.value, threads)
                             if "tflite" in formats else None)
@@ -213,8 +214,8 @@ def main(argv):
                 deploy.append(dict(base, format=r["artifact"], precision=r["precision"],
                                    bytes=r["bytes"], seconds=r["latency_s"],
                                    mean_abs_px=r["mean_abs_px"], epe_change=r["epe_change"],
-                                   fill_seconds=fills_s, fill_stride=report["fill_stride"],
-                                   cells_epe_change=_cells_epe_change(report)))
+                                   fill_seconds=fills_s, fill_stride=r["fill_stride"],
+                                   cells_epe_change=r["keras_epe"] - report["keras_epe"]))
     print(f"{'recipe':<20}{'params':>12}{'forward s':>12}{'fills s':>10}{'share':>7}"
           f"{'reference s':>13}{'speedup':>9}  source")
     for r in rows:
@@ -236,14 +237,6 @@ def main(argv):
                    "rows": rows, "deployment": deploy, "deployment_threads": threads}, f,
                   indent=1)
     print(f"Wrote {path}")
-
-
-def _cells_epe_change(report):
-    """Keras EPE on the files' fill cells minus on the trained ones (export's report); 0 when
-    they are the same cells."""
-    if not report.get("trained_fill_stride"):
-        return 0.0
-    return report["keras_epe"] - report["trained_cells_keras_epe"]
 
 
 def deployment_table(deploy):

@@ -170,8 +170,10 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         source: where `model` came from, recorded in the files' metadata and the report.
         overwrite: replace an earlier export in `out` (all of its files); without it, a
             folder holding one is refused (clear_earlier_export).
-        fill_stride: the files' fill cells in px, AUTO or None (`model_for_files`); the
-            report gives the Keras EPE on them and on the trained cells.
+        fill_stride: the fill cells in px of the fixed-size files, AUTO or None
+            (`model_for_files`); files of free size (SavedModel, ONNX, `dynamic_tflite`) keep
+            the trained cells under AUTO, since they also serve small images. The report gives
+            the Keras EPE on each file's cells (`keras_epe_by_fill_stride`).
     Returns:
         The report (also written as export.json and parity.md).
     Raises:
@@ -187,8 +189,9 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         raise ValueError(f"--calibration={calibration} and --parity_samples={parity_samples} "
                          "must be positive.")
     threads = threads or os.cpu_count()
-    trained = model
-    model, config = model_for_files(model, config, size, fill_stride, dynamic_tflite)
+    # The CMP as the fixed-size files hold it, and as the files of free size do.
+    fixed = model_for_files(model, config, size, fill_stride, dynamic_tflite)[0]
+    free = model_for_files(model, config, size, fill_stride, dynamic=True)[0]
     removed = clear_earlier_export(out, overwrite)
     if removed:
         log(f"removed the earlier export in {out}: {', '.join(removed)}")
@@ -199,13 +202,15 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     quantized = [f for f in formats if PRECISION[f] == "int8"]
     calib = real_samples(config, "train", calibration, size) if quantized else []
     rows = []
-    for part, net in parts.items():
-        feeds = [{k: s[k] for k in savedmodel.input_specs(net)} for s in calib]
+    for part, whole in parts.items():
+        feeds = [{k: s[k] for k in savedmodel.input_specs(whole)} for s in calib]
         outputs = (CMP_OUTPUTS if logits else ("flow",)) if part == "model" else None
         for fmt in [f for f in FORMATS if f in formats]:  # int8 ONNX quantizes the float one
             start = time.perf_counter()
             path = os.path.join(out, artifact_name(fmt, part))
-            meta = _metadata(model, part, fmt, size, dynamic_tflite, source)
+            cmp = fixed if fmt.startswith("tflite") else free
+            net = cmp if part == "model" else whole
+            meta = _metadata(cmp, part, fmt, size, dynamic_tflite, source)
             if fmt == "savedmodel":
                 savedmodel.write(net, path, outputs=outputs, metadata=meta)
             elif fmt == "onnx":
@@ -219,12 +224,13 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
                     f.write(flat)
             rows.append(dict(part=part, format=fmt, artifact=os.path.basename(path),
                              precision=PRECISION[fmt], bytes=parity.file_bytes(path),
-                             dynamic=meta["size"] is None,
+                             dynamic=meta["size"] is None, fill_stride=meta["fill_stride"],
                              seconds_to_export=time.perf_counter() - start))
             log(f"wrote {path} ({rows[-1]['bytes'] / 2**20:.2f} MB, "
                 f"{rows[-1]['seconds_to_export']:.0f} s)")
-    report = check_parity(parts, out, rows, config, size, parity_samples, threads, repeats,
-                          trained=trained)
+    cmps = {cmp_models.fill_stride(m): m for m in (free, fixed)}  # the trained cells first
+    report = check_parity({**parts, "model": cmps}, out, rows, config, size, parity_samples,
+                          threads, repeats)
     report.update(checkpoint=source, formats=list(formats),
                   calibration_samples=len(calib), opset=onnx_export.OPSET)
     with open(os.path.join(out, "export.json"), "w") as f:
@@ -258,23 +264,32 @@ def _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds):
         onnx_export.quantize(source, path, feeds, meta, tflite.head_inputs(net))
 
 
-def check_parity(parts, out, rows, config, size, count, threads, repeats, trained=None):
-    """Fills `rows` with each file's parity, latency and size; returns the report. `trained`:
-    the model before its fills' cells changed (`model_for_files`), whose EPE it adds."""
+def check_parity(parts, out, rows, config, size, count, threads, repeats):
+    """Fills `rows` with each file's parity, latency and size; returns the report. The CMP
+    part is {fill stride: Keras model}: each file is compared with the model on its fills'
+    cells (`export` makes the fixed-size files' coarser at large sizes), the first the
+    model's own."""
     import tensorflow as tf
 
     samples = real_samples(config, "val", count, size)
-    model = parts["model"]
-    forward = tf.function(lambda image, sparse: model({"image": image, "sparse": sparse},
-                                                      training=False)["flow"])
-    reference = np.concatenate([forward(s["image"], s["sparse"]).numpy() for s in samples])
+    models = parts["model"] if isinstance(parts["model"], dict) else {None: parts["model"]}
+    references, forwards = {}, {}
+    for stride, model in models.items():
+        forwards[stride] = tf.function(
+            lambda image, sparse, model=model: model({"image": image, "sparse": sparse},
+                                                     training=False)["flow"])
+        references[stride] = np.concatenate([forwards[stride](s["image"], s["sparse"]).numpy()
+                                             for s in samples])
+    own = next(iter(models))
     first = samples[0]
     report = dict(size=list(size), threads=threads, repeats=repeats, samples=len(samples),
                   data=", ".join(os.path.basename(str(s)) for s in _sources(config, "val")),
-                  fill_stride=cmp_models.fill_stride(model),
-                  keras_epe=parity.epe(reference, samples),
+                  keras_epe=parity.epe(references[own], samples),
                   keras_latency_s=parity.median_seconds(
-                      lambda: forward(first["image"], first["sparse"]).numpy(), repeats))
+                      lambda: forwards[own](first["image"], first["sparse"]).numpy(), repeats))
+    if len(models) > 1:
+        report["keras_epe_by_fill_stride"] = {stride: parity.epe(reference, samples)
+                                             for stride, reference in references.items()}
     images = [s["image"] for s in samples]
     encoder_reference = None
     if "encoder" in parts:
@@ -286,13 +301,9 @@ def check_parity(parts, out, rows, config, size, count, threads, repeats, traine
     for row in rows:
         path = os.path.join(out, row["artifact"])
         if row["part"] == "model":
+            reference = references.get(row.get("fill_stride"), references[own])
             row.update(parity.cmp_parity(path, reference, samples, threads, repeats))
         else:
             row.update(parity.encoder_parity(path, encoder_reference, images, threads, repeats))
-    if trained is not None and trained is not model:
-        flows = [trained({"image": s["image"], "sparse": s["sparse"]}, training=False)["flow"]
-                 for s in samples]
-        report.update(trained_fill_stride=cmp_models.fill_stride(trained),
-                      trained_cells_keras_epe=parity.epe(np.concatenate(flows), samples))
     report["rows"] = rows
     return report

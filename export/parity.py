@@ -116,19 +116,21 @@ def markdown(report):
               f"{report['repeats']}, {report['threads']} threads. Keras EPE "
               f"{_num(report['keras_epe'])} px, latency {_num(report['keras_latency_s'])} s."),
              ""]
-    if report.get("trained_fill_stride"):
-        lines += [(f"The files' fills run on {report['fill_stride']} px cells, the model's on "
-                   f"{report['trained_fill_stride']} px (`--fill_stride`): Keras EPE "
-                   f"{report['keras_epe']:.4f} px on the files' cells against "
-                   f"{report['trained_cells_keras_epe']:.4f} px on the trained ones."), ""]
+    by_cells = report.get("keras_epe_by_fill_stride") or {}
+    if len(by_cells) > 1:
+        cells = " against ".join(f"{epe:.4f} px on {stride} px cells"
+                                 for stride, epe in by_cells.items())
+        lines += [("The fixed-size files compute the guidance fills on coarser cells than the "
+                   f"model trained with (`--fill_stride`; column fill px): Keras EPE {cells}. "
+                   "Each file's EPE change is against Keras on its own cells."), ""]
     lines += [("| artifact | precision | size MB | latency s | max abs px | mean abs px | EPE | "
-               "EPE change |"),
-              "|---|---|---|---|---|---|---|---|"]
+               "EPE change | fill px |"),
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r["part"] == "model"):
         lines.append(f"| {r['artifact']} | {r['precision']} | {r['bytes'] / 2**20:.2f} | "
                      f"{_num(r['latency_s'])} | {_num(r['max_abs_px'])} | "
                      f"{_num(r['mean_abs_px'])} | {_num(r['epe'])} | "
-                     f"{r['epe_change']:+.4f} |")
+                     f"{r['epe_change']:+.4f} | {r.get('fill_stride') or '-'} |")
     encoders = [r for r in rows if r["part"] == "encoder"]
     if encoders:
         lines += ["", ("| encoder artifact | precision | size MB | latency s | max abs | mean abs "

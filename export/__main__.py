@@ -36,8 +36,9 @@ _DYNAMIC_TFLITE = flags.DEFINE_bool("dynamic_tflite", False,
 _FILL_STRIDE = flags.DEFINE_string(
     "fill_stride", export_lib.AUTO, "The files' guidance fills on cells of this many px (a "
     "power of two up to the decoder's stride), 'trained' for the model's own, or 'auto': "
-    "coarser cells for sizes well above the training crop (4 px instead of 2 at 384^2 for the "
-    "shipped model: its fills half the time, a cost in EPE export.json reports).")
+    "coarser cells in fixed-size .tflite files well above the training crop (4 px instead of "
+    "2 at 384^2 for the shipped model: its fills half the time, a cost in EPE export.json "
+    "reports), the trained ones in files of free size (SavedModel, ONNX).")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an earlier export in --out: all of its files (every format, "
     "export.json, parity.md) are removed first, so none is left that the new export.json does "

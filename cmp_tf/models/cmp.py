@@ -156,9 +156,10 @@ def fill_stride_for_size(model, config, size):
 
     Why: a recipe trains its fills on cells fine enough for its crop (dense guidance on 128^2
     is 6 px apart); at 384^2 the same guidance is 19 px apart, and 4 px cells keep it for a
-    quarter of the cells. On the shipped weights at 384^2 that is within 0.002 in relative EPE
-    at every K from 1 to 400 on the bikes clip and from 1 to 100 on the generated scenes (400
-    uniform guides 0.142 against 0.137), and the fills take half the time (docs/speed.md)."""
+    quarter of the cells. On the shipped weights at 384^2 that is within 0.0012 in relative
+    EPE at every K from 1 to 400 on the bikes clip and from 1 to 100 on the generated scenes
+    (400 uniform guides there 0.129 against 0.125), and the fills take half the time
+    (benchmarks/fill_cells.py, docs/speed.md)."""
     trained = fill_stride(model)
     height, width = (int(s) for s in size)
     if trained is None or config.model.head != "fill_correction":

@@ -25,12 +25,12 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cmp_tf import models  # noqa: E402
 from cmp_tf import runtime  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
 from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
 from cmp_tf.evaluation import report  # noqa: E402
+from cmp_tf.models import cmp as cmp_models  # noqa: E402
 from export import export_lib  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory or .keras file of a "
@@ -61,13 +61,13 @@ def upscaled(pairs, side):
 
 def run():
     model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
-    trained = models.fill_stride(model)
+    trained = cmp_models.fill_stride(model)
     if trained is None:
         raise ValueError(f"--checkpoint={path}: its head has no blend of fills "
                          f"(config.model.head={config.model.head!r}).")
     size = (_SIZE.value, _SIZE.value)
     strides = ([int(s) for s in _FILL_STRIDES.value] if _FILL_STRIDES.value else
-               [models.fill_stride(export_lib.model_for_files(model, config, size)[0])])
+               [cmp_models.fill_stride_for_size(model, config, size)])
     methods = {"zero": baselines.zero, "nearest": baselines.nearest, "linear": baselines.linear,
                f"{trained} px cells (trained)": runtime.Propagator(path)}
     if _DATA.value == pairs_lib.GENERATED:

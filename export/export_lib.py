@@ -189,9 +189,10 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         raise ValueError(f"--calibration={calibration} and --parity_samples={parity_samples} "
                          "must be positive.")
     threads = threads or os.cpu_count()
-    # The CMP as the fixed-size files hold it, and as the files of free size do.
-    fixed = model_for_files(model, config, size, fill_stride, dynamic_tflite)[0]
+    # The CMP as the files of free size hold it, and as the fixed-size (.tflite) ones do.
     free = model_for_files(model, config, size, fill_stride, dynamic=True)[0]
+    fixed = (model_for_files(model, config, size, fill_stride, dynamic_tflite)[0]
+             if any(f.startswith("tflite") for f in formats) else free)
     removed = clear_earlier_export(out, overwrite)
     if removed:
         log(f"removed the earlier export in {out}: {', '.join(removed)}")
@@ -272,7 +273,7 @@ def check_parity(parts, out, rows, config, size, count, threads, repeats):
     import tensorflow as tf
 
     samples = real_samples(config, "val", count, size)
-    models = parts["model"] if isinstance(parts["model"], dict) else {None: parts["model"]}
+    models = parts["model"]
     references, forwards = {}, {}
     for stride, model in models.items():
         forwards[stride] = tf.function(
@@ -301,8 +302,8 @@ def check_parity(parts, out, rows, config, size, count, threads, repeats):
     for row in rows:
         path = os.path.join(out, row["artifact"])
         if row["part"] == "model":
-            reference = references.get(row.get("fill_stride"), references[own])
-            row.update(parity.cmp_parity(path, reference, samples, threads, repeats))
+            row.update(parity.cmp_parity(path, references[row["fill_stride"]], samples, threads,
+                                         repeats))
         else:
             row.update(parity.encoder_parity(path, encoder_reference, images, threads, repeats))
     report["rows"] = rows

@@ -11,17 +11,16 @@ parts stay float32 on purpose:
   softmax over 99 bins would lose the sub-bin accuracy the readout exists for;
 - the decoder's 1x1 `head` and the blend of fills (`add_prior`): one int8 scale over the
   head's channels (the correction, a blend weight, a gain's reach) moves a Gaussian gain by
-  percents far from the guides (a model shipped earlier: its int8 EPE went up by 0.0095 px with the
-  head quantized, by 0.0045 px without, both with the fills then fed from outside the file;
-  by 0.0117 px with them inside, by 0.0047 px since the round trips below are dropped; a 1x1
-  convolution at stride 2, little of the time);
+  percents far from the guides (a model shipped earlier: its int8 EPE went up by 0.0095 px
+  with the head quantized, by 0.0045 px without, both with the fills then fed from outside
+  the file; by 0.0117 px with them inside, by 0.0047 px since the round trips below are
+  dropped; a 1x1 convolution at stride 2, little of the time);
 - the head's output resized to the fills' cells (`decoder_to_fills`) and the decoder layer
   the head reads (`head_inputs`: `fusion4` where the shipped decoder ends, `fusion2` in a
-  decoder that ends at stride 2): calibrated on the shipped model,
-  one int8 step of that resize was 2.0 in the blend's and the reach's logits, and its int8
-  `.tflite` lost 0.074 px of EPE at 384^2 (0.053 with the resize float, 0.022 with both); its
-  int8 `.onnx`, whose resizes stay float, lost 0.065 px with the fusion quantized, 0.010
-  without.
+  decoder that ends at stride 2): calibrated on the shipped model, one int8 step of that
+  resize was 2.0 in the blend's and the reach's logits, and its int8 `.tflite` lost 0.074 px
+  of EPE at 384^2 (0.053 with the resize float, 0.022 with both); its int8 `.onnx`, whose
+  resizes stay float, lost 0.065 px with the fusion quantized, 0.010 without.
 MobileNetV3's hard swish is written, for the integer quantizer only, in ops XNNPACK runs in
 int8 (`_delegable_hard_swish`): it runs no int8 HARD_SWISH, and each one split the graph.
 The quantizer still puts QUANTIZE -> DEQUANTIZE round trips on some fill tensors it was told to

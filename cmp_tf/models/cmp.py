@@ -184,12 +184,13 @@ def with_fill_stride(model, config, stride):
 
     from cmp_tf.models import heads
 
-    if not isinstance(stride, bool) and stride == fill_stride(model):
+    current = fill_stride(model)
+    if not isinstance(stride, bool) and stride == current:
         return model, config
     if config.model.head != "fill_correction":
         raise ValueError(f"fill_stride: config.model.head={config.model.head!r} has no fills "
                          "whose cells can change; only 'fill_correction' does.")
-    current, coarsest = fill_stride(model), decoder_stride(model)
+    coarsest = decoder_stride(model)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 \
             or stride & (stride - 1) or coarsest % stride:
         raise ValueError(f"fill_stride must be a power of two dividing the decoder's stride "

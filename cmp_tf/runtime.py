@@ -65,6 +65,7 @@ class Network:
             from cmp_tf.models import heads
 
             heads.set_fade(self.runner.model, fade)
+            self.runner.retrace()
             return
         exported = (self.runner.metadata or {}).get("fade")
         if exported != fade:

@@ -291,6 +291,39 @@ def test_propagator_answers_at_the_callers_size(saved_model):
     np.testing.assert_allclose(small[5, 10], [3, -2], atol=0.6)
 
 
+def test_a_keras_model_runs_one_traced_graph_for_every_size_as_its_eager_call_does():
+    """The Keras runner traces the forward pass once, with free sizes: other sizes and batches
+    reuse it and give the eager call's flow; a size the CMP cannot take is still refused
+    (the graph checks nothing itself); a switched fade retraces, so it takes effect."""
+    from cmp_tf import runners
+    from cmp_tf import runtime
+    from cmp_tf.models import heads
+
+    network = runtime.Network(None)  # the shipped model
+    runner = network.runner
+    rng = np.random.default_rng(0)
+
+    def inputs(batch, height, width):
+        sparse = np.zeros((batch, height, width, 3), np.float32)
+        sparse[:, 40, 50], sparse[:, 100, 20] = [4, -2, 1], [0, 3, 1]
+        return rng.uniform(0, 255, (batch, height, width, 3)).astype(np.float32), sparse
+
+    for batch, height, width in [(1, 128, 160), (3, 160, 128), (2, 128, 128)]:
+        image, sparse = inputs(batch, height, width)
+        eager = runner.model({"image": image, "sparse": sparse}, training=False)
+        # Graph rewrites reorder float sums: below a thousandth of a pixel.
+        np.testing.assert_allclose(network(image, sparse), eager[runners.OUTPUT], atol=2e-3)
+    assert runner._forward.experimental_get_tracing_count() == 1
+    bad = np.zeros((1, 150, 128, 3), np.float32)
+    with pytest.raises(ValueError, match="multiples of 32.*got 150x128"):
+        network(bad, bad)
+    image, sparse = inputs(1, 128, 128)
+    faded = network(image, sparse)
+    network.set_fade(False)
+    assert heads.fade_of(runner.model) is False
+    assert np.abs(network(image, sparse) - faded).max() > 0.5  # far away it keeps moving
+
+
 def test_propagator_refuses_bad_paths_and_guidance(tmp_path, saved_model):
     from cmp_tf import runtime
 

@@ -234,6 +234,25 @@ def test_teacher_benchmark_scores_flow_against_the_exact_flow(tmp_path):
     assert set(table) == {"dis_medium", "farneback"} and 0 < table["dis_medium"]["epe_far"]
 
 
+def test_propagator_times_the_runtime_and_the_eager_keras_call_per_size(tmp_path,
+                                                                         saved_default):
+    """benchmarks/propagator.py on an untrained model: a row per size for the runtime's path
+    and for the Keras network called eagerly, a bad size named."""
+    code = ("import sys; from absl import app; from benchmarks import propagator as p; "
+            f"sys.argv = ['propagator', '--models={saved_default}', '--sizes=128x128,140x200', "
+            f"'--repeats=2', '--guides=3', '--out={tmp_path}']; app.run(p.main)")
+    result = _run_python(code, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "propagator.json") as f:
+        rows = json.load(f)["rows"]
+    assert [(r["mode"], r["size"], r["working_size"]) for r in rows] == [
+        ("runtime", [128, 128], [128, 128]), ("runtime", [140, 200], [128, 192]),
+        ("eager", [128, 128], [128, 128]), ("eager", [140, 200], [128, 192])]
+    assert all(r["format"] == "keras" and r["seconds"] > 0 for r in rows)
+    bad = _run_python(code.replace("128x128,140x200", "128by128"), timeout=300)
+    assert bad.returncode != 0 and "--sizes: expected HxW in px" in bad.stderr
+
+
 def test_fill_cells_scores_the_trained_and_the_files_cells_at_a_larger_size(tmp_path):
     """benchmarks/fill_cells.py at 256^2 on two generated scenes: the shipped model on its 2 px
     cells and on the 4 px cells export gives files of that size, both scored."""

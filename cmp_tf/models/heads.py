@@ -206,7 +206,8 @@ def set_fade(model, fade):
     disparity the shipped model without its fade is ahead of every classical fill from 5 to
     100 guides and equal to the nearest fill with one, where with it it is behind the nearest
     fill at every K; docs/results.md).
-    Takes effect at the next call or trace (the Keras runtime calls eagerly; exporters trace).
+    Takes effect at the next eager call or trace (the Keras runtime traces its graph again
+    after a switch, `runtime.Network.set_fade`; exporters trace).
     Returns `model`."""
     if not isinstance(fade, bool):
         raise ValueError(f"fade must be True or False; got {fade!r}.")

@@ -161,8 +161,9 @@ class ResizeLike(keras.layers.Layer):
 class InputGuard(keras.layers.Layer):
     """Passes (image, sparse) through, refusing sizes the network cannot take.
 
-    The check runs in Python when the size is known (eager calls, traced training steps), so a
-    wrong size fails with a message instead of a shape error deep inside a concat.
+    The check runs in Python when the size is known (eager calls, traced training steps; the
+    runtime's graph for any size calls `check_sizes` on each call's arrays), so a wrong
+    size fails with a message instead of a shape error deep inside a concat.
 
     Args:
         multiple: height and width must be multiples of this (the encoders' stride).
@@ -175,7 +176,14 @@ class InputGuard(keras.layers.Layer):
 
     def call(self, inputs):
         image, sparse = inputs
-        h, w = image.shape[1:3]
+        self.check_sizes(image.shape, sparse.shape)
+        return [tf.identity(image), tf.identity(sparse)]
+
+    def check_sizes(self, image_shape, sparse_shape):
+        """ValueError for an NHWC image or sparse map of a size the network cannot take;
+        dimensions that are None pass (a graph traced for any size checks nothing itself, so
+        its caller checks each call's arrays: `runners.KerasRunner`)."""
+        h, w = image_shape[1:3]
         if h is not None and w is not None and min(h, w) < self.minimum:
             raise ValueError(
                 f"image height and width must be at least {self.minimum} for this model (its "
@@ -185,10 +193,9 @@ class InputGuard(keras.layers.Layer):
             raise ValueError(
                 f"image height and width must be multiples of {self.multiple} for this model "
                 f"(its encoders' stride); got {h}x{w}. Resize or pad, e.g. to {up[0]}x{up[1]}.")
-        if None not in (h, w, *sparse.shape[1:3]) and tuple(sparse.shape[1:3]) != (h, w):
+        if None not in (h, w, *sparse_shape[1:3]) and tuple(sparse_shape[1:3]) != (h, w):
             raise ValueError(f"sparse must have the image's size {h}x{w}; got "
-                             f"{sparse.shape[1]}x{sparse.shape[2]}.")
-        return [tf.identity(image), tf.identity(sparse)]
+                             f"{sparse_shape[1]}x{sparse_shape[2]}.")
 
     def compute_output_shape(self, input_shape):
         return list(input_shape)

@@ -49,6 +49,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's saving chatter
+    try:
+        run()
+    except ValueError as error:  # a bad checkpoint, flag or folder: one clear line, no traceback
+        raise app.UsageError(str(error)) from error
+
+
+def run():
     model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
     if not _FADE.value:
         from cmp_tf.models import heads

@@ -414,6 +414,22 @@ def test_export_refuses_a_folder_holding_an_earlier_export(tmp_path):
     assert (out / "model.tflite").read_text() == "old"
 
 
+def test_export_names_a_bad_flag_in_one_line_without_a_traceback(tmp_path):
+    """`python -m export` with a missing checkpoint, fill cells the decoder cannot take, or a
+    size the model cannot take: a usage error naming the flag, nothing written."""
+    out = tmp_path / "out"
+    for flag, message in [(f"--checkpoint={tmp_path / 'none.keras'}", "none.keras does not "
+                           "exist"),
+                          ("--fill_stride=8", "--fill_stride must be a power of two dividing "
+                           "the decoder's stride 4; got 8."),
+                          ("--size=70", r"--size=[70, 70] must be (H, W), each a multiple of "
+                           "32 and at least 128")]:
+        result = _run("-m", "export", flag, f"--out={out}", "--formats=tflite")
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_export_overwrite_replaces_the_whole_earlier_export(tmp_path):
     from cmp_tf import models

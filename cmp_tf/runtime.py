@@ -147,6 +147,15 @@ class Propagator:
                              for f in flow]) / scale
         return flow.astype(np.float32)
 
+    def warm_up(self):
+        """Runs the network once on a blank image, so a service's first request is as fast as
+        the rest (a Keras model traces its graph at its first call, about 2 s on 2 cores).
+        Returns self."""
+        side = max(self.minimum, self.multiple)
+        self.propagate(np.zeros((side, side, 3), np.uint8), np.zeros((1, 2), np.float32),
+                       np.zeros((1, 2), np.float32))
+        return self
+
     def working_size(self, height, width):
         """The size the network runs at for an H x W image: a fixed-size file's own size, else
         within max_side, each side rounded to the nearest multiple of the encoders' stride, at

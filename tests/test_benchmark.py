@@ -294,7 +294,8 @@ def test_propagator_answers_at_the_callers_size(saved_model):
 def test_a_keras_model_runs_one_traced_graph_for_every_size_as_its_eager_call_does():
     """The Keras runner traces the forward pass once, with free sizes: other sizes and batches
     reuse it and give the eager call's flow; a size the CMP cannot take is still refused
-    (the graph checks nothing itself); a switched fade retraces, so it takes effect."""
+    (the graph checks nothing itself); a switched fade retraces, so it takes effect; a
+    service warms it up before its first request."""
     from cmp_tf import runners
     from cmp_tf import runtime
     from cmp_tf.models import heads
@@ -322,6 +323,8 @@ def test_a_keras_model_runs_one_traced_graph_for_every_size_as_its_eager_call_do
     network.set_fade(False)
     assert heads.fade_of(runner.model) is False
     assert np.abs(network(image, sparse) - faded).max() > 0.5  # far away it keeps moving
+    warm = runtime.Propagator()
+    assert warm.warm_up() is warm and warm._network.runner._forward is not None
 
 
 def test_propagator_refuses_bad_paths_and_guidance(tmp_path, saved_model):

@@ -29,6 +29,7 @@ def main(argv):
                                             max_side=_NETWORK_SIDE.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
+    propagator.warm_up()  # the first request need not wait for the model's first call
     server = server_lib.make_server(propagator, _HOST.value, _PORT.value,
                                     max_side=_MAX_SIDE.value, verbose=True)
     server_lib.serve(server, f"{propagator.path} ({propagator.format})")

@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
@@ -90,15 +91,6 @@ def _blend_layer(gain, stride, correction):
     return heads_lib.BlendFills(gain, stride, correction=correction)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        run()
-    except ValueError as error:  # a bad checkpoint: one clear line, no traceback
-        raise app.UsageError(str(error)) from error
-
-
 def run():
     path = rundir.resolve_model_path(_CHECKPOINT.value)
     if rundir.model_format(path) != "keras":
@@ -156,6 +148,9 @@ def run():
     with open(out, "w") as f:
         json.dump(dict(checkpoint=path, pairs=result["pairs"], table=table), f, indent=1)
     print(f"\nWrote {out}")
+
+
+main = cli.main_of(run)
 
 
 if __name__ == "__main__":

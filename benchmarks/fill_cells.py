@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf import runtime  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
@@ -105,13 +106,7 @@ def run():
     print(f"\nWrote {out}")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        run()
-    except ValueError as error:  # a bad checkpoint or flag: one clear line, no traceback
-        raise app.UsageError(str(error)) from error
+main = cli.main_of(run)
 
 
 if __name__ == "__main__":

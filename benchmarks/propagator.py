@@ -20,6 +20,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import reference as reference_lib  # noqa: E402
+from cmp_tf import cli  # noqa: E402
 from cmp_tf import runtime  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["cmp_tf/pretrained/default"], "Models (a run directory, "
@@ -103,13 +104,7 @@ def run():
     print(f"\nWrote {out}")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        run()
-    except ValueError as error:  # a bad model or flag: one clear line, no traceback
-        raise app.UsageError(str(error)) from error
+main = cli.main_of(run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from cmp_tf import cli
 from export import export_lib
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -45,17 +46,8 @@ _OVERWRITE = flags.DEFINE_bool(
     "not list. Without it, a folder holding an earlier export is refused. Other files stay.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # TensorFlow's saving chatter
-    try:
-        run()
-    except ValueError as error:  # a bad checkpoint, flag or folder: one clear line, no traceback
-        raise app.UsageError(str(error)) from error
-
-
 def run():
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's saving chatter
     model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
     if not _FADE.value:
         from cmp_tf.models import heads
@@ -81,6 +73,9 @@ def run():
                       logits=_LOGITS.value, dynamic_tflite=_DYNAMIC_TFLITE.value, source=path,
                       overwrite=_OVERWRITE.value, fill_stride=fill_stride)
     print(f"\nWrote {out}/: the files, export.json and parity.md")
+
+
+main = cli.main_of(run)
 
 
 if __name__ == "__main__":

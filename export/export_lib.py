@@ -189,10 +189,11 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         raise ValueError(f"--calibration={calibration} and --parity_samples={parity_samples} "
                          "must be positive.")
     threads = threads or os.cpu_count()
-    # The CMP as the files of free size hold it, and as the fixed-size (.tflite) ones do.
-    free = model_for_files(model, config, size, fill_stride, dynamic=True)[0]
-    fixed = (model_for_files(model, config, size, fill_stride, dynamic_tflite)[0]
-             if any(f.startswith("tflite") for f in formats) else free)
+    # The CMP as the files of free size hold it, and as the fixed-size (.tflite) ones do: the
+    # same model unless AUTO gives the fixed size its own cells.
+    free = fixed = model_for_files(model, config, size, fill_stride, dynamic=True)[0]
+    if fill_stride == AUTO and any(f.startswith("tflite") for f in formats):
+        fixed = model_for_files(model, config, size, fill_stride, dynamic_tflite)[0]
     removed = clear_earlier_export(out, overwrite)
     if removed:
         log(f"removed the earlier export in {out}: {', '.join(removed)}")
@@ -229,7 +230,7 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
                              seconds_to_export=time.perf_counter() - start))
             log(f"wrote {path} ({rows[-1]['bytes'] / 2**20:.2f} MB, "
                 f"{rows[-1]['seconds_to_export']:.0f} s)")
-    cmps = {cmp_models.fill_stride(m): m for m in (free, fixed)}  # the trained cells first
+    cmps = {cmp_models.fill_stride(m): m for m in (free, fixed)}  # the free files' cells first
     report = check_parity({**parts, "model": cmps}, out, rows, config, size, parity_samples,
                           threads, repeats)
     report.update(checkpoint=source, formats=list(formats),
@@ -268,8 +269,8 @@ def _write_onnx_int8(net, path, outputs, meta, out, formats, part, feeds):
 def check_parity(parts, out, rows, config, size, count, threads, repeats):
     """Fills `rows` with each file's parity, latency and size; returns the report. The CMP
     part is {fill stride: Keras model}: each file is compared with the model on its fills'
-    cells (`export` makes the fixed-size files' coarser at large sizes), the first the
-    model's own."""
+    cells (`export` makes the fixed-size files' coarser at large sizes); the first, the cells
+    of the files of free size, gives the report's Keras EPE and latency."""
     import tensorflow as tf
 
     samples = real_samples(config, "val", count, size)

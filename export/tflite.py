@@ -53,14 +53,22 @@ FLOAT_LAYERS = ("head", "prior_logits", "add_prior", "propagate", "readout", "up
                 "decoder_to_fills")
 # The guidance fills' layer names, kept float32 too (cmp_tf.models.heads names them so).
 FILL_LAYER_PATTERNS = (r"dense_prior\w*", r"pull_push\w*", r"local_affine\w*", r"edge_aware\w*")
-_FILL_NODE = re.compile(rf"(^|/)({'|'.join(FILL_LAYER_PATTERNS)})(_\d+)?/")
+
+
+def _scope_pattern(names):
+    """A regex matching op and tensor names inside the scope of a layer named by one of
+    `names` (regexes), with the suffix the converters add."""
+    return re.compile(rf"(^|/)({'|'.join(names)})(_\d+)?/")
+
+
+_FILL_NODE = _scope_pattern(FILL_LAYER_PATTERNS)
 
 
 def float_node_pattern(extra_layers=()):
     """A regex matching the op and tensor names of FLOAT_LAYERS, the fills and `extra_layers`
-    (a layer's scope in the converted graph, with the suffix the converters add)."""
-    names = FLOAT_LAYERS + FILL_LAYER_PATTERNS + tuple(re.escape(n) for n in extra_layers)
-    return re.compile(rf"(^|/)({'|'.join(names)})(_\d+)?/")
+    (layer names)."""
+    return _scope_pattern(FLOAT_LAYERS + FILL_LAYER_PATTERNS
+                          + tuple(re.escape(n) for n in extra_layers))
 
 
 def head_inputs(model):

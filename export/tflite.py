@@ -76,12 +76,17 @@ def head_inputs(model):
     ReLU (the decoder's last fusion: `fusion4` in the shipped model, `fusion2` in a decoder
     ending at stride 2); none where the head reads several branches or there is no decoder."""
     try:
-        head = model.get_layer("decoder").get_layer("head")
+        decoder = model.get_layer("decoder")
+        head = decoder.get_layer("head")
     except ValueError:
         return ()
-    layer = head.input._keras_history.operation
+
+    def producer(tensor):  # the decoder layer whose output `tensor` is (None: several inputs)
+        return next((layer for layer in decoder.layers if layer.output is tensor), None)
+
+    layer = producer(head.input)
     while isinstance(layer, (keras.layers.ReLU, keras.layers.BatchNormalization)):
-        layer = layer.input._keras_history.operation
+        layer = producer(layer.input)
     convolutions = (keras.layers.Conv2D, keras.layers.SeparableConv2D,
                     keras.layers.DepthwiseConv2D)
     return (layer.name,) if isinstance(layer, convolutions) else ()

@@ -25,7 +25,8 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
+
+from cmp_tf import cli
 
 _TASK = flags.DEFINE_enum("task", "propagation", ["propagation", "segmentation"],
                           "What to evaluate.")
@@ -58,7 +59,7 @@ _SEEDS = flags.DEFINE_list("seeds", [], "Segmentation: compare at each of these 
 _ENCODER_MODES = flags.DEFINE_list("encoder_modes", [], "Segmentation: fine_tuned and/or "
                                    "frozen (default: the recipe's transfer.freeze_encoder).")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/eval/<task>.")
-_SEGMENTATION = config_flags.DEFINE_config_file(
+_SEGMENTATION = cli.define_config(
     "segmentation", "configs/segmentation.py", "Transfer recipe for --task=segmentation "
     "(override fields as --segmentation.train.steps=100).", lock_config=True)
 
@@ -102,7 +103,7 @@ def _segmentation(path, out):
 
     if len(_DATA.value) > 1:
         raise ValueError(f"--data takes one VOC-format folder for segmentation; got {_DATA.value}.")
-    config, data_dir = _SEGMENTATION.value, _DATA.value[0] if _DATA.value else None
+    config, data_dir = cli.config_of(_SEGMENTATION), _DATA.value[0] if _DATA.value else None
     if _SEEDS.value or _ENCODER_MODES.value:
         try:
             seeds = [int(s) for s in _SEEDS.value] or [config.seed]
@@ -179,4 +180,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

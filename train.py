@@ -12,7 +12,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
+from cmp_tf import cli
+
+_CONFIG = cli.define_config(
     "config", "configs/default.py", "Recipe file under configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<recipe name>.")
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multiworker", "tpu"],
@@ -42,8 +44,11 @@ def main(argv):
     path = config_flags.get_config_filename(flags.FLAGS["config"])
     recipe = os.path.splitext(os.path.basename(path))[0]
     workdir = _WORKDIR.value or os.path.join("runs", recipe)
-    summary = training.train(_CONFIG.value, workdir, _STRATEGY.value, _DEVICES.value,
-                             _OVERWRITE.value)
+    try:
+        summary = training.train(cli.config_of(_CONFIG), workdir, _STRATEGY.value, _DEVICES.value,
+                                 _OVERWRITE.value)
+    except training.SetupError as error:  # refused before the first step: one line, no trace
+        raise app.UsageError(str(error)) from error
     if not summary:
         return  # a non-chief worker
     if summary.get("ingestion"):
@@ -63,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,12 @@
 """The commands' shared entry point: flags are checked where they are used, and a mistake
-(a bad flag, file or checkpoint: a ValueError naming it) ends as one usage line, no traceback."""
+(a bad flag, file, config field or checkpoint: a ValueError naming it) ends as one line on
+stderr and exit status 1, with no traceback and without the whole usage text before it."""
+import sys
+
 from absl import app
+from absl import flags
+
+HINT = "Run with --help for the flags."
 
 
 def main_of(run):
@@ -16,3 +22,71 @@ def main_of(run):
             raise app.UsageError(str(error)) from error
 
     return main
+
+
+def run(main):
+    """`app.run(main)`, but a usage error, or a flag value the parser refuses (a `--config.*`
+    override naming no field of the recipe, a recipe file that does not load), is printed as
+    its message alone: absl prints the module's whole docstring above it."""
+
+    def short_usage(argv):
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            fail(str(error), error.exitcode)
+
+    app.run(short_usage, flags_parser=parse_flags)
+
+
+def parse_flags(argv):
+    """absl's flag parsing; errors a flag's own parser raises (ml_collections' config flags
+    raise AttributeError, KeyError, OSError and others, not absl's flags.Error) become one
+    line naming the flag's value."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        fail(f"Flags parsing error: {error}")
+    except Exception as error:  # a flag parser's own error: no traceback for a typo
+        fail(f"Flags parsing error: {message_of(error)}")
+
+
+def message_of(error):
+    """The readable text of `error`: ml_collections wraps a KeyError (whose str() is its
+    message's repr) in an AttributeError for a field the config does not have."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) \
+        else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(error, KeyError) and lines:
+        lines[0] = f"no field {lines[0]} in the config;"
+    return " ".join(lines)
+
+
+def fail(message, exitcode=1):
+    sys.stderr.write(f"{message}\n{HINT}\n")
+    sys.exit(exitcode)
+
+
+def define_config(name, default, help_string, **kwargs):
+    """`config_flags.DEFINE_config_file`, which loads the recipe and applies its `--name.*`
+    overrides from the command line as it is defined: a field the recipe does not have, a value
+    of the wrong type or a recipe that does not load ends as one line naming it."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+    except Exception as error:  # raised at import, before absl could report it
+        fail(f"--{name}: {message_of(error)}")
+
+
+def config_of(holder):
+    """The recipe a `define_config` flag holds. ml_collections defers a recipe file that did
+    not load (missing, or an error in it) to the first use of the config; it is a usage error
+    naming the file here instead."""
+    config = holder.value
+    try:
+        config.keys()
+    except OSError as error:
+        raise app.UsageError(f"--{holder.name}: {message_of(error)}") from error
+    return config

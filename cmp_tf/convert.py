@@ -331,6 +331,8 @@ def main(argv):
     from absl import app
     from absl import flags
 
+    from cmp_tf import cli
+
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     flag = flags.FLAGS
@@ -340,7 +342,8 @@ def main(argv):
     name = "encoder.keras" if flag.encoder_only else "model.keras"
     stem = os.path.basename(flag.checkpoint).split(".")[0] or "reference"
     out = flag.out or os.path.join("runs", stem, name)
-    report = convert(flag.checkpoint, flag.config, out, flag.encoder_only)
+    config = cli.config_of(flag["config"])
+    report = convert(flag.checkpoint, config, out, flag.encoder_only)
     dropped = len(report["dropped"])
     print(f"{report['tensors']} tensors of {flag.checkpoint} -> {out} "
           f"({dropped} left out: num_batches_tracked"
@@ -350,19 +353,20 @@ def main(argv):
 
 def _define_flags():
     from absl import flags
-    from ml_collections import config_flags
+
+    from cmp_tf import cli
 
     flags.DEFINE_string("checkpoint", None, "Reference checkpoint (.pth / .pth.tar), whole or "
                         "tools/weight_process.py's image encoder.", required=True)
-    config_flags.DEFINE_config_file("config", None, "The recipe it was trained with (configs/).",
-                                    lock_config=True)
+    cli.define_config("config", None, "The recipe it was trained with (configs/).",
+                      lock_config=True)
     flags.DEFINE_string("out", None, ".keras file to write (config.json goes beside it); "
                         "default runs/<checkpoint name>/model.keras (encoder.keras).")
     flags.DEFINE_bool("encoder_only", False, "Write the image encoder alone (for transfer).")
 
 
 if __name__ == "__main__":
-    from absl import app
+    from cmp_tf import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -337,33 +337,46 @@ def _preview_panels(model, batch, count=2):
     return np.stack(panels)
 
 
+class SetupError(ValueError):
+    """`train` refused the run before its first step: a bad config field, a missing or
+    unreadable source, a run directory it may not write. The message names which."""
+
+
 def train(config, workdir, strategy="auto", devices=(), overwrite=False, progress=True):
     """Trains `config` into `workdir`, resuming from its last checkpoint if there is one.
 
     Returns:
         The summary dict also written to workdir/summary.json: steps, final loss, validation
         end-point errors of the model and of the zero and nearest-guidance fills.
+    Raises:
+        SetupError (a ValueError) when the config, the sources or the run directory refuse
+        the run before it begins.
     """
     from tqdm import tqdm
 
-    check_config(config)
-    t = config.train
-    if t.get("precision", "float32") not in PRECISIONS:
-        raise ValueError(f"config.train.precision={t.precision!r}; known: {', '.join(PRECISIONS)}.")
-    keras.mixed_precision.set_global_policy(t.get("precision", "float32"))
-    keras.utils.set_random_seed(config.seed)  # same init on every worker and every rerun
-    strategy = make_strategy(strategy, devices)
-    chief = _is_chief(strategy)
-    with strategy.scope():  # building the model validates the config before any file is written
-        model = models.build_cmp(config)
-        _set_sync_bn(model, config.model.get("sync_bn", True))
-        optimizer = make_optimizer(config)
-        optimizer.build(model.trainable_variables)
-    pipeline.check_sources(config.data.train, "config.data.train")
-    if config.data.val:
-        pipeline.check_sources(config.data.val, "config.data.val")
-    if chief:
-        rundir.prepare_workdir(workdir, config, overwrite)
+    try:  # everything that can refuse the run, before a step is taken
+        check_config(config)
+        t = config.train
+        if t.get("precision", "float32") not in PRECISIONS:
+            raise ValueError(f"config.train.precision={t.precision!r}; known: "
+                             f"{', '.join(PRECISIONS)}.")
+        keras.mixed_precision.set_global_policy(t.get("precision", "float32"))
+        keras.utils.set_random_seed(config.seed)  # same init on every worker and every rerun
+        strategy = make_strategy(strategy, devices)
+        chief = _is_chief(strategy)
+        # Building the model validates the config before any file is written.
+        with strategy.scope():
+            model = models.build_cmp(config)
+            _set_sync_bn(model, config.model.get("sync_bn", True))
+            optimizer = make_optimizer(config)
+            optimizer.build(model.trainable_variables)
+        pipeline.check_sources(config.data.train, "config.data.train")
+        if config.data.val:
+            pipeline.check_sources(config.data.val, "config.data.val")
+        if chief:
+            rundir.prepare_workdir(workdir, config, overwrite)
+    except ValueError as error:
+        raise SetupError(str(error)) from error
     log = _logger(workdir, chief)
     # Non-chief workers must take part in saving (collective ops) but write elsewhere.
     ckpt_dir = os.path.join(workdir, "checkpoints") if chief else os.path.join(

@@ -48,7 +48,11 @@ _OVERWRITE = flags.DEFINE_bool(
 
 def run():
     logging.set_verbosity(logging.WARNING)  # TensorFlow's saving chatter
-    model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
+    try:
+        model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
+    except ValueError as error:
+        raise app.UsageError(f"--checkpoint={_CHECKPOINT.value or '(newest run)'}: "
+                             f"{error}") from error
     if not _FADE.value:
         from cmp_tf.models import heads
 
@@ -79,4 +83,4 @@ main = cli.main_of(run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -19,6 +19,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from cmp_tf import cli
 from cmp_tf import flow as flow_lib
 from cmp_tf.apps import inputs
 
@@ -258,4 +259,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -18,6 +18,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from cmp_tf import cli
 from cmp_tf.apps import inputs
 
 # The reference demo's settings (demo_annot.ipynb: velocity 30, th 0.5, zoom_factor 4, 384 px).
@@ -263,4 +264,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -210,9 +210,15 @@ def decode_image(data, name="image", max_side=None, max_pixels=None):
     return _check_decoded(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size, name)
 
 
-def load_propagator(path, name="--model", **kwargs):
+def load_propagator(path, name="--model", max_side_name="--max_side", **kwargs):
     """runtime.Propagator(path) with its error prefixed by the flag: a missing file, a file of
-    the wrong kind (not a CMP, an encoder export, text) or a corrupt one."""
+    the wrong kind (not a CMP, an encoder export, text) or a corrupt one; a bad `max_side` is
+    the flag `max_side_name`'s."""
+    max_side = kwargs.get("max_side", -1)
+    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or \
+            max_side == 0 or max_side < -1:
+        raise ValueError(f"{max_side_name}={max_side} must be -1 (full size) or a positive "
+                         f"number of pixels.")
     try:
         return runtime.Propagator(path or None, **kwargs)
     except ValueError as error:

@@ -144,6 +144,11 @@ def _check_config(cfg):
     if cfg.get("on_error", "skip") not in ("skip", "raise"):
         raise ValueError(f"config.ingest.on_error must be 'skip' or 'raise'; got "
                          f"{cfg['on_error']!r}.")
+    # The teacher is built per file; a bad name is the config's fault, refused before any file
+    # (not recorded as every file failing, in a manifest a corrected rerun would keep).
+    defaults = default_ingest_config()
+    teacher.make_estimator(cfg.get("estimator", defaults["estimator"]),
+                           cfg.get("dis_preset", defaults["dis_preset"]))
     return cfg
 
 
@@ -157,6 +162,8 @@ def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
     from tqdm import tqdm
 
     cfg = _check_config(cfg)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1; got {workers!r}.")
     jobs = _jobs(paths)
     if not jobs:
         raise ValueError(f"No video or list files found in {paths}.")
@@ -191,8 +198,11 @@ def ingest_beam(paths, out_dir, cfg=None, pipeline_args=()):
 
     cfg = _check_config(cfg)
     jobs = _jobs(paths)
+    if not jobs:
+        raise ValueError(f"No video or list files found in {paths}.")
+    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))  # checks the runner
     os.makedirs(out_dir, exist_ok=True)
-    with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
+    with pipeline:
         _ = (pipeline | "sources" >> beam.Create(jobs)
              | "ingest" >> beam.MapTuple(lambda fn, path: fn(path, out_dir, cfg)))
     return write_manifest(out_dir, cfg)
@@ -201,20 +211,30 @@ def ingest_beam(paths, out_dir, cfg=None, pipeline_args=()):
 def main(argv):
     from absl import app
     from absl import flags
-    from ml_collections import config_flags  # noqa: F401  (registers --config)
+
+    from cmp_tf import cli
 
     del argv
     flag = flags.FLAGS
-    cfg = flag.config.get("ingest", {}) if flag.config is not None else {}
+    config = cli.config_of(flag["config"]) if flag.config is not None else None
+    cfg = config.get("ingest", {}) if config is not None else {}
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     sources = (flag.videos or []) + (flag.lists or [])
     if not sources:
         raise app.UsageError("Name --videos and/or --lists.")
-    if flag.runner == "local":
-        manifest = ingest(sources, flag.out, cfg, workers=flag.workers)
-    else:
-        manifest = ingest_beam(sources, flag.out, cfg,
-                               [f"--runner={flag.runner}", *flag.beam_options.split()])
+    if flag.workers < 1:
+        raise app.UsageError(f"--workers={flag.workers}: must be at least 1.")
+    missing = [path for path in sources if not os.path.exists(path)]
+    if missing:
+        raise app.UsageError(f"--videos/--lists: {', '.join(missing)} does not exist.")
+    try:
+        if flag.runner == "local":
+            manifest = ingest(sources, flag.out, cfg, workers=flag.workers)
+        else:
+            manifest = ingest_beam(sources, flag.out, cfg,
+                                   [f"--runner={flag.runner}", *flag.beam_options.split()])
+    except ValueError as error:  # the config, the sources or the runner: refused, one line
+        raise app.UsageError(str(error)) from error
     totals = manifest["totals"]
     print(f"{totals['pairs']} pairs from {totals['videos']} files in {flag.out}; dropped "
           f"{totals['dropped']}; {totals['errors']} files failed (see {shards.MANIFEST}).")
@@ -225,20 +245,21 @@ def main(argv):
 
 def _define_flags():
     from absl import flags
-    from ml_collections import config_flags
+
+    from cmp_tf import cli
 
     flags.DEFINE_list("videos", None, "Video files or folders of videos.")
     flags.DEFINE_list("lists", None, "Reference list files (img1 img2 flow...) to convert.")
     flags.DEFINE_string("out", None, "Output folder for shards and manifest.", required=True)
-    config_flags.DEFINE_config_file("config", "configs/default.py",
-                                    "Recipe whose `ingest` section is used.", lock_config=True)
+    cli.define_config("config", "configs/default.py", "Recipe whose `ingest` section is used.",
+                      lock_config=True)
     flags.DEFINE_integer("workers", os.cpu_count() or 1, "Local processes.")
     flags.DEFINE_string("runner", "local", "'local' (process pool) or a Beam runner name.")
     flags.DEFINE_string("beam_options", "", "Extra Beam pipeline options, space-separated.")
 
 
 if __name__ == "__main__":
-    from absl import app
+    from cmp_tf import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

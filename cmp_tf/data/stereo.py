@@ -176,7 +176,7 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from cmp_tf import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

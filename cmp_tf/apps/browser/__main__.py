@@ -11,6 +11,7 @@ Propagate; the flow, its latency and the animation are computed on the page.
 from absl import app
 from absl import flags
 
+from cmp_tf import cli
 from cmp_tf.apps.browser import server as server_lib
 from cmp_tf.apps.web import server as web_server
 
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,6 +8,7 @@ point), or place positive / negative clicks, and press Animate or Annotate.
 from absl import app
 from absl import flags
 
+from cmp_tf import cli
 from cmp_tf.apps import inputs
 from cmp_tf.apps.web import server as server_lib
 
@@ -25,7 +26,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     try:
-        propagator = inputs.load_propagator(_MODEL.value, "--model",
+        propagator = inputs.load_propagator(_MODEL.value, "--model", "--network_side",
                                             max_side=_NETWORK_SIDE.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
@@ -36,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,5 +1,5 @@
 r"""What `python train.py` trains with no flags: the best recipe for a CPU, the one the shipped
-model was made by (`configs/propagation.py`). About 5 minutes on 2 cores, plus first-use
+model was made by (`configs/propagation.py`). About 3-4 minutes on 2 cores, plus first-use
 ingestion of the embedded clips; at the end it prints its validation EPE next to the nearest
 fill's. The paper's structure scaled to a CPU, with its bins head, is `configs/cpu_bins.py`.
 

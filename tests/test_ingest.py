@@ -141,7 +141,9 @@ def test_the_command_line_ingests_and_reports(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr
-    assert "3 pairs from 2 files" in result.stdout and "1 files failed" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith(
+        "Ingestion: 3 pairs from 1 of 2 files. 1 of 2 files failed to ingest: junk.mp4")
+    assert result.stdout.strip().endswith(f"Shards and {shards.MANIFEST} in {tmp_path / 'out'}.")
     assert (tmp_path / "out" / shards.MANIFEST).exists()
 
 

@@ -236,10 +236,7 @@ def main(argv):
     except ValueError as error:  # the config, the sources or the runner: refused, one line
         raise app.UsageError(str(error)) from error
     totals = manifest["totals"]
-    print(f"{totals['pairs']} pairs from {totals['videos']} files in {flag.out}; dropped "
-          f"{totals['dropped']}; {totals['errors']} files failed (see {shards.MANIFEST}).")
-    if totals["errors"] or any(totals["dropped"].values()):
-        print(shards.summarize(manifest["sources"]))
+    print(f"{shards.summarize(manifest['sources'])} Shards and {shards.MANIFEST} in {flag.out}.")
     return 1 if totals["errors"] and not totals["pairs"] else 0
 
 

@@ -66,16 +66,21 @@ def expected_flow(logits, nbins, fmax):
 
 
 def check_flow(flow, name="flow"):
-    """Validates a flow array: float, [..., 2], finite. Returns it as a float32 numpy array."""
+    """Validates a flow array: float, [..., H, W, 2] with at least one pixel, finite as float32.
+    Returns it as a float32 numpy array."""
     flow = np.asarray(flow)
     if flow.ndim < 3 or flow.shape[-1] != 2:
         raise ValueError(f"{name} must have shape [..., H, W, 2] (u, v); got shape {flow.shape}.")
     if not np.issubdtype(flow.dtype, np.floating):
         raise ValueError(f"{name} must be a float array of pixels; got dtype {flow.dtype}.")
+    if not flow.size:
+        raise ValueError(f"{name} must have at least one pixel; got shape {flow.shape}.")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        flow = flow.astype(np.float32, copy=False)
     bad = int(np.size(flow) - np.count_nonzero(np.isfinite(flow)))
     if bad:
-        raise ValueError(f"{name} has {bad} NaN or infinite values.")
-    return flow.astype(np.float32, copy=False)
+        raise ValueError(f"{name} has {bad} NaN or infinite values (as float32).")
+    return flow
 
 
 def endpoint_error(pred, target, valid=None):
@@ -128,12 +133,14 @@ def flow_to_color(flow, max_flow=None):
     flow = check_flow(flow)
     if flow.ndim != 3:
         raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
-    u, v = flow[..., 0], flow[..., 1]
+    u, v = flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64)  # no overflow
     rad = np.hypot(u, v)
     if max_flow is None:
         max_flow = max(float(rad.max()), 1.0)
-    elif not max_flow > 0:
-        raise ValueError(f"max_flow must be positive; got {max_flow!r}.")
+    elif isinstance(max_flow, bool) or not isinstance(max_flow, (int, float, np.number)) \
+            or not (np.isfinite(max_flow) and max_flow > 0):
+        raise ValueError(f"max_flow must be a positive number of pixels or None; got "
+                         f"{max_flow!r}.")
     rad = rad / max_flow
     wheel = _color_wheel()
     n = len(wheel)

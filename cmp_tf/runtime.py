@@ -100,8 +100,12 @@ class Propagator:
     """
 
     def __init__(self, path=None, max_side=-1, threads=None, fade=None):
-        if int(max_side) == 0 or int(max_side) < -1:
-            raise ValueError(f"max_side must be -1 (full size) or positive; got {max_side}.")
+        if not _is_whole(max_side) or max_side == 0 or max_side < -1:
+            raise ValueError(f"max_side must be -1 (full size) or a positive whole number of "
+                             f"pixels; got {max_side!r}.")
+        if threads is not None and (not _is_whole(threads) or threads < 1):
+            raise ValueError(f"threads must be None (the runtime's default) or a whole number "
+                             f">= 1; got {threads!r}.")
         if fade is not None and not isinstance(fade, bool):
             raise ValueError(f"fade must be True, False or None; got {fade!r}.")
         self.max_side = int(max_side)
@@ -121,7 +125,11 @@ class Propagator:
 
     def propagate_batch(self, image, guidance):
         """Several guidance sets [(points, vectors), ...] on one image -> N x H x W x 2."""
-        if not len(guidance):
+        if not isinstance(guidance, (list, tuple)) or not all(
+                isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in guidance):
+            raise ValueError(f"guidance must be a list of (points, vectors) pairs; got "
+                             f"{type(guidance).__name__} {_preview(guidance)}.")
+        if not guidance:
             raise ValueError("guidance must hold at least one (points, vectors) pair; got none.")
         checked = [sampling.check_guidance(image, p, v) for p, v in guidance]
         image = checked[0][0]
@@ -171,3 +179,14 @@ class Propagator:
                        int(round(side * scale / self.multiple)) * self.multiple)
 
         return fit(height), fit(width)
+
+
+def _is_whole(value):
+    """An int (NumPy's too), not a bool: what a size or a thread count takes."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _preview(value, limit=80):
+    """repr(value), cut to `limit` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

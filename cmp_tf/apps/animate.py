@@ -44,14 +44,20 @@ def check_render(width, height, frames, max_render_pixels=MAX_RENDER_PIXELS, nam
 
 def guidance_from_arrows(arrows):
     """[K, 4] (x, y, u, v) -> (points [K, 2], vectors [K, 2]): the Propagator's guidance."""
-    arrows = np.asarray(arrows, np.float32)
+    arrows = np.asarray(arrows)
+    if arrows.ndim != 2 or arrows.shape[1] != 4 or not len(arrows) or arrows.dtype == bool \
+            or not np.issubdtype(arrows.dtype, np.number):
+        raise ValueError(f"arrows must be [K, 4] numbers (x, y, u, v), K >= 1; got "
+                         f"{arrows.dtype} {arrows.shape}.")
+    arrows = arrows.astype(np.float32)
     return arrows[:, :2], arrows[:, 2:]
 
 
 def predict_flow(propagator, image, arrows):
     """The dense flow (H x W x 2, px) that CMP propagates from the arrows over `image`."""
-    inputs.check_inside(arrows, *image.shape[:2], name="arrows")
-    return propagator.propagate(image, *guidance_from_arrows(arrows))
+    points, vectors = guidance_from_arrows(arrows)
+    inputs.check_inside(points, *image.shape[:2], name="arrows")
+    return propagator.propagate(image, points, vectors)
 
 
 def inverse_flow(flow, t):
@@ -226,6 +232,8 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
         fade: False reads the model out without its learned fade (Propagator's `fade`).
     """
     arrows = inputs.parse_rows(arrows, inputs.ARROW_FIELDS, "--arrows")
+    if not isinstance(fade, bool):
+        raise ValueError(f"--fade must be True or False; got {fade!r}.")
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"--frames={frames} must be an integer, at least 2.")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or \

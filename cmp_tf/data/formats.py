@@ -111,6 +111,8 @@ def write_flo(path, flow, valid=None):
             raise ValueError(f"valid must have shape {flow.shape[:2]}; got {valid.shape}.")
         flow = np.where((valid > 0)[..., None], flow, np.float32(FLO_UNKNOWN_VALUE))
     path = os.fspath(path)
+    if not path.lower().endswith(".flo"):
+        raise ValueError(f"path must name a .flo file (Middlebury flow); got {path}.")
     if not cv2.writeOpticalFlow(path, np.ascontiguousarray(flow)):
         raise ValueError(f"OpenCV could not write the flow file {path}.")
 

@@ -9,21 +9,38 @@ import numpy as np
 from cmp_tf.flow import check_flow
 
 
+# Largest guide vector component `check_guidance` takes, px: far beyond any image, and small
+# enough that the fills' moments (squares and products of vectors) stay finite in float32.
+MAX_VECTOR_PX = 1e6
+
+
 def sparse_from_points(points, vectors, height, width):
     """Guidance points -> [H, W, 3] sparse input (u, v, mask).
 
     Args:
         points: [K, 2] (x, y) pixel coordinates, rounded to the nearest pixel.
         vectors: [K, 2] (u, v) motion in pixels at those points.
+        height, width: the image's size, whole numbers >= 1.
     Raises:
-        ValueError: on shapes other than [K, 2], non-finite values or points off the image.
+        ValueError: on shapes other than [K, 2], values that are not finite numbers, points
+            off the image or a bad size.
     """
-    points, vectors = np.asarray(points, np.float64), np.asarray(vectors, np.float32)
+    for name, side in (("height", height), ("width", width)):
+        if not _is_int(side) or side < 1:
+            raise ValueError(f"{name} must be a whole number of pixels >= 1; got {side!r}.")
+    points, vectors = np.asarray(points), np.asarray(vectors)
+    for name, array in (("points", points), ("vectors", vectors)):
+        if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                       or np.issubdtype(array.dtype, np.floating)):
+            raise ValueError(f"{name} must be a real-valued [K, 2] array; got dtype "
+                             f"{array.dtype}.")
+    points, vectors = points.astype(np.float64), vectors.astype(np.float64)
     if points.ndim != 2 or points.shape[-1] != 2 or vectors.shape != points.shape:
         raise ValueError(f"points and vectors must both be [K, 2]; got {points.shape} and "
                          f"{vectors.shape}.")
     if not (np.isfinite(points).all() and np.isfinite(vectors).all()):
         raise ValueError("points and vectors must be finite; got NaN or infinity.")
+    vectors = vectors.astype(np.float32)
     xy = np.round(points).astype(np.int64)
     off = (xy[:, 0] < 0) | (xy[:, 0] >= width) | (xy[:, 1] < 0) | (xy[:, 1] >= height)
     if off.any():
@@ -51,6 +68,10 @@ def _check_pairs(value, name):
     if bad:
         raise ValueError(f"{name} must be finite; got {bad} NaN or infinite values "
                          "(as float32).")
+    largest = float(np.abs(array).max())
+    if name == "vectors" and largest > MAX_VECTOR_PX:  # no image holds it; NaN flow beyond
+        raise ValueError(f"vectors must be at most {MAX_VECTOR_PX:g} px in u and v; got "
+                         f"{largest:g}.")
     return array
 
 
@@ -61,7 +82,7 @@ def check_guidance(image, points, vectors):
         image: [H, W, 3] uint8 RGB.
         points: [K, 2] (x, y) pixel coordinates, K >= 1; rounded to the nearest pixel, which
             must lie on the image.
-        vectors: [K, 2] (u, v) motion in pixels at those points.
+        vectors: [K, 2] (u, v) motion in pixels at those points, each at most MAX_VECTOR_PX.
     Returns:
         (image, points, vectors): contiguous uint8 [H, W, 3], float32 [K, 2], float32 [K, 2].
     Raises:

@@ -32,7 +32,11 @@ def load_method(path):
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
                                                   path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file: its own error, named, not a traceback here
+        raise ValueError(f"--method={path} could not be loaded: {type(error).__name__}: "
+                         f"{error}") from error
     if not callable(getattr(module, "propagate", None)):
         raise ValueError(f"{path} defines no function propagate(image, points, vectors).")
     return module.propagate
@@ -40,6 +44,9 @@ def load_method(path):
 
 def check_strategies(strategies):
     """The guidance strategies to score, in order; ValueError naming --strategies if not."""
+    if isinstance(strategies, str):
+        raise ValueError(f"--strategies={strategies!r}: expected a list of names among "
+                         f"{', '.join(STRATEGIES)}, not one string.")
     strategies = tuple(strategies)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if not strategies or unknown or len(set(strategies)) != len(strategies):
@@ -56,10 +63,41 @@ def example_setting(strategies, ks, example_k=10):
 
 
 def check_ks(ks):
-    ks = tuple(int(k) for k in ks)
+    """The guide counts K to score: whole numbers (or their digits, as flags give them),
+    distinct, increasing, >= 1."""
+    def whole(k):
+        if isinstance(k, str) and k.strip().isdigit():
+            return int(k)
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            return int(k)
+        raise ValueError(f"ks must be whole numbers of guides; got {k!r} in {ks!r}.")
+
+    ks = tuple(whole(k) for k in ks)
     if not ks or min(ks) < 1 or list(ks) != sorted(set(ks)):
         raise ValueError(f"ks must be distinct increasing positive counts; got {ks}.")
     return ks
+
+
+def check_pair(image, flow, valid, index):
+    """One scored pair as arrays: image uint8 [H, W, 3], flow float32 [H, W, 2] finite where
+    valid (0 elsewhere), valid bool [H, W]; ValueError naming the pair otherwise."""
+    image, flow, valid = np.asarray(image), np.asarray(flow), np.asarray(valid)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"pair {index}: the image must be uint8 [H, W, 3] (RGB 0..255); got "
+                         f"{image.dtype} {image.shape}.")
+    if flow.shape != image.shape[:2] + (2,) or not np.issubdtype(flow.dtype, np.floating):
+        raise ValueError(f"pair {index}: the flow must be float [H, W, 2] of the image's size "
+                         f"{image.shape[:2]}; got {flow.dtype} {flow.shape}.")
+    if valid.shape != image.shape[:2]:
+        raise ValueError(f"pair {index}: valid must have the image's shape {image.shape[:2]}; "
+                         f"got {valid.shape}.")
+    valid = valid > 0
+    flow = flow.astype(np.float32)
+    finite = np.isfinite(flow).all(-1)
+    if not finite[valid].all():
+        raise ValueError(f"pair {index}: the reference flow has {int((~finite & valid).sum())} "
+                         "NaN or infinite vectors at valid pixels; mark them invalid.")
+    return image, np.where(finite[..., None], flow, 0.0).astype(np.float32), valid
 
 
 def guidance_order(flow, valid, strategy, count, rng, nms_ks=NMS_KS, edge_distance=None):
@@ -117,8 +155,9 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
 
     Args:
         methods: {name: propagate function or object with propagate (and optionally
-            propagate_batch, used to run all guidance sets of an image in one call)}.
-        pairs: iterable of (image uint8 HxWx3, flow HxWx2, valid HxW).
+            propagate_batch, used to run all guidance sets of an image in one call)}, "zero"
+            among them (the relative errors divide by its EPE).
+        pairs: iterable of (image uint8 HxWx3, flow HxWx2, valid HxW), checked by `check_pair`.
         keep_examples: how many pairs to keep predictions of, for the panels, at
             `example_setting(strategies, ks, example_k)`.
     Returns:
@@ -144,8 +183,7 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
     filled = {k: 0 for k in ks}
     examples, count = [], 0
     for image, flow, valid in tqdm(pairs, desc="propagation", unit="pair", disable=not progress):
-        image = np.asarray(image, np.uint8)
-        flow, valid = np.asarray(flow, np.float32), np.asarray(valid) > 0
+        image, flow, valid = check_pair(image, flow, valid, count)
         edge_distance = sampling.distance_to_motion_edges(flow)
         near = edge_distance <= NEAR_BOUNDARY_PX
         sets = []
@@ -204,7 +242,12 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
 def _run(method, image, guidance):
     batch = getattr(method, "propagate_batch", None)
     if batch is not None:
-        return np.asarray(batch(image, guidance), np.float32)
+        flows = np.asarray(batch(image, guidance), np.float32)
+        expected = (len(guidance), *image.shape[:2], 2)
+        if flows.shape != expected:
+            raise ValueError(f"A method's propagate_batch returned flow of shape {flows.shape}; "
+                             f"expected {expected}.")
+        return flows
     propagate = getattr(method, "propagate", method)
     out = []
     for points, vectors in guidance:

@@ -1,0 +1,153 @@
+"""Bad input to the Python API a user calls directly: a ValueError naming the argument, never a
+NumPy / OpenCV error from deep inside, a NaN flow or a silently wrong score."""
+import numpy as np
+import pytest
+
+from cmp_tf import flow as flow_lib
+from cmp_tf.data import formats
+from cmp_tf.data import sampling
+from cmp_tf.evaluation import benchmark
+
+
+@pytest.fixture(scope="module")
+def propagator():
+    from cmp_tf.runtime import Propagator
+
+    return Propagator()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_side="abc"), r"max_side must be -1 \(full size\) or a positive whole number"),
+    (dict(max_side=float("nan")), "max_side must be"), (dict(max_side=None), "max_side must be"),
+    (dict(max_side=1.5), "got 1.5"), (dict(max_side=True), "got True"),
+    (dict(max_side=0), "got 0"), (dict(threads="x"), "threads must be None"),
+    (dict(threads=0), "threads must be None"),
+])
+def test_the_propagators_options_are_checked_before_the_model_loads(kwargs, message):
+    from cmp_tf.runtime import Propagator
+
+    with pytest.raises(ValueError, match=message):
+        Propagator(**kwargs)
+
+
+def test_a_batch_of_guidance_is_a_list_of_pairs(propagator):
+    image = np.zeros((64, 64, 3), np.uint8)
+    pair = ([[1, 1]], [[1, 1]])
+    for guidance in (None, (g for g in [pair]), [(*pair, [[1, 1]])], {"a": 1}, [[1, 2, 3]]):
+        with pytest.raises(ValueError, match="guidance must be a list of .points, vectors. "
+                                             "pairs"):
+            propagator.propagate_batch(image, guidance)
+    with pytest.raises(ValueError, match="at least one"):
+        propagator.propagate_batch(image, [])
+    assert propagator.propagate_batch(image, (pair, pair)).shape == (2, 64, 64, 2)
+
+
+def test_vectors_too_large_for_float32_fills_are_refused_and_large_ones_stay_finite(propagator):
+    image = np.zeros((128, 160, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"vectors must be at most 1e\+06 px in u and v; got "
+                                         r"3e\+38"):
+        propagator.propagate(image, [[10, 10]], [[3e38, 0]])
+    flow = propagator.propagate(image, [[10, 10], [100, 100]],
+                                [[sampling.MAX_VECTOR_PX, -sampling.MAX_VECTOR_PX]] * 2)
+    assert np.isfinite(flow).all()
+
+
+def test_flow_beyond_float32_empty_flow_and_a_bad_max_flow_are_refused(tmp_path):
+    huge = np.full((4, 4, 2), 1e300)  # float64: inf once float32
+    for call in (lambda: flow_lib.flow_to_color(huge),
+                 lambda: formats.write_flo(tmp_path / "huge.flo", huge),
+                 lambda: sampling.sample_guidance(huge, strategies=("full",))):
+        with pytest.raises(ValueError, match="NaN or infinite values"):
+            call()
+    with pytest.raises(ValueError, match="at least one pixel"):
+        flow_lib.flow_to_color(np.zeros((0, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        formats.write_flo(tmp_path / "empty.flo", np.zeros((0, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        sampling.sample_guidance(np.zeros((0, 5, 2), np.float32))
+    for max_flow in ("5", np.array([1, 2]), 0, float("nan"), True):
+        with pytest.raises(ValueError, match="max_flow must be a positive number"):
+            flow_lib.flow_to_color(np.ones((2, 2, 2), np.float32), max_flow)
+    # The largest float32 flow keeps its colour (no overflow into "out of range").
+    big = np.full((1, 1, 2), [3e38, 0], np.float32)
+    assert (flow_lib.flow_to_color(big) == flow_lib.flow_to_color(big / 1e8)).all()
+
+
+def test_a_flo_file_is_written_only_under_a_flo_name(tmp_path):
+    with pytest.raises(ValueError, match="path must name a .flo file"):
+        formats.write_flo(tmp_path / "x.png", np.ones((2, 2, 2), np.float32))
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("height, width, points, message", [
+    (-1, 5, [[1, 1]], "height must be a whole number"), (5.5, 5, [[1, 1]], "height must be"),
+    ("5", 5, [[1, 1]], "height must be"), (5, True, [[1, 1]], "width must be"),
+    (5, 5, [["1", "1"]], "points must be a real-valued"),
+    (5, 5, np.array([[True, False]]), "points must be a real-valued"),
+])
+def test_a_sparse_map_checks_its_size_and_point_types(height, width, points, message):
+    with pytest.raises(ValueError, match=message):
+        sampling.sparse_from_points(points, [[1, 1]], height, width)
+
+
+def _pairs(image=None, flow=None, valid=None):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 32, 3)).astype(np.uint8) if image is None else image
+    flow = rng.normal(size=(32, 32, 2)).astype(np.float32) if flow is None else flow
+    return [(image, flow, np.ones((32, 32), bool) if valid is None else valid)]
+
+
+def _zero(image, points, vectors):
+    return np.zeros(image.shape[:2] + (2,), np.float32)
+
+
+@pytest.mark.parametrize("pair, message", [
+    (dict(image=np.ones((32, 32, 3), np.float32)), "pair 0: the image must be uint8"),
+    (dict(image=np.full((32, 32, 3), 300)), "pair 0: the image must be uint8"),
+    (dict(flow=np.ones((32, 32), np.float32)), "pair 0: the flow must be float"),
+    (dict(valid=np.ones((16, 16), bool)), "pair 0: valid must have the image's shape"),
+    (dict(flow=np.full((32, 32, 2), np.nan, np.float32)), "NaN or infinite vectors at valid"),
+])
+def test_evaluate_refuses_a_pair_it_would_score_wrongly(pair, message):
+    with pytest.raises(ValueError, match=message):
+        benchmark.evaluate({"zero": _zero}, _pairs(**pair), ks=(1,), progress=False)
+
+
+def test_evaluate_scores_a_pair_whose_invalid_pixels_hold_nan():
+    flow = np.ones((32, 32, 2), np.float32)
+    flow[:4] = np.nan
+    valid = np.ones((32, 32), bool)
+    valid[:4] = False
+    result = benchmark.evaluate({"zero": _zero}, _pairs(flow=flow, valid=valid), ks=(1,),
+                                progress=False)
+    assert all(row["epe"] == pytest.approx(np.sqrt(2)) for row in result["rows"])
+
+
+def test_evaluate_checks_its_counts_strategies_methods_and_method_files(tmp_path):
+    with pytest.raises(ValueError, match="ks must be whole numbers of guides; got 1.7"):
+        benchmark.evaluate({"zero": _zero}, _pairs(), ks=(1.7,), progress=False)
+    with pytest.raises(ValueError, match="not one string"):
+        benchmark.evaluate({"zero": _zero}, _pairs(), strategies="uniform", progress=False)
+
+    class WrongBatch:
+        def propagate_batch(self, image, guidance):
+            return np.zeros((1, 8, 8, 2), np.float32)
+
+    with pytest.raises(ValueError, match=r"propagate_batch returned flow of shape \(1, 8, 8, 2\)"):
+        benchmark.evaluate({"zero": _zero, "wrong": WrongBatch()}, _pairs(), ks=(1, 5),
+                           progress=False)
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module\n")
+    with pytest.raises(ValueError, match="broken.py could not be loaded: ModuleNotFoundError"):
+        benchmark.load_method(str(broken))
+
+
+def test_animation_arrows_and_fade_are_checked(propagator, tmp_path):
+    from cmp_tf.apps import animate
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    for arrows in ([10, 10, 5, 0], [[10, 10, 5]], [], [["a", "b", "c", "d"]]):
+        with pytest.raises(ValueError, match=r"arrows must be \[K, 4\] numbers"):
+            animate.predict_flow(propagator, image, arrows)
+    with pytest.raises(ValueError, match="--fade must be True or False; got 'no'"):
+        animate.run(None, str(tmp_path / "none.png"), "10,10,5,0", fade="no")

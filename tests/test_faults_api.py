@@ -151,3 +151,24 @@ def test_animation_arrows_and_fade_are_checked(propagator, tmp_path):
             animate.predict_flow(propagator, image, arrows)
     with pytest.raises(ValueError, match="--fade must be True or False; got 'no'"):
         animate.run(None, str(tmp_path / "none.png"), "10,10,5,0", fade="no")
+
+
+def test_annotation_clicks_zoom_and_threshold_are_checked(propagator, tmp_path):
+    from cmp_tf.apps import annotate
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    for zoom_size in (0, 1.5, 5, "64"):
+        with pytest.raises(ValueError, match="zoom_size=.* must be a whole number of pixels, "
+                                             "at least 32"):
+            annotate.annotate(propagator, image, [[30, 30]], [[5, 5]], zoom_size=zoom_size)
+    with pytest.raises(ValueError, match=r"positive must be \[N, 2\] \(x, y\) clicks; got "
+                                         r"int64 \(3,\)"):
+        annotate.annotate(propagator, image, [60, 45, 3])
+    with pytest.raises(ValueError, match="negative must be"):
+        annotate.annotate(propagator, image, [[30, 30]], [["a", "b"]])
+    assert annotate.annotate(propagator, image, [30, 30]).shape == (64, 64)  # one (x, y) pair
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "frame.png"), image)
+    with pytest.raises(ValueError, match=r"--threshold='0.5' must lie in \(0, 1\)"):
+        annotate.run(None, str(tmp_path / "frame.png"), "30,30", threshold="0.5")

@@ -26,6 +26,7 @@ VELOCITY = 30.0  # px a positive click is pushed, in the network's (zoomed) pixe
 THRESHOLD = 0.5  # fraction of the largest motion that counts as the object
 ZOOM_FACTOR = 4.0  # the zoom square's side over the clicks' extent; -1: no zoom
 ZOOM_SIZE = 384  # side the zoom square is resized to before the network sees it
+MIN_ZOOM_SIZE = 32  # the smallest zoom side the networks take (their encoders' stride)
 REFINE = "guided"  # never worse than "none" on benchmarks/annotation.py; grabCut: see README
 REFINEMENTS = ("none", "grabcut", "guided")
 GRABCUT_ITERATIONS = 3
@@ -41,13 +42,31 @@ def check_clicks(image, positive, negative):
     """(positive [P, 2], negative [N, 2]) float32 after checking them against the image: at
     least one positive click, every click on a pixel of the image."""
     height, width = image.shape[:2]
-    positive = np.asarray(positive, np.float32).reshape(-1, 2)
-    negative = np.asarray(negative, np.float32).reshape(-1, 2)
+    positive, negative = _clicks(positive, "positive"), _clicks(negative, "negative")
     if not len(positive):
         raise ValueError("positive needs at least one click on the object; got none.")
     inputs.check_inside(positive, height, width, "positive")
     inputs.check_inside(negative, height, width, "negative")
     return positive, negative
+
+
+def _clicks(value, name):
+    """[N, 2] float32 (x, y) clicks from an [N, 2] array, one (x, y) pair or nothing."""
+    array = np.asarray(value)
+    if array.size and (array.dtype == bool or not np.issubdtype(array.dtype, np.number)
+                       or not (array.ndim == 2 and array.shape[1] == 2 or array.shape == (2,))):
+        raise ValueError(f"{name} must be [N, 2] (x, y) clicks; got {array.dtype} "
+                         f"{array.shape}.")
+    return array.astype(np.float32).reshape(-1, 2)
+
+
+def check_zoom_size(zoom_size, name="zoom_size"):
+    """The side the zoom square is resized to: a whole number of pixels >= MIN_ZOOM_SIZE."""
+    if isinstance(zoom_size, bool) or not isinstance(zoom_size, (int, np.integer)) or \
+            zoom_size < MIN_ZOOM_SIZE:
+        raise ValueError(f"{name}={zoom_size!r} must be a whole number of pixels, at least "
+                         f"{MIN_ZOOM_SIZE}.")
+    return int(zoom_size)
 
 
 def direction_guidance(positive, negative, velocity):
@@ -93,6 +112,7 @@ def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
     """
     positive, negative = check_clicks(image, positive, negative)
     inputs.positive(velocity, "velocity")
+    check_zoom_size(zoom_size)
     if zoom_factor != -1:
         inputs.positive(zoom_factor, "zoom_factor")
     height, width = image.shape[:2]
@@ -233,12 +253,12 @@ def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
     inputs.check_inside(positive, *image.shape[:2], name="--positive")
     inputs.check_inside(negative, *image.shape[:2], name="--negative")
     inputs.positive(velocity, "--velocity")
-    if not 0 < threshold < 1:
-        raise ValueError(f"--threshold={threshold} must lie in (0, 1).")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or \
+            not 0 < threshold < 1:
+        raise ValueError(f"--threshold={threshold!r} must lie in (0, 1).")
     if zoom_factor != -1:
         inputs.positive(zoom_factor, "--zoom_factor")
-    if zoom_size < 32:
-        raise ValueError(f"--zoom_size={zoom_size} must be at least 32 px.")
+    check_zoom_size(zoom_size, "--zoom_size")
     if os.path.splitext(out)[1].lower() != ".png":
         raise ValueError(f"--out={out} must be a .png file.")
     propagator = inputs.load_propagator(model, "--model", max_side=max_side)

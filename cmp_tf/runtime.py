@@ -100,9 +100,7 @@ class Propagator:
     """
 
     def __init__(self, path=None, max_side=-1, threads=None, fade=None):
-        if not _is_whole(max_side) or max_side == 0 or max_side < -1:
-            raise ValueError(f"max_side must be -1 (full size) or a positive whole number of "
-                             f"pixels; got {max_side!r}.")
+        check_max_side(max_side)
         if threads is not None and (not _is_whole(threads) or threads < 1):
             raise ValueError(f"threads must be None (the runtime's default) or a whole number "
                              f">= 1; got {threads!r}.")
@@ -179,6 +177,13 @@ class Propagator:
                        int(round(side * scale / self.multiple)) * self.multiple)
 
         return fit(height), fit(width)
+
+
+def check_max_side(max_side, name="max_side"):
+    """`Propagator`'s max_side: -1 (full size) or a positive whole number of pixels."""
+    if not _is_whole(max_side) or max_side == 0 or max_side < -1:
+        raise ValueError(f"{name} must be -1 (full size) or a positive whole number of pixels; "
+                         f"got {max_side!r}.")
 
 
 def _is_whole(value):

@@ -69,7 +69,8 @@ def test_the_apps_and_export_print_a_bad_flag_alone_and_name_it(tmp_path):
     _one_line_error(_run(*animate, f"--image={tmp_path / 'none.png'}"),
                     f"--image={tmp_path / 'none.png'} does not exist or is not a file.")
     _one_line_error(_run(*animate, f"--image={image}", "--max_side=-5"),
-                    "--max_side=-5 must be -1 (full size) or a positive number of pixels.")
+                    "--max_side must be -1 (full size) or a positive whole number of pixels; "
+                    "got -5.")
     _one_line_error(_run("-m", "export", f"--checkpoint={tmp_path / 'none'}",
                          f"--out={tmp_path / 'out'}"),
                     f"--checkpoint={tmp_path / 'none'}: {tmp_path / 'none'} does not exist")

@@ -214,11 +214,7 @@ def load_propagator(path, name="--model", max_side_name="--max_side", **kwargs):
     """runtime.Propagator(path) with its error prefixed by the flag: a missing file, a file of
     the wrong kind (not a CMP, an encoder export, text) or a corrupt one; a bad `max_side` is
     the flag `max_side_name`'s."""
-    max_side = kwargs.get("max_side", -1)
-    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or \
-            max_side == 0 or max_side < -1:
-        raise ValueError(f"{max_side_name}={max_side} must be -1 (full size) or a positive "
-                         f"number of pixels.")
+    runtime.check_max_side(kwargs.get("max_side", -1), max_side_name)
     try:
         return runtime.Propagator(path or None, **kwargs)
     except ValueError as error:

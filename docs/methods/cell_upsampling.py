@@ -5,7 +5,8 @@ cells to pixels"):
   CMP_UPSAMPLING=joint_bilateral python evaluate.py --checkpoint=cmp_tf/pretrained/default \\
       --method=docs/methods/cell_upsampling.py [--data=generated | --data=... --pairs=16]
 
-CMP_UPSAMPLING:
+CMP_FADE=0 reads the model out without its learned fade (`Propagator(fade=False)`, for a
+moving camera: the stereo pair). CMP_UPSAMPLING:
   align_corners    the model's own resize (reproduces its row to the digit);
   half_pixel       bilinear with the cells' centres where the fills put them (2j + 0.5 px);
   joint_bilateral  (default) each pixel a mean of the 3 x 3 cells around its own, weighed by a
@@ -31,7 +32,8 @@ _CELLS = []  # the shipped model cut before its last resize, built at the first 
 def cell_flow(image, points, vectors):
     """(image, the model's flow on its cells [h, w, 2] px) for one guidance set."""
     if not _CELLS:
-        model = Propagator()._network.runner.model
+        fade = os.environ.get("CMP_FADE", "1") != "0"
+        model = Propagator(fade=None if fade else False)._network.runner.model
         resize = model.get_layer("upsample_flow")
         _CELLS.append(keras.Model(model.inputs, resize.input[0]))
     height, width = image.shape[:2]

@@ -36,6 +36,7 @@ from absl import flags
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf.apps import annotate  # noqa: E402
 from cmp_tf.apps import inputs  # noqa: E402
 from cmp_tf.data import layered  # noqa: E402
@@ -297,4 +298,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

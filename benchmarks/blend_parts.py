@@ -21,7 +21,6 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -154,4 +153,4 @@ main = cli.main_of(run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

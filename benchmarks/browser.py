@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf.apps.browser import server as server_lib  # noqa: E402
 
 _SIDES = flags.DEFINE_list("sides", ["128", "256", "384"], "Network input sides (square).")
@@ -144,4 +145,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -21,7 +21,6 @@ import tempfile
 
 import cv2
 import numpy as np
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -110,4 +109,4 @@ main = cli.main_of(run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

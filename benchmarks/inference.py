@@ -35,6 +35,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import reference as reference_lib  # noqa: E402
+from cmp_tf import cli  # noqa: E402
 from cmp_tf import models  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
 from export import export_lib  # noqa: E402
@@ -261,4 +262,4 @@ def deployment_table(deploy):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

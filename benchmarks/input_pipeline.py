@@ -22,6 +22,7 @@ from scipy import ndimage
 from scipy import signal
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 
 # The guidance of the 384² recipes (configs/resnet50_semiauto.py): a 3 x 3 grid + watershed.
@@ -238,4 +239,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -15,7 +15,6 @@ import sys
 import time
 
 import numpy as np
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,4 +107,4 @@ main = cli.main_of(run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

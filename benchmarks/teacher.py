@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 from cmp_tf.data import teacher  # noqa: E402
 from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
@@ -96,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

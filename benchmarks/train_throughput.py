@@ -19,10 +19,10 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf import losses  # noqa: E402
 from cmp_tf import models  # noqa: E402
 from cmp_tf import training  # noqa: E402
@@ -119,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,10 +13,10 @@ import sys
 
 import cv2
 import numpy as np
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from cmp_tf import cli  # noqa: E402
 from cmp_tf import flow as flow_lib  # noqa: E402
 from cmp_tf.apps import animate  # noqa: E402
 from cmp_tf.apps import annotate  # noqa: E402
@@ -91,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

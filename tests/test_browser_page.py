@@ -61,8 +61,39 @@ def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
         request = urllib.request.Request(f"{root}/api/animate", data=b"{}", method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 405
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
         assert httpd.requested[:2] == ["/model.onnx", "/vendor/ort-wasm-simd-threaded.wasm"]
+        head = urllib.request.Request(f"{root}/model.onnx", method="HEAD")
+        with urllib.request.urlopen(head, timeout=30) as answer:
+            assert answer.status == 200 and answer.headers["Content-Length"] == "10"
+            assert answer.read() == b""
+        # A DNS name rebound to this machine does not get the model.
+        rebound = urllib.request.Request(f"{root}/model.onnx", headers={"Host": "evil.test"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=30)
+        assert refused.value.code == 403
+
+
+def test_a_refused_body_is_never_read_as_the_next_request(tmp_path, fake_vendor):
+    import socket
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx bytes")
+    with serving(server_lib.make_server(model, port=0)) as httpd:
+        address = httpd.server_address[:2]
+        host = ("%s:%d" % address).encode()
+        smuggled = b"GET /model.onnx HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+        with socket.create_connection(address, timeout=30) as client:
+            client.sendall(b"POST /x HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: "
+                           + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+            received = b""
+            while part := client.recv(65536):
+                received += part
+        assert received.startswith(b"HTTP/1.1 405") and b"onnx bytes" not in received
+        for index in range(server_lib.MAX_REQUESTED + 5):
+            httpd.RequestHandlerClass._note(type("H", (), {"server": httpd})(), "/p" * 300)
+        assert len(httpd.requested) == server_lib.MAX_REQUESTED
+        assert len(httpd.requested[-1]) == server_lib.MAX_PATH_NOTED
 
 
 def test_the_server_names_what_is_missing(tmp_path, fake_vendor):

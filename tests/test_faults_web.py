@@ -396,3 +396,46 @@ def test_the_load_benchmark_runs_and_the_server_holds(tmp_path):
     assert set(report["kinds"]) >= {"animate", "huge_image", "negative_length", "idle"}
     assert all(row["requests"] >= 1 for row in report["kinds"].values())
     assert 0 < report["peak_rss_mb"] <= report["memory_bound_mb"]
+
+
+# --- Numbers JSON allows that Python's float does not, deep nesting, other methods -----------
+
+def test_numbers_beyond_float_and_deep_nesting_are_400_not_500(server):
+    huge = int("9" * 400)  # JSON integers have no bound; float() overflows on this one
+    image = _b64(_small_png())
+    for body, field in [({"image": image, "arrows": [[1, 1, huge, 1]]}, "arrows item 1"),
+                        ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": huge}, "fps"),
+                        ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": 1e-5}, "fps"),
+                        ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": 1000}, "fps"),
+                        ({"image": image, "arrows": [[True, 1, 5, 0]]}, "arrows item 1")]:
+        status, answer = _post(server, body)
+        assert status == 400 and answer["error"].startswith(field), (body.get("fps"), answer)
+    status, answer = _post(server, b"[" * 200_000)
+    assert status == 400 and "the body is not JSON" in answer["error"]
+
+
+def test_other_methods_are_405_in_json_and_head_is_get_without_a_body(server):
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        status, answer = _raw(server, f"{method} /api/animate HTTP/1.1\r\nHost: {{host}}\r\n"
+                                      "Content-Length: 0")
+        assert status == 405 and answer["error"].startswith(f"{method} is not served"), method
+    address = server.server_address[:2]
+    with socket.create_connection(address, timeout=PATIENCE) as client:
+        client.sendall(("HEAD / HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n"
+                        % address).encode())
+        received = b""
+        while part := client.recv(65536):
+            received += part
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"200" and body == b""
+    assert int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
+
+
+def test_the_frame_rate_has_a_range_everywhere():
+    for fps in (0.001, 101, float("nan"), "8"):
+        with pytest.raises(ValueError, match="fps must"):
+            animate.check_fps(fps)
+    assert animate.check_fps(animate.FPS) == animate.FPS
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"fps must lie in \[0.01, 100\]"):
+        animate.encode_gif(frames, 1e-5)

@@ -146,9 +146,25 @@ def warp_frame(image, backward):
     return frame
 
 
+# Frames per second an animation may have: a GIF holds each frame's delay in hundredths of a
+# second in 16 bits (at most 655 s, fps >= 0.0016), and viewers show delays under 10 ms as 100.
+FPS_RANGE = (0.01, 100.0)
+
+
+def check_fps(fps, name="fps"):
+    """A frame rate within FPS_RANGE, else a ValueError naming `name`."""
+    inputs.positive(fps, name)
+    low, high = FPS_RANGE
+    if not low <= fps <= high:
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}] frames per second; got {fps!r}.")
+    return float(fps)
+
+
 def encode_gif(frames, fps):
     """Frames -> the bytes of a looping GIF (imageio, Pillow's writer)."""
     import imageio.v3 as iio
+
+    check_fps(fps)
 
     return iio.imwrite("<bytes>", list(frames), extension=".gif", is_batch=True,
                        duration=1000.0 / fps, loop=0)  # a list: the frames are not copied
@@ -165,7 +181,7 @@ def check_out(path):
 def write_animation(path, frames, fps):
     """Writes frames as a looping GIF (imageio) or an MP4 (OpenCV's mp4v: no ffmpeg needed)."""
     suffix = check_out(path)
-    inputs.positive(fps, "--fps")
+    check_fps(fps, "--fps")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if suffix == ".gif":
         with open(path, "wb") as f:
@@ -239,7 +255,7 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or \
             max_pixels < 1:
         raise ValueError(f"--max_pixels={max_pixels} must be a positive integer.")
-    inputs.positive(fps, "--fps")
+    check_fps(fps, "--fps")
     check_out(out)
     # The size is read from the header and checked before decoding; then the whole animation.
     image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")

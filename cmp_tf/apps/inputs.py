@@ -47,8 +47,8 @@ def parse_rows(value, fields, name, allow_empty=False):
     for index, item in enumerate(items, 1):
         parts = item.split(",") if isinstance(item, str) else item
         try:
-            numbers = [float(p) for p in parts]
-        except (TypeError, ValueError):
+            numbers = [float(p) for p in parts if not isinstance(p, bool)]
+        except (TypeError, ValueError, OverflowError):  # an int beyond float's range too
             numbers = []
         if len(numbers) != len(fields) or not np.all(np.isfinite(numbers)):
             raise ValueError(f"{name} item {index} {item!r} must be {len(fields)} finite "
@@ -244,10 +244,20 @@ def load_propagators(paths, name="--model"):
 
 def positive(value, name):
     """A strictly positive, finite number, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
-            np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number; got {value!r}.")
+    try:  # an int beyond float's range (JSON allows any) overflows here
+        finite = not isinstance(value, bool) and isinstance(value, (int, float, np.number)) \
+            and bool(np.isfinite(float(value)))
+    except OverflowError:
+        finite = False
+    if not finite or not value > 0:
+        raise ValueError(f"{name} must be a positive number; got {_short(value)}.")
     return value
+
+
+def _short(value, limit=40):
+    """repr(value), cut to `limit` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def write_rgb(path, image):

@@ -5,8 +5,10 @@
 
 GET /, /<file>   -> files of static/ (the page, and the runtime `install` put in vendor/)
 GET /model.onnx  -> the model file given
-Anything else is 404 (GET) or 405 (other methods): there is no API, the flow and the animation
-are computed by the page. `server.requested` lists the paths asked for, in order.
+Anything else is 404 (GET, HEAD) or 405 (other methods): there is no API, the flow and the
+animation are computed by the page. A Host that is not this machine's (a DNS name rebound to
+it) is 403. `server.requested` lists the paths asked for, in order (the last
+MAX_REQUESTED, each cut to MAX_PATH_NOTED characters).
 """
 import os
 import threading
@@ -18,6 +20,8 @@ from cmp_tf.apps.browser import install
 from cmp_tf.apps.web import server as web_server
 
 MODEL_PATH = "/model.onnx"
+MAX_REQUESTED = 10_000  # paths `server.requested` keeps: a client cannot grow it without end
+MAX_PATH_NOTED = 256  # characters of a path it keeps
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
@@ -30,18 +34,38 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
-    def _send(self, status, body, content_type):
+    def _send(self, status, body, content_type, headers=()):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # HEAD: GET's headers, no body
+            self.wfile.write(body)
+
+    def _note(self, path):
+        with self.server.lock:
+            requested = self.server.requested
+            requested.append(path[:MAX_PATH_NOTED])
+            del requested[:max(0, len(requested) - MAX_REQUESTED)]
+
+    def _own_host(self):
+        """Whether the Host header names this machine; else a 403 has been sent."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host in self.server.hosts:
+            return True
+        self.close_connection = True
+        self._send(HTTPStatus.FORBIDDEN, f"Host {host!r} is not this server's own.".encode(),
+                   "text/plain")
+        return False
 
     def do_GET(self):  # noqa: N802  (http.server's name)
         route = self.path.split("?", 1)[0].split("#", 1)[0]
-        with self.server.lock:
-            self.server.requested.append(route)
+        self._note(route)
+        if not self._own_host():
+            return None
         if route == MODEL_PATH:
             path = self.server.model
         else:
@@ -54,13 +78,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, _TYPES.get(os.path.splitext(path)[1],
                                                    "application/octet-stream"))
 
-    def _refuse_method(self):
-        with self.server.lock:
-            self.server.requested.append(self.path)
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED,
-                   b"Static files only: the page computes everything itself.", "text/plain")
+    do_HEAD = do_GET  # noqa: N815
 
-    do_POST = do_PUT = do_DELETE = _refuse_method  # noqa: N815
+    def _refuse_method(self):
+        self._note(self.path)
+        self.close_connection = True  # an unread body is never taken for the next request
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED,
+                   b"Static files only: the page computes everything itself.", "text/plain",
+                   headers=[("Allow", "GET, HEAD")])
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
 
 
 def make_server(model, host="127.0.0.1", port=8000, verbose=False):
@@ -81,4 +108,5 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False):
     server.daemon_threads = True
     server.model, server.verbose = os.path.abspath(model), verbose
     server.requested, server.lock = [], threading.Lock()
+    server.hosts = web_server.own_hosts(host, server.server_address[1])
     return server

@@ -56,6 +56,7 @@ REQUEST_TIMEOUT_S = 30.0  # a request's line, headers and body must all arrive w
 MAX_CONNECTIONS = 32  # open connections (one thread each); more are answered 503 at once
 WORKERS = 2  # requests decoding and rendering at once: the memory they hold is bounded
 LINGER_S = 2.0  # after a refusal, how long the unread rest of a body is read and dropped
+ALLOWED_METHODS = "GET, HEAD, POST"  # what a 405 names in its Allow header
 BACKLOG = 64  # connections the kernel queues until they are accepted (the default 5 overflows
 #   under a burst, and each overflow costs its client a 1 s SYN retry)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # names of this machine always accepted
@@ -160,7 +161,7 @@ class App:
         if isinstance(frames, bool) or not isinstance(frames, int) or \
                 not 2 <= frames <= MAX_FRAMES:
             raise ValueError(f"frames must be an integer in [2, {MAX_FRAMES}]; got {frames!r}.")
-        fps = inputs.positive(request.get("fps", animate.FPS), "fps")
+        fps = animate.check_fps(request.get("fps", animate.FPS), "fps")
         try:  # before decoding: the frames are rendered at the image's size
             animate.check_render(*size, frames, self.max_render_pixels)
         except ValueError as error:
@@ -245,14 +246,17 @@ class Handler(BaseHTTPRequestHandler):
         if getattr(self.server, "verbose", False):
             super().log_message(format, *args)
 
-    def _send(self, status, body, content_type):
+    def _send(self, status, body, content_type, headers=()):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-store")
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # HEAD: GET's headers, no body
+            self.wfile.write(body)
 
     def _json(self, status, value):
         self._send(status, json.dumps(value).encode(), "application/json")
@@ -314,6 +318,21 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, _TYPES.get(os.path.splitext(path)[1],
                                                    "application/octet-stream"))
 
+    def do_HEAD(self):  # noqa: N802  (GET's answer without its body)
+        self.do_GET()
+
+    def _method_not_allowed(self):
+        """405 in JSON, naming the methods there are; the connection closes after it, its
+        body (if any) read and dropped as after any refusal."""
+        self.close_connection, self._linger = True, True
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED,
+                   json.dumps({"error": f"{self.command} is not served; {ALLOWED_METHODS} "
+                                        "are."}).encode(), "application/json",
+                   headers=[("Allow", ALLOWED_METHODS)])
+
+    do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
+    do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed  # noqa: N815
+
     def do_POST(self):  # noqa: N802
         route = self.routes.get(_path_of(self.path))
         try:
@@ -373,7 +392,7 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.request_timeout)  # the answer's writes
         try:
             request = json.loads(body)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # nested past Python's recursion limit
             raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON ({error}).") \
                 from error
         if not isinstance(request, dict):

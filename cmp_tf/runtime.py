@@ -101,7 +101,7 @@ class Propagator:
 
     def __init__(self, path=None, max_side=-1, threads=None, fade=None):
         check_max_side(max_side)
-        if threads is not None and (not _is_whole(threads) or threads < 1):
+        if threads is not None and (not sampling.is_int(threads) or threads < 1):
             raise ValueError(f"threads must be None (the runtime's default) or a whole number "
                              f">= 1; got {threads!r}.")
         if fade is not None and not isinstance(fade, bool):
@@ -126,7 +126,7 @@ class Propagator:
         if not isinstance(guidance, (list, tuple)) or not all(
                 isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in guidance):
             raise ValueError(f"guidance must be a list of (points, vectors) pairs; got "
-                             f"{type(guidance).__name__} {_preview(guidance)}.")
+                             f"{type(guidance).__name__} {short_repr(guidance)}.")
         if not guidance:
             raise ValueError("guidance must hold at least one (points, vectors) pair; got none.")
         checked = [sampling.check_guidance(image, p, v) for p, v in guidance]
@@ -181,17 +181,12 @@ class Propagator:
 
 def check_max_side(max_side, name="max_side"):
     """`Propagator`'s max_side: -1 (full size) or a positive whole number of pixels."""
-    if not _is_whole(max_side) or max_side == 0 or max_side < -1:
+    if not sampling.is_int(max_side) or max_side == 0 or max_side < -1:
         raise ValueError(f"{name} must be -1 (full size) or a positive whole number of pixels; "
                          f"got {max_side!r}.")
 
 
-def _is_whole(value):
-    """An int (NumPy's too), not a bool: what a size or a thread count takes."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _preview(value, limit=80):
+def short_repr(value, limit=80):
     """repr(value), cut to `limit` characters for an error message."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -20,6 +20,7 @@ from absl import flags
 
 from cmp_tf import cli
 from cmp_tf.apps import inputs
+from cmp_tf.data import sampling
 
 # The reference demo's settings (demo_annot.ipynb: velocity 30, th 0.5, zoom_factor 4, 384 px).
 VELOCITY = 30.0  # px a positive click is pushed, in the network's (zoomed) pixels
@@ -62,8 +63,7 @@ def _clicks(value, name):
 
 def check_zoom_size(zoom_size, name="zoom_size"):
     """The side the zoom square is resized to: a whole number of pixels >= MIN_ZOOM_SIZE."""
-    if isinstance(zoom_size, bool) or not isinstance(zoom_size, (int, np.integer)) or \
-            zoom_size < MIN_ZOOM_SIZE:
+    if not sampling.is_int(zoom_size) or zoom_size < MIN_ZOOM_SIZE:
         raise ValueError(f"{name}={zoom_size!r} must be a whole number of pixels, at least "
                          f"{MIN_ZOOM_SIZE}.")
     return int(zoom_size)

@@ -250,14 +250,8 @@ def positive(value, name):
     except OverflowError:
         finite = False
     if not finite or not value > 0:
-        raise ValueError(f"{name} must be a positive number; got {_short(value)}.")
+        raise ValueError(f"{name} must be a positive number; got {runtime.short_repr(value, 40)}.")
     return value
-
-
-def _short(value, limit=40):
-    """repr(value), cut to `limit` characters for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def write_rgb(path, image):

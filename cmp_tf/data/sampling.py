@@ -14,6 +14,11 @@ from cmp_tf.flow import check_flow
 MAX_VECTOR_PX = 1e6
 
 
+def is_int(value):
+    """An int (NumPy's too), not a bool: what a count or a size in pixels takes."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def sparse_from_points(points, vectors, height, width):
     """Guidance points -> [H, W, 3] sparse input (u, v, mask).
 
@@ -26,7 +31,7 @@ def sparse_from_points(points, vectors, height, width):
             off the image or a bad size.
     """
     for name, side in (("height", height), ("width", width)):
-        if not _is_int(side) or side < 1:
+        if not is_int(side) or side < 1:
             raise ValueError(f"{name} must be a whole number of pixels >= 1; got {side!r}.")
     points, vectors = np.asarray(points), np.asarray(vectors)
     for name, array in (("points", points), ("vectors", vectors)):
@@ -127,10 +132,6 @@ _EDGE_FLOOR = 0.01
 _WATERSHED_SIDE = 400
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_ks=41,
                         max_num_guide=-1, num_points=(0, 0)):
     """Validates the `config.guidance` fields once; returns the strategies as a tuple."""
@@ -141,14 +142,14 @@ def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_
     if isinstance(bg_ratio, bool) or not isinstance(bg_ratio, (int, float, np.floating)) \
             or not 0 < bg_ratio <= 1:
         raise ValueError(f"bg_ratio must be a fraction of pixels in (0, 1]; got {bg_ratio!r}.")
-    if not _is_int(nms_ks) or nms_ks < 3 or nms_ks % 2 == 0:
+    if not is_int(nms_ks) or nms_ks < 3 or nms_ks % 2 == 0:
         raise ValueError(f"nms_ks must be an odd integer >= 3 (the NMS window side in pixels); "
                          f"got {nms_ks!r}.")
-    if not _is_int(max_num_guide) or max_num_guide < -1:
+    if not is_int(max_num_guide) or max_num_guide < -1:
         raise ValueError(f"max_num_guide must be -1 (no cap) or a count >= 0; "
                          f"got {max_num_guide!r}.")
     if (not isinstance(num_points, (list, tuple)) or len(num_points) != 2
-            or not all(_is_int(n) for n in num_points)
+            or not all(is_int(n) for n in num_points)
             or tuple(num_points) != (0, 0) and not 1 <= num_points[0] <= num_points[1]):
         raise ValueError(f"num_points must be (0, 0) (the points as pooled) or (min, max) with "
                          f"1 <= min <= max; got {num_points!r}.")

@@ -68,7 +68,7 @@ def check_ks(ks):
     def whole(k):
         if isinstance(k, str) and k.strip().isdigit():
             return int(k)
-        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        if sampling.is_int(k):
             return int(k)
         raise ValueError(f"ks must be whole numbers of guides; got {k!r} in {ks!r}.")
 

@@ -30,7 +30,7 @@ _CELLS = []  # the shipped model cut before its last resize, built at the first 
 
 
 def cell_flow(image, points, vectors):
-    """(image, the model's flow on its cells [h, w, 2] px) for one guidance set."""
+    """The model's flow on its cells, [h, w, 2] px, for one guidance set on `image`."""
     if not _CELLS:
         fade = os.environ.get("CMP_FADE", "1") != "0"
         model = Propagator(fade=None if fade else False)._network.runner.model

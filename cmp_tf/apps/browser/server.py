@@ -34,16 +34,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
-    def _send(self, status, body, content_type, headers=()):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":  # HEAD: GET's headers, no body
-            self.wfile.write(body)
+    _send = web_server.Handler._send  # the same headers, and HEAD without a body
 
     def _note(self, path):
         with self.server.lock:

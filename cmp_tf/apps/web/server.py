@@ -258,8 +258,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":  # HEAD: GET's headers, no body
             self.wfile.write(body)
 
-    def _json(self, status, value):
-        self._send(status, json.dumps(value).encode(), "application/json")
+    def _json(self, status, value, headers=()):
+        self._send(status, json.dumps(value).encode(), "application/json", headers)
 
     def _check_host_and_origin(self):
         """Refuses (403) a Host that is not this server's own and a foreign Origin: another
@@ -325,9 +325,8 @@ class Handler(BaseHTTPRequestHandler):
         """405 in JSON, naming the methods there are; the connection closes after it, its
         body (if any) read and dropped as after any refusal."""
         self.close_connection, self._linger = True, True
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED,
-                   json.dumps({"error": f"{self.command} is not served; {ALLOWED_METHODS} "
-                                        "are."}).encode(), "application/json",
+        self._json(HTTPStatus.METHOD_NOT_ALLOWED,
+                   {"error": f"{self.command} is not served; {ALLOWED_METHODS} are."},
                    headers=[("Allow", ALLOWED_METHODS)])
 
     do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815

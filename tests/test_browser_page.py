@@ -96,6 +96,30 @@ def test_a_refused_body_is_never_read_as_the_next_request(tmp_path, fake_vendor)
         assert len(httpd.requested[-1]) == server_lib.MAX_PATH_NOTED
 
 
+def test_the_server_bounds_its_connections_and_their_idle_time(tmp_path, fake_vendor):
+    import socket
+    import time
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx bytes")
+    with serving(server_lib.make_server(model, port=0, request_timeout=0.5,
+                                        max_connections=1)) as httpd:
+        address = httpd.server_address[:2]
+        with socket.create_connection(address, timeout=30) as idle:
+            time.sleep(0.2)  # accepted: it holds the one connection
+            with socket.create_connection(address, timeout=30) as second:
+                assert second.recv(65536).startswith(b"HTTP/1.0 503")
+            start = time.monotonic()
+            assert idle.recv(65536) == b""  # closed without a request
+            assert time.monotonic() - start < 10
+        deadline = time.monotonic() + 10
+        while _get("http://%s:%d/model.onnx" % address)[0] != 200:  # the slot is free again
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    with pytest.raises(ValueError, match="max_connections must be a positive number"):
+        server_lib.make_server(model, port=0, max_connections=0)
+
+
 def test_the_server_names_what_is_missing(tmp_path, fake_vendor):
     with pytest.raises(ValueError, match="must be an exported .onnx file"):
         server_lib.make_server(tmp_path / "model.tflite", port=0)

@@ -7,14 +7,14 @@ GET /, /<file>   -> files of static/ (the page, and the runtime `install` put in
 GET /model.onnx  -> the model file given
 Anything else is 404 (GET, HEAD) or 405 (other methods): there is no API, the flow and the
 animation are computed by the page. A Host that is not this machine's (a DNS name rebound to
-it) is 403. `server.requested` lists the paths asked for, in order (the last
+it) is 403. Like the API's server it holds at most max_connections connections, each closed
+after request_timeout seconds without a request. `server.requested` lists the paths asked for, in order (the last
 MAX_REQUESTED, each cut to MAX_PATH_NOTED characters).
 """
 import os
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from http.server import ThreadingHTTPServer
 
 from cmp_tf.apps.browser import install
 from cmp_tf.apps.web import server as web_server
@@ -29,6 +29,10 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        self.timeout = self.server.request_timeout  # an idle or silent client is cut off
+        super().setup()
 
     def log_message(self, format, *args):  # noqa: A002  (http.server's signature)
         if self.server.verbose:
@@ -81,8 +85,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
 
 
-def make_server(model, host="127.0.0.1", port=8000, verbose=False):
+def make_server(model, host="127.0.0.1", port=8000, verbose=False,
+                request_timeout=web_server.REQUEST_TIMEOUT_S,
+                max_connections=web_server.MAX_CONNECTIONS):
     """A threading HTTP server for the page and `model` (an exported .onnx file).
+
+    Args:
+        request_timeout: seconds a connection may wait for its next request, or one read or
+            write take; then it is closed.
+        max_connections: connections served at once; more are answered 503.
 
     Raises:
         ValueError if `model` is not an .onnx file, or the page's runtime is not installed
@@ -95,8 +106,8 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False):
     if not install.installed():
         raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
                          f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
+    server = web_server.bounded_server((host, port), _Handler, request_timeout,
+                                       max_connections)
     server.model, server.verbose = os.path.abspath(model), verbose
     server.requested, server.lock = [], threading.Lock()
     server.hosts = web_server.own_hosts(host, server.server_address[1])

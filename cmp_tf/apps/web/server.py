@@ -462,15 +462,29 @@ def make_server(propagator, host="127.0.0.1", port=8000, max_bytes=MAX_BYTES,
         hosts: further names the Host header may give (with the port), beyond this machine's
             local names and the bound address.
     """
-    for name, value in (("request_timeout", request_timeout),
-                        ("max_connections", max_connections), ("max_bytes", max_bytes),
-                        ("max_render_pixels", max_render_pixels)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number; got {value!r}.")
-    server = Server((host, port), Handler)
+    check_limits(request_timeout=request_timeout, max_connections=max_connections,
+                 max_bytes=max_bytes, max_render_pixels=max_render_pixels)
+    server = bounded_server((host, port), Handler, request_timeout, max_connections)
     server.app, server.max_bytes, server.verbose = App(propagator, max_side, max_render_pixels), \
         max_bytes, verbose
+    server.hosts = own_hosts(host, server.server_address[1], hosts)
+    return server
+
+
+def check_limits(**limits):
+    """Raises ValueError naming the first of `limits` (name=value) that is not a positive
+    number."""
+    for name, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number; got {value!r}.")
+
+
+def bounded_server(address, handler, request_timeout, max_connections):
+    """A `Server` for `handler` holding at most `max_connections` connections, each cut off
+    after `request_timeout` seconds without progress (the handler reads
+    `server.request_timeout`)."""
+    check_limits(request_timeout=request_timeout, max_connections=max_connections)
+    server = Server(address, handler)
     server.request_timeout, server.max_connections = float(request_timeout), max_connections
     server.slots = threading.BoundedSemaphore(max_connections)
-    server.hosts = own_hosts(host, server.server_address[1], hosts)
     return server

@@ -273,7 +273,7 @@ def test_clicks_are_checked_before_any_propagation():
         annotate.annotate(fake, image, [], [[1, 1]])
     with pytest.raises(ValueError, match=r"negative item 2 \(x=5, y=200\) lies outside"):
         annotate.annotate(fake, image, [[60, 60]], [[1, 1], [5, 200]])
-    with pytest.raises(ValueError, match="threshold must lie in"):
+    with pytest.raises(ValueError, match=r"threshold=1.5 must lie in \(0, 1\)"):
         annotate.annotate(fake, image, [[60, 60]], [], threshold=1.5)
     assert not fake.calls
 

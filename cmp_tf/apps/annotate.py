@@ -171,14 +171,15 @@ def run_grabcut(image, seeds, box=None, iterations=GRABCUT_ITERATIONS):
     return np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
 
 
-def check_refinement(threshold, method):
-    """Refuses a threshold outside (0, 1) or an unknown refinement, naming it."""
+def check_refinement(threshold, method, threshold_name="threshold"):
+    """Refuses a threshold outside (0, 1) or an unknown refinement, naming it
+    (`threshold_name`: the command's flag, where a command checks)."""
     if method not in REFINEMENTS:
         raise ValueError(f"refine must be one of {', '.join(REFINEMENTS)}; got {method!r}.")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or \
             not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie in (0, 1) (a fraction of the largest motion); "
-                         f"got {threshold!r}.")
+        raise ValueError(f"{threshold_name}={threshold!r} must lie in (0, 1) (a fraction of the "
+                         "largest motion).")
 
 
 def overlay(image, mask, weight=OVERLAY_WEIGHT, colour=OVERLAY_COLOUR):
@@ -253,9 +254,7 @@ def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
     inputs.check_inside(positive, *image.shape[:2], name="--positive")
     inputs.check_inside(negative, *image.shape[:2], name="--negative")
     inputs.positive(velocity, "--velocity")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or \
-            not 0 < threshold < 1:
-        raise ValueError(f"--threshold={threshold!r} must lie in (0, 1).")
+    check_refinement(threshold, refine_method, threshold_name="--threshold")
     if zoom_factor != -1:
         inputs.positive(zoom_factor, "--zoom_factor")
     check_zoom_size(zoom_size, "--zoom_size")

@@ -14,13 +14,16 @@ from ml_collections import config_flags
 
 from cmp_tf import cli
 
+INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
+
 _CONFIG = cli.define_config(
     "config", "configs/default.py", "Recipe file under configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<recipe name>.")
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multiworker", "tpu"],
                               "tf.distribute strategy.")
 _DEVICES = flags.DEFINE_list("devices", [], "Devices for --strategy=mirrored (default: all GPUs).")
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices "
+                                    "(0: do not split).", lower_bound=0)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace the run in --workdir, finished or not: deletes only what a run "
     "writes (config.json, log.txt, checkpoints/, tb/, model.keras, encoder.keras, eval/, "
@@ -44,18 +47,26 @@ def main(argv):
     path = config_flags.get_config_filename(flags.FLAGS["config"])
     recipe = os.path.splitext(os.path.basename(path))[0]
     workdir = _WORKDIR.value or os.path.join("runs", recipe)
+    from cmp_tf.data import pipeline
+
     try:
         summary = training.train(cli.config_of(_CONFIG), workdir, _STRATEGY.value, _DEVICES.value,
                                  _OVERWRITE.value)
     except training.SetupError as error:  # refused before the first step: one line, no trace
         raise app.UsageError(str(error)) from error
+    except pipeline.DataError as error:  # stopped by unreadable data, saved: one line
+        cli.fail(str(error), hint=False)
+    except training.Interrupted as stop:  # Ctrl-C in the loop, saved
+        cli.fail(str(stop), INTERRUPTED_EXIT_CODE, hint=False)
+    except KeyboardInterrupt:  # before the first step or after the last: nothing to save
+        cli.fail("Interrupted.", INTERRUPTED_EXIT_CODE, hint=False)
     if not summary:
         return  # a non-chief worker
     if summary.get("ingestion"):
         print(f"\n{summary['ingestion']}")
-    print(f"\nRun directory {workdir}: checkpoints/, tb/ (tensorboard --logdir {workdir}/tb), "
-          f"log.txt, model.keras, encoder.keras, eval/validation.json")
     report = summary["validation"]
+    print(f"\nRun directory {workdir}: checkpoints/, tb/ (tensorboard --logdir {workdir}/tb), "
+          f"log.txt, model.keras, encoder.keras" + (", eval/validation.json" if report else ""))
     if report:
         epe = report["epe"]
         print(f"Validation ({report['samples']} pairs of clips not trained on, "

@@ -63,8 +63,9 @@ def message_of(error):
     return " ".join(lines)
 
 
-def fail(message, exitcode=1):
-    sys.stderr.write(f"{message}\n{HINT}\n")
+def fail(message, exitcode=1, hint=True):
+    """Ends the command with `message` on stderr (and HINT with `hint`: a usage mistake)."""
+    sys.stderr.write(f"{message}\n{HINT}\n" if hint else f"{message}\n")
     sys.exit(exitcode)
 
 

@@ -142,7 +142,27 @@ def read_config(path):
             fields = json.load(f)
     except (OSError, ValueError) as error:
         raise ValueError(f"{saved} could not be read as a recipe: {error}") from error
-    return ml_collections.ConfigDict(upgrade_config(fields, saved)), found
+    return ml_collections.ConfigDict(relocate_samples(upgrade_config(fields, saved))), found
+
+
+def relocate_samples(fields):
+    """A recipe (plain dict) whose data sources naming a sample clip of another cmp_tf
+    checkout or installation (absolute paths, as a run saves them) that is not there name this
+    package's copy: a run, the shipped model's included, keeps its data where it is moved."""
+    from cmp_tf import data
+
+    samples = os.path.join("cmp_tf", "data", "samples")
+    for split in ("train", "val"):
+        paths = fields.get("data", {}).get(split)
+        if not isinstance(paths, list):
+            continue
+        for index, path in enumerate(paths):
+            here = os.path.join(data.SAMPLES_DIR, os.path.basename(str(path)))
+            if (isinstance(path, str) and not os.path.exists(path)
+                    and os.path.dirname(os.path.normpath(path)).endswith(samples)
+                    and os.path.isfile(here)):
+                paths[index] = here
+    return fields
 
 
 # Model fields of earlier versions whose only remaining value is this one.
@@ -203,9 +223,35 @@ def _contains(folder, path):
     return os.path.commonpath([folder, path]) == folder
 
 
+def check_folder_path(path, field, value=None):
+    """Refuses `path` as a folder to write into where it, or a folder above it, is a file (a
+    ValueError naming `field`, the flag, and `value`, its value: `path` by default), before
+    anything is made there."""
+    value = path if value is None else value
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
+    if not os.path.isdir(here):
+        which = "is a file" if here == os.path.abspath(value) else f"lies in {here}, a file"
+        raise ValueError(f"{field}={value} {which}, not a folder.")
+
+
+def check_file_path(path, field):
+    """Refuses `path` as a file to write where it is a folder, or its folder is a file or lies
+    in one (a ValueError naming `field`): checked before the work whose result it holds."""
+    if os.path.isdir(path):
+        raise ValueError(f"{field}={path} is a folder; name a file.")
+    check_folder_path(os.path.dirname(os.path.abspath(path)), field, value=path)
+
+
 def _check_workdir_place(workdir, overwrite):
-    """Refuses a workdir that is (or holds) the file system root, the home folder or the
-    folder of the cmp_tf package, and with `overwrite` the current folder: none is a run."""
+    """Refuses a workdir that is a file or lies in one, or is (or holds) the file system root,
+    the home folder or the folder of the cmp_tf package, and with `overwrite` the current
+    folder: none is a run."""
+    check_folder_path(workdir, "--workdir")
     real = os.path.realpath(workdir)
     protected = {"the home folder": os.path.expanduser("~"),
                  "the folder of the cmp_tf package": _PACKAGE_ROOT}

@@ -7,6 +7,7 @@ lives once in `runtime`. The metadata constants here are the contract with `expo
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -34,8 +35,12 @@ class KerasRunner:
     def __init__(self, path, threads=None):
         import keras
 
-        from cmp_tf import models  # noqa: F401  (registers the custom layers)
+        from cmp_tf import models  # registers the custom layers
 
+        if os.path.isfile(path) and not zipfile.is_zipfile(path):  # Keras says "not found"
+            raise ValueError(f"{path} is not a .keras file: a .keras file is a zip archive, and "
+                             f"this one ({os.path.getsize(path)} bytes) is empty, truncated or "
+                             "of another kind.")
         try:
             self.model = keras.models.load_model(path)
         except Exception as error:  # a corrupt or foreign file: say which
@@ -50,7 +55,8 @@ class KerasRunner:
         self.metadata, self._guard = None, None
         if "input_guard" in [layer.name for layer in self.model.layers]:
             self._guard = self.model.get_layer("input_guard")
-            self.metadata = {"multiple": self._guard.multiple, "minimum": self._guard.minimum}
+            self.metadata = {"multiple": self._guard.multiple, "minimum": self._guard.minimum,
+                             "maximum": models.traced_max_side(self.model)}
         self._forward = None  # the traced forward pass, made at the first call
 
     def __call__(self, feeds):

@@ -29,6 +29,8 @@ class Network:
 
     Attributes:
         multiple, minimum: height and width must be multiples of `multiple`, at least `minimum`.
+        maximum: the longest side its guidance fills span (a free-size graph plans their
+            passes for it), None for no bound (no fills, or a file of earlier versions).
         size: (H, W) for a fixed-size file (TFLite), else None.
     """
 
@@ -55,6 +57,8 @@ class Network:
             raise ValueError(f"{self.path} takes {sorted(self.runner.inputs)} and returns "
                              f"{self.runner.outputs}; a CMP takes {sorted(INPUTS)} and returns "
                              f"{OUTPUT!r}.")
+        maximum = meta.get("maximum")
+        self.maximum = int(maximum) if sampling.is_int(maximum) and maximum > 0 else None
         shape = self.runner.inputs["image"]
         self.size = None if None in shape[1:3] else (shape[1], shape[2])
 
@@ -88,8 +92,10 @@ class Propagator:
             the pretrained model that ships with cmp_tf (`rundir.PRETRAINED`).
         max_side: if > 0, images whose longer side exceeds it are shrunk for the network (and
             the flow scaled back): bounds time and memory on large photos. -1 keeps the size
-            (up to rounding each side to the encoders' stride). A fixed-size file (TFLite)
-            always runs at its own size.
+            (up to rounding each side to the encoders' stride) up to the longest side the
+            model's guidance fills span (2048 px for the shipped model; `max_input_side`),
+            beyond which it shrinks too. A fixed-size file (TFLite) always runs at its own
+            size.
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
         fade: False for footage from a moving camera: the learned fade of a guide's motion
             with distance, which still-camera footage teaches, is switched off, so motion far
@@ -112,6 +118,10 @@ class Propagator:
             self._network.set_fade(fade)
         self.path, self.format = self._network.path, self._network.format
         self.multiple, self.minimum = self._network.multiple, self._network.minimum
+        # The fills of a graph traced for any size span this much; a larger image is shrunk.
+        maximum = self._network.maximum
+        self.max_input_side = None if maximum is None else max(
+            maximum // self.multiple * self.multiple, self.minimum, self.multiple)
 
     def __repr__(self):
         return f"Propagator({self.path!r}, max_side={self.max_side})"
@@ -164,13 +174,15 @@ class Propagator:
 
     def working_size(self, height, width):
         """The size the network runs at for an H x W image: a fixed-size file's own size, else
-        within max_side, each side rounded to the nearest multiple of the encoders' stride, at
+        within max_side and max_input_side, each side rounded to the nearest multiple of the encoders' stride, at
         least the model's minimum."""
         if self._network.size is not None:
             return self._network.size
         scale = 1.0
-        if self.max_side > 0 and max(height, width) > self.max_side:
-            scale = self.max_side / max(height, width)
+        bounds = [side for side in (self.max_side if self.max_side > 0 else None,
+                                    self.max_input_side) if side is not None]
+        if bounds and max(height, width) > min(bounds):
+            scale = min(bounds) / max(height, width)
 
         def fit(side):
             return max(self.minimum, self.multiple,

@@ -8,11 +8,13 @@ the step, and the input pipeline skips the samples already seen (`make_dataset(s
 Run directory (cmp_tf.rundir; docs/design.md §8): config.json, log.txt, checkpoints/, tb/,
 model.keras, encoder.keras, eval/, and summary.json once the run has finished.
 """
+import glob
 import json
 import logging
 import math
 import numbers
 import os
+import re
 import signal
 import sys
 import time
@@ -31,6 +33,7 @@ from cmp_tf.models import layers
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed's largest
 
 
 def configure_cpu_devices(count):
@@ -186,22 +189,57 @@ def check_config(config):
         _count(value, "config.schedule.boundaries", 0)
     if "momentum" in config.optim and not 0 <= config.optim.momentum < 1:
         raise ValueError(f"config.optim.momentum={config.optim.momentum!r} must be in [0, 1).")
+    seed = _count(config.seed, "config.seed", 0)
+    if seed > MAX_SEED:
+        raise ValueError(f"config.seed={seed} must be at most {MAX_SEED} (Keras's seed range).")
     if config.optim.get("weight_decay", 0.0) < 0:
         raise ValueError(f"config.optim.weight_decay={config.optim.weight_decay!r} must be >= 0.")
+
+
+def _numbered_checkpoints(folder):
+    """The checkpoints in `folder` by their files (`<name>-<N>.index`), oldest first."""
+    found = []
+    for index_file in glob.glob(os.path.join(glob.escape(folder), "*.index")):
+        prefix = index_file[:-len(".index")]
+        number = re.search(r"-([0-9]+)$", prefix)
+        if number:
+            found.append((int(number.group(1)), prefix))
+    return [prefix for _, prefix in sorted(found)]
+
+
+def _warn(message, log):
+    print(f"WARNING: {message}", file=sys.stderr)
+    if log is not None:
+        log.warning(message)
 
 
 def restore_latest(checkpoint, folder, log=None):
     """Restores the newest checkpoint in `folder` that reads back whole and returns its path
     (None when there is none). A corrupt newest one (a crash or a full disk mid-write) falls
-    back to the one before, with a warning naming both, and the folder's checkpoint list then
-    ends at the one restored (the corrupt files stay until a save replaces them), so build the
-    CheckpointManager after this. ValueError naming `folder` if none reads back."""
-    state = tf.train.get_checkpoint_state(folder)
-    if state is None or not state.model_checkpoint_path:
-        return None
-    saved = list(state.all_model_checkpoint_paths)
-    if state.model_checkpoint_path not in saved:
-        saved.append(state.model_checkpoint_path)
+    back to the one before, with a warning naming both; a missing or unreadable checkpoint
+    list (`folder`/checkpoint) falls back to the checkpoint files beside it, with a warning
+    naming it. The folder's list then ends at the one restored (corrupt files stay until a
+    save replaces them), so build the CheckpointManager after this. ValueError naming `folder`
+    if none reads back."""
+    list_file = os.path.join(folder, "checkpoint")
+    try:
+        state = tf.train.get_checkpoint_state(folder)
+        list_problem = None if state is not None and state.model_checkpoint_path else "missing"
+    except Exception as error:  # noqa: BLE001  garbage gives UnicodeDecodeError, a protobuf
+        # ParseError, or ValueError for an empty file
+        state, list_problem = None, f"unreadable ({type(error).__name__})"
+    if list_problem is None:
+        saved = list(state.all_model_checkpoint_paths)
+        if state.model_checkpoint_path not in saved:
+            saved.append(state.model_checkpoint_path)
+        timestamps = list(state.all_model_checkpoint_timestamps)
+    else:
+        saved, timestamps = _numbered_checkpoints(folder), []
+        if not saved:
+            return None
+        _warn(f"The checkpoint list {list_file} is {list_problem}; resuming from the newest "
+              f"checkpoint file beside it that reads back ({os.path.basename(saved[-1])} "
+              f"first, of {len(saved)}).", log)
     failures = []
     for index in reversed(range(len(saved))):
         path = saved[index]
@@ -213,19 +251,16 @@ def restore_latest(checkpoint, folder, log=None):
             failures.append(f"{path} ({type(error).__name__}: {reason[:200]})")
             continue
         if failures:
-            message = (f"Checkpoint {failures[0]} could not be read; resuming from the previous "
-                       f"intact one, {path}, instead.")
-            print(f"WARNING: {message}", file=sys.stderr)
-            if log is not None:
-                log.warning(message)
+            _warn(f"Checkpoint {failures[0]} could not be read; resuming from the previous "
+                  f"intact one, {path}, instead.", log)
+        if failures or list_problem:
             level = tf.get_logger().level
             tf.get_logger().setLevel(logging.ERROR)  # its deprecation notice is not the user's
             try:
                 tf.compat.v1.train.update_checkpoint_state(
                     folder, path, all_model_checkpoint_paths=saved[:index + 1],
-                    all_model_checkpoint_timestamps=list(
-                        state.all_model_checkpoint_timestamps)[:index + 1] or None,
-                    last_preserved_timestamp=state.last_preserved_timestamp)
+                    all_model_checkpoint_timestamps=timestamps[:index + 1] or None,
+                    last_preserved_timestamp=state.last_preserved_timestamp if state else None)
             finally:
                 tf.get_logger().setLevel(level)
         return path
@@ -337,6 +372,10 @@ def _preview_panels(model, batch, count=2):
     return np.stack(panels)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `train`, which saved where it was; the message says where."""
+
+
 class SetupError(ValueError):
     """`train` refused the run before its first step: a bad config field, a missing or
     unreadable source, a run directory it may not write. The message names which."""
@@ -350,7 +389,9 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         end-point errors of the model and of the zero and nearest-guidance fills.
     Raises:
         SetupError (a ValueError) when the config, the sources or the run directory refuse
-        the run before it begins.
+        the run before it begins; pipeline.DataError (a ValueError) when the data stops it
+        (unreadable samples), and Interrupted on Ctrl-C, both after saving a checkpoint
+        where the run was.
     """
     from tqdm import tqdm
 
@@ -370,6 +411,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
             _set_sync_bn(model, config.model.get("sync_bn", True))
             optimizer = make_optimizer(config)
             optimizer.build(model.trainable_variables)
+        pipeline.check_data_config(config)
         pipeline.check_sources(config.data.train, "config.data.train")
         if config.data.val:
             pipeline.check_sources(config.data.val, "config.data.val")
@@ -383,7 +425,10 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         workdir, f"checkpoints_worker{strategy.cluster_resolver.task_id}")
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # host-side counter
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    restored = restore_latest(checkpoint, ckpt_dir, log)
+    try:
+        restored = restore_latest(checkpoint, ckpt_dir, log)
+    except ValueError as error:  # nothing in the run's checkpoints reads back
+        raise SetupError(str(error)) from error
     if restored:
         log.info(f"resumed from {restored} at step {int(step)}")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
@@ -409,13 +454,17 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     @tf.function
     def train_step(iterator):
         loss, points = strategy.run(step_fn, args=next(iterator))
+        # Counted in the same call as the update: a Ctrl-C, which Python raises only once the
+        # call has returned, can never save weights one step ahead of their step.
+        step.assign_add(1)
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, points, axis=None))
 
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tb") if chief else os.path.join(
         workdir, "tb_tmp"))
     has_val = bool(config.data.val)
-    preview = next(iter(pipeline.make_dataset(config, "val"))) if chief and has_val else None
+    preview = next(pipeline.batches(pipeline.make_dataset(config, "val"))) \
+        if chief and has_val else None
     log_every, image_every = t.get("log_every", 50), t.get("image_every", 500)
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (
         progress and chief), dynamic_ncols=True)
@@ -425,7 +474,6 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     try:
         while int(step) < t.steps:
             loss_t, points_t = train_step(iterator)
-            step.assign_add(1)
             current = int(step)
             loss = float(loss_t)
 
@@ -462,11 +510,23 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
                 manager.save(checkpoint_number=current)
             else:  # on SIGTERM to any worker, all save at the same step, then exit to be restarted
                 preemption.save_checkpoint_if_preempted(checkpoint_number=current)
-    except KeyboardInterrupt:
-        if not strategy.extended._in_multi_worker_mode():  # saving needs every worker
+    except (KeyboardInterrupt, tf.errors.InvalidArgumentError) as error:
+        failure = (None if isinstance(error, KeyboardInterrupt)
+                   else pipeline.unreadable_data(error))
+        if failure is None and not isinstance(error, KeyboardInterrupt):
+            raise
+        if strategy.extended._in_multi_worker_mode() or int(step) == start:
+            # saving needs every worker; or nothing was learned since the last checkpoint
+            kept = f"The last checkpoint is {manager.latest_checkpoint or 'none (none saved yet)'}."
+        else:
             manager.save(checkpoint_number=int(step))
-            log.warning(f"Interrupted at step {int(step)}: saved {manager.latest_checkpoint}.")
-        raise
+            kept = f"Saved {manager.latest_checkpoint}; the same command resumes from it."
+        what = "Interrupted" if failure is None else f"{failure} Stopped"
+        log.warning(f"{what} at step {int(step)}. {kept}")
+        if failure is None:
+            raise Interrupted(f"Interrupted at step {int(step)}. {kept}") from None
+        raise pipeline.DataError(f"{failure} Training stopped at step {int(step)}. {kept}") \
+            from None
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a finished loop stops on SIGTERM again
         if disarm:

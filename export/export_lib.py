@@ -35,6 +35,7 @@ _FILE = {"savedmodel": "{}_saved_model", "tflite": "{}.tflite", "tflite_fp16": "
 PARTS = ("model", "encoder")  # the CMP, and its image encoder alone (what transfer reuses)
 REPORTS = ("export.json", "parity.md")
 CMP_OUTPUTS = ("flow", "logits")
+MAX_SIZE = 4096  # the largest --size side of a model without guidance fills (which bound it)
 
 
 def artifact_name(fmt, part):
@@ -51,9 +52,8 @@ def clear_earlier_export(out, overwrite=False):
     """Refuses to write into a folder holding an earlier export (without `overwrite`), or
     removes that whole export (with it), so the folder never holds files its export.json does
     not list. Files an export does not write are left alone. Returns the names removed."""
+    rundir.check_folder_path(out, "--out")
     if not os.path.isdir(out):
-        if os.path.lexists(out):
-            raise ValueError(f"--out={out} is a file, not a folder.")
         return []
     earlier = [name for name in export_names() if os.path.lexists(os.path.join(out, name))]
     if earlier and not overwrite:
@@ -112,9 +112,12 @@ def check_size(size, model):
     """(H, W) the fixed-size files take; ValueError naming --size if the model cannot."""
     guard = model.get_layer("input_guard")
     size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < max(guard.minimum, 1) or any(s % guard.multiple for s in size):
+    largest = cmp_models.traced_max_side(model) or MAX_SIZE
+    if len(size) != 2 or min(size) < max(guard.minimum, 1) or any(
+            s % guard.multiple for s in size) or max(size) > largest:
         raise ValueError(f"--size={list(size)} must be (H, W), each a multiple of "
-                         f"{guard.multiple} and at least {guard.minimum} for this model.")
+                         f"{guard.multiple}, at least {guard.minimum} and at most {largest} for "
+                         "this model.")
     return size
 
 
@@ -125,6 +128,7 @@ def _metadata(model, part, fmt, size, dynamic, source):
     opset = onnx_export.OPSET if fmt.startswith("onnx") else None
     return {"model": part, "format": fmt, "multiple": guard.multiple,
             "minimum": guard.minimum if part == "model" else guard.multiple,
+            "maximum": cmp_models.traced_max_side(model) if part == "model" else None,
             "size": list(size) if fixed else None, "opset": opset, "source": source,
             "fade": heads.fade_of(model) if part == "model" else None,
             "fill_stride": cmp_models.fill_stride(model) if part == "model" else None}
@@ -194,6 +198,12 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     free = fixed = model_for_files(model, config, size, fill_stride, dynamic=True)[0]
     if fill_stride == AUTO and any(f.startswith("tflite") for f in formats):
         fixed = model_for_files(model, config, size, fill_stride, dynamic_tflite)[0]
+    # The data comes first: an export that cannot calibrate or check itself removes nothing.
+    quantized = [f for f in formats if PRECISION[f] == "int8"]
+    calib = real_samples(config, "train", calibration, size) if quantized else []
+    from cmp_tf.data import pipeline
+
+    pipeline.check_sources(_sources(config, "val"), "config.data.val")
     removed = clear_earlier_export(out, overwrite)
     if removed:
         log(f"removed the earlier export in {out}: {', '.join(removed)}")
@@ -201,8 +211,6 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     parts = {"model": model}
     if encoder:
         parts["encoder"] = model.get_layer("image_encoder")
-    quantized = [f for f in formats if PRECISION[f] == "int8"]
-    calib = real_samples(config, "train", calibration, size) if quantized else []
     rows = []
     for part, whole in parts.items():
         feeds = [{k: s[k] for k in savedmodel.input_specs(whole)} for s in calib]

@@ -162,6 +162,17 @@ def test_unreadable_images_and_oversized_uploads_are_refused(tmp_path):
     grey = tmp_path / "grey.png"
     cv2.imwrite(str(grey), np.full((8, 9), 7, np.uint8))
     assert inputs.read_image(str(grey)).shape == (8, 9, 3)
+    # A JPEG cut short decodes in OpenCV, its missing part grey, with a warning alone.
+    jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3),
+                                                                  dtype=np.uint8))[1].tobytes()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 3])
+    with pytest.raises(ValueError, match=r"--image=.*cut.jpg could not be read as an image "
+                                         r".*is a JPEG cut short"):
+        inputs.read_image(str(tmp_path / "cut.jpg"))
+    with pytest.raises(ValueError, match=r"image is a JPEG cut short"):
+        inputs.decode_image(jpeg[:len(jpeg) // 3])
+    (tmp_path / "whole.jpg").write_bytes(jpeg + b"\0\0")  # padding after the end is fine
+    assert inputs.read_image(str(tmp_path / "whole.jpg")).shape == (64, 64, 3)
 
 
 def test_a_model_path_of_the_wrong_kind_is_named(tmp_path):

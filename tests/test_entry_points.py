@@ -35,11 +35,56 @@ def test_a_config_typo_is_refused_with_a_suggestion(tmp_path):
     ("--config.data.batch_size=-4", "config.data.batch_size=-4 must be a whole number >= 1."),
     ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'"),
     ("--config.data.train=('nothere.mp4',)", "config.data.train: nothere.mp4 does not exist."),
+    ("--config.guidance.num_points=(5,1)", "config.guidance.num_points must be (0, 0)"),
+    ("--config.data.on_error=foo", "config.data.on_error must be 'skip' or 'raise'"),
+    ("--config.ingest.gaps=(-1,)", "config.ingest.gaps=(-1,) must be frame gaps"),
+    ("--cpu_devices=-1", "flag --cpu_devices=-1: -1 is not a non-negative integer"),
 ])
 def test_train_py_refuses_a_run_in_one_line_before_writing(tmp_path, flag, message):
     result = _run("train.py", flag, f"--workdir={tmp_path / 'run'}")
     _one_line_error(result, message)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_output_folder_that_is_a_file_or_lies_in_one_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    _one_line_error(_run("-m", "cmp_tf.data.ingest", "--videos=cmp_tf/data/samples/carphone.mp4",
+                         f"--out={tmp_path / 'notes.txt'}"),
+                    f"--out={tmp_path / 'notes.txt'} is a file, not a folder.")
+    (tmp_path / "made.gif").mkdir()
+    for app, out, message in (
+            ("animate", tmp_path / "notes.txt" / "a.gif", "lies in "),
+            ("animate", tmp_path / "made.gif", "is a folder; name a file."),
+            ("annotate", tmp_path / "notes.txt" / "m.png", "lies in ")):
+        flags = ["--arrows=5,5,1,1"] if app == "animate" else ["--positive=5,5"]
+        _one_line_error(_run("-m", f"cmp_tf.apps.{app}", "--image=docs/results.png", *flags,
+                             f"--out={out}"), f"--out={out} {message}")
+    _one_line_error(_run("train.py", f"--workdir={tmp_path / 'notes.txt'}"),
+                    f"--workdir={tmp_path / 'notes.txt'} is a file, not a folder.")
+    _one_line_error(_run("train.py", f"--workdir={tmp_path / 'notes.txt' / 'run'}"),
+                    f"--workdir={tmp_path / 'notes.txt' / 'run'} lies in "
+                    f"{tmp_path / 'notes.txt'}, a file, not a folder.")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_data_that_does_not_read_is_named_in_one_line(tmp_path):
+    """Sources that exist but hold nothing usable: refused before the run folder is made;
+    shards that do not read: evaluate names its --data."""
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00 not a list")
+    (tmp_path / "empty").mkdir()
+    for source, message in ((tmp_path / "binary.txt", "is not UTF-8 text (byte 0)"),
+                            (tmp_path / "empty", "holds no .tfrecord shards or videos.")):
+        _one_line_error(_run("train.py", f"--config.data.train=({str(source)!r},)",
+                             f"--workdir={tmp_path / 'run'}"),
+                        f"config.data.train: {'List file ' if 'txt' in str(source) else ''}"
+                        f"{'' if 'txt' in str(source) else 'folder '}{source}")
+        assert not (tmp_path / "run").exists()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "x.tfrecord").write_bytes(os.urandom(5000))
+    _one_line_error(_run("evaluate.py", "--checkpoint=cmp_tf/pretrained/default",
+                         f"--data={tmp_path / 'shards'}", f"--out={tmp_path / 'eval'}"),
+                    f"--data: none of its 1 samples could be read; the last: Shard "
+                    f"{tmp_path / 'shards' / 'x.tfrecord'}: record 1 (at byte 0) is corrupt")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -48,6 +93,8 @@ def test_train_py_refuses_a_run_in_one_line_before_writing(tmp_path, flag, messa
     (["--config.ingest.dis_preset=medum"], "config.ingest.dis_preset='medum'; known: "),
     (["--config.ingest.gapz=1"], "--config: no field 'gapz' in the config;"),
     (["--runner=locl"], "Unexpected pipeline runner: locl."),
+    (["--config.ingest.gaps=(0,)"], "config.ingest.gaps=(0,) must be frame gaps"),
+    (["--config.ingest.pairs_per_shard=0"], "config.ingest.pairs_per_shard=0 must be a whole"),
 ])
 def test_ingest_refuses_bad_flags_and_config_before_any_file(tmp_path, args, message):
     """A config mistake is not recorded as every video failing (in a manifest a corrected
@@ -152,7 +199,7 @@ def test_evaluate_names_a_missing_or_corrupt_checkpoint(tmp_path):
     bad = tmp_path / "model.keras"
     bad.write_bytes(b"junk")
     result = _run("evaluate.py", f"--checkpoint={bad}")
-    assert result.returncode != 0 and "could not be loaded" in result.stderr
+    assert result.returncode != 0 and "model.keras is not a .keras file" in result.stderr
 
 
 @pytest.mark.slow

@@ -52,6 +52,19 @@ def test_vectors_too_large_for_float32_fills_are_refused_and_large_ones_stay_fin
     assert np.isfinite(flow).all()
 
 
+def test_an_image_longer_than_the_fills_span_is_shrunk_not_filled_short():
+    """A free-size graph plans the nearest fill's passes for its fills' max_size (2048 px): a
+    longer image would leave its far end with another guide's motion, or none."""
+    from cmp_tf.runtime import Propagator
+
+    still = Propagator(fade=False)  # one guide moves everything
+    assert still.max_input_side == 2048
+    assert still.working_size(128, 3072) == (128, 2048)  # the height at its minimum, 128
+    image = np.full((128, 3072, 3), 120, np.uint8)
+    flow = still.propagate(image, [[5, 64]], [[6, 0]])
+    np.testing.assert_allclose(flow[64, [0, 1500, -1]], [[6, 0]] * 3, atol=0.05)
+
+
 def test_flow_beyond_float32_empty_flow_and_a_bad_max_flow_are_refused(tmp_path):
     huge = np.full((4, 4, 2), 1e300)  # float64: inf once float32
     for call in (lambda: flow_lib.flow_to_color(huge),

@@ -181,6 +181,99 @@ def test_resume_falls_back_from_a_corrupt_newest_checkpoint(tmp_path, capsys):
         training.restore_latest(checkpoint, folder)
 
 
+@pytest.mark.parametrize("damage", ["missing", "garbage", "empty"])
+def test_a_lost_or_unreadable_checkpoint_list_resumes_from_the_files_beside_it(tmp_path,
+                                                                               capsys, damage):
+    import tensorflow as tf
+
+    from cmp_tf import training
+
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(step=step)
+    folder = str(tmp_path / "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=3)
+    for number in (2, 4, 10):  # ckpt-10 is the newest, though it sorts before ckpt-2 as text
+        step.assign(number)
+        manager.save(checkpoint_number=number)
+    listing = tmp_path / "checkpoints" / "checkpoint"
+    if damage == "missing":
+        listing.unlink()
+    else:
+        listing.write_bytes(b"\xff\xfe\x00 torn" if damage == "garbage" else b"")
+    step.assign(0)
+    assert training.restore_latest(checkpoint, folder) == f"{folder}/ckpt-10"
+    assert int(step) == 10
+    assert f"The checkpoint list {listing} is " in capsys.readouterr().err
+    # The list is written again: a resumed run's manager goes on from there.
+    assert tf.train.CheckpointManager(checkpoint, folder, 3).latest_checkpoint == \
+        f"{folder}/ckpt-10"
+
+
+_INTERRUPTED_RUN = """
+import os, signal, sys
+import tensorflow as tf
+from cmp_tf import losses, training
+from tests.helpers import load_config
+
+real, calls = losses.make_loss, [0]
+
+def interrupting_loss(config):
+    loss = real(config)
+
+    def tick():  # inside the third step, as a user's Ctrl-C would land
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return 0
+
+    def wrapped(logits, flow, valid):
+        done = tf.py_function(tick, [], tf.int32)
+        with tf.control_dependencies([done]):
+            return tf.identity(loss(logits, flow, valid))
+    return wrapped
+
+losses.make_loss = interrupting_loss
+config = load_config("cpu_bins", "runlocal")
+config.data.train = config.data.val = (sys.argv[2],)
+config.data.batch_size, config.data.shuffle_buffer, config.data.short_size = 2, 4, 128
+config.train.steps, config.train.checkpoint_every = 50, 1000
+try:
+    training.train(config, sys.argv[1], progress=False)
+except training.Interrupted as stop:
+    print(stop)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_weights_with_their_own_step(tmp_path, list_flags):
+    """The interrupt arrives while a step runs; the save must hold the weights of exactly the
+    steps it says (the optimizer's count drives the learning rate), so a resume neither trains
+    a batch twice nor shifts the schedule."""
+    import tensorflow as tf
+
+    listing = next(f.split("=(")[1].strip("',)") for f in list_flags
+                   if f.startswith("--config.data.train="))
+    run = tmp_path / "run"
+    result = _run("-c", _INTERRUPTED_RUN, str(run), listing,
+                  env={"PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Interrupted at step 3. Saved " in result.stdout, result.stdout[-2000:]
+    reader = tf.train.load_checkpoint(str(run / "checkpoints"))
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
+
+
+def test_a_keras_file_that_is_not_one_is_named_so(tmp_path):
+    from cmp_tf import runners
+
+    for content in (b"", b"PK\x03\x04 cut short", b"plain text"):
+        path = tmp_path / "model.keras"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=r"model.keras is not a .keras file: a .keras "
+                           r"file is a zip archive, and this one \(\d+ bytes\) is empty"):
+            runners.KerasRunner(str(path))
+
+
 @pytest.mark.slow
 def test_a_run_resumes_past_a_corrupt_checkpoint_and_overwrite_replaces_it(tmp_path,
                                                                              list_flags):
@@ -423,11 +516,28 @@ def test_export_names_a_bad_flag_in_one_line_without_a_traceback(tmp_path):
                           ("--fill_stride=8", "--fill_stride must be a power of two dividing "
                            "the decoder's stride 4; got 8."),
                           ("--size=70", r"--size=[70, 70] must be (H, W), each a multiple of "
-                           "32 and at least 128")]:
+                           "32, at least 128 and at most 2048"),
+                          ("--size=65536", r"--size=[65536, 65536] must be (H, W)")]:
         result = _run("-m", "export", flag, f"--out={out}", "--formats=tflite")
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_export_overwrite_keeps_the_earlier_export_when_the_data_is_missing(tmp_path):
+    from cmp_tf import models
+    from export import export_lib
+
+    config = load_config("cpu_bins")
+    config.model.decoder_combo = (1, 2)
+    config.data.val = (str(tmp_path / "gone.mp4"),)
+    out = tmp_path / "out"
+    _earlier_export(out)
+    before = sorted(os.listdir(out))
+    with pytest.raises(ValueError, match=r"config.data.val: .*gone.mp4 does not exist"):
+        export_lib.export(models.build_cmp(config), config, str(out), formats=("tflite",),
+                          size=(64, 64), log=lambda _: None, overwrite=True)
+    assert sorted(os.listdir(out)) == before
 
 
 @pytest.mark.slow

@@ -119,6 +119,25 @@ def test_a_model_file_outside_a_run_reads_the_shipped_recipe(tmp_path):
         rundir.read_config(str(loose))
 
 
+def test_a_run_moved_from_another_checkout_finds_the_sample_clips_here(tmp_path):
+    from cmp_tf import data
+
+    fields = json.loads(open(os.path.join(rundir.PRETRAINED, rundir.CONFIG_FILE)).read())
+    elsewhere = "/home/someone/old/cmp_tf/data/samples"
+    mine = str(tmp_path / "my_clip.mp4")
+    open(mine, "wb").close()
+    fields["data"]["train"] = [f"{elsewhere}/bikes.mp4", mine, f"{elsewhere}/gone.mp4"]
+    fields["data"]["val"] = [f"{elsewhere}/carphone.mp4"]
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    config, from_run = rundir.read_config(str(tmp_path))
+    assert from_run
+    assert list(config.data.train) == [data.sample_clip("bikes"), mine,
+                                       f"{elsewhere}/gone.mp4"]  # no copy here: still named
+    assert list(config.data.val) == [data.sample_clip("carphone")]
+    shipped, _ = rundir.read_config(rundir.PRETRAINED)
+    assert all(os.path.isfile(path) for path in (*shipped.data.train, *shipped.data.val))
+
+
 def test_checkpoints_of_transfer_learning_are_named(tmp_path):
     with pytest.raises(ValueError, match="checkpoint is empty"):
         rundir.encoder_file("")

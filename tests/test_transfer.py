@@ -125,6 +125,9 @@ def test_miou_equals_a_hand_computed_confusion_matrix():
         scores.confusion_matrix(labels, np.where(predictions == 3, 7, predictions), 5)
     with pytest.raises(ValueError, match="same shape"):
         scores.confusion_matrix(labels, predictions[:2], 5)
+    with pytest.raises(ValueError, match="labels must hold integer class indices; got dtype "
+                                         "float64"):
+        scores.confusion_matrix(labels + 0.7, predictions, 5)
 
 
 def test_evaluate_segmentation_scores_a_known_model(rng):
@@ -135,7 +138,7 @@ def test_evaluate_segmentation_scores_a_known_model(rng):
     labels = rng.integers(0, 3, (3, 8, 8)).astype(np.int32)
     labels[:, :2] = IGNORE
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
-    result = scores.evaluate_segmentation(model, ds, 3)
+    result = scores.evaluate_segmentation(model, ds, np.int64(3))  # NumPy's ints are ints
     expected = scores.confusion_matrix(labels, images.argmax(-1), 3)
     np.testing.assert_array_equal(result["confusion"], expected)
     assert result["pixels"] == 3 * 6 * 8
@@ -161,6 +164,26 @@ def test_read_split_names_what_is_wrong(tmp_path):
     voc.write_label(os.path.join(folder, voc.LABEL_DIR, "im0.png"), np.zeros((8, 9), np.uint8))
     with pytest.raises(ValueError, match=r"im0\.png is 8x9 but its image .*im0\.jpg is 8x8"):
         voc.read_split(folder, "train")
+
+
+def test_bad_labels_and_cut_images_are_named_before_the_pipeline_runs(tmp_path):
+    """Found inside tf.data they were a TensorFlow traceback, and in a one-pass split a
+    process that never exited."""
+    label = np.zeros((16, 16), np.uint8)
+    bad = label.copy()
+    bad[3, 3] = 9
+    folder = _write_voc(tmp_path / "voc", [label, bad])
+    for training in (True, False):
+        with pytest.raises(ValueError, match=r"im1\.png holds values \[9\] that are neither "
+                                             r"classes 0\.\.3"):
+            voc.make_dataset(folder, "train", 4, training=training, batch_size=1,
+                             crop=(16, 16))
+    assert voc.make_dataset(folder, "train", 10, training=False, batch_size=1) is not None
+    jpeg = os.path.join(folder, voc.IMAGE_DIR, "im0.jpg")
+    data = open(jpeg, "rb").read()
+    open(jpeg, "wb").write(data[:-40])  # its header whole: only the pixels are cut
+    with pytest.raises(ValueError, match=r"Image .*im0\.jpg is a JPEG cut short"):
+        voc.make_dataset(folder, "train", 10, training=False, batch_size=1)
 
 
 def test_synthetic_generator_writes_a_readable_voc_set_and_moving_videos(tmp_path):

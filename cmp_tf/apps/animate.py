@@ -21,6 +21,7 @@ from absl import flags
 
 from cmp_tf import cli
 from cmp_tf import flow as flow_lib
+from cmp_tf import rundir
 from cmp_tf.apps import inputs
 
 FORMATS = (".gif", ".mp4")
@@ -257,6 +258,8 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
         raise ValueError(f"--max_pixels={max_pixels} must be a positive integer.")
     check_fps(fps, "--fps")
     check_out(out)
+    for path in (out, flow_path(out)):  # both written after the model has run
+        rundir.check_file_path(path, "--out")
     # The size is read from the header and checked before decoding; then the whole animation.
     image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")
     check_render(image.shape[1], image.shape[0], frames, name="--frames")

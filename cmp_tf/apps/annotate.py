@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 
 from cmp_tf import cli
+from cmp_tf import rundir
 from cmp_tf.apps import inputs
 from cmp_tf.data import sampling
 
@@ -260,6 +261,7 @@ def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
     check_zoom_size(zoom_size, "--zoom_size")
     if os.path.splitext(out)[1].lower() != ".png":
         raise ValueError(f"--out={out} must be a .png file.")
+    rundir.check_file_path(out, "--out")
     propagator = inputs.load_propagator(model, "--model", max_side=max_side)
     mask = annotate(propagator, image, positive, negative, velocity, threshold, zoom_factor,
                     zoom_size, refine_method)

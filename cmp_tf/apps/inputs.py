@@ -194,7 +194,7 @@ def read_image(path, name="--image", max_side=None, max_pixels=None, limit_name=
         image = formats.read_image(path)
     except ValueError as error:
         raise ValueError(f"{name}={path} could not be read as an image (PNG, JPEG, ... that "
-                         "OpenCV decodes).") from error
+                         f"OpenCV decodes): {error}") from error
     return image if size is None else _check_decoded(image, size, f"{name}={path}")
 
 
@@ -203,6 +203,9 @@ def decode_image(data, name="image", max_side=None, max_pixels=None):
     size is read from the header and checked against the limits before decoding."""
     data = bytes(data or b"")
     size = check_image_size(image_size(data, name), name, max_side, max_pixels)
+    if formats.truncated_jpeg(data[:2], data[-64:]):
+        raise ValueError(f"{name} is a JPEG cut short (no end-of-image marker, {len(data)} "
+                         "bytes).")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{name} could not be decoded as an image ({len(data)} bytes; "

@@ -33,11 +33,28 @@ def is_video(path):
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
 
 
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def truncated_jpeg(head, tail):
+    """Whether a file that starts with `head` and ends with `tail` (a few bytes each) is a JPEG
+    cut short: it lacks the end-of-image marker. OpenCV decodes such a file with the missing
+    part grey and only a warning on stderr."""
+    return head.startswith(_JPEG_START) and not tail.rstrip(b"\0 \t\r\n").endswith(_JPEG_END)
+
+
 def read_image(path):
-    """Reads an image file as RGB uint8 [H, W, 3]."""
+    """Reads an image file as RGB uint8 [H, W, 3]; ValueError for a file that is missing, does
+    not decode, or is a JPEG cut short."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Image file {path} does not exist.")
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(max(0, os.path.getsize(path) - 64))
+        if truncated_jpeg(head, f.read()):
+            raise ValueError(f"Image file {path} is a JPEG cut short (no end-of-image marker, "
+                             f"{os.path.getsize(path)} bytes).")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"Image file {path} could not be decoded ({os.path.getsize(path)} "
@@ -215,26 +232,32 @@ def read_list(path, on_missing="raise"):
         raise ValueError(f"on_missing must be 'raise' or 'skip'; got {on_missing!r}.")
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"List file {path} does not exist.")
+        raise ValueError(f"List file {path} " + ("is a folder, not a text file." if
+                                                  os.path.isdir(path) else "does not exist."))
     root = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"List file {path} is not UTF-8 text (byte {error.start}): a list "
+                         "file names one pair per line.") from error
     entries, skipped = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            where = f"{path}:{number}"
-            if len(fields) not in (3, 4):
-                raise ValueError(f"{where}: expected 'img1 img2 flow.flo' or 'img1 img2 flow_x "
-                                 f"flow_y'; got {len(fields)} fields: {line.strip()!r}.")
-            files = [f if os.path.isabs(f) else os.path.join(root, f) for f in fields]
-            missing = [f for f in files if not os.path.isfile(f)]
-            if missing and on_missing == "raise":
-                raise ValueError(f"{where}: missing file {missing[0]}.")
-            if missing:
-                skipped.append(f"{where}: missing file {missing[0]}")
-                continue
-            entries.append(PairEntry(files[0], files[1], tuple(files[2:]), where))
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        if len(fields) not in (3, 4):
+            raise ValueError(f"{where}: expected 'img1 img2 flow.flo' or 'img1 img2 flow_x "
+                             f"flow_y'; got {len(fields)} fields: {line.strip()!r}.")
+        files = [f if os.path.isabs(f) else os.path.join(root, f) for f in fields]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing and on_missing == "raise":
+            raise ValueError(f"{where}: missing file {missing[0]}.")
+        if missing:
+            skipped.append(f"{where}: missing file {missing[0]}")
+            continue
+        entries.append(PairEntry(files[0], files[1], tuple(files[2:]), where))
     if not entries:
         raise ValueError(f"List file {path} has no usable entries ({len(skipped)} skipped).")
     return entries, skipped

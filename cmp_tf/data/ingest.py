@@ -19,10 +19,13 @@ images have a 0.39 px quantum) over +-512 px. Measured on a 640x272 DIS flow of 
 import concurrent.futures
 import hashlib
 import json
+import math
 import os
 
+from cmp_tf import rundir
 from cmp_tf.data import formats
 from cmp_tf.data import records
+from cmp_tf.data import sampling
 from cmp_tf.data import shards
 from cmp_tf.data import teacher
 
@@ -135,7 +138,9 @@ def _jobs(paths):
     return [(convert_list, p) for p in lists] + [(ingest_video, p) for p in videos]
 
 
-def _check_config(cfg):
+def check_config(cfg):
+    """Refuses `config.ingest` fields that would fail on every file or silently make wrong
+    pairs, naming the field, before any file is read; returns the fields given as a dict."""
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(default_ingest_config()))
     if unknown:
@@ -144,6 +149,37 @@ def _check_config(cfg):
     if cfg.get("on_error", "skip") not in ("skip", "raise"):
         raise ValueError(f"config.ingest.on_error must be 'skip' or 'raise'; got "
                          f"{cfg['on_error']!r}.")
+    fields = {**default_ingest_config(), **cfg}
+
+    def whole(name, minimum, maximum=None):
+        value = fields[name]
+        if not sampling.is_int(value) or value < minimum or (maximum is not None
+                                                               and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise ValueError(f"config.ingest.{name}={value!r} must be a whole number {bound}.")
+
+    def real(name, minimum, maximum=math.inf):
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                minimum <= value <= maximum):
+            raise ValueError(f"config.ingest.{name}={value!r} must be a number in "
+                             f"[{minimum:g}, {maximum:g}].")
+
+    gaps = fields["gaps"]
+    if not (isinstance(gaps, (list, tuple)) and gaps and all(
+            sampling.is_int(gap) and gap >= 1 for gap in gaps)):
+        raise ValueError(f"config.ingest.gaps={gaps!r} must be frame gaps, whole numbers >= 1 "
+                         "(pairs (t, t + gap)).")
+    whole("frame_step", 1)
+    whole("pairs_per_shard", 1)
+    whole("jpeg_quality", 0, 100)
+    if fields["max_side"] != -1:
+        whole("max_side", 1)
+    real("min_motion", 0)
+    real("max_photometric", 0)
+    real("min_consistent", 0, 1)
+    real("fb_alpha", 0)
+    real("fb_beta", 0)
     # The teacher is built per file; a bad name is the config's fault, refused before any file
     # (not recorded as every file failing, in a manifest a corrected rerun would keep).
     defaults = default_ingest_config()
@@ -161,9 +197,10 @@ def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
     """
     from tqdm import tqdm
 
-    cfg = _check_config(cfg)
+    cfg = check_config(cfg)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1; got {workers!r}.")
+    rundir.check_folder_path(out_dir, "out_dir")
     jobs = _jobs(paths)
     if not jobs:
         raise ValueError(f"No video or list files found in {paths}.")
@@ -196,7 +233,8 @@ def ingest_beam(paths, out_dir, cfg=None, pipeline_args=()):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    cfg = _check_config(cfg)
+    cfg = check_config(cfg)
+    rundir.check_folder_path(out_dir, "out_dir")
     jobs = _jobs(paths)
     if not jobs:
         raise ValueError(f"No video or list files found in {paths}.")
@@ -224,6 +262,10 @@ def main(argv):
         raise app.UsageError("Name --videos and/or --lists.")
     if flag.workers < 1:
         raise app.UsageError(f"--workers={flag.workers}: must be at least 1.")
+    try:
+        rundir.check_folder_path(flag.out, "--out")
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
     missing = [path for path in sources if not os.path.exists(path)]
     if missing:
         raise app.UsageError(f"--videos/--lists: {', '.join(missing)} does not exist.")

@@ -17,7 +17,9 @@ as does a validation set with no readable sample. With `data.on_error="raise"` t
 stops it.
 """
 import glob
+import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -124,7 +126,8 @@ def _read_shard(path, size, expected):
 
 
 def check_sources(paths, field="config.data.train"):
-    """Fails fast (before any ingestion or training) on empty, missing or unknown sources."""
+    """Fails fast (before any ingestion or training) on empty, missing or unknown sources, a
+    folder holding neither shards nor videos and a list file that does not read as one."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
@@ -132,8 +135,15 @@ def check_sources(paths, field="config.data.train"):
     for path in map(os.fspath, paths):
         if not os.path.exists(path):
             raise ValueError(f"{field}: {path} does not exist.")
-        if not (os.path.isdir(path) or path.endswith((".tfrecord", ".txt"))
-                or formats.is_video(path)):
+        if os.path.isdir(path):
+            if not (_shards_in(path) or formats.list_videos(path)):
+                raise ValueError(f"{field}: folder {path} holds no .tfrecord shards or videos.")
+        elif path.endswith(".txt"):
+            try:
+                formats.read_list(path, on_missing="skip")
+            except ValueError as error:
+                raise ValueError(f"{field}: {error}") from error
+        elif not (path.endswith(".tfrecord") or formats.is_video(path)):
             raise ValueError(f"{field}: {path} is not a shard, list file (.txt), video or "
                              "folder.")
     return list(map(os.fspath, paths))
@@ -406,7 +416,85 @@ def flip(image, flow, valid):
     return image[:, ::-1], flow[:, ::-1] * tf.constant([-1.0, 1.0]), valid[:, ::-1]
 
 
-def make_dataset(config, split="train", input_context=None, start_step=0, guidance=True):
+def _range(value, field, minimum=0.0):
+    """A (low, high) pair of finite numbers with minimum < low <= high."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value) and minimum < value[0] <= value[1]):
+        raise ValueError(f"{field}={value!r} must be (low, high) with {minimum:g} < low <= high.")
+    return float(value[0]), float(value[1])
+
+
+def check_data_config(config):
+    """Refuses the input pipeline's fields that would fail at its first sample, or silently
+    mean something else, naming the field; train and evaluate call it before writing anything.
+
+    Returns:
+        (on_error, max_bad_in_a_row, layered fields) as the pipeline uses them.
+    """
+    data = config.data
+    on_error = data.get("on_error", "skip")
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"config.data.on_error must be 'skip' or 'raise'; got {on_error!r}.")
+    max_bad = data.get("max_bad_in_a_row", MAX_BAD_IN_A_ROW)
+    if not sampling.is_int(max_bad) or max_bad < 1:
+        raise ValueError(f"config.data.max_bad_in_a_row must be a positive integer; got "
+                         f"{max_bad!r}.")
+    _range(tuple(data.get("zoom", (1.0, 1.0))), "config.data.zoom")
+    _range(tuple(data.get("flow_scale", (1.0, 1.0))), "config.data.flow_scale")
+    degrees = data.get("rotate_degrees", 0.0)
+    if isinstance(degrees, bool) or not isinstance(degrees, (int, float)) or not (
+            math.isfinite(degrees) and 0 <= degrees <= 180):
+        raise ValueError(f"config.data.rotate_degrees={degrees!r} must be an angle in [0, 180].")
+    guidance = config.get("guidance")
+    if guidance is not None:
+        try:
+            sampling.check_guidance_args(
+                tuple(guidance.strategies) if isinstance(guidance.strategies, (list, tuple))
+                else guidance.strategies, guidance.bg_ratio, guidance.nms_ks,
+                guidance.max_num_guide, tuple(guidance.get("num_points", (0, 0))))
+        except ValueError as error:
+            raise ValueError(f"config.guidance.{error}") from error
+    ingest_config = config.get("ingest") or {}
+    ingest_lib.check_config(ingest_config.to_dict() if hasattr(ingest_config, "to_dict")
+                            else ingest_config)
+    return on_error, max_bad, layered_lib.check_layered_config(data.get("layered") or {})
+
+
+class DataError(ValueError):
+    """The input pipeline stopped at data it could not read; the message names the source
+    (the config field or flag) and the last reason."""
+
+
+_FAILURE = re.compile(r"assertion failed: \[((?:config\.data\.\w+|--\w+): .*)\]\s*\[\[", re.S)
+
+
+def unreadable_data(error):
+    """The DataError inside `error`, the TensorFlow error a dataset of `make_dataset` raises
+    where it stops at unreadable data (see `_count_unreadable`); None for any other error."""
+    match = _FAILURE.search(str(getattr(error, "message", error)))
+    return DataError(match.group(1)) if match else None
+
+
+def batches(dataset):
+    """Iterates a dataset of `make_dataset`, raising where it stops at unreadable data the
+    DataError that names the source instead of TensorFlow's error around it."""
+    iterator = iter(dataset)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as error:
+            failure = unreadable_data(error)
+            if failure is None:
+                raise
+            raise failure from None
+        yield batch
+
+
+def make_dataset(config, split="train", input_context=None, start_step=0, guidance=True,
+                 field=None):
     """The input pipeline of a recipe.
 
     Training augmentations, each a config switch. Of the frame (image and flow together):
@@ -424,18 +512,23 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
             and batches per replica.
         start_step: training steps already done; their samples are skipped (resume).
         guidance: False leaves `sparse` all zero (no sampling): to measure what sampling costs.
+        field: how errors name the sources (default config.data.<split>; a command's flag).
+
+    Raises:
+        ValueError naming the field for a bad config or source, before reading a sample; an
+        unreadable sample (or too many) stops the stream with a TensorFlow error whose
+        `unreadable_data` says which.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val'; got {split!r}.")
     data, train = config.data, split == "train"
-    on_error = data.get("on_error", "skip")
-    if on_error not in ("skip", "raise"):
-        raise ValueError(f"config.data.on_error must be 'skip' or 'raise'; got {on_error!r}.")
+    on_error, max_bad, layered = check_data_config(config)
     ingest_config = config.get("ingest") or {}
     if hasattr(ingest_config, "to_dict"):
         ingest_config = ingest_config.to_dict()
+    field = field or f"config.data.{split}"
     shards, entries = resolve_sources(data.train if train else data.val, data.cache_dir,
-                                      ingest_config, f"config.data.{split}", on_error)
+                                      ingest_config, field, on_error)
     batch = data.batch_size
     if input_context is not None:
         batch = input_context.get_per_replica_batch_size(data.batch_size)
@@ -482,13 +575,8 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
         ds = ds.skip(start_step * batch)
 
     load_entry = _load_entry(entries, on_error) if entries else None
-    max_bad = data.get("max_bad_in_a_row", MAX_BAD_IN_A_ROW)
-    if isinstance(max_bad, bool) or not isinstance(max_bad, int) or max_bad < 1:
-        raise ValueError(f"config.data.max_bad_in_a_row must be a positive integer; got "
-                         f"{max_bad!r}.")
     strategies = config.guidance if guidance else None
     crop_size = tuple(data.crop)
-    layered = layered_lib.check_layered_config(data.get("layered") or {})
     layered_ratio = float(layered.pop("ratio")) if train else 0.0
 
     def render_layered(image, element_seed):
@@ -556,7 +644,6 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
         return {"image": image, "sparse": sparse}, {"flow": flow, "valid": valid}
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = _stop_at_failure(ds.scan(*_count_unreadable(max_bad, f"config.data.{split}",
-                                                     on_error)))
+    ds = _stop_at_failure(ds.scan(*_count_unreadable(max_bad, field, on_error)))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch, drop_remainder=train).prefetch(tf.data.AUTOTUNE)

@@ -8,11 +8,14 @@ are read with Pillow, which returns the indices.
 
 Elements are (image [H, W, 3] float32 0..255, label [H, W] int32 with 255 = ignore), batched.
 """
+import functools
 import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from cmp_tf.data import formats
 
 IGNORE_LABEL = 255
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
@@ -124,6 +127,29 @@ def read_split(folder, split):
     return ids, images, labels, sizes
 
 
+@functools.lru_cache(maxsize=None)
+def _checked_label(path, num_classes, size, modified_ns):
+    """read_label's check of one file version (its size and time in the key), done once."""
+    del size, modified_ns
+    read_label(path, num_classes)
+
+
+def check_contents(images, labels, num_classes):
+    """Refuses, naming the file, a JPEG cut short and a label with values outside the classes:
+    found inside the input pipeline, either would end a run with TensorFlow's error around the
+    message (and a label read there in flight could keep the process from exiting). Each label
+    file version is decoded once per process."""
+    for image in images:
+        with open(image, "rb") as f:
+            head = f.read(2)
+            f.seek(max(0, os.path.getsize(image) - 64))
+            if formats.truncated_jpeg(head, f.read()):
+                raise ValueError(f"Image {image} is a JPEG cut short (no end-of-image marker).")
+    for label in labels:
+        stat = os.stat(label)
+        _checked_label(label, num_classes, stat.st_size, stat.st_mtime_ns)
+
+
 def _stream(seed, purpose):
     return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), purpose)
 
@@ -171,6 +197,7 @@ def make_dataset(folder, split, num_classes, *, training, batch_size, crop=(-1, 
     _, images, labels, sizes = read_split(folder, split)
     if max_images > 0:
         images, labels, sizes = images[:max_images], labels[:max_images], sizes[:max_images]
+    check_contents(images, labels, num_classes)
 
     def load(image_path, label_path):
         image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(image_path), channels=3), tf.float32)

@@ -8,8 +8,11 @@ import numpy as np
 
 
 def pairs_from_dataset(dataset):
-    """(image uint8, flow, valid) per example of a `pipeline.make_dataset` split."""
-    for x, y in dataset:
+    """(image uint8, flow, valid) per example of a `pipeline.make_dataset` split; a
+    `pipeline.DataError` (a ValueError) where the split stops at data it cannot read."""
+    from cmp_tf.data import pipeline
+
+    for x, y in pipeline.batches(dataset):
         images = np.clip(np.rint(x["image"].numpy()), 0, 255).astype(np.uint8)
         for image, flow, valid in zip(images, y["flow"].numpy(), y["valid"].numpy()):
             yield image, flow, valid[..., 0] if valid.ndim == 3 else valid
@@ -37,11 +40,13 @@ def validation_pairs(config, from_run, sources=(), count=0, seed=0, field="--dat
     from cmp_tf import data
     from cmp_tf.data import pipeline
 
+    if not sources:  # errors name where the sources came from
+        field = "config.data.val" if from_run and config.data.val else "the embedded clips"
     sources = tuple(sources) or (tuple(config.data.val) if from_run and config.data.val
                                  else data.sample_splits()[1])
     pipeline.check_sources(sources, field)
     config.data.val = sources
-    pairs = pairs_from_dataset(pipeline.make_dataset(config, "val", guidance=False))
+    pairs = pairs_from_dataset(pipeline.make_dataset(config, "val", guidance=False, field=field))
     return (sample_pairs(pairs, count, seed) if count > 0 else pairs), sources
 
 

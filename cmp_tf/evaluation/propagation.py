@@ -5,6 +5,7 @@ every baseline) is `benchmark`.
 import numpy as np
 
 from cmp_tf import models  # noqa: F401  (registers the layers a saved model needs)
+from cmp_tf.data import pipeline
 from cmp_tf.models import fills
 
 
@@ -19,7 +20,7 @@ def evaluate_dataset(model, dataset):
     sums = {"cmp": 0.0, "zero": 0.0, "nearest": 0.0}
     pixels = samples = points = 0.0
     fill = fills.DensePrior(1)
-    for x, y in dataset:
+    for x, y in pipeline.batches(dataset):
         flow, valid = y["flow"].numpy(), y["valid"].numpy()
         candidates = {"cmp": model(x, training=False)["flow"].numpy(),
                       "zero": np.zeros_like(flow),

@@ -6,6 +6,7 @@ The transfer-learning comparison (`cmp_tf.transfer`) scores both initializations
 import numpy as np
 import tensorflow as tf
 
+from cmp_tf.data import sampling
 from cmp_tf.data import voc
 
 
@@ -20,6 +21,10 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label=voc.IGNORE_L
     if labels.shape != predictions.shape:
         raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} must have "
                          "the same shape.")
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if not np.issubdtype(values.dtype, np.integer):  # 1.7 would count as class 1
+            raise ValueError(f"{name} must hold integer class indices; got dtype "
+                             f"{values.dtype}.")
     keep = labels != ignore_label
     truth, guess = labels[keep].astype(np.int64), predictions[keep].astype(np.int64)
     for name, values in (("labels", truth), ("predictions", guess)):
@@ -62,8 +67,9 @@ def evaluate_segmentation(model, dataset, num_classes):
          "pixel_accuracy", "pixels" (labelled pixels scored), "images", "confusion" ([C][C]
          lists, rows = true class)}.
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
+    if not sampling.is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
+    num_classes = int(num_classes)
     predict = tf.function(lambda image: predict_classes(model, image))
     confusion = np.zeros((num_classes, num_classes), np.int64)
     images = 0

@@ -149,6 +149,19 @@ def fill_stride(model):
     return blends[0].stride if blends else None
 
 
+def traced_max_side(model):
+    """The longest image side in px a CMP's guidance fills span when its graph is traced for any
+    size (a free-size runtime graph or export): the smallest `max_size` of its fill layers;
+    None without fills. Beyond it the fills plan too few passes, so larger images must be
+    shrunk to it (`runtime.Propagator` does)."""
+    from cmp_tf.models import fills
+    from cmp_tf.models import layers
+
+    sides = [layer.max_size for layer in layers.all_layers(model)
+             if isinstance(layer, fills.FILL_LAYERS)]
+    return min(sides) if sides else None
+
+
 def fill_stride_for_size(model, config, size):
     """The fills' cell size for a fixed working `size` (H, W): the trained cells scaled by the
     largest power of two within size / the training crop (short sides), at most the decoder's

@@ -54,7 +54,8 @@ def main(argv):
                                  _OVERWRITE.value)
     except training.SetupError as error:  # refused before the first step: one line, no trace
         raise app.UsageError(str(error)) from error
-    except pipeline.DataError as error:  # stopped by unreadable data, saved: one line
+    except (pipeline.DataError, FloatingPointError) as error:  # stopped by unreadable data
+        # (saved), or a loss or flow that diverged (the message names the last checkpoint)
         cli.fail(str(error), hint=False)
     except training.Interrupted as stop:  # Ctrl-C in the loop, saved
         cli.fail(str(stop), INTERRUPTED_EXIT_CODE, hint=False)

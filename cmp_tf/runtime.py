@@ -174,8 +174,8 @@ class Propagator:
 
     def working_size(self, height, width):
         """The size the network runs at for an H x W image: a fixed-size file's own size, else
-        within max_side and max_input_side, each side rounded to the nearest multiple of the encoders' stride, at
-        least the model's minimum."""
+        within max_side and max_input_side, each side rounded to the nearest multiple of the
+        encoders' stride, at least the model's minimum."""
         if self._network.size is not None:
             return self._network.size
         scale = 1.0

@@ -40,8 +40,8 @@ def validation_pairs(config, from_run, sources=(), count=0, seed=0, field="--dat
     from cmp_tf import data
     from cmp_tf.data import pipeline
 
-    if not sources:  # errors name where the sources came from
-        field = "config.data.val" if from_run and config.data.val else "the embedded clips"
+    if not sources:  # errors name the recipe's field the sources came from, not the flag
+        field = "config.data.val"
     sources = tuple(sources) or (tuple(config.data.val) if from_run and config.data.val
                                  else data.sample_splits()[1])
     pipeline.check_sources(sources, field)

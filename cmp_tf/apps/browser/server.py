@@ -8,8 +8,8 @@ GET /model.onnx  -> the model file given
 Anything else is 404 (GET, HEAD) or 405 (other methods): there is no API, the flow and the
 animation are computed by the page. A Host that is not this machine's (a DNS name rebound to
 it) is 403. Like the API's server it holds at most max_connections connections, each closed
-after request_timeout seconds without a request. `server.requested` lists the paths asked for, in order (the last
-MAX_REQUESTED, each cut to MAX_PATH_NOTED characters).
+after request_timeout seconds without a request. `server.requested` lists the paths asked
+for, in order (the last MAX_REQUESTED, each cut to MAX_PATH_NOTED characters).
 """
 import os
 import threading

@@ -43,18 +43,23 @@ def truncated_jpeg(head, tail):
     return head.startswith(_JPEG_START) and not tail.rstrip(b"\0 \t\r\n").endswith(_JPEG_END)
 
 
+def truncated_jpeg_file(path):
+    """`truncated_jpeg` of the file at `path`, from its first and last bytes."""
+    with open(path, "rb") as f:
+        head = f.read(len(_JPEG_START))
+        f.seek(max(0, os.path.getsize(path) - 64))
+        return truncated_jpeg(head, f.read())
+
+
 def read_image(path):
     """Reads an image file as RGB uint8 [H, W, 3]; ValueError for a file that is missing, does
     not decode, or is a JPEG cut short."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Image file {path} does not exist.")
-    with open(path, "rb") as f:
-        head = f.read(2)
-        f.seek(max(0, os.path.getsize(path) - 64))
-        if truncated_jpeg(head, f.read()):
-            raise ValueError(f"Image file {path} is a JPEG cut short (no end-of-image marker, "
-                             f"{os.path.getsize(path)} bytes).")
+    if truncated_jpeg_file(path):
+        raise ValueError(f"Image file {path} is a JPEG cut short (no end-of-image marker, "
+                         f"{os.path.getsize(path)} bytes).")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"Image file {path} could not be decoded ({os.path.getsize(path)} "

@@ -140,11 +140,8 @@ def check_contents(images, labels, num_classes):
     message (and a label read there in flight could keep the process from exiting). Each label
     file version is decoded once per process."""
     for image in images:
-        with open(image, "rb") as f:
-            head = f.read(2)
-            f.seek(max(0, os.path.getsize(image) - 64))
-            if formats.truncated_jpeg(head, f.read()):
-                raise ValueError(f"Image {image} is a JPEG cut short (no end-of-image marker).")
+        if formats.truncated_jpeg_file(image):
+            raise ValueError(f"Image {image} is a JPEG cut short (no end-of-image marker).")
     for label in labels:
         stat = os.stat(label)
         _checked_label(label, num_classes, stat.st_size, stat.st_mtime_ns)

@@ -46,15 +46,16 @@ _MODEL = flags.DEFINE_multi_string("model", [inputs.SHIPPED], "Model for the CMP
                                    "format Propagator loads; 'shipped': the model that ships "
                                    "with cmp_tf); repeat the flag to compare several.")
 _SCENES = flags.DEFINE_integer("scenes", 24, "Generated scenes (one target object each).")
-_SIZE = flags.DEFINE_integer("size", 256, "Scene side in pixels.")
+_SIZE = flags.DEFINE_integer("size", 256, "Scene side in pixels.", lower_bound=64)
 _CLICKS = flags.DEFINE_list("clicks", ["1", "2", "4", "8"], "Positive clicks per column; as "
                             "many negatives (times --negatives_per_positive).")
 _NEGATIVES = flags.DEFINE_float("negatives_per_positive", 1.0, "Negative clicks per positive.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the scene stream.")
 _TEXTURES = flags.DEFINE_enum("textures", "frame", ["frame", "noise"], "Layer textures: cut "
                               "from real frames, or procedural noise.")
-_ZOOM_SIZE = flags.DEFINE_integer("zoom_size", annotate.ZOOM_SIZE, "annotate's zoom_size.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for annotation.json.")
+_ZOOM_SIZE = flags.DEFINE_integer("zoom_size", annotate.ZOOM_SIZE, "annotate's zoom_size.",
+                                  lower_bound=annotate.MIN_ZOOM_SIZE)
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for annotation.json.")
 
 AREA = (0.03, 0.40)  # the target's share of the image
 ONE_PIECE = 0.95  # share of the target in its largest connected part

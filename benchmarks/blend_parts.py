@@ -38,7 +38,7 @@ _PAIRS = flags.DEFINE_integer("pairs", 32, "Validation pairs scored (fixed seed)
 _DATA = flags.DEFINE_list("data", [], "Pairs scored, as evaluate.py's --data: videos, shard "
                           "folders, list files, or 'generated'. Default: the run's validation "
                           "data.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for blend_parts.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for blend_parts.json.")
 
 # name -> (blend weight: True (learned) | False (1/2, untrained) | "smooth" (the smooth fill
 # alone), gain: "learned" | "start" (its untrained reach) | "none", learned correction?); an

@@ -28,7 +28,7 @@ from cmp_tf.apps.browser import server as server_lib  # noqa: E402
 
 _SIDES = flags.DEFINE_list("sides", ["128", "256", "384"], "Network input sides (square).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per side (median reported).")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for browser.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for browser.json.")
 _TIMEOUT = 300  # s for the page to load the runtime and the model, and for one run
 
 

@@ -43,7 +43,7 @@ _PAIRS = flags.DEFINE_integer("pairs", 16, "Pairs scored (fixed seed).")
 _KS = flags.DEFINE_list("ks", [str(k) for k in benchmark.KS], "Guidance counts K.")
 _FILL_STRIDES = flags.DEFINE_list("fill_strides", [], "Fill cells (px) to score besides the "
                                   "trained ones; default those export gives files of --size.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for fill_cells.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for fill_cells.json.")
 
 
 def upscaled(pairs, side):

@@ -42,9 +42,10 @@ from export import export_lib  # noqa: E402
 from export import parity  # noqa: E402
 
 _SIZE = flags.DEFINE_integer("size", 384, "Square input side in pixels.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed forward passes (median reported).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed forward passes (median reported).",
+                                lower_bound=1)
 _JIT = flags.DEFINE_bool("jit", False, "Compile the forward pass with XLA.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for inference.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for inference.json.")
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "mobile", "cpu_bins"],
                              "Recipes under configs/.")
 _FORMATS = flags.DEFINE_list("formats", [], "Export formats to time too (any of "
@@ -176,6 +177,14 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--formats: unknown {unknown}; known: "
                              f"{', '.join(export_lib.FORMATS)} or all.")
+    missing = [r for r in _RECIPES.value if not os.path.isfile(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                     f"{r}.py"))]
+    if missing:
+        raise app.UsageError(f"--recipes: no recipe {', '.join(missing)} under configs/.")
+    if flags.FLAGS["runs"].present and not os.path.isdir(_RUNS.value):
+        raise app.UsageError(f"--runs={_RUNS.value} is not a folder (of run directories "
+                             "<runs>/<recipe>/).")
     threads = _THREADS.value or os.cpu_count()
     rows, deploy = [], []
     for recipe in _RECIPES.value:

@@ -214,12 +214,14 @@ SECTIONS = {"guidance_sampling": guidance_sampling, "pipeline": pipeline_through
 
 def _define_flags():
     """Flags only when run as a script, so tests can import the plain statement."""
-    flags.DEFINE_integer("size", 384, "Square flow side in pixels.")
-    flags.DEFINE_integer("samples", 20, "Generated flows, each sampled once per statement.")
-    flags.DEFINE_integer("seed", 0, "Seed of the first flow and of its guidance.")
+    flags.DEFINE_integer("size", 384, "Square flow side in pixels.", lower_bound=16)
+    flags.DEFINE_integer("samples", 20, "Generated flows, each sampled once per statement.",
+                         lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Seed of the first flow and of its guidance.", lower_bound=0)
     flags.DEFINE_integer("threads", 1, "OpenCV threads (0: OpenCV's default); 1 as one "
-                         "tf.data worker per core runs it.")
-    flags.DEFINE_string("out", "runs/benchmarks/input_pipeline.json", "Where the JSON goes.")
+                         "tf.data worker per core runs it.", lower_bound=0)
+    cli.define_output("out", "runs/benchmarks/input_pipeline.json", "Where the JSON goes.",
+                      kind="file")
 
 
 def main(argv):

@@ -29,7 +29,7 @@ _GUIDES = flags.DEFINE_integer("guides", 25, "Guidance points per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per model and size.")
 _THREADS = flags.DEFINE_integer("threads", None, "LiteRT / ONNX Runtime threads (default "
                                 "theirs).")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for propagator.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for propagator.json.")
 
 
 def parse_size(text):

@@ -25,15 +25,18 @@ def main_of(run):
 
 
 def run(main):
-    """`app.run(main)`, but a usage error, or a flag value the parser refuses (a `--config.*`
-    override naming no field of the recipe, a recipe file that does not load), is printed as
-    its message alone: absl prints the module's whole docstring above it."""
+    """`app.run(main)`, but a usage error, a ValueError (how cmp_tf names a bad file, field or
+    value), or a flag value the parser refuses (a `--config.*` override naming no field of the
+    recipe, a recipe file that does not load), is printed as its message alone: absl prints
+    the module's whole docstring above a usage error, and a traceback around a ValueError."""
 
     def short_usage(argv):
         try:
             return main(argv)
         except app.UsageError as error:
             fail(str(error), error.exitcode)
+        except ValueError as error:
+            fail(message_of(error))
 
     app.run(short_usage, flags_parser=parse_flags)
 
@@ -79,6 +82,30 @@ def define_config(name, default, help_string, **kwargs):
         return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
     except Exception as error:  # raised at import, before absl could report it
         fail(f"--{name}: {message_of(error)}")
+
+
+def define_output(name, default, help_string, kind="folder"):
+    """A string flag naming where a command writes (`kind`: a "folder", or a "file"), refused
+    as the flags are parsed (one line) where it is, or lies in, something else: a benchmark
+    learns it before measuring, not when its results are to be saved."""
+    from cmp_tf import rundir
+
+    if kind not in ("folder", "file"):
+        raise ValueError(f"kind must be 'folder' or 'file'; got {kind!r}.")
+    check = rundir.check_folder_path if kind == "folder" else rundir.check_file_path
+    holder = flags.DEFINE_string(name, default, help_string)
+
+    def valid(value):
+        if value is None:
+            return True
+        try:
+            check(value, f"--{name}")
+        except ValueError as error:
+            raise flags.ValidationError(str(error)) from error
+        return True
+
+    flags.register_validator(name, valid)
+    return holder
 
 
 def config_of(holder):

@@ -32,6 +32,7 @@ import re
 
 import numpy as np
 
+from cmp_tf import rundir
 from cmp_tf import torch_checkpoint
 
 # Our part (a layer of the CMP model) -> the reference CMP module's attribute holding it.
@@ -296,7 +297,7 @@ def _write_config(config, out):
     return path
 
 
-def convert(checkpoint, config, out, encoder_only=False):
+def convert(checkpoint, config, out, encoder_only=False, overwrite=False):
     """Converts a reference checkpoint into a .keras file (with config.json beside it).
 
     Args:
@@ -304,13 +305,18 @@ def convert(checkpoint, config, out, encoder_only=False):
         config: the recipe the checkpoint was trained with (configs/*.py).
         out: the .keras file to write: the whole CMP (`cmp_tf.runtime.Propagator`,
             `python -m export` load it), or with `encoder_only` the image encoder in stock
-            Keras layers (`cmp_tf.transfer` loads it).
+            Keras layers (`cmp_tf.transfer` loads it). An existing file is replaced only
+            with `overwrite`.
     Returns:
         {"checkpoint", "out", "config", "tensors", "dropped"}.
     """
     out = os.fspath(out)
     if not out.endswith(".keras"):
         raise ValueError(f"--out={out} must be a .keras file.")
+    rundir.check_file_path(out, "--out")
+    if os.path.exists(out) and not overwrite:
+        raise ValueError(f"--out={out} exists: pass --overwrite to replace it, or choose another "
+                         "--out.")
     check_config(config)
     state = read_state_dict(checkpoint)  # fails fast, before TensorFlow is imported
     from cmp_tf import models
@@ -343,7 +349,7 @@ def main(argv):
     stem = os.path.basename(flag.checkpoint).split(".")[0] or "reference"
     out = flag.out or os.path.join("runs", stem, name)
     config = cli.config_of(flag["config"])
-    report = convert(flag.checkpoint, config, out, flag.encoder_only)
+    report = convert(flag.checkpoint, config, out, flag.encoder_only, flag.overwrite)
     dropped = len(report["dropped"])
     print(f"{report['tensors']} tensors of {flag.checkpoint} -> {out} "
           f"({dropped} left out: num_batches_tracked"
@@ -363,6 +369,7 @@ def _define_flags():
     flags.DEFINE_string("out", None, ".keras file to write (config.json goes beside it); "
                         "default runs/<checkpoint name>/model.keras (encoder.keras).")
     flags.DEFINE_bool("encoder_only", False, "Write the image encoder alone (for transfer).")
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 
 if __name__ == "__main__":

@@ -273,9 +273,17 @@ def load(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist (expected a PyTorch checkpoint).")
+        raise ValueError(f"{path} " + ("is a folder" if os.path.isdir(path) else
+                                       "does not exist") + " (expected a PyTorch checkpoint).")
     if zipfile.is_zipfile(path):
-        return _resolve(_load_zip(path), path)
+        try:
+            return _resolve(_load_zip(path), path)
+        except ValueError:  # named already (UnsafeCheckpointError is one)
+            raise
+        except Exception as error:  # noqa: BLE001  a damaged archive or pickle: a bad CRC,
+            # a truncated pickle, a member that does not inflate
+            raise ValueError(f"{path} is a corrupt PyTorch checkpoint ({type(error).__name__}: "
+                             f"{error}).") from error
     with open(path, "rb") as f:
         start = f.read(512)
         if len(start) == 512 and start[257:262] == b"ustar":

@@ -124,6 +124,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, layout):
 
 def test_bad_files_fail_naming_the_file(tmp_path):
     from cmp_tf import convert
+    from cmp_tf import torch_checkpoint
 
     with pytest.raises(ValueError, match="missing.pth does not exist"):
         convert.read_state_dict(tmp_path / "missing.pth")
@@ -136,6 +137,23 @@ def test_bad_files_fail_naming_the_file(tmp_path):
     cut.write_bytes(data[:-20])  # an interrupted download
     with pytest.raises(ValueError, match="cut.pth ends inside storage"):
         convert.read_state_dict(cut)
+    with pytest.raises(ValueError, match=r"is a folder \(expected a PyTorch checkpoint\)"):
+        convert.read_state_dict(tmp_path)
+    # Zip archives whose pickle or member is damaged: named, not a pickle or zip error.
+    garbage = tmp_path / "garbage.pth"
+    with zipfile.ZipFile(garbage, "w") as archive:
+        archive.writestr("arch/data.pkl", b"garbage")
+    with pytest.raises(ValueError, match="garbage.pth is a corrupt PyTorch checkpoint"):
+        convert.read_state_dict(garbage)
+    good = tmp_path / "good.pth"
+    torch_checkpoint.save({"w": np.arange(64, dtype=np.float32)}, good, legacy=False)
+    flipped = bytearray(good.read_bytes())
+    member = flipped.find(np.arange(64, dtype=np.float32).tobytes())  # stored, not deflated
+    flipped[member + 9] ^= 0xFF
+    good.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=r"good.pth is a corrupt PyTorch checkpoint "
+                                         r"\(BadZipFile: Bad CRC-32"):
+        convert.read_state_dict(good)
 
 
 def test_tensor_strides_cannot_read_outside_their_storage(tmp_path):
@@ -425,6 +443,12 @@ def test_command_line_round_trip(semiauto, tmp_path):
     np.testing.assert_allclose(got["flow"], outputs["flow"], atol=1e-4)
     config, found = rundir.read_config(str(out))
     assert found and config.model.decoder == "skip_layer"
+    again = subprocess.run(
+        [sys.executable, "-m", "cmp_tf.convert", f"--checkpoint={path}",
+         "--config=configs/resnet50_semiauto.py", f"--out={out}", "--encoder_only"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert again.returncode == 1 and f"--out={out} exists: pass --overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
 
 
 @pytest.mark.slow

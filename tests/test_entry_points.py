@@ -67,6 +67,32 @@ def test_an_output_folder_that_is_a_file_or_lies_in_one_is_refused(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-m", "cmp_tf.convert", "--checkpoint={tmp}/missing.pth",
+      "--config=configs/alexnet_yfcc.py", "--out={tmp}/o/model.keras"],
+     "{tmp}/missing.pth does not exist (expected a PyTorch checkpoint)."),
+    (["-m", "cmp_tf.convert", "--checkpoint={tmp}/notes.txt", "--config=configs/alexnet_yfcc.py",
+      "--out={tmp}/notes.txt/model.keras"], "--out={tmp}/notes.txt/model.keras lies in "),
+    (["-m", "cmp_tf.data.synthetic", "--out={tmp}/notes.txt"],
+     "--out={tmp}/notes.txt is a file, not a folder."),
+    (["-m", "cmp_tf.data.stereo", "--left=docs/results.png", "--right=docs/results.png",
+      "--disparity={tmp}/notes.txt", "--out={tmp}/notes.txt"],
+     "--out={tmp}/notes.txt is a file, not a folder."),
+    (["-m", "cmp_tf.apps.web", "--port=70000"], "70000 is not an integer in the range [0, 65535]"),
+    (["benchmarks/inference.py", "--recipes=bogus"], "--recipes: no recipe bogus under configs/."),
+    (["benchmarks/input_pipeline.py", "--out={tmp}/notes.txt/x.json"],
+     "--out={tmp}/notes.txt/x.json lies in {tmp}/notes.txt, a file, not a folder."),
+    (["benchmarks/propagator.py", "--out={tmp}/notes.txt"],
+     "--out={tmp}/notes.txt is a file, not a folder."),
+])
+def test_the_tools_name_a_bad_file_or_flag_in_one_line(tmp_path, args, message):
+    """The converter, the data tools, the servers and the benchmarks: their own ValueErrors and
+    output paths they cannot write, before any work (a benchmark's results are not lost)."""
+    (tmp_path / "notes.txt").write_text("mine")
+    _one_line_error(_run(*(a.format(tmp=tmp_path) for a in args)), message.format(tmp=tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_data_that_does_not_read_is_named_in_one_line(tmp_path):
     """Sources that exist but hold nothing usable: refused before the run folder is made;
     shards that do not read: evaluate names its --data."""

@@ -256,6 +256,16 @@ def test_idle_half_sent_and_trickling_requests_are_cut_off(server):
     assert time.monotonic() - start < limit
 
 
+def test_an_address_it_cannot_listen_on_is_named(propagator):
+    with serving(server_lib.make_server(propagator, port=0)) as httpd:
+        port = httpd.server_address[1]
+        with pytest.raises(ValueError, match=rf"--host=127.0.0.1 --port={port}: cannot listen "
+                                             "there"):
+            server_lib.make_server(propagator, port=port)
+    with pytest.raises(ValueError, match=r"--host=no.such.host.invalid --port=0: cannot listen"):
+        server_lib.make_server(propagator, host="no.such.host.invalid", port=0)
+
+
 def test_connections_over_the_limit_are_answered_at_once(propagator):
     with serving(server_lib.make_server(propagator, port=0, max_connections=2,
                                         request_timeout=30)) as httpd:

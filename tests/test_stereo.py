@@ -91,6 +91,13 @@ def test_bad_disparity_files_and_arguments_are_refused_naming_them(tmp_path):
     np.save(tmp_path / "none.npy", np.full((2, 2), np.nan, np.float32))
     with pytest.raises(ValueError, match=r"none.npy holds no known disparity"):
         stereo.read_disparity(tmp_path / "none.npy")
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 not a whole archive")
+    with pytest.raises(ValueError, match=r"cut.npz could not be read"):
+        stereo.read_disparity(tmp_path / "cut.npz")
+    np.save(tmp_path / "complex.npy", np.ones((2, 2), np.complex64))
+    with pytest.raises(ValueError, match=r"complex.npy must hold real numbers; got dtype "
+                                         r"complex64"):
+        stereo.read_disparity(tmp_path / "complex.npy")
     cv2.imwrite(str(tmp_path / "eight.png"), np.ones((4, 4), np.uint8))
     with pytest.raises(ValueError, match=r"not a 16-bit single-channel KITTI disparity PNG"):
         stereo.read_disparity(tmp_path / "eight.png")

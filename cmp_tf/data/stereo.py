@@ -15,10 +15,12 @@ Disparity files: Middlebury's .pfm (infinite where unknown), a NumPy .npy or one
 (non-finite where unknown), or KITTI's 16-bit .png (disparity x 256, 0 where unknown).
 """
 import os
+import zipfile
 
 import cv2
 import numpy as np
 
+from cmp_tf import rundir
 from cmp_tf.data import formats
 
 SHORT_SIDES = (160, 250, 320)  # the scales tiles are cut at: the pair's short side, px
@@ -37,13 +39,18 @@ def read_disparity(path):
     if ext in (".npy", ".npz"):
         try:
             loaded = np.load(path)
-        except (OSError, ValueError) as e:
+            if ext == ".npz":
+                if len(loaded.files) != 1:
+                    raise ValueError(f"Disparity file {path} holds {len(loaded.files)} arrays "
+                                     f"({', '.join(loaded.files)}); expected one.")
+                loaded = loaded[loaded.files[0]]
+        except ValueError:
+            raise
+        except (OSError, zipfile.BadZipFile, EOFError) as e:  # not a NumPy file, or cut short
             raise ValueError(f"Disparity file {path} could not be read: {e}") from e
-        if ext == ".npz":
-            if len(loaded.files) != 1:
-                raise ValueError(f"Disparity file {path} holds {len(loaded.files)} arrays "
-                                 f"({', '.join(loaded.files)}); expected one.")
-            loaded = loaded[loaded.files[0]]
+        if not np.issubdtype(np.asarray(loaded).dtype, np.number) or np.iscomplexobj(loaded):
+            raise ValueError(f"Disparity file {path} must hold real numbers; got dtype "
+                             f"{np.asarray(loaded).dtype}.")
         disparity = np.asarray(loaded, np.float32)
     elif ext in (".pfm", ".png"):
         raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -148,10 +155,15 @@ def main(argv):
 
     del argv
     flag = flags.FLAGS
+    try:
+        short_sides = tuple(int(s) for s in flag.short_sides)
+    except ValueError as error:
+        raise ValueError(f"--short_sides={','.join(flag.short_sides)} must be whole numbers of "
+                         "pixels.") from error
+    rundir.check_folder_path(flag.out, "--out")
     disparity = read_disparity(flag.disparity)
     path = write_tiles(formats.read_image(flag.left), formats.read_image(flag.right),
-                       disparity, flag.out, tuple(int(s) for s in flag.short_sides), flag.tile,
-                       flag.stride)
+                       disparity, flag.out, short_sides, flag.tile, flag.stride)
     with open(path, encoding="utf-8") as f:
         count = sum(1 for line in f if line.strip())
     print(f"{count} tiles of {flag.tile} px in {path}; score them with: python evaluate.py "

@@ -298,6 +298,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     flag = flags.FLAGS
+    from cmp_tf import rundir
+
+    rundir.check_folder_path(flag.out, "--out")
     manifest = ensure_synthetic_voc(
         flag.out, num_train=flag.num_train, num_val=flag.num_val, num_videos=flag.num_videos,
         frames=flag.frames, size=(flag.size, flag.size), seed=flag.seed)

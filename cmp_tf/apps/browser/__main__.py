@@ -17,7 +17,8 @@ from cmp_tf.apps.web import server as web_server
 
 _MODEL = flags.DEFINE_string("model", None, "An exported .onnx file.", required=True)
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind: localhost by default.")
-_PORT = flags.DEFINE_integer("port", 8000, "Port; 0 picks a free one.")
+_PORT = flags.DEFINE_integer("port", 8000, "Port; 0 picks a free one.", lower_bound=0,
+                             upper_bound=65535)
 
 
 def main(argv):

@@ -471,6 +471,18 @@ def make_server(propagator, host="127.0.0.1", port=8000, max_bytes=MAX_BYTES,
     return server
 
 
+def bind(server_class, address, handler):
+    """`server_class(address, handler)`, an address it cannot listen on (a port out of range or
+    taken, a host name that does not resolve) a ValueError naming --host and --port."""
+    host, port = address
+    try:
+        return server_class(address, handler)
+    except (OSError, OverflowError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ValueError(f"--host={host} --port={port}: cannot listen there ({reason}).") \
+            from error
+
+
 def check_limits(**limits):
     """Raises ValueError naming the first of `limits` (name=value) that is not a positive
     number."""
@@ -484,7 +496,7 @@ def bounded_server(address, handler, request_timeout, max_connections):
     after `request_timeout` seconds without progress (the handler reads
     `server.request_timeout`)."""
     check_limits(request_timeout=request_timeout, max_connections=max_connections)
-    server = Server(address, handler)
+    server = bind(Server, address, handler)
     server.request_timeout, server.max_connections = float(request_timeout), max_connections
     server.slots = threading.BoundedSemaphore(max_connections)
     return server

@@ -63,6 +63,9 @@ def message_of(error):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(error, KeyError) and lines:
         lines[0] = f"no field {lines[0]} in the config;"
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "configs":
+        lines.append("(the recipes import the configs package, configs/common.py: run from the "
+                     "cmp_tf checkout, or put its folder on PYTHONPATH)")
     return " ".join(lines)
 
 

@@ -93,6 +93,17 @@ def test_the_tools_name_a_bad_file_or_flag_in_one_line(tmp_path, args, message):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_a_recipe_named_from_outside_the_checkout_says_why_it_does_not_load(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cmp_tf.convert", "--checkpoint=x.pth",
+         f"--config={ROOT}/configs/alexnet_yfcc.py"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if "No module named 'cmp_tf'" in result.stderr:  # the README's install makes it importable
+        pytest.skip("cmp_tf is not installed: it runs from the checkout only")
+    _one_line_error(result, "No module named 'configs' (the recipes import the configs "
+                            "package, configs/common.py: run from the cmp_tf checkout")
+
+
 def test_data_that_does_not_read_is_named_in_one_line(tmp_path):
     """Sources that exist but hold nothing usable: refused before the run folder is made;
     shards that do not read: evaluate names its --data."""

@@ -336,7 +336,7 @@ def test_propagator_refuses_bad_paths_and_guidance(tmp_path, saved_model):
         runtime.Propagator(tmp_path)
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="could not be loaded"):
+    with pytest.raises(ValueError, match="corrupt.keras is not a .keras file"):
         runtime.Propagator(corrupt)
     propagator = runtime.Propagator(saved_model)
     image = np.zeros((32, 32, 3), np.uint8)

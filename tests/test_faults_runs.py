@@ -215,6 +215,9 @@ import tensorflow as tf
 from cmp_tf import losses, training
 from tests.helpers import load_config
 
+# Python's Ctrl-C handler, also where the suite runs in the background (a shell starts a
+# background job with SIGINT ignored, and Python then installs no handler).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real, calls = losses.make_loss, [0]
 
 def interrupting_loss(config):

@@ -35,8 +35,8 @@ def run(main):
             return main(argv)
         except app.UsageError as error:
             fail(str(error), error.exitcode)
-        except ValueError as error:
-            fail(message_of(error))
+        except ValueError as error:  # its own lines kept: a list of tensors reads as one
+            fail(str(error))
 
     app.run(short_usage, flags_parser=parse_flags)
 

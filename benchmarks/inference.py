@@ -33,7 +33,8 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
+sys.path.insert(0, ROOT)
 from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf import models  # noqa: E402
@@ -177,9 +178,8 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--formats: unknown {unknown}; known: "
                              f"{', '.join(export_lib.FORMATS)} or all.")
-    missing = [r for r in _RECIPES.value if not os.path.isfile(
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                     f"{r}.py"))]
+    missing = [r for r in _RECIPES.value
+               if not os.path.isfile(os.path.join(ROOT, "configs", f"{r}.py"))]
     if missing:
         raise app.UsageError(f"--recipes: no recipe {', '.join(missing)} under configs/.")
     if flags.FLAGS["runs"].present and not os.path.isdir(_RUNS.value):

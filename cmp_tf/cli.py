@@ -10,16 +10,13 @@ HINT = "Run with --help for the flags."
 
 
 def main_of(run):
-    """An absl `main(argv)` that refuses positional arguments and runs `run()`, turning its
-    ValueError into a usage error."""
+    """An absl `main(argv)` that refuses positional arguments and runs `run()` (`cli.run`
+    prints its ValueError as one line)."""
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-        try:
-            run()
-        except ValueError as error:
-            raise app.UsageError(str(error)) from error
+        run()
 
     return main
 

@@ -262,10 +262,7 @@ def main(argv):
         raise app.UsageError("Name --videos and/or --lists.")
     if flag.workers < 1:
         raise app.UsageError(f"--workers={flag.workers}: must be at least 1.")
-    try:
-        rundir.check_folder_path(flag.out, "--out")
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    rundir.check_folder_path(flag.out, "--out")
     missing = [path for path in sources if not os.path.exists(path)]
     if missing:
         raise app.UsageError(f"--videos/--lists: {', '.join(missing)} does not exist.")

@@ -24,10 +24,7 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port; 0 picks a free one.", lower_bo
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    try:
-        server = server_lib.make_server(_MODEL.value, _HOST.value, _PORT.value, verbose=True)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    server = server_lib.make_server(_MODEL.value, _HOST.value, _PORT.value, verbose=True)
     web_server.serve(server, f"the page and {_MODEL.value}")
 
 

@@ -27,16 +27,13 @@ _NETWORK_SIDE = flags.DEFINE_integer("network_side", 512, "The network sees imag
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    try:
-        # The address first: a taken port is named before the model loads.
-        server_lib.bind(server_lib.Server, (_HOST.value, _PORT.value), None).server_close()
-        propagator = inputs.load_propagator(_MODEL.value, "--model", "--network_side",
-                                            max_side=_NETWORK_SIDE.value)
-        propagator.warm_up()  # the first request need not wait for the model's first call
-        server = server_lib.make_server(propagator, _HOST.value, _PORT.value,
-                                        max_side=_MAX_SIDE.value, verbose=True)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    # The address first: a taken port is named before the model loads.
+    server_lib.bind(server_lib.Server, (_HOST.value, _PORT.value), None).server_close()
+    propagator = inputs.load_propagator(_MODEL.value, "--model", "--network_side",
+                                        max_side=_NETWORK_SIDE.value)
+    propagator.warm_up()  # the first request need not wait for the model's first call
+    server = server_lib.make_server(propagator, _HOST.value, _PORT.value,
+                                    max_side=_MAX_SIDE.value, verbose=True)
     server_lib.serve(server, f"{propagator.path} ({propagator.format})")
 
 

@@ -462,8 +462,7 @@ def make_server(propagator, host="127.0.0.1", port=8000, max_bytes=MAX_BYTES,
         hosts: further names the Host header may give (with the port), beyond this machine's
             local names and the bound address.
     """
-    check_limits(request_timeout=request_timeout, max_connections=max_connections,
-                 max_bytes=max_bytes, max_render_pixels=max_render_pixels)
+    check_limits(max_bytes=max_bytes, max_render_pixels=max_render_pixels)
     server = bounded_server((host, port), Handler, request_timeout, max_connections)
     server.app, server.max_bytes, server.verbose = App(propagator, max_side, max_render_pixels), \
         max_bytes, verbose
@@ -485,10 +484,9 @@ def bind(server_class, address, handler):
 
 def check_limits(**limits):
     """Raises ValueError naming the first of `limits` (name=value) that is not a positive
-    number."""
+    number (`inputs.positive`)."""
     for name, value in limits.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number; got {value!r}.")
+        inputs.positive(value, name)
 
 
 def bounded_server(address, handler, request_timeout, max_connections):

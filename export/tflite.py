@@ -2,7 +2,7 @@
 
 Batch 1 and, by default, the fixed size a phone app feeds (the runtime resizes to it). Every
 file takes `image` and `sparse` only and computes its guidance fills itself, with builtin ops.
-Integer quantization is calibrated on representative samples of the training pipeline; four
+Integer quantization is calibrated on representative samples of the training pipeline; five
 parts stay float32 on purpose:
 - the guidance fills (`cmp_tf.models.fills`): the nearest fill compares squared pixel distances
   up to 1e12, far beyond an int8 scale, and the smooth fills divide (by mask, or by the
@@ -21,8 +21,12 @@ parts stay float32 on purpose:
   resize was 2.0 in the blend's and the reach's logits, and its int8 `.tflite` lost 0.074 px
   of EPE at 384^2 (0.053 with the resize float, 0.022 with both); its int8 `.onnx`, whose
   resizes stay float, lost 0.065 px with the fusion quantized, 0.010 without.
+- the layers reading the image's and the sparse map's 3 channels (`stem_layers`), for speed:
+  XNNPACK's int8 kernels are at their slowest there.
 MobileNetV3's hard swish is written, for the integer quantizer only, in ops XNNPACK runs in
 int8 (`_delegable_hard_swish`): it runs no int8 HARD_SWISH, and each one split the graph.
+Its multiplication by 1/6, and the squeeze-excite gates', are then folded into the scales of
+the convolutions that read them (`fold_constant_factors`): one pass over the map less each.
 The quantizer still puts QUANTIZE -> DEQUANTIZE round trips on some fill tensors it was told to
 leave alone (the average-pooled guide positions); `drop_fill_round_trips` removes them.
 The fills stay cheap to calibrate: every file runs the nearest fill's passes in their compact
@@ -44,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from cmp_tf import runners
+from cmp_tf.models import layers
 from export import savedmodel
 
 PRECISIONS = ("float32", "float16", "int8")
@@ -92,6 +97,37 @@ def head_inputs(model):
     return (layer.name,) if isinstance(layer, convolutions) else ()
 
 
+def stem_layers(model):
+    """Names of the layers that read the image's and the sparse map's 3 channels, in each
+    encoder through its first convolution, that convolution's batch norm and a ReLU after it
+    (`model` a CMP or an image encoder): kept float32 in the integer model. XNNPACK's int8
+    kernels are at their slowest on 3 channels (broadcasts over them in the pixel
+    normalization, convolutions of 3 input channels): the shipped model's int8 file at 384^2
+    took 12.6 ms with them quantized, 11.3 ms with the image encoder's float32 and 10.2 ms
+    with both encoders', against 11.6 ms for the float32 file (2-core Xeon, 2 threads), the
+    same EPE to 0.0001 px; the AlexNet recipe's 15.0 ms became 12.5, ResNet-50's stayed
+    102 ms."""
+    encoders = []
+    for name in ("image_encoder", "sparse_encoder"):
+        try:
+            encoders.append(model.get_layer(name))
+        except ValueError:
+            pass
+    names = []
+    for encoder in encoders or [model]:
+        stem, convolution = [], False
+        for layer in layers.all_layers(encoder):
+            if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
+                continue
+            if convolution and not isinstance(layer, (keras.layers.BatchNormalization,
+                                                      keras.layers.ReLU)):
+                break
+            stem.append(layer.name)
+            convolution = convolution or isinstance(layer, keras.layers.Conv2D)
+        names.extend(stem if convolution else [])
+    return tuple(dict.fromkeys(names))
+
+
 def convert(model, size, precision="float32", representative=None, metadata=None,
             dynamic=False, outputs=None):
     """`model` (Keras functional, named inputs) -> .tflite bytes with a `serving_default`
@@ -119,7 +155,8 @@ def convert(model, size, precision="float32", representative=None, metadata=None
             converter.target_spec.supported_types = [tf.float16]
             flat = converter.convert()
         elif precision == "int8":
-            flat = _quantize(converter, lambda: iter(representative), head_inputs(model))
+            flat = _quantize(converter, lambda: iter(representative),
+                             head_inputs(model) + stem_layers(model))
         else:
             flat = converter.convert()
     if metadata is not None:
@@ -159,7 +196,8 @@ def _quantize(converter, dataset, extra_layers=()):
         if keep:  # re-quantizes the calibrated model with these left out
             debugger.options = tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_nodes=keep)
-        return drop_fill_round_trips(debugger.get_nondebug_quantized_model())
+        return fold_constant_factors(
+            drop_fill_round_trips(debugger.get_nondebug_quantized_model()))
 
 
 def drop_fill_round_trips(flat):
@@ -174,11 +212,7 @@ def drop_fill_round_trips(flat):
     builtin = flatbuffer_utils.schema_fb.BuiltinOperator
     float32 = flatbuffer_utils.schema_fb.TensorType.FLOAT32
     for graph in model.subgraphs:
-        producer = {int(t): op for op in graph.operators for t in op.outputs}
-        readers = {}
-        for op in graph.operators:
-            for t in op.inputs:
-                readers.setdefault(int(t), []).append(op)
+        producer, readers = _producers_and_readers(graph)
         kept_outputs = set(int(t) for t in graph.outputs)
         dropped, rewire = set(), {}
         for op in graph.operators:
@@ -204,6 +238,103 @@ def drop_fill_round_trips(flat):
         graph.operators = [op for op in graph.operators if id(op) not in dropped]
         for op in graph.operators:
             op.inputs = np.array([rewire.get(int(t), int(t)) for t in op.inputs], np.int32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _producers_and_readers(graph):
+    """{tensor: the op writing it}, {tensor: the ops reading it} of a flatbuffer subgraph."""
+    producer = {int(t): op for op in graph.operators for t in op.outputs}
+    readers = {}
+    for op in graph.operators:
+        for t in op.inputs:
+            if t >= 0:  # -1: an optional input left out
+                readers.setdefault(int(t), []).append(op)
+    return producer, readers
+
+
+def fold_constant_factors(flat):
+    """.tflite bytes where an int8 multiplication by a positive scalar constant k feeding one
+    other multiplication is gone: that multiplication reads the unscaled tensor, its output's
+    scale is divided by k, and the weight scales of the convolutions downstream (through
+    means and multiplications, which commute with the factor) are multiplied by k. The same
+    function, one rounding less, and one pass over the tensor less: the hard swish's 1/6
+    (`_hard_swish_delegable`) and the squeeze-excite gate's hard sigmoid 1/6, which XNNPACK
+    otherwise runs as an int8 multiplication of the whole map (the shipped model's int8 file
+    at 384^2: 18 of them, about 0.9 ms of 13.5 ms on a 2-core Xeon). A factor whose product
+    reaches anything else (an addition, a concatenation, a float32 op, an output) stays."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    schema = flatbuffer_utils.schema_fb
+    builtin = schema.BuiltinOperator
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+
+    def kind(op):
+        return codes[op.opcodeIndex]
+
+    def no_activation(op):
+        return op.builtinOptions.fusedActivationFunction == schema.ActivationFunctionType.NONE
+
+    for graph in model.subgraphs:
+        readers = _producers_and_readers(graph)[1]
+        outputs = set(int(t) for t in graph.outputs)
+
+        def scalar(t):  # the value of an int8 scalar constant, else None
+            tensor = graph.tensors[t]
+            data = model.buffers[tensor.buffer].data
+            if tensor.type != schema.TensorType.INT8 or data is None or len(data) != 1:
+                return None
+            q = tensor.quantization
+            return (int(np.frombuffer(bytes(data), np.int8)[0]) - int(q.zeroPoint[0])) * float(
+                q.scale[0])
+
+        def downstream(t, plan):
+            """Adds to `plan` the rescaling that carries a factor on tensor `t` to the
+            convolutions reading it; False where a reader does not commute with it."""
+            if t in outputs:
+                return False
+            for op in readers.get(t, []):
+                inputs = [int(i) for i in op.inputs]
+                if kind(op) in (builtin.CONV_2D, builtin.DEPTHWISE_CONV_2D) and inputs[0] == t:
+                    if inputs[1] == t or len(readers[inputs[1]]) != 1:
+                        return False
+                    plan.append(("weights", inputs[1]))
+                elif ((kind(op) == builtin.MEAN and inputs[0] == t)
+                      or (kind(op) == builtin.MUL and inputs.count(t) == 1 and no_activation(op))):
+                    plan.append(("output", int(op.outputs[0])))
+                    if not downstream(int(op.outputs[0]), plan):
+                        return False
+                else:
+                    return False
+            return True
+
+        dropped = set()
+        for op in graph.operators:
+            if kind(op) != builtin.MUL or id(op) in dropped:
+                continue
+            inputs = [int(i) for i in op.inputs]
+            factors = [scalar(t) for t in inputs]
+            if len(inputs) != 2 or factors.count(None) != 1:
+                continue
+            factor = next(f for f in factors if f is not None)
+            source = inputs[factors.index(None)]
+            product = int(op.outputs[0])
+            reader = readers.get(product, [])
+            if (not factor > 0 or product in outputs or len(reader) != 1
+                    or kind(reader[0]) != builtin.MUL or not no_activation(op)
+                    or not no_activation(reader[0])):
+                continue
+            plan = [("output", int(reader[0].outputs[0]))]
+            if not downstream(plan[0][1], plan) or len(set(plan)) != len(plan):
+                continue
+            for what, t in plan:
+                q = graph.tensors[t].quantization
+                scale = np.asarray(q.scale, np.float32)
+                q.scale = scale / np.float32(factor) if what == "output" else scale * factor
+            reader[0].inputs = np.array([source if int(t) == product else int(t)
+                                         for t in reader[0].inputs], np.int32)
+            dropped.add(id(op))
+        graph.operators = [op for op in graph.operators if id(op) not in dropped]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 

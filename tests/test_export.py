@@ -648,6 +648,100 @@ def test_the_plain_litert_example_runs_a_fresh_file(exported, tmp_path):
         np.testing.assert_allclose(json.loads(arrow + "]"), [6, -4], atol=0.6)
 
 
+def test_int8_files_keep_the_layers_reading_three_channels_float(exported):
+    """The pixel normalization and each encoder's first convolution read the image's and the
+    sparse map's 3 channels, where XNNPACK's int8 kernels are slowest: float32 in the int8
+    .tflite; the rest of the encoders int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cmp_tf import models
+    from export import tflite
+
+    model = models.build_cmp(_small_config())
+    stem = tflite.stem_layers(model)
+    assert {"normalize", "conv", "conv_bn", "conv1", "conv1_bn"} <= set(stem), stem
+    assert tflite.stem_layers(model.get_layer("image_encoder")) == ("normalize", "conv",
+                                                                    "conv_bn")
+    out, _, _ = exported
+    tensors = Interpreter(model_path=str(out / "model_int8.tflite")).get_tensor_details()
+    pattern = tflite._scope_pattern([re.escape(name) for name in stem])
+    kinds = {}
+    for tensor in tensors:
+        part = "stem" if pattern.search(tensor["name"]) else next(
+            (p for p in ("image_encoder", "sparse_encoder") if p in tensor["name"]), None)
+        kinds.setdefault(part, set()).add(tensor["dtype"].__name__)
+    assert "float32" in kinds["stem"] and "int8" not in kinds["stem"], kinds
+    assert "int8" in kinds["image_encoder"] and "int8" in kinds["sparse_encoder"], kinds
+
+
+def _scalar_multiplications(flat):
+    """How many MUL ops of a .tflite read an int8 scalar constant."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
+    graph = model.subgraphs[0]
+    mul = flatbuffer_utils.schema_fb.BuiltinOperator.MUL
+    count = 0
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == mul and any(
+                len(model.buffers[graph.tensors[t].buffer].data if model.buffers[
+                    graph.tensors[t].buffer].data is not None else []) == 1 for t in op.inputs):
+            count += 1
+    return count
+
+
+def test_int8_constant_factors_fold_into_the_convolutions_with_the_same_output():
+    """fold_constant_factors drops the int8 multiplications by 1/6 of hard swish and of a
+    squeeze-excite gate's hard sigmoid (one pass over the map each), moving the factor into the
+    scales of the convolutions downstream, through a mean and the gate's multiplication; a
+    product that reaches an addition keeps its factor. The file computes what it did."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export import tflite
+
+    def hard_swish(t):
+        return tflite._hard_swish_delegable(t)
+
+    image = keras.Input((16, 16, 3), batch_size=1, name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same")(image)
+    swished = keras.layers.DepthwiseConv2D(3, padding="same")(keras.layers.Lambda(hard_swish)(x))
+    swished = keras.layers.Lambda(hard_swish)(swished)
+    gate = keras.layers.Conv2D(8, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(swished))
+    gate = keras.layers.Lambda(lambda t: tf.nn.relu6(t + 3.0) * (1.0 / 6.0))(gate)
+    features = keras.layers.Conv2D(4, 1, name="features")(keras.layers.Multiply()([swished, gate]))
+    kept = keras.layers.Lambda(lambda t: (t * 0.25) * t + t, name="kept")(x)
+    model = keras.Model(image, {"features": features, "kept": kept})
+    rng = np.random.default_rng(0)
+    samples = [rng.uniform(-2, 2, (1, 16, 16, 3)).astype(np.float32) for _ in range(16)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([s] for s in samples)
+    flat = converter.convert()
+    folded = tflite.fold_constant_factors(flat)
+    # two hard swishes and the gate fold; the product that is added to stays
+    assert (_scalar_multiplications(flat), _scalar_multiplications(folded)) == (4, 1)
+
+    def outputs(content):
+        interpreter = Interpreter(model_content=content)
+        runner = interpreter.get_signature_runner()
+        name = next(iter(runner.get_input_details()))
+        return [runner(**{name: s}) for s in samples[:4]]
+
+    expected = model.predict(np.concatenate(samples[:4]), verbose=0)
+    before, after = outputs(flat), outputs(folded)
+    for key in ("features", "kept"):
+        want = expected[key]
+        error_before = np.abs(np.concatenate([b[key] for b in before]) - want)
+        error_after = np.abs(np.concatenate([a[key] for a in after]) - want)
+        # one rounding less inside: as close to the float model (a wrong scale is 6x off)
+        assert error_after.mean() <= 1.2 * error_before.mean(), key
+        assert error_after.max() <= 1.5 * error_before.max(), key
+
+
 def test_int8_hard_swish_is_the_same_function_and_the_model_gets_its_own_back():
     import keras
 

@@ -113,3 +113,30 @@ def red_square_png(path, size=128):
     image[RED_SQUARE, RED_SQUARE] = (220, 30, 30)
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     return image
+
+
+def tiny_cmp_onnx(path):
+    """A valid .onnx file with a CMP's inputs, output and export metadata whose flow is the
+    sparse map's vectors: for the servers' rules, without exporting a network."""
+    import json
+
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper
+
+    from cmp_tf import runners
+
+    shape = [1, None, None, 3]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["sparse", "starts", "ends", "axes"], ["flow"])], "tiny_cmp",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape),
+         helper.make_tensor_value_info("sparse", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("flow", TensorProto.FLOAT, [1, None, None, 2])],
+        [helper.make_tensor(name, TensorProto.INT64, [1], [value])
+         for name, value in (("starts", 0), ("ends", 2), ("axes", 3))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    helper.set_model_props(model, {runners.METADATA_KEY: json.dumps(
+        {"model": "model", "format": "onnx", "multiple": 1, "minimum": 1})})
+    onnx.save(model, str(path))
+    return path

@@ -17,6 +17,7 @@ from tests.helpers import chromium
 from tests.helpers import drag
 from tests.helpers import red_square_png
 from tests.helpers import serving
+from tests.helpers import tiny_cmp_onnx
 
 SIZE = 128
 TIMEOUT = 180  # s: compiling the WebAssembly runtime and the model on a busy 2-core machine
@@ -47,12 +48,11 @@ def fake_vendor(tmp_path, monkeypatch):
 
 
 def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
-    model = tmp_path / "model.onnx"
-    model.write_bytes(b"onnx bytes")
+    model = tiny_cmp_onnx(tmp_path / "model.onnx")
     with serving(server_lib.make_server(model, port=0)) as httpd:
         root = "http://{}:{}".format(*httpd.server_address[:2])
         status, kind, body = _get(f"{root}/model.onnx")
-        assert (status, body) == (200, b"onnx bytes")
+        assert (status, body) == (200, model.read_bytes())
         status, kind, _ = _get(f"{root}/vendor/ort-wasm-simd-threaded.wasm")
         assert (status, kind) == (200, "application/wasm")  # streaming compilation needs it
         assert _get(f"{root}/")[0] == 200 and b"page.js" in _get(f"{root}/")[2]
@@ -65,7 +65,8 @@ def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
         assert httpd.requested[:2] == ["/model.onnx", "/vendor/ort-wasm-simd-threaded.wasm"]
         head = urllib.request.Request(f"{root}/model.onnx", method="HEAD")
         with urllib.request.urlopen(head, timeout=30) as answer:
-            assert answer.status == 200 and answer.headers["Content-Length"] == "10"
+            assert answer.status == 200 and answer.headers["Content-Length"] == str(
+                    model.stat().st_size)
             assert answer.read() == b""
         # A DNS name rebound to this machine does not get the model.
         rebound = urllib.request.Request(f"{root}/model.onnx", headers={"Host": "evil.test"})
@@ -77,8 +78,7 @@ def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
 def test_a_refused_body_is_never_read_as_the_next_request(tmp_path, fake_vendor):
     import socket
 
-    model = tmp_path / "model.onnx"
-    model.write_bytes(b"onnx bytes")
+    model = tiny_cmp_onnx(tmp_path / "model.onnx")
     with serving(server_lib.make_server(model, port=0)) as httpd:
         address = httpd.server_address[:2]
         host = ("%s:%d" % address).encode()
@@ -89,7 +89,7 @@ def test_a_refused_body_is_never_read_as_the_next_request(tmp_path, fake_vendor)
             received = b""
             while part := client.recv(65536):
                 received += part
-        assert received.startswith(b"HTTP/1.1 405") and b"onnx bytes" not in received
+        assert received.startswith(b"HTTP/1.1 405") and model.read_bytes() not in received
         for index in range(server_lib.MAX_REQUESTED + 5):
             httpd.RequestHandlerClass._note(type("H", (), {"server": httpd})(), "/p" * 300)
         assert len(httpd.requested) == server_lib.MAX_REQUESTED
@@ -100,8 +100,7 @@ def test_the_server_bounds_its_connections_and_their_idle_time(tmp_path, fake_ve
     import socket
     import time
 
-    model = tmp_path / "model.onnx"
-    model.write_bytes(b"onnx bytes")
+    model = tiny_cmp_onnx(tmp_path / "model.onnx")
     with serving(server_lib.make_server(model, port=0, request_timeout=0.5,
                                         max_connections=1)) as httpd:
         address = httpd.server_address[:2]
@@ -124,7 +123,10 @@ def test_the_server_names_what_is_missing(tmp_path, fake_vendor):
     with pytest.raises(ValueError, match="must be an exported .onnx file"):
         server_lib.make_server(tmp_path / "model.tflite", port=0)
     model = tmp_path / "model.onnx"
-    model.write_bytes(b"onnx")
+    model.write_bytes(b"onnx")  # not a model: refused before anything is served
+    with pytest.raises(ValueError, match="model=.*model.onnx.*could not be loaded by ONNX Runtime"):
+        server_lib.make_server(model, port=0)
+    tiny_cmp_onnx(model)
     (fake_vendor / install.VERSION_FILE).write_text("0.0.1\n")  # another version
     assert not install.installed(str(fake_vendor))
     with pytest.raises(ValueError, match="python -m cmp_tf.apps.browser.install"):

@@ -16,6 +16,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
+from cmp_tf import runtime
 from cmp_tf.apps.browser import install
 from cmp_tf.apps.web import server as web_server
 
@@ -96,13 +97,18 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False,
         max_connections: connections served at once; more are answered 503.
 
     Raises:
-        ValueError if `model` is not an .onnx file, or the page's runtime is not installed
-        (`python -m cmp_tf.apps.browser.install`).
+        ValueError if `model` is not an exported CMP .onnx file (ONNX Runtime loads it, it
+        takes `image` and `sparse` and holds export's metadata), or the page's runtime is not
+        installed (`python -m cmp_tf.apps.browser.install`).
     """
     model = os.fspath(model) if model is not None else ""
     if not model.endswith(".onnx") or not os.path.isfile(model):
         raise ValueError(f"model={model!r} must be an exported .onnx file (python -m export "
                          "--formats=onnx).")
+    try:  # what the page will run: a CMP file with its metadata, which ONNX Runtime loads
+        runtime.Network(model, threads=1)
+    except ValueError as error:
+        raise ValueError(f"model={model!r}: {error}") from error
     if not install.installed():
         raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
                          f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")

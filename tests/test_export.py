@@ -231,6 +231,29 @@ def test_dynamic_tflite_resizes_its_inputs(tmp_path):
         np.testing.assert_allclose(flow[5, 10], [3, -2], atol=0.6)
 
 
+def test_a_dynamic_tflite_of_the_shipped_model_takes_any_size(tmp_path):
+    """The shipped model's local affine fill pads its guidance to whole fit cells by amounts
+    known only when run; a pad of such amounts left the converter no channel count, and the
+    --dynamic_tflite export failed asking for Flex ops. Its file now gives Keras's flow at
+    sizes that are not whole fit cells."""
+    from cmp_tf import runtime
+    from export import export_lib
+
+    shipped = os.path.join(os.path.dirname(os.path.dirname(__file__)), "cmp_tf", "pretrained",
+                           "default")
+    model, config, path = export_lib.load_checkpoint(shipped)
+    export_lib.export(model, config, str(tmp_path), formats=("tflite",), size=(128, 128),
+                      parity_samples=1, repeats=1, encoder=False, dynamic_tflite=True,
+                      source=path, log=lambda _: None)
+    exported, keras = (runtime.Propagator(p, threads=1) for p in (tmp_path / "model.tflite",
+                                                                    shipped))
+    for height, width in [(144, 176), (200, 130)]:
+        image = _image(height, width)
+        flows = [p.propagate(image, GUIDE_XY, GUIDE_UV) for p in (exported, keras)]
+        assert flows[0].shape == (height, width, 2)
+        np.testing.assert_allclose(flows[0], flows[1], atol=1e-3)
+
+
 @pytest.mark.slow
 def test_command_line_exports_a_run_directory(tmp_path):
     import subprocess

@@ -780,9 +780,13 @@ class LocalAffineFill(_GuidanceFill):
             out_h, out_w = _sizes(cells)
             ratio = self.fit_stride // s
             if any(n is None or n % self.fit_stride for n in sparse.shape[1:3]):
+                # zeros to whole fit cells: a pad of fixed amounts, then a crop (a pad of
+                # amounts known only when run leaves the converter no channel count, and
+                # LiteRT's builtin convolution needs one)
                 guidance = tf.pad(guidance[:, :out_h * s, :out_w * s],
-                                  [[0, 0], [0, -out_h % ratio * s], [0, -out_w % ratio * s],
-                                   [0, 0]])
+                                  [[0, 0], [0, self.fit_stride], [0, self.fit_stride], [0, 0]])
+                guidance = guidance[:, :(out_h + -out_h % ratio) * s,
+                                    :(out_w + -out_w % ratio) * s]
             # else whole fit cells already: the converters kept the identity slice, a copy of
             # the full-resolution guidance
             level = tf.nn.conv2d(guidance, _cell_moments_kernel(self.fit_stride),

@@ -120,9 +120,11 @@ def test_the_server_bounds_its_connections_and_their_idle_time(tmp_path, fake_ve
 
 
 def test_the_server_names_what_is_missing(tmp_path, fake_vendor):
-    with pytest.raises(ValueError, match="must be an exported .onnx file"):
+    with pytest.raises(ValueError, match="runs an exported .onnx file"):
         server_lib.make_server(tmp_path / "model.tflite", port=0)
     model = tmp_path / "model.onnx"
+    with pytest.raises(ValueError, match="--model=.*model.onnx: .*does not exist"):
+        server_lib.make_server(model, port=0, name="--model")
     model.write_bytes(b"onnx")  # not a model: refused before anything is served
     with pytest.raises(ValueError, match="model=.*model.onnx.*could not be loaded by ONNX Runtime"):
         server_lib.make_server(model, port=0)

@@ -24,7 +24,8 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port; 0 picks a free one.", lower_bo
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    server = server_lib.make_server(_MODEL.value, _HOST.value, _PORT.value, verbose=True)
+    server = server_lib.make_server(_MODEL.value, _HOST.value, _PORT.value, verbose=True,
+                                    name="--model")
     web_server.serve(server, f"the page and {_MODEL.value}")
 
 

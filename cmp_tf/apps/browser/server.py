@@ -88,10 +88,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(model, host="127.0.0.1", port=8000, verbose=False,
                 request_timeout=web_server.REQUEST_TIMEOUT_S,
-                max_connections=web_server.MAX_CONNECTIONS):
+                max_connections=web_server.MAX_CONNECTIONS, name="model"):
     """A threading HTTP server for the page and `model` (an exported .onnx file).
 
     Args:
+        name: what `model` is called in errors (the command's flag).
         request_timeout: seconds a connection may wait for its next request, or one read or
             write take; then it is closed.
         max_connections: connections served at once; more are answered 503.
@@ -102,13 +103,13 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False,
         installed (`python -m cmp_tf.apps.browser.install`).
     """
     model = os.fspath(model) if model is not None else ""
-    if not model.endswith(".onnx") or not os.path.isfile(model):
-        raise ValueError(f"model={model!r} must be an exported .onnx file (python -m export "
-                         "--formats=onnx).")
+    if not model.endswith(".onnx"):
+        raise ValueError(f"{name}={model}: the page runs an exported .onnx file (python -m "
+                         "export --formats=onnx).")
     try:  # what the page will run: a CMP file with its metadata, which ONNX Runtime loads
         runtime.Network(model, threads=1)
     except ValueError as error:
-        raise ValueError(f"model={model!r}: {error}") from error
+        raise ValueError(f"{name}={model}: {error}") from error
     if not install.installed():
         raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
                          f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cmp_tf import data as data_lib
 from cmp_tf import losses
 from cmp_tf import rundir
 from cmp_tf import training
@@ -129,13 +130,23 @@ def _round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
+def data_folder(config, data_dir=None):
+    """The segmentation set's folder: `data_dir`, else config.data.dir, which for the
+    generated set (config.data.synthetic) is a cache, taken under $CMP_TF_CACHE_HOME when
+    relative (cmp_tf.data.cache_dir); a folder of your own is taken as written."""
+    if data_dir:
+        return os.fspath(data_dir)
+    folder = os.fspath(config.data.dir or "")
+    return data_lib.cache_dir(folder) if folder and config.data.synthetic else folder
+
+
 def make_dataset(config, split, data_dir=None, stride=1):
     """config.data's pipeline for "train" (augmented, repeated) or "val" (one pass, padded to
     the largest image rounded up to `stride`, the encoder's)."""
     d = config.data
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val'; got {split!r}.")
-    folder = data_dir or d.dir
+    folder = data_folder(config, data_dir)
     crop = tuple(d.crop)
     if len(crop) != 2 or crop[0] % stride or crop[1] % stride or min(crop) < stride:
         raise ValueError(f"config.data.crop={crop} must be two multiples of the encoder's "
@@ -264,7 +275,7 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
         "freeze_encoder", "val_images"}; scores as evaluate_segmentation's plus the training
         summary (final_loss, seconds).
     """
-    data_dir = os.fspath(data_dir or config.data.dir)
+    data_dir = data_folder(config, data_dir)
     if not data_dir:
         raise ValueError("config.data.dir is empty: name a VOC-format folder.")
     rundir.encoder_file(checkpoint)  # fail before any data is written or any step is trained

@@ -394,3 +394,22 @@ def test_compare_over_seeds_end_to_end_and_resumes(saved_encoder, tmp_path, monk
     transfer.compare_over_seeds(config, saved_encoder[0], [0], ["frozen"], workdir=out,
                                 progress=False)
     assert trained == [2, 0]
+
+
+def test_the_generated_set_is_a_cache_under_cmp_tf_cache_home(tmp_path, monkeypatch):
+    """A relative folder of the generated set goes where every cache goes; a folder of your
+    own, or one given, is taken as written."""
+    import ml_collections
+
+    from cmp_tf import data as data_lib
+    from cmp_tf import transfer
+
+    config = ml_collections.ConfigDict({"data": {"dir": "data/cache/synthetic_voc",
+                                                 "synthetic": True}})
+    monkeypatch.delenv(data_lib.CACHE_HOME_ENV, raising=False)
+    assert transfer.data_folder(config) == "data/cache/synthetic_voc"
+    monkeypatch.setenv(data_lib.CACHE_HOME_ENV, str(tmp_path))
+    assert transfer.data_folder(config) == str(tmp_path / "data/cache/synthetic_voc")
+    assert transfer.data_folder(config, "elsewhere") == "elsewhere"
+    config.data.synthetic = False
+    assert transfer.data_folder(config) == "data/cache/synthetic_voc"

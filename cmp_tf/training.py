@@ -46,16 +46,37 @@ def configure_cpu_devices(count):
         cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
 
 
+def check_devices(devices):
+    """ValueError naming --devices unless each is a device of this machine ("/gpu:0",
+    "/device:CPU:1" after --cpu_devices, ...): MirroredStrategy takes any name and places
+    every variable on the CPU when the device is not there, silently."""
+    local = {(d.device_type, d.device_index) for d in (
+        tf.DeviceSpec.from_string(x.name) for x in tf.config.list_logical_devices())}
+    for device in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(device)
+        except ValueError as error:
+            raise ValueError(f"--devices: {device!r} is not a device name ({error}).") from error
+        if (str(spec.device_type).upper(), spec.device_index or 0) not in local:
+            raise ValueError(f"--devices: {device!r} is not on this machine; it has "
+                             f"{', '.join(x.name for x in tf.config.list_logical_devices())}.")
+
+
 def make_strategy(name="auto", devices=()):
     """auto: MirroredStrategy over all GPUs if there are several, else the default strategy;
     mirrored: MirroredStrategy over `devices` (all GPUs if empty); multiworker: from TF_CONFIG;
     tpu: TPUStrategy on the TPU the environment names."""
+    devices = list(devices)
+    if devices and name != "mirrored":
+        raise ValueError(f"--devices={','.join(devices)} is for --strategy=mirrored; got "
+                         f"--strategy={name}.")
+    check_devices(devices)
     if name == "auto":
         if len(tf.config.list_logical_devices("GPU")) > 1:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(list(devices) or None)
+        return tf.distribute.MirroredStrategy(devices or None)
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multiworker needs TF_CONFIG (the cluster and this "

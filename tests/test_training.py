@@ -225,3 +225,19 @@ def test_a_preempted_worker_makes_the_cluster_save_and_the_restart_resumes(tmp_p
         assert code == 0, output[-3000:]
     assert f"at step {saved}" in log.read_text().split("resumed from")[1]
     assert (tmp_path / "run" / "model.keras").exists()
+
+
+def test_devices_must_be_on_this_machine_and_for_mirrored():
+    """MirroredStrategy takes any device name and, for one this machine lacks, trains with
+    every variable on the CPU, silently; --devices is refused naming the devices there."""
+    from cmp_tf import training
+
+    with pytest.raises(ValueError, match="--devices: '/gpu:7' is not on this machine; it has "
+                                         ".*CPU:0"):
+        training.make_strategy("mirrored", ["/gpu:7"])
+    with pytest.raises(ValueError, match="'bogus' is not a device name"):
+        training.make_strategy("mirrored", ["bogus"])
+    with pytest.raises(ValueError, match="is for --strategy=mirrored; got --strategy=auto"):
+        training.make_strategy("auto", ["/cpu:0"])
+    strategy = training.make_strategy("mirrored", ["/cpu:0"])
+    assert strategy.num_replicas_in_sync == 1

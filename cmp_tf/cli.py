@@ -45,9 +45,20 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        fail(f"Flags parsing error: {error}")
+        fail(f"Flags parsing error: {without_traceback(str(error))}")
     except Exception as error:  # a flag parser's own error: no traceback for a typo
         fail(f"Flags parsing error: {message_of(error)}")
+
+
+def without_traceback(text):
+    """`text` with a traceback in it cut to its last line, the error itself: ml_collections
+    puts the whole traceback of a recipe that raised (a typo in its argument) into its flag
+    error."""
+    head, marker, trace = text.partition("Traceback (most recent call last):")
+    if not marker:
+        return text
+    last = [line.strip() for line in trace.splitlines() if line.strip()][-1:]
+    return " ".join([head.strip(), *last])
 
 
 def message_of(error):

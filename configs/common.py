@@ -20,7 +20,8 @@ def _override(section, fields, overrides):
 
 
 def parse_arg(arg, **defaults):
-    """Parses a recipe argument such as "runlocal" or "runlocal,crop=64" over `defaults`.
+    """Parses a recipe argument, comma-separated words over `defaults` (the recipe's own
+    arguments, e.g. "runlocal" where `runlocal` is one of them).
 
     A bare word sets a boolean option; key=value keeps the default's type. Unknown keys fail.
     """

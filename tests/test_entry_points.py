@@ -39,6 +39,9 @@ def test_a_config_typo_is_refused_with_a_suggestion(tmp_path):
     ("--config.data.on_error=foo", "config.data.on_error must be 'skip' or 'raise'"),
     ("--config.ingest.gaps=(-1,)", "config.ingest.gaps=(-1,) must be frame gaps"),
     ("--cpu_devices=-1", "flag --cpu_devices=-1: -1 is not a non-negative integer"),
+    ("--config=configs/default.py:runlokal",  # a recipe that raises: its error, no traceback
+     "Error whilst parsing config file: ValueError: Unknown recipe argument 'runlokal'"),
+    ("--devices=/gpu:7", "--devices=/gpu:7 is for --strategy=mirrored; got --strategy=auto."),
 ])
 def test_train_py_refuses_a_run_in_one_line_before_writing(tmp_path, flag, message):
     result = _run("train.py", flag, f"--workdir={tmp_path / 'run'}")

@@ -14,6 +14,8 @@ network on float32 NHWC batches, so the resizing and scaling above exist once fo
 Running a `.tflite` or `.onnx` file needs NumPy, OpenCV and LiteRT or ONNX Runtime only: every
 file computes its guidance fills itself, and nothing here imports TensorFlow or Keras for them.
 """
+import math
+
 import cv2
 import numpy as np
 
@@ -184,9 +186,10 @@ class Propagator:
         if bounds and max(height, width) > min(bounds):
             scale = min(bounds) / max(height, width)
 
-        def fit(side):
+        def fit(side):  # halves up on both sides: round() takes them to even, one side up
+            # and the other down (176 x 144 ran as 192 x 128, not 192 x 160)
             return max(self.minimum, self.multiple,
-                       int(round(side * scale / self.multiple)) * self.multiple)
+                       math.floor(side * scale / self.multiple + 0.5) * self.multiple)
 
         return fit(height), fit(width)
 

@@ -281,6 +281,8 @@ def test_propagator_answers_at_the_callers_size(saved_model):
     for side in propagator.working_size(45, 70) + propagator.working_size(1000, 333):
         assert side % propagator.multiple == 0 and side >= propagator.minimum
     assert propagator.working_size(1000, 333) == (992, 320)  # nearest multiples of 32
+    # halves up on both sides, the aspect kept (round() took 4.5 down and 5.5 up: 128 x 192)
+    assert propagator.working_size(144, 176) == (160, 192)
     # An untrained dense-prior model reads out the nearest guidance: exact at the points.
     np.testing.assert_allclose(flow[5, 10], [3, -2], atol=0.3)
     batch = propagator.propagate_batch(image, [(points, vectors), (points[:1], vectors[:1])])

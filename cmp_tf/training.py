@@ -70,7 +70,8 @@ def make_strategy(name="auto", devices=()):
     if devices and name != "mirrored":
         raise ValueError(f"--devices={','.join(devices)} is for --strategy=mirrored; got "
                          f"--strategy={name}.")
-    check_devices(devices)
+    if devices:  # listing the devices starts the runtime, which a multi-worker one must not
+        check_devices(devices)
     if name == "auto":
         if len(tf.config.list_logical_devices("GPU")) > 1:
             return tf.distribute.MirroredStrategy()

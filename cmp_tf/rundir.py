@@ -330,7 +330,12 @@ def prepare_workdir(workdir, config, overwrite=False):
                          "choose another --workdir.")
     if overwrite:
         clear_run(workdir)
-    elif os.path.exists(saved):
+    elif os.path.isdir(workdir) and not _is_run_config(saved):
+        foreign = [name for name in sorted(os.listdir(workdir)) if not is_run_entry(name)]
+        if foreign:  # a run's files mixed into them could not be told apart or replaced
+            raise ValueError(f"--workdir={workdir} holds {_listing(foreign)}, files no run "
+                             "writes: a run needs a folder of its own (a new or empty one).")
+    if not overwrite and os.path.exists(saved):
         with open(saved) as f:
             before = json.load(f)
         changed = _diff(before, current)

@@ -64,6 +64,25 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_its_files(tmp_pa
     assert sorted(p.relative_to(tmp_path / "P") for p in (tmp_path / "P").rglob("*")) == before
 
 
+def test_a_new_run_refuses_a_folder_of_other_files_as_overwrite_does(tmp_path):
+    """Without --overwrite a run went into a folder of unrelated files (an export, a thesis)
+    and mixed its own in, which --overwrite then refused to replace: both refuse it now. An
+    empty folder, or one holding only what runs write, is a run's."""
+    from cmp_tf import rundir
+
+    before = _user_folder(tmp_path / "P")
+    config = load_config("cpu_bins", "runlocal")
+    with pytest.raises(ValueError, match=r"--workdir=.*P holds sub, thesis.tex, files no run "
+                                         r"writes"):
+        rundir.prepare_workdir(str(tmp_path / "P"), config)
+    assert sorted(p.relative_to(tmp_path / "P") for p in (tmp_path / "P").rglob("*")) == before
+    (tmp_path / "empty").mkdir()
+    rundir.prepare_workdir(str(tmp_path / "empty"), config)
+    (tmp_path / "killed" / "tb").mkdir(parents=True)  # a run's own entries, no config yet
+    rundir.prepare_workdir(str(tmp_path / "killed"), config)
+    assert (tmp_path / "killed" / "config.json").exists()
+
+
 def test_overwrite_refuses_a_run_folder_that_holds_other_files(tmp_path):
     from cmp_tf import rundir
 

@@ -70,8 +70,8 @@ def load_checkpoint(path=None):
     the shipped model's (its data calibrates and checks the export)."""
     path = rundir.resolve_model_path(path or rundir.default_checkpoint())
     if rundir.model_format(path) != "keras":
-        raise ValueError(f"--checkpoint={path} must be a run directory or a .keras file: export "
-                         "starts from the Keras model.")
+        raise ValueError(f"{path} is an exported model ({rundir.model_format(path)}), not a run "
+                         "directory or a .keras file: export starts from the Keras model.")
     model = runners.KerasRunner(path).model
     config, _ = rundir.read_config(path)
     return model, config, path

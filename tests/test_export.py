@@ -199,7 +199,7 @@ def test_bad_export_arguments_are_refused(tmp_path):
         export_lib.export(model, config, str(tmp_path), formats=("tflite",), size=(70, 64))
     foreign = tmp_path / "x.onnx"
     foreign.write_bytes(b"x")
-    with pytest.raises(ValueError, match="must be a run directory or a .keras"):
+    with pytest.raises(ValueError, match=r"x.onnx is an exported model \(onnx\), not a run directory"):
         export_lib.load_checkpoint(str(foreign))
 
 

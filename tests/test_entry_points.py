@@ -135,6 +135,12 @@ def test_data_that_does_not_read_is_named_in_one_line(tmp_path):
     (["--runner=locl"], "Unexpected pipeline runner: locl."),
     (["--config.ingest.gaps=(0,)"], "config.ingest.gaps=(0,) must be frame gaps"),
     (["--config.ingest.pairs_per_shard=0"], "config.ingest.pairs_per_shard=0 must be a whole"),
+    # a list or a video is told by its name: given under the other flag, it was read as the
+    # other (a photo under --lists failed as a video, its manifest written)
+    (["--videos=cmp_tf/data/samples/carphone.mp4", "--lists=docs/results.png"],
+     "--lists=docs/results.png: list files are .txt files"),
+    (["--videos=tests/list.txt"], "--videos=tests/list.txt: a .txt file is a list file; name it "
+                                  "with --lists."),
 ])
 def test_ingest_refuses_bad_flags_and_config_before_any_file(tmp_path, args, message):
     """A config mistake is not recorded as every video failing (in a manifest a corrected

@@ -570,7 +570,8 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         with open(os.path.join(workdir, "eval", "validation.json"), "w") as f:
             json.dump(report, f, indent=1)
     summary = dict(steps=int(step), final_loss=loss, validation=report, workdir=workdir,
-                   ingestion=pipeline.ingestion_summary(config))  # failed and dropped videos
+                   ingestion=pipeline.ingestion_summary(config),  # failed and dropped videos
+                   validation_also_trained_on=pipeline.videos_in_both(config) if report else [])
     with open(os.path.join(workdir, rundir.SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=1)
     log.info(f"finished: {json.dumps(summary)}")

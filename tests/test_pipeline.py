@@ -1,4 +1,6 @@
 """tf.data pipeline: geometry keeps image and flow aligned, sources, resume, sharding, errors."""
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -211,3 +213,17 @@ def test_guidance_is_drawn_from_the_augmented_motion(videos, tmp_path):
     mask = x["sparse"][..., 2].numpy() > 0
     np.testing.assert_allclose(x["sparse"].numpy()[..., :2][mask], y["flow"].numpy()[mask],
                                atol=1e-5)
+
+
+def test_a_validation_video_the_training_data_also_holds_is_found(videos, tmp_path):
+    """train.py said its validation clips were not trained on whatever they were: a video in
+    both, directly or through the shards ingested from it, is now named."""
+    ingest.ingest([videos[1]], str(tmp_path / "shards"), {"gaps": (1,), "dis_preset": "fast"},
+                  progress=False)
+    config = _config([videos[0]], val=[videos[1]])
+    assert pipeline.videos_in_both(config) == []
+    config.data.train = [videos[0], str(tmp_path / "shards")]
+    held_out = os.path.realpath(videos[1])
+    assert pipeline.videos_in_both(config) == [held_out]
+    config.data.train = [os.path.dirname(videos[1])]  # the folder holding it
+    assert pipeline.videos_in_both(config) == [held_out]

@@ -210,6 +210,25 @@ def _videos_in(paths):
     return videos
 
 
+def source_videos(paths):
+    """Real paths of the videos `paths` hold or were ingested from: video files, the videos in
+    folders, and the videos a shard folder's sidecars record (list files name frames)."""
+    found = []
+    for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            found += formats.list_videos(path)
+            found += [record["video"] for record in shards_lib.read_sidecars(path)[0]]
+        elif formats.is_video(path):
+            found.append(path)
+    return {os.path.realpath(p) for p in found}
+
+
+def videos_in_both(config):
+    """The validation videos the training data also holds (config.data.train and .val, by
+    real path): its score on them is not one on footage it never saw."""
+    return sorted(source_videos(config.data.train or ()) & source_videos(config.data.val or ()))
+
+
 def ingestion_summary(config):
     """One line on what ingestion made of the recipe's videos (data.train and data.val): pairs,
     files that failed and why, dropped pairs by reason; None if it names no videos.

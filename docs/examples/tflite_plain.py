@@ -69,4 +69,7 @@ def main(path):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(f"usage: python {sys.argv[0]} model.tflite")
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    except ValueError as error:  # LiteRT's words for a missing file or one that is not a model
+        sys.exit(f"{sys.argv[1]}: {error}")

@@ -330,18 +330,22 @@ def prepare_workdir(workdir, config, overwrite=False):
                          "choose another --workdir.")
     if overwrite:
         clear_run(workdir)
-    elif os.path.isdir(workdir) and not _is_run_config(saved):
-        foreign = [name for name in sorted(os.listdir(workdir)) if not is_run_entry(name)]
-        if foreign:  # a run's files mixed into them could not be told apart or replaced
-            raise ValueError(f"--workdir={workdir} holds {_listing(foreign)}, files no run "
-                             "writes: a run needs a folder of its own (a new or empty one).")
-    if not overwrite and os.path.exists(saved):
+    elif _is_run_config(saved):
         with open(saved) as f:
             before = json.load(f)
         changed = _diff(before, current)
         if changed:
             raise ValueError(f"{workdir} holds an unfinished run with another config ({changed}); "
                              "resume with the same flags, or pass --overwrite.")
+    elif os.path.lexists(saved):
+        raise ValueError(f"{saved} is not a run's config (not JSON of one): a run whose "
+                         "config is lost cannot be resumed or told from other files; move the "
+                         "folder away or choose another --workdir.")
+    elif os.path.isdir(workdir):
+        foreign = [name for name in sorted(os.listdir(workdir)) if not is_run_entry(name)]
+        if foreign:  # a run's files mixed into them could not be told apart or replaced
+            raise ValueError(f"--workdir={workdir} holds {_listing(foreign)}, files no run "
+                             "writes: a run needs a folder of its own (a new or empty one).")
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     with open(saved, "w") as f:
         json.dump(current, f, indent=1)

@@ -50,8 +50,9 @@ def check_devices(devices):
     """ValueError naming --devices unless each is a device of this machine ("/gpu:0",
     "/device:CPU:1" after --cpu_devices, ...): MirroredStrategy takes any name and places
     every variable on the CPU when the device is not there, silently."""
-    local = {(d.device_type, d.device_index) for d in (
-        tf.DeviceSpec.from_string(x.name) for x in tf.config.list_logical_devices())}
+    names = [d.name for d in tf.config.list_logical_devices()]
+    local = {(spec.device_type, spec.device_index) for spec in map(tf.DeviceSpec.from_string,
+                                                                   names)}
     for device in devices:
         try:
             spec = tf.DeviceSpec.from_string(device)
@@ -59,7 +60,7 @@ def check_devices(devices):
             raise ValueError(f"--devices: {device!r} is not a device name ({error}).") from error
         if (str(spec.device_type).upper(), spec.device_index or 0) not in local:
             raise ValueError(f"--devices: {device!r} is not on this machine; it has "
-                             f"{', '.join(x.name for x in tf.config.list_logical_devices())}.")
+                             f"{', '.join(names)}.")
 
 
 def make_strategy(name="auto", devices=()):

@@ -81,6 +81,9 @@ def test_a_new_run_refuses_a_folder_of_other_files_as_overwrite_does(tmp_path):
     (tmp_path / "killed" / "tb").mkdir(parents=True)  # a run's own entries, no config yet
     rundir.prepare_workdir(str(tmp_path / "killed"), config)
     assert (tmp_path / "killed" / "config.json").exists()
+    (tmp_path / "killed" / "config.json").write_text("{garbled")  # nor resumed on a lost one
+    with pytest.raises(ValueError, match=r"config.json is not a run's config"):
+        rundir.prepare_workdir(str(tmp_path / "killed"), config)
 
 
 def test_overwrite_refuses_a_run_folder_that_holds_other_files(tmp_path):

@@ -265,14 +265,14 @@ def main(argv):
     rundir.check_folder_path(flag.out, "--out")
     # which is which goes by the name (_jobs): a list under --videos, or a video or an image
     # under --lists, would be read as the other
-    for name, paths, wrong in (("--lists", flag.lists or [], False),
-                               ("--videos", flag.videos or [], True)):
-        for path in paths:
-            if path.endswith(".txt") is wrong:
-                raise app.UsageError(f"{name}={path}: " + (
-                    "a .txt file is a list file; name it with --lists." if wrong else
-                    "list files are .txt files naming one pair per line; name videos and "
-                    "folders of them with --videos."))
+    for path in flag.lists or []:
+        if not path.endswith(".txt"):
+            raise app.UsageError(f"--lists={path}: list files are .txt files naming one pair "
+                                 "per line; name videos and folders of them with --videos.")
+    for path in flag.videos or []:
+        if path.endswith(".txt"):
+            raise app.UsageError(f"--videos={path}: a .txt file is a list file; name it with "
+                                 "--lists.")
     missing = [path for path in sources if not os.path.exists(path)]
     if missing:
         raise app.UsageError(f"--videos/--lists: {', '.join(missing)} does not exist.")

@@ -70,10 +70,9 @@ def main(argv):
           f"log.txt, model.keras, encoder.keras" + (", eval/validation.json" if report else ""))
     if report:
         epe = report["epe"]
-        shared = summary.get("validation_also_trained_on")
-        clips = ("clips the training data also holds (" + ", ".join(
-            os.path.basename(p) for p in shared) + "), not held out") if shared else \
-            "clips not trained on"
+        shared = [os.path.basename(p) for p in summary.get("validation_also_trained_on", [])]
+        clips = (f"clips the training data also holds ({', '.join(shared)}), not held out"
+                 if shared else "clips not trained on")
         print(f"Validation ({report['samples']} pairs of {clips}, "
               f"{report['guidance_points_per_sample']:.1f} guidance points each): EPE "
               f"CMP {epe['cmp']:.3f} px, zero flow {epe['zero']:.3f} px, nearest guidance "

@@ -268,13 +268,15 @@ def is_run_entry(name):
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_ENTRIES)
 
 
-def _is_run_config(path):
+def _run_config(path):
+    """The run config saved at `path` (a dict), or None where there is none that reads as one."""
     try:
         with open(path) as f:
             saved = json.load(f)
     except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and {"train", "data", "model"} <= set(saved)
+        return None
+    return saved if isinstance(saved, dict) and {"train", "data", "model"} <= set(saved) \
+        else None
 
 
 def clear_run(workdir):
@@ -289,7 +291,7 @@ def clear_run(workdir):
     names = sorted(os.listdir(workdir))
     if not names:
         return []
-    if not _is_run_config(os.path.join(workdir, CONFIG_FILE)):
+    if _run_config(os.path.join(workdir, CONFIG_FILE)) is None:
         raise ValueError(f"--overwrite replaces only a run directory (one train.py wrote, with "
                          f"its {CONFIG_FILE}); {workdir} holds no run's {CONFIG_FILE} but "
                          f"{_listing(names)}. Choose another --workdir.")
@@ -328,11 +330,10 @@ def prepare_workdir(workdir, config, overwrite=False):
     if finished and not overwrite:
         raise ValueError(f"{workdir} holds a finished run ({SUMMARY_FILE}); pass --overwrite or "
                          "choose another --workdir.")
+    before = None if overwrite else _run_config(saved)
     if overwrite:
         clear_run(workdir)
-    elif _is_run_config(saved):
-        with open(saved) as f:
-            before = json.load(f)
+    elif before is not None:
         changed = _diff(before, current)
         if changed:
             raise ValueError(f"{workdir} holds an unfinished run with another config ({changed}); "

@@ -698,20 +698,22 @@ def test_int8_files_keep_the_layers_reading_three_channels_float(exported):
 
 
 def _scalar_multiplications(flat):
-    """How many MUL ops of a .tflite read an int8 scalar constant."""
+    """How many MUL ops of a .tflite read a scalar constant."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
     graph = model.subgraphs[0]
     mul = flatbuffer_utils.schema_fb.BuiltinOperator.MUL
-    count = 0
-    for op in graph.operators:
+
+    def scalar(t):
+        data = model.buffers[graph.tensors[t].buffer].data
+        return data is not None and len(data) == 1
+
+    def kind(op):
         code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == mul and any(
-                len(model.buffers[graph.tensors[t].buffer].data if model.buffers[
-                    graph.tensors[t].buffer].data is not None else []) == 1 for t in op.inputs):
-            count += 1
-    return count
+        return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+    return sum(kind(op) == mul and any(scalar(t) for t in op.inputs) for op in graph.operators)
 
 
 def test_int8_constant_factors_fold_into_the_convolutions_with_the_same_output():

@@ -16,7 +16,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
-from cmp_tf import runtime
+from cmp_tf.apps import inputs
 from cmp_tf.apps.browser import install
 from cmp_tf.apps.web import server as web_server
 
@@ -106,10 +106,8 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False,
     if not model.endswith(".onnx"):
         raise ValueError(f"{name}={model}: the page runs an exported .onnx file (python -m "
                          "export --formats=onnx).")
-    try:  # what the page will run: a CMP file with its metadata, which ONNX Runtime loads
-        runtime.Network(model, threads=1)
-    except ValueError as error:
-        raise ValueError(f"{name}={model}: {error}") from error
+    # what the page will run: a CMP file with its metadata, which ONNX Runtime loads
+    inputs.load_propagator(model, name, threads=1)
     if not install.installed():
         raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
                          f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")

@@ -184,6 +184,17 @@ def test_bad_labels_and_cut_images_are_named_before_the_pipeline_runs(tmp_path):
     open(jpeg, "wb").write(data[:-40])  # its header whole: only the pixels are cut
     with pytest.raises(ValueError, match=r"Image .*im0\.jpg is a JPEG cut short"):
         voc.make_dataset(folder, "train", 10, training=False, batch_size=1)
+    # Damaged mid-file with its end marker whole: OpenCV and PIL decode it, TensorFlow's
+    # decoder stops, which inside tf.data ended a run in a traceback naming no file.
+    data = bytearray(data)
+    middle = (data.find(b"\xff\xda") + len(data)) // 2  # in the scan, after the headers
+    data[middle:middle + 40] = b"\xff" * 40
+    open(jpeg, "wb").write(bytes(data))
+    assert formats.read_image(jpeg).shape == (16, 16, 3)
+    for training in (True, False):
+        with pytest.raises(ValueError, match=r"Image .*im0\.jpg does not decode as a JPEG"):
+            voc.make_dataset(folder, "train", 10, training=training, batch_size=1,
+                             crop=(16, 16))
 
 
 def test_synthetic_generator_writes_a_readable_voc_set_and_moving_videos(tmp_path):

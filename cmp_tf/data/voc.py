@@ -134,14 +134,28 @@ def _checked_label(path, num_classes, size, modified_ns):
     read_label(path, num_classes)
 
 
+@functools.lru_cache(maxsize=None)
+def _checked_image(path, size, modified_ns):
+    """Decodes one image file version with the pipeline's own decoder, once: a JPEG whose
+    data is damaged can decode in OpenCV and PIL yet stop TensorFlow's decoder mid-run."""
+    del size, modified_ns
+    if formats.truncated_jpeg_file(path):
+        raise ValueError(f"Image {path} is a JPEG cut short (no end-of-image marker).")
+    try:
+        tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    except tf.errors.InvalidArgumentError as error:
+        reason = error.message.splitlines()[0] if error.message else "no reason given"
+        raise ValueError(f"Image {path} does not decode as a JPEG: {reason}") from None
+
+
 def check_contents(images, labels, num_classes):
-    """Refuses, naming the file, a JPEG cut short and a label with values outside the classes:
-    found inside the input pipeline, either would end a run with TensorFlow's error around the
-    message (and a label read there in flight could keep the process from exiting). Each label
-    file version is decoded once per process."""
+    """Refuses, naming the file, a JPEG that does not decode (cut short or damaged) and a label
+    with values outside the classes: found inside the input pipeline, either would end a run
+    with TensorFlow's error around the message (and a label read there in flight could keep
+    the process from exiting). Each file version is decoded once per process."""
     for image in images:
-        if formats.truncated_jpeg_file(image):
-            raise ValueError(f"Image {image} is a JPEG cut short (no end-of-image marker).")
+        stat = os.stat(image)
+        _checked_image(image, stat.st_size, stat.st_mtime_ns)
     for label in labels:
         stat = os.stat(label)
         _checked_label(label, num_classes, stat.st_size, stat.st_mtime_ns)

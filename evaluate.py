@@ -160,23 +160,17 @@ def main(argv):
     _check_flags()
     from cmp_tf import rundir
 
-    try:
-        path = _CHECKPOINT.value or rundir.default_checkpoint()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    path = _CHECKPOINT.value or rundir.default_checkpoint()
     if not os.path.exists(path):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
     # Results of the shipped model go under runs/, never into the installed package.
     out = _OUT.value or os.path.join(rundir.results_dir(path, "eval"), _TASK.value)
     print(f"Evaluating {path} ({_TASK.value})")
-    try:
-        if _TASK.value == "propagation":
-            _propagation(path, out)
-        else:
-            _segmentation(path, out)
-    except ValueError as error:  # bad checkpoint, data or flags: one clear line, no traceback
-        raise app.UsageError(str(error)) from error
+    if _TASK.value == "propagation":  # a ValueError (bad checkpoint, data or flags) is one line
+        _propagation(path, out)
+    else:
+        _segmentation(path, out)
 
 
 if __name__ == "__main__":

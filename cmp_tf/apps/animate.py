@@ -276,11 +276,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     f = flags.FLAGS
-    try:
-        written = run(f.model, f.image, f.arrows, f.frames, f.fps, f.out, f.max_side,
-                      f.max_pixels, f.fade)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    written = run(f.model, f.image, f.arrows, f.frames, f.fps, f.out, f.max_side, f.max_pixels,
+                  f.fade)
     print("Wrote " + " and ".join(written))
 
 

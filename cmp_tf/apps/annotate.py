@@ -275,11 +275,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     f = flags.FLAGS
-    try:
-        out, share = run(f.model, f.image, f.positive, f.negative, f.out, f.velocity,
-                         f.threshold, f.zoom_factor, f.zoom_size, f.refine, f.max_side)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    out, share = run(f.model, f.image, f.positive, f.negative, f.out, f.velocity, f.threshold,
+                     f.zoom_factor, f.zoom_size, f.refine, f.max_side)
     print(f"Wrote {out} (the mask covers {share:.1%} of the image)")
 
 

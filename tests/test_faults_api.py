@@ -146,9 +146,17 @@ def test_evaluate_checks_its_counts_strategies_methods_and_method_files(tmp_path
         def propagate_batch(self, image, guidance):
             return np.zeros((1, 8, 8, 2), np.float32)
 
-    with pytest.raises(ValueError, match=r"propagate_batch returned flow of shape \(1, 8, 8, 2\)"):
+    with pytest.raises(ValueError, match=r"Method 'wrong' on pair 0: propagate_batch returned "
+                                         r"flow of shape \(1, 8, 8, 2\)"):
         benchmark.evaluate({"zero": _zero, "wrong": WrongBatch()}, _pairs(), ks=(1, 5),
                            progress=False)
+
+    def picky(image, points, vectors):  # an outside method's own refusal
+        raise RuntimeError("need at least 3 points")
+
+    with pytest.raises(ValueError, match=r"Method 'picky' on pair 0 failed: RuntimeError: need "
+                                         r"at least 3 points"):
+        benchmark.evaluate({"zero": _zero, "picky": picky}, _pairs(), ks=(1,), progress=False)
     broken = tmp_path / "broken.py"
     broken.write_text("import no_such_module\n")
     with pytest.raises(ValueError, match="broken.py could not be loaded: ModuleNotFoundError"):

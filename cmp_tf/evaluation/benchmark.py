@@ -196,7 +196,7 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                 points = xy[:k]
                 vectors = flow[points[:, 1].astype(int), points[:, 0].astype(int)]
                 sets.append((strategy, k, points, vectors))
-        predictions = {name: _run(method, image, [(p, v) for _, _, p, v in sets])
+        predictions = {name: _run(name, method, image, count, [(p, v) for _, _, p, v in sets])
                        for name, method in methods.items()}
         for name, prediction in predictions.items():
             bad = ~np.isfinite(prediction[:, valid]).all(axis=(1, 2))
@@ -239,21 +239,26 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                 example_setting=list(example))
 
 
-def _run(method, image, guidance):
+def _run(name, method, image, index, guidance):
+    """`method`'s flows for every guidance set of pair `index`; what it raises, or a flow of
+    the wrong shape, is a ValueError naming the method and the pair (an outside method's
+    own error would otherwise say neither)."""
+    where = f"Method {name!r} on pair {index}"
     batch = getattr(method, "propagate_batch", None)
-    if batch is not None:
-        flows = np.asarray(batch(image, guidance), np.float32)
-        expected = (len(guidance), *image.shape[:2], 2)
-        if flows.shape != expected:
-            raise ValueError(f"A method's propagate_batch returned flow of shape {flows.shape}; "
-                             f"expected {expected}.")
-        return flows
-    propagate = getattr(method, "propagate", method)
-    out = []
-    for points, vectors in guidance:
-        flow = np.asarray(propagate(image, points, vectors), np.float32)
-        if flow.shape != image.shape[:2] + (2,):
-            raise ValueError(f"A method returned flow of shape {flow.shape}; expected "
-                             f"{image.shape[:2] + (2,)}.")
-        out.append(flow)
-    return np.stack(out)
+    try:
+        if batch is not None:
+            flows = np.asarray(batch(image, guidance), np.float32)
+        else:
+            propagate = getattr(method, "propagate", method)
+            flows = [np.asarray(propagate(image, p, v), np.float32) for p, v in guidance]
+    except Exception as error:  # noqa: BLE001 - any method's failure, named
+        raise ValueError(f"{where} failed: {type(error).__name__}: {error}") from error
+    expected = image.shape[:2] + (2,)
+    if batch is not None and np.shape(flows) != (len(guidance), *expected):
+        raise ValueError(f"{where}: propagate_batch returned flow of shape {np.shape(flows)}; "
+                         f"expected {(len(guidance), *expected)}.")
+    for flow in flows:
+        if np.shape(flow) != expected:
+            raise ValueError(f"{where} returned flow of shape {np.shape(flow)}; expected "
+                             f"{expected}.")
+    return np.stack(flows)

@@ -295,14 +295,16 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
     results = dict(classes=names, checkpoint=loaded["path"], data_dir=data_dir,
                    steps=config.train.steps, freeze_encoder=config.transfer.freeze_encoder,
                    seed=config.seed, loaded_layers=loaded["layers"], config=config.to_dict(),
-                   checkpoint_stamp=_file_stamp(loaded["path"]))
+                   checkpoint_stamp=_file_stamp(loaded["path"]),
+                   data_stamp=_data_stamp(config, data_dir))
     predictions = {}
     for init in INITS:
         model = built[init]
         segmentation.set_encoder_frozen(model, config.transfer.freeze_encoder)
         keras.utils.set_random_seed(config.seed)  # the same dropout draws for both
         fit = train_segmentation(model, config, data_dir, progress, desc=f"train ({init} init)")
-        result = scores.evaluate_segmentation(model, val, num_classes)
+        result = scores.evaluate_segmentation(model, val, num_classes, progress,
+                                              desc=f"score ({init} init)")
         results[init] = {**result, **fit}
         predictions[init] = scores.predict_classes(model, panel_images).numpy()
     results["val_images"] = results["cmp"]["images"]
@@ -363,9 +365,16 @@ def _file_stamp(path):
     return [info.st_size, info.st_mtime_ns]
 
 
-def _finished_run(path, config, checkpoint):
-    """A sub-run's comparison.json if it was made with this exact config and checkpoint, so an
-    interrupted sweep resumes without redoing finished runs; else None."""
+def _data_stamp(config, data_dir):
+    """The folder and its split lists' stamps: a sweep rerun on other data is not reused."""
+    lists = [os.path.join(data_dir, voc.LIST_DIR, f"{split}.txt")
+             for split in (config.data.train_split, config.data.val_split)]
+    return [data_dir, *(_file_stamp(path) if os.path.isfile(path) else None for path in lists)]
+
+
+def _finished_run(path, config, checkpoint, data_dir):
+    """A sub-run's comparison.json if it was made with this exact config, checkpoint and data,
+    so an interrupted sweep resumes without redoing finished runs; else None."""
     try:
         with open(os.path.join(path, "comparison.json")) as f:
             done = json.load(f)
@@ -374,7 +383,8 @@ def _finished_run(path, config, checkpoint):
     encoder = rundir.encoder_file(checkpoint)
     same = (done.get("config") == json.loads(json.dumps(config.to_dict()))
             and done.get("checkpoint") == encoder
-            and done.get("checkpoint_stamp") == _file_stamp(encoder))
+            and done.get("checkpoint_stamp") == _file_stamp(encoder)
+            and done.get("data_stamp") == _data_stamp(config, data_folder(config, data_dir)))
     return done if same else None
 
 
@@ -405,7 +415,7 @@ def compare_over_seeds(config, checkpoint, seeds, modes=tuple(ENCODER_MODES), da
             run_config.seed = seed
             run_config.transfer.freeze_encoder = ENCODER_MODES[mode]
             sub = os.path.join(workdir, f"{mode}_seed{seed}") if workdir else None
-            done = _finished_run(sub, run_config, checkpoint) if sub else None
+            done = _finished_run(sub, run_config, checkpoint, data_dir) if sub else None
             if done is None:
                 done = _json_safe(compare_initializations(run_config, checkpoint, data_dir, sub,
                                                           progress))

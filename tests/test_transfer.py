@@ -1,6 +1,7 @@
 """Transfer learning: the VOC reader, IoU scoring, encoder loading and the side-by-side run."""
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -405,6 +406,13 @@ def test_compare_over_seeds_end_to_end_and_resumes(saved_encoder, tmp_path, monk
     transfer.compare_over_seeds(config, saved_encoder[0], [0], ["frozen"], workdir=out,
                                 progress=False)
     assert trained == [2, 0]
+    # The same recipe on other data (--data): trained anew, not the first folder's scores.
+    shutil.copytree(config.data.dir, tmp_path / "copy")
+    transfer.compare_over_seeds(config, saved_encoder[0], [0], ["frozen"],
+                                data_dir=str(tmp_path / "copy"), workdir=out, progress=False)
+    assert trained == [2, 0, 0]
+    with open(out / "frozen_seed0" / "comparison.json") as f:
+        assert json.load(f)["data_dir"] == str(tmp_path / "copy")
 
 
 def test_the_generated_set_is_a_cache_under_cmp_tf_cache_home(tmp_path, monkeypatch):

@@ -274,6 +274,8 @@ def ensure_synthetic_voc(folder, **kwargs):
         The manifest (see write_synthetic_voc).
     """
     folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder} is a file, not a folder for the synthetic set.")
     path = os.path.join(folder, SYNTHETIC_MANIFEST)
     if os.path.isfile(path):
         with open(path) as f:

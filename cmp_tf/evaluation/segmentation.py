@@ -59,8 +59,9 @@ def predict_classes(model, image):
     return tf.argmax(model(image, training=False), -1, output_type=tf.int32)
 
 
-def evaluate_segmentation(model, dataset, num_classes):
-    """Scores `model` on batches of (image, label) (255 = ignore) by their confusion matrix.
+def evaluate_segmentation(model, dataset, num_classes, progress=False, desc="score"):
+    """Scores `model` on batches of (image, label) (255 = ignore) by their confusion matrix;
+    with `progress`, a bar over the batches (VOC's 1,449 val images take minutes on a CPU).
 
     Returns:
         {"miou", "per_class_iou" (NaN: class absent from labels and predictions),
@@ -73,7 +74,12 @@ def evaluate_segmentation(model, dataset, num_classes):
     predict = tf.function(lambda image: predict_classes(model, image))
     confusion = np.zeros((num_classes, num_classes), np.int64)
     images = 0
-    for image, label in dataset:
+    from tqdm import tqdm
+
+    total = int(dataset.cardinality())
+    bar = tqdm(dataset, desc=desc, unit="batch", disable=not progress,
+               total=total if total > 0 else None)
+    for image, label in bar:
         confusion += confusion_matrix(label.numpy(), predict(image).numpy(), num_classes)
         images += int(image.shape[0])
     iou, miou = iou_from_confusion(confusion)

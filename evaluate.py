@@ -34,9 +34,11 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Run directory or .keras file; default: newest under runs/, else the "
     "pretrained model that ships with cmp_tf.")
 _DATA = flags.DEFINE_list(
-    "data", [], "Propagation: TFRecord shard folders, list files, videos or folders of videos; "
-    "'generated' for scenes with exact flow. Default: the run's validation data, else the "
-    "embedded validation clip. Segmentation: one VOC-format folder.")
+    "data", [], "Propagation: TFRecord shard folders, list files, videos or folders of videos, "
+    "scored as the recipe's validation pipeline sees them (resized to data.short_size, centre "
+    "crops of data.crop; EPE in those pixels); 'generated' for scenes with exact flow. "
+    "Default: the run's validation data, else the embedded validation clip. Segmentation: one "
+    "VOC-format folder.")
 _REFERENCE = flags.DEFINE_string(
     "reference", "exact", "Propagation on --data=generated: the flow scored against, 'exact' or "
     "a teacher's on the scene's two frames (dis_medium, deepflow, ...: "
@@ -51,17 +53,23 @@ _METHOD = flags.DEFINE_multi_string("method", [], "Outside method: a Python file
                                     "propagate(image, points, vectors) -> flow.")
 _FADE = flags.DEFINE_bool("fade", True, "The model's learned fade of a guide's motion with "
                           "distance; --nofade switches it off (footage from a moving camera).")
-_SEED = flags.DEFINE_integer("seed", 0, "Guidance and pair sampling seed.")
+_SEED = flags.DEFINE_integer("seed", 0, "Propagation: guidance and pair sampling seed "
+                             "(segmentation: --seeds, or --segmentation.seed).")
 _PANELS = flags.DEFINE_integer("panels", 4, "Example pairs drawn in panels.png (watershed "
                                "guidance if scored, K=10 or the scored K nearest to it).")
 _SEEDS = flags.DEFINE_list("seeds", [], "Segmentation: compare at each of these seeds (default: "
                            "the recipe's seed, one comparison).")
 _ENCODER_MODES = flags.DEFINE_list("encoder_modes", [], "Segmentation: fine_tuned and/or "
                                    "frozen (default: the recipe's transfer.freeze_encoder).")
-_OUT = flags.DEFINE_string("out", None, "Output folder; default <run>/eval/<task>.")
+_OUT = cli.define_output("out", None, "Output folder; default <run>/eval/<task>.")
 _SEGMENTATION = cli.define_config(
     "segmentation", "configs/segmentation.py", "Transfer recipe for --task=segmentation "
     "(override fields as --segmentation.train.steps=100).", lock_config=True)
+
+# Flags only one task reads: given with the other task they are refused, not ignored.
+_TASK_FLAGS = {"propagation": ("reference", "pairs", "ks", "strategies", "baselines", "method",
+                               "fade", "seed", "panels"),
+               "segmentation": ("seeds", "encoder_modes", "segmentation")}
 
 
 def _pairs(config, from_run):
@@ -80,10 +88,10 @@ def _propagation(path, out):
 
     config, from_run = rundir.read_config(path)
     methods = {"cmp": runtime.Propagator(path, fade=None if _FADE.value else False)}
-    for name in dict.fromkeys(["zero", *_BASELINES.value]):
+    for name in _builtin_methods():
         methods[name] = baselines.get(name)
-    for file in _METHOD.value:
-        methods[os.path.splitext(os.path.basename(file))[0]] = benchmark.load_method(file)
+    for name, file in _method_files().items():
+        methods[name] = benchmark.load_method(file)
     pairs, described = _pairs(config, from_run)
     result = benchmark.evaluate(methods, pairs, ks=[int(k) for k in _KS.value],
                                 strategies=_STRATEGIES.value, seed=_SEED.value,
@@ -98,12 +106,55 @@ def _propagation(path, out):
     print(f"\nWrote {out}/: {', '.join(written)}")
 
 
+def _builtin_methods():
+    return list(dict.fromkeys(["cmp", "zero", *_BASELINES.value]))[1:]
+
+
+def _method_files():
+    """--method files by the column each is scored in (its file name): a name already taken,
+    by the model, a baseline or another file, is refused, as it would replace that column
+    (the zero column, which every relative EPE divides by, included)."""
+    files, taken = {}, ["cmp", *_builtin_methods()]
+    for file in _METHOD.value:
+        name = os.path.splitext(os.path.basename(file))[0]
+        if name in taken:
+            raise app.UsageError(f"--method={file} would be scored as {name!r}, a column "
+                                 f"already taken ({', '.join(taken)}): rename the file.")
+        files[name] = file
+        taken.append(name)
+    return files
+
+
+def _segmentation_data(config):
+    """The VOC-format folder --data names (None: the recipe's data.dir). It must exist: a
+    generated set is only ever written into the recipe's own folder, never into a mistyped
+    one; and a folder of your own goes with a recipe that reads it as such."""
+    from cmp_tf.data import synthetic
+
+    if not _DATA.value:
+        return None
+    if len(_DATA.value) > 1:
+        raise app.UsageError(f"--data takes one VOC-format folder for segmentation; got "
+                             f"{_DATA.value}.")
+    folder = _DATA.value[0]
+    if not os.path.isdir(folder):
+        raise app.UsageError(f"--data={folder} is not a folder: expected a VOC-format folder "
+                             "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/).")
+    manifest = os.path.join(folder, synthetic.SYNTHETIC_MANIFEST)
+    if config.data.synthetic and not os.path.isfile(manifest):
+        raise app.UsageError(
+            f"--data={folder} holds no {synthetic.SYNTHETIC_MANIFEST}, so it is not a generated "
+            "set, which the recipe expects (data.synthetic). For PASCAL VOC 2012 use "
+            f"--segmentation=configs/segmentation.py:voc={folder}; for another VOC-format set "
+            "add --segmentation.data.synthetic=False --segmentation.data.num_classes=N.")
+    return folder
+
+
 def _segmentation(path, out):
     from cmp_tf import transfer
 
-    if len(_DATA.value) > 1:
-        raise ValueError(f"--data takes one VOC-format folder for segmentation; got {_DATA.value}.")
-    config, data_dir = cli.config_of(_SEGMENTATION), _DATA.value[0] if _DATA.value else None
+    config = cli.config_of(_SEGMENTATION)
+    data_dir = _segmentation_data(config)
     if _SEEDS.value or _ENCODER_MODES.value:
         try:
             seeds = [int(s) for s in _SEEDS.value] or [config.seed]
@@ -131,6 +182,12 @@ def _check_flags():
                              "pairs.")
     if _PANELS.value < 0:
         raise app.UsageError(f"--panels={_PANELS.value} must be >= 0.")
+    other = next(task for task in _TASK_FLAGS if task != _TASK.value)
+    given = [f"--{name}" for name in flags.FLAGS
+             if name.split(".")[0] in _TASK_FLAGS[other] and flags.FLAGS[name].present]
+    if given:
+        raise app.UsageError(f"{', '.join(sorted(set(given)))}: for --task={other}, not "
+                             f"--task={_TASK.value}.")
     if _TASK.value != "propagation":
         return
     try:
@@ -152,6 +209,7 @@ def _check_flags():
         if _DATA.value != ["generated"]:
             raise app.UsageError(f"--reference={_REFERENCE.value} scores generated scenes "
                                  "against a teacher's flow: use it with --data=generated.")
+    _method_files()
 
 
 def main(argv):

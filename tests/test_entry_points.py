@@ -87,6 +87,21 @@ def test_an_output_folder_that_is_a_file_or_lies_in_one_is_refused(tmp_path):
      "--out={tmp}/notes.txt/x.json lies in {tmp}/notes.txt, a file, not a folder."),
     (["benchmarks/propagator.py", "--out={tmp}/notes.txt"],
      "--out={tmp}/notes.txt is a file, not a folder."),
+    (["evaluate.py", "--out={tmp}/notes.txt"], "--out={tmp}/notes.txt is a file, not a folder."),
+    (["evaluate.py", "--method={tmp}/zero.py"],
+     "--method={tmp}/zero.py would be scored as 'zero', a column already taken"),
+    (["evaluate.py", "--method=a/mine.py", "--method=b/mine.py"],
+     "--method=b/mine.py would be scored as 'mine', a column already taken"),
+    (["evaluate.py", "--task=segmentation", "--seed=7", "--ks=5"],
+     "--ks, --seed: for --task=propagation, not --task=segmentation."),
+    (["evaluate.py", "--seeds=1", "--segmentation.train.steps=0"],
+     "--seeds, --segmentation.train.steps: for --task=segmentation, not --task=propagation."),
+    (["evaluate.py", "--task=segmentation", "--checkpoint=cmp_tf/pretrained/default",
+      "--data={tmp}/VOC_typo"], "--data={tmp}/VOC_typo is not a folder: expected a VOC-format"),
+    (["evaluate.py", "--task=segmentation", "--checkpoint=cmp_tf/pretrained/default",
+      "--data={tmp}"], "--data={tmp} holds no synthetic.json, so it is not a generated set"),
+    (["evaluate.py", "--checkpoint=cmp_tf/pretrained/default", "--data=generated,{tmp}/x.txt"],
+     "'generated' (held-out layered scenes, their flow exact) is scored on its own"),
 ])
 def test_the_tools_name_a_bad_file_or_flag_in_one_line(tmp_path, args, message):
     """The converter, the data tools, the servers and the benchmarks: their own ValueErrors and

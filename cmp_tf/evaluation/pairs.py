@@ -58,6 +58,10 @@ def scored_pairs(config, from_run, data=(), count=0, seed=0, reference="exact"):
     """The pairs `evaluate.py --data` names: held-out layered scenes for ["generated"] (their
     flow the exact one, or a teacher's on their two frames: `reference`), else
     `validation_pairs` of `data`. Returns (pairs, what they are, in words)."""
+    if GENERATED in list(data) and len(data) > 1:
+        raise ValueError(f"data={list(data)}: '{GENERATED}' (held-out layered scenes, their flow "
+                         "exact) is scored on its own, not mixed with other data; score each in "
+                         "its own run.")
     if list(data) == [GENERATED]:
         count = count if count > 0 else GENERATED_COUNT
         if reference == "exact":
@@ -80,7 +84,10 @@ def scored_pairs(config, from_run, data=(), count=0, seed=0, reference="exact"):
         raise ValueError(f"reference={reference!r} is for generated scenes (data=['generated']); "
                          f"the pairs of {list(data) or 'the validation data'} have their own flow.")
     pairs, sources = validation_pairs(config, from_run, data, count, seed)
-    return pairs, ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
+    names = ", ".join(os.path.basename(str(s).rstrip("/")) for s in sources)
+    height, width = config.data.crop
+    return pairs, (f"{names} (centre {height}x{width} crops of the frames resized to a "
+                   f"{config.data.short_size:g} px short side, flow in those pixels)")
 
 
 GENERATED_STREAM = 11  # seed-sequence prefix of benchmark scenes: disjoint from training's

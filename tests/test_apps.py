@@ -122,6 +122,16 @@ def test_animations_are_written_with_every_frame(tmp_path, suffix):
         animate.write_animation(str(tmp_path / "a.avi"), frames, fps=8)
 
 
+@pytest.mark.parametrize("height, width", [(143, 175), (1, 6)])
+def test_an_mp4_of_an_odd_sized_image_keeps_every_pixel(tmp_path, height, width):
+    """MPEG-4 codes 2 x 2 chroma blocks: the frames were cut by a pixel (and one row failed)."""
+    frames = [np.full((height, width, 3), 40 * i, np.uint8) for i in range(3)]
+    path = animate.write_animation(str(tmp_path / "a.mp4"), frames, fps=8)
+    capture = cv2.VideoCapture(path)
+    ok, frame = capture.read()
+    assert ok and frame.shape[:2] == (height + height % 2, width + width % 2)
+
+
 # --- input checks shared by the apps -----------------------------------------------------------
 
 @pytest.mark.parametrize("text, match", [
@@ -130,6 +140,8 @@ def test_animations_are_written_with_every_frame(tmp_path, suffix):
     ("1,2,a,4", r"--arrows item 1"),
     ("", r"--arrows needs at least one item 'x,y,u,v'"),
     (None, r"--arrows needs at least one item"),
+    ("10,10,2e6,0", r"--arrows item 1 '10,10,2e6,0': each number must be at most 1e\+06"),
+    ([[88, True, 50, -10, 4]], r"--arrows item 1 .* must be 4 finite numbers"),  # JSON's true
 ])
 def test_bad_arrows_are_named_with_the_flag_and_the_item(text, match):
     with pytest.raises(ValueError, match=match):
@@ -350,6 +362,27 @@ def test_animate_without_the_fade_moves_the_far_corner_too(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_commands_refuse_to_write_over_their_image_and_bound_its_size(tmp_path):
+    """Checked before the model loads: --out naming the photo replaced it with the mask (or
+    the flow picture), and annotate decoded and refined any size (~100 B a pixel)."""
+    path, _, _ = _write_scene(tmp_path)
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match=r"--out=.* is the input image \(--image="):
+        annotate.run("unused", path, "5,5", out=path)
+    assert open(path, "rb").read() == before
+    flow_picture = tmp_path / "x_flow.png"
+    flow_picture.write_bytes(before)
+    with pytest.raises(ValueError, match=r"--out=.*x_flow.png is the input image"):
+        animate.run("unused", str(flow_picture), "5,5,1,1", out=str(tmp_path / "x.gif"))
+    with pytest.raises(ValueError, match=r"at most --max_pixels=1000 pixels are accepted"):
+        annotate.run("unused", path, "5,5", out=str(tmp_path / "m.png"), max_pixels=1000)
+    with pytest.raises(ValueError, match=r"--zoom_size=100000 must be a whole number of pixels "
+                                         r"in \[32, 2048\]"):
+        annotate.run("unused", path, "5,5", out=str(tmp_path / "m.png"), zoom_size=100000)
+    with pytest.raises(ValueError, match=r"--velocity=1e\+09 must be at most 1e\+06"):
+        annotate.run("unused", path, "5,5", out=str(tmp_path / "m.png"), velocity=1e9)
+
+
 def test_the_commands_fail_with_the_flag_named(tmp_path):
     path, _, _ = _write_scene(tmp_path)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -62,6 +62,11 @@ def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
+        for method in ("TRACE", "CONNECT"):
+            request = urllib.request.Request(f"{root}/", method=method)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 405, method
         assert httpd.requested[:2] == ["/model.onnx", "/vendor/ort-wasm-simd-threaded.wasm"]
         head = urllib.request.Request(f"{root}/model.onnx", method="HEAD")
         with urllib.request.urlopen(head, timeout=30) as answer:

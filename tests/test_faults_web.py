@@ -2,6 +2,7 @@
 each is refused with the header, field or limit named, before the work or memory it would cost
 (real HTTP against the server on 127.0.0.1)."""
 import base64
+import io
 import json
 import os
 import socket
@@ -145,6 +146,23 @@ def test_image_sizes_are_read_from_headers():
     for broken in (b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xd9", b"text"):
         with pytest.raises(ValueError, match="image could not be decoded as an image"):
             inputs.image_size(broken)
+
+
+def test_a_photo_turned_by_its_exif_orientation_is_sized_as_shown(server):
+    """A phone's portrait photo: stored 60 x 40, shown (by OpenCV and the browser) 40 x 60. Its
+    points were checked against the stored size, so the lower part could not be guided."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[inputs.EXIF_ORIENTATION] = 6
+    stored = io.BytesIO()
+    Image.new("RGB", (60, 40), (90, 120, 150)).save(stored, "JPEG", exif=exif)
+    data = stored.getvalue()
+    assert inputs.image_size(data) == (40, 60)
+    assert inputs.decode_image(data).shape == (60, 40, 3)
+    image = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    status, answer = _post(server, {"image": image, "arrows": [[10, 55, 3, 0]], "frames": 2})
+    assert status == 200, answer
 
 
 @pytest.fixture
@@ -417,15 +435,22 @@ def test_numbers_beyond_float_and_deep_nesting_are_400_not_500(server):
                         ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": huge}, "fps"),
                         ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": 1e-5}, "fps"),
                         ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": 1000}, "fps"),
-                        ({"image": image, "arrows": [[True, 1, 5, 0]]}, "arrows item 1")]:
-        status, answer = _post(server, body)
+                        ({"image": image, "arrows": [[True, 1, 5, 0]]}, "arrows item 1"),
+                        ({"image": image, "arrows": [[1, True, 1, 5, 0]]}, "arrows item 1"),
+                        ({"image": image, "arrows": [[1, 1, 5e6, 0]]}, "arrows item 1"),
+                        ({"image": image, "arrows": [[1, 1, 5, 0]], "frame": 3},
+                         "'frame': not a field of /api/animate"),
+                        ({"image": image, "positive": [[1, 1]], "threshold": 0.9},
+                         "'threshold': not a field of /api/annotate")]:
+        route = "/api/annotate" if "positive" in body else "/api/animate"
+        status, answer = _post(server, body, path=route)
         assert status == 400 and answer["error"].startswith(field), (body.get("fps"), answer)
     status, answer = _post(server, b"[" * 200_000)
     assert status == 400 and "the body is not JSON" in answer["error"]
 
 
 def test_other_methods_are_405_in_json_and_head_is_get_without_a_body(server):
-    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"):
         status, answer = _raw(server, f"{method} /api/animate HTTP/1.1\r\nHost: {{host}}\r\n"
                                       "Content-Length: 0")
         assert status == 405 and answer["error"].startswith(f"{method} is not served"), method

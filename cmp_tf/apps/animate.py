@@ -95,8 +95,9 @@ def inverse_flow(flow, t):
     return backward.astype(np.float32)
 
 
-def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS):
-    """Frames of `image` moved along `flow` scaled from 0 (the image) to 1 (the full motion).
+def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS, progress=False):
+    """Frames of `image` moved along `flow` scaled from 0 (the image) to 1 (the full motion);
+    with `progress`, a bar over the frames (2 Mpx frames take seconds each on a CPU).
 
     Args:
         image: uint8 H x W x 3 RGB.
@@ -117,8 +118,12 @@ def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS):
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2; got {frames!r}.")
     check_render(image.shape[1], image.shape[0], frames, max_render_pixels)
+    from tqdm import tqdm
+
     source = image.astype(np.float32)
-    return [warp_frame(source, inverse_flow(flow, t)) for t in np.linspace(0.0, 1.0, frames)]
+    steps = tqdm(np.linspace(0.0, 1.0, frames), desc="frames", unit="frame",
+                 disable=not progress)
+    return [warp_frame(source, inverse_flow(flow, t)) for t in steps]
 
 
 def warp_frame(image, backward):
@@ -191,10 +196,15 @@ def write_animation(path, frames, fps):
     import cv2
 
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    # MPEG-4 codes whole 2 x 2 chroma blocks: an odd side would be cut by a pixel, so the
+    # last row or column is repeated instead.
+    even = (-height % 2, -width % 2)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps),
+                             (width + even[1], height + even[0]))
     if not writer.isOpened():
         raise ValueError(f"--out={path}: OpenCV cannot write MP4 (mp4v) here.")
     for frame in frames:
+        frame = np.pad(frame, ((0, even[0]), (0, even[1]), (0, 0)), mode="edge")
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
     return path
@@ -205,10 +215,10 @@ def flow_path(out):
     return os.path.splitext(out)[0] + "_flow.png"
 
 
-def animate(propagator, image, arrows, frames=16):
+def animate(propagator, image, arrows, frames=16, progress=False):
     """(flow, frames): CMP's flow from the arrows and the animation along it."""
     flow = predict_flow(propagator, image, arrows)
-    return flow, animate_frames(image, flow, frames)
+    return flow, animate_frames(image, flow, frames, progress=progress)
 
 
 # --- command line (flags are defined only when run as a program: the page imports this) -----
@@ -260,13 +270,14 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
     check_out(out)
     for path in (out, flow_path(out)):  # both written after the model has run
         rundir.check_file_path(path, "--out")
+        inputs.check_not_input(path, image)
     # The size is read from the header and checked before decoding; then the whole animation.
     image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")
     check_render(image.shape[1], image.shape[0], frames, name="--frames")
     inputs.check_inside(arrows, *image.shape[:2], name="--arrows")
     propagator = inputs.load_propagator(model, "--model", max_side=max_side,
                                         fade=None if fade else False)
-    flow, animation = animate(propagator, image, arrows, frames)
+    flow, animation = animate(propagator, image, arrows, frames, progress=True)
     write_animation(out, animation, fps)
     inputs.write_rgb(flow_path(out), flow_lib.flow_to_color(flow))
     return out, flow_path(out)

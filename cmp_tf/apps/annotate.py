@@ -29,6 +29,9 @@ THRESHOLD = 0.5  # fraction of the largest motion that counts as the object
 ZOOM_FACTOR = 4.0  # the zoom square's side over the clicks' extent; -1: no zoom
 ZOOM_SIZE = 384  # side the zoom square is resized to before the network sees it
 MIN_ZOOM_SIZE = 32  # the smallest zoom side the networks take (their encoders' stride)
+MAX_ZOOM_SIZE = 2048  # the largest: the web service's largest image side
+MAX_PIXELS = 2**24  # largest image the command annotates (--max_pixels), width x height: a
+#   16 Mpx photo; the refinement works at full size, ~100 B a pixel (1.7 GB here)
 REFINE = "guided"  # never worse than "none" on benchmarks/annotation.py; grabCut: see README
 REFINEMENTS = ("none", "grabcut", "guided")
 GRABCUT_ITERATIONS = 3
@@ -63,10 +66,11 @@ def _clicks(value, name):
 
 
 def check_zoom_size(zoom_size, name="zoom_size"):
-    """The side the zoom square is resized to: a whole number of pixels >= MIN_ZOOM_SIZE."""
-    if not sampling.is_int(zoom_size) or zoom_size < MIN_ZOOM_SIZE:
-        raise ValueError(f"{name}={zoom_size!r} must be a whole number of pixels, at least "
-                         f"{MIN_ZOOM_SIZE}.")
+    """The side the zoom square is resized to: a whole number of pixels in [MIN_ZOOM_SIZE,
+    MAX_ZOOM_SIZE]."""
+    if not sampling.is_int(zoom_size) or not MIN_ZOOM_SIZE <= zoom_size <= MAX_ZOOM_SIZE:
+        raise ValueError(f"{name}={zoom_size!r} must be a whole number of pixels in "
+                         f"[{MIN_ZOOM_SIZE}, {MAX_ZOOM_SIZE}].")
     return int(zoom_size)
 
 
@@ -243,25 +247,32 @@ def define_flags():
     flags.DEFINE_enum("refine", REFINE, REFINEMENTS, "Edge refinement of the motion mask.")
     flags.DEFINE_integer("max_side", MAX_SIDE, "The network sees the image shrunk to this longer "
                          "side at most (the flow is scaled back); -1: full size.")
+    flags.DEFINE_integer("max_pixels", MAX_PIXELS, "Largest image annotated, width x height: the "
+                         "mask is refined at the image's size, so a larger one is refused (its "
+                         "size is read from the file's header, before decoding).")
 
 
 def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
         threshold=THRESHOLD, zoom_factor=ZOOM_FACTOR, zoom_size=ZOOM_SIZE, refine_method=REFINE,
-        max_side=MAX_SIDE):
-    """The command's work, every input checked before the model loads; returns the mask path."""
+        max_side=MAX_SIDE, max_pixels=MAX_PIXELS):
+    """The command's work, every input checked before the model loads and the image's size
+    before it is decoded; returns the mask path and the share of the image it covers."""
     positive = inputs.parse_rows(positive, inputs.CLICK_FIELDS, "--positive")
     negative = inputs.parse_rows(negative, inputs.CLICK_FIELDS, "--negative", allow_empty=True)
-    image = inputs.read_image(image, "--image")
+    if not sampling.is_int(max_pixels) or max_pixels < 1:
+        raise ValueError(f"--max_pixels={max_pixels!r} must be a positive integer.")
+    if os.path.splitext(out)[1].lower() != ".png":
+        raise ValueError(f"--out={out} must be a .png file.")
+    rundir.check_file_path(out, "--out")
+    inputs.check_not_input(out, image)
+    image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")
     inputs.check_inside(positive, *image.shape[:2], name="--positive")
     inputs.check_inside(negative, *image.shape[:2], name="--negative")
-    inputs.positive(velocity, "--velocity")
+    inputs.positive(velocity, "--velocity", largest=sampling.MAX_VECTOR_PX)
     check_refinement(threshold, refine_method, threshold_name="--threshold")
     if zoom_factor != -1:
         inputs.positive(zoom_factor, "--zoom_factor")
     check_zoom_size(zoom_size, "--zoom_size")
-    if os.path.splitext(out)[1].lower() != ".png":
-        raise ValueError(f"--out={out} must be a .png file.")
-    rundir.check_file_path(out, "--out")
     propagator = inputs.load_propagator(model, "--model", max_side=max_side)
     mask = annotate(propagator, image, positive, negative, velocity, threshold, zoom_factor,
                     zoom_size, refine_method)
@@ -276,7 +287,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     f = flags.FLAGS
     out, share = run(f.model, f.image, f.positive, f.negative, f.out, f.velocity, f.threshold,
-                     f.zoom_factor, f.zoom_size, f.refine, f.max_side)
+                     f.zoom_factor, f.zoom_size, f.refine, f.max_side, f.max_pixels)
     print(f"Wrote {out} (the mask covers {share:.1%} of the image)")
 
 

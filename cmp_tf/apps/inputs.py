@@ -12,6 +12,7 @@ import numpy as np
 
 from cmp_tf import runtime
 from cmp_tf.data import formats
+from cmp_tf.data import sampling
 
 ARROW_FIELDS = ("x", "y", "u", "v")  # an arrow: start pixel (x, y) and its motion (u, v) in px
 CLICK_FIELDS = ("x", "y")
@@ -46,13 +47,16 @@ def parse_rows(value, fields, name, allow_empty=False):
     rows = []
     for index, item in enumerate(items, 1):
         parts = item.split(",") if isinstance(item, str) else item
-        try:
-            numbers = [float(p) for p in parts if not isinstance(p, bool)]
+        try:  # true/false in JSON are not numbers here, though Python counts them as 1 and 0
+            numbers = [float(p) if not isinstance(p, bool) else None for p in parts]
         except (TypeError, ValueError, OverflowError):  # an int beyond float's range too
             numbers = []
-        if len(numbers) != len(fields) or not np.all(np.isfinite(numbers)):
+        if len(numbers) != len(fields) or None in numbers or not np.all(np.isfinite(numbers)):
             raise ValueError(f"{name} item {index} {item!r} must be {len(fields)} finite "
                              f"numbers {form}.")
+        if np.abs(numbers).max() > sampling.MAX_VECTOR_PX:  # no image is that large
+            raise ValueError(f"{name} item {index} {item!r}: each number must be at most "
+                             f"{sampling.MAX_VECTOR_PX:g} in size.")
         rows.append(numbers)
     return np.asarray(rows, np.float32)
 
@@ -105,6 +109,23 @@ def _jpeg_size(stream):
         stream.seek(length, io.SEEK_CUR)
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5-8 turn the picture by a quarter
+TURNED = (5, 6, 7, 8)
+
+
+def _turned(stream):
+    """Whether a JPEG's EXIF orientation turns it by a quarter, as OpenCV and browsers show it
+    (a phone's portrait photo): read by Pillow from the header's segments, no pixel decoded."""
+    from PIL import Image
+
+    stream.seek(0)
+    try:
+        with Image.open(stream) as image:
+            return image.getexif().get(EXIF_ORIENTATION, 1) in TURNED
+    except Exception:  # noqa: BLE001 - no readable EXIF: the stored orientation holds
+        return False
+
+
 def _pillow_size(stream, name):
     """Any other format Pillow identifies: its header readers, which decode no pixel data."""
     from PIL import Image  # imageio's dependency; imported here, only for such formats
@@ -123,7 +144,8 @@ def image_size(source, name="image"):
     """(width, height) an encoded image declares in its header, read without decoding the
     pixels, so that a small file of a huge image (a flat 20000x20000 PNG is 0.4 MB) is refused
     before it is unpacked. PNG (IHDR) and JPEG (SOF) are read here, other formats by Pillow's
-    header readers.
+    header readers. A JPEG turned by its EXIF orientation has its size as shown, turned, as
+    OpenCV decodes it and a browser draws it.
 
     Args:
         source: the encoded bytes, or the path of an image file.
@@ -141,6 +163,8 @@ def image_size(source, name="image"):
         elif start[:2] == b"\xff\xd8":  # start of image
             stream.seek(2)
             size = _jpeg_size(stream)
+            if size is not None and _turned(stream):
+                size = size[::-1]
         else:
             stream.seek(0)
             size = _pillow_size(stream, name)
@@ -245,8 +269,9 @@ def load_propagators(paths, name="--model"):
     return propagators
 
 
-def positive(value, name):
-    """A strictly positive, finite number, else a ValueError naming it."""
+def positive(value, name, largest=None):
+    """A strictly positive, finite number (at most `largest` if given), else a ValueError
+    naming it."""
     try:  # an int beyond float's range (JSON allows any) overflows here
         finite = not isinstance(value, bool) and isinstance(value, (int, float, np.number)) \
             and bool(np.isfinite(float(value)))
@@ -254,7 +279,17 @@ def positive(value, name):
         finite = False
     if not finite or not value > 0:
         raise ValueError(f"{name} must be a positive number; got {runtime.short_repr(value, 40)}.")
+    if largest is not None and value > largest:
+        raise ValueError(f"{name}={value:g} must be at most {largest:g}.")
     return value
+
+
+def check_not_input(out, image, out_name="--out", image_name="--image"):
+    """Refuses an output that is the input image itself: it would be replaced by the result."""
+    if os.path.exists(out) and os.path.exists(image) and os.path.samefile(out, image):
+        raise ValueError(f"{out_name}={out} is the input image ({image_name}={image}): writing "
+                         "it would replace the photo; name another file.")
+    return out
 
 
 def write_rgb(path, image):

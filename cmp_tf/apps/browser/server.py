@@ -84,6 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
                    headers=[("Allow", "GET, HEAD")])
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
+    do_TRACE = do_CONNECT = _refuse_method  # noqa: N815
 
 
 def make_server(model, host="127.0.0.1", port=8000, verbose=False,

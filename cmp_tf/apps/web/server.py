@@ -126,6 +126,20 @@ def request_image(value, max_side):
     return data, (width, height)
 
 
+ANIMATE_FIELDS = ("image", "arrows", "frames", "fps")
+ANNOTATE_FIELDS = ("image", "positive", "negative", "refine")
+
+
+def check_fields(request, fields, route):
+    """Refuses a field the route does not read: a mistyped or unsupported one would otherwise
+    be ignored and the answer made with the defaults."""
+    unknown = sorted(set(request) - set(fields))
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))}: not a field of {route}; its fields "
+                         f"are {', '.join(fields)}.")
+    return request
+
+
 def _shaped(size):
     """A stand-in of an image's shape (height, width) that holds no pixels, for the checks
     that need only the size."""
@@ -154,6 +168,7 @@ class App:
                 "refine": annotate.REFINE, "refinements": list(annotate.REFINEMENTS)}
 
     def animate(self, request):
+        check_fields(request, ANIMATE_FIELDS, "/api/animate")
         data, size = request_image(request.get("image"), self.max_side)
         arrows = inputs.parse_rows(request.get("arrows"), inputs.ARROW_FIELDS, "arrows")
         inputs.check_inside(arrows, size[1], size[0], name="arrows")
@@ -175,6 +190,7 @@ class App:
                     "animation_gif": _b64(animate.encode_gif(frames, fps))}
 
     def annotate(self, request):
+        check_fields(request, ANNOTATE_FIELDS, "/api/annotate")
         data, size = request_image(request.get("image"), self.max_side)
         positive = inputs.parse_rows(request.get("positive"), inputs.CLICK_FIELDS, "positive")
         negative = inputs.parse_rows(request.get("negative"), inputs.CLICK_FIELDS, "negative",

@@ -2,6 +2,7 @@
 headless Chromium with onnxruntime-web, and the server only hands out files. The server's
 rules run everywhere; the page needs Debian's chromium + chromium-driver and the page's runtime
 (`python -m cmp_tf.apps.browser.install`), both of which .ci/run installs."""
+import json
 import shutil
 import urllib.error
 import urllib.request
@@ -68,6 +69,9 @@ def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
                 urllib.request.urlopen(request, timeout=30)
             assert refused.value.code == 405, method
         assert httpd.requested[:2] == ["/model.onnx", "/vendor/ort-wasm-simd-threaded.wasm"]
+        status, kind, body = _get(f"{root}/model.json")  # the sides the page may feed it
+        assert (status, kind) == (200, "application/json")
+        assert json.loads(body) == {"multiple": 1, "minimum": 1}  # the tiny file's metadata
         head = urllib.request.Request(f"{root}/model.onnx", method="HEAD")
         with urllib.request.urlopen(head, timeout=30) as answer:
             assert answer.status == 200 and answer.headers["Content-Length"] == str(

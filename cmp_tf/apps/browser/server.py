@@ -5,12 +5,14 @@
 
 GET /, /<file>   -> files of static/ (the page, and the runtime `install` put in vendor/)
 GET /model.onnx  -> the model file given
+GET /model.json  -> the sides it takes, from its metadata: {"multiple", "minimum"} px
 Anything else is 404 (GET, HEAD) or 405 (other methods): there is no API, the flow and the
 animation are computed by the page. A Host that is not this machine's (a DNS name rebound to
 it) is 403. Like the API's server it holds at most max_connections connections, each closed
 after request_timeout seconds without a request. `server.requested` lists the paths asked
 for, in order (the last MAX_REQUESTED, each cut to MAX_PATH_NOTED characters).
 """
+import json
 import os
 import threading
 from http import HTTPStatus
@@ -21,6 +23,7 @@ from cmp_tf.apps.browser import install
 from cmp_tf.apps.web import server as web_server
 
 MODEL_PATH = "/model.onnx"
+SIZES_PATH = "/model.json"
 MAX_REQUESTED = 10_000  # paths `server.requested` keeps: a client cannot grow it without end
 MAX_PATH_NOTED = 256  # characters of a path it keeps
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -62,6 +65,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._note(route)
         if not self._own_host():
             return None
+        if route == SIZES_PATH:
+            return self._send(HTTPStatus.OK, self.server.sizes, "application/json")
         if route == MODEL_PATH:
             path = self.server.model
         else:
@@ -108,13 +113,15 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False,
         raise ValueError(f"{name}={model}: the page runs an exported .onnx file (python -m "
                          "export --formats=onnx).")
     # what the page will run: a CMP file with its metadata, which ONNX Runtime loads
-    inputs.load_propagator(model, name, threads=1)
+    propagator = inputs.load_propagator(model, name, threads=1)
     if not install.installed():
         raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
                          f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")
     server = web_server.bounded_server((host, port), _Handler, request_timeout,
                                        max_connections)
     server.model, server.verbose = os.path.abspath(model), verbose
+    server.sizes = json.dumps({"multiple": propagator.multiple,
+                               "minimum": propagator.minimum}).encode()
     server.requested, server.lock = [], threading.Lock()
     server.hosts = web_server.own_hosts(host, server.server_address[1])
     return server

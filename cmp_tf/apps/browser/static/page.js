@@ -3,12 +3,11 @@
 // the animation are computed on the page. The server only hands out files.
 "use strict";
 
-const STRIDE = 32;        // the network takes sides that are multiples of its stride
 const CLICK_PX = 3;       // a drag shorter than this is a click: a pinned point (zero motion)
-const MIN_SIDE = 64;
 
 const page = {
   session: null, image: null, arrows: [], drag: null, timer: null,
+  multiple: null, minSide: null,  // the sides the model takes (model.json, from its metadata)
   canvas: document.getElementById("canvas"),
   status: document.getElementById("status"),
   button: document.getElementById("propagate"),
@@ -23,6 +22,9 @@ async function loadModel() {
   try {
     page.session = await ort.InferenceSession.create("model.onnx",
                                                      {executionProviders: ["wasm"]});
+    const sizes = await (await fetch("model.json")).json();
+    page.multiple = sizes.multiple;
+    page.minSide = Math.ceil(sizes.minimum / sizes.multiple) * sizes.multiple;
   } catch (error) {
     say(`Could not load model.onnx: ${error}`);
     return;
@@ -98,10 +100,10 @@ document.getElementById("clear").addEventListener("click", () => {
 });
 
 // The network's input size: the image scaled so its longer side is at most `side`, each side
-// rounded to a multiple of the stride.
+// rounded to a multiple the model takes, and no smaller than its minimum.
 function networkSize(width, height, side) {
   const scale = Math.min(1, side / Math.max(width, height));
-  const round = (n) => Math.max(MIN_SIDE, Math.round(n * scale / STRIDE) * STRIDE);
+  const round = (n) => Math.max(page.minSide, Math.round(n * scale / page.multiple) * page.multiple);
   return [round(width), round(height)];
 }
 

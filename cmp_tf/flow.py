@@ -101,6 +101,9 @@ def endpoint_error(pred, target, valid=None):
     valid = np.asarray(valid, np.float32)
     if valid.shape != epe.shape:
         raise ValueError(f"valid must have shape {epe.shape}; got {valid.shape}.")
+    if not np.isfinite(valid).all() or (valid < 0).any():
+        raise ValueError("valid must be weights >= 0 (1 = counted); got NaN, infinite or "
+                         "negative values.")
     return float((epe * valid).sum() / max(valid.sum(), 1.0))
 
 
@@ -163,9 +166,13 @@ def warp_backward(image, flow):
     Returns:
         (warped, inside): warped float32 like `image` (bilinear, 0 outside the frame) and a
         [..., H, W] float mask of the pixels whose source lies inside the frame.
+    Raises:
+        ValueError: shapes that differ, or NaN / infinite flow given as a NumPy array.
     """
     import keras
 
+    if isinstance(flow, (np.ndarray, list, tuple)):  # NaN flow would give NaN pixels
+        check_flow(np.asarray(flow, np.float32))
     image = keras.ops.convert_to_tensor(image, "float32")
     flow = keras.ops.convert_to_tensor(flow, "float32")
     single = len(image.shape) == 3

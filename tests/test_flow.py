@@ -93,3 +93,14 @@ def test_backward_warp_by_a_whole_pixel_shift(rng):
 def test_quantize_runs_inside_tf_function():
     fn = tf.function(lambda f: F.quantize(f, NBINS, FMAX))
     assert fn(tf.zeros((2, 4, 4, 2))).numpy().max() == NBINS // 2
+
+
+def test_endpoint_error_and_warping_refuse_weights_and_flow_that_mean_nothing():
+    ones, zeros = np.ones((4, 4, 2), np.float32), np.zeros((4, 4, 2), np.float32)
+    for valid in (-np.ones((4, 4)), np.full((4, 4), np.nan)):
+        with pytest.raises(ValueError, match="valid must be weights >= 0"):
+            F.endpoint_error(ones, zeros, valid)
+    flow = zeros.copy()
+    flow[0, 0] = np.nan
+    with pytest.raises(ValueError, match="flow has 2 NaN or infinite values"):
+        F.warp_backward(np.zeros((4, 4, 3), np.float32), flow)

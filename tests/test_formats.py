@@ -68,7 +68,8 @@ def test_kitti_png_keeps_flow_to_a_128th_of_a_pixel(tmp_path, rng):
     valid = rng.integers(0, 2, (9, 7))
     (tmp_path / "f.png").write_bytes(formats.encode_kitti_png(flow, valid))
     back, back_valid = formats.read_flow(tmp_path / "f.png")
-    assert np.abs(back - flow).max() <= 1 / 128 + 1e-6
+    assert np.abs(back - flow)[valid > 0].max() <= 1 / 128 + 1e-6
+    assert not back[valid == 0].any()  # invalid pixels: no motion
     np.testing.assert_array_equal(back_valid, valid)
     cv2.imwrite(str(tmp_path / "eight.png"), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match=r"eight\.png is not a 16-bit 3-channel KITTI"):
@@ -143,3 +144,36 @@ def test_8bit_flow_encoding_matches_the_reference_formula(rng):
     smooth = rng.uniform(-49, 49, size=(8, 8, 2)).astype(np.float32)
     back = formats.decode_flow_8bit(*formats.encode_flow_8bit(smooth))
     assert np.abs(back - smooth).max() <= 100 / 255 / 2 + 1e-4  # half a quantum
+
+
+def test_kitti_invalid_pixels_read_as_no_motion_and_sizes_must_agree(tmp_path):
+    """KITTI stores an invalid pixel as 0, which decodes to -512 px: a resize would spread it
+    into the valid pixels' targets."""
+    flow = np.full((4, 5, 2), 3.0, np.float32)
+    valid = np.ones((4, 5), np.float32)
+    valid[1, 2] = 0
+    path = tmp_path / "k.png"
+    path.write_bytes(formats.encode_kitti_png(flow, valid))
+    cv2.imwrite(str(tmp_path / "zeros.png"), np.zeros((4, 5, 3), np.uint16))
+    back, back_valid = formats.read_kitti_png(path)
+    np.testing.assert_array_equal(back_valid, valid)
+    np.testing.assert_array_equal(back[1, 2], [0, 0])
+    np.testing.assert_allclose(back[valid > 0], 3.0)
+    assert not formats.read_kitti_png(tmp_path / "zeros.png")[0].any()
+    with pytest.raises(ValueError, match=r"valid \[H, W\] of the same size; got \(4, 5, 2\) "
+                                         r"and \(3, 3\)"):
+        formats.encode_kitti_png(flow, np.ones((3, 3)))
+
+
+def test_flo_refuses_flow_it_would_read_back_as_unknown(tmp_path):
+    flow = np.zeros((3, 3, 2), np.float32)
+    flow[1, 1] = (2e9, 0)
+    with pytest.raises(ValueError, match=r"1 known pixels of \|u\| or \|v\| >= 1e\+09"):
+        formats.write_flo(tmp_path / "a.flo", flow)
+    valid = np.ones((3, 3))
+    valid[1, 1] = 0  # unknown there: written as unknown, as asked
+    formats.write_flo(tmp_path / "a.flo", flow, valid)
+    np.testing.assert_array_equal(formats.read_flo(tmp_path / "a.flo")[1], valid)
+    with pytest.raises(ValueError, match="valid must be finite numbers"):
+        formats.write_flo(tmp_path / "b.flo", np.zeros((3, 3, 2), np.float32),
+                          np.full((3, 3), np.nan))

@@ -127,11 +127,22 @@ def write_flo(path, flow, valid=None):
     flow = flow_lib.check_flow(flow)
     if flow.ndim != 3:
         raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
+    known = np.ones(flow.shape[:2], bool)
     if valid is not None:
         valid = np.asarray(valid)
         if valid.shape != flow.shape[:2]:
             raise ValueError(f"valid must have shape {flow.shape[:2]}; got {valid.shape}.")
-        flow = np.where((valid > 0)[..., None], flow, np.float32(FLO_UNKNOWN_VALUE))
+        if not np.issubdtype(valid.dtype, np.number) and valid.dtype != bool or \
+                not np.isfinite(valid.astype(np.float64)).all():
+            raise ValueError(f"valid must be finite numbers (0: unknown); got dtype "
+                             f"{valid.dtype} with NaN or infinite values.")
+        known = valid > 0
+    too_large = known & (np.abs(flow) >= FLO_UNKNOWN_THRESHOLD).any(-1)
+    if too_large.any():  # it would read back as unknown
+        raise ValueError(f"flow has {int(too_large.sum())} known pixels of |u| or |v| >= "
+                         f"{FLO_UNKNOWN_THRESHOLD:g} px, which .flo reserves for unknown flow.")
+    if valid is not None:
+        flow = np.where(known[..., None], flow, np.float32(FLO_UNKNOWN_VALUE))
     path = os.fspath(path)
     if not path.lower().endswith(".flo"):
         raise ValueError(f"path must name a .flo file (Middlebury flow); got {path}.")
@@ -173,14 +184,21 @@ def read_kitti_png(path):
         raise ValueError(f"Flow file {path} is not a 16-bit 3-channel KITTI flow PNG: {found}.")
     bgr = raw.astype(np.float32)
     flow = (bgr[..., [2, 1]] - KITTI_OFFSET) / KITTI_SCALE  # OpenCV reads B, G, R = valid, v, u
-    return flow, (bgr[..., 0] > 0).astype(np.float32)
+    valid = (bgr[..., 0] > 0).astype(np.float32)
+    # Invalid pixels store 0, read as -512 px: zeroed, as .flo's unknown pixels are, so no
+    # resize or crop spreads that value into real motion.
+    return flow * valid[..., None], valid
 
 
 def encode_kitti_png(flow, valid):
     """[H, W, 2] flow + [H, W] validity -> 16-bit KITTI PNG bytes (1/64 px steps, +-512 px)."""
     flow = flow_lib.check_flow(flow)
+    valid = np.asarray(valid)
+    if flow.ndim != 3 or valid.shape != flow.shape[:2]:
+        raise ValueError(f"flow must be [H, W, 2] and valid [H, W] of the same size; got "
+                         f"{flow.shape} and {valid.shape}.")
     q = np.clip(np.round(flow * KITTI_SCALE + KITTI_OFFSET), 0, 2**16 - 1).astype(np.uint16)
-    valid = (np.asarray(valid) > 0).astype(np.uint16)
+    valid = (valid > 0).astype(np.uint16)
     ok, data = cv2.imencode(".png", np.dstack([valid, q[..., 1], q[..., 0]]))  # B, G, R
     if not ok:
         raise ValueError("OpenCV could not encode the flow as PNG.")

@@ -271,7 +271,9 @@ def test_the_nearest_fill_in_numpy_and_in_the_model_agree(count, rng):
     chamfer distance can order differently from the exact Euclidean distance."""
     from cmp_tf.models import fills
 
-    points = rng.uniform(0, 63, (count, 2)).astype(np.float32)
+    pixels = rng.choice(63 * 63, count, replace=False)  # one guide a pixel: shared, they average
+    points = (np.stack([pixels % 63, pixels // 63], -1) + rng.uniform(-0.4, 0.4, (count, 2)))
+    points = np.clip(points, 0, 63).astype(np.float32)
     vectors = rng.normal(0, 5, (count, 2)).astype(np.float32)
     numpy_fill = baselines.nearest(np.zeros((64, 64, 3), np.uint8), points, vectors)
     sparse = sampling.sparse_from_points(points, vectors, 64, 64)

@@ -264,3 +264,14 @@ def test_neighbor_elimination_equals_the_plain_pairwise_loop(plain):
         assert 0 < fast.sum() < len(rows)
         kept = np.flatnonzero(fast)
         assert sampling.close_pairs(rows[kept], cols[kept], 4.0)[0].size == 0
+
+
+def test_guides_on_one_pixel_give_it_their_mean_whatever_their_order():
+    """Close arrows round to one pixel once an image is shrunk: the last one listed won."""
+    points = np.array([[1.2, 2.0], [0.9, 2.2], [3, 0]])
+    vectors = np.array([[10.0, 0], [0, 4], [1, 1]])
+    for order in ([0, 1, 2], [1, 0, 2]):
+        sparse = sampling.sparse_from_points(points[order], vectors[order], 4, 5)
+        np.testing.assert_array_equal(sparse[2, 1], [5, 2, 1])
+        np.testing.assert_array_equal(sparse[0, 3], [1, 1, 1])
+        assert sparse[..., 2].sum() == 2 and not sparse[sparse[..., 2] == 0].any()

@@ -23,7 +23,8 @@ def sparse_from_points(points, vectors, height, width):
     """Guidance points -> [H, W, 3] sparse input (u, v, mask).
 
     Args:
-        points: [K, 2] (x, y) pixel coordinates, rounded to the nearest pixel.
+        points: [K, 2] (x, y) pixel coordinates, rounded to the nearest pixel; points on one
+            pixel give it their mean vector.
         vectors: [K, 2] (u, v) motion in pixels at those points.
         height, width: the image's size, whole numbers >= 1.
     Raises:
@@ -51,9 +52,15 @@ def sparse_from_points(points, vectors, height, width):
     if off.any():
         raise ValueError(f"points must lie on the {width}x{height} image; "
                          f"{points[off][:3].tolist()} do not.")
+    # Guides that round to one pixel (close arrows once an image is shrunk) give it their mean
+    # motion, whatever their order, rather than the last one's.
+    pixel = xy[:, 1] * width + xy[:, 0]
+    count = np.bincount(pixel, minlength=height * width)
     sparse = np.zeros((height, width, 3), np.float32)
-    sparse[xy[:, 1], xy[:, 0], :2] = vectors
-    sparse[xy[:, 1], xy[:, 0], 2] = 1.0
+    for channel in range(2):
+        total = np.bincount(pixel, weights=vectors[:, channel], minlength=height * width)
+        sparse[..., channel] = (total / np.maximum(count, 1)).reshape(height, width)
+    sparse[..., 2] = (count > 0).reshape(height, width)
     return sparse
 
 
@@ -76,7 +83,7 @@ def _check_pairs(value, name):
     largest = float(np.abs(array).max())
     if name == "vectors" and largest > MAX_VECTOR_PX:  # no image holds it; NaN flow beyond
         raise ValueError(f"vectors must be at most {MAX_VECTOR_PX:g} px in u and v; got "
-                         f"{largest:g}.")
+                         f"{largest:.7g}.")
     return array
 
 

@@ -13,16 +13,27 @@ from cmp_tf.data.voc import IGNORE_LABEL
 LOSSES = ("discrete", "l1", "l2")
 
 
+def _differ(a, b):
+    """Whether two static dimensions are known and different."""
+    return a is not None and b is not None and a != b
+
+
 def _check_target(pred, target, weight):
+    """Shapes checked where they are known (before a graph is traced), so a mismatch is named
+    here and not inside TensorFlow's broadcasting."""
     if len(pred.shape) != 4 or len(target.shape) != 4 or target.shape[-1] != 2:
         raise ValueError(f"Expected prediction [B, h, w, C] and target flow [B, H, W, 2]; got "
                          f"{tuple(pred.shape)} and {tuple(target.shape)}.")
+    if _differ(pred.shape[0], target.shape[0]):
+        raise ValueError(f"prediction and target differ in batch: {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}.")
     if weight is not None:
-        if len(weight.shape) == 4:
+        if len(weight.shape) == 4 and weight.shape[-1] == 1:
             weight = weight[..., 0]
-        if len(weight.shape) != 3:
-            raise ValueError(
-                f"weight must be [B, H, W] or [B, H, W, 1]; got {tuple(weight.shape)}.")
+        if len(weight.shape) != 3 or any(_differ(w, t) for w, t in zip(weight.shape,
+                                                                         target.shape[:3])):
+            raise ValueError(f"weight must be [B, H, W] (or [B, H, W, 1]) as the target "
+                             f"{tuple(target.shape[:3])}; got {tuple(weight.shape)}.")
         weight = tf.cast(weight, tf.float32)
     return tf.cast(target, tf.float32), weight
 
@@ -74,6 +85,8 @@ def regression_flow_loss(pred, target, norm, weight=None):
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2'; got {norm!r}.")
     target, weight = _check_target(pred, target, weight)
+    if pred.shape[-1] != 2:
+        raise ValueError(f"pred must be flow with 2 channels (u, v); got {pred.shape[-1]}.")
     diff = tf.cast(_upsample_to(pred, target), tf.float32) - target
     if norm == "l1":
         per_pixel = tf.reduce_sum(tf.abs(diff), -1)
@@ -83,7 +96,7 @@ def regression_flow_loss(pred, target, norm, weight=None):
 
 
 def _check_floor(floor):
-    if not floor > 0:
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0:
         raise ValueError(f"config.flow.relative_floor must be > 0; got {floor!r}.")
 
 
@@ -110,13 +123,17 @@ def make_loss(flow_config, jit_compile=True):
     `jit_compile` fuses the full-resolution upsampling with the loss (XLA): on CPU the AlexNet
     recipe's loss runs forward and backward 3.4x faster than the unfused ops.
     """
+    missing = [name for name in ("loss", *({"discrete": ("nbins", "fmax")}.get(
+        flow_config.get("loss"), ()))) if name not in flow_config]
+    if missing:
+        raise ValueError(f"config.flow lacks {', '.join(missing)}: the loss needs them.")
     kind = flow_config.loss
     relative = bool(flow_config.get("relative", False))
     if relative and kind not in ("l1", "l2"):
         raise ValueError(f"config.flow.relative=True needs a regression loss (l1, l2); "
                          f"config.flow.loss is {kind!r}.")
     if relative:
-        _check_floor(flow_config.relative_floor)
+        _check_floor(flow_config.get("relative_floor"))
     if kind == "discrete":
         nbins, fmax = flow_config.nbins, flow_config.fmax
         flow_lib.check_bins(nbins, fmax)

@@ -20,6 +20,7 @@ import numpy as np
 from cmp_tf import data
 from cmp_tf import rundir
 from cmp_tf import runners
+from cmp_tf.data import sampling
 from cmp_tf.models import cmp as cmp_models
 from cmp_tf.models import heads
 from export import onnx as onnx_export
@@ -189,9 +190,15 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
         raise ValueError(f"--formats={list(formats)}: unknown {unknown}; known: "
                          f"{', '.join(FORMATS)}.")
     size = check_size(size or tuple(config.data.crop), model)
-    if calibration < 1 or parity_samples < 1:
-        raise ValueError(f"--calibration={calibration} and --parity_samples={parity_samples} "
-                         "must be positive.")
+    quantized = [f for f in formats if PRECISION[f] == "int8"]
+    if quantized and calibration < 1:
+        raise ValueError(f"--calibration={calibration} must be positive: the int8 files "
+                         f"({', '.join(quantized)}) are calibrated on that many samples.")
+    if parity_samples < 1:
+        raise ValueError(f"--parity_samples={parity_samples} must be positive.")
+    if threads is not None and (not sampling.is_int(threads) or threads < 1):
+        raise ValueError(f"--threads={threads} must be a positive count of CPU threads (default: "
+                         "all cores).")
     threads = threads or os.cpu_count()
     # The CMP as the files of free size hold it, and as the fixed-size (.tflite) ones do: the
     # same model unless AUTO gives the fixed size its own cells.
@@ -199,7 +206,6 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     if fill_stride == AUTO and any(f.startswith("tflite") for f in formats):
         fixed = model_for_files(model, config, size, fill_stride, dynamic_tflite)[0]
     # The data comes first: an export that cannot calibrate or check itself removes nothing.
-    quantized = [f for f in formats if PRECISION[f] == "int8"]
     calib = real_samples(config, "train", calibration, size) if quantized else []
     from cmp_tf.data import pipeline
 

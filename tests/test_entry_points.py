@@ -88,6 +88,8 @@ def test_an_output_folder_that_is_a_file_or_lies_in_one_is_refused(tmp_path):
     (["benchmarks/propagator.py", "--out={tmp}/notes.txt"],
      "--out={tmp}/notes.txt is a file, not a folder."),
     (["evaluate.py", "--out={tmp}/notes.txt"], "--out={tmp}/notes.txt is a file, not a folder."),
+    (["-m", "export", "--checkpoint=cmp_tf/pretrained/default", "--out={tmp}/export",
+      "--threads=-1"], "--threads=-1 must be a positive count of CPU threads"),
     (["evaluate.py", "--method={tmp}/zero.py"],
      "--method={tmp}/zero.py would be scored as 'zero', a column already taken"),
     (["evaluate.py", "--method=a/mine.py", "--method=b/mine.py"],

@@ -2,6 +2,7 @@
 import math
 
 import ml_collections
+import tensorflow as tf
 import numpy as np
 import pytest
 
@@ -117,3 +118,18 @@ def test_relative_loss_divides_by_each_examples_zero_flow_loss_with_a_floor():
     cfg.update(loss="discrete", relative_floor=0.5)
     with pytest.raises(ValueError, match="relative=True needs a regression loss"):
         losses.make_loss(cfg)
+
+
+def test_losses_name_shapes_and_fields_that_do_not_fit():
+    target = tf.zeros((2, 8, 8, 2))
+    with pytest.raises(ValueError, match=r"weight must be \[B, H, W\] .* as the target "
+                                         r"\(2, 8, 8\); got \(2, 5, 5\)"):
+        losses.regression_flow_loss(tf.zeros((2, 4, 4, 2)), target, "l1", tf.ones((2, 5, 5)))
+    with pytest.raises(ValueError, match="differ in batch"):
+        losses.regression_flow_loss(tf.zeros((1, 4, 4, 2)), target, "l1")
+    with pytest.raises(ValueError, match="pred must be flow with 2 channels"):
+        losses.regression_flow_loss(tf.zeros((2, 4, 4, 198)), target, "l1")
+    with pytest.raises(ValueError, match="config.flow lacks nbins, fmax"):
+        losses.make_loss(ml_collections.ConfigDict({"loss": "discrete"}))
+    with pytest.raises(ValueError, match="relative_floor must be > 0; got None"):
+        losses.make_loss(ml_collections.ConfigDict({"loss": "l1", "relative": True}))

@@ -793,3 +793,13 @@ def test_synchronized_batch_norm_matches_plain_moments(rng):
     mean, variance = layer._moments(tf.constant(x), None)
     np.testing.assert_allclose(mean.numpy(), x.mean((0, 1, 2)), rtol=1e-6)
     np.testing.assert_allclose(variance.numpy(), x.var((0, 1, 2)), rtol=1e-4)
+
+
+def test_build_cmp_names_a_config_that_is_not_a_recipe():
+    config = load_config("cpu_bins")
+    with pytest.raises(ValueError, match="config must be a recipe's ConfigDict with model and "
+                                         "flow .* got dict"):
+        models.build_cmp(config.to_dict())
+    del config.model
+    with pytest.raises(ValueError, match=r"got ConfigDict of \[.*'flow'"):
+        models.build_cmp(config)

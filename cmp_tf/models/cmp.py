@@ -5,6 +5,7 @@ Wiring only: the parts are built elsewhere (by name, from the config) and passed
 can pass a two-layer encoder.
 """
 import keras
+import ml_collections
 
 from cmp_tf import flow as flow_lib
 from cmp_tf import losses
@@ -103,6 +104,11 @@ def build_head(config):
 
 def build_cmp(config):
     """Builds the CMP model of a recipe (see `assemble` for inputs and outputs)."""
+    if not isinstance(config, ml_collections.ConfigDict) or "model" not in config or \
+            "flow" not in config:
+        raise ValueError(f"config must be a recipe's ConfigDict with model and flow "
+                         f"(configs/*.py get_config()); got {type(config).__name__}"
+                         + ("" if not hasattr(config, "keys") else f" of {sorted(config)}") + ".")
     m, f = config.model, config.flow
     if f.loss not in losses.LOSSES:
         raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "

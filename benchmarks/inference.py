@@ -20,7 +20,8 @@ cells well above the training crop, export's --fill_stride=auto), the other file
 on the trained ones; "EPE change" adds what the coarser cells alone change ("cells").
 --bfloat16 adds the Keras model under the mixed_bfloat16 policy (oneDNN's bfloat16 kernels on
 CPUs that have them). A recipe with a finished run under --runs uses its trained weights, the
-others random ones.
+others random ones; a name with a run and no recipe file is that run (two versions of a model
+side by side: --recipes=before,after --runs=DIR, DIR/before/model.keras and DIR/after/...).
 """
 import importlib
 import json
@@ -35,6 +36,7 @@ from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 sys.path.insert(0, ROOT)
+from benchmarks import recipes  # noqa: E402
 from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf import models  # noqa: E402
@@ -48,7 +50,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed forward passes (median repo
 _JIT = flags.DEFINE_bool("jit", False, "Compile the forward pass with XLA.")
 _OUT = cli.define_output("out", "runs/benchmarks", "Folder for inference.json.")
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "mobile", "cpu_bins"],
-                             "Recipes under configs/.")
+                             "Recipes under configs/, or runs under --runs.")
 _FORMATS = flags.DEFINE_list("formats", [], "Export formats to time too (any of "
                              f"{', '.join(export_lib.FORMATS)}), or 'all'.")
 _BFLOAT16 = flags.DEFINE_bool("bfloat16", False, "Also time the Keras model in mixed_bfloat16.")
@@ -178,13 +180,10 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--formats: unknown {unknown}; known: "
                              f"{', '.join(export_lib.FORMATS)} or all.")
-    missing = [r for r in _RECIPES.value
-               if not os.path.isfile(os.path.join(ROOT, "configs", f"{r}.py"))]
-    if missing:
-        raise app.UsageError(f"--recipes: no recipe {', '.join(missing)} under configs/.")
     if flags.FLAGS["runs"].present and not os.path.isdir(_RUNS.value):
         raise app.UsageError(f"--runs={_RUNS.value} is not a folder (of run directories "
                              "<runs>/<recipe>/).")
+    recipes.check(_RECIPES.value, runs=_RUNS.value)  # a run's name counts: load_recipe takes it
     threads = _THREADS.value or os.cpu_count()
     rows, deploy = [], []
     for recipe in _RECIPES.value:

@@ -267,3 +267,18 @@ def test_fill_cells_scores_the_trained_and_the_files_cells_at_a_larger_size(tmp_
     assert set(scored["table"]) == {"nearest", "linear", "2 px cells (trained)", "4 px cells"}
     assert set(scored["table"]["4 px cells"]) == {"watershed/1", "watershed/25", "uniform/1",
                                                   "uniform/25"}
+
+
+def test_inference_times_runs_named_by_their_folder(tmp_path, saved_default):
+    """`--recipes=before --runs=DIR` (docs/speed.md) times DIR/before/model.keras: a run's
+    name is a recipe name there, though configs/ has no before.py."""
+    (tmp_path / "runs" / "before").mkdir(parents=True)
+    os.symlink(saved_default, tmp_path / "runs" / "before" / "model.keras")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/inference.py", "--recipes=before",
+         f"--runs={tmp_path / 'runs'}", "--size=128", "--repeats=1", f"--out={tmp_path}"],
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+        text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "inference.json").read_text())["rows"]
+    assert [r["recipe"] for r in rows] == ["before"]

@@ -26,11 +26,13 @@ from cmp_tf import cli  # noqa: E402
 from cmp_tf import losses  # noqa: E402
 from cmp_tf import models  # noqa: E402
 from cmp_tf import training  # noqa: E402
+from benchmarks import recipes as recipes_lib  # noqa: E402
 from benchmarks import reference as reference_lib  # noqa: E402
 
 _SIZE = flags.DEFINE_integer("size", 384, "Square crop side in pixels.")
-_BATCH = flags.DEFINE_integer("batch", 4, "Batch size.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch size.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up.",
+                              lower_bound=1)
 _PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras policies.")
 _JIT = flags.DEFINE_list("jit", ["false"], "XLA on the whole step, settings to try: false, true.")
 _FUSED_LOSS = flags.DEFINE_list("fused_loss", ["true"],
@@ -38,6 +40,30 @@ _FUSED_LOSS = flags.DEFINE_list("fused_loss", ["true"],
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "cpu_bins"],
                              "Recipes under configs/.")
 _OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for train_throughput.json.")
+
+SWITCHES = {"true": True, "false": False}  # the settings --jit and --fused_loss take
+
+
+def switches(holder):
+    """The settings of a list flag of `SWITCHES` as booleans: anything else (`ture`, `yes`,
+    `1`) is refused, not run as false under a row that reads as the setting asked for."""
+    bad = [value for value in holder.value if value.lower() not in SWITCHES]
+    if bad or not holder.value:
+        raise ValueError(f"--{holder.name}={','.join(holder.value)}: each setting must be "
+                         f"{' or '.join(SWITCHES)}; got {', '.join(map(repr, bad)) or 'none'}.")
+    return [SWITCHES[value.lower()] for value in holder.value]
+
+
+def check_precisions(names):
+    """Refuses a --precisions entry Keras has no policy for before the first model is timed."""
+    if not names:
+        raise ValueError("--precisions: expected at least one Keras policy; got none.")
+    for name in names:
+        try:
+            keras.mixed_precision.Policy(name)
+        except ValueError as error:
+            raise ValueError(f"--precisions: {name!r} is no Keras policy: {error}") from error
+
 
 def synthetic_batch(size, batch, points=30, seed=0):
     rng = np.random.default_rng(seed)
@@ -81,13 +107,15 @@ def images_per_second(recipe, precision, jit, fused_loss, size, batch, steps):
 
 def main(argv):
     del argv
+    recipes_lib.check(_RECIPES.value)  # built from configs/ alone: a run's name does not count
+    check_precisions(_PRECISIONS.value)
+    settings = [(jit, fused) for jit in switches(_JIT) for fused in switches(_FUSED_LOSS)]
     threads = (tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count())
     device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({threads} threads)"
     rows = []
     for recipe in _RECIPES.value:
         for precision in _PRECISIONS.value:
-            for jit, fused in ((j.lower() == "true", f.lower() == "true")
-                               for j in _JIT.value for f in _FUSED_LOSS.value):
+            for jit, fused in settings:
                 rate = images_per_second(recipe, precision, jit, fused, _SIZE.value,
                                          _BATCH.value, _STEPS.value)
                 reference, source = reference_lib.lookup(

@@ -70,6 +70,11 @@ def test_an_output_folder_that_is_a_file_or_lies_in_one_is_refused(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+# benchmarks/train_throughput.py timing one small step: a refusal it misses costs seconds.
+_TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--batch=1",
+              "--out={tmp}/out"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["-m", "cmp_tf.convert", "--checkpoint={tmp}/missing.pth",
       "--config=configs/alexnet_yfcc.py", "--out={tmp}/o/model.keras"],
@@ -85,6 +90,15 @@ def test_an_output_folder_that_is_a_file_or_lies_in_one_is_refused(tmp_path):
     (["benchmarks/inference.py", "--recipes=bogus"], "--recipes: no recipe bogus under configs/"),
     (["benchmarks/inference.py", "--recipes=propagation,bogus", "--runs={tmp}"],
      "--recipes: no recipe bogus under configs/ and no run {tmp}/<name>/model.keras."),
+    # a mistyped setting ran without XLA, 0 steps failed after warm-up, a typo was a traceback
+    (["benchmarks/train_throughput.py", *_TINY_STEP, "--jit=false,ture"],
+     "--jit=false,ture: each setting must be true or false; got 'ture'."),
+    (["benchmarks/train_throughput.py", *_TINY_STEP, "--fused_loss=yes"],
+     "--fused_loss=yes: each setting must be true or false; got 'yes'."),
+    (["benchmarks/train_throughput.py", *_TINY_STEP, "--steps=0"],
+     "flag --steps=0: 0 is not a positive"),
+    (["benchmarks/train_throughput.py", "--recipes=propgation"],
+     "--recipes: no recipe propgation under configs/."),
     (["benchmarks/input_pipeline.py", "--out={tmp}/notes.txt/x.json"],
      "--out={tmp}/notes.txt/x.json lies in {tmp}/notes.txt, a file, not a folder."),
     (["benchmarks/propagator.py", "--out={tmp}/notes.txt"],

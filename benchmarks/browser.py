@@ -1,13 +1,17 @@
-r"""The in-browser page's forward latency: the shipped model exported to ONNX, run by
-onnxruntime-web (WebAssembly, one thread) in headless Chromium, next to ONNX Runtime in Python
-(one thread) on the same inputs.
+r"""The in-browser page's forward latency: the shipped model (or --checkpoint) exported to ONNX,
+run by onnxruntime-web (WebAssembly, one thread) in headless Chromium, next to ONNX Runtime in
+Python (one thread) on the same inputs.
 
   python -m cmp_tf.apps.browser.install      # once: the page's runtime
-  python benchmarks/browser.py [--sides=128,256,384] [--repeats=5] [--out=runs/benchmarks]
+  python benchmarks/browser.py [--sides=128,256,384] [--repeats=5] [--checkpoint=RUN]
+      [--out=runs/benchmarks]
 
-Needs Debian's chromium and chromium-driver. Prints a table and writes browser.json. The time
-is the page's own measurement around `session.run` (performance.now()), median of --repeats
-after one warm-up run; the page's drawing and animation are not in it.
+Needs Debian's chromium and chromium-driver. Prints a table and writes browser.json, which
+names the model timed. The time is the page's own measurement around `session.run`
+(performance.now()), median of --repeats after one warm-up run; the page's drawing and
+animation are not in it. Each side is fed as it is, so it must be one the model takes (a
+multiple of its stride, at least its minimum): the page rounds its side, ONNX Runtime here
+would not.
 """
 import json
 import os
@@ -24,11 +28,17 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cmp_tf import cli  # noqa: E402
+from cmp_tf import rundir  # noqa: E402
+from cmp_tf.apps.browser import install  # noqa: E402
 from cmp_tf.apps.browser import server as server_lib  # noqa: E402
+from cmp_tf.models import cmp as cmp_models  # noqa: E402
 
 _SIDES = flags.DEFINE_list("sides", ["128", "256", "384"], "Network input sides (square).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per side (median reported).")
 _OUT = cli.define_output("out", "runs/benchmarks", "Folder for browser.json.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", rundir.PRETRAINED,
+                                  "Run directory or .keras file to export and time; default "
+                                  "the shipped model (not the newest run).")
 _TIMEOUT = 300  # s for the page to load the runtime and the model, and for one run
 
 
@@ -78,6 +88,24 @@ def _browser_times(url, image_path, sides, repeats):
         browser.quit()
 
 
+def check_sides(values, model, largest, name):
+    """--sides as whole numbers `model` (`name` in the message) takes as they are: multiples of
+    its encoders' stride, at least its minimum, at most `largest`. A side it refuses is named
+    before the export and the browser's runs, not by ONNX Runtime after them."""
+    guard = model.get_layer("input_guard")
+    text = ",".join(values)
+    try:
+        sides = [int(value) for value in values]
+    except ValueError:
+        raise ValueError(f"--sides={text}: expected whole numbers of pixels.") from None
+    bad = [s for s in sides if s < guard.minimum or s % guard.multiple or s > largest]
+    if bad or not sides:
+        raise ValueError(f"--sides={text}: {name} takes sides that are multiples of "
+                         f"{guard.multiple}, at least {guard.minimum} and at most {largest}; "
+                         f"got {', '.join(map(str, bad)) or 'none'}.")
+    return sides
+
+
 def _native_times(model_path, sides, repeats):
     import onnxruntime
 
@@ -104,15 +132,21 @@ def _native_times(model_path, sides, repeats):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    from export import export_lib
+
+    try:
+        model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
+    except ValueError as error:
+        raise ValueError(f"--checkpoint={_CHECKPOINT.value}: {error}") from error
+    sides = check_sides(_SIDES.value, model,
+                        cmp_models.traced_max_side(model) or export_lib.MAX_SIZE, path)
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         raise app.UsageError("needs chromium and chromedriver (apt-get install chromium "
                              "chromium-driver).")
-    sides = [int(s) for s in _SIDES.value]
-    from cmp_tf import rundir
-    from export import export_lib
-
+    if not install.installed():  # make_server would say so, after the export
+        raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
+                         f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")
     with tempfile.TemporaryDirectory() as tmp:
-        model, config, path = export_lib.load_checkpoint(None)
         export_lib.export(model, config, tmp, formats=("onnx",), size=(128, 128),
                           parity_samples=1, repeats=1, encoder=False, logits=False, source=path,
                           log=lambda _: None)
@@ -132,15 +166,17 @@ def main(argv):
         native = _native_times(onnx_path, sides, _REPEATS.value)
     rows = [{"side": s, "browser_s": browser[s], "onnxruntime_s": native[s],
              "ratio": browser[s] / native[s]} for s in sides]
-    print(f"Shipped model ({rundir.PRETRAINED}) as float32 ONNX, batch 1, one thread; "
-          f"median of {_REPEATS.value}")
+    shipped = rundir.is_pretrained(path)
+    print(f"{'Shipped model' if shipped else 'Model'} ({path}) as float32 ONNX, batch 1, one "
+          f"thread; median of {_REPEATS.value}")
     print(f"{'side':>6}  {'browser s':>10}  {'ONNX Runtime s':>14}  {'ratio':>6}")
     for r in rows:
         print(f"{r['side']:>6}  {r['browser_s']:>10.3f}  {r['onnxruntime_s']:>14.3f}  "
               f"{r['ratio']:>6.2f}")
     os.makedirs(_OUT.value, exist_ok=True)
     with open(os.path.join(_OUT.value, "browser.json"), "w") as f:
-        json.dump({"rows": rows, "repeats": _REPEATS.value}, f, indent=1)
+        json.dump({"checkpoint": os.path.abspath(path), "shipped": shipped, "rows": rows,
+                   "repeats": _REPEATS.value}, f, indent=1)
     print(f"Wrote {os.path.join(_OUT.value, 'browser.json')}")
 
 

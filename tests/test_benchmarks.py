@@ -282,3 +282,23 @@ def test_inference_times_runs_named_by_their_folder(tmp_path, saved_default):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "inference.json").read_text())["rows"]
     assert [r["recipe"] for r in rows] == ["before"]
+
+
+def test_browser_benchmark_takes_the_shipped_model_and_refuses_a_side_first(tmp_path,
+                                                                            saved_default):
+    """benchmarks/browser.py times the shipped model, not the newest run under ./runs, and a
+    side the model does not take (not a multiple of its stride) is named before the export
+    and the browser, not by ONNX Runtime after them."""
+    from cmp_tf import rundir
+
+    (tmp_path / "runs" / "newer").mkdir(parents=True)
+    os.symlink(saved_default, tmp_path / "runs" / "newer" / "model.keras")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "browser.py"), "--sides=128,100",
+         f"--out={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    shipped = os.path.join(rundir.PRETRAINED, rundir.MODEL_FILE)
+    assert (f"--sides=128,100: {shipped} takes sides that are multiples of 32, at least 128 "
+            "and at most") in result.stderr
+    assert not (tmp_path / "out").exists()

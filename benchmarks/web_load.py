@@ -26,6 +26,7 @@ MEMORY_BOUND_MB (--memory_bound_mb).
 """
 import base64
 import json
+import math
 import os
 import socket
 import statistics
@@ -41,17 +42,24 @@ import numpy as np
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmp_tf import cli  # noqa: E402
+from cmp_tf.apps import animate  # noqa: E402
+from cmp_tf.apps.web import server as server_lib  # noqa: E402
+
 _DURATION = flags.DEFINE_float("duration", 30.0, "Seconds of load (new requests stop then).")
-_CLIENTS = flags.DEFINE_integer("clients", 16, "Client threads, one request each at a time.")
+_CLIENTS = flags.DEFINE_integer("clients", 16, "Client threads, one request each at a time.",
+                                lower_bound=1)
 _MODEL = flags.DEFINE_string("model", None, "Model the server loads; default the model that "
                              "ships with cmp_tf.")
-_SIDE = flags.DEFINE_integer("side", 128, "Side of the images the good requests send, px.")
+_SIDE = flags.DEFINE_integer("side", 128, "Side of the images the good requests send, px "
+                             "(from MIN_SIDE to the server's largest).")
 _REQUEST_TIMEOUT = flags.DEFINE_float("request_timeout", 5.0, "The server's request_timeout, s "
                                       "(shorter than its default so that the idle and half-sent "
                                       "kinds come round several times in a run).")
 _MEMORY_BOUND = flags.DEFINE_integer("memory_bound_mb", None, "The server's peak RSS allowed, "
                                      "MB; default MEMORY_BOUND_MB.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for web_load.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for web_load.json.")
 _SERVE = flags.DEFINE_boolean("serve", False, "Internal: be the server (prints its port).")
 
 HOST = "127.0.0.1"  # never anything else: the load stays on this machine
@@ -62,6 +70,10 @@ MEMORY_BOUND_MB = 2048  # the server's peak RSS under this load: TensorFlow and 
 CLIENT_WAIT_S = 120.0  # longest a client waits for an answer before calling the server hung
 START_WAIT_S = 300.0  # longest the server may take to load TensorFlow and the model
 SAMPLE_S = 0.2  # how often the server's threads and memory are read
+PIN = 2  # x = y of the good requests' pinned point (animate) and negative click (annotate)
+MIN_SIDE = PIN + 1  # the pin on the image
+FRAMES = 8  # of the good animation
+REFUSED = "refused "  # what the --serve side prints, then the reason, for a model it cannot load
 EXPECTED = {"info": 200, "page": 200, "animate": 200, "annotate": 200, "huge_image": 413,
             "long_animation": 413, "oversized_body": 413, "negative_length": 400,
             "wrong_type": 415, "foreign_origin": 403, "foreign_host": 403, "half_sent": 408,
@@ -105,9 +117,9 @@ class Requests:
         image = _data_url(textured_png(side))
         c = side // 2
         self.bodies = {
-            "animate": {"image": image, "arrows": [[c, c, side // 10, 0], [2, 2, 0, 0]],
-                        "frames": 8},
-            "annotate": {"image": image, "positive": [[c, c]], "negative": [[2, 2]],
+            "animate": {"image": image, "arrows": [[c, c, side // 10, 0], [PIN, PIN, 0, 0]],
+                        "frames": FRAMES},
+            "annotate": {"image": image, "positive": [[c, c]], "negative": [[PIN, PIN]],
                          "refine": "none"},
             "huge_image": {"image": _data_url(flat_png(20000, 20000)), "arrows": [[1, 1, 1, 1]]},
             "long_animation": {"image": _data_url(flat_png(info["max_side"], info["max_side"])),
@@ -203,7 +215,8 @@ def _status(pid):
 
 
 def start_server(model, request_timeout):
-    """This file with --serve, on a free localhost port: (process, port)."""
+    """This file with --serve, on a free localhost port: (process, port). A model the server
+    cannot load is a ValueError naming --model (the server's reason), not its traceback."""
     command = [sys.executable, os.path.abspath(__file__), "--serve",
                f"--request_timeout={request_timeout}"] + ([f"--model={model}"] if model else [])
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
@@ -214,6 +227,9 @@ def start_server(model, request_timeout):
         line = process.stdout.readline()
         if line.startswith("port "):
             return process, int(line.split()[1])
+        if line.startswith(REFUSED):
+            process.wait()
+            raise ValueError(line[len(REFUSED):].strip())
     process.kill()
     raise RuntimeError(f"the server did not start (exit {process.poll()}; said {line!r}).")
 
@@ -269,16 +285,31 @@ def summarise(results, expected=EXPECTED):
 
 
 def serve():
-    """The --serve side: the page's server with the given model and request timeout."""
-    from cmp_tf.apps import animate
+    """The --serve side: the page's server with the given model and request timeout; a model
+    it cannot load is told to the load side on stdout (REFUSED), where it ends the command."""
     from cmp_tf.apps import inputs
-    from cmp_tf.apps.web import server as server_lib
 
     # As `python -m cmp_tf.apps.web` serves by default: the network sees at most 512 px a side.
-    propagator = inputs.load_propagator(_MODEL.value, "--model", max_side=animate.MAX_SIDE)
+    try:
+        propagator = inputs.load_propagator(_MODEL.value, "--model", max_side=animate.MAX_SIDE)
+    except ValueError as error:
+        print(REFUSED + " ".join(str(error).split()), flush=True)
+        sys.exit(1)
     httpd = server_lib.make_server(propagator, HOST, 0, request_timeout=_REQUEST_TIMEOUT.value)
     print(f"port {httpd.server_address[1]}", flush=True)
     httpd.serve_forever()
+
+
+def check_side(side):
+    """Refuses a --side whose good requests the server would refuse (too small for their pin
+    to lie on the image, or larger than the server's MAX_SIDE, or MAX_RENDER_PIXELS over the
+    animation's frames): they would be reported as the server answering otherwise than it
+    should."""
+    largest = min(server_lib.MAX_SIDE, math.isqrt(animate.MAX_RENDER_PIXELS // FRAMES))
+    if not MIN_SIDE <= side <= largest:
+        raise ValueError(f"--side={side} must lie in [{MIN_SIDE}, {largest}] px: the good "
+                         f"requests pin the point ({PIN}, {PIN}) on the image, and the server "
+                         f"takes at most {largest} px a side for {FRAMES} frames.")
 
 
 def main(argv):
@@ -286,10 +317,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     if _SERVE.value:
         return serve()
-    for name, value in (("--duration", _DURATION.value), ("--clients", _CLIENTS.value),
-                        ("--side", _SIDE.value), ("--request_timeout", _REQUEST_TIMEOUT.value)):
+    for name, value in (("--duration", _DURATION.value),
+                        ("--request_timeout", _REQUEST_TIMEOUT.value)):
         if not value > 0:
             raise app.UsageError(f"{name}={value} must be positive.")
+    check_side(_SIDE.value)
     process, port = start_server(_MODEL.value, _REQUEST_TIMEOUT.value)
     try:
         info = get_info(port)
@@ -345,4 +377,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

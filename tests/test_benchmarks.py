@@ -302,3 +302,18 @@ def test_browser_benchmark_takes_the_shipped_model_and_refuses_a_side_first(tmp_
     assert (f"--sides=128,100: {shipped} takes sides that are multiples of 32, at least 128 "
             "and at most") in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_web_load_names_a_model_its_server_cannot_load_in_one_line(tmp_path):
+    """A text file named .tflite: the server's reason, naming --model, on one line and no
+    load run (there were two tracebacks, the server's and the load side's)."""
+    fake = tmp_path / "model.tflite"
+    fake.write_text("not a model")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/web_load.py", f"--model={fake}", "--duration=1",
+         f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-2].startswith(f"--model={fake}: {fake} could not be loaded as a TFLite model")
+    assert not (tmp_path / "out").exists()

@@ -99,6 +99,13 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
      "flag --steps=0: 0 is not a positive"),
     (["benchmarks/train_throughput.py", "--recipes=propgation"],
      "--recipes: no recipe propgation under configs/."),
+    # its own good requests failed (a pin off the image), the whole usage text, a traceback
+    (["benchmarks/web_load.py", "--duration=1", "--side=1"],
+     "--side=1 must lie in [3, 2048] px: the good requests pin the point (2, 2) on the image"),
+    (["benchmarks/web_load.py", "--duration=1", "--clients=0"],
+     "flag --clients=0: 0 is not a positive integer"),
+    (["benchmarks/web_load.py", "--duration=1", "--model={tmp}/notes.txt"],
+     "--model={tmp}/notes.txt: {tmp}/notes.txt: expected a .keras, .tflite or .onnx file"),
     (["benchmarks/input_pipeline.py", "--out={tmp}/notes.txt/x.json"],
      "--out={tmp}/notes.txt/x.json lies in {tmp}/notes.txt, a file, not a folder."),
     (["benchmarks/propagator.py", "--out={tmp}/notes.txt"],

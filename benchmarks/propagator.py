@@ -43,6 +43,20 @@ def parse_size(text):
     return height, width
 
 
+def load_models(paths, threads):
+    """{path: Propagator} of every --models entry, all loaded before any is timed: a missing or
+    unreadable one is named (with the flag) before the others' minutes are spent."""
+    if not paths:
+        raise ValueError("--models: expected at least one model; got none.")
+    propagators = {}
+    for path in paths:
+        try:
+            propagators[path] = runtime.Propagator(path, threads=threads)
+        except ValueError as error:
+            raise ValueError(f"--models: {error}") from error
+    return propagators
+
+
 def eager(propagator):
     """`propagator` with its Keras network called eagerly instead of through its traced graph."""
     runner = propagator._network.runner
@@ -73,9 +87,10 @@ def run():
         raise ValueError(f"--repeats and --guides must be positive; got {_REPEATS.value} and "
                          f"{_GUIDES.value}.")
     sizes = [parse_size(text) for text in _SIZES.value]
+    propagators = load_models(_MODELS.value, _THREADS.value)
     rows = []
-    for path in _MODELS.value:
-        variants = [("runtime", runtime.Propagator(path, threads=_THREADS.value))]
+    for path, loaded in propagators.items():
+        variants = [("runtime", loaded)]
         if variants[0][1].format == "keras":
             variants.append(("eager", eager(runtime.Propagator(path))))
         for mode, propagator in variants:

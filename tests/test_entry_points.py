@@ -106,6 +106,12 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
      "flag --clients=0: 0 is not a positive integer"),
     (["benchmarks/web_load.py", "--duration=1", "--model={tmp}/notes.txt"],
      "--model={tmp}/notes.txt: {tmp}/notes.txt: expected a .keras, .tflite or .onnx file"),
+    (["benchmarks/inference.py", "--recipes=propagation", "--size=100", "--repeats=1",
+      "--out={tmp}/out"], "--size=100 does not suit propagation: image height and width must "
+                          "be at least 128 for this model"),
+    (["benchmarks/propagator.py", "--models=cmp_tf/pretrained/default,{tmp}/nope.onnx",
+      "--sizes=128x128", "--repeats=1", "--out={tmp}/out"],
+     "--models: {tmp}/nope.onnx does not exist"),
     (["benchmarks/input_pipeline.py", "--out={tmp}/notes.txt/x.json"],
      "--out={tmp}/notes.txt/x.json lies in {tmp}/notes.txt, a file, not a folder."),
     (["benchmarks/propagator.py", "--out={tmp}/notes.txt"],

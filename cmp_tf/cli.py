@@ -8,6 +8,10 @@ from absl import flags
 
 HINT = "Run with --help for the flags."
 
+# The flags the helpers below define are the calling command's own: absl lists a module's
+# flags under --helpshort, and would list them under this module, not the command's.
+flags.disclaim_key_flags()
+
 
 def main_of(run):
     """An absl `main(argv)` that refuses positional arguments and runs `run()` (`cli.run`

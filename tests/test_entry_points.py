@@ -323,3 +323,15 @@ def test_evaluate_segmentation_prints_random_and_cmp_side_by_side(tmp_path, save
                          ("--encoder_modes=thawed", "modes must be distinct names")):
         result = _run(*args, bad)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["benchmarks/propagator.py"], "--out"),  # cli.define_output
+    (["evaluate.py"], "--out"),
+    (["train.py"], "--config"),  # cli.define_config
+])
+def test_helpshort_lists_the_flags_the_cli_helpers_define(args, flag):
+    """absl lists a module's own flags under --helpshort; those cmp_tf.cli defines for a
+    command are the command's, not cmp_tf.cli's (they were missing from it)."""
+    result = _run(*args, "--helpshort")
+    assert f"\n  {flag}: " in result.stdout + result.stderr, result.stdout[-2000:]

@@ -35,7 +35,7 @@ TEACHERS = teacher.named_estimators()  # the ingestion's estimators, by name
 _SCENES = flags.DEFINE_integer("scenes", 32, "Generated scenes (evaluate.py's held-out ones).")
 _SIZE = flags.DEFINE_integer("size", 128, "Scene side, px.")
 _TEACHERS = flags.DEFINE_list("teachers", list(TEACHERS), f"Any of {', '.join(TEACHERS)}.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for teacher.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for teacher.json.")
 
 
 def scene_pairs(count, size, seed=0):

@@ -39,7 +39,7 @@ _FUSED_LOSS = flags.DEFINE_list("fused_loss", ["true"],
                                 "XLA on the loss alone (the library default), settings to try.")
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "cpu_bins"],
                              "Recipes under configs/.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks", "Folder for train_throughput.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for train_throughput.json.")
 
 SWITCHES = {"true": True, "false": False}  # the settings --jit and --fused_loss take
 

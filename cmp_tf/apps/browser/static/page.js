@@ -25,6 +25,9 @@ async function loadModel() {
     const sizes = await (await fetch("model.json")).json();
     page.multiple = sizes.multiple;
     page.minSide = Math.ceil(sizes.minimum / sizes.multiple) * sizes.multiple;
+    const sideInput = document.getElementById("side");
+    sideInput.min = page.minSide;
+    sideInput.step = page.multiple;
   } catch (error) {
     say(`Could not load model.onnx: ${error}`);
     return;

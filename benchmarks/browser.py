@@ -143,9 +143,7 @@ def main(argv):
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         raise app.UsageError("needs chromium and chromedriver (apt-get install chromium "
                              "chromium-driver).")
-    if not install.installed():  # make_server would say so, after the export
-        raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
-                         f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")
+    install.check_installed()  # make_server would say so, after the export
     with tempfile.TemporaryDirectory() as tmp:
         export_lib.export(model, config, tmp, formats=("onnx",), size=(128, 128),
                           parity_samples=1, repeats=1, encoder=False, logits=False, source=path,

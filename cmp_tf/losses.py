@@ -123,8 +123,8 @@ def make_loss(flow_config, jit_compile=True):
     `jit_compile` fuses the full-resolution upsampling with the loss (XLA): on CPU the AlexNet
     recipe's loss runs forward and backward 3.4x faster than the unfused ops.
     """
-    missing = [name for name in ("loss", *({"discrete": ("nbins", "fmax")}.get(
-        flow_config.get("loss"), ()))) if name not in flow_config]
+    needed = ("loss", "nbins", "fmax") if flow_config.get("loss") == "discrete" else ("loss",)
+    missing = [name for name in needed if name not in flow_config]
     if missing:
         raise ValueError(f"config.flow lacks {', '.join(missing)}: the loss needs them.")
     kind = flow_config.loss

@@ -132,8 +132,8 @@ def write_flo(path, flow, valid=None):
         valid = np.asarray(valid)
         if valid.shape != flow.shape[:2]:
             raise ValueError(f"valid must have shape {flow.shape[:2]}; got {valid.shape}.")
-        if not np.issubdtype(valid.dtype, np.number) and valid.dtype != bool or \
-                not np.isfinite(valid.astype(np.float64)).all():
+        numeric = valid.dtype == bool or np.issubdtype(valid.dtype, np.number)
+        if not numeric or not np.isfinite(valid.astype(np.float64)).all():
             raise ValueError(f"valid must be finite numbers (0: unknown); got dtype "
                              f"{valid.dtype} with NaN or infinite values.")
         known = valid > 0

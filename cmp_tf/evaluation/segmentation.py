@@ -68,14 +68,14 @@ def evaluate_segmentation(model, dataset, num_classes, progress=False, desc="sco
          "pixel_accuracy", "pixels" (labelled pixels scored), "images", "confusion" ([C][C]
          lists, rows = true class)}.
     """
+    from tqdm import tqdm
+
     if not sampling.is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
     num_classes = int(num_classes)
     predict = tf.function(lambda image: predict_classes(model, image))
     confusion = np.zeros((num_classes, num_classes), np.int64)
     images = 0
-    from tqdm import tqdm
-
     total = int(dataset.cardinality())
     bar = tqdm(dataset, desc=desc, unit="batch", disable=not progress,
                total=total if total > 0 else None)

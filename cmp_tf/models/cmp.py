@@ -106,9 +106,9 @@ def build_cmp(config):
     """Builds the CMP model of a recipe (see `assemble` for inputs and outputs)."""
     if not isinstance(config, ml_collections.ConfigDict) or "model" not in config or \
             "flow" not in config:
+        fields = f" of {sorted(config)}" if hasattr(config, "keys") else ""
         raise ValueError(f"config must be a recipe's ConfigDict with model and flow "
-                         f"(configs/*.py get_config()); got {type(config).__name__}"
-                         + ("" if not hasattr(config, "keys") else f" of {sorted(config)}") + ".")
+                         f"(configs/*.py get_config()); got {type(config).__name__}{fields}.")
     m, f = config.model, config.flow
     if f.loss not in losses.LOSSES:
         raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "

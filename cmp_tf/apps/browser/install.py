@@ -35,6 +35,14 @@ def installed(vendor=None):
         os.path.isfile(os.path.join(vendor, name)) for name in FILES)
 
 
+def check_installed():
+    """Refuses to serve or time the page without its runtime, naming the command that installs
+    it."""
+    if not installed():
+        raise ValueError(f"The page's runtime (onnxruntime-web {ORT_WEB_VERSION}) is not in "
+                         f"{VENDOR}: run python -m cmp_tf.apps.browser.install.")
+
+
 def install(vendor=None, npm="npm", log=print):
     """npm-installs onnxruntime-web@ORT_WEB_VERSION into a temporary folder and copies FILES
     into `vendor` (default VENDOR), replacing what is there. Raises ValueError without npm or

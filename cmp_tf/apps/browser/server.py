@@ -114,9 +114,7 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False,
                          "export --formats=onnx).")
     # what the page will run: a CMP file with its metadata, which ONNX Runtime loads
     propagator = inputs.load_propagator(model, name, threads=1)
-    if not install.installed():
-        raise ValueError(f"The page's runtime (onnxruntime-web {install.ORT_WEB_VERSION}) is "
-                         f"not in {install.VENDOR}: run python -m cmp_tf.apps.browser.install.")
+    install.check_installed()
     server = web_server.bounded_server((host, port), _Handler, request_timeout,
                                        max_connections)
     server.model, server.verbose = os.path.abspath(model), verbose

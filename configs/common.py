@@ -19,11 +19,15 @@ def _override(section, fields, overrides):
     return {**fields, **overrides}
 
 
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")  # a boolean recipe argument's words
+
+
 def parse_arg(arg, **defaults):
     """Parses a recipe argument, comma-separated words over `defaults` (the recipe's own
     arguments, e.g. "runlocal" where `runlocal` is one of them).
 
-    A bare word sets a boolean option; key=value keeps the default's type. Unknown keys fail.
+    A bare word sets a boolean option; key=value keeps the default's type (a boolean takes
+    true/false, yes/no, 1/0). Unknown keys and values a boolean does not take fail.
     """
     parsed = ml_collections.ConfigDict(defaults)
     for item in filter(None, (arg or "").split(",")):
@@ -34,7 +38,13 @@ def parse_arg(arg, **defaults):
             parsed[key] = True
         else:
             kind = type(defaults[key])
-            parsed[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+            if kind is bool:
+                if value.lower() not in _TRUE + _FALSE:
+                    raise ValueError(f"Recipe argument {key}={value!r} must be one of "
+                                     f"{', '.join(_TRUE + _FALSE)}.")
+                parsed[key] = value.lower() in _TRUE
+            else:
+                parsed[key] = kind(value)
     return parsed
 
 

@@ -27,7 +27,8 @@ def main_of(run):
 
 def run(main):
     """`app.run(main)`, but a usage error, a ValueError (how cmp_tf names a bad file, field or
-    value), or a flag value the parser refuses (a `--config.*` override naming no field of the
+    value), an OSError (a folder it may not write, a full disk: the system names the path),
+    or a flag value the parser refuses (a `--config.*` override naming no field of the
     recipe, a recipe file that does not load), is printed as its message alone: absl prints
     the module's whole docstring above a usage error, and a traceback around a ValueError."""
 
@@ -38,6 +39,8 @@ def run(main):
             fail(str(error), error.exitcode)
         except ValueError as error:  # its own lines kept: a list of tensors reads as one
             fail(str(error))
+        except OSError as error:  # a folder it may not write, a full disk: named by the system
+            fail(str(error), hint=False)
 
     app.run(short_usage, flags_parser=parse_flags)
 

@@ -319,8 +319,10 @@ def _preemption_handler(strategy, manager, step, log):
     with PREEMPTED_EXIT_CODE; the same command then resumes from it."""
 
     def exit_fn():
-        log.warning(f"Preempted (SIGTERM) at step {int(step)}: checkpoint saved to "
-                    f"{manager.latest_checkpoint}; run the same command to resume.")
+        message = (f"Preempted (SIGTERM) at step {int(step)}: checkpoint saved to "
+                   f"{manager.latest_checkpoint}; run the same command to resume.")
+        log.warning(message)  # the run's log.txt
+        print(message, file=sys.stderr, flush=True)  # and the terminal, as Ctrl-C's is
         sys.exit(PREEMPTED_EXIT_CODE)
 
     return tf.distribute.experimental.PreemptionCheckpointHandler(
@@ -564,13 +566,17 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     encoder.save(os.path.join(workdir, "encoder.keras"))  # loads without cmp_tf
     report = None
     if has_val:
-        report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"))
+        report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"),
+                                              progress=True)
         with writer.as_default(step=int(step)):
             for method, value in report["epe"].items():
                 tf.summary.scalar(f"val/epe_{method}", value)
         with open(os.path.join(workdir, "eval", "validation.json"), "w") as f:
             json.dump(report, f, indent=1)
-    summary = dict(steps=int(step), final_loss=loss, validation=report, workdir=workdir,
+    # No step in this process (resumed after the last checkpoint): no loss, null, not NaN,
+    # which is not JSON.
+    summary = dict(steps=int(step), final_loss=loss if math.isfinite(loss) else None,
+                   validation=report, workdir=workdir,
                    ingestion=pipeline.ingestion_summary(config),  # failed and dropped videos
                    validation_also_trained_on=pipeline.videos_in_both(config) if report else [])
     with open(os.path.join(workdir, rundir.SUMMARY_FILE), "w") as f:

@@ -121,6 +121,8 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
     (["benchmarks/propagator.py", "--out={tmp}/notes.txt"],
      "--out={tmp}/notes.txt is a file, not a folder."),
     (["evaluate.py", "--out={tmp}/notes.txt"], "--out={tmp}/notes.txt is a file, not a folder."),
+    (["train.py", "--config=configs/default.py:runlocal=ture", "--workdir={tmp}/run"],
+     "Recipe argument runlocal='ture' must be one of true, yes, 1, false, no, 0."),
     (["-m", "export", "--checkpoint=cmp_tf/pretrained/default", "--out={tmp}/export",
       "--threads=-1"], "--threads=-1 must be a positive count of CPU threads"),
     (["evaluate.py", "--method={tmp}/zero.py"],
@@ -144,6 +146,14 @@ def test_the_tools_name_a_bad_file_or_flag_in_one_line(tmp_path, args, message):
     (tmp_path / "notes.txt").write_text("mine")
     _one_line_error(_run(*(a.format(tmp=tmp_path) for a in args)), message.format(tmp=tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_the_system_will_not_let_it_write_is_one_line():
+    """A read-only output folder or a full disk was a traceback from deep in the command."""
+    result = _run("-m", "cmp_tf.data.synthetic", "--out=/sys/cmp_tf_test")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "/sys/cmp_tf_test" in lines[-1] and lines[-1].startswith("[Errno"), lines[-3:]
 
 
 def test_a_recipe_named_from_outside_the_checkout_says_why_it_does_not_load(tmp_path):

@@ -165,6 +165,17 @@ def test_kitti_invalid_pixels_read_as_no_motion_and_sizes_must_agree(tmp_path):
         formats.encode_kitti_png(flow, np.ones((3, 3)))
 
 
+def test_kitti_flow_beyond_its_range_is_written_invalid_not_clipped(tmp_path):
+    flow = np.zeros((2, 3, 2), np.float32)
+    flow[0, 0] = (-600, 0)  # beyond +-512 px
+    flow[1, 2] = (0, 511.5)
+    path = tmp_path / "k.png"
+    path.write_bytes(formats.encode_kitti_png(flow, np.ones((2, 3))))
+    back, valid = formats.read_kitti_png(path)
+    np.testing.assert_array_equal(valid, [[0, 1, 1], [1, 1, 1]])
+    np.testing.assert_allclose(back[1, 2], (0, 511.5))
+
+
 def test_flo_refuses_flow_it_would_read_back_as_unknown(tmp_path):
     flow = np.zeros((3, 3, 2), np.float32)
     flow[1, 1] = (2e9, 0)

@@ -32,12 +32,12 @@ def data_flags(tmp_path_factory):
             "--config.train.image_every=2", "--config.schedule.warmup_steps=0"]
 
 
-def _train(workdir, data_flags, *extra, wait=True):
+def _train(workdir, data_flags, *extra, wait=True, stderr=subprocess.DEVNULL):
     command = [sys.executable, "train.py", f"--workdir={workdir}", *data_flags, *extra]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=stderr)
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -92,7 +92,9 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, data_flags):
 
 def test_sigterm_saves_where_it_is_exits_for_restart_and_resumes(tmp_path, data_flags):
     flags = ["--config.train.steps=20", "--config.train.checkpoint_every=1000"]
-    proc = _train(tmp_path / "run", data_flags, *flags, wait=False)
+    terminal = tmp_path / "stderr.txt"
+    with open(terminal, "w") as stderr:
+        proc = _train(tmp_path / "run", data_flags, *flags, wait=False, stderr=stderr)
     log = tmp_path / "run" / "log.txt"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not (
@@ -104,6 +106,7 @@ def test_sigterm_saves_where_it_is_exits_for_restart_and_resumes(tmp_path, data_
     text = log.read_text()
     assert "Preempted (SIGTERM) at step" in text
     saved = int(text.split("Preempted (SIGTERM) at step ")[1].split(":")[0])
+    assert f"Preempted (SIGTERM) at step {saved}" in terminal.read_text()  # said, not only logged
     assert 3 <= saved < 20  # between the regular checkpoints: saved because of the signal
     assert (tmp_path / "run" / "checkpoints" / f"ckpt-{saved}.index").exists()
     resumed = _train(tmp_path / "run", data_flags, *flags)

@@ -191,14 +191,18 @@ def read_kitti_png(path):
 
 
 def encode_kitti_png(flow, valid):
-    """[H, W, 2] flow + [H, W] validity -> 16-bit KITTI PNG bytes (1/64 px steps, +-512 px)."""
+    """[H, W, 2] flow + [H, W] validity -> 16-bit KITTI PNG bytes (1/64 px steps, +-512 px).
+    A pixel whose motion lies beyond that range is written invalid, not clipped to a wrong
+    motion that reads back as valid."""
     flow = flow_lib.check_flow(flow)
     valid = np.asarray(valid)
     if flow.ndim != 3 or valid.shape != flow.shape[:2]:
         raise ValueError(f"flow must be [H, W, 2] and valid [H, W] of the same size; got "
                          f"{flow.shape} and {valid.shape}.")
-    q = np.clip(np.round(flow * KITTI_SCALE + KITTI_OFFSET), 0, 2**16 - 1).astype(np.uint16)
-    valid = (valid > 0).astype(np.uint16)
+    coded = np.round(flow * KITTI_SCALE + KITTI_OFFSET)
+    in_range = ((coded >= 0) & (coded <= 2**16 - 1)).all(-1)
+    q = np.clip(coded, 0, 2**16 - 1).astype(np.uint16)
+    valid = ((valid > 0) & in_range).astype(np.uint16)
     ok, data = cv2.imencode(".png", np.dstack([valid, q[..., 1], q[..., 0]]))  # B, G, R
     if not ok:
         raise ValueError("OpenCV could not encode the flow as PNG.")

@@ -9,18 +9,21 @@ from cmp_tf.data import pipeline
 from cmp_tf.models import fills
 
 
-def evaluate_dataset(model, dataset):
+def evaluate_dataset(model, dataset, progress=False):
     """End-point error of `model` on a pipeline's batches, next to the zero and nearest fills
-    on the same guidance, over valid pixels.
+    on the same guidance, over valid pixels; with `progress`, a bar over the batches.
 
     Returns:
         {"epe": {"cmp", "zero", "nearest"} in px, "relative": cmp / each fill, "samples",
          "guidance_points_per_sample"}.
     """
+    from tqdm import tqdm
+
     sums = {"cmp": 0.0, "zero": 0.0, "nearest": 0.0}
     pixels = samples = points = 0.0
     fill = fills.DensePrior(1)
-    for x, y in pipeline.batches(dataset):
+    for x, y in tqdm(pipeline.batches(dataset), desc="validation", unit="batch",
+                     disable=not progress):
         flow, valid = y["flow"].numpy(), y["valid"].numpy()
         candidates = {"cmp": model(x, training=False)["flow"].numpy(),
                       "zero": np.zeros_like(flow),

@@ -567,7 +567,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
     report = None
     if has_val:
         report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"),
-                                              progress=True)
+                                              progress=progress)
         with writer.as_default(step=int(step)):
             for method, value in report["epe"].items():
                 tf.summary.scalar(f"val/epe_{method}", value)

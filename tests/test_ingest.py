@@ -71,6 +71,83 @@ def test_a_bad_video_is_recorded_and_the_others_still_ingested(tmp_path):
         ingest.ingest([tmp_path], tmp_path / "out3", {"gap": 1}, progress=False)
 
 
+class _Frame(np.ndarray):
+    """A frame that can be watched: is it still held?"""
+
+
+def _pairs(folder):
+    """(frame, gap) of every example, in shard order."""
+    out = []
+    for shard in sorted(f for f in os.listdir(folder) if f.endswith(".tfrecord")):
+        for raw in tf.data.TFRecordDataset(str(folder / shard)):
+            example = tf.train.Example.FromString(raw.numpy()).features.feature
+            out.append((example[records.FRAME].int64_list.value[0],
+                        example[records.GAP].int64_list.value[0]))
+    return out
+
+
+def test_a_long_video_is_ingested_holding_only_the_frames_its_pairs_need(tmp_path, monkeypatch):
+    """Frames are decoded one at a time: at most max(gaps) + 1 of them are alive while the
+    teacher runs (a whole clip in memory was 12 GB for ten minutes at 640 px), and the pairs
+    come out in the same order as before, frame by frame then gap by gap."""
+    import weakref
+
+    from cmp_tf.data import formats
+    from cmp_tf.data import teacher
+
+    video = write_video(tmp_path / "pan.avi", panning_frames(11))
+    stream_video, make_estimator = formats.stream_video, teacher.make_estimator
+    watched, alive = [], []
+
+    def watched_stream(path, max_side=-1):
+        stream, expected = stream_video(path, max_side)
+
+        def frames():
+            for frame in stream:
+                frame = frame.view(_Frame)
+                watched.append(weakref.ref(frame))
+                yield frame
+        return frames(), expected
+
+    def counting_estimator(name, preset):
+        estimate = make_estimator(name, preset)
+
+        def counted(f1, f2):
+            alive.append(sum(ref() is not None for ref in watched))
+            return estimate(np.asarray(f1), np.asarray(f2))
+        return counted
+
+    monkeypatch.setattr(formats, "stream_video", watched_stream)
+    monkeypatch.setattr(teacher, "make_estimator", counting_estimator)
+    ticks = []
+    cfg = {**CFG, "gaps": (1, 3), "frame_step": 2}
+    record = ingest.ingest_video(video, tmp_path / "out", cfg, on_frame=lambda: ticks.append(1))
+    assert record["frames"] == len(ticks) == len(watched) == 11 and not record["error"]
+    assert alive and max(alive) <= 4
+    expected = [(t, gap) for t in range(0, 11, 2) for gap in (1, 3) if t + gap < 11]
+    assert _pairs(tmp_path / "out") == expected
+    assert record["pairs"] == len(expected)
+
+
+def test_one_frame_is_refused_and_the_bar_counts_frames_in_a_pool(tmp_path, capsys):
+    write_video(tmp_path / "one.avi", panning_frames(1))
+    record = ingest.ingest_video(str(tmp_path / "one.avi"), str(tmp_path / "out"), CFG)
+    assert "one.avi has 1 decodable frames; need at least 2" in record["error"]
+    (tmp_path / "clips").mkdir()
+    for seed in range(2):
+        write_video(tmp_path / "clips" / f"v{seed}.avi", panning_frames(5, seed=seed))
+    manifest = ingest.ingest([tmp_path / "clips"], tmp_path / "out", CFG, workers=2)
+    assert manifest["totals"]["pairs"] == 8
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert "10/10" in bar and "frame" in bar and "pairs=8" in bar and "files=2/2" in bar, bar
+    # a pool worker reports each frame as its job's index
+    import queue
+    frames = queue.Queue()
+    ingest._run_job(ingest.ingest_video, str(tmp_path / "clips" / "v0.avi"),
+                    str(tmp_path / "other"), CFG, 7, frames)
+    assert [frames.get() for _ in range(frames.qsize())] == [7] * 5
+
+
 def test_a_second_run_skips_finished_videos(tmp_path):
     video = write_video(tmp_path / "pan.avi", panning_frames(4))
     ingest.ingest([video], tmp_path / "out", CFG, progress=False)

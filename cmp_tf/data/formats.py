@@ -300,35 +300,70 @@ def read_pair(entry):
     return image1, image2, flow, valid
 
 
-def read_video(path, max_side=-1):
-    """Decodes every frame of a video as RGB uint8, resized so the longer side <= max_side.
+def stream_video(path, max_side=-1):
+    """Opens a video to decode its frames one at a time (RGB uint8, resized so the longer side
+    <= max_side): what a long clip needs, where `read_video` would hold every frame at once.
+
+    A file that is missing or that OpenCV cannot open is refused here, before any frame.
 
     Returns:
-        (frames list of [H, W, 3] uint8, expected frame count from the container, -1 if unknown):
-        fewer frames than expected means the file is truncated or a frame failed to decode.
+        (iterator of [H, W, 3] uint8 frames, expected frame count from the container, -1 if
+        unknown): fewer frames than expected means the file is truncated or a frame failed to
+        decode.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Video file {path} does not exist.")
     capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        capture.release()
+        raise ValueError(f"Video file {path} could not be opened by OpenCV.")
+    expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or -1)
+
+    def frames():
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                if max_side > 0 and max(frame.shape[:2]) > max_side:
+                    scale = max_side / max(frame.shape[:2])
+                    size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
+                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+
+    return frames(), max(expected, -1)
+
+
+def video_frame_count(path):
+    """The frame count a video's container states (-1 if unknown or unreadable); reads no
+    frame, so a progress bar can be sized before decoding."""
+    capture = cv2.VideoCapture(os.fspath(path))
     try:
-        if not capture.isOpened():
-            raise ValueError(f"Video file {path} could not be opened by OpenCV.")
-        expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or -1)
-        frames = []
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if max_side > 0 and max(frame.shape[:2]) > max_side:
-                scale = max_side / max(frame.shape[:2])
-                size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
-                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or -1) if capture.isOpened() else -1
     finally:
         capture.release()
-    if len(frames) < 2:
-        raise ValueError(f"Video file {path} has {len(frames)} decodable frames; need at least 2.")
+    return max(count, -1)
+
+
+def check_frame_count(path, count):
+    """A video needs two frames to give one pair."""
+    if count < 2:
+        raise ValueError(f"Video file {os.fspath(path)} has {count} decodable frames; need at "
+                         "least 2.")
+
+
+def read_video(path, max_side=-1):
+    """Decodes every frame of a video at once (see `stream_video` for long clips).
+
+    Returns:
+        (frames list of [H, W, 3] uint8, expected frame count from the container, -1 if unknown).
+    """
+    stream, expected = stream_video(path, max_side)
+    frames = list(stream)
+    check_frame_count(path, len(frames))
     return frames, expected
 
 

@@ -20,6 +20,7 @@ import concurrent.futures
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 
 from cmp_tf import rundir
@@ -68,41 +69,62 @@ def _ingest_source(source, out_dir, cfg, produce, **fields):
     return shards.ingest_once(source, out_dir, source_key(source, cfg), cfg, produce, fields)
 
 
-def ingest_video(video, out_dir, cfg):
+def ingest_video(video, out_dir, cfg, on_frame=None):
     """Ingests one video into `out_dir`; returns its sidecar record (also written as JSON).
 
     Idempotent: a finished video (its sidecar exists) is not redone; an unfinished one has its
     leftovers removed and starts over. With cfg["on_error"] == "skip" a bad video yields a
-    record with `error` set instead of raising.
+    record with `error` set instead of raising. Frames are decoded one at a time and only the
+    max(gaps) + 1 latest are held, so a clip of any length fits in memory. `on_frame()`, if
+    given, is called once per decoded frame (progress).
     """
 
     def produce(record, writer, cfg):
-        frames, expected = formats.read_video(video, cfg["max_side"])
-        record.update(frames=len(frames), expected_frames=expected)
-        if 0 < len(frames) < expected:
-            record["warnings"].append(f"decoded {len(frames)} of {expected} frames: the file "
-                                      "is truncated or a frame failed to decode")
+        stream, expected = formats.stream_video(video, cfg["max_side"])
         estimate = teacher.make_estimator(cfg["estimator"], cfg["dis_preset"])
-        for t in range(0, len(frames), cfg["frame_step"]):
-            for gap in cfg["gaps"]:
-                if t + gap >= len(frames):
-                    continue
-                f1, f2 = frames[t], frames[t + gap]
-                forward, backward = estimate(f1, f2), estimate(f2, f1)
-                valid, reason = teacher.check_pair(f1, f2, forward, backward, cfg)
-                if reason:
-                    record["dropped"][reason] += 1
-                    continue
-                writer.write(records.encode_example(f1, f2, forward, valid, video, t, gap,
-                                                    cfg["jpeg_quality"]))
+        span = max(cfg["gaps"])
+        window = {}  # frame index -> frame, for the pairs not yet made
+
+        def pairs_from(start, count):
+            """Writes the pairs starting at frame `start` (frames up to `count` - 1 decoded)."""
+            if start % cfg["frame_step"] == 0:
+                for gap in cfg["gaps"]:
+                    if start + gap >= count:
+                        continue
+                    f1, f2 = window[start], window[start + gap]
+                    forward, backward = estimate(f1, f2), estimate(f2, f1)
+                    valid, reason = teacher.check_pair(f1, f2, forward, backward, cfg)
+                    if reason:
+                        record["dropped"][reason] += 1
+                        continue
+                    writer.write(records.encode_example(f1, f2, forward, valid, video, start,
+                                                        gap, cfg["jpeg_quality"]))
+            del window[start]  # later pairs start after it
+
+        count = 0
+        for index, frame in enumerate(stream):
+            window[index] = frame
+            count = index + 1
+            if on_frame is not None:
+                on_frame()
+            if index >= span:  # every frame a pair from index - span needs has arrived
+                pairs_from(index - span, count)
+        formats.check_frame_count(video, count)
+        for start in range(max(count - span, 0), count):
+            pairs_from(start, count)
+        record.update(frames=count, expected_frames=expected)
+        if 0 < count < expected:
+            record["warnings"].append(f"decoded {count} of {expected} frames: the file "
+                                      "is truncated or a frame failed to decode")
 
     return _ingest_source(video, out_dir, cfg, produce, frames=0, expected_frames=-1)
 
 
-def convert_list(list_file, out_dir, cfg):
+def convert_list(list_file, out_dir, cfg, on_frame=None):
     """Converts a reference list file (`img1 img2 flow.flo` or `... flow_x.jpg flow_y.jpg`) to
     shards, with the same bookkeeping as videos. A pair that fails to load (missing file, sizes
     that differ, NaN flow) is counted as `bad_file` and left out, or raises with on_error=raise.
+    `on_frame()`, if given, is called once per listed pair (progress).
     """
 
     def produce(record, writer, cfg):
@@ -110,6 +132,8 @@ def convert_list(list_file, out_dir, cfg):
         record["dropped"]["bad_file"] += len(skipped)
         record["warnings"] += skipped
         for index, entry in enumerate(entries):
+            if on_frame is not None:
+                on_frame()
             try:
                 image1, image2, flow, valid = formats.read_pair(entry)
             except ValueError as e:
@@ -188,6 +212,22 @@ def check_config(cfg):
     return cfg
 
 
+def _work_size(fn, path):
+    """Frames a job decodes (a list file: its pairs); -1 when the container does not say."""
+    if fn is convert_list:
+        try:  # the job itself names what is wrong with an unreadable file
+            with open(path, errors="replace") as f:
+                return sum(1 for line in f if line.strip() and not line.lstrip().startswith("#"))
+        except OSError:
+            return -1
+    return formats.video_frame_count(path)
+
+
+def _run_job(fn, path, out_dir, cfg, index, frames):
+    """One job in a pool worker, reporting each frame as its index on the `frames` queue."""
+    return fn(path, out_dir, cfg, on_frame=lambda: frames.put(index))
+
+
 def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
     """Ingests videos (files or folders) and reference list files (.txt) into `out_dir` with a
     local process pool.
@@ -205,21 +245,38 @@ def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
     if not jobs:
         raise ValueError(f"No video or list files found in {paths}.")
     os.makedirs(out_dir, exist_ok=True)
-    pairs = 0
-    bar = tqdm(total=len(jobs), desc="ingest", unit="file", disable=not progress)
+    # The bar counts frames (a list file's pairs), so one long video shows its progress too.
+    sizes = [_work_size(fn, path) for fn, path in jobs]
+    bar = tqdm(total=sum(sizes) if min(sizes) >= 0 else None, desc="ingest", unit="frame",
+               disable=not progress)
+    reported, pairs, files = [0] * len(jobs), 0, 0
+
+    def advance(index):
+        reported[index] += 1
+        bar.update()
+
+    def finish(index, record):
+        nonlocal pairs, files
+        pairs, files = pairs + record["pairs"], files + 1
+        bar.update(max(sizes[index] - reported[index], 0))  # a skipped or truncated file
+        bar.set_postfix(pairs=pairs, files=f"{files}/{len(jobs)}")
+
     if workers <= 1:
-        done = (fn(path, out_dir, cfg) for fn, path in jobs)
-        for record in done:
-            pairs += record["pairs"]
-            bar.update()
-            bar.set_postfix(pairs=pairs)
+        for index, (fn, path) in enumerate(jobs):
+            finish(index, fn(path, out_dir, cfg, on_frame=lambda i=index: advance(i)))
     else:
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(fn, path, out_dir, cfg) for fn, path in jobs]
-            for future in concurrent.futures.as_completed(futures):
-                pairs += future.result()["pairs"]
-                bar.update()
-                bar.set_postfix(pairs=pairs)
+        with multiprocessing.Manager() as manager, \
+                concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            frames = manager.Queue()
+            futures = {pool.submit(_run_job, fn, path, out_dir, cfg, index, frames): index
+                       for index, (fn, path) in enumerate(jobs)}
+            pending = set(futures)
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=0.2)
+                while not frames.empty():
+                    advance(frames.get())
+                for future in done:
+                    finish(futures[future], future.result())
     bar.close()
     return write_manifest(out_dir, cfg)
 

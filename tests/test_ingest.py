@@ -170,6 +170,30 @@ def test_readers_take_only_the_current_configs_shards_of_a_video(tmp_path):
     assert len(ingest.write_manifest(tmp_path / "out", CFG)["sources"]) == 2
     assert pipeline.resolve_sources([video], tmp_path / "out", old)[0] == old_shards
 
+def test_an_edited_video_replaces_its_earlier_pairs(tmp_path):
+    """Re-ingesting a video edited since leaves only the new version's pairs: the old ones
+    were read beside them from the folder, and its old error stayed in the manifest."""
+    video = write_video(tmp_path / "pan.avi", panning_frames(3))
+    first = ingest.ingest([video], tmp_path / "out", CFG, progress=False)["sources"][0]
+    other = write_video(tmp_path / "other.avi", panning_frames(3, seed=1))
+    ingest.ingest([other], tmp_path / "out", CFG, progress=False)
+    os.replace(write_video(tmp_path / "new.avi", panning_frames(6)), video)
+    manifest = ingest.ingest([video, other], tmp_path / "out", CFG, progress=False)
+    assert manifest["totals"]["pairs"] == 5 + 2 and len(manifest["sources"]) == 2
+    replaced = next(s for s in manifest["sources"] if s["video"] == first["video"])
+    assert replaced["key"] != first["key"] and replaced["pairs"] == 5
+    assert "replaced 2 pairs ingested from an earlier version" in replaced["warnings"][0]
+    left = sorted(os.listdir(tmp_path / "out"))
+    assert not [f for f in left if f.startswith(first["key"])], left
+    shards, _ = pipeline.resolve_sources([str(tmp_path / "out")], tmp_path / "cache", CFG)
+    assert len(shards) == 2
+    # another config of the same file is kept, and a folder holding both is refused by name
+    ingest.ingest([video], tmp_path / "out", {**CFG, "jpeg_quality": 80}, progress=False)
+    assert len(ingest.write_manifest(tmp_path / "out", CFG)["sources"]) == 3
+    with pytest.raises(ValueError, match=r"holds 2 ingestions of .*pan\.avi \(pan-"):
+        pipeline.resolve_sources([str(tmp_path / "out")], tmp_path / "cache", CFG)
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_duplicate_shards(tmp_path):
     video = write_video(tmp_path / "pan.avi", panning_frames(40, size=(96, 128)))

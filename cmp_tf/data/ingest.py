@@ -54,19 +54,31 @@ def default_ingest_config():
 def source_key(video, cfg):
     """Shard-name key: the video's stem plus a hash of its path, size, mtime and the ingest
     config (missing fields take their defaults). A cache may hold several keys of one video
-    (an edited file, another config): readers take only the current key's shards."""
+    (another config): readers take only the current key's shards. The keys of a file's
+    earlier versions are removed when its current version is ingested (`shards.ingest_once`)."""
     cfg = {**default_ingest_config(), **cfg}
-    stat = os.stat(video)
-    blob = json.dumps([os.path.abspath(video), stat.st_size, stat.st_mtime_ns, cfg],
-                      sort_keys=True, default=list)
+    blob = json.dumps([os.path.abspath(video), *_file_version(video), cfg], sort_keys=True,
+                      default=list)
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in
                    os.path.splitext(os.path.basename(video))[0])
     return f"{stem}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
+def _file_version(path):
+    """[size, mtime in ns]: what tells an edited file from the one ingested before."""
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _config_digest(cfg):
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=list).encode()).hexdigest()[:10]
+
+
 def _ingest_source(source, out_dir, cfg, produce, **fields):
     cfg = {**default_ingest_config(), **cfg}
-    return shards.ingest_once(source, out_dir, source_key(source, cfg), cfg, produce, fields)
+    return shards.ingest_once(source, out_dir, source_key(source, cfg), cfg, produce,
+                              dict(fields, file_version=_file_version(source),
+                                   config_digest=_config_digest(cfg)))
 
 
 def ingest_video(video, out_dir, cfg, on_frame=None):

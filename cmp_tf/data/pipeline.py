@@ -16,6 +16,7 @@ number of records lost; a list entry that fails to load is logged with its line;
 as does a validation set with no readable sample. With `data.on_error="raise"` the first one
 stops it.
 """
+import collections
 import glob
 import math
 import os
@@ -59,7 +60,18 @@ def _shards_in(folder):
 def _check_shard_sizes(folder, on_error):
     """Shards listed by ingestion sidecars must exist with some bytes; returns the good ones."""
     good = []
-    for record in shards_lib.read_sidecars(folder)[0]:
+    sidecars = shards_lib.read_sidecars(folder)[0]
+    by_source = collections.defaultdict(list)
+    for record in sidecars:
+        by_source[record["video"]].append(f"{record['key']}.json")
+    for source, names in by_source.items():
+        if len(names) > 1:
+            raise ValueError(
+                f"Shard folder {folder} holds {len(names)} ingestions of {source} "
+                f"({', '.join(names)}: other ingest configs, or earlier versions of the file); "
+                "reading the folder would feed its pairs that many times. Keep one: ingest each config into its own folder, or "
+                "delete the other sidecars and the shards they list.")
+    for record in sidecars:
         sidecar = os.path.join(folder, f"{record['key']}.json")
         for shard in record["shards"]:
             path = os.path.join(folder, shard)

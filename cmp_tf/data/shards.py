@@ -3,7 +3,7 @@
 Each source's shards are written under temporary names and renamed when the source is done,
 then a `<key>.json` sidecar records the result: a second run skips finished sources, a killed
 run redoes only unfinished ones (their leftovers are deleted first), so shards are never
-duplicated. `manifest.json` gathers the sidecars: counts, dropped pairs and why, errors. Other
+duplicated; a source file edited since it was ingested replaces its earlier version's shards. `manifest.json` gathers the sidecars: counts, dropped pairs and why, errors. Other
 files in the folder (a user's notes, an unrelated `.json`) are left alone and not read as
 sidecars.
 """
@@ -94,6 +94,11 @@ def ingest_once(source, out_dir, key, cfg, produce, fields):
         record = dict(video=os.path.abspath(source), key=key, shards=[], shard_pairs=[],
                       pairs=0, dropped={r: 0 for r in DROP_REASONS}, error=None, warnings=[],
                       **fields)
+        earlier = _earlier_versions(out_dir, record)
+        if earlier:
+            record["warnings"].append(
+                f"replaced {sum(r['pairs'] for r in earlier)} pairs ingested from an earlier "
+                f"version of this file ({', '.join(r['key'] for r in earlier)})")
         writer = ShardWriter(out_dir, key, cfg["pairs_per_shard"])
         try:
             produce(record, writer, cfg)
@@ -107,7 +112,37 @@ def ingest_once(source, out_dir, key, cfg, produce, fields):
             record["shard_pairs"] = writer.counts
             record["pairs"] = writer.count
         write_json(sidecar, record)
+        for stale in earlier:
+            _remove_source(out_dir, stale)
         return {**record, "skipped": False}
+
+
+def _earlier_versions(out_dir, record):
+    """The sidecars in `out_dir` of the same source file and ingest config as `record` but of
+    an earlier version of the file (edited or replaced since): nothing can reach their keys
+    again, and a folder read as shards would feed both versions. Sidecars that do not record
+    the version are left alone."""
+    return [other for other in read_sidecars(out_dir)[0]
+            if other["video"] == record["video"] and other["key"] != record["key"]
+            and other.get("config_digest") == record["config_digest"]
+            and other.get("file_version") not in (None, record["file_version"])]
+
+
+def _remove_source(out_dir, record):
+    """Removes a source's sidecar, then its shards and lock, unless another process holds it.
+    The sidecar goes first: shards without one are not read while other sidecars exist."""
+    lock_path = os.path.join(out_dir, f"{record['key']}.lock")
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # being ingested right now: leave it
+            return
+        os.remove(os.path.join(out_dir, f"{record['key']}.json"))
+        for shard in record["shards"]:
+            path = os.path.join(out_dir, shard)
+            if os.path.isfile(path):
+                os.remove(path)
+        os.remove(lock_path)
 
 
 def _as_sidecar(path):

@@ -127,3 +127,26 @@ def test_the_command_writes_tiles_evaluate_reads(tmp_path):
     entries, _ = formats.read_list(tmp_path / "tiles" / "pairs.txt")
     assert len(entries) == 6
 
+    again = [*done.args[:-3], "--short_sides=80", "--tile=32", "--stride=32"]
+    refused = subprocess.run(again, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr, refused.stderr[-2000:]
+    assert "holds 19 files of earlier tiles" in refused.stderr  # 6 x 3 tiles and pairs.txt
+    replaced = subprocess.run([*again, "--overwrite"], capture_output=True, text=True,
+                              timeout=300)
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert not [n for n in (tmp_path / "tiles").iterdir() if n.name.startswith("s64_")]
+
+
+def test_earlier_tiles_are_replaced_only_when_asked_and_other_files_stay(tmp_path):
+    left, right, disparity = _stereo_scene()
+    stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(64,), tile=32, stride=32)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--out=.* holds 19 files of earlier tiles \(pairs\.txt"):
+        stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(32,), tile=32)
+    path = stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(32,), tile=32,
+                              overwrite=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["notes.txt", "pairs.txt", "s32_y0_x0_flow.png", "s32_y0_x0_left.png",
+                     "s32_y0_x0_right.png", "s32_y0_x16_flow.png", "s32_y0_x16_left.png",
+                     "s32_y0_x16_right.png"]
+    assert len(formats.read_list(path)[0]) == 2

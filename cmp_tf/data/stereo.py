@@ -15,6 +15,7 @@ Disparity files: Middlebury's .pfm (infinite where unknown), a NumPy .npy or one
 (non-finite where unknown), or KITTI's 16-bit .png (disparity x 256, 0 where unknown).
 """
 import os
+import re
 import zipfile
 
 import cv2
@@ -28,6 +29,7 @@ TILE = 160  # tile side, px: what evaluate.py's default pipeline reads without r
 STRIDE = 80  # px between tiles
 MIN_TILE = 8  # px: smaller tiles hold too little to guide and score
 LIST_FILE = "pairs.txt"
+_TILE_FILE = re.compile(r"s\d+_y\d+_x\d+_(left|right|flow)\.png")  # the tiles' names
 
 
 def read_disparity(path):
@@ -96,8 +98,21 @@ def _starts(size, tile, stride):
     return sorted(set(range(0, size - tile + 1, stride)) | {size - tile})
 
 
+def check_out(out_dir, overwrite):
+    """Returns the files an earlier `write_tiles` left in `out_dir` (its list file and its
+    tiles), refusing them without `overwrite`."""
+    earlier = sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir)
+                     if name == LIST_FILE or _TILE_FILE.fullmatch(name)
+                     ) if os.path.isdir(out_dir) else []
+    if earlier and not overwrite:
+        raise ValueError(f"--out={out_dir} holds {len(earlier)} files of earlier tiles "
+                         f"({os.path.basename(earlier[0])}, ...): pass --overwrite to replace "
+                         "them, or choose another --out.")
+    return earlier
+
+
 def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=TILE,
-                stride=STRIDE):
+                stride=STRIDE, overwrite=False):
     """Cuts a rectified pair into `tile`-px tiles, every `stride` px, with the pair resized to
     each short side of `short_sides` (disparity scaled with it, resized to the nearest pixel
     so that depth edges stay sharp), and writes left / right PNGs, KITTI flow PNGs (valid
@@ -106,6 +121,8 @@ def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=T
     Args:
         left, right: RGB uint8 [H, W, 3] views; disparity: [H, W] px of the left view, NaN
             where unknown (`read_disparity`).
+        overwrite: replace the list file and tiles of an earlier call in `out_dir` (refused
+            without it: tiles of other scales would stay beside the new ones).
     """
     left, right = np.asarray(left), np.asarray(right)
     disparity = np.asarray(disparity, np.float32)
@@ -123,6 +140,8 @@ def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=T
     if not short_sides or any(isinstance(s, bool) or not isinstance(s, int) or s < tile
                               for s in short_sides):
         raise ValueError(f"short_sides must be integers >= tile={tile}; got {short_sides!r}.")
+    for path in check_out(out_dir, overwrite):
+        os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
     height, width = disparity.shape
     lines = []
@@ -161,9 +180,10 @@ def main(argv):
         raise ValueError(f"--short_sides={','.join(flag.short_sides)} must be whole numbers of "
                          "pixels.") from error
     rundir.check_folder_path(flag.out, "--out")
+    check_out(flag.out, flag.overwrite)  # before reading the inputs
     disparity = read_disparity(flag.disparity)
     path = write_tiles(formats.read_image(flag.left), formats.read_image(flag.right),
-                       disparity, flag.out, short_sides, flag.tile, flag.stride)
+                       disparity, flag.out, short_sides, flag.tile, flag.stride, flag.overwrite)
     with open(path, encoding="utf-8") as f:
         count = sum(1 for line in f if line.strip())
     print(f"{count} tiles of {flag.tile} px in {path}; score them with: python evaluate.py "
@@ -185,6 +205,7 @@ def _define_flags():
                       "Short sides (px) the pair is resized to before cutting tiles.")
     flags.DEFINE_integer("tile", TILE, "Tile side, px.")
     flags.DEFINE_integer("stride", STRIDE, "Pixels between tiles.")
+    flags.DEFINE_boolean("overwrite", False, "Replace the tiles an earlier run wrote to --out.")
 
 
 if __name__ == "__main__":

@@ -140,8 +140,9 @@ def _segmentation_data(config):
     if not os.path.isdir(folder):
         raise app.UsageError(f"--data={folder} is not a folder: expected a VOC-format folder "
                              "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/).")
-    manifest = os.path.join(folder, synthetic.SYNTHETIC_MANIFEST)
-    if config.data.synthetic and not os.path.isfile(manifest):
+    made = [os.path.join(folder, name) for name in (synthetic.SYNTHETIC_MANIFEST,
+                                                    synthetic.SYNTHETIC_UNFINISHED)]
+    if config.data.synthetic and not any(map(os.path.isfile, made)):  # unfinished: rewritten
         raise app.UsageError(
             f"--data={folder} holds no {synthetic.SYNTHETIC_MANIFEST}, so it is not a generated "
             "set, which the recipe expects (data.synthetic). For PASCAL VOC 2012 use "

@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -18,6 +20,8 @@ from cmp_tf.evaluation import segmentation as scores
 from cmp_tf.models import layers
 from cmp_tf.models import segmentation
 from tests.helpers import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 IGNORE = voc.IGNORE_LABEL
 
@@ -223,6 +227,43 @@ def test_synthetic_generator_writes_a_readable_voc_set_and_moving_videos(tmp_pat
         synthetic.ensure_synthetic_voc(tmp_path / "a", **{**kwargs, "seed": 4})
     with pytest.raises(ValueError, match="not a generated synthetic set"):
         synthetic.ensure_synthetic_voc(tmp_path / "a" / "videos")
+
+
+def test_a_synthetic_set_cut_short_is_written_again(tmp_path, monkeypatch):
+    """A killed `python -m cmp_tf.data.synthetic` left a folder the next run refused as "not a
+    generated set"; it is now written again, and files of the cut-short attempt go."""
+    kwargs = dict(num_train=3, num_val=1, num_videos=3, frames=3, size=(48, 48))
+    write_video = synthetic.write_video
+
+    def killed_after_one(path, frames, **options):
+        if path.endswith("scene_0001.avi"):
+            raise KeyboardInterrupt
+        return write_video(path, frames, **options)
+
+    monkeypatch.setattr(synthetic, "write_video", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_synthetic_voc(tmp_path / "set", **kwargs)
+    monkeypatch.setattr(synthetic, "write_video", write_video)
+    assert (tmp_path / "set" / synthetic.SYNTHETIC_UNFINISHED).is_file()
+    manifest = synthetic.ensure_synthetic_voc(tmp_path / "set", **{**kwargs, "num_videos": 0,
+                                                                     "num_train": 2})
+    assert manifest["num_videos"] == 0 and manifest["num_train"] == 2
+    names = sorted(os.listdir(tmp_path / "set"))
+    assert synthetic.SYNTHETIC_UNFINISHED not in names and synthetic.SYNTHETIC_MANIFEST in names
+    assert not os.listdir(tmp_path / "set" / "videos")
+    assert sorted(os.listdir(tmp_path / "set" / "JPEGImages")) == [
+        "train_00000.jpg", "train_00001.jpg", "val_00000.jpg"]
+    # evaluate.py --task=segmentation takes such a folder as a generated set (and rewrites it)
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(synthetic, "write_video", killed_after_one)
+        synthetic.write_synthetic_voc(tmp_path / "cut", **kwargs)
+    code = ("import types, sys; from absl import flags; import evaluate; "
+            "flags.FLAGS(['evaluate', '--data=' + sys.argv[1]]); "
+            "print(evaluate._segmentation_data(types.SimpleNamespace("
+            "data=types.SimpleNamespace(synthetic=True))))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cut")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "cut"), done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,12 @@ def moving_square(size=64, square=32, background_motion=(-2, 1), square_motion=(
 
 SYNTHETIC_CLASSES = ("background", "ellipse", "rectangle", "triangle")
 SYNTHETIC_MANIFEST = "synthetic.json"
+# Written first and removed last: a folder holding it is a set whose writing was cut short.
+SYNTHETIC_UNFINISHED = "synthetic.unfinished.json"
+# The files a set is made of, by folder: what an unfinished set's rewrite removes first.
+_SET_FILES = (("JPEGImages", "*_[0-9][0-9][0-9][0-9][0-9].jpg"),
+              ("SegmentationClass", "*_[0-9][0-9][0-9][0-9][0-9].png"),
+              ("ImageSets/Segmentation", "*.txt"), ("videos", "scene_[0-9][0-9][0-9][0-9].avi"))
 # Texture family per class: hue range (degrees), saturation range, noise blur sigma (px,
 # relative to a 160 px image), probability of stripes and their period (px).
 _FAMILIES = {
@@ -208,7 +214,7 @@ def write_video(path, frames, fps=_VIDEO_FPS):
 
 
 def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames=10,
-                        size=(160, 160), objects=(1, 3), seed=0):
+                        size=(160, 160), objects=(1, 3), seed=0, progress=False):
     """Writes a small VOC-format segmentation set and videos of the same kind of scenes.
 
     Layout: `JPEGImages/`, `SegmentationClass/` (palette PNGs, 255 on a thin band along every
@@ -216,7 +222,9 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
     pretraining, e.g. `--config.data.train="('<folder>/videos',)"`) and `synthetic.json` (the
     classes and these arguments). Labelled images are 85-100% of `size` per side (sizes vary,
     as in VOC); video frames are exactly `size`. Images, labels and videos are separate scenes.
-    Deterministic for a seed; a few seconds for the defaults.
+    Deterministic for a seed; a few seconds for the defaults (`progress`: a bar over the
+    images and videos). Until it ends the folder holds `synthetic.unfinished.json`: a set cut
+    short is written again by `ensure_synthetic_voc`.
 
     Returns:
         The manifest dict written to synthetic.json.
@@ -230,14 +238,22 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
         raise ValueError(f"size must be (height, width), each at least 32; got {size}.")
     if len(objects) != 2 or not 1 <= objects[0] <= objects[1]:
         raise ValueError(f"objects must be (min, max) with 1 <= min <= max; got {objects}.")
+    from tqdm import tqdm
+
     folder = os.fspath(folder)
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", "videos"):
+    for sub, _ in _SET_FILES:
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    manifest = dict(classes=list(SYNTHETIC_CLASSES), num_train=num_train, num_val=num_val,
+                    num_videos=num_videos, frames=frames, size=list(size),
+                    objects=list(objects), seed=seed)
+    _write_json(os.path.join(folder, SYNTHETIC_UNFINISHED), manifest)
     from cmp_tf.data import voc  # Pillow and TF only when writing sets
 
     rng = np.random.default_rng(seed)
     height, width = size
     splits = dict(train=num_train, val=num_val)
+    bar = tqdm(total=num_train + num_val + num_videos, desc="synthetic set", unit="scene",
+               disable=not progress)
     for split, count in splits.items():
         ids = []
         for index in range(count):
@@ -252,23 +268,42 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
             voc.write_label(os.path.join(folder, "SegmentationClass", f"{name}.png"),
                             _ignore_boundaries(labels, _IGNORE_BAND))
             ids.append(name)
+            bar.update()
         with open(os.path.join(folder, "ImageSets", "Segmentation", f"{split}.txt"), "w") as f:
             f.write("".join(f"{i}\n" for i in ids))
     for index in range(num_videos):
         scene = _Scene(rng, height, width, int(rng.integers(objects[0], objects[1] + 1)), frames)
         write_video(os.path.join(folder, "videos", f"scene_{index:04d}.avi"),
                      [scene.render(t)[0] for t in range(frames)])
-    manifest = dict(classes=list(SYNTHETIC_CLASSES), num_train=num_train, num_val=num_val,
-                    num_videos=num_videos, frames=frames, size=list(size),
-                    objects=list(objects), seed=seed)
-    with open(os.path.join(folder, SYNTHETIC_MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
+        bar.update()
+    bar.close()
+    _write_json(os.path.join(folder, SYNTHETIC_MANIFEST), manifest)
+    os.remove(os.path.join(folder, SYNTHETIC_UNFINISHED))
     return manifest
 
 
-def ensure_synthetic_voc(folder, **kwargs):
-    """The synthetic set in `folder`, written on first use; reused if written with the same
-    arguments. Refuses a folder that holds something else or a set made with other arguments.
+def _write_json(path, data):
+    """Writes JSON atomically: a killed run leaves the old file or the new one, never half."""
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(f"{path}.tmp", path)
+
+
+def _remove_unfinished(folder):
+    """Removes the files of a set whose writing was cut short (and its marker), so that a
+    rewrite with other arguments leaves none of them behind."""
+    import glob
+
+    for sub, pattern in _SET_FILES:
+        for path in glob.glob(os.path.join(folder, sub, pattern)):
+            os.remove(path)
+    os.remove(os.path.join(folder, SYNTHETIC_UNFINISHED))
+
+
+def ensure_synthetic_voc(folder, progress=False, **kwargs):
+    """The synthetic set in `folder`, written on first use (or again, if its writing was cut
+    short); reused if written with the same arguments. Refuses a folder that holds something
+    else or a set made with other arguments.
 
     Returns:
         The manifest (see write_synthetic_voc).
@@ -277,6 +312,12 @@ def ensure_synthetic_voc(folder, **kwargs):
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{folder} is a file, not a folder for the synthetic set.")
     path = os.path.join(folder, SYNTHETIC_MANIFEST)
+    unfinished = os.path.isfile(os.path.join(folder, SYNTHETIC_UNFINISHED))
+    if os.path.isfile(path) and unfinished:  # cut short after the manifest: the set is whole
+        os.remove(os.path.join(folder, SYNTHETIC_UNFINISHED))
+    elif unfinished:
+        _remove_unfinished(folder)
+        return write_synthetic_voc(folder, progress=progress, **kwargs)
     if os.path.isfile(path):
         with open(path) as f:
             manifest = json.load(f)
@@ -289,7 +330,7 @@ def ensure_synthetic_voc(folder, **kwargs):
     if os.path.isdir(folder) and os.listdir(folder):
         raise ValueError(f"{folder} exists but holds no {SYNTHETIC_MANIFEST}: it is not a "
                          "generated synthetic set; refusing to write into it.")
-    return write_synthetic_voc(folder, **kwargs)
+    return write_synthetic_voc(folder, progress=progress, **kwargs)
 
 
 def main(argv):
@@ -305,7 +346,7 @@ def main(argv):
     rundir.check_folder_path(flag.out, "--out")
     manifest = ensure_synthetic_voc(
         flag.out, num_train=flag.num_train, num_val=flag.num_val, num_videos=flag.num_videos,
-        frames=flag.frames, size=(flag.size, flag.size), seed=flag.seed)
+        frames=flag.frames, size=(flag.size, flag.size), seed=flag.seed, progress=True)
     print(f"{manifest['num_train']} train and {manifest['num_val']} val labelled images "
           f"(classes {', '.join(manifest['classes'])}) and {manifest['num_videos']} videos in "
           f"{flag.out}. Pretrain CMP on the videos with\n  python train.py "

@@ -92,6 +92,25 @@ def test_a_list_of_unreadable_flow_stops_naming_the_source_and_the_count(tmp_pat
         repeats * pipeline.MAX_BAD_IN_A_ROW
 
 
+def test_the_stop_at_unreadable_data_is_the_message_alone():
+    """What training prints when it stops at unreadable data is cmp_tf's message, without the
+    graph nodes TensorFlow wraps around it: under a distribution strategy there are several
+    (the message below is TensorFlow's, from a MirroredStrategy train step), and the message
+    once ran on to the last of them."""
+    ours = ("config.data.train: 32 samples in a row could not be read (32 of 32 so far); the "
+            "last: list.txt:2: flow in 1.flo has 1536 NaN values. Fix or remove that source.")
+    raised = ("Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent "
+              "call last):\n<stack traces unavailable>\nError in user-defined function passed "
+              "to MapDataset:11 transformation with iterator: Iterator::Root::Prefetch::"
+              f"MapAndBatch::ParallelMapV2: assertion failed: [{ours}]\n\t [[{{{{node "
+              "Assert/Assert}}]]\n\t [[MultiDeviceIteratorGetNextFromShard]]\n\t [[RemoteCall]]"
+              "\n\t [[IteratorGetNext]] [Op:__inference_step_494]")
+    error = tf.errors.InvalidArgumentError(None, None, raised)
+    assert str(pipeline.unreadable_data(error)) == ours
+    plain = tf.errors.InvalidArgumentError(None, None, "assertion failed: [x]")
+    assert pipeline.unreadable_data(plain) is None
+
+
 def test_an_unreadable_validation_list_fails_at_its_end_and_strict_mode_at_its_first(tmp_path,
                                                                                     rng):
     listing = _list_file(tmp_path, [_nan_flo] * 3, rng)

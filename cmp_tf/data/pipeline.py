@@ -497,7 +497,7 @@ class DataError(ValueError):
     (the config field or flag) and the last reason."""
 
 
-_FAILURE = re.compile(r"assertion failed: \[((?:config\.data\.\w+|--\w+): .*)\]\s*\[\[", re.S)
+_FAILURE = re.compile(r"assertion failed: \[((?:config\.data\.\w+|--\w+): .*?)\]\s*\[\[", re.S)
 
 
 def unreadable_data(error):

@@ -1,12 +1,15 @@
 """The commands' shared entry point: flags are checked where they are used, and a mistake
 (a bad flag, file, config field or checkpoint: a ValueError naming it) ends as one line on
 stderr and exit status 1, with no traceback and without the whole usage text before it."""
+import os
 import sys
 
 from absl import app
 from absl import flags
 
 HINT = "Run with --help for the flags."
+# The checkout the commands and recipes (configs/) live in.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The flags the helpers below define are the calling command's own: absl lists a module's
 # flags under --helpshort, and would list them under this module, not the command's.
@@ -96,6 +99,9 @@ def define_config(name, default, help_string, **kwargs):
     of the wrong type or a recipe that does not load ends as one line naming it."""
     from ml_collections import config_flags
 
+    if default and not os.path.isabs(default) and not os.path.exists(default) and \
+            os.path.isfile(os.path.join(CHECKOUT, default)):  # a command run from elsewhere
+        default = os.path.join(CHECKOUT, default)
     try:
         return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
     except Exception as error:  # raised at import, before absl could report it
@@ -134,5 +140,12 @@ def config_of(holder):
     try:
         config.keys()
     except OSError as error:
+        path = (flags.FLAGS[holder.name].config_filename or "").split(":")[0]
+        if path and not os.path.isfile(path):
+            where = os.path.join(CHECKOUT, path)
+            found = f"; it is at {where}" if not os.path.isabs(path) and os.path.isfile(where) \
+                else ""
+            raise app.UsageError(f"--{holder.name}={path}: no such recipe file (relative to "
+                                 f"{os.getcwd()}){found}.") from error
         raise app.UsageError(f"--{holder.name}: {message_of(error)}") from error
     return config

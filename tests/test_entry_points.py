@@ -33,7 +33,8 @@ def test_a_config_typo_is_refused_with_a_suggestion(tmp_path):
 
 @pytest.mark.parametrize("flag, message", [
     ("--config.data.batch_size=-4", "config.data.batch_size=-4 must be a whole number >= 1."),
-    ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'"),
+    ("--config=configs/nope.py", f"--config=configs/nope.py: no such recipe file (relative to "
+                                 f"{ROOT})."),
     ("--config.data.train=('nothere.mp4',)", "config.data.train: nothere.mp4 does not exist."),
     ("--config.guidance.num_points=(5,1)", "config.guidance.num_points must be (0, 0)"),
     ("--config.data.on_error=foo", "config.data.on_error must be 'skip' or 'raise'"),
@@ -165,6 +166,23 @@ def test_a_recipe_named_from_outside_the_checkout_says_why_it_does_not_load(tmp_
         pytest.skip("cmp_tf is not installed: it runs from the checkout only")
     _one_line_error(result, "No module named 'configs' (the recipes import the configs "
                             "package, configs/common.py: run from the cmp_tf checkout")
+
+
+def test_train_py_run_from_another_folder_finds_its_default_recipe(tmp_path):
+    """`python path/to/train.py` from elsewhere failed on its own default, configs/default.py,
+    in ml_collections' words; a recipe named relative to the checkout is pointed to."""
+    def run(*flags):
+        return subprocess.run([sys.executable, f"{ROOT}/train.py", *flags,
+                               f"--workdir={tmp_path / 'run'}"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+    _one_line_error(run("--config.data.batch_size=-4"),  # the default recipe loaded
+                    "config.data.batch_size=-4 must be a whole number >= 1.")
+    _one_line_error(run("--config=configs/cpu_bins.py"),
+                    f"--config=configs/cpu_bins.py: no such recipe file (relative to {tmp_path});"
+                    f" it is at {ROOT}/configs/cpu_bins.py.")
+    assert not (tmp_path / "run").exists()
 
 
 def test_data_that_does_not_read_is_named_in_one_line(tmp_path):

@@ -63,6 +63,33 @@ def check_devices(devices):
                              f"{', '.join(names)}.")
 
 
+def check_tf_config(text):
+    """Refuses a TF_CONFIG that TensorFlow would fail on in its own words (a JSON error that
+    names no variable) or hang on (a task outside the cluster), naming what is wrong."""
+    example = ('e.g. {"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": '
+               '"worker", "index": 0}}')
+    try:
+        spec = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not JSON ({error}); {example}.") from error
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(hosts, list) and hosts and all(isinstance(h, str) and ":" in h
+                                                      for h in hosts)
+            for hosts in cluster.values()):
+        raise ValueError(f"TF_CONFIG's cluster must map each job to a list of host:port "
+                         f"addresses; got {cluster!r}; {example}.")
+    task = spec.get("task")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ValueError(f"TF_CONFIG's task must name one of the cluster's jobs "
+                         f"({', '.join(cluster)}) as its type; got {task!r}; {example}.")
+    index, hosts = task.get("index", 0), cluster[task["type"]]
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not (
+            0 <= index < len(hosts)):
+        raise ValueError(f"TF_CONFIG's task index must be a whole number in [0, {len(hosts)}) "
+                         f"for the {len(hosts)} {task['type']} addresses; got {index!r}.")
+
+
 def make_strategy(name="auto", devices=()):
     """auto: MirroredStrategy over all GPUs if there are several, else the default strategy;
     mirrored: MirroredStrategy over `devices` (all GPUs if empty); multiworker: from TF_CONFIG;
@@ -83,6 +110,7 @@ def make_strategy(name="auto", devices=()):
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multiworker needs TF_CONFIG (the cluster and this "
                              "worker's task) in the environment.")
+        check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()

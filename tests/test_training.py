@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from cmp_tf import training
 from cmp_tf.data.synthetic import write_video
 from tests.helpers import panning_frames
 
@@ -145,6 +146,25 @@ def test_a_diverging_loss_stops_the_run_naming_the_step(tmp_path, data_flags):
     assert "at step" in result.stderr and "stopping. The last good checkpoint" in result.stderr
     assert "became" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{bad", r"TF_CONFIG is not JSON \(Expecting property name"),
+    ('{"cluster": {"worker": "localhost:2222"}, "task": {"type": "worker", "index": 0}}',
+     r"TF_CONFIG's cluster must map each job to a list of host:port addresses"),
+    ('{"cluster": {"worker": ["localhost:2222"]}}', r"TF_CONFIG's task must name one of the "
+                                                    r"cluster's jobs \(worker\) as its type"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     r"task index must be a whole number in \[0, 2\) for the 2 worker addresses; got 2"),
+])
+def test_a_bad_tf_config_is_named_before_the_cluster_starts(text, message, monkeypatch):
+    """TensorFlow's own reading of TF_CONFIG names no variable (a bare JSON error) or, for a
+    task outside the cluster, waits for workers that never come."""
+    monkeypatch.setenv("TF_CONFIG", text)
+    with pytest.raises(ValueError, match=message):
+        training.make_strategy("multiworker")
+    training.check_tf_config('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": '
+                             '"worker", "index": 1}}')
 
 
 def _free_ports(count):

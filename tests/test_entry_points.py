@@ -191,7 +191,8 @@ def test_data_that_does_not_read_is_named_in_one_line(tmp_path):
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00 not a list")
     (tmp_path / "empty").mkdir()
     for source, message in ((tmp_path / "binary.txt", "is not UTF-8 text (byte 0)"),
-                            (tmp_path / "empty", "holds no .tfrecord shards or videos.")):
+                            (tmp_path / "empty",
+                             "holds no .tfrecord shards, videos or folders of frames")):
         _one_line_error(_run("train.py", f"--config.data.train=({str(source)!r},)",
                              f"--workdir={tmp_path / 'run'}"),
                         f"config.data.train: {'List file ' if 'txt' in str(source) else ''}"

@@ -194,6 +194,48 @@ def test_an_edited_video_replaces_its_earlier_pairs(tmp_path):
         pipeline.resolve_sources([str(tmp_path / "out")], tmp_path / "cache", CFG)
 
 
+def _write_frames(folder, frames, name="frame{}.png"):
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, frame in enumerate(frames, start=1):
+        cv2.imwrite(str(folder / name.format(index)), frame[..., ::-1])
+    return str(folder)
+
+
+def test_folders_of_frames_are_clips_in_number_order(tmp_path):
+    """A clip stored as one image per frame (DAVIS, Sintel, KITTI) is ingested as a video:
+    frames in number order (frame10 after frame9, not after frame1), a frame of another size
+    named, an edited frame re-ingested."""
+    from cmp_tf.data import formats
+
+    clips = tmp_path / "JPEGImages"
+    bear = _write_frames(clips / "bear", panning_frames(11))
+    odd = panning_frames(3, seed=1)
+    _write_frames(clips / "odd", [odd[0], odd[1], odd[2][:40]])
+    _write_frames(tmp_path / "mixed", panning_frames(2))  # beside a video: not a clip
+    write_video(tmp_path / "mixed" / "pan.avi", panning_frames(3))
+    assert formats.list_videos([clips, tmp_path / "mixed"]) == [
+        bear, str(clips / "odd"), str(tmp_path / "mixed" / "pan.avi")]
+    manifest = ingest.ingest([clips], tmp_path / "out", CFG, progress=False)
+    by_name = {os.path.basename(s["video"]): s for s in manifest["sources"]}
+    assert by_name["bear"]["pairs"] == 10 and by_name["bear"]["frames"] == 11
+    assert "frame3.png is 96x40 px; the clip's first frame" in by_name["odd"]["error"]
+    image, flow, valid = (t.numpy() for t in _records(tmp_path / "out")[9])  # frame10 -> 11
+    np.testing.assert_allclose(np.median(flow[8:-8, 8:-8].reshape(-1, 2), 0), [-3, -2],
+                               atol=0.25)
+    # training reads the folder of clips as it reads a folder of videos
+    shards, _ = pipeline.resolve_sources([str(clips)], tmp_path / "out", CFG)
+    assert len(shards) == 1
+    # an edited frame makes the clip a new version, which replaces the old one's pairs
+    time.sleep(0.01)
+    _write_frames(clips / "bear", panning_frames(11, seed=5)[:1])
+    again = ingest.ingest([bear], tmp_path / "out", CFG, progress=False)
+    assert sorted(s["key"] for s in again["sources"]) != sorted(by_name[n]["key"] for n in
+                                                                 by_name)
+    assert len(again["sources"]) == 2
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_duplicate_shards(tmp_path):
     video = write_video(tmp_path / "pan.avi", panning_frames(40, size=(96, 128)))

@@ -8,6 +8,7 @@ flow, so no resize or crop spreads the marker value into real motion.
 """
 import dataclasses
 import os
+import re
 
 import cv2
 import numpy as np
@@ -31,6 +32,28 @@ FLOW_8BIT_FMAX = 50.0
 
 def is_video(path):
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+def _natural_key(name):
+    """'frame2' before 'frame10': numbers in a name compare as numbers."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder):
+    """The image files directly in `folder`, in frame order (numbers in names compare as
+    numbers): a clip stored as one image per frame, as DAVIS, Sintel or KITTI ship them."""
+    folder = os.fspath(folder)
+    names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+             and os.path.isfile(os.path.join(folder, n))]
+    return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
+
+
+def is_frame_folder(path):
+    """A folder holding at least two images and no video: one clip, a file per frame."""
+    path = os.fspath(path)
+    if not os.path.isdir(path) or any(is_video(n) for n in os.listdir(path)):
+        return False
+    return len(frame_files(path)) >= 2
 
 
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -301,17 +324,25 @@ def read_pair(entry):
 
 
 def stream_video(path, max_side=-1):
-    """Opens a video to decode its frames one at a time (RGB uint8, resized so the longer side
-    <= max_side): what a long clip needs, where `read_video` would hold every frame at once.
+    """Opens a video, or a folder of frames (`is_frame_folder`), to decode its frames one at a
+    time (RGB uint8, resized so the longer side <= max_side): what a long clip needs, where
+    `read_video` would hold every frame at once.
 
-    A file that is missing or that OpenCV cannot open is refused here, before any frame.
+    A file that is missing or that OpenCV cannot open is refused here, before any frame; a
+    frame image that does not decode, or whose size is not the first frame's, when it comes.
 
     Returns:
-        (iterator of [H, W, 3] uint8 frames, expected frame count from the container, -1 if
-        unknown): fewer frames than expected means the file is truncated or a frame failed to
-        decode.
+        (iterator of [H, W, 3] uint8 frames, expected frame count from the container or the
+        folder, -1 if unknown): fewer frames than expected means the file is truncated or a
+        frame failed to decode.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        if not is_frame_folder(path):
+            raise ValueError(f"Folder {path} is not a clip of frames: it needs at least two "
+                             f"images ({', '.join(IMAGE_EXTENSIONS)}) and no video file.")
+        files = frame_files(path)
+        return (_resized(frame, max_side) for frame in _frames_of(files)), len(files)
     if not os.path.isfile(path):
         raise ValueError(f"Video file {path} does not exist.")
     capture = cv2.VideoCapture(path)
@@ -326,20 +357,39 @@ def stream_video(path, max_side=-1):
                 ok, frame = capture.read()
                 if not ok:
                     return
-                if max_side > 0 and max(frame.shape[:2]) > max_side:
-                    scale = max_side / max(frame.shape[:2])
-                    size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
-                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                yield _resized(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), max_side)
         finally:
             capture.release()
 
     return frames(), max(expected, -1)
 
 
+def _frames_of(files):
+    """A folder's frame images in order, each the size of the first (a clip has one size)."""
+    size = None
+    for path in files:
+        frame = read_image(path)
+        if size is None:
+            size = frame.shape
+        elif frame.shape != size:
+            raise ValueError(f"Frame {path} is {frame.shape[1]}x{frame.shape[0]} px; the "
+                             f"clip's first frame, {files[0]}, is {size[1]}x{size[0]}.")
+        yield frame
+
+
+def _resized(frame, max_side):
+    if max_side > 0 and max(frame.shape[:2]) > max_side:
+        scale = max_side / max(frame.shape[:2])
+        size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return frame
+
+
 def video_frame_count(path):
-    """The frame count a video's container states (-1 if unknown or unreadable); reads no
-    frame, so a progress bar can be sized before decoding."""
+    """The frame count a video's container states, or a frame folder's images (-1 if unknown
+    or unreadable); reads no frame, so a progress bar can be sized before decoding."""
+    if os.path.isdir(path):
+        return len(frame_files(path))
     capture = cv2.VideoCapture(os.fspath(path))
     try:
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or -1) if capture.isOpened() else -1
@@ -368,7 +418,8 @@ def read_video(path, max_side=-1):
 
 
 def list_videos(paths):
-    """Expands files and folders (searched recursively) into a sorted list of video files."""
+    """Expands files and folders (searched recursively) into a sorted list of clips: video
+    files, and folders of frames (`is_frame_folder`: at least two images and no video)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     videos = []
@@ -376,6 +427,8 @@ def list_videos(paths):
         if os.path.isdir(path):
             for folder, _, names in os.walk(path):
                 videos += [os.path.join(folder, n) for n in names if is_video(n)]
+                if is_frame_folder(folder):
+                    videos.append(folder)
         elif os.path.isfile(path):
             videos.append(path)
         else:

@@ -65,7 +65,11 @@ def source_key(video, cfg):
 
 
 def _file_version(path):
-    """[size, mtime in ns]: what tells an edited file from the one ingested before."""
+    """[size, mtime in ns]: what tells an edited file from the one ingested before; for a
+    folder of frames, over its frame files, with their count (a frame added or removed)."""
+    if os.path.isdir(path):
+        stats = [os.stat(f) for f in formats.frame_files(path)]
+        return [sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats), len(stats)]
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns]
 
@@ -363,7 +367,8 @@ def _define_flags():
 
     from cmp_tf import cli
 
-    flags.DEFINE_list("videos", None, "Video files or folders of videos.")
+    flags.DEFINE_list("videos", None, "Video files or folders of videos; a folder of frame "
+                      "images (two or more, no video) is one clip.")
     flags.DEFINE_list("lists", None, "Reference list files (img1 img2 flow...) to convert.")
     flags.DEFINE_string("out", None, "Output folder for shards and manifest.", required=True)
     cli.define_config("config", "configs/default.py", "Recipe whose `ingest` section is used.",

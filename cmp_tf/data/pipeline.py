@@ -69,8 +69,9 @@ def _check_shard_sizes(folder, on_error):
             raise ValueError(
                 f"Shard folder {folder} holds {len(names)} ingestions of {source} "
                 f"({', '.join(names)}: other ingest configs, or earlier versions of the file); "
-                "reading the folder would feed its pairs that many times. Keep one: ingest each config into its own folder, or "
-                "delete the other sidecars and the shards they list.")
+                "reading the folder would feed its pairs that many times. Keep one: ingest each "
+                "config into its own folder, or delete the other sidecars and the shards they "
+                "list.")
     for record in sidecars:
         sidecar = os.path.join(folder, f"{record['key']}.json")
         for shard in record["shards"]:
@@ -149,7 +150,8 @@ def check_sources(paths, field="config.data.train"):
             raise ValueError(f"{field}: {path} does not exist.")
         if os.path.isdir(path):
             if not (_shards_in(path) or formats.list_videos(path)):
-                raise ValueError(f"{field}: folder {path} holds no .tfrecord shards or videos.")
+                raise ValueError(f"{field}: folder {path} holds no .tfrecord shards, videos or "
+                                 "folders of frames (two images or more).")
         elif path.endswith(".txt"):
             try:
                 formats.read_list(path, on_missing="skip")
@@ -164,9 +166,10 @@ def check_sources(paths, field="config.data.train"):
 def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", on_error="skip"):
     """Sorts `paths` into TFRecord shards and list-file entries, ingesting videos on first use.
 
-    Folders hold shards or videos; `.tfrecord` files are shards; `.txt` files are reference
-    list files; video files are ingested into `cache_dir` (once: ingestion skips finished
-    videos; a relative one resolves as `cmp_tf.data.cache_dir` says).
+    Folders hold shards or videos (a folder of frame images is one clip); `.tfrecord` files
+    are shards; `.txt` files are reference list files; videos are ingested into `cache_dir`
+    (once: ingestion skips finished videos; a relative one resolves as
+    `cmp_tf.data.cache_dir` says).
 
     Returns:
         (shard paths, list entries).

@@ -3,9 +3,9 @@
 Each source's shards are written under temporary names and renamed when the source is done,
 then a `<key>.json` sidecar records the result: a second run skips finished sources, a killed
 run redoes only unfinished ones (their leftovers are deleted first), so shards are never
-duplicated; a source file edited since it was ingested replaces its earlier version's shards. `manifest.json` gathers the sidecars: counts, dropped pairs and why, errors. Other
-files in the folder (a user's notes, an unrelated `.json`) are left alone and not read as
-sidecars.
+duplicated; a source file edited since it was ingested replaces its earlier version's shards.
+`manifest.json` gathers the sidecars: counts, dropped pairs and why, errors. Other files in the
+folder (a user's notes, an unrelated `.json`) are left alone and not read as sidecars.
 """
 import fcntl
 import glob

@@ -31,8 +31,9 @@ from cmp_tf import cli
 _TASK = flags.DEFINE_enum("task", "propagation", ["propagation", "segmentation"],
                           "What to evaluate.")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Run directory or .keras file; default: newest under runs/, else the "
-    "pretrained model that ships with cmp_tf.")
+    "checkpoint", None, "Run directory (one still training: its newest checkpoint), training "
+    "checkpoint (<run>/checkpoints/ckpt-N) or model file; default: newest finished run under "
+    "runs/, else the pretrained model that ships with cmp_tf.")
 _DATA = flags.DEFINE_list(
     "data", [], "Propagation: TFRecord shard folders, list files, videos or folders of videos, "
     "scored as the recipe's validation pipeline sees them (resized to data.short_size, centre "
@@ -220,12 +221,22 @@ def main(argv):
     from cmp_tf import rundir
 
     path = _CHECKPOINT.value or rundir.default_checkpoint()
-    if not os.path.exists(path):
+    if not (os.path.exists(path) or rundir.is_checkpoint(path)):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
+    unfinished = None  # a run still training (or stopped): its newest checkpoint
+    if _TASK.value == "propagation":
+        resolved = rundir.resolve_model_path(path, checkpoints=True)
+        unfinished = resolved if rundir.model_format(resolved) == "checkpoint" else None
     # Results of the shipped model go under runs/, never into the installed package.
-    out = _OUT.value or os.path.join(rundir.results_dir(path, "eval"), _TASK.value)
-    print(f"Evaluating {path} ({_TASK.value})")
+    out = _OUT.value or os.path.join(rundir.results_dir(unfinished or path, "eval"),
+                                     _TASK.value)
+    if unfinished:
+        print(f"Evaluating {unfinished}, the step-{rundir.checkpoint_step(unfinished)} training "
+              f"checkpoint of a run that has not finished ({_TASK.value})")
+        path = unfinished
+    else:
+        print(f"Evaluating {path} ({_TASK.value})")
     if _TASK.value == "propagation":  # a ValueError (bad checkpoint, data or flags) is one line
         _propagation(path, out)
     else:

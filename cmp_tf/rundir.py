@@ -11,6 +11,7 @@ import fnmatch
 import glob
 import json
 import os
+import re
 import shutil
 
 CONFIG_FILE = "config.json"  # written first: a folder holding a run's one is a run directory
@@ -26,6 +27,7 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
 DEFAULT_ROOT = "runs"  # where train.py puts runs and commands look for the newest one
 MODEL_SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+CHECKPOINTS_DIR = "checkpoints"  # a run's training checkpoints, <name>-<step>.index and data
 # The CPU-trained propagation model that ships with the package; `Propagator()` with no path
 # loads it. pretrained/README.md says how it was made.
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default")
@@ -59,9 +61,41 @@ def default_checkpoint(root=DEFAULT_ROOT):
         raise
 
 
-def resolve_model_path(path):
+def is_checkpoint(path):
+    """Whether `path` is a training checkpoint's prefix (`run/checkpoints/ckpt-500`)."""
+    return os.path.isfile(f"{os.fspath(path)}.index")
+
+
+def latest_checkpoint(run):
+    """The newest training checkpoint of the run directory `run` (the highest step, as
+    train.py numbers them), None if it has none. Read from the file names: no TensorFlow."""
+    folder = os.path.join(os.fspath(run), CHECKPOINTS_DIR)
+    steps = {}
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        match = re.fullmatch(r"(.+-([0-9]+))\.index", name)
+        if match:
+            steps[int(match.group(2))] = os.path.join(folder, match.group(1))
+    return steps[max(steps)] if steps else None
+
+
+def checkpoint_step(path):
+    """The training step a checkpoint prefix holds (its number)."""
+    return int(re.search(r"-([0-9]+)$", os.fspath(path)).group(1))
+
+
+def _run_folder(path):
+    """The folder of the run that `path` (a run directory, a file in one or a checkpoint
+    prefix in its checkpoints/) belongs to."""
+    if is_checkpoint(path):
+        return os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def resolve_model_path(path, checkpoints=False):
     """A run directory, .keras, .tflite or .onnx file or SavedModel folder -> what to load
-    (None: the shipped model); ValueError naming `path` otherwise."""
+    (None: the shipped model); ValueError naming `path` otherwise. With `checkpoints`, a run
+    that has not finished (no model.keras yet) gives its newest training checkpoint, and a
+    checkpoint prefix itself: what evaluation and the apps can read mid-training."""
     if path is None:
         if not os.path.isfile(os.path.join(PRETRAINED, MODEL_FILE)):
             raise ValueError(f"path=None asks for the pretrained model that ships with cmp_tf, "
@@ -69,15 +103,28 @@ def resolve_model_path(path):
                              "a run directory, a .keras, .tflite or .onnx file, or a SavedModel.")
         path = PRETRAINED
     path = os.fspath(path)
+    unfinished = (f"is a run that has not finished ({MODEL_FILE} is written at its end): "
+                  "evaluate.py and the apps read its training checkpoints; export needs "
+                  f"{MODEL_FILE}")
     if os.path.isdir(path):
         candidate = os.path.join(path, MODEL_FILE)
         if os.path.isfile(candidate):
             return candidate
         if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
             return path
+        newest = latest_checkpoint(path)
+        if newest is not None and checkpoints:
+            return newest
+        if newest is not None:
+            raise ValueError(f"{path} {unfinished}.")
         raise ValueError(f"{path} is a directory without {MODEL_FILE} or {SAVED_MODEL_FILE}: "
                          "neither a finished run directory (train.py writes model.keras at the "
                          "end) nor a SavedModel (python -m export writes one).")
+    if is_checkpoint(path):
+        if not checkpoints:
+            raise ValueError(f"{path} is a training checkpoint of a run; export needs the "
+                             f"{MODEL_FILE} train.py writes at the end.")
+        return path
     if not os.path.isfile(path):
         raise ValueError(f"{path} does not exist: expected a run directory, a .keras, .tflite "
                          "or .onnx file, or a SavedModel folder.")
@@ -88,7 +135,10 @@ def resolve_model_path(path):
 
 
 def model_format(path):
-    """'keras', 'savedmodel', 'tflite' or 'onnx' for a path from resolve_model_path."""
+    """'keras', 'savedmodel', 'tflite', 'onnx' or 'checkpoint' for a path from
+    resolve_model_path."""
+    if is_checkpoint(path):
+        return "checkpoint"
     return "savedmodel" if os.path.isdir(path) else MODEL_SUFFIXES[os.path.splitext(path)[1]]
 
 
@@ -115,10 +165,13 @@ def encoder_file(checkpoint):
 def results_dir(checkpoint, kind):
     """Where results of `kind` ("eval", "export") about `checkpoint` go: <run>/<kind> for a run
     directory or a file in one, runs/pretrained/<kind> for the shipped model, and
-    runs/<kind>/<file stem> for a model file outside any run."""
+    runs/<kind>/<file stem> for a model file outside any run; <run>/<kind>/<name>-<step> for a
+    training checkpoint, apart from the finished run's."""
     path = os.path.abspath(os.fspath(checkpoint))
     if is_pretrained(path):
         return os.path.join(PRETRAINED_RESULTS, kind)
+    if is_checkpoint(path):
+        return os.path.join(_run_folder(path), kind, os.path.basename(path))
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     if os.path.isfile(os.path.join(folder, CONFIG_FILE)) or os.path.isdir(path):
         return os.path.join(folder, kind)
@@ -132,8 +185,7 @@ def read_config(path):
     are upgraded (`upgrade_config`)."""
     import ml_collections
 
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    saved = os.path.join(folder, CONFIG_FILE)
+    saved = os.path.join(_run_folder(path), CONFIG_FILE)
     found = os.path.isfile(saved)
     if not found:
         saved = os.path.join(PRETRAINED, CONFIG_FILE)

@@ -33,18 +33,9 @@ class KerasRunner:
     `threads` is unused: TensorFlow's threads are per process, not per model."""
 
     def __init__(self, path, threads=None):
-        import keras
-
         from cmp_tf import models  # registers the custom layers
 
-        if os.path.isfile(path) and not zipfile.is_zipfile(path):  # Keras says "not found"
-            raise ValueError(f"{path} is not a .keras file: a .keras file is a zip archive, and "
-                             f"this one ({os.path.getsize(path)} bytes) is empty, truncated or "
-                             "of another kind.")
-        try:
-            self.model = keras.models.load_model(path)
-        except Exception as error:  # a corrupt or foreign file: say which
-            raise ValueError(f"{path} could not be loaded as a CMP model: {error}") from error
+        self.model = self._load(path)
         try:  # a Sequential model loaded from disk has no `input` until it is called
             inputs, outputs = self.model.input, self.model.output
         except AttributeError as error:
@@ -68,6 +59,19 @@ class KerasRunner:
         out = self._forward(feeds)
         return {name: value.numpy() for name, value in out.items()}
 
+    @staticmethod
+    def _load(path):
+        import keras
+
+        if os.path.isfile(path) and not zipfile.is_zipfile(path):  # Keras says "not found"
+            raise ValueError(f"{path} is not a .keras file: a .keras file is a zip archive, and "
+                             f"this one ({os.path.getsize(path)} bytes) is empty, truncated or "
+                             "of another kind.")
+        try:
+            return keras.models.load_model(path)
+        except Exception as error:  # a corrupt or foreign file: say which
+            raise ValueError(f"{path} could not be loaded as a CMP model: {error}") from error
+
     def retrace(self):
         """Forgets the traced pass, so a change to the model's Python state (a switched fade,
         `runtime.Network.set_fade`) takes effect at the next call."""
@@ -86,6 +90,32 @@ class KerasRunner:
             return out if isinstance(out, dict) else {"output": out}
 
         return forward
+
+
+class CheckpointRunner(KerasRunner):
+    """A training checkpoint of a run (`run/checkpoints/ckpt-500`): the recipe in the run's
+    config.json built and the checkpoint's weights restored into it, so a run can be scored
+    and tried before it ends."""
+
+    @staticmethod
+    def _load(path):
+        import tensorflow as tf
+
+        from cmp_tf import models
+
+        config, found = rundir.read_config(path)
+        if not found:
+            raise ValueError(f"Checkpoint {path}: its run folder holds no {rundir.CONFIG_FILE} "
+                             "(the recipe to build it from).")
+        model = models.build_cmp(config)
+        try:
+            tf.train.Checkpoint(model=model).read(path).expect_partial() \
+                .assert_existing_objects_matched()
+        except Exception as error:  # noqa: BLE001  a corrupt file, or another recipe's
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"Checkpoint {path} could not be restored into its run's recipe: "
+                             f"{reason[:300]}") from error
+        return model
 
 
 class SavedModelRunner:
@@ -218,18 +248,18 @@ class OnnxRunner:
 
 
 RUNNERS = {"keras": KerasRunner, "savedmodel": SavedModelRunner, "tflite": TFLiteRunner,
-           "onnx": OnnxRunner}
+           "onnx": OnnxRunner, "checkpoint": CheckpointRunner}
 
 
 def open_model(path, threads=None):
-    """Any exported model (the CMP or an encoder) as a callable {name: float32 array} ->
-    {name: float32 array}, with `inputs` ({name: shape, None where free}), `outputs`,
+    """Any exported model (the CMP or an encoder), or a run's training checkpoint, as a
+    callable {name: float32 array} -> {name: float32 array}, with `inputs` ({name: shape, None where free}), `outputs`,
     `metadata` (export/'s JSON object or None), `path` and `format`.
 
     Args:
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
     """
-    path = rundir.resolve_model_path(path)
+    path = rundir.resolve_model_path(path, checkpoints=True)
     if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be a positive count or None (the runtime's default); "
                          f"got {threads}.")

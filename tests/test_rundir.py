@@ -226,3 +226,46 @@ def test_the_suite_never_reads_the_users_data_cache():
     assert resolved.startswith(os.environ[data.CACHE_HOME_ENV])
     assert not os.path.abspath(resolved).startswith(os.path.join(ROOT, "data"))
     assert data.cache_dir("/abs/cache") == "/abs/cache"
+
+
+def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path):
+    """Evaluation and the apps read a run still training (or stopped) from its newest
+    checkpoint, built from its recipe; export asks for the finished model, naming why."""
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+
+    from cmp_tf import models
+    from cmp_tf import runtime
+
+    config = load_config("cpu_bins")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort())))
+    model = models.build_cmp(config)
+    checkpoint = tf.train.Checkpoint(model=model)
+    noise = np.random.default_rng(1)
+    for step in (2, 10):  # by number, not by name: ckpt-10 is the newer
+        for weight in model.trainable_weights:
+            weight.assign(weight + noise.normal(0, 0.1, weight.shape).astype(np.float32))
+        checkpoint.write(str(run / "checkpoints" / f"ckpt-{step}"))
+    model.save(tmp_path / "model.keras")
+    newest = str(run / "checkpoints" / "ckpt-10")
+    assert rundir.resolve_model_path(run, checkpoints=True) == newest
+    assert rundir.model_format(newest) == "checkpoint" and rundir.checkpoint_step(newest) == 10
+    assert rundir.results_dir(newest, "eval") == str(run / "eval" / "ckpt-10")
+    assert rundir.read_config(newest)[1]
+    with pytest.raises(ValueError, match=r"is a run that has not finished .*export needs "
+                                         r"model\.keras"):
+        rundir.resolve_model_path(run)
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)
+    guides = ([(40, 30), (70, 10)], [(3.0, -2.0), (-1.0, 0.5)])
+    from_run = runtime.Propagator(run).propagate(image, *guides)
+    from_file = runtime.Propagator(tmp_path / "model.keras").propagate(image, *guides)
+    np.testing.assert_allclose(from_run, from_file, atol=1e-5)
+    older = runtime.Propagator(run / "checkpoints" / "ckpt-2").propagate(image, *guides)
+    assert np.abs(older - from_file).max() > 1e-4
+    (run / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"ckpt-10: its run folder holds no config\.json"):
+        runtime.Propagator(run)

@@ -165,6 +165,31 @@ def test_ablation_stretches_the_schedule_with_the_budget():
         "['--config.schedule.boundaries=(600, 850)']")
 
 
+def test_recipes_take_the_propagation_recipes_alone(tmp_path):
+    """configs/ holds modules that are no propagation recipe (common.py, segmentation.py): the
+    benchmarks' --recipes refuses them by name, listing the ones it takes, before timing."""
+    from benchmarks import recipes
+
+    taken = recipes.available()
+    assert {"cpu_bins", "default", "propagation", "resnet50_semiauto"} <= set(taken)
+    assert not {"common", "segmentation", "__init__"} & set(taken)
+    listed = f"The recipes under configs/: {', '.join(taken)}."
+    with pytest.raises(ValueError) as refused:
+        recipes.check(["cpu_bins", "common"])
+    assert str(refused.value) == ("--recipes: configs/common.py is not a propagation recipe "
+                                  "(no get_config() giving a config with model and flow). "
+                                  + listed)
+    with pytest.raises(ValueError) as refused:
+        recipes.check(["segmentation", "bogus"], runs=str(tmp_path))
+    assert str(refused.value) == (
+        f"--recipes: no recipe bogus under configs/ and no run {tmp_path}/<name>/model.keras; "
+        "configs/segmentation.py is not a propagation recipe (no get_config() giving a config "
+        "with model and flow). " + listed)
+    (tmp_path / "common").mkdir()  # a finished run's name counts, whatever configs/ holds
+    (tmp_path / "common" / "model.keras").write_text("")
+    recipes.check(["common", "default"], runs=str(tmp_path))
+
+
 def test_inference_times_the_fills_of_every_kind_alone():
     """benchmarks/inference.py's fills columns run every fill layer of a model, the edge-aware
     one with its learned features too, and a nearest fill that returns two levels, in

@@ -100,6 +100,13 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
      "flag --steps=0: 0 is not a positive"),
     (["benchmarks/train_throughput.py", "--recipes=propgation"],
      "--recipes: no recipe propgation under configs/."),
+    # a helper module and the transfer's recipe are under configs/ but build no CMP
+    (["benchmarks/inference.py", "--recipes=common"],
+     "--recipes: configs/common.py is not a propagation recipe (no get_config() giving a config "
+     "with model and flow). The recipes under configs/: alexnet_yfcc, cpu_bins, default,"),
+    (["benchmarks/train_throughput.py", *_TINY_STEP, "--recipes=cpu_bins,segmentation"],
+     "--recipes: configs/segmentation.py is not a propagation recipe (no get_config() giving a "
+     "config with model and flow). The recipes under configs/: alexnet_yfcc, cpu_bins,"),
     # its own good requests failed (a pin off the image), the whole usage text, a traceback
     (["benchmarks/web_load.py", "--duration=1", "--side=1"],
      "--side=1 must lie in [3, 2048] px: the good requests pin the point (2, 2) on the image"),

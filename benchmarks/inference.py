@@ -139,17 +139,6 @@ def load_recipe(recipe, runs):
     return models.build_cmp(config), config, "random"
 
 
-def check_size(model, recipe, size):
-    """Refuses a --size `model` cannot take (a multiple of its encoders' stride, at least its
-    minimum) in one line naming the flag, before anything is timed, not as TensorFlow's error
-    from inside the traced forward."""
-    shape = (1, size, size, 3)
-    try:
-        model.get_layer("input_guard").check_sizes(shape, shape)
-    except ValueError as error:
-        raise ValueError(f"--size={size} does not suit {recipe}: {error}") from error
-
-
 def bfloat16_copy(model, config):
     """`model` rebuilt under the mixed_bfloat16 policy with the same weights."""
     import keras
@@ -198,7 +187,7 @@ def main(argv):
     threads = _THREADS.value or os.cpu_count()
     loaded = {recipe: load_recipe(recipe, _RUNS.value) for recipe in _RECIPES.value}
     for recipe, (model, _, _) in loaded.items():
-        check_size(model, recipe, _SIZE.value)
+        recipes.check_size(model, recipe, _SIZE.value)
     rows, deploy = [], []
     for recipe in _RECIPES.value:
         model, config, weights = loaded[recipe]

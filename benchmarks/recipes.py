@@ -1,6 +1,7 @@
 """The names benchmarks take in --recipes, checked in one place before anything is timed: a
 propagation recipe configs/<name>.py, or, for a benchmark that loads finished runs, a run
-directory <runs>/<name>/ with its model.keras (so a name is a run, not only a recipe)."""
+directory <runs>/<name>/ with its model.keras (so a name is a run, not only a recipe); and
+the input side their models are timed at."""
 import importlib
 import os
 
@@ -61,3 +62,14 @@ def check(names, runs=None, flag="--recipes"):
                        "get_config() giving a config with model and flow)")
     raise ValueError(f"{flag}: {'; '.join(reasons)}. The recipes under configs/: "
                      f"{', '.join(available())}.")
+
+
+def check_size(model, recipe, size, flag="--size"):
+    """Refuses a square side `size` that `model`, built from `recipe`, cannot take (a multiple
+    of its encoders' stride, at least its minimum) in one line naming `flag`, before anything
+    is timed, not as TensorFlow's error from inside the traced forward or step."""
+    shape = (1, size, size, 3)
+    try:
+        model.get_layer("input_guard").check_sizes(shape, shape)
+    except ValueError as error:
+        raise ValueError(f"{flag}={size} does not suit {recipe}: {error}") from error

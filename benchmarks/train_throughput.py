@@ -65,6 +65,15 @@ def check_precisions(names):
             raise ValueError(f"--precisions: {name!r} is no Keras policy: {error}") from error
 
 
+def check_size(recipes, size):
+    """Refuses a --size one of `recipes`' models cannot take before the first is timed. Building
+    each model (seconds) is what tells its stride and minimum side; building it to time it
+    refused the size only after the recipes before it were timed, naming config.data.crop."""
+    for recipe in recipes:
+        model = models.build_cmp(importlib.import_module(f"configs.{recipe}").get_config())
+        recipes_lib.check_size(model, recipe, size)
+
+
 def synthetic_batch(size, batch, points=30, seed=0):
     rng = np.random.default_rng(seed)
     sparse = np.zeros((batch, size, size, 3), np.float32)
@@ -110,6 +119,7 @@ def main(argv):
     recipes_lib.check(_RECIPES.value)  # built from configs/ alone: a run's name does not count
     check_precisions(_PRECISIONS.value)
     settings = [(jit, fused) for jit in switches(_JIT) for fused in switches(_FUSED_LOSS)]
+    check_size(_RECIPES.value, _SIZE.value)  # last: it builds every model
     threads = (tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count())
     device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({threads} threads)"
     rows = []

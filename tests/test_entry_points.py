@@ -100,6 +100,14 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
      "flag --steps=0: 0 is not a positive"),
     (["benchmarks/train_throughput.py", "--recipes=propgation"],
      "--recipes: no recipe propgation under configs/."),
+    # a side a model cannot take failed as config.data.crop, after the recipes before it ran
+    (["benchmarks/train_throughput.py", *_TINY_STEP, "--recipes=resnet50_semiauto,cpu_bins",
+      "--size=64"], "--size=64 does not suit cpu_bins: image height and width must be at least "
+                    "128 for this model (its decoder pools the encoder's features further); got "
+                    "64x64."),
+    (["benchmarks/train_throughput.py", *_TINY_STEP, "--size=144"],
+     "--size=144 does not suit cpu_bins: image height and width must be multiples of 32 for "
+     "this model (its encoders' stride); got 144x144. Resize or pad, e.g. to 160x160."),
     # a helper module and the transfer's recipe are under configs/ but build no CMP
     (["benchmarks/inference.py", "--recipes=common"],
      "--recipes: configs/common.py is not a propagation recipe (no get_config() giving a config "

@@ -26,6 +26,8 @@ from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ and cmp_tf/ from the repository, wherever this is run from
+from cmp_tf import cli  # noqa: E402
+
 BASE_RECIPE = os.path.join(ROOT, "configs", "cpu_bins.py")  # the paper's bins head, CPU scale
 
 # name -> (what it changes, train.py overrides). The base is the CPU-scale CMP: the paper's
@@ -260,7 +262,10 @@ _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per variant (equal 
 _PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs per evaluation.")
 _ROOT = flags.DEFINE_string("root", "runs/ablation", "Where the variants' runs go.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate the runs already there.")
-_OUT = flags.DEFINE_string("out", "runs/benchmarks/ablation", "Report path stem (.md, .json).")
+# A path stem checked as a file as the flags are parsed: a folder on the way that is a file was
+# met only when the report was written, after every variant had trained.
+_OUT = cli.define_output("out", "runs/benchmarks/ablation", "Report path stem (.md, .json).",
+                         kind="file")
 _DATA_SETS = flags.DEFINE_list(
     "data_sets", [], "More sets every variant is scored on, NAME=DATA (evaluate.py --data, every "
     "pair): a stereo pair's tiles (python -m cmp_tf.data.stereo), clips of your own.")
@@ -329,7 +334,7 @@ def variant_config(name):
 def check_variants(names):
     """Builds every variant's recipe and model first, so a typo in an override fails in
     seconds, naming the variant, not after the variants before it have trained."""
-    from cmp_tf import models  # TensorFlow: only when something is built
+    from cmp_tf import models
 
     for name in names:
         try:
@@ -396,4 +401,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -130,6 +130,10 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
      "--models: {tmp}/nope.onnx does not exist"),
     (["benchmarks/train_throughput.py", *_TINY_STEP, "--out={tmp}/notes.txt"],
      "--out={tmp}/notes.txt is a file, not a folder."),
+    # the report's folder was made when the report was written, after every variant trained
+    (["benchmarks/ablation.py", "--report_only", "--variants=paper", "--root={tmp}/runs",
+      "--out={tmp}/notes.txt/ablation"],
+     "--out={tmp}/notes.txt/ablation lies in {tmp}/notes.txt, a file, not a folder."),
     (["benchmarks/teacher.py", "--scenes=1", "--size=48", "--out={tmp}/notes.txt"],
      "--out={tmp}/notes.txt is a file, not a folder."),
     (["benchmarks/input_pipeline.py", "--out={tmp}/notes.txt/x.json"],

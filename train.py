@@ -1,12 +1,13 @@
 r"""Trains CMP from a recipe; resumes from the run directory's last checkpoint.
 
   python train.py                                        # CPU default on the sample clips
-  python train.py --config=configs/resnet50_yfcc.py --config.data.train="('shards/',)"
+  python train.py --config=configs/resnet50_yfcc.py --config.data.train="('data/shards/',)"
   python train.py --strategy=mirrored --cpu_devices=2    # MirroredStrategy on 2 logical CPUs
 
 Everything after flag parsing lives in cmp_tf.training.
 """
 import os
+import re
 
 from absl import app
 from absl import flags
@@ -18,7 +19,8 @@ INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
 
 _CONFIG = cli.define_config(
     "config", "configs/default.py", "Recipe file under configs/.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<recipe name>.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory; default runs/<recipe name>[_<recipe argument>].")
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multiworker", "tpu"],
                               "tf.distribute strategy.")
 _DEVICES = flags.DEFINE_list("devices", [], "Devices for --strategy=mirrored (default: all GPUs).")
@@ -33,6 +35,16 @@ _DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
                                    "Deterministic TF ops: bit-identical reruns, slower.")
 
 
+def run_name(recipe):
+    """The default run folder's name for a --config value: the recipe file's stem, then its
+    argument if any (configs/default.py:runlocal -> default_runlocal), so a smoke run never
+    lands in the full run's folder."""
+    path, _, argument = recipe.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    argument = re.sub(r"[^A-Za-z0-9.-]+", "_", argument).strip("_")
+    return f"{name}_{argument}" if argument else name
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
@@ -44,9 +56,8 @@ def main(argv):
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    path = config_flags.get_config_filename(flags.FLAGS["config"])
-    recipe = os.path.splitext(os.path.basename(path))[0]
-    workdir = _WORKDIR.value or os.path.join("runs", recipe)
+    workdir = _WORKDIR.value or os.path.join("runs", run_name(
+        config_flags.get_config_filename(flags.FLAGS["config"])))
     from cmp_tf.data import pipeline
 
     try:

@@ -387,3 +387,15 @@ def test_helpshort_lists_the_flags_the_cli_helpers_define(args, flag):
     command are the command's, not cmp_tf.cli's (they were missing from it)."""
     result = _run(*args, "--helpshort")
     assert f"\n  {flag}: " in result.stdout + result.stderr, result.stdout[-2000:]
+
+
+def test_a_recipe_argument_gets_its_own_default_run_folder():
+    """The smoke run (configs/default.py:runlocal) shared runs/default with `python train.py`,
+    so whichever ran second was refused as a finished run."""
+    code = ("import train; print([train.run_name(r) for r in ('configs/default.py', "
+            "'configs/default.py:runlocal', '/x/configs/cpu_bins.py:runlocal=true,a=b/c')])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ("['default', 'default_runlocal', "
+                                   "'cpu_bins_runlocal_true_a_b_c']")

@@ -25,6 +25,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cmp_tf import cli  # noqa: E402
+from cmp_tf import rundir  # noqa: E402
 from cmp_tf import runtime  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
@@ -60,7 +61,8 @@ def upscaled(pairs, side):
 
 
 def run():
-    model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value)
+    # the shipped model unless named: the newest run may have another head
+    model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value or rundir.PRETRAINED)
     trained = cmp_models.fill_stride(model)
     if trained is None:
         raise ValueError(f"--checkpoint={path}: its head has no blend of fills "

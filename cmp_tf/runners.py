@@ -5,6 +5,7 @@ Each runner loads one format `python -m export` writes (a `.keras` file, a Saved
 float32 NHWC batches of named inputs. What a CMP needs around that (sizes, guidance, scaling)
 lives once in `runtime`. The metadata constants here are the contract with `export/`.
 """
+import importlib
 import json
 import os
 import zipfile
@@ -263,9 +264,23 @@ def open_model(path, threads=None):
     if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be a positive count or None (the runtime's default); "
                          f"got {threads}.")
+    if rundir.model_format(path) in ("keras", "savedmodel", "checkpoint"):
+        _check_tensorflow(path)
     runner = RUNNERS[rundir.model_format(path)](path, None if threads is None else int(threads))
     runner.path, runner.format = path, rundir.model_format(path)
     return runner
+
+
+def _check_tensorflow(path):
+    """A Keras model, SavedModel or checkpoint needs TensorFlow and Keras, which the lite
+    install (`cmp_tf[lite]`) leaves out: said in one line, with what that install runs."""
+    try:
+        for name in ("tensorflow", "keras"):
+            importlib.import_module(name)
+    except ImportError as error:
+        raise ValueError(f"{path} needs TensorFlow and Keras ({error}); this install runs "
+                         "exported .tflite and .onnx files: pass one (the apps' --model; "
+                         "python -m export writes them), or install cmp_tf[train].") from error
 
 
 def _parse_metadata(text, path):

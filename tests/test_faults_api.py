@@ -1,5 +1,7 @@
 """Bad input to the Python API a user calls directly: a ValueError naming the argument, never a
 NumPy / OpenCV error from deep inside, a NaN flow or a silently wrong score."""
+import os
+
 import numpy as np
 import pytest
 
@@ -193,3 +195,19 @@ def test_annotation_clicks_zoom_and_threshold_are_checked(propagator, tmp_path):
     cv2.imwrite(str(tmp_path / "frame.png"), image)
     with pytest.raises(ValueError, match=r"--threshold='0.5' must lie in \(0, 1\)"):
         annotate.run(None, str(tmp_path / "frame.png"), "30,30", threshold="0.5")
+
+
+def test_a_keras_model_without_tensorflow_is_refused_in_one_line():
+    """The lite install has no Keras: the shipped .keras model (the apps' default) ended in a
+    ModuleNotFoundError traceback; it is one line naming what that install runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['keras'] = None; sys.modules['tensorflow'] = None\n"
+            "from cmp_tf.runtime import Propagator\n"
+            "try:\n    Propagator()\nexcept ValueError as error:\n    print(error)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model.keras needs TensorFlow and Keras" in done.stdout
+    assert "this install runs exported .tflite and .onnx files" in done.stdout

@@ -53,7 +53,8 @@ def model_defaults(**parts):
 
     Parts are chosen by name (`image_encoder`, `sparse_encoder`, `decoder`, `head`); `options`
     maps a part name to its builder's keyword arguments and applies only while that part is
-    chosen, so `--config.model.image_encoder=resnet50` works whatever options the recipe set.
+    chosen, so `--config.model.image_encoder=resnet50` works whatever options the recipe set
+    (with a sparse encoder of its stride, which the build names where it differs).
     The head defaults to the paper's bins; every registered head's options are present with
     their defaults (cmp_tf/models/heads.py), so `--config.model.head=fill_correction
     --config.model.options.fill_correction.relax=2` works from any recipe.

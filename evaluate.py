@@ -232,7 +232,8 @@ def main(argv):
     out = _OUT.value or os.path.join(rundir.results_dir(unfinished or path, "eval"),
                                      _TASK.value)
     if unfinished:
-        print(f"Evaluating {unfinished}, the step-{rundir.checkpoint_step(unfinished)} training "
+        step = rundir.checkpoint_step(unfinished)
+        print(f"Evaluating {unfinished}, the {f'step-{step} ' if step else ''}training "
               f"checkpoint of a run that has not finished ({_TASK.value})")
         path = unfinished
     else:

@@ -79,8 +79,9 @@ def latest_checkpoint(run):
 
 
 def checkpoint_step(path):
-    """The training step a checkpoint prefix holds (its number)."""
-    return int(re.search(r"-([0-9]+)$", os.fspath(path)).group(1))
+    """The training step a checkpoint prefix holds (its number; None if it has none)."""
+    number = re.search(r"-([0-9]+)$", os.fspath(path))
+    return int(number.group(1)) if number else None
 
 
 def _run_folder(path):

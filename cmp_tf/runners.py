@@ -254,8 +254,8 @@ RUNNERS = {"keras": KerasRunner, "savedmodel": SavedModelRunner, "tflite": TFLit
 
 def open_model(path, threads=None):
     """Any exported model (the CMP or an encoder), or a run's training checkpoint, as a
-    callable {name: float32 array} -> {name: float32 array}, with `inputs` ({name: shape, None where free}), `outputs`,
-    `metadata` (export/'s JSON object or None), `path` and `format`.
+    callable {name: float32 array} -> {name: float32 array}, with `inputs` ({name: shape, None
+    where free}), `outputs`, `metadata` (export/'s JSON object or None), `path` and `format`.
 
     Args:
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.

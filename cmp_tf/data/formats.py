@@ -399,9 +399,10 @@ def video_frame_count(path):
 
 
 def check_frame_count(path, count):
-    """A video needs two frames to give one pair."""
+    """A clip needs two frames to give one pair."""
     if count < 2:
-        raise ValueError(f"Video file {os.fspath(path)} has {count} decodable frames; need at "
+        kind = "Frame folder" if os.path.isdir(path) else "Video file"
+        raise ValueError(f"{kind} {os.fspath(path)} has {count} decodable frames; need at "
                          "least 2.")
 
 

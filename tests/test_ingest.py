@@ -236,6 +236,47 @@ def test_folders_of_frames_are_clips_in_number_order(tmp_path):
     assert len(again["sources"]) == 2
 
 
+def test_a_frame_folder_is_one_clip_however_it_is_named(tmp_path):
+    """`clips/bear/` (a shell's completion) and `clips/bear` are one clip: the slash gave it a
+    second key, a shard name without a stem, and training then refused the folder. A copy's
+    `._frame1.png` is not a frame; frames swapped by name are a new version of the clip."""
+    import shutil
+
+    clip = tmp_path / "clips" / "bear"
+    _write_frames(clip, panning_frames(4))
+    (clip / "._frame1.png").write_bytes(b"\x00\x05\x16\x07")
+    first = ingest.ingest([f"{clip}/"], tmp_path / "out", CFG, progress=False)["sources"]
+    assert len(first) == 1 and first[0]["key"].startswith("bear-") and not first[0]["error"]
+    again = ingest.ingest([str(clip)], tmp_path / "out", CFG, progress=False)["sources"]
+    assert [s["key"] for s in again] == [first[0]["key"]]
+    shutil.move(clip / "frame1.png", clip / "swap.png")
+    shutil.move(clip / "frame2.png", clip / "frame1.png")
+    shutil.move(clip / "swap.png", clip / "frame2.png")
+    swapped = ingest.ingest([str(clip)], tmp_path / "out", CFG, progress=False)["sources"]
+    assert len(swapped) == 1 and swapped[0]["key"] != first[0]["key"]
+
+
+def test_an_error_with_on_error_raise_stops_the_pool_at_once(tmp_path):
+    """With workers, the first error (on_error="raise") waited for every queued file to be
+    ingested before it was raised."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a_bad.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    for seed in range(6):  # about 0.3 s each
+        write_video(tmp_path / "clips" / f"v{seed}.avi",
+                    panning_frames(40, size=(96, 128), seed=seed))
+    cfg = {**CFG, "gaps": (1, 2), "on_error": "raise"}
+    with pytest.raises(ValueError, match="a_bad.mp4"):
+        ingest.ingest([tmp_path / "clips"], tmp_path / "out", cfg, workers=2, progress=False)
+    done = [f for f in os.listdir(tmp_path / "out") if f.endswith(".json")]
+    assert len(done) < 6, done
+    # what was cut short is redone by the next run, without the bad file
+    os.remove(tmp_path / "clips" / "a_bad.mp4")
+    manifest = ingest.ingest([tmp_path / "clips"], tmp_path / "out", cfg, workers=2,
+                             progress=False)
+    assert len(manifest["sources"]) == 6 and manifest["totals"]["errors"] == 0
+    assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_duplicate_shards(tmp_path):
     video = write_video(tmp_path / "pan.avi", panning_frames(40, size=(96, 128)))

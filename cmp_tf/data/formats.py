@@ -44,6 +44,7 @@ def frame_files(folder):
     numbers): a clip stored as one image per frame, as DAVIS, Sintel or KITTI ship them."""
     folder = os.fspath(folder)
     names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+             and not n.startswith(".")  # a copy's metadata (macOS's ._frame0.png), not a frame
              and os.path.isfile(os.path.join(folder, n))]
     return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
 
@@ -426,7 +427,8 @@ def list_videos(paths):
     videos = []
     for path in map(os.fspath, paths):
         if os.path.isdir(path):
-            for folder, _, names in os.walk(path):
+            # normalized: `clips/bear/` and `clips/bear` are one clip (one name, one key)
+            for folder, _, names in os.walk(os.path.normpath(path)):
                 videos += [os.path.join(folder, n) for n in names if is_video(n)]
                 if is_frame_folder(folder):
                     videos.append(folder)

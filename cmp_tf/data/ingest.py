@@ -21,7 +21,10 @@ import hashlib
 import json
 import math
 import multiprocessing
+import multiprocessing.managers
 import os
+import signal
+import sys
 
 from cmp_tf import rundir
 from cmp_tf.data import formats
@@ -29,6 +32,9 @@ from cmp_tf.data import records
 from cmp_tf.data import sampling
 from cmp_tf.data import shards
 from cmp_tf.data import teacher
+
+
+INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
 
 
 def default_ingest_config():
@@ -58,18 +64,20 @@ def source_key(video, cfg):
     earlier versions are removed when its current version is ingested (`shards.ingest_once`)."""
     cfg = {**default_ingest_config(), **cfg}
     blob = json.dumps([os.path.abspath(video), *_file_version(video), cfg], sort_keys=True,
-                      default=list)
+                      default=list)  # abspath normalizes a trailing slash
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in
-                   os.path.splitext(os.path.basename(video))[0])
+                   os.path.splitext(os.path.basename(os.path.normpath(video)))[0])
     return f"{stem}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 def _file_version(path):
     """[size, mtime in ns]: what tells an edited file from the one ingested before; for a
-    folder of frames, over its frame files, with their count (a frame added or removed)."""
+    folder of frames, its frame count and a digest of each frame's name, size and mtime (a
+    frame added, removed, edited or renamed)."""
     if os.path.isdir(path):
-        stats = [os.stat(f) for f in formats.frame_files(path)]
-        return [sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats), len(stats)]
+        files = formats.frame_files(path)
+        stats = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+        return [len(files), hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:16]]
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns]
 
@@ -277,24 +285,49 @@ def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
         bar.update(max(sizes[index] - reported[index], 0))  # a skipped or truncated file
         bar.set_postfix(pairs=pairs, files=f"{files}/{len(jobs)}")
 
-    if workers <= 1:
-        for index, (fn, path) in enumerate(jobs):
-            finish(index, fn(path, out_dir, cfg, on_frame=lambda i=index: advance(i)))
-    else:
-        with multiprocessing.Manager() as manager, \
-                concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            frames = manager.Queue()
-            futures = {pool.submit(_run_job, fn, path, out_dir, cfg, index, frames): index
-                       for index, (fn, path) in enumerate(jobs)}
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=0.2)
-                while not frames.empty():
-                    advance(frames.get())
-                for future in done:
-                    finish(futures[future], future.result())
-    bar.close()
+    try:
+        if workers <= 1:
+            for index, (fn, path) in enumerate(jobs):
+                finish(index, fn(path, out_dir, cfg, on_frame=lambda i=index: advance(i)))
+        else:
+            _in_pool(jobs, out_dir, cfg, workers, advance, finish)
+    finally:
+        bar.close()  # an error's message is not written onto the bar's line
     return write_manifest(out_dir, cfg)
+
+
+def _ignore_interrupt():
+    """A pool process leaves Ctrl-C to the parent, which stops it (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_pool(jobs, out_dir, cfg, workers, advance, finish):
+    """Runs `jobs` on `workers` processes. An error (on_error="raise") or Ctrl-C stops them at
+    once, the queued jobs cancelled and the running ones ended: their unfinished shards are
+    leftovers the next run removes, as after a kill."""
+    manager = multiprocessing.managers.SyncManager()
+    manager.start(_ignore_interrupt)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_ignore_interrupt)
+    try:
+        frames = manager.Queue()
+        futures = {pool.submit(_run_job, fn, path, out_dir, cfg, index, frames): index
+                   for index, (fn, path) in enumerate(jobs)}
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.2)
+            while not frames.empty():
+                advance(frames.get())
+            for future in done:
+                finish(futures[future], future.result())
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()  # a running job: its shards stay .tmp leftovers
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown()
+    finally:
+        manager.shutdown()
 
 
 def ingest_beam(paths, out_dir, cfg=None, pipeline_args=()):
@@ -357,6 +390,10 @@ def main(argv):
                                    [f"--runner={flag.runner}", *flag.beam_options.split()])
     except ValueError as error:  # the config, the sources or the runner: refused, one line
         raise app.UsageError(str(error)) from error
+    except KeyboardInterrupt:
+        print(f"Interrupted. Finished files are kept in {flag.out}; the same command ingests "
+              "the rest.", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     totals = manifest["totals"]
     print(f"{shards.summarize(manifest['sources'])} Shards and {shards.MANIFEST} in {flag.out}.")
     return 1 if totals["errors"] and not totals["pairs"] else 0

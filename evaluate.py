@@ -221,13 +221,13 @@ def main(argv):
     from cmp_tf import rundir
 
     path = _CHECKPOINT.value or rundir.default_checkpoint()
+    unfinished = None  # a run still training (or stopped): its newest checkpoint
+    if _TASK.value == "propagation":  # names a checkpoint's other forms, or the steps there
+        resolved = rundir.resolve_model_path(path, checkpoints=True)
+        unfinished = resolved if rundir.model_format(resolved) == "checkpoint" else None
     if not (os.path.exists(path) or rundir.is_checkpoint(path)):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
-    unfinished = None  # a run still training (or stopped): its newest checkpoint
-    if _TASK.value == "propagation":
-        resolved = rundir.resolve_model_path(path, checkpoints=True)
-        unfinished = resolved if rundir.model_format(resolved) == "checkpoint" else None
     # Results of the shipped model go under runs/, never into the installed package.
     out = _OUT.value or os.path.join(rundir.results_dir(unfinished or path, "eval"),
                                      _TASK.value)

@@ -66,16 +66,33 @@ def is_checkpoint(path):
     return os.path.isfile(f"{os.fspath(path)}.index")
 
 
-def latest_checkpoint(run):
-    """The newest training checkpoint of the run directory `run` (the highest step, as
-    train.py numbers them), None if it has none. Read from the file names: no TensorFlow."""
-    folder = os.path.join(os.fspath(run), CHECKPOINTS_DIR)
+def _checkpoints_in(folder):
+    """{step: prefix} of the training checkpoints in `folder`, from the file names."""
     steps = {}
     for name in os.listdir(folder) if os.path.isdir(folder) else ():
         match = re.fullmatch(r"(.+-([0-9]+))\.index", name)
         if match:
             steps[int(match.group(2))] = os.path.join(folder, match.group(1))
+    return steps
+
+
+def latest_checkpoint(run):
+    """The newest training checkpoint of the run directory `run` (the highest step, as
+    train.py numbers them), None if it has none. Read from the file names: no TensorFlow."""
+    steps = _checkpoints_in(os.path.join(os.fspath(run), CHECKPOINTS_DIR))
     return steps[max(steps)] if steps else None
+
+
+def _as_checkpoint(path):
+    """`path` as a checkpoint prefix where it names one by another of its forms (one of its
+    files, `ckpt-2.index` or `ckpt-2.data-00000-of-00001`, or a run's checkpoints/ folder:
+    its newest); else `path` unchanged."""
+    prefix = re.sub(r"\.(index|data-[0-9]+-of-[0-9]+)$", "", path)
+    if prefix != path and is_checkpoint(prefix):
+        return prefix
+    if os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == CHECKPOINTS_DIR:
+        return latest_checkpoint(os.path.dirname(os.path.normpath(path))) or path
+    return path
 
 
 def checkpoint_step(path):
@@ -103,7 +120,7 @@ def resolve_model_path(path, checkpoints=False):
                              f"but {PRETRAINED} has no {MODEL_FILE} (a partial install?): pass "
                              "a run directory, a .keras, .tflite or .onnx file, or a SavedModel.")
         path = PRETRAINED
-    path = os.fspath(path)
+    path = _as_checkpoint(os.fspath(path)) if checkpoints else os.fspath(path)
     unfinished = (f"is a run that has not finished ({MODEL_FILE} is written at its end): "
                   "evaluate.py and the apps read its training checkpoints; export needs "
                   f"{MODEL_FILE}")
@@ -126,6 +143,10 @@ def resolve_model_path(path, checkpoints=False):
             raise ValueError(f"{path} is a training checkpoint of a run; export needs the "
                              f"{MODEL_FILE} train.py writes at the end.")
         return path
+    steps = _checkpoints_in(os.path.dirname(path))
+    if not os.path.isfile(path) and steps:
+        raise ValueError(f"{path} does not exist; its folder holds the training checkpoints of "
+                         f"steps {', '.join(map(str, sorted(steps)))}.")
     if not os.path.isfile(path):
         raise ValueError(f"{path} does not exist: expected a run directory, a .keras, .tflite "
                          "or .onnx file, or a SavedModel folder.")
@@ -150,12 +171,18 @@ def encoder_file(checkpoint):
     if not path:
         raise ValueError("checkpoint is empty: name a run directory, a model.keras or an "
                          "encoder.keras.")
+    unfinished = ("a finished run's encoder.keras is what transfer learning reads (the "
+                  "propagation task also reads a run's training checkpoints)")
     if os.path.isdir(path):
         for name in (ENCODER_FILE, MODEL_FILE):
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
+        if latest_checkpoint(path) is not None:
+            raise ValueError(f"Checkpoint {path} is a run that has not finished: {unfinished}.")
         raise ValueError(f"Checkpoint {path} is a directory without {ENCODER_FILE} or "
                          f"{MODEL_FILE} (a finished training run writes both).")
+    if is_checkpoint(path):
+        raise ValueError(f"Checkpoint {path} is a training checkpoint: {unfinished}.")
     if not os.path.exists(path):
         raise ValueError(f"Checkpoint {path} does not exist.")
     if not path.endswith(".keras"):

@@ -84,6 +84,8 @@ def check_tf_config(text):
         raise ValueError(f"TF_CONFIG's task must name one of the cluster's jobs "
                          f"({', '.join(cluster)}) as its type; got {task!r}; {example}.")
     index, hosts = task.get("index", 0), cluster[task["type"]]
+    if isinstance(index, str) and index.strip().isdigit():  # TensorFlow reads "0" as 0
+        index = int(index)
     if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not (
             0 <= index < len(hosts)):
         raise ValueError(f"TF_CONFIG's task index must be a whole number in [0, {len(hosts)}) "

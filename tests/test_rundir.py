@@ -266,6 +266,15 @@ def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path
     np.testing.assert_allclose(from_run, from_file, atol=1e-5)
     older = runtime.Propagator(run / "checkpoints" / "ckpt-2").propagate(image, *guides)
     assert np.abs(older - from_file).max() > 1e-4
+    # the forms a user types: one of its files, the checkpoints folder, a step not kept
+    assert rundir.resolve_model_path(f"{newest}.index", checkpoints=True) == newest
+    assert rundir.resolve_model_path(run / "checkpoints", checkpoints=True) == newest
+    with pytest.raises(ValueError, match=r"ckpt-99 does not exist; its folder holds the "
+                                         r"training checkpoints of steps 2, 10\."):
+        rundir.resolve_model_path(run / "checkpoints" / "ckpt-99", checkpoints=True)
+    with pytest.raises(ValueError, match=r"is a run that has not finished: a finished run's "
+                                         r"encoder\.keras is what transfer learning reads"):
+        rundir.encoder_file(run)
     (run / "config.json").unlink()
     with pytest.raises(ValueError, match=r"ckpt-10: its run folder holds no config\.json"):
         runtime.Propagator(run)

@@ -165,6 +165,8 @@ def test_a_bad_tf_config_is_named_before_the_cluster_starts(text, message, monke
         training.make_strategy("multiworker")
     training.check_tf_config('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": '
                              '"worker", "index": 1}}')
+    training.check_tf_config('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", '
+                             '"index": "0"}}')  # as TensorFlow reads it
 
 
 def _free_ports(count):

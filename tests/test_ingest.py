@@ -214,6 +214,14 @@ def test_folders_of_frames_are_clips_in_number_order(tmp_path):
     odd = panning_frames(3, seed=1)
     _write_frames(clips / "odd", [odd[0], odd[1], odd[2][:40]])
     _write_frames(tmp_path / "mixed", panning_frames(2))  # beside a video: not a clip
+    labels = tmp_path / "Annotations" / "bear"  # a dataset's label maps, indexed colour
+    labels.mkdir(parents=True)
+    from PIL import Image
+    for index in range(3):
+        mask = Image.fromarray(np.full((8, 8), index, np.uint8), mode="P")
+        mask.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0] + [0] * 759)
+        mask.save(labels / f"{index:05d}.png")
+    assert formats.list_videos([tmp_path / "Annotations"]) == []
     write_video(tmp_path / "mixed" / "pan.avi", panning_frames(3))
     assert formats.list_videos([clips, tmp_path / "mixed"]) == [
         bear, str(clips / "odd"), str(tmp_path / "mixed" / "pan.avi")]

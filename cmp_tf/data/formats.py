@@ -49,12 +49,26 @@ def frame_files(folder):
     return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
 
 
+_PNG_SIGNATURE, _PNG_COLOUR_TYPE_AT, _PNG_PALETTE = b"\x89PNG\r\n\x1a\n", 25, 3
+
+
+def _is_palette_png(path):
+    """Whether `path` is an indexed-colour PNG: how DAVIS, YouTube-VOS and VOC store label
+    maps beside their frames (the IHDR chunk's colour type, no pixel decoded)."""
+    with open(path, "rb") as f:
+        head = f.read(_PNG_COLOUR_TYPE_AT + 1)
+    return head.startswith(_PNG_SIGNATURE) and len(head) > _PNG_COLOUR_TYPE_AT and \
+        head[_PNG_COLOUR_TYPE_AT] == _PNG_PALETTE
+
+
 def is_frame_folder(path):
-    """A folder holding at least two images and no video: one clip, a file per frame."""
+    """A folder holding at least two images and no video: one clip, a file per frame. A folder
+    of indexed-colour PNGs is a dataset's label maps (DAVIS's Annotations/), not a clip."""
     path = os.fspath(path)
     if not os.path.isdir(path) or any(is_video(n) for n in os.listdir(path)):
         return False
-    return len(frame_files(path)) >= 2
+    files = frame_files(path)
+    return len(files) >= 2 and not _is_palette_png(files[0])
 
 
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"

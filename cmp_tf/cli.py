@@ -2,6 +2,7 @@
 (a bad flag, file, config field or checkpoint: a ValueError naming it) ends as one line on
 stderr and exit status 1, with no traceback and without the whole usage text before it."""
 import os
+import re
 import sys
 
 from absl import app
@@ -54,10 +55,15 @@ def parse_flags(argv):
     line naming the flag's value."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as error:
-        fail(f"Flags parsing error: {without_traceback(str(error))}")
-    except Exception as error:  # a flag parser's own error: no traceback for a typo
-        fail(f"Flags parsing error: {message_of(error)}")
+    except Exception as error:  # noqa: BLE001  a flag parser's own error: no traceback
+        # a --config.* override applied to a recipe file that is not there
+        missing = re.search(r"Attempted \[Relative path\]:\s*(\S+)\s*\[Errno 2\]", str(error))
+        if missing:
+            flag = re.search(r"Failed loading config file (\w+?)_config", str(error))
+            fail(missing_recipe(flag.group(1) if flag else "config", missing.group(1)))
+        text = without_traceback(str(error)) if isinstance(error, flags.Error) \
+            else message_of(error)
+        fail(f"Flags parsing error: {text}")
 
 
 def without_traceback(text):
@@ -142,10 +148,14 @@ def config_of(holder):
     except OSError as error:
         path = (flags.FLAGS[holder.name].config_filename or "").split(":")[0]
         if path and not os.path.isfile(path):
-            where = os.path.join(CHECKOUT, path)
-            found = f"; it is at {where}" if not os.path.isabs(path) and os.path.isfile(where) \
-                else ""
-            raise app.UsageError(f"--{holder.name}={path}: no such recipe file (relative to "
-                                 f"{os.getcwd()}){found}.") from error
+            raise app.UsageError(missing_recipe(holder.name, path)) from error
         raise app.UsageError(f"--{holder.name}: {message_of(error)}") from error
     return config
+
+
+def missing_recipe(name, path):
+    """The line naming a recipe file `--name=path` that is not there, and where the checkout
+    holds one of that name (a command run from another folder)."""
+    where = os.path.join(CHECKOUT, path)
+    found = f"; it is at {where}" if not os.path.isabs(path) and os.path.isfile(where) else ""
+    return f"--{name}={path}: no such recipe file (relative to {os.getcwd()}){found}."

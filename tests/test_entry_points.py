@@ -198,9 +198,11 @@ def test_train_py_run_from_another_folder_finds_its_default_recipe(tmp_path):
 
     _one_line_error(run("--config.data.batch_size=-4"),  # the default recipe loaded
                     "config.data.batch_size=-4 must be a whole number >= 1.")
-    _one_line_error(run("--config=configs/cpu_bins.py"),
-                    f"--config=configs/cpu_bins.py: no such recipe file (relative to {tmp_path});"
-                    f" it is at {ROOT}/configs/cpu_bins.py.")
+    for flags in (["--config=configs/cpu_bins.py"],  # with an override, as the flags parse
+                  ["--config=configs/cpu_bins.py:runlocal", "--config.train.steps=2"]):
+        _one_line_error(run(*flags), f"--config=configs/cpu_bins.py: no such recipe file "
+                                     f"(relative to {tmp_path}); it is at "
+                                     f"{ROOT}/configs/cpu_bins.py.")
     assert not (tmp_path / "run").exists()
 
 

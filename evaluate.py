@@ -222,10 +222,10 @@ def main(argv):
 
     path = _CHECKPOINT.value or rundir.default_checkpoint()
     unfinished = None  # a run still training (or stopped): its newest checkpoint
-    if _TASK.value == "propagation":  # names a checkpoint's other forms, or the steps there
+    if _TASK.value == "propagation":  # refuses a missing path; reads a checkpoint's forms
         resolved = rundir.resolve_model_path(path, checkpoints=True)
         unfinished = resolved if rundir.model_format(resolved) == "checkpoint" else None
-    if not (os.path.exists(path) or rundir.is_checkpoint(path)):
+    elif not os.path.exists(path):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
     # Results of the shipped model go under runs/, never into the installed package.

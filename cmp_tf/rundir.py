@@ -66,8 +66,9 @@ def is_checkpoint(path):
     return os.path.isfile(f"{os.fspath(path)}.index")
 
 
-def _checkpoints_in(folder):
-    """{step: prefix} of the training checkpoints in `folder`, from the file names."""
+def checkpoints_in(folder):
+    """{step: prefix} of the training checkpoints in `folder` (`<name>-<step>.index`), from
+    the file names: no TensorFlow."""
     steps = {}
     for name in os.listdir(folder) if os.path.isdir(folder) else ():
         match = re.fullmatch(r"(.+-([0-9]+))\.index", name)
@@ -79,7 +80,7 @@ def _checkpoints_in(folder):
 def latest_checkpoint(run):
     """The newest training checkpoint of the run directory `run` (the highest step, as
     train.py numbers them), None if it has none. Read from the file names: no TensorFlow."""
-    steps = _checkpoints_in(os.path.join(os.fspath(run), CHECKPOINTS_DIR))
+    steps = checkpoints_in(os.path.join(os.fspath(run), CHECKPOINTS_DIR))
     return steps[max(steps)] if steps else None
 
 
@@ -143,7 +144,7 @@ def resolve_model_path(path, checkpoints=False):
             raise ValueError(f"{path} is a training checkpoint of a run; export needs the "
                              f"{MODEL_FILE} train.py writes at the end.")
         return path
-    steps = _checkpoints_in(os.path.dirname(path))
+    steps = checkpoints_in(os.path.dirname(path))
     if not os.path.isfile(path) and steps:
         raise ValueError(f"{path} does not exist; its folder holds the training checkpoints of "
                          f"steps {', '.join(map(str, sorted(steps)))}.")
@@ -200,7 +201,7 @@ def results_dir(checkpoint, kind):
         return os.path.join(PRETRAINED_RESULTS, kind)
     if is_checkpoint(path):
         return os.path.join(_run_folder(path), kind, os.path.basename(path))
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    folder = _run_folder(path)
     if os.path.isfile(os.path.join(folder, CONFIG_FILE)) or os.path.isdir(path):
         return os.path.join(folder, kind)
     return os.path.join(DEFAULT_ROOT, kind, os.path.splitext(os.path.basename(path))[0])

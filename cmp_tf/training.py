@@ -8,13 +8,11 @@ the step, and the input pipeline skips the samples already seen (`make_dataset(s
 Run directory (cmp_tf.rundir; docs/design.md §8): config.json, log.txt, checkpoints/, tb/,
 model.keras, encoder.keras, eval/, and summary.json once the run has finished.
 """
-import glob
 import json
 import logging
 import math
 import numbers
 import os
-import re
 import signal
 import sys
 import time
@@ -249,17 +247,6 @@ def check_config(config):
         raise ValueError(f"config.optim.weight_decay={config.optim.weight_decay!r} must be >= 0.")
 
 
-def _numbered_checkpoints(folder):
-    """The checkpoints in `folder` by their files (`<name>-<N>.index`), oldest first."""
-    found = []
-    for index_file in glob.glob(os.path.join(glob.escape(folder), "*.index")):
-        prefix = index_file[:-len(".index")]
-        number = re.search(r"-([0-9]+)$", prefix)
-        if number:
-            found.append((int(number.group(1)), prefix))
-    return [prefix for _, prefix in sorted(found)]
-
-
 def _warn(message, log):
     print(f"WARNING: {message}", file=sys.stderr)
     if log is not None:
@@ -287,7 +274,7 @@ def restore_latest(checkpoint, folder, log=None):
             saved.append(state.model_checkpoint_path)
         timestamps = list(state.all_model_checkpoint_timestamps)
     else:
-        saved, timestamps = _numbered_checkpoints(folder), []
+        saved, timestamps = [p for _, p in sorted(rundir.checkpoints_in(folder).items())], []
         if not saved:
             return None
         _warn(f"The checkpoint list {list_file} is {list_problem}; resuming from the newest "

@@ -75,9 +75,9 @@ def _file_version(path):
     folder of frames, its frame count and a digest of each frame's name, size and mtime (a
     frame added, removed, edited or renamed)."""
     if os.path.isdir(path):
-        files = formats.frame_files(path)
-        stats = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-        return [len(files), hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:16]]
+        stats = [(os.path.basename(f), s.st_size, s.st_mtime_ns)
+                 for f, s in ((f, os.stat(f)) for f in formats.frame_files(path))]
+        return [len(stats), hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:16]]
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns]
 

@@ -240,14 +240,16 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
         raise ValueError(f"objects must be (min, max) with 1 <= min <= max; got {objects}.")
     from tqdm import tqdm
 
+    from cmp_tf.data import shards  # the atomic JSON writer
+    from cmp_tf.data import voc  # Pillow and TF only when writing sets
+
     folder = os.fspath(folder)
     for sub, _ in _SET_FILES:
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
     manifest = dict(classes=list(SYNTHETIC_CLASSES), num_train=num_train, num_val=num_val,
                     num_videos=num_videos, frames=frames, size=list(size),
                     objects=list(objects), seed=seed)
-    _write_json(os.path.join(folder, SYNTHETIC_UNFINISHED), manifest)
-    from cmp_tf.data import voc  # Pillow and TF only when writing sets
+    shards.write_json(os.path.join(folder, SYNTHETIC_UNFINISHED), manifest)
 
     rng = np.random.default_rng(seed)
     height, width = size
@@ -277,16 +279,9 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
                      [scene.render(t)[0] for t in range(frames)])
         bar.update()
     bar.close()
-    _write_json(os.path.join(folder, SYNTHETIC_MANIFEST), manifest)
+    shards.write_json(os.path.join(folder, SYNTHETIC_MANIFEST), manifest)
     os.remove(os.path.join(folder, SYNTHETIC_UNFINISHED))
     return manifest
-
-
-def _write_json(path, data):
-    """Writes JSON atomically: a killed run leaves the old file or the new one, never half."""
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(f"{path}.tmp", path)
 
 
 def _remove_unfinished(folder):

@@ -80,15 +80,14 @@ def _pairs(config, from_run):
                                   _REFERENCE.value)
 
 
-def _propagation(path, out):
+def _propagation(propagator, out):
     from cmp_tf import rundir
-    from cmp_tf import runtime
     from cmp_tf.evaluation import baselines
     from cmp_tf.evaluation import benchmark
     from cmp_tf.evaluation import report as report_lib
 
-    config, from_run = rundir.read_config(path)
-    methods = {"cmp": runtime.Propagator(path, fade=None if _FADE.value else False)}
+    config, from_run = rundir.read_config(propagator.path)
+    methods = {"cmp": propagator}
     for name in _builtin_methods():
         methods[name] = baselines.get(name)
     for name, file in _method_files().items():
@@ -221,10 +220,12 @@ def main(argv):
     from cmp_tf import rundir
 
     path = _CHECKPOINT.value or rundir.default_checkpoint()
-    unfinished = None  # a run still training (or stopped): its newest checkpoint
-    if _TASK.value == "propagation":  # refuses a missing path; reads a checkpoint's forms
-        resolved = rundir.resolve_model_path(path, checkpoints=True)
-        unfinished = resolved if rundir.model_format(resolved) == "checkpoint" else None
+    unfinished = propagator = None  # a run still training (or stopped): its newest checkpoint
+    if _TASK.value == "propagation":  # refuses a missing path; reads a checkpoint's forms,
+        from cmp_tf import runtime  # and a run's newest checkpoint that reads back
+
+        propagator = runtime.Propagator(path, fade=None if _FADE.value else False)
+        unfinished = propagator.path if propagator.format == "checkpoint" else None
     elif not os.path.exists(path):
         raise app.UsageError(f"--checkpoint={path} does not exist: expected a run directory "
                              "or a .keras file.")
@@ -239,7 +240,7 @@ def main(argv):
     else:
         print(f"Evaluating {path} ({_TASK.value})")
     if _TASK.value == "propagation":  # a ValueError (bad checkpoint, data or flags) is one line
-        _propagation(path, out)
+        _propagation(propagator, out)
     else:
         _segmentation(path, out)
 

@@ -61,6 +61,9 @@ def default_checkpoint(root=DEFAULT_ROOT):
         raise
 
 
+_CHECKPOINT_FILE = re.compile(r"\.(index|data-[0-9]+-of-[0-9]+)$")  # a prefix's files' endings
+
+
 def is_checkpoint(path):
     """Whether `path` is a training checkpoint's prefix (`run/checkpoints/ckpt-500`)."""
     return os.path.isfile(f"{os.fspath(path)}.index")
@@ -84,11 +87,17 @@ def latest_checkpoint(run):
     return steps[max(steps)] if steps else None
 
 
+def names_checkpoint(path):
+    """Whether `path` names one training checkpoint (its prefix or one of its files), not a
+    run or its checkpoints/ folder, where the newest is chosen."""
+    return is_checkpoint(_CHECKPOINT_FILE.sub("", os.fspath(path)))
+
+
 def _as_checkpoint(path):
     """`path` as a checkpoint prefix where it names one by another of its forms (one of its
     files, `ckpt-2.index` or `ckpt-2.data-00000-of-00001`, or a run's checkpoints/ folder:
     its newest); else `path` unchanged."""
-    prefix = re.sub(r"\.(index|data-[0-9]+-of-[0-9]+)$", "", path)
+    prefix = _CHECKPOINT_FILE.sub("", path)
     if prefix != path and is_checkpoint(prefix):
         return prefix
     if os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == CHECKPOINTS_DIR:

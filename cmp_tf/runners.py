@@ -8,6 +8,7 @@ lives once in `runtime`. The metadata constants here are the contract with `expo
 import importlib
 import json
 import os
+import sys
 import zipfile
 
 import numpy as np
@@ -93,6 +94,10 @@ class KerasRunner:
         return forward
 
 
+class UnreadableCheckpoint(ValueError):
+    """A training checkpoint whose files do not restore into its run's recipe."""
+
+
 class CheckpointRunner(KerasRunner):
     """A training checkpoint of a run (`run/checkpoints/ckpt-500`): the recipe in the run's
     config.json built and the checkpoint's weights restored into it, so a run can be scored
@@ -114,8 +119,8 @@ class CheckpointRunner(KerasRunner):
                 .assert_existing_objects_matched()
         except Exception as error:  # noqa: BLE001  a corrupt file, or another recipe's
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ValueError(f"Checkpoint {path} could not be restored into its run's recipe: "
-                             f"{reason[:300]}") from error
+            raise UnreadableCheckpoint(f"Checkpoint {path} could not be restored into its "
+                                       f"run's recipe: {reason[:300]}") from error
         return model
 
 
@@ -260,15 +265,44 @@ def open_model(path, threads=None):
     Args:
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
     """
-    path = rundir.resolve_model_path(path, checkpoints=True)
+    named, path = path, rundir.resolve_model_path(path, checkpoints=True)
     if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be a positive count or None (the runtime's default); "
                          f"got {threads}.")
     if rundir.model_format(path) in ("keras", "savedmodel", "checkpoint"):
         _check_tensorflow(path)
-    runner = RUNNERS[rundir.model_format(path)](path, None if threads is None else int(threads))
-    runner.path, runner.format = path, rundir.model_format(path)
+    if rundir.model_format(path) == "checkpoint" and not rundir.names_checkpoint(named):
+        runner = _newest_readable(path)  # chosen for the user: one that reads back
+    else:
+        runner = RUNNERS[rundir.model_format(path)](path, None if threads is None
+                                                    else int(threads))
+        runner.path = path
+    runner.format = rundir.model_format(runner.path)
     return runner
+
+
+def _newest_readable(newest):
+    """A run's newest training checkpoint that reads back, from `newest` down: a corrupt one (a
+    crash or a full disk mid-save) falls back to the one before, with a warning naming both, as
+    resuming training does; nothing on disk is changed. ValueError if none reads back."""
+    steps = rundir.checkpoints_in(os.path.dirname(newest))
+    kept = [steps[s] for s in sorted(steps, reverse=True) if s <= rundir.checkpoint_step(newest)]
+    failures = []
+    for prefix in kept:
+        try:
+            runner = CheckpointRunner(prefix)
+        except UnreadableCheckpoint as error:
+            failures.append(error)
+            continue
+        if failures:
+            print(f"WARNING: {failures[0]} Reading the newest one that reads back instead, "
+                  f"{prefix}.", file=sys.stderr)
+        runner.path = prefix
+        return runner
+    if len(failures) == 1:
+        raise failures[0]
+    raise ValueError(f"{failures[0]} Nor could the {len(failures) - 1} before it: "
+                     f"{', '.join(os.path.basename(p) for p in kept[1:])}.") from failures[0]
 
 
 def _check_tensorflow(path):

@@ -228,16 +228,12 @@ def test_the_suite_never_reads_the_users_data_cache():
     assert data.cache_dir("/abs/cache") == "/abs/cache"
 
 
-def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path):
-    """Evaluation and the apps read a run still training (or stopped) from its newest
-    checkpoint, built from its recipe; export asks for the finished model, naming why."""
-    import json
-
-    import numpy as np
+def _unfinished_run(tmp_path):
+    """A run folder holding the default recipe's config.json and the checkpoints of steps 2
+    and 10 (other weights each), no model.keras; the newest weights saved beside it too."""
     import tensorflow as tf
 
     from cmp_tf import models
-    from cmp_tf import runtime
 
     config = load_config("cpu_bins")
     run = tmp_path / "run"
@@ -251,6 +247,15 @@ def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path
             weight.assign(weight + noise.normal(0, 0.1, weight.shape).astype(np.float32))
         checkpoint.write(str(run / "checkpoints" / f"ckpt-{step}"))
     model.save(tmp_path / "model.keras")
+    return run
+
+
+def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path):
+    """Evaluation and the apps read a run still training (or stopped) from its newest
+    checkpoint, built from its recipe; export asks for the finished model, naming why."""
+    from cmp_tf import runtime
+
+    run = _unfinished_run(tmp_path)
     newest = str(run / "checkpoints" / "ckpt-10")
     assert rundir.resolve_model_path(run, checkpoints=True) == newest
     assert rundir.model_format(newest) == "checkpoint" and rundir.checkpoint_step(newest) == 10
@@ -277,4 +282,45 @@ def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path
         rundir.encoder_file(run)
     (run / "config.json").unlink()
     with pytest.raises(ValueError, match=r"ckpt-10: its run folder holds no config\.json"):
+        runtime.Propagator(run)
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_is_passed_over_for_the_one_before(tmp_path):
+    """A run killed while saving holds a corrupt newest checkpoint: evaluation and the apps
+    read the newest one that reads back, saying so, and change nothing on disk; a checkpoint
+    the user names is read or refused as it is."""
+    from cmp_tf import runtime
+
+    run = _unfinished_run(tmp_path)
+    folder = run / "checkpoints"
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)
+    guides = ([(40, 30), (70, 10)], [(3.0, -2.0), (-1.0, 0.5)])
+    older = runtime.Propagator(folder / "ckpt-2").propagate(image, *guides)
+    data = folder / "ckpt-10.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:200])  # killed half-way through writing it
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(ValueError, match=r"Checkpoint .*ckpt-10 could not be restored"):
+        runtime.Propagator(folder / "ckpt-10")
+    for named in (run, folder):
+        propagator = runtime.Propagator(named)
+        assert propagator.path == str(folder / "ckpt-2")
+        np.testing.assert_allclose(propagator.propagate(image, *guides), older, atol=1e-5)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    evaluated = subprocess.run(
+        [sys.executable, "evaluate.py", f"--checkpoint={run}", "--data=generated", "--pairs=1",
+         "--ks=5", "--strategies=uniform", "--baselines=nearest", "--panels=0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert (f"{folder}/ckpt-10 could not be restored" in evaluated.stderr and
+            f"Reading the newest one that reads back instead, {folder}/ckpt-2." in
+            evaluated.stderr)
+    assert f"Evaluating {folder}/ckpt-2, the step-2 training checkpoint" in evaluated.stdout
+    assert (run / "eval" / "ckpt-2" / "propagation" / "results.json").is_file()
+    assert not (run / "eval" / "ckpt-10").exists()
+    older_data = folder / "ckpt-2.data-00000-of-00001"
+    older_data.write_bytes(older_data.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"ckpt-10 could not be restored .* Nor could the 1 "
+                                         r"before it: ckpt-2\."):
         runtime.Propagator(run)

@@ -326,17 +326,30 @@ def test_beam_direct_runner_writes_the_same_shards(tmp_path):
 def test_the_command_line_ingests_and_reports(tmp_path):
     write_video(tmp_path / "pan.avi", panning_frames(4))
     (tmp_path / "junk.mp4").write_bytes(b"\x00" * 100)
-    result = subprocess.run(
-        [sys.executable, "-m", "cmp_tf.data.ingest", f"--videos={tmp_path}",
-         f"--out={tmp_path / 'out'}", "--workers=1", "--config.ingest.max_side=-1",
-         "--config.ingest.gaps=(1,)"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+    def command(*overrides):
+        return subprocess.run(
+            [sys.executable, "-m", "cmp_tf.data.ingest", f"--videos={tmp_path}",
+             f"--out={tmp_path / 'out'}", "--workers=1", "--config.ingest.max_side=-1",
+             "--config.ingest.gaps=(1,)", *overrides],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+    result = command()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith(
         "Ingestion: 3 pairs from 1 of 2 files. 1 of 2 files failed to ingest: junk.mp4")
     assert result.stdout.strip().endswith(f"Shards and {shards.MANIFEST} in {tmp_path / 'out'}.")
     assert (tmp_path / "out" / shards.MANIFEST).exists()
+    # Another config into the same folder would feed the clip twice to training, which reads
+    # the folder whole: refused before any file is read, naming the sidecar.
+    before = sorted(os.listdir(tmp_path / "out"))
+    other = command("--config.ingest.jpeg_quality=80")
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert (f"--out={tmp_path / 'out'} holds {tmp_path / 'junk.mp4'} and 1 more of these "
+            "sources ingested under another ingest config (junk-") in other.stderr
+    assert "Ingest this config into another --out" in other.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == before
 
 
 def test_a_truncated_video_keeps_what_decodes_and_says_so(tmp_path):

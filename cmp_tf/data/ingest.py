@@ -236,6 +236,24 @@ def check_config(cfg):
     return cfg
 
 
+def _check_out(paths, out, cfg):
+    """Refuses an --out holding a source that `paths` names (files or folders) ingested under
+    another config than `cfg`: a shard folder is read for training whole, so it would feed that
+    source once per config. (A cache keeps configs apart by key and is not read whole.)"""
+    digest = _config_digest({**default_ingest_config(), **check_config(cfg)})
+    sources = {os.path.abspath(path) for _, path in _jobs(paths)}
+    others = [record for record in shards.read_sidecars(out)[0] if record["video"] in sources
+              and record.get("config_digest") not in (None, digest)]
+    if others:
+        names = ", ".join(f"{record['key']}.json" for record in others[:3])
+        raise ValueError(
+            f"--out={out} holds {others[0]['video']}"
+            f"{f' and {len(others) - 1} more of these sources' if len(others) > 1 else ''} "
+            f"ingested under another ingest config ({names}{', ...' if len(others) > 3 else ''}"
+            "): training reads a shard folder whole and would feed both. Ingest this config "
+            "into another --out, or delete those sidecars and the shards they list first.")
+
+
 def _work_size(fn, path):
     """Frames a job decodes (a list file: its pairs); -1 when the container does not say."""
     if fn is convert_list:
@@ -383,6 +401,7 @@ def main(argv):
     if missing:
         raise app.UsageError(f"--videos/--lists: {', '.join(missing)} does not exist.")
     try:
+        _check_out(sources, flag.out, cfg)
         if flag.runner == "local":
             manifest = ingest(sources, flag.out, cfg, workers=flag.workers)
         else:

@@ -286,6 +286,49 @@ def test_an_error_with_on_error_raise_stops_the_pool_at_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_pool_with_its_parent(tmp_path):
+    """`kill` (SIGTERM) to ingestion with workers: the parent died alone and its workers ran
+    on to the ends of their files. Now it stops them, as Ctrl-C does."""
+    import signal
+
+    (tmp_path / "clips").mkdir()
+    for seed in range(4):  # several seconds each
+        write_video(tmp_path / "clips" / f"v{seed}.avi",
+                    panning_frames(200, size=(96, 128), seed=seed))
+    out = tmp_path / "out"
+    code = ("from cmp_tf.data import ingest; "
+            f"ingest.ingest([{str(tmp_path / 'clips')!r}], {str(out)!r}, {CFG!r}, workers=2, "
+            "progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and any(
+            f.endswith(".tmp") for f in os.listdir(out))):
+        time.sleep(0.1)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True, check=False).stdout.split()
+    assert len(children) >= 2, children  # the workers (and the frame counter's manager)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt: SIGTERM" in stderr, stderr[-2000:]
+
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # not a zombie
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    alive = children
+    while alive and time.time() < deadline:
+        alive = [pid for pid in alive if running(pid)]
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived their parent"
+    assert not [f for f in os.listdir(out) if f.endswith(".json")]  # no file was let finish
+
+
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_duplicate_shards(tmp_path):
     video = write_video(tmp_path / "pan.avi", panning_frames(40, size=(96, 128)))
     cfg = {**CFG, "pairs_per_shard": 1, "gaps": (1, 2)}

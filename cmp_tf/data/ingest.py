@@ -25,6 +25,7 @@ import multiprocessing.managers
 import os
 import signal
 import sys
+import threading
 
 from cmp_tf import rundir
 from cmp_tf.data import formats
@@ -315,14 +316,25 @@ def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
 
 
 def _ignore_interrupt():
-    """A pool process leaves Ctrl-C to the parent, which stops it (no traceback per worker)."""
+    """A pool process leaves Ctrl-C to the parent, which stops it (no traceback per worker),
+    and ends at SIGTERM, which is how the parent stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interrupt(signum, frame):
+    """SIGTERM (`kill`, a job scheduler's stop) taken as Ctrl-C, so the pool is stopped too:
+    by default the parent died alone and its workers ran on to the ends of their files."""
+    del frame
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _in_pool(jobs, out_dir, cfg, workers, advance, finish):
-    """Runs `jobs` on `workers` processes. An error (on_error="raise") or Ctrl-C stops them at
-    once, the queued jobs cancelled and the running ones ended: their unfinished shards are
-    leftovers the next run removes, as after a kill."""
+    """Runs `jobs` on `workers` processes. An error (on_error="raise"), Ctrl-C or SIGTERM stops
+    them at once, the queued jobs cancelled and the running ones ended: their unfinished shards
+    are leftovers the next run removes, as after a kill."""
+    main_thread = threading.current_thread() is threading.main_thread()  # where signals go
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     manager = multiprocessing.managers.SyncManager()
     manager.start(_ignore_interrupt)
     pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_ignore_interrupt)
@@ -346,6 +358,8 @@ def _in_pool(jobs, out_dir, cfg, workers, advance, finish):
         pool.shutdown()
     finally:
         manager.shutdown()
+        if main_thread:  # None: a handler set outside Python, as good as the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def ingest_beam(paths, out_dir, cfg=None, pipeline_args=()):

@@ -188,3 +188,18 @@ def test_flo_refuses_flow_it_would_read_back_as_unknown(tmp_path):
     with pytest.raises(ValueError, match="valid must be finite numbers"):
         formats.write_flo(tmp_path / "b.flo", np.zeros((3, 3, 2), np.float32),
                           np.full((3, 3), np.nan))
+
+
+def test_frame_files_take_numbers_in_names_as_numbers_decimal_timestamps_too(tmp_path):
+    """Frames named by frame number, or by a decimal timestamp as capture tools write them
+    (1617283945.25 before 1617283945.5, which a digit-by-digit order gets backwards)."""
+    image = np.zeros((4, 4, 3), np.uint8)
+    for folder, names in {
+            "numbered": ["frame9.png", "frame10.png", "Frame11.png", "frame100.png"],
+            "stamped": ["1617283945.25.jpg", "1617283945.5.jpg", "1617283945.75.jpg",
+                        "1617283946.jpg", "1617283946.125.jpg"]}.items():
+        (tmp_path / folder).mkdir()
+        for name in reversed(names):
+            cv2.imwrite(str(tmp_path / folder / name), image)
+        listed = [p.rsplit("/", 1)[1] for p in formats.frame_files(tmp_path / folder)]
+        assert listed == names

@@ -7,6 +7,7 @@ KITTI-style PNG (u, v, valid). Flow readers return (flow, valid); unknown .flo p
 flow, so no resize or crop spreads the marker value into real motion.
 """
 import dataclasses
+import decimal
 import os
 import re
 
@@ -35,8 +36,11 @@ def is_video(path):
 
 
 def _natural_key(name):
-    """'frame2' before 'frame10': numbers in a name compare as numbers."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+    """'frame2' before 'frame10': numbers in a name compare as numbers, decimal ones too
+    (timestamps: '1617283945.25' before '1617283945.5')."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", name)  # text, number, text, ...: alike at each place
+    return [decimal.Decimal(part) if index % 2 else part.lower()
+            for index, part in enumerate(parts)]
 
 
 def frame_files(folder):

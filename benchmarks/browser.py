@@ -92,18 +92,12 @@ def check_sides(values, model, largest, name):
     """--sides as whole numbers `model` (`name` in the message) takes as they are: multiples of
     its encoders' stride, at least its minimum, at most `largest`. A side it refuses is named
     before the export and the browser's runs, not by ONNX Runtime after them."""
-    guard = model.get_layer("input_guard")
-    text = ",".join(values)
     try:
         sides = [int(value) for value in values]
     except ValueError:
-        raise ValueError(f"--sides={text}: expected whole numbers of pixels.") from None
-    bad = [s for s in sides if s < guard.minimum or s % guard.multiple or s > largest]
-    if bad or not sides:
-        raise ValueError(f"--sides={text}: {name} takes sides that are multiples of "
-                         f"{guard.multiple}, at least {guard.minimum} and at most {largest}; "
-                         f"got {', '.join(map(str, bad)) or 'none'}.")
-    return sides
+        raise ValueError(f"--sides={','.join(values)}: expected whole numbers of pixels.") \
+            from None
+    return cmp_models.check_sides(model, sides, "--sides", name=name, largest=largest)
 
 
 def _native_times(model_path, sides, repeats):

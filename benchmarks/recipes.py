@@ -65,11 +65,9 @@ def check(names, runs=None, flag="--recipes"):
 
 
 def check_size(model, recipe, size, flag="--size"):
-    """Refuses a square side `size` that `model`, built from `recipe`, cannot take (a multiple
-    of its encoders' stride, at least its minimum) in one line naming `flag`, before anything
-    is timed, not as TensorFlow's error from inside the traced forward or step."""
-    shape = (1, size, size, 3)
-    try:
-        model.get_layer("input_guard").check_sizes(shape, shape)
-    except ValueError as error:
-        raise ValueError(f"{flag}={size} does not suit {recipe}: {error}") from error
+    """Refuses a square side `size` that `model`, built from `recipe`, cannot take, in one line
+    naming `flag`, before anything is timed (not as TensorFlow's error from inside the traced
+    forward or step)."""
+    from cmp_tf import models
+
+    models.check_sides(model, [size], flag, name=recipe)

@@ -111,15 +111,12 @@ def real_samples(config, split, count, size):
 
 def check_size(size, model):
     """(H, W) the fixed-size files take; ValueError naming --size if the model cannot."""
-    guard = model.get_layer("input_guard")
     size = tuple(int(s) for s in size)
-    largest = cmp_models.traced_max_side(model) or MAX_SIZE
-    if len(size) != 2 or min(size) < max(guard.minimum, 1) or any(
-            s % guard.multiple for s in size) or max(size) > largest:
-        raise ValueError(f"--size={list(size)} must be (H, W), each a multiple of "
-                         f"{guard.multiple}, at least {guard.minimum} and at most {largest} for "
-                         "this model.")
-    return size
+    if len(size) != 2:
+        raise ValueError(f"--size={','.join(map(str, size))} must be H,W, or one side for a "
+                         "square.")
+    return cmp_models.check_sides(model, size, "--size",
+                                  largest=cmp_models.traced_max_side(model) or MAX_SIZE)
 
 
 def _metadata(model, part, fmt, size, dynamic, source):

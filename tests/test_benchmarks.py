@@ -329,8 +329,8 @@ def test_browser_benchmark_takes_the_shipped_model_and_refuses_a_side_first(tmp_
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     shipped = os.path.join(rundir.PRETRAINED, rundir.MODEL_FILE)
-    assert (f"--sides=128,100: {shipped} takes sides that are multiples of 32, at least 128 "
-            "and at most") in result.stderr
+    assert (f"--sides=128,100: {shipped} takes sides that are multiples of 32 (its encoders' "
+            "stride), at least 128 and at most") in result.stderr
     assert not (tmp_path / "out").exists()
 
 

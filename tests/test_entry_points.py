@@ -102,12 +102,11 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
      "--recipes: no recipe propgation under configs/."),
     # a side a model cannot take failed as config.data.crop, after the recipes before it ran
     (["benchmarks/train_throughput.py", *_TINY_STEP, "--recipes=resnet50_semiauto,cpu_bins",
-      "--size=64"], "--size=64 does not suit cpu_bins: image height and width must be at least "
-                    "128 for this model (its decoder pools the encoder's features further); got "
-                    "64x64."),
+      "--size=64"], "--size=64: cpu_bins takes sides that are multiples of 32 (its encoders' "
+                    "stride), at least 128; got 64."),
     (["benchmarks/train_throughput.py", *_TINY_STEP, "--size=144"],
-     "--size=144 does not suit cpu_bins: image height and width must be multiples of 32 for "
-     "this model (its encoders' stride); got 144x144. Resize or pad, e.g. to 160x160."),
+     "--size=144: cpu_bins takes sides that are multiples of 32 (its encoders' stride), at "
+     "least 128; got 144."),
     # a helper module and the transfer's recipe are under configs/ but build no CMP
     (["benchmarks/inference.py", "--recipes=common"],
      "--recipes: configs/common.py is not a propagation recipe (no get_config() giving a config "
@@ -123,8 +122,8 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
     (["benchmarks/web_load.py", "--duration=1", "--model={tmp}/notes.txt"],
      "--model={tmp}/notes.txt: {tmp}/notes.txt: expected a .keras, .tflite or .onnx file"),
     (["benchmarks/inference.py", "--recipes=propagation", "--size=100", "--repeats=1",
-      "--out={tmp}/out"], "--size=100 does not suit propagation: image height and width must "
-                          "be at least 128 for this model"),
+      "--out={tmp}/out"], "--size=100: propagation takes sides that are multiples of 32 (its "
+                          "encoders' stride), at least 128; got 100."),
     (["benchmarks/propagator.py", "--models=cmp_tf/pretrained/default,{tmp}/nope.onnx",
       "--sizes=128x128", "--repeats=1", "--out={tmp}/out"],
      "--models: {tmp}/nope.onnx does not exist"),

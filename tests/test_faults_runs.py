@@ -548,9 +548,12 @@ def test_export_names_a_bad_flag_in_one_line_without_a_traceback(tmp_path):
                            "exist"),
                           ("--fill_stride=8", "--fill_stride must be a power of two dividing "
                            "the decoder's stride 4; got 8."),
-                          ("--size=70", r"--size=[70, 70] must be (H, W), each a multiple of "
-                           "32, at least 128 and at most 2048"),
-                          ("--size=65536", r"--size=[65536, 65536] must be (H, W)")]:
+                          ("--size=70", "--size=70,70: this model takes sides that are "
+                           "multiples of 32 (its encoders' stride), at least 128 and at most "
+                           "2048; got 70, 70."),
+                          ("--size=65536", "at most 2048; got 65536, 65536."),
+                          ("--size=128,128,128", "--size=128,128,128 must be H,W, or one side "
+                           "for a square.")]:
         result = _run("-m", "export", flag, f"--out={out}", "--formats=tflite")
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr

@@ -5,8 +5,8 @@ from cmp_tf.models import fills  # noqa: F401
 from cmp_tf.models import heads  # noqa: F401
 from cmp_tf.models import image_encoders  # noqa: F401
 from cmp_tf.models import sparse_encoders  # noqa: F401
-from cmp_tf.models.cmp import assemble, build_cmp, build_encoder, build_head, fill_stride, \
-    traced_max_side
+from cmp_tf.models.cmp import assemble, build_cmp, build_encoder, build_head, check_sides, \
+    fill_stride, traced_max_side
 
-__all__ = ["assemble", "build_cmp", "build_encoder", "build_head", "fill_stride",
+__all__ = ["assemble", "build_cmp", "build_encoder", "build_head", "check_sides", "fill_stride",
            "traced_max_side"]

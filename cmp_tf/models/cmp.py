@@ -155,6 +155,21 @@ def fill_stride(model):
     return blends[0].stride if blends else None
 
 
+def check_sides(model, sides, flag, name="this model", largest=None):
+    """Refuses image sides (px) a CMP cannot take as they are (each a multiple of its encoders'
+    stride, at least its minimum, at most `largest` when given) in one line naming `flag` and
+    the model as `name`, before anything is built or timed from them; returns them."""
+    guard = model.get_layer("input_guard")
+    bad = [side for side in sides if side < max(guard.minimum, 1) or side % guard.multiple
+           or (largest is not None and side > largest)]
+    if bad or not sides:
+        most = "" if largest is None else f" and at most {largest}"
+        raise ValueError(f"{flag}={','.join(map(str, sides))}: {name} takes sides that are "
+                         f"multiples of {guard.multiple} (its encoders' stride), at least "
+                         f"{guard.minimum}{most}; got {', '.join(map(str, bad)) or 'none'}.")
+    return sides
+
+
 def traced_max_side(model):
     """The longest image side in px a CMP's guidance fills span when its graph is traced for any
     size (a free-size runtime graph or export): the smallest `max_size` of its fill layers;

@@ -105,6 +105,9 @@ def define_config(name, default, help_string, **kwargs):
     of the wrong type or a recipe that does not load ends as one line naming it."""
     from ml_collections import config_flags
 
+    if os.path.isfile(os.path.join(CHECKOUT, "configs", "common.py")) and \
+            CHECKOUT not in sys.path:  # the recipes import configs.common, from any folder
+        sys.path.append(CHECKOUT)  # last: a `configs` package in the current folder comes first
     if default and not os.path.isabs(default) and not os.path.exists(default) and \
             os.path.isfile(os.path.join(CHECKOUT, default)):  # a command run from elsewhere
         default = os.path.join(CHECKOUT, default)

@@ -175,15 +175,23 @@ def test_a_folder_the_system_will_not_let_it_write_is_one_line():
     assert "/sys/cmp_tf_test" in lines[-1] and lines[-1].startswith("[Errno"), lines[-3:]
 
 
-def test_a_recipe_named_from_outside_the_checkout_says_why_it_does_not_load(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "cmp_tf.convert", "--checkpoint=x.pth",
-         f"--config={ROOT}/configs/alexnet_yfcc.py"], cwd=tmp_path, capture_output=True,
-        text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+def test_recipes_load_under_python_m_from_outside_the_checkout(tmp_path):
+    """The README's editable install: `python -m cmp_tf.<command>` from another folder loads
+    the checkout's recipes, whose `from configs import common` needed the checkout on
+    PYTHONPATH (every command from elsewhere ended in "No module named 'configs'")."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"))
+
+    result = run("cmp_tf.convert", "--checkpoint=x.pth",
+                 f"--config={ROOT}/configs/alexnet_yfcc.py")
     if "No module named 'cmp_tf'" in result.stderr:  # the README's install makes it importable
         pytest.skip("cmp_tf is not installed: it runs from the checkout only")
-    _one_line_error(result, "No module named 'configs' (the recipes import the configs "
-                            "package, configs/common.py: run from the cmp_tf checkout")
+    _one_line_error(result, "x.pth does not exist")
+    _one_line_error(run("cmp_tf.data.ingest", "--videos=nope.mp4", f"--out={tmp_path / 'out'}"),
+                    "--videos/--lists: nope.mp4 does not exist.")  # its default recipe loaded
 
 
 def test_train_py_run_from_another_folder_finds_its_default_recipe(tmp_path):

@@ -435,6 +435,18 @@ def test_list_files_convert_to_shards_and_bad_pairs_are_counted(tmp_path, rng):
         ingest.ingest([str(tmp_path / "train.txt")], tmp_path / "out3", strict, progress=False)
 
 
+def test_rlof_refuses_frames_too_small_for_its_interpolation(tmp_path):
+    """OpenCV's dense RLOF reads past its matches on small frames (a segmentation fault on
+    48 x 64 that killed the whole ingestion): such a file is now recorded as failed, saying
+    why."""
+    video = write_video(tmp_path / "small.avi", panning_frames(3, size=(48, 64)))
+    manifest = ingest.ingest([video], tmp_path / "out", {**CFG, "estimator": "rlof"},
+                             progress=False)
+    error = manifest["sources"][0]["error"]
+    assert error.startswith("config.ingest.estimator='rlof' needs frames with at least 128 "
+                            "cells of 6 x 6 px (64 x 96 px has 160); got 48 x 64"), error
+
+
 @pytest.mark.parametrize("name,preset", [("dis", "fine"), ("deepflow", "medium"),
                                          ("rlof", "medium")])
 def test_named_teachers_recover_a_pan_and_a_wrong_name_is_refused(name, preset):

@@ -40,13 +40,29 @@ def _dis(preset):
 # nearest of its matches, one per 8 px of the frame, past their end when there are fewer (as
 # the EpicFlow baseline's would, cmp_tf.evaluation.baselines): on 64 x 96 frames NaN flow in
 # about half of the pairs, and at times a crash, changing from run to run.
+def _rlof(first, second):
+    """OpenCV's dense RLOF, refused on frames too small for its interpolation: it reads the
+    RLOF_NEIGHBOURS nearest of its matches, seeded one per RLOF_GRID px square, and on frames
+    with fewer it reads past their end (a segmentation fault on 48 x 64 frames, killing the
+    process, not one file)."""
+    h, w = first.shape[:2]
+    if (h // RLOF_GRID) * (w // RLOF_GRID) < RLOF_NEIGHBOURS:
+        raise ValueError(f"config.ingest.estimator='rlof' needs frames with at least "
+                         f"{RLOF_NEIGHBOURS} cells of {RLOF_GRID} x {RLOF_GRID} px (64 x 96 px "
+                         f"has 160); got {h} x {w}: use 'dis', or a larger max_side.")
+    return cv2.optflow.calcOpticalFlowDenseRLOF(first, second, None,
+                                                gridStep=(RLOF_GRID, RLOF_GRID),
+                                                epicK=RLOF_NEIGHBOURS)
+
+
+RLOF_GRID, RLOF_NEIGHBOURS = 6, 128  # OpenCV's defaults: its seeds' spacing, EPIC's neighbours
 OPENCV_ESTIMATORS = {
     "farneback": lambda: lambda a, b: cv2.calcOpticalFlowFarneback(
         _gray(a), _gray(b), None, 0.5, 4, 9, 5, 5, 1.1, 0),
     "tvl1": lambda: _on_gray(cv2.optflow.DualTVL1OpticalFlow_create()),
     "deepflow": lambda: _on_gray(cv2.optflow.createOptFlow_DeepFlow()),
     "pcaflow": lambda: _on_gray(cv2.optflow.createOptFlow_PCAFlow()),
-    "rlof": lambda: lambda a, b: cv2.optflow.calcOpticalFlowDenseRLOF(a, b, None),
+    "rlof": lambda: _rlof,
 }
 
 

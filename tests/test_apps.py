@@ -224,6 +224,23 @@ def test_the_zoom_square_is_the_demos_and_stays_inside():
     assert annotate.zoom_box(points * 10, 200, 300, zoom_factor=4)[2] == 200  # shorter side
     assert annotate.zoom_box(points[:1], 200, 300) is None
     assert annotate.zoom_box(points, 200, 300, zoom_factor=-1) is None
+    # two clicks 1 px apart mark one point: a 4 px square confined the mask to it
+    assert annotate.zoom_box(np.array([[40, 30], [41, 30]], np.float32), 64, 96) is None
+    assert annotate.zoom_box(np.array([[40, 30], [48, 30]], np.float32), 64, 96)[2] == 32
+
+
+def test_a_negative_click_on_a_positive_clicks_pixel_is_refused(tmp_path):
+    """The guides on one pixel were averaged: the push halved, the still click doing nothing,
+    and the mask as without it."""
+    image, _ = _square_scene()
+    with pytest.raises(ValueError, match=r"negative item 2 \(40,30\) is on the pixel of a "
+                                         r"positive click"):
+        annotate.check_clicks(image, [[40, 30]], [[5, 5], [40.3, 29.8]])
+    path, _, _ = _write_scene(tmp_path)
+    with pytest.raises(ValueError, match=r"--negative item 1 \(40,30\) is on the pixel of a "
+                                         r"--positive click"):
+        annotate.run("unused", path, "40,30", "40,30", out=str(tmp_path / "m.png"))
+    annotate.check_clicks(image, [[40, 30]], [[41, 30]])  # the next pixel is another
 
 
 class _RegionPropagator:
@@ -381,6 +398,13 @@ def test_the_commands_refuse_to_write_over_their_image_and_bound_its_size(tmp_pa
         annotate.run("unused", path, "5,5", out=str(tmp_path / "m.png"), zoom_size=100000)
     with pytest.raises(ValueError, match=r"--velocity=1e\+09 must be at most 1e\+06"):
         annotate.run("unused", path, "5,5", out=str(tmp_path / "m.png"), velocity=1e9)
+    # a second run without --image, its output there from the first: the flag is named
+    (tmp_path / "m.png").write_bytes(before)
+    (tmp_path / "x.gif").write_bytes(before)
+    with pytest.raises(ValueError, match=r"^--image is required"):
+        annotate.run("unused", None, "5,5", out=str(tmp_path / "m.png"))
+    with pytest.raises(ValueError, match=r"^--image is required"):
+        animate.run("unused", None, "5,5,1,1", out=str(tmp_path / "x.gif"))
 
 
 def test_the_commands_fail_with_the_flag_named(tmp_path):

@@ -28,6 +28,7 @@ VELOCITY = 30.0  # px a positive click is pushed, in the network's (zoomed) pixe
 THRESHOLD = 0.5  # fraction of the largest motion that counts as the object
 ZOOM_FACTOR = 4.0  # the zoom square's side over the clicks' extent; -1: no zoom
 ZOOM_SIZE = 384  # side the zoom square is resized to before the network sees it
+MIN_ZOOM_SIDE = 32  # px of the image: a smaller square (clicks a few px apart) is no zoom
 MIN_ZOOM_SIZE = 32  # the smallest zoom side the networks take (their encoders' stride)
 MAX_ZOOM_SIZE = 2048  # the largest: the web service's largest image side
 MAX_PIXELS = 2**24  # largest image the command annotates (--max_pixels), width x height: a
@@ -52,7 +53,19 @@ def check_clicks(image, positive, negative):
         raise ValueError("positive needs at least one click on the object; got none.")
     inputs.check_inside(positive, height, width, "positive")
     inputs.check_inside(negative, height, width, "negative")
+    check_apart(positive, negative)
     return positive, negative
+
+
+def check_apart(positive, negative, positive_name="positive", negative_name="negative"):
+    """Refuses a negative click on a positive click's pixel: the guides on one pixel are
+    averaged, so the object's push was halved there and the still click did nothing."""
+    taken = {tuple(p) for p in np.round(np.asarray(positive, np.float64)).astype(np.int64)}
+    for index, click in enumerate(np.round(np.asarray(negative, np.float64)).astype(np.int64)):
+        if tuple(click) in taken:
+            raise ValueError(f"{negative_name} item {index + 1} ({click[0]},{click[1]}) is on "
+                             f"the pixel of a {positive_name} click: a pixel is on the object "
+                             "or not; move one of them.")
 
 
 def _clicks(value, name):
@@ -91,16 +104,15 @@ def zoom_box(points, height, width, zoom_factor=ZOOM_FACTOR):
 
     As the demo: centred on the clicks' bounding box, side = zoom_factor x its longer extent
     (at most the image's shorter side, even), shifted to lie inside the image. None with fewer
-    than two distinct clicks (no extent) or zoom_factor -1.
+    than two distinct clicks, a square under MIN_ZOOM_SIDE (clicks a few px apart: one point of
+    the object, not its extent) or zoom_factor -1.
     """
     if zoom_factor == -1 or len(points) < 2:
         return None
     low, high = points.min(0), points.max(0)
     extent = float((high - low).max())
-    if extent <= 0:
-        return None
     side = int(min(extent * zoom_factor, min(height, width))) // 2 * 2
-    if side < 2:
+    if side < MIN_ZOOM_SIDE:  # clicks a few px apart mark one point, not the object's extent
         return None
     centre = (low + high) / 2
     x0 = int(np.clip(np.rint(centre[0] - side / 2), 0, width - side))
@@ -268,6 +280,7 @@ def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
     image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")
     inputs.check_inside(positive, *image.shape[:2], name="--positive")
     inputs.check_inside(negative, *image.shape[:2], name="--negative")
+    check_apart(positive, negative, "--positive", "--negative")
     inputs.positive(velocity, "--velocity", largest=sampling.MAX_VECTOR_PX)
     check_refinement(threshold, refine_method, threshold_name="--threshold")
     if zoom_factor != -1:

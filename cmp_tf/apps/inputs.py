@@ -286,6 +286,8 @@ def positive(value, name, largest=None):
 
 def check_not_input(out, image, out_name="--out", image_name="--image"):
     """Refuses an output that is the input image itself: it would be replaced by the result."""
+    if image is None:  # not given: read_image names the flag
+        return out
     if os.path.exists(out) and os.path.exists(image) and os.path.samefile(out, image):
         raise ValueError(f"{out_name}={out} is the input image ({image_name}={image}): writing "
                          "it would replace the photo; name another file.")

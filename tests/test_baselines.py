@@ -231,6 +231,7 @@ _BAD = [
     ("points", np.zeros((2, 3)), r"points must have shape \[K, 2\]"),
     ("points", np.array([["a", "b"], ["c", "d"]]), r"points must be a real-valued"),
     ("points", np.zeros((0, 2)), r"points is empty"),
+    ("points", [[1, 2], [3]], r"points must be a \[K, 2\] array: every row \(x, y\)"),  # ragged
     ("vectors", np.zeros((2, 2, 1)), r"vectors must have shape \[K, 2\]"),
     ("vectors", np.zeros((3, 2)), r"points and vectors must hold the same number K"),
     ("points", np.array([[1.0, np.nan], [2.0, 2.0]]), r"points must be finite"),

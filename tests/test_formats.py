@@ -41,6 +41,15 @@ def test_reference_list_files_with_flo_and_8bit_flow(tmp_path, rng):
     assert np.abs(flow - jpg).max() < 100 / 255 + 0.5  # 8-bit quantum plus JPEG at q=100
 
 
+def test_a_list_file_saved_with_a_byte_order_mark_reads(tmp_path, rng):
+    """Windows Notepad's UTF-8 starts with a BOM, which was read as part of the first path: a
+    "missing file" whose name looked right."""
+    _, files = _pair_files(tmp_path, rng, "flo")
+    (tmp_path / "train.txt").write_bytes(b"\xef\xbb\xbf" + " ".join(files).encode() + b"\r\n")
+    entries, skipped = formats.read_list(tmp_path / "train.txt")
+    assert len(entries) == 1 and not skipped
+
+
 def test_list_file_errors_name_the_file_and_line(tmp_path, rng):
     _, files = _pair_files(tmp_path, rng)
     listing = tmp_path / "list.txt"

@@ -305,7 +305,7 @@ def read_list(path, on_missing="raise"):
                                                   os.path.isdir(path) else "does not exist."))
     root = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM (Notepad's) is not a path
             lines = f.readlines()
     except UnicodeDecodeError as error:
         raise ValueError(f"List file {path} is not UTF-8 text (byte {error.start}): a list "

@@ -66,7 +66,11 @@ def sparse_from_points(points, vectors, height, width):
 
 def _check_pairs(value, name):
     """One [K, 2] float32 guidance array (`points` or `vectors`), K >= 1, finite."""
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # rows of different lengths: NumPy's words name no argument
+        raise ValueError(f"{name} must be a [K, 2] array: every row (x, y) or (u, v); got rows "
+                         f"of different lengths ({error}).") from None
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
                                    or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{name} must be a real-valued [K, 2] array; got dtype {array.dtype}.")

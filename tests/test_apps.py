@@ -120,6 +120,18 @@ def test_animations_are_written_with_every_frame(tmp_path, suffix):
         assert count == 6
     with pytest.raises(ValueError, match="--out=.*must end in one of .gif, .mp4"):
         animate.write_animation(str(tmp_path / "a.avi"), frames, fps=8)
+    # Frames it cannot write are named before anything is written: the file already there
+    # stays whole (a GIF was emptied first, an MP4 cut to a header).
+    before = open(path, "rb").read()
+    for bad, message in [([], "frames is empty"),
+                         ([f.astype(np.float32) for f in frames], "frames item 1 must be a uint8"),
+                         ([f[..., 0] for f in frames], r"item 1 .*; got uint8 \(128, 128\)"),
+                         ([frames[0], frames[1][:64]], r"frames item 2 must be a uint8 \[H, W, "
+                                                       r"3\] RGB image of the first one's")]:
+        with pytest.raises(ValueError, match=message):
+            animate.write_animation(path, bad, fps=8)
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == [f"a{suffix}"]  # no partial file left
 
 
 @pytest.mark.parametrize("height, width", [(143, 175), (1, 6)])

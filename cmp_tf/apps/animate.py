@@ -14,6 +14,7 @@ more than MAX_RENDER_PIXELS frame pixels in all (--frames x width x height). Eac
 warped on its own, so the work in flight is one frame's, and the frames kept are uint8.
 """
 import os
+import tempfile
 
 import numpy as np
 from absl import app
@@ -166,11 +167,28 @@ def check_fps(fps, name="fps"):
     return float(fps)
 
 
+def check_frames(frames):
+    """An animation's frames as a list of uint8 [H, W, 3] RGB arrays of one size; ValueError
+    naming the first that is not (the writers' own errors name none, and an MP4 writer drops a
+    frame of another size with a warning)."""
+    frames = [np.asarray(frame) for frame in frames]
+    if not frames:
+        raise ValueError("frames is empty: an animation needs at least one frame.")
+    for index, frame in enumerate(frames):
+        size = f" of the first one's shape {frames[0].shape}" if index else ""
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3 or \
+                min(frame.shape[:2]) < 1 or frame.shape != frames[0].shape:
+            raise ValueError(f"frames item {index + 1} must be a uint8 [H, W, 3] RGB "
+                             f"image{size}; got {frame.dtype} {frame.shape}.")
+    return frames
+
+
 def encode_gif(frames, fps):
     """Frames -> the bytes of a looping GIF (imageio, Pillow's writer)."""
     import imageio.v3 as iio
 
     check_fps(fps)
+    frames = check_frames(frames)
 
     return iio.imwrite("<bytes>", list(frames), extension=".gif", is_batch=True,
                        duration=1000.0 / fps, loop=0)  # a list: the frames are not copied
@@ -185,14 +203,30 @@ def check_out(path):
 
 
 def write_animation(path, frames, fps):
-    """Writes frames as a looping GIF (imageio) or an MP4 (OpenCV's mp4v: no ffmpeg needed)."""
+    """Writes frames as a looping GIF (imageio) or an MP4 (OpenCV's mp4v: no ffmpeg needed),
+    through a temporary file beside `path`: a file already there is replaced only by a whole
+    animation."""
     suffix = check_out(path)
     check_fps(fps, "--fps")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if suffix == ".gif":
-        with open(path, "wb") as f:
-            f.write(encode_gif(frames, fps))
-        return path
+    frames = check_frames(frames)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=suffix, prefix=".partial-", dir=folder)
+    os.close(handle)
+    try:
+        if suffix == ".gif":
+            with open(partial, "wb") as f:
+                f.write(encode_gif(frames, fps))
+        else:
+            _write_mp4(partial, frames, fps, path)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return path
+
+
+def _write_mp4(path, frames, fps, named):
     import cv2
 
     height, width = frames[0].shape[:2]
@@ -202,12 +236,11 @@ def write_animation(path, frames, fps):
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps),
                              (width + even[1], height + even[0]))
     if not writer.isOpened():
-        raise ValueError(f"--out={path}: OpenCV cannot write MP4 (mp4v) here.")
+        raise ValueError(f"--out={named}: OpenCV cannot write MP4 (mp4v) here.")
     for frame in frames:
         frame = np.pad(frame, ((0, even[0]), (0, even[1]), (0, 0)), mode="edge")
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    return path
 
 
 def flow_path(out):

@@ -36,6 +36,11 @@ def test_sparse_from_points_rounds_and_validates():
         sampling.sparse_from_points([[1.0, 1.0]], [[np.nan, 0.0]], 4, 5)
     with pytest.raises(ValueError, match=r"\[K, 2\]"):
         sampling.sparse_from_points([[1.0, 1.0, 1.0]], [[0.0, 0.0]], 4, 5)
+    with pytest.raises(ValueError, match=r"vectors must be finite; got 1 NaN or infinite "
+                                         r"values \(as float32\)"):
+        sampling.sparse_from_points([[1, 0]], [[1e39, 1]], 4, 5)  # finite as float64 alone
+    with pytest.raises(ValueError, match=r"points is empty \(K = 0\)"):
+        sampling.sparse_from_points(np.zeros((0, 2)), np.zeros((0, 2)), 4, 5)
 
 
 def test_uniform_points_are_distinct_pixels(rng):

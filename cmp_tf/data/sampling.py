@@ -28,25 +28,16 @@ def sparse_from_points(points, vectors, height, width):
         vectors: [K, 2] (u, v) motion in pixels at those points.
         height, width: the image's size, whole numbers >= 1.
     Raises:
-        ValueError: on shapes other than [K, 2], values that are not finite numbers, points
-            off the image or a bad size.
+        ValueError: on shapes other than [K, 2], K = 0, values that are not finite numbers
+            (as float32), points off the image or a bad size.
     """
     for name, side in (("height", height), ("width", width)):
         if not is_int(side) or side < 1:
             raise ValueError(f"{name} must be a whole number of pixels >= 1; got {side!r}.")
-    points, vectors = np.asarray(points), np.asarray(vectors)
-    for name, array in (("points", points), ("vectors", vectors)):
-        if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
-                                       or np.issubdtype(array.dtype, np.floating)):
-            raise ValueError(f"{name} must be a real-valued [K, 2] array; got dtype "
-                             f"{array.dtype}.")
-    points, vectors = points.astype(np.float64), vectors.astype(np.float64)
-    if points.ndim != 2 or points.shape[-1] != 2 or vectors.shape != points.shape:
+    points, vectors = _check_pairs(points, "points"), _check_pairs(vectors, "vectors")
+    if vectors.shape != points.shape:
         raise ValueError(f"points and vectors must both be [K, 2]; got {points.shape} and "
                          f"{vectors.shape}.")
-    if not (np.isfinite(points).all() and np.isfinite(vectors).all()):
-        raise ValueError("points and vectors must be finite; got NaN or infinity.")
-    vectors = vectors.astype(np.float32)
     xy = np.round(points).astype(np.int64)
     off = (xy[:, 0] < 0) | (xy[:, 0] >= width) | (xy[:, 1] < 0) | (xy[:, 1] >= height)
     if off.any():
@@ -64,8 +55,9 @@ def sparse_from_points(points, vectors, height, width):
     return sparse
 
 
-def _check_pairs(value, name):
-    """One [K, 2] float32 guidance array (`points` or `vectors`), K >= 1, finite."""
+def _check_pairs(value, name, largest=None):
+    """One [K, 2] float32 guidance array (`points` or `vectors`), K >= 1, finite, each value at
+    most `largest` in magnitude when given."""
     try:
         array = np.asarray(value)
     except ValueError as error:  # rows of different lengths: NumPy's words name no argument
@@ -84,10 +76,9 @@ def _check_pairs(value, name):
     if bad:
         raise ValueError(f"{name} must be finite; got {bad} NaN or infinite values "
                          "(as float32).")
-    largest = float(np.abs(array).max())
-    if name == "vectors" and largest > MAX_VECTOR_PX:  # no image holds it; NaN flow beyond
-        raise ValueError(f"vectors must be at most {MAX_VECTOR_PX:g} px in u and v; got "
-                         f"{largest:.7g}.")
+    if largest is not None and float(np.abs(array).max()) > largest:
+        raise ValueError(f"{name} must be at most {largest:g} px in u and v; got "
+                         f"{float(np.abs(array).max()):.7g}.")
     return array
 
 
@@ -112,7 +103,9 @@ def check_guidance(image, points, vectors):
     height, width = image.shape[:2]
     if not height or not width:
         raise ValueError(f"image must have at least one pixel; got shape {image.shape}.")
-    points, vectors = _check_pairs(points, "points"), _check_pairs(vectors, "vectors")
+    # vectors beyond MAX_VECTOR_PX: no image holds them, and the fills' moments overflow
+    points = _check_pairs(points, "points")
+    vectors = _check_pairs(vectors, "vectors", largest=MAX_VECTOR_PX)
     if len(points) != len(vectors):
         raise ValueError(f"points and vectors must hold the same number K of guides; got "
                          f"{len(points)} points and {len(vectors)} vectors.")

@@ -69,10 +69,18 @@ def test_max_num_guide_caps_the_pooled_points(rng):
     flow = rng.normal(size=(32, 32, 2)).astype(np.float32)
     everything = _points(sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 16))
     assert len(everything) == 64
-    for cap, expected in ((10, 10), (0, 0), (64, 64), (500, 64), (-1, 64)):
+    for cap, expected in ((10, 10), (64, 64), (500, 64), (-1, 64)):
         points = _points(sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 16,
                                                   max_num_guide=cap, seed=3))
         assert len(points) == expected and points <= everything
+
+
+def test_a_count_beyond_the_pixels_is_capped_at_them(rng):
+    """num_points=(10**13, 10**13) asked NumPy for 73 TiB of indices; a pixel holds one guide."""
+    flow = rng.normal(size=(8, 8, 2)).astype(np.float32)
+    sparse = sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 16, max_num_guide=0,
+                                      num_points=(10**13, 10**13))
+    assert 0 < sparse[..., 2].sum() <= 64
 
 
 def test_num_points_draws_every_count_in_its_range_topping_up_uniformly(rng):
@@ -177,6 +185,9 @@ def test_eager_and_dataset_map_agree():
     (dict(nms_ks=1), "nms_ks"),
     (dict(nms_ks=15.0), "nms_ks"),
     (dict(max_num_guide=-2), "max_num_guide"),
+    (dict(max_num_guide=0), r"max_num_guide=0 keeps none .* every sample would have no "),
+    (dict(bg_ratio=5e-324), r"bg_ratio must be .* whose inverse is finite"),  # was overflow
+    (dict(nms_ks=10**6 + 1), r"nms_ks must be an odd integer in \[3, 1001\]"),  # a terabyte
     (dict(num_points=(0, 5)), "num_points"),
     (dict(num_points=(9, 5)), "num_points"),
     (dict(num_points=5), "num_points"),

@@ -3,6 +3,8 @@
 At evaluation and in the apps they are given; in training they are drawn from the target flow
 (`sample_guidance`), on every sample, so that sampler is written for speed.
 """
+import math
+
 import cv2
 import numpy as np
 
@@ -12,6 +14,9 @@ from cmp_tf.flow import check_flow
 # Largest guide vector component `check_guidance` takes, px: far beyond any image, and small
 # enough that the fills' moments (squares and products of vectors) stay finite in float32.
 MAX_VECTOR_PX = 1e6
+# Widest watershed NMS window, px: wider than the frames ingestion keeps (max_side 640); its
+# dilation kernel grows with the square of the side (10^6 px asked for a terabyte).
+MAX_NMS_KS = 1001
 
 
 def is_int(value):
@@ -144,11 +149,12 @@ def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_
         raise ValueError(f"strategies must be a non-empty sequence of names from {STRATEGIES}; "
                          f"got {strategies!r}.")
     if isinstance(bg_ratio, bool) or not isinstance(bg_ratio, (int, float, np.floating)) \
-            or not 0 < bg_ratio <= 1:
-        raise ValueError(f"bg_ratio must be a fraction of pixels in (0, 1]; got {bg_ratio!r}.")
-    if not is_int(nms_ks) or nms_ks < 3 or nms_ks % 2 == 0:
-        raise ValueError(f"nms_ks must be an odd integer >= 3 (the NMS window side in pixels); "
-                         f"got {nms_ks!r}.")
+            or not 0 < bg_ratio <= 1 or not math.isfinite(1 / bg_ratio):  # the grid's stride
+        raise ValueError(f"bg_ratio must be a fraction of pixels in (0, 1] whose inverse is "
+                         f"finite; got {bg_ratio!r}.")
+    if not is_int(nms_ks) or not 3 <= nms_ks <= MAX_NMS_KS or nms_ks % 2 == 0:
+        raise ValueError(f"nms_ks must be an odd integer in [3, {MAX_NMS_KS}] (the NMS window "
+                         f"side in pixels); got {nms_ks!r}.")
     if not is_int(max_num_guide) or max_num_guide < -1:
         raise ValueError(f"max_num_guide must be -1 (no cap) or a count >= 0; "
                          f"got {max_num_guide!r}.")
@@ -157,6 +163,10 @@ def check_guidance_args(strategies=("grid", "watershed"), bg_ratio=5.74e-5, nms_
             or tuple(num_points) != (0, 0) and not 1 <= num_points[0] <= num_points[1]):
         raise ValueError(f"num_points must be (0, 0) (the points as pooled) or (min, max) with "
                          f"1 <= min <= max; got {num_points!r}.")
+    if max_num_guide == 0 and tuple(num_points) == (0, 0):
+        raise ValueError("max_num_guide=0 keeps none of the pooled points and num_points=(0, 0) "
+                         "draws none: every sample would have no guidance. Give num_points "
+                         "(min, max) to draw K uniformly, or a cap >= 1.")
     return tuple(strategies)
 
 
@@ -351,7 +361,8 @@ def sample_guidance(flow, strategies=("grid", "watershed"), bg_ratio=5.74e-5, nm
     rows, cols = rows[order], cols[order]
     if tuple(num_points) != (0, 0):
         low, high = num_points
-        count = min(high, int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
+        count = min(high, int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))),
+                    height * width)  # more would only overwrite: a pixel holds one guide
         extra = max(0, count - len(rows))
         rows = np.concatenate([rows[:count], rng.integers(0, height, extra)])
         cols = np.concatenate([cols[:count], rng.integers(0, width, extra)])

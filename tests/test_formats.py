@@ -96,6 +96,13 @@ def test_videos_decode_and_bad_videos_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"nothing\.mp4 does not exist"):
         formats.read_video(tmp_path / "nothing.mp4")
     assert formats.list_videos([tmp_path]) == sorted([path, str(tmp_path / "junk.mp4")])
+    for side in (0, 0.5, "32", True):  # OpenCV's resize error, or a TypeError
+        with pytest.raises(ValueError, match=r"max_side must be -1 \(keep the size\) or a whole"):
+            formats.read_video(path, max_side=side)
+    strip = write_video(tmp_path / "strip.avi", [np.zeros((2, 400, 3), np.uint8)] * 2)
+    assert formats.read_video(strip, max_side=100)[0][0].shape[:2] == (1, 100)  # not 0 px
+    with pytest.raises(ValueError, match=r"Frame folder .*nowhere does not exist"):
+        formats.frame_files(tmp_path / "nowhere")
 
 
 def test_ogg_videos_are_listed_and_decoded(tmp_path):

@@ -47,6 +47,10 @@ def frame_files(folder):
     """The image files directly in `folder`, in frame order (numbers in names compare as
     numbers): a clip stored as one image per frame, as DAVIS, Sintel or KITTI ship them."""
     folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"Frame folder {folder} " + ("is a file, not a folder." if
+                                                      os.path.exists(folder) else
+                                                      "does not exist."))
     names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
              and not n.startswith(".")  # a copy's metadata (macOS's ._frame0.png), not a frame
              and os.path.isfile(os.path.join(folder, n))]
@@ -356,6 +360,10 @@ def stream_video(path, max_side=-1):
         frame failed to decode.
     """
     path = os.fspath(path)
+    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or \
+            not (max_side == -1 or max_side >= 1):
+        raise ValueError(f"max_side must be -1 (keep the size) or a whole number of pixels "
+                         f">= 1; got {max_side!r}.")
     if os.path.isdir(path):
         if not is_frame_folder(path):
             raise ValueError(f"Folder {path} is not a clip of frames: it needs at least two "
@@ -399,7 +407,7 @@ def _frames_of(files):
 def _resized(frame, max_side):
     if max_side > 0 and max(frame.shape[:2]) > max_side:
         scale = max_side / max(frame.shape[:2])
-        size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
+        size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
         frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
     return frame
 

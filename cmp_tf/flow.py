@@ -21,7 +21,8 @@ def check_bins(nbins, fmax):
     if nbins % 2 == 0:
         raise ValueError(
             f"config.flow.nbins must be odd so zero motion is a bin centre; got {nbins}.")
-    if not np.isfinite(fmax) or fmax <= 0:
+    if isinstance(fmax, bool) or not isinstance(fmax, (int, float, np.number)) or \
+            not np.isfinite(fmax) or fmax <= 0:
         raise ValueError(f"config.flow.fmax must be a positive number of pixels; got {fmax!r}.")
 
 

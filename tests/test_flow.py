@@ -44,6 +44,12 @@ def test_bad_nbins_is_refused(nbins):
         F.bin_centers(nbins, FMAX)
 
 
+@pytest.mark.parametrize("fmax", ["10", None, True, 0.0, float("inf")])  # "10": a TypeError
+def test_bad_fmax_is_refused(fmax):
+    with pytest.raises(ValueError, match=r"config.flow.fmax must be a positive number"):
+        F.bin_centers(99, fmax)
+
+
 def test_endpoint_error_by_hand():
     pred = np.zeros((2, 2, 2), np.float32)
     target = np.array([[[3, 4], [0, 0]], [[0, 1], [0, 0]]], np.float32)

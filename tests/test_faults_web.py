@@ -282,6 +282,10 @@ def test_an_address_it_cannot_listen_on_is_named(propagator):
             server_lib.make_server(propagator, port=port)
     with pytest.raises(ValueError, match=r"--host=no.such.host.invalid --port=0: cannot listen"):
         server_lib.make_server(propagator, host="no.such.host.invalid", port=0)
+    for empty in ("", " "):  # `--host=$HOST` with HOST unset bound every interface
+        with pytest.raises(ValueError, match=r"--host='\s*' names no address, which would open "
+                                             r"the page to every machine"):
+            server_lib.make_server(propagator, host=empty, port=0)
 
 
 def test_connections_over_the_limit_are_answered_at_once(propagator):

@@ -490,6 +490,10 @@ def bind(server_class, address, handler):
     """`server_class(address, handler)`, an address it cannot listen on (a port out of range or
     taken, a host name that does not resolve) a ValueError naming --host and --port."""
     host, port = address
+    if not isinstance(host, str) or not host.strip():  # the socket's "every interface"
+        raise ValueError(f"--host={host!r} names no address, which would open the page to "
+                         "every machine that reaches this one: give 127.0.0.1 (this machine "
+                         "only) or, to share it, 0.0.0.0.")
     try:
         return server_class(address, handler)
     except (OSError, OverflowError) as error:

@@ -130,6 +130,10 @@ def resolve_model_path(path, checkpoints=False):
                              f"but {PRETRAINED} has no {MODEL_FILE} (a partial install?): pass "
                              "a run directory, a .keras, .tflite or .onnx file, or a SavedModel.")
         path = PRETRAINED
+    if not isinstance(path, (str, os.PathLike)) or not str(os.fspath(path)).strip():
+        raise ValueError(f"path must name a model (a run directory, a .keras, .tflite or .onnx "
+                         f"file or a SavedModel folder), or be None for the shipped one; got "
+                         f"{str(path)[:60]!r}.")
     path = _as_checkpoint(os.fspath(path)) if checkpoints else os.fspath(path)
     unfinished = (f"is a run that has not finished ({MODEL_FILE} is written at its end): "
                   "evaluate.py and the apps read its training checkpoints; export needs "

@@ -41,6 +41,29 @@ def test_reference_list_files_with_flo_and_8bit_flow(tmp_path, rng):
     assert np.abs(flow - jpg).max() < 100 / 255 + 0.5  # 8-bit quantum plus JPEG at q=100
 
 
+def test_readers_and_writers_name_paths_that_are_not_files(tmp_path):
+    """Folders, nothing and non-paths were "does not exist", a TypeError or OpenCV's "could
+    not write"."""
+    for read, kind in ((formats.read_image, "Image file"), (formats.read_flo, "Flow file"),
+                       (formats.read_kitti_png, "Flow file")):
+        with pytest.raises(ValueError, match=rf"^{kind} .* is a folder, not a file\."):
+            read(tmp_path)
+        with pytest.raises(ValueError, match=rf"^{kind} path must be a str or os.PathLike; got "
+                                             r"int '3'"):
+            read(3)
+        with pytest.raises(ValueError, match=rf"^{kind} '' does not exist"):
+            read("")
+    for bad in (None, [1], 3):
+        with pytest.raises(ValueError, match=r"paths must be a flow file's path or an \(x, y\)"):
+            formats.read_flow(bad)
+    flow = np.zeros((4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"lies in .*nowhere, which is not a folder"):
+        formats.write_flo(tmp_path / "nowhere" / "f.flo", flow)
+    (tmp_path / "x.flo").mkdir()
+    with pytest.raises(ValueError, match=r"x\.flo is a folder"):
+        formats.write_flo(tmp_path / "x.flo", flow)
+
+
 def test_a_list_file_saved_with_a_byte_order_mark_reads(tmp_path, rng):
     """Windows Notepad's UTF-8 starts with a BOM, which was read as part of the first path: a
     "missing file" whose name looked right."""

@@ -324,3 +324,13 @@ def test_a_corrupt_newest_checkpoint_is_passed_over_for_the_one_before(tmp_path)
     with pytest.raises(ValueError, match=r"ckpt-10 could not be restored .* Nor could the 1 "
                                          r"before it: ckpt-2\."):
         runtime.Propagator(run)
+
+
+@pytest.mark.parametrize("path", [5, b"model.keras", "", "  "])
+def test_a_model_path_that_names_nothing_is_refused(path):
+    """Propagator(5) was a TypeError from os.fspath; Propagator("") said " does not exist"."""
+    from cmp_tf import runtime
+
+    with pytest.raises(ValueError, match=r"path must name a model \(a run directory, .* or be "
+                                         r"None for the shipped one; got "):
+        runtime.Propagator(path)

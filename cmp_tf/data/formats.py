@@ -97,12 +97,25 @@ def truncated_jpeg_file(path):
         return truncated_jpeg(head, f.read())
 
 
+def existing_file(path, kind):
+    """`path` as a string where it names a file; ValueError naming it as `kind` ("Image file")
+    where it is not a path, is a folder or is not there."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{kind} path must be a str or os.PathLike; got "
+                         f"{type(path).__name__} {str(path)[:60]!r}.")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{kind} {path} is a folder, not a file.")
+    if not os.path.isfile(path):
+        raise ValueError(f"{kind} {path!r} does not exist." if not path.strip() else
+                         f"{kind} {path} does not exist.")
+    return path
+
+
 def read_image(path):
     """Reads an image file as RGB uint8 [H, W, 3]; ValueError for a file that is missing, does
     not decode, or is a JPEG cut short."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Image file {path} does not exist.")
+    path = existing_file(path, "Image file")
     if truncated_jpeg_file(path):
         raise ValueError(f"Image file {path} is a JPEG cut short (no end-of-image marker, "
                          f"{os.path.getsize(path)} bytes).")
@@ -114,9 +127,7 @@ def read_image(path):
 
 
 def _read_gray8(path):
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Flow image {path} does not exist.")
+    path = existing_file(path, "Flow image")
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"Flow image {path} could not be decoded.")
@@ -136,9 +147,7 @@ def read_flo(path):
     Raises:
         ValueError: naming the file for a missing, foreign, truncated or NaN-holding file.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Flow file {path} does not exist.")
+    path = existing_file(path, "Flow file")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         header = f.read(FLO_HEADER_BYTES)
@@ -192,6 +201,10 @@ def write_flo(path, flow, valid=None):
     path = os.fspath(path)
     if not path.lower().endswith(".flo"):
         raise ValueError(f"path must name a .flo file (Middlebury flow); got {path}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise ValueError(f"path {path} " + ("is a folder." if os.path.isdir(path) else
+                                            f"lies in {folder}, which is not a folder."))
     if not cv2.writeOpticalFlow(path, np.ascontiguousarray(flow)):
         raise ValueError(f"OpenCV could not write the flow file {path}.")
 
@@ -221,9 +234,7 @@ def encode_flow_8bit(flow):
 
 def read_kitti_png(path):
     """16-bit KITTI flow PNG -> (flow [H, W, 2] float32, valid [H, W] float32)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Flow file {path} does not exist.")
+    path = existing_file(path, "Flow file")
     raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if raw is None or raw.dtype != np.uint16 or raw.ndim != 3 or raw.shape[-1] != 3:
         found = "undecodable" if raw is None else f"{raw.dtype} {raw.shape}"
@@ -263,6 +274,10 @@ def read_flow(paths):
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = (paths,)
+    if not isinstance(paths, (list, tuple)) or not all(
+            isinstance(p, (str, os.PathLike)) for p in paths):
+        raise ValueError(f"paths must be a flow file's path or an (x, y) pair of 8-bit flow "
+                         f"images' paths; got {str(paths)[:80]!r}.")
     paths = tuple(os.fspath(p) for p in paths)
     if len(paths) == 2:
         flow = decode_flow_8bit(_read_gray8(paths[0]), _read_gray8(paths[1]))

@@ -178,6 +178,9 @@ class Propagator:
         """The size the network runs at for an H x W image: a fixed-size file's own size, else
         within max_side and max_input_side, each side rounded to the nearest multiple of the
         encoders' stride, at least the model's minimum."""
+        for name, side in (("height", height), ("width", width)):
+            if not sampling.is_int(side) or side < 1:
+                raise ValueError(f"{name} must be a whole number of pixels >= 1; got {side!r}.")
         if self._network.size is not None:
             return self._network.size
         scale = 1.0

@@ -241,6 +241,19 @@ def test_the_zoom_square_is_the_demos_and_stays_inside():
     assert annotate.zoom_box(np.array([[40, 30], [48, 30]], np.float32), 64, 96)[2] == 32
 
 
+def test_overlay_and_working_size_name_what_they_cannot_take(propagator):
+    """A float mask indexed rows of the image; a mask of another size, NumPy's IndexError;
+    working_size(0, 0) answered (128, 128)."""
+    image, mask = _square_scene()
+    assert annotate.overlay(image, mask).shape == image.shape
+    for bad in (mask.astype(np.float32), mask[:10]):
+        with pytest.raises(ValueError, match=r"overlay takes an \[H, W, 3\] image and a bool"):
+            annotate.overlay(image, bad)
+    for height, width in ((0, 0), (-5, 10), ("10", 10)):
+        with pytest.raises(ValueError, match=r"must be a whole number of pixels >= 1"):
+            propagator.working_size(height, width)
+
+
 def test_a_negative_click_on_a_positive_clicks_pixel_is_refused(tmp_path):
     """The guides on one pixel were averaged: the push halved, the still click doing nothing,
     and the mask as without it."""

@@ -201,6 +201,11 @@ def check_refinement(threshold, method, threshold_name="threshold"):
 
 def overlay(image, mask, weight=OVERLAY_WEIGHT, colour=OVERLAY_COLOUR):
     """The image with the mask tinted: what a person checks a mask on."""
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.ndim != 3 or image.shape[-1] != 3 or mask.dtype != bool or \
+            mask.shape != image.shape[:2]:  # a float mask indexed rows; another shape, NumPy
+        raise ValueError(f"overlay takes an [H, W, 3] image and a bool [H, W] mask of its size; "
+                         f"got {image.shape} and {mask.dtype} {mask.shape}.")
     shown = image.astype(np.float32)
     shown[mask] = (1 - weight) * shown[mask] + weight * np.array(colour, np.float32)
     return np.rint(shown).astype(np.uint8)

@@ -14,7 +14,6 @@ more than MAX_RENDER_PIXELS frame pixels in all (--frames x width x height). Eac
 warped on its own, so the work in flight is one frame's, and the frames kept are uint8.
 """
 import os
-import tempfile
 
 import numpy as np
 from absl import app
@@ -211,8 +210,8 @@ def write_animation(path, frames, fps):
     frames = check_frames(frames)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=suffix, prefix=".partial-", dir=folder)
-    os.close(handle)
+    # beside it (os.replace stays on one disk), the suffix last: the MP4 writer reads it
+    partial = os.path.join(folder, f".{os.path.basename(path)}.partial{suffix}")
     try:
         if suffix == ".gif":
             with open(partial, "wb") as f:

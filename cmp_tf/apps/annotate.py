@@ -28,7 +28,7 @@ VELOCITY = 30.0  # px a positive click is pushed, in the network's (zoomed) pixe
 THRESHOLD = 0.5  # fraction of the largest motion that counts as the object
 ZOOM_FACTOR = 4.0  # the zoom square's side over the clicks' extent; -1: no zoom
 ZOOM_SIZE = 384  # side the zoom square is resized to before the network sees it
-MIN_ZOOM_SIDE = 32  # px of the image: a smaller square (clicks a few px apart) is no zoom
+SMALLEST_ZOOM_SQUARE = 32  # px of the image: a smaller one (clicks a few px apart) is no zoom
 MIN_ZOOM_SIZE = 32  # the smallest zoom side the networks take (their encoders' stride)
 MAX_ZOOM_SIZE = 2048  # the largest: the web service's largest image side
 MAX_PIXELS = 2**24  # largest image the command annotates (--max_pixels), width x height: a
@@ -104,15 +104,15 @@ def zoom_box(points, height, width, zoom_factor=ZOOM_FACTOR):
 
     As the demo: centred on the clicks' bounding box, side = zoom_factor x its longer extent
     (at most the image's shorter side, even), shifted to lie inside the image. None with fewer
-    than two distinct clicks, a square under MIN_ZOOM_SIDE (clicks a few px apart: one point of
-    the object, not its extent) or zoom_factor -1.
+    than two distinct clicks, a square under SMALLEST_ZOOM_SQUARE (clicks a few px apart: one
+    point of the object, not its extent) or zoom_factor -1.
     """
     if zoom_factor == -1 or len(points) < 2:
         return None
     low, high = points.min(0), points.max(0)
     extent = float((high - low).max())
     side = int(min(extent * zoom_factor, min(height, width))) // 2 * 2
-    if side < MIN_ZOOM_SIDE:  # clicks a few px apart mark one point, not the object's extent
+    if side < SMALLEST_ZOOM_SQUARE:  # clicks a few px apart mark one point, not the object's extent
         return None
     centre = (low + high) / 2
     x0 = int(np.clip(np.rint(centre[0] - side / 2), 0, width - side))

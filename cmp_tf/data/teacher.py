@@ -34,12 +34,9 @@ def _dis(preset):
     return _on_gray(dis)
 
 
-# Estimators by name besides DIS: OpenCV's (contrib `optflow`), each a maker of
-# fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px. Not offered:
-# calcOpticalFlowSparseToDense (opencv-contrib 5.0.0.93). Its interpolation reads the K = 128
-# nearest of its matches, one per 8 px of the frame, past their end when there are fewer (as
-# the EpicFlow baseline's would, cmp_tf.evaluation.baselines): on 64 x 96 frames NaN flow in
-# about half of the pairs, and at times a crash, changing from run to run.
+RLOF_GRID, RLOF_NEIGHBOURS = 6, 128  # OpenCV's defaults: its seeds' spacing, EPIC's neighbours
+
+
 def _rlof(first, second):
     """OpenCV's dense RLOF, refused on frames too small for its interpolation: it reads the
     RLOF_NEIGHBOURS nearest of its matches, seeded one per RLOF_GRID px square, and on frames
@@ -55,7 +52,12 @@ def _rlof(first, second):
                                                 epicK=RLOF_NEIGHBOURS)
 
 
-RLOF_GRID, RLOF_NEIGHBOURS = 6, 128  # OpenCV's defaults: its seeds' spacing, EPIC's neighbours
+# Estimators by name besides DIS: OpenCV's (contrib `optflow`), each a maker of
+# fn(rgb1 uint8, rgb2 uint8) -> flow [H, W, 2] float32 px. Not offered:
+# calcOpticalFlowSparseToDense (opencv-contrib 5.0.0.93). Its interpolation reads the K = 128
+# nearest of its matches, one per 8 px of the frame, past their end when there are fewer (as
+# the EpicFlow baseline's would, cmp_tf.evaluation.baselines): on 64 x 96 frames NaN flow in
+# about half of the pairs, and at times a crash, changing from run to run.
 OPENCV_ESTIMATORS = {
     "farneback": lambda: lambda a, b: cv2.calcOpticalFlowFarneback(
         _gray(a), _gray(b), None, 0.5, 4, 9, 5, 5, 1.1, 0),

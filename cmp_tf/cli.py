@@ -15,6 +15,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The flags the helpers below define are the calling command's own: absl lists a module's
 # flags under --helpshort, and would list them under this module, not the command's.
 flags.disclaim_key_flags()
+_CONFIG_FLAGS = []  # the names define_config gave its recipe flags
 
 
 def main_of(run):
@@ -54,16 +55,64 @@ def parse_flags(argv):
     raise AttributeError, KeyError, OSError and others, not absl's flags.Error) become one
     line naming the flag's value."""
     try:
-        return flags.FLAGS(argv)
+        parsed = flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001  a flag parser's own error: no traceback
         # a --config.* override applied to a recipe file that is not there
         missing = re.search(r"Attempted \[Relative path\]:\s*(\S+)\s*\[Errno 2\]", str(error))
         if missing:
             flag = re.search(r"Failed loading config file (\w+?)_config", str(error))
             fail(missing_recipe(flag.group(1) if flag else "config", missing.group(1)))
+        not_recipe = re.search(r"module '(\w+?)_config' has no attribute 'get_config'",
+                               str(error))
+        if not_recipe:  # a helper module such as configs/common.py
+            name = not_recipe.group(1)
+            given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"--{name}=")]
+            fail(f"--{name}={given[-1] if given else ''}: not a recipe (it has no "
+                 "get_config()); the recipes are the other files under configs/.")
         text = without_traceback(str(error)) if isinstance(error, flags.Error) \
             else message_of(error)
         fail(f"Flags parsing error: {text}")
+    for name in _CONFIG_FLAGS:
+        _refuse_replaced_dicts(name, argv)
+    return parsed
+
+
+def _refuse_replaced_dicts(name, argv):
+    """A `--name.field={...}` override sets the field to that dict alone: the recipe's other
+    keys there were dropped without a word (a different model trained). Refused where it drops
+    any, naming them and the per-key form."""
+    overrides = [re.fullmatch(rf"--{re.escape(name)}\.([\w.]+)=(\s*\{{.*)", arg, re.S)
+                 for arg in argv[1:]]
+    overrides = [match.groups() for match in overrides if match]
+    if not overrides:
+        return
+    import ast
+
+    recipe = _recipe(flags.FLAGS[name].config_filename)
+    for field, value in overrides:
+        before = recipe
+        for key in field.split("."):
+            before = before.get(key) if hasattr(before, "get") else None
+        try:
+            given = set(ast.literal_eval(value))
+        except (ValueError, SyntaxError, TypeError):
+            continue  # the parser took it, or said what is wrong with it
+        dropped = sorted(set(before) - given) if hasattr(before, "keys") else []
+        if dropped:
+            fail(f"--{name}.{field}={value.strip()} would replace the recipe's whole "
+                 f"{field}, dropping {', '.join(dropped)}: set its fields one at a time, "
+                 f"--{name}.{field}.<field>=<value>.")
+
+
+def _recipe(filename):
+    """The recipe `path[:argument]` as its file gives it, before any override."""
+    import importlib.util
+
+    path, _, argument = filename.partition(":")
+    spec = importlib.util.spec_from_file_location("cmp_tf_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(argument) if argument else module.get_config()
 
 
 def without_traceback(text):
@@ -111,6 +160,7 @@ def define_config(name, default, help_string, **kwargs):
     if default and not os.path.isabs(default) and not os.path.exists(default) and \
             os.path.isfile(os.path.join(CHECKOUT, default)):  # a command run from elsewhere
         default = os.path.join(CHECKOUT, default)
+    _CONFIG_FLAGS.append(name)
     try:
         return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
     except Exception as error:  # raised at import, before absl could report it

@@ -243,8 +243,15 @@ def check_config(config):
     seed = _count(config.seed, "config.seed", 0)
     if seed > MAX_SEED:
         raise ValueError(f"config.seed={seed} must be at most {MAX_SEED} (Keras's seed range).")
-    if config.optim.get("weight_decay", 0.0) < 0:
-        raise ValueError(f"config.optim.weight_decay={config.optim.weight_decay!r} must be >= 0.")
+    decay = config.optim.get("weight_decay", 0.0)
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not (
+            math.isfinite(decay) and decay >= 0):
+        raise ValueError(f"config.optim.weight_decay={decay!r} must be a finite number >= 0.")
+    if max(crop) > d.short_size * min(d.get("zoom", (1.0, 1.0))):
+        raise ValueError(f"config.data.crop={tuple(crop)!r} is larger than the frames' short "
+                         f"side after resizing (config.data.short_size={d.short_size}, times "
+                         f"the smallest config.data.zoom): every sample would be padded with "
+                         "black pixels without flow. Raise short_size or shrink the crop.")
 
 
 def _warn(message, log):
@@ -457,6 +464,14 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         pipeline.check_sources(config.data.train, "config.data.train")
         if config.data.val:
             pipeline.check_sources(config.data.val, "config.data.val")
+        loss_fn = losses.make_loss(config.flow)
+        # The data is read (videos ingested) and the validation preview taken before the run
+        # folder is touched: a source refused here must not cost the run `--overwrite` would
+        # replace, nor leave a half-made folder the corrected command then refuses.
+        pipeline.resolve_data(config)
+        has_val = bool(config.data.val)
+        preview = next(pipeline.batches(pipeline.make_dataset(config, "val"))) \
+            if chief and has_val else None
         if chief:
             rundir.prepare_workdir(workdir, config, overwrite)
     except ValueError as error:
@@ -488,7 +503,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
             pipeline.make_dataset(config, "train", start_step=start))
     iterator = iter(dataset)
     global_batch = config.data.batch_size
-    step_fn = make_step_fn(model, optimizer, losses.make_loss(config.flow), global_batch,
+    step_fn = make_step_fn(model, optimizer, loss_fn, global_batch,
                            config.optim.get("weight_decay", 0.0) / strategy.num_replicas_in_sync)
     if t.get("jit_compile", False):  # XLA on the per-replica step; the loop stays outside
         step_fn = tf.function(step_fn, jit_compile=True)
@@ -504,9 +519,6 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
 
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tb") if chief else os.path.join(
         workdir, "tb_tmp"))
-    has_val = bool(config.data.val)
-    preview = next(pipeline.batches(pipeline.make_dataset(config, "val"))) \
-        if chief and has_val else None
     log_every, image_every = t.get("log_every", 50), t.get("image_every", 500)
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (
         progress and chief), dynamic_ncols=True)

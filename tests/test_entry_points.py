@@ -43,6 +43,11 @@ def test_a_config_typo_is_refused_with_a_suggestion(tmp_path):
     ("--config=configs/default.py:runlokal",  # a recipe that raises: its error, no traceback
      "Error whilst parsing config file: ValueError: Unknown recipe argument 'runlokal'"),
     ("--devices=/gpu:7", "--devices=/gpu:7 is for --strategy=mirrored; got --strategy=auto."),
+    ("--config=configs/common.py", "--config=configs/common.py: not a recipe (it has no "
+                                   "get_config()); the recipes are the other files under "
+                                   "configs/."),  # was "module 'config_config' has no ..."
+    (f"--config.data.cache_dir={ROOT}/README.md",  # was named out_dir, ingestion's argument
+     f"config.data.cache_dir={ROOT}/README.md is a file"),
 ])
 def test_train_py_refuses_a_run_in_one_line_before_writing(tmp_path, flag, message):
     result = _run("train.py", flag, f"--workdir={tmp_path / 'run'}")

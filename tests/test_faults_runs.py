@@ -330,6 +330,54 @@ def test_a_run_resumes_past_a_corrupt_checkpoint_and_overwrite_replaces_it(tmp_p
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
 
+@pytest.mark.slow
+def test_a_start_refused_for_its_loss_or_data_leaves_every_run_folder_as_it_was(tmp_path,
+                                                                                 list_flags):
+    """The loss settings, the videos' ingestion and the validation preview were checked after
+    the run folder was made: `--overwrite` had deleted the finished run (checkpoints and
+    model.keras) by then, and a first start left a folder the corrected command refused."""
+    run, fresh = tmp_path / "run", tmp_path / "fresh"
+    flags = [*list_flags, "--config.train.steps=2", "--config.train.checkpoint_every=2"]
+    first = _run("train.py", *flags, f"--workdir={run}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")}
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(5000))
+    for bad, message in [
+            ("--config.flow.relative=True", "config.flow.relative=True needs a regression loss"),
+            (f"--config.data.train=({str(corrupt)!r},)",
+             "config.data.train: no training pairs in ['" + str(corrupt) + "'] (Ingestion: 0 "
+             "pairs from 0 of 1 files. 1 of 1 files failed to ingest: corrupt.mp4 (")]:
+        kept = [f for f in flags if not f.startswith(bad.split("=")[0] + "=")]  # one value
+        for workdir in ([f"--workdir={run}", "--overwrite"], [f"--workdir={fresh}"]):
+            result = _run("train.py", *kept, bad, *workdir)
+            assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+            assert "Traceback" not in result.stderr
+        assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")} == before
+        assert not fresh.exists()
+
+
+def test_training_values_that_cannot_mean_anything_are_refused_before_a_step(tmp_path,
+                                                                              list_flags):
+    """A crop larger than the resized frames padded every sample with black pixels without
+    flow; a NaN weight decay ran until the loss was NaN; a number for a source was a
+    TypeError; a dict for a recipe's options dict dropped its other keys silently."""
+    for bad, message in [
+            ("--config.data.crop=(256, 256)", "config.data.crop=(256, 256) is larger than the "
+                                               "frames' short side after resizing"),
+            ("--config.optim.weight_decay=nan", "config.optim.weight_decay=nan must be a finite "
+                                                "number >= 0"),
+            ("--config.data.train=(5,)", "config.data.train=(5,) must name paths"),
+            ("--config.model.options.mobilenet_v3={'variant': 'small'}",
+             "--config.model.options.mobilenet_v3={'variant': 'small'} would replace the "
+             "recipe's whole model.options.mobilenet_v3, dropping ")]:
+        kept = [f for f in list_flags if not f.startswith(bad.split("=")[0] + "=")]
+        result = _run("train.py", *kept, bad, f"--workdir={tmp_path / 'run'}")
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------ evaluate.py
 
 

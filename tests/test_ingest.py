@@ -1,4 +1,5 @@
 """Videos -> teacher flow -> shards: drops, manifest, idempotence, resume, errors, Beam."""
+import contextlib
 import filecmp
 import os
 import signal
@@ -309,7 +310,13 @@ def test_sigterm_stops_the_pool_with_its_parent(tmp_path):
                               text=True, check=False).stdout.split()
     assert len(children) >= 2, children  # the workers (and the frame counter's manager)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # its workers hold its output open: end them all
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        raise
     assert proc.returncode != 0 and "KeyboardInterrupt: SIGTERM" in stderr, stderr[-2000:]
 
     def running(pid):
@@ -324,6 +331,9 @@ def test_sigterm_stops_the_pool_with_its_parent(tmp_path):
     while alive and time.time() < deadline:
         alive = [pid for pid in alive if running(pid)]
         time.sleep(0.1)
+    for pid in alive:  # not left running after the test, whatever it found
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their parent"
     assert not [f for f in os.listdir(out) if f.endswith(".json")]  # no file was let finish
 

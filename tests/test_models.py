@@ -146,6 +146,7 @@ def test_sizes_the_encoders_cannot_take_are_refused(default_model):
                                      r"mobilenet_v3, resnet50"),
     ("model.decoder", "unet", r"decoder='unet' is unknown; known: plain, skip_layer"),
     ("flow.nbins", 98, r"nbins must be odd"),
+    ("model.init_gain", float("nan"), r"config.model.init_gain=nan must be a finite number >= 0"),
     ("flow.loss", "huber", r"config.flow.loss='huber' is unknown"),
     ("model.sparse_encoder", "shallownet8x", r"stride 8 but the image encoder.*stride 32"),
     ("data.crop", (100, 128), r"config.data.crop=\(100, 128\) must be a multiple of 32"),

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from cmp_tf import data as data_lib
+from cmp_tf import rundir
 from cmp_tf.data import formats
 from cmp_tf.data import ingest as ingest_lib
 from cmp_tf.data import layered as layered_lib
@@ -143,6 +144,10 @@ def check_sources(paths, field="config.data.train"):
     folder holding neither shards nor videos and a list file that does not read as one."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    if not isinstance(paths, (list, tuple)) or not all(
+            isinstance(path, (str, os.PathLike)) for path in paths):
+        raise ValueError(f"{field}={paths!r} must name paths: a shard folder, list file (.txt) "
+                         "or video, or a tuple of them.")
     if not paths:
         raise ValueError(f"{field} is empty: name shard folders, list files or videos.")
     for path in map(os.fspath, paths):
@@ -196,7 +201,9 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
             entries += found
         else:
             videos.append(path)
+    sources = []
     if videos:
+        rundir.check_folder_path(cache_dir, "config.data.cache_dir")  # named as the user sets it
         manifest = ingest_lib.ingest(videos, cache_dir, ingest_config)
         # Only this config's and this file version's shards: stale keys of the same video
         # stay in the cache and would otherwise be read twice over.
@@ -207,9 +214,23 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
         if any(s["error"] or any(s["dropped"].values()) for s in sources):
             tf.get_logger().warning(f"{field}: {shards_lib.summarize(sources)}")
     if not shards and not entries:
-        raise ValueError(f"{field}: no training pairs in {list(paths)} (videos too static or "
-                         f"unreadable? see {os.path.join(cache_dir, shards_lib.MANIFEST)}).")
+        why = shards_lib.summarize(sources) if sources else "videos too static or unreadable?"
+        raise ValueError(f"{field}: no training pairs in {list(paths)} ({why} See "
+                         f"{os.path.join(cache_dir, shards_lib.MANIFEST)}.)")
     return shards, entries
+
+
+def resolve_data(config):
+    """Resolves the recipe's training and validation sources as the input pipeline will,
+    ingesting their videos into the cache: a source that gives no pairs is refused, naming its
+    field, before a run folder is touched."""
+    on_error = check_data_config(config)[0]
+    ingest_config = config.get("ingest") or {}
+    if hasattr(ingest_config, "to_dict"):
+        ingest_config = ingest_config.to_dict()
+    for split in ("train", "val") if config.data.val else ("train",):
+        resolve_sources(config.data[split], config.data.cache_dir, ingest_config,
+                        f"config.data.{split}", on_error)
 
 
 def _videos_in(paths):

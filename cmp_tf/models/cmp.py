@@ -4,6 +4,8 @@
 Wiring only: the parts are built elsewhere (by name, from the config) and passed in, so a test
 can pass a two-layer encoder.
 """
+import math
+
 import keras
 import ml_collections
 
@@ -114,6 +116,11 @@ def build_cmp(config):
         raise ValueError(f"config.flow.loss={f.loss!r} is unknown; known: "
                          f"{', '.join(losses.LOSSES)}.")
     flow_lib.check_bins(f.nbins, f.fmax)
+    gain = m.init_gain
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not (
+            math.isfinite(gain) and gain >= 0):  # NaN weights: a NaN loss at the first step
+        raise ValueError(f"config.model.init_gain={gain!r} must be a finite number >= 0 (the "
+                         "initial weights' standard deviation).")
     head = build_head(config)
     image_encoder = build_encoder(config)
     options = _options(config)

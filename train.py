@@ -15,7 +15,6 @@ from ml_collections import config_flags
 
 from cmp_tf import cli
 
-INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
 
 _CONFIG = cli.define_config(
     "config", "configs/default.py", "Recipe file under configs/.", lock_config=True)
@@ -68,10 +67,9 @@ def main(argv):
     except (pipeline.DataError, FloatingPointError) as error:  # stopped by unreadable data
         # (saved), or a loss or flow that diverged (the message names the last checkpoint)
         cli.fail(str(error), hint=False)
-    except training.Interrupted as stop:  # Ctrl-C in the loop, saved
-        cli.fail(str(stop), INTERRUPTED_EXIT_CODE, hint=False)
-    except KeyboardInterrupt:  # before the first step or after the last: nothing to save
-        cli.fail("Interrupted.", INTERRUPTED_EXIT_CODE, hint=False)
+    except training.Interrupted as stop:  # Ctrl-C in the loop, saved (any other Ctrl-C,
+        # with nothing to save, is cli.run's one line)
+        cli.fail(str(stop), cli.INTERRUPTED_EXIT_CODE, hint=False)
     if not summary:
         return  # a non-chief worker
     if summary.get("ingestion"):

@@ -9,6 +9,7 @@ from absl import app
 from absl import flags
 
 HINT = "Run with --help for the flags."
+INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
 # The checkout the commands and recipes (configs/) live in.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,8 +35,9 @@ def run(main):
     """`app.run(main)`, but a usage error, a ValueError (how cmp_tf names a bad file, field or
     value), an OSError (a folder it may not write, a full disk: the system names the path),
     or a flag value the parser refuses (a `--config.*` override naming no field of the
-    recipe, a recipe file that does not load), is printed as its message alone: absl prints
-    the module's whole docstring above a usage error, and a traceback around a ValueError."""
+    recipe, a recipe file that does not load), is printed as its message alone, and Ctrl-C as
+    one line with the shell's exit status 130: absl prints the module's whole docstring above a
+    usage error, and a traceback around a ValueError or a KeyboardInterrupt."""
 
     def short_usage(argv):
         try:
@@ -46,6 +48,8 @@ def run(main):
             fail(str(error))
         except OSError as error:  # a folder it may not write, a full disk: named by the system
             fail(str(error), hint=False)
+        except KeyboardInterrupt:  # Ctrl-C: what was written whole stays; no traceback
+            fail("Interrupted.", INTERRUPTED_EXIT_CODE, hint=False)
 
     app.run(short_usage, flags_parser=parse_flags)
 

@@ -24,6 +24,17 @@ def _one_line_error(result, message):
     assert not any(line.startswith("USAGE") or "python -m" in line for line in lines), lines
 
 
+def test_ctrl_c_ends_a_command_in_one_line():
+    """Every command but train.py and ingestion printed Python's traceback at Ctrl-C (evaluate,
+    export, the apps: 10 to 40 frames deep in Keras or TensorFlow)."""
+    code = ("import time\nfrom cmp_tf import cli\n\ndef main(argv):\n"
+            "    raise KeyboardInterrupt\n\ncli.run(main)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == "Interrupted."
+
+
 def test_a_config_typo_is_refused_with_a_suggestion(tmp_path):
     result = _run("train.py", "--config.data.batch_sise=4", f"--workdir={tmp_path / 'run'}")
     _one_line_error(result, "--config: no field 'batch_sise' in the config; "

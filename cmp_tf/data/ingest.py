@@ -35,7 +35,6 @@ from cmp_tf.data import shards
 from cmp_tf.data import teacher
 
 
-INTERRUPTED_EXIT_CODE = 130  # a shell's code for a command ended by Ctrl-C
 
 
 def default_ingest_config():
@@ -426,7 +425,7 @@ def main(argv):
     except KeyboardInterrupt:
         print(f"Interrupted. Finished files are kept in {flag.out}; the same command ingests "
               "the rest.", file=sys.stderr)
-        return INTERRUPTED_EXIT_CODE
+        return cli.INTERRUPTED_EXIT_CODE
     totals = manifest["totals"]
     print(f"{shards.summarize(manifest['sources'])} Shards and {shards.MANIFEST} in {flag.out}.")
     return 1 if totals["errors"] and not totals["pairs"] else 0

@@ -326,10 +326,9 @@ def convert(checkpoint, config, out, encoder_only=False, overwrite=False):
     report = load_state(model, state, os.fspath(checkpoint), encoder_only)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     config_path = _write_config(config, out)
-    if encoder_only:
-        layers.plain_keras_copy(model).save(out)  # loads without cmp_tf, like encoder.keras
-    else:
-        model.save(out)
+    # whole or not at all: a rerun refuses an existing --out, so a cut-short one would stay
+    rundir.save_model(layers.plain_keras_copy(model) if encoder_only  # loads without cmp_tf
+                      else model, out)
     return {"checkpoint": os.fspath(checkpoint), "out": out, "config": config_path, **report}
 
 

@@ -20,8 +20,10 @@ ENCODER_FILE = "encoder.keras"
 SUMMARY_FILE = "summary.json"  # written last: the run has finished
 # What a run and the commands run on it write into a run directory, non-chief workers' folders
 # included. --overwrite deletes these and nothing else.
+PARTIAL_SUFFIX = ".partial.keras"  # a model being saved (Keras asks for the .keras suffix)
 RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
-               MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE)
+               MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f"*{PARTIAL_SUFFIX}",
+               "*.tmp")
 # The folder holding the cmp_tf package (the repository, or site-packages): never a run.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
@@ -442,8 +444,21 @@ def prepare_workdir(workdir, config, overwrite=False):
             raise ValueError(f"--workdir={workdir} holds {_listing(foreign)}, files no run "
                              "writes: a run needs a folder of its own (a new or empty one).")
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(saved, "w") as f:
-        json.dump(current, f, indent=1)
+    from cmp_tf.data import shards
+
+    shards.write_json(saved, current)  # a kill mid-write left a run that could not resume
+
+
+def save_model(model, path):
+    """Saves a Keras model whole or not at all: to a partial file beside `path`, renamed when
+    done (a run killed while saving left an empty model.keras every reader refused)."""
+    partial = f"{os.fspath(path)}{PARTIAL_SUFFIX}"
+    try:
+        model.save(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):  # cut short (Ctrl-C, a full disk): the half file goes
+            os.remove(partial)
 
 
 def _diff(a, b, prefix="config"):

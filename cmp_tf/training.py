@@ -26,6 +26,7 @@ from cmp_tf import losses
 from cmp_tf import models
 from cmp_tf import rundir
 from cmp_tf.data import pipeline
+from cmp_tf.data import shards
 from cmp_tf.evaluation import propagation
 from cmp_tf.models import layers
 
@@ -590,9 +591,10 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
 
     if not chief:
         return {}
-    model.save(os.path.join(workdir, "model.keras"))
+    # The encoder first: model.keras is what marks a run finished for every reader.
     encoder = layers.plain_keras_copy(model.get_layer("image_encoder"))
-    encoder.save(os.path.join(workdir, "encoder.keras"))  # loads without cmp_tf
+    rundir.save_model(encoder, os.path.join(workdir, rundir.ENCODER_FILE))  # loads without cmp_tf
+    rundir.save_model(model, os.path.join(workdir, rundir.MODEL_FILE))
     report = None
     if has_val:
         report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"),
@@ -600,15 +602,13 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         with writer.as_default(step=int(step)):
             for method, value in report["epe"].items():
                 tf.summary.scalar(f"val/epe_{method}", value)
-        with open(os.path.join(workdir, "eval", "validation.json"), "w") as f:
-            json.dump(report, f, indent=1)
+        shards.write_json(os.path.join(workdir, "eval", "validation.json"), report)
     # No step in this process (resumed after the last checkpoint): no loss, null, not NaN,
     # which is not JSON.
     summary = dict(steps=int(step), final_loss=loss if math.isfinite(loss) else None,
                    validation=report, workdir=workdir,
                    ingestion=pipeline.ingestion_summary(config),  # failed and dropped videos
                    validation_also_trained_on=pipeline.videos_in_both(config) if report else [])
-    with open(os.path.join(workdir, rundir.SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=1)
+    shards.write_json(os.path.join(workdir, rundir.SUMMARY_FILE), summary)
     log.info(f"finished: {json.dumps(summary)}")
     return summary

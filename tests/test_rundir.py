@@ -334,3 +334,22 @@ def test_a_model_path_that_names_nothing_is_refused(path):
     with pytest.raises(ValueError, match=r"path must name a model \(a run directory, .* or be "
                                          r"None for the shipped one; got "):
         runtime.Propagator(path)
+
+
+def test_a_model_is_saved_whole_or_not_at_all(tmp_path):
+    """train.py wrote model.keras in place: Ctrl-C or a kill while saving left an empty file
+    that evaluate, export and the apps refused, preferring it to the run's checkpoints."""
+
+    class CutShort:
+        def save(self, path):
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 half a zip")
+            raise KeyboardInterrupt
+
+    target = tmp_path / "model.keras"
+    target.write_bytes(b"the earlier model")
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_model(CutShort(), target)
+    assert target.read_bytes() == b"the earlier model"
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+    assert rundir.is_run_entry("model.keras" + rundir.PARTIAL_SUFFIX)

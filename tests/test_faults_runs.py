@@ -410,6 +410,13 @@ def test_uniform_guidance_alone_reports_and_draws_panels(tmp_path):
                                 ks=(1,), strategies=("uniform",), progress=False)
     report_lib.write_report(result, str(tmp_path))
     assert not (tmp_path / "panels.png").exists()
+    # Cut short while drawing: this report's tables were left beside the last one's plot.
+    from unittest import mock
+
+    with mock.patch.object(report_lib, "plot_relative", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            report_lib.write_report(result, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md"]
     with pytest.raises(ValueError, match=r"--strategies=\['grid'\]"):
         benchmark.evaluate({"zero": _zero}, [_still_pair()], ks=(1,), strategies=("grid",),
                            progress=False)

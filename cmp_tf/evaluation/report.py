@@ -146,17 +146,38 @@ def json_safe(value):
 
 def write_report(result, folder, title="Sparse-to-dense motion propagation"):
     """results.md, results.json, relative_epe.png and panels.png (when examples were kept) in
-    `folder`; a panels.png of an earlier report is removed when none is drawn, so the folder
-    holds exactly this report (REPORT_FILES that exist). Returns the markdown text."""
+    `folder`, which then holds exactly this report (REPORT_FILES that exist). Returns the
+    markdown text."""
     os.makedirs(folder, exist_ok=True)
     text = "\n\n".join([f"# {title}", markdown_table(result), boundary_table(result)])
-    with open(os.path.join(folder, "results.md"), "w") as f:
-        f.write(text + "\n")
     serializable = json_safe({k: v for k, v in result.items() if k != "examples"})
-    with open(os.path.join(folder, "results.json"), "w") as f:
-        json.dump(serializable, f, indent=1, allow_nan=False)
-    plot_relative(result, os.path.join(folder, "relative_epe.png"))
-    panels = os.path.join(folder, "panels.png")
-    if example_panels(result, panels) is None and os.path.exists(panels):
-        os.remove(panels)  # an earlier report's, which this one does not match
+    # An earlier report goes first, and each file is written whole then renamed: a command cut
+    # short leaves part of this report, never this report's tables beside the last one's plots.
+    for name in REPORT_FILES:
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+
+    def whole(name, write):
+        path = os.path.join(folder, name)
+        partial = os.path.join(folder, f".partial-{name}")  # the suffix last: the plots' format
+        try:
+            write(partial)
+            if os.path.exists(partial):  # panels.png is not drawn when no example was kept
+                os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+
+    def write_text(path):
+        with open(path, "w") as f:
+            f.write(text + "\n")
+
+    def write_json(path):
+        with open(path, "w") as f:
+            json.dump(serializable, f, indent=1, allow_nan=False)
+
+    whole("results.md", write_text)
+    whole("results.json", write_json)
+    whole("relative_epe.png", lambda path: plot_relative(result, path))
+    whole("panels.png", lambda path: example_panels(result, path))  # None: none kept
     return text

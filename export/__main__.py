@@ -43,7 +43,8 @@ _FILL_STRIDE = flags.DEFINE_string(
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an earlier export in --out: all of its files (every format, "
     "export.json, parity.md) are removed first, so none is left that the new export.json does "
-    "not list. Without it, a folder holding an earlier export is refused. Other files stay.")
+    "not list. Without it, a folder holding an earlier export is refused (one cut short is "
+    "cleared and done again). Other files stay.")
 
 
 def run():

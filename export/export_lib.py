@@ -35,6 +35,9 @@ _FILE = {"savedmodel": "{}_saved_model", "tflite": "{}.tflite", "tflite_fp16": "
          "tflite_int8": "{}_int8.tflite", "onnx": "{}.onnx", "onnx_int8": "{}_int8.onnx"}
 PARTS = ("model", "encoder")  # the CMP, and its image encoder alone (what transfer reuses)
 REPORTS = ("export.json", "parity.md")
+# In the folder while an export writes it: one cut short (Ctrl-C, a kill) is cleared and done
+# again by the next, where an earlier whole export needs --overwrite.
+UNFINISHED = "export.unfinished"
 CMP_OUTPUTS = ("flow", "logits")
 MAX_SIZE = 4096  # the largest --size side of a model without guidance fills (which bound it)
 
@@ -51,16 +54,18 @@ def export_names():
 
 def clear_earlier_export(out, overwrite=False):
     """Refuses to write into a folder holding an earlier export (without `overwrite`), or
-    removes that whole export (with it), so the folder never holds files its export.json does
-    not list. Files an export does not write are left alone. Returns the names removed."""
+    removes that whole export (with it, or when it was cut short: UNFINISHED), so the folder
+    never holds files its export.json does not list. Files an export does not write are left
+    alone. Returns the names removed."""
     rundir.check_folder_path(out, "--out")
     if not os.path.isdir(out):
         return []
     earlier = [name for name in export_names() if os.path.lexists(os.path.join(out, name))]
-    if earlier and not overwrite:
+    unfinished = os.path.exists(os.path.join(out, UNFINISHED))
+    if earlier and not overwrite and not unfinished:
         raise ValueError(f"--out={out} holds an earlier export ({', '.join(earlier)}): pass "
                          "--overwrite to replace all of it, or choose another --out.")
-    for name in earlier:
+    for name in earlier + ([UNFINISHED] if unfinished else []):
         rundir.remove(os.path.join(out, name))
     return earlier
 
@@ -207,10 +212,15 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     from cmp_tf.data import pipeline
 
     pipeline.check_sources(_sources(config, "val"), "config.data.val")
+    unfinished = os.path.exists(os.path.join(out, UNFINISHED))
     removed = clear_earlier_export(out, overwrite)
     if removed:
-        log(f"removed the earlier export in {out}: {', '.join(removed)}")
+        log(f"removed the {'unfinished' if unfinished else 'earlier'} export in {out}: "
+            f"{', '.join(removed)}")
     os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, UNFINISHED), "w") as f:
+        f.write("An export is writing this folder; if it was cut short, the same command "
+                "clears it and exports again.\n")
     parts = {"model": model}
     if encoder:
         parts["encoder"] = model.get_layer("image_encoder")
@@ -251,6 +261,7 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     text = parity.markdown(report)
     with open(os.path.join(out, "parity.md"), "w") as f:
         f.write(text + "\n")
+    os.remove(os.path.join(out, UNFINISHED))  # whole: only --overwrite replaces it now
     log(text)
     parity.check(report["rows"])
     return report

@@ -595,6 +595,35 @@ def test_export_refuses_a_folder_holding_an_earlier_export(tmp_path):
     assert (out / "model.tflite").read_text() == "old"
 
 
+def test_an_export_cut_short_is_cleared_and_done_again_by_the_same_command(tmp_path):
+    """An export interrupted mid-way left files without export.json, and every rerun refused
+    them as "an earlier export" until --overwrite."""
+    from unittest import mock
+
+    from cmp_tf import models
+    from export import export_lib
+
+    config = load_config("cpu_bins")
+    config.model.decoder_combo = (1, 2)
+    model, out = models.build_cmp(config), tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    kwargs = dict(formats=("tflite", "onnx"), size=(64, 64), parity_samples=1, repeats=1,
+                  encoder=False)
+    with mock.patch.object(export_lib.tflite, "convert", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            export_lib.export(model, config, str(out), log=lambda _: None, **kwargs)
+    (out / "model.tflite").write_bytes(b"half a file")  # as a kill mid-write leaves it
+    assert export_lib.UNFINISHED in os.listdir(out)
+    said = []
+    export_lib.export(model, config, str(out), log=said.append, **kwargs)
+    assert said[0] == f"removed the unfinished export in {out}: model.tflite"
+    assert sorted(os.listdir(out)) == ["export.json", "model.onnx", "model.tflite", "notes.txt",
+                                       "parity.md"]
+    with pytest.raises(ValueError, match=r"holds an earlier export"):  # now a whole one
+        export_lib.export(model, config, str(out), log=lambda _: None, **kwargs)
+
+
 def test_export_names_a_bad_flag_in_one_line_without_a_traceback(tmp_path):
     """`python -m export` with a missing checkpoint, fill cells the decoder cannot take, or a
     size the model cannot take: a usage error naming the flag, nothing written."""

@@ -1,4 +1,6 @@
 """Stereo pairs with true disparity as flow pairs (cmp_tf.data.stereo)."""
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -149,4 +151,15 @@ def test_earlier_tiles_are_replaced_only_when_asked_and_other_files_stay(tmp_pat
     assert names == ["notes.txt", "pairs.txt", "s32_y0_x0_flow.png", "s32_y0_x0_left.png",
                      "s32_y0_x0_right.png", "s32_y0_x16_flow.png", "s32_y0_x16_left.png",
                      "s32_y0_x16_right.png"]
+    assert len(formats.read_list(path)[0]) == 2
+
+
+def test_tiles_cut_short_are_written_again_without_overwrite(tmp_path):
+    """A run killed while writing tiles left them without pairs.txt (written last), and every
+    rerun refused them as earlier tiles until --overwrite."""
+    left, right, disparity = _stereo_scene()
+    stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(64,), tile=32, stride=32)
+    os.remove(tmp_path / "pairs.txt")
+    path = stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(32,), tile=32)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("s64_")]
     assert len(formats.read_list(path)[0]) == 2

@@ -100,11 +100,13 @@ def _starts(size, tile, stride):
 
 def check_out(out_dir, overwrite):
     """Returns the files an earlier `write_tiles` left in `out_dir` (its list file and its
-    tiles), refusing them without `overwrite`."""
+    tiles), refusing a whole set without `overwrite`; tiles without the list file, written
+    last, are a set cut short, to be written again."""
     earlier = sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir)
                      if name == LIST_FILE or _TILE_FILE.fullmatch(name)
                      ) if os.path.isdir(out_dir) else []
-    if earlier and not overwrite:
+    finished = os.path.join(out_dir, LIST_FILE) in earlier
+    if finished and not overwrite:
         raise ValueError(f"--out={out_dir} holds {len(earlier)} files of earlier tiles "
                          f"({os.path.basename(earlier[0])}, ...): pass --overwrite to replace "
                          "them, or choose another --out.")
@@ -164,8 +166,9 @@ def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=T
                     f.write(formats.encode_kitti_png(flow[window], valid[window]))
                 lines.append(f"{stem}_left.png {stem}_right.png {stem}_flow.png")
     path = os.path.join(out_dir, LIST_FILE)
-    with open(path, "w", encoding="utf-8") as f:
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:  # last and whole: the set is done
         f.write("\n".join(lines) + "\n")
+    os.replace(f"{path}.tmp", path)
     return path
 
 

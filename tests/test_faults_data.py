@@ -162,7 +162,7 @@ def test_sigterm_ends_a_run_stuck_inside_the_input_pipeline(tmp_path, rng):
         training.SIGNAL_GRACE_S = 2
         config = load_config("cpu_bins", "runlocal")
         config.data.train, config.data.val = ({train!r},), ({val!r},)
-        config.data.short_size, config.data.batch_size = 64, 2
+        config.data.short_size, config.data.batch_size = 128, 2
         training.train(config, {str(tmp_path / "run")!r}, progress=False)
         """
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT,

@@ -18,12 +18,12 @@ CONFIG_FILE = "config.json"  # written first: a folder holding a run's one is a 
 MODEL_FILE = "model.keras"
 ENCODER_FILE = "encoder.keras"
 SUMMARY_FILE = "summary.json"  # written last: the run has finished
+PARTIAL_SUFFIX = ".partial.keras"  # a model being saved (Keras asks for the .keras suffix)
 # What a run and the commands run on it write into a run directory, non-chief workers' folders
 # included. --overwrite deletes these and nothing else.
-PARTIAL_SUFFIX = ".partial.keras"  # a model being saved (Keras asks for the .keras suffix)
 RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
                MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f"*{PARTIAL_SUFFIX}",
-               "*.tmp")
+               f"{CONFIG_FILE}.*.tmp", f"{SUMMARY_FILE}.*.tmp")  # JSON being written whole
 # The folder holding the cmp_tf package (the repository, or site-packages): never a run.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder

@@ -35,8 +35,6 @@ from cmp_tf.data import shards
 from cmp_tf.data import teacher
 
 
-
-
 def default_ingest_config():
     """The `config.ingest` fields, with the defaults recipes use."""
     return dict(

@@ -75,6 +75,18 @@ def test_max_num_guide_caps_the_pooled_points(rng):
         assert len(points) == expected and points <= everything
 
 
+def test_the_samplers_helpers_name_what_they_cannot_take():
+    """grid_points(h, w, 0) was a ZeroDivisionError, uniform_points(-1) NumPy's "negative
+    dimensions", and a 2-D array as flow gave an edge map of half its width."""
+    with pytest.raises(ValueError, match=r"bg_ratio must be a fraction of pixels"):
+        sampling.grid_points(8, 8, 0)
+    with pytest.raises(ValueError, match=r"count must be a whole number >= 0; got -1"):
+        sampling.uniform_points(4, 4, -1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"flow must have shape \[\.\.\., H, W, 2\]"):
+        sampling.motion_edges(np.zeros((8, 8), np.float32))
+    assert len(sampling.uniform_points(2, 2, 9, np.random.default_rng(0))) == 4
+
+
 def test_a_count_beyond_the_pixels_is_capped_at_them(rng):
     """num_points=(10**13, 10**13) asked NumPy for 73 TiB of indices; a pixel holds one guide."""
     flow = rng.normal(size=(8, 8, 2)).astype(np.float32)

@@ -124,7 +124,10 @@ def check_guidance(image, points, vectors):
 
 
 def uniform_points(height, width, count, rng):
-    """`count` distinct pixels drawn uniformly, as [K, 2] (x, y)."""
+    """`count` distinct pixels drawn uniformly, as [K, 2] (x, y); at most every pixel."""
+    for name, value, least in (("height", height, 1), ("width", width, 1), ("count", count, 0)):
+        if not is_int(value) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}; got {value!r}.")
     flat = rng.choice(height * width, size=min(count, height * width), replace=False)
     return np.stack([flat % width, flat // width], -1).astype(np.float32)
 
@@ -176,6 +179,7 @@ def grid_points(height, width, bg_ratio):
     Returns:
         (rows, cols) int64 arrays, row-major.
     """
+    check_guidance_args(bg_ratio=bg_ratio)
     stride = int(np.sqrt(1.0 / bg_ratio))
     rows = np.arange((height - height // stride * stride) // 2, height, stride)
     cols = np.arange((width - width // stride * stride) // 2, width, stride)
@@ -189,7 +193,9 @@ def motion_edges(flow):
     Sobel magnitude per channel (reflected border), summed over u and v, over its maximum
     (at least 0.01); edges are > 0.1 of it — the reference's watershed edge map.
     """
-    flow = np.ascontiguousarray(flow, np.float32)
+    flow = np.ascontiguousarray(check_flow(flow), np.float32)
+    if flow.ndim != 3:  # a 2-D array passed as flow gave an edge map of half its width
+        raise ValueError(f"flow must have shape [H, W, 2] (u, v); got shape {flow.shape}.")
     height = flow.shape[0]
     # OpenCV correlates where scipy's convolve2d flips the kernel: the same magnitude.
     gx = cv2.Sobel(flow, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)

@@ -254,6 +254,15 @@ def test_overlay_and_working_size_name_what_they_cannot_take(propagator):
             propagator.working_size(height, width)
 
 
+def test_the_input_helpers_name_what_they_cannot_take():
+    """A 1-D array of clicks was an IndexError, a string for image bytes a TypeError."""
+    with pytest.raises(ValueError, match=r"--positive must be rows of \(x, y, \.\.\.\); got "
+                                         r"shape \(2,\)"):
+        inputs.check_inside(np.array([1.0, 2.0]), 10, 10, "--positive")
+    with pytest.raises(ValueError, match=r"image must be an encoded image's bytes; got str"):
+        inputs.decode_image("abc")
+
+
 def test_a_negative_click_on_a_positive_clicks_pixel_is_refused(tmp_path):
     """The guides on one pixel were averaged: the push halved, the still click doing nothing,
     and the mask as without it."""

@@ -63,7 +63,12 @@ def parse_rows(value, fields, name, allow_empty=False):
 
 def check_inside(points, height, width, name):
     """Refuses points (x, y) that do not round to a pixel of an H x W image, naming the item."""
-    for index, (x, y) in enumerate(np.round(np.asarray(points, np.float64)[:, :2]), 1):
+    array = np.asarray(points, np.float64)
+    if not array.size:
+        return points
+    if array.ndim != 2 or array.shape[1] < 2:
+        raise ValueError(f"{name} must be rows of (x, y, ...); got shape {array.shape}.")
+    for index, (x, y) in enumerate(np.round(array[:, :2]), 1):
         if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
             raise ValueError(f"{name} item {index} (x={x:g}, y={y:g}) lies outside the "
                              f"{width}x{height} image (x in [0, {width - 1}], y in "
@@ -225,6 +230,8 @@ def read_image(path, name="--image", max_side=None, max_pixels=None, limit_name=
 def decode_image(data, name="image", max_side=None, max_pixels=None):
     """Encoded image bytes (PNG, JPEG, ...) -> uint8 H x W x 3 RGB; ValueError otherwise. The
     size is read from the header and checked against the limits before decoding."""
+    if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{name} must be an encoded image's bytes; got {type(data).__name__}.")
     data = bytes(data or b"")
     size = check_image_size(image_size(data, name), name, max_side, max_pixels)
     if formats.truncated_jpeg(data[:2], data[-64:]):

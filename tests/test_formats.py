@@ -199,9 +199,10 @@ def test_kitti_invalid_pixels_read_as_no_motion_and_sizes_must_agree(tmp_path):
     np.testing.assert_array_equal(back[1, 2], [0, 0])
     np.testing.assert_allclose(back[valid > 0], 3.0)
     assert not formats.read_kitti_png(tmp_path / "zeros.png")[0].any()
-    with pytest.raises(ValueError, match=r"valid \[H, W\] of the same size; got \(4, 5, 2\) "
-                                         r"and \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"valid must have shape \(4, 5\); got \(3, 3\)"):
         formats.encode_kitti_png(flow, np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"valid must be finite numbers"):  # written invalid
+        formats.encode_kitti_png(flow, np.where(valid > 0, 1.0, np.nan))
 
 
 def test_kitti_flow_beyond_its_range_is_written_invalid_not_clipped(tmp_path):

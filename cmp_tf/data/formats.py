@@ -176,22 +176,26 @@ def read_flo(path):
     return flow_lib.check_flow(flow, name=f"flow in {path}"), (~unknown).astype(np.float32)
 
 
+def _known(valid, shape):
+    """[H, W] bool: where a flow writer's `valid` map says the flow is known (> 0); ValueError
+    for a map of another shape or one holding NaN (neither known nor unknown)."""
+    valid = np.asarray(valid)
+    if valid.shape != tuple(shape):
+        raise ValueError(f"valid must have shape {tuple(shape)}; got {valid.shape}.")
+    numeric = valid.dtype == bool or np.issubdtype(valid.dtype, np.number)
+    if not numeric or not np.isfinite(valid.astype(np.float64)).all():
+        raise ValueError(f"valid must be finite numbers (0: unknown); got dtype {valid.dtype} "
+                         "with NaN or infinite values.")
+    return valid > 0
+
+
 def write_flo(path, flow, valid=None):
     """Writes [H, W, 2] flow as a Middlebury .flo file; where `valid` is 0 the flow is written
     as unknown (FLO_UNKNOWN_VALUE), as Middlebury's tools do."""
     flow = flow_lib.check_flow(flow)
     if flow.ndim != 3:
         raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
-    known = np.ones(flow.shape[:2], bool)
-    if valid is not None:
-        valid = np.asarray(valid)
-        if valid.shape != flow.shape[:2]:
-            raise ValueError(f"valid must have shape {flow.shape[:2]}; got {valid.shape}.")
-        numeric = valid.dtype == bool or np.issubdtype(valid.dtype, np.number)
-        if not numeric or not np.isfinite(valid.astype(np.float64)).all():
-            raise ValueError(f"valid must be finite numbers (0: unknown); got dtype "
-                             f"{valid.dtype} with NaN or infinite values.")
-        known = valid > 0
+    known = np.ones(flow.shape[:2], bool) if valid is None else _known(valid, flow.shape[:2])
     too_large = known & (np.abs(flow) >= FLO_UNKNOWN_THRESHOLD).any(-1)
     if too_large.any():  # it would read back as unknown
         raise ValueError(f"flow has {int(too_large.sum())} known pixels of |u| or |v| >= "
@@ -252,14 +256,13 @@ def encode_kitti_png(flow, valid):
     A pixel whose motion lies beyond that range is written invalid, not clipped to a wrong
     motion that reads back as valid."""
     flow = flow_lib.check_flow(flow)
-    valid = np.asarray(valid)
-    if flow.ndim != 3 or valid.shape != flow.shape[:2]:
-        raise ValueError(f"flow must be [H, W, 2] and valid [H, W] of the same size; got "
-                         f"{flow.shape} and {valid.shape}.")
+    if flow.ndim != 3:
+        raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
+    known = _known(valid, flow.shape[:2])  # NaN was written as invalid, where .flo refused it
     coded = np.round(flow * KITTI_SCALE + KITTI_OFFSET)
     in_range = ((coded >= 0) & (coded <= 2**16 - 1)).all(-1)
     q = np.clip(coded, 0, 2**16 - 1).astype(np.uint16)
-    valid = ((valid > 0) & in_range).astype(np.uint16)
+    valid = (known & in_range).astype(np.uint16)
     ok, data = cv2.imencode(".png", np.dstack([valid, q[..., 1], q[..., 0]]))  # B, G, R
     if not ok:
         raise ValueError("OpenCV could not encode the flow as PNG.")

@@ -114,7 +114,11 @@ def make_strategy(name="auto", devices=()):
         check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        except ValueError as error:  # TensorFlow's "Please provide a TPU Name to connect to."
+            raise ValueError(f"--strategy=tpu found no TPU ({error}): run on a TPU machine, or "
+                             "set TPU_NAME to one this machine reaches.") from error
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)

@@ -54,6 +54,8 @@ def test_a_config_typo_is_refused_with_a_suggestion(tmp_path):
     ("--config=configs/default.py:runlokal",  # a recipe that raises: its error, no traceback
      "Error whilst parsing config file: ValueError: Unknown recipe argument 'runlokal'"),
     ("--devices=/gpu:7", "--devices=/gpu:7 is for --strategy=mirrored; got --strategy=auto."),
+    ("--strategy=tpu", "--strategy=tpu found no TPU (Please provide a TPU Name to connect "
+                       "to.): run on a TPU machine, or set TPU_NAME"),
     ("--config=configs/common.py", "--config=configs/common.py: not a recipe (it has no "
                                    "get_config()); the recipes are the other files under "
                                    "configs/."),  # was "module 'config_config' has no ..."

@@ -7,6 +7,7 @@ package is a run directory too (`PRETRAINED`). Every command that takes `--check
 a run directory or a model file and resolves it here; results about the shipped model go under
 `runs/pretrained/`, never into the installed package. No TensorFlow is imported here.
 """
+import contextlib
 import fnmatch
 import glob
 import json
@@ -18,12 +19,11 @@ CONFIG_FILE = "config.json"  # written first: a folder holding a run's one is a 
 MODEL_FILE = "model.keras"
 ENCODER_FILE = "encoder.keras"
 SUMMARY_FILE = "summary.json"  # written last: the run has finished
-PARTIAL_SUFFIX = ".partial.keras"  # a model being saved (Keras asks for the .keras suffix)
+PARTIAL = ".partial"  # in the hidden name of a file being written whole (`whole_file`)
 # What a run and the commands run on it write into a run directory, non-chief workers' folders
 # included. --overwrite deletes these and nothing else.
 RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
-               MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f"*{PARTIAL_SUFFIX}",
-               f"{CONFIG_FILE}.*.tmp", f"{SUMMARY_FILE}.*.tmp")  # JSON being written whole
+               MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f".*{PARTIAL}*")
 # The folder holding the cmp_tf package (the repository, or site-packages): never a run.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
@@ -449,16 +449,30 @@ def prepare_workdir(workdir, config, overwrite=False):
     shards.write_json(saved, current)  # a kill mid-write left a run that could not resume
 
 
-def save_model(model, path):
-    """Saves a Keras model whole or not at all: to a partial file beside `path`, renamed when
-    done (a run killed while saving left an empty model.keras every reader refused)."""
-    partial = f"{os.fspath(path)}{PARTIAL_SUFFIX}"
+@contextlib.contextmanager
+def whole_file(path):
+    """Yields where to write `path`: a hidden partial file beside it, its suffix kept (Keras,
+    OpenCV and matplotlib read the format from it), renamed to `path` when the block ends and
+    removed when it raises (Ctrl-C, a full disk), so a reader sees the old file or the new
+    one, never half. A block that writes nothing leaves `path` as it was."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    stem, suffix = os.path.splitext(name)
+    # per process: concurrent writers (ingestion's workers) never share one
+    partial = os.path.join(folder, f".{stem}.{os.getpid()}{PARTIAL}{suffix}")
     try:
-        model.save(partial)
-        os.replace(partial, path)
+        yield partial
+        if os.path.exists(partial):
+            os.replace(partial, path)
     finally:
-        if os.path.exists(partial):  # cut short (Ctrl-C, a full disk): the half file goes
+        if os.path.exists(partial):
             os.remove(partial)
+
+
+def save_model(model, path):
+    """Saves a Keras model whole or not at all (a run killed while saving left an empty
+    model.keras every reader refused)."""
+    with whole_file(path) as partial:
+        model.save(partial)
 
 
 def _diff(a, b, prefix="config"):

@@ -465,14 +465,11 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
             _set_sync_bn(model, config.model.get("sync_bn", True))
             optimizer = make_optimizer(config)
             optimizer.build(model.trainable_variables)
-        pipeline.check_data_config(config)
-        pipeline.check_sources(config.data.train, "config.data.train")
-        if config.data.val:
-            pipeline.check_sources(config.data.val, "config.data.val")
         loss_fn = losses.make_loss(config.flow)
-        # The data is read (videos ingested) and the validation preview taken before the run
-        # folder is touched: a source refused here must not cost the run `--overwrite` would
-        # replace, nor leave a half-made folder the corrected command then refuses.
+        # The data is checked and read (videos ingested) and the validation preview taken
+        # before the run folder is touched: a source refused here must not cost the run
+        # `--overwrite` would replace, nor leave a half-made folder the corrected command then
+        # refuses.
         pipeline.resolve_data(config)
         has_val = bool(config.data.val)
         preview = next(pipeline.batches(pipeline.make_dataset(config, "val"))) \

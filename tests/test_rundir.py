@@ -352,4 +352,4 @@ def test_a_model_is_saved_whole_or_not_at_all(tmp_path):
         rundir.save_model(CutShort(), target)
     assert target.read_bytes() == b"the earlier model"
     assert sorted(os.listdir(tmp_path)) == ["model.keras"]
-    assert rundir.is_run_entry("model.keras" + rundir.PARTIAL_SUFFIX)
+    assert rundir.is_run_entry(".model.123.partial.keras")  # a leftover --overwrite removes

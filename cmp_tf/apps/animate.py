@@ -208,20 +208,13 @@ def write_animation(path, frames, fps):
     suffix = check_out(path)
     check_fps(fps, "--fps")
     frames = check_frames(frames)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # beside it (os.replace stays on one disk), the suffix last: the MP4 writer reads it
-    partial = os.path.join(folder, f".{os.path.basename(path)}.partial{suffix}")
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with rundir.whole_file(path) as partial:
         if suffix == ".gif":
             with open(partial, "wb") as f:
                 f.write(encode_gif(frames, fps))
         else:
             _write_mp4(partial, frames, fps, path)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return path
 
 

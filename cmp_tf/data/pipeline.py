@@ -228,7 +228,10 @@ def resolve_data(config):
     ingest_config = config.get("ingest") or {}
     if hasattr(ingest_config, "to_dict"):
         ingest_config = ingest_config.to_dict()
-    for split in ("train", "val") if config.data.val else ("train",):
+    splits = ("train", "val") if config.data.val else ("train",)
+    for split in splits:  # both fail fast before either's videos are ingested
+        check_sources(config.data[split], f"config.data.{split}")
+    for split in splits:
         resolve_sources(config.data[split], config.data.cache_dir, ingest_config,
                         f"config.data.{split}", on_error)
 

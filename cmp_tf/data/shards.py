@@ -14,6 +14,8 @@ import os
 
 import cv2
 
+from cmp_tf import rundir
+
 MANIFEST = "manifest.json"
 DROP_REASONS = ("static", "scene_cut", "inconsistent", "bad_flow", "bad_file")
 # Fields every sidecar holds (older sidecars lack only `shard_pairs`).
@@ -24,10 +26,8 @@ _NAMED_FAILURES = 5
 
 def write_json(path, data):
     """Writes JSON atomically: a reader sees the old file or the new one, never half."""
-    tmp = f"{path}.{os.getpid()}.tmp"  # per process: concurrent writers never share it
-    with open(tmp, "w") as f:
+    with rundir.whole_file(path) as partial, open(partial, "w") as f:
         json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 class ShardWriter:

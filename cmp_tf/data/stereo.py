@@ -166,9 +166,8 @@ def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=T
                     f.write(formats.encode_kitti_png(flow[window], valid[window]))
                 lines.append(f"{stem}_left.png {stem}_right.png {stem}_flow.png")
     path = os.path.join(out_dir, LIST_FILE)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:  # last and whole: the set is done
-        f.write("\n".join(lines) + "\n")
-    os.replace(f"{path}.tmp", path)
+    with rundir.whole_file(path) as partial, open(partial, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")  # last and whole: the set is done
     return path
 
 

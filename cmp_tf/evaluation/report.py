@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from cmp_tf import rundir
 from cmp_tf.evaluation.benchmark import NEAR_BOUNDARY_PX
 
 
@@ -158,15 +159,8 @@ def write_report(result, folder, title="Sparse-to-dense motion propagation"):
             os.remove(os.path.join(folder, name))
 
     def whole(name, write):
-        path = os.path.join(folder, name)
-        partial = os.path.join(folder, f".partial-{name}")  # the suffix last: the plots' format
-        try:
-            write(partial)
-            if os.path.exists(partial):  # panels.png is not drawn when no example was kept
-                os.replace(partial, path)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+        with rundir.whole_file(os.path.join(folder, name)) as partial:
+            write(partial)  # panels.png is not drawn when no example was kept
 
     def write_text(path):
         with open(path, "w") as f:

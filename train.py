@@ -38,7 +38,7 @@ def run_name(recipe):
     """The default run folder's name for a --config value: the recipe file's stem, then its
     argument if any (configs/default.py:runlocal -> default_runlocal), so a smoke run never
     lands in the full run's folder."""
-    path, _, argument = recipe.partition(":")
+    path, argument = cli.recipe_parts(recipe)
     name = os.path.splitext(os.path.basename(path))[0]
     argument = re.sub(r"[^A-Za-z0-9.-]+", "_", argument).strip("_")
     return f"{name}_{argument}" if argument else name

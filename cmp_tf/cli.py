@@ -108,11 +108,18 @@ def _refuse_replaced_dicts(name, argv):
                  f"--{name}.{field}.<field>=<value>.")
 
 
+def recipe_parts(filename):
+    """A `--config` value `path[:argument]` as (path, argument); argument is "" when none
+    (ml_collections' own split: the first colon)."""
+    path, _, argument = filename.partition(":")
+    return path, argument
+
+
 def _recipe(filename):
     """The recipe `path[:argument]` as its file gives it, before any override."""
     import importlib.util
 
-    path, _, argument = filename.partition(":")
+    path, argument = recipe_parts(filename)
     spec = importlib.util.spec_from_file_location("cmp_tf_recipe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -203,7 +210,7 @@ def config_of(holder):
     try:
         config.keys()
     except OSError as error:
-        path = (flags.FLAGS[holder.name].config_filename or "").split(":")[0]
+        path, _ = recipe_parts(flags.FLAGS[holder.name].config_filename or "")
         if path and not os.path.isfile(path):
             raise app.UsageError(missing_recipe(holder.name, path)) from error
         raise app.UsageError(f"--{holder.name}: {message_of(error)}") from error

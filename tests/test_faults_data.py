@@ -313,3 +313,126 @@ def test_failed_and_dropped_videos_are_summarized_for_the_run(tmp_path):
                            "ingest: junk.mp4 (Video file ")
     assert text.endswith("Dropped 2 pairs: 2 static.")
     assert shards.summarize(ingest.write_manifest(tmp_path / "cache", CFG)["sources"]) == text
+
+
+def test_a_rerun_mends_what_an_earlier_ingestion_left_failed_or_broken(tmp_path):
+    """A source that failed in an earlier run is tried again (its cause may be fixed), and so
+    is one whose record does not read back or whose shard was deleted since: each once stuck
+    for good, the deleted shard stopping training at every start. A failure from this
+    process (another worker of one job) is not tried again."""
+    video = write_video(tmp_path / "pan.avi", panning_frames(4, size=(32, 48)))
+    out = tmp_path / "out"
+    record = ingest.ingest_video(video, out, CFG)
+    sidecar = out / f"{record['key']}.json"
+    shard = out / record["shards"][0]
+
+    def again():
+        return ingest.ingest_video(video, out, CFG)
+
+    shard.unlink()
+    mended = again()
+    assert not mended["skipped"] and shard.exists() and mended["pairs"] == 3
+    assert mended["warnings"] == [f"ingested again: its shard {shard.name} was missing"]
+    sidecar.write_text(sidecar.read_text()[:40])
+    mended = again()
+    assert not mended["skipped"] and json.loads(sidecar.read_text())["pairs"] == 3
+    assert mended["warnings"][0].startswith(f"ingested again: its record {sidecar} did not")
+    failed = {**json.loads(sidecar.read_text()), "error": "Video file pan.avi broke",
+              "shards": [], "pairs": 0}
+    sidecar.write_text(json.dumps(failed))
+    assert again()["skipped"]  # failed during this process: not tried again
+    os.utime(sidecar, (time.time() - 3600,) * 2)  # failed in an earlier run
+    mended = again()
+    assert not mended["skipped"] and mended["pairs"] == 3 and mended["error"] is None
+    assert mended["warnings"] == ["ingested again: it failed before (Video file pan.avi broke)"]
+    assert again()["skipped"]
+    text = shards.summarize([mended])
+    assert "1 of 1 files with warnings: pan.avi (ingested again: it failed before" in text
+
+
+def test_a_name_opencv_cannot_open_fails_that_file_alone(tmp_path):
+    """A file name that is not UTF-8 (Latin-1, from an old archive) crashed OpenCV's reader
+    and with it the whole ingestion, naming nothing."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_video(clips / "good.avi", panning_frames(3, size=(32, 48)))
+    latin = os.path.join(os.fsencode(clips), b"caf\xe9.avi")
+    with open(latin, "wb") as f:
+        f.write((clips / "good.avi").read_bytes())
+    name = os.fsdecode(latin)
+    for read in (formats.read_image, lambda p: formats.stream_video(p, -1)):
+        with pytest.raises(ValueError, match="not UTF-8, which OpenCV cannot open: rename it"):
+            read(name)
+    assert formats.video_frame_count(name) == -1
+    manifest = ingest.ingest([clips], tmp_path / "out", CFG, progress=False)
+    assert manifest["totals"]["pairs"] == 2 and manifest["totals"]["errors"] == 1
+    assert "not UTF-8" in [s for s in manifest["sources"] if s["error"]][0]["error"]
+
+
+def test_linked_clip_folders_are_found_and_a_source_named_twice_is_read_once(tmp_path):
+    store, linked = tmp_path / "store", tmp_path / "linked"
+    (store / "a").mkdir(parents=True)
+    write_video(store / "a" / "pan.avi", panning_frames(3, size=(32, 48)))
+    linked.mkdir()
+    (linked / "a").symlink_to(store / "a")
+    (linked / "a" / "loop").symlink_to(linked)  # a link back up must not walk forever
+    assert formats.list_videos(linked) == [str(linked / "a" / "pan.avi")]
+    cache = tmp_path / "cache"
+    once, _ = pipeline.resolve_sources([str(linked)], cache, CFG)
+    shard = once[0]
+    twice, _ = pipeline.resolve_sources(
+        [str(linked), str(linked) + "/", str(store / "a" / "pan.avi"), str(cache), shard],
+        cache, CFG)
+    assert len(once) == 1 and twice == once
+
+
+def test_dotted_frame_counters_are_not_read_as_decimals(tmp_path):
+    """cam1.1 ... cam1.11: as decimals 1.1 and 1.10 are one number, and the folder came out
+    1.1, 1.10, 1.11, 1.2, 1.9 (ties in the file system's order)."""
+    names = ["cam1.1.png", "cam1.2.png", "cam1.9.png", "cam1.10.png", "cam1.11.png"]
+    for name in reversed(names):
+        cv2.imwrite(str(tmp_path / name), np.zeros((4, 4, 3), np.uint8))
+    assert [os.path.basename(p) for p in formats.frame_files(tmp_path)] == names
+
+
+def test_a_custom_teachers_flow_is_checked_naming_the_field(tmp_path, monkeypatch):
+    (tmp_path / "my_teachers.py").write_text(textwrap.dedent("""
+        import numpy as np
+        def f64(a, b):
+            return np.zeros(a.shape[:2] + (2,), np.float64)
+        def half(a, b):
+            return np.zeros((a.shape[0] // 2, a.shape[1], 2), np.float32)
+        def channels_first(a, b):
+            return np.zeros((2,) + a.shape[:2], np.float32)
+        NOT_A_FUNCTION = 3
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    video = write_video(tmp_path / "pan.avi", panning_frames(3, size=(32, 48)))
+    made = ingest.ingest([video], tmp_path / "f64", {**CFG, "estimator": "my_teachers:f64"},
+                         progress=False)
+    assert made["totals"]["errors"] == 0 and made["totals"]["dropped"]["static"] == 2
+    for name in ("half", "channels_first"):
+        made = ingest.ingest([video], tmp_path / name,
+                             {**CFG, "estimator": f"my_teachers:{name}"}, progress=False)
+        error = made["sources"][0]["error"]
+        assert f"config.ingest.estimator='my_teachers:{name}' returned float32 flow of shape" \
+            in error and "expected float [H, W, 2] = (32, 48, 2)" in error
+    with pytest.raises(ValueError, match="'my_teachers:NOT_A_FUNCTION' is a int, not a func"):
+        ingest.ingest([video], tmp_path / "x", {**CFG, "estimator": "my_teachers:NOT_A_FUNCTION"},
+                      progress=False)
+
+
+def test_a_shard_record_that_does_not_decode_is_named_as_input_not_a_crash():
+    """A record whose framing checks out but whose frame is not an image (a shard another tool
+    wrote): training stopped with TensorFlow's traceback and saved nothing."""
+    raised = ("Graph execution error:\n\nDetected at node case/cond/DecodeJpeg defined at "
+              "(most recent call last):\n<stack traces unavailable>\nError in user-defined "
+              "function passed to ParallelMapDatasetV2:8 transformation with iterator: Iterator::"
+              "Root::Prefetch::MapAndBatch::ParallelMapV2::Filter::TakeWhile::Scan::ParallelMapV2"
+              ": Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required.\n"
+              "\t [[{{node case/cond/DecodeJpeg}}]]\n\t [[IteratorGetNext]] "
+              "[Op:__inference_train_step_25172]")
+    failure = pipeline.unreadable_data(tf.errors.InvalidArgumentError(None, None, raised))
+    assert str(failure).startswith(
+        "A sample of the input could not be decoded (Unknown image file format. One of JPEG, "
+        "JPEG XL, PNG, GIF, BMP, WebP required. at case/cond/DecodeJpeg): a shard not written")

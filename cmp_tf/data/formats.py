@@ -54,7 +54,18 @@ def frame_files(folder):
     names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
              and not n.startswith(".")  # a copy's metadata (macOS's ._frame0.png), not a frame
              and os.path.isfile(os.path.join(folder, n))]
-    return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
+    return [os.path.join(folder, n) for n in _in_frame_order(names)]
+
+
+def _in_frame_order(names):
+    """`names` sorted by `_natural_key`. Two names equal as decimals ('cam1.1', 'cam1.10') are
+    not timestamps but dotted counters: then every run of digits counts on its own, so
+    'cam1.2' comes before 'cam1.10' (and the name itself breaks any tie left)."""
+    ordered = sorted(names, key=_natural_key)
+    if all(_natural_key(a) != _natural_key(b) for a, b in zip(ordered, ordered[1:])):
+        return ordered
+    return sorted(names, key=lambda n: ([int(p) if p.isdigit() else p.lower()
+                                         for p in re.split(r"(\d+)", n)], n))
 
 
 _PNG_SIGNATURE, _PNG_COLOUR_TYPE_AT, _PNG_PALETTE = b"\x89PNG\r\n\x1a\n", 25, 3
@@ -109,6 +120,18 @@ def existing_file(path, kind):
     if not os.path.isfile(path):
         raise ValueError(f"{kind} {path!r} does not exist." if not path.strip() else
                          f"{kind} {path} does not exist.")
+    return opencv_readable_name(path, kind)
+
+
+def opencv_readable_name(path, kind):
+    """`path` where OpenCV can open it by name: a name that is not UTF-8 (a Latin-1 name from
+    an old archive, which Python holds with surrogates) crashes OpenCV's readers outright,
+    taking the whole process with it, so it is refused here, naming the file."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{kind} {path!r} has a name that is not UTF-8, which OpenCV cannot "
+                         "open: rename it.") from None
     return path
 
 
@@ -390,7 +413,7 @@ def stream_video(path, max_side=-1):
         return (_resized(frame, max_side) for frame in _frames_of(files)), len(files)
     if not os.path.isfile(path):
         raise ValueError(f"Video file {path} does not exist.")
-    capture = cv2.VideoCapture(path)
+    capture = cv2.VideoCapture(opencv_readable_name(path, "Video file"))
     if not capture.isOpened():
         capture.release()
         raise ValueError(f"Video file {path} could not be opened by OpenCV.")
@@ -435,7 +458,10 @@ def video_frame_count(path):
     or unreadable); reads no frame, so a progress bar can be sized before decoding."""
     if os.path.isdir(path):
         return len(frame_files(path))
-    capture = cv2.VideoCapture(os.fspath(path))
+    try:
+        capture = cv2.VideoCapture(opencv_readable_name(os.fspath(path), "Video file"))
+    except ValueError:
+        return -1  # refused, naming it, when its frames are read
     try:
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or -1) if capture.isOpened() else -1
     finally:
@@ -464,15 +490,21 @@ def read_video(path, max_side=-1):
 
 
 def list_videos(paths):
-    """Expands files and folders (searched recursively) into a sorted list of clips: video
-    files, and folders of frames (`is_frame_folder`: at least two images and no video)."""
+    """Expands files and folders (searched recursively, linked folders too) into a sorted
+    list of clips: video files, and folders of frames (`is_frame_folder`: at least two images
+    and no video)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     videos = []
     for path in map(os.fspath, paths):
         if os.path.isdir(path):
             # normalized: `clips/bear/` and `clips/bear` are one clip (one name, one key)
-            for folder, _, names in os.walk(os.path.normpath(path)):
+            seen = set()  # folders by real path: a link back up would walk forever
+            for folder, subfolders, names in os.walk(os.path.normpath(path), followlinks=True):
+                if os.path.realpath(folder) in seen:
+                    subfolders[:] = []
+                    continue
+                seen.add(os.path.realpath(folder))
                 videos += [os.path.join(folder, n) for n in names if is_video(n)]
                 if is_frame_folder(folder):
                     videos.append(folder)

@@ -179,7 +179,7 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
     Returns:
         (shard paths, list entries).
     """
-    paths = check_sources(paths, field)
+    paths = _once(check_sources(paths, field), field)
     cache_dir = data_lib.cache_dir(cache_dir)
     shards, entries, videos = [], [], []
     for path in paths:
@@ -201,6 +201,7 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
             entries += found
         else:
             videos.append(path)
+    videos = _once(videos, field)
     sources = []
     if videos:
         rundir.check_folder_path(cache_dir, "config.data.cache_dir")  # named as the user sets it
@@ -211,13 +212,31 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
         sources = [s for s in manifest["sources"] if s["key"] in current]
         for source in sources:
             shards += [os.path.join(cache_dir, s) for s in source["shards"]]
-        if any(s["error"] or any(s["dropped"].values()) for s in sources):
+        if any(s["error"] or s.get("warnings") or any(s["dropped"].values())
+               for s in sources):
             tf.get_logger().warning(f"{field}: {shards_lib.summarize(sources)}")
+    shards = _once(shards, field)  # a video's shards may be named too, or its cache folder
     if not shards and not entries:
         why = shards_lib.summarize(sources) if sources else "videos too static or unreadable?"
         raise ValueError(f"{field}: no training pairs in {list(paths)} ({why} See "
                          f"{os.path.join(cache_dir, shards_lib.MANIFEST)}.)")
     return shards, entries
+
+
+def _once(paths, field):
+    """`paths` with each file or folder kept once, by real path (`clips` and `clips/`, a shard
+    named beside its folder, a link): one named twice would be read twice over, weighing its
+    pairs double. The repeats are named in a warning."""
+    kept, seen = [], {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            again = "named again" if path == seen[real] else f"{seen[real]} again"
+            tf.get_logger().warning(f"{field}: {path} is {again}; read once.")
+            continue
+        seen[real] = path
+        kept.append(path)
+    return kept
 
 
 def resolve_data(config):
@@ -525,13 +544,25 @@ class DataError(ValueError):
 
 
 _FAILURE = re.compile(r"assertion failed: \[((?:config\.data\.\w+|--\w+): .*?)\]\s*\[\[", re.S)
+# TensorFlow's words for any other error inside an input pipeline, and the node it was at.
+_PIPELINE_ERROR = re.compile(r"transformation with iterator: [\w:]+: (.*?)\n\s*\[\[\{\{node ([^}]*)")
 
 
 def unreadable_data(error):
     """The DataError inside `error`, the TensorFlow error a dataset of `make_dataset` raises
-    where it stops at unreadable data (see `_count_unreadable`); None for any other error."""
-    match = _FAILURE.search(str(getattr(error, "message", error)))
-    return DataError(match.group(1)) if match else None
+    where it stops at unreadable data (see `_count_unreadable`), or where a shard's record
+    does not decode (a record that TFRecord's checksums pass, so written so: a shard made by
+    another tool); None for any other error."""
+    text = str(getattr(error, "message", error))
+    match = _FAILURE.search(text)
+    if match:
+        return DataError(match.group(1))
+    match = _PIPELINE_ERROR.search(text)
+    if match:
+        return DataError(f"A sample of the input could not be decoded ({match.group(1).strip()} "
+                         f"at {match.group(2)}): a shard not written by cmp_tf's ingestion? "
+                         "Remove it from the data, or ingest its videos again.")
+    return None
 
 
 def batches(dataset):

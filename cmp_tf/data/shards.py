@@ -11,6 +11,7 @@ import fcntl
 import glob
 import json
 import os
+import time
 
 import cv2
 
@@ -22,6 +23,9 @@ DROP_REASONS = ("static", "scene_cut", "inconsistent", "bad_flow", "bad_file")
 _SIDECAR_FIELDS = ("video", "key", "shards", "pairs", "dropped", "error")
 # At most this many failed sources are named one by one in a summary.
 _NAMED_FAILURES = 5
+# Sources that failed before this process started are tried again (the cause may be fixed);
+# those that failed since, in a process beside it (another worker of one job), are not.
+_PROCESS_START = time.time()
 
 
 def write_json(path, data):
@@ -88,12 +92,12 @@ def ingest_once(source, out_dir, key, cfg, produce, fields):
     sidecar = os.path.join(out_dir, f"{key}.json")
     with open(os.path.join(out_dir, f"{key}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        if os.path.exists(sidecar):
-            with open(sidecar) as f:
-                return {**json.load(f), "skipped": True}
+        done, why_again = _earlier_result(out_dir, sidecar)
+        if done is not None:
+            return {**done, "skipped": True}
         record = dict(video=os.path.abspath(source), key=key, shards=[], shard_pairs=[],
-                      pairs=0, dropped={r: 0 for r in DROP_REASONS}, error=None, warnings=[],
-                      **fields)
+                      pairs=0, dropped={r: 0 for r in DROP_REASONS}, error=None,
+                      warnings=[why_again] if why_again else [], **fields)
         earlier = _earlier_versions(out_dir, record)
         if earlier:
             record["warnings"].append(
@@ -115,6 +119,25 @@ def ingest_once(source, out_dir, key, cfg, produce, fields):
         for stale in earlier:
             _remove_source(out_dir, stale)
         return {**record, "skipped": False}
+
+
+def _earlier_result(out_dir, sidecar):
+    """(the sidecar's record, None) if its source is done and its shards are all there; else
+    (None, why it is ingested again, or None for a source never seen). A source that failed
+    before this process started is tried again, as is one whose sidecar is unreadable or
+    whose shards were deleted since: a rerun mends them rather than repeating the failure or
+    training on a cache with holes."""
+    if not os.path.exists(sidecar):
+        return None, None
+    record = _as_sidecar(sidecar)
+    if record is None:
+        return None, f"ingested again: its record {sidecar} did not read back"
+    if record["error"] and os.path.getmtime(sidecar) < _PROCESS_START:
+        return None, f"ingested again: it failed before ({record['error']})"
+    missing = [s for s in record["shards"] if not os.path.isfile(os.path.join(out_dir, s))]
+    if missing:
+        return None, f"ingested again: its shard {missing[0]} was missing"
+    return record, None
 
 
 def _earlier_versions(out_dir, record):
@@ -206,6 +229,13 @@ def summarize(sources):
         more = f"; and {len(failed) - _NAMED_FAILURES} more" if len(failed) > _NAMED_FAILURES \
             else ""
         text += f". {len(failed)} of {len(sources)} files failed to ingest: {named}{more}"
+    warned = [s for s in sources if s.get("warnings") and not s["error"]]  # older: none
+    if warned:
+        named = "; ".join(f"{os.path.basename(s['video'])} ({'; '.join(s['warnings'])})"
+                          for s in warned[:_NAMED_FAILURES])
+        more = f"; and {len(warned) - _NAMED_FAILURES} more" if len(warned) > _NAMED_FAILURES \
+            else ""
+        text += f". {len(warned)} of {len(sources)} files with warnings: {named}{more}"
     dropped = {r: sum(s["dropped"].get(r, 0) for s in sources) for r in DROP_REASONS}
     if any(dropped.values()):
         reasons = ", ".join(f"{n} {r}" for r, n in dropped.items() if n)

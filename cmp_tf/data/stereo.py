@@ -34,9 +34,7 @@ _TILE_FILE = re.compile(r"s\d+_y\d+_x\d+_(left|right|flow)\.png")  # the tiles' 
 
 def read_disparity(path):
     """Disparity map [H, W] float32 px, NaN where unknown, from .pfm, .npy, .npz or KITTI .png."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Disparity file {path} does not exist.")
+    path = formats.existing_file(path, "Disparity file")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".npy", ".npz"):
         try:

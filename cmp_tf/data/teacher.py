@@ -85,9 +85,26 @@ def make_estimator(name, dis_preset="medium"):
         raise ValueError(f"config.ingest.estimator={name!r}: use 'dis', one of "
                          f"{', '.join(OPENCV_ESTIMATORS)}, or 'module:function'.")
     try:
-        return getattr(importlib.import_module(module), function)
+        estimate = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"config.ingest.estimator={name!r} could not be loaded: {e}") from e
+    if not callable(estimate):
+        raise ValueError(f"config.ingest.estimator={name!r} is a {type(estimate).__name__}, "
+                         "not a function of two frames.")
+
+    def checked(first, second):
+        """The user's flow as ingestion needs it: [H, W, 2] of the frames' size, float32
+        (a wrong shape or dtype otherwise fails deep in OpenCV or numpy, or drops every pair
+        as inconsistent)."""
+        flow = np.asarray(estimate(first, second))
+        expected = first.shape[:2] + (2,)
+        if flow.shape != expected or not np.issubdtype(flow.dtype, np.floating):
+            raise ValueError(f"config.ingest.estimator={name!r} returned {flow.dtype} flow of "
+                             f"shape {flow.shape} for {first.shape[1]}x{first.shape[0]} px "
+                             f"frames; expected float [H, W, 2] = {expected} (u, v last).")
+        return flow.astype(np.float32)
+
+    return checked
 
 
 def named_estimators():

@@ -625,12 +625,6 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
     # Handles: serialized records, or list-entry indices; decoded only after skipping.
     handles = []
     if shards:
-        files = tf.data.Dataset.from_tensor_slices(shards)
-        if input_context is not None and len(shards) >= input_context.num_input_pipelines:
-            files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-            input_context_done = True
-        else:
-            input_context_done = False
         sizes = [os.path.getsize(p) for p in shards]
         files = tf.data.Dataset.from_tensor_slices(
             (shards, tf.constant(sizes, tf.int64), tf.constant(_expected_records(shards),

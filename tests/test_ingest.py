@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cmp_tf.data import formats
 from cmp_tf.data import ingest
 from cmp_tf.data import pipeline
 from cmp_tf.data import records
@@ -93,7 +94,6 @@ def test_a_long_video_is_ingested_holding_only_the_frames_its_pairs_need(tmp_pat
     come out in the same order as before, frame by frame then gap by gap."""
     import weakref
 
-    from cmp_tf.data import formats
     from cmp_tf.data import teacher
 
     video = write_video(tmp_path / "pan.avi", panning_frames(11))
@@ -208,7 +208,6 @@ def test_folders_of_frames_are_clips_in_number_order(tmp_path):
     """A clip stored as one image per frame (DAVIS, Sintel, KITTI) is ingested as a video:
     frames in number order (frame10 after frame9, not after frame1), a frame of another size
     named, an edited frame re-ingested."""
-    from cmp_tf.data import formats
 
     clips = tmp_path / "JPEGImages"
     bear = _write_frames(clips / "bear", panning_frames(11))
@@ -248,12 +247,15 @@ def test_folders_of_frames_are_clips_in_number_order(tmp_path):
 def test_a_frame_folder_is_one_clip_however_it_is_named(tmp_path):
     """`clips/bear/` (a shell's completion) and `clips/bear` are one clip: the slash gave it a
     second key, a shard name without a stem, and training then refused the folder. A copy's
-    `._frame1.png` is not a frame; frames swapped by name are a new version of the clip."""
+    `._frame1.png` is not a frame, nor its `._clip.mp4` a video that would make the folder no
+    clip; frames swapped by name are a new version of the clip."""
     import shutil
 
     clip = tmp_path / "clips" / "bear"
     _write_frames(clip, panning_frames(4))
     (clip / "._frame1.png").write_bytes(b"\x00\x05\x16\x07")
+    (clip / "._clip.mp4").write_bytes(b"\x00\x05\x16\x07")
+    assert formats.list_videos(tmp_path / "clips") == [str(clip)]
     first = ingest.ingest([f"{clip}/"], tmp_path / "out", CFG, progress=False)["sources"]
     assert len(first) == 1 and first[0]["key"].startswith("bear-") and not first[0]["error"]
     again = ingest.ingest([str(clip)], tmp_path / "out", CFG, progress=False)["sources"]
@@ -417,7 +419,6 @@ def test_a_truncated_video_keeps_what_decodes_and_says_so(tmp_path):
 def test_list_files_convert_to_shards_and_bad_pairs_are_counted(tmp_path, rng):
     import cv2
 
-    from cmp_tf.data import formats
 
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (12, 16, 3), np.uint8))

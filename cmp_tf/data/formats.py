@@ -35,6 +35,12 @@ def is_video(path):
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
 
 
+def _hidden(name):
+    """A name a folder's listing leaves out: hidden files, among them the metadata a copy from
+    macOS leaves beside each file (`._clip.mp4`), which is no video or frame."""
+    return name.startswith(".")
+
+
 def _natural_key(name):
     """'frame2' before 'frame10': numbers in a name compare as numbers, decimal ones too
     (timestamps: '1617283945.25' before '1617283945.5')."""
@@ -52,7 +58,7 @@ def frame_files(folder):
                                                       os.path.exists(folder) else
                                                       "does not exist."))
     names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
-             and not n.startswith(".")  # a copy's metadata (macOS's ._frame0.png), not a frame
+             and not _hidden(n)
              and os.path.isfile(os.path.join(folder, n))]
     return [os.path.join(folder, n) for n in _in_frame_order(names)]
 
@@ -84,7 +90,8 @@ def is_frame_folder(path):
     """A folder holding at least two images and no video: one clip, a file per frame. A folder
     of indexed-colour PNGs is a dataset's label maps (DAVIS's Annotations/), not a clip."""
     path = os.fspath(path)
-    if not os.path.isdir(path) or any(is_video(n) for n in os.listdir(path)):
+    if not os.path.isdir(path) or any(is_video(n) and not _hidden(n)
+                                      for n in os.listdir(path)):
         return False
     files = frame_files(path)
     return len(files) >= 2 and not _is_palette_png(files[0])
@@ -505,7 +512,8 @@ def list_videos(paths):
                     subfolders[:] = []
                     continue
                 seen.add(os.path.realpath(folder))
-                videos += [os.path.join(folder, n) for n in names if is_video(n)]
+                videos += [os.path.join(folder, n) for n in names
+                           if is_video(n) and not _hidden(n)]
                 if is_frame_folder(folder):
                     videos.append(folder)
         elif os.path.isfile(path):

@@ -436,3 +436,21 @@ def test_a_shard_record_that_does_not_decode_is_named_as_input_not_a_crash():
     assert str(failure).startswith(
         "A sample of the input could not be decoded (Unknown image file format. One of JPEG, "
         "JPEG XL, PNG, GIF, BMP, WebP required. at case/cond/DecodeJpeg): a shard not written")
+
+
+def test_validation_with_no_valid_pixel_is_refused_not_scored_zero():
+    """Every EPE over no pixel read 0: the model 'as good as' every fill, in summary.json."""
+    from cmp_tf.evaluation import propagation
+
+    x = {"image": tf.zeros((2, 16, 16, 3)), "sparse": tf.zeros((2, 16, 16, 3))}
+    y = {"flow": tf.ones((2, 16, 16, 2)), "valid": tf.zeros((2, 16, 16))}
+    dataset = tf.data.Dataset.from_tensors((x, y))
+
+    def model(inputs, training=False):
+        return {"flow": tf.zeros_like(inputs["image"][..., :2])}
+
+    with pytest.raises(ValueError, match="2 samples have no valid flow pixel: nothing to score"):
+        propagation.evaluate_dataset(model, dataset)
+    y["valid"] = tf.ones((2, 16, 16))
+    assert propagation.evaluate_dataset(model, tf.data.Dataset.from_tensors((x, y)))["epe"] == \
+        pytest.approx({"cmp": 2 ** 0.5, "zero": 2 ** 0.5, "nearest": 2 ** 0.5})

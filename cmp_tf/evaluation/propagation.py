@@ -35,6 +35,9 @@ def evaluate_dataset(model, dataset, progress=False):
         points += float(x["sparse"][..., 2].numpy().sum())
     if not samples:
         raise ValueError("The evaluation dataset is empty.")
+    if not pixels:  # every EPE would read 0, the model "as good as" every fill
+        raise ValueError(f"The evaluation dataset's {int(samples)} samples have no valid flow "
+                         "pixel: nothing to score (a teacher that failed on every pair?).")
     epe = {method: total / max(pixels, 1.0) for method, total in sums.items()}
     return dict(epe=epe, relative={f"to_{m}": epe["cmp"] / max(epe[m], 1e-9)
                                    for m in ("zero", "nearest")},

@@ -243,3 +243,17 @@ def test_frame_files_take_numbers_in_names_as_numbers_decimal_timestamps_too(tmp
             cv2.imwrite(str(tmp_path / folder / name), image)
         listed = [p.rsplit("/", 1)[1] for p in formats.frame_files(tmp_path / folder)]
         assert listed == names
+
+
+def test_an_8bit_flow_image_in_colour_is_refused_a_grey_one_in_three_channels_read(tmp_path,
+                                                                                  rng):
+    """A colour picture of flow given as a flow image was read from its blue channel alone."""
+    grey = rng.integers(0, 255, (16, 16), np.uint8)
+    cv2.imwrite(str(tmp_path / "grey3.jpg"), np.dstack([grey] * 3), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    flow, valid = formats.read_flow((tmp_path / "grey3.jpg", tmp_path / "grey.png"))
+    assert flow.shape == (16, 16, 2) and valid.min() == 1
+    cv2.imwrite(str(tmp_path / "colour.png"), rng.integers(0, 255, (16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"Flow image .*colour.png is in colour \(its channels "
+                                         r"differ by up to \d+ levels\)"):
+        formats.read_flow((tmp_path / "colour.png", tmp_path / "grey.png"))

@@ -156,15 +156,25 @@ def read_image(path):
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+# Channels of a grey flow image saved as colour may differ this much (JPEG's chroma rounding).
+_GREY_CHANNELS_APART = 8
+
+
 def _read_gray8(path):
     path = existing_file(path, "Flow image")
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"Flow image {path} could not be decoded.")
-    if image.ndim == 3:  # some tools save the grey level in three equal channels
-        image = image[..., 0]
     if image.dtype != np.uint8:
         raise ValueError(f"Flow image {path} must be 8-bit; got {image.dtype}.")
+    if image.ndim == 3:  # some tools save the grey level in three equal channels
+        colour = image[..., :3].astype(np.int16)
+        apart = int(np.abs(colour - colour.mean(-1, keepdims=True)).max())
+        if apart > _GREY_CHANNELS_APART:  # a colour picture of flow: its blue is no motion
+            raise ValueError(f"Flow image {path} is in colour (its channels differ by up to "
+                             f"{apart} levels); an 8-bit flow image is grey, one component "
+                             "per image.")
+        image = image[..., 0]
     return image
 
 

@@ -97,7 +97,8 @@ class Propagator:
             (up to rounding each side to the encoders' stride) up to the longest side the
             model's guidance fills span (2048 px for the shipped model; `max_input_side`),
             beyond which it shrinks too. A fixed-size file (TFLite) always runs at its own
-            size.
+            size: the image is scaled to fit inside it, its aspect kept, and the rest padded
+            (`content_size`).
         threads: CPU threads for LiteRT and ONNX Runtime; None: their default.
         fade: False for footage from a moving camera: the learned fade of a guide's motion
             with distance, which still-camera footage teaches, is switched off, so motion far
@@ -145,25 +146,29 @@ class Propagator:
         image = checked[0][0]
         height, width = image.shape[:2]
         work_h, work_w = self.working_size(height, width)
-        scale = np.array([work_w / width, work_h / height], np.float32)  # (x, y)
-        work = image if (work_h, work_w) == (height, width) else cv2.resize(
-            image, (work_w, work_h), interpolation=cv2.INTER_AREA if scale.max() < 1
+        fit_h, fit_w = self.content_size(height, width)
+        scale = np.array([fit_w / width, fit_h / height], np.float32)  # (x, y)
+        work = image if (fit_h, fit_w) == (height, width) else cv2.resize(
+            image, (fit_w, fit_h), interpolation=cv2.INTER_AREA if scale.max() < 1
             else cv2.INTER_LINEAR)
+        if (fit_h, fit_w) != (work_h, work_w):  # a fixed-size file: the rest repeats the edge
+            work = cv2.copyMakeBorder(work, 0, work_h - fit_h, 0, work_w - fit_w,
+                                      cv2.BORDER_REPLICATE)
         sparse = []
         for _, points, vectors in checked:
             # Pixel centres map as OpenCV's resize maps them.
-            xy = np.clip(np.rint((points + 0.5) * scale - 0.5), 0, [work_w - 1, work_h - 1])
+            xy = np.clip(np.rint((points + 0.5) * scale - 0.5), 0, [fit_w - 1, fit_h - 1])
             sparse.append(sampling.sparse_from_points(xy, vectors * scale, work_h, work_w))
         flows = []
         for start in range(0, len(sparse), BATCH):
             chunk = np.stack(sparse[start:start + BATCH])
             images = np.repeat(work[None].astype(np.float32), len(chunk), axis=0)
             flows.append(self._network(images, chunk))
-        flow = np.concatenate(flows).astype(np.float32)
-        if (work_h, work_w) != (height, width):
+        flow = np.concatenate(flows).astype(np.float32)[:, :fit_h, :fit_w]
+        if (fit_h, fit_w) != (height, width):
             flow = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
                              for f in flow]) / scale
-        return flow.astype(np.float32)
+        return np.ascontiguousarray(flow, np.float32)
 
     def warm_up(self):
         """Runs the network once on a blank image, so a service's first request is as fast as
@@ -195,6 +200,19 @@ class Propagator:
                        math.floor(side * scale / self.multiple + 0.5) * self.multiple)
 
         return fit(height), fit(width)
+
+    def content_size(self, height, width):
+        """The part of `working_size` an H x W image fills: all of it, but in a fixed-size
+        file of another aspect, where the image is scaled to fit inside, its aspect kept, and
+        the rest padded. Stretched to the file's shape instead, a guide's motion spread
+        unevenly (the model's reach is the same in its x and y pixels): 18-25% more EPE on
+        wide video with a square file."""
+        work_h, work_w = self.working_size(height, width)
+        if self._network.size is None:
+            return work_h, work_w
+        scale = min(work_h / height, work_w / width)
+        return (min(work_h, max(1, round(height * scale))),
+                min(work_w, max(1, round(width * scale))))
 
 
 def check_max_side(max_side, name="max_side"):

@@ -8,8 +8,10 @@ The file takes two float32 tensors at its own size H x W (batch 1, NHWC):
   sparse [1, H, W, 3]  (u, v, mask): at each guided pixel the motion in pixels and mask 1,
                        zeros everywhere else;
 and returns flow [1, H, W, 2] (u, v) in pixels at that size. The guidance fills are computed
-inside the file. A photo of another size is resized to H x W first, its arrows' positions and
-vectors scaled by the same factors, and the flow scaled back.
+inside the file. A photo of another size is scaled to fit inside H x W first, its aspect
+kept and the rest padded, its arrows' positions and vectors scaled by the same factor, and the
+flow of its part scaled back: as `cmp_tf.runtime.Propagator` runs such a file, to within
+the resize (bilinear here; the Propagator averages areas when it shrinks a photo).
 """
 import sys
 
@@ -27,11 +29,20 @@ def to_tensor(value, detail):
     return np.clip(np.round(value / scale + zero), info.min, info.max).astype(dtype)
 
 
-def resize_nearest(array, height, width):
-    """H x W x C -> height x width x C, nearest pixel centres (NumPy only)."""
-    rows = np.minimum((np.arange(height) + 0.5) * array.shape[0] / height, array.shape[0] - 1)
-    cols = np.minimum((np.arange(width) + 0.5) * array.shape[1] / width, array.shape[1] - 1)
-    return array[rows.astype(int)][:, cols.astype(int)]
+def resize_bilinear(array, height, width):
+    """H x W x C -> height x width x C, bilinear between pixel centres, as OpenCV's
+    INTER_LINEAR (NumPy only)."""
+
+    def taps(out, size):
+        at = np.clip((np.arange(out) + 0.5) * size / out - 0.5, 0, size - 1)
+        low = np.floor(at).astype(int)
+        return low, np.minimum(low + 1, size - 1), (at - low).astype(np.float32)
+
+    row0, row1, down = taps(height, array.shape[0])
+    col0, col1, right = taps(width, array.shape[1])
+    array = array.astype(np.float32)
+    rows = array[row0] * (1 - down)[:, None, None] + array[row1] * down[:, None, None]
+    return rows[:, col0] * (1 - right)[None, :, None] + rows[:, col1] * right[None, :, None]
 
 
 def propagate(path, image, points, vectors):
@@ -40,20 +51,27 @@ def propagate(path, image, points, vectors):
     runner = Interpreter(model_path=path).get_signature_runner("serving_default")
     inputs = runner.get_input_details()
     _, height, width, _ = inputs["image"]["shape"]
-    scale = np.array([width / image.shape[1], height / image.shape[0]], np.float32)  # (x, y)
+    # 1. The photo scaled to fit inside H x W, its aspect kept; the rest repeats its edge.
+    fit = min(height / image.shape[0], width / image.shape[1])
+    fit_h = min(height, max(1, round(image.shape[0] * fit)))
+    fit_w = min(width, max(1, round(image.shape[1] * fit)))
+    scale = np.array([fit_w / image.shape[1], fit_h / image.shape[0]], np.float32)  # (x, y)
+    work = np.pad(resize_bilinear(image, fit_h, fit_w),
+                  ((0, height - fit_h), (0, width - fit_w), (0, 0)), mode="edge")
+    # 2. The arrows at the same scale.
     sparse = np.zeros((height, width, 3), np.float32)
     for (x, y), uv in zip(np.asarray(points, np.float32), np.asarray(vectors, np.float32)):
         col, row = np.clip(np.rint((np.array([x, y]) + 0.5) * scale - 0.5), 0,
-                           [width - 1, height - 1]).astype(int)
+                           [fit_w - 1, fit_h - 1]).astype(int)
         sparse[row, col] = [*(uv * scale), 1.0]
-    work = resize_nearest(image, height, width).astype(np.float32)
+    # 3. The flow of the photo's part, at the photo's size.
     out = runner(image=to_tensor(work[None], inputs["image"]),
                  sparse=to_tensor(sparse[None], inputs["sparse"]))
     detail = runner.get_output_details()["flow"]
     flow = out["flow"][0].astype(np.float32)
     if np.issubdtype(np.dtype(detail["dtype"]), np.integer):
         flow = (flow - detail["quantization"][1]) * detail["quantization"][0]
-    return resize_nearest(flow, *image.shape[:2]) / scale
+    return resize_bilinear(flow[:fit_h, :fit_w], *image.shape[:2]) / scale
 
 
 def main(path):

@@ -8,12 +8,14 @@ a run directory or a model file and resolves it here; results about the shipped 
 `runs/pretrained/`, never into the installed package. No TensorFlow is imported here.
 """
 import contextlib
+import fcntl
 import fnmatch
 import glob
 import json
 import os
 import re
 import shutil
+import socket
 
 CONFIG_FILE = "config.json"  # written first: a folder holding a run's one is a run directory
 MODEL_FILE = "model.keras"
@@ -22,8 +24,12 @@ SUMMARY_FILE = "summary.json"  # written last: the run has finished
 PARTIAL = ".partial"  # in the hidden name of a file being written whole (`whole_file`)
 # What a run and the commands run on it write into a run directory, non-chief workers' folders
 # included. --overwrite deletes these and nothing else.
+RUN_LOCK = ".run.lock"  # held by the process training the folder (lock_run)
 RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
-               MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f".*{PARTIAL}*")
+               MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f".*{PARTIAL}*",
+               RUN_LOCK)
+# The run folders this process holds: {real path: the open, locked RUN_LOCK file}.
+_HELD_RUNS = {}
 # The folder holding the cmp_tf package (the repository, or site-packages): never a run.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
@@ -384,7 +390,7 @@ def clear_run(workdir):
         if os.path.lexists(workdir):
             raise ValueError(f"--workdir={workdir} is a file, not a run directory.")
         return []
-    names = sorted(os.listdir(workdir))
+    names = sorted(n for n in os.listdir(workdir) if n != RUN_LOCK)  # ours, held: kept
     if not names:
         return []
     if _run_config(os.path.join(workdir, CONFIG_FILE)) is None:
@@ -418,8 +424,22 @@ def prepare_workdir(workdir, config, overwrite=False):
     """Makes `workdir` ready for `config`: new, resumed with the same config, or (`overwrite`)
     replaced. Refuses a finished run without `overwrite`, a resume with another config, and
     any folder that is not a run directory of its own (see clear_run, _check_workdir_place).
-    Call it only once the config is known to be valid: it may delete the previous run."""
+    Call it only once the config is known to be valid: it may delete the previous run.
+    The folder is held (`lock_run`) from here until `release_run`; a refused start holds
+    nothing."""
+    held = os.path.realpath(workdir) in _HELD_RUNS
+    try:
+        _prepare_workdir(workdir, config, overwrite)
+    except BaseException:
+        if not held:
+            release_run(workdir)
+        raise
+
+
+def _prepare_workdir(workdir, config, overwrite):
     _check_workdir_place(workdir, overwrite)
+    if _run_config(os.path.join(workdir, CONFIG_FILE)) is not None:
+        lock_run(workdir)  # a run's folder, held before anything in it changes; others later
     finished = os.path.exists(os.path.join(workdir, SUMMARY_FILE))
     saved = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
@@ -444,9 +464,52 @@ def prepare_workdir(workdir, config, overwrite=False):
             raise ValueError(f"--workdir={workdir} holds {_listing(foreign)}, files no run "
                              "writes: a run needs a folder of its own (a new or empty one).")
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    lock_run(workdir)
+    _remove_leftovers(workdir)
     from cmp_tf.data import shards
 
     shards.write_json(saved, current)  # a kill mid-write left a run that could not resume
+
+
+def lock_run(workdir):
+    """Holds `workdir` for this process's run until it ends: an exclusive lock on its
+    RUN_LOCK file. A second train.py on a folder being trained is refused, naming the first:
+    both trained, saved into one checkpoints/ and each wrote model.keras and summary.json, a
+    folder mixing two runs. Held again by the same process, it is the same lock."""
+    key = os.path.realpath(workdir)
+    if key in _HELD_RUNS:
+        return
+    handle = open(os.path.join(workdir, RUN_LOCK), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"{workdir} is being trained by {holder}: wait for it to end, or "
+                         "choose another --workdir.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _HELD_RUNS[key] = handle
+
+
+def release_run(workdir):
+    """Ends `lock_run`'s hold on `workdir` (a run that finished); the process's end does too."""
+    handle = _HELD_RUNS.pop(os.path.realpath(workdir), None)
+    if handle is not None:
+        handle.close()
+
+
+def _remove_leftovers(workdir):
+    """Removes what writes cut short in earlier processes left in a run folder this process
+    now holds: partial files (`whole_file`) and TensorFlow's temporary checkpoint folders,
+    each up to a whole model, which nothing else would ever remove."""
+    leftovers = glob.glob(os.path.join(glob.escape(workdir), f".*{PARTIAL}*"))
+    leftovers += glob.glob(os.path.join(glob.escape(workdir), CHECKPOINTS_DIR, "*_temp"))
+    for path in leftovers:
+        remove(path)
 
 
 @contextlib.contextmanager

@@ -447,6 +447,13 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         (unreadable samples), and Interrupted on Ctrl-C, both after saving a checkpoint
         where the run was.
     """
+    try:
+        return _train(config, workdir, strategy, devices, overwrite, progress)
+    finally:  # however it ends, the folder is free for the next process
+        rundir.release_run(workdir)
+
+
+def _train(config, workdir, strategy, devices, overwrite, progress):
     from tqdm import tqdm
 
     try:  # everything that can refuse the run, before a step is taken

@@ -6,6 +6,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_overwrite_replaces_only_what_a_run_wrote(tmp_path):
     os.symlink(outside, run / "model.keras")  # a link is removed, never followed
     config.train.steps = 7
     rundir.prepare_workdir(str(run), config, overwrite=True)
-    assert sorted(os.listdir(run)) == ["config.json", "eval"]
+    assert sorted(os.listdir(run)) == [rundir.RUN_LOCK, "config.json", "eval"]  # held
     assert os.listdir(run / "eval") == []
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 7
     assert outside.read_text() == "kept"
@@ -676,3 +677,52 @@ def test_export_overwrite_replaces_the_whole_earlier_export(tmp_path):
     assert [row["artifact"] for row in report["rows"]] == ["model.tflite"]
     assert json.loads((out / "export.json").read_text())["rows"][0]["artifact"] == "model.tflite"
     assert (out / "notes.txt").read_text() == "mine"  # not an export's: left in place
+
+
+def test_a_second_process_on_a_run_being_trained_is_refused_naming_the_first(tmp_path):
+    """Two train.py on one folder both trained, saved into one checkpoints/ and each wrote
+    model.keras and summary.json: a folder mixing two runs, reported as one."""
+    from cmp_tf import rundir
+
+    config = load_config("cpu_bins", "runlocal")
+    run = str(tmp_path / "run")
+    rundir.prepare_workdir(run, config)
+    rundir.prepare_workdir(run, config)  # this process again: the same hold
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from cmp_tf import rundir
+        from tests.helpers import load_config
+        try:
+            rundir.prepare_workdir({run!r}, load_config("cpu_bins", "runlocal"),
+                                   overwrite=True)
+        except ValueError as error:
+            print(error)
+        """)
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+    assert f"{run} is being trained by process {os.getpid()} on " in other.stdout, other.stderr
+    assert os.path.exists(os.path.join(run, "config.json"))  # --overwrite deleted nothing
+    rundir.release_run(run)
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+    assert other.returncode == 0 and not other.stdout, other.stdout + other.stderr
+
+
+def test_a_resumed_run_removes_what_writes_cut_short_left(tmp_path):
+    """A kill while a checkpoint or model.keras was written left TensorFlow's temporary folder
+    or a partial file, each up to a whole model, that nothing ever removed."""
+    from cmp_tf import rundir
+
+    config = load_config("cpu_bins", "runlocal")
+    run = tmp_path / "run"
+    rundir.prepare_workdir(str(run), config)
+    (run / "checkpoints" / "ckpt-6_temp").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-6_temp" / "part-0.tempstate1").write_text("x")
+    (run / "checkpoints" / "ckpt-4.index").write_text("x")
+    (run / ".model.123.partial.keras").write_text("x")
+    (run / ".config.123.partial.json").write_text("x")
+    rundir.release_run(str(run))
+    rundir.prepare_workdir(str(run), config)
+    assert sorted(os.listdir(run / "checkpoints")) == ["ckpt-4.index"]
+    assert sorted(os.listdir(run)) == [rundir.RUN_LOCK, "checkpoints", "config.json", "eval"]

@@ -266,3 +266,41 @@ def test_devices_must_be_on_this_machine_and_for_mirrored():
         training.make_strategy("auto", ["/cpu:0"])
     strategy = training.make_strategy("mirrored", ["/cpu:0"])
     assert strategy.num_replicas_in_sync == 1
+
+
+def test_the_schedule_warms_up_then_divides_by_the_factor_at_each_boundary():
+    """Without the boundary decays the paper's step schedule kept the peak rate to the end."""
+    schedule = training.WarmupPiecewise(1.0, [10, 20], 0.1, warmup_steps=4)
+    expected = {0: 0.25, 1: 0.5, 2: 0.75, 3: 1.0, 9: 1.0, 10: 0.1, 19: 0.1, 20: 0.01, 500: 0.01}
+    for step, lr in expected.items():
+        assert float(schedule(step)) == pytest.approx(lr, rel=1e-5), step
+
+
+def test_weight_decay_shrinks_every_variable_even_with_no_gradient():
+    """Coupled L2 adds decay * w to each gradient, kernels and biases alike; dropped, a
+    zero-gradient step left the weights where they were."""
+    import tensorflow as tf
+
+    kernel = tf.Variable([[2.0, -4.0]])
+    bias = tf.Variable([1.0, 0.5])
+    optimizer = keras.optimizers.SGD(0.5)
+    with tf.GradientTape() as tape:
+        loss = 0.0 * (tf.reduce_sum(kernel) + tf.reduce_sum(bias))
+    training.update(optimizer, tape, loss, [kernel, bias], decay=0.1)
+    # w - lr * decay * w = 0.95 w
+    np.testing.assert_allclose(kernel.numpy(), [[1.9, -3.8]], rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), [0.95, 0.475], rtol=1e-6)
+
+
+def test_boundaries_that_do_not_increase_are_refused_naming_the_field():
+    """A typo such as boundaries=(200, 100) was taken silently instead of named."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict(dict(
+        schedule=dict(lr=0.1, boundaries=(200, 100), factor=0.1),
+        optim=dict(name="sgd", momentum=0.9)))
+    with pytest.raises(ValueError, match=r"config.schedule.boundaries must increase; "
+                                         r"got \(200, 100\)"):
+        training.make_optimizer(config)
+    config.schedule.boundaries = (100, 200)
+    assert isinstance(training.make_optimizer(config), keras.optimizers.SGD)

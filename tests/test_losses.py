@@ -48,6 +48,22 @@ def test_discrete_loss_is_per_example():
     assert loss[1] == pytest.approx(_ce([0, 5, 0], 1) + math.log(3), rel=1e-6)
 
 
+def test_a_weighted_loss_is_each_examples_own_weighted_mean():
+    """Divided by the whole batch's weight, an example's loss shrank with its neighbours'
+    valid pixels, so a sparsely valid sample weighed less than its own pixels say."""
+    pred = np.zeros((2, 1, 2, 2), np.float32)
+    target = np.array([[[[2.0, 0.0], [10.0, 0.0]]],
+                       [[[4.0, 0.0], [6.0, 0.0]]]], np.float32)
+    weight = np.array([[[1.0, 0.0]], [[1.0, 1.0]]], np.float32)  # example 0: pixel 0 only
+    l1 = losses.regression_flow_loss(pred, target, "l1", weight).numpy()
+    np.testing.assert_allclose(l1, [2.0, (4.0 + 6.0) / 2], rtol=1e-6)
+    logits = np.zeros((2, 1, 2, 6), np.float32)
+    logits[0, 0, 1, 0] = 9.0  # confident and wrong at example 0's invalid pixel only
+    discrete = losses.discrete_flow_loss(logits, np.zeros((2, 1, 2, 2), np.float32), nbins=3,
+                                         fmax=3.0, weight=weight).numpy()
+    np.testing.assert_allclose(discrete, [2 * math.log(3)] * 2, rtol=1e-6)
+
+
 def test_regression_losses_by_hand():
     pred = np.zeros((1, 1, 2, 2), np.float32)
     target = np.array([[[[3.0, -4.0], [1.0, 0.0]]]], np.float32)

@@ -38,6 +38,13 @@ def test_expectation_readout_of_peaked_logits_recovers_the_centre():
         (centres[40] + centres[60]) / 2, abs=1e-4)
 
 
+def test_expectation_readout_refuses_logits_that_are_not_two_sets_of_bins():
+    """Without the check, 2 * nbins + 1 channels gave the y bins one channel too many: a
+    TensorFlow shape error from deep inside the readout, naming neither logits nor nbins."""
+    with pytest.raises(ValueError, match=r"2 \* nbins = 6 channels .* got shape \(2, 7\)"):
+        F.expected_flow(np.zeros((2, 7), np.float32), 3, 3.0)
+
+
 @pytest.mark.parametrize("nbins", [98, 0, 2.5, True])
 def test_bad_nbins_is_refused(nbins):
     with pytest.raises(ValueError, match="nbins"):
@@ -80,6 +87,19 @@ def test_flow_colours_follow_middlebury():
     assert r > 150 and g > 150 and b < 60  # down: yellow
     half = F.flow_to_color(flow / 2, max_flow=10).astype(int)
     assert (half[0, 1] > rgb[0, 1]).any()  # smaller motion: paler
+
+
+def test_automatic_max_flow_is_at_least_a_pixel_so_tiny_motion_stays_pale():
+    """Scaled to its own largest magnitude, 0.1 px of noise on a still scene was painted
+    fully saturated, as if it moved as fast as anything could."""
+    flow = np.zeros((2, 2, 2), np.float32)
+    flow[0, 0] = (0.1, 0.0)
+    rgb = F.flow_to_color(flow).astype(int)
+    assert rgb[0, 0].min() >= 220  # a tenth of the way from white to red
+    np.testing.assert_array_equal(rgb, F.flow_to_color(flow, max_flow=1.0))
+    np.testing.assert_array_equal(F.flow_to_color(10 * flow), F.flow_to_color(10 * flow, 1.0))
+    big = F.flow_to_color(50 * flow).astype(int)  # 5 px: its own magnitude saturates
+    np.testing.assert_array_equal(big, F.flow_to_color(50 * flow, max_flow=5.0))
 
 
 def test_backward_warp_by_a_whole_pixel_shift(rng):

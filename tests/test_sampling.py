@@ -114,6 +114,34 @@ def test_num_points_draws_every_count_in_its_range_topping_up_uniformly(rng):
     assert 0.35 < np.mean(counts < 10) < 0.65
 
 
+def test_num_points_reaches_its_maximum_as_often_as_log_uniform_says(rng):
+    """K = floor(exp(U[log min, log(max + 1)))): drawn up to log(max) instead, K = max never
+    came, so num_points=(1, 3) trained on one and two clicks only."""
+    flow = rng.normal(size=(32, 32, 2)).astype(np.float32)
+    counts = np.array([sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 64,
+                                                num_points=(1, 3), seed=seed)[..., 2].sum()
+                       for seed in range(400)])  # 16 distinct pooled points: K exactly
+    assert set(counts) == {1, 2, 3}
+    # P(K = k) = log((k + 1) / k) / log(4): 0.50, 0.29, 0.21
+    for k, p in ((1, 0.5), (2, np.log(1.5) / np.log(4)), (3, np.log(4 / 3) / np.log(4))):
+        assert abs(np.mean(counts == k) - p) < 0.07, k
+
+
+def test_max_num_guide_zero_keeps_no_pooled_point_and_num_points_draws_them_all(rng):
+    """max_num_guide=0 keeps none of the pooled points (-1 is "no cap"): read as no cap, the
+    K guides were the pooled grid's, not K pixels drawn uniformly."""
+    flow = rng.normal(size=(32, 32, 2)).astype(np.float32)
+    grid = _points(sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 64))  # 16 points
+    on_grid = 0
+    for seed in range(30):
+        sparse = sampling.sample_guidance(flow, ("grid",), bg_ratio=1 / 64, max_num_guide=0,
+                                          num_points=(2, 2), seed=seed)
+        points = _points(sparse)
+        assert len(points) == 2 and sparse[..., 2].sum() == 2
+        on_grid += len(points & grid)
+    assert on_grid <= 5  # uniform over 1024 pixels: about 60 * 16 / 1024 = 1 on the grid
+
+
 def test_same_seed_same_guidance_other_seed_other_guidance(rng):
     flow = rng.normal(size=(24, 24, 2)).astype(np.float32)
     kwargs = dict(strategies=("grid", "uniform"), bg_ratio=1 / 25, max_num_guide=7)

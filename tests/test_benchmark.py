@@ -293,6 +293,50 @@ def test_propagator_answers_at_the_callers_size(saved_model):
     np.testing.assert_allclose(small[5, 10], [3, -2], atol=0.6)
 
 
+def test_a_guide_is_fed_at_its_scaled_pixel_with_each_axis_scaled_apart(saved_model):
+    """Where the network's size stretches the image unevenly (100 x 300 runs at 128 x 160:
+    x 0.53, y 1.28), x and y take their own scales; swapped, a guide near the far corner was
+    fed at another pixel with the other axis's scale (the nearest-fill model hid it: the
+    flow it gives back is scaled back with the same swap)."""
+    from cmp_tf import runtime
+
+    propagator = runtime.Propagator(saved_model, max_side=160)
+    assert propagator.working_size(100, 300) == (128, 160)
+    fed = []
+
+    def runner(inputs):  # every pixel moves as the one guide says
+        fed.append(inputs["sparse"])
+        sparse = inputs["sparse"]
+        vector = sparse[..., :2].sum(axis=(1, 2), keepdims=True)
+        return {"flow": np.broadcast_to(vector, sparse.shape[:3] + (2,)).copy()}
+
+    propagator._network.runner = runner
+    image = np.random.default_rng(0).integers(0, 255, (100, 300, 3), dtype=np.uint8)
+    flow = propagator.propagate(image, np.array([[295.0, 95.0]]), np.array([[6.0, -3.0]]))
+    sx, sy = 160 / 300, 128 / 100
+    (y,), (x,) = np.nonzero(fed[0][0, ..., 2])
+    # Pixel centres map as OpenCV's resize maps them: (p + 0.5) * s - 0.5, rounded.
+    assert (x, y) == (round(295.5 * sx - 0.5), round(95.5 * sy - 0.5)) == (157, 122)
+    np.testing.assert_allclose(fed[0][0, y, x, :2], [6 * sx, -3 * sy], rtol=1e-6)
+    assert flow.shape == (100, 300, 2)
+    np.testing.assert_allclose(flow[95, 295], [6, -3], rtol=1e-5)
+
+
+def test_ten_guidance_sets_run_in_chunks_and_each_equals_its_own_call(saved_model):
+    """propagate_batch runs BATCH sets per forward pass; a chunk one short dropped a set in
+    every chunk, so ten sets came back as nine, misaligned with their guidance."""
+    from cmp_tf import runtime
+
+    propagator = runtime.Propagator(saved_model)
+    image = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    sets = [(np.array([[3.0 + 5 * i, 4.0 + 3 * i], [50.0, 35.0 - i]]),
+             np.array([[i - 5.0, 2.0], [1.0, -i / 2]])) for i in range(runtime.BATCH + 2)]
+    batch = propagator.propagate_batch(image, sets)
+    assert batch.shape == (len(sets), 40, 56, 2)
+    for flow, (points, vectors) in zip(batch, sets):
+        np.testing.assert_allclose(flow, propagator.propagate(image, points, vectors), atol=1e-4)
+
+
 def test_a_keras_model_runs_one_traced_graph_for_every_size_as_its_eager_call_does():
     """The Keras runner traces the forward pass once, with free sizes: other sizes and batches
     reuse it and give the eager call's flow; a size the CMP cannot take is still refused

@@ -72,6 +72,23 @@ def test_relative_error_is_per_pair_over_the_zero_flow_error():
     assert oracle[0]["relative"] == pytest.approx(1.0 / zero_epe, rel=1e-4)
 
 
+def test_a_nearly_still_pair_is_left_out_of_the_relative_error():
+    """A pair moving less than MIN_ZERO_EPE was divided by its near-zero zero-flow error: one
+    still clip (0.04 px here) made a 1 px error count as 24 times the motion and swamped the
+    mean over pairs."""
+    image, flow, valid = _scene()
+    still = np.full_like(flow, 0.03)  # about 0.04 px everywhere
+    assert np.linalg.norm(still, axis=-1).mean() < benchmark.MIN_ZERO_EPE
+    result = _evaluate_with([(image, flow, valid), (image, still, valid)], ks=(1,),
+                            shift=(1.0, 0.0))
+    zero_epe = np.linalg.norm(flow, axis=-1).mean()
+    for row in result["rows"]:
+        assert row["pairs"] == 1  # the still pair scored in the EPE, not in the ratios
+        if row["method"] == "oracle":
+            assert row["relative"] == pytest.approx(1.0 / zero_epe, rel=1e-4)
+            assert row["epe"] == pytest.approx(1.0, rel=1e-5)
+
+
 @pytest.mark.parametrize("strategy", ["watershed", "uniform"])
 def test_smaller_k_guidance_is_a_prefix_of_larger_k(strategy):
     image, flow, valid = _scene()
@@ -81,6 +98,44 @@ def test_smaller_k_guidance_is_a_prefix_of_larger_k(strategy):
     assert len(xy) == 40 and len({tuple(p) for p in xy}) == 40  # distinct pixels
     if strategy == "watershed":
         assert 1 <= found < 40  # a square on a background: a couple of regions, then fill
+
+
+def _four_squares(size=96):
+    """Four squares moving apart on a still background: watershed middles on both halves."""
+    flow = np.zeros((size, size, 2), np.float32)
+    for i, (r, c) in enumerate([(8, 8), (8, 60), (60, 8), (60, 60)]):
+        flow[r:r + 28, c:c + 28] = (2 + i, -1 - i)
+    return flow
+
+
+def test_watershed_guidance_never_lands_on_an_invalid_pixel():
+    """Watershed middles were kept wherever they fell: on pixels whose reference flow failed
+    its check, a guide handed the method a vector the pair does not know."""
+    from cmp_tf.data import sampling
+
+    flow = _four_squares()
+    valid = np.zeros(flow.shape[:2], bool)
+    valid[:, :48] = True  # the right half's reference flow is unknown
+    for seed in range(5):
+        rows, cols = sampling.watershed_points(flow, benchmark.NMS_KS,
+                                               np.random.default_rng(seed))
+        assert (cols >= 48).any()  # the sampler alone would guide the unknown half
+        xy, found = benchmark.guidance_order(flow, valid, "watershed", 5,
+                                             np.random.default_rng(seed))
+        assert found >= 1
+        assert valid[xy[:, 1].astype(int), xy[:, 0].astype(int)].all()
+
+
+def test_asking_for_every_valid_pixel_gives_each_once():
+    """The fill after the watershed points drew among all valid pixels, the points already
+    taken included: the same pixel twice, and K guides that were fewer than K."""
+    flow = _four_squares()
+    valid = np.zeros(flow.shape[:2], bool)
+    valid[10:40, 10:40] = True  # 900 pixels around the first square's middle
+    xy, found = benchmark.guidance_order(flow, valid, "watershed", 900, np.random.default_rng(0))
+    assert found >= 1
+    assert {(int(x), int(y)) for x, y in xy} == {(c, r) for r, c in np.argwhere(valid)}
+    assert len(xy) == 900
 
 
 def test_watershed_fill_prefers_region_middles_to_motion_edges():

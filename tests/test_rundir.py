@@ -250,6 +250,22 @@ def _unfinished_run(tmp_path):
     return run
 
 
+def test_an_unfinished_run_resumes_only_with_the_config_it_started_with(tmp_path):
+    """Resumed with other flags, a run went on from its checkpoints under a recipe they were
+    not trained with, and overwrote config.json: no one could tell what the weights had seen."""
+    config = load_config("cpu_bins", "runlocal")
+    run = str(tmp_path / "run")
+    rundir.prepare_workdir(run, config)
+    saved = (tmp_path / "run" / "config.json").read_text()
+    rundir.prepare_workdir(run, config)  # the same flags: resumed
+    steps = config.train.steps
+    config.train.steps = steps + 5
+    with pytest.raises(ValueError, match=rf"holds an unfinished run with another config "
+                                         rf"\(\['config.train.steps: {steps} -> {steps + 5}'\]\)"):
+        rundir.prepare_workdir(run, config)
+    assert (tmp_path / "run" / "config.json").read_text() == saved
+
+
 def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path):
     """Evaluation and the apps read a run still training (or stopped) from its newest
     checkpoint, built from its recipe; export asks for the finished model, naming why."""

@@ -25,6 +25,10 @@ PARTIAL = ".partial"  # in the hidden name of a file being written whole (`whole
 # What a run and the commands run on it write into a run directory, non-chief workers' folders
 # included. --overwrite deletes these and nothing else.
 RUN_LOCK = ".run.lock"  # held by the process training the folder (lock_run)
+# Fields a resumed run may change: when it stops and how it logs, never what it learns (the
+# learning-rate boundaries are absolute steps, so more steps continue the same schedule).
+RESUMABLE_FIELDS = ("config.train.steps", "config.train.log_every", "config.train.image_every",
+                    "config.train.checkpoint_every", "config.train.keep_checkpoints")
 RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
                MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f".*{PARTIAL}*",
                RUN_LOCK)
@@ -421,15 +425,17 @@ def _listing(names, limit=8):
 
 
 def prepare_workdir(workdir, config, overwrite=False):
-    """Makes `workdir` ready for `config`: new, resumed with the same config, or (`overwrite`)
-    replaced. Refuses a finished run without `overwrite`, a resume with another config, and
-    any folder that is not a run directory of its own (see clear_run, _check_workdir_place).
+    """Makes `workdir` ready for `config`: new, resumed with the same config (up to
+    RESUMABLE_FIELDS; a finished run with more `train.steps` trains on), or (`overwrite`)
+    replaced. Refuses a finished run without `overwrite` or more steps, a resume with another
+    config, and any folder that is not a run directory of its own (see clear_run,
+    _check_workdir_place). Returns the config's changes from the run's, as "field: old -> new".
     Call it only once the config is known to be valid: it may delete the previous run.
     The folder is held (`lock_run`) from here until `release_run`; a refused start holds
     nothing."""
     held = os.path.realpath(workdir) in _HELD_RUNS
     try:
-        _prepare_workdir(workdir, config, overwrite)
+        return _prepare_workdir(workdir, config, overwrite)
     except BaseException:
         if not held:
             release_run(workdir)
@@ -443,17 +449,25 @@ def _prepare_workdir(workdir, config, overwrite):
     finished = os.path.exists(os.path.join(workdir, SUMMARY_FILE))
     saved = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
-    if finished and not overwrite:
-        raise ValueError(f"{workdir} holds a finished run ({SUMMARY_FILE}); pass --overwrite or "
-                         "choose another --workdir.")
     before = None if overwrite else _run_config(saved)
+    changed = _diff(before, current) if before is not None else []
+    fixed = [c for c in changed if not c.startswith(tuple(f"{f}:" for f in RESUMABLE_FIELDS))]
+    longer = before is not None and current["train"]["steps"] > before["train"]["steps"]
+    if finished and not overwrite and (fixed or not longer):
+        raise ValueError(f"{workdir} holds a finished run ({SUMMARY_FILE}); pass --overwrite, "
+                         "choose another --workdir, or raise --config.train.steps to train it "
+                         f"on{f' with no other change ({fixed})' if fixed else ''}.")
     if overwrite:
         clear_run(workdir)
+    elif fixed:
+        raise ValueError(f"{workdir} holds an unfinished run with another config ({fixed}); "
+                         "resume with the same flags, or pass --overwrite. Only "
+                         f"{', '.join(RESUMABLE_FIELDS)} may change on a resume.")
     elif before is not None:
-        changed = _diff(before, current)
-        if changed:
-            raise ValueError(f"{workdir} holds an unfinished run with another config ({changed}); "
-                             "resume with the same flags, or pass --overwrite.")
+        if finished:  # trained on: its end is the last checkpoint, which the new end replaces
+            for name in (SUMMARY_FILE, MODEL_FILE, ENCODER_FILE):
+                if os.path.lexists(os.path.join(workdir, name)):
+                    remove(os.path.join(workdir, name))
     elif os.path.lexists(saved):
         raise ValueError(f"{saved} is not a run's config (not JSON of one): a run whose "
                          "config is lost cannot be resumed or told from other files; move the "
@@ -469,6 +483,7 @@ def _prepare_workdir(workdir, config, overwrite):
     from cmp_tf.data import shards
 
     shards.write_json(saved, current)  # a kill mid-write left a run that could not resume
+    return changed
 
 
 def lock_run(workdir):

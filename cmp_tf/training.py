@@ -481,11 +481,12 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
         has_val = bool(config.data.val)
         preview = next(pipeline.batches(pipeline.make_dataset(config, "val"))) \
             if chief and has_val else None
-        if chief:
-            rundir.prepare_workdir(workdir, config, overwrite)
+        changes = rundir.prepare_workdir(workdir, config, overwrite) if chief else []
     except ValueError as error:
         raise SetupError(str(error)) from error
     log = _logger(workdir, chief)
+    if changes:
+        log.info(f"resuming with {'; '.join(changes)}")
     # Non-chief workers must take part in saving (collective ops) but write elsewhere.
     ckpt_dir = os.path.join(workdir, "checkpoints") if chief else os.path.join(
         workdir, f"checkpoints_worker{strategy.cluster_resolver.task_id}")

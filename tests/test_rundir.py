@@ -257,13 +257,21 @@ def test_an_unfinished_run_resumes_only_with_the_config_it_started_with(tmp_path
     run = str(tmp_path / "run")
     rundir.prepare_workdir(run, config)
     saved = (tmp_path / "run" / "config.json").read_text()
-    rundir.prepare_workdir(run, config)  # the same flags: resumed
-    steps = config.train.steps
-    config.train.steps = steps + 5
+    assert rundir.prepare_workdir(run, config) == []  # the same flags: resumed
+    seed = config.seed
+    config.seed = seed + 5
     with pytest.raises(ValueError, match=rf"holds an unfinished run with another config "
-                                         rf"\(\['config.train.steps: {steps} -> {steps + 5}'\]\)"):
+                                         rf"\(\['config.seed: {seed} -> {seed + 5}'\]\)"):
         rundir.prepare_workdir(run, config)
     assert (tmp_path / "run" / "config.json").read_text() == saved
+    # when it stops and how it logs may change: what it learns does not
+    config.seed, steps = seed, config.train.steps
+    config.train.steps, config.train.log_every = steps + 5, 7
+    assert rundir.prepare_workdir(run, config) == [
+        f"config.train.log_every: {load_config('cpu_bins', 'runlocal').train.log_every} -> 7",
+        f"config.train.steps: {steps} -> {steps + 5}"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == \
+        steps + 5
 
 
 def test_a_run_that_has_not_finished_is_read_from_its_newest_checkpoint(tmp_path):

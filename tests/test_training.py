@@ -1,4 +1,5 @@
 """train.py as users run it: run directory, resume after SIGKILL, MirroredStrategy, failures."""
+import json
 import os
 import signal
 import subprocess
@@ -68,6 +69,15 @@ def test_a_run_fills_its_directory_and_refuses_to_be_overwritten(tmp_path, data_
     assert "(1, 4, 4, 128)" in loaded.stdout
     again = _train(tmp_path / "run", data_flags, "--config.train.steps=3")
     assert again.returncode != 0 and "holds a finished run" in again.stderr
+    assert "or raise --config.train.steps to train it on" in again.stderr
+    # more steps train the finished run on from its last checkpoint
+    more = _train(tmp_path / "run", data_flags, "--config.train.steps=5",
+                  "--config.train.checkpoint_every=2")
+    assert more.returncode == 0, more.stderr[-3000:]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "resumed from" in log and "ckpt-3 at step 3" in log
+    assert "resuming with config.train.steps: 3 -> 5" in log
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 5
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, data_flags):

@@ -22,13 +22,13 @@ MODEL_FILE = "model.keras"
 ENCODER_FILE = "encoder.keras"
 SUMMARY_FILE = "summary.json"  # written last: the run has finished
 PARTIAL = ".partial"  # in the hidden name of a file being written whole (`whole_file`)
-# What a run and the commands run on it write into a run directory, non-chief workers' folders
-# included. --overwrite deletes these and nothing else.
 RUN_LOCK = ".run.lock"  # held by the process training the folder (lock_run)
 # Fields a resumed run may change: when it stops and how it logs, never what it learns (the
 # learning-rate boundaries are absolute steps, so more steps continue the same schedule).
 RESUMABLE_FIELDS = ("config.train.steps", "config.train.log_every", "config.train.image_every",
                     "config.train.checkpoint_every", "config.train.keep_checkpoints")
+# What a run and the commands run on it write into a run directory, non-chief workers' folders
+# included. --overwrite deletes these and nothing else (the lock it holds stays).
 RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
                MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f".*{PARTIAL}*",
                RUN_LOCK)

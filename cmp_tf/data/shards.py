@@ -215,6 +215,15 @@ def gather(out_dir, config):
     return manifest
 
 
+def _named(sources, why):
+    """The first _NAMED_FAILURES sources by file name, each with `why(source)`, then how many
+    more."""
+    named = "; ".join(f"{os.path.basename(s['video'])} ({why(s)})"
+                      for s in sources[:_NAMED_FAILURES])
+    more = len(sources) - _NAMED_FAILURES
+    return named + (f"; and {more} more" if more > 0 else "")
+
+
 def summarize(sources):
     """One line on what ingestion made of `sources` (sidecar records): pairs, failed files with
     their reasons, dropped pairs by reason. What a user must see before trusting a run."""
@@ -224,18 +233,12 @@ def summarize(sources):
     pairs = sum(s["pairs"] for s in sources)
     text = f"Ingestion: {pairs} pairs from {len(sources) - len(failed)} of {len(sources)} files"
     if failed:
-        named = "; ".join(f"{os.path.basename(s['video'])} ({s['error']})"
-                          for s in failed[:_NAMED_FAILURES])
-        more = f"; and {len(failed) - _NAMED_FAILURES} more" if len(failed) > _NAMED_FAILURES \
-            else ""
-        text += f". {len(failed)} of {len(sources)} files failed to ingest: {named}{more}"
+        text += f". {len(failed)} of {len(sources)} files failed to ingest: " + _named(
+            failed, lambda s: s["error"])
     warned = [s for s in sources if s.get("warnings") and not s["error"]]  # older: none
     if warned:
-        named = "; ".join(f"{os.path.basename(s['video'])} ({'; '.join(s['warnings'])})"
-                          for s in warned[:_NAMED_FAILURES])
-        more = f"; and {len(warned) - _NAMED_FAILURES} more" if len(warned) > _NAMED_FAILURES \
-            else ""
-        text += f". {len(warned)} of {len(sources)} files with warnings: {named}{more}"
+        text += f". {len(warned)} of {len(sources)} files with warnings: " + _named(
+            warned, lambda s: "; ".join(s["warnings"]))
     dropped = {r: sum(s["dropped"].get(r, 0) for s in sources) for r in DROP_REASONS}
     if any(dropped.values()):
         reasons = ", ".join(f"{n} {r}" for r, n in dropped.items() if n)

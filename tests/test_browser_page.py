@@ -194,6 +194,12 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
                 "const r = window.cmpResult; return {width: r.width, height: r.height, "
                 "ms: r.ms, flow: Array.from(r.flow), at: window.cmpFlowAt(arguments[0], "
                 "arguments[1])};", *arrows[0][:2])
+            # two arrows on one pixel: their mean motion, as the Propagator takes them
+            twice = browser.execute_script(
+                "page.arrows = [[30, 40, 6, 0], [30, 40, 0, -4]];"
+                "const d = inputs(arguments[0], arguments[0]).sparse.data;"
+                "const at = 3 * (40 * arguments[0] + 30); return Array.from(d.slice(at, at + 3));",
+                SIZE)
             fetched = browser.execute_script(
                 "return performance.getEntriesByType('resource').map(e => e.name);")
             requested = list(httpd.requested)
@@ -211,6 +217,7 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
     got = np.array(result["flow"], np.float32).reshape(SIZE, SIZE, 2)
     assert np.abs(got - want).mean() < 0.01 and np.abs(got - want).max() < 0.5
     assert np.abs(np.subtract(result["at"], arrows[0][2:])).max() < 2.0  # moves with the arrow
+    assert twice == [3, -2, 1]
     assert not [p for p in requested if p.startswith("/api")], requested
     assert not [n for n in fetched if "/api" in n], fetched
     assert "/model.onnx" in requested and "/vendor/ort-wasm-simd-threaded.wasm" in requested

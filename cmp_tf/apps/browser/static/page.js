@@ -124,11 +124,22 @@ function inputs(width, height) {
     image[3 * i + 2] = rgba[4 * i + 2];
   }
   const sx = width / page.image.naturalWidth, sy = height / page.image.naturalHeight;
+  // Arrows on one pixel give it their mean motion, as the Python Propagator does (the last
+  // one drawn won before).
   const sparse = new Float32Array(width * height * 3);
+  const count = new Float32Array(width * height);
   for (const [x, y, u, v] of page.arrows) {
     const col = Math.min(width - 1, Math.max(0, Math.round(x * sx)));
     const row = Math.min(height - 1, Math.max(0, Math.round(y * sy)));
-    sparse.set([u * sx, v * sy, 1], 3 * (row * width + col));
+    const at = row * width + col;
+    sparse[3 * at] += u * sx;
+    sparse[3 * at + 1] += v * sy;
+    count[at] += 1;
+  }
+  for (let at = 0; at < count.length; at++) {
+    if (count[at] > 0) {
+      sparse.set([sparse[3 * at] / count[at], sparse[3 * at + 1] / count[at], 1], 3 * at);
+    }
   }
   return {
     image: new ort.Tensor("float32", image, [1, height, width, 3]),

@@ -8,6 +8,7 @@ a run directory or a model file and resolves it here; results about the shipped 
 `runs/pretrained/`, never into the installed package. No TensorFlow is imported here.
 """
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import glob
@@ -497,7 +498,10 @@ def lock_run(workdir):
     handle = open(os.path.join(workdir, RUN_LOCK), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as error:
+        if error.errno not in (errno.EAGAIN, errno.EACCES):  # a file system without locks
+            handle.close()
+            return
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()

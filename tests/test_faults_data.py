@@ -438,6 +438,25 @@ def test_a_shard_record_that_does_not_decode_is_named_as_input_not_a_crash():
         "JPEG XL, PNG, GIF, BMP, WebP required. at case/cond/DecodeJpeg): a shard not written")
 
 
+def test_a_shard_from_another_tool_stops_reading_as_a_data_error(shard_folder, tmp_path):
+    """The same, read for real: a shard whose second record's frame is no image."""
+    from cmp_tf.data import records
+
+    good = next(shard_folder.glob("*.tfrecord"))
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    with tf.io.TFRecordWriter(str(folder / "foreign-0000.tfrecord")) as writer:
+        for index, raw in enumerate(tf.data.TFRecordDataset(str(good)).as_numpy_iterator()):
+            example = tf.train.Example.FromString(raw)
+            if index == 1:
+                example.features.feature[records.IMAGE1].bytes_list.value[0] = b"not a frame"
+            writer.write(example.SerializeToString())
+    config = _config((str(folder),), val=(str(folder),))
+    with pytest.raises(pipeline.DataError, match=r"A sample of the input could not be decoded "
+                                                 r"\(.* at .*DecodeJpeg"):
+        list(pipeline.batches(pipeline.make_dataset(config, "val")))
+
+
 def test_validation_with_no_valid_pixel_is_refused_not_scored_zero():
     """Every EPE over no pixel read 0: the model 'as good as' every fill, in summary.json."""
     from cmp_tf.evaluation import propagation

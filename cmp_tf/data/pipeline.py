@@ -545,8 +545,8 @@ class DataError(ValueError):
 
 _FAILURE = re.compile(r"assertion failed: \[((?:config\.data\.\w+|--\w+): .*?)\]\s*\[\[", re.S)
 # TensorFlow's words for any other error inside an input pipeline, and the node it was at.
-_PIPELINE_ERROR = re.compile(
-    r"transformation with iterator: [\w:]+: (.*?)\n\s*\[\[\{\{node ([^}]*)")
+_PIPELINE_ERROR = re.compile(r"transformation with iterator: [\w:]+: (.*?)\n\s*\[\["
+                             r"(?:\{\{function_node [^}]*\}\})?\{\{node ([^}]*)")
 
 
 def unreadable_data(error):

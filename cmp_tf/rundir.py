@@ -24,6 +24,7 @@ ENCODER_FILE = "encoder.keras"
 SUMMARY_FILE = "summary.json"  # written last: the run has finished
 PARTIAL = ".partial"  # in the hidden name of a file being written whole (`whole_file`)
 RUN_LOCK = ".run.lock"  # held by the process training the folder (lock_run)
+INPUT_FILE = "input.json"  # what the run's sample sequence is drawn from (note_input)
 # Fields a resumed run may change: when it stops and how it logs, never what it learns (the
 # learning-rate boundaries are absolute steps, so more steps continue the same schedule).
 RESUMABLE_FIELDS = ("config.train.steps", "config.train.log_every", "config.train.image_every",
@@ -32,7 +33,7 @@ RESUMABLE_FIELDS = ("config.train.steps", "config.train.log_every", "config.trai
 # included. --overwrite deletes these and nothing else (the lock it holds stays).
 RUN_ENTRIES = (CONFIG_FILE, "log.txt", "checkpoints", "checkpoints_worker*", "tb", "tb_tmp",
                MODEL_FILE, ENCODER_FILE, "eval", "export", SUMMARY_FILE, f".*{PARTIAL}*",
-               RUN_LOCK)
+               RUN_LOCK, INPUT_FILE)
 # The run folders this process holds: {real path: the open, locked RUN_LOCK file}.
 _HELD_RUNS = {}
 # The folder holding the cmp_tf package (the repository, or site-packages): never a run.
@@ -485,6 +486,37 @@ def _prepare_workdir(workdir, config, overwrite):
 
     shards.write_json(saved, current)  # a kill mid-write left a run that could not resume
     return changed
+
+
+def note_input(workdir, shards, entries, workers):
+    """Records what the run's training samples are drawn from (its shards by name and size,
+    its list entries, its workers), and returns how that differs from the record of the run
+    it resumes, one line each: the config can be the same while a data folder gained videos
+    or the job another worker, and the resumed sample sequence is then not the one an
+    uninterrupted run would have seen."""
+    now = dict(shards=sorted([os.path.basename(p), os.path.getsize(p)] for p in shards),
+               list_entries=len(entries), workers=int(workers))
+    path = os.path.join(workdir, INPUT_FILE)
+    try:
+        with open(path) as f:
+            before = json.load(f)
+    except (OSError, ValueError):
+        before = None
+    changes = []
+    if isinstance(before, dict):
+        was = {tuple(s) for s in before.get("shards", [])}
+        new = {tuple(s) for s in now["shards"]}
+        if was != new:
+            changes.append(f"{len(was)} training shards then, {len(new)} now "
+                           f"({len(new - was)} new or changed, {len(was - new)} gone)")
+        for field in ("list_entries", "workers"):
+            if before.get(field) != now[field]:
+                changes.append(f"{field.replace('_', ' ')}: {before.get(field)} then, "
+                               f"{now[field]} now")
+    from cmp_tf.data import shards as shards_lib
+
+    shards_lib.write_json(path, now)
+    return changes
 
 
 def lock_run(workdir):

@@ -477,7 +477,7 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
         # before the run folder is touched: a source refused here must not cost the run
         # `--overwrite` would replace, nor leave a half-made folder the corrected command then
         # refuses.
-        pipeline.resolve_data(config)
+        resolved = pipeline.resolve_data(config)
         has_val = bool(config.data.val)
         preview = next(pipeline.batches(pipeline.make_dataset(config, "val"))) \
             if chief and has_val else None
@@ -498,6 +498,13 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
         raise SetupError(str(error)) from error
     if restored:
         log.info(f"resumed from {restored} at step {int(step)}")
+    if chief:
+        changed_input = rundir.note_input(workdir, *resolved["train"],
+                                          getattr(strategy.extended, "_num_workers", 1))
+        if restored and changed_input:
+            log.warning(f"The training input differs from when this run began "
+                        f"({'; '.join(changed_input)}): the resumed run draws other samples "
+                        "than an uninterrupted one would have.")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
                                          max_to_keep=t.get("keep_checkpoints", 3))
     start = int(step)

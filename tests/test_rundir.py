@@ -377,3 +377,22 @@ def test_a_model_is_saved_whole_or_not_at_all(tmp_path):
     assert target.read_bytes() == b"the earlier model"
     assert sorted(os.listdir(tmp_path)) == ["model.keras"]
     assert rundir.is_run_entry(".model.123.partial.keras")  # a leftover --overwrite removes
+
+
+def test_a_resume_names_what_changed_in_its_training_input(tmp_path):
+    """The same config over a data folder that gained a video, or a job with another worker,
+    resumed silently with another sample sequence than an uninterrupted run's."""
+    first, second = tmp_path / "a-0000.tfrecord", tmp_path / "b-0000.tfrecord"
+    first.write_bytes(b"x" * 10)
+    second.write_bytes(b"y" * 20)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert rundir.note_input(str(run), [str(first)], [], 1) == []  # a new run: nothing to say
+    assert rundir.note_input(str(run), [str(first)], [], 1) == []  # the same input
+    assert rundir.note_input(str(run), [str(first), str(second)], ["e1", "e2"], 2) == [
+        "1 training shards then, 2 now (1 new or changed, 0 gone)",
+        "list entries: 0 then, 2 now", "workers: 1 then, 2 now"]
+    first.write_bytes(b"x" * 11)  # a shard written again since
+    assert rundir.note_input(str(run), [str(first), str(second)], ["e1", "e2"], 2) == [
+        "2 training shards then, 2 now (1 new or changed, 1 gone)"]
+    assert rundir.is_run_entry(rundir.INPUT_FILE)

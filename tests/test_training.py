@@ -77,6 +77,7 @@ def test_a_run_fills_its_directory_and_refuses_to_be_overwritten(tmp_path, data_
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "resumed from" in log and "ckpt-3 at step 3" in log
     assert "resuming with config.train.steps: 3 -> 5" in log
+    assert "training input differs" not in log and (tmp_path / "run" / "input.json").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 5
 
 

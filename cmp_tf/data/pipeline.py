@@ -242,7 +242,11 @@ def _once(paths, field):
 def resolve_data(config):
     """Resolves the recipe's training and validation sources as the input pipeline will,
     ingesting their videos into the cache: a source that gives no pairs is refused, naming its
-    field, before a run folder is touched."""
+    field, before a run folder is touched.
+
+    Returns:
+        {split: (shard paths, list entries)} for "train" and, if the recipe has one, "val".
+    """
     on_error = check_data_config(config)[0]
     ingest_config = config.get("ingest") or {}
     if hasattr(ingest_config, "to_dict"):
@@ -250,9 +254,8 @@ def resolve_data(config):
     splits = ("train", "val") if config.data.val else ("train",)
     for split in splits:  # both fail fast before either's videos are ingested
         check_sources(config.data[split], f"config.data.{split}")
-    for split in splits:
-        resolve_sources(config.data[split], config.data.cache_dir, ingest_config,
-                        f"config.data.{split}", on_error)
+    return {split: resolve_sources(config.data[split], config.data.cache_dir, ingest_config,
+                                   f"config.data.{split}", on_error) for split in splits}
 
 
 def _videos_in(paths):

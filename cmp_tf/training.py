@@ -13,6 +13,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import signal
 import sys
 import time
@@ -320,6 +321,25 @@ def restore_latest(checkpoint, folder, log=None):
                      "--overwrite to start the run over, or choose another --workdir.")
 
 
+def logged_loss(log_file, step):
+    """The loss `log_file` recorded at `step` (the last step is always logged), None if it
+    holds none: what a process that resumed after the last step, and so ran none, reports."""
+    pattern = re.compile(rf" step {step} loss (\S+) ")
+    try:
+        with open(log_file) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        match = pattern.search(line)
+        if match:
+            try:
+                return float(match.group(1))
+            except ValueError:
+                return None
+    return None
+
+
 def _logger(workdir, chief):
     log = logging.getLogger("cmp_tf.train")
     log.setLevel(logging.INFO)
@@ -619,9 +639,10 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
             for method, value in report["epe"].items():
                 tf.summary.scalar(f"val/epe_{method}", value)
         shards.write_json(os.path.join(workdir, "eval", "validation.json"), report)
-    # No step in this process (resumed after the last checkpoint): no loss, null, not NaN,
-    # which is not JSON.
-    summary = dict(steps=int(step), final_loss=loss if math.isfinite(loss) else None,
+    # No step in this process (resumed after the last checkpoint): the loss the log recorded
+    # at that step, else null (NaN is not JSON).
+    summary = dict(steps=int(step), final_loss=loss if math.isfinite(loss) else
+                   logged_loss(os.path.join(workdir, "log.txt"), int(step)),
                    validation=report, workdir=workdir,
                    ingestion=pipeline.ingestion_summary(config),  # failed and dropped videos
                    validation_also_trained_on=pipeline.videos_in_both(config) if report else [])

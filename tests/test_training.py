@@ -315,3 +315,16 @@ def test_boundaries_that_do_not_increase_are_refused_naming_the_field():
         training.make_optimizer(config)
     config.schedule.boundaries = (100, 200)
     assert isinstance(training.make_optimizer(config), keras.optimizers.SGD)
+
+
+def test_a_run_that_resumed_after_its_last_step_reports_the_logged_loss(tmp_path):
+    """Killed during its final validation and run again, a run took no step in the new
+    process and wrote final_loss null in summary.json, though log.txt held it."""
+    log = tmp_path / "log.txt"
+    assert training.logged_loss(str(log), 8) is None  # no log: null
+    log.write_text("2026-12-07 10:00:00,000 step 4 loss 2.9236 lr 0.01 steps/s 1.00 x\n"
+                   "2026-12-07 10:00:01,000 step 8 loss 1.7364 lr 0.01 steps/s 1.00 x\n"
+                   "2026-12-07 10:00:02,000 resumed from ckpt-8 at step 8\n")
+    assert training.logged_loss(str(log), 8) == 1.7364
+    assert training.logged_loss(str(log), 4) == 2.9236
+    assert training.logged_loss(str(log), 6) is None

@@ -308,14 +308,15 @@ def test_a_run_resumes_past_a_corrupt_checkpoint_and_overwrite_replaces_it(tmp_p
              "--config.train.checkpoint_every=2"]
     first = _run("train.py", *flags)
     assert first.returncode == 0, first.stderr[-3000:]
-    # Killed after its last checkpoint (validating): the rerun trains no step, so it has no
-    # loss to report, written as null (NaN is not JSON).
+    # Killed after its last checkpoint (validating): the rerun trains no step, so its loss is
+    # the one the log recorded at that step (it was null; NaN is not JSON).
+    last_loss = json.loads((run / "summary.json").read_text())["final_loss"]
     (run / "summary.json").unlink()
     finished = _run("train.py", *flags)
     assert finished.returncode == 0, finished.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text(),
                          parse_constant=lambda name: pytest.fail(f"{name} in summary.json"))
-    assert summary["steps"] == 4 and summary["final_loss"] is None
+    assert summary["steps"] == 4 and summary["final_loss"] == round(last_loss, 4)
     # Killed after saving ckpt-4 half-way: the newest checkpoint is corrupt, the run unfinished.
     data = run / "checkpoints" / "ckpt-4.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:200])

@@ -428,9 +428,7 @@ def stream_video(path, max_side=-1):
                              f"images ({', '.join(IMAGE_EXTENSIONS)}) and no video file.")
         files = frame_files(path)
         return (_resized(frame, max_side) for frame in _frames_of(files)), len(files)
-    if not os.path.isfile(path):
-        raise ValueError(f"Video file {path} does not exist.")
-    capture = cv2.VideoCapture(opencv_readable_name(path, "Video file"))
+    capture = cv2.VideoCapture(existing_file(path, "Video file"))
     if not capture.isOpened():
         capture.release()
         raise ValueError(f"Video file {path} could not be opened by OpenCV.")

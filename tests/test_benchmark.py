@@ -171,6 +171,16 @@ def test_empty_data_and_missing_zero_are_refused():
         benchmark.evaluate({"x": zero["zero"]}, [_scene()], progress=False)
 
 
+def test_a_pair_with_fewer_valid_pixels_than_guides_is_named():
+    zero = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32)}
+    image, flow, valid = _scene()
+    sparse = np.zeros_like(valid)
+    sparse[:2, :2] = True
+    with pytest.raises(ValueError, match=r"Pair 1: K=5 guidance points asked, but the pair "
+                                         r"has only 4 valid pixels"):
+        benchmark.evaluate(zero, [_scene(), (image, flow, sparse)], ks=(1, 5), progress=False)
+
+
 def test_a_method_returning_the_wrong_shape_is_named():
     methods = {"zero": lambda image, p, v: np.zeros((3, 3, 2), np.float32)}
     with pytest.raises(ValueError, match="shape"):

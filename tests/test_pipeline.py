@@ -59,6 +59,20 @@ def test_resize_short_side_scales_the_flow_vectors():
     np.testing.assert_allclose(flow.numpy()[10, 10], [2.0, 1.0], atol=1e-5)
 
 
+def test_resize_short_side_blends_no_unknown_flow_into_known_flow():
+    """A list's unknown flow is 0, not a motion: resized, known pixels keep their own."""
+    flow = np.zeros((64, 64, 2), np.float32)
+    flow[:, 32:] = (-15.0, 3.0)
+    valid = np.zeros((64, 64), np.float32)
+    valid[:, 32:] = 1.0
+    _, resized, kept = pipeline.resize_short_side(tf.zeros((64, 64, 3), tf.uint8), flow, valid,
+                                                  160)
+    known = kept.numpy() > 0
+    assert 0.45 < known.mean() < 0.55
+    np.testing.assert_allclose(resized.numpy()[known], np.tile([-37.5, 7.5], (known.sum(), 1)),
+                               rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")

@@ -18,12 +18,7 @@ def _stereo_scene(height=64, width=96, seed=0):
     disparity = np.full((height, width), 3.0, np.float32)
     disparity[20:44, 40:70] = 8.0
     disparity[:, :4] = np.nan  # unknown, as at a benchmark's border
-    right = np.zeros_like(left)
-    for d in (3.0, 8.0):
-        ys, xs = np.nonzero(disparity == d)
-        keep = xs - int(d) >= 0
-        right[ys[keep], xs[keep] - int(d)] = left[ys[keep], xs[keep]]
-    return left, right, disparity
+    return left, stereo_right(left, disparity), disparity
 
 
 def test_tiles_hold_the_views_and_the_flow_that_maps_left_to_right(tmp_path):
@@ -50,7 +45,7 @@ def test_tiles_hold_the_views_and_the_flow_that_maps_left_to_right(tmp_path):
 def test_tiles_at_a_smaller_scale_scale_the_disparity_and_keep_its_edges(tmp_path):
     left, right, disparity = _stereo_scene()
     path = stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(32,), tile=16,
-                              stride=16)
+                              stride=16, min_known=1)
     entries, _ = formats.read_list(path)
     assert len(entries) == 2 * 3  # a 48 x 32 pair: rows at 0, 16; columns at 0, 16, 32
     flows = [formats.read_pair(e)[2][..., 0] for e in entries]
@@ -75,6 +70,88 @@ def test_disparity_files_of_each_format_read_alike(tmp_path, ext):
     assert np.isnan(read[0, 2])
 
 
+def open_npy(array):
+    """The bytes of `array` saved as .npy."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_pfm_reads_little_and_big_endian_top_row_first_whatever_its_scale(tmp_path):
+    values = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
+    for name, scale, order in (("le", -1.0, "<f4"), ("be", 1.0, ">f4"), ("scaled", -2.0, "<f4")):
+        body = values[::-1].astype(order).tobytes()  # PFM's rows run bottom to top
+        (tmp_path / f"{name}.pfm").write_bytes(f"Pf\n3 2\n{scale}\n".encode() + body)
+        np.testing.assert_array_equal(stereo.read_pfm(tmp_path / f"{name}.pfm"), values)
+    commented = b"Pf\n# written by a tool\n3 2\n-1\n" + values[::-1].astype("<f4").tobytes()
+    (tmp_path / "commented.pfm").write_bytes(commented)
+    np.testing.assert_array_equal(stereo.read_pfm(tmp_path / "commented.pfm"), values)
+    assert cv2.imwrite(str(tmp_path / "cv.pfm"), values)  # as OpenCV writes one
+    np.testing.assert_array_equal(stereo.read_pfm(tmp_path / "cv.pfm"), values)
+
+
+def test_disparity_depth_edges_stay_on_the_views_edges_when_downscaled(tmp_path):
+    """The tiles' views are area means, centred on their pixels; the disparity must be read at
+    the same centres, or its depth edges move by up to half a pixel off the image's."""
+    left = np.full((256, 256, 3), 40, np.uint8)
+    left[101:201, 101:201] = 220
+    disparity = np.full((256, 256), 4.0, np.float32)
+    disparity[101:201, 101:201] = 12.0
+    right = stereo_right(left, disparity)
+    path = stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(64,), tile=64,
+                              stride=64)
+    image, _, flow, _ = formats.read_pair(formats.read_list(path)[0][0])
+    box_in_image = image[..., 0] > 130  # more than half the box
+    box_in_flow = flow[..., 0] < -2.0  # 12 px disparity x 0.25 against the wall's 1
+    assert (box_in_image != box_in_flow).sum() == 0
+
+
+def stereo_right(left, disparity):
+    """The right view of `left` with `disparity`, far to near, each pixel moved by -d."""
+    right = np.zeros_like(left)
+    for d in np.unique(disparity[np.isfinite(disparity)]):
+        ys, xs = np.nonzero(disparity == d)
+        keep = xs - int(d) >= 0
+        right[ys[keep], xs[keep] - int(d)] = left[ys[keep], xs[keep]]
+    return right
+
+
+def test_tiles_with_too_little_known_disparity_are_left_out(tmp_path, caplog):
+    left, right, disparity = _stereo_scene()
+    disparity[:, :60] = np.nan
+    path = stereo.write_tiles(left, right, disparity, tmp_path / "some", short_sides=(64,),
+                              tile=32, stride=32, min_known=400)
+    entries, _ = formats.read_list(path)
+    assert len(entries) == 2  # of 6: the right-hand column of tiles, 36 of 96 columns known
+    assert all(formats.read_pair(e)[3].sum() >= 400 for e in entries)
+    assert "Left out 4 of 6 tiles with fewer than 400 pixels" in caplog.text
+    disparity[:] = np.nan
+    disparity[0, 0] = 3.0
+    with pytest.raises(ValueError, match=r"No tile holds 400 pixels of known disparity"):
+        stereo.write_tiles(left, right, disparity, tmp_path / "none", short_sides=(64,),
+                           tile=32, stride=32)
+
+
+def test_a_disparity_or_views_the_pair_cannot_have_are_refused(tmp_path):
+    left, right, disparity = _stereo_scene()
+    with pytest.raises(ValueError, match=r"disparity reaches 2048 px, beyond the views' width "
+                                         r"of 96 px: is it stored scaled"):
+        stereo.write_tiles(left, right, disparity * 256, tmp_path, short_sides=(64,), tile=32)
+    with pytest.raises(ValueError, match=r"are the views swapped, or is the disparity the "
+                                         r"right view's\?"):
+        stereo.write_tiles(right, left, disparity, tmp_path, short_sides=(64,), tile=32)
+    assert not (tmp_path / "pairs.txt").exists()
+
+
+def test_a_scale_given_twice_is_cut_once(tmp_path):
+    left, right, disparity = _stereo_scene()
+    path = stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(64, 64), tile=32,
+                              stride=32)
+    assert len(formats.read_list(path)[0]) == 6
+
+
 def test_bad_disparity_files_and_arguments_are_refused_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"Disparity file .*gone.pfm does not exist"):
         stereo.read_disparity(tmp_path / "gone.pfm")
@@ -82,8 +159,22 @@ def test_bad_disparity_files_and_arguments_are_refused_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"unknown extension '.txt'; expected .pfm, .npy"):
         stereo.read_disparity(tmp_path / "d.txt")
     (tmp_path / "broken.pfm").write_bytes(b"Pf\n3 2\n-1.0\n\x00\x00")
-    with pytest.raises(ValueError, match=r"broken.pfm could not be decoded"):
+    with pytest.raises(ValueError, match=r"broken.pfm could not be decoded as PFM: its header, "
+                                         r"3 x 2 px in 1 channel\(s\), needs 24 bytes of values; "
+                                         r"2 follow it"):
         stereo.read_disparity(tmp_path / "broken.pfm")
+    for name, header in (("negative", b"Pf\n-4 3\n-1.0\n"), ("huge", b"Pf\n100000 100000\n-1\n"),
+                         ("zero_scale", b"Pf\n1 1\n0\n"), ("words", b"Pf\nfour three\n-1\n"),
+                         ("magic", b"P5\n1 1\n255\n")):
+        (tmp_path / f"{name}.pfm").write_bytes(header + b"\x00" * 48)
+        with pytest.raises(ValueError, match=rf"{name}.pfm could not be decoded as PFM: "):
+            stereo.read_disparity(tmp_path / f"{name}.pfm")
+    (tmp_path / "cut.npy").write_bytes(open_npy(np.ones((4, 4), np.float32))[:-8])
+    (tmp_path / "text.npy").write_text("1 2 3\n4 5 6\n")
+    np.save(tmp_path / "objects.npy", np.array([None, 1], object))
+    for name in ("cut", "text", "objects"):  # NumPy's own words name no file
+        with pytest.raises(ValueError, match=rf"{name}.npy could not be read"):
+            stereo.read_disparity(tmp_path / f"{name}.npy")
     np.savez(tmp_path / "two.npz", a=np.ones((2, 2)), b=np.ones((2, 2)))
     with pytest.raises(ValueError, match=r"two.npz holds 2 arrays \(a, b\); expected one"):
         stereo.read_disparity(tmp_path / "two.npz")
@@ -163,3 +254,15 @@ def test_tiles_cut_short_are_written_again_without_overwrite(tmp_path):
     path = stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(32,), tile=32)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("s64_")]
     assert len(formats.read_list(path)[0]) == 2
+
+
+def test_a_list_moved_without_its_tiles_names_a_missing_tile(tmp_path):
+    left, right, disparity = _stereo_scene()
+    path = stereo.write_tiles(left, right, disparity, tmp_path / "tiles", short_sides=(64,),
+                              tile=32, stride=32)
+    moved = tmp_path / "pairs.txt"
+    os.replace(path, moved)
+    with pytest.raises(ValueError, match=r"no usable entries \(6 skipped; the first, .*pairs.txt:1:"
+                                         r" missing file .*s64_y0_x0_left.png \(a relative path "
+                                         r"is read from the list's folder\)\)"):
+        formats.read_list(moved, on_missing="skip")

@@ -390,7 +390,10 @@ def read_list(path, on_missing="raise"):
             continue
         entries.append(PairEntry(files[0], files[1], tuple(files[2:]), where))
     if not entries:
-        raise ValueError(f"List file {path} has no usable entries ({len(skipped)} skipped).")
+        first = f"; the first, {skipped[0]} (a relative path is read from the list's folder)" \
+            if skipped else ""
+        raise ValueError(f"List file {path} has no usable entries ({len(skipped)} skipped"
+                         f"{first}).")
     return entries, skipped
 
 

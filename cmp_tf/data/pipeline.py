@@ -414,13 +414,24 @@ def _stop_at_failure(ds):
 
 
 def resize_short_side(image, flow, valid, short_size):
-    """Resizes so the short side is `short_size` (image bicubic, flow bilinear and scaled)."""
+    """Resizes so the short side is `short_size` (image bicubic, flow bilinear and scaled).
+
+    Where some flow is unknown, a pixel's flow is the mean of its known neighbours only: the
+    zeros that stand for unknown flow would otherwise blend into known flow beside them.
+    """
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     ratio = short_size / tf.reduce_min(shape)
     size = tf.cast(tf.round(shape * ratio), tf.int32)
     image = tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), size, "bicubic"), 0, 255)
     scale = tf.cast(size, tf.float32)[::-1] / shape[::-1]  # (x, y) scale of the flow vectors
-    flow = tf.image.resize(flow, size, "bilinear") * scale
+    known = tf.cast(valid > 0, tf.float32)[..., None]
+
+    def known_only():
+        weight = tf.image.resize(known, size, "bilinear")
+        return tf.image.resize(flow * known, size, "bilinear") / tf.maximum(weight, 1e-6)
+
+    flow = tf.cond(tf.reduce_all(known > 0), lambda: tf.image.resize(flow, size, "bilinear"),
+                   known_only) * scale
     valid = tf.image.resize(valid[..., None], size, "nearest")[..., 0]
     return image, flow, valid
 

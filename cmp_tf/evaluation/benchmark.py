@@ -188,8 +188,11 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
         near = edge_distance <= NEAR_BOUNDARY_PX
         sets = []
         for strategy in strategies:
-            xy, found = guidance_order(flow, valid, strategy, ks[-1], rng,
-                                       edge_distance=edge_distance)
+            try:
+                xy, found = guidance_order(flow, valid, strategy, ks[-1], rng,
+                                           edge_distance=edge_distance)
+            except ValueError as error:  # too few valid pixels: say which pair
+                raise ValueError(f"Pair {count}: {error}") from None
             for k in ks:
                 if strategy == "watershed" and found < k:
                     filled[k] += 1

@@ -409,6 +409,9 @@ def main(argv=None):
                         help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.samples < 2:  # the BatchNorm statistics are calibrated on the batch itself
+        parser.error(f"--samples={args.samples}: at least 2 frames (the BatchNorm statistics "
+                     "are calibrated on them).")
     if args.side == "reference":
         return reference_side(args)
     if args.side == "fixtures":

@@ -18,9 +18,10 @@ Conv weights go OIHW -> HWIO; BatchNorm weight, bias, running_mean, running_var 
 beta, moving_mean, moving_variance; `num_batches_tracked` (Keras has none) is dropped. The
 reference's sparse input is 4 channels (u, v, mask, mask); ours is (u, v, mask), so the first
 sparse conv's two mask slices are summed: exact, since both channels always hold the same mask.
-A `module.` prefix (the reference's FixModule / DistModule wrapper) and a state dict nested under
-`state_dict` (its checkpoints also hold `step` and `optimizer`) are unwrapped. Anything else
-unmapped, missing or mis-shaped fails the conversion, naming every such tensor.
+A `module.` prefix (the reference's FixModule / DistModule wrapper; `_orig_mod.` and `model.`
+of other trainers too) and a state dict nested under `state_dict` (its checkpoints also hold
+`step` and `optimizer`) are unwrapped. Anything else unmapped, missing or mis-shaped fails the
+conversion, naming every such tensor, and so do NaN or infinite weights and negative variances.
 
 Files that tools/weight_process.py writes (the image encoder's state dict alone, no prefix)
 convert with --encoder_only; from a whole checkpoint, --encoder_only keeps just the encoder.
@@ -50,6 +51,10 @@ RECIPES = {("alexnet_fcn_32x", "plain"): "configs/alexnet_yfcc.py",
 _KERAS_TO_TORCH = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
                    "moving_mean": "running_mean", "moving_variance": "running_var"}
 _DROPPED = "num_batches_tracked"  # a BatchNorm counter Keras does not keep
+# What wraps a model's own names: DataParallel and the reference's wrappers, torch.compile,
+# a Lightning module's attribute.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+REFERENCE_FMAX = 50.0  # px: every reference recipe's flow.fmax, fixed in its bins' read-out
 _MAX_LISTED = 30
 
 
@@ -152,12 +157,28 @@ def to_reference(model, mask_split=0.5):
     return state
 
 
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+
+
 def unwrap(obj, path):
-    """A loaded checkpoint -> {key: array}: the `state_dict` entry if nested, `module.`
-    prefixes removed."""
+    """A loaded checkpoint -> {key: array}: the `state_dict` entry if nested (or the one entry
+    that is a dict of tensors, as other trainers save under 'model'), wrapper prefixes removed
+    (`module.` of DataParallel and the reference's wrappers, `_orig_mod.` of torch.compile,
+    `model.` of a Lightning module)."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
+    elif isinstance(obj, dict) and not any(isinstance(v, np.ndarray) for v in obj.values()):
+        nested = [k for k, v in obj.items() if _is_state_dict(v)]
+        if len(nested) > 1:
+            raise ValueError(f"{path} holds several state dicts ({', '.join(map(str, nested))})"
+                             ": save the one to convert alone, or under 'state_dict'.")
+        if nested:
+            obj = obj[nested[0]]
+    if isinstance(obj, dict) and not obj:
+        raise ValueError(f"{path} holds an empty state dict: no tensor to convert.")
+    if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of "
                          "tensors, possibly under 'state_dict').")
     others = sorted(str(k) for k, v in obj.items()
@@ -168,10 +189,11 @@ def unwrap(obj, path):
     state = collections.OrderedDict()
     for key, value in obj.items():
         name = key
-        while name.startswith("module."):
-            name = name[len("module."):]
+        while name.startswith(_WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
         if name in state:
-            raise ValueError(f"{path} holds {name} twice (with and without 'module.').")
+            raise ValueError(f"{path} holds {name} twice (with and without a wrapper's prefix: "
+                             f"{', '.join(_WRAPPER_PREFIXES)}).")
         state[name] = value
     return state
 
@@ -206,6 +228,11 @@ def check_config(config):
     if head != "bins":
         raise ValueError(f"config.model.head={head!r} has no reference checkpoints; the "
                          "reference has the paper's 'bins' head.")
+    fmax = config.get("flow", {}).get("fmax", REFERENCE_FMAX)
+    if fmax != REFERENCE_FMAX:
+        raise ValueError(f"config.flow.fmax={fmax!r}: the reference's checkpoints read their "
+                         f"bins out over +-{REFERENCE_FMAX:g} px (no weight holds it), so "
+                         "another value would scale every flow; leave it at the recipe's.")
     if options.get("nearest_prior", False):
         raise ValueError("config.model.options.bins.nearest_prior=True adds inputs the reference "
                          "does not have; convert with the paper recipe (it is False there).")
@@ -259,11 +286,18 @@ def load_state(model, state, path="state dict", encoder_only=False, parts=None):
             misshaped.append(f"{key}: {error}")
             continue
         if tuple(value.shape) != tuple(variable.shape):
+            expected = _to_torch(part, layer, variable, np.zeros(variable.shape)).shape
             misshaped.append(f"{key}: shape {tuple(state[key].shape)} in the checkpoint, "
-                             f"{tuple(variable.shape)} in our {layer.name} "
-                             f"({variable.name}) after conversion")
+                             f"{tuple(expected)} for our {layer.name} ({variable.name})")
             continue
         values[key] = value
+    broken = [f"{key}: {int(np.size(v) - np.isfinite(v).sum())} NaN or infinite values"
+              for key, v in values.items() if not np.isfinite(v).all()]
+    broken += [f"{key}: {int((v < 0).sum())} negative variances" for key, v in values.items()
+               if key.endswith(".running_var") and (v < 0).any()]
+    if broken:
+        raise ValueError(f"{path} holds broken weights ({len(broken)} tensors; a diverged "
+                         f"training?): the model would give NaN flow.\n  {_listed(broken)}")
     problems = misshaped + unused + missing
     if problems:
         encoder, decoder = _describe(state)
@@ -285,14 +319,20 @@ def load_state(model, state, path="state dict", encoder_only=False, parts=None):
 def _write_config(config, out):
     """config.json beside `out`, as train.py writes it into a run directory: `runtime` and
     `python -m export` read the recipe from there."""
-    path = os.path.join(os.path.dirname(os.path.abspath(out)), "config.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(out)), rundir.CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
     if os.path.isfile(path):
-        with open(path) as f:
-            if json.load(f) != current:
-                raise ValueError(f"{path} holds another recipe's config: write --out into "
-                                 "another folder (the model's config.json goes beside it).")
-    with open(path, "w") as f:
+        try:
+            with open(path, encoding="utf-8") as f:
+                earlier = json.load(f)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{path} beside --out does not read as a config ({error}): "
+                             "remove it, or write --out into another folder.") from error
+        if earlier != current:
+            changes = "; ".join(rundir.config_changes(earlier, current)[:5])
+            raise ValueError(f"{path} holds another recipe's config ({changes}): write --out "
+                             "into another folder (the model's config.json goes beside it).")
+    with rundir.whole_file(path) as partial, open(partial, "w", encoding="utf-8") as f:
         json.dump(current, f, indent=1)
     return path
 

@@ -41,6 +41,7 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
 DEFAULT_ROOT = "runs"  # where train.py puts runs and commands look for the newest one
 MODEL_SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt")  # PyTorch's: cmp_tf.convert reads them
 CHECKPOINTS_DIR = "checkpoints"  # a run's training checkpoints, <name>-<step>.index and data
 # The CPU-trained propagation model that ships with the package; `Propagator()` with no path
 # loads it. pretrained/README.md says how it was made.
@@ -180,8 +181,17 @@ def resolve_model_path(path, checkpoints=False):
                          "or .onnx file, or a SavedModel folder.")
     if os.path.splitext(path)[1] not in MODEL_SUFFIXES:
         raise ValueError(f"{path}: expected a .keras, .tflite or .onnx file, a SavedModel "
-                         "folder or a run directory.")
+                         f"folder or a run directory.{_convert_hint(path)}")
     return path
+
+
+def _convert_hint(path):
+    """For a PyTorch checkpoint of the reference code given where a cmp_tf model is read."""
+    if not path.lower().endswith(TORCH_SUFFIXES):
+        return ""
+    return (" It looks like a PyTorch checkpoint: convert it first, with python -m "
+            f"cmp_tf.convert --checkpoint={path} --config=configs/<the recipe it was trained "
+            "with>.py (add --encoder_only for an encoder).")
 
 
 def model_format(path):
@@ -214,7 +224,8 @@ def encoder_file(checkpoint):
     if not os.path.exists(path):
         raise ValueError(f"Checkpoint {path} does not exist.")
     if not path.endswith(".keras"):
-        raise ValueError(f"Checkpoint {path} is neither a run directory nor a .keras file.")
+        raise ValueError(f"Checkpoint {path} is neither a run directory nor a .keras file."
+                         f"{_convert_hint(path)}")
     return path
 
 
@@ -452,7 +463,7 @@ def _prepare_workdir(workdir, config, overwrite):
     saved = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
     before = None if overwrite else _run_config(saved)
-    changed = _diff(before, current) if before is not None else []
+    changed = config_changes(before, current) if before is not None else []
     fixed = [c for c in changed if not c.startswith(tuple(f"{f}:" for f in RESUMABLE_FIELDS))]
     longer = before is not None and current["train"]["steps"] > before["train"]["steps"]
     if finished and not overwrite and (fixed or not longer):
@@ -589,8 +600,9 @@ def save_model(model, path):
         model.save(partial)
 
 
-def _diff(a, b, prefix="config"):
+def config_changes(a, b, prefix="config"):
+    """Each field where two configs (as JSON dicts) differ: "config.x.y: a -> b"."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b))
-                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}")]
+                for d in config_changes(a.get(k), b.get(k), f"{prefix}.{k}")]
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]

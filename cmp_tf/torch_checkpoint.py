@@ -219,6 +219,7 @@ def _load_zip(path):
 
 def _load_legacy(path, f):
     storages = {}
+    size = os.fstat(f.fileno()).st_size
 
     def load(what):
         try:
@@ -226,7 +227,9 @@ def _load_legacy(path, f):
         except UnsafeCheckpointError:
             raise
         except Exception as error:
-            raise ValueError(f"{path} is not a PyTorch checkpoint: reading its {what} failed "
+            kind = ("is not a PyTorch checkpoint" if what == "magic number" else
+                    f"is a PyTorch checkpoint cut short or damaged ({size} bytes)")
+            raise ValueError(f"{path} {kind}: reading its {what} failed "
                              f"({type(error).__name__}: {error}).") from error
 
     if load("magic number") != MAGIC_NUMBER:
@@ -252,10 +255,38 @@ def _load_legacy(path, f):
             raise ValueError(f"{path}: storage {key} holds {numel} elements, the pickle says "
                              f"{storage.numel}.")
         dtype = storage.type.dtype
+        if numel * np.dtype(dtype).itemsize > size - f.tell():
+            raise ValueError(f"{path} ends inside storage {key} ({numel} elements of "
+                             f"{np.dtype(dtype).name}, {size - f.tell()} bytes left): a "
+                             "truncated download?")
         storage.data = np.fromfile(f, dtype, numel) if numel else np.zeros(0, dtype)
         if len(storage.data) != numel:
             raise ValueError(f"{path} ends inside storage {key}: a truncated download?")
     return obj
+
+
+# What a file that should be a checkpoint often is instead: (its first bytes, what it is).
+_OTHER_FILES = (
+    (b"PK\x03\x04", "starts as a zip archive, PyTorch's layout, but its end (the archive's "
+                     "directory) is missing: a truncated download?"),
+    (b"version https://git-lfs", "is a Git LFS pointer, not the file: fetch it with git lfs "
+                                 "pull"),
+    (b"\x1f\x8b", "is gzip-compressed: decompress it first"),
+    (b"<!doctype html", "is an HTML page, not a checkpoint: a download page saved in its "
+                        "place?"),
+    (b"<html", "is an HTML page, not a checkpoint: a download page saved in its place?"),
+)
+
+
+def _refuse_other_files(path, start):
+    """ValueError naming what a file that is not a zip checkpoint is, where its first bytes
+    say so: an empty file, a cut-short zip, an LFS pointer, an HTML page, a gzip file."""
+    if not start:
+        raise ValueError(f"{path} is empty (0 bytes): a failed download?")
+    head = start.lstrip().lower()
+    for magic, what in _OTHER_FILES:
+        if head.startswith(magic.lower()):
+            raise ValueError(f"{path} {what} ({os.path.getsize(path)} bytes).")
 
 
 def load(path):
@@ -286,6 +317,7 @@ def load(path):
                              f"{error}).") from error
     with open(path, "rb") as f:
         start = f.read(512)
+        _refuse_other_files(path, start)
         if len(start) == 512 and start[257:262] == b"ustar":
             raise ValueError(f"{path} uses PyTorch's pre-2017 tar layout: load it with torch "
                              "and save it again.")

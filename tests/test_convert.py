@@ -156,6 +156,41 @@ def test_bad_files_fail_naming_the_file(tmp_path):
         convert.read_state_dict(good)
 
 
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
+    from cmp_tf import convert
+    from cmp_tf import torch_checkpoint
+
+    whole = tmp_path / "whole.pth"
+    torch_checkpoint.save({"w": np.arange(4096, dtype=np.float32)}, whole, legacy=False)
+    files = {"empty": (b"", r"is empty \(0 bytes\)"),
+             "cut": (whole.read_bytes()[:9000], r"starts as a zip archive.*truncated download"),
+             "lfs": (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n",
+                     "is a Git LFS pointer"),
+             "page": (b"\n<!DOCTYPE html><html><body>Virus scan warning</body></html>",
+                      "is an HTML page"),
+             "gz": (b"\x1f\x8b\x08\x00" + bytes(40), "is gzip-compressed")}
+    for name, (data, message) in files.items():
+        (tmp_path / f"{name}.pth").write_bytes(data)
+        with pytest.raises(ValueError, match=rf"{name}.pth {message}"):
+            convert.read_state_dict(tmp_path / f"{name}.pth")
+    legacy = pathlib.Path(_fixture("torch_formats_legacy.pth")).read_bytes()
+    (tmp_path / "half.pth").write_bytes(legacy[:len(legacy) // 3])  # inside its main pickle
+    with pytest.raises(ValueError, match=r"half.pth is a PyTorch checkpoint cut short or "
+                                         r"damaged"):
+        convert.read_state_dict(tmp_path / "half.pth")
+
+
+def test_a_pytorch_checkpoint_given_as_a_model_says_to_convert_it(tmp_path):
+    from cmp_tf import rundir
+
+    checkpoint = tmp_path / "ckpt_iter_42000.pth.tar"
+    checkpoint.write_bytes(b"PK")
+    for read in (rundir.resolve_model_path, rundir.encoder_file):
+        with pytest.raises(ValueError, match=r"a PyTorch checkpoint: convert it first, with "
+                                             r"python -m cmp_tf.convert --checkpoint=.*42000"):
+            read(checkpoint)
+
+
 def test_tensor_strides_cannot_read_outside_their_storage(tmp_path):
     from cmp_tf import torch_checkpoint
 
@@ -183,8 +218,15 @@ def test_unwrap_removes_prefix_and_nesting():
                                                      ("module.module.b", w)])}
     assert list(convert.unwrap(nested, "f")) == ["a.weight", "b"]
     assert list(convert.unwrap({"a.weight": w}, "f")) == ["a.weight"]
+    # another trainer's nesting, torch.compile's and Lightning's prefixes
+    assert list(convert.unwrap({"step": 3, "model": {"_orig_mod.a": w}}, "f")) == ["a"]
+    assert list(convert.unwrap({"model.module.a": w}, "f")) == ["a"]
     with pytest.raises(ValueError, match="f is not a state dict: entries .*'step'"):
-        convert.unwrap({"step": 3, "model": {"a": w}}, "f")
+        convert.unwrap({"step": 3, "a": w}, "f")
+    with pytest.raises(ValueError, match=r"f holds several state dicts \(model, ema\)"):
+        convert.unwrap({"model": {"a": w}, "ema": {"a": w}}, "f")
+    with pytest.raises(ValueError, match="f holds an empty state dict"):
+        convert.unwrap({"state_dict": {}}, "f")
     with pytest.raises(ValueError, match="holds a.weight twice"):
         convert.unwrap({"module.a.weight": w, "a.weight": w}, "f")
 
@@ -336,7 +378,7 @@ def test_load_state_names_missing_extra_and_misshaped(reference_keys):
     messages = {"missing": "flow_decoder.head.bias: missing from the checkpoint",
                 "extra": "flow_decoder.head2.weight: in the checkpoint, no layer of ours",
                 "misshaped": "image_encoder.conv5.weight: shape (128, 2048, 1, 1) in the "
-                             "checkpoint, (1, 1, 2048, 256) in our conv5"}
+                             "checkpoint, (256, 2048, 1, 1) for our conv5"}  # torch's layout
     for case, edit in cases.items():
         broken = collections.OrderedDict(state)
         edit(broken)
@@ -347,6 +389,15 @@ def test_load_state_names_missing_extra_and_misshaped(reference_keys):
                   "extra": "0 tensors mis-shaped, 1 unused, 0 missing",
                   "missing": "0 tensors mis-shaped, 0 unused, 1 missing"}
         assert counts[case] in str(error.value)
+    broken = collections.OrderedDict(state)
+    broken["image_encoder.conv1.weight"] = np.array(broken["image_encoder.conv1.weight"])
+    broken["image_encoder.conv1.weight"][0, 0, 0, :2] = (np.nan, np.inf)
+    broken["image_encoder.bn1.running_var"] = -np.array(broken["image_encoder.bn1.running_var"])
+    with pytest.raises(ValueError, match=r"ckpt.pth holds broken weights \(2 tensors; a "
+                                         r"diverged training\?\)") as error:
+        convert.load_state(model, broken, "ckpt.pth")
+    assert "image_encoder.conv1.weight: 2 NaN or infinite values" in str(error.value)
+    assert "image_encoder.bn1.running_var: 64 negative variances" in str(error.value)
     # num_batches_tracked: present or not, never a problem.
     quiet = collections.OrderedDict((k, v) for k, v in state.items()
                                     if not k.endswith("num_batches_tracked"))
@@ -374,6 +425,10 @@ def test_wrong_recipe_fails_with_a_hint(reference_keys):
         section[key] = value
         with pytest.raises(ValueError, match=message):
             convert.check_config(config)
+    config = load_config("alexnet_yfcc")
+    config.flow.fmax = 30.0  # no weight holds it: every flow would be 0.6 of the model's
+    with pytest.raises(ValueError, match=r"config.flow.fmax=30.0: the reference's checkpoints"):
+        convert.check_config(config)
 
 
 # ------------------------------------------------------------------ end to end
@@ -508,3 +563,20 @@ def test_converted_model_exports_and_serves(semiauto, tmp_path):
     assert flows[0].shape == (SIZE, SIZE, 2) and np.abs(flows[0]).max() > 0.1
     for flow in flows[1:]:
         assert np.abs(flow - flows[0]).max() < FLOW_PX
+
+
+def test_a_config_json_beside_out_that_does_not_fit_is_named(tmp_path):
+    from cmp_tf import convert
+
+    config = load_config("alexnet_yfcc")
+    out = tmp_path / "model.keras"
+    (tmp_path / "config.json").write_text("")  # a conversion killed while writing it
+    with pytest.raises(ValueError, match=r"config.json beside --out does not read as a config"):
+        convert._write_config(config, out)
+    (tmp_path / "config.json").unlink()
+    convert._write_config(config, out)
+    config.data.batch_size = 3
+    with pytest.raises(ValueError, match=r"holds another recipe's config \(config.data."
+                                         r"batch_size: \d+ -> 3\)"):
+        convert._write_config(config, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no partial file left

@@ -59,20 +59,6 @@ def test_resize_short_side_scales_the_flow_vectors():
     np.testing.assert_allclose(flow.numpy()[10, 10], [2.0, 1.0], atol=1e-5)
 
 
-def test_resize_short_side_blends_no_unknown_flow_into_known_flow():
-    """A list's unknown flow is 0, not a motion: resized, known pixels keep their own."""
-    flow = np.zeros((64, 64, 2), np.float32)
-    flow[:, 32:] = (-15.0, 3.0)
-    valid = np.zeros((64, 64), np.float32)
-    valid[:, 32:] = 1.0
-    _, resized, kept = pipeline.resize_short_side(tf.zeros((64, 64, 3), tf.uint8), flow, valid,
-                                                  160)
-    known = kept.numpy() > 0
-    assert 0.45 < known.mean() < 0.55
-    np.testing.assert_allclose(resized.numpy()[known], np.tile([-37.5, 7.5], (known.sum(), 1)),
-                               rtol=1e-5)
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")
@@ -151,6 +137,27 @@ def test_list_files_feed_the_same_pipeline(tmp_path, rng):
     # 40x56 -> 48x67: each component scales with its own axis (56 * 1.2 rounds to 67).
     np.testing.assert_allclose(y["flow"].numpy()[..., 0], 1.5 * 67 / 56, atol=1e-4)
     np.testing.assert_allclose(y["flow"].numpy()[..., 1], 1.5 * 48 / 40, atol=1e-4)
+
+
+def test_a_lists_unknown_flow_blends_into_no_known_flow(tmp_path, rng):
+    """A list's unknown flow reads 0, not a motion: resized, known pixels keep their own."""
+    import cv2
+
+    flow = np.zeros((40, 40, 2), np.float32)
+    flow[:, 20:] = (-15.0, 3.0)
+    valid = np.zeros((40, 40), bool)
+    valid[:, 20:] = True
+    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (40, 40, 3), np.uint8))
+    formats.write_flo(tmp_path / "a.flo", flow, valid)
+    (tmp_path / "val.txt").write_text("a.png a.png a.flo\n")
+    config = _config([str(tmp_path / "val.txt")], val=[str(tmp_path / "val.txt")], crop=(48, 48))
+    _, y = next(iter(pipeline.make_dataset(config, "val")))
+    known = y["valid"].numpy()[0] > 0
+    assert 0.4 < known.mean() < 0.6
+    np.testing.assert_allclose(y["flow"].numpy()[0][known], np.tile([-18.0, 3.6], (known.sum(),
+                                                                                   1)), rtol=1e-5)
+    filled = pipeline.fill_unknown_flow(np.where(valid[..., None], flow, 0), valid)
+    np.testing.assert_array_equal(filled, np.tile([-15.0, 3.0], (40, 40, 1)))
 
 
 def test_bad_sources_fail_naming_the_field(tmp_path, videos):

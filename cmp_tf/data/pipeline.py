@@ -23,6 +23,7 @@ import os
 import re
 import sys
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -312,6 +313,22 @@ def ingestion_summary(config):
     return shards_lib.summarize(sources) + note
 
 
+def fill_unknown_flow(flow, valid):
+    """`flow` with each unknown pixel given its nearest known pixel's flow. A list's files hold
+    0 where flow is unknown (KITTI's sparse flow, a stereo pair's occlusions), which the
+    pipeline's bilinear resize would blend into the known flow beside it; a shard's unknown
+    pixels hold the teacher's own estimate already."""
+    unknown = (np.asarray(valid) <= 0).astype(np.uint8)
+    if not unknown.any() or unknown.all():
+        return flow
+    _, nearest = cv2.distanceTransformWithLabels(unknown, cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    known = unknown == 0
+    of_label = np.zeros((nearest.max() + 1, 2), np.float32)  # each known pixel has its label
+    of_label[nearest[known]] = flow[known]
+    return np.where(known[..., None], flow, of_label[nearest]).astype(np.float32)
+
+
 def _load_entry(entries, on_error):
     """Loads list entry i in Python: (image, flow, valid, why) with `why` empty when it loaded,
     else the line and the reason (and placeholder arrays); with on_error="raise" it raises."""
@@ -320,6 +337,7 @@ def _load_entry(entries, on_error):
         entry = entries[int(index)]
         try:
             image, _, flow, valid = formats.read_pair(entry)
+            flow = fill_unknown_flow(flow, valid)
         except ValueError as e:
             why = f"{entry.source}: {e}"
             if on_error == "raise":
@@ -414,24 +432,13 @@ def _stop_at_failure(ds):
 
 
 def resize_short_side(image, flow, valid, short_size):
-    """Resizes so the short side is `short_size` (image bicubic, flow bilinear and scaled).
-
-    Where some flow is unknown, a pixel's flow is the mean of its known neighbours only: the
-    zeros that stand for unknown flow would otherwise blend into known flow beside them.
-    """
+    """Resizes so the short side is `short_size` (image bicubic, flow bilinear and scaled)."""
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     ratio = short_size / tf.reduce_min(shape)
     size = tf.cast(tf.round(shape * ratio), tf.int32)
     image = tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), size, "bicubic"), 0, 255)
     scale = tf.cast(size, tf.float32)[::-1] / shape[::-1]  # (x, y) scale of the flow vectors
-    known = tf.cast(valid > 0, tf.float32)[..., None]
-
-    def known_only():
-        weight = tf.image.resize(known, size, "bilinear")
-        return tf.image.resize(flow * known, size, "bilinear") / tf.maximum(weight, 1e-6)
-
-    flow = tf.cond(tf.reduce_all(known > 0), lambda: tf.image.resize(flow, size, "bilinear"),
-                   known_only) * scale
+    flow = tf.image.resize(flow, size, "bilinear") * scale
     valid = tf.image.resize(valid[..., None], size, "nearest")[..., 0]
     return image, flow, valid
 

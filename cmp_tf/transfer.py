@@ -10,9 +10,11 @@ budget. This module loads a checkpoint's encoder into the segmentation model
     print(comparison_table(results))
 """
 import copy
+import hashlib
 import json
 import os
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -46,12 +48,19 @@ def load_encoder(checkpoint):
     layers, registered by importing cmp_tf.models.
     """
     path = rundir.encoder_file(checkpoint)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"Checkpoint {path} is not a .keras file (not a zip archive: "
+                         f"{os.path.getsize(path)} bytes), cut short or another format.")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # any failure to load is the file's problem
         raise ValueError(f"Checkpoint {path} could not be loaded as a Keras model: "
                          f"{type(error).__name__}: {error}") from error
     if ENCODER in {layer.name for layer in model.layers}:
+        if "flow" not in getattr(model, "output_names", ()):
+            raise ValueError(f"Checkpoint {path} holds a {model.name!r} model whose encoder was "
+                             "not trained by CMP (it has no flow output): a segmentation "
+                             "model? Name a CMP run, its model.keras or its encoder.keras.")
         return model.get_layer(ENCODER), path
     if model.name == ENCODER or "features" in getattr(model, "output_names", ()):
         return model, path
@@ -120,8 +129,10 @@ def check_checkpoint_recipe(config, checkpoint):
     if encoder and encoder != config.model.image_encoder:
         raise ValueError(f"Checkpoint {checkpoint} was trained with model.image_encoder="
                          f"{encoder!r} but config.model.image_encoder="
-                         f"{config.model.image_encoder!r}; pick the recipe it was trained with, "
-                         "e.g. --config=configs/segmentation.py:recipe=<recipe>.")
+                         f"{config.model.image_encoder!r}; build the segmentation recipe on the "
+                         "recipe it was trained with: evaluate.py --segmentation=configs/"
+                         "segmentation.py:recipe=<that recipe>, the name of its file in "
+                         "configs/.")
 
 
 # --- Data and training -----------------------------------------------------------------------
@@ -232,6 +243,30 @@ def _class_names(config, data_dir):
     return [f"class {k}" for k in range(d.num_classes)]
 
 
+def check_classes(config, data_dir, names):
+    """Reads both splits' labels: refuses a class no label of either split holds (a wrong
+    config.data.num_classes, or masks saved as 0 / 255) and warns of a class the val split
+    lacks, which mIoU then leaves out for both sides."""
+    d = config.data
+    counts = {split: voc.class_counts(data_dir, split, d.num_classes, limit)
+              for split, limit in ((d.train_split, d.max_train_images),
+                                   (d.val_split, d.max_val_images))}
+    nowhere = [k for k in range(d.num_classes) if not any(c[k] for c in counts.values())]
+    if nowhere:
+        raise ValueError(f"config.data.num_classes={d.num_classes}, but no label of "
+                         f"{d.train_split!r} or {d.val_split!r} in {data_dir} holds class"
+                         f"{'es' if len(nowhere) > 1 else ''} "
+                         f"{', '.join(f'{k} ({names[k]})' for k in nowhere)}: is num_classes "
+                         f"right? {voc.ZERO_255_HINT}")
+    absent = [k for k in range(d.num_classes) if not counts[d.val_split][k]]
+    if absent:
+        tf.get_logger().warning(
+            f"The {d.val_split!r} split of {data_dir} holds no pixel of "
+            f"{', '.join(f'class {k} ({names[k]})' for k in absent)}: mIoU leaves "
+            f"{'them' if len(absent) > 1 else 'it'} out, for both initializations.")
+    return counts
+
+
 def _json_safe(value):
     """NaN (a class with no pixels) -> None, so the file is strict JSON."""
     if isinstance(value, dict):
@@ -281,8 +316,7 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
     rundir.encoder_file(checkpoint)  # fail before any data is written or any step is trained
     check_checkpoint_recipe(config, checkpoint)
     names = _class_names(config, data_dir)
-    for split in (config.data.train_split, config.data.val_split):
-        voc.read_split(data_dir, split)  # a missing or broken folder fails before building
+    check_classes(config, data_dir, names)  # a broken or mislabelled set fails before building
     num_classes = config.data.num_classes
     built = {}
     for init in INITS:
@@ -366,10 +400,18 @@ def _file_stamp(path):
 
 
 def _data_stamp(config, data_dir):
-    """The folder and its split lists' stamps: a sweep rerun on other data is not reused."""
-    lists = [os.path.join(data_dir, voc.LIST_DIR, f"{split}.txt")
-             for split in (config.data.train_split, config.data.val_split)]
-    return [data_dir, *(_file_stamp(path) if os.path.isfile(path) else None for path in lists)]
+    """The folder, and a digest of the stamps of its split lists and of every image and label
+    they name: a sweep rerun on other data, or after a label was mended, is not reused."""
+    digest = hashlib.sha256()
+    for split in (config.data.train_split, config.data.val_split):
+        listed = os.path.join(data_dir, voc.LIST_DIR, f"{split}.txt")
+        if not os.path.isfile(listed):
+            digest.update(f"{listed} missing\n".encode())
+            continue
+        _, images, labels, _ = voc.read_split(data_dir, split)
+        for path in (listed, *images, *labels):
+            digest.update(f"{path} {_file_stamp(path)}\n".encode())
+    return [data_dir, digest.hexdigest()]
 
 
 def _finished_run(path, config, checkpoint, data_dir):

@@ -124,6 +124,14 @@ def test_miou_equals_a_hand_computed_confusion_matrix():
     np.testing.assert_allclose(iou[:4], expected)
     assert np.isnan(iou[4])  # absent everywhere: left out of the mean
     np.testing.assert_allclose(miou, np.mean(expected))
+    # a class no label holds is left out whether or not a model predicts it: two models
+    # scored on one set average over the same classes
+    predicted = confusion.copy()
+    predicted[0, 0] -= 1
+    predicted[0, 4] += 1  # one background pixel called class 4
+    iou_predicted, miou_predicted = scores.iou_from_confusion(predicted)
+    assert np.isnan(iou_predicted[4]) and np.isfinite(iou_predicted[:4]).all()
+    np.testing.assert_allclose(miou_predicted, np.mean([1 / 4, 2 / 3, 1 / 3, 2 / 3]))
     with pytest.raises(ValueError, match="labels must be classes 0..2"):
         scores.confusion_matrix(labels, predictions, 3)
     with pytest.raises(ValueError, match="predictions must be classes 0..4"):
@@ -164,8 +172,15 @@ def test_read_split_names_what_is_wrong(tmp_path):
         voc.read_split(folder, "val")
     with open(os.path.join(folder, voc.LIST_DIR, "val.txt"), "w") as f:
         f.write("im0\nim9\n")
-    with pytest.raises(ValueError, match=r"Image .*im9\.jpg does not exist"):
+    with pytest.raises(ValueError, match=r"Image .*im9\.jpg does not exist\.$"):
         voc.read_split(folder, "val")
+    os.replace(os.path.join(folder, voc.IMAGE_DIR, "im0.jpg"),
+               os.path.join(folder, voc.IMAGE_DIR, "im0.png"))
+    with pytest.raises(ValueError, match=r"im0\.jpg does not exist: im0\.png is there, but a "
+                                         r"VOC-format folder's images are JPEGImages/<id>\.jpg"):
+        voc.read_split(folder, "train")
+    os.replace(os.path.join(folder, voc.IMAGE_DIR, "im0.png"),
+               os.path.join(folder, voc.IMAGE_DIR, "im0.jpg"))
     voc.write_label(os.path.join(folder, voc.LABEL_DIR, "im0.png"), np.zeros((8, 9), np.uint8))
     with pytest.raises(ValueError, match=r"im0\.png is 8x9 but its image .*im0\.jpg is 8x8"):
         voc.read_split(folder, "train")
@@ -330,8 +345,14 @@ def test_a_mismatching_or_missing_checkpoint_is_a_clear_error(saved_encoder, tmp
         transfer.load_encoder_weights(model, tmp_path)
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.keras could not be loaded"):
+    with pytest.raises(ValueError, match=r"bad.keras is not a .keras file \(not a zip archive: "
+                                         r"9 bytes\)"):
         transfer.load_encoder_weights(model, bad)
+    segmentation_file = tmp_path / "segmentation.keras"
+    model.save(segmentation_file)  # its encoder learned segmentation, not motion
+    with pytest.raises(ValueError, match=r"holds a 'segmentation_\w+' model whose encoder was "
+                                         r"not trained by CMP"):
+        transfer.load_encoder_weights(model, segmentation_file)
 
 
 def test_heads_follow_the_encoder(rng):
@@ -356,6 +377,41 @@ def test_compare_refuses_an_empty_data_folder_and_a_bad_checkpoint(saved_encoder
         transfer.compare_initializations(config, saved_encoder[0], empty, progress=False)
     with pytest.raises(ValueError, match=f"Checkpoint {tmp_path / 'run'} does not exist"):
         transfer.compare_initializations(config, tmp_path / "run", empty, progress=False)
+
+
+def test_labels_that_hold_no_class_are_refused_before_training(saved_encoder, tmp_path,
+                                                               monkeypatch, caplog):
+    """Masks saved as 0 / 255 mark their objects as ignored: the object class is nowhere, and
+    a split all 255 has nothing to learn or score; both stop before a step is trained."""
+    monkeypatch.setattr(transfer, "train_segmentation",
+                        lambda *a, **k: pytest.fail("trained on broken labels"))
+    config = _config()
+    config.data.synthetic, config.data.num_classes = False, 2
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = IGNORE
+    folder = tmp_path / "zero_255"
+    for split in ("train", "val"):
+        _write_voc(folder, [mask, mask], split)
+    with pytest.raises(ValueError, match=r"no label of 'train' or 'val' in .*zero_255 holds "
+                                         r"class 1 \(class 1\): is num_classes right\? A mask "
+                                         r"saved as 0 and 255"):
+        transfer.compare_initializations(config, saved_encoder[0], str(folder), progress=False)
+    folder = tmp_path / "ignored_val"
+    objects = np.where(mask == IGNORE, 1, 0).astype(np.uint8)
+    _write_voc(folder, [objects, objects], "train")
+    with open(os.path.join(folder, voc.LIST_DIR, "val.txt"), "w") as f:
+        f.write("im2\n")
+    voc.write_label(os.path.join(folder, voc.LABEL_DIR, "im2.png"), np.full((16, 16), IGNORE,
+                                                                            np.uint8))
+    tf.io.write_file(os.path.join(folder, voc.IMAGE_DIR, "im2.jpg"),
+                     tf.io.encode_jpeg(np.zeros((16, 16, 3), np.uint8)))
+    with pytest.raises(ValueError, match=r"val.txt: none of its 1 labels holds a labelled "
+                                         r"pixel \(all 255, the ignore label\)"):
+        transfer.compare_initializations(config, saved_encoder[0], str(folder), progress=False)
+    voc.write_label(os.path.join(folder, voc.LABEL_DIR, "im2.png"), np.zeros((16, 16), np.uint8))
+    counts = transfer.check_classes(config, str(folder), ["background", "object"])
+    assert counts["val"].tolist() == [256, 0]
+    assert "holds no pixel of class 1 (object): mIoU leaves it out" in caplog.text
 
 
 @pytest.mark.slow
@@ -454,6 +510,13 @@ def test_compare_over_seeds_end_to_end_and_resumes(saved_encoder, tmp_path, monk
     assert trained == [2, 0, 0]
     with open(out / "frozen_seed0" / "comparison.json") as f:
         assert json.load(f)["data_dir"] == str(tmp_path / "copy")
+    # A label mended in place: the folder and its lists unchanged, the run trained anew.
+    label = sorted((tmp_path / "copy" / voc.LABEL_DIR).iterdir())[0]
+    voc.write_label(label, voc.read_label(label))
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    transfer.compare_over_seeds(config, saved_encoder[0], [0], ["frozen"],
+                                data_dir=str(tmp_path / "copy"), workdir=out, progress=False)
+    assert trained == [2, 0, 0, 0]
 
 
 def test_the_generated_set_is_a_cache_under_cmp_tf_cache_home(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ are read with Pillow, which returns the indices.
 Elements are (image [H, W, 3] float32 0..255, label [H, W] int32 with 255 = ignore), batched.
 """
 import functools
+import glob
 import os
 
 import numpy as np
@@ -23,6 +24,9 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 IMAGE_DIR, LABEL_DIR, LIST_DIR = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
 _LABEL_MODES = ("P", "L")  # palette or 8-bit grey: both store class indices
+_LABEL_VALUES = 256  # an 8-bit label's values
+ZERO_255_HINT = (f"A mask saved as 0 and 255 marks its objects {IGNORE_LABEL}, which is "
+                 "ignored; save them as class indices (1, 2, ...).")
 _COLORMAP_BITS = 8  # the VOC colour map spreads an index's bits over the three channels
 
 
@@ -85,7 +89,11 @@ def read_label(path, num_classes=-1):
 def _size(path, what):
     """(height, width) from the file header only."""
     if not os.path.isfile(path):
-        raise ValueError(f"{what} {path} does not exist.")
+        stem = os.path.splitext(path)[0]
+        others = sorted(glob.glob(glob.escape(stem) + ".*"))
+        found = (f": {os.path.basename(others[0])} is there, but a VOC-format folder's images "
+                 f"are {IMAGE_DIR}/<id>.jpg and labels {LABEL_DIR}/<id>.png") if others else ""
+        raise ValueError(f"{what} {path} does not exist{found}.")
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -128,10 +136,13 @@ def read_split(folder, split):
 
 
 @functools.lru_cache(maxsize=None)
-def _checked_label(path, num_classes, size, modified_ns):
-    """read_label's check of one file version (its size and time in the key), done once."""
+def _label_counts(path, num_classes, size, modified_ns):
+    """read_label's check of one file version (its size and time in the key), done once, and
+    its pixels per value (0..255)."""
     del size, modified_ns
-    read_label(path, num_classes)
+    counts = np.bincount(read_label(path, num_classes).ravel(), minlength=_LABEL_VALUES)
+    counts.flags.writeable = False  # shared by every call for this file version
+    return counts
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,13 +163,38 @@ def check_contents(images, labels, num_classes):
     """Refuses, naming the file, a JPEG that does not decode (cut short or damaged) and a label
     with values outside the classes: found inside the input pipeline, either would end a run
     with TensorFlow's error around the message (and a label read there in flight could keep
-    the process from exiting). Each file version is decoded once per process."""
+    the process from exiting). Each file version is decoded once per process.
+
+    Returns:
+        the labels' pixels per value, int64 [256] (classes first, IGNORE_LABEL last).
+    """
     for image in images:
         stat = os.stat(image)
         _checked_image(image, stat.st_size, stat.st_mtime_ns)
+    counts = np.zeros(_LABEL_VALUES, np.int64)
     for label in labels:
         stat = os.stat(label)
-        _checked_label(label, num_classes, stat.st_size, stat.st_mtime_ns)
+        counts += _label_counts(label, num_classes, stat.st_size, stat.st_mtime_ns)
+    return counts
+
+
+def class_counts(folder, split, num_classes, max_images=-1):
+    """Labelled pixels per class [num_classes] of a split (its first `max_images`), its
+    files checked (`check_contents`); ValueError naming the list file where no pixel is
+    labelled (every label all IGNORE_LABEL): it would train on nothing, or score nothing."""
+    _, images, labels, _ = read_split(folder, split)
+    if max_images > 0:
+        images, labels = images[:max_images], labels[:max_images]
+    return _labelled(folder, split, images, labels, num_classes)
+
+
+def _labelled(folder, split, images, labels, num_classes):
+    counts = check_contents(images, labels, num_classes)
+    if not counts[:num_classes].any():
+        raise ValueError(f"{os.path.join(folder, LIST_DIR, f'{split}.txt')}: none of its "
+                         f"{len(labels)} labels holds a labelled pixel (all "
+                         f"{IGNORE_LABEL}, the ignore label). {ZERO_255_HINT}")
+    return counts[:num_classes]
 
 
 def _stream(seed, purpose):
@@ -208,7 +244,7 @@ def make_dataset(folder, split, num_classes, *, training, batch_size, crop=(-1, 
     _, images, labels, sizes = read_split(folder, split)
     if max_images > 0:
         images, labels, sizes = images[:max_images], labels[:max_images], sizes[:max_images]
-    check_contents(images, labels, num_classes)
+    _labelled(folder, split, images, labels, num_classes)
 
     def load(image_path, label_path):
         image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(image_path), channels=3), tf.float32)

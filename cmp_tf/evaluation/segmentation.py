@@ -38,20 +38,23 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label=voc.IGNORE_L
 def iou_from_confusion(confusion):
     """Per-class IoU = TP / (TP + FP + FN) and their mean (mIoU, as VOC scores it).
 
-    A class absent from both labels and predictions has no IoU (NaN) and is left out of the
-    mean.
+    A class with no labelled pixel in the scored set has no IoU (NaN), whatever was predicted,
+    and is left out of the mean: every model scored on one set is averaged over the same
+    classes (a class predicted by one model and not another would otherwise count for one).
 
     Returns:
-        (per-class IoU float64 [C] with NaN for absent classes, mIoU float; NaN if none).
+        (per-class IoU float64 [C] with NaN for classes not in the labels, mIoU float; NaN if
+        none).
     """
     confusion = np.asarray(confusion, np.float64)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion must be a square [C, C] matrix; got shape {confusion.shape}.")
     tp = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - tp
+    labelled = confusion.sum(1) > 0  # rows: the true class
     iou = np.full(len(tp), np.nan)
-    np.divide(tp, union, out=iou, where=union > 0)
-    return iou, (float(np.nanmean(iou)) if (union > 0).any() else float("nan"))
+    np.divide(tp, union, out=iou, where=labelled)
+    return iou, (float(np.nanmean(iou)) if labelled.any() else float("nan"))
 
 
 def predict_classes(model, image):
@@ -64,7 +67,7 @@ def evaluate_segmentation(model, dataset, num_classes, progress=False, desc="sco
     with `progress`, a bar over the batches (VOC's 1,449 val images take minutes on a CPU).
 
     Returns:
-        {"miou", "per_class_iou" (NaN: class absent from labels and predictions),
+        {"miou", "per_class_iou" (NaN: a class with no labelled pixel),
          "pixel_accuracy", "pixels" (labelled pixels scored), "images", "confusion" ([C][C]
          lists, rows = true class)}.
     """

@@ -606,6 +606,9 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
                    else pipeline.unreadable_data(error))
         if failure is None and not isinstance(error, KeyboardInterrupt):
             raise
+        if failure is not None:
+            failure = pipeline.name_undecodable(failure, [shard for shards, _ in
+                                                          resolved.values() for shard in shards])
         if strategy.extended._in_multi_worker_mode() or int(step) == start:
             # saving needs every worker; or nothing was learned since the last checkpoint
             kept = f"The last checkpoint is {manager.latest_checkpoint or 'none (none saved yet)'}."

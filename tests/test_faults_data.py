@@ -453,8 +453,15 @@ def test_a_shard_from_another_tool_stops_reading_as_a_data_error(shard_folder, t
             writer.write(example.SerializeToString())
     config = _config((str(folder),), val=(str(folder),))
     with pytest.raises(pipeline.DataError, match=r"A sample of the input could not be decoded "
-                                                 r"\(.* at .*DecodeJpeg"):
+                                                 r"\(.* at .*DecodeJpeg") as stopped:
         list(pipeline.batches(pipeline.make_dataset(config, "val")))
+    shards = [str(good), str(folder / "foreign-0000.tfrecord")]
+    named = pipeline.name_undecodable(stopped.value, shards)
+    assert str(named).startswith(str(stopped.value))
+    assert str(named).endswith(f"It is {shards[1]}: its record 2 does not decode (Unknown image "
+                               "file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP "
+                               "required.).")
+    assert pipeline.first_undecodable(shards[:1]) is None
 
 
 def test_validation_with_no_valid_pixel_is_refused_not_scored_zero():

@@ -581,10 +581,47 @@ def unreadable_data(error):
         return DataError(match.group(1))
     match = _PIPELINE_ERROR.search(text)
     if match:
-        return DataError(f"A sample of the input could not be decoded ({match.group(1).strip()} "
-                         f"at {match.group(2)}): a shard not written by cmp_tf's ingestion? "
-                         "Remove it from the data, or ingest its videos again.")
+        failure = DataError(f"A sample of the input could not be decoded ("
+                            f"{match.group(1).strip()} at {match.group(2)}): a shard not written "
+                            "by cmp_tf's ingestion? Remove it from the data, or ingest its "
+                            "videos again.")
+        failure.undecodable = True  # `name_undecodable` can find the shard
+        return failure
     return None
+
+
+_EAGER_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]")  # an eager op's node and op names
+
+
+def first_undecodable(shards):
+    """(shard, record number from 1, TensorFlow's reason) of the first record of `shards`
+    whose content does not decode, or None: read eagerly, one record at a time, to name what
+    the input pipeline cannot (a decoding op that fails inside it names no file)."""
+    for path in shards:
+        records = iter(tf.data.TFRecordDataset(path))
+        number = 0
+        while True:
+            try:
+                record = next(records)
+            except (StopIteration, tf.errors.DataLossError):  # a cut record: named elsewhere
+                break
+            number += 1
+            try:
+                records_lib.decode_example(record)
+            except tf.errors.InvalidArgumentError as error:  # its words, not its op's names
+                why = _EAGER_NOISE.sub("", (error.message or "no reason given").splitlines()[0])
+                return path, number, why.strip()
+    return None
+
+
+def name_undecodable(failure, shards):
+    """`failure` (from `unreadable_data`) naming the shard and record that do not decode, where
+    it is such a failure and the record is found in `shards`."""
+    found = first_undecodable(shards) if getattr(failure, "undecodable", False) else None
+    if found is None:
+        return failure
+    path, number, why = found
+    return DataError(f"{failure} It is {path}: its record {number} does not decode ({why}).")
 
 
 def batches(dataset):

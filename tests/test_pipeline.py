@@ -158,6 +158,12 @@ def test_a_lists_unknown_flow_blends_into_no_known_flow(tmp_path, rng):
                                                                                    1)), rtol=1e-5)
     filled = pipeline.fill_unknown_flow(np.where(valid[..., None], flow, 0), valid)
     np.testing.assert_array_equal(filled, np.tile([-15.0, 3.0], (40, 40, 1)))
+    # Motion beyond +-512 px reads as unknown, as it does once ingested into shards.
+    flow[:, 30:] = (1e8, 0.0)
+    formats.write_flo(tmp_path / "a.flo", flow, valid)
+    _, y = next(iter(pipeline.make_dataset(config, "val")))
+    assert 0.15 < (y["valid"].numpy()[0] > 0).mean() < 0.35
+    assert np.abs(y["flow"].numpy()).max() < 20
 
 
 def test_bad_sources_fail_naming_the_field(tmp_path, videos):

@@ -291,6 +291,13 @@ def read_kitti_png(path):
     return flow * valid[..., None], valid
 
 
+def kitti_codable(flow):
+    """[H, W] bool: where the motion fits KITTI's 16-bit encoding (+-512 px), the range every
+    training pair has once ingested into shards; beyond it a pair's flow counts as unknown."""
+    coded = np.round(np.asarray(flow, np.float64) * KITTI_SCALE + KITTI_OFFSET)
+    return ((coded >= 0) & (coded <= 2**16 - 1)).all(-1)
+
+
 def encode_kitti_png(flow, valid):
     """[H, W, 2] flow + [H, W] validity -> 16-bit KITTI PNG bytes (1/64 px steps, +-512 px).
     A pixel whose motion lies beyond that range is written invalid, not clipped to a wrong
@@ -300,9 +307,8 @@ def encode_kitti_png(flow, valid):
         raise ValueError(f"flow must have shape [H, W, 2]; got {flow.shape}.")
     known = _known(valid, flow.shape[:2])  # NaN was written as invalid, where .flo refused it
     coded = np.round(flow * KITTI_SCALE + KITTI_OFFSET)
-    in_range = ((coded >= 0) & (coded <= 2**16 - 1)).all(-1)
     q = np.clip(coded, 0, 2**16 - 1).astype(np.uint16)
-    valid = (known & in_range).astype(np.uint16)
+    valid = (known & kitti_codable(flow)).astype(np.uint16)
     ok, data = cv2.imencode(".png", np.dstack([valid, q[..., 1], q[..., 0]]))  # B, G, R
     if not ok:
         raise ValueError("OpenCV could not encode the flow as PNG.")

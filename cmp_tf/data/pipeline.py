@@ -337,6 +337,7 @@ def _load_entry(entries, on_error):
         entry = entries[int(index)]
         try:
             image, _, flow, valid = formats.read_pair(entry)
+            valid = valid * formats.kitti_codable(flow)  # as it would be, ingested into shards
             flow = fill_unknown_flow(flow, valid)
         except ValueError as e:
             why = f"{entry.source}: {e}"

@@ -11,6 +11,7 @@ import re
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from cmp_tf import cli
@@ -47,6 +48,8 @@ def run_name(recipe):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # TensorFlow's INFO lines would cut the bar
+        logging.set_verbosity(logging.WARNING)
     from cmp_tf import training  # imports TensorFlow: after the CPU split is decided
 
     if _CPU_DEVICES.value:

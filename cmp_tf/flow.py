@@ -124,13 +124,23 @@ def _color_wheel():
     return np.concatenate(parts, 0)
 
 
+def color_scale(flow, valid=None):
+    """The motion `flow_to_color` shows fully saturated for `flow`: its longest vector (over
+    `valid` pixels, where given), at least 1 px so that noise on a still scene stays near
+    white. The length, not the largest component: a diagonal motion longer than that would be
+    drawn as out of range."""
+    lengths = np.hypot(*np.moveaxis(np.asarray(flow, np.float64), -1, 0))
+    if valid is not None:
+        lengths = lengths[np.asarray(valid) > 0]
+    return max(float(lengths.max()) if lengths.size else 0.0, 1.0)
+
+
 def flow_to_color(flow, max_flow=None):
     """Middlebury colour coding: hue = direction, saturation = magnitude / max_flow.
 
     Args:
         flow: [H, W, 2] flow in pixels.
-        max_flow: magnitude shown fully saturated; None uses the largest magnitude in `flow`
-            (at least 1 px, so noise on a static scene stays near white).
+        max_flow: magnitude shown fully saturated; None: `color_scale(flow)`.
     Returns:
         [H, W, 3] uint8 RGB.
     """
@@ -140,7 +150,7 @@ def flow_to_color(flow, max_flow=None):
     u, v = flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64)  # no overflow
     rad = np.hypot(u, v)
     if max_flow is None:
-        max_flow = max(float(rad.max()), 1.0)
+        max_flow = color_scale(flow)
     elif isinstance(max_flow, bool) or not isinstance(max_flow, (int, float, np.number)) \
             or not (np.isfinite(max_flow) and max_flow > 0):
         raise ValueError(f"max_flow must be a positive number of pixels or None; got "

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 
+import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -340,7 +341,19 @@ def logged_loss(log_file, step):
     return None
 
 
+class _TerminalHandler(logging.Handler):
+    """Warnings, and records marked `terminal=True`, also on the terminal, above the bar."""
+
+    def emit(self, record):
+        from tqdm import tqdm
+
+        if record.levelno >= logging.WARNING or getattr(record, "terminal", False):
+            tqdm.write(self.format(record), file=sys.stderr)
+
+
 def _logger(workdir, chief):
+    """The run's log: every record in log.txt; warnings and `extra={"terminal": True}` records
+    on the terminal too (a resume, a changed input)."""
     log = logging.getLogger("cmp_tf.train")
     log.setLevel(logging.INFO)
     log.handlers.clear()
@@ -349,7 +362,24 @@ def _logger(workdir, chief):
         handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
+        log.addHandler(_TerminalHandler())
     return log
+
+
+def _mark_start(writer, start, resumed):
+    """A SessionLog START at the first step this process logs: TensorBoard's loaders drop the
+    events of earlier processes from that step on (what a killed run logged past its last
+    checkpoint would otherwise show twice). They ignore a run's first START, so a resumed run
+    writes two: runs begun without one are mended too."""
+    try:  # no public alias; without it the repeated steps stay, as they were
+        from tensorflow.python.ops.summary_ops_v2 import import_event
+    except ImportError:
+        return
+    event = tf.compat.v1.Event(step=start + 1, wall_time=time.time(), session_log=tf.compat.v1.
+                               SessionLog(status=tf.compat.v1.SessionLog.START))
+    with writer.as_default():
+        for _ in range(2 if resumed else 1):
+            import_event(tf.constant(event.SerializeToString()))
 
 
 def _set_sync_bn(model, synchronized):
@@ -428,6 +458,9 @@ def _end_if_stuck_after_signal(log, checkpoint_path):
     return disarm
 
 
+GUIDE_DOT_PX = 1  # radius of a guide's red dot in the preview panels (a black ring around it)
+
+
 def _preview_panels(model, batch, count=2):
     """[N, H, 3W, 3] uint8: image with guidance marks | predicted flow | target flow; None if
     the predictions are not finite (the weights have diverged)."""
@@ -438,9 +471,11 @@ def _preview_panels(model, batch, count=2):
     panels = []
     for i in range(min(count, len(pred))):
         image = x["image"][i].numpy().astype(np.uint8).copy()
-        image[x["sparse"][i, ..., 2].numpy() > 0] = (255, 0, 0)  # guidance in red
+        for row, col in zip(*np.nonzero(x["sparse"][i, ..., 2].numpy() > 0)):  # guidance
+            cv2.circle(image, (int(col), int(row)), GUIDE_DOT_PX + 1, (0, 0, 0), -1)
+            cv2.circle(image, (int(col), int(row)), GUIDE_DOT_PX, (255, 0, 0), -1)
         target = y["flow"][i].numpy()
-        scale = max(float(np.abs(target).max()), 1.0)
+        scale = flow_lib.color_scale(target, y["valid"][i].numpy())
         panels.append(np.concatenate([image, flow_lib.flow_to_color(pred[i], scale),
                                       flow_lib.flow_to_color(target, scale)], 1))
     return np.stack(panels)
@@ -517,7 +552,7 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
     except ValueError as error:  # nothing in the run's checkpoints reads back
         raise SetupError(str(error)) from error
     if restored:
-        log.info(f"resumed from {restored} at step {int(step)}")
+        log.info(f"resumed from {restored} at step {int(step)}", extra={"terminal": progress})
     if chief:
         changed_input = rundir.note_input(workdir, *resolved["train"],
                                           getattr(strategy.extended, "_num_workers", 1))
@@ -554,8 +589,11 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, points, axis=None))
 
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "tb") if chief else os.path.join(
-        workdir, "tb_tmp"))
+    # Non-chief workers log nothing: a folder of theirs would be one more run in TensorBoard.
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if chief else \
+        tf.summary.create_noop_writer()
+    if chief:
+        _mark_start(writer, start, bool(restored))
     log_every, image_every = t.get("log_every", 50), t.get("image_every", 500)
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (
         progress and chief), dynamic_ncols=True)
@@ -564,8 +602,10 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
     disarm = _end_if_stuck_after_signal(log, lambda: manager.latest_checkpoint)
     try:
         while int(step) < t.steps:
+            current = int(step) + 1
+            if current % log_every == 0 or current == t.steps:  # the rate this step uses
+                lr = float(optimizer.learning_rate)
             loss_t, points_t = train_step(iterator)
-            current = int(step)
             loss = float(loss_t)
 
             def stop(what):
@@ -581,7 +621,6 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
                 now = time.perf_counter()
                 steps_per_s = (current - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, current
-                lr = float(optimizer.learning_rate)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
                 log.info(f"step {current} loss {loss:.4f} lr {lr:.3g} steps/s {steps_per_s:.2f} "
                          f"points/sample {float(points_t):.1f}")

@@ -727,3 +727,57 @@ def test_a_resumed_run_removes_what_writes_cut_short_left(tmp_path):
     rundir.prepare_workdir(str(run), config)
     assert sorted(os.listdir(run / "checkpoints")) == ["ckpt-4.index"]
     assert sorted(os.listdir(run)) == [rundir.RUN_LOCK, "checkpoints", "config.json", "eval"]
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    """A run killed after logging steps past its last checkpoint (4) logs them again once
+    resumed; TensorBoard's loader keeps the resumed run's values, each step once."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    from cmp_tf import training
+
+    first = tf.summary.create_file_writer(str(tmp_path / "tb"), filename_suffix=".a")
+    training._mark_start(first, 0, resumed=False)
+    with first.as_default():
+        for step in range(1, 8):
+            tf.summary.scalar("train/loss", float(step), step=step)
+    first.close()
+    resumed = tf.summary.create_file_writer(str(tmp_path / "tb"), filename_suffix=".b")
+    training._mark_start(resumed, 4, resumed=True)
+    with resumed.as_default():
+        for step in range(5, 11):
+            tf.summary.scalar("train/loss", 100.0 + step, step=step)
+    resumed.close()
+    loaded = plugin_event_accumulator.EventAccumulator(str(tmp_path / "tb"),
+                                                       size_guidance={"tensors": 0})
+    loaded.Reload()
+    events = loaded.Tensors("train/loss")
+    assert [e.step for e in events] == list(range(1, 11))
+    assert [float(tf.make_ndarray(e.tensor_proto)) for e in events] == \
+        [1.0, 2.0, 3.0, 4.0, *(100.0 + s for s in range(5, 11))]
+
+
+def test_the_preview_colours_diagonal_motion_in_range_and_marks_the_guides():
+    """The colour scale was the largest component, so diagonal motion, longer than that,
+    was drawn as out of range (dimmed)."""
+    import tensorflow as tf
+
+    from cmp_tf import flow as flow_lib
+    from cmp_tf import training
+
+    sparse = np.zeros((1, 24, 24, 3), np.float32)
+    sparse[0, 12, 12] = (3.0, 3.0, 1.0)
+    x = {"image": tf.fill((1, 24, 24, 3), 200.0), "sparse": tf.constant(sparse)}
+    target = np.full((1, 24, 24, 2), 3.0, np.float32)
+    y = {"flow": tf.constant(target), "valid": tf.ones((1, 24, 24))}
+
+    def model(inputs, training=False):
+        return {"flow": tf.constant(target)}
+
+    panel = training._preview_panels(model, (x, y))[0]
+    image, predicted, reference = np.split(panel, 3, axis=1)
+    np.testing.assert_array_equal(reference, flow_lib.flow_to_color(target[0], 3 * 2 ** 0.5))
+    assert reference.max() == 255  # fully saturated, not dimmed to three quarters
+    assert (image[12, 11:14] == (255, 0, 0)).all() and (image[11:14, 12] == (255, 0, 0)).all()
+    assert (image[12, [10, 14]] == 0).all() and (image[[10, 14], 12] == 0).all()  # its ring

@@ -254,3 +254,17 @@ def test_a_validation_video_the_training_data_also_holds_is_found(videos, tmp_pa
     assert pipeline.videos_in_both(config) == [held_out]
     config.data.train = [os.path.dirname(videos[1])]  # the folder holding it
     assert pipeline.videos_in_both(config) == [held_out]
+
+
+def test_a_list_sample_that_fails_with_on_error_raise_is_a_data_error(tmp_path, rng):
+    """Raised inside the loader, it ended training with TensorFlow's traceback, unsaved."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "good.png"), rng.integers(0, 255, (40, 40, 3), np.uint8))
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    formats.write_flo(tmp_path / "a.flo", np.zeros((40, 40, 2), np.float32))
+    (tmp_path / "val.txt").write_text("good.png good.png a.flo\nbroken.png good.png a.flo\n")
+    config = _config([str(tmp_path / "val.txt")], val=[str(tmp_path / "val.txt")], batch=1)
+    with pytest.raises(pipeline.DataError, match=r"config.data.val: .*val.txt:2: .*broken.png.*"
+                                                 r" With data.on_error=raise the first unreadable"):
+        list(pipeline.batches(pipeline.make_dataset(config, "val")))

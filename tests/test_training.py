@@ -82,9 +82,15 @@ def test_a_run_fills_its_directory_and_refuses_to_be_overwritten(tmp_path, data_
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, data_flags):
-    flags = ["--deterministic", "--config.train.steps=8", "--config.train.checkpoint_every=2"]
+    flags = ["--deterministic", "--config.train.steps=8", "--config.train.checkpoint_every=2",
+             "--config.schedule.boundaries=(3, 6)"]
     whole = _train(tmp_path / "whole", data_flags, *flags)
     assert whole.returncode == 0, whole.stderr[-3000:]
+    # each step's line gives the rate that step trained with: step N is the optimizer's
+    # iteration N - 1 (the rate read after it was the next step's)
+    logged = [float(line.split(" lr ")[1].split()[0]) for line in
+              (tmp_path / "whole" / "log.txt").read_text().splitlines() if " lr " in line]
+    assert logged == pytest.approx([0.01] * 3 + [0.001] * 3 + [0.0001] * 2)
     proc = _train(tmp_path / "killed", data_flags, *flags, wait=False)
     state = tmp_path / "killed" / "checkpoints" / "checkpoint"
     deadline = time.time() + 300
@@ -97,7 +103,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, data_flags):
     resumed = _train(tmp_path / "killed", data_flags, *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = (tmp_path / "killed" / "log.txt").read_text()
-    assert "resumed from" in log
+    assert "resumed from" in log and "resumed from" in resumed.stderr  # the terminal too
     for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "killed")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -329,9 +329,11 @@ def fill_unknown_flow(flow, valid):
     return np.where(known[..., None], flow, of_label[nearest]).astype(np.float32)
 
 
-def _load_entry(entries, on_error):
+def _load_entry(entries):
     """Loads list entry i in Python: (image, flow, valid, why) with `why` empty when it loaded,
-    else the line and the reason (and placeholder arrays); with on_error="raise" it raises."""
+    else the line and the reason (and placeholder arrays): `_count_unreadable` decides whether
+    that stops the stream (raised inside, it would end it with TensorFlow's traceback around
+    the reason, and no checkpoint)."""
 
     def load(index):
         entry = entries[int(index)]
@@ -341,8 +343,6 @@ def _load_entry(entries, on_error):
             flow = fill_unknown_flow(flow, valid)
         except ValueError as e:
             why = f"{entry.source}: {e}"
-            if on_error == "raise":
-                raise ValueError(why) from e
             return (np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 2), np.float32),
                     np.zeros((1, 1), np.float32), why.encode())
         return image, flow, valid, b""
@@ -397,7 +397,8 @@ def _count_unreadable(limit, field, on_error):
                                         " samples could be read; the last: ", last)),
         ]
         if on_error == "raise":
-            failures.insert(0, (unreadable, _text(field, ": ", why, " (data.on_error='raise')")))
+            failures.insert(0, (unreadable, _text(field, ": ", why, " With data.on_error=raise "
+                                                  "the first unreadable sample stops it.")))
         failure = tf.constant("")
         for condition, message in reversed(failures):
             failure = tf.where(condition, message, failure)
@@ -717,7 +718,7 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
     if train and start_step:
         ds = ds.skip(start_step * batch)
 
-    load_entry = _load_entry(entries, on_error) if entries else None
+    load_entry = _load_entry(entries) if entries else None
     strategies = config.guidance if guidance else None
     crop_size = tuple(data.crop)
     layered_ratio = float(layered.pop("ratio")) if train else 0.0

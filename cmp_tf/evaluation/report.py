@@ -99,7 +99,7 @@ def example_panels(result, path):
     rows = []
     for example in result["examples"]:
         flow, valid = example["flow"], example["valid"]
-        scale = max(float(np.abs(flow[valid]).max()) if valid.any() else 0.0, 1.0)
+        scale = flow_lib.color_scale(flow, valid)
         image = example["image"].copy()
         for (x, y), (u, v) in zip(example["points"].astype(int), example["vectors"]):
             cv2.arrowedLine(image, (int(x), int(y)), (int(round(x + u)), int(round(y + v))),

@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -51,8 +52,10 @@ class KerasRunner:
             self.metadata = {"multiple": self._guard.multiple, "minimum": self._guard.minimum,
                              "maximum": models.traced_max_side(self.model)}
         self._forward = None  # the traced forward pass, made at the first call
+        self._pid = os.getpid()
 
     def __call__(self, feeds):
+        _check_process(self._pid, getattr(self, "path", "this model"))
         feeds = {name: np.asarray(value, np.float32) for name, value in feeds.items()}
         if self._guard is not None:  # the graph takes any size: refuse one the CMP cannot
             self._guard.check_sizes(feeds["image"].shape, feeds["sparse"].shape)
@@ -144,10 +147,22 @@ class SavedModelRunner:
             with open(meta) as f:
                 self.metadata = _parse_metadata(f.read(), path)
         self._tf = tf
+        self._pid, self._path = os.getpid(), path
 
     def __call__(self, feeds):
+        _check_process(self._pid, self._path)
         out = self._fn(**{name: self._tf.constant(value) for name, value in feeds.items()})
         return {name: value.numpy() for name, value in out.items()}
+
+
+def _check_process(loaded_in, path):
+    """TensorFlow's runtime does not survive fork(): a model loaded before it (a DataLoader's
+    fork-started workers) would wait for ever in the child; refused at once instead."""
+    if os.getpid() != loaded_in:
+        raise RuntimeError(f"{path} was loaded by process {loaded_in}, before this one was "
+                           "forked from it, and TensorFlow cannot run it here: load the "
+                           "Propagator inside each worker process, start the workers with the "
+                           "'spawn' method, or use an exported .onnx or .tflite file.")
 
 
 def tflite_metadata(path):
@@ -186,8 +201,15 @@ class TFLiteRunner:
         self.metadata = None if text is None else _parse_metadata(text, path)
         self._allocated = None  # {name: shape} the tensors are allocated for
         self.path = path
+        # One interpreter holds its tensors between set and get: calls from several threads
+        # take turns (ONNX Runtime's sessions and TensorFlow's graphs are safe as they are).
+        self._lock = threading.RLock()
 
     def __call__(self, feeds):
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds):
         count = len(next(iter(feeds.values())))
         if count > 1 and all(shape[0] == 1 for shape in self.inputs.values()):
             parts = [self({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(count)]

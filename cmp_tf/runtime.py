@@ -113,8 +113,9 @@ class Propagator:
         if threads is not None and (not sampling.is_int(threads) or threads < 1):
             raise ValueError(f"threads must be None (the runtime's default) or a whole number "
                              f">= 1; got {threads!r}.")
-        if fade is not None and not isinstance(fade, bool):
+        if fade is not None and not isinstance(fade, (bool, np.bool_)):
             raise ValueError(f"fade must be True, False or None; got {fade!r}.")
+        fade = None if fade is None else bool(fade)
         self.max_side = int(max_side)
         self._network = Network(path, threads)
         if fade is not None:
@@ -142,7 +143,14 @@ class Propagator:
                              f"{type(guidance).__name__} {short_repr(guidance)}.")
         if not guidance:
             raise ValueError("guidance must hold at least one (points, vectors) pair; got none.")
-        checked = [sampling.check_guidance(image, p, v) for p, v in guidance]
+        checked = []
+        for index, (points, vectors) in enumerate(guidance):
+            try:
+                checked.append(sampling.check_guidance(image, points, vectors))
+            except ValueError as error:  # which of many sets
+                if len(guidance) == 1 or str(error).startswith("image "):
+                    raise
+                raise ValueError(f"guidance[{index}]: {error}") from None
         image = checked[0][0]
         height, width = image.shape[:2]
         work_h, work_w = self.working_size(height, width)

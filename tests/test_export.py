@@ -155,6 +155,25 @@ def test_propagate_batch_runs_four_guidance_sets_on_a_batch_one_model(exported):
         np.testing.assert_allclose(flow, propagator.propagate(image, points, vectors), atol=1e-5)
 
 
+def test_one_tflite_propagator_serves_several_threads_as_it_serves_one(exported):
+    """Its interpreter holds its tensors between set and get: calls from threads raised
+    LiteRT's errors or returned another call's flow."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cmp_tf import runtime
+
+    out, _, _ = exported
+    propagator = runtime.Propagator(out / "model.tflite")
+    rng = np.random.default_rng(1)
+    jobs = [(_image(45 + i % 3 * 9, 70, seed=i), GUIDE_XY, rng.normal(0, 5, GUIDE_UV.shape))
+            for i in range(12)]
+    serial = [propagator.propagate(*job) for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda job: propagator.propagate(*job), jobs))
+    for one, other in zip(serial, parallel):
+        np.testing.assert_array_equal(one, other)
+
+
 def test_propagator_rejects_bad_input(exported):
     from cmp_tf import runtime
 

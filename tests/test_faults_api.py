@@ -174,6 +174,53 @@ def test_animation_arrows_and_fade_are_checked(propagator, tmp_path):
             animate.predict_flow(propagator, image, arrows)
     with pytest.raises(ValueError, match="--fade must be True or False; got 'no'"):
         animate.run(None, str(tmp_path / "none.png"), "10,10,5,0", fade="no")
+    with pytest.raises(ValueError, match=r"arrows item 2 holds values that are not finite "
+                                         r"numbers: \[10.0, 10.0, nan, 0.0\]"):
+        animate.predict_flow(propagator, image, [[5, 5, 1, 0], [10, 10, np.nan, 0]])
+    with pytest.raises(ValueError, match=r"image must be an \[H, W, 3\] RGB array; got shape "
+                                         r"\(64,\)"):
+        animate.predict_flow(propagator, image[0, :, 0], [[5, 5, 1, 0]])
+    with pytest.raises(ValueError, match=r"^image must be uint8 \(0..255\); got dtype int64"):
+        animate.animate(propagator, image.tolist(), [[5, 5, 1, 0]], frames=2)
+
+
+def test_one_bad_set_of_many_is_named_and_numpy_booleans_are_booleans(propagator):
+    from cmp_tf.runtime import Propagator
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    good = ([[1, 1]], [[1, 0]])
+    with pytest.raises(ValueError, match=r"guidance\[2\]: vectors must be finite"):
+        propagator.propagate_batch(image, [good, good, ([[1, 1]], [[np.nan, 0]])])
+    flow = Propagator(fade=np.False_).propagate(image, *good)  # as fade=False
+    np.testing.assert_array_equal(flow, Propagator(fade=False).propagate(image, *good))
+
+
+def test_a_keras_propagator_in_a_forked_process_says_so_rather_than_waits(propagator):
+    """TensorFlow does not survive fork(): a DataLoader's fork-started worker waited for ever."""
+    import select
+
+    image, points, vectors = np.zeros((32, 32, 3), np.uint8), [[1, 1]], [[1, 0]]
+    propagator.propagate(image, points, vectors)  # loaded and run in this process
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the forked worker
+        try:
+            propagator.propagate(image, points, vectors)
+            said = b"ran"
+        except RuntimeError as error:
+            said = str(error).encode()
+        except BaseException as error:  # noqa: BLE001  reported to the test
+            said = repr(error).encode()
+        os.write(write, said[:2000])
+        os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 60)
+    if not ready:
+        os.kill(child, 9)
+    os.waitpid(child, 0)
+    said = os.read(read, 2000).decode() if ready else "no answer in 60 s"
+    os.close(read)
+    assert "before this one was forked from it" in said and "'spawn'" in said, said
 
 
 def test_annotation_clicks_zoom_and_threshold_are_checked(propagator, tmp_path):

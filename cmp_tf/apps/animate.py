@@ -51,12 +51,20 @@ def guidance_from_arrows(arrows):
         raise ValueError(f"arrows must be [K, 4] numbers (x, y, u, v), K >= 1; got "
                          f"{arrows.dtype} {arrows.shape}.")
     arrows = arrows.astype(np.float32)
+    finite = np.isfinite(arrows).all(1)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise ValueError(f"arrows item {index + 1} holds values that are not finite numbers: "
+                         f"{arrows[index].tolist()}.")
     return arrows[:, :2], arrows[:, 2:]
 
 
 def predict_flow(propagator, image, arrows):
     """The dense flow (H x W x 2, px) that CMP propagates from the arrows over `image`."""
     points, vectors = guidance_from_arrows(arrows)
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be an [H, W, 3] RGB array; got shape {image.shape}.")
     inputs.check_inside(points, *image.shape[:2], name="arrows")
     return propagator.propagate(image, points, vectors)
 
@@ -242,6 +250,7 @@ def flow_path(out):
 
 def animate(propagator, image, arrows, frames=16, progress=False):
     """(flow, frames): CMP's flow from the arrows and the animation along it."""
+    image = np.asarray(image)
     flow = predict_flow(propagator, image, arrows)
     return flow, animate_frames(image, flow, frames, progress=progress)
 

@@ -68,6 +68,11 @@ def check_inside(points, height, width, name):
         return points
     if array.ndim != 2 or array.shape[1] < 2:
         raise ValueError(f"{name} must be rows of (x, y, ...); got shape {array.shape}.")
+    finite = np.isfinite(array).all(1)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise ValueError(f"{name} item {index + 1} holds values that are not finite numbers: "
+                         f"{array[index].tolist()}.")
     for index, (x, y) in enumerate(np.round(array[:, :2]), 1):
         if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
             raise ValueError(f"{name} item {index} (x={x:g}, y={y:g}) lies outside the "

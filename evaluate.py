@@ -46,7 +46,10 @@ _REFERENCE = flags.DEFINE_string(
     "cmp_tf.data.teacher.named_estimators), as real clips are scored against their teacher's.")
 _PAIRS = flags.DEFINE_integer("pairs", 32, "Pairs scored, drawn evenly at random (fixed seed) "
                               "from the data; -1 for all.")
-_KS = flags.DEFINE_list("ks", ["1", "5", "10", "25", "100", "400"], "Guidance counts K.")
+_KS = flags.DEFINE_list("ks", ["1", "5", "10", "25", "100", "400"], "Guidance counts K. The "
+                        "guides of each K are the first K of one draw of the largest K per "
+                        "pair and strategy, so other --ks or --strategies draw other points: "
+                        "the defaults reproduce the docs' tables.")
 _STRATEGIES = flags.DEFINE_list("strategies", ["watershed", "uniform"], "Guidance sampling.")
 _BASELINES = flags.DEFINE_list("baselines", ["zero", "nearest", "linear", "gaussian", "epicflow"],
                                "Methods from cmp_tf.evaluation.baselines to compare with.")
@@ -183,6 +186,8 @@ def _check_flags():
                              "pairs.")
     if _PANELS.value < 0:
         raise app.UsageError(f"--panels={_PANELS.value} must be >= 0.")
+    if _SEED.value < 0:
+        raise app.UsageError(f"--seed={_SEED.value} must be >= 0.")
     other = next(task for task in _TASK_FLAGS if task != _TASK.value)
     given = [f"--{name}" for name in flags.FLAGS
              if name.split(".")[0] in _TASK_FLAGS[other] and flags.FLAGS[name].present]
@@ -210,7 +215,17 @@ def _check_flags():
         if _DATA.value != ["generated"]:
             raise app.UsageError(f"--reference={_REFERENCE.value} scores generated scenes "
                                  "against a teacher's flow: use it with --data=generated.")
+    from cmp_tf.evaluation import baselines
+
+    unknown = [name for name in _BASELINES.value if name not in baselines.BASELINES]
+    if unknown:
+        raise app.UsageError(f"--baselines: {', '.join(unknown)} unknown; known: "
+                             f"{', '.join(baselines.BASELINES)}.")
     _method_files()
+    missing = [file for file in _METHOD.value if not os.path.isfile(file)]
+    if missing:
+        raise app.UsageError(f"--method={missing[0]} is not a file: name a Python file defining "
+                             "propagate(image, points, vectors).")
 
 
 def main(argv):
@@ -232,6 +247,12 @@ def main(argv):
     # Results of the shipped model go under runs/, never into the installed package.
     out = _OUT.value or os.path.join(rundir.results_dir(unfinished or path, "eval"),
                                      _TASK.value)
+    try:  # before the pairs are scored, not when the report is written
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise app.UsageError(f"--out={out} could not be made: {error.strerror or error}"
+                             f"{'' if _OUT.value else ' (the default; name another with --out)'}"
+                             ".") from error
     if unfinished:
         step = rundir.checkpoint_step(unfinished)
         print(f"Evaluating {unfinished}, the {f'step-{step} ' if step else ''}training "

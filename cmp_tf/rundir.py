@@ -39,6 +39,7 @@ _HELD_RUNS = {}
 # The folder holding the cmp_tf package (the repository, or site-packages): never a run.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_FILE = "saved_model.pb"  # marks a SavedModel folder
+EXPORT_DIR, EXPORT_REPORT = "export", "export.json"  # python -m export's folder, its report
 DEFAULT_ROOT = "runs"  # where train.py puts runs and commands look for the newest one
 MODEL_SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
 TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt")  # PyTorch's: cmp_tf.convert reads them
@@ -127,11 +128,34 @@ def checkpoint_step(path):
 
 
 def _run_folder(path):
-    """The folder of the run that `path` (a run directory, a file in one or a checkpoint
-    prefix in its checkpoints/) belongs to."""
+    """The folder of the run that `path` (a run directory, a file in one, a checkpoint prefix
+    in its checkpoints/, or a file `python -m export` wrote from one) belongs to."""
     if is_checkpoint(path):
         return os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    return path if os.path.isdir(path) else os.path.dirname(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+        return folder
+    return _exported_from(folder) or folder
+
+
+def _exported_from(folder):
+    """The run folder (or the shipped model's) that an export folder's files came from: its
+    export.json names the source; else an `export/` folder inside a run; None otherwise."""
+    for candidate in (folder, os.path.dirname(os.path.abspath(folder))):  # a SavedModel's too
+        try:
+            with open(os.path.join(candidate, EXPORT_REPORT), encoding="utf-8") as f:
+                source = json.load(f).get("checkpoint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(source, str) and source:
+            run = source if os.path.isdir(source) else os.path.dirname(source)
+            if os.path.isfile(os.path.join(run, CONFIG_FILE)):
+                return run
+    parent = os.path.dirname(os.path.abspath(folder))
+    if os.path.basename(os.path.abspath(folder)) == EXPORT_DIR and \
+            os.path.isfile(os.path.join(parent, CONFIG_FILE)):
+        return parent  # moved with its run: the recorded source no longer there
+    return None
 
 
 def resolve_model_path(path, checkpoints=False):
@@ -233,13 +257,23 @@ def results_dir(checkpoint, kind):
     """Where results of `kind` ("eval", "export") about `checkpoint` go: <run>/<kind> for a run
     directory or a file in one, runs/pretrained/<kind> for the shipped model, and
     runs/<kind>/<file stem> for a model file outside any run; <run>/<kind>/<name>-<step> for a
-    training checkpoint, apart from the finished run's."""
+    training checkpoint, apart from the finished run's; <run>/<kind>/<file name> for an
+    exported file (.tflite, .onnx, a SavedModel), each apart from the others."""
     path = os.path.abspath(os.fspath(checkpoint))
     if is_pretrained(path):
         return os.path.join(PRETRAINED_RESULTS, kind)
     if is_checkpoint(path):
         return os.path.join(_run_folder(path), kind, os.path.basename(path))
     folder = _run_folder(path)
+    exported = os.path.splitext(path)[1] in (".tflite", ".onnx") or (
+        os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)))
+    if exported:  # each file its own results, apart from its run's model.keras
+        name = os.path.basename(path)
+        if is_pretrained(folder):
+            return os.path.join(PRETRAINED_RESULTS, kind, name)
+        if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+            return os.path.join(folder, kind, name)
+        return os.path.join(DEFAULT_ROOT, kind, name)
     if os.path.isfile(os.path.join(folder, CONFIG_FILE)) or os.path.isdir(path):
         return os.path.join(folder, kind)
     return os.path.join(DEFAULT_ROOT, kind, os.path.splitext(os.path.basename(path))[0])
@@ -356,6 +390,9 @@ def check_folder_path(path, field, value=None):
     if not os.path.isdir(here):
         which = "is a file" if here == os.path.abspath(value) else f"lies in {here}, a file"
         raise ValueError(f"{field}={value} {which}, not a folder.")
+    if not os.access(here, os.W_OK | os.X_OK):
+        which = "" if here == os.path.abspath(value) else f": {here} is"
+        raise ValueError(f"{field}={value}{which} not writable by this user.")
 
 
 def check_file_path(path, field):

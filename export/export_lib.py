@@ -34,7 +34,7 @@ PRECISION = {"savedmodel": "float32", "tflite": "float32", "tflite_fp16": "float
 _FILE = {"savedmodel": "{}_saved_model", "tflite": "{}.tflite", "tflite_fp16": "{}_fp16.tflite",
          "tflite_int8": "{}_int8.tflite", "onnx": "{}.onnx", "onnx_int8": "{}_int8.onnx"}
 PARTS = ("model", "encoder")  # the CMP, and its image encoder alone (what transfer reuses)
-REPORTS = ("export.json", "parity.md")
+REPORTS = (rundir.EXPORT_REPORT, "parity.md")
 # In the folder while an export writes it: one cut short (Ctrl-C, a kill) is cleared and done
 # again by the next, where an earlier whole export needs --overwrite.
 UNFINISHED = "export.unfinished"
@@ -86,7 +86,7 @@ def load_checkpoint(path=None):
 def default_out(checkpoint):
     """Where an export of `checkpoint` goes by default (rundir.results_dir: <run>/export, and
     runs/pretrained/export for the shipped model: nothing is written into the package)."""
-    return rundir.results_dir(checkpoint, "export")
+    return rundir.results_dir(checkpoint, rundir.EXPORT_DIR)
 
 
 def _sources(config, split):
@@ -256,7 +256,7 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
                           threads, repeats)
     report.update(checkpoint=source, formats=list(formats),
                   calibration_samples=len(calib), opset=onnx_export.OPSET)
-    with open(os.path.join(out, "export.json"), "w") as f:
+    with open(os.path.join(out, rundir.EXPORT_REPORT), "w") as f:
         json.dump(report, f, indent=1)
     text = parity.markdown(report)
     with open(os.path.join(out, "parity.md"), "w") as f:

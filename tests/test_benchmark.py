@@ -1,6 +1,7 @@
 """The propagation benchmark: guidance orders, metrics, reports, the runtime Propagator."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -87,6 +88,49 @@ def test_a_nearly_still_pair_is_left_out_of_the_relative_error():
         if row["method"] == "oracle":
             assert row["relative"] == pytest.approx(1.0 / zero_epe, rel=1e-4)
             assert row["epe"] == pytest.approx(1.0, rel=1e-5)
+    assert result["still_pairs"] == 1  # and the report says so
+    assert "1 of the 2 pairs move less than 0.1 px on average (zero-flow EPE) and are left " \
+        "out of the relative errors." in report_lib.markdown_table(result)
+
+
+def test_a_method_editing_its_inputs_moves_no_other_methods_guides():
+    seen = []
+
+    def vandal(image, points, vectors):
+        image[:] = 0
+        points -= 0.5
+        vectors *= 0
+        return np.zeros(image.shape[:2] + (2,), np.float32)
+
+    def witness(image, points, vectors):
+        seen.append((image.max(), points.copy(), vectors.copy()))
+        return np.zeros(image.shape[:2] + (2,), np.float32)
+
+    image, flow, valid = _scene()
+    methods = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32),
+               "vandal": vandal, "witness": witness}
+    result = benchmark.evaluate(methods, [(image, flow, valid)], ks=(3,), strategies=("uniform",),
+                                keep_examples=1, progress=False)
+    (brightest, points, vectors), = seen
+    assert brightest == image.max() and (points == np.round(points)).all()
+    np.testing.assert_array_equal(vectors, flow[points[:, 1].astype(int), points[:, 0].astype(int)])
+    np.testing.assert_array_equal(result["examples"][0]["points"], points)
+
+
+@pytest.mark.parametrize("output, message", [
+    (lambda shape: np.zeros(shape, np.complex64), "returned flow of dtype complex64"),
+    (lambda shape: np.zeros(shape, bool), "returned flow of dtype bool"),
+    (lambda shape: np.full(shape, 1e30), "returned motion beyond"),
+])
+def test_a_methods_flow_that_is_no_motion_is_refused_naming_it(output, message):
+    image, flow, valid = _scene()
+    methods = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32),
+               "odd": lambda image, p, v: output(image.shape[:2] + (2,))}
+    with pytest.raises(ValueError, match=rf"Method 'odd' on pair 0 {message}"):
+        benchmark.evaluate(methods, [(image, flow, valid)], ks=(1,), progress=False)
+    methods["odd"] = lambda image, p, v: sys.exit(3)
+    with pytest.raises(ValueError, match=r"Method 'odd' on pair 0 failed: SystemExit: 3"):
+        benchmark.evaluate(methods, [(image, flow, valid)], ks=(1,), progress=False)
 
 
 @pytest.mark.parametrize("strategy", ["watershed", "uniform"])

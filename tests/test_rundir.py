@@ -109,6 +109,46 @@ def test_results_go_beside_the_run_and_never_into_the_package(tmp_path):
         "runs", "pretrained", "export")
 
 
+def test_an_exported_file_belongs_to_its_run_and_has_results_of_its_own(tmp_path, monkeypatch):
+    """A run's export/model.tflite was scored on the shipped model's data, and every
+    model.tflite and model.onnx anywhere wrote its results into one runs/eval/model."""
+    import json
+
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data": {"val": ["mine.txt"]}}))
+    (run / "model.keras").write_bytes(b"")
+    (run / "export" / "export.json").write_text(json.dumps({"checkpoint": str(run)}))
+    for name in ("model.tflite", "model.onnx"):
+        (run / "export" / name).write_bytes(b"")
+    tflite, onnx = str(run / "export" / "model.tflite"), str(run / "export" / "model.onnx")
+    assert rundir._run_folder(tflite) == str(run)
+    assert rundir.results_dir(tflite, "eval") == str(run / "eval" / "model.tflite")
+    assert rundir.results_dir(onnx, "eval") == str(run / "eval" / "model.onnx")
+    assert rundir.results_dir(str(run / "model.keras"), "eval") == str(run / "eval")
+    # moved with its run: the source export.json recorded is gone, the export/ folder says it
+    moved = tmp_path / "moved"
+    os.replace(run, moved)
+    assert rundir._run_folder(str(moved / "export" / "model.tflite")) == str(moved)
+    # exported elsewhere (--out): export.json names the run
+    elsewhere = tmp_path / "files"
+    elsewhere.mkdir()
+    (elsewhere / "export.json").write_text(json.dumps({"checkpoint": str(moved)}))
+    (elsewhere / "model.onnx").write_bytes(b"")
+    assert rundir._run_folder(str(elsewhere / "model.onnx")) == str(moved)
+    # the shipped model's exports: results under runs/, never into the package
+    monkeypatch.chdir(tmp_path)
+    shipped = tmp_path / "runs" / "pretrained" / "export"
+    shipped.mkdir(parents=True)
+    (shipped / "export.json").write_text(json.dumps({"checkpoint": rundir.PRETRAINED}))
+    (shipped / "model.tflite").write_bytes(b"")
+    assert rundir.results_dir(str(shipped / "model.tflite"), "eval") == os.path.join(
+        "runs", "pretrained", "eval", "model.tflite")
+    loose = tmp_path / "loose.onnx"
+    loose.write_bytes(b"")
+    assert rundir.results_dir(str(loose), "eval") == os.path.join("runs", "eval", "loose.onnx")
+
+
 def test_a_model_file_outside_a_run_reads_the_shipped_recipe(tmp_path):
     loose = tmp_path / "mine.keras"
     loose.write_bytes(b"")

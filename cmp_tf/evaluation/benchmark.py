@@ -163,7 +163,8 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
     Returns:
         {"rows": [{strategy, k, method, epe, epe_near, epe_far, relative, pairs}],
          "watershed_filled": {k: pairs where watershed found fewer than k points},
-         "pairs", "examples": [...], "example_setting": [strategy, K]} — EPEs in px pooled
+         "pairs", "examples": [...], "example_setting": [strategy, K], "still_pairs": pairs
+         left out of the relative errors, "min_zero_epe"} — EPEs in px pooled
         over valid pixels; `relative` is the mean over pairs of EPE / zero-flow EPE (pairs with
         almost no motion left out).
     Raises:
@@ -181,7 +182,7 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
     rng = np.random.default_rng(seed)
     totals = {}  # (strategy, k, method) -> {"all": [sum, n], "near", "far", "ratios": []}
     filled = {k: 0 for k in ks}
-    examples, count = [], 0
+    examples, count, still = [], 0, set()  # still: pairs left out of the relative errors
     for image, flow, valid in tqdm(pairs, desc="propagation", unit="pair", disable=not progress):
         image, flow, valid = check_pair(image, flow, valid, count)
         edge_distance = sampling.distance_to_motion_edges(flow)
@@ -222,6 +223,8 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                     slot[part][1] += n
                 if zero_epe >= MIN_ZERO_EPE:
                     slot["ratios"].append(sums["all"][0] / max(sums["all"][1], 1) / zero_epe)
+                else:
+                    still.add(count)
                 kept[name] = (predictions[name][index], error)
             if count < keep_examples and (strategy, k) == example:
                 examples.append(dict(image=image, flow=flow, valid=valid, points=points,
@@ -239,7 +242,23 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                          float("nan"), pairs=len(slot["ratios"])))
     return dict(rows=rows, watershed_filled=filled, pairs=count, ks=list(ks),
                 strategies=list(strategies), methods=names, seed=seed, examples=examples,
-                example_setting=list(example))
+                example_setting=list(example), still_pairs=len(still),
+                min_zero_epe=MIN_ZERO_EPE)
+
+
+def _as_flow(value, where):
+    """A method's output as float32 flow; ValueError for one that is not real numbers (bool,
+    complex, text) or holds motion beyond any image (its EPE would overflow to inf)."""
+    array = np.asarray(value)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                   or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{where} returned flow of dtype {array.dtype}; expected real numbers "
+                         "(px).")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.nanmax(np.abs(array), initial=0.0) > sampling.MAX_VECTOR_PX:
+            raise ValueError(f"{where} returned motion beyond {sampling.MAX_VECTOR_PX:g} px "
+                             f"(up to {float(np.nanmax(np.abs(array))):.3g}).")
+    return array.astype(np.float32)
 
 
 def _run(name, method, image, index, guidance):
@@ -248,13 +267,20 @@ def _run(name, method, image, index, guidance):
     own error would otherwise say neither)."""
     where = f"Method {name!r} on pair {index}"
     batch = getattr(method, "propagate_batch", None)
+    # copies: a method that edits its inputs in place must not move the next one's guides
+    image = image.copy()
+    guidance = [(p.copy(), v.copy()) for p, v in guidance]
     try:
         if batch is not None:
-            flows = np.asarray(batch(image, guidance), np.float32)
+            flows = _as_flow(batch(image, guidance), where)
         else:
             propagate = getattr(method, "propagate", method)
-            flows = [np.asarray(propagate(image, p, v), np.float32) for p, v in guidance]
-    except Exception as error:  # noqa: BLE001 - any method's failure, named
+            flows = [_as_flow(propagate(image, p, v), where) for p, v in guidance]
+    except ValueError as error:
+        if str(error).startswith(where):
+            raise
+        raise ValueError(f"{where} failed: {type(error).__name__}: {error}") from error
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - any method's failure, named
         raise ValueError(f"{where} failed: {type(error).__name__}: {error}") from error
     expected = image.shape[:2] + (2,)
     if batch is not None and np.shape(flows) != (len(guidance), *expected):

@@ -29,6 +29,12 @@ def markdown_table(result):
     lines.append("")
     lines.append(f"Mean end-point error in px over valid pixels of {result['pairs']} pairs; in "
                  "brackets the mean over pairs of EPE / zero-flow EPE. Bold: best per row.")
+    left_out = result.get("still_pairs", 0)
+    if left_out:
+        lines.append(f"{left_out} of the {result['pairs']} pairs move less than "
+                     f"{result['min_zero_epe']:g} px on average (zero-flow EPE) and are "
+                     "left out of the relative errors" + (": there are none." if
+                                                           left_out == result["pairs"] else "."))
     filled = {k: n for k, n in result["watershed_filled"].items() if n}
     if filled:
         lines.append("*: watershed found fewer than K points on some pairs (" + ", ".join(

@@ -165,7 +165,8 @@ class Propagator:
         sparse = []
         for _, points, vectors in checked:
             # Pixel centres map as OpenCV's resize maps them.
-            xy = np.clip(np.rint((points + 0.5) * scale - 0.5), 0, [fit_w - 1, fit_h - 1])
+            xy = np.clip(sampling.nearest_pixel((points + 0.5) * scale - 0.5), 0,
+                         [fit_w - 1, fit_h - 1])
             sparse.append(sampling.sparse_from_points(xy, vectors * scale, work_h, work_w))
         flows = []
         for start in range(0, len(sparse), BATCH):

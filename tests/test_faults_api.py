@@ -258,3 +258,15 @@ def test_a_keras_model_without_tensorflow_is_refused_in_one_line():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "model.keras needs TensorFlow and Keras" in done.stdout
     assert "this install runs exported .tflite and .onnx files" in done.stdout
+
+
+@pytest.mark.parametrize("width", [16, 17])
+def test_a_point_on_the_images_border_is_taken_alike_at_any_width(width):
+    """NumPy's round takes a half to the even pixel: x = W - 0.5 was refused at an even width
+    and kept at an odd one."""
+    image = np.zeros((8, width, 3), np.uint8)
+    with pytest.raises(ValueError, match="points must round to pixels"):
+        sampling.check_guidance(image, [[width - 0.5, 2]], [[1, 0]])
+    sampling.check_guidance(image, [[-0.5, 2], [width - 0.51, 2]], [[1, 0], [1, 0]])
+    sparse = sampling.sparse_from_points([[2.5, 3.5]], [[1, 0]], 8, width)
+    assert sparse[4, 3, 2] == 1  # halves round up, both axes

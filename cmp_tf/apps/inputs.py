@@ -73,7 +73,7 @@ def check_inside(points, height, width, name):
         index = int(np.argmin(finite))
         raise ValueError(f"{name} item {index + 1} holds values that are not finite numbers: "
                          f"{array[index].tolist()}.")
-    for index, (x, y) in enumerate(np.round(array[:, :2]), 1):
+    for index, (x, y) in enumerate(sampling.nearest_pixel(array[:, :2]), 1):
         if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
             raise ValueError(f"{name} item {index} (x={x:g}, y={y:g}) lies outside the "
                              f"{width}x{height} image (x in [0, {width - 1}], y in "

@@ -43,7 +43,7 @@ def sparse_from_points(points, vectors, height, width):
     if vectors.shape != points.shape:
         raise ValueError(f"points and vectors must both be [K, 2]; got {points.shape} and "
                          f"{vectors.shape}.")
-    xy = np.round(points).astype(np.int64)
+    xy = nearest_pixel(points).astype(np.int64)
     off = (xy[:, 0] < 0) | (xy[:, 0] >= width) | (xy[:, 1] < 0) | (xy[:, 1] >= height)
     if off.any():
         raise ValueError(f"points must lie on the {width}x{height} image; "
@@ -58,6 +58,13 @@ def sparse_from_points(points, vectors, height, width):
         sparse[..., channel] = (total / np.maximum(count, 1)).reshape(height, width)
     sparse[..., 2] = (count > 0).reshape(height, width)
     return sparse
+
+
+def nearest_pixel(xy):
+    """The pixel a point (x, y) falls on: halves round up, as the browser page's Math.round, so
+    a point on the border of two pixels takes the later one whatever the image's width (NumPy's
+    round takes the even one: x = W - 0.5 was refused at an even width W, kept at an odd one)."""
+    return np.floor(np.asarray(xy, np.float64) + 0.5)
 
 
 def _check_pairs(value, name, largest=None):
@@ -114,7 +121,7 @@ def check_guidance(image, points, vectors):
     if len(points) != len(vectors):
         raise ValueError(f"points and vectors must hold the same number K of guides; got "
                          f"{len(points)} points and {len(vectors)} vectors.")
-    xy = np.round(points)
+    xy = nearest_pixel(points)
     off = (xy[:, 0] < 0) | (xy[:, 0] > width - 1) | (xy[:, 1] < 0) | (xy[:, 1] > height - 1)
     if off.any():
         raise ValueError(f"points must round to pixels of the {width}x{height} image (x in "

@@ -61,7 +61,7 @@ def propagate(path, image, points, vectors):
     # 2. The arrows at the same scale.
     sparse = np.zeros((height, width, 3), np.float32)
     for (x, y), uv in zip(np.asarray(points, np.float32), np.asarray(vectors, np.float32)):
-        col, row = np.clip(np.rint((np.array([x, y]) + 0.5) * scale - 0.5), 0,
+        col, row = np.clip(np.floor((np.array([x, y]) + 0.5) * scale), 0,  # halves round up
                            [fit_w - 1, fit_h - 1]).astype(int)
         sparse[row, col] = [*(uv * scale), 1.0]
     # 3. The flow of the photo's part, at the photo's size.

@@ -33,7 +33,7 @@ def markdown_table(result):
     if left_out:
         lines.append(f"{left_out} of the {result['pairs']} pairs move less than "
                      f"{result['min_zero_epe']:g} px on average (zero-flow EPE) and are "
-                     "left out of the relative errors" + (": there are none." if
+                     "left out of the relative errors" + (", which hold no pair." if
                                                            left_out == result["pairs"] else "."))
     filled = {k: n for k, n in result["watershed_filled"].items() if n}
     if filled:

@@ -616,8 +616,13 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
 
             if not np.isfinite(loss):
                 stop(f"Loss became {loss}")
+            logged = current % log_every == 0 or current == t.steps
+            if current == start + 1:  # it traced the step: left out of the ETA and steps/s
+                bar.unpause()
+                if not logged:
+                    last_time, last_step = time.perf_counter(), current
             bar.update()
-            if current % log_every == 0 or current == t.steps:
+            if logged:
                 now = time.perf_counter()
                 steps_per_s = (current - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, current

@@ -611,6 +611,23 @@ def _remove_leftovers(workdir):
         remove(path)
 
 
+def _remove_dead_partials(folder, stem, suffix):
+    """Removes partial files of `stem` + `suffix` that a process no longer running on this
+    machine left (killed while it wrote: each up to a whole model, never read)."""
+    pattern = os.path.join(glob.escape(folder), f".{glob.escape(stem)}.*{PARTIAL}{suffix}")
+    for path in glob.glob(pattern):
+        pid = os.path.basename(path)[len(stem) + 2:-len(PARTIAL + suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # gone: what it left is no one's
+            with contextlib.suppress(FileNotFoundError):  # another writer was first
+                remove(path)
+        except OSError:  # alive, another user's: left alone
+            pass
+
+
 @contextlib.contextmanager
 def whole_file(path):
     """Yields where to write `path`: a hidden partial file beside it, its suffix kept (Keras,
@@ -619,6 +636,7 @@ def whole_file(path):
     one, never half. A block that writes nothing leaves `path` as it was."""
     folder, name = os.path.split(os.path.abspath(os.fspath(path)))
     stem, suffix = os.path.splitext(name)
+    _remove_dead_partials(folder, stem, suffix)
     # per process: concurrent writers (ingestion's workers) never share one
     partial = os.path.join(folder, f".{stem}.{os.getpid()}{PARTIAL}{suffix}")
     try:

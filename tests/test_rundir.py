@@ -436,3 +436,21 @@ def test_a_resume_names_what_changed_in_its_training_input(tmp_path):
     assert rundir.note_input(str(run), [str(first), str(second)], ["e1", "e2"], 2) == [
         "2 training shards then, 2 now (1 new or changed, 1 gone)"]
     assert rundir.is_run_entry(rundir.INPUT_FILE)
+
+
+def test_a_partial_file_a_killed_writer_left_is_removed_by_the_next_write(tmp_path):
+    """A converter killed while it saved left a hidden partial model for good."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = tmp_path / f".model.{gone}{rundir.PARTIAL}.keras"
+    alive = tmp_path / f".model.{os.getppid()}{rundir.PARTIAL}.keras"  # a writer still at it
+    other = tmp_path / f".encoder.{gone}{rundir.PARTIAL}.keras"  # another file's: not ours
+    for path in (dead, alive, other):
+        path.write_bytes(b"half a model")
+    with rundir.whole_file(tmp_path / "model.keras") as partial, open(partial, "wb") as f:
+        f.write(b"model")
+    assert not dead.exists() and alive.exists() and other.exists()
+    assert (tmp_path / "model.keras").read_bytes() == b"model"

@@ -23,7 +23,8 @@ from cmp_tf import runners
 from cmp_tf.data import sampling
 from cmp_tf.runners import INPUTS, METADATA_KEY, OUTPUT
 
-BATCH = 8  # guidance sets per forward pass in propagate_batch
+BATCH = 8  # guidance sets per forward pass in propagate_batch, at most ...
+BATCH_PIXELS = 8 * 512 * 512  # ... this many working pixels: 8 sets of 4K took 6 GB at once
 
 
 class Network:
@@ -169,8 +170,9 @@ class Propagator:
                          [fit_w - 1, fit_h - 1])
             sparse.append(sampling.sparse_from_points(xy, vectors * scale, work_h, work_w))
         flows = []
-        for start in range(0, len(sparse), BATCH):
-            chunk = np.stack(sparse[start:start + BATCH])
+        per_pass = max(1, min(BATCH, BATCH_PIXELS // (work_h * work_w)))
+        for start in range(0, len(sparse), per_pass):
+            chunk = np.stack(sparse[start:start + per_pass])
             images = np.repeat(work[None].astype(np.float32), len(chunk), axis=0)
             flows.append(self._network(images, chunk))
         flow = np.concatenate(flows).astype(np.float32)[:, :fit_h, :fit_w]

@@ -446,6 +446,25 @@ def test_ten_guidance_sets_run_in_chunks_and_each_equals_its_own_call(saved_mode
         np.testing.assert_allclose(flow, propagator.propagate(image, points, vectors), atol=1e-4)
 
 
+def test_large_images_run_fewer_guidance_sets_per_pass(saved_model, monkeypatch):
+    """Eight sets of a 4K image went through at once: 6 GB."""
+    from cmp_tf import runtime
+
+    propagator = runtime.Propagator(saved_model)
+    image = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    sets = [(np.array([[3.0 + i, 4.0]]), np.array([[i - 2.0, 1.0]])) for i in range(5)]
+    whole = propagator.propagate_batch(image, sets)
+    passes, forward = [], runtime.Network.__call__
+    monkeypatch.setattr(runtime.Network, "__call__", lambda network, images, sparse:
+                        passes.append(images.shape) or forward(network, images, sparse))
+    propagator.propagate_batch(image, sets)
+    (count, height, width, _), = passes  # all five in one pass: within the budget
+    assert count == 5
+    monkeypatch.setattr(runtime, "BATCH_PIXELS", 2 * height * width)  # two sets a pass
+    np.testing.assert_allclose(propagator.propagate_batch(image, sets), whole, atol=1e-5)
+    assert [shape[0] for shape in passes[1:]] == [2, 2, 1]
+
+
 def test_a_keras_model_runs_one_traced_graph_for_every_size_as_its_eager_call_does():
     """The Keras runner traces the forward pass once, with free sizes: other sizes and batches
     reuse it and give the eager call's flow; a size the CMP cannot take is still refused

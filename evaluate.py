@@ -255,8 +255,10 @@ def main(argv):
                              ".") from error
     if unfinished:
         step = rundir.checkpoint_step(unfinished)
+        finished = os.path.isfile(os.path.join(rundir.run_folder(unfinished), rundir.MODEL_FILE))
         print(f"Evaluating {unfinished}, the {f'step-{step} ' if step else ''}training "
-              f"checkpoint of a run that has not finished ({_TASK.value})")
+              f"checkpoint of a run that {'has finished' if finished else 'has not finished'} "
+              f"({_TASK.value})")
         path = unfinished
     else:
         print(f"Evaluating {path} ({_TASK.value})")

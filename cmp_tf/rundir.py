@@ -127,7 +127,7 @@ def checkpoint_step(path):
     return int(number.group(1)) if number else None
 
 
-def _run_folder(path):
+def run_folder(path):
     """The folder of the run that `path` (a run directory, a file in one, a checkpoint prefix
     in its checkpoints/, or a file `python -m export` wrote from one) belongs to."""
     if is_checkpoint(path):
@@ -263,8 +263,8 @@ def results_dir(checkpoint, kind):
     if is_pretrained(path):
         return os.path.join(PRETRAINED_RESULTS, kind)
     if is_checkpoint(path):
-        return os.path.join(_run_folder(path), kind, os.path.basename(path))
-    folder = _run_folder(path)
+        return os.path.join(run_folder(path), kind, os.path.basename(path))
+    folder = run_folder(path)
     exported = os.path.splitext(path)[1] in (".tflite", ".onnx") or (
         os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)))
     if exported:  # each file its own results, apart from its run's model.keras
@@ -286,7 +286,7 @@ def read_config(path):
     are upgraded (`upgrade_config`)."""
     import ml_collections
 
-    saved = os.path.join(_run_folder(path), CONFIG_FILE)
+    saved = os.path.join(run_folder(path), CONFIG_FILE)
     found = os.path.isfile(saved)
     if not found:
         saved = os.path.join(PRETRAINED, CONFIG_FILE)

@@ -122,20 +122,20 @@ def test_an_exported_file_belongs_to_its_run_and_has_results_of_its_own(tmp_path
     for name in ("model.tflite", "model.onnx"):
         (run / "export" / name).write_bytes(b"")
     tflite, onnx = str(run / "export" / "model.tflite"), str(run / "export" / "model.onnx")
-    assert rundir._run_folder(tflite) == str(run)
+    assert rundir.run_folder(tflite) == str(run)
     assert rundir.results_dir(tflite, "eval") == str(run / "eval" / "model.tflite")
     assert rundir.results_dir(onnx, "eval") == str(run / "eval" / "model.onnx")
     assert rundir.results_dir(str(run / "model.keras"), "eval") == str(run / "eval")
     # moved with its run: the source export.json recorded is gone, the export/ folder says it
     moved = tmp_path / "moved"
     os.replace(run, moved)
-    assert rundir._run_folder(str(moved / "export" / "model.tflite")) == str(moved)
+    assert rundir.run_folder(str(moved / "export" / "model.tflite")) == str(moved)
     # exported elsewhere (--out): export.json names the run
     elsewhere = tmp_path / "files"
     elsewhere.mkdir()
     (elsewhere / "export.json").write_text(json.dumps({"checkpoint": str(moved)}))
     (elsewhere / "model.onnx").write_bytes(b"")
-    assert rundir._run_folder(str(elsewhere / "model.onnx")) == str(moved)
+    assert rundir.run_folder(str(elsewhere / "model.onnx")) == str(moved)
     # the shipped model's exports: results under runs/, never into the package
     monkeypatch.chdir(tmp_path)
     shipped = tmp_path / "runs" / "pretrained" / "export"
@@ -380,7 +380,8 @@ def test_a_corrupt_newest_checkpoint_is_passed_over_for_the_one_before(tmp_path)
     assert (f"{folder}/ckpt-10 could not be restored" in evaluated.stderr and
             f"Reading the newest one that reads back instead, {folder}/ckpt-2." in
             evaluated.stderr)
-    assert f"Evaluating {folder}/ckpt-2, the step-2 training checkpoint" in evaluated.stdout
+    assert f"Evaluating {folder}/ckpt-2, the step-2 training checkpoint of a run that has " \
+        "not finished" in evaluated.stdout
     assert (run / "eval" / "ckpt-2" / "propagation" / "results.json").is_file()
     assert not (run / "eval" / "ckpt-10").exists()
     older_data = folder / "ckpt-2.data-00000-of-00001"

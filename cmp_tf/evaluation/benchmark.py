@@ -254,10 +254,10 @@ def _as_flow(value, where):
                                    or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{where} returned flow of dtype {array.dtype}; expected real numbers "
                          "(px).")
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.nanmax(np.abs(array), initial=0.0) > sampling.MAX_VECTOR_PX:
-            raise ValueError(f"{where} returned motion beyond {sampling.MAX_VECTOR_PX:g} px "
-                             f"(up to {float(np.nanmax(np.abs(array))):.3g}).")
+    finite = np.abs(array[np.isfinite(array)])  # NaN and inf: named where they are valid
+    if finite.size and finite.max() > sampling.MAX_VECTOR_PX:
+        raise ValueError(f"{where} returned motion beyond {sampling.MAX_VECTOR_PX:g} px (up "
+                         f"to {float(finite.max()):.3g}).")
     return array.astype(np.float32)
 
 

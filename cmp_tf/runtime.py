@@ -144,16 +144,16 @@ class Propagator:
                              f"{type(guidance).__name__} {short_repr(guidance)}.")
         if not guidance:
             raise ValueError("guidance must hold at least one (points, vectors) pair; got none.")
+        image = sampling.check_image(image)
+        height, width = image.shape[:2]
         checked = []
         for index, (points, vectors) in enumerate(guidance):
             try:
-                checked.append(sampling.check_guidance(image, points, vectors))
+                checked.append(sampling.check_points(points, vectors, height, width))
             except ValueError as error:  # which of many sets
-                if len(guidance) == 1 or str(error).startswith("image "):
+                if len(guidance) == 1:
                     raise
                 raise ValueError(f"guidance[{index}]: {error}") from None
-        image = checked[0][0]
-        height, width = image.shape[:2]
         work_h, work_w = self.working_size(height, width)
         fit_h, fit_w = self.content_size(height, width)
         scale = np.array([fit_w / width, fit_h / height], np.float32)  # (x, y)
@@ -164,7 +164,7 @@ class Propagator:
             work = cv2.copyMakeBorder(work, 0, work_h - fit_h, 0, work_w - fit_w,
                                       cv2.BORDER_REPLICATE)
         sparse = []
-        for _, points, vectors in checked:
+        for points, vectors in checked:
             # Pixel centres map as OpenCV's resize maps them.
             xy = np.clip(sampling.nearest_pixel((points + 0.5) * scale - 0.5), 0,
                          [fit_w - 1, fit_h - 1])

@@ -566,6 +566,11 @@ class DataError(ValueError):
     (the config field or flag) and the last reason."""
 
 
+class UndecodableRecord(DataError):
+    """A record whose framing checks out but whose content does not decode: which shard holds
+    it, the pipeline cannot say (`name_undecodable` finds it)."""
+
+
 _FAILURE = re.compile(r"assertion failed: \[((?:config\.data\.\w+|--\w+): .*?)\]\s*\[\[", re.S)
 # TensorFlow's words for any other error inside an input pipeline, and the node it was at.
 _PIPELINE_ERROR = re.compile(r"transformation with iterator: [\w:]+: (.*?)\n\s*\[\["
@@ -583,12 +588,10 @@ def unreadable_data(error):
         return DataError(match.group(1))
     match = _PIPELINE_ERROR.search(text)
     if match:
-        failure = DataError(f"A sample of the input could not be decoded ("
-                            f"{match.group(1).strip()} at {match.group(2)}): a shard not written "
-                            "by cmp_tf's ingestion? Remove it from the data, or ingest its "
-                            "videos again.")
-        failure.undecodable = True  # `name_undecodable` can find the shard
-        return failure
+        return UndecodableRecord(f"A sample of the input could not be decoded ("
+                                 f"{match.group(1).strip()} at {match.group(2)}): a shard not "
+                                 "written by cmp_tf's ingestion? Remove it from the data, or "
+                                 "ingest its videos again.")
     return None
 
 
@@ -619,7 +622,7 @@ def first_undecodable(shards):
 def name_undecodable(failure, shards):
     """`failure` (from `unreadable_data`) naming the shard and record that do not decode, where
     it is such a failure and the record is found in `shards`."""
-    found = first_undecodable(shards) if getattr(failure, "undecodable", False) else None
+    found = first_undecodable(shards) if isinstance(failure, UndecodableRecord) else None
     if found is None:
         return failure
     path, number, why = found

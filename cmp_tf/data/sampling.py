@@ -107,14 +107,25 @@ def check_guidance(image, points, vectors):
     Raises:
         ValueError: naming the argument, what was expected and what came.
     """
+    image = check_image(image)
+    return (image, *check_points(points, vectors, *image.shape[:2]))
+
+
+def check_image(image):
+    """`image` as a contiguous uint8 [H, W, 3] RGB array; ValueError for anything else."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must have shape [H, W, 3] (RGB); got shape {image.shape}.")
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 (0..255); got dtype {image.dtype}.")
-    height, width = image.shape[:2]
-    if not height or not width:
+    if not image.shape[0] or not image.shape[1]:
         raise ValueError(f"image must have at least one pixel; got shape {image.shape}.")
+    return np.ascontiguousarray(image)
+
+
+def check_points(points, vectors, height, width):
+    """(points, vectors) float32 [K, 2] of one guidance set on an H x W image, checked as
+    `check_guidance` says."""
     # vectors beyond MAX_VECTOR_PX: no image holds them, and the fills' moments overflow
     points = _check_pairs(points, "points")
     vectors = _check_pairs(vectors, "vectors", largest=MAX_VECTOR_PX)
@@ -127,7 +138,7 @@ def check_guidance(image, points, vectors):
         raise ValueError(f"points must round to pixels of the {width}x{height} image (x in "
                          f"[0, {width - 1}], y in [0, {height - 1}]); {int(off.sum())} do not, "
                          f"e.g. {points[off][:3].tolist()}.")
-    return np.ascontiguousarray(image), points, vectors
+    return points, vectors
 
 
 def uniform_points(height, width, count, rng):

@@ -102,15 +102,9 @@ def _size(path, what):
     return height, width
 
 
-def read_split(folder, split):
-    """Lists and checks a split of a VOC-format folder before anything is decoded.
-
-    Returns:
-        (ids, image paths, label paths, sizes as (height, width)), in list-file order.
-    Raises:
-        ValueError naming the folder or file: missing folder or list, empty list, missing
-        image or label, image and label of different sizes.
-    """
+def split_files(folder, split):
+    """(list file, ids, image paths, label paths) a split's list names, in its order, the
+    files unread; ValueError for a missing folder or list, or an empty list."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise ValueError(f"VOC data folder {folder} does not exist.")
@@ -125,6 +119,19 @@ def read_split(folder, split):
         raise ValueError(f"{list_file} lists no images.")
     images = [os.path.join(folder, IMAGE_DIR, f"{i}.jpg") for i in ids]
     labels = [os.path.join(folder, LABEL_DIR, f"{i}.png") for i in ids]
+    return list_file, ids, images, labels
+
+
+def read_split(folder, split):
+    """Lists and checks a split of a VOC-format folder before anything is decoded.
+
+    Returns:
+        (ids, image paths, label paths, sizes as (height, width)), in list-file order.
+    Raises:
+        ValueError naming the folder or file: missing folder or list, empty list, missing
+        image or label, image and label of different sizes.
+    """
+    _, ids, images, labels = split_files(folder, split)
     sizes = []
     for image, label in zip(images, labels):
         image_size, label_size = _size(image, "Image"), _size(label, "Label file")

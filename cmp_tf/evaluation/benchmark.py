@@ -249,7 +249,10 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
 def _as_flow(value, where):
     """A method's output as float32 flow; ValueError for one that is not real numbers (bool,
     complex, text) or holds motion beyond any image (its EPE would overflow to inf)."""
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:  # ragged: NumPy's words name no method
+        raise ValueError(f"{where} returned flow that is not one array: {error}") from None
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
                                    or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{where} returned flow of dtype {array.dtype}; expected real numbers "
@@ -272,16 +275,14 @@ def _run(name, method, image, index, guidance):
     guidance = [(p.copy(), v.copy()) for p, v in guidance]
     try:
         if batch is not None:
-            flows = _as_flow(batch(image, guidance), where)
+            returned = batch(image, guidance)
         else:
             propagate = getattr(method, "propagate", method)
-            flows = [_as_flow(propagate(image, p, v), where) for p, v in guidance]
-    except ValueError as error:
-        if str(error).startswith(where):
-            raise
-        raise ValueError(f"{where} failed: {type(error).__name__}: {error}") from error
+            returned = [propagate(image, p, v) for p, v in guidance]
     except (Exception, SystemExit) as error:  # noqa: BLE001 - any method's failure, named
         raise ValueError(f"{where} failed: {type(error).__name__}: {error}") from error
+    flows = _as_flow(returned, where) if batch is not None else \
+        [_as_flow(flow, where) for flow in returned]
     expected = image.shape[:2] + (2,)
     if batch is not None and np.shape(flows) != (len(guidance), *expected):
         raise ValueError(f"{where}: propagate_batch returned flow of shape {np.shape(flows)}; "

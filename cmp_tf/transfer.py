@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import time
 import zipfile
 
@@ -37,6 +38,9 @@ INITS = ("random", "cmp")  # the two sides of the comparison
 ENCODER_MODES = {"fine_tuned": False, "frozen": True}
 _PANEL_IMAGES = 4  # validation images in the comparison panel
 _MAX_LISTED = 20  # mismatching layers listed in an error
+_CHECKPOINTS = "checkpoints"  # a comparison's unfinished training, one folder per init
+# What a comparison's training is made from: its checkpoints resume only under the same.
+_STAMPED = ("config", "checkpoint", "checkpoint_stamp", "data_stamp")
 
 
 # --- Checkpoints -----------------------------------------------------------------------------
@@ -151,9 +155,10 @@ def data_folder(config, data_dir=None):
     return data_lib.cache_dir(folder) if folder and config.data.synthetic else folder
 
 
-def make_dataset(config, split, data_dir=None, stride=1):
-    """config.data's pipeline for "train" (augmented, repeated) or "val" (one pass, padded to
-    the largest image rounded up to `stride`, the encoder's)."""
+def make_dataset(config, split, data_dir=None, stride=1, start_step=0):
+    """config.data's pipeline for "train" (augmented, repeated; from batch `start_step` of its
+    stream when resuming) or "val" (one pass, padded to the largest image rounded up to
+    `stride`, the encoder's)."""
     d = config.data
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val'; got {split!r}.")
@@ -167,7 +172,8 @@ def make_dataset(config, split, data_dir=None, stride=1):
         return voc.make_dataset(folder, d.train_split, d.num_classes, training=True,
                                 batch_size=d.batch_size, crop=crop, scale=tuple(d.scale),
                                 flip=d.flip, seed=config.seed, shuffle_buffer=d.shuffle_buffer,
-                                image_pad=image_pad, max_images=d.max_train_images)
+                                image_pad=image_pad, max_images=d.max_train_images,
+                                start_step=start_step)
     _, _, _, sizes = voc.read_split(folder, d.val_split)
     if d.max_val_images > 0:
         sizes = sizes[:d.max_val_images]
@@ -178,15 +184,22 @@ def make_dataset(config, split, data_dir=None, stride=1):
                             max_images=d.max_val_images)
 
 
-def train_segmentation(model, config, data_dir=None, progress=True, desc="train"):
+def train_segmentation(model, config, data_dir=None, progress=True, desc="train",
+                       checkpoint_dir=None, stamp=None):
     """Trains `model` on the train split for config.train.steps with config.optim/schedule.
 
     SGD or Adam on the recipe schedule (training.make_optimizer), coupled L2 weight decay on
     every trainable weight as in CMP training, one device.
 
+    With `checkpoint_dir`, the model, the optimizer and the step are saved there every
+    config.train.checkpoint_every steps and at the last, and a run killed part-way resumes
+    from its newest checkpoint, drawing the batches an uninterrupted run would have. `stamp`
+    (any JSON value: what the run was made from) is kept beside them; checkpoints of another
+    stamp are from other inputs and are removed, and the run starts over.
+
     Returns:
         {"final_loss": mean loss of the last config.train.log_every steps, "steps",
-         "seconds"}.
+         "seconds" (training time, over every resumed part)}.
     """
     from tqdm import tqdm
 
@@ -195,12 +208,17 @@ def train_segmentation(model, config, data_dir=None, progress=True, desc="train"
         raise ValueError(f"config.train.steps must be positive; got {t.steps}.")
     if t.log_every < 1:
         raise ValueError(f"config.train.log_every must be positive; got {t.log_every}.")
-    stride = cmp.part_strides(model.get_layer(ENCODER))["features"]
-    dataset = make_dataset(config, "train", data_dir, stride)
+    every = t.get("checkpoint_every", t.steps)
+    if every < 1:
+        raise ValueError(f"config.train.checkpoint_every must be positive; got {every}.")
     optimizer = training.make_optimizer(config)
     variables = model.trainable_variables
     optimizer.build(variables)
     decay = float(config.optim.get("weight_decay", 0.0))
+    saved = _TrainingState(checkpoint_dir, model, optimizer, stamp, desc, progress)
+    start, recent, seconds = saved.restore()
+    stride = cmp.part_strides(model.get_layer(ENCODER))["features"]
+    dataset = make_dataset(config, "train", data_dir, stride, start_step=start)
 
     @tf.function
     def step(image, label):
@@ -210,11 +228,11 @@ def train_segmentation(model, config, data_dir=None, progress=True, desc="train"
         training.update(optimizer, tape, scaled, variables, decay)
         return loss
 
-    recent, start = [], time.perf_counter()
+    began = time.perf_counter()
     iterator = iter(dataset)
-    with tqdm(total=t.steps, desc=desc, unit="step", disable=not progress,
+    with tqdm(total=t.steps, initial=start, desc=desc, unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
-        for current in range(1, t.steps + 1):
+        for current in range(start + 1, t.steps + 1):
             loss = float(step(*next(iterator)))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"Segmentation loss became {loss} at step {current} "
@@ -223,8 +241,75 @@ def train_segmentation(model, config, data_dir=None, progress=True, desc="train"
             bar.update()
             if current % t.log_every == 0:
                 bar.set_postfix(loss=f"{np.mean(recent):.3f}")
+            if current % every == 0 or current == t.steps:
+                saved.save(current, recent, seconds + time.perf_counter() - began)
     return {"final_loss": float(np.mean(recent)), "steps": t.steps,
-            "seconds": time.perf_counter() - start}
+            "seconds": seconds + time.perf_counter() - began}
+
+
+class _TrainingState:
+    """A segmentation run's checkpoints (model, optimizer, step) and, beside them in
+    state.json, what the checkpoints do not hold: the stamp of the run's inputs, the recent
+    losses and the training time so far. Without a folder it saves and restores nothing."""
+
+    def __init__(self, folder, model, optimizer, stamp, desc, progress):
+        self.folder, self.desc, self.progress = folder, desc, progress
+        self.stamp = json.loads(json.dumps(_json_safe(stamp)))
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # Keras keeps its layers' random state (dropout's seed generators) out of the model's
+        # checkpoint; without it a resumed run would draw other dropout masks.
+        weights = {id(w) for w in model.weights}
+        random_state = [v for v in model.variables if id(v) not in weights]
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
+                                              random_state=random_state)
+        self.manager = None
+
+    @property
+    def _state_file(self):
+        return os.path.join(self.folder, "state.json")
+
+    def restore(self):
+        """(first step to train, recent losses, seconds trained) of the newest checkpoint, or
+        (0, [], 0.0) when there is none of this stamp."""
+        if not self.folder:
+            return 0, [], 0.0
+        state = None
+        if os.path.isdir(self.folder):
+            try:
+                with open(self._state_file) as f:
+                    state = json.load(f)
+            except (OSError, ValueError):
+                state = None
+            if state is None or state.get("stamp") != self.stamp:
+                if self.progress:
+                    print(f"{self.desc}: the checkpoints in {self.folder} were made from other "
+                          "inputs (config, checkpoint or data) or are incomplete; starting "
+                          "over.")
+                shutil.rmtree(self.folder)
+                state = None
+        restored = (training.restore_latest(self.checkpoint, self.folder)
+                    if state is not None else None)
+        os.makedirs(self.folder, exist_ok=True)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.folder, max_to_keep=1)
+        if not restored:
+            return 0, [], 0.0
+        start = int(self.step)
+        if self.progress:
+            print(f"{self.desc}: resuming from {restored} at step {start}")
+        # state.json is written after each save, so it may be one save behind: its losses are
+        # kept only when it describes the checkpoint restored.
+        same = state.get("step") == start
+        return start, list(state.get("recent", [])) if same else [], \
+            float(state.get("seconds", 0.0)) if same else 0.0
+
+    def save(self, current, recent, seconds):
+        if not self.folder:
+            return
+        self.step.assign(current)
+        self.manager.save(checkpoint_number=current)
+        with rundir.whole_file(self._state_file) as partial, open(partial, "w") as f:
+            json.dump({"stamp": self.stamp, "step": current, "recent": recent,
+                       "seconds": seconds}, f, indent=1)
 
 
 # --- The paper's comparison ------------------------------------------------------------------
@@ -304,7 +389,9 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
         checkpoint: a CMP run directory, model.keras or encoder.keras.
         data_dir: a VOC-format folder; default config.data.dir.
         workdir: if given, comparison.json and comparison.png (image | label | random | CMP
-            for a few val images) are written there.
+            for a few val images) are written there, and each side's training is saved in
+            workdir/checkpoints/ as it goes (removed once comparison.json is written): a
+            comparison killed part-way resumes where it was when run again.
     Returns:
         {"random": scores, "cmp": scores, "classes", "checkpoint", "data_dir", "steps",
         "freeze_encoder", "val_images"}; scores as evaluate_segmentation's plus the training
@@ -336,7 +423,10 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
         model = built[init]
         segmentation.set_encoder_frozen(model, config.transfer.freeze_encoder)
         keras.utils.set_random_seed(config.seed)  # the same dropout draws for both
-        fit = train_segmentation(model, config, data_dir, progress, desc=f"train ({init} init)")
+        fit = train_segmentation(
+            model, config, data_dir, progress, desc=f"train ({init} init)",
+            checkpoint_dir=os.path.join(workdir, _CHECKPOINTS, init) if workdir else None,
+            stamp={key: results[key] for key in _STAMPED} | {"init": init})
         result = scores.evaluate_segmentation(model, val, num_classes, progress,
                                               desc=f"score ({init} init)")
         results[init] = {**result, **fit}
@@ -344,10 +434,12 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
     results["val_images"] = results["cmp"]["images"]
     if workdir:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "comparison.json"), "w") as f:
-            json.dump(_json_safe(results), f, indent=1)
         _write_panel(os.path.join(workdir, "comparison.png"), panel_images.numpy(),
                      panel_labels.numpy(), predictions)
+        path = os.path.join(workdir, "comparison.json")
+        with rundir.whole_file(path) as partial, open(partial, "w") as f:
+            json.dump(_json_safe(results), f, indent=1)
+        shutil.rmtree(os.path.join(workdir, _CHECKPOINTS), ignore_errors=True)  # now done
     return results
 
 

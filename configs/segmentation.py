@@ -59,7 +59,9 @@ def get_config(arg=None):
                   max_train_images=-1, max_val_images=-1)
     c.optim = dict(name="adam", momentum=0.9, weight_decay=1e-4)
     c.schedule = dict(lr=1e-3, boundaries=(300,), factor=0.1, warmup_steps=0)
-    c.train = dict(steps=400, log_every=20)
+    # checkpoint_every: steps between saves of each side's training when a comparison has a
+    # folder (evaluate.py's --out): a killed comparison resumes from the last.
+    c.train = dict(steps=400, log_every=20, checkpoint_every=100)
     # Synthetic scenes are small and simple: a narrow head at 128^2 keeps each run ~1-2 minutes.
     c.head.width, c.head.skip_width, c.head.rates_px = 64, 24, (32, 64, 96)
     if arg.voc:  # PASCAL VOC 2012 (21 classes), DeepLab-like schedule
@@ -68,7 +70,7 @@ def get_config(arg=None):
         c.head.width, c.head.skip_width, c.head.rates_px = 256, 48, (96, 192, 288)
         c.optim = dict(name="sgd", momentum=0.9, weight_decay=1e-4)
         c.schedule = dict(lr=0.01, boundaries=(20_000, 27_000), factor=0.1, warmup_steps=0)
-        c.train = dict(steps=30_000, log_every=50)
+        c.train = dict(steps=30_000, log_every=50, checkpoint_every=1000)
     if arg.runlocal:
         c.train.steps, c.train.log_every = 5, 1
         c.data.update(batch_size=2, eval_batch_size=2, crop=(64, 64), max_train_images=8,

@@ -433,6 +433,51 @@ def test_compare_initializations_end_to_end(saved_encoder, tmp_path):
     assert f"{100 * results['cmp']['miou']:6.1f}" in table
     assert os.path.isfile(tmp_path / "out" / "comparison.json")
     assert os.path.isfile(tmp_path / "out" / "comparison.png")
+    assert not os.path.exists(tmp_path / "out" / "checkpoints")  # removed once finished
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_killed_segmentation_training_resumes_exactly(tmp_path, monkeypatch, capsys):
+    config = _config()  # runlocal: 64^2 crops, batch 2
+    config.train.update(steps=6, log_every=6, checkpoint_every=3)
+    config.data.dir = str(tmp_path / "synthetic")
+    synthetic.write_synthetic_voc(config.data.dir, num_train=8, num_val=4, num_videos=0,
+                                  size=(64, 64))
+
+    def train(folder=None, stamp="a"):
+        keras.utils.set_random_seed(3)
+        model = segmentation.build_segmentation_model(config, 4)
+        fit = transfer.train_segmentation(model, config, progress=True, checkpoint_dir=folder,
+                                          stamp=stamp)
+        return model.get_weights(), fit
+
+    expected, expected_fit = train()
+    real_save = transfer._TrainingState.save
+
+    def save_then_die(self, current, recent, seconds):
+        real_save(self, current, recent, seconds)
+        if current == 3:
+            raise _Killed  # as a kill after step 3's save (steps 4 and on are lost)
+
+    monkeypatch.setattr(transfer._TrainingState, "save", save_then_die)
+    folder = str(tmp_path / "checkpoints")
+    with pytest.raises(_Killed):
+        train(folder)
+    monkeypatch.setattr(transfer._TrainingState, "save", real_save)
+    resumed, fit = train(folder)
+    assert "resuming from" in capsys.readouterr().out
+    for got, want in zip(resumed, expected):
+        np.testing.assert_array_equal(got, want)  # the same batches, dropout and updates
+    assert fit["final_loss"] == expected_fit["final_loss"]  # losses before the kill kept
+    # Checkpoints made from other inputs are not resumed: the run starts over.
+    other, _ = train(folder, stamp="b")
+    assert "made from other inputs" in capsys.readouterr().out
+    for got, want in zip(other, expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def _fake_result(seed, random_miou, cmp_miou):

@@ -228,7 +228,7 @@ def _check_pair(name, value, positive=True):
 
 def make_dataset(folder, split, num_classes, *, training, batch_size, crop=(-1, -1),
                  scale=(1.0, 1.0), flip=False, seed=0, shuffle_buffer=256, pad_to=(-1, -1),
-                 image_pad=(0.0, 0.0, 0.0), max_images=-1):
+                 image_pad=(0.0, 0.0, 0.0), max_images=-1, start_step=0):
     """The segmentation input pipeline of a VOC-format folder.
 
     Training: shuffled, repeated; per image a random scale in `scale` (image bilinear, label
@@ -242,12 +242,18 @@ def make_dataset(folder, split, num_classes, *, training, batch_size, crop=(-1, 
         image_pad: RGB value of padded image pixels (the mean pixel makes them zero after
             normalization).
         max_images: use only the first N images of the list (-1: all).
+        start_step: training only: begin at this batch of the stream, as the stream that
+            began at 0 reaches it (a resumed run). Only file names are skipped: no image is
+            read for the batches passed over.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2 (background and one class); got "
                          f"{num_classes}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive; got {batch_size}.")
+    if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) \
+            or start_step < 0:
+        raise ValueError(f"start_step must be an integer >= 0; got {start_step!r}.")
     _, images, labels, sizes = read_split(folder, split)
     if max_images > 0:
         images, labels, sizes = images[:max_images], labels[:max_images], sizes[:max_images]
@@ -291,7 +297,8 @@ def make_dataset(folder, split, num_classes, *, training, batch_size, crop=(-1, 
             return (tf.ensure_shape(image, [height, width, 3]),
                     tf.ensure_shape(label, [height, width]))
 
-        ds = ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().skip(int(start_step) * batch_size)
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     largest = tuple(int(v) for v in np.max(sizes, axis=0))

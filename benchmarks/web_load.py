@@ -7,7 +7,8 @@ should, stay up, and stay under a stated memory bound?
 The server runs in its own process (this file with --serve, on a free port), so its memory is
 its own: the peak resident size is the kernel's high-water mark, /proc/<pid>/status VmHWM.
 --clients threads each send one request at a time, the next kind in one turn shared by all
-threads, until --duration has passed; requests under way then finish. Kinds, and the answer
+threads, until --duration has passed and each kind has been sent once; requests under way
+then finish. Kinds, and the answer
 each must get:
   info, page           GET /api/info, GET /                                        200
   animate, annotate    a --side px image with arrows / clicks                        200
@@ -252,8 +253,8 @@ def run_load(port, requests, duration, clients):
     made = {kind: requests.make(kind) for kind in kinds}
     turns = iter(range(sys.maxsize))  # one sequence for all threads: every kind comes round
 
-    def client():
-        while time.monotonic() < stop:
+    def client():  # past --duration too, until each kind has been answered once
+        while time.monotonic() < stop or not all(results[kind] for kind in kinds):
             with lock:
                 kind = kinds[next(turns) % len(kinds)]
             outcome = send(port, *made[kind])
@@ -295,6 +296,7 @@ def serve():
     except ValueError as error:
         print(REFUSED + " ".join(str(error).split()), flush=True)
         sys.exit(1)
+    propagator.warm_up()  # as the command does: no request waits for the model's first call
     httpd = server_lib.make_server(propagator, HOST, 0, request_timeout=_REQUEST_TIMEOUT.value)
     print(f"port {httpd.server_address[1]}", flush=True)
     httpd.serve_forever()

@@ -154,16 +154,25 @@ def test_an_mp4_of_an_odd_sized_image_keeps_every_pixel(tmp_path, height, width)
     (None, r"--arrows needs at least one item"),
     ("10,10,2e6,0", r"--arrows item 1 '10,10,2e6,0': each number must be at most 1e\+06"),
     ([[88, True, 50, -10, 4]], r"--arrows item 1 .* must be 4 finite numbers"),  # JSON's true
+    ([[10, "10", 3, 0]], r"--arrows item 1 \[10, '10', 3, 0\] must be 4 finite numbers"),
+    ([[1, 2, 3, "1_0"]], r"--arrows item 1 .* must be 4 finite numbers"),  # JSON text, not 10
+    ([[1, 2, 3, 4]] * 5, r"--arrows holds 5 items; at most 4 are accepted"),
+    ([[1, 2, 3, 10**400]], r"--arrows item 1 .* must be 4 finite numbers"),
+    ([[0] * 10000], r"--arrows item 1 \[0, 0, .*\.\.\. must be"),  # the item cut in the error
 ])
 def test_bad_arrows_are_named_with_the_flag_and_the_item(text, match):
-    with pytest.raises(ValueError, match=match):
-        inputs.parse_rows(text, inputs.ARROW_FIELDS, "--arrows")
+    with pytest.raises(ValueError, match=match) as raised:
+        inputs.parse_rows(text, inputs.ARROW_FIELDS, "--arrows", max_items=4)
+    assert len(str(raised.value)) < 200
 
 
 def test_arrow_and_click_strings_parse_and_pins_are_allowed():
     rows = inputs.parse_rows(" 10,20,3,-4 ; 5,6,0,0;", inputs.ARROW_FIELDS, "--arrows")
     np.testing.assert_array_equal(rows, [[10, 20, 3, -4], [5, 6, 0, 0]])
     assert inputs.parse_rows([[1, 2], [3, 4]], inputs.CLICK_FIELDS, "positive").shape == (2, 2)
+    rows = inputs.parse_rows([np.array([1.5, 2], np.float32), (np.int64(3), 4.0)],
+                             inputs.CLICK_FIELDS, "positive")  # NumPy's numbers are numbers
+    np.testing.assert_array_equal(rows, [[1.5, 2], [3, 4]])
     assert inputs.parse_rows("", inputs.CLICK_FIELDS, "--negative", allow_empty=True).shape == \
         (0, 2)
     with pytest.raises(ValueError, match=r"--positive item 1 \(x=128, y=3\) lies outside the "
@@ -233,7 +242,10 @@ def test_the_zoom_square_is_the_demos_and_stays_inside():
     assert annotate.zoom_box(points, 200, 300, zoom_factor=4) == (0, 0, 80)
     x0, y0, side = annotate.zoom_box(points + 100, 200, 300, zoom_factor=3)
     assert side == 60 and (x0, y0) == (90, 92)  # centred on (120, 122.5)
-    assert annotate.zoom_box(points * 10, 200, 300, zoom_factor=4)[2] == 200  # shorter side
+    assert annotate.zoom_box(points * 5, 200, 300, zoom_factor=4) == (0, 0, 200)  # shorter side
+    # Clicks spread wider than the shorter side: no square holds them, the whole image is seen
+    # (a square of the shorter side left both clicks out, and the mask with them).
+    assert annotate.zoom_box(np.array([[15, 120], [305, 120]], np.float32), 240, 320) is None
     assert annotate.zoom_box(points[:1], 200, 300) is None
     assert annotate.zoom_box(points, 200, 300, zoom_factor=-1) is None
     # two clicks 1 px apart mark one point: a 4 px square confined the mask to it
@@ -275,6 +287,10 @@ def test_a_negative_click_on_a_positive_clicks_pixel_is_refused(tmp_path):
                                          r"--positive click"):
         annotate.run("unused", path, "40,30", "40,30", out=str(tmp_path / "m.png"))
     annotate.check_clicks(image, [[40, 30]], [[41, 30]])  # the next pixel is another
+    # A point on the border of two pixels takes the later one, as everywhere else.
+    with pytest.raises(ValueError, match=r"negative item 1 \(41,30\)"):
+        annotate.check_clicks(image, [[40.5, 30]], [[41, 30]])
+    annotate.check_clicks(image, [[40, 30]], [[40.5, 30]])
 
 
 class _RegionPropagator:
@@ -294,11 +310,33 @@ class _RegionPropagator:
 def test_the_mask_is_where_the_clicks_motion_spreads():
     image, mask = _square_scene()
     fake = _RegionPropagator(mask)
-    score = annotate.motion_score(fake, image, [[60, 60]], [], zoom_factor=-1)
+    score = annotate.motion_score(fake, image, [[60, 60]], [], zoom_factor=-1, zoom_size=SIZE)
     assert score.dtype == np.float32 and score.max() == 1
     np.testing.assert_array_equal(score > annotate.THRESHOLD, mask)
     (shape, guidance), = fake.calls
     assert shape == image.shape and len(guidance) == 4
+
+
+def test_the_whole_image_is_seen_at_the_zoom_size_whatever_its_resolution():
+    """Without a zoom square the network saw the image at its own size, `velocity` in its
+    pixels: a photo and its enlargement, or a Keras model and a fixed-size file, disagreed on
+    a quarter of the mask."""
+    image, mask = _square_scene()
+    wide = np.concatenate([image, image[:, :SIZE // 2]], axis=1)  # 128 x 192
+    large = cv2.resize(wide, None, fx=2.5, fy=2.5, interpolation=cv2.INTER_CUBIC)
+    calls = []
+    for picture, click in ((wide, [60, 60]), (large, [150.75, 150.75])):
+        fake = _RegionPropagator(np.zeros(picture.shape[:2], bool))
+        annotate.motion_score(fake, picture, [click], [], zoom_factor=-1, zoom_size=96)
+        calls.append(fake.calls[0])
+    for shape, guidance in calls:
+        assert shape == (64, 96, 3)  # the longer side at zoom_size, the aspect kept
+        np.testing.assert_allclose(guidance[0][0], calls[0][1][0][0], atol=1e-4)
+        np.testing.assert_array_equal(guidance[0][1][0], [annotate.VELOCITY, 0])
+    # Clicks in opposite corners of the image: each is on the mask of what moves with them.
+    region = np.ones(wide.shape[:2], bool)
+    score = annotate.motion_score(_RegionPropagator(region), wide, [[0, 0], [191, 127]], [])
+    assert score[0, 0] == score[-1, -1] == 1
 
 
 def test_zoomed_scores_come_back_in_image_pixels_and_zero_outside_the_square():
@@ -323,6 +361,9 @@ def test_grabcut_pulls_a_rough_motion_mask_onto_the_object_edges():
     assert guided.shape == mask.shape
     with pytest.raises(ValueError, match="refine must be one of none, grabcut, guided"):
         annotate.refine(image, rough, [[60, 60]], [], method="crf")
+    with pytest.raises(ValueError, match=r"score must be \[H, W\], the image's \(128, 128\); "
+                                         r"got \(64, 64\)"):
+        annotate.refine(image, rough[::2, ::2], [[60, 60]], [], method="grabcut")
 
 
 def test_grabcut_gives_the_same_mask_whatever_opencvs_random_state():
@@ -420,6 +461,9 @@ def test_the_commands_refuse_to_write_over_their_image_and_bound_its_size(tmp_pa
     before = open(path, "rb").read()
     with pytest.raises(ValueError, match=r"--out=.* is the input image \(--image="):
         annotate.run("unused", path, "5,5", out=path)
+    through_missing = os.path.join(tmp_path, "missing", "..", os.path.basename(path))
+    with pytest.raises(ValueError, match=r"is the input image"):  # read as the photo's path
+        annotate.run("unused", path, "5,5", out=through_missing)
     assert open(path, "rb").read() == before
     flow_picture = tmp_path / "x_flow.png"
     flow_picture.write_bytes(before)

@@ -120,6 +120,23 @@ def test_the_server_bounds_its_connections_and_their_idle_time(tmp_path, fake_ve
             start = time.monotonic()
             assert idle.recv(65536) == b""  # closed without a request
             assert time.monotonic() - start < 10
+        # A client sending its request a byte now and then (each within the timeout) held its
+        # connection for good: the request as a whole must arrive in time.
+        with socket.create_connection(address, timeout=30) as trickle:
+            start = time.monotonic()
+            for byte in b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"a" * 100:
+                if time.monotonic() - start > 3:  # six times the request timeout
+                    break
+                try:
+                    trickle.sendall(bytes([byte]))
+                except OSError:
+                    break  # cut off already
+                time.sleep(0.1)
+            trickle.settimeout(5)
+            try:
+                assert trickle.recv(65536) == b""  # closed by the server, no answer
+            except ConnectionResetError:
+                pass
         deadline = time.monotonic() + 10
         while _get("http://%s:%d/model.onnx" % address)[0] != 200:  # the slot is free again
             assert time.monotonic() < deadline

@@ -231,6 +231,30 @@ def test_the_servers_own_names_and_origin_are_accepted(server):
     assert "[::1]:%d" % port in server.hosts
 
 
+def test_guidance_is_counted_before_it_is_read(server):
+    """A million clicks were read one by one before any worker was taken: 15 s of a core."""
+    many = [[5, 5]] * (server_lib.MAX_GUIDES + 1)
+    status, answer = _post(server, {"image": _b64(_small_png()), "positive": many},
+                           path="/api/annotate")
+    assert status == 400 and f"positive holds {len(many)} items; at most " \
+        f"{server_lib.MAX_GUIDES} are accepted" in answer["error"], answer
+
+
+def test_a_server_shared_on_the_network_answers_at_the_machines_addresses():
+    """Bound to 0.0.0.0 it answered 403 to every other machine: the Host they send is this
+    machine's address, which the machine's name need not resolve to. An IP address with the
+    port is its own; a name (a DNS name rebound here) and another port are not."""
+    hosts = server_lib.own_hosts("0.0.0.0", 8000)
+    for value in ("192.0.2.7:8000", "10.1.2.3:8000", "[2001:db8::5]:8000", "localhost:8000"):
+        assert value in hosts, value
+    for value in ("rebound.example:8000", "192.0.2.7:8001", "192.0.2.7", "2001:db8::5:8000",
+                  "192.0.2.7:8000:8000", ""):
+        assert value not in hosts, value
+    assert "192.0.2.7:8000" not in server_lib.own_hosts("127.0.0.1", 8000)
+    assert "192.0.2.7" in server_lib.own_hosts("::", 80)
+    assert "any IP address" in server_lib.own_hosts("0.0.0.0", 8000).describe()
+
+
 # --- held connections -------------------------------------------------------------------------
 
 def _closed_within(client, seconds):
@@ -305,6 +329,43 @@ def test_connections_over_the_limit_are_answered_at_once(propagator):
                 break
             time.sleep(0.2)
         assert status == 200
+
+
+def _upload(address, body, wait=PATIENCE):
+    """POSTs `body` whole, as a browser does, then reads the answer: (status, JSON), or
+    (None, error) when the connection broke before an answer could be read."""
+    head = (f"POST /api/animate HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n" % address).encode()
+    try:
+        with socket.create_connection(address, timeout=wait) as client:
+            client.sendall(head + body)
+            received = b""
+            while part := client.recv(65536):
+                received += part
+    except OSError as error:  # a broken pipe or a reset: what the page saw as a network error
+        return None, error
+    return int(received.split(b" ", 2)[1]), json.loads(received.partition(b"\r\n\r\n")[2])
+
+
+def test_a_refused_upload_gets_its_answer_however_large_it_is(propagator):
+    """A photo over max_bytes (a 413), or any upload while max_connections are open (a 503):
+    the server closed on the unread body, so the client, still sending, got a broken pipe."""
+    with serving(server_lib.make_server(propagator, port=0, max_connections=2,
+                                        max_bytes=2**20, request_timeout=30)) as httpd:
+        address = httpd.server_address[:2]
+        held = [socket.create_connection(address) for _ in range(2)]
+        time.sleep(0.3)  # both accepted
+        for _ in range(3):
+            status, answer = _upload(address, b" " * 5 * 2**19)
+            assert status == 503 and "2 connections" in answer["error"], answer
+        for client in held:
+            client.close()
+        deadline = time.monotonic() + 10
+        while _raw(httpd, "GET /api/info HTTP/1.1\r\nHost: {host}", wait=5)[0] != 200:
+            assert time.monotonic() < deadline, "the held connections' slots were not freed"
+            time.sleep(0.2)
+        status, answer = _upload(address, b" " * 5 * 2**19)
+        assert status == 413 and "at most 1048576 are accepted" in answer["error"], answer
 
 
 # --- the animation's size -----------------------------------------------------------------------

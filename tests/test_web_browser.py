@@ -131,3 +131,25 @@ def test_clicks_give_a_mask_on_the_page(tmp_path, page, browser):
     square = np.zeros((SIZE, SIZE), bool)
     square[RED_SQUARE, RED_SQUARE] = True
     assert changed[square].mean() > 0.9 and changed[~square].mean() < 0.05
+
+
+def test_an_image_over_the_servers_limit_is_named_before_it_is_sent(tmp_path, browser,
+                                                                     propagator):
+    """The server cuts an upload over max_bytes off mid-way, which the browser reported as a
+    network failure ("Failed to fetch"): the page names the limit instead."""
+    from selenium.webdriver.common.by import By
+
+    from cmp_tf.apps.web import server as server_lib
+
+    with serving(server_lib.make_server(propagator, port=0, max_bytes=1000)) as httpd:
+        small_page = "http://{}:{}/".format(*httpd.server_address[:2])
+        _, canvas, wait = _open_with_scene(tmp_path, small_page, browser)
+        wait.until(lambda d: d.execute_script("return state.info && state.info.max_bytes;")
+                   == 1000)
+        drag(browser, canvas, (64, 64), (84, 54))
+        browser.find_element(By.ID, "animate").click()
+        status = browser.find_element(By.ID, "status")
+        wait.until(lambda d: "error" in status.get_attribute("class"))
+        assert "the server takes at most 1 KB: load a smaller image" in status.text, \
+            status.text
+        assert browser.find_element(By.ID, "animate").is_enabled()

@@ -12,6 +12,7 @@ the demo does; the mask is then refined along image edges (grabCut seeded by it,
 filter of the score).
 """
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -60,8 +61,9 @@ def check_clicks(image, positive, negative):
 def check_apart(positive, negative, positive_name="positive", negative_name="negative"):
     """Refuses a negative click on a positive click's pixel: the guides on one pixel are
     averaged, so the object's push was halved there and the still click did nothing."""
-    taken = {tuple(p) for p in np.round(np.asarray(positive, np.float64)).astype(np.int64)}
-    for index, click in enumerate(np.round(np.asarray(negative, np.float64)).astype(np.int64)):
+    taken = {tuple(p) for p in sampling.nearest_pixel(positive).astype(np.int64).reshape(-1, 2)}
+    for index, click in enumerate(sampling.nearest_pixel(negative).astype(np.int64)
+                                  .reshape(-1, 2)):
         if tuple(click) in taken:
             raise ValueError(f"{negative_name} item {index + 1} ({click[0]},{click[1]}) is on "
                              f"the pixel of a {positive_name} click: a pixel is on the object "
@@ -105,7 +107,8 @@ def zoom_box(points, height, width, zoom_factor=ZOOM_FACTOR):
     As the demo: centred on the clicks' bounding box, side = zoom_factor x its longer extent
     (at most the image's shorter side, even), shifted to lie inside the image. None with fewer
     than two distinct clicks, a square under SMALLEST_ZOOM_SQUARE (clicks a few px apart: one
-    point of the object, not its extent) or zoom_factor -1.
+    point of the object, not its extent), a square that cannot hold every click (clicks spread
+    wider than the image's shorter side: the network would not see them) or zoom_factor -1.
     """
     if zoom_factor == -1 or len(points) < 2:
         return None
@@ -117,7 +120,8 @@ def zoom_box(points, height, width, zoom_factor=ZOOM_FACTOR):
     centre = (low + high) / 2
     x0 = int(np.clip(np.rint(centre[0] - side / 2), 0, width - side))
     y0 = int(np.clip(np.rint(centre[1] - side / 2), 0, height - side))
-    return x0, y0, side
+    inside = (low >= np.array([x0, y0]) - 0.5) & (high < np.array([x0, y0]) + side - 0.5)
+    return (x0, y0, side) if inside.all() else None
 
 
 def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
@@ -125,7 +129,10 @@ def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
     """How much each pixel moves with the positive clicks: H x W float32 in [0, 1].
 
     The mean |flow| over the four pushes and both channels, over its maximum
-    (docs/reference.md §6); outside the zoom square it is 0.
+    (docs/reference.md §6); outside the zoom square it is 0. Without a zoom square the network
+    sees the whole image resized to a longer side of `zoom_size`, as it sees a zoom square:
+    the same clicks on the same picture give the same score at any resolution, and
+    `velocity` is in the pixels of that view either way.
     """
     positive, negative = check_clicks(image, positive, negative)
     inputs.positive(velocity, "velocity")
@@ -135,12 +142,15 @@ def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
     height, width = image.shape[:2]
     box = zoom_box(np.concatenate([positive, negative]), height, width, zoom_factor)
     if box is None:
-        x0, y0, side, view, scale = 0, 0, None, image, 1.0
+        x0, y0, crop = 0, 0, image
+        longer = max(height, width)
+        view_size = (max(1, round(width * zoom_size / longer)),
+                     max(1, round(height * zoom_size / longer)))
     else:
         x0, y0, side = box
-        scale = zoom_size / side
-        view = cv2.resize(image[y0:y0 + side, x0:x0 + side], (zoom_size, zoom_size),
-                          interpolation=cv2.INTER_CUBIC)
+        crop, view_size = image[y0:y0 + side, x0:x0 + side], (zoom_size, zoom_size)
+    view = _resized(crop, view_size)
+    scale = np.array(view_size, np.float32) / crop.shape[1::-1]
     limit = np.array(view.shape[1::-1], np.float32) - 1
 
     def to_view(points):
@@ -150,12 +160,23 @@ def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
         view, direction_guidance(to_view(positive), to_view(negative), velocity))
     score = np.abs(flows).mean(axis=(0, 3))
     score = score / score.max() if score.max() > 0 else score
+    score = cv2.resize(score.astype(np.float32), crop.shape[1::-1],
+                       interpolation=cv2.INTER_LINEAR)  # as the demo, shrinking too
     if box is None:
-        return score.astype(np.float32)
+        return score
     full = np.zeros((height, width), np.float32)
-    full[y0:y0 + side, x0:x0 + side] = cv2.resize(score, (side, side),
-                                                  interpolation=cv2.INTER_LINEAR)
+    full[y0:y0 + side, x0:x0 + side] = score
     return full
+
+
+def _resized(image, size):
+    """The network's view of `image` at `size` (width, height): the demo's bicubic, area means
+    when shrinking (bicubic would alias a large photo)."""
+    if tuple(size) == image.shape[1::-1]:
+        return image
+    shrinking = size[0] < image.shape[1] and size[1] < image.shape[0]
+    return cv2.resize(image, tuple(int(v) for v in size),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
 
 def _disc_radius(image, fraction):
@@ -169,7 +190,7 @@ def grabcut(image, probable, positive=(), negative=(), iterations=GRABCUT_ITERAT
     seeds = np.where(probable, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     radius = _disc_radius(image, CLICK_RADIUS)
     for points, label in ((negative, cv2.GC_BGD), (positive, cv2.GC_FGD)):
-        for x, y in np.rint(np.asarray(points, np.float32).reshape(-1, 2)).astype(int):
+        for x, y in sampling.nearest_pixel(points).reshape(-1, 2).astype(int):
             cv2.circle(seeds, (int(x), int(y)), radius, int(label), -1)
     foreground = np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
     if foreground.all() or not foreground.any():
@@ -215,6 +236,10 @@ def refine(image, score, positive, negative, threshold=THRESHOLD, method=REFINE)
     """The mask from the score: thresholded as it is ('none'), grabCut seeded by it
     ('grabcut'), or the score guided-filtered by the image, then thresholded ('guided')."""
     check_refinement(threshold, method)
+    score = np.asarray(score)
+    if score.shape != np.shape(image)[:2]:
+        raise ValueError(f"score must be [H, W], the image's {np.shape(image)[:2]}; got "
+                         f"{score.shape}.")
     if method == "guided":
         score = cv2.ximgproc.guidedFilter(image, score.astype(np.float32),
                                           _disc_radius(image, GUIDED_RADIUS), GUIDED_EPS)
@@ -307,6 +332,12 @@ def main(argv):
     out, share = run(f.model, f.image, f.positive, f.negative, f.out, f.velocity, f.threshold,
                      f.zoom_factor, f.zoom_size, f.refine, f.max_side, f.max_pixels)
     print(f"Wrote {out} (the mask covers {share:.1%} of the image)")
+    if share == 0:
+        print(f"Warning: the mask is empty: lower --threshold (now {f.threshold}).",
+              file=sys.stderr)
+    elif share == 1:
+        print(f"Warning: the mask is the whole image: raise --threshold (now {f.threshold}) or "
+              "click off the object too (--negative).", file=sys.stderr)
 
 
 if __name__ == "__main__":

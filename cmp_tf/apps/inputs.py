@@ -4,6 +4,8 @@ Every error is a ValueError naming the flag (or API field) and the bad item, so 
 line, the web page and the tests report a mistake the same way.
 """
 import io
+import math
+import numbers
 import os
 import struct
 
@@ -22,13 +24,15 @@ JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame m
 JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM: markers without a length
 
 
-def parse_rows(value, fields, name, allow_empty=False):
+def parse_rows(value, fields, name, allow_empty=False, max_items=None):
     """'x,y,u,v;x,y,u,v' (or a list of number lists, as JSON sends them) -> float32 [K, F].
 
     Args:
         fields: the names of each item's numbers, e.g. ARROW_FIELDS; F = len(fields).
         name: the flag or field the value came from, e.g. '--arrows', for the error.
         allow_empty: whether no item at all is acceptable (negative clicks are optional).
+        max_items: the most items accepted, counted before any is read (a service's bound
+            on the work one request asks for); None: no bound.
     """
     form = ",".join(fields)
     if value is None:
@@ -39,26 +43,37 @@ def parse_rows(value, fields, name, allow_empty=False):
         items = list(value)
     else:
         raise ValueError(f"{name} must be '{form};...' or a list of [{form}] lists; got "
-                         f"{type(value).__name__} {value!r}.")
+                         f"{type(value).__name__} {runtime.short_repr(value)}.")
     if not items:
         if allow_empty:
             return np.zeros((0, len(fields)), np.float32)
         raise ValueError(f"{name} needs at least one item '{form}'; got {value!r}.")
+    if max_items is not None and len(items) > max_items:
+        raise ValueError(f"{name} holds {len(items)} items; at most {max_items} are accepted.")
     rows = []
     for index, item in enumerate(items, 1):
-        parts = item.split(",") if isinstance(item, str) else item
-        try:  # true/false in JSON are not numbers here, though Python counts them as 1 and 0
-            numbers = [float(p) if not isinstance(p, bool) else None for p in parts]
-        except (TypeError, ValueError, OverflowError):  # an int beyond float's range too
-            numbers = []
-        if len(numbers) != len(fields) or None in numbers or not np.all(np.isfinite(numbers)):
-            raise ValueError(f"{name} item {index} {item!r} must be {len(fields)} finite "
-                             f"numbers {form}.")
-        if np.abs(numbers).max() > sampling.MAX_VECTOR_PX:  # no image is that large
-            raise ValueError(f"{name} item {index} {item!r}: each number must be at most "
-                             f"{sampling.MAX_VECTOR_PX:g} in size.")
-        rows.append(numbers)
+        row = _numbers(item)
+        if len(row) != len(fields) or None in row or not all(math.isfinite(n) for n in row):
+            raise ValueError(f"{name} item {index} {runtime.short_repr(item)} must be "
+                             f"{len(fields)} finite numbers {form}.")
+        if max(abs(n) for n in row) > sampling.MAX_VECTOR_PX:  # no image is that large
+            raise ValueError(f"{name} item {index} {runtime.short_repr(item)}: each number "
+                             f"must be at most {sampling.MAX_VECTOR_PX:g} in size.")
+        rows.append(row)
     return np.asarray(rows, np.float32)
+
+
+def _numbers(item):
+    """An item's numbers as floats, None for each that is not one: text 'x,y' is read as the
+    command line writes numbers; in a list (JSON) only numbers count, not strings, nor
+    true / false, which Python would take as 1 and 0."""
+    try:
+        if isinstance(item, str):
+            return [float(part) for part in item.split(",")]
+        return [float(n) if isinstance(n, numbers.Real) and not isinstance(n, (bool, np.bool_))
+                else None for n in item]
+    except (TypeError, ValueError, OverflowError):  # not iterable, or an int beyond float
+        return []
 
 
 def check_inside(points, height, width, name):
@@ -300,7 +315,8 @@ def check_not_input(out, image, out_name="--out", image_name="--image"):
     """Refuses an output that is the input image itself: it would be replaced by the result."""
     if image is None:  # not given: read_image names the flag
         return out
-    if os.path.exists(out) and os.path.exists(image) and os.path.samefile(out, image):
+    out_path = os.path.normpath(os.path.abspath(out))  # a/../photo.png through a missing a
+    if os.path.exists(out_path) and os.path.exists(image) and os.path.samefile(out_path, image):
         raise ValueError(f"{out_name}={out} is the input image ({image_name}={image}): writing "
                          "it would replace the photo; name another file.")
     return out

@@ -12,9 +12,11 @@ it) is 403. Like the API's server it holds at most max_connections connections, 
 after request_timeout seconds without a request. `server.requested` lists the paths asked
 for, in order (the last MAX_REQUESTED, each cut to MAX_PATH_NOTED characters).
 """
+import io
 import json
 import os
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
@@ -35,8 +37,26 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self):
-        self.timeout = self.server.request_timeout  # an idle or silent client is cut off
+        self.timeout = self.server.request_timeout  # each write of an answer, too
         super().setup()
+        self.rfile.close()
+        self._reader = web_server._DeadlineReader(self.connection, self.server.request_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self):
+        """Each request's line and headers must all arrive within request_timeout seconds of
+        the previous answer: a client sending a byte now and then is cut off, not held."""
+        self._reader.deadline = time.monotonic() + self.server.request_timeout
+        super().handle_one_request()
+
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        self.connection.settimeout(self.server.request_timeout)  # the answer's writes
+        if self.headers.get("Content-Length", "0").strip() != "0" or \
+                self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True  # a body no route reads is never the next request
+        return True
 
     def log_message(self, format, *args):  # noqa: A002  (http.server's signature)
         if self.server.verbose:

@@ -21,13 +21,15 @@ must stay inside static/: nothing else on the disk is served.
 
 What one server can hold is bounded: max_connections connection threads, each for at most
 request_timeout seconds of reading (an idle or trickling client is cut off) and max_bytes of
-body (LINGER_S more after a refusal); WORKERS requests decode and render at once, each within
-max_side and MAX_RENDER_PIXELS (the largest animation, 8 frames of 2048x2048 with the network at
-512 px, holds ~0.75 GB while it renders).
+body (after a refusal, LINGER_S more of reading and dropping the rest, so the client gets the
+answer), as many again lingering after a 503; WORKERS requests decode and render at once,
+each within max_side and MAX_RENDER_PIXELS (the largest animation, 8 frames of 2048x2048 with
+the network at 512 px, holds ~0.75 GB while it renders).
 """
 import base64
 import binascii
 import io
+import ipaddress
 import json
 import os
 import re
@@ -52,6 +54,8 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_BYTES = 8 * 2**20  # largest request body accepted (the base64 image and the guidance)
 MAX_SIDE = 2048  # largest image side accepted, px
 MAX_FRAMES = 64  # bounds the work one animation request can ask for
+MAX_GUIDES = 1024  # arrows, or clicks of each kind, one request may give: they are read before
+#   a worker is taken, and a million took 15 s of a core
 REQUEST_TIMEOUT_S = 30.0  # a request's line, headers and body must all arrive within it
 MAX_CONNECTIONS = 32  # open connections (one thread each); more are answered 503 at once
 WORKERS = 2  # requests decoding and rendering at once: the memory they hold is bounded
@@ -84,7 +88,7 @@ def static_path(url_path, root=STATIC):
     """The file under `root` a URL path names, or None: decoded, normalised, and refused when
     it resolves (symbolic links included) outside `root` or is not a regular file."""
     relative = unquote(_path_of(url_path)).lstrip("/") or "index.html"
-    if "\0" in relative:
+    if "\0" in relative or relative.endswith(("/", "\\")):  # a folder's URL names no file
         return None
     root = os.path.realpath(root)
     path = os.path.realpath(os.path.join(root, relative))
@@ -153,24 +157,26 @@ class App:
     and the image's header is checked first, without waiting for a worker."""
 
     def __init__(self, propagator, max_side=MAX_SIDE,
-                 max_render_pixels=animate.MAX_RENDER_PIXELS, workers=WORKERS):
-        self.propagator, self.max_side = propagator, max_side
+                 max_render_pixels=animate.MAX_RENDER_PIXELS, workers=WORKERS,
+                 max_bytes=MAX_BYTES):
+        self.propagator, self.max_side, self.max_bytes = propagator, max_side, max_bytes
         self.max_render_pixels = max_render_pixels
         self._lock = threading.Lock()
         self._workers = threading.BoundedSemaphore(workers)
 
     def info(self):
         return {"model": self.propagator.path, "format": self.propagator.format,
-                "max_bytes": MAX_BYTES, "max_side": self.max_side, "max_frames": MAX_FRAMES,
+                "max_bytes": self.max_bytes, "max_side": self.max_side, "max_frames": MAX_FRAMES,
                 "max_render_pixels": self.max_render_pixels,
-                "frames": animate.FRAMES, "fps": animate.FPS, "velocity": annotate.VELOCITY,
+                "max_guides": MAX_GUIDES, "frames": animate.FRAMES, "fps": animate.FPS, "velocity": annotate.VELOCITY,
                 "threshold": annotate.THRESHOLD, "zoom_factor": annotate.ZOOM_FACTOR,
                 "refine": annotate.REFINE, "refinements": list(annotate.REFINEMENTS)}
 
     def animate(self, request):
         check_fields(request, ANIMATE_FIELDS, "/api/animate")
         data, size = request_image(request.get("image"), self.max_side)
-        arrows = inputs.parse_rows(request.get("arrows"), inputs.ARROW_FIELDS, "arrows")
+        arrows = inputs.parse_rows(request.get("arrows"), inputs.ARROW_FIELDS, "arrows",
+                                   max_items=MAX_GUIDES)
         inputs.check_inside(arrows, size[1], size[0], name="arrows")
         frames = request.get("frames", animate.FRAMES)
         if isinstance(frames, bool) or not isinstance(frames, int) or \
@@ -192,9 +198,10 @@ class App:
     def annotate(self, request):
         check_fields(request, ANNOTATE_FIELDS, "/api/annotate")
         data, size = request_image(request.get("image"), self.max_side)
-        positive = inputs.parse_rows(request.get("positive"), inputs.CLICK_FIELDS, "positive")
+        positive = inputs.parse_rows(request.get("positive"), inputs.CLICK_FIELDS, "positive",
+                                     max_items=MAX_GUIDES)
         negative = inputs.parse_rows(request.get("negative"), inputs.CLICK_FIELDS, "negative",
-                                     allow_empty=True)
+                                     allow_empty=True, max_items=MAX_GUIDES)
         refine = request.get("refine", annotate.REFINE)
         annotate.check_refinement(annotate.THRESHOLD, refine)
         annotate.check_clicks(_shaped(size), positive, negative)
@@ -227,22 +234,60 @@ class _DeadlineReader(io.RawIOBase):
         return self.connection.recv_into(buffer)
 
 
-def own_hosts(host, port, extra=()):
-    """The Host header values this server answers to: this machine's local names and the
-    address it is bound to (for a wildcard, the machine's name and addresses), with its port."""
-    names = set(LOCAL_HOSTS) | {name.lower() for name in extra}
-    if host in _WILDCARDS:
+class OwnHosts:
+    """The Host header values a server answers to (`value in hosts`): this machine's local
+    names and the address it is bound to (for a wildcard, the machine's name and addresses),
+    with its port. Bound to every interface, any IP address with the port is its own too: a
+    page shared on the network is reached by the machine's address, which a Host of digits
+    names, and no DNS name can be rebound to it."""
+
+    def __init__(self, host, port, extra=()):
+        names = set(LOCAL_HOSTS) | {name.lower() for name in extra}
+        self.port, self.any_address = port, host in _WILDCARDS
+        if self.any_address:
+            try:
+                names.add(socket.gethostname().lower())
+                names.update(info[4][0]
+                             for info in socket.getaddrinfo(socket.gethostname(), None))
+            except OSError:  # no resolvable name: local names only
+                pass
+        else:
+            names.add(host.lower())
+        names = {f"[{name}]" if ":" in name and not name.startswith("[") else name
+                 for name in names}
+        self.values = {f"{name}:{port}" for name in names} | (names if port == 80 else set())
+
+    def __contains__(self, value):
+        value = value.strip().lower()
+        if value in self.values:
+            return True
+        if not self.any_address:
+            return False
+        name, _, port = value.rpartition(":")
+        if not name or port != str(self.port):
+            name, port = value, ""  # no port: the default one only
+            if self.port != 80:
+                return False
         try:
-            names.add(socket.gethostname().lower())
-            names.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
-        except OSError:  # no resolvable name: local names only
-            pass
-    else:
-        names.add(host.lower())
-    names = {f"[{name}]" if ":" in name and not name.startswith("[") else name
-             for name in names}
-    hosts = {f"{name}:{port}" for name in names}
-    return hosts | (names if port == 80 else set())
+            ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]")
+                                 else name)
+        except ValueError:
+            return False
+        return ":" not in name or name.startswith("[")  # an IPv6 address is written in []
+
+    def __iter__(self):
+        return iter(sorted(self.values))
+
+    def describe(self):
+        """The accepted values, for an error."""
+        listed = ", ".join(self)
+        return listed + (", or any IP address of this machine with the port"
+                         if self.any_address else "")
+
+
+def own_hosts(host, port, extra=()):
+    """OwnHosts of a server bound to `host`:`port`, accepting `extra` names as well."""
+    return OwnHosts(host, port, extra)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -284,13 +329,13 @@ class Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host")
         if host is None:
             raise RequestError(HTTPStatus.BAD_REQUEST, "a Host header is required.")
-        if host.strip().lower() not in hosts:
+        if host not in hosts:
             raise RequestError(HTTPStatus.FORBIDDEN,
                                f"Host {host!r} is not this server's own; accepted: "
-                               f"{', '.join(sorted(hosts))}.")
+                               f"{hosts.describe()}.")
         origin = self.headers.get("Origin")
-        if origin is not None and origin.strip().lower() not in {
-                f"http://{name}" for name in hosts}:
+        scheme, _, origin_host = (origin or "").strip().lower().partition("://")
+        if origin is not None and (scheme != "http" or origin_host not in hosts):
             raise RequestError(HTTPStatus.FORBIDDEN,
                                f"Origin {origin!r} is not this server's own page; the API "
                                "answers its own page only.")
@@ -301,23 +346,11 @@ class Handler(BaseHTTPRequestHandler):
         self._json(error.status, {"error": str(error)})
 
     def finish(self):
-        """After a refusal, the rest of the body is read and dropped for at most LINGER_S and
-        max_bytes before the socket closes: closing on unread bytes resets the connection, and
-        a client still sending would lose the answer."""
+        """After a refusal the rest of the body is read and dropped before the socket closes
+        (`linger`)."""
         super().finish()
-        if not getattr(self, "_linger", False):
-            return
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            deadline, dropped = time.monotonic() + LINGER_S, 0
-            while dropped <= self.server.max_bytes and time.monotonic() < deadline:
-                self.connection.settimeout(max(deadline - time.monotonic(), 0.001))
-                part = self.connection.recv(65536)
-                if not part:
-                    break
-                dropped += len(part)
-        except OSError:  # the client closed, reset or was slow: nothing more to do
-            pass
+        if getattr(self, "_linger", False):
+            linger(self.connection)
 
     def do_GET(self):  # noqa: N802  (http.server's name)
         try:
@@ -415,9 +448,26 @@ class Handler(BaseHTTPRequestHandler):
         return request
 
 
+def linger(connection, seconds=LINGER_S):
+    """Reads and drops what a client still sends, for at most `seconds`, after its answer:
+    closing a socket on unread bytes resets the connection, and a client still sending its
+    body (a photo over the size limit, a request over the connection limit) would see a
+    broken connection instead of the answer waiting for it."""
+    try:
+        connection.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            if not connection.recv(65536):
+                break
+    except OSError:  # the client closed, reset or was slow: nothing more to do
+        pass
+
+
 class Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a bound on its connection threads (over it: 503 at once, no
-    thread) and quiet about clients that go away."""
+    """ThreadingHTTPServer with a bound on its connection threads (over it: 503 at once, and
+    at most as many threads again lingering to drop those requests' bodies) and quiet about
+    clients that go away."""
 
     daemon_threads = True
     request_queue_size = BACKLOG
@@ -433,13 +483,24 @@ class Server(ThreadingHTTPServer):
                 request.sendall(self._BUSY % (len(body), body))
             except OSError:
                 pass
-            self.shutdown_request(request)
+            if self.lingering.acquire(blocking=False):
+                threading.Thread(target=self._linger_then_close, args=(request,),
+                                 daemon=True).start()
+            else:  # as many lingering already: closed at once
+                self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.slots.release()
             raise
+
+    def _linger_then_close(self, request):
+        try:
+            linger(request)
+        finally:
+            self.shutdown_request(request)
+            self.lingering.release()
 
     def process_request_thread(self, request, client_address):
         try:
@@ -480,8 +541,8 @@ def make_server(propagator, host="127.0.0.1", port=8000, max_bytes=MAX_BYTES,
     """
     check_limits(max_bytes=max_bytes, max_render_pixels=max_render_pixels)
     server = bounded_server((host, port), Handler, request_timeout, max_connections)
-    server.app, server.max_bytes, server.verbose = App(propagator, max_side, max_render_pixels), \
-        max_bytes, verbose
+    server.app = App(propagator, max_side, max_render_pixels, max_bytes=max_bytes)
+    server.max_bytes, server.verbose = max_bytes, verbose
     server.hosts = own_hosts(host, server.server_address[1], hosts)
     return server
 
@@ -517,4 +578,5 @@ def bounded_server(address, handler, request_timeout, max_connections):
     server = bind(Server, address, handler)
     server.request_timeout, server.max_connections = float(request_timeout), max_connections
     server.slots = threading.BoundedSemaphore(max_connections)
+    server.lingering = threading.BoundedSemaphore(max_connections)
     return server

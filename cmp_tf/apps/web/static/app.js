@@ -118,6 +118,7 @@ $("file").addEventListener("change", () => {
     image.onload = () => {
       state.image = image;
       state.dataUrl = reader.result;
+      newestTicket += 1;  // an answer still on its way is for the previous image
       state.arrows = []; state.positive = []; state.negative = [];
       canvas.width = image.naturalWidth;
       canvas.height = image.naturalHeight;
@@ -138,9 +139,22 @@ $("clear").addEventListener("click", () => {
   setStatus("Guidance cleared.");
 });
 
+// Each request, and each image loaded, takes the next ticket: an answer is shown only while
+// its ticket is the newest, so a slower earlier request never lands over a later one.
+let newestTicket = 0;
+
 async function post(route, body) {
+  const text = JSON.stringify(body);
+  // Over the server's limit the upload is cut off mid-way, which the browser reports as a
+  // network failure: say why before sending (the body is ASCII, a character a byte).
+  if (state.info && text.length > state.info.max_bytes) {
+    const size = (n) => (n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MB`
+      : `${Math.ceil(n / 1024)} KB`);
+    throw new Error(`The request is ${size(text.length)} with the image; the server ` +
+                    `takes at most ${size(state.info.max_bytes)}: load a smaller image.`);
+  }
   const response = await fetch(route, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST", headers: { "Content-Type": "application/json" }, body: text,
   });
   const answer = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
@@ -151,37 +165,45 @@ function show(id, type, base64) {
   $(id).src = `data:${type};base64,${base64}`;
 }
 
-$("animate").addEventListener("click", async () => {
+// Runs `request` with `button` disabled until it ends; `shown` gets the answer only if no
+// request or image came after it.
+async function answered(button, status, request, shown) {
+  const ticket = ++newestTicket;
+  button.disabled = true;
+  setStatus(status);
+  try {
+    const answer = await request();
+    if (ticket === newestTicket) shown(answer);
+  } catch (error) {
+    if (ticket === newestTicket) setStatus(error.message, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("animate").addEventListener("click", () => {
   if (!state.image) return setStatus("Load an image first.", true);
   if (!state.arrows.length) return setStatus("Drag at least one arrow on the image.", true);
-  setStatus("Propagating the arrows…");
-  try {
-    const answer = await post("api/animate", {
-      image: state.dataUrl, arrows: state.arrows, frames: Number($("frames").value),
+  const body = { image: state.dataUrl, arrows: state.arrows, frames: Number($("frames").value) };
+  return answered($("animate"), "Propagating the arrows…", () => post("api/animate", body),
+    (answer) => {
+      show("flow", "image/png", answer.flow_png);
+      show("animation", "image/gif", answer.animation_gif);
+      setStatus(`Flow and animation in ${answer.seconds.toFixed(2)} s.`);
     });
-    show("flow", "image/png", answer.flow_png);
-    show("animation", "image/gif", answer.animation_gif);
-    setStatus(`Flow and animation in ${answer.seconds.toFixed(2)} s.`);
-  } catch (error) {
-    setStatus(error.message, true);
-  }
 });
 
-$("annotate").addEventListener("click", async () => {
+$("annotate").addEventListener("click", () => {
   if (!state.image) return setStatus("Load an image first.", true);
   if (!state.positive.length) return setStatus("Place at least one object click (+).", true);
-  setStatus("Pushing the clicks four ways…");
-  try {
-    const answer = await post("api/annotate", {
-      image: state.dataUrl, positive: state.positive, negative: state.negative,
-      refine: $("refine").value,
+  const body = { image: state.dataUrl, positive: state.positive, negative: state.negative,
+                 refine: $("refine").value };
+  return answered($("annotate"), "Pushing the clicks four ways…",
+    () => post("api/annotate", body), (answer) => {
+      show("mask", "image/png", answer.overlay_png);
+      setStatus(`Mask (${(100 * answer.share).toFixed(1)}% of the image) in ` +
+                `${answer.seconds.toFixed(2)} s.`);
     });
-    show("mask", "image/png", answer.overlay_png);
-    setStatus(`Mask (${(100 * answer.share).toFixed(1)}% of the image) in ` +
-              `${answer.seconds.toFixed(2)} s.`);
-  } catch (error) {
-    setStatus(error.message, true);
-  }
 });
 
 // The server renders frames x width x height pixels at most: offer no more frames than fit.

@@ -515,7 +515,7 @@ def test_numbers_beyond_float_and_deep_nesting_are_400_not_500(server):
 
 
 def test_other_methods_are_405_in_json_and_head_is_get_without_a_body(server):
-    for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"):
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "FOO"):
         status, answer = _raw(server, f"{method} /api/animate HTTP/1.1\r\nHost: {{host}}\r\n"
                                       "Content-Length: 0")
         assert status == 405 and answer["error"].startswith(f"{method} is not served"), method
@@ -529,6 +529,25 @@ def test_other_methods_are_405_in_json_and_head_is_get_without_a_body(server):
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.split(b" ")[1] == b"200" and body == b""
     assert int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
+    # http.server's own refusals answer in JSON too (they were HTML pages).
+    status, answer = _raw(server, "GET /" + "a" * 70000 + " HTTP/1.1\r\nHost: {host}")
+    assert status == 414 and answer["error"] == "Request-URI Too Long", answer
+    status, answer = _raw(server, "GET /" + "a" * 60000 + " HTTP/1.1\r\nHost: {host}")
+    assert status == 404 and len(answer["error"]) < 200, answer  # the path cut, not echoed
+
+
+def test_an_ipv6_address_is_listened_on(propagator):
+    """--host=::1 failed ("Address family for hostname not supported"), yet [::1] is one of
+    the names the server answers to."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    with serving(server_lib.make_server(propagator, host="::1", port=0)) as httpd:
+        port = httpd.server_address[1]
+        with socket.create_connection(("::1", port), timeout=PATIENCE) as client:
+            client.sendall(f"GET /api/info HTTP/1.0\r\nHost: [::1]:{port}\r\n\r\n".encode())
+            assert client.recv(65536).startswith(b"HTTP/1.0 200")
 
 
 def test_the_frame_rate_has_a_range_everywhere():

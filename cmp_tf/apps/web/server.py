@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from cmp_tf import flow as flow_lib
+from cmp_tf import runtime
 from cmp_tf.apps import animate
 from cmp_tf.apps import annotate
 from cmp_tf.apps import inputs
@@ -65,6 +66,7 @@ BACKLOG = 64  # connections the kernel queues until they are accepted (the defau
 #   under a burst, and each overflow costs its client a 1 s SYN retry)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # names of this machine always accepted
 _WILDCARDS = ("", "0.0.0.0", "::")
+_ECHOED, _ECHOED_ITEMS = 100, 5  # characters of a client's text, and its items, an error repeats
 _LENGTH = re.compile(r"[0-9]{1,18}")  # a Content-Length: digits only (no sign, space or _)
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
@@ -95,6 +97,11 @@ def static_path(url_path, root=STATIC):
     if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
         return None
     return path
+
+
+def _cut(text, limit=_ECHOED):
+    """A client's text as an error repeats it: at most `limit` characters."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _b64(data):
@@ -139,7 +146,8 @@ def check_fields(request, fields, route):
     be ignored and the answer made with the defaults."""
     unknown = sorted(set(request) - set(fields))
     if unknown:
-        raise ValueError(f"{', '.join(map(repr, unknown))}: not a field of {route}; its fields "
+        listed = ", ".join(runtime.short_repr(name, _ECHOED) for name in unknown[:_ECHOED_ITEMS])
+        raise ValueError(f"{listed}: not a field of {route}; its fields "
                          f"are {', '.join(fields)}.")
     return request
 
@@ -167,8 +175,8 @@ class App:
     def info(self):
         return {"model": self.propagator.path, "format": self.propagator.format,
                 "max_bytes": self.max_bytes, "max_side": self.max_side, "max_frames": MAX_FRAMES,
-                "max_render_pixels": self.max_render_pixels,
-                "max_guides": MAX_GUIDES, "frames": animate.FRAMES, "fps": animate.FPS, "velocity": annotate.VELOCITY,
+                "max_render_pixels": self.max_render_pixels, "max_guides": MAX_GUIDES,
+                "frames": animate.FRAMES, "fps": animate.FPS, "velocity": annotate.VELOCITY,
                 "threshold": annotate.THRESHOLD, "zoom_factor": annotate.ZOOM_FACTOR,
                 "refine": annotate.REFINE, "refinements": list(annotate.REFINEMENTS)}
 
@@ -361,7 +369,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.OK, self.server.app.info())
         path = static_path(self.path)
         if path is None:
-            return self._json(HTTPStatus.NOT_FOUND, {"error": f"{self.path} is not served."})
+            return self._json(HTTPStatus.NOT_FOUND, {"error": f"{_cut(self.path)} is not served."})
         with open(path, "rb") as f:
             body = f.read()
         self._send(HTTPStatus.OK, body, _TYPES.get(os.path.splitext(path)[1],
@@ -378,6 +386,18 @@ class Handler(BaseHTTPRequestHandler):
                    {"error": f"{self.command} is not served; {ALLOWED_METHODS} are."},
                    headers=[("Allow", ALLOWED_METHODS)])
 
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a request line or headers too long, a method it does
+        not know, which is a 405 as any other) in JSON, as every other answer."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            return self._method_not_allowed()
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = ""
+        return self._json(code, {"error": message or phrase})
+
     do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
     do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed  # noqa: N815
 
@@ -385,7 +405,7 @@ class Handler(BaseHTTPRequestHandler):
         route = self.routes.get(_path_of(self.path))
         try:
             if route is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"{self.path} is not an API route; "
+                raise RequestError(HTTPStatus.NOT_FOUND, f"{_cut(self.path)} is not an API route; "
                                    f"POST to {', '.join(self.routes)}.")
             self._check_host_and_origin()
             request = self._read_json()
@@ -555,6 +575,9 @@ def bind(server_class, address, handler):
         raise ValueError(f"--host={host!r} names no address, which would open the page to "
                          "every machine that reaches this one: give 127.0.0.1 (this machine "
                          "only) or, to share it, 0.0.0.0.")
+    if ":" in host:  # an IPv6 address (::1, ::): the class's IPv4 socket cannot take it
+        server_class = type(server_class.__name__, (server_class,),
+                            {"address_family": socket.AF_INET6})
     try:
         return server_class(address, handler)
     except (OSError, OverflowError) as error:

@@ -158,6 +158,10 @@ def _segmentation(path, out):
     from cmp_tf import transfer
 
     config = cli.config_of(_SEGMENTATION)
+    try:
+        transfer.check_config(config)
+    except ValueError as error:
+        raise app.UsageError(f"--segmentation: {error}") from error
     data_dir = _segmentation_data(config)
     if _SEEDS.value or _ENCODER_MODES.value:
         try:

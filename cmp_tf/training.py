@@ -209,7 +209,8 @@ def _is_chief(strategy):
         and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def _count(value, field, minimum=1):
+def check_count(value, field, minimum=1):
+    """int(value) if it is a whole number >= `minimum`; else ValueError naming `field`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{field}={value!r} must be a whole number >= {minimum}.")
     return int(value)
@@ -222,43 +223,62 @@ def _positive(value, field):
     return float(value)
 
 
+SEGMENTATION_HINT = ("a segmentation recipe (configs/segmentation.py) trains in evaluate.py "
+                     "--task=segmentation --segmentation=CONFIG")
+
+
 def check_config(config):
     """Refuses the training fields a loop would otherwise take as meaning something (0 steps
     "finish" an untrained run, a batch of 0 fails deep inside TensorFlow), naming the field,
     before anything is built or written. The model's fields are checked by building it."""
-    t, d, s = config.train, config.data, config.schedule
-    _count(t.steps, "config.train.steps")
+    missing = [name for name in ("flow", "guidance", "data", "train", "schedule", "optim")
+               if name not in config]
+    if missing or "transfer" in config or "short_size" not in config.data:
+        raise ValueError(f"The config is not a CMP training recipe (it has no "
+                         f"{', '.join(missing or ['data.short_size'])} field"
+                         f"{'s' if len(missing) > 1 else ''}): {SEGMENTATION_HINT}; CMP "
+                         "recipes are the other files in configs/.")
+    t, d = config.train, config.data
+    check_count(t.steps, "config.train.steps")
     for field in ("checkpoint_every", "keep_checkpoints", "log_every", "image_every"):
         if field in t:
-            _count(t[field], f"config.train.{field}")
-    _count(d.batch_size, "config.data.batch_size")
+            check_count(t[field], f"config.train.{field}")
+    check_count(d.batch_size, "config.data.batch_size")
     crop = d.crop
     if not (isinstance(crop, (tuple, list)) and len(crop) == 2):
         raise ValueError(f"config.data.crop={crop!r} must be (height, width) in pixels.")
     for value in crop:
-        _count(value, "config.data.crop", 1)
-    _count(d.short_size, "config.data.short_size")
+        check_count(value, "config.data.crop", 1)
+    check_count(d.short_size, "config.data.short_size")
     if "shuffle_buffer" in d:
-        _count(d.shuffle_buffer, "config.data.shuffle_buffer")
+        check_count(d.shuffle_buffer, "config.data.shuffle_buffer")
+    check_optimization(config)
+    if max(crop) > d.short_size * min(d.get("zoom", (1.0, 1.0))):
+        raise ValueError(f"config.data.crop={tuple(crop)!r} is larger than the frames' short "
+                         f"side after resizing (config.data.short_size={d.short_size}, times "
+                         f"the smallest config.data.zoom): every sample would be padded with "
+                         "black pixels without flow. Raise short_size or shrink the crop.")
+
+
+def check_optimization(config):
+    """Refuses config.schedule, config.optim and config.seed values an optimizer would take
+    without a word (a negative learning rate climbs the loss), naming the field: for any
+    recipe that trains, CMP's or a segmentation transfer's."""
+    s = config.schedule
     _positive(s.lr, "config.schedule.lr")
     _positive(s.factor, "config.schedule.factor")
-    _count(s.get("warmup_steps", 0), "config.schedule.warmup_steps", 0)
+    check_count(s.get("warmup_steps", 0), "config.schedule.warmup_steps", 0)
     for value in s.boundaries:
-        _count(value, "config.schedule.boundaries", 0)
+        check_count(value, "config.schedule.boundaries", 0)
     if "momentum" in config.optim and not 0 <= config.optim.momentum < 1:
         raise ValueError(f"config.optim.momentum={config.optim.momentum!r} must be in [0, 1).")
-    seed = _count(config.seed, "config.seed", 0)
+    seed = check_count(config.seed, "config.seed", 0)
     if seed > MAX_SEED:
         raise ValueError(f"config.seed={seed} must be at most {MAX_SEED} (Keras's seed range).")
     decay = config.optim.get("weight_decay", 0.0)
     if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not (
             math.isfinite(decay) and decay >= 0):
         raise ValueError(f"config.optim.weight_decay={decay!r} must be a finite number >= 0.")
-    if max(crop) > d.short_size * min(d.get("zoom", (1.0, 1.0))):
-        raise ValueError(f"config.data.crop={tuple(crop)!r} is larger than the frames' short "
-                         f"side after resizing (config.data.short_size={d.short_size}, times "
-                         f"the smallest config.data.zoom): every sample would be padded with "
-                         "black pixels without flow. Raise short_size or shrink the crop.")
 
 
 def _warn(message, log):

@@ -141,6 +141,22 @@ def check_checkpoint_recipe(config, checkpoint):
 
 # --- Data and training -----------------------------------------------------------------------
 
+def check_config(config):
+    """Refuses a config that is not a segmentation recipe (a CMP recipe given as one), and
+    training fields an optimizer or the pipeline would take without a word (a negative
+    learning rate, a batch of 0), naming the field, before any data is written."""
+    if "transfer" not in config or "head" not in config:
+        raise ValueError("The segmentation config has no transfer and head fields: it is a CMP "
+                         "recipe. --segmentation reads configs/segmentation.py, whose "
+                         ":recipe=NAME names the CMP recipe whose encoder is transferred.")
+    training.check_optimization(config)
+    for field in ("batch_size", "eval_batch_size"):
+        training.check_count(config.data[field], f"config.data.{field}")
+    for field in ("steps", "log_every", "checkpoint_every"):
+        if field in config.train:
+            training.check_count(config.train[field], f"config.train.{field}")
+
+
 def _round_up(value, multiple):
     return -(-value // multiple) * multiple
 
@@ -397,6 +413,7 @@ def compare_initializations(config, checkpoint, data_dir=None, workdir=None, pro
         "freeze_encoder", "val_images"}; scores as evaluate_segmentation's plus the training
         summary (final_loss, seconds).
     """
+    check_config(config)
     data_dir = data_folder(config, data_dir)
     if not data_dir:
         raise ValueError("config.data.dir is empty: name a VOC-format folder.")
@@ -542,6 +559,7 @@ def compare_over_seeds(config, checkpoint, seeds, modes=tuple(ENCODER_MODES), da
         seed_summary of the runs: {"seeds", "modes", "runs": {mode: [results per seed]}, ...}.
     """
     seeds, modes = _check_seeds_and_modes(seeds, modes)
+    check_config(config)
     runs = {}
     for mode in modes:
         runs[mode] = []

@@ -183,6 +183,20 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
       "--data={tmp}"], "--data={tmp} holds no synthetic.json, so it is not a generated set"),
     (["evaluate.py", "--checkpoint=cmp_tf/pretrained/default", "--data=generated,{tmp}/x.txt"],
      "'generated' (held-out layered scenes, their flow exact) is scored on its own"),
+    # A recipe of one kind given to the command of the other was an AttributeError's traceback,
+    # and a segmentation transfer trained on with a negative learning rate.
+    (["train.py", "--config=configs/segmentation.py", "--workdir={tmp}/run"],
+     "The config is not a CMP training recipe (it has no flow, guidance fields): a "
+     "segmentation recipe (configs/segmentation.py) trains in evaluate.py"),
+    (["evaluate.py", "--task=segmentation", "--checkpoint=cmp_tf/pretrained/default",
+      "--segmentation=configs/default.py"],
+     "--segmentation: The segmentation config has no transfer and head fields: it is a CMP"),
+    (["evaluate.py", "--task=segmentation", "--checkpoint=cmp_tf/pretrained/default",
+      "--segmentation.schedule.lr=-1", "--out={tmp}/seg"],
+     "--segmentation: config.schedule.lr=-1.0 must be a finite number > 0."),
+    (["evaluate.py", "--task=segmentation", "--checkpoint=cmp_tf/pretrained/default",
+      "--segmentation.data.eval_batch_size=0", "--out={tmp}/seg"],
+     "--segmentation: config.data.eval_batch_size=0 must be a whole number >= 1."),
 ])
 def test_the_tools_name_a_bad_file_or_flag_in_one_line(tmp_path, args, message):
     """The converter, the data tools, the servers and the benchmarks: their own ValueErrors and

@@ -184,10 +184,12 @@ def _check_flags():
     """Refuses flag values that would otherwise be read as something else (--pairs=0 as all
     pairs), before any model is loaded."""
     from cmp_tf.evaluation import benchmark
+    from cmp_tf.evaluation import pairs as pairs_lib
 
-    if _PAIRS.value == 0 or _PAIRS.value < -1:
-        raise app.UsageError(f"--pairs={_PAIRS.value} must be a positive count, or -1 for all "
-                             "pairs.")
+    try:
+        pairs_lib.check_pair_count(_PAIRS.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
     if _PANELS.value < 0:
         raise app.UsageError(f"--panels={_PANELS.value} must be >= 0.")
     if _SEED.value < 0:

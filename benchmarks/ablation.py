@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ and cmp_tf/ from the repository, wherever this is run from
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 
 BASE_RECIPE = os.path.join(ROOT, "configs", "cpu_bins.py")  # the paper's bins head, CPU scale
@@ -295,9 +296,23 @@ def schedule_overrides(steps):
     return [f"--config.schedule.boundaries={boundaries}"]
 
 
+def _trained_steps(run):
+    """The steps a finished variant's run was trained for (its config.json), or None."""
+    try:
+        with open(os.path.join(run, "config.json")) as f:
+            return json.load(f)["train"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _train_and_evaluate(name):
     run = os.path.join(_ROOT.value, name)
-    if not os.path.isfile(os.path.join(run, "model.keras")):
+    if os.path.isfile(os.path.join(run, "model.keras")):
+        steps = _trained_steps(run)
+        if steps != _STEPS.value:  # reused, the report would give it the budget asked for
+            raise app.UsageError(f"{run} was trained for {steps} steps, not --steps="
+                                 f"{_STEPS.value}: give another --root, or --steps={steps}.")
+    else:
         _run([sys.executable, "train.py", f"--config={BASE_RECIPE}", f"--workdir={run}",
               f"--config.train.steps={_STEPS.value}", *schedule_overrides(_STEPS.value),
               *VARIANTS[name][1]])
@@ -395,8 +410,11 @@ def main(argv):
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value + ".md", "w") as f:
         f.write(text + "\n")
-    with open(_OUT.value + ".json", "w") as f:
-        json.dump(dict(steps=_STEPS.value, pairs=_PAIRS.value, table=table), f, indent=1)
+    runs = {name: dict(steps=_trained_steps(os.path.join(_ROOT.value, name)),
+                       pairs={dataset: (_results(os.path.join(_ROOT.value, name), dataset)
+                                        or {}).get("pairs") for dataset in datasets()})
+            for name in _VARIANTS.value}  # as the runs were made, not as the flags say now
+    reference_lib.write_json(_OUT.value + ".json", dict(runs=runs, table=table))
     print(f"\nWrote {_OUT.value}.md and .json")
 
 

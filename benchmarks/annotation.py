@@ -24,7 +24,6 @@ The target is the largest layer showing 3-40% of the image in one piece. --textu
 on), so object and background share their colours, as in photos; --textures=noise gives each
 layer its own procedural texture, which colour alone separates.
 """
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from absl import flags
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf.apps import annotate  # noqa: E402
 from cmp_tf.apps import inputs  # noqa: E402
@@ -285,21 +285,18 @@ def main(argv):
               "CMP annotation (4 guidance sets)")
     print()
     print(table)
-    os.makedirs(_OUT.value, exist_ok=True)
-    path = os.path.join(_OUT.value, "annotation.json")
-    with open(path, "w") as f:
-        json.dump({"models": {label: {"path": propagator.path, "format": propagator.format,
-                                      "seconds_per_annotation": seconds[label]}
-                              for label, propagator in propagators.items()},
-                   "scenes": len(scene_list), "textures": _TEXTURES.value,
-                   "size": _SIZE.value, "seed": _SEED.value,
-                   "clicks": clicks, "negatives_per_positive": _NEGATIVES.value,
-                   "zoom_size": _ZOOM_SIZE.value,
-                   "settings": {"velocity": annotate.VELOCITY, "threshold": annotate.THRESHOLD,
-                                "zoom_factor": annotate.ZOOM_FACTOR},
-                   "mean_iou": {m: {str(p): float(np.mean(v)) for p, v in s.items()}
-                                for m, s in scores.items()},
-                   "iou": scores}, f, indent=1)
+    models = {label: {"path": propagator.path, "format": propagator.format,
+                      "seconds_per_annotation": seconds[label]}
+              for label, propagator in propagators.items()}
+    path = reference_lib.write_json(os.path.join(_OUT.value, "annotation.json"), {
+        "models": models, "scenes": len(scene_list), "textures": _TEXTURES.value,
+        "size": _SIZE.value, "seed": _SEED.value, "clicks": clicks,
+        "negatives_per_positive": _NEGATIVES.value, "zoom_size": _ZOOM_SIZE.value,
+        "settings": {"velocity": annotate.VELOCITY, "threshold": annotate.THRESHOLD,
+                     "zoom_factor": annotate.ZOOM_FACTOR},
+        "mean_iou": {m: {str(p): float(np.mean(v)) for p, v in s.items()}
+                     for m, s in scores.items()},
+        "iou": scores})
     print(f"\nWrote {path}")
 
 

@@ -14,7 +14,6 @@ to unseen frames, shows as a row equal to or better than the full model.
 Prints relative EPE per strategy and K and writes blend_parts.json.
 """
 import functools
-import json
 import os
 import sys
 
@@ -24,6 +23,7 @@ import tensorflow as tf
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
@@ -91,6 +91,7 @@ def _blend_layer(gain, stride, correction):
 
 
 def run():
+    pairs_lib.check_pair_count(_PAIRS.value)
     path = rundir.resolve_model_path(_CHECKPOINT.value)
     if rundir.model_format(path) != "keras":
         raise ValueError(f"--checkpoint={path}: a run directory or a .keras file is needed.")
@@ -142,10 +143,8 @@ def run():
             f"{rel[f'{s}/{k}']:.3f}" for s in result["strategies"] for k in result["ks"]) + " |")
     print(f"\n{path}, {result['pairs']} pairs: relative EPE (w watershed, u uniform, then K)\n")
     print("\n".join(lines))
-    os.makedirs(_OUT.value, exist_ok=True)
-    out = os.path.join(_OUT.value, "blend_parts.json")
-    with open(out, "w") as f:
-        json.dump(dict(checkpoint=path, pairs=result["pairs"], table=table), f, indent=1)
+    out = reference_lib.write_json(os.path.join(_OUT.value, "blend_parts.json"), dict(
+        checkpoint=path, data=_DATA.value, pairs=result["pairs"], table=table))
     print(f"\nWrote {out}")
 
 

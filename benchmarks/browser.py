@@ -13,7 +13,6 @@ animation are not in it. Each side is fed as it is, so it must be one the model 
 multiple of its stride, at least its minimum): the page rounds its side, ONNX Runtime here
 would not.
 """
-import json
 import os
 import shutil
 import statistics
@@ -27,6 +26,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
 from cmp_tf.apps.browser import install  # noqa: E402
@@ -165,10 +165,9 @@ def main(argv):
     for r in rows:
         print(f"{r['side']:>6}  {r['browser_s']:>10.3f}  {r['onnxruntime_s']:>14.3f}  "
               f"{r['ratio']:>6.2f}")
-    os.makedirs(_OUT.value, exist_ok=True)
-    with open(os.path.join(_OUT.value, "browser.json"), "w") as f:
-        json.dump({"checkpoint": os.path.abspath(path), "shipped": shipped, "rows": rows,
-                   "repeats": _REPEATS.value}, f, indent=1)
+    reference_lib.write_json(os.path.join(_OUT.value, "browser.json"), {
+        "checkpoint": os.path.abspath(path), "shipped": shipped, "rows": rows,
+        "repeats": _REPEATS.value})
     print(f"Wrote {os.path.join(_OUT.value, 'browser.json')}")
 
 

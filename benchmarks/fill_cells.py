@@ -14,7 +14,6 @@ bicubic, the flow resized and scaled), with the nearest fill and linear interpol
 Prints relative EPE per strategy and K (and EPE near motion boundaries) and writes
 fill_cells.json.
 """
-import json
 import os
 import sys
 import tempfile
@@ -24,13 +23,13 @@ import numpy as np
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
 from cmp_tf import runtime  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
 from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
-from cmp_tf.evaluation import report  # noqa: E402
 from cmp_tf.models import cmp as cmp_models  # noqa: E402
 from export import export_lib  # noqa: E402
 
@@ -60,7 +59,20 @@ def upscaled(pairs, side):
     return out
 
 
+def _counts(values, name):
+    """A list flag's whole numbers, each >= 1; ValueError naming the flag otherwise."""
+    try:
+        counts = [int(value) for value in values]
+    except ValueError:
+        counts = []
+    if len(counts) != len(values) or min(counts, default=1) < 1:
+        raise ValueError(f"--{name}={','.join(values)} must be whole numbers >= 1.")
+    return counts
+
+
 def run():
+    pairs_lib.check_pair_count(_PAIRS.value, allow_all=False)
+    ks, fill_strides = _counts(_KS.value, "ks"), _counts(_FILL_STRIDES.value, "fill_strides")
     # the shipped model unless named: the newest run may have another head
     model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value or rundir.PRETRAINED)
     trained = cmp_models.fill_stride(model)
@@ -68,7 +80,7 @@ def run():
         raise ValueError(f"--checkpoint={path}: its head has no blend of fills "
                          f"(config.model.head={config.model.head!r}).")
     size = (_SIZE.value, _SIZE.value)
-    strides = ([int(s) for s in _FILL_STRIDES.value] if _FILL_STRIDES.value else
+    strides = (fill_strides if fill_strides else
                [cmp_models.fill_stride_for_size(model, config, size)])
     methods = {"zero": baselines.zero, "nearest": baselines.nearest, "linear": baselines.linear,
                f"{trained} px cells (trained)": runtime.Propagator(path)}
@@ -82,7 +94,7 @@ def run():
             saved = os.path.join(tmp, f"cells{stride}.keras")  # the runtime reads files
             export_lib.model_for_files(model, config, size, stride)[0].save(saved)
             methods[f"{stride} px cells"] = runtime.Propagator(saved)
-        result = benchmark.evaluate(methods, pairs, ks=[int(k) for k in _KS.value])
+        result = benchmark.evaluate(methods, pairs, ks=ks)
     names = [name for name in methods if name != "zero"]
     lines = ["| fill | " + " | ".join(f"{s[0]}{k}" for s in result["strategies"]
                                       for k in result["ks"]) + " | near w25 / w100 px |",
@@ -99,11 +111,8 @@ def run():
     print(f"\n{path} at {_SIZE.value}^2, {_DATA.value}, {result['pairs']} pairs: relative EPE "
           "(w watershed, u uniform, then K)\n")
     print("\n".join(lines))
-    os.makedirs(_OUT.value, exist_ok=True)
-    out = os.path.join(_OUT.value, "fill_cells.json")
-    with open(out, "w") as f:
-        json.dump(report.json_safe(dict(checkpoint=path, size=_SIZE.value, data=_DATA.value,
-                                        pairs=result["pairs"], table=table)), f, indent=1)
+    out = reference_lib.write_json(os.path.join(_OUT.value, "fill_cells.json"), dict(
+        checkpoint=path, size=_SIZE.value, data=_DATA.value, pairs=result["pairs"], table=table))
     print(f"\nWrote {out}")
 
 

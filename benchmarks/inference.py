@@ -24,7 +24,6 @@ others random ones; a name with a run and no recipe file is that run (two versio
 side by side: --recipes=before,after --runs=DIR, DIR/before/model.keras and DIR/after/...).
 """
 import importlib
-import json
 import os
 import sys
 import tempfile
@@ -242,12 +241,9 @@ def main(argv):
               f"LiteRT and ONNX Runtime on {threads} threads; flow difference from Keras "
               "float32 on real validation samples.")
         print(deployment_table(deploy))
-    os.makedirs(_OUT.value, exist_ok=True)
-    path = os.path.join(_OUT.value, "inference.json")
-    with open(path, "w") as f:
-        json.dump({"jit": _JIT.value, "threads": os.cpu_count(), "cpu": reference_lib.cpu_model(),
-                   "rows": rows, "deployment": deploy, "deployment_threads": threads}, f,
-                  indent=1)
+    path = reference_lib.write_json(os.path.join(_OUT.value, "inference.json"), {
+        "jit": _JIT.value, "threads": os.cpu_count(), "cpu": reference_lib.cpu_model(),
+        "rows": rows, "deployment": deploy, "deployment_threads": threads})
     print(f"Wrote {path}")
 
 

@@ -9,7 +9,6 @@ convolve2d, distance_transform_edt, maximum_filter and a Python loop over the cl
 specification `cmp_tf.data.sampling` is checked against here and in tests/test_sampling.py,
 so it stays plain: no speed-ups belong in it.
 """
-import json
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from scipy import ndimage
 from scipy import signal
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 
@@ -233,9 +233,7 @@ def main(argv):
     results = dict(threads=cv2.getNumThreads(), cpus=os.cpu_count())
     for name, section in SECTIONS.items():
         results[name] = section(opts.size, opts.samples, opts.seed)
-    os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
-    with open(opts.out, "w") as f:
-        json.dump(results, f, indent=1)
+    reference_lib.write_json(opts.out, results)
     print(f"Wrote {opts.out}")
 
 

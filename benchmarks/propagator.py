@@ -9,7 +9,6 @@ instead of running the graph it traces (`runners.KerasRunner`).
 Prints the median seconds per call after a first, untimed one (whose time, the trace, is
 printed too) and writes propagator.json.
 """
-import json
 import os
 import sys
 import time
@@ -110,11 +109,9 @@ def run():
     print(f"\nPropagator.propagate, {_GUIDES.value} guides, median of {_REPEATS.value} calls "
           f"({reference_lib.cpu_model()}, {os.cpu_count()} cores)\n")
     print("\n".join(lines))
-    os.makedirs(_OUT.value, exist_ok=True)
-    out = os.path.join(_OUT.value, "propagator.json")
-    with open(out, "w") as f:
-        json.dump(dict(cpu=reference_lib.cpu_model(), threads=os.cpu_count(),
-                       guides=_GUIDES.value, repeats=_REPEATS.value, rows=rows), f, indent=1)
+    out = reference_lib.write_json(os.path.join(_OUT.value, "propagator.json"), dict(
+        cpu=reference_lib.cpu_model(), cores=os.cpu_count(), threads=_THREADS.value,
+        guides=_GUIDES.value, repeats=_REPEATS.value, rows=rows))
     print(f"\nWrote {out}")
 
 

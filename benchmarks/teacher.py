@@ -12,7 +12,6 @@ the ones the second frame hides, where no two-frame estimator can be right.
 Prints a markdown table and writes teacher.json. The scenes are the held-out ones of
 `evaluate.py --data=generated` (the same first frames and flows).
 """
-import json
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf.data import sampling  # noqa: E402
 from cmp_tf.data import teacher  # noqa: E402
@@ -68,6 +68,11 @@ def _mean(values):
     return float(np.mean(values)) if values else float("nan")
 
 
+def _cell(value):
+    """A table cell: '-' where no scene has such pixels (JSON's null)."""
+    return "-" if np.isnan(value) else f"{value:.3f}"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -91,13 +96,11 @@ def main(argv):
             lines.append(f"| {name} | refused: {error} | | |")
         else:
             row = table[name]
-            lines.append(f"| {name} | {row['epe_near']:.3f} | {row['epe_far']:.3f} | "
+            lines.append(f"| {name} | {_cell(row['epe_near'])} | {_cell(row['epe_far'])} | "
                          f"{row['seconds']:.4f} |")
         print(lines[-1] if len(table) > 1 else "\n".join(lines), flush=True)
-    os.makedirs(_OUT.value, exist_ok=True)
-    path = os.path.join(_OUT.value, "teacher.json")
-    with open(path, "w") as f:
-        json.dump(dict(scenes=_SCENES.value, size=_SIZE.value, table=table), f, indent=1)
+    path = reference_lib.write_json(os.path.join(_OUT.value, "teacher.json"), dict(
+        scenes=_SCENES.value, size=_SIZE.value, table=table))
     print(f"\nWrote {path}")
 
 

@@ -11,7 +11,6 @@ machine by benchmarks/torch_reference.py when its JSON is there, else the Xeon f
 docs/reference.md §7 (benchmarks/reference.py says which). Runs on a GPU host as well.
 """
 import importlib
-import json
 import os
 import sys
 import time
@@ -148,11 +147,9 @@ def main(argv):
         print(f"{r['recipe']:<20}{r['precision']:<16}{'yes' if r['jit'] else 'no':<5}"
               f"{'fused' if r['fused_loss'] else 'plain':<7}"
               f"{r['images_per_s']:>8.2f}{ref:>11}{speed:>9}  {r['reference_source'] or '-'}")
-    os.makedirs(_OUT.value, exist_ok=True)
-    path = os.path.join(_OUT.value, "train_throughput.json")
-    with open(path, "w") as f:
-        json.dump(dict(device=device, cpu=reference_lib.cpu_model(), size=_SIZE.value,
-                       batch=_BATCH.value, rows=rows), f, indent=1)
+    path = reference_lib.write_json(os.path.join(_OUT.value, "train_throughput.json"), dict(
+        device=device, cpu=reference_lib.cpu_model(), size=_SIZE.value, batch=_BATCH.value,
+        steps=_STEPS.value, rows=rows))
     print(f"Wrote {path}")
 
 

@@ -44,6 +44,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf.apps import animate  # noqa: E402
 from cmp_tf.apps.web import server as server_lib  # noqa: E402
@@ -369,10 +370,8 @@ def main(argv):
           f"(bound {bound} MB: {'under' if report['under_bound'] else 'OVER'}); "
           f"peak threads {peak_threads}; stayed up: {'yes' if report['stayed_up'] else 'NO'}; "
           f"every kind answered as expected: {'yes' if report['all_as_expected'] else 'NO'}")
-    os.makedirs(_OUT.value, exist_ok=True)
-    path = os.path.join(_OUT.value, "web_load.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    path = reference_lib.write_json(os.path.join(_OUT.value, "web_load.json"), report,
+                                    indent=2)
     print(f"Wrote {path}")
     if not (report["stayed_up"] and report["under_bound"] and report["all_as_expected"]):
         sys.exit(1)

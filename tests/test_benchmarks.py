@@ -129,6 +129,21 @@ def test_ablation_reports_the_sets_named_by_data_sets_and_refuses_a_malformed_on
     assert "--data_sets: 'generated=x' must be NAME=DATA, NAME new" in refused.stderr
 
 
+def test_ablation_does_not_report_a_run_of_another_budget_as_this_one(tmp_path):
+    """A variant's finished run was reused whatever --steps said, and the report's JSON gave the
+    flags' steps and pairs, not the runs'."""
+    run = tmp_path / "root" / "prior"
+    run.mkdir(parents=True)
+    (run / "model.keras").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"train": {"steps": 2}}))
+    done = subprocess.run([sys.executable, "benchmarks/ablation.py", "--variants=prior",
+                           "--steps=5", f"--root={tmp_path / 'root'}",
+                           f"--out={tmp_path / 'report'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"{run} was trained for 2 steps, not --steps=5" in done.stderr
+
+
 @pytest.mark.slow
 def test_ablation_variants_build_and_a_typo_is_refused_before_training():
     ok = _ablation_check(("shipped", ("", ["--config.flow.loss=l1",
@@ -258,6 +273,40 @@ def test_teacher_benchmark_scores_flow_against_the_exact_flow(tmp_path):
     assert "| dis_medium |" in out and "| farneback |" in out
     table = json.loads((tmp_path / "teacher.json").read_text())["table"]
     assert set(table) == {"dis_medium", "farneback"} and 0 < table["dis_medium"]["epe_far"]
+    # A scene of pixels all near a motion edge has no "farther" score: null in the JSON (a
+    # bare NaN was written, which strict parsers refuse) and '-' in the table.
+    out = subprocess.run([sys.executable, "benchmarks/teacher.py", "--scenes=1", "--size=19",
+                          "--teachers=dis_medium", f"--out={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "| dis_medium |" in out and " | - | " in out, out
+    text = (tmp_path / "teacher.json").read_text()
+    assert "NaN" not in text and json.loads(text)["table"]["dis_medium"]["epe_far"] is None
+
+
+def test_benchmark_json_is_strict_whole_and_says_what_it_was_measured_with(tmp_path):
+    from benchmarks import reference
+
+    path = reference.write_json(str(tmp_path / "sub" / "r.json"),
+                                {"epe": float("nan"), "rows": [np.float32(np.inf), 1.5]})
+    text = open(path).read()
+    assert "NaN" not in text and "Infinity" not in text
+    value = json.loads(text)
+    assert value["epe"] is None and value["rows"] == [None, 1.5]
+    environment = value["environment"]
+    assert environment["cpu_count"] == os.cpu_count() and environment["cpu"]
+    assert environment["packages"]["numpy"] == np.__version__
+    assert os.listdir(tmp_path / "sub") == ["r.json"]  # no partial file left
+
+
+def test_the_pair_counts_the_commands_take_are_checked_alike():
+    from cmp_tf.evaluation import pairs
+
+    assert pairs.check_pair_count(5) == 5 and pairs.check_pair_count(-1) == -1
+    for bad in (0, -2, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="--pairs=.* must be a positive count, or -1"):
+            pairs.check_pair_count(bad)
+    with pytest.raises(ValueError, match=r"--pairs=-1 must be a positive count\.$"):
+        pairs.check_pair_count(-1, allow_all=False)
 
 
 def test_propagator_times_the_runtime_and_the_eager_keras_call_per_size(tmp_path,

@@ -2,6 +2,7 @@
 pipeline, or held-out layered scenes with exact flow. Each pair is (image uint8 [H, W, 3],
 flow float32 [H, W, 2], valid bool [H, W]).
 """
+import numbers
 import os
 
 import numpy as np
@@ -16,6 +17,17 @@ def pairs_from_dataset(dataset):
         images = np.clip(np.rint(x["image"].numpy()), 0, 255).astype(np.uint8)
         for image, flow, valid in zip(images, y["flow"].numpy(), y["valid"].numpy()):
             yield image, flow, valid[..., 0] if valid.ndim == 3 else valid
+
+
+def check_pair_count(count, name="--pairs", allow_all=True):
+    """Refuses a count of pairs to score that is not a positive whole number (or -1, all of
+    them, where `allow_all`): 0 and other negatives were read as "all" by some commands and
+    as "none" by others. Returns it."""
+    whole = isinstance(count, numbers.Integral) and not isinstance(count, bool)
+    if not whole or not (count > 0 or (allow_all and count == -1)):
+        raise ValueError(f"{name}={count!r} must be a positive count"
+                         + (", or -1 for all pairs." if allow_all else "."))
+    return int(count)
 
 
 def sample_pairs(pairs, count, seed=0):

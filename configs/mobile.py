@@ -9,7 +9,8 @@ from configs import common
 
 
 def get_config(arg=None):
-    """`:runlocal` shrinks it to a one-minute smoke run; `:variant=small` for the small net."""
+    """`:runlocal` shrinks it to a 20-step smoke run at 128² (its data named by
+    --config.data.train); `:variant=small` for the small net."""
     arg = common.parse_arg(arg, runlocal=False, variant="large")
     c = ml_collections.ConfigDict()
     c.seed = 0

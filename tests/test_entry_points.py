@@ -194,6 +194,8 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
     (["evaluate.py", "--task=segmentation", "--checkpoint=cmp_tf/pretrained/default",
       "--segmentation.schedule.lr=-1", "--out={tmp}/seg"],
      "--segmentation: config.schedule.lr=-1.0 must be a finite number > 0."),
+    (["evaluate.py", "--task=segmentation", "--segmentation=configs/segmentation.py:recipe=nope"],
+     "recipe='nope': no such CMP recipe in"),
     (["evaluate.py", "--task=segmentation", "--checkpoint=cmp_tf/pretrained/default",
       "--segmentation.data.eval_batch_size=0", "--out={tmp}/seg"],
      "--segmentation: config.data.eval_batch_size=0 must be a whole number >= 1."),

@@ -219,14 +219,9 @@ def train_segmentation(model, config, data_dir=None, progress=True, desc="train"
     """
     from tqdm import tqdm
 
+    check_config(config)
     t = config.train
-    if t.steps < 1:
-        raise ValueError(f"config.train.steps must be positive; got {t.steps}.")
-    if t.log_every < 1:
-        raise ValueError(f"config.train.log_every must be positive; got {t.log_every}.")
     every = t.get("checkpoint_every", t.steps)
-    if every < 1:
-        raise ValueError(f"config.train.checkpoint_every must be positive; got {every}.")
     optimizer = training.make_optimizer(config)
     variables = model.trainable_variables
     optimizer.build(variables)
@@ -312,11 +307,9 @@ class _TrainingState:
         start = int(self.step)
         if self.progress:
             print(f"{self.desc}: resuming from {restored} at step {start}")
-        # state.json is written after each save, so it may be one save behind: its losses are
-        # kept only when it describes the checkpoint restored.
-        same = state.get("step") == start
-        return start, list(state.get("recent", [])) if same else [], \
-            float(state.get("seconds", 0.0)) if same else 0.0
+        if state.get("step") != start:  # state.json is written after each save: a kill
+            return start, [], 0.0  # between the two leaves it one save behind
+        return start, list(state.get("recent", [])), float(state.get("seconds", 0.0))
 
     def save(self, current, recent, seconds):
         if not self.folder:

@@ -252,7 +252,7 @@ def test_a_server_shared_on_the_network_answers_at_the_machines_addresses():
         assert value not in hosts, value
     assert "192.0.2.7:8000" not in server_lib.own_hosts("127.0.0.1", 8000)
     assert "192.0.2.7" in server_lib.own_hosts("::", 80)
-    assert "any IP address" in server_lib.own_hosts("0.0.0.0", 8000).describe()
+    assert "an IP address with the port" in server_lib.own_hosts("0.0.0.0", 8000).describe()
 
 
 # --- held connections -------------------------------------------------------------------------

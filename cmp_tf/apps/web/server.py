@@ -289,8 +289,7 @@ class OwnHosts:
     def describe(self):
         """The accepted values, for an error."""
         listed = ", ".join(self)
-        return listed + (", or any IP address of this machine with the port"
-                         if self.any_address else "")
+        return listed + (", or an IP address with the port" if self.any_address else "")
 
 
 def own_hosts(host, port, extra=()):

@@ -132,7 +132,8 @@ def motion_score(propagator, image, positive, negative, velocity=VELOCITY,
     (docs/reference.md §6); outside the zoom square it is 0. Without a zoom square the network
     sees the whole image resized to a longer side of `zoom_size`, as it sees a zoom square:
     the same clicks on the same picture give the same score at any resolution, and
-    `velocity` is in the pixels of that view either way.
+    `velocity` is in the pixels of that view either way. (A fixed-size model file pads a
+    non-square view to its square, so its score differs there.)
     """
     positive, negative = check_clicks(image, positive, negative)
     inputs.positive(velocity, "velocity")

@@ -263,13 +263,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     try:
-        clicks = [int(c) for c in _CLICKS.value]
+        clicks = inputs.counts(_CLICKS.value, "--clicks")
     except ValueError as error:
-        raise app.UsageError(f"--clicks={','.join(_CLICKS.value)} must be whole numbers.") \
-            from error
-    if not clicks or min(clicks) < 1 or _SCENES.value < 1 or _NEGATIVES.value < 0:
-        raise app.UsageError("--clicks must be positive counts, --scenes >= 1 and "
-                             "--negatives_per_positive >= 0.")
+        raise app.UsageError(str(error)) from error
+    if _SCENES.value < 1:
+        raise app.UsageError(f"--scenes={_SCENES.value} must be >= 1.")
+    if not _NEGATIVES.value >= 0:  # NaN too
+        raise app.UsageError(f"--negatives_per_positive={_NEGATIVES.value} must be >= 0.")
     try:
         propagators = inputs.load_propagators(_MODEL.value)
     except ValueError as error:

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
+from cmp_tf.apps import inputs  # noqa: E402
 from cmp_tf.apps.browser import install  # noqa: E402
 from cmp_tf.apps.browser import server as server_lib  # noqa: E402
 from cmp_tf.models import cmp as cmp_models  # noqa: E402
@@ -92,11 +93,7 @@ def check_sides(values, model, largest, name):
     """--sides as whole numbers `model` (`name` in the message) takes as they are: multiples of
     its encoders' stride, at least its minimum, at most `largest`. A side it refuses is named
     before the export and the browser's runs, not by ONNX Runtime after them."""
-    try:
-        sides = [int(value) for value in values]
-    except ValueError:
-        raise ValueError(f"--sides={','.join(values)}: expected whole numbers of pixels.") \
-            from None
+    sides = inputs.counts(values, "--sides", unit="whole numbers of pixels")
     return cmp_models.check_sides(model, sides, "--sides", name=name, largest=largest)
 
 

@@ -27,6 +27,7 @@ from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
 from cmp_tf import rundir  # noqa: E402
 from cmp_tf import runtime  # noqa: E402
+from cmp_tf.apps import inputs  # noqa: E402
 from cmp_tf.evaluation import baselines  # noqa: E402
 from cmp_tf.evaluation import benchmark  # noqa: E402
 from cmp_tf.evaluation import pairs as pairs_lib  # noqa: E402
@@ -59,20 +60,10 @@ def upscaled(pairs, side):
     return out
 
 
-def _counts(values, name):
-    """A list flag's whole numbers, each >= 1; ValueError naming the flag otherwise."""
-    try:
-        counts = [int(value) for value in values]
-    except ValueError:
-        counts = []
-    if len(counts) != len(values) or min(counts, default=1) < 1:
-        raise ValueError(f"--{name}={','.join(values)} must be whole numbers >= 1.")
-    return counts
-
-
 def run():
     pairs_lib.check_pair_count(_PAIRS.value, allow_all=False)
-    ks, fill_strides = _counts(_KS.value, "ks"), _counts(_FILL_STRIDES.value, "fill_strides")
+    ks = inputs.counts(_KS.value, "--ks")
+    fill_strides = inputs.counts(_FILL_STRIDES.value, "--fill_strides", allow_empty=True)
     # the shipped model unless named: the newest run may have another head
     model, config, path = export_lib.load_checkpoint(_CHECKPOINT.value or rundir.PRETRAINED)
     trained = cmp_models.fill_stride(model)

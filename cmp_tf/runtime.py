@@ -235,5 +235,9 @@ def check_max_side(max_side, name="max_side"):
 
 def short_repr(value, limit=80):
     """repr(value), cut to `limit` characters for an error message."""
-    text = repr(value)
+    return short_text(repr(value), limit)
+
+
+def short_text(text, limit=80):
+    """A text as an error message repeats it: at most `limit` characters."""
     return text if len(text) <= limit else text[:limit - 3] + "..."

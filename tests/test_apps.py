@@ -1,6 +1,7 @@
 """The applications (cmp_tf.apps): guided animation, click annotation, their input checks,
 and both commands from an exported file."""
 import os
+import re
 import subprocess
 import sys
 
@@ -273,6 +274,19 @@ def test_the_input_helpers_name_what_they_cannot_take():
         inputs.check_inside(np.array([1.0, 2.0]), 10, 10, "--positive")
     with pytest.raises(ValueError, match=r"image must be an encoded image's bytes; got str"):
         inputs.decode_image("abc")
+
+
+@pytest.mark.parametrize("values", [[], ["a"], ["0"], ["1.5"], ["2", "-1"]])
+def test_a_list_flags_counts_name_the_flag_and_all_it_was_given(values):
+    with pytest.raises(ValueError, match=rf"^--ks={re.escape(','.join(values))} must be whole "
+                                         r"numbers >= 1\.$"):
+        inputs.counts(values, "--ks")
+
+
+def test_a_list_flags_counts_read_whole_numbers_and_may_allow_none():
+    assert inputs.counts(["1", " 25", "400"], "--ks") == [1, 25, 400]
+    assert inputs.counts([], "--fill_strides", allow_empty=True) == []
+    assert inputs.counts(["2"], "--sides", minimum=2) == [2]
 
 
 def test_a_negative_click_on_a_positive_clicks_pixel_is_refused(tmp_path):

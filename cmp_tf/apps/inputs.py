@@ -311,6 +311,19 @@ def positive(value, name, largest=None):
     return value
 
 
+def counts(values, name, minimum=1, unit="whole numbers", allow_empty=False):
+    """A list flag's values (strings) as whole numbers, each >= `minimum`; else a ValueError
+    naming the flag (`name`, with its dashes) and all it was given."""
+    try:
+        numbers_ = [int(value) for value in values]
+    except (TypeError, ValueError):
+        numbers_ = None
+    if (numbers_ is None or (not numbers_ and not allow_empty)
+            or min(numbers_, default=minimum) < minimum):
+        raise ValueError(f"{name}={','.join(map(str, values))} must be {unit} >= {minimum}.")
+    return numbers_
+
+
 def check_not_input(out, image, out_name="--out", image_name="--image"):
     """Refuses an output that is the input image itself: it would be replaced by the result."""
     if image is None:  # not given: read_image names the flag

@@ -99,11 +99,6 @@ def static_path(url_path, root=STATIC):
     return path
 
 
-def _cut(text, limit=_ECHOED):
-    """A client's text as an error repeats it: at most `limit` characters."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def _b64(data):
     return base64.b64encode(data).decode("ascii")
 
@@ -368,7 +363,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.OK, self.server.app.info())
         path = static_path(self.path)
         if path is None:
-            return self._json(HTTPStatus.NOT_FOUND, {"error": f"{_cut(self.path)} is not served."})
+            echoed = runtime.short_text(self.path, _ECHOED)
+            return self._json(HTTPStatus.NOT_FOUND, {"error": f"{echoed} is not served."})
         with open(path, "rb") as f:
             body = f.read()
         self._send(HTTPStatus.OK, body, _TYPES.get(os.path.splitext(path)[1],
@@ -404,8 +400,9 @@ class Handler(BaseHTTPRequestHandler):
         route = self.routes.get(_path_of(self.path))
         try:
             if route is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"{_cut(self.path)} is not an API route; "
-                                   f"POST to {', '.join(self.routes)}.")
+                raise RequestError(HTTPStatus.NOT_FOUND,
+                                   f"{runtime.short_text(self.path, _ECHOED)} is not an API "
+                                   f"route; POST to {', '.join(self.routes)}.")
             self._check_host_and_origin()
             request = self._read_json()
             start = time.perf_counter()

@@ -365,11 +365,16 @@ def _relative(result, method):
 
 
 def report(names):
-    """Markdown table (one per dataset): rows = variants and fills, columns = strategy x K."""
+    """Markdown table (one per dataset): rows = variants and fills, columns = strategy x K;
+    the same as {dataset: {row: {column: relative EPE}}}, and {variant: {dataset: the pairs
+    its results were scored on, None where it has none}}."""
     text, table = [], {}
+    pairs = {name: dict.fromkeys(datasets()) for name in names}
     for dataset in datasets():
         results = {n: _results(os.path.join(_ROOT.value, n), dataset) for n in names}
         results = {n: r for n, r in results.items() if r is not None}
+        for name, result in results.items():
+            pairs[name][dataset] = result.get("pairs")
         if not results:
             continue
         first = next(iter(results.values()))
@@ -388,7 +393,7 @@ def report(names):
             text.append(f"| {name} | " + " | ".join(cells) + " |")
     text.append("\nColumns: w = watershed, u = uniform guidance, then K. Variants:")
     text += [f"- {n}: {VARIANTS[n][0]}" for n in names]
-    return "\n".join(text), table
+    return "\n".join(text), table, pairs
 
 
 def main(argv):
@@ -405,14 +410,13 @@ def main(argv):
             return
         for name in _VARIANTS.value:
             _train_and_evaluate(name)
-    text, table = report(_VARIANTS.value)
+    text, table, pairs = report(_VARIANTS.value)
     print(text)
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value + ".md", "w") as f:
         f.write(text + "\n")
     runs = {name: dict(steps=_trained_steps(os.path.join(_ROOT.value, name)),
-                       pairs={dataset: (_results(os.path.join(_ROOT.value, name), dataset)
-                                        or {}).get("pairs") for dataset in datasets()})
+                       pairs=pairs[name])
             for name in _VARIANTS.value}  # as the runs were made, not as the flags say now
     reference_lib.write_json(_OUT.value + ".json", dict(runs=runs, table=table))
     print(f"\nWrote {_OUT.value}.md and .json")

@@ -519,10 +519,15 @@ class Server(ThreadingHTTPServer):
             self.lingering.release()
 
     def process_request_thread(self, request, client_address):
+        # socketserver.ThreadingMixIn's, with the slot freed before the connection is closed:
+        # freed after, a client that saw the close and connected again could be refused.
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
             self.slots.release()
+            self.shutdown_request(request)
 
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):

@@ -165,9 +165,7 @@ class Propagator:
                                       cv2.BORDER_REPLICATE)
         sparse = []
         for points, vectors in checked:
-            # Pixel centres map as OpenCV's resize maps them.
-            xy = np.clip(sampling.nearest_pixel((points + 0.5) * scale - 0.5), 0,
-                         [fit_w - 1, fit_h - 1])
+            xy = working_pixels(points, (fit_w / width, fit_h / height), fit_h, fit_w)
             sparse.append(sampling.sparse_from_points(xy, vectors * scale, work_h, work_w))
         flows = []
         per_pass = max(1, min(BATCH, BATCH_PIXELS // (work_h * work_w)))
@@ -193,7 +191,8 @@ class Propagator:
     def working_size(self, height, width):
         """The size the network runs at for an H x W image: a fixed-size file's own size, else
         within max_side and max_input_side, each side rounded to the nearest multiple of the
-        encoders' stride, at least the model's minimum."""
+        encoders' stride, at least the model's minimum (a smaller image is enlarged, both sides
+        alike where the bounds allow)."""
         for name, side in (("height", height), ("width", width)):
             if not sampling.is_int(side) or side < 1:
                 raise ValueError(f"{name} must be a whole number of pixels >= 1; got {side!r}.")
@@ -204,6 +203,13 @@ class Propagator:
                                     self.max_input_side) if side is not None]
         if bounds and max(height, width) > min(bounds):
             scale = min(bounds) / max(height, width)
+        smallest = max(self.minimum, self.multiple)
+        enlarged = smallest / min(height, width)
+        if scale < enlarged and not (bounds and max(height, width) * enlarged > min(bounds)):
+            # Both sides enlarged alike: the short side raised to the minimum alone stretched
+            # the image (64 x 128 ran at 128 x 128), and a guide's motion reached half as far
+            # along it. An image too long for that within the bounds is still stretched.
+            scale = enlarged
 
         def fit(side):  # halves up on both sides: round() takes them to even, one side up
             # and the other down (176 x 144 ran as 192 x 128, not 192 x 160)
@@ -224,6 +230,18 @@ class Propagator:
         scale = min(work_h / height, work_w / width)
         return (min(work_h, max(1, round(height * scale))),
                 min(work_w, max(1, round(width * scale))))
+
+
+def working_pixels(points, scale, height, width):
+    """Image points (x, y) [K, 2] -> the pixels (x, y) of the image resized by `scale` (sx, sy)
+    to H x W that they land on. Pixel centres map as OpenCV's resize maps them,
+    (p + 0.5) s - 0.5, and a point halfway between two pixels takes the one nearer the image's
+    centre, so a mirrored photo gets mirrored guides: rounding halves up moved every guide of
+    an image enlarged twice to the later pixel, a quarter of its pixel right and down."""
+    at = (np.asarray(points, np.float64) + 0.5) * np.asarray(scale, np.float64) - 0.5
+    centre = (np.array([width, height], np.float64) - 1) / 2
+    pixels = np.where(at <= centre, np.floor(at + 0.5), np.ceil(at - 0.5))
+    return np.clip(pixels, 0, [width - 1, height - 1])
 
 
 def check_max_side(max_side, name="max_side"):

@@ -270,3 +270,51 @@ def test_a_point_on_the_images_border_is_taken_alike_at_any_width(width):
     sampling.check_guidance(image, [[-0.5, 2], [width - 0.51, 2]], [[1, 0], [1, 0]])
     sparse = sampling.sparse_from_points([[2.5, 3.5]], [[1, 0]], 8, width)
     assert sparse[4, 3, 2] == 1  # halves round up, both axes
+
+
+@pytest.mark.parametrize("scale", [2.0, 4.0, 1.5, 128 / 96, 0.5])
+def test_a_mirrored_photo_gets_its_guides_at_mirrored_working_pixels(scale):
+    """Halves rounded up put every guide of an image enlarged twice on the later of its two
+    pixels, a quarter pixel right and down: the mirrored photo's guides landed elsewhere, and
+    its flow was up to 3.5 px from the mirrored flow."""
+    from cmp_tf.runtime import working_pixels
+
+    width, height = 64, 48
+    fit_w, fit_h = round(width * scale), round(height * scale)
+    points = np.stack(np.meshgrid(np.arange(width), np.arange(height)), -1).reshape(-1, 2)
+    mirrored = np.stack([width - 1 - points[:, 0], height - 1 - points[:, 1]], 1)
+    sx, sy = fit_w / width, fit_h / height
+    at = working_pixels(points, (sx, sy), fit_h, fit_w)
+    at_mirrored = working_pixels(mirrored, (sx, sy), fit_h, fit_w)
+    np.testing.assert_array_equal(at_mirrored, [fit_w - 1, fit_h - 1] - at)
+    exact = (points + 0.5) * [sx, sy] - 0.5
+    assert np.abs(at - exact).max() <= 0.5 + 1e-9  # the nearest pixel, ties aside
+
+
+def test_a_mirrored_enlarged_photo_gives_the_mirrored_flow(propagator):
+    import cv2
+
+    rng = np.random.default_rng(6)
+    # smooth: on raw noise the network itself is asymmetric (0.2 px at 64^2, enlarged)
+    image = cv2.GaussianBlur((rng.random((64, 64, 3)) * 255).astype(np.uint8), (0, 0), 2)
+    points = np.stack([rng.integers(0, 64, 12), rng.integers(0, 64, 12)], -1).astype(np.float32)
+    vectors = rng.normal(0, 5, (12, 2)).astype(np.float32)
+    flow = propagator.propagate(image, points, vectors)
+    flipped = points.copy()
+    flipped[:, 0] = 63 - flipped[:, 0]
+    back = propagator.propagate(image[:, ::-1].copy(), flipped, vectors * [-1, 1])
+    asymmetry = np.abs(flow - back[:, ::-1] * [-1, 1])
+    assert asymmetry.mean() < 0.03 and asymmetry.max() < 0.5, (asymmetry.mean(), asymmetry.max())
+
+
+def test_a_small_photo_is_enlarged_alike_on_both_sides(propagator):
+    """64 x 128 ran at 128 x 128: the rows stretched twice, and a guide's motion reached half
+    as far along them (the flow halved 28 px from the guide down, 53 px across)."""
+    assert propagator.working_size(64, 128) == (128, 256)
+    assert propagator.working_size(80, 200) == (128, 320)
+    assert propagator.working_size(50, 1) == (128, 128)  # too long to enlarge within 2048 px
+    image = np.full((64, 128, 3), 120, np.uint8)
+    flow = propagator.propagate(image, [[64, 32]], [[4, 0]])
+    across, down = flow[32, 64:, 0], flow[32:, 64, 0]
+    # at equal distances from the guide, along the row and down the column
+    np.testing.assert_allclose(across[:32], down, atol=0.1)

@@ -60,9 +60,11 @@ def propagate(path, image, points, vectors):
                   ((0, height - fit_h), (0, width - fit_w), (0, 0)), mode="edge")
     # 2. The arrows at the same scale.
     sparse = np.zeros((height, width, 3), np.float32)
+    centre = (np.array([fit_w, fit_h]) - 1) / 2
     for (x, y), uv in zip(np.asarray(points, np.float32), np.asarray(vectors, np.float32)):
-        col, row = np.clip(np.floor((np.array([x, y]) + 0.5) * scale), 0,  # halves round up
-                           [fit_w - 1, fit_h - 1]).astype(int)
+        at = (np.array([x, y]) + 0.5) * [fit_w / image.shape[1], fit_h / image.shape[0]] - 0.5
+        nearest = np.where(at <= centre, np.floor(at + 0.5), np.ceil(at - 0.5))  # halves inwards
+        col, row = np.clip(nearest, 0, [fit_w - 1, fit_h - 1]).astype(int)
         sparse[row, col] = [*(uv * scale), 1.0]
     # 3. The flow of the photo's part, at the photo's size.
     out = runner(image=to_tensor(work[None], inputs["image"]),

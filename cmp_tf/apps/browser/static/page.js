@@ -102,12 +102,26 @@ document.getElementById("clear").addEventListener("click", () => {
   drawInput();
 });
 
-// The network's input size: the image scaled so its longer side is at most `side`, each side
-// rounded to a multiple the model takes, and no smaller than its minimum.
+// The network's input size, as the Python runtime's: the image scaled so its longer side is
+// at most `side`, each side rounded to a multiple the model takes, and no smaller than its
+// minimum; a smaller image is enlarged, both sides alike where `side` allows.
 function networkSize(width, height, side) {
-  const scale = Math.min(1, side / Math.max(width, height));
-  const round = (n) => Math.max(page.minSide, Math.round(n * scale / page.multiple) * page.multiple);
+  let scale = Math.min(1, side / Math.max(width, height));
+  const enlarged = Math.max(page.minSide, page.multiple) / Math.min(width, height);
+  if (scale < enlarged && Math.max(width, height) * enlarged <= side) {
+    scale = enlarged;
+  }
+  const round = (n) => Math.max(page.minSide, page.multiple,
+                                Math.floor(n * scale / page.multiple + 0.5) * page.multiple);
   return [round(width), round(height)];
+}
+
+// The network pixel an image pixel lands on, as the Python runtime maps it: pixel centres as
+// the canvas and OpenCV resize them, (p + 0.5) s - 0.5, a half going towards the centre.
+function networkPixel(p, scale, size) {
+  const at = (p + 0.5) * scale - 0.5;
+  const pixel = at <= (size - 1) / 2 ? Math.floor(at + 0.5) : Math.ceil(at - 0.5);
+  return Math.min(size - 1, Math.max(0, pixel));
 }
 
 function inputs(width, height) {
@@ -129,8 +143,8 @@ function inputs(width, height) {
   const sparse = new Float32Array(width * height * 3);
   const count = new Float32Array(width * height);
   for (const [x, y, u, v] of page.arrows) {
-    const col = Math.min(width - 1, Math.max(0, Math.round(x * sx)));
-    const row = Math.min(height - 1, Math.max(0, Math.round(y * sy)));
+    const col = networkPixel(x, sx, width);
+    const row = networkPixel(y, sy, height);
     const at = row * width + col;
     sparse[3 * at] += u * sx;
     sparse[3 * at + 1] += v * sy;
@@ -150,8 +164,8 @@ function inputs(width, height) {
 
 // The flow in image pixels at image pixel (x, y), from the network's grid (nearest cell).
 function flowAt(result, x, y) {
-  const col = Math.min(result.width - 1, Math.max(0, Math.round(x * result.scaleX)));
-  const row = Math.min(result.height - 1, Math.max(0, Math.round(y * result.scaleY)));
+  const col = networkPixel(x, result.scaleX, result.width);
+  const row = networkPixel(y, result.scaleY, result.height);
   const i = 2 * (row * result.width + col);
   return [result.flow[i] / result.scaleX, result.flow[i + 1] / result.scaleY];
 }

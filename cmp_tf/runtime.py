@@ -234,11 +234,12 @@ class Propagator:
 
 def working_pixels(points, scale, height, width):
     """Image points (x, y) [K, 2] -> the pixels (x, y) of the image resized by `scale` (sx, sy)
-    to H x W that they land on. Pixel centres map as OpenCV's resize maps them,
-    (p + 0.5) s - 0.5, and a point halfway between two pixels takes the one nearer the image's
-    centre, so a mirrored photo gets mirrored guides: rounding halves up moved every guide of
-    an image enlarged twice to the later pixel, a quarter of its pixel right and down."""
-    at = (np.asarray(points, np.float64) + 0.5) * np.asarray(scale, np.float64) - 0.5
+    to H x W that they land on: the pixel each point is on (`sampling.nearest_pixel`, as the
+    guidance was checked), then the pixel its centre maps to as OpenCV's resize maps pixel
+    centres, (p + 0.5) s - 0.5. A centre halfway between two pixels takes the one nearer the
+    image's centre, so a mirrored photo gets mirrored guides: rounded up, every guide of an
+    image enlarged twice went to the later pixel, a quarter of its pixel right and down."""
+    at = (sampling.nearest_pixel(points) + 0.5) * np.asarray(scale, np.float64) - 0.5
     centre = (np.array([width, height], np.float64) - 1) / 2
     pixels = np.where(at <= centre, np.floor(at + 0.5), np.ceil(at - 0.5))
     return np.clip(pixels, 0, [width - 1, height - 1])

@@ -289,6 +289,8 @@ def test_a_mirrored_photo_gets_its_guides_at_mirrored_working_pixels(scale):
     np.testing.assert_array_equal(at_mirrored, [fit_w - 1, fit_h - 1] - at)
     exact = (points + 0.5) * [sx, sy] - 0.5
     assert np.abs(at - exact).max() <= 0.5 + 1e-9  # the nearest pixel, ties aside
+    # a point between two pixels is on the later one, as the guidance check takes it
+    np.testing.assert_array_equal(working_pixels([[80.5, 2.5]], (1, 1), 10, 100), [[81, 3]])
 
 
 def test_a_mirrored_enlarged_photo_gives_the_mirrored_flow(propagator):

@@ -62,7 +62,8 @@ def propagate(path, image, points, vectors):
     sparse = np.zeros((height, width, 3), np.float32)
     centre = (np.array([fit_w, fit_h]) - 1) / 2
     for (x, y), uv in zip(np.asarray(points, np.float32), np.asarray(vectors, np.float32)):
-        at = (np.array([x, y]) + 0.5) * [fit_w / image.shape[1], fit_h / image.shape[0]] - 0.5
+        pixel = np.floor(np.array([x, y]) + 0.5)  # the pixel the point is on, halves up
+        at = (pixel + 0.5) * [fit_w / image.shape[1], fit_h / image.shape[0]] - 0.5
         nearest = np.where(at <= centre, np.floor(at + 0.5), np.ceil(at - 0.5))  # halves inwards
         col, row = np.clip(nearest, 0, [fit_w - 1, fit_h - 1]).astype(int)
         sparse[row, col] = [*(uv * scale), 1.0]

@@ -68,6 +68,23 @@ def test_a_moving_square_lands_whole_and_the_strip_it_reveals_shows_background()
     assert half[np.roll(mask, 5, axis=1)].all() and half.sum() == mask.sum()
 
 
+def test_a_square_moving_by_fractions_of_a_pixel_stays_whole_at_every_frame():
+    """Each pixel splatted to one target by rounding (halves to even) put two neighbours on
+    one pixel and none on the next: a comb of background through the square at t = 0.75."""
+    image, mask = _square_scene()
+    flow = np.zeros((SIZE, SIZE, 2), np.float32)
+    flow[mask] = (10, 3)
+    frames = animate.animate_frames(image, flow, frames=9)  # t in steps of 1.25 x 0.375 px
+    rows, cols = np.nonzero(mask)
+    for t, frame in zip(np.linspace(0, 1, 9), frames):
+        # every pixel the moved square covers wholly is the square's colour
+        top, left = rows.min() + 3 * t, cols.min() + 10 * t
+        bottom, right = rows.max() + 3 * t, cols.max() + 10 * t
+        inside = frame[int(np.ceil(top)):int(np.floor(bottom)) + 1,
+                       int(np.ceil(left)):int(np.floor(right)) + 1]
+        assert np.all(inside == (220, 30, 30)), t
+
+
 def test_larger_motion_occludes_smaller_where_both_land():
     image = np.zeros((SIZE, SIZE, 3), np.uint8)
     image[60:70, 20:30] = (0, 255, 0)  # fast green square, moving 30 px right

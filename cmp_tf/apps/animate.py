@@ -73,30 +73,41 @@ def inverse_flow(flow, t):
     """Where each pixel of frame t comes from in the image: the backward flow B with
     frame_t(y) = image(y + B(y)), for the forward motion t * flow.
 
-    Forward splatting: every pixel x lands on round(x + t * flow(x)) and carries -t * flow(x)
-    there (the sub-pixel part kept, so a translation moves smoothly). Where several land on
-    one pixel the largest motion wins: the moving foreground occludes what it covers, as the
-    reference's forward warper orders pixels by |flow|. Holes, pixels nothing lands on, are
-    disocclusions behind a moving object or cracks where the flow stretches; they take their own
-    -t * flow(y). Behind an object moving by d, y - t*d lies behind the object's trailing edge,
-    so the revealed strip is filled with the background next to it, not a second copy of the
-    object (a nearest-valid or inpainted flow fills half the strip with zero motion, which
-    samples the object again); inside a stretched region it is the smooth backward warp.
+    Forward splatting: every pixel x lands at x + t * flow(x) and carries -t * flow(x) to each
+    of the one to four pixels that point touches (the sub-pixel part kept, so a translation
+    moves smoothly and its edges are sampled between object and background). One pixel each,
+    by rounding, left cracks where neighbours landed two apart, a comb through an object moving
+    by half pixels. Where several land on one pixel the largest motion wins: the moving
+    foreground occludes what it covers, as the reference's forward warper orders pixels by
+    |flow|. Holes, pixels nothing lands on, are disocclusions behind a moving object or where
+    neighbours land more than two pixels apart; they take their own -t * flow(y). Behind an
+    object moving by d, y - t*d lies behind the object's trailing edge, so the revealed strip
+    is filled with the background next to it, not a second copy of the object (a nearest-valid
+    or inpainted flow fills half the strip with zero motion, which samples the object again).
     Sources are clamped to the frame (the border repeats rather than turning black).
     """
     height, width = flow.shape[:2]
     ys, xs = np.mgrid[:height, :width]
-    motion = t * flow
-    target_x = np.rint(xs + motion[..., 0]).astype(np.int64)
-    target_y = np.rint(ys + motion[..., 1]).astype(np.int64)
-    lands = (target_x >= 0) & (target_x < width) & (target_y >= 0) & (target_y < height)
-    source = np.flatnonzero(lands)
-    target = (target_y * width + target_x).ravel()[source]
-    order = np.argsort(-np.hypot(motion[..., 0], motion[..., 1]).ravel()[source], kind="stable")
-    # np.unique keeps the first index of each target: after the sort, the largest motion.
-    target, first = np.unique(target[order], return_index=True)
-    backward = -motion.reshape(-1, 2).copy()  # holes: their own backward motion
-    backward[target] = -motion.reshape(-1, 2)[source[order][first]]
+    motion = (t * flow).reshape(-1, 2)
+    land_x, land_y = xs.ravel() + motion[:, 0], ys.ravel() + motion[:, 1]
+    left, top = np.floor(land_x), np.floor(land_y)
+    sources, targets = [], []
+    for step_x, step_y in ((0, 0), (1, 0), (0, 1), (1, 1)):  # the point's pixel, then those
+        # right of and below it where it lies between two (a whole landing point touches one)
+        touched = ((step_x == 0) | (land_x > left)) & ((step_y == 0) | (land_y > top))
+        target_x, target_y = left + step_x, top + step_y
+        lands = np.flatnonzero(touched & (target_x >= 0) & (target_x < width) & (target_y >= 0)
+                               & (target_y < height))
+        sources.append(lands)
+        targets.append(target_y[lands].astype(np.int64) * width
+                       + target_x[lands].astype(np.int64))
+    source, target = np.concatenate(sources), np.concatenate(targets)
+    # By target, then the largest motion first: each target's first entry is its winner.
+    order = np.lexsort((-np.hypot(motion[source, 0], motion[source, 1]), target))
+    target, source = target[order], source[order]
+    first = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
+    backward = -motion.copy()  # holes: their own backward motion
+    backward[target[first]] = -motion[source[first]]
     backward = backward.reshape(height, width, 2)
     backward[..., 0] = np.clip(xs + backward[..., 0], 0, width - 1) - xs
     backward[..., 1] = np.clip(ys + backward[..., 1], 0, height - 1) - ys

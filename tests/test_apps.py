@@ -118,6 +118,33 @@ def test_animation_rejects_bad_sizes_and_counts():
         animate.animate_frames(image.astype(np.float32), np.zeros((SIZE, SIZE, 2), np.float32))
 
 
+@pytest.mark.parametrize("fps", [8, 15, 50, 0.5])
+def test_a_gif_lasts_frames_over_fps_in_whole_hundredths(fps):
+    """Pillow truncated the one delay 1000 / fps to hundredths: 8 fps played at 8.33, 15 at
+    16.7, and anything over 50 at 10 in a browser (a delay of one hundredth shows as ten)."""
+    from PIL import Image
+    import io
+
+    frames = [np.full((8, 8, 3), 20 * index, np.uint8) for index in range(12)]
+    gif = Image.open(io.BytesIO(animate.encode_gif(frames, fps)))
+    delays = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        delays.append(gif.info["duration"])
+    assert len(delays) == 12 and all(d % 10 == 0 and d >= 20 for d in delays), delays
+    assert abs(sum(delays) - 12 * 1000 / fps) <= 5, delays  # within half a hundredth
+    assert max(delays) - min(delays) <= 10
+
+
+@pytest.mark.parametrize("fps", [51, 100])
+def test_a_gif_faster_than_browsers_play_is_refused_naming_mp4(fps, tmp_path):
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 2
+    with pytest.raises(ValueError, match=rf"--fps={fps}: a GIF plays at most 50 frames per "
+                                         r"second .* write an \.mp4 for more"):
+        animate.write_animation(str(tmp_path / "a.gif"), frames, fps=fps)
+    animate.write_animation(str(tmp_path / "a.mp4"), frames, fps=fps)
+
+
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
 def test_animations_are_written_with_every_frame(tmp_path, suffix):
     image, mask = _square_scene()

@@ -500,6 +500,8 @@ def test_numbers_beyond_float_and_deep_nesting_are_400_not_500(server):
                         ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": huge}, "fps"),
                         ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": 1e-5}, "fps"),
                         ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": 1000}, "fps"),
+                        ({"image": image, "arrows": [[1, 1, 5, 0]], "fps": 60},
+                         "fps=60: a GIF plays at most 50"),
                         ({"image": image, "arrows": [[True, 1, 5, 0]]}, "arrows item 1"),
                         ({"image": image, "arrows": [[1, True, 1, 5, 0]]}, "arrows item 1"),
                         ({"image": image, "arrows": [[1, 1, 5e6, 0]]}, "arrows item 1"),

@@ -172,17 +172,32 @@ def warp_frame(image, backward):
 
 
 # Frames per second an animation may have: a GIF holds each frame's delay in hundredths of a
-# second in 16 bits (at most 655 s, fps >= 0.0016), and viewers show delays under 10 ms as 100.
+# second in 16 bits (at most 655 s, fps >= 0.0016), and browsers show a delay of 0 or 1 as 10
+# hundredths, so a GIF plays at most 50 frames a second; an MP4 takes up to 100.
 FPS_RANGE = (0.01, 100.0)
+GIF_MAX_FPS = 50.0
 
 
-def check_fps(fps, name="fps"):
-    """A frame rate within FPS_RANGE, else a ValueError naming `name`."""
+def check_fps(fps, name="fps", suffix=None):
+    """A frame rate within FPS_RANGE, and at most GIF_MAX_FPS for a '.gif' `suffix`, else a
+    ValueError naming `name`."""
     inputs.positive(fps, name)
     low, high = FPS_RANGE
     if not low <= fps <= high:
         raise ValueError(f"{name} must lie in [{low:g}, {high:g}] frames per second; got {fps!r}.")
+    if suffix == ".gif" and fps > GIF_MAX_FPS:
+        raise ValueError(f"{name}={fps:g}: a GIF plays at most {GIF_MAX_FPS:g} frames per second "
+                         "(its delays are whole hundredths of a second, and browsers show one "
+                         "hundredth as ten); write an .mp4 for more.")
     return float(fps)
+
+
+def gif_delays(count, fps):
+    """Each of `count` frames' delay in ms, whole hundredths of a second as a GIF holds them,
+    alternating so the animation lasts count / fps: one delay of 1000 / fps truncated made 8
+    fps play at 8.33, and 15 at 16.7."""
+    ends = np.floor(np.arange(1, count + 1) * 100.0 / fps + 0.5)  # hundredths
+    return (np.diff(ends, prepend=0.0) * 10).astype(int).tolist()
 
 
 def check_frames(frames):
@@ -205,11 +220,11 @@ def encode_gif(frames, fps):
     """Frames -> the bytes of a looping GIF (imageio, Pillow's writer)."""
     import imageio.v3 as iio
 
-    check_fps(fps)
+    check_fps(fps, suffix=".gif")
     frames = check_frames(frames)
 
     return iio.imwrite("<bytes>", list(frames), extension=".gif", is_batch=True,
-                       duration=1000.0 / fps, loop=0)  # a list: the frames are not copied
+                       duration=gif_delays(len(frames), fps), loop=0)  # a list: not copied
 
 
 def check_out(path):
@@ -225,7 +240,7 @@ def write_animation(path, frames, fps):
     through a temporary file beside `path`: a file already there is replaced only by a whole
     animation."""
     suffix = check_out(path)
-    check_fps(fps, "--fps")
+    check_fps(fps, "--fps", suffix)
     frames = check_frames(frames)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with rundir.whole_file(path) as partial:
@@ -279,7 +294,8 @@ def define_flags():
                         "the animation; 'x,y,0,0' pins a point.")
     flags.DEFINE_integer("frames", FRAMES, "Frames, the first the image itself, the last the "
                          "full motion.")
-    flags.DEFINE_float("fps", FPS, "Frames per second of the animation.")
+    flags.DEFINE_float("fps", FPS, f"Frames per second of the animation: {FPS_RANGE[0]:g} to "
+                       f"{FPS_RANGE[1]:g}, at most {GIF_MAX_FPS:g} for a GIF.")
     flags.DEFINE_string("out", "animation.gif", "The animation, .gif or .mp4; the flow colour "
                         "image goes beside it as <stem>_flow.png.")
     flags.DEFINE_integer("max_side", MAX_SIDE, "The network sees the image shrunk to this longer "
@@ -311,8 +327,7 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or \
             max_pixels < 1:
         raise ValueError(f"--max_pixels={max_pixels} must be a positive integer.")
-    check_fps(fps, "--fps")
-    check_out(out)
+    check_fps(fps, "--fps", check_out(out))
     for path in (out, flow_path(out)):  # both written after the model has run
         rundir.check_file_path(path, "--out")
         inputs.check_not_input(path, image)

@@ -185,7 +185,7 @@ class App:
         if isinstance(frames, bool) or not isinstance(frames, int) or \
                 not 2 <= frames <= MAX_FRAMES:
             raise ValueError(f"frames must be an integer in [2, {MAX_FRAMES}]; got {frames!r}.")
-        fps = animate.check_fps(request.get("fps", animate.FPS), "fps")
+        fps = animate.check_fps(request.get("fps", animate.FPS), "fps", ".gif")
         try:  # before decoding: the frames are rendered at the image's size
             animate.check_render(*size, frames, self.max_render_pixels)
         except ValueError as error:

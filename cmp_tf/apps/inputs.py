@@ -12,6 +12,7 @@ import struct
 import cv2
 import numpy as np
 
+from cmp_tf import rundir
 from cmp_tf import runtime
 from cmp_tf.data import formats
 from cmp_tf.data import sampling
@@ -336,9 +337,12 @@ def check_not_input(out, image, out_name="--out", image_name="--image"):
 
 
 def write_rgb(path, image):
-    """Writes an RGB uint8 image (PNG by extension); ValueError if OpenCV cannot."""
+    """Writes an RGB uint8 image (PNG by extension) whole or not at all; ValueError if OpenCV
+    cannot."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"could not write the image {path}.")
+    with rundir.whole_file(path) as partial:
+        if not cv2.imwrite(partial, cv2.cvtColor(np.ascontiguousarray(image),
+                                                 cv2.COLOR_RGB2BGR)):
+            raise ValueError(f"could not write the image {path}.")
     return path

@@ -11,7 +11,8 @@ animation (.gif or .mp4) and `<out stem>_flow.png`, the flow's colour coding.
 The frames are rendered at the image's own size, so the size is bounded: an image over
 --max_pixels (read from its header, before it is decoded) is refused, and so is an animation of
 more than MAX_RENDER_PIXELS frame pixels in all (--frames x width x height). Each frame is
-warped on its own, so the work in flight is one frame's, and the frames kept are uint8.
+warped on its own, so the work in flight is one frame's (its splat about 120 bytes a pixel at
+its peak, 250 MB at 2 Mpx), and the frames kept are uint8.
 """
 import os
 
@@ -87,31 +88,39 @@ def inverse_flow(flow, t):
     Sources are clamped to the frame (the border repeats rather than turning black).
     """
     height, width = flow.shape[:2]
-    ys, xs = np.mgrid[:height, :width]
-    motion = (t * flow).reshape(-1, 2)
-    land_x, land_y = xs.ravel() + motion[:, 0], ys.ravel() + motion[:, 1]
+    motion = (t * flow).reshape(-1, 2).astype(np.float32)
+    land_x = np.tile(np.arange(width, dtype=np.float32), height) + motion[:, 0]
+    land_y = np.repeat(np.arange(height, dtype=np.float32), width) + motion[:, 1]
     left, top = np.floor(land_x), np.floor(land_y)
+    index = np.int32 if height * width < 2**31 else np.int64  # a third of the memory
     sources, targets = [], []
     for step_x, step_y in ((0, 0), (1, 0), (0, 1), (1, 1)):  # the point's pixel, then those
         # right of and below it where it lies between two (a whole landing point touches one)
-        touched = ((step_x == 0) | (land_x > left)) & ((step_y == 0) | (land_y > top))
         target_x, target_y = left + step_x, top + step_y
-        lands = np.flatnonzero(touched & (target_x >= 0) & (target_x < width) & (target_y >= 0)
-                               & (target_y < height))
+        lands = ((target_x >= 0) & (target_x < width) & (target_y >= 0) & (target_y < height))
+        if step_x:
+            lands &= land_x > left
+        if step_y:
+            lands &= land_y > top
+        lands = np.flatnonzero(lands).astype(index)
         sources.append(lands)
-        targets.append(target_y[lands].astype(np.int64) * width
-                       + target_x[lands].astype(np.int64))
+        targets.append(target_y[lands].astype(index) * width + target_x[lands].astype(index))
+    del land_x, land_y, left, top
     source, target = np.concatenate(sources), np.concatenate(targets)
+    del sources, targets
     # By target, then the largest motion first: each target's first entry is its winner.
-    order = np.lexsort((-np.hypot(motion[source, 0], motion[source, 1]), target))
+    speed = np.hypot(motion[:, 0], motion[:, 1])
+    order = np.lexsort((-speed[source], target))
     target, source = target[order], source[order]
+    del order
     first = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
-    backward = -motion.copy()  # holes: their own backward motion
+    backward = -motion  # holes: their own backward motion
     backward[target[first]] = -motion[source[first]]
     backward = backward.reshape(height, width, 2)
+    xs, ys = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)[:, None]
     backward[..., 0] = np.clip(xs + backward[..., 0], 0, width - 1) - xs
     backward[..., 1] = np.clip(ys + backward[..., 1], 0, height - 1) - ys
-    return backward.astype(np.float32)
+    return backward
 
 
 def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS, progress=False):

@@ -201,6 +201,7 @@ def test_an_mp4_of_an_odd_sized_image_keeps_every_pixel(tmp_path, height, width)
     ([[88, True, 50, -10, 4]], r"--arrows item 1 .* must be 4 finite numbers"),  # JSON's true
     ([[10, "10", 3, 0]], r"--arrows item 1 \[10, '10', 3, 0\] must be 4 finite numbers"),
     ([[1, 2, 3, "1_0"]], r"--arrows item 1 .* must be 4 finite numbers"),  # JSON text, not 10
+    ("4_5,45,1_0,0", r"--arrows item 1 '4_5,45,1_0,0' must be 4 finite numbers"),  # not 45
     ([[1, 2, 3, 4]] * 5, r"--arrows holds 5 items; at most 4 are accepted"),
     ([[1, 2, 3, 10**400]], r"--arrows item 1 .* must be 4 finite numbers"),
     ([[0] * 10000], r"--arrows item 1 \[0, 0, .*\.\.\. must be"),  # the item cut in the error

@@ -69,8 +69,8 @@ def _numbers(item):
     command line writes numbers; in a list (JSON) only numbers count, not strings, nor
     true / false, which Python would take as 1 and 0."""
     try:
-        if isinstance(item, str):
-            return [float(part) for part in item.split(",")]
+        if isinstance(item, str):  # Python's float reads '4_5' as 45: no number is written so
+            return [None if "_" in part else float(part) for part in item.split(",")]
         return [float(n) if isinstance(n, numbers.Real) and not isinstance(n, (bool, np.bool_))
                 else None for n in item]
     except (TypeError, ValueError, OverflowError):  # not iterable, or an int beyond float

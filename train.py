@@ -54,7 +54,11 @@ def main(argv):
 
     if _CPU_DEVICES.value:
         training.configure_cpu_devices(_CPU_DEVICES.value)
+    config = cli.config_of(_CONFIG)
     if _DETERMINISTIC.value:
+        if "train" in config and config.train.get("jit_compile", False):  # failed in XLA
+            raise app.UsageError("--deterministic cannot run with config.train.jit_compile=True"
+                                 ": XLA has no deterministic MaxPool gradient. Drop one of them.")
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -63,7 +67,7 @@ def main(argv):
     from cmp_tf.data import pipeline
 
     try:
-        summary = training.train(cli.config_of(_CONFIG), workdir, _STRATEGY.value, _DEVICES.value,
+        summary = training.train(config, workdir, _STRATEGY.value, _DEVICES.value,
                                  _OVERWRITE.value)
     except training.SetupError as error:  # refused before the first step: one line, no trace
         raise app.UsageError(str(error)) from error

@@ -73,9 +73,21 @@ class KerasRunner:
                              f"this one ({os.path.getsize(path)} bytes) is empty, truncated or "
                              "of another kind.")
         try:
-            return keras.models.load_model(path)
+            model = keras.models.load_model(path)
         except Exception as error:  # a corrupt or foreign file: say which
             raise ValueError(f"{path} could not be loaded as a CMP model: {error}") from error
+        return KerasRunner._in_float32(model, path)
+
+    @staticmethod
+    def _in_float32(model, path):
+        """A run's model saved in mixed precision (as runs of earlier versions were) is read
+        in float32, rebuilt from the run's recipe (`models.in_float32`)."""
+        from cmp_tf import models
+
+        if models.computes_in_float32(model):
+            return model
+        config, found = rundir.read_config(path)
+        return models.in_float32(model, config) if found else model
 
     def retrace(self):
         """Forgets the traced pass, so a change to the model's Python state (a switched fade,

@@ -34,6 +34,9 @@ from cmp_tf.models import layers
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Steps in a row mixed_float16 may skip for overflowing gradients before the run stops: each
+# halves the loss scale, and 32 take it from 2^15 to 2^-17, which overflows no finite loss.
+MAX_SKIPPED_IN_A_ROW = 32
 MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed's largest
 
 
@@ -196,7 +199,12 @@ def update(optimizer, tape, scaled_loss, variables, decay):
     Every training loop (CMP pretraining, segmentation transfer) steps through here."""
     grads = tape.gradient(scaled_loss, variables)
     if decay:
-        grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        # The gradients are the scaled loss's, which LossScaleOptimizer divides by its scale:
+        # the decay is scaled alike (added as it was, it was 1 / 32768 of itself).
+        scale = getattr(optimizer, "dynamic_scale", None)
+        decay = decay if scale is None else decay * tf.cast(scale, tf.float32)
+        grads = [g + tf.cast(decay, g.dtype) * tf.cast(v, g.dtype)
+                 for g, v in zip(grads, variables)]
     optimizer.apply(grads, variables)
 
 
@@ -522,10 +530,14 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
         (unreadable samples), and Interrupted on Ctrl-C, both after saving a checkpoint
         where the run was.
     """
+    policy = keras.mixed_precision.global_policy()  # the run sets config.train.precision's
     try:
         return _train(config, workdir, strategy, devices, overwrite, progress)
-    finally:  # however it ends, the folder is free for the next process
+    finally:  # however it ends, the folder is free for the next process, and models built
+        # next in this process compute as they did before (in float16 they computed after a
+        # mixed_float16 run)
         rundir.release_run(workdir)
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def _train(config, workdir, strategy, devices, overwrite, progress):
@@ -618,6 +630,10 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (
         progress and chief), dynamic_ncols=True)
     last_time, last_step, loss = time.perf_counter(), start, float("nan")
+    # Under mixed_float16 a step whose gradients overflow is skipped (LossScaleOptimizer halves
+    # its scale instead): counted and logged, and the run stopped when skips never end.
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    updates, skipped, skipped_in_a_row = int(optimizer.iterations), 0, 0
     preemption = _preemption_handler(strategy, manager, step, log)
     disarm = _end_if_stuck_after_signal(log, lambda: manager.latest_checkpoint)
     try:
@@ -636,6 +652,14 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
 
             if not np.isfinite(loss):
                 stop(f"Loss became {loss}")
+            if scaled:
+                done = int(optimizer.iterations)
+                skipped_in_a_row = 0 if done > updates else skipped_in_a_row + 1
+                skipped += done == updates
+                updates = done
+                if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
+                    stop(f"The float16 gradients overflowed {skipped_in_a_row} steps in a row "
+                         f"(loss scale now {float(optimizer.dynamic_scale):g})")
             logged = current % log_every == 0 or current == t.steps
             if current == start + 1:  # it traced the step: left out of the ETA and steps/s
                 bar.unpause()
@@ -647,14 +671,21 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
                 steps_per_s = (current - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, current
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
+                overflow = (f"; {skipped} steps skipped since the last line (float16 "
+                            f"overflow; loss scale {float(optimizer.dynamic_scale):g})"
+                            if skipped else "")
                 log.info(f"step {current} loss {loss:.4f} lr {lr:.3g} steps/s {steps_per_s:.2f} "
-                         f"points/sample {float(points_t):.1f}")
+                         f"points/sample {float(points_t):.1f}{overflow}")
                 with writer.as_default(step=current):
                     tf.summary.scalar("train/loss", loss)
                     tf.summary.scalar("train/lr", lr)
                     tf.summary.scalar("train/steps_per_s", steps_per_s)
                     tf.summary.scalar("train/images_per_s", steps_per_s * global_batch)
                     tf.summary.scalar("train/guidance_points_per_sample", float(points_t))
+                    if scaled:
+                        tf.summary.scalar("train/skipped_steps", skipped)
+                        tf.summary.scalar("train/loss_scale", float(optimizer.dynamic_scale))
+                skipped = 0
             if preview is not None and (current % image_every == 0 or current == t.steps):
                 panels = _preview_panels(model, preview)
                 if panels is None:
@@ -694,6 +725,8 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
 
     if not chief:
         return {}
+    # Saved and scored as it will be read: in float32 whatever precision trained it.
+    model = models.in_float32(model, config)
     # The encoder first: model.keras is what marks a run finished for every reader.
     encoder = layers.plain_keras_copy(model.get_layer("image_encoder"))
     rundir.save_model(encoder, os.path.join(workdir, rundir.ENCODER_FILE))  # loads without cmp_tf

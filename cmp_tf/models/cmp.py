@@ -97,6 +97,28 @@ def build_encoder(config):
                           init_gain=config.model.init_gain)
 
 
+def computes_in_float32(model):
+    """Whether every layer of `model` computes in float32 (not under a mixed policy)."""
+    return all(layer.dtype_policy.name == "float32" for layer in L.all_layers(model))
+
+
+def in_float32(model, config):
+    """`model` if every layer computes in float32, else the CMP of `config` built under the
+    float32 policy holding `model`'s weights. A run trained in mixed precision is saved, read
+    and exported so: its float16 arithmetic is slow on a CPU, LiteRT's builtins refuse it, and
+    its bfloat16 flow moved in 0.25 px steps at 32 px."""
+    if computes_in_float32(model):
+        return model
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_cmp(config)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def build_head(config):
     """The propagation head named by `config.model.head`, with its options (heads.py)."""
     f = config.flow

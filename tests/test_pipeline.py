@@ -231,6 +231,21 @@ def test_motion_augmentations_change_the_flow_only_and_rotate_every_direction_al
     assert len(scales) > 10 and signs == {1.0, -1.0}
 
 
+def test_each_random_choice_draws_from_its_own_stream():
+    """Layered scenes and flow reversal drew one number: with half the samples layered, no
+    video sample kept was ever reversed (0 of 199 over 400 seeds)."""
+    assert len(set(pipeline.STREAMS.values())) == len(pipeline.STREAMS)
+    flow = tf.constant([[[1.0, 0.0]]])
+    kept, reversed_ = 0, 0
+    for i in range(200):
+        seed = tf.constant([0, i], tf.int64)
+        layered = float(tf.random.stateless_uniform([], pipeline._stream(seed, "layered")))
+        if layered >= 0.5:  # a video sample under layered.ratio = 0.5
+            kept += 1
+            reversed_ += float(pipeline.augment_motion(flow, seed, reverse=True)[0, 0, 0]) < 0
+    assert 0.35 < reversed_ / kept < 0.65, (reversed_, kept)
+
+
 def test_guidance_is_drawn_from_the_augmented_motion(videos, tmp_path):
     config = _config(videos, cache_dir=tmp_path / "cache", flow_scale=(2.0, 2.0))
     plain = next(iter(pipeline.make_dataset(_config(videos, cache_dir=tmp_path / "cache"))))

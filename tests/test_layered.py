@@ -51,6 +51,11 @@ def test_same_generator_state_same_scene_and_textures_from_a_frame():
     ("ratio", 1.5, "ratio must be in"),
     ("layers", (3, 1), "layers must be"),
     ("zoom", -0.1, "zoom must be >= 0"),
+    ("zoom", 1.0, "zoom must be >= 0 and below 1; got 1.0"),  # a layer shrunk to nothing
+    ("translation", float("inf"), "translation must be a finite number >= 0 and at most 128"),
+    ("translation", 1e30, "translation must be .* at most 128"),  # hung OpenCV's warp
+    ("rotation_degrees", float("nan"), "rotation_degrees must be a finite number"),
+    ("background", float("inf"), "background must be a finite number >= 0; got inf"),
     ("noise_textures", 2.0, "noise_textures must be in"),
     ("texture", 1, r"Unknown config.data.layered fields \['texture'\]"),
 ])

@@ -16,6 +16,8 @@ default: the scenes are then those of earlier versions, draw for draw).
 each from the real frame it replaces; `evaluation.pairs.generated_pairs` draws held-out
 scenes from another seed stream with procedural textures only.
 """
+import math
+
 import cv2
 import numpy as np
 
@@ -54,9 +56,18 @@ def check_layered_config(layered):
     if not 0 <= int(low) <= int(high):
         raise ValueError(f"config.data.layered.layers must be (min, max) with 0 <= min <= max; "
                          f"got {fields['layers']!r}.")
-    for name in ("translation", "rotation_degrees", "zoom", "background"):
-        if not float(fields[name]) >= 0:
-            raise ValueError(f"config.data.layered.{name} must be >= 0; got {fields[name]!r}.")
+    # An infinite translation gave NaN flow (and hung OpenCV's warp), a zoom of 1 or more a
+    # layer shrunk to nothing or turned inside out.
+    for name, largest in (("translation", _REFERENCE_SIDE), ("rotation_degrees", 180.0),
+                          ("background", None)):
+        value = float(fields[name])
+        if not (math.isfinite(value) and value >= 0 and (largest is None or value <= largest)):
+            most = "" if largest is None else f" and at most {largest:g}"
+            raise ValueError(f"config.data.layered.{name} must be a finite number >= 0{most}; "
+                             f"got {fields[name]!r}.")
+    if not 0 <= float(fields["zoom"]) < 1:
+        raise ValueError(f"config.data.layered.zoom must be >= 0 and below 1; got "
+                         f"{fields['zoom']!r}.")
     for name in ("noise_textures", "shared_texture", "inner_edges"):
         if not 0.0 <= float(fields[name]) <= 1.0:
             raise ValueError(f"config.data.layered.{name} must be in [0, 1]; got "

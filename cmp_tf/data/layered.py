@@ -6,8 +6,11 @@ ones. The flow of every pixel is the motion of the top-most layer there, so it i
 sharp motion boundaries where layers overlap: what a teacher flow blurs. Textures are cut from
 a real frame (warped so no layer repeats the background) or procedural noise. So that edges
 and motion boundaries do not always coincide, `shared_texture` gives some layers the texture
-below them (shifted) and `inner_edges` splits some layers into two textures (both off by
-default: the scenes are then those of earlier versions, draw for draw).
+of the layer drawn before them (the background's for the first), shifted: one material on
+both sides of a motion boundary, though not one colour (the colour step across motion
+boundaries was about half the default scenes' in a check), and `inner_edges` splits some
+layers into two textures (both off by default: the scenes are then those of earlier versions,
+draw for draw).
 
     rng = np.random.default_rng(0)
     image, flow, valid = render_scene(rng, 128, 128, source=frame)   # float32, 0..255 / px
@@ -30,8 +33,8 @@ DEFAULTS = dict(
     zoom=0.06,  # max layer zoom, a fraction
     background=0.4,  # background motion as a fraction of the layers' maxima
     noise_textures=0.5,  # chance that a layer is procedural noise instead of a cut of the frame
-    shared_texture=0.0,  # chance that a layer wears the texture below it, shifted: a motion
-    # boundary with no change of colour or material
+    shared_texture=0.0,  # chance that a layer wears the texture of the layer drawn before it,
+    # shifted: a motion boundary with no change of material
     inner_edges=0.0,  # chance that a layer is two textures split by a line: an edge inside
     # one moving layer, with no motion boundary
 )

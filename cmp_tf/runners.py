@@ -86,8 +86,11 @@ class KerasRunner:
 
         if models.computes_in_float32(model):
             return model
-        config, found = rundir.read_config(path)
-        return models.in_float32(model, config) if found else model
+        try:
+            config, found = rundir.read_config(path)
+            return models.in_float32(model, config) if found else model
+        except ValueError:  # a config.json of another kind or recipe beside it: as saved
+            return model
 
     def retrace(self):
         """Forgets the traced pass, so a change to the model's Python state (a switched fade,

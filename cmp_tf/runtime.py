@@ -25,6 +25,8 @@ from cmp_tf.runners import INPUTS, METADATA_KEY, OUTPUT
 
 BATCH = 8  # guidance sets per forward pass in propagate_batch, at most ...
 BATCH_PIXELS = 8 * 512 * 512  # ... this many working pixels: 8 sets of 4K took 6 GB at once
+MAX_ENLARGED_SIDE = 2048  # px: a small image is enlarged alike while its long side stays
+#   within this (and the model's bounds); a longer one has its short side raised alone
 
 
 class Network:
@@ -205,7 +207,7 @@ class Propagator:
             scale = min(bounds) / max(height, width)
         smallest = max(self.minimum, self.multiple)
         enlarged = smallest / min(height, width)
-        if scale < enlarged and not (bounds and max(height, width) * enlarged > min(bounds)):
+        if scale < enlarged and max(height, width) * enlarged <= min(bounds + [MAX_ENLARGED_SIDE]):
             # Both sides enlarged alike: the short side raised to the minimum alone stretched
             # the image (64 x 128 ran at 128 x 128), and a guide's motion reached half as far
             # along it. An image too long for that within the bounds is still stretched.

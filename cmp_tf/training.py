@@ -410,6 +410,12 @@ def _mark_start(writer, start, resumed):
             import_event(tf.constant(event.SerializeToString()))
 
 
+def _read(variable):
+    """A scalar optimizer variable's value as a Python number, under any strategy (int() and
+    float() refuse a MirroredVariable)."""
+    return keras.ops.convert_to_numpy(variable).item()
+
+
 def _set_sync_bn(model, synchronized):
     """BatchNorm statistics over the global batch (all replicas), or per replica."""
     for layer in layers.all_layers(model):
@@ -633,7 +639,8 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
     # Under mixed_float16 a step whose gradients overflow is skipped (LossScaleOptimizer halves
     # its scale instead): counted and logged, and the run stopped when skips never end.
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    updates, skipped, skipped_in_a_row = int(optimizer.iterations), 0, 0
+    updates = _read(optimizer.iterations) if scaled else 0
+    skipped = skipped_in_a_row = 0
     preemption = _preemption_handler(strategy, manager, step, log)
     disarm = _end_if_stuck_after_signal(log, lambda: manager.latest_checkpoint)
     try:
@@ -653,13 +660,13 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
             if not np.isfinite(loss):
                 stop(f"Loss became {loss}")
             if scaled:
-                done = int(optimizer.iterations)
+                done = _read(optimizer.iterations)
                 skipped_in_a_row = 0 if done > updates else skipped_in_a_row + 1
                 skipped += done == updates
                 updates = done
-                if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
+                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
                     stop(f"The float16 gradients overflowed {skipped_in_a_row} steps in a row "
-                         f"(loss scale now {float(optimizer.dynamic_scale):g})")
+                         f"(loss scale now {_read(optimizer.dynamic_scale):g})")
             logged = current % log_every == 0 or current == t.steps
             if current == start + 1:  # it traced the step: left out of the ETA and steps/s
                 bar.unpause()
@@ -672,7 +679,7 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
                 last_time, last_step = now, current
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}")
                 overflow = (f"; {skipped} steps skipped since the last line (float16 "
-                            f"overflow; loss scale {float(optimizer.dynamic_scale):g})"
+                            f"overflow; loss scale {_read(optimizer.dynamic_scale):g})"
                             if skipped else "")
                 log.info(f"step {current} loss {loss:.4f} lr {lr:.3g} steps/s {steps_per_s:.2f} "
                          f"points/sample {float(points_t):.1f}{overflow}")
@@ -684,7 +691,7 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
                     tf.summary.scalar("train/guidance_points_per_sample", float(points_t))
                     if scaled:
                         tf.summary.scalar("train/skipped_steps", skipped)
-                        tf.summary.scalar("train/loss_scale", float(optimizer.dynamic_scale))
+                        tf.summary.scalar("train/loss_scale", _read(optimizer.dynamic_scale))
                 skipped = 0
             if preview is not None and (current % image_every == 0 or current == t.steps):
                 panels = _preview_panels(model, preview)

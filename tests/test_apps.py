@@ -85,6 +85,15 @@ def test_a_square_moving_by_fractions_of_a_pixel_stays_whole_at_every_frame():
         assert np.all(inside == (220, 30, 30)), t
 
 
+def test_a_frame_where_every_pixel_moves_out_repeats_the_border():
+    """Nothing landing in the frame left the splat's winners empty: an IndexError."""
+    image = np.arange(18, dtype=np.uint8).reshape(1, 6, 3) * 10
+    flow = np.zeros((1, 6, 2), np.float32)
+    flow[..., 1] = 1.0  # one row, moving down out of it
+    frames = animate.animate_frames(image, flow, frames=2)
+    np.testing.assert_array_equal(frames[-1], image)  # its own motion, clamped to the row
+
+
 def test_larger_motion_occludes_smaller_where_both_land():
     image = np.zeros((SIZE, SIZE, 3), np.uint8)
     image[60:70, 20:30] = (0, 255, 0)  # fast green square, moving 30 px right
@@ -321,7 +330,7 @@ def test_the_input_helpers_name_what_they_cannot_take():
         inputs.decode_image("abc")
 
 
-@pytest.mark.parametrize("values", [[], ["a"], ["0"], ["1.5"], ["2", "-1"]])
+@pytest.mark.parametrize("values", [[], ["a"], ["0"], ["1.5"], ["2", "-1"], ["1_0"]])
 def test_a_list_flags_counts_name_the_flag_and_all_it_was_given(values):
     with pytest.raises(ValueError, match=rf"^--ks={re.escape(','.join(values))} must be whole "
                                          r"numbers >= 1\.$"):

@@ -315,6 +315,11 @@ def test_a_small_photo_is_enlarged_alike_on_both_sides(propagator):
     assert propagator.working_size(64, 128) == (128, 256)
     assert propagator.working_size(80, 200) == (128, 320)
     assert propagator.working_size(50, 1) == (128, 128)  # too long to enlarge within 2048 px
+    from cmp_tf import runtime
+
+    unbounded = runtime.Propagator(fade=False)
+    unbounded.max_input_side = None  # as a model whose fills span any size
+    assert unbounded.working_size(8, 2000) == (128, 2016)  # not 128 x 32000
     image = np.full((64, 128, 3), 120, np.uint8)
     flow = propagator.propagate(image, [[64, 32]], [[4, 0]])
     across, down = flow[32, 64:, 0], flow[32:, 64, 0]

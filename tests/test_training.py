@@ -383,7 +383,7 @@ def test_mixed_float16_names_its_skipped_steps_and_leaves_the_policy_as_it_was(
     monkeypatch.setattr(training, "MAX_SKIPPED_IN_A_ROW", 3)
     config = _recipe(data_flags, "--config.train.steps=8", "--config.data.val=()",
                      "--config.train.precision=mixed_float16")
-    with pytest.raises(FloatingPointError, match="float16 gradients overflowed 4 steps in a row"):
+    with pytest.raises(FloatingPointError, match="float16 gradients overflowed 3 steps in a row"):
         training.train(config, str(tmp_path / "run"), progress=False)
     assert keras.mixed_precision.global_policy().name == "float32"
     log = (tmp_path / "run" / "log.txt").read_text()
@@ -412,6 +412,14 @@ def test_a_mixed_precision_run_is_saved_and_read_in_float32(tmp_path, data_flags
     network = Propagator(str(run))._network.runner.model
     assert models.computes_in_float32(network)
     np.testing.assert_array_equal(network.get_weights()[0], mixed.get_weights()[0])
+    # beside a config.json of another kind, it is read as it was saved, not refused
+    other = tmp_path / "other"
+    other.mkdir()
+    mixed.save(other / "model.keras")
+    (other / "config.json").write_text('{"name": "not a recipe"}')
+    from cmp_tf import runners
+
+    assert not models.computes_in_float32(runners.KerasRunner(str(other / "model.keras")).model)
 
 
 def test_deterministic_ops_and_xla_are_refused_together_in_one_line(tmp_path, data_flags):

@@ -113,7 +113,7 @@ def inverse_flow(flow, t):
     order = np.lexsort((-speed[source], target))
     target, source = target[order], source[order]
     del order
-    first = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
+    first = np.flatnonzero(np.diff(target, prepend=-1))  # none when nothing lands in frame
     backward = -motion  # holes: their own backward motion
     backward[target[first]] = -motion[source[first]]
     backward = backward.reshape(height, width, 2)

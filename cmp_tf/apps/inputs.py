@@ -316,6 +316,8 @@ def counts(values, name, minimum=1, unit="whole numbers", allow_empty=False):
     """A list flag's values (strings) as whole numbers, each >= `minimum`; else a ValueError
     naming the flag (`name`, with its dashes) and all it was given."""
     try:
+        if any("_" in str(value) for value in values):  # int() reads '1_0' as 10
+            raise ValueError
         numbers_ = [int(value) for value in values]
     except (TypeError, ValueError):
         numbers_ = None

@@ -106,7 +106,9 @@ def in_float32(model, config):
     """`model` if every layer computes in float32, else the CMP of `config` built under the
     float32 policy holding `model`'s weights. A run trained in mixed precision is saved, read
     and exported so: its float16 arithmetic is slow on a CPU, LiteRT's builtins refuse it, and
-    its bfloat16 flow moved in 0.25 px steps at 32 px."""
+    its bfloat16 flow moved in 0.25 px steps at 32 px. For a model as trained or loaded: what
+    is switched outside the recipe (a fade turned off, BatchNorm's sync) is not carried over.
+    ValueError where `config` builds other weights than `model` holds."""
     if computes_in_float32(model):
         return model
     policy = keras.mixed_precision.global_policy()
@@ -115,6 +117,10 @@ def in_float32(model, config):
         copy = build_cmp(config)
     finally:
         keras.mixed_precision.set_global_policy(policy)
+    shapes = [tuple(w.shape) for w in model.weights]
+    if [tuple(w.shape) for w in copy.weights] != shapes:
+        raise ValueError(f"config builds {len(copy.weights)} weights of other shapes than the "
+                         f"model's {len(shapes)}: it is another recipe's.")
     copy.set_weights(model.get_weights())
     return copy
 

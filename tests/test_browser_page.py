@@ -10,6 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from cmp_tf.apps import animate
 from cmp_tf.apps.browser import install
 from cmp_tf.apps.browser import server as server_lib
 from tests.helpers import CHROMIUM
@@ -71,7 +72,9 @@ def test_the_server_hands_out_files_only(tmp_path, fake_vendor):
         assert httpd.requested[:2] == ["/model.onnx", "/vendor/ort-wasm-simd-threaded.wasm"]
         status, kind, body = _get(f"{root}/model.json")  # the sides the page may feed it
         assert (status, kind) == (200, "application/json")
-        assert json.loads(body) == {"multiple": 1, "minimum": 1}  # the tiny file's metadata
+        assert json.loads(body) == {"multiple": 1, "minimum": 1, "maximum": None,  # its metadata
+                                    "max_pixels": animate.MAX_PIXELS,
+                                    "max_render_pixels": animate.MAX_RENDER_PIXELS}
         head = urllib.request.Request(f"{root}/model.onnx", method="HEAD")
         with urllib.request.urlopen(head, timeout=30) as answer:
             assert answer.status == 200 and answer.headers["Content-Length"] == str(
@@ -203,6 +206,11 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
             drag(browser, canvas, (64, 64), (84, 54))  # the square: 20 px right, 10 up
             drag(browser, canvas, (10, 10), (10, 10))  # a click: a pinned corner
             arrows = browser.execute_script("return page.arrows;")
+            # the mouse over the middle of pixel (10, 20), inside the canvas's 1 px border
+            at = browser.execute_script(
+                "const box = page.canvas.getBoundingClientRect();"
+                "return pixelAt({clientX: box.left + page.canvas.clientLeft + 10.5,"
+                "                clientY: box.top + page.canvas.clientTop + 20.5});")
             assert len(arrows) == 2 and arrows[1][2:] == [0, 0]
             browser.find_element(By.ID, "propagate").click()
             wait.until(lambda d: d.execute_script("return window.cmpResult !== null;")
@@ -217,6 +225,15 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
                 "const d = inputs(arguments[0], arguments[0]).sparse.data;"
                 "const at = 3 * (40 * arguments[0] + 30); return Array.from(d.slice(at, at + 3));",
                 SIZE)
+            # the animation is the animate command's for the page's flow
+            page_flow, last = browser.execute_script(
+                "return [Array.from(imageFlow(window.cmpResult, arguments[0], arguments[0])), "
+                "Array.from(page.frames[page.frames.length - 1].data)];", SIZE)
+            # another image: the result for the first one is gone
+            red_square_png(tmp_path / "other.png", SIZE)  # the same file fires no change
+            browser.find_element(By.ID, "file").send_keys(str(tmp_path / "other.png"))
+            wait.until(lambda d: d.execute_script("return page.generation;") == 2)
+            cleared = browser.execute_script("return window.cmpResult;")
             fetched = browser.execute_script(
                 "return performance.getEntriesByType('resource').map(e => e.name);")
             requested = list(httpd.requested)
@@ -224,6 +241,13 @@ def test_the_page_propagates_an_arrow_in_the_browser(tmp_path, exported_onnx):
         browser.quit()
 
     assert (result["width"], result["height"]) == (SIZE, SIZE) and result["ms"] > 0
+    assert at == [10, 20]  # measured from the border box, it was (11, 21)
+    assert np.abs(np.subtract(arrows[0][:2], [64, 64])).max() <= 1  # the pointer's rounding
+    page_flow = np.array(page_flow, np.float32).reshape(SIZE, SIZE, 2)
+    expected = animate.animate_frames(image, page_flow, frames=16)[-1]
+    page_frame = np.array(last, np.uint8).reshape(SIZE, SIZE, 4)[..., :3]
+    assert np.abs(page_frame.astype(int) - expected).max() <= 1  # rounding only
+    assert cleared is None
     sparse = np.zeros((1, SIZE, SIZE, 3), np.float32)
     for x, y, u, v in arrows:
         sparse[0, int(round(y)), int(round(x))] = (u, v, 1)

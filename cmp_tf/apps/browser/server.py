@@ -5,7 +5,8 @@
 
 GET /, /<file>   -> files of static/ (the page, and the runtime `install` put in vendor/)
 GET /model.onnx  -> the model file given
-GET /model.json  -> the sides it takes, from its metadata: {"multiple", "minimum"} px
+GET /model.json  -> the sides it takes, from its metadata: {"multiple", "minimum", "maximum"}
+                    px, and the page's bounds: {"max_pixels", "max_render_pixels"}
 Anything else is 404 (GET, HEAD) or 405 (other methods): there is no API, the flow and the
 animation are computed by the page. A Host that is not this machine's (a DNS name rebound to
 it) is 403. Like the API's server it holds at most max_connections connections, each closed
@@ -20,6 +21,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
+from cmp_tf.apps import animate
 from cmp_tf.apps import inputs
 from cmp_tf.apps.browser import install
 from cmp_tf.apps.web import server as web_server
@@ -138,8 +140,12 @@ def make_server(model, host="127.0.0.1", port=8000, verbose=False,
     server = web_server.bounded_server((host, port), _Handler, request_timeout,
                                        max_connections)
     server.model, server.verbose = os.path.abspath(model), verbose
-    server.sizes = json.dumps({"multiple": propagator.multiple,
-                               "minimum": propagator.minimum}).encode()
+    # the sides the page may feed it, and the image and animation sizes the page renders at
+    # most (the animate command's limits)
+    server.sizes = json.dumps({"multiple": propagator.multiple, "minimum": propagator.minimum,
+                               "maximum": propagator.max_input_side,
+                               "max_pixels": animate.MAX_PIXELS,
+                               "max_render_pixels": animate.MAX_RENDER_PIXELS}).encode()
     server.requested, server.lock = [], threading.Lock()
     server.hosts = web_server.own_hosts(host, server.server_address[1])
     return server

@@ -6,8 +6,10 @@
 const CLICK_PX = 3;       // a drag shorter than this is a click: a pinned point (zero motion)
 
 const page = {
-  session: null, image: null, arrows: [], drag: null, timer: null,
-  multiple: null, minSide: null,  // the sides the model takes (model.json, from its metadata)
+  session: null, image: null, arrows: [], drag: null, timer: null, frames: [],
+  generation: 0,  // counts the images loaded: a result for an earlier one is not shown
+  // model.json: the sides the model takes (its metadata) and what the page renders at most
+  multiple: null, minSide: null, maxSide: null, maxPixels: null, maxRenderPixels: null,
   canvas: document.getElementById("canvas"),
   status: document.getElementById("status"),
   button: document.getElementById("propagate"),
@@ -25,9 +27,13 @@ async function loadModel() {
     const sizes = await (await fetch("model.json")).json();
     page.multiple = sizes.multiple;
     page.minSide = Math.ceil(sizes.minimum / sizes.multiple) * sizes.multiple;
+    page.maxSide = sizes.maximum;  // null: its fills span any size
+    page.maxPixels = sizes.max_pixels;
+    page.maxRenderPixels = sizes.max_render_pixels;
     const sideInput = document.getElementById("side");
     sideInput.min = page.minSide;
     sideInput.step = page.multiple;
+    if (page.maxSide) sideInput.max = page.maxSide;
   } catch (error) {
     say(`Could not load model.onnx: ${error}`);
     return;
@@ -61,14 +67,19 @@ function drawInput() {
   }
 }
 
+// Where the mouse is in image pixels, pixel (x, y) centred on (x, y) as everywhere in cmp_tf:
+// measured inside the canvas's border (from the border box, every click landed a pixel right
+// and down, and drags came out short).
 function pixelAt(event) {
   const box = page.canvas.getBoundingClientRect();
-  return [(event.clientX - box.left) * page.canvas.width / box.width,
-          (event.clientY - box.top) * page.canvas.height / box.height];
+  return [(event.clientX - box.left - page.canvas.clientLeft) * page.canvas.width /
+            page.canvas.clientWidth - 0.5,
+          (event.clientY - box.top - page.canvas.clientTop) * page.canvas.height /
+            page.canvas.clientHeight - 0.5];
 }
 
 page.canvas.addEventListener("mousedown", (event) => { page.drag = pixelAt(event); });
-page.canvas.addEventListener("mouseup", (event) => {
+window.addEventListener("mouseup", (event) => {  // a drag may end outside the canvas
   if (!page.drag || !page.image) return;
   const [x, y] = page.drag, [x1, y1] = pixelAt(event);
   const click = Math.hypot(x1 - x, y1 - y) < CLICK_PX;
@@ -82,6 +93,15 @@ document.getElementById("file").addEventListener("change", (event) => {
   if (!file) return;
   const image = new Image();
   image.onload = () => {
+    const pixels = image.naturalWidth * image.naturalHeight;
+    if (page.maxPixels && pixels > page.maxPixels) {  // as python -m cmp_tf.apps.animate
+      say(`${image.naturalWidth}×${image.naturalHeight} is ${pixels} pixels; the page renders ` +
+          `at most ${page.maxPixels}: shrink the image.`);
+      return;
+    }
+    page.generation += 1;  // a result still on its way is for the image before
+    clearInterval(page.timer);
+    window.cmpResult = null;
     page.image = image;
     page.arrows = [];
     for (const id of ["canvas", "flow", "animation"]) {
@@ -106,6 +126,7 @@ document.getElementById("clear").addEventListener("click", () => {
 // at most `side`, each side rounded to a multiple the model takes, and no smaller than its
 // minimum; a smaller image is enlarged, both sides alike where `side` allows.
 function networkSize(width, height, side) {
+  if (page.maxSide) side = Math.min(side, page.maxSide);  // the longest side its fills span
   let scale = Math.min(1, side / Math.max(width, height));
   const enlarged = Math.max(page.minSide, page.multiple) / Math.min(width, height);
   if (scale < enlarged && Math.max(width, height) * enlarged <= side) {
@@ -162,14 +183,33 @@ function inputs(width, height) {
   };
 }
 
-// The flow in image pixels at image pixel (x, y), from the network's grid (nearest cell).
+// The flow in image pixels at image pixel (x, y), read from the network's grid bilinearly
+// at the pixel's centre, as the Python runtime resizes it (the nearest cell made it blocky).
 function flowAt(result, x, y) {
-  const col = networkPixel(x, result.scaleX, result.width);
-  const row = networkPixel(y, result.scaleY, result.height);
-  const i = 2 * (row * result.width + col);
-  return [result.flow[i] / result.scaleX, result.flow[i + 1] / result.scaleY];
+  const sample = (p, scale, size) => {
+    const at = Math.min(size - 1, Math.max(0, (p + 0.5) * scale - 0.5));
+    const low = Math.floor(at), high = Math.min(size - 1, low + 1);
+    return [low, high, at - low];
+  };
+  const [x0, x1, fx] = sample(x, result.scaleX, result.width);
+  const [y0, y1, fy] = sample(y, result.scaleY, result.height);
+  const at = (row, col, c) => result.flow[2 * (row * result.width + col) + c];
+  const read = (c) => (1 - fy) * ((1 - fx) * at(y0, x0, c) + fx * at(y0, x1, c)) +
+                      fy * ((1 - fx) * at(y1, x0, c) + fx * at(y1, x1, c));
+  return [read(0) / result.scaleX, read(1) / result.scaleY];
 }
 window.cmpFlowAt = (x, y) => (window.cmpResult ? flowAt(window.cmpResult, x, y) : null);
+
+// The flow at every image pixel, [u, v] interleaved.
+function imageFlow(result, width, height) {
+  const flow = new Float32Array(width * height * 2);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      flow.set(flowAt(result, x, y), 2 * (y * width + x));
+    }
+  }
+  return flow;
+}
 
 function hsvToRgb(h, s, v) {
   const f = (n) => {
@@ -179,27 +219,55 @@ function hsvToRgb(h, s, v) {
   return [255 * f(5), 255 * f(3), 255 * f(1)];
 }
 
-function drawFlow(result) {
+function drawFlow(flow) {
   const canvas = document.getElementById("flow");
   const ctx = canvas.getContext("2d");
   const out = ctx.createImageData(canvas.width, canvas.height);
   let largest = 1e-6;
-  for (let i = 0; i < result.flow.length; i += 2) {
-    largest = Math.max(largest, Math.hypot(result.flow[i], result.flow[i + 1]));
+  for (let i = 0; i < flow.length; i += 2) {
+    largest = Math.max(largest, Math.hypot(flow[i], flow[i + 1]));
   }
-  for (let y = 0; y < canvas.height; y++) {
-    for (let x = 0; x < canvas.width; x++) {
-      const [u, v] = flowAt(result, x, y);
-      const hue = (Math.atan2(-v, -u) / Math.PI + 1) / 2;
-      const rgb = hsvToRgb(hue, Math.min(1, Math.hypot(u, v) * result.scaleX / largest), 1);
-      out.data.set([...rgb, 255], 4 * (y * canvas.width + x));
-    }
+  for (let i = 0; i < flow.length / 2; i++) {
+    const u = flow[2 * i], v = flow[2 * i + 1];
+    const hue = (Math.atan2(-v, -u) / Math.PI + 1) / 2;
+    const rgb = hsvToRgb(hue, Math.min(1, Math.hypot(u, v) / largest), 1);
+    out.data.set([...rgb, 255], 4 * i);
   }
   ctx.putImageData(out, 0, 0);
 }
 
-// Frames of the image moved along the flow: frame t samples the image at x - t * flow(x).
-function animate(result, frames) {
+// Where each pixel of frame t comes from, as the animate command's `inverse_flow` finds it:
+// every pixel carries -t * flow to the one to four pixels its landing point touches, the
+// largest motion winning where several land; a pixel nothing lands on keeps its own -t * flow.
+function backwardFlow(flow, width, height, t) {
+  const back = new Float32Array(flow.length);
+  const best = new Float32Array(width * height).fill(-1);
+  for (let i = 0; i < flow.length; i++) back[i] = -t * flow[i];
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = y * width + x, u = t * flow[2 * i], v = t * flow[2 * i + 1];
+      const speed = Math.hypot(u, v), landX = x + u, landY = y + v;
+      const left = Math.floor(landX), top = Math.floor(landY);
+      for (let dy = 0; dy <= (landY > top ? 1 : 0); dy++) {
+        for (let dx = 0; dx <= (landX > left ? 1 : 0); dx++) {
+          const tx = left + dx, ty = top + dy;
+          if (tx < 0 || tx >= width || ty < 0 || ty >= height) continue;
+          const j = ty * width + tx;
+          if (speed > best[j]) {
+            best[j] = speed;
+            back[2 * j] = -u;
+            back[2 * j + 1] = -v;
+          }
+        }
+      }
+    }
+  }
+  return back;
+}
+
+// Frames of the image moved along the flow from t = 0 to 1, as the animate command makes
+// them: each frame samples the image bilinearly where `backwardFlow` says, the border repeated.
+function animate(flow, frames) {
   const canvas = document.getElementById("animation");
   const ctx = canvas.getContext("2d");
   const width = canvas.width, height = canvas.height;
@@ -207,22 +275,26 @@ function animate(result, frames) {
   const source = ctx.getImageData(0, 0, width, height).data;
   const made = [];
   for (let f = 0; f < frames; f++) {
-    const t = f / (frames - 1);
+    const back = backwardFlow(flow, width, height, f / (frames - 1));
     const out = ctx.createImageData(width, height);
     for (let y = 0; y < height; y++) {
       for (let x = 0; x < width; x++) {
-        const [u, v] = flowAt(result, x, y);
-        const sx = Math.min(width - 1, Math.max(0, Math.round(x - t * u)));
-        const sy = Math.min(height - 1, Math.max(0, Math.round(y - t * v)));
-        const from = 4 * (sy * width + sx), to = 4 * (y * width + x);
-        out.data[to] = source[from];
-        out.data[to + 1] = source[from + 1];
-        out.data[to + 2] = source[from + 2];
-        out.data[to + 3] = 255;
+        const i = y * width + x;
+        const sx = Math.min(width - 1, Math.max(0, x + back[2 * i]));
+        const sy = Math.min(height - 1, Math.max(0, y + back[2 * i + 1]));
+        const x0 = Math.floor(sx), y0 = Math.floor(sy), fx = sx - x0, fy = sy - y0;
+        const x1 = Math.min(width - 1, x0 + 1), y1 = Math.min(height - 1, y0 + 1);
+        for (let c = 0; c < 3; c++) {
+          const at = (row, col) => source[4 * (row * width + col) + c];
+          out.data[4 * i + c] = Math.round((1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x1))
+                                           + fy * ((1 - fx) * at(y1, x0) + fx * at(y1, x1)));
+        }
+        out.data[4 * i + 3] = 255;
       }
     }
     made.push(out);
   }
+  page.frames = made;
   clearInterval(page.timer);
   let shown = 0;
   page.timer = setInterval(() => {
@@ -238,20 +310,28 @@ page.button.addEventListener("click", async () => {
     say("Drag at least one arrow (or click to pin a point) first.");
     return;
   }
-  const side = Number(document.getElementById("side").value) || 256;
-  const frames = Math.max(2, Math.min(64, Number(document.getElementById("frames").value) || 16));
+  const side = Math.max(page.minSide, Number(document.getElementById("side").value) || 256);
+  const pixels = page.image.naturalWidth * page.image.naturalHeight;
+  let frames = Math.max(2, Math.min(64, Math.round(
+    Number(document.getElementById("frames").value) || 16)));
+  if (page.maxRenderPixels) {  // frames x pixels bounded, as the animate command bounds them
+    frames = Math.max(2, Math.min(frames, Math.floor(page.maxRenderPixels / pixels)));
+  }
   const [width, height] = networkSize(page.image.naturalWidth, page.image.naturalHeight, side);
   const feeds = inputs(width, height);
+  const generation = page.generation;
   page.button.disabled = true;
   say(`Propagating at ${width}×${height}…`);
   try {
     const start = performance.now();
     const output = await page.session.run({image: feeds.image, sparse: feeds.sparse}, ["flow"]);
     const ms = performance.now() - start;
+    if (generation !== page.generation) return;  // another image came meanwhile
     const result = {width, height, scaleX: feeds.scaleX, scaleY: feeds.scaleY,
                     flow: output.flow.data, ms};
-    drawFlow(result);
-    const count = animate(result, frames);
+    const flow = imageFlow(result, page.image.naturalWidth, page.image.naturalHeight);
+    drawFlow(flow);
+    const count = animate(flow, frames);
     window.cmpResult = result;
     say(`Flow at ${width}×${height} in ${ms.toFixed(0)} ms in this browser; ` +
         `${count} animation frames.`);

@@ -341,10 +341,12 @@ def _recipe(data_flags, *extra):
     from absl import flags
     from ml_collections import config_flags
 
-    argv = ["train.py", *[flag for flag in (*data_flags, *extra) if flag.startswith("--config")]]
+    recipe = os.path.join(ROOT, "configs", "cpu_bins.py")  # whatever the working folder
+    argv = ["train.py", f"--config={recipe}",
+            *[flag for flag in (*data_flags, *extra) if flag.startswith("--config.")]]
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", "configs/cpu_bins.py", flag_values=values,
-                                    lock_config=False, sys_argv=argv)
+    config_flags.DEFINE_config_file("config", recipe, flag_values=values, lock_config=False,
+                                    sys_argv=argv)
     values(argv)
     return values.config
 

@@ -316,15 +316,13 @@ def counts(values, name, minimum=1, unit="whole numbers", allow_empty=False):
     """A list flag's values (strings) as whole numbers, each >= `minimum`; else a ValueError
     naming the flag (`name`, with its dashes) and all it was given."""
     try:
-        if any("_" in str(value) for value in values):  # int() reads '1_0' as 10
-            raise ValueError
-        numbers_ = [int(value) for value in values]
+        read = (None if any("_" in str(value) for value in values)  # int() reads '1_0' as 10
+                else [int(value) for value in values])
     except (TypeError, ValueError):
-        numbers_ = None
-    if (numbers_ is None or (not numbers_ and not allow_empty)
-            or min(numbers_, default=minimum) < minimum):
+        read = None
+    if read is None or (not read and not allow_empty) or min(read, default=minimum) < minimum:
         raise ValueError(f"{name}={','.join(map(str, values))} must be {unit} >= {minimum}.")
-    return numbers_
+    return read
 
 
 def check_not_input(out, image, out_name="--out", image_name="--image"):

@@ -69,12 +69,20 @@ def _numbers(item):
     command line writes numbers; in a list (JSON) only numbers count, not strings, nor
     true / false, which Python would take as 1 and 0."""
     try:
-        if isinstance(item, str):  # Python's float reads '4_5' as 45: no number is written so
-            return [None if "_" in part else float(part) for part in item.split(",")]
+        if isinstance(item, str):
+            return [_written(part, float) for part in item.split(",")]
         return [float(n) if isinstance(n, numbers.Real) and not isinstance(n, (bool, np.bool_))
                 else None for n in item]
     except (TypeError, ValueError, OverflowError):  # not iterable, or an int beyond float
         return []
+
+
+def _written(text, kind):
+    """`text` read as `kind` (float or int) as people write numbers: Python's readers also
+    take '4_5' as 45, which no one means; ValueError for that as for any other non-number."""
+    if "_" in text:
+        raise ValueError(f"{text!r} is not a number")
+    return kind(text)
 
 
 def check_inside(points, height, width, name):
@@ -316,8 +324,7 @@ def counts(values, name, minimum=1, unit="whole numbers", allow_empty=False):
     """A list flag's values (strings) as whole numbers, each >= `minimum`; else a ValueError
     naming the flag (`name`, with its dashes) and all it was given."""
     try:
-        read = (None if any("_" in str(value) for value in values)  # int() reads '1_0' as 10
-                else [int(value) for value in values])
+        read = [_written(str(value), int) for value in values]
     except (TypeError, ValueError):
         read = None
     if read is None or (not read and not allow_empty) or min(read, default=minimum) < minimum:

@@ -153,3 +153,92 @@ def test_an_image_over_the_servers_limit_is_named_before_it_is_sent(tmp_path, br
         assert "the server takes at most 1 KB: load a smaller image" in status.text, \
             status.text
         assert browser.find_element(By.ID, "animate").is_enabled()
+
+
+class _StillPropagator:
+    """No model: zero flow, for what the page does around the API."""
+    path, format = "still", "none"
+
+    def propagate(self, image, points, vectors):
+        return np.zeros(image.shape[:2] + (2,), np.float32)
+
+    def propagate_batch(self, image, guidance):
+        return np.zeros((len(guidance),) + image.shape[:2] + (2,), np.float32)
+
+
+@pytest.fixture(scope="module")
+def still_page():
+    from cmp_tf.apps.web import server as server_lib
+
+    with serving(server_lib.make_server(_StillPropagator(), port=0)) as httpd:
+        yield "http://{}:{}/".format(*httpd.server_address[:2])
+
+
+def _load(browser, page_url, path, size):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    cv2.imwrite(str(path), np.zeros(size[::-1] + (3,), np.uint8))
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, TIMEOUT).until(lambda d: d.execute_script(
+        "return canvas.width === arguments[0] && canvas.height === arguments[1];", *size))
+
+
+@pytest.mark.parametrize("size", [(128, 96), (1280, 960)])  # shown at 1:1, and at half size
+def test_the_mouse_is_read_at_pixel_centres_inside_the_border(tmp_path, still_page, browser,
+                                                              size):
+    """The pointer over the middle of image pixel (x, y) reads (x, y), whatever size the canvas
+    is shown at: from the border box it read (1, 1) for (0, 0) at 1:1, and (2, 2) and
+    (1278, 958) for the corners of a 1280 x 960 photo shown at 640 x 480."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(still_page)
+    WebDriverWait(browser, TIMEOUT).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#refine option"))
+    _load(browser, still_page, tmp_path / "photo.png", size)
+    width, height = size
+    pixels = [[0, 0], [10, 20], [width // 2, height // 2], [width - 1, height - 1]]
+    read = browser.execute_script(
+        "const c = canvas, box = c.getBoundingClientRect();"
+        "return arguments[0].map(([x, y]) => toImage({"
+        "  clientX: box.left + c.clientLeft + (x + 0.5) * c.clientWidth / c.width,"
+        "  clientY: box.top + c.clientTop + (y + 0.5) * c.clientHeight / c.height}))"
+        ".map((p) => [p.x, p.y]);", pixels)
+    assert read == pixels
+
+
+def test_a_new_image_drops_the_previous_images_results(tmp_path, still_page, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, TIMEOUT)
+    browser.get(still_page)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refine option"))
+    _load(browser, still_page, tmp_path / "first.png", (64, 48))
+    browser.execute_script("state.arrows = [[10, 10, 5, 0]];")
+    browser.find_element(By.ID, "animate").click()
+    flow = browser.find_element(By.ID, "flow")
+    _wait_for_result(browser, wait, flow)
+    _load(browser, still_page, tmp_path / "second.png", (40, 30))
+    assert browser.execute_script(
+        "return ['flow', 'animation', 'mask'].filter((id) => $(id).getAttribute('src'));") == []
+
+
+@pytest.mark.parametrize("typed", ["", "1", "100", "2.5x"])
+def test_frames_the_server_refuses_are_named_on_the_page(tmp_path, still_page, browser, typed):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(still_page)
+    WebDriverWait(browser, TIMEOUT).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#refine option"))
+    _load(browser, still_page, tmp_path / "photo.png", (64, 48))
+    browser.execute_script("state.arrows = [[10, 10, 5, 0]]; $('frames').value = arguments[0];"
+                           "window.sent = 0; const f = window.fetch;"
+                           "window.fetch = (...a) => { window.sent += 1; return f(...a); };",
+                           typed)
+    browser.find_element(By.ID, "animate").click()
+    status = browser.find_element(By.ID, "status")
+    assert "Frames must be a whole number from 2 to 64" in status.text
+    assert browser.execute_script("return window.sent;") == 0

@@ -6,7 +6,7 @@
 POST /api/animate  {image: base64 PNG/JPEG (a data: URL is fine), arrows: [[x, y, u, v], ...],
                     frames?, fps?}  -> {flow_png, animation_gif, seconds}
 POST /api/annotate {image, positive: [[x, y], ...], negative?: [...], refine?}
-                   -> {mask_png, overlay_png, seconds}
+                   -> {mask_png, overlay_png, share (of the image in the mask), seconds}
 GET  /api/info     -> the model, the limits and the apps' defaults
 GET  /, /<file>    -> files of static/ only
 

@@ -8,6 +8,7 @@ const state = { dataUrl: null, image: null, arrows: [], positive: [], negative: 
                 info: null };
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
+let newestLoad = 0;  // each file chosen takes the next number: only the newest one is shown
 const context = canvas.getContext("2d");
 
 function setStatus(text, isError) {
@@ -19,12 +20,16 @@ function mode() {
   return document.querySelector("input[name=mode]:checked").value;
 }
 
-// Mouse position in image pixels, whatever size the canvas is displayed at.
+// The image pixel under the mouse, whatever size the canvas is displayed at: measured inside
+// the canvas's border (its content box), pixel (x, y) centred on (x, y), halves up, as the
+// in-browser page and the Python checks take them.
 function toImage(event) {
   const box = canvas.getBoundingClientRect();
   return {
-    x: Math.round((event.clientX - box.left) * canvas.width / box.width),
-    y: Math.round((event.clientY - box.top) * canvas.height / box.height),
+    x: Math.round((event.clientX - box.left - canvas.clientLeft) * canvas.width /
+                  canvas.clientWidth - 0.5),
+    y: Math.round((event.clientY - box.top - canvas.clientTop) * canvas.height /
+                  canvas.clientHeight - 0.5),
   };
 }
 
@@ -112,13 +117,17 @@ window.addEventListener("mouseup", (event) => {
 $("file").addEventListener("change", () => {
   const file = $("file").files[0];
   if (!file) return;
+  const load = ++newestLoad;  // a larger file chosen earlier may finish decoding later
   const reader = new FileReader();
   reader.onload = () => {
+    if (load !== newestLoad) return;
     const image = new Image();
     image.onload = () => {
+      if (load !== newestLoad) return;
       state.image = image;
       state.dataUrl = reader.result;
       newestTicket += 1;  // an answer still on its way is for the previous image
+      for (const id of ["flow", "animation", "mask"]) $(id).removeAttribute("src");  // its results
       state.arrows = []; state.positive = []; state.negative = [];
       canvas.width = image.naturalWidth;
       canvas.height = image.naturalHeight;
@@ -184,7 +193,12 @@ async function answered(button, status, request, shown) {
 $("animate").addEventListener("click", () => {
   if (!state.image) return setStatus("Load an image first.", true);
   if (!state.arrows.length) return setStatus("Drag at least one arrow on the image.", true);
-  const body = { image: state.dataUrl, arrows: state.arrows, frames: Number($("frames").value) };
+  const frames = Math.round(Number($("frames").value));
+  const most = Number($("frames").max) || 64;
+  if (!(frames >= 2 && frames <= most)) {
+    return setStatus(`Frames must be a whole number from 2 to ${most}.`, true);
+  }
+  const body = { image: state.dataUrl, arrows: state.arrows, frames };
   return answered($("animate"), "Propagating the arrows…", () => post("api/animate", body),
     (answer) => {
       show("flow", "image/png", answer.flow_png);

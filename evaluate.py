@@ -228,10 +228,11 @@ def _check_flags():
         raise app.UsageError(f"--baselines: {', '.join(unknown)} unknown; known: "
                              f"{', '.join(baselines.BASELINES)}.")
     _method_files()
-    missing = [file for file in _METHOD.value if not os.path.isfile(file)]
-    if missing:
-        raise app.UsageError(f"--method={missing[0]} is not a file: name a Python file defining "
-                             "propagate(image, points, vectors).")
+    for file in _METHOD.value:
+        if not os.path.isfile(file) or not file.endswith(".py"):
+            what = "a file" if not os.path.isfile(file) else "a .py file"
+            raise app.UsageError(f"--method={file} is not {what}: name a Python file defining "
+                                 "propagate(image, points, vectors).")
 
 
 def main(argv):

@@ -548,3 +548,59 @@ def test_the_shipped_model_serves_with_no_path_and_beats_zero_flow(tmp_path):
     assert predicted.shape == flow.shape
     epe = np.linalg.norm(predicted - flow, axis=-1).mean()
     assert epe < 0.5 * np.linalg.norm(flow, axis=-1).mean()
+
+
+def test_a_method_reusing_one_output_buffer_is_scored_per_guidance_set():
+    buffer = {}
+
+    def reuse(image, points, vectors):  # one array, refilled at every call
+        out = buffer.setdefault("out", np.zeros(image.shape[:2] + (2,), np.float32))
+        out[:] = vectors.mean(0)
+        return out
+
+    def fresh(image, points, vectors):
+        return np.zeros(image.shape[:2] + (2,), np.float32) + vectors.mean(0)
+
+    methods = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32),
+               "reuse": reuse, "fresh": fresh}
+    result = benchmark.evaluate(methods, pairs_lib.generated_pairs(2, size=48), ks=(1, 10),
+                                strategies=("uniform",), progress=False)
+    epe = {(r["k"], r["method"]): r["epe"] for r in result["rows"]}
+    for k in (1, 10):
+        assert epe[(k, "reuse")] == epe[(k, "fresh")]
+
+
+def test_a_method_with_nan_only_at_invalid_pixels_is_scored_and_drawn(tmp_path):
+    image, flow, valid = _scene()
+    valid = valid.copy()
+    valid[:, -8:] = False
+
+    def partial(image, points, vectors):
+        out = np.zeros(image.shape[:2] + (2,), np.float32) + vectors.mean(0)
+        out[:, -8:] = np.nan
+        return out
+
+    methods = {"zero": lambda image, p, v: np.zeros(image.shape[:2] + (2,), np.float32),
+               "partial": partial}
+    result = benchmark.evaluate(methods, [(image, flow, valid)], ks=(1, 5), progress=False,
+                                keep_examples=1)
+    report_lib.write_report(result, str(tmp_path))
+    assert (tmp_path / "panels.png").stat().st_size > 0
+
+
+def test_an_outside_file_that_exits_on_import_is_named(tmp_path):
+    quits = tmp_path / "quits.py"
+    quits.write_text("import sys\nsys.exit('needs an argument')\n")
+    with pytest.raises(ValueError, match=r"quits.py could not be loaded: SystemExit"):
+        benchmark.load_method(str(quits))
+
+
+def test_a_method_file_imports_the_files_beside_it(tmp_path):
+    """As `python mine.py` would: the method's own folder is on the import path."""
+    (tmp_path / "mine_helpers.py").write_text("SHIFT = 2.0\n")
+    (tmp_path / "mine.py").write_text(
+        "import numpy as np\nimport mine_helpers\n\n"
+        "def propagate(image, points, vectors):\n"
+        "    return np.full(image.shape[:2] + (2,), mine_helpers.SHIFT, np.float32)\n")
+    propagate = benchmark.load_method(str(tmp_path / "mine.py"))
+    assert propagate(np.zeros((4, 5, 3), np.uint8), None, None)[0, 0, 0] == 2.0

@@ -166,6 +166,8 @@ _TINY_STEP = ["--recipes=cpu_bins", "--precisions=float32", "--size=128", "--bat
      "--method={tmp}/zero.py would be scored as 'zero', a column already taken"),
     (["evaluate.py", "--method={tmp}/mine.py"],
      "--method={tmp}/mine.py is not a file: name a Python file defining propagate"),
+    (["evaluate.py", "--method=README.md"],  # refused after the model had loaded
+     "--method=README.md is not a .py file: name a Python file defining propagate"),
     (["evaluate.py", "--baselines=nearst,linear"],
      "--baselines: nearst unknown; known: zero, nearest, linear"),
     (["evaluate.py", "--seed=-1"], "--seed=-1 must be >= 0."),

@@ -88,6 +88,9 @@ def test_pfm_reads_little_and_big_endian_top_row_first_whatever_its_scale(tmp_pa
     commented = b"Pf\n# written by a tool\n3 2\n-1\n" + values[::-1].astype("<f4").tobytes()
     (tmp_path / "commented.pfm").write_bytes(commented)
     np.testing.assert_array_equal(stereo.read_pfm(tmp_path / "commented.pfm"), values)
+    windows = b"Pf\r\n3 2\r\n-1\r\n" + values[::-1].astype("<f4").tobytes()  # read a byte off
+    (tmp_path / "windows.pfm").write_bytes(windows)
+    np.testing.assert_array_equal(stereo.read_pfm(tmp_path / "windows.pfm"), values)
     assert cv2.imwrite(str(tmp_path / "cv.pfm"), values)  # as OpenCV writes one
     np.testing.assert_array_equal(stereo.read_pfm(tmp_path / "cv.pfm"), values)
 
@@ -266,3 +269,13 @@ def test_a_list_moved_without_its_tiles_names_a_missing_tile(tmp_path):
                                          r" missing file .*s64_y0_x0_left.png \(a relative path "
                                          r"is read from the list's folder\)\)"):
         formats.read_list(moved, on_missing="skip")
+
+
+def test_a_tile_known_only_outside_the_scored_centre_is_left_out(tmp_path):
+    left, _, _ = _stereo_scene(160, 160)
+    disparity = np.full((160, 160), np.nan, np.float32)
+    disparity[:, :10] = 5.0  # 1600 known pixels, none in the centre 128 x 128 evaluate scores
+    disparity[:, 30:32] = 5.0  # 320 more, 256 of them inside it: too few there
+    right = stereo_right(left, disparity)
+    with pytest.raises(ValueError, match="No tile holds 400 pixels"):
+        stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(160,))

@@ -30,6 +30,7 @@ TILE = 160  # tile side, px: what evaluate.py's default pipeline reads without r
 STRIDE = 80  # px between tiles
 MIN_TILE = 8  # px: smaller tiles hold too little to guide and score
 MIN_KNOWN = 400  # known pixels a tile needs: the most guides evaluate.py draws (benchmark.KS)
+SCORED = 128  # px: the centre crop evaluate.py scores of a tile (the shipped recipe's data.crop)
 SWAPPED_RATIO = 0.8  # the views read as swapped where +d fits them this much better than -d
 LIST_FILE = "pairs.txt"
 _TILE_FILE = re.compile(r"s\d+_y\d+_x\d+_(left|right|flow)\.png")  # the tiles' names
@@ -129,6 +130,8 @@ def read_pfm(path):
                      "a positive size and a nonzero scale")
     channels = 3 if tokens[0] == b"PF" else 1
     needed = width * height * channels * 4
+    if data[at - 1:at + 1] == b"\r\n" and len(data) - at == needed + 1:
+        at += 1  # a header written with Windows line ends
     if len(data) - at < needed:
         raise refuse(f"its header, {width} x {height} px in {channels} channel(s), needs "
                      f"{needed} bytes of values; {max(len(data) - at, 0)} follow it")
@@ -194,7 +197,8 @@ def check_views(left, right, disparity, what="disparity"):
 
 
 def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=TILE,
-                stride=STRIDE, overwrite=False, min_known=MIN_KNOWN, what="disparity"):
+                stride=STRIDE, overwrite=False, min_known=MIN_KNOWN, what="disparity",
+                scored=SCORED):
     """Cuts a rectified pair into `tile`-px tiles, every `stride` px, with the pair resized to
     each short side of `short_sides` (disparity scaled with it, resized to the nearest pixel
     so that depth edges stay sharp), and writes left / right PNGs, KITTI flow PNGs (valid
@@ -249,7 +253,9 @@ def write_tiles(left, right, disparity, out_dir, short_sides=SHORT_SIDES, tile=T
             for x in _starts(size[0], tile, stride):
                 stem = f"s{short}_y{y}_x{x}"
                 window = (slice(y, y + tile), slice(x, x + tile))
-                if valid[window].sum() < min_known:
+                inner = (tile - min(scored, tile)) // 2  # as pipeline.crop centres it
+                centre = (slice(y + inner, y + tile - inner), slice(x + inner, x + tile - inner))
+                if valid[window].sum() < min_known or valid[centre].sum() < min_known:
                     sparse.append(stem)
                     continue
                 for view, side in zip(views, ("left", "right")):

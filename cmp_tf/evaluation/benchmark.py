@@ -12,6 +12,7 @@ A method is anything with `propagate(image, points, vectors) -> flow` (docs/desi
 """
 import importlib.util
 import os
+import sys
 
 import numpy as np
 
@@ -32,9 +33,12 @@ def load_method(path):
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
                                                   path)
     module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:  # files beside it import, as under `python file.py`
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
-    except Exception as error:  # the user's file: its own error, named, not a traceback here
+    except (Exception, SystemExit) as error:  # the user's file: its own error, named
         raise ValueError(f"--method={path} could not be loaded: {type(error).__name__}: "
                          f"{error}") from error
     if not callable(getattr(module, "propagate", None)):
@@ -209,6 +213,7 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
                 raise ValueError(f"Method {name!r} returned NaN or infinite flow at valid pixels "
                                  f"of pair {count} ({strategy} guidance, K={k}): its scores "
                                  "would mean nothing. A method must return finite flow.")
+            predictions[name] = np.where(np.isfinite(prediction), prediction, 0.0)  # invalid px
         for index, (strategy, k, points, vectors) in enumerate(sets):
             scored = {name: _errors(predictions[name][index], flow, valid, near)
                       for name in names}
@@ -278,7 +283,10 @@ def _run(name, method, image, index, guidance):
             returned = batch(image, guidance)
         else:
             propagate = getattr(method, "propagate", method)
-            returned = [propagate(image, p, v) for p, v in guidance]
+            returned = []
+            for p, v in guidance:  # copied at once: a method may reuse one output buffer
+                flow = propagate(image, p, v)
+                returned.append(np.array(flow) if isinstance(flow, np.ndarray) else flow)
     except (Exception, SystemExit) as error:  # noqa: BLE001 - any method's failure, named
         raise ValueError(f"{where} failed: {type(error).__name__}: {error}") from error
     flows = _as_flow(returned, where) if batch is not None else \

@@ -239,7 +239,7 @@ def test_each_random_choice_draws_from_its_own_stream():
     kept, reversed_ = 0, 0
     for i in range(200):
         seed = tf.constant([0, i], tf.int64)
-        layered = float(tf.random.stateless_uniform([], pipeline._stream(seed, "layered")))
+        layered = float(pipeline.draw(seed, "layered"))
         if layered >= 0.5:  # a video sample under layered.ratio = 0.5
             kept += 1
             reversed_ += float(pipeline.augment_motion(flow, seed, reverse=True)[0, 0, 0]) < 0

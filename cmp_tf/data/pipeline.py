@@ -56,10 +56,12 @@ STREAMS = dict(crop_top=0, crop_left=1, flip=2, zoom=3, rotate_image=4, layered=
                flow_scale=6, flow_rotate_angle=7, flow_rotate=8, flow_reverse=9)
 
 
-def _stream(seed, purpose):
-    """An independent stateless seed per purpose (a STREAMS name) of one element's seed pair.
+def draw(seed, purpose, low=0.0, high=1.0, dtype=tf.float32, streams=STREAMS):
+    """One number, uniform in [low, high), from the stateless stream of one element's seed pair
+    kept for `purpose` (a name in `streams`): each random choice independent of the others.
     (Adding offsets to the pair would reuse the neighbouring elements' streams.)"""
-    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), STREAMS[purpose])
+    stream = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), streams[purpose])
+    return tf.random.stateless_uniform([], stream, low, high, dtype)
 
 
 def _shards_in(folder):
@@ -464,10 +466,8 @@ def crop(image, flow, valid, crop_size, seed=None):
     if seed is None:
         top, left = (shape[0] - height) // 2, (shape[1] - width) // 2
     else:
-        top = tf.random.stateless_uniform([], _stream(seed, "crop_top"), 0,
-                                          shape[0] - height + 1, tf.int32)
-        left = tf.random.stateless_uniform([], _stream(seed, "crop_left"), 0,
-                                           shape[1] - width + 1, tf.int32)
+        top = draw(seed, "crop_top", 0, shape[0] - height + 1, tf.int32)
+        left = draw(seed, "crop_left", 0, shape[1] - width + 1, tf.int32)
     stack = tf.ensure_shape(stack[top:top + height, left:left + width], [height, width, 6])
     return stack[..., :3], stack[..., 3:5], stack[..., 5]
 
@@ -506,17 +506,13 @@ def augment_motion(flow, seed, reverse=False, scale=(1.0, 1.0), rotate=False):
     reference's arctan(v / u) lost the sign of u; a rotation matrix has no such flaw).
     """
     if reverse:
-        sign = tf.where(tf.random.stateless_uniform([], _stream(seed, "flow_reverse")) < 0.5,
-                        -1.0, 1.0)
+        sign = tf.where(draw(seed, "flow_reverse") < 0.5, -1.0, 1.0)
         flow = flow * sign
     if tuple(scale) != (1.0, 1.0):
-        flow = flow * tf.random.stateless_uniform([], _stream(seed, "flow_scale"), scale[0],
-                                                  scale[1])
+        flow = flow * draw(seed, "flow_scale", scale[0], scale[1])
     if rotate:
-        theta = tf.random.stateless_uniform([], _stream(seed, "flow_rotate_angle"), 0.0,
-                                            2 * 3.141592653589793)
-        theta = tf.where(tf.random.stateless_uniform([], _stream(seed, "flow_rotate")) < 0.5,
-                         theta, 0.0)
+        theta = draw(seed, "flow_rotate_angle", 0.0, 2 * 3.141592653589793)
+        theta = tf.where(draw(seed, "flow_rotate") < 0.5, theta, 0.0)
         cos, sin = tf.cos(theta), tf.sin(theta)
         flow = tf.stack([cos * flow[..., 0] - sin * flow[..., 1],
                          sin * flow[..., 0] + cos * flow[..., 1]], -1)
@@ -750,7 +746,7 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
                 tensor.set_shape(list(crop_size) + channels)
             return tuple(out)
 
-        use = tf.random.stateless_uniform([], _stream(seed, "layered")) < layered_ratio
+        use = draw(seed, "layered") < layered_ratio
         return tf.cond(use, scene, lambda: (image, flow, valid))
 
     def load(index, handle):
@@ -773,17 +769,16 @@ def make_dataset(config, split="train", input_context=None, start_step=0, guidan
         short_size = float(data.short_size)
         low, high = data.get("zoom", (1.0, 1.0))
         if train and (low, high) != (1.0, 1.0):  # random zoom: flow scales with the image
-            short_size *= tf.random.stateless_uniform([], _stream(seed, "zoom"), low, high)
+            short_size *= draw(seed, "zoom", low, high)
         image, flow, valid = resize_short_side(image, flow, valid, short_size)
         max_degrees = data.get("rotate_degrees", 0.0)
         if train and max_degrees:
-            angle = tf.random.stateless_uniform([], _stream(seed, "rotate_image"), -max_degrees,
-                                                max_degrees)
+            angle = draw(seed, "rotate_image", -max_degrees, max_degrees)
             image, flow, valid = rotate(image, flow, valid, angle)
         image, flow, valid = crop(image, flow, valid, crop_size, seed if train else None)
         if train and data.get("flip", False):
             image, flow, valid = tf.cond(
-                tf.random.stateless_uniform([], _stream(seed, "flip")) < 0.5,
+                draw(seed, "flip") < 0.5,
                 lambda: flip(image, flow, valid), lambda: (image, flow, valid))
         if train:
             flow = augment_motion(flow, seed, data.get("flow_reverse", False),

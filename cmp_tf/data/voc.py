@@ -17,12 +17,14 @@ import tensorflow as tf
 from PIL import Image
 
 from cmp_tf.data import formats
+from cmp_tf.data import pipeline
 
 IGNORE_LABEL = 255
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
                "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 IMAGE_DIR, LABEL_DIR, LIST_DIR = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
+STREAMS = dict(scale=0, crop_top=1, crop_left=2, flip=3)  # each random choice's own stream
 _LABEL_MODES = ("P", "L")  # palette or 8-bit grey: both store class indices
 _LABEL_VALUES = 256  # an 8-bit label's values
 ZERO_255_HINT = (f"A mask saved as 0 and 255 marks its objects {IGNORE_LABEL}, which is "
@@ -204,10 +206,6 @@ def _labelled(folder, split, images, labels, num_classes):
     return counts[:num_classes]
 
 
-def _stream(seed, purpose):
-    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), purpose)
-
-
 def _pad_to(image, label, height, width, image_pad, centered):
     """Pads to at least height x width: the image with `image_pad` (per channel), the label
     with the ignore label, so padding never counts in the loss or the scores."""
@@ -277,21 +275,23 @@ def make_dataset(folder, split, num_classes, *, training, batch_size, crop=(-1, 
         def augment(index, paths):
             image, label = load(*paths)
             element_seed = tf.stack([tf.cast(seed, tf.int64), index])
-            factor = tf.random.stateless_uniform([], _stream(element_seed, 0), scale[0], scale[1])
+
+            def draw(purpose, *bounds):
+                return pipeline.draw(element_seed, purpose, *bounds, streams=STREAMS)
+
+            factor = draw("scale", scale[0], scale[1])
             size = tf.cast(tf.round(tf.cast(tf.shape(label), tf.float32) * factor), tf.int32)
             size = tf.maximum(size, 1)
             image = tf.image.resize(image, size, "bilinear")
             label = tf.image.resize(label[..., None], size, "nearest")[..., 0]
             image, label = _pad_to(image, label, height, width, image_pad, centered=True)
             shape = tf.shape(label)
-            top = tf.random.stateless_uniform([], _stream(element_seed, 1), 0,
-                                              shape[0] - height + 1, tf.int32)
-            left = tf.random.stateless_uniform([], _stream(element_seed, 2), 0,
-                                               shape[1] - width + 1, tf.int32)
+            top = draw("crop_top", 0, shape[0] - height + 1, tf.int32)
+            left = draw("crop_left", 0, shape[1] - width + 1, tf.int32)
             image = image[top:top + height, left:left + width]
             label = label[top:top + height, left:left + width]
             if flip:
-                mirrored = tf.random.stateless_uniform([], _stream(element_seed, 3)) < 0.5
+                mirrored = draw("flip") < 0.5
                 image = tf.where(mirrored, image[:, ::-1], image)
                 label = tf.where(mirrored, label[:, ::-1], label)
             return (tf.ensure_shape(image, [height, width, 3]),

@@ -45,7 +45,9 @@ def quantize(flow, nbins, fmax):
     step = bin_step(nbins, fmax)
     flow = tf.cast(flow, tf.float32)
     clipped = tf.clip_by_value(flow, -fmax + _CLIP_MARGIN, fmax - _CLIP_MARGIN)
-    return tf.cast(tf.floor((clipped + fmax) / step), tf.int32)
+    # From fmax ~8192 px the margin is below float32's spacing and fmax would land in bin
+    # nbins, one past the last. (Not clamped below: a NaN stays an invalid label, not bin 0.)
+    return tf.minimum(tf.cast(tf.floor((clipped + fmax) / step), tf.int32), nbins - 1)
 
 
 def expected_flow(logits, nbins, fmax):
@@ -105,7 +107,8 @@ def endpoint_error(pred, target, valid=None):
     if not np.isfinite(valid).all() or (valid < 0).any():
         raise ValueError("valid must be weights >= 0 (1 = counted); got NaN, infinite or "
                          "negative values.")
-    return float((epe * valid).sum() / max(valid.sum(), 1.0))
+    total = float(valid.sum())
+    return float((epe * valid).sum() / total) if total > 0 else 0.0
 
 
 def _color_wheel():

@@ -1,9 +1,14 @@
 """Flow losses. The discrete loss is the paper's: motion is multi-modal, and classifying it into
 bins keeps the modes apart where regression would average them into a blur.
 
-Every loss returns one value per example (mean over that example's valid pixels), so a
+Every flow loss returns one value per example (mean over that example's valid pixels), so a
 distributed loop can average over the global batch (`tf.nn.compute_average_loss`).
+`segmentation_loss` (transfer learning, one device) returns the batch's mean over its
+labelled pixels.
 """
+import math
+import numbers
+
 import tensorflow as tf
 
 from cmp_tf import flow as flow_lib
@@ -35,6 +40,9 @@ def _check_target(pred, target, weight):
             raise ValueError(f"weight must be [B, H, W] (or [B, H, W, 1]) as the target "
                              f"{tuple(target.shape[:3])}; got {tuple(weight.shape)}.")
         weight = tf.cast(weight, tf.float32)
+        # A left-out pixel's target may be anything (NaN where a flow is unknown): NaN x 0 is
+        # NaN, and a NaN quantizes to a label out of range.
+        return tf.where(weight[..., None] > 0, tf.cast(target, tf.float32), 0.0), weight
     return tf.cast(target, tf.float32), weight
 
 
@@ -46,11 +54,12 @@ def _upsample_to(pred, target):
 
 
 def _mean_per_example(per_pixel, weight):
-    """[B, H, W] -> [B]: mean over pixels, weighted by `weight` where given."""
+    """[B, H, W] -> [B]: mean over pixels, weighted by `weight` where given (0 for an example
+    with no weight at all)."""
     if weight is None:
         return tf.reduce_mean(per_pixel, axis=[1, 2])
     total = tf.reduce_sum(per_pixel * weight, axis=[1, 2])
-    return total / tf.maximum(tf.reduce_sum(weight, axis=[1, 2]), 1.0)
+    return tf.math.divide_no_nan(total, tf.reduce_sum(weight, axis=[1, 2]))
 
 
 def discrete_flow_loss(logits, target, nbins, fmax, weight=None):
@@ -96,8 +105,10 @@ def regression_flow_loss(pred, target, norm, weight=None):
 
 
 def _check_floor(floor):
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0:
-        raise ValueError(f"config.flow.relative_floor must be > 0; got {floor!r}.")
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not floor > 0 or \
+            not math.isfinite(floor):
+        raise ValueError(f"config.flow.relative_floor must be > 0; got {floor!r} (a finite "
+                         "number, in the loss's own units).")
 
 
 def relative_to_zero_flow(per_example, target, norm, floor, weight=None):

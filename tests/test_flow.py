@@ -150,3 +150,20 @@ def test_endpoint_error_and_warping_refuse_weights_and_flow_that_mean_nothing():
     flow[0, 0] = np.nan
     with pytest.raises(ValueError, match="flow has 2 NaN or infinite values"):
         F.warp_backward(np.zeros((4, 4, 3), np.float32), flow)
+
+
+def test_flow_beyond_a_large_fmax_stays_in_the_last_bin():
+    """From fmax ~8192 px the 1e-3 px clip margin is below float32's spacing, so fmax and
+    beyond quantized to bin nbins, one past the last: a traceback from the cross-entropy on
+    CPU, a NaN loss on GPU."""
+    for fmax in (1e4, 1e5):
+        bins = F.quantize(np.array([fmax, 1e9, -fmax, -1e9, 0.0]), NBINS, fmax).numpy()
+        np.testing.assert_array_equal(bins, [NBINS - 1, NBINS - 1, 0, 0, NBINS // 2])
+
+
+def test_endpoint_error_is_the_weighted_mean_whatever_the_weights_sum_to():
+    """Divided by max(sum of weights, 1), weights summing to less than 1 shrank the error."""
+    pred, target = np.zeros((1, 2, 2), np.float32), np.full((1, 2, 2), 3.0, np.float32)
+    for valid in ([[0.25, 0.0]], [[0.5, 0.5]], [[2.0, 1.0]]):
+        assert F.endpoint_error(pred, target, valid) == pytest.approx(np.hypot(3, 3))
+    assert F.endpoint_error(pred, target, [[0.0, 0.0]]) == 0.0

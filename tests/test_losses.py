@@ -149,3 +149,27 @@ def test_losses_name_shapes_and_fields_that_do_not_fit():
         losses.make_loss(ml_collections.ConfigDict({"loss": "discrete"}))
     with pytest.raises(ValueError, match="relative_floor must be > 0; got None"):
         losses.make_loss(ml_collections.ConfigDict({"loss": "l1", "relative": True}))
+
+
+def test_weighted_losses_are_weighted_means_and_ignore_what_the_mask_leaves_out():
+    """A pixel with weight 0 is left out even where its target is NaN (NaN x 0 made the L1
+    loss NaN, and the discrete loss a label out of range: a traceback on CPU, NaN on GPU); and
+    weights summing to under 1 gave the loss times their sum, not their weighted mean."""
+    target = np.array([[[[3.0, 3.0], [np.nan, 0.0]]]], np.float32)
+    pred = np.zeros((1, 1, 2, 2), np.float32)
+    for w in (1.0, 0.25):
+        weight = np.array([[[w, 0.0]]], np.float32)
+        l1 = losses.regression_flow_loss(pred, target, "l1", weight).numpy()
+        np.testing.assert_allclose(l1, [6.0], rtol=1e-6)
+        relative = losses.relative_to_zero_flow(l1, target, "l1", 0.5, weight).numpy()
+        np.testing.assert_allclose(relative, [1.0], rtol=1e-6)
+        logits = np.zeros((1, 1, 2, 6), np.float32)
+        discrete = losses.discrete_flow_loss(logits, target, 3, 3.0, weight).numpy()
+        np.testing.assert_allclose(discrete, [2 * math.log(3)], rtol=1e-6)
+
+
+def test_an_infinite_relative_floor_is_refused():
+    """An infinite floor divided every loss to 0: no error, no gradient, nothing learned."""
+    cfg = ml_collections.ConfigDict(dict(loss="l1", relative=True, relative_floor=float("inf")))
+    with pytest.raises(ValueError, match=r"relative_floor must be > 0; got inf \(a finite number"):
+        losses.make_loss(cfg)

@@ -135,6 +135,7 @@ def color_scale(flow, valid=None):
     lengths = np.hypot(*np.moveaxis(np.asarray(flow, np.float64), -1, 0))
     if valid is not None:
         lengths = lengths[np.asarray(valid) > 0]
+    lengths = lengths[np.isfinite(lengths)]  # NaN would win Python's max: a NaN scale
     return max(float(lengths.max()) if lengths.size else 0.0, 1.0)
 
 

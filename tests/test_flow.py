@@ -167,3 +167,12 @@ def test_endpoint_error_is_the_weighted_mean_whatever_the_weights_sum_to():
     for valid in ([[0.25, 0.0]], [[0.5, 0.5]], [[2.0, 1.0]]):
         assert F.endpoint_error(pred, target, valid) == pytest.approx(np.hypot(3, 3))
     assert F.endpoint_error(pred, target, [[0.0, 0.0]]) == 0.0
+
+
+def test_color_scale_is_at_least_one_pixel_whatever_the_flow_holds():
+    """A NaN length won Python's max(nan, 1.0): a NaN scale, which flow_to_color then refused
+    as a bad max_flow rather than drawing the finite vectors."""
+    flow = np.array([[[np.nan, 0.0], [3.0, 4.0]]], np.float32)
+    assert F.color_scale(flow) == 5.0
+    assert F.color_scale(np.full((2, 2, 2), np.nan, np.float32)) == 1.0
+    assert F.color_scale(flow, np.array([[1, 0]])) == 1.0

@@ -257,3 +257,13 @@ def test_an_8bit_flow_image_in_colour_is_refused_a_grey_one_in_three_channels_re
     with pytest.raises(ValueError, match=r"Flow image .*colour.png is in colour \(its channels "
                                          r"differ by up to \d+ levels\)"):
         formats.read_flow((tmp_path / "colour.png", tmp_path / "grey.png"))
+
+
+def test_8bit_flow_images_of_two_sizes_are_refused_naming_both_files(tmp_path):
+    """decode_flow_8bit's "flow_x and flow_y must be ... of one size" named no file, and
+    ingestion recorded it as the pair's warning with no file or line."""
+    cv2.imwrite(str(tmp_path / "fx.png"), np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(tmp_path / "fy.png"), np.zeros((4, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"Flow images .*fx\.png \(4x4 px\) and .*fy\.png "
+                                         r"\(5x4 px\) differ in size"):
+        formats.read_flow((tmp_path / "fx.png", tmp_path / "fy.png"))

@@ -279,3 +279,43 @@ def test_a_tile_known_only_outside_the_scored_centre_is_left_out(tmp_path):
     right = stereo_right(left, disparity)
     with pytest.raises(ValueError, match="No tile holds 400 pixels"):
         stereo.write_tiles(left, right, disparity, tmp_path, short_sides=(160,))
+
+
+def _npy_header(shape):
+    """A .npy header declaring a float32 array of `shape`, with no values behind it."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue()
+
+
+def test_a_numpy_header_declaring_a_huge_array_is_refused_naming_the_file(tmp_path):
+    """NumPy first allocates what the header declares: a cut or forged .npy / .npz raised its
+    MemoryError ("Unable to allocate 35.5 PiB"), naming no file."""
+    import zipfile
+
+    huge = (10**8, 10**8)
+    (tmp_path / "huge.npy").write_bytes(_npy_header(huge) + bytes(16))
+    with pytest.raises(ValueError, match=r"Disparity file .*huge\.npy could not be read"):
+        stereo.read_disparity(tmp_path / "huge.npy")
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("arr_0.npy", _npy_header(huge) + bytes(16))
+    with pytest.raises(ValueError, match=r"Disparity file .*huge\.npz declares an array too "
+                                         r"large to hold"):
+        stereo.read_disparity(tmp_path / "huge.npz")
+
+
+def test_a_pfm_with_more_values_than_its_header_says_is_refused(tmp_path):
+    """Bytes beyond the header's size were ignored: a 3-channel file headed "Pf" read as a
+    wrong map of the right size. Less than one value more (a trailing newline) still reads."""
+    values = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
+    body = values[::-1].astype("<f4").tobytes()
+    (tmp_path / "newline.pfm").write_bytes(b"Pf\n3 2\n-1\n" + body + b"\n")
+    np.testing.assert_array_equal(stereo.read_pfm(tmp_path / "newline.pfm"), values)
+    (tmp_path / "rgb.pfm").write_bytes(b"Pf\n3 2\n-1\n" + body * 3)
+    with pytest.raises(ValueError, match=r"rgb\.pfm could not be decoded as PFM: its header, "
+                                         r"3 x 2 px in 1 channel\(s\), needs 24 bytes of "
+                                         r"values; 72 follow it"):
+        stereo.read_disparity(tmp_path / "rgb.pfm")

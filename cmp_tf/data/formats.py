@@ -329,7 +329,12 @@ def read_flow(paths):
                          f"images' paths; got {str(paths)[:80]!r}.")
     paths = tuple(os.fspath(p) for p in paths)
     if len(paths) == 2:
-        flow = decode_flow_8bit(_read_gray8(paths[0]), _read_gray8(paths[1]))
+        x, y = _read_gray8(paths[0]), _read_gray8(paths[1])
+        if x.shape != y.shape:  # decode_flow_8bit's own words name no file
+            raise ValueError(f"Flow images {paths[0]} ({x.shape[1]}x{x.shape[0]} px) and "
+                             f"{paths[1]} ({y.shape[1]}x{y.shape[0]} px) differ in size; an "
+                             "(x, y) pair of 8-bit flow images is one size.")
+        flow = decode_flow_8bit(x, y)
         return flow, np.ones(flow.shape[:2], np.float32)
     if len(paths) != 1:
         raise ValueError(f"Flow is one .flo / .png file or two 8-bit images; got {paths}.")

@@ -162,7 +162,9 @@ def convert_list(list_file, out_dir, cfg, on_frame=None):
                 if cfg["on_error"] == "raise":
                     raise
                 record["dropped"]["bad_file"] += 1
-                record["warnings"].append(str(e))
+                why = str(e)  # with its line of the list, as the training pipeline names it
+                record["warnings"].append(why if why.startswith(entry.source) else
+                                          f"{entry.source}: {why}")
                 continue
             writer.write(records.encode_example(image1, image2, flow, valid, entry.source,
                                                 index, 0, cfg["jpeg_quality"]))

@@ -44,7 +44,9 @@ def read_disparity(path):
     ext = os.path.splitext(path)[1].lower()
     if ext in (".npy", ".npz"):
         try:
-            loaded = np.load(path)
+            # Memory-mapped: a header declaring more than the file holds is refused before any
+            # allocation (read into memory, NumPy first asks for the whole declared size).
+            loaded = np.load(path, mmap_mode="r" if ext == ".npy" else None)
             if ext == ".npz":
                 names = loaded.files
                 if len(names) != 1:
@@ -58,6 +60,9 @@ def read_disparity(path):
                              f"{e}") from e
         except (OSError, zipfile.BadZipFile, EOFError) as e:  # not a NumPy file, or cut short
             raise ValueError(f"Disparity file {path} could not be read: {e}") from e
+        except MemoryError as e:  # an .npz member declaring a huge array
+            raise ValueError(f"Disparity file {path} declares an array too large to hold "
+                             f"({e}).") from e
         if not np.issubdtype(np.asarray(loaded).dtype, np.number) or np.iscomplexobj(loaded):
             raise ValueError(f"Disparity file {path} must hold real numbers; got dtype "
                              f"{np.asarray(loaded).dtype}.")
@@ -132,7 +137,7 @@ def read_pfm(path):
     needed = width * height * channels * 4
     if data[at - 1:at + 1] == b"\r\n" and len(data) - at == needed + 1:
         at += 1  # a header written with Windows line ends
-    if len(data) - at < needed:
+    if len(data) - at < needed or len(data) - at >= needed + 4:  # a whole value too many
         raise refuse(f"its header, {width} x {height} px in {channels} channel(s), needs "
                      f"{needed} bytes of values; {max(len(data) - at, 0)} follow it")
     values = np.frombuffer(data, "<f4" if scale < 0 else ">f4", width * height * channels, at)

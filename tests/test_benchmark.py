@@ -142,6 +142,17 @@ def test_smaller_k_guidance_is_a_prefix_of_larger_k(strategy):
     assert len(xy) == 40 and len({tuple(p) for p in xy}) == 40  # distinct pixels
     if strategy == "watershed":
         assert 1 <= found < 40  # a square on a background: a couple of regions, then fill
+    calls = []
+
+    def recording(image, points, vectors):
+        calls.append(points.copy())
+        return np.zeros(image.shape[:2] + (2,), np.float32)
+
+    benchmark.evaluate({"zero": recording}, [(image, flow, valid)], ks=(1, 5, 25),
+                       strategies=(strategy,), progress=False)
+    assert [len(points) for points in calls] == [1, 5, 25]
+    for small, large in zip(calls, calls[1:]):  # every method is given one ordering's heads
+        np.testing.assert_array_equal(small, large[:len(small)])
 
 
 def _four_squares(size=96):

@@ -273,6 +273,41 @@ def test_a_shard_corrupt_from_its_first_record_names_the_file(shard_folder, tmp_
         next(iter(pipeline.make_dataset(config, "train")))
 
 
+def test_a_shard_cut_between_records_is_named_not_read_as_whole(shard_folder, tmp_path,
+                                                                 capfd):
+    """A shard cut exactly at a record's boundary frames cleanly to its (new) end: its bytes
+    matched its size and 3 of its 5 pairs were lost without a word, though the sidecar
+    lists 5."""
+    folder, shard, _ = _damaged_copy(shard_folder, tmp_path, 0)
+    original = next(shard_folder.glob("*.tfrecord"))
+    sizes = [len(r) + 16 for r in tf.data.TFRecordDataset(str(original)).as_numpy_iterator()]
+    shard.write_bytes(original.read_bytes()[:sum(sizes[:2])])
+    config = _config((str(folder),), val=(str(folder),))
+    kept = sum(int(x["image"].shape[0]) for x, _ in pipeline.make_dataset(config, "val"))
+    assert kept == 2
+    assert (f"Shard {shard} ends after 2 records where its sidecar lists 5: it was cut short "
+            "or replaced since it was ingested (3 lost)") in capfd.readouterr().err
+    config.data.on_error = "raise"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"Shard {shard} ends after 2"):
+        list(pipeline.make_dataset(config, "val"))
+
+
+def test_shards_no_sidecar_lists_are_named_not_dropped_silently(shard_folder, tmp_path,
+                                                                monkeypatch):
+    """A folder whose sidecars list its shards reads only those: a shard copied in without
+    its sidecar (two folders merged) was left out without a word."""
+    folder, shard, _ = _damaged_copy(shard_folder, tmp_path, 0)
+    shard.write_bytes(next(shard_folder.glob("*.tfrecord")).read_bytes())  # undamaged
+    (folder / "other-0123456789-0000.tfrecord").write_bytes(shard.read_bytes())
+    warned = []
+    monkeypatch.setattr(tf.get_logger(), "warning", warned.append)
+    config = _config((str(folder),), val=(str(folder),))
+    assert sum(int(x["image"].shape[0]) for x, _ in pipeline.make_dataset(config, "val")) == 5
+    assert any(w.startswith(f"config.data.val: 1 shards in {folder} are listed by no ingestion "
+                            "sidecar and are not read (other-0123456789-0000.tfrecord)")
+               for w in warned), warned
+
+
 def test_a_healthy_shard_is_read_whole_and_unchanged(shard_folder):
     """The corruption check adds nothing to a good shard's stream."""
     config = _config((str(shard_folder),), val=(str(shard_folder),))

@@ -149,6 +149,17 @@ def test_one_frame_is_refused_and_the_bar_counts_frames_in_a_pool(tmp_path, caps
     assert [frames.get() for _ in range(frames.qsize())] == [7] * 5
 
 
+def test_a_gap_longer_than_the_clip_says_why_it_made_no_pair(tmp_path):
+    """gaps=(10,) on a 6-frame clip gave "0 pairs from 1 of 1 files" and no reason."""
+    video = write_video(tmp_path / "pan.avi", panning_frames(6, size=(32, 48)))
+    manifest = ingest.ingest([video], tmp_path / "out", {**CFG, "gaps": (1, 10, 20)},
+                             progress=False)
+    source = manifest["sources"][0]
+    assert source["pairs"] == 5 and source["warnings"] == [
+        "gaps 10, 20 made no pair: the clip has 6 frames"]
+    assert "pan.avi (gaps 10, 20 made no pair" in shards.summarize(manifest["sources"])
+
+
 def test_a_second_run_skips_finished_videos(tmp_path):
     video = write_video(tmp_path / "pan.avi", panning_frames(4))
     ingest.ingest([video], tmp_path / "out", CFG, progress=False)
@@ -457,6 +468,46 @@ def test_rlof_refuses_frames_too_small_for_its_interpolation(tmp_path):
     error = manifest["sources"][0]["error"]
     assert error.startswith("config.ingest.estimator='rlof' needs frames with at least 128 "
                             "cells of 6 x 6 px (64 x 96 px has 160); got 48 x 64"), error
+
+
+def test_frames_too_small_for_dis_are_refused_naming_the_setting(tmp_path):
+    """DIS refuses frames under 8 px a side (or both under 12) with a cv2.error, not a
+    ValueError: with on_error=raise the command ended in a traceback naming no file, and a
+    skipped file's error was OpenCV's source line. A failing OpenCV teacher names the file."""
+    import cv2
+
+    from cmp_tf.data import teacher
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i, frame in enumerate(panning_frames(3, size=(8, 8))):
+        cv2.imwrite(str(clip / f"{i:03d}.png"), frame)
+    with pytest.raises(ValueError, match=r"estimator='dis' needs frames of at least 8 px a "
+                                         r"side and 12 px on the longer; got 8 x 8: use larger "
+                                         r"frames or max_side"):
+        ingest.ingest([clip], tmp_path / "out", {**CFG, "on_error": "raise"}, progress=False)
+    manifest = ingest.ingest([clip], tmp_path / "out", CFG, progress=False)
+    assert "got 8 x 8" in manifest["sources"][0]["error"]
+    assert teacher.make_estimator("dis")(*panning_frames(2, size=(8, 12))).shape == (8, 12, 2)
+
+    def broken():
+        def estimate(first, second):
+            raise cv2.error("OpenCV(5.0.0) some.cpp:1: error: (-215) broken in 'calc'")
+        return estimate
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for i, frame in enumerate(panning_frames(3, size=(24, 32))):
+        cv2.imwrite(str(big / f"{i:03d}.png"), frame)
+    saved = teacher.OPENCV_ESTIMATORS["farneback"]
+    teacher.OPENCV_ESTIMATORS["farneback"] = broken
+    try:
+        with pytest.raises(ValueError, match=rf"{big}: the teacher failed on frames 0 and 1: "
+                                             r"OpenCV\(5.0.0\) some.cpp:1: error"):
+            ingest.ingest([big], tmp_path / "out2", {**CFG, "estimator": "farneback",
+                                                     "on_error": "raise"}, progress=False)
+    finally:
+        teacher.OPENCV_ESTIMATORS["farneback"] = saved
 
 
 @pytest.mark.parametrize("name,preset", [("dis", "fine"), ("deepflow", "medium"),

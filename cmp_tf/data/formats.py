@@ -298,6 +298,23 @@ def kitti_codable(flow):
     return ((coded >= 0) & (coded <= 2**16 - 1)).all(-1)
 
 
+def fill_unknown_flow(flow, valid):
+    """`flow` with each unknown pixel given its nearest known pixel's flow. A list's files hold
+    0 where flow is unknown (KITTI's sparse flow, a stereo pair's occlusions), which the
+    pipeline's bilinear resize would blend into the known flow beside it. A video's shards hold
+    the teacher's own estimate there; a list converted to shards holds this fill
+    (`ingest.convert_list`), so both ways of reading a list train on the same targets."""
+    unknown = (np.asarray(valid) <= 0).astype(np.uint8)
+    if not unknown.any() or unknown.all():
+        return flow
+    _, nearest = cv2.distanceTransformWithLabels(unknown, cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    known = unknown == 0
+    of_label = np.zeros((nearest.max() + 1, 2), np.float32)  # each known pixel has its label
+    of_label[nearest[known]] = flow[known]
+    return np.where(known[..., None], flow, of_label[nearest]).astype(np.float32)
+
+
 def encode_kitti_png(flow, valid):
     """[H, W, 2] flow + [H, W] validity -> 16-bit KITTI PNG bytes (1/64 px steps, +-512 px).
     A pixel whose motion lies beyond that range is written invalid, not clipped to a wrong

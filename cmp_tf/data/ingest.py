@@ -27,6 +27,8 @@ import signal
 import sys
 import threading
 
+import cv2
+
 from cmp_tf import rundir
 from cmp_tf.data import formats
 from cmp_tf.data import records
@@ -114,7 +116,12 @@ def ingest_video(video, out_dir, cfg, on_frame=None):
                     if start + gap >= count:
                         continue
                     f1, f2 = window[start], window[start + gap]
-                    forward, backward = estimate(f1, f2), estimate(f2, f1)
+                    try:
+                        forward, backward = estimate(f1, f2), estimate(f2, f1)
+                    except cv2.error as e:  # a ValueError naming the file and frames: with
+                        # on_error=raise, OpenCV's own error was a traceback naming neither
+                        raise ValueError(f"{video}: the teacher failed on frames {start} and "
+                                         f"{start + gap}: {str(e).strip()}") from e
                     valid, reason = teacher.check_pair(f1, f2, forward, backward, cfg)
                     if reason:
                         record["dropped"][reason] += 1
@@ -138,6 +145,11 @@ def ingest_video(video, out_dir, cfg, on_frame=None):
         if 0 < count < expected:
             record["warnings"].append(f"decoded {count} of {expected} frames: the file "
                                       "is truncated or a frame failed to decode")
+        beyond = [gap for gap in cfg["gaps"] if gap >= count]
+        if beyond:  # else a clip shorter than the gap gave no pair and no reason
+            record["warnings"].append(
+                f"gap{'s' if len(beyond) > 1 else ''} {', '.join(map(str, beyond))} made no "
+                f"pair: the clip has {count} frames")
 
     return _ingest_source(video, out_dir, cfg, produce, frames=0, expected_frames=-1)
 
@@ -166,6 +178,10 @@ def convert_list(list_file, out_dir, cfg, on_frame=None):
                 record["warnings"].append(why if why.startswith(entry.source) else
                                           f"{entry.source}: {why}")
                 continue
+            # Unknown flow (0 in .flo / KITTI files, or beyond the shards' +-512 px) filled as
+            # the pipeline fills a list read directly: stored as 0, a resize blended it in.
+            valid = valid * formats.kitti_codable(flow)
+            flow = formats.fill_unknown_flow(flow, valid)
             writer.write(records.encode_example(image1, image2, flow, valid, entry.source,
                                                 index, 0, cfg["jpeg_quality"]))
 

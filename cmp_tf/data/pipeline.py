@@ -10,11 +10,11 @@ uninterrupted one. tf.data cannot checkpoint pipelines holding `tf.numpy_functio
 this needs no state.
 
 Unreadable data is counted, named and bounded, never looped over: a shard that cannot be read
-to its end (a flipped byte ends a TFRecord file's framing) is logged with its path and the
-number of records lost; a list entry that fails to load is logged with its line; a run of
-`data.max_bad_in_a_row` unreadable samples stops the pipeline with an error naming the last one,
-as does a validation set with no readable sample. With `data.on_error="raise"` the first one
-stops it.
+to its end (a flipped byte ends a TFRecord file's framing), or that ends cleanly short of the
+count its ingestion sidecar lists, is logged with its path and the number of records lost; a
+list entry that fails to load is logged with its line; a run of `data.max_bad_in_a_row`
+unreadable samples stops the pipeline with an error naming the last one, as does a validation
+set with no readable sample. With `data.on_error="raise"` the first one stops it.
 """
 import collections
 import glob
@@ -23,7 +23,6 @@ import os
 import re
 import sys
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -113,8 +112,9 @@ def _text(*parts):
 
 
 def _read_shard(path, size, expected):
-    """A shard's records as handles, then, if it could not be read to its end, one
-    _BROKEN_SHARD handle whose record names the file, the first bad record and what was lost.
+    """A shard's records as handles, then, if it could not be read to its end or holds other
+    than the `expected` count (its sidecar's; -1: unknown), one _BROKEN_SHARD handle whose
+    record names the file, the first bad record and what was lost.
 
     TFRecordDataset stops at the first corrupt record (nothing after it can be framed); the
     bytes read so far, against the file size, tell whether it did.
@@ -130,7 +130,9 @@ def _read_shard(path, size, expected):
         return new, (record, last, n, done)
 
     def keep(record, last, n, done):
-        return ~last | (done != size)
+        # Read to its end, a shard may still hold other than its sidecar's count: cut at a
+        # record's boundary (a copy that stopped there), or another shard put in its place.
+        return ~last | (done != size) | ((expected >= 0) & (n != expected))
 
     def handle(record, last, n, done):
         def why():
@@ -138,8 +140,12 @@ def _read_shard(path, size, expected):
                 expected >= 0,
                 lambda: _text("its other ", expected - n, " of ", expected, " records are lost"),
                 lambda: _text("the remaining ", size - done, " of ", size, " bytes are lost"))
-            return _text("Shard ", path, ": record ", n + 1, " (at byte ", done, ") is corrupt "
-                         "or truncated; ", lost, " (", n, " read).")
+            corrupt = _text("Shard ", path, ": record ", n + 1, " (at byte ", done, ") is "
+                            "corrupt or truncated; ", lost, " (", n, " read).")
+            miscounted = _text("Shard ", path, " ends after ", n, " records where its sidecar "
+                               "lists ", expected, ": it was cut short or replaced since it "
+                               "was ingested (", tf.maximum(expected - n, 0), " lost).")
+            return tf.where(done != size, corrupt, miscounted)
 
         return (tf.cond(last, why, lambda: record),
                 tf.where(last, tf.constant(_BROKEN_SHARD, tf.int64),
@@ -198,6 +204,16 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
             if found:
                 with_sidecars = _check_shard_sizes(path, on_error)
                 shards += with_sidecars or found
+                listed = {os.path.basename(p) for r in shards_lib.read_sidecars(path)[0]
+                          for p in r["shards"]}
+                unlisted = [os.path.basename(p) for p in found
+                            if os.path.basename(p) not in listed]
+                if with_sidecars and unlisted:  # shards copied in without their sidecar
+                    tf.get_logger().warning(
+                        f"{field}: {len(unlisted)} shards in {path} are listed by no "
+                        f"ingestion sidecar and are not read ({', '.join(unlisted[:3])}"
+                        f"{', ...' if len(unlisted) > 3 else ''}): copy in their sidecars "
+                        "(<key>.json) to train on them, or remove them.")
                 continue
             videos += formats.list_videos(path)
             if not videos:
@@ -322,22 +338,6 @@ def ingestion_summary(config):
     return shards_lib.summarize(sources) + note
 
 
-def fill_unknown_flow(flow, valid):
-    """`flow` with each unknown pixel given its nearest known pixel's flow. A list's files hold
-    0 where flow is unknown (KITTI's sparse flow, a stereo pair's occlusions), which the
-    pipeline's bilinear resize would blend into the known flow beside it; a shard's unknown
-    pixels hold the teacher's own estimate already."""
-    unknown = (np.asarray(valid) <= 0).astype(np.uint8)
-    if not unknown.any() or unknown.all():
-        return flow
-    _, nearest = cv2.distanceTransformWithLabels(unknown, cv2.DIST_L2, cv2.DIST_MASK_5,
-                                                 labelType=cv2.DIST_LABEL_PIXEL)
-    known = unknown == 0
-    of_label = np.zeros((nearest.max() + 1, 2), np.float32)  # each known pixel has its label
-    of_label[nearest[known]] = flow[known]
-    return np.where(known[..., None], flow, of_label[nearest]).astype(np.float32)
-
-
 def _load_entry(entries):
     """Loads list entry i in Python: (image, flow, valid, why) with `why` empty when it loaded,
     else the line and the reason (and placeholder arrays): `_count_unreadable` decides whether
@@ -349,7 +349,7 @@ def _load_entry(entries):
         try:
             image, _, flow, valid = formats.read_pair(entry)
             valid = valid * formats.kitti_codable(flow)  # as it would be, ingested into shards
-            flow = fill_unknown_flow(flow, valid)
+            flow = formats.fill_unknown_flow(flow, valid)
         except ValueError as e:
             why = f"{entry.source}: {e}"
             return (np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 2), np.float32),

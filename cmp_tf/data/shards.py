@@ -109,8 +109,10 @@ def ingest_once(source, out_dir, key, cfg, produce, fields):
         except (ValueError, cv2.error) as e:
             writer.abort()
             if cfg["on_error"] == "raise":
+                if isinstance(e, cv2.error):  # not a ValueError: the command's traceback
+                    raise ValueError(f"{source}: OpenCV failed: {str(e).strip()}") from e
                 raise
-            record["error"] = str(e)
+            record["error"] = str(e).strip()
         else:
             record["shards"] = writer.commit()
             record["shard_pairs"] = writer.counts

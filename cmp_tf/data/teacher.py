@@ -27,11 +27,27 @@ def _on_gray(algorithm):
     return lambda rgb1, rgb2: algorithm.calc(_gray(rgb1), _gray(rgb2), None)
 
 
+# OpenCV's DIS refuses (cv2.error) frames with a side under 8 px or both under 12 px (every
+# preset); refused here in words that name the setting to change.
+DIS_MIN_SIDE, DIS_MIN_LONG_SIDE = 8, 12
+
+
 def _dis(preset):
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
     for name, value in (_DIS_FINE.items() if preset == "fine" else ()):
         getattr(dis, f"set{name}")(value)
-    return _on_gray(dis)
+    on_gray = _on_gray(dis)
+
+    def estimate(first, second):
+        h, w = first.shape[:2]
+        if min(h, w) < DIS_MIN_SIDE or max(h, w) < DIS_MIN_LONG_SIDE:
+            raise ValueError(f"config.ingest.estimator='dis' needs frames of at least "
+                             f"{DIS_MIN_SIDE} px a side and {DIS_MIN_LONG_SIDE} px on the longer; "
+                             f"got {h} x {w}: use larger frames or max_side, or another "
+                             "estimator ('farneback').")
+        return on_gray(first, second)
+
+    return estimate
 
 
 RLOF_GRID, RLOF_NEIGHBOURS = 6, 128  # OpenCV's defaults: its seeds' spacing, EPIC's neighbours

@@ -182,6 +182,25 @@ def test_readers_take_only_the_current_configs_shards_of_a_video(tmp_path):
     assert len(ingest.write_manifest(tmp_path / "out", CFG)["sources"]) == 2
     assert pipeline.resolve_sources([video], tmp_path / "out", old)[0] == old_shards
 
+
+def test_a_list_converted_by_an_earlier_version_is_converted_again(tmp_path, monkeypatch):
+    """Shards of a list converted before its unknown flow was filled hold zeros there: they
+    are replaced, not reused as they are."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "0.png"), np.zeros((12, 16, 3), np.uint8))
+    formats.write_flo(tmp_path / "0.flo", np.ones((12, 16, 2), np.float32))
+    (tmp_path / "train.txt").write_text("0.png 0.png 0.flo\n")
+    monkeypatch.setattr(ingest, "LIST_FORMAT", ingest.LIST_FORMAT - 1)
+    first = ingest.ingest([str(tmp_path / "train.txt")], tmp_path / "out", CFG,
+                          progress=False)["sources"][0]
+    monkeypatch.undo()
+    again = ingest.ingest([str(tmp_path / "train.txt")], tmp_path / "out", CFG,
+                          progress=False)["sources"]
+    assert [s["key"] for s in again] != [first["key"]] and len(again) == 1
+    assert not os.path.exists(tmp_path / "out" / first["shards"][0])
+
+
 def test_an_edited_video_replaces_its_earlier_pairs(tmp_path):
     """Re-ingesting a video edited since leaves only the new version's pairs: the old ones
     were read beside them from the folder, and its old error stayed in the manifest."""

@@ -57,6 +57,11 @@ def default_ingest_config():
     )
 
 
+# What a list file's shards hold, in the key of its shards: a list converted by an earlier
+# version is converted again, not reused (2: unknown flow filled as a list read directly is).
+LIST_FORMAT = 2
+
+
 def source_key(video, cfg):
     """Shard-name key: the video's stem plus a hash of its path, size, mtime and the ingest
     config (missing fields take their defaults). A cache may hold several keys of one video
@@ -71,15 +76,17 @@ def source_key(video, cfg):
 
 
 def _file_version(path):
-    """[size, mtime in ns]: what tells an edited file from the one ingested before; for a
-    folder of frames, its frame count and a digest of each frame's name, size and mtime (a
-    frame added, removed, edited or renamed)."""
+    """[size, mtime in ns]: what tells an edited file from the one ingested before (a list
+    file's adds LIST_FORMAT, what its shards hold); for a folder of frames, its frame count
+    and a digest of each frame's name, size and mtime (a frame added, removed, edited or
+    renamed)."""
     if os.path.isdir(path):
         stats = [(os.path.basename(f), s.st_size, s.st_mtime_ns)
                  for f, s in ((f, os.stat(f)) for f in formats.frame_files(path))]
         return [len(stats), hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:16]]
     stat = os.stat(path)
-    return [stat.st_size, stat.st_mtime_ns]
+    form = [LIST_FORMAT] if os.fspath(path).endswith(".txt") else []  # videos' as before
+    return [stat.st_size, stat.st_mtime_ns, *form]
 
 
 def _config_digest(cfg):

@@ -32,11 +32,11 @@ import cv2
 import numpy as np
 from absl import app
 from absl import flags
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import reference as reference_lib  # noqa: E402
 from cmp_tf import cli  # noqa: E402
+from cmp_tf import progress  # noqa: E402
 from cmp_tf.apps import annotate  # noqa: E402
 from cmp_tf.apps import inputs  # noqa: E402
 from cmp_tf.data import layered  # noqa: E402
@@ -220,7 +220,7 @@ def evaluate(propagators, scene_list, clicks, negatives_per_positive, zoom_size)
         # timed, that one call set the mean of a short run (1.3 s for 0.15 s)
         annotate.motion_score(propagator, blank, [[0, 0], [zoom_size - 1] * 2], [],
                               zoom_size=zoom_size)
-    for image, mask in tqdm(scene_list, desc="annotation", unit="scene"):
+    for image, mask in progress.bar(scene_list, desc="annotation", unit="scene"):
         box = iou(exact_box_grabcut(image, mask), mask)
         for p in clicks:
             positive, negative = simulate_clicks(mask, p, int(round(p * negatives_per_positive)))

@@ -547,7 +547,7 @@ def train(config, workdir, strategy="auto", devices=(), overwrite=False, progres
 
 
 def _train(config, workdir, strategy, devices, overwrite, progress):
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     try:  # everything that can refuse the run, before a step is taken
         check_config(config)
@@ -633,7 +633,7 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
     if chief:
         _mark_start(writer, start, bool(restored))
     log_every, image_every = t.get("log_every", 50), t.get("image_every", 500)
-    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not (
+    bar = progress_lib.bar(total=t.steps, initial=start, desc="train", unit="step", disable=not (
         progress and chief), dynamic_ncols=True)
     last_time, last_step, loss = time.perf_counter(), start, float("nan")
     # Under mixed_float16 a step whose gradients overflow is skipped (LossScaleOptimizer halves
@@ -740,8 +740,10 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
     rundir.save_model(model, os.path.join(workdir, rundir.MODEL_FILE))
     report = None
     if has_val:
+        pairs = pipeline.expected_pairs(*resolved["val"])  # a bar with an ETA: all of val
         report = propagation.evaluate_dataset(model, pipeline.make_dataset(config, "val"),
-                                              progress=progress)
+                                              progress=progress, total=None if pairs is None
+                                              else -(-pairs // config.data.batch_size))
         with writer.as_default(step=int(step)):
             for method, value in report["epe"].items():
                 tf.summary.scalar(f"val/epe_{method}", value)

@@ -217,7 +217,7 @@ def train_segmentation(model, config, data_dir=None, progress=True, desc="train"
         {"final_loss": mean loss of the last config.train.log_every steps, "steps",
          "seconds" (training time, over every resumed part)}.
     """
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     check_config(config)
     t = config.train
@@ -241,8 +241,8 @@ def train_segmentation(model, config, data_dir=None, progress=True, desc="train"
 
     began = time.perf_counter()
     iterator = iter(dataset)
-    with tqdm(total=t.steps, initial=start, desc=desc, unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_lib.bar(total=t.steps, initial=start, desc=desc, unit="step",
+                          disable=not progress, dynamic_ncols=True) as bar:
         for current in range(start + 1, t.steps + 1):
             loss = float(step(*next(iterator)))
             if not np.isfinite(loss):

@@ -225,6 +225,7 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
     if encoder:
         parts["encoder"] = model.get_layer("image_encoder")
     rows = []
+    files, began = len(parts) * len(set(formats)), time.perf_counter()  # for the log's ETA
     for part, whole in parts.items():
         feeds = [{k: s[k] for k in savedmodel.input_specs(whole)} for s in calib]
         outputs = (CMP_OUTPUTS if logits else ("flow",)) if part == "model" else None
@@ -249,8 +250,12 @@ def export(model, config, out, formats=FORMATS, size=None, calibration=64, parit
                              precision=PRECISION[fmt], bytes=parity.file_bytes(path),
                              dynamic=meta["size"] is None, fill_stride=meta["fill_stride"],
                              seconds_to_export=time.perf_counter() - start))
+            left = (time.perf_counter() - began) / len(rows) * (files - len(rows))
             log(f"wrote {path} ({rows[-1]['bytes'] / 2**20:.2f} MB, "
-                f"{rows[-1]['seconds_to_export']:.0f} s)")
+                f"{rows[-1]['seconds_to_export']:.0f} s; file {len(rows)} of {files}"
+                + (f", about {left:.0f} s to go)" if len(rows) < files else ")"))
+    log(f"checking the {len(rows)} files against Keras on {parity_samples} validation samples "
+        f"(and timing each, median of {repeats})")
     cmps = {cmp_models.fill_stride(m): m for m in (free, fixed)}  # the free files' cells first
     report = check_parity({**parts, "model": cmps}, out, rows, config, size, parity_samples,
                           threads, repeats)

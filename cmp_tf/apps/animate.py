@@ -146,11 +146,11 @@ def animate_frames(image, flow, frames=16, max_render_pixels=MAX_RENDER_PIXELS, 
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2; got {frames!r}.")
     check_render(image.shape[1], image.shape[0], frames, max_render_pixels)
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     source = image.astype(np.float32)
-    steps = tqdm(np.linspace(0.0, 1.0, frames), desc="frames", unit="frame",
-                 disable=not progress)
+    steps = progress_lib.bar(np.linspace(0.0, 1.0, frames), desc="frames", unit="frame",
+                             disable=not progress)
     return [warp_frame(source, inverse_flow(flow, t)) for t in steps]
 
 

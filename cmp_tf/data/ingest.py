@@ -300,7 +300,7 @@ def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
     Returns:
         The manifest of `out_dir` (dict); `sources[i]["shards"]` name each source's shards.
     """
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     cfg = check_config(cfg)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -312,8 +312,8 @@ def ingest(paths, out_dir, cfg=None, workers=1, progress=True):
     os.makedirs(out_dir, exist_ok=True)
     # The bar counts frames (a list file's pairs), so one long video shows its progress too.
     sizes = [_work_size(fn, path) for fn, path in jobs]
-    bar = tqdm(total=sum(sizes) if min(sizes) >= 0 else None, desc="ingest", unit="frame",
-               disable=not progress)
+    bar = progress_lib.bar(total=sum(sizes) if min(sizes) >= 0 else None, desc="ingest",
+                           unit="frame", disable=not progress)
     reported, pairs, files = [0] * len(jobs), 0, 0
 
     def advance(index):

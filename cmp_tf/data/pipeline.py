@@ -105,6 +105,14 @@ def _expected_records(shards):
     return [counts.get(os.path.abspath(p), -1) for p in shards]
 
 
+def expected_pairs(shards, entries):
+    """Pairs one pass over `resolve_sources`' (shards, entries) reads, by the shards' ingestion
+    sidecars and the list entries; None where a shard has no sidecar to say. Sizes a progress
+    bar before anything is decoded."""
+    counts = _expected_records(shards) if shards else []
+    return None if any(count < 0 for count in counts) else sum(counts) + len(entries)
+
+
 def _text(*parts):
     """Joins strings and numbers (tensors or Python) into one string tensor, unquoted."""
     return tf.strings.join([p if isinstance(p, str) or getattr(p, "dtype", None) == tf.string

@@ -238,7 +238,7 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
         raise ValueError(f"size must be (height, width), each at least 32; got {size}.")
     if len(objects) != 2 or not 1 <= objects[0] <= objects[1]:
         raise ValueError(f"objects must be (min, max) with 1 <= min <= max; got {objects}.")
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     from cmp_tf.data import shards  # the atomic JSON writer
     from cmp_tf.data import voc  # Pillow and TF only when writing sets
@@ -254,8 +254,8 @@ def write_synthetic_voc(folder, num_train=160, num_val=64, num_videos=24, frames
     rng = np.random.default_rng(seed)
     height, width = size
     splits = dict(train=num_train, val=num_val)
-    bar = tqdm(total=num_train + num_val + num_videos, desc="synthetic set", unit="scene",
-               disable=not progress)
+    bar = progress_lib.bar(total=num_train + num_val + num_videos, desc="synthetic set",
+                           unit="scene", disable=not progress)
     for split, count in splits.items():
         ids = []
         for index in range(count):

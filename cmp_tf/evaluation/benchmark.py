@@ -175,7 +175,7 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
         ValueError: a method returned NaN or infinite flow at a valid pixel (named with the
             pair), or the flags are inconsistent.
     """
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     ks, strategies, names = check_ks(ks), check_strategies(strategies), list(methods)
     example = example_setting(strategies, ks, example_k)
@@ -187,7 +187,8 @@ def evaluate(methods, pairs, ks=KS, strategies=STRATEGIES, seed=0, progress=True
     totals = {}  # (strategy, k, method) -> {"all": [sum, n], "near", "far", "ratios": []}
     filled = {k: 0 for k in ks}
     examples, count, still = [], 0, set()  # still: pairs left out of the relative errors
-    for image, flow, valid in tqdm(pairs, desc="propagation", unit="pair", disable=not progress):
+    for image, flow, valid in progress_lib.bar(pairs, desc="propagation", unit="pair",
+                                               disable=not progress):
         image, flow, valid = check_pair(image, flow, valid, count)
         edge_distance = sampling.distance_to_motion_edges(flow)
         near = edge_distance <= NEAR_BOUNDARY_PX

@@ -9,21 +9,22 @@ from cmp_tf.data import pipeline
 from cmp_tf.models import fills
 
 
-def evaluate_dataset(model, dataset, progress=False):
+def evaluate_dataset(model, dataset, progress=False, total=None):
     """End-point error of `model` on a pipeline's batches, next to the zero and nearest fills
-    on the same guidance, over valid pixels; with `progress`, a bar over the batches.
+    on the same guidance, over valid pixels; with `progress`, a bar over the batches (`total`
+    of them, when known: a bar with an ETA).
 
     Returns:
         {"epe": {"cmp", "zero", "nearest"} in px, "relative": cmp / each fill, "samples",
          "guidance_points_per_sample"}.
     """
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     sums = {"cmp": 0.0, "zero": 0.0, "nearest": 0.0}
     pixels = samples = points = 0.0
     fill = fills.DensePrior(1)
-    for x, y in tqdm(pipeline.batches(dataset), desc="validation", unit="batch",
-                     disable=not progress):
+    for x, y in progress_lib.bar(pipeline.batches(dataset), desc="validation", unit="batch",
+                                 total=total, disable=not progress):
         flow, valid = y["flow"].numpy(), y["valid"].numpy()
         candidates = {"cmp": model(x, training=False)["flow"].numpy(),
                       "zero": np.zeros_like(flow),

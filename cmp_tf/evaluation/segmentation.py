@@ -71,7 +71,7 @@ def evaluate_segmentation(model, dataset, num_classes, progress=False, desc="sco
          "pixel_accuracy", "pixels" (labelled pixels scored), "images", "confusion" ([C][C]
          lists, rows = true class)}.
     """
-    from tqdm import tqdm
+    from cmp_tf import progress as progress_lib
 
     if not sampling.is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
@@ -80,8 +80,8 @@ def evaluate_segmentation(model, dataset, num_classes, progress=False, desc="sco
     confusion = np.zeros((num_classes, num_classes), np.int64)
     images = 0
     total = int(dataset.cardinality())
-    bar = tqdm(dataset, desc=desc, unit="batch", disable=not progress,
-               total=total if total > 0 else None)
+    bar = progress_lib.bar(dataset, desc=desc, unit="batch", disable=not progress,
+                           total=total if total > 0 else None)
     for image, label in bar:
         confusion += confusion_matrix(label.numpy(), predict(image).numpy(), num_classes)
         images += int(image.shape[0])

@@ -83,7 +83,9 @@ def main(argv):
         print(f"\n{summary['ingestion']}")
     report = summary["validation"]
     print(f"\nRun directory {workdir}: checkpoints/, tb/ (tensorboard --logdir {workdir}/tb), "
-          f"log.txt, model.keras, encoder.keras" + (", eval/validation.json" if report else ""))
+          f"log.txt, model.keras, encoder.keras" + (", eval/validation.json and "
+                                                    "eval/preview.png (image and guides | "
+                                                    "predicted | target flow)" if report else ""))
     if report:
         epe = report["epe"]
         shared = [os.path.basename(p) for p in summary.get("validation_also_trained_on", [])]

@@ -495,6 +495,9 @@ def _end_if_stuck_after_signal(log, checkpoint_path):
 GUIDE_DOT_PX = 1  # radius of a guide's red dot in the preview panels (a black ring around it)
 
 
+PREVIEW_FILE = ("eval", "preview.png")  # the finished model's preview panels, in the run
+
+
 def _preview_panels(model, batch, count=2):
     """[N, H, 3W, 3] uint8: image with guidance marks | predicted flow | target flow; None if
     the predictions are not finite (the weights have diverged)."""
@@ -748,6 +751,11 @@ def _train(config, workdir, strategy, devices, overwrite, progress):
             for method, value in report["epe"].items():
                 tf.summary.scalar(f"val/epe_{method}", value)
         shards.write_json(os.path.join(workdir, "eval", "validation.json"), report)
+        panels = _preview_panels(model, preview)  # the finished model's, as a picture file
+        if panels is not None:
+            with rundir.whole_file(os.path.join(workdir, *PREVIEW_FILE)) as partial:
+                cv2.imwrite(partial, cv2.cvtColor(np.concatenate(list(panels), 0),
+                                                  cv2.COLOR_RGB2BGR))
     # No step in this process (resumed after the last checkpoint): the loss the log recorded
     # at that step, else null (NaN is not JSON).
     summary = dict(steps=int(step), final_loss=loss if math.isfinite(loss) else

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -58,6 +59,9 @@ def test_a_run_fills_its_directory_and_refuses_to_be_overwritten(tmp_path, data_
     for name in ("config.json", "log.txt", "model.keras", "encoder.keras", "summary.json",
                  "eval/validation.json", "checkpoints/checkpoint", "tb"):
         assert os.path.exists(tmp_path / "run" / name), name
+    preview = cv2.imread(str(tmp_path / "run" / "eval" / "preview.png"))
+    assert preview.shape[1] == 3 * preview.shape[0] // 2, preview.shape  # 2 rows of 3 panels
+    assert "eval/preview.png" in result.stdout
     assert "EPE CMP" in result.stdout and "zero flow" in result.stdout
     # The encoder loads in plain Keras, without cmp_tf, ready for fine-tuning.
     code = ("import keras, numpy as np; m = keras.models.load_model({!r}); "

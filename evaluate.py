@@ -25,6 +25,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from cmp_tf import cli
 
@@ -239,6 +240,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     _check_flags()
+    if not flags.FLAGS["verbosity"].present:  # INFO lines would cut the bars, as in train.py
+        logging.set_verbosity(logging.WARNING)
     from cmp_tf import rundir
 
     path = _CHECKPOINT.value or rundir.default_checkpoint()

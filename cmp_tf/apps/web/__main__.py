@@ -29,6 +29,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     # The address first: a taken port is named before the model loads.
     server_lib.bind(server_lib.Server, (_HOST.value, _PORT.value), None).server_close()
+    print(f"Loading the model ({_MODEL.value or 'the shipped one'})...", flush=True)
     propagator = inputs.load_propagator(_MODEL.value, "--model", "--network_side",
                                         max_side=_NETWORK_SIDE.value)
     propagator.warm_up()  # the first request need not wait for the model's first call

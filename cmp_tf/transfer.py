@@ -553,10 +553,13 @@ def compare_over_seeds(config, checkpoint, seeds, modes=tuple(ENCODER_MODES), da
     """
     seeds, modes = _check_seeds_and_modes(seeds, modes)
     check_config(config)
-    runs = {}
+    runs, total = {}, len(modes) * len(seeds)
     for mode in modes:
         runs[mode] = []
         for seed in seeds:
+            if progress:  # each run has its own bars: which one this is, of how many
+                print(f"{mode}, seed {seed}: run {sum(map(len, runs.values())) + 1} of {total}",
+                      flush=True)
             run_config = copy.deepcopy(config)
             run_config.seed = seed
             run_config.transfer.freeze_encoder = ENCODER_MODES[mode]
@@ -571,7 +574,8 @@ def compare_over_seeds(config, checkpoint, seeds, modes=tuple(ENCODER_MODES), da
     summary = seed_summary(runs)
     if workdir:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "seeds.json"), "w") as f:
+        with rundir.whole_file(os.path.join(workdir, "seeds.json")) as partial, \
+                open(partial, "w") as f:
             json.dump(summary, f, indent=1)
         plot_seeds(summary, os.path.join(workdir, "seeds.png"))
     return summary

@@ -518,7 +518,8 @@ def test_compare_over_seeds_refuses_bad_seeds_and_modes(seeds, modes, message):
 
 
 @pytest.mark.slow
-def test_compare_over_seeds_end_to_end_and_resumes(saved_encoder, tmp_path, monkeypatch):
+def test_compare_over_seeds_end_to_end_and_resumes(saved_encoder, tmp_path, monkeypatch,
+                                                   capsys):
     config = _config()  # runlocal: 5 steps, 64^2 crops
     config.data.dir = str(tmp_path / "synthetic")
     synthetic.write_synthetic_voc(config.data.dir, num_train=8, num_val=4, num_videos=0,
@@ -540,8 +541,12 @@ def test_compare_over_seeds_end_to_end_and_resumes(saved_encoder, tmp_path, monk
     real = transfer.compare_initializations
     monkeypatch.setattr(transfer, "compare_initializations",
                         lambda c, *a, **k: trained.append(c.seed) or real(c, *a, **k))
+    capsys.readouterr()
     again = transfer.compare_over_seeds(config, saved_encoder[0], [0, 1, 2], ["frozen"],
-                                        workdir=out, progress=False)
+                                        workdir=out, progress=True)
+    said = capsys.readouterr().out  # where a sweep of runs is, each with its own bars
+    assert "frozen, seed 0: run 1 of 3" in said and "frozen, seed 2: run 3 of 3" in said
+    assert f"frozen, seed 1: reusing {out}/frozen_seed1/comparison.json" in said, said
     assert trained == [2] and again["modes"]["frozen"]["random"]["miou"][:2] == \
         row["random"]["miou"]
     config.train.steps = 4

@@ -499,6 +499,12 @@ def test_both_commands_run_from_a_model_file(tmp_path, exported, propagator, mod
                                     out=str(tmp_path / "mask.png"), refine_method="grabcut")
     found = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 0
     assert _iou(found, mask) > 0.95 and share == pytest.approx(found.mean())
+    shown = cv2.imread(str(tmp_path / "mask_overlay.png"))[..., ::-1]  # beside it, in RGB
+    np.testing.assert_array_equal(shown[50, 50], annotate.CLICK_COLOURS[0])  # a click
+    np.testing.assert_array_equal(shown[30, 30], annotate.CLICK_COLOURS[1])
+    tinted = found.copy()
+    tinted[40:90, 40:90] = False  # away from the clicks' dots
+    assert np.array_equal(shown[tinted], annotate.overlay(image, found)[tinted])
     if model == "tflite":  # the exported file propagates as the Keras model does
         from cmp_tf.runtime import Propagator
 
@@ -533,6 +539,10 @@ def test_the_commands_refuse_to_write_over_their_image_and_bound_its_size(tmp_pa
     with pytest.raises(ValueError, match=r"is the input image"):  # read as the photo's path
         annotate.run("unused", path, "5,5", out=through_missing)
     assert open(path, "rb").read() == before
+    mask_picture = tmp_path / "m_overlay.png"
+    mask_picture.write_bytes(before)
+    with pytest.raises(ValueError, match=r"--out=.*m_overlay.png is the input image"):
+        annotate.run("unused", str(mask_picture), "5,5", out=str(tmp_path / "m.png"))
     flow_picture = tmp_path / "x_flow.png"
     flow_picture.write_bytes(before)
     with pytest.raises(ValueError, match=r"--out=.*x_flow.png is the input image"):

@@ -42,6 +42,8 @@ CLICK_RADIUS = 0.01  # sure foreground / background disc at a click, fraction of
 GUIDED_RADIUS = 0.02  # guided filter window radius, fraction of the shorter side
 GUIDED_EPS = 0.01 * 255**2  # guided filter regularisation: edges weaker than ~0.1 of the range
 OVERLAY_WEIGHT, OVERLAY_COLOUR = 0.5, (255, 64, 64)  # how overlay() tints the mask (RGB)
+# The command's overlay picture: object clicks green, background clicks blue, ringed in black.
+CLICK_COLOURS, CLICK_DOT_PX = ((0, 200, 0), (0, 96, 255)), 3
 _DIRECTIONS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)  # right, left, down, up
 
 
@@ -233,6 +235,22 @@ def overlay(image, mask, weight=OVERLAY_WEIGHT, colour=OVERLAY_COLOUR):
     return np.rint(shown).astype(np.uint8)
 
 
+def overlay_path(out):
+    """`<out stem>_overlay.png` beside the mask."""
+    return os.path.splitext(out)[0] + "_overlay.png"
+
+
+def with_clicks(image, positive, negative):
+    """The image with each click drawn on the pixel it falls on: what the mask came from."""
+    image = np.ascontiguousarray(image).copy()
+    radius = max(CLICK_DOT_PX, round(max(image.shape[:2]) / 200))  # seen on a large photo
+    for clicks, colour in zip((positive, negative), CLICK_COLOURS):
+        for x, y in sampling.nearest_pixel(np.reshape(clicks, (-1, 2))).astype(int):
+            cv2.circle(image, (int(x), int(y)), radius + 1, (0, 0, 0), -1)
+            cv2.circle(image, (int(x), int(y)), radius, colour, -1)
+    return image
+
+
 def refine(image, score, positive, negative, threshold=THRESHOLD, method=REFINE):
     """The mask from the score: thresholded as it is ('none'), grabCut seeded by it
     ('grabcut'), or the score guided-filtered by the image, then thresholded ('guided')."""
@@ -299,15 +317,18 @@ def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
         threshold=THRESHOLD, zoom_factor=ZOOM_FACTOR, zoom_size=ZOOM_SIZE, refine_method=REFINE,
         max_side=MAX_SIDE, max_pixels=MAX_PIXELS):
     """The command's work, every input checked before the model loads and the image's size
-    before it is decoded; returns the mask path and the share of the image it covers."""
+    before it is decoded; writes the mask and, beside it, `overlay_path(out)` (the image with
+    the mask tinted and the clicks); returns the mask path and the share of the image it
+    covers."""
     positive = inputs.parse_rows(positive, inputs.CLICK_FIELDS, "--positive")
     negative = inputs.parse_rows(negative, inputs.CLICK_FIELDS, "--negative", allow_empty=True)
     if not sampling.is_int(max_pixels) or max_pixels < 1:
         raise ValueError(f"--max_pixels={max_pixels!r} must be a positive integer.")
     if os.path.splitext(out)[1].lower() != ".png":
         raise ValueError(f"--out={out} must be a .png file.")
-    rundir.check_file_path(out, "--out")
-    inputs.check_not_input(out, image)
+    for path in (out, overlay_path(out)):
+        rundir.check_file_path(path, "--out")
+        inputs.check_not_input(path, image)
     image = inputs.read_image(image, "--image", max_pixels=max_pixels, limit_name="--max_pixels")
     inputs.check_inside(positive, *image.shape[:2], name="--positive")
     inputs.check_inside(negative, *image.shape[:2], name="--negative")
@@ -321,8 +342,10 @@ def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
     mask = annotate(propagator, image, positive, negative, velocity, threshold, zoom_factor,
                     zoom_size, refine_method)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if not cv2.imwrite(out, mask.astype(np.uint8) * 255):
-        raise ValueError(f"--out={out} could not be written.")
+    with rundir.whole_file(out) as partial:
+        if not cv2.imwrite(partial, mask.astype(np.uint8) * 255):
+            raise ValueError(f"--out={out} could not be written.")
+    inputs.write_rgb(overlay_path(out), with_clicks(overlay(image, mask), positive, negative))
     return out, float(mask.mean())
 
 
@@ -332,7 +355,8 @@ def main(argv):
     f = flags.FLAGS
     out, share = run(f.model, f.image, f.positive, f.negative, f.out, f.velocity, f.threshold,
                      f.zoom_factor, f.zoom_size, f.refine, f.max_side, f.max_pixels)
-    print(f"Wrote {out} (the mask covers {share:.1%} of the image)")
+    print(f"Wrote {out} (the mask covers {share:.1%} of the image) and {overlay_path(out)} "
+          "(the image with the mask and the clicks)")
     if share == 0:
         print(f"Warning: the mask is empty: lower --threshold (now {f.threshold}).",
               file=sys.stderr)

@@ -139,17 +139,24 @@ def test_list_files_feed_the_same_pipeline(tmp_path, rng):
     np.testing.assert_allclose(y["flow"].numpy()[..., 1], 1.5 * 48 / 40, atol=1e-4)
 
 
-def test_a_lists_unknown_flow_blends_into_no_known_flow(tmp_path, rng):
-    """A list's unknown flow reads 0, not a motion: resized, known pixels keep their own."""
+def _half_known_list(folder, rng):
+    """A list of one pair whose flow is known, (-15, 3) px, on the right half only: its .flo
+    holds 0 on the left. Returns (flow, valid) as written."""
     import cv2
 
     flow = np.zeros((40, 40, 2), np.float32)
     flow[:, 20:] = (-15.0, 3.0)
     valid = np.zeros((40, 40), bool)
     valid[:, 20:] = True
-    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (40, 40, 3), np.uint8))
-    formats.write_flo(tmp_path / "a.flo", flow, valid)
-    (tmp_path / "val.txt").write_text("a.png a.png a.flo\n")
+    cv2.imwrite(str(folder / "a.png"), rng.integers(0, 255, (40, 40, 3), np.uint8))
+    formats.write_flo(folder / "a.flo", flow, valid)
+    (folder / "val.txt").write_text("a.png a.png a.flo\n")
+    return flow, valid
+
+
+def test_a_lists_unknown_flow_blends_into_no_known_flow(tmp_path, rng):
+    """A list's unknown flow reads 0, not a motion: resized, known pixels keep their own."""
+    flow, valid = _half_known_list(tmp_path, rng)
     config = _config([str(tmp_path / "val.txt")], val=[str(tmp_path / "val.txt")], crop=(48, 48))
     _, y = next(iter(pipeline.make_dataset(config, "val")))
     known = y["valid"].numpy()[0] > 0
@@ -170,15 +177,7 @@ def test_a_list_converted_to_shards_trains_on_the_flow_it_does_read_directly(tmp
     """`ingest --lists` stored a list's unknown flow as 0, which the resize blended into the
     known flow beside it (-16.5 px where -18 is right): the same list trained on other targets
     once converted. It is filled as the pipeline fills a list read directly."""
-    import cv2
-
-    flow = np.zeros((40, 40, 2), np.float32)
-    flow[:, 20:] = (-15.0, 3.0)
-    valid = np.zeros((40, 40), bool)
-    valid[:, 20:] = True
-    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (40, 40, 3), np.uint8))
-    formats.write_flo(tmp_path / "a.flo", flow, valid)
-    (tmp_path / "val.txt").write_text("a.png a.png a.flo\n")
+    _half_known_list(tmp_path, rng)
     ingest.ingest([str(tmp_path / "val.txt")], tmp_path / "shards", progress=False)
     read = {}
     for source in (tmp_path / "val.txt", tmp_path / "shards"):

@@ -222,4 +222,7 @@ def missing_recipe(name, path):
     holds one of that name (a command run from another folder)."""
     where = os.path.join(CHECKOUT, path)
     found = f"; it is at {where}" if not os.path.isabs(path) and os.path.isfile(where) else ""
+    if not found and not os.path.isdir(os.path.join(CHECKOUT, "configs")):
+        found = ("; the recipes (configs/) come with the cmp_tf repository, not with the "
+                 "installed package: name one there")
     return f"--{name}={path}: no such recipe file (relative to {os.getcwd()}){found}."

@@ -203,10 +203,9 @@ def test_import_cmp_tf_is_enough_to_load_its_keras_files(tmp_path):
     assert "['flow', 'logits']" in result.stdout
 
 
-@pytest.mark.slow
-def test_an_installed_wheel_serves_from_any_folder(tmp_path):
-    """The wheel holds the library alone (no configs/): from a folder outside the repository it
-    runs Propagator on a run directory, `python -m export` and the animate command."""
+def _installed_wheel(tmp_path):
+    """The wheel built from the repository's package files alone, unpacked: (its folder, for
+    PYTHONPATH, and its file names)."""
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -224,6 +223,14 @@ def test_an_installed_wheel_serves_from_any_folder(tmp_path):
         archive.extractall(site)
         names = archive.namelist()
     assert not any(n.startswith(("configs/", "tests/", "benchmarks/")) for n in names)
+    return site, names
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_serves_from_any_folder(tmp_path):
+    """The wheel holds the library alone (no configs/): from a folder outside the repository it
+    runs Propagator on a run directory, `python -m export` and the animate command."""
+    site, names = _installed_wheel(tmp_path)
     assert "cmp_tf/pretrained/default/model.keras" in names
     work = tmp_path / "work"
     run = work / "my_run"
@@ -255,6 +262,104 @@ def test_an_installed_wheel_serves_from_any_folder(tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
     assert animated.returncode == 0, animated.stderr[-3000:]
     assert (work / "moved.gif").stat().st_size > 0
+
+
+def test_an_installed_wheel_ingests_without_configs_and_says_where_recipes_are(tmp_path):
+    """From an installed package (no configs/ beside it) `python -m cmp_tf.data.ingest` with no
+    --config ingests with the default recipe's fields, the shipped model's, not refusing its
+    own default configs/default.py; a command naming a recipe says where recipes come from."""
+    from cmp_tf.data import shards
+    from cmp_tf.data.synthetic import write_video
+    from tests.helpers import panning_frames
+
+    # the fallback is what configs/default.py gives
+    shipped = rundir.read_config(rundir.PRETRAINED)[0].ingest.to_dict()
+    assert json.loads(json.dumps(load_config("default").ingest.to_dict())) == shipped
+    site, _ = _installed_wheel(tmp_path)
+    work = tmp_path / "work"
+    (work / "clips").mkdir(parents=True)
+    write_video(work / "clips" / "pan.avi", panning_frames(4))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(site)}
+    ingested = subprocess.run([sys.executable, "-m", "cmp_tf.data.ingest", "--videos=clips",
+                               "--out=shards", "--workers=1"], cwd=work, capture_output=True,
+                              text=True, timeout=600, env=env)
+    assert ingested.returncode == 0, ingested.stderr[-2000:]
+    with open(work / "shards" / shards.MANIFEST) as f:
+        assert json.load(f)["totals"]["pairs"] > 0
+    converted = subprocess.run([sys.executable, "-m", "cmp_tf.convert", "--checkpoint=a.pth",
+                                "--config=configs/resnet50_semiauto.py", "--out=a.keras"],
+                               cwd=work, capture_output=True, text=True, timeout=600, env=env)
+    assert converted.returncode == 1 and "Traceback" not in converted.stderr
+    assert "the recipes (configs/) come with the cmp_tf repository" in converted.stderr
+
+
+def test_the_sdist_holds_what_the_readme_runs_and_its_wheel_the_library_alone(tmp_path):
+    """The sdist carries requirements.txt, the recipes, train.py, evaluate.py and the tests (the
+    README's set-up and commands); the wheel built from it still holds cmp_tf and export alone."""
+    import tarfile
+
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    for name in tracked.stdout.splitlines():
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(source / os.path.dirname(name), exist_ok=True)
+            shutil.copy(os.path.join(ROOT, name), source / name)
+    code = ("import sys; from setuptools import build_meta as b; "
+            "print(b.build_sdist(sys.argv[1]))")
+    built = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dist")], cwd=source,
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (sdist,) = (tmp_path / "dist").glob("cmp_tf-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for name in ("requirements.txt", "train.py", "evaluate.py", "configs/default.py",
+                 "configs/common.py", "tests/conftest.py", "cmp_tf/pretrained/default/model.keras",
+                 "cmp_tf/data/samples/carphone.mp4", "cmp_tf/apps/web/static/app.js"):
+        assert name in names, name
+    assert not any("__pycache__" in name or "/vendor/" in name for name in names)
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", str(sdist), "-w", str(tmp_path)],
+                           capture_output=True, text=True, timeout=600)
+    assert wheel.returncode == 0, wheel.stderr[-2000:]
+    (built_wheel,) = tmp_path.glob("cmp_tf-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(built_wheel).namelist()}
+    assert tops == {"cmp_tf", "export", "cmp_tf-0.1.0.dist-info"}, tops
+
+
+def test_the_lite_extra_declares_what_the_lite_runtime_imports():
+    """Every third-party module the TensorFlow-free runtime and commands import (at any level;
+    TensorFlow, Keras and ml_collections only on the paths that load a Keras model) is a
+    distribution `[lite]` names itself, not one it happens to get from another's dependencies."""
+    import ast
+    import re
+    from importlib import metadata
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        lite = tomllib.load(f)["project"]["optional-dependencies"]["lite"]
+    declared = {re.split(r"[<>=;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in lite}
+    modules = ["runtime.py", "runners.py", "flow.py", "cli.py", "progress.py", "rundir.py",
+               "data/formats.py", "data/sampling.py", "apps/animate.py", "apps/annotate.py",
+               "apps/inputs.py", "apps/web/server.py", "apps/web/__main__.py",
+               "apps/browser/server.py", "apps/browser/__main__.py", "apps/browser/install.py"]
+    imported = set()
+    for module in modules:
+        with open(os.path.join(ROOT, "cmp_tf", module)) as f:
+            for node in ast.walk(ast.parse(f.read())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    imported -= set(sys.stdlib_module_names) | {"cmp_tf", "tensorflow", "keras",
+                                                 "ml_collections"}
+    owners = metadata.packages_distributions()
+    missing = {name: owners.get(name) for name in imported
+               if not {d.lower().replace("_", "-") for d in owners.get(name, [])} & declared}
+    assert not missing, f"[lite] lacks the distributions of {missing}"
 
 
 def test_the_suite_never_reads_the_users_data_cache():

@@ -37,6 +37,9 @@ from cmp_tf.data import shards
 from cmp_tf.data import teacher
 
 
+DEFAULT_RECIPE = "configs/default.py"  # the command's --config where there is no other
+
+
 def default_ingest_config():
     """The `config.ingest` fields, with the defaults recipes use."""
     return dict(
@@ -414,8 +417,11 @@ def main(argv):
 
     del argv
     flag = flags.FLAGS
-    config = cli.config_of(flag["config"]) if flag.config is not None else None
-    cfg = config.get("ingest", {}) if config is not None else {}
+    # No --config and no configs/ (an installed package): the default recipe's fields, as the
+    # shipped model's config.json holds them
+    config = cli.config_of(flag["config"]) if flag.config is not None \
+        else rundir.read_config(rundir.PRETRAINED)[0]
+    cfg = config.get("ingest", {})
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     sources = (flag.videos or []) + (flag.lists or [])
     if not sources:
@@ -463,8 +469,12 @@ def _define_flags():
                       "images (two or more, no video) is one clip.")
     flags.DEFINE_list("lists", None, "Reference list files (img1 img2 flow...) to convert.")
     flags.DEFINE_string("out", None, "Output folder for shards and manifest.", required=True)
-    cli.define_config("config", "configs/default.py", "Recipe whose `ingest` section is used.",
-                      lock_config=True)
+    # configs/ comes with the repository, not with an installed package: there the default is
+    # the shipped model's recipe (main), which configs/default.py is
+    default = DEFAULT_RECIPE if os.path.isfile(DEFAULT_RECIPE) or \
+        os.path.isfile(os.path.join(cli.CHECKOUT, DEFAULT_RECIPE)) else None
+    cli.define_config("config", default, "Recipe whose `ingest` section is used (default: "
+                      f"{DEFAULT_RECIPE}, the shipped model's recipe).", lock_config=True)
     flags.DEFINE_integer("workers", os.cpu_count() or 1, "Local processes.")
     flags.DEFINE_string("runner", "local", "'local' (process pool) or a Beam runner name.")
     flags.DEFINE_string("beam_options", "", "Extra Beam pipeline options, space-separated.")

@@ -44,7 +44,8 @@ def assemble(image_encoder, sparse_encoder, decoder, head, *, decoder_scale=1, n
             image must give it at least one feature cell there.
     Returns:
         keras.Model: {"image": [B, H, W, 3] RGB 0..255, "sparse": [B, H, W, 3] (u, v, mask)} ->
-        {"logits": what the loss reads at the decoder's stride, "flow": [B, H, W, 2] pixels}.
+        {"logits": what the loss reads, at the decoder's stride (at the fills' cells for a
+        head whose fills are finer), "flow": [B, H, W, 2] pixels}.
     """
     enc_shapes = image_encoder.compute_output_shape((1, _PROBE, _PROBE, 3))
     strides = part_strides(image_encoder)

@@ -93,20 +93,20 @@ class BlendFills(keras.layers.Layer):
     correction. An untrained head (a = 0) reads out their mean, which is already closer to the
     reference flow than linear interpolation at 5 to 25 guides on unseen frames.
 
-    With `gain`, a fourth channel r scales the blend by a Gaussian of d / diagonal, d the
-    distance to the nearest guide (the nearest fill's third channel) and diagonal sqrt(H W) of
-    the image: exp(-(rate x d / diagonal)^2 / 2), rate = GAUSSIAN_SCALE x softplus(r +
+    With `gain`, a fourth channel r scales the blend by a Gaussian of d / s, d the distance to
+    the nearest guide (the nearest fill's third channel) and s = sqrt(H W) the image's size
+    (not its diagonal): exp(-(rate x d / s)^2 / 2), rate = GAUSSIAN_SCALE x softplus(r +
     GAUSSIAN_LOGIT_START), learned per pixel from the image: how far a guide's motion carries.
     Both fills copy a guide's vector all the way to the image border, though in real video what
     moves is mostly near where it is guided and the rest is still. The gain is 1 at a guide
     whatever r and flat near it, so dense guidance keeps its vectors; untrained (r = 0) it is a
-    Gaussian of a quarter diagonal (docs/ablation.md, "Gain profile"). That fade is what
+    Gaussian of sigma s / 4 (docs/ablation.md, "Gain profile"). That fade is what
     footage from a still camera teaches; where the camera moves too every pixel moves, and
     `set_fade(model, False)` reads the blend out unscaled (a switch at use, not saved).
 
     Args:
         gain: read the reach r from the channel after a.
-        stride: input pixels per cell of the fills (the image diagonal is stride x sqrt(h w)).
+        stride: input pixels per cell of the fills (the image's size s is stride x sqrt(h w)).
         edge: blend a third fill, the edge-aware one, with the logit b; untrained (a = b = 0)
             the blend is the mean of the three.
         correction: add the free correction (du, dv), the first two channels. Without it the
@@ -117,7 +117,7 @@ class BlendFills(keras.layers.Layer):
             nearest along the image), the last input, with the logit g, the last channel.
     """
 
-    GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma a quarter diagonal
+    GAUSSIAN_LOGIT_START = -0.4328  # softplus = 0.5: rate 4, sigma s / 4
     GAUSSIAN_SCALE = 8.0
 
     def __init__(self, gain=False, stride=1, edge=False, correction=True, geodesic=False,

@@ -166,6 +166,36 @@ def test_the_server_names_what_is_missing(tmp_path, fake_vendor):
         install.install(str(fake_vendor), npm="no-such-npm", log=lambda _: None)
 
 
+def test_an_install_cut_short_is_not_taken_for_a_whole_one(tmp_path, monkeypatch):
+    """The files were copied over an installed runtime with its VERSION left in place: a copy
+    that failed midway (a full disk, a read-only package) read as installed, with mixed files."""
+    npm = tmp_path / "npm"  # writes the package's files where `npm install --prefix DIR` would
+    npm.write_text("#!/bin/sh\nd=\"$3/node_modules/onnxruntime-web/dist\"\nmkdir -p \"$d\"\n"
+                   + "".join(f"echo new > \"$d/{name}\"\n" for name in install.FILES))
+    npm.chmod(0o755)
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    for name in install.FILES:
+        (vendor / name).write_text("old")
+    (vendor / install.VERSION_FILE).write_text(install.ORT_WEB_VERSION + "\n")
+    assert install.installed(str(vendor))
+    copied, copy = [], install.shutil.copyfile
+
+    def full_after_one(source, target):
+        if copied:
+            raise OSError(28, "No space left on device", target)
+        copied.append(copy(source, target))
+
+    monkeypatch.setattr(install.shutil, "copyfile", full_after_one)
+    with pytest.raises(OSError):
+        install.install(str(vendor), npm=str(npm), log=lambda _: None)
+    assert not install.installed(str(vendor))  # one new file beside old ones
+    monkeypatch.undo()
+    install.install(str(vendor), npm=str(npm), log=lambda _: None)
+    assert install.installed(str(vendor))
+    assert all((vendor / name).read_text() == "new\n" for name in install.FILES)
+
+
 @pytest.fixture(scope="module")
 def exported_onnx(tmp_path_factory):
     """The shipped model as a float32 .onnx with free height and width."""

@@ -62,6 +62,8 @@ def install(vendor=None, npm="npm", log=print):
             raise ValueError(f"onnxruntime-web@{ORT_WEB_VERSION} has no {', '.join(missing)} "
                              f"in {dist}.")
         os.makedirs(vendor, exist_ok=True)
+        if os.path.exists(os.path.join(vendor, VERSION_FILE)):  # written again last: a copy
+            os.remove(os.path.join(vendor, VERSION_FILE))  # cut short is never taken as whole
         for name in FILES:
             shutil.copyfile(os.path.join(dist, name), os.path.join(vendor, name))
     with open(os.path.join(vendor, VERSION_FILE), "w") as f:
@@ -77,6 +79,10 @@ def main(argv):
         install()
     except (ValueError, subprocess.CalledProcessError) as error:
         print(f"install: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a package installed read-only (system site-packages)
+        print(f"install: could not write the runtime into {VENDOR}: {error.strerror} "
+              f"({error.filename}).", file=sys.stderr)
         return 1
     return 0
 

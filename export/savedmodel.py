@@ -51,9 +51,11 @@ def write(model, path, specs=None, outputs=None, metadata=None):
     """
     specs = specs or input_specs(model)
     archive = keras.export.ExportArchive()  # tracks the variables its endpoint uses, once
-    archive.add_endpoint(runners.SIGNATURE, serving_function(model, outputs),
-                         input_signature=list(specs.values()))
-    archive.write_out(path, verbose=False)
+    # No size assertion in the file (layers.InputGuard): the runtime checks sizes itself.
+    with layers_set(layers_of(model, layers_lib.InputGuard), "check_in_graph", False):
+        archive.add_endpoint(runners.SIGNATURE, serving_function(model, outputs),
+                             input_signature=list(specs.values()))
+        archive.write_out(path, verbose=False)
     if metadata is not None:
         meta = os.path.join(path, runners.SAVED_MODEL_METADATA)
         os.makedirs(os.path.dirname(meta), exist_ok=True)

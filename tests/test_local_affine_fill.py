@@ -114,6 +114,21 @@ def test_clamped_fill_never_leaves_the_guides_range(options):
     np.testing.assert_array_equal(fills.LocalAffineFill(2, **options)(sparse).numpy(), fill)
 
 
+@pytest.mark.parametrize("options", [{}, {"fit_stride": 4, "residual_finest": True}],
+                         ids=["fits_at_stride", "residual_finest"])
+@pytest.mark.parametrize("mask", [0.5, 0.999])
+def test_a_mask_below_one_keeps_the_clamp_within_the_guides_range(options, mask):
+    """A cell whose summed mask is under 1 (a resized sparse map) was counted half guided: its
+    vectors less half of the unguided offset, and the range's ends thousands of pixels below
+    every guide (the shipped model read -4122 px at a guide of (6, -4) with mask 0.5)."""
+    sparse = np.zeros((1, 64, 64, 3), np.float32)
+    sparse[0, 8:60:8, 12] = (0.0, 0.0, mask)
+    sparse[0, 8:60:8, 28] = (5.0, -2.0, mask)
+    fill = fills.LocalAffineFill(2, **options)(sparse).numpy()
+    assert fill[..., 0].min() >= 0 and fill[..., 0].max() <= 5.0 + 1e-5
+    assert fill[..., 1].min() >= -2.0 - 1e-5 and fill[..., 1].max() <= 1e-5
+
+
 def test_local_affine_fill_checks_its_options_and_round_trips_its_spec():
     for kwargs, message in (({"fit_stride": 6}, "fit_stride must be stride=2 times a power"),
                             ({"fit_stride": 1}, "fit_stride must be stride=2 times a power"),

@@ -847,13 +847,17 @@ def _cell_guide_range(cells, litert_form=False):
     each, from the cells' (count, su, sv) [B, h, w, 3]; (0, 0) where nothing is guided.
     Within the guides' own range (a cell's guides averaged), and read at the cells: a
     reduction over every pixel cost more than the rest of the fill in LiteRT. A cell's count
-    is its number of guided pixels (the mask is 0 or 1), so max(count, 1) and min(count, 1)
-    stand for the selects XNNPACK does not run. `litert_form`: as `copy_channels`."""
+    is its summed mask: its number of guided pixels for a mask of 0 and 1, any positive
+    amount for other masks (a resized sparse map's 0.5): whether a cell is guided and its
+    mean vector are `_positive` and `weighted_mean`, not min(count, 1) and max(count, 1),
+    which took a cell of count 0.5 for half guided, its vectors less half of _UNGUIDED, the
+    range's ends thousands of pixels below every guide (the same for masks of 0 and 1).
+    `litert_form`: as `copy_channels`."""
     count = take_channels(cells, 0, 1, litert_form)
-    guided = tf.minimum(count, 1.0)
+    guided = _positive(count)
     # One reduction for both ends: max of the vectors and max of their negatives.
     both = tf.nn.conv2d(cells, _picks(("1",), ("2",), ("-1",), ("-2",)), 1, "VALID")
-    both = both / tf.maximum(count, 1.0) - _UNGUIDED * (1.0 - guided)
+    both = weighted_mean(both, count) - _UNGUIDED * (1.0 - guided)
     both = tf.reduce_max(both, [1, 2], keepdims=True)
     both = both * _positive(tf.nn.relu(both + _UNGUIDED / 2))  # nothing guided: 0
     return -both[..., 2:], both[..., :2]

@@ -163,7 +163,13 @@ class InputGuard(keras.layers.Layer):
 
     The check runs in Python when the size is known (eager calls, traced training steps; the
     runtime's graph for any size calls `check_sizes` on each call's arrays), so a wrong
-    size fails with a message instead of a shape error deep inside a concat.
+    size fails with a message instead of a shape error deep inside a concat. A graph traced
+    for free sizes elsewhere (`model.predict` retraces with free sizes once it has seen a
+    few; a `tf.function` of the model) checks each call's size with an assertion, which
+    fails naming the size: without it some wrong sizes ran on, the encoders' features
+    misaligned with the image, and others failed deep inside a concat. The exporters turn
+    that off while they trace (`check_in_graph`; their files carry no assertion, and
+    `runtime.Network` checks each call's size itself).
 
     Args:
         multiple: height and width must be multiples of this (the encoders' stride).
@@ -173,16 +179,36 @@ class InputGuard(keras.layers.Layer):
     def __init__(self, multiple, minimum=0, **kwargs):
         super().__init__(**kwargs)
         self.multiple, self.minimum = int(multiple), int(minimum)
+        # Whether a trace for free sizes asserts each call's size (not part of the config).
+        self.check_in_graph = True
 
     def call(self, inputs):
         image, sparse = inputs
         self.check_sizes(image.shape, sparse.shape)
+        if self.check_in_graph and None in (*image.shape[1:3], *sparse.shape[1:3]):
+            with tf.control_dependencies([self._assert_sizes(image, sparse)]):
+                return [tf.identity(image), tf.identity(sparse)]
         return [tf.identity(image), tf.identity(sparse)]
+
+    def _assert_sizes(self, image, sparse):
+        """`check_sizes` as a graph assertion on the sizes known only when run."""
+        h, w = tf.shape(image)[1], tf.shape(image)[2]
+        sh, sw = tf.shape(sparse)[1], tf.shape(sparse)[2]
+        ok = tf.reduce_all(tf.stack([
+            tf.equal(h % self.multiple, 0), tf.equal(w % self.multiple, 0),
+            tf.greater_equal(tf.minimum(h, w), self.minimum), tf.equal(sh, h),
+            tf.equal(sw, w)]))
+        return tf.debugging.Assert(ok, [
+            f"image height and width must be multiples of {self.multiple} (the stride of "
+            f"its encoders) and at least {self.minimum} for this model, and sparse must be "
+            "as large as the image; got image height, width, sparse height, width:",
+            h, w, sh, sw])
 
     def check_sizes(self, image_shape, sparse_shape):
         """ValueError for an NHWC image or sparse map of a size the network cannot take;
-        dimensions that are None pass (a graph traced for any size checks nothing itself, so
-        its caller checks each call's arrays: `runners.KerasRunner`)."""
+        dimensions that are None pass (a graph traced for any size checks them in its
+        assertion, `call`, or, exported without one, its caller checks each call's arrays:
+        `runners.KerasRunner`, `runtime.Network`)."""
         h, w = image_shape[1:3]
         if h is not None and w is not None and min(h, w) < self.minimum:
             raise ValueError(

@@ -171,7 +171,6 @@ def test_a_second_run_skips_finished_videos(tmp_path):
     assert after == before
 
 
-
 def test_readers_take_only_the_current_configs_shards_of_a_video(tmp_path):
     """A cache holding the same video under two ingest configs must not feed it twice."""
     video = write_video(tmp_path / "pan.avi", panning_frames(4))

@@ -264,6 +264,7 @@ def test_an_installed_wheel_serves_from_any_folder(tmp_path):
     assert (work / "moved.gif").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_an_installed_wheel_ingests_without_configs_and_says_where_recipes_are(tmp_path):
     """From an installed package (no configs/ beside it) `python -m cmp_tf.data.ingest` with no
     --config ingests with the default recipe's fields, the shipped model's, not refusing its
@@ -293,6 +294,7 @@ def test_an_installed_wheel_ingests_without_configs_and_says_where_recipes_are(t
     assert "the recipes (configs/) come with the cmp_tf repository" in converted.stderr
 
 
+@pytest.mark.slow
 def test_the_sdist_holds_what_the_readme_runs_and_its_wheel_the_library_alone(tmp_path):
     """The sdist carries requirements.txt, the recipes, train.py, evaluate.py and the tests (the
     README's set-up and commands); the wheel built from it still holds cmp_tf and export alone."""
@@ -326,7 +328,7 @@ def test_the_sdist_holds_what_the_readme_runs_and_its_wheel_the_library_alone(tm
     assert wheel.returncode == 0, wheel.stderr[-2000:]
     (built_wheel,) = tmp_path.glob("cmp_tf-*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(built_wheel).namelist()}
-    assert tops == {"cmp_tf", "export", "cmp_tf-0.1.0.dist-info"}, tops
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"cmp_tf", "export"}, tops
 
 
 def test_the_lite_extra_declares_what_the_lite_runtime_imports():

@@ -217,12 +217,18 @@ def config_of(holder):
     return config
 
 
+def checkout_has_recipes():
+    """Whether the recipes (configs/) lie beside the package: they come with the repository,
+    not with an installed package."""
+    return os.path.isdir(os.path.join(CHECKOUT, "configs"))
+
+
 def missing_recipe(name, path):
     """The line naming a recipe file `--name=path` that is not there, and where the checkout
     holds one of that name (a command run from another folder)."""
     where = os.path.join(CHECKOUT, path)
     found = f"; it is at {where}" if not os.path.isabs(path) and os.path.isfile(where) else ""
-    if not found and not os.path.isdir(os.path.join(CHECKOUT, "configs")):
+    if not found and not checkout_has_recipes():
         found = ("; the recipes (configs/) come with the cmp_tf repository, not with the "
                  "installed package: name one there")
     return f"--{name}={path}: no such recipe file (relative to {os.getcwd()}){found}."

@@ -480,7 +480,7 @@ def test_the_shipped_model_annotates_a_square_from_a_few_clicks(propagator):
 def _write_scene(folder):
     image, mask = _square_scene()
     path = str(folder / "scene.png")
-    inputs.write_rgb(path, image)
+    inputs.write_image(path, image)
     return path, image, mask
 
 

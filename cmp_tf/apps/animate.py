@@ -348,7 +348,7 @@ def run(model, image, arrows, frames=FRAMES, fps=FPS, out="animation.gif", max_s
                                         fade=None if fade else False)
     flow, animation = animate(propagator, image, arrows, frames, progress=True)
     write_animation(out, animation, fps)
-    inputs.write_rgb(flow_path(out), flow_lib.flow_to_color(flow))
+    inputs.write_image(flow_path(out), flow_lib.flow_to_color(flow))
     return out, flow_path(out)
 
 

@@ -341,11 +341,8 @@ def run(model, image, positive, negative="", out="mask.png", velocity=VELOCITY,
     propagator = inputs.load_propagator(model, "--model", max_side=max_side)
     mask = annotate(propagator, image, positive, negative, velocity, threshold, zoom_factor,
                     zoom_size, refine_method)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with rundir.whole_file(out) as partial:
-        if not cv2.imwrite(partial, mask.astype(np.uint8) * 255):
-            raise ValueError(f"--out={out} could not be written.")
-    inputs.write_rgb(overlay_path(out), with_clicks(overlay(image, mask), positive, negative))
+    inputs.write_image(out, mask.astype(np.uint8) * 255)
+    inputs.write_image(overlay_path(out), with_clicks(overlay(image, mask), positive, negative))
     return out, float(mask.mean())
 
 

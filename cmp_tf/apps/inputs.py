@@ -343,13 +343,14 @@ def check_not_input(out, image, out_name="--out", image_name="--image"):
     return out
 
 
-def write_rgb(path, image):
-    """Writes an RGB uint8 image (PNG by extension) whole or not at all; ValueError if OpenCV
-    cannot."""
+def write_image(path, image):
+    """Writes a uint8 image, RGB (H, W, 3) or grey (H, W), whole or not at all (PNG by
+    extension); ValueError naming the path if OpenCV cannot."""
+    image = np.ascontiguousarray(image)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with rundir.whole_file(path) as partial:
-        if not cv2.imwrite(partial, cv2.cvtColor(np.ascontiguousarray(image),
-                                                 cv2.COLOR_RGB2BGR)):
+        if not cv2.imwrite(partial, image if image.ndim == 2 else
+                           cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise ValueError(f"could not write the image {path}.")
     return path

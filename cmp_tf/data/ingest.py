@@ -471,8 +471,8 @@ def _define_flags():
     flags.DEFINE_string("out", None, "Output folder for shards and manifest.", required=True)
     # configs/ comes with the repository, not with an installed package: there the default is
     # the shipped model's recipe (main), which configs/default.py is
-    default = DEFAULT_RECIPE if os.path.isfile(DEFAULT_RECIPE) or \
-        os.path.isfile(os.path.join(cli.CHECKOUT, DEFAULT_RECIPE)) else None
+    default = DEFAULT_RECIPE if os.path.isfile(DEFAULT_RECIPE) or cli.checkout_has_recipes() \
+        else None
     cli.define_config("config", default, "Recipe whose `ingest` section is used (default: "
                       f"{DEFAULT_RECIPE}, the shipped model's recipe).", lock_config=True)
     flags.DEFINE_integer("workers", os.cpu_count() or 1, "Local processes.")

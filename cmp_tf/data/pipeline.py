@@ -67,8 +67,11 @@ def _shards_in(folder):
     return sorted(glob.glob(os.path.join(folder, "*.tfrecord")))
 
 
-def _check_shard_sizes(folder, on_error):
-    """Shards listed by ingestion sidecars must exist with some bytes; returns the good ones."""
+def _check_shard_sizes(folder, on_error, found, field):
+    """Shards listed by ingestion sidecars must exist with some bytes; returns the good ones.
+
+    `found` holds the folder's shard files: those no sidecar lists are named in a warning
+    (shards copied in without their sidecar are not read)."""
     good = []
     sidecars = shards_lib.read_sidecars(folder)[0]
     by_source = collections.defaultdict(list)
@@ -92,6 +95,13 @@ def _check_shard_sizes(folder, on_error):
                 tf.get_logger().warning(f"Skipping missing or empty shard {path}.")
                 continue
             good.append(path)
+    listed = {shard for record in sidecars for shard in record["shards"]}
+    unlisted = [os.path.basename(p) for p in found if os.path.basename(p) not in listed]
+    if good and unlisted:
+        tf.get_logger().warning(
+            f"{field}: {len(unlisted)} shards in {folder} are listed by no ingestion sidecar "
+            f"and are not read ({', '.join(unlisted[:3])}{', ...' if len(unlisted) > 3 else ''})"
+            ": copy in their sidecars (<key>.json) to train on them, or remove them.")
     return good
 
 
@@ -210,18 +220,7 @@ def resolve_sources(paths, cache_dir, ingest_config, field="config.data.train", 
         if os.path.isdir(path):
             found = _shards_in(path)
             if found:
-                with_sidecars = _check_shard_sizes(path, on_error)
-                shards += with_sidecars or found
-                listed = {os.path.basename(p) for r in shards_lib.read_sidecars(path)[0]
-                          for p in r["shards"]}
-                unlisted = [os.path.basename(p) for p in found
-                            if os.path.basename(p) not in listed]
-                if with_sidecars and unlisted:  # shards copied in without their sidecar
-                    tf.get_logger().warning(
-                        f"{field}: {len(unlisted)} shards in {path} are listed by no "
-                        f"ingestion sidecar and are not read ({', '.join(unlisted[:3])}"
-                        f"{', ...' if len(unlisted) > 3 else ''}): copy in their sidecars "
-                        "(<key>.json) to train on them, or remove them.")
+                shards += _check_shard_sizes(path, on_error, found, field) or found
                 continue
             videos += formats.list_videos(path)
             if not videos:

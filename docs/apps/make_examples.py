@@ -82,7 +82,7 @@ def main(argv):
         animations.append(frames)
     gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     panel = np.concatenate([part for row in rows for part in (row, gap)][:-1], 0)
-    inputs.write_rgb(os.path.join(_OUT.value, "example.jpg"), panel)
+    inputs.write_image(os.path.join(_OUT.value, "example.jpg"), panel)
     side = np.full((animations[0][0].shape[0], 4, 3), 255, np.uint8)
     frames = [np.concatenate([part for frame in group for part in (frame, side)][:-1], 1)
               for group in zip(*animations)]

@@ -12,7 +12,6 @@ import re
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from cmp_tf import cli
 
@@ -63,7 +62,7 @@ def main(argv):
 
         tf.config.experimental.enable_op_determinism()
     workdir = _WORKDIR.value or os.path.join("runs", run_name(
-        config_flags.get_config_filename(flags.FLAGS["config"])))
+        flags.FLAGS["config"].config_filename))
     from cmp_tf.data import pipeline
 
     try:

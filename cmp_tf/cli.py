@@ -19,6 +19,30 @@ flags.disclaim_key_flags()
 _CONFIG_FLAGS = []  # the names define_config gave its recipe flags
 
 
+def _missing_part(kind, error, trace, previous=sys.excepthook):
+    """A command (anything importing this module) that ends on a part its install lacks
+    (TensorFlow under `[lite]`, as it is imported or run) says so in one line naming the command
+    and what to install, instead of a traceback; any other error goes to `previous`."""
+    from cmp_tf import extras  # only here, on the way out
+
+    line = extras.missing_line(command(), error) \
+        if isinstance(error, ModuleNotFoundError) else None
+    if line is None:
+        return previous(kind, error, trace)
+    sys.stderr.write(f"{line}\n")  # the interpreter still exits with status 1
+
+
+sys.excepthook = _missing_part
+
+
+def command():
+    """How the running command was started: `python -m export`, `python train.py`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return f"python {sys.argv[0]}"
+
+
 def main_of(run):
     """An absl `main(argv)` that refuses positional arguments and runs `run()` (`cli.run`
     prints its ValueError as one line)."""

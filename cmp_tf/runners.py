@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 
+from cmp_tf import extras
 from cmp_tf import rundir
 
 SIGNATURE = "serving_default"  # the serving signature of exported SavedModels and .tflite files
@@ -349,9 +350,9 @@ def _check_tensorflow(path):
         for name in ("tensorflow", "keras"):
             importlib.import_module(name)
     except ImportError as error:
-        raise ValueError(f"{path} needs TensorFlow and Keras ({error}); this install runs "
-                         "exported .tflite and .onnx files: pass one (the apps' --model; "
-                         "python -m export writes them), or install cmp_tf[train].") from error
+        raise ValueError(extras.missing_line(
+            path, error, "this install runs exported .tflite and .onnx files: pass one (the "
+            "apps' --model; python -m export writes them)", extra="train")) from error
 
 
 def _parse_metadata(text, path):

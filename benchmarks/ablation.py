@@ -4,7 +4,7 @@ Each variant is the CPU-scale CMP (`configs/cpu_bins.py`) with a few overrides, 
 same number of steps with the same seed, then scored by `evaluate.py`'s propagation protocol
 on unseen real frames (the carphone clip, never trained on) and on held-out generated scenes
 with exact flow. Prints a table of relative EPE (EPE / zero-flow EPE, lower is better) per K,
-next to the nearest and linear fills, and writes it as markdown and JSON.
+next to the nearest and linear fills, and writes it as markdown, JSON and a PNG plot.
 
   python benchmarks/ablation.py                          # every variant, 1000 steps each
   python benchmarks/ablation.py --variants=paper,regression --steps=2000
@@ -265,7 +265,7 @@ _ROOT = flags.DEFINE_string("root", "runs/ablation", "Where the variants' runs g
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate the runs already there.")
 # A path stem checked as a file as the flags are parsed: a folder on the way that is a file was
 # met only when the report was written, after every variant had trained.
-_OUT = cli.define_output("out", "runs/benchmarks/ablation", "Report path stem (.md, .json).",
+_OUT = cli.define_output("out", "runs/benchmarks/ablation", "Report path stem (.md, .json, .png).",
                          kind="file")
 _DATA_SETS = flags.DEFINE_list(
     "data_sets", [], "More sets every variant is scored on, NAME=DATA (evaluate.py --data, every "
@@ -419,7 +419,11 @@ def main(argv):
                        pairs=pairs[name])
             for name in _VARIANTS.value}  # as the runs were made, not as the flags say now
     reference_lib.write_json(_OUT.value + ".json", dict(runs=runs, table=table))
-    print(f"\nWrote {_OUT.value}.md and .json")
+    reference_lib.write_plot(_OUT.value + ".json", [
+        reference_lib.table_panel(f"{dataset}: relative EPE per guidance/K", rows,
+                                  "EPE / zero-flow EPE (lower is better)")
+        for dataset, rows in table.items()])
+    print(f"\nWrote {_OUT.value}.md, .json and .png")
 
 
 if __name__ == "__main__":

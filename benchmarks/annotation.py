@@ -4,10 +4,10 @@ grabCut.
 
   python benchmarks/annotation.py [--model=PATH ...] [--scenes=24] [--size=256] [--clicks=1,2,4,8]
 
-Prints a markdown table and writes annotation.json to --out. --model may be given several times
-(`--model=shipped --model=runs/edges`): every model is scored on the same scenes and clicks, its
-rows named after it. A simulated user clicks P times on
-the object and P times around it: positives by farthest-point sampling over the object's
+Prints a markdown table and writes annotation.json and a plot of it, annotation.png, to --out.
+--model may be given several times (`--model=shipped --model=runs/edges`): every model is
+scored on the same scenes and clicks, its rows named after it. A simulated user clicks P times
+on the object and P times around it: positives by farthest-point sampling over the object's
 interior, starting at its most interior pixel; negatives the same way over a band around the
 object, continuing from the positives (so they spread around it). Methods:
   - CMP, CMP + grabCut, CMP + guided filter: annotate.motion_score, refined by each method;
@@ -55,7 +55,7 @@ _TEXTURES = flags.DEFINE_enum("textures", "frame", ["frame", "noise"], "Layer te
                               "from real frames, or procedural noise.")
 _ZOOM_SIZE = flags.DEFINE_integer("zoom_size", annotate.ZOOM_SIZE, "annotate's zoom_size.",
                                   lower_bound=annotate.MIN_ZOOM_SIZE)
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for annotation.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for annotation.json and .png.")
 
 AREA = (0.03, 0.40)  # the target's share of the image
 ONE_PIECE = 0.95  # share of the target in its largest connected part
@@ -297,7 +297,12 @@ def main(argv):
         "mean_iou": {m: {str(p): float(np.mean(v)) for p, v in s.items()}
                      for m, s in scores.items()},
         "iou": scores})
-    print(f"\nWrote {path}")
+    heads = {f"{p}+{int(round(p * _NEGATIVES.value))} clicks": p for p in clicks}
+    plot = reference_lib.write_plot(path, [reference_lib.Panel(
+        f"Mask IoU, {len(scene_list)} scenes ({_TEXTURES.value}), {_SIZE.value}²", list(scores),
+        {head: [np.mean(scores[m][p]) for m in scores] for head, p in heads.items()},
+        "mean mask IoU (higher is better)")])
+    print(f"\nWrote {path} and {plot}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ to unseen frames, shows as a row equal to or better than the full model.
   python benchmarks/blend_parts.py [--checkpoint=cmp_tf/pretrained/default] [--pairs=32]
   python benchmarks/blend_parts.py --data=generated      # or clips, shards, as evaluate.py
 
-Prints relative EPE per strategy and K and writes blend_parts.json.
+Prints relative EPE per strategy and K and writes blend_parts.json and a plot
+of it, blend_parts.png.
 """
 import functools
 import os
@@ -38,7 +39,7 @@ _PAIRS = flags.DEFINE_integer("pairs", 32, "Validation pairs scored (fixed seed)
 _DATA = flags.DEFINE_list("data", [], "Pairs scored, as evaluate.py's --data: videos, shard "
                           "folders, list files, or 'generated'. Default: the run's validation "
                           "data.")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for blend_parts.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for blend_parts.json and .png.")
 
 # name -> (blend weight: True (learned) | False (1/2, untrained) | "smooth" (the smooth fill
 # alone), gain: "learned" | "start" (its untrained reach) | "none", learned correction?); an
@@ -145,7 +146,10 @@ def run():
     print("\n".join(lines))
     out = reference_lib.write_json(os.path.join(_OUT.value, "blend_parts.json"), dict(
         checkpoint=path, data=_DATA.value, pairs=result["pairs"], table=table))
-    print(f"\nWrote {out}")
+    plot = reference_lib.write_plot(out, [reference_lib.table_panel(
+        f"Read-outs of {path}, {result['pairs']} pairs: relative EPE", table,
+        "EPE / zero-flow EPE (lower is better)")])
+    print(f"\nWrote {out} and {plot}")
 
 
 main = cli.main_of(run)

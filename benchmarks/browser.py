@@ -7,11 +7,11 @@ Python (one thread) on the same inputs.
       [--out=runs/benchmarks]
 
 Needs Debian's chromium and chromium-driver. Prints a table and writes browser.json, which
-names the model timed. The time is the page's own measurement around `session.run`
-(performance.now()), median of --repeats after one warm-up run; the page's drawing and
-animation are not in it. Each side is fed as it is, so it must be one the model takes (a
-multiple of its stride, at least its minimum): the page rounds its side, ONNX Runtime here
-would not.
+names the model timed, and a plot of the table, browser.png. The time is the page's own
+measurement around `session.run` (performance.now()), median of --repeats after one warm-up
+run; the page's drawing and animation are not in it. Each side is fed as it is, so it must
+be one the model takes (a multiple of its stride, at least its minimum): the page rounds its
+side, ONNX Runtime here would not.
 """
 import os
 import shutil
@@ -36,7 +36,7 @@ from cmp_tf.models import cmp as cmp_models  # noqa: E402
 
 _SIDES = flags.DEFINE_list("sides", ["128", "256", "384"], "Network input sides (square).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per side (median reported).")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for browser.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for browser.json and .png.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", rundir.PRETRAINED,
                                   "Run directory or .keras file to export and time; default "
                                   "the shipped model (not the newest run).")
@@ -162,10 +162,15 @@ def main(argv):
     for r in rows:
         print(f"{r['side']:>6}  {r['browser_s']:>10.3f}  {r['onnxruntime_s']:>14.3f}  "
               f"{r['ratio']:>6.2f}")
-    reference_lib.write_json(os.path.join(_OUT.value, "browser.json"), {
+    out = reference_lib.write_json(os.path.join(_OUT.value, "browser.json"), {
         "checkpoint": os.path.abspath(path), "shipped": shipped, "rows": rows,
         "repeats": _REPEATS.value})
-    print(f"Wrote {os.path.join(_OUT.value, 'browser.json')}")
+    plot = reference_lib.write_plot(out, [reference_lib.Panel(
+        f"{path} as float32 ONNX, batch 1, one thread, median of {_REPEATS.value}",
+        [f"{r['side']} px" for r in rows], {"browser": [r["browser_s"] for r in rows],
+                                            "ONNX Runtime": [r["onnxruntime_s"] for r in rows]},
+        "seconds (lower is faster)")])
+    print(f"Wrote {out} and {plot}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ bicubic, the flow resized and scaled), with the nearest fill and linear interpol
   python benchmarks/fill_cells.py --data=cmp_tf/data/samples/bikes.mp4 --pairs=16
 
 Prints relative EPE per strategy and K (and EPE near motion boundaries) and writes
-fill_cells.json.
+fill_cells.json and a plot of the relative EPE, fill_cells.png.
 """
 import os
 import sys
@@ -44,7 +44,7 @@ _PAIRS = flags.DEFINE_integer("pairs", 16, "Pairs scored (fixed seed).")
 _KS = flags.DEFINE_list("ks", [str(k) for k in benchmark.KS], "Guidance counts K.")
 _FILL_STRIDES = flags.DEFINE_list("fill_strides", [], "Fill cells (px) to score besides the "
                                   "trained ones; default those export gives files of --size.")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for fill_cells.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for fill_cells.json and .png.")
 
 
 def upscaled(pairs, side):
@@ -104,7 +104,10 @@ def run():
     print("\n".join(lines))
     out = reference_lib.write_json(os.path.join(_OUT.value, "fill_cells.json"), dict(
         checkpoint=path, size=_SIZE.value, data=_DATA.value, pairs=result["pairs"], table=table))
-    print(f"\nWrote {out}")
+    plot = reference_lib.write_plot(out, [reference_lib.table_panel(
+        f"Fills of {path} at {_SIZE.value}², {result['pairs']} pairs: relative EPE", table,
+        "EPE / zero-flow EPE (lower is better)")])
+    print(f"\nWrote {out} and {plot}")
 
 
 main = cli.main_of(run)

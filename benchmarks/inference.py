@@ -4,8 +4,9 @@ of every deployment format.
   python benchmarks/inference.py [--size=384] [--repeats=5] [--jit] [--out=runs/benchmarks]
   python benchmarks/inference.py --formats=all --bfloat16       # + every exported format
 
-Prints a table and writes inference.json; "fills s" is the guidance fills alone (every fill
-layer of the model on the same input) and "share" their part of the forward
+Prints a table and writes inference.json and a plot of it, inference.png; "fills s" is the
+guidance fills alone (every fill layer of the model on the same input) and "share" their part
+of the forward
 (in Keras; with --formats=tflite the deployment table gives them for the .tflite files too,
 which all compute them in float32: converted alone as export converts the model). The reference
 column is the PyTorch networks' median
@@ -47,7 +48,7 @@ _SIZE = flags.DEFINE_integer("size", 384, "Square input side in pixels.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed forward passes (median reported).",
                                 lower_bound=1)
 _JIT = flags.DEFINE_bool("jit", False, "Compile the forward pass with XLA.")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for inference.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for inference.json and .png.")
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "mobile", "cpu_bins"],
                              "Recipes under configs/, or runs under --runs.")
 _FORMATS = flags.DEFINE_list("formats", [], "Export formats to time too (any of "
@@ -244,7 +245,24 @@ def main(argv):
     path = reference_lib.write_json(os.path.join(_OUT.value, "inference.json"), {
         "jit": _JIT.value, "threads": os.cpu_count(), "cpu": reference_lib.cpu_model(),
         "rows": rows, "deployment": deploy, "deployment_threads": threads})
-    print(f"Wrote {path}")
+    print(f"Wrote {path} and {reference_lib.write_plot(path, plot_panels(rows, deploy))}")
+
+
+def plot_panels(rows, deploy):
+    """The plot of the tables: forward, fills and reference seconds per recipe, then latency
+    and fills per deployment format."""
+    panels = [reference_lib.Panel(
+        f"Forward pass, {_SIZE.value}², batch 1", [r["recipe"] for r in rows],
+        {"forward s": [r["seconds"] for r in rows],
+         "fills s": [r["fill_seconds"] for r in rows],
+         "reference s": [r["reference_seconds"] for r in rows]}, "seconds (lower is faster)")]
+    if deploy:
+        panels.append(reference_lib.Panel(
+            f"Deployment formats, {_SIZE.value}², batch 1",
+            [f"{r['recipe']} {r['format']} {r['precision']}" for r in deploy],
+            {"latency s": [r["seconds"] for r in deploy],
+             "fills s": [r.get("fill_seconds") for r in deploy]}, "seconds (lower is faster)"))
+    return panels
 
 
 def deployment_table(deploy):

@@ -3,11 +3,12 @@ r"""Input-side speed: the training guidance sampler against a plain NumPy/SciPy 
   python benchmarks/input_pipeline.py [--size=384] [--samples=20] [--threads=1] \
       [--out=runs/benchmarks/input_pipeline.json]
 
-Prints a table per section and writes the JSON. The plain statement below is the watershed
-sampler as the reference writes it out (docs/design.md §3, docs/reference.md §5): scipy
-convolve2d, distance_transform_edt, maximum_filter and a Python loop over the close pairs. It is the
-specification `cmp_tf.data.sampling` is checked against here and in tests/test_sampling.py,
-so it stays plain: no speed-ups belong in it.
+Prints a table per section and writes the JSON and a plot of the tables beside it (.png).
+The plain statement below is the watershed sampler as the reference writes it out
+(docs/design.md §3, docs/reference.md §5): scipy convolve2d, distance_transform_edt,
+maximum_filter and a Python loop over the close pairs. It is the specification
+`cmp_tf.data.sampling` is checked against here and in tests/test_sampling.py, so it stays
+plain: no speed-ups belong in it.
 """
 import os
 import sys
@@ -220,8 +221,8 @@ def _define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of the first flow and of its guidance.", lower_bound=0)
     flags.DEFINE_integer("threads", 1, "OpenCV threads (0: OpenCV's default); 1 as one "
                          "tf.data worker per core runs it.", lower_bound=0)
-    cli.define_output("out", "runs/benchmarks/input_pipeline.json", "Where the JSON goes.",
-                      kind="file")
+    cli.define_output("out", "runs/benchmarks/input_pipeline.json", "Where the JSON goes (the plot "
+                      "beside it, .png).", kind="file")
 
 
 def main(argv):
@@ -234,7 +235,24 @@ def main(argv):
     for name, section in SECTIONS.items():
         results[name] = section(opts.size, opts.samples, opts.seed)
     reference_lib.write_json(opts.out, results)
-    print(f"Wrote {opts.out}")
+    plot = reference_lib.write_plot(opts.out, plot_panels(results, opts.size))
+    print(f"Wrote {opts.out} and {plot}")
+
+
+def plot_panels(results, size):
+    """The sections' tables as charts: ms per sample of each statement, samples/s of the
+    pipeline with and without guidance."""
+    sampling, pipe = results["guidance_sampling"]["rows"], results["pipeline"]["rows"]
+    return [
+        reference_lib.Panel(f"Guidance sampling, {size}² flows",
+                            [r["statement"] for r in sampling],
+                            {"plain": [r["plain_ms"] for r in sampling],
+                             "fast": [r["fast_ms"] for r in sampling]},
+                            "ms per sample (lower is faster)"),
+        reference_lib.Panel(f"tf.data pipeline, {size}² crops, batch 4",
+                            [f"{'with' if r['guidance'] else 'without'} guidance" for r in pipe],
+                            {"samples/s": [r["samples_per_s"] for r in pipe]},
+                            "samples/s (higher is faster)")]
 
 
 if __name__ == "__main__":

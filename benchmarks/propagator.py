@@ -7,7 +7,7 @@ instead of running the graph it traces (`runners.KerasRunner`).
       [--sizes=128x128,384x512] [--guides=25] [--repeats=10] [--threads=2]
 
 Prints the median seconds per call after a first, untimed one (whose time, the trace, is
-printed too) and writes propagator.json.
+printed too) and writes propagator.json and a plot of them, propagator.png.
 """
 import os
 import sys
@@ -28,7 +28,7 @@ _GUIDES = flags.DEFINE_integer("guides", 25, "Guidance points per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per model and size.")
 _THREADS = flags.DEFINE_integer("threads", None, "LiteRT / ONNX Runtime threads (default "
                                 "theirs).")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for propagator.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for propagator.json and .png.")
 
 
 def parse_size(text):
@@ -112,7 +112,21 @@ def run():
     out = reference_lib.write_json(os.path.join(_OUT.value, "propagator.json"), dict(
         cpu=reference_lib.cpu_model(), cores=os.cpu_count(), threads=_THREADS.value,
         guides=_GUIDES.value, repeats=_REPEATS.value, rows=rows))
-    print(f"\nWrote {out}")
+    print(f"\nWrote {out} and {reference_lib.write_plot(out, [plot_panel(rows)])}")
+
+
+def plot_panel(rows):
+    """Seconds per call for each model and image size, a bar per way of running it."""
+    def key(r):
+        return f"{r['model']} ({r['format']}) {r['size'][0]}x{r['size'][1]}"
+
+    labels = list(dict.fromkeys(map(key, rows)))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    seconds = {(key(r), r["mode"]): r["seconds"] for r in rows}
+    return reference_lib.Panel(
+        f"Propagator.propagate, {_GUIDES.value} guides, median of {_REPEATS.value} calls",
+        labels, {mode: [seconds.get((label, mode)) for label in labels] for mode in modes},
+        "seconds per call (lower is faster)")
 
 
 main = cli.main_of(run)

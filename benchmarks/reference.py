@@ -4,10 +4,12 @@ Preferred: the PyTorch reference measured on this very machine by torch_referenc
 same CPU model, threads and size), which is the side-by-side comparison. Otherwise the figures
 docs/reference.md §7 records for an Intel Xeon with 2 threads, labelled as such: another
 CPU, so only indicative. And what every benchmark's JSON records of how it was measured
-(`environment`, `write_json`). Plain Python at import: torch_reference.py runs without
-TensorFlow.
+(`environment`, `write_json`), and the bar chart of its figures drawn beside it (`write_plot`).
+Plain Python at import: torch_reference.py runs without TensorFlow.
 """
+import collections
 import json
+import math
 import os
 import platform
 import subprocess
@@ -81,3 +83,89 @@ def write_json(path, value, indent=1):
         json.dump(json_safe({**value, "environment": environment()}), f, indent=indent,
                   allow_nan=False)
     return path
+
+
+# One chart of a benchmark's plot: `series` is {name: values}, a value per label (None, NaN or
+# not a number: not measured, no bar), `unit` the x axis' label.
+Panel = collections.namedtuple("Panel", "title labels series unit")
+_LABEL_CHARS = 48  # longer labels (paths) keep their tail, which tells them apart
+
+
+def _number(value):
+    """`value` as a finite float, or None: a format not measured, a teacher that refused."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def table_panel(title, table, unit):
+    """A `Panel` of a {row: {column: value}} table as the JSON holds it (relative EPE per
+    strategy/K): a series per column, in the order first met; a cell a row lacks is missing."""
+    columns = list(dict.fromkeys(column for row in table.values() for column in row))
+    return Panel(title, list(table), {c: [row.get(c) for row in table.values()]
+                                      for c in columns}, unit)
+
+
+def write_plot(path, panels):
+    """The figures a benchmark prints, as grouped horizontal bar charts (one `Panel` each,
+    stacked) in a PNG beside its JSON: `path` with its suffix replaced by .png, written whole
+    (results people look at are pictures too). A missing value draws no bar; a row with none
+    shows "-". Returns the PNG's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cmp_tf import rundir
+
+    png = os.path.splitext(path)[0] + ".png"
+    panels = [Panel(*p) for p in panels] or [Panel("no figures", [], {}, "")]
+    for panel in panels:
+        if any(len(column) != len(panel.labels) for column in panel.series.values()):
+            raise ValueError(f"{panel.title}: each series needs a value per label "
+                             f"({len(panel.labels)}).")
+    heights = [1.2 + len(p.labels) * (0.2 + 0.13 * max(1, len(p.series))) for p in panels]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, sum(heights)), squeeze=False,
+                                gridspec_kw=dict(height_ratios=heights))
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+        for axis, panel in zip(axes[:, 0], panels):
+            _bars(axis, panel)
+        figure.tight_layout()
+        with rundir.whole_file(png) as partial:
+            figure.savefig(partial, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    return png
+
+
+def _bars(axis, panel):
+    """One panel's grouped horizontal bars, the first row on top as the table prints it."""
+    values = {name: [_number(v) for v in column] for name, column in panel.series.items()}
+    bar = 0.8 / max(1, len(values))
+    for i, (name, column) in enumerate(values.items()):
+        drawn = [(row, v) for row, v in enumerate(column) if v is not None]
+        if not drawn:
+            axis.barh([], [], label=name)  # in the legend all the same: its colour
+            continue
+        rows, widths = zip(*drawn)
+        bars = axis.barh([r - 0.4 + (i + 0.5) * bar for r in rows], widths, bar, label=name)
+        axis.bar_label(bars, [f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}" for v in widths],
+                       padding=2, fontsize=7)
+    for row in range(len(panel.labels)):
+        if all(column[row] is None for column in values.values()):
+            axis.text(0, row, " -", va="center")
+    axis.set_yticks(range(len(panel.labels)), [
+        label if len(label) <= _LABEL_CHARS else "..." + label[3 - _LABEL_CHARS:]
+        for label in map(str, panel.labels)])
+    axis.set_ylim(max(1, len(panel.labels)) - 0.5, -0.5)  # the first row on top
+    known = [v for c in values.values() for v in c if v is not None]
+    low, high = min(known + [0]) * 1.15, max(known + [0]) * 1.15  # room for the values
+    axis.set_xlim(low, high if high > low else 1)
+    axis.set_xlabel(panel.unit)
+    axis.set_title(panel.title, fontsize=10)
+    axis.grid(True, axis="x", alpha=0.3)
+    if len(values) > 1:
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))

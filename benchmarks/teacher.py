@@ -9,8 +9,8 @@ the ones the second frame hides, where no two-frame estimator can be right.
 
   python benchmarks/teacher.py [--scenes=32] [--size=128] [--teachers=dis_medium,deepflow]
 
-Prints a markdown table and writes teacher.json. The scenes are the held-out ones of
-`evaluate.py --data=generated` (the same first frames and flows).
+Prints a markdown table and writes teacher.json and a plot of it, teacher.png. The scenes are
+the held-out ones of `evaluate.py --data=generated` (the same first frames and flows).
 """
 import os
 import sys
@@ -35,7 +35,7 @@ TEACHERS = teacher.named_estimators()  # the ingestion's estimators, by name
 _SCENES = flags.DEFINE_integer("scenes", 32, "Generated scenes (evaluate.py's held-out ones).")
 _SIZE = flags.DEFINE_integer("size", 128, "Scene side, px.")
 _TEACHERS = flags.DEFINE_list("teachers", list(TEACHERS), f"Any of {', '.join(TEACHERS)}.")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for teacher.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for teacher.json and .png.")
 
 
 def scene_pairs(count, size, seed=0):
@@ -101,7 +101,12 @@ def main(argv):
         print(lines[-1] if len(table) > 1 else "\n".join(lines), flush=True)
     path = reference_lib.write_json(os.path.join(_OUT.value, "teacher.json"), dict(
         scenes=_SCENES.value, size=_SIZE.value, table=table))
-    print(f"\nWrote {path}")
+    plot = reference_lib.write_plot(path, [reference_lib.Panel(
+        f"Teacher flow against the exact flow, {_SCENES.value} scenes of {_SIZE.value}²",
+        list(table), {f"EPE near (≤ {NEAR_PX} px)": [r.get("epe_near") for r in table.values()],
+                      "EPE farther": [r.get("epe_far") for r in table.values()]},
+        "EPE, px (lower is better)")])
+    print(f"\nWrote {path} and {plot}")
 
 
 if __name__ == "__main__":

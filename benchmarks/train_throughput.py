@@ -6,9 +6,10 @@ r"""Training-step throughput (images/s) of the paper recipes and their CPU-scale
 
 Times `cmp_tf.training.make_step_fn` (forward, full-resolution loss, backward, coupled weight
 decay, SGD update) on a fixed synthetic batch, so only the step is measured. Prints a table
-and writes train_throughput.json. The reference column is the PyTorch networks measured on this
-machine by benchmarks/torch_reference.py when its JSON is there, else the Xeon figures of
-docs/reference.md §7 (benchmarks/reference.py says which). Runs on a GPU host as well.
+and writes train_throughput.json and a plot of it, train_throughput.png. The reference column
+is the PyTorch networks measured on this machine by benchmarks/torch_reference.py when its
+JSON is there, else the Xeon figures of docs/reference.md §7 (benchmarks/reference.py says
+which). Runs on a GPU host as well.
 """
 import importlib
 import os
@@ -38,7 +39,7 @@ _FUSED_LOSS = flags.DEFINE_list("fused_loss", ["true"],
                                 "XLA on the loss alone (the library default), settings to try.")
 _RECIPES = flags.DEFINE_list("recipes", ["alexnet_yfcc", "resnet50_semiauto", "cpu_bins"],
                              "Recipes under configs/.")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for train_throughput.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for train_throughput.json and .png.")
 
 SWITCHES = {"true": True, "false": False}  # the settings --jit and --fused_loss take
 
@@ -150,7 +151,14 @@ def main(argv):
     path = reference_lib.write_json(os.path.join(_OUT.value, "train_throughput.json"), dict(
         device=device, cpu=reference_lib.cpu_model(), size=_SIZE.value, batch=_BATCH.value,
         steps=_STEPS.value, rows=rows))
-    print(f"Wrote {path}")
+    plot = reference_lib.write_plot(path, [reference_lib.Panel(
+        f"Training step, {device}, {_SIZE.value}², batch {_BATCH.value}",
+        [f"{r['recipe']} {r['precision']}{' xla' if r['jit'] else ''}"
+         f"{' fused' if r['fused_loss'] else ''}" for r in rows],
+        {"ours": [r["images_per_s"] for r in rows],
+         "reference": [r["reference_images_per_s"] for r in rows]},
+        "images/s (higher is faster)")])
+    print(f"Wrote {path} and {plot}")
 
 
 if __name__ == "__main__":

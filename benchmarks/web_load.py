@@ -21,7 +21,8 @@ each must get:
   foreign_host         Host: rebound.example:<port> (DNS rebinding)                  403
   half_sent            a tenth of the body, then silence                             408
   idle                 a connection that sends nothing                     closed, no answer
-Prints a table (requests, answers by status, latency) and writes web_load.json to --out.
+Prints a table (requests, answers by status, latency) and writes web_load.json and a plot
+of it, web_load.png, to --out.
 Exits 1 when the server went down, answered a kind otherwise than it should, or passed
 MEMORY_BOUND_MB (--memory_bound_mb).
 """
@@ -61,7 +62,7 @@ _REQUEST_TIMEOUT = flags.DEFINE_float("request_timeout", 5.0, "The server's requ
                                       "kinds come round several times in a run).")
 _MEMORY_BOUND = flags.DEFINE_integer("memory_bound_mb", None, "The server's peak RSS allowed, "
                                      "MB; default MEMORY_BOUND_MB.")
-_OUT = cli.define_output("out", "runs/benchmarks", "Folder for web_load.json.")
+_OUT = cli.define_output("out", "runs/benchmarks", "Folder for web_load.json and .png.")
 _SERVE = flags.DEFINE_boolean("serve", False, "Internal: be the server (prints its port).")
 
 HOST = "127.0.0.1"  # never anything else: the load stays on this machine
@@ -372,7 +373,14 @@ def main(argv):
           f"every kind answered as expected: {'yes' if report['all_as_expected'] else 'NO'}")
     path = reference_lib.write_json(os.path.join(_OUT.value, "web_load.json"), report,
                                     indent=2)
-    print(f"Wrote {path}")
+    plot = reference_lib.write_plot(path, [
+        reference_lib.Panel(f"{_CLIENTS.value} clients, {elapsed:.1f} s, images {_SIDE.value} px",
+                            list(rows), {"median s": [r["median_s"] for r in rows.values()],
+                                         "max s": [r["max_s"] for r in rows.values()]},
+                            "seconds per request"),
+        reference_lib.Panel("Server memory", ["loaded", "peak", "bound"],
+                            {"RSS": [report["baseline_rss_mb"], peak_mb, bound]}, "MB")])
+    print(f"Wrote {path} and {plot}")
     if not (report["stayed_up"] and report["under_bound"] and report["all_as_expected"]):
         sys.exit(1)
 

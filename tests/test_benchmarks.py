@@ -15,6 +15,20 @@ from tests.helpers import load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _assert_plot(json_path, stdout=None):
+    """The PNG a benchmark draws beside its JSON (same stem) is there, a readable image of a
+    chart's size, and its path printed with the JSON's: results are looked at as pictures."""
+    import cv2
+
+    png = os.path.splitext(str(json_path))[0] + ".png"
+    image = cv2.imread(png)
+    assert image is not None, f"no readable plot {png}"
+    assert 150 <= image.shape[0] <= 8000 and 300 <= image.shape[1] <= 3000, image.shape
+    assert image.std() > 0  # not a blank canvas
+    if stdout is not None:
+        assert png in stdout, stdout[-500:]
+
+
 @pytest.mark.parametrize("correction", [True, False])
 def test_blend_parts_read_out_is_the_model_with_every_part_and_the_fills_without(rng, correction):
     from benchmarks import blend_parts
@@ -82,6 +96,7 @@ def test_blend_parts_scores_the_pairs_given_by_data(tmp_path):
         scored = json.load(f)
     assert scored["pairs"] == 2
     assert set(scored["table"]) >= {"full model", "smooth fill x learned gain", "linear"}
+    _assert_plot(tmp_path / "blend_parts.json", result.stdout)
 
 
 def _run_python(code, timeout=120, cwd=ROOT):
@@ -122,6 +137,8 @@ def test_ablation_reports_the_sets_named_by_data_sets_and_refuses_a_malformed_on
     assert "| stride4_fills2_residual | **0.20** |" in done.stdout
     table = json.loads((tmp_path / "report.json").read_text())["table"]
     assert table["stereo"]["(linear fill)"] == {"uniform/5": 0.25}
+    _assert_plot(tmp_path / "report.json")
+    assert "Wrote " + str(tmp_path / "report") + ".md, .json and .png" in done.stdout
     refused = subprocess.run([sys.executable, "benchmarks/ablation.py", *args,
                               "--data_sets=generated=x"], cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
@@ -273,6 +290,7 @@ def test_teacher_benchmark_scores_flow_against_the_exact_flow(tmp_path):
     assert "| dis_medium |" in out and "| farneback |" in out
     table = json.loads((tmp_path / "teacher.json").read_text())["table"]
     assert set(table) == {"dis_medium", "farneback"} and 0 < table["dis_medium"]["epe_far"]
+    _assert_plot(tmp_path / "teacher.json", out)
     # A scene of pixels all near a motion edge has no "farther" score: null in the JSON (a
     # bare NaN was written, which strict parsers refuse) and '-' in the table.
     out = subprocess.run([sys.executable, "benchmarks/teacher.py", "--scenes=1", "--size=19",
@@ -281,6 +299,7 @@ def test_teacher_benchmark_scores_flow_against_the_exact_flow(tmp_path):
     assert "| dis_medium |" in out and " | - | " in out, out
     text = (tmp_path / "teacher.json").read_text()
     assert "NaN" not in text and json.loads(text)["table"]["dis_medium"]["epe_far"] is None
+    _assert_plot(tmp_path / "teacher.json", out)  # drawn without the missing score
 
 
 def test_benchmark_json_is_strict_whole_and_says_what_it_was_measured_with(tmp_path):
@@ -296,6 +315,27 @@ def test_benchmark_json_is_strict_whole_and_says_what_it_was_measured_with(tmp_p
     assert environment["cpu_count"] == os.cpu_count() and environment["cpu"]
     assert environment["packages"]["numpy"] == np.__version__
     assert os.listdir(tmp_path / "sub") == ["r.json"]  # no partial file left
+
+
+def test_benchmark_plot_skips_missing_values_and_draws_one_row(tmp_path):
+    """write_plot draws what a table has: a format not measured (None, NaN, a refusal's text)
+    gets no bar, not a crash; a single row, a table whose rows lack columns, are fine."""
+    import cv2
+
+    from benchmarks import reference
+
+    panels = [reference.Panel("one row", ["only"], {"s": [0.5]}, "seconds"),
+              reference.Panel("missing", ["keras", "tflite", "onnx"],
+                              {"latency s": [0.1, None, float("nan")],
+                               "fills s": [None, "refused", np.float32(np.inf)]}, "seconds"),
+              reference.table_panel("relative EPE", {"cmp": {"uniform/5": 0.2},
+                                                     "linear": {"watershed/5": 0.3}}, "EPE")]
+    png = reference.write_plot(str(tmp_path / "sub" / "r.json"), panels)
+    assert png == str(tmp_path / "sub" / "r.png")
+    assert cv2.imread(png) is not None and os.listdir(tmp_path / "sub") == ["r.png"]
+    assert panels[2].series == {"uniform/5": [0.2, None], "watershed/5": [None, 0.3]}
+    with pytest.raises(ValueError, match="each series needs a value per label"):
+        reference.write_plot(png, [reference.Panel("t", ["a", "b"], {"s": [1.0]}, "s")])
 
 
 def test_the_pair_counts_the_commands_take_are_checked_alike():
@@ -324,6 +364,7 @@ def test_propagator_times_the_runtime_and_the_eager_keras_call_per_size(tmp_path
         ("runtime", [128, 128], [128, 128]), ("runtime", [140, 200], [128, 192]),
         ("eager", [128, 128], [128, 128]), ("eager", [140, 200], [128, 192])]
     assert all(r["format"] == "keras" and r["seconds"] > 0 for r in rows)
+    _assert_plot(tmp_path / "propagator.json", result.stdout)
     bad = _run_python(code.replace("128x128,140x200", "128by128"), timeout=300)
     assert bad.returncode != 0 and "--sizes: expected HxW in px" in bad.stderr
 
@@ -346,6 +387,7 @@ def test_fill_cells_scores_the_trained_and_the_files_cells_at_a_larger_size(tmp_
     assert set(scored["table"]) == {"nearest", "linear", "2 px cells (trained)", "4 px cells"}
     assert set(scored["table"]["4 px cells"]) == {"watershed/1", "watershed/25", "uniform/1",
                                                   "uniform/25"}
+    _assert_plot(tmp_path / "fill_cells.json", result.stdout)
 
 
 def test_inference_times_runs_named_by_their_folder(tmp_path, saved_default):
@@ -361,6 +403,7 @@ def test_inference_times_runs_named_by_their_folder(tmp_path, saved_default):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "inference.json").read_text())["rows"]
     assert [r["recipe"] for r in rows] == ["before"]
+    _assert_plot(tmp_path / "inference.json", result.stdout)
 
 
 def test_browser_benchmark_takes_the_shipped_model_and_refuses_a_side_first(tmp_path,

@@ -140,3 +140,112 @@ def tiny_cmp_onnx(path):
         {"model": "model", "format": "onnx", "multiple": 1, "minimum": 1})})
     onnx.save(model, str(path))
     return path
+
+
+# --- Commands forked from a Python that has imported TensorFlow --------------------------------
+
+# The server: reads one JSON request a line (argv after `python`, folder, environment, the
+# files for stdout and stderr), forks a child that runs the command as `python <argv>` would
+# (a script, -m module or -c code as __main__, its sys.path[0], exit status, atexit), and
+# answers the child's pid, then its exit status. Only the standard library, TensorFlow and Keras
+# are imported before the fork: never cmp_tf, which each command imports itself.
+_FORK_SERVER = r'''
+import json, os, sys
+import tensorflow, keras  # noqa: F401  (the ~5 s every command would spend)
+
+def child(request):
+    import atexit, builtins, runpy, tempfile, threading, types
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    tempfile.tempdir = None
+    for fd, (path, mode) in enumerate([(os.devnull, os.O_RDONLY),
+                                       (request["stdout"], os.O_WRONLY),
+                                       (request["stderr"], os.O_WRONLY)]):
+        opened = os.open(path, mode)
+        os.dup2(opened, fd)
+        os.close(opened)
+    argv = request["argv"]
+    main = sys.modules["__main__"] = types.ModuleType("__main__")  # the server's is kept
+    main.__dict__.update(__builtins__=builtins, __spec__=None, __loader__=None)
+    code = 0
+    try:
+        if argv[0] == "-m":
+            sys.argv, sys.path[0] = ["-m", *argv[2:]], os.getcwd()
+            runpy._run_module_as_main(argv[1], alter_argv=True)
+        else:
+            if argv[0] == "-c":
+                sys.argv, sys.path[0], source, name = ["-c", *argv[2:]], "", argv[1], "<string>"
+            else:
+                sys.argv, name = list(argv), argv[0]
+                sys.path[0] = os.path.dirname(os.path.realpath(name))
+                main.__file__ = name
+                with open(name, "rb") as f:
+                    source = f.read()
+            exec(compile(source, name, "exec"), main.__dict__)
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        child(request)
+    print(json.dumps({"pid": pid}), flush=True)
+    print(json.dumps({"code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
+'''
+_server = None
+
+
+def run_python(args, cwd, env, timeout):
+    """`subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+    text=True, timeout=timeout)`, the command forked from a Python this test process keeps
+    with TensorFlow and Keras imported: each command's own interpreter, flags, imports of
+    cmp_tf, output and exit status, without importing TensorFlow again (~5 s a command; the
+    refusals tests run by the hundred). An environment whose PYTHONPATH differs from the
+    server's gets a fresh interpreter (its sys.path would differ)."""
+    import json
+    import os
+    import select
+    import subprocess
+    import sys
+    import tempfile
+
+    global _server
+    if _server is None or _server.poll() is not None:
+        _server = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=cwd, text=True,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
+        return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
+        for path in (out, err):
+            open(path, "w").close()
+        _server.stdin.write(json.dumps(dict(argv=list(map(str, args)), cwd=str(cwd),
+                                            env=dict(env), stdout=out, stderr=err)) + "\n")
+        _server.stdin.flush()
+        pid = json.loads(_server.stdout.readline())["pid"]
+        if not select.select([_server.stdout], [], [], timeout)[0]:
+            os.kill(pid, 9)
+            _server.stdout.readline()
+            raise subprocess.TimeoutExpired(args, timeout)
+        code = json.loads(_server.stdout.readline())["code"]
+        with open(out) as f, open(err) as g:
+            stdout, stderr = f.read(), g.read()
+    return subprocess.CompletedProcess([sys.executable, *args], code, stdout, stderr)

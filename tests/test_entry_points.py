@@ -5,13 +5,14 @@ import sys
 
 import pytest
 
+from tests.helpers import run_python
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return run_python(args, cwd=ROOT, env=env, timeout=300)
 
 
 def _one_line_error(result, message):

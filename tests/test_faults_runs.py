@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_config
+from tests.helpers import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args, cwd=ROOT, env=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run([sys.executable, *args], check=False, cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_python(args, cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")

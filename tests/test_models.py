@@ -117,15 +117,7 @@ def test_dense_prior_model_starts_from_the_nearest_fill(default_model, rng):
 
 
 def test_assemble_takes_built_parts():
-    image = keras.Input((None, None, 3))
-    x = keras.layers.Conv2D(4, 3, strides=4, padding="same")(image)
-    tiny_encoder = keras.Model(image, {"features": keras.layers.Conv2D(8, 1)(x)})
-    sparse = keras.Input((None, None, 3))
-    tiny_sparse = keras.Model(sparse, keras.layers.AveragePooling2D(4)(sparse))
-    features = keras.Input((None, None, 11), name="features")
-    tiny_decoder = keras.Model({"features": features}, keras.layers.Conv2D(6, 1)(features))
-    head = heads.Bins(nbins=3, fmax=3.0, loss="discrete")
-    model = models.assemble(tiny_encoder, tiny_sparse, tiny_decoder, head)
+    model = _tiny_cmp(decoder_scale=1)
     out = model({"image": np.zeros((1, 8, 8, 3)), "sparse": np.zeros((1, 8, 8, 3))})
     assert tuple(out["logits"].shape) == (1, 2, 2, 6) and tuple(out["flow"].shape) == (1, 8, 8, 2)
 
@@ -141,8 +133,8 @@ def test_sizes_the_encoders_cannot_take_are_refused(default_model):
         default_model({"image": np.zeros((1, 128, 128, 3)), "sparse": np.zeros((1, 128, 128, 2))})
 
 
-def _tiny_cmp():
-    """A CMP of two-layer parts, stride 4 (test_assemble_takes_built_parts)."""
+def _tiny_cmp(decoder_scale=2):
+    """A CMP of two-layer parts, stride 4."""
     image = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(4, 3, strides=4, padding="same")(image)
     encoder = keras.Model(image, {"features": keras.layers.Conv2D(8, 1)(x)})
@@ -151,7 +143,8 @@ def _tiny_cmp():
     features = keras.Input((None, None, 11), name="features")
     decoder = keras.Model({"features": features}, keras.layers.Conv2D(6, 1)(features))
     return models.assemble(encoder, sparse_encoder, decoder,
-                           heads.Bins(nbins=3, fmax=3.0, loss="discrete"), decoder_scale=2)
+                           heads.Bins(nbins=3, fmax=3.0, loss="discrete"),
+                           decoder_scale=decoder_scale)
 
 
 def test_a_graph_traced_for_free_sizes_refuses_sizes_the_encoders_cannot_take():
